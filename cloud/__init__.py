@@ -1,0 +1,1 @@
+"""Pulse cloud tier: ingest, storage, rules, alerts, notifications, twin, console and APIs."""

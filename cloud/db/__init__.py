@@ -1,0 +1,1 @@
+"""PostgreSQL: the system of record (migrations, pool, tenant scope, embedded server)."""

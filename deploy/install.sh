@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# Installs everything Pulse needs on a Debian/Ubuntu machine, idempotently:
+#   - system packages when missing: Python 3.11+ with venv, PostgreSQL server binaries
+#   - a virtual environment in .venv/ at the repository root with Pulse (editable) and its test tools
+# Safe to re-run: each step checks first and does nothing when already done.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf '==> %s\n' "$*"; }
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then
+  if command -v sudo >/dev/null 2>&1; then SUDO="sudo"; fi
+fi
+
+apt_updated=""
+apt_install() {
+  if ! command -v apt-get >/dev/null 2>&1; then
+    echo "Pulse needs these packages, and this machine has no apt-get: $*" >&2
+    echo "Install them with your package manager, then run this again." >&2
+    exit 1
+  fi
+  if [ -z "$apt_updated" ]; then
+    log "apt-get update"
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    apt_updated=1
+  fi
+  log "apt-get install $*"
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
+# --- Python 3.11+ with venv -----------------------------------------------------------------
+PYTHON="${PYTHON:-python3}"
+if ! command -v "$PYTHON" >/dev/null 2>&1 || ! "$PYTHON" -c 'import sys; assert sys.version_info >= (3, 11)' 2>/dev/null; then
+  apt_install python3 python3-venv python3-dev
+fi
+if ! "$PYTHON" -c 'import sys; assert sys.version_info >= (3, 11)' 2>/dev/null; then
+  echo "Pulse needs Python 3.11 or newer; $("$PYTHON" --version 2>&1) was found." >&2
+  exit 1
+fi
+if [ ! -x .venv/bin/python ] && ! "$PYTHON" -c 'import venv, ensurepip' 2>/dev/null; then
+  apt_install python3-venv
+fi
+
+# --- PostgreSQL server binaries (initdb, pg_ctl) --------------------------------------------
+have_pg() {
+  [ -n "${PULSE_PG_BINDIR:-}" ] && [ -x "$PULSE_PG_BINDIR/initdb" ] && return 0
+  ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && return 0
+  command -v initdb >/dev/null 2>&1 && command -v pg_ctl >/dev/null 2>&1
+}
+if ! have_pg; then
+  apt_install postgresql
+fi
+# As root, the embedded server runs under an unprivileged account.
+if [ "$(id -u)" -eq 0 ] && ! id postgres >/dev/null 2>&1; then
+  log "creating system account 'postgres' for the embedded database"
+  useradd --system --home-dir /var/lib/postgresql --shell /usr/sbin/nologin postgres
+fi
+
+# --- virtual environment --------------------------------------------------------------------
+if [ ! -x .venv/bin/python ]; then
+  log "creating .venv"
+  "$PYTHON" -m venv .venv
+fi
+stamp=.venv/.pulse-install-stamp
+want="$(cat pyproject.toml setup.py | sha256sum | cut -d' ' -f1)"
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] || [ ! -x .venv/bin/pulse ]; then
+  log "installing Pulse and its dependencies into .venv"
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip 2>&1 | grep -v "is ignored" || true
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[test]' 2>&1 | grep -v "is ignored" || true
+  .venv/bin/pulse version >/dev/null
+  echo "$want" > "$stamp"
+fi
+log "installed: $(.venv/bin/pulse version)"

@@ -1,0 +1,1 @@
+"""Pulse gateway agent: local broker, store-and-forward buffer, local rules, sync to the cloud."""

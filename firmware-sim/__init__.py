@@ -1,0 +1,1 @@
+"""Simulated device fleet for the demo, the tests and the benchmarks."""

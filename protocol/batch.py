@@ -1,0 +1,553 @@
+"""Sync batch codec: how a gateway ships a run of buffered records to the cloud.
+
+A batch is a 48-byte fixed header, the gateway id, and a payload (big-endian integers)::
+
+    offset size  field
+    0      4     magic b"PSYN"
+    4      1     format version (1)
+    5      1     compression: 0 none, 1 zstd
+    6      1     stream (Stream)
+    7      1     gateway id length L (1-128)
+    8      8     first sequence (u64)
+    16     8     last sequence (u64)
+    24     8     gateway clock when the batch was made, Unix ms (u64)
+    32     4     record count (u32)
+    36     4     body length before compression (u32)
+    40     4     payload length as sent (u32)
+    44     4     CRC-32 of bytes 0-43, the gateway id and the payload
+    48     L     gateway id, UTF-8
+    48+L   ...   payload: the msgpack body, zstd-compressed when compression is 1
+
+Everything a receiver needs to refuse a batch (size, count, sequence range, checksum) is in the
+header, so it can answer a replay or refuse a bomb before it decompresses anything.
+
+The body is columnar (see docs/protocol.md for a worked example): device ids, metric names and
+record types are dictionary-encoded; each record names a *group* (device + the set of metric
+names and kinds it carries); timestamps are delta-of-delta per device; device sequence numbers
+are deltas per device; metric values live in one column per (device, metric), as deltas of
+decimal-scaled integers when the floats are short decimals (21.37 -> 2137 at scale 2), so a
+slowly changing or repeated reading costs about one byte before zstd.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+import zlib
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from enum import IntEnum
+from itertools import accumulate
+from typing import NamedTuple, cast
+
+import msgpack
+import zstandard
+
+from pulse.protocol.envelope import JsonObject, MetricValue
+from pulse.protocol.errors import BatchError, Code
+from pulse.protocol.topics import valid_device_id
+
+MAGIC = b"PSYN"
+FORMAT_VERSION = 1
+HEADER = struct.Struct(">4sBBBBQQQIIII")
+HEADER_SIZE = HEADER.size  # 48
+_CRC_SPAN = 44
+MAX_U64 = 2**64 - 1
+_MAX_SCALE = 6
+_MAX_SCALED = 2**62
+_KIND_BOOL, _KIND_INT, _KIND_FLOAT = 0, 1, 2
+_RAW_FLOAT = -1
+_JSON_SCALARS = (str, int, float, bool, type(None))
+
+
+class Compression(IntEnum):
+    NONE = 0
+    ZSTD = 1
+
+
+class Stream(IntEnum):
+    """The gateway's buffer streams; each has its own sequence numbers and cloud high-water mark."""
+
+    TELEMETRY = 1
+    EVENTS = 2
+    ALERTS = 3
+    TWIN = 4
+
+
+@dataclass(frozen=True, slots=True)
+class BatchLimits:
+    """What a receiver accepts. Checked from the header before anything is allocated."""
+
+    max_payload_bytes: int = 2 * 1024 * 1024
+    max_body_bytes: int = 8 * 1024 * 1024
+    max_records: int = 50_000
+
+
+DEFAULT_BATCH_LIMITS = BatchLimits()
+
+
+class Record(NamedTuple):
+    """One buffered message. A NamedTuple (immutable, and cheap enough to build a million a second)."""
+
+    seq: int
+    device_id: str
+    ts_ms: int
+    type: str
+    metrics: dict[str, MetricValue]
+    device_seq: int | None = None
+    tags: dict[str, str] | None = None
+    body: JsonObject | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Header:
+    gateway_id: str
+    stream: Stream
+    first_seq: int
+    last_seq: int
+    gateway_time_ms: int
+    record_count: int
+    body_len: int
+    payload_len: int
+    compression: Compression
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    header: Header
+    records: list[Record]
+
+
+# ---------------------------------------------------------------------------------------------
+# header
+
+
+def read_header(data: bytes, limits: BatchLimits = DEFAULT_BATCH_LIMITS) -> Header:
+    """Parse and check the fixed header (sizes, counts, sequence range, checksum). Cheap."""
+    if len(data) < HEADER_SIZE:
+        raise BatchError(Code.BATCH_TOO_SHORT, f"a batch is at least {HEADER_SIZE} bytes", size=len(data))
+    (magic, version, compression, stream, gw_len, first, last, gw_time, count, body_len, payload_len, crc) = HEADER.unpack_from(
+        data
+    )
+    if magic != MAGIC:
+        raise BatchError(Code.BATCH_BAD_MAGIC, "not a Pulse sync batch")
+    if version != FORMAT_VERSION:
+        raise BatchError(Code.BATCH_VERSION_UNSUPPORTED, f"this receiver understands batch format {FORMAT_VERSION}", version=version)
+    if payload_len > limits.max_payload_bytes or body_len > limits.max_body_bytes:
+        raise BatchError(
+            Code.BATCH_TOO_LARGE,
+            f"batches are at most {limits.max_payload_bytes} bytes on the wire and {limits.max_body_bytes} decompressed; send smaller batches",
+            payload_len=payload_len,
+            body_len=body_len,
+        )
+    if count > limits.max_records:
+        raise BatchError(Code.BATCH_TOO_MANY_RECORDS, f"batches hold at most {limits.max_records} records", count=count)
+    if HEADER_SIZE + gw_len + payload_len != len(data):
+        raise BatchError(Code.BATCH_LENGTH_MISMATCH, "the header's lengths do not add up to the batch's size", size=len(data))
+    if zlib.crc32(data[HEADER_SIZE:], zlib.crc32(data[:_CRC_SPAN])) != crc:
+        raise BatchError(Code.BATCH_CHECKSUM_MISMATCH, "the batch was damaged in transit (CRC-32 mismatch)")
+    try:
+        compression_kind = Compression(compression)
+        stream_kind = Stream(stream)
+        gateway_id = data[HEADER_SIZE : HEADER_SIZE + gw_len].decode()
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BatchError(Code.BATCH_MALFORMED, f"bad header field: {exc}") from exc
+    if not valid_device_id(gateway_id):
+        raise BatchError(Code.BATCH_MALFORMED, "the gateway id in the header is not a valid id")
+    if count == 0 or first > last or last - first + 1 < count:
+        raise BatchError(
+            Code.BATCH_BAD_SEQUENCE,
+            "a batch holds 1 or more records whose sequence numbers run from first to last",
+            first=first,
+            last=last,
+            count=count,
+        )
+    return Header(gateway_id, stream_kind, first, last, gw_time, count, body_len, payload_len, compression_kind)
+
+
+# ---------------------------------------------------------------------------------------------
+# encode
+
+
+def _float_scale(values: Sequence[float]) -> int:
+    """The smallest decimal scale that reproduces every value exactly, or -1 (keep raw floats)."""
+    for scale in range(_MAX_SCALE + 1):
+        p = 10**scale
+        for v in values:
+            r = round(v * p)
+            if r / p != v or abs(r) > _MAX_SCALED or (v == 0 and math.copysign(1.0, v) < 0):
+                break
+        else:
+            return scale
+    return _RAW_FLOAT
+
+
+def _deltas(values: Sequence[int]) -> list[int]:
+    prev = 0
+    out = []
+    for v in values:
+        out.append(v - prev)
+        prev = v
+    return out
+
+
+def _kind(value: object) -> int:
+    t = type(value)
+    if t is bool:
+        return _KIND_BOOL
+    if t is int:
+        return _KIND_INT
+    if t is float:
+        return _KIND_FLOAT
+    raise BatchError(Code.BATCH_UNENCODABLE, "metric values are bool, int or float", value=repr(value)[:40])
+
+
+def encode(
+    records: Sequence[Record],
+    *,
+    gateway_id: str,
+    stream: Stream,
+    gateway_time_ms: int,
+    compression: Compression = Compression.ZSTD,
+    level: int = 9,
+) -> bytes:
+    """Encode records (in increasing ``seq`` order) into one batch."""
+    if not records:
+        raise BatchError(Code.BATCH_UNENCODABLE, "a batch holds at least one record")
+    if not valid_device_id(gateway_id):
+        raise BatchError(Code.BATCH_UNENCODABLE, "the gateway id is not a valid id")
+    devices: dict[str, int] = {}
+    names: dict[str, int] = {}
+    types: dict[str, int] = {}
+    groups: dict[tuple[int, tuple[int, ...]], int] = {}
+    tag_table: dict[tuple[tuple[str, str], ...], int] = {}
+    series: dict[tuple[int, int, int], list[MetricValue]] = {}
+    dev_ts: dict[int, list[int]] = {}
+    dev_dseq: dict[int, list[int | None]] = {}
+    rec_group: list[int] = []
+    rec_type: list[int] = []
+    rec_tags: list[int] = []
+    seq_deltas: list[int] = []
+    bodies: list[list[object]] = []
+    prev_seq = records[0].seq
+    for i, rec in enumerate(records):
+        if type(rec.seq) is not int or not (0 <= rec.seq <= MAX_U64) or (i and rec.seq <= prev_seq):
+            raise BatchError(Code.BATCH_UNENCODABLE, "record sequence numbers must increase", seq=repr(rec.seq))
+        seq_deltas.append(rec.seq - prev_seq)
+        prev_seq = rec.seq
+        dev = devices.setdefault(rec.device_id, len(devices))
+        layout: list[int] = []
+        for name, value in rec.metrics.items():
+            n = names.setdefault(name, len(names))
+            k = _kind(value)
+            layout += (n, k)
+            series.setdefault((dev, n, k), []).append(value)
+        g = groups.setdefault((dev, tuple(layout)), len(groups))
+        rec_group.append(g)
+        rec_type.append(types.setdefault(rec.type, len(types)))
+        tags = tuple(sorted(rec.tags.items())) if rec.tags else ()
+        rec_tags.append(tag_table.setdefault(tags, len(tag_table)))
+        dev_ts.setdefault(dev, []).append(rec.ts_ms)
+        dev_dseq.setdefault(dev, []).append(rec.device_seq)
+        if rec.body is not None:
+            bodies.append([i, rec.body])
+
+    series_out = []
+    for (dev, n, k), values in series.items():
+        if k == _KIND_FLOAT:
+            scale = _float_scale(cast(list[float], values))
+            if scale == _RAW_FLOAT:
+                series_out.append([dev, n, k, scale, values])
+                continue
+            p = 10**scale
+            series_out.append([dev, n, k, scale, _deltas([round(v * p) for v in values])])
+        elif k == _KIND_INT:
+            series_out.append([dev, n, k, 0, _deltas(cast(list[int], values))])
+        else:
+            series_out.append([dev, n, k, 0, [int(v) for v in values]])
+
+    ts_out = []
+    dseq_out = []
+    for dev, stamps in dev_ts.items():
+        deltas = _deltas(stamps)
+        ts_out.append(_deltas(deltas))  # delta-of-delta: a steady cadence becomes zeros
+        prev: int | None = 0
+        col: list[int | None] = []
+        for s in dev_dseq[dev]:
+            if s is None:
+                col.append(None)
+            else:
+                col.append(s - (prev or 0))
+                prev = s
+        dseq_out.append(col)
+
+    body = [
+        list(devices),
+        list(names),
+        list(types),
+        [[dev, list(layout)] for (dev, layout) in groups],
+        [dict(t) for t in tag_table],
+        seq_deltas,
+        rec_group,
+        rec_type,
+        rec_tags,
+        ts_out,
+        dseq_out,
+        series_out,
+        bodies,
+    ]
+    try:
+        raw = msgpack.packb(body, use_bin_type=True)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise BatchError(Code.BATCH_UNENCODABLE, f"record content cannot be encoded: {exc}") from exc
+    payload = zstandard.ZstdCompressor(level=level).compress(raw) if compression is Compression.ZSTD else raw
+    gw = gateway_id.encode()
+    head = HEADER.pack(
+        MAGIC,
+        FORMAT_VERSION,
+        compression,
+        stream,
+        len(gw),
+        records[0].seq,
+        records[-1].seq,
+        gateway_time_ms,
+        len(records),
+        len(raw),
+        len(payload),
+        0,
+    )
+    crc = zlib.crc32(gw + payload, zlib.crc32(head[:_CRC_SPAN]))
+    return head[:_CRC_SPAN] + struct.pack(">I", crc) + gw + payload
+
+
+# ---------------------------------------------------------------------------------------------
+# decode
+
+
+def _malformed(why: str) -> BatchError:
+    return BatchError(Code.BATCH_MALFORMED, f"batch body is malformed: {why}")
+
+
+def _ints(col: object, what: str) -> list[int]:
+    if not isinstance(col, list) or not set(map(type, col)) <= {int}:
+        raise _malformed(f"{what} must be a list of integers")
+    return col
+
+
+def _strs(col: object, what: str) -> list[str]:
+    if not isinstance(col, list) or not set(map(type, col)) <= {str}:
+        raise _malformed(f"{what} must be a list of strings")
+    return col
+
+
+def _in_range(col: list[int], size: int, what: str) -> None:
+    if col and (min(col) < 0 or max(col) >= size):
+        raise _malformed(f"{what} index out of range")
+
+
+def _check_json(value: object, depth: int = 0) -> None:
+    if depth > 16:
+        raise _malformed("body nests too deep")
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if type(k) is not str:
+                raise _malformed("body keys are strings")
+            _check_json(v, depth + 1)
+    elif isinstance(value, list):
+        for v in value:
+            _check_json(v, depth + 1)
+    elif not isinstance(value, _JSON_SCALARS) or (isinstance(value, float) and not math.isfinite(value)):
+        raise _malformed("body holds a value JSON cannot carry")
+
+
+def _decompress(payload: bytes, header: Header) -> bytes:
+    if header.compression is Compression.NONE:
+        if len(payload) != header.body_len:
+            raise BatchError(Code.BATCH_LENGTH_MISMATCH, "body length differs from the header")
+        return payload
+    try:
+        declared = zstandard.frame_content_size(payload)
+        if declared not in (-1, header.body_len):
+            raise BatchError(Code.BATCH_LENGTH_MISMATCH, "compressed frame declares a different size than the header")
+        with zstandard.ZstdDecompressor().stream_reader(payload) as reader:
+            raw = reader.read(header.body_len + 1)  # never allocates more than the header allows
+    except zstandard.ZstdError as exc:
+        raise BatchError(Code.BATCH_DECOMPRESS_FAILED, f"zstd: {exc}") from exc
+    if len(raw) != header.body_len:
+        raise BatchError(Code.BATCH_LENGTH_MISMATCH, "decompressed size differs from the header", got=len(raw))
+    return raw
+
+
+def decode(data: bytes, limits: BatchLimits = DEFAULT_BATCH_LIMITS) -> Batch:
+    """Decode a batch. Raises ``BatchError`` (never anything else) for every refusal."""
+    header = read_header(data, limits)
+    try:
+        return Batch(header, _decode_body(data, header))
+    except BatchError:
+        raise
+    except Exception as exc:  # the decoder promises: only the taxonomy's error escapes
+        raise _malformed(f"{type(exc).__name__}") from exc
+
+
+def _decode_body(data: bytes, header: Header) -> list[Record]:
+    payload = data[HEADER_SIZE + len(header.gateway_id.encode()) :]
+    raw = _decompress(payload, header)
+    try:
+        body = msgpack.unpackb(raw, raw=False, use_list=True, strict_map_key=True)
+    except (ValueError, msgpack.UnpackException, TypeError) as exc:
+        raise _malformed(f"msgpack: {str(exc)[:80]}") from exc
+    if not isinstance(body, list) or len(body) != 13:
+        raise _malformed("expected 13 columns")
+    (devices, names, types, groups_raw, tag_table, seq_deltas, rec_group, rec_type, rec_tags, ts_cols, dseq_cols, series_raw, bodies) = body
+    devices = _strs(devices, "devices")
+    names = _strs(names, "names")
+    types = _strs(types, "types")
+    n = header.record_count
+    seq_deltas = _ints(seq_deltas, "sequence deltas")
+    rec_group = _ints(rec_group, "record groups")
+    rec_type = _ints(rec_type, "record types")
+    rec_tags = _ints(rec_tags, "record tags")
+    if not (len(seq_deltas) == len(rec_group) == len(rec_type) == len(rec_tags) == n):
+        raise _malformed("columns differ in length from the record count")
+    if seq_deltas[0] != 0 or (n > 1 and min(seq_deltas[1:]) < 1):
+        raise _malformed("sequence numbers must increase")
+    seqs = list(accumulate(seq_deltas, initial=header.first_seq))[1:]
+    if seqs[-1] != header.last_seq:
+        raise BatchError(Code.BATCH_BAD_SEQUENCE, "records' sequence numbers do not end at the header's last")
+    if not all(valid_device_id(d) for d in devices) or len(set(devices)) != len(devices):
+        raise _malformed("device ids")
+    if not isinstance(tag_table, list) or not all(
+        isinstance(t, dict) and set(map(type, t.values())) <= {str} for t in tag_table
+    ):
+        raise _malformed("tags table")
+    _in_range(rec_type, len(types), "type")
+    _in_range(rec_tags, len(tag_table), "tags")
+    if not isinstance(groups_raw, list):
+        raise _malformed("groups")
+    _in_range(rec_group, len(groups_raw), "group")
+
+    # series: (device, name, kind) -> decoded values
+    if not isinstance(series_raw, list):
+        raise _malformed("series")
+    series: dict[tuple[int, int, int], list[MetricValue]] = {}
+    for item in series_raw:
+        if not isinstance(item, list) or len(item) != 5:
+            raise _malformed("series entry")
+        dev, name, kind, scale, values = item
+        if type(dev) is not int or not 0 <= dev < len(devices) or type(name) is not int or not 0 <= name < len(names):
+            raise _malformed("series key")
+        if not isinstance(values, list) or (dev, name, kind) in series:
+            raise _malformed("series values")
+        if kind == _KIND_FLOAT and scale == _RAW_FLOAT:
+            if not set(map(type, values)) <= {float}:
+                raise _malformed("raw float series")
+            decoded: list[MetricValue] = values
+        elif kind == _KIND_FLOAT and type(scale) is int and 0 <= scale <= _MAX_SCALE:
+            p = 10**scale
+            decoded = [x / p for x in accumulate(_ints(values, "float series"))]
+        elif kind == _KIND_INT and scale == 0:
+            decoded = list(accumulate(_ints(values, "int series")))
+        elif kind == _KIND_BOOL and scale == 0:
+            if not set(values) <= {0, 1} or not set(map(type, values)) <= {int}:
+                raise _malformed("bool series")
+            decoded = [v == 1 for v in values]
+        else:
+            raise _malformed("series kind")
+        series[(dev, name, kind)] = decoded
+
+    # groups: which device, which metric names in which order, drawn from which series
+    uses = Counter(rec_group)
+    expected: Counter[tuple[int, int, int]] = Counter()
+    group_dev: list[str] = []
+    group_names: list[tuple[str, ...]] = []
+    group_keys: list[list[tuple[int, int, int]]] = []
+    for entry in groups_raw:
+        if not isinstance(entry, list) or len(entry) != 2:
+            raise _malformed("group entry")
+        dev, layout = entry
+        if type(dev) is not int or not 0 <= dev < len(devices):
+            raise _malformed("group device")
+        layout = _ints(layout, "group layout")
+        if len(layout) % 2:
+            raise _malformed("group layout")
+        keys = [(dev, layout[j], layout[j + 1]) for j in range(0, len(layout), 2)]
+        if any(k not in series for k in keys) or len({k[1] for k in keys}) != len(keys):
+            raise _malformed("group refers to a missing series")
+        group_dev.append(devices[dev])
+        group_names.append(tuple(names[k[1]] for k in keys))
+        group_keys.append(keys)
+        count = uses.get(len(group_keys) - 1, 0)
+        for k in keys:
+            expected[k] += count
+    if any(expected[k] != len(v) for k, v in series.items()):
+        raise _malformed("series lengths do not match the records that use them")
+
+    # per-device columns: timestamps (delta-of-delta) and device sequence numbers (deltas)
+    group_dev_idx = [e[0] for e in groups_raw]
+    rec_dev = [group_dev_idx[g] for g in rec_group]
+    dev_counts = Counter(rec_dev)
+    if not isinstance(ts_cols, list) or not isinstance(dseq_cols, list):
+        raise _malformed("per-device columns")
+    order = list(dict.fromkeys(rec_dev))  # devices in order of first appearance, as the encoder wrote them
+    if len(ts_cols) != len(order) or len(dseq_cols) != len(order):
+        raise _malformed("per-device columns")
+    ts_iters: dict[int, Iterator[int]] = {}
+    dseq_iters: dict[int, Iterator[int | None]] = {}
+    for dev, ts_col, dseq_col in zip(order, ts_cols, dseq_cols, strict=True):
+        ts_col = _ints(ts_col, "timestamps")
+        if len(ts_col) != dev_counts[dev] or not isinstance(dseq_col, list) or len(dseq_col) != dev_counts[dev]:
+            raise _malformed("per-device column length")
+        stamps = list(accumulate(accumulate(ts_col)))
+        if min(stamps) < 0 or max(stamps) > MAX_U64:
+            raise _malformed("timestamps out of range")
+        ts_iters[dev] = iter(stamps)
+        if not set(map(type, dseq_col)) <= {int, type(None)}:
+            raise _malformed("device sequence numbers")
+        prev = 0
+        dseq: list[int | None] = []
+        for d in dseq_col:
+            if d is None:
+                dseq.append(None)
+            else:
+                prev += d
+                dseq.append(prev)
+        dseq_iters[dev] = iter(dseq)
+
+    if not isinstance(bodies, list):
+        raise _malformed("bodies")
+    body_of: dict[int, JsonObject] = {}
+    for item in bodies:
+        if not isinstance(item, list) or len(item) != 2 or type(item[0]) is not int or not 0 <= item[0] < n:
+            raise _malformed("body entry")
+        if not isinstance(item[1], dict):
+            raise _malformed("body is an object")
+        _check_json(item[1])
+        body_of[item[0]] = item[1]
+
+    iters = {k: iter(v) for k, v in series.items()}
+    group_iters = [[iters[k] for k in keys] for keys in group_keys]
+    tags_out = [t or None for t in tag_table]
+    body_col: list[JsonObject | None] = [None] * n
+    for i, b in body_of.items():
+        body_col[i] = b
+    ts_next = [ts_iters[d].__next__ if d in ts_iters else None for d in range(len(devices))]
+    dseq_next = [dseq_iters[d].__next__ if d in dseq_iters else None for d in range(len(devices))]
+    new = tuple.__new__
+    # Lengths were all checked above, so the zips below cannot run short.
+    return [
+        new(
+            Record,
+            (
+                seq,
+                group_dev[g],
+                ts_next[d](),
+                types[t],
+                dict(zip(group_names[g], map(next, group_iters[g]))),  # noqa: B905
+                dseq_next[d](),
+                tags_out[tg],
+                b,
+            ),
+        )
+        for seq, g, d, t, tg, b in zip(seqs, rec_group, rec_dev, rec_type, rec_tags, body_col)  # noqa: B905
+    ]

@@ -1,0 +1,292 @@
+"""Envelope v1: the JSON message a device sends, decoded once at the boundary into a frozen object.
+
+Wire form (UTF-8 JSON object; field order free; unknown fields are ignored so that v1 can grow)::
+
+    {"v": 1, "device": "boiler-7", "ts": 1764061200000, "seq": 42, "type": "telemetry",
+     "metrics": {"temp_c": 21.5, "on": true}, "tags": {"zone": "north"}}
+
+- ``v``       major version, required; only 1 is understood.
+- ``device``  optional; when present it must equal the device the message arrived for (topic or
+              credential).
+- ``ts``      optional Unix time in ms; the receiver's clock is used when absent.
+- ``seq``     optional device sequence number, 0 <= seq < 2**63.
+- ``type``    telemetry | event | heartbeat | twin_reported | command_ack; optional when the topic
+              names it, and then it must agree with the topic.
+- ``metrics`` name -> number or bool; required and non-empty for telemetry.
+- ``tags``    name -> short string.
+- ``body``    JSON object: the reported state (twin_reported, required), the ack (command_ack,
+              required: ``{"id": ..., "status": ...}``), free detail for events.
+
+Anything else is refused with an ``EnvelopeError`` whose code says why; callers quarantine the
+raw bytes with that code.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import TypeAlias, cast
+
+from pulse.protocol.errors import Code, EnvelopeError
+from pulse.protocol.topics import valid_device_id
+
+VERSION = 1
+
+MetricValue: TypeAlias = float | int | bool
+JsonValue: TypeAlias = "None | bool | int | float | str | list[JsonValue] | dict[str, JsonValue]"
+JsonObject: TypeAlias = "dict[str, JsonValue]"
+
+_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]*")
+MIN_TIMESTAMP_MS = 946_684_800_000  # 2000-01-01T00:00:00Z: nothing real is older
+MAX_SEQ = 2**63 - 1
+MAX_INT = 2**53  # exact in float64 and in JSON readers everywhere
+
+
+class MessageType(StrEnum):
+    TELEMETRY = "telemetry"
+    EVENT = "event"
+    HEARTBEAT = "heartbeat"
+    TWIN_REPORTED = "twin_reported"
+    COMMAND_ACK = "command_ack"
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """What a single device message may contain. Gateways and the cloud may configure their own."""
+
+    max_bytes: int = 16 * 1024
+    max_metrics: int = 64
+    max_name_len: int = 64
+    max_tags: int = 16
+    max_tag_value_len: int = 128
+    max_abs_value: float = 1e15
+    max_body_depth: int = 8
+    max_past_ms: int = 366 * 24 * 3600 * 1000
+    max_future_ms: int = 24 * 3600 * 1000
+
+
+DEFAULT_LIMITS = Limits()
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    device_id: str
+    ts_ms: int
+    type: MessageType
+    metrics: Mapping[str, MetricValue] = field(default_factory=dict)
+    seq: int | None = None
+    tags: Mapping[str, str] = field(default_factory=dict)
+    body: JsonObject | None = None
+    version: int = VERSION
+
+    def to_json(self) -> bytes:
+        doc: dict[str, object] = {"v": self.version, "device": self.device_id, "ts": self.ts_ms, "type": self.type.value}
+        if self.seq is not None:
+            doc["seq"] = self.seq
+        if self.metrics:
+            doc["metrics"] = dict(self.metrics)
+        if self.tags:
+            doc["tags"] = dict(self.tags)
+        if self.body is not None:
+            doc["body"] = self.body
+        return json.dumps(doc, separators=(",", ":"), allow_nan=False).encode()
+
+
+def _reject_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a number")
+
+
+def parse(
+    raw: bytes,
+    *,
+    now_ms: int,
+    device_id: str | None = None,
+    expected_type: MessageType | None = None,
+    limits: Limits = DEFAULT_LIMITS,
+) -> Envelope:
+    """Decode and validate one device message.
+
+    ``device_id`` is who sent it (from the topic or the credential); ``expected_type`` is what the
+    topic says it is. Raises ``EnvelopeError`` and nothing else."""
+    if len(raw) > limits.max_bytes:
+        raise EnvelopeError(Code.ENVELOPE_TOO_LARGE, f"messages are at most {limits.max_bytes} bytes", size=len(raw))
+    try:
+        doc = json.loads(raw, parse_constant=_reject_constant)
+    except (ValueError, RecursionError, UnicodeDecodeError) as exc:
+        raise EnvelopeError(Code.ENVELOPE_NOT_JSON, f"not valid UTF-8 JSON: {str(exc)[:120]}") from exc
+    if not isinstance(doc, dict):
+        raise EnvelopeError(Code.ENVELOPE_NOT_OBJECT, "a message is a JSON object")
+    return _from_doc(doc, now_ms=now_ms, device_id=device_id, expected_type=expected_type, limits=limits)
+
+
+def _from_doc(
+    doc: dict[str, object],
+    *,
+    now_ms: int,
+    device_id: str | None,
+    expected_type: MessageType | None,
+    limits: Limits,
+) -> Envelope:
+    version = doc.get("v")
+    if version is None:
+        raise EnvelopeError(Code.ENVELOPE_VERSION_MISSING, 'messages carry their version: "v": 1')
+    if type(version) is not int or version != VERSION:
+        raise EnvelopeError(
+            Code.ENVELOPE_VERSION_UNSUPPORTED, f"this receiver understands envelope version {VERSION}", version=repr(version)[:32]
+        )
+
+    device = doc.get("device", device_id)
+    if not isinstance(device, str) or not valid_device_id(device):
+        raise EnvelopeError(Code.ENVELOPE_BAD_DEVICE, "device is 1-128 characters of letters, digits, '_', '-', '.', ':'")
+    if device_id is not None and device != device_id:
+        raise EnvelopeError(
+            Code.ENVELOPE_DEVICE_MISMATCH, "a device may only send as itself", device_id=device_id, claimed=device[:128]
+        )
+
+    raw_type = doc.get("type")
+    if raw_type is None:
+        if expected_type is None:
+            raise EnvelopeError(Code.ENVELOPE_BAD_TYPE, "type is required: " + ", ".join(MessageType))
+        msg_type = expected_type
+    else:
+        try:
+            msg_type = MessageType(raw_type) if isinstance(raw_type, str) else _bad_type(raw_type)
+        except ValueError:
+            msg_type = _bad_type(raw_type)
+        if expected_type is not None and msg_type is not expected_type:
+            raise EnvelopeError(
+                Code.ENVELOPE_BAD_TYPE, f"type {msg_type} was sent on the {expected_type} topic", device_id=device
+            )
+
+    ts = doc.get("ts")
+    if ts is None:
+        ts_ms = now_ms
+    else:
+        if type(ts) is not int:
+            raise EnvelopeError(Code.ENVELOPE_BAD_TIMESTAMP, "ts is an integer: Unix time in milliseconds", device_id=device)
+        if ts < MIN_TIMESTAMP_MS or ts < now_ms - limits.max_past_ms or ts > now_ms + limits.max_future_ms:
+            raise EnvelopeError(
+                Code.ENVELOPE_TIMESTAMP_OUT_OF_WINDOW,
+                "ts is too far from the receiver's clock; check the device's clock (milliseconds, not seconds)",
+                device_id=device,
+                ts=ts,
+                now=now_ms,
+            )
+        ts_ms = ts
+
+    seq = doc.get("seq")
+    if seq is not None and (type(seq) is not int or not 0 <= seq <= MAX_SEQ):
+        raise EnvelopeError(Code.ENVELOPE_BAD_SEQUENCE, "seq is an integer from 0 to 2**63-1", device_id=device)
+
+    metrics = _metrics(doc.get("metrics"), device, limits)
+    if msg_type is MessageType.TELEMETRY and not metrics:
+        raise EnvelopeError(Code.ENVELOPE_MISSING_METRICS, "telemetry carries at least one metric", device_id=device)
+
+    tags = _tags(doc.get("tags"), device, limits)
+    body = _body(doc.get("body"), msg_type, device, limits)
+    return Envelope(device_id=device, ts_ms=ts_ms, type=msg_type, metrics=metrics, seq=seq, tags=tags, body=body)
+
+
+def _bad_type(raw_type: object) -> MessageType:
+    raise EnvelopeError(Code.ENVELOPE_BAD_TYPE, "type is one of: " + ", ".join(MessageType), type=repr(raw_type)[:32])
+
+
+def _check_name(name: object, what: str, device: str, limits: Limits, code: Code) -> str:
+    if not isinstance(name, str) or len(name) > limits.max_name_len or not _NAME_RE.fullmatch(name):
+        raise EnvelopeError(
+            code,
+            f"{what} names are 1-{limits.max_name_len} characters of letters, digits, '_', '.', '-' starting with a letter or '_'",
+            device_id=device,
+            name=repr(name)[:80],
+        )
+    return name
+
+
+def _metrics(raw: object, device: str, limits: Limits) -> dict[str, MetricValue]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise EnvelopeError(Code.ENVELOPE_BAD_METRIC, "metrics is an object of name -> number or boolean", device_id=device)
+    if len(raw) > limits.max_metrics:
+        raise EnvelopeError(
+            Code.ENVELOPE_TOO_MANY_METRICS, f"at most {limits.max_metrics} metrics per message", device_id=device, count=len(raw)
+        )
+    bound = limits.max_abs_value
+    for name, value in raw.items():
+        _check_name(name, "metric", device, limits, Code.ENVELOPE_BAD_METRIC)
+        kind = type(value)
+        if kind is bool:
+            continue
+        if kind is int:
+            if -bound <= value <= bound and -MAX_INT <= value <= MAX_INT:
+                continue
+        elif kind is float:
+            if math.isfinite(value) and -bound <= value <= bound:
+                continue
+        raise EnvelopeError(
+            Code.ENVELOPE_BAD_METRIC,
+            f"metric values are finite numbers within ±{bound:g}, or booleans",
+            device_id=device,
+            metric=name,
+            value=repr(value)[:40],
+        )
+    return cast(dict[str, MetricValue], raw)
+
+
+def _tags(raw: object, device: str, limits: Limits) -> dict[str, str]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict) or len(raw) > limits.max_tags:
+        raise EnvelopeError(
+            Code.ENVELOPE_BAD_TAG, f"tags is an object of at most {limits.max_tags} name -> string", device_id=device
+        )
+    for name, value in raw.items():
+        _check_name(name, "tag", device, limits, Code.ENVELOPE_BAD_TAG)
+        if not isinstance(value, str) or len(value) > limits.max_tag_value_len or "\x00" in value:
+            raise EnvelopeError(
+                Code.ENVELOPE_BAD_TAG,
+                f"tag values are strings of at most {limits.max_tag_value_len} characters",
+                device_id=device,
+                tag=name,
+            )
+    return cast(dict[str, str], raw)
+
+
+def _depth(value: object, limit: int) -> bool:
+    """True when ``value`` nests no deeper than ``limit`` containers."""
+    stack: list[tuple[object, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            if depth >= limit:
+                return False
+            stack.extend((v, depth + 1) for v in item.values())
+        elif isinstance(item, list):
+            if depth >= limit:
+                return False
+            stack.extend((v, depth + 1) for v in item)
+    return True
+
+
+def _body(raw: object, msg_type: MessageType, device: str, limits: Limits) -> JsonObject | None:
+    if raw is None:
+        if msg_type is MessageType.TWIN_REPORTED:
+            raise EnvelopeError(Code.ENVELOPE_BAD_BODY, "twin_reported carries the reported state in body", device_id=device)
+        if msg_type is MessageType.COMMAND_ACK:
+            raise EnvelopeError(Code.ENVELOPE_BAD_BODY, 'command_ack carries {"id": ..., "status": ...} in body', device_id=device)
+        return None
+    if not isinstance(raw, dict) or not _depth(raw, limits.max_body_depth):
+        raise EnvelopeError(
+            Code.ENVELOPE_BAD_BODY, f"body is a JSON object nested at most {limits.max_body_depth} deep", device_id=device
+        )
+    if msg_type is MessageType.COMMAND_ACK:
+        cmd_id, status = raw.get("id"), raw.get("status")
+        if not isinstance(cmd_id, str) or not cmd_id or len(cmd_id) > 64 or not isinstance(status, str):
+            raise EnvelopeError(
+                Code.ENVELOPE_BAD_BODY, 'command_ack body needs "id" (string) and "status" (string)', device_id=device
+            )
+    return cast(JsonObject, raw)

@@ -1,0 +1,65 @@
+"""Shared fixtures: a real PostgreSQL for the whole run, a fresh database per test module.
+
+The server is a throwaway cluster made with initdb/pg_ctl in a temporary directory on a free port
+(as root it runs under the `postgres` account), or the server named by PULSE_TEST_DATABASE_URL
+(an admin DSN: it must be allowed to CREATE DATABASE).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import pytest
+
+from pulse.cloud.db.embedded import EmbeddedPostgres
+
+
+@pytest.fixture(scope="session")
+def pg_admin_dsn() -> Iterator[str]:
+    """DSN of a superuser on a real PostgreSQL server, for the whole test session."""
+    if url := os.environ.get("PULSE_TEST_DATABASE_URL"):
+        yield url
+        return
+    root = Path(tempfile.mkdtemp(prefix="pulse-test-pg-"))
+    os.chmod(root, 0o755)
+    server = EmbeddedPostgres(root / "pg", durable=False)
+    try:
+        yield server.start()
+    finally:
+        server.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _with_database(dsn: str, name: str) -> str:
+    """The same server and credentials, another database."""
+    parts = urlsplit(dsn)
+    return urlunsplit(parts._replace(path=f"/{name}"))
+
+
+@pytest.fixture(scope="module")
+def database_url(pg_admin_dsn: str, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh, empty database for this test module; dropped afterwards."""
+    module = re.sub(r"[^a-z0-9]+", "_", request.module.__name__.rsplit(".", 1)[-1].lower())[:30]
+    name = f"t_{module}_{uuid.uuid4().hex[:8]}"
+
+    async def admin(sql: str) -> None:
+        conn = await asyncpg.connect(pg_admin_dsn)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+    try:
+        yield _with_database(pg_admin_dsn, name)
+    finally:
+        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
