@@ -70,7 +70,8 @@ def run(batch_records: int = 1000, repeat: int = 3) -> dict[str, object]:
         decoded = [batch.decode(b) for b in encoded]
         best_decode = min(best_decode, time.perf_counter() - t0)
         decoded_points = sum(len(r.metrics) for d in decoded for r in d.records)
-    assert decoded_points == sample.points, "decoder lost points"
+    if decoded_points != sample.points:
+        raise RuntimeError(f"decoder returned {decoded_points} points of {sample.points}")
 
     json_bytes = sum(len(e) for e in sample.envelopes)
     zctx = zstandard.ZstdCompressor(level=9)
