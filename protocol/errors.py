@@ -58,6 +58,13 @@ class Code(StrEnum):
     BATCH_BAD_SEQUENCE = "batch.bad_sequence"
     BATCH_UNENCODABLE = "batch.unencodable"
 
+    # gateway identity: enrollment and mutual TLS
+    IDENTITY_BAD_CSR = "identity.bad_csr"
+    IDENTITY_UNTRUSTED = "identity.untrusted"
+    IDENTITY_EXPIRED = "identity.expired"
+    IDENTITY_REVOKED = "identity.revoked"
+    IDENTITY_NO_CERTIFICATE = "identity.no_certificate"
+
 
 class PulseError(Exception):
     """Root of every Pulse error that carries a stable code and a sentence a person can act on."""

@@ -1,0 +1,70 @@
+"""Sync bookkeeping: what the cloud writes and acks for a batch, backoff, clock rule, drain order."""
+
+from __future__ import annotations
+
+import pytest
+
+from pulse.protocol import batch, sync
+from pulse.protocol.batch import Record, Stream
+
+pytestmark = pytest.mark.unit
+
+
+def _batch(seqs: list[int]) -> batch.Batch:
+    records = [Record(s, "dev-1", 1_764_000_000_000 + s, "telemetry", {"t": float(s)}) for s in seqs]
+    return batch.decode(batch.encode(records, gateway_id="gw-1", stream=Stream.TELEMETRY, gateway_time_ms=0))
+
+
+@pytest.mark.parametrize(
+    ("seqs", "high_water", "verdict", "written", "new_mark"),
+    [
+        ([1, 2, 3], 0, sync.Verdict.WRITE, [1, 2, 3], 3),
+        ([4, 5, 6], 3, sync.Verdict.WRITE, [4, 5, 6], 6),
+        ([1, 2, 3], 3, sync.Verdict.REPLAY, [], 3),
+        ([1, 2, 3], 10, sync.Verdict.REPLAY, [], 10),
+        ([2, 3, 4, 5], 3, sync.Verdict.PARTIAL, [4, 5], 5),
+        ([10, 20], 3, sync.Verdict.WRITE, [10, 20], 20),  # a gap from the gateway's quota is legal
+    ],
+)
+def test_replayed_or_overlapping_batch_is_acked_and_written_only_above_the_mark(
+    seqs: list[int], high_water: int, verdict: sync.Verdict, written: list[int], new_mark: int
+) -> None:
+    b = _batch(seqs)
+    assert sync.classify(b.header, high_water) is verdict
+    admission = sync.admit(b.header, b.records, high_water)
+    assert admission.verdict is verdict
+    assert [r.seq for r in admission.new_records] == written
+    assert admission.new_high_water == new_mark
+    assert admission.ack_seq == seqs[-1]
+
+
+@pytest.mark.parametrize(
+    ("attempt", "jitter", "expected"),
+    [(0, 0.5, 0.25), (1, 1.0, 1.0), (3, 0.5, 2.0), (10, 0.5, 30.0), (10_000, 0.999, 59.94), (2, 0.0, 0.0), (2, 7.0, 2.0)],
+)
+def test_backoff_is_exponential_with_full_jitter_and_capped(attempt: int, jitter: float, expected: float) -> None:
+    assert sync.Backoff(base_s=0.5, cap_s=60.0).delay(attempt, jitter) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(
+    ("gateway_ms", "cloud_ms", "corrected", "ts_in", "ts_out"),
+    [
+        (1_000_000, 1_000_500, False, 999_000, 999_000),  # within tolerance: kept as sent
+        (1_000_000, 1_000_000 + 3_600_000, True, 999_000, 999_000 + 3_600_000),  # gateway an hour behind
+        (5_000_000, 1_000_000, True, 4_999_000, 999_000),  # gateway ahead
+    ],
+)
+def test_gateway_clock_far_off_shifts_timestamps_by_the_offset(
+    gateway_ms: int, cloud_ms: int, corrected: bool, ts_in: int, ts_out: int
+) -> None:
+    check = sync.check_clock(gateway_ms, cloud_ms)
+    assert check.corrected is corrected
+    assert sync.corrected_ts(ts_in, check) == ts_out
+
+
+def test_alerts_and_events_drain_before_telemetry() -> None:
+    assert sync.next_stream({Stream.TELEMETRY: 5, Stream.EVENTS: 1}) is Stream.EVENTS
+    assert sync.next_stream({Stream.TELEMETRY: 5, Stream.ALERTS: 1, Stream.EVENTS: 1}) is Stream.ALERTS
+    assert sync.next_stream({Stream.TELEMETRY: 5, Stream.TWIN: 2}) is Stream.TWIN
+    assert sync.next_stream({Stream.TELEMETRY: 5}) is Stream.TELEMETRY
+    assert sync.next_stream({Stream.TELEMETRY: 0}) is None
