@@ -13,7 +13,7 @@ from pulse.cli.version import __version__
 Handler = Callable[[argparse.Namespace], int]
 
 # Each tier adds its own command group: a module with `register(subparsers)`.
-COMMAND_MODULES = ["pulse.edge.cli", "pulse.cloud.cli"]
+COMMAND_MODULES = ["pulse.edge.cli", "pulse.cloud.cli", "pulse.firmware_sim.cli"]
 
 # name -> (module with `run() -> dict`, one-line description)
 BENCHMARKS: dict[str, tuple[str, str]] = {

@@ -1,0 +1,77 @@
+"""`pulse sim run`: a simulated fleet against a gateway (MQTT) or the cloud's HTTP ingest."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from pulse.firmware_sim.device import Fault
+from pulse.firmware_sim.runner import Fleet, HttpTarget, MqttTarget
+
+
+def _secrets(path: str | None) -> dict[str, str]:
+    if not path:
+        return {}
+    data = json.loads(Path(path).read_text())
+    if not isinstance(data, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in data.items()):
+        raise SystemExit(f"pulse sim: {path} must be a JSON object of device id -> secret")
+    return data
+
+
+async def _run(args: argparse.Namespace) -> int:
+    target: MqttTarget | HttpTarget
+    if args.http:
+        tokens = _secrets(args.tokens)
+        target = HttpTarget(args.http, tokens)
+    else:
+        host, _, port = args.mqtt.rpartition(":")
+        target = MqttTarget(host or "127.0.0.1", int(port), _secrets(args.credentials))
+    fleet = Fleet.generate(args.devices, target, interval_s=args.interval, speed=args.speed, prefix=args.prefix)
+    for spec in args.fault:
+        device, fault = Fault.parse(spec)
+        fleet.inject(device, fault)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, fleet.stop)
+    runner = asyncio.create_task(fleet.run(args.duration))
+    while not runner.done():
+        await asyncio.wait({runner}, timeout=args.report_every)
+        s = fleet.stats
+        print(
+            f"sim: {len(s.connected)}/{len(fleet.devices)} connected, {s.acknowledged} acknowledged, "
+            f"{s.rejected} rejected, {s.connect_errors} link errors" + (f" (last: {s.last_error})" if s.last_error else ""),
+            file=sys.stderr,
+            flush=True,
+        )
+    print(json.dumps(runner.result().to_json()))
+    return 0
+
+
+def register(sub: Any) -> None:
+    p: argparse.ArgumentParser = sub.add_parser("sim", help="run a simulated device fleet")
+    cmds = p.add_subparsers(dest="sim_command", metavar="COMMAND", required=True)
+    r = cmds.add_parser("run", help="run N simulated devices until Ctrl-C or --duration")
+    where = r.add_mutually_exclusive_group(required=True)
+    where.add_argument("--mqtt", metavar="HOST:PORT", help="a gateway's MQTT listener")
+    where.add_argument("--http", metavar="URL", help="the cloud's base URL (direct devices, HTTP ingest)")
+    r.add_argument("--credentials", metavar="FILE", help="JSON: device id -> MQTT secret (with --mqtt)")
+    r.add_argument("--tokens", metavar="FILE", help="JSON: device id -> device token (with --http)")
+    r.add_argument("--devices", type=int, default=25)
+    r.add_argument("--prefix", default="dev", help="device ids are PREFIX-0000, PREFIX-0001, ...")
+    r.add_argument("--interval", type=float, default=10.0, help="seconds between readings (the twin may change it)")
+    r.add_argument("--speed", type=float, default=1.0, help="time acceleration: 60 plays a minute per second")
+    r.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    r.add_argument("--report-every", type=float, default=5.0, help="seconds between progress lines")
+    r.add_argument(
+        "--fault",
+        action="append",
+        default=[],
+        metavar="DEVICE:KIND[:k=v,...]",
+        help="inject a fault: silent, spike, stuck, flapping, clock_skew, malformed (e.g. dev-0003:spike:factor=5)",
+    )
+    r.set_defaults(handler=lambda args: asyncio.run(_run(args)))

@@ -1,0 +1,223 @@
+"""Runs a simulated fleet against a gateway (MQTT, each device with its own credentials, QoS 1) or
+straight against the cloud's HTTP ingest. Each device reconnects on its own with full-jitter
+backoff; a device that is down does not slow the others."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+import ssl
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import aiomqtt
+import httpx
+
+from pulse.firmware_sim.device import Device, Fault, FaultKind
+from pulse.firmware_sim.profiles import make_fleet
+from pulse.protocol import topics
+from pulse.protocol.envelope import Envelope, MessageType
+from pulse.protocol.sync import Backoff
+from pulse.protocol.topics import TopicKind
+
+log = logging.getLogger("pulse.sim")
+
+
+@dataclass(frozen=True)
+class MqttTarget:
+    host: str
+    port: int
+    credentials: dict[str, str]  # device id -> secret
+    tls: ssl.SSLContext | None = None
+
+
+@dataclass(frozen=True)
+class HttpTarget:
+    url: str  # the cloud's base URL
+    tokens: dict[str, str]  # device id -> device token
+
+
+@dataclass
+class FleetStats:
+    published: int = 0
+    acknowledged: int = 0
+    rejected: int = 0
+    connect_errors: int = 0
+    connected: set[str] = field(default_factory=set)
+    last_error: str | None = None
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "published": self.published,
+            "acknowledged": self.acknowledged,
+            "rejected": self.rejected,
+            "connect_errors": self.connect_errors,
+            "connected": len(self.connected),
+            "last_error": self.last_error,
+        }
+
+
+class Link(Protocol):
+    async def send(self, payload: bytes, kind: TopicKind, command_id: str | None = None) -> bool: ...
+
+
+class _MqttLink:
+    def __init__(self, client: aiomqtt.Client, device_id: str) -> None:
+        self.client, self.device_id = client, device_id
+
+    async def send(self, payload: bytes, kind: TopicKind, command_id: str | None = None) -> bool:
+        # aiomqtt's QoS 1 publish returns once the broker's PUBACK arrived: acknowledged.
+        await self.client.publish(topics.build(self.device_id, kind, command_id), payload, qos=1)
+        return True
+
+
+class _HttpLink:
+    def __init__(self, client: httpx.AsyncClient, url: str, token: str) -> None:
+        self.client, self.url, self.token = client, url, token
+
+    async def send(self, payload: bytes, kind: TopicKind, command_id: str | None = None) -> bool:
+        r = await self.client.post(
+            f"{self.url.rstrip('/')}/ingest/v1/telemetry",
+            content=payload,
+            headers={"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"},
+        )
+        if r.status_code in (429, 503):
+            await asyncio.sleep(float(r.headers.get("Retry-After", "1")))
+            return False
+        if r.status_code >= 500:
+            r.raise_for_status()
+        return r.status_code < 300
+
+
+class Fleet:
+    def __init__(
+        self,
+        devices: list[Device],
+        target: MqttTarget | HttpTarget,
+        *,
+        speed: float = 1.0,
+        heartbeat_every: int = 6,
+        seed: int = 1,
+    ) -> None:
+        self.devices = {d.device_id: d for d in devices}
+        self.target = target
+        self.speed = speed
+        self.heartbeat_every = heartbeat_every
+        self.stats = FleetStats()
+        self.backoff = Backoff(base_s=0.5, cap_s=30.0)
+        self.rng = random.Random(seed)
+        self._t0 = time.monotonic()
+        self._stop = asyncio.Event()
+
+    @classmethod
+    def generate(cls, count: int, target: MqttTarget | HttpTarget, *, interval_s: float = 10.0, seed: int = 7, prefix: str = "dev", **kw: float) -> Fleet:
+        return cls([Device(sim, interval_s=interval_s) for sim in make_fleet(count, seed=seed, prefix=prefix)], target, **kw)  # type: ignore[arg-type]
+
+    def sim_now(self) -> float:
+        """Simulated seconds since start (runs ``speed`` times faster than the wall clock)."""
+        return (time.monotonic() - self._t0) * self.speed
+
+    def inject(self, device_id: str, fault: Fault) -> None:
+        self.devices[device_id].inject(fault, self.sim_now())
+
+    def clear(self, device_id: str, kind: FaultKind | None = None) -> None:
+        self.devices[device_id].clear(kind)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def run(self, duration_s: float | None = None) -> FleetStats:
+        tasks = [asyncio.create_task(self._device_loop(dev, i)) for i, dev in enumerate(self.devices.values())]
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), duration_s)
+        finally:
+            self._stop.set()
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        return self.stats
+
+    @contextlib.asynccontextmanager
+    async def _connect(self, dev: Device) -> AsyncIterator[Link]:
+        if isinstance(self.target, MqttTarget):
+            async with aiomqtt.Client(
+                self.target.host,
+                self.target.port,
+                identifier=dev.device_id,
+                username=dev.device_id,
+                password=self.target.credentials.get(dev.device_id),
+                tls_context=self.target.tls,
+                keepalive=30,
+                clean_session=False,
+            ) as client:
+                await client.subscribe(topics.build(dev.device_id, TopicKind.TWIN_DESIRED), qos=1)
+                await client.subscribe(f"pulse/{dev.device_id}/cmd/+", qos=1)
+                link = _MqttLink(client, dev.device_id)
+                reader = asyncio.create_task(self._downlink(dev, client, link))
+                try:
+                    yield link
+                finally:
+                    reader.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await reader
+        else:
+            async with httpx.AsyncClient(timeout=10) as client:
+                yield _HttpLink(client, self.target.url, self.target.tokens[dev.device_id])
+
+    async def _downlink(self, dev: Device, client: aiomqtt.Client, link: _MqttLink) -> None:
+        async for message in client.messages:
+            try:
+                topic = topics.parse(str(message.topic))
+                doc = json.loads(message.payload) if isinstance(message.payload, bytes | str) else {}
+            except (ValueError, topics.TopicError):
+                continue
+            if topic.kind is TopicKind.TWIN_DESIRED and isinstance(doc, dict):
+                desired = doc.get("delta") or doc.get("state", {}).get("desired") or doc.get("desired") or doc
+                reported = dev.apply_desired(desired if isinstance(desired, dict) else {})
+                env = Envelope(dev.device_id, int(time.time() * 1000), MessageType.TWIN_REPORTED, body=reported)  # type: ignore[arg-type]
+                await link.send(env.to_json(), TopicKind.TWIN_REPORTED)
+            elif topic.kind is TopicKind.COMMAND and topic.command_id and isinstance(doc, dict):
+                params = doc.get("params") if isinstance(doc.get("params"), dict) else {}
+                status, result = dev.handle_command(str(doc.get("name", "")), params)
+                body = {"id": topic.command_id, "status": status, "result": result}
+                env = Envelope(dev.device_id, int(time.time() * 1000), MessageType.COMMAND_ACK, body=body)  # type: ignore[arg-type]
+                await link.send(env.to_json(), TopicKind.COMMAND_ACK, topic.command_id)
+
+    async def _device_loop(self, dev: Device, index: int) -> None:
+        attempt = 0
+        # spread devices over the first interval, as a real fleet is
+        await asyncio.sleep(self.rng.uniform(0, dev.interval_s / self.speed))
+        while not self._stop.is_set():
+            try:
+                async with self._connect(dev) as link:
+                    self.stats.connected.add(dev.device_id)
+                    attempt = 0
+                    n = 0
+                    while not self._stop.is_set():
+                        payload = dev.next_payload(self.sim_now())
+                        if payload is not None:
+                            self.stats.published += 1
+                            ok = await link.send(payload, TopicKind.TELEMETRY)
+                            self.stats.acknowledged += ok
+                            self.stats.rejected += not ok
+                            n += 1
+                            if self.heartbeat_every and n % self.heartbeat_every == 0:
+                                await link.send(dev.heartbeat(), TopicKind.HEARTBEAT)
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(self._stop.wait(), dev.interval_s / self.speed)
+            except (aiomqtt.MqttError, OSError, httpx.HTTPError) as exc:
+                self.stats.connected.discard(dev.device_id)
+                self.stats.connect_errors += 1
+                self.stats.last_error = f"{dev.device_id}: {exc}"
+                log.debug("device %s link error: %s", dev.device_id, exc)
+                delay = self.backoff.delay(attempt, self.rng.random())
+                attempt += 1
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), delay)
+        self.stats.connected.discard(dev.device_id)
