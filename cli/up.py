@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import secrets
 import signal
 import threading
 from pathlib import Path
@@ -18,6 +19,16 @@ from pulse.cloud.db.embedded import EmbeddedPostgres, EmbeddedPostgresError
 
 def data_dir(arg: str | None) -> Path:
     return Path(arg or os.environ.get("PULSE_DATA_DIR") or ".pulse").resolve()
+
+
+def _db_password(root: Path) -> str:
+    """The embedded database's password: made once, kept in the data directory (mode 0600)."""
+    path = root / "db-password"
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_urlsafe(24))
+    return path.read_text().strip()
 
 
 def run(args: argparse.Namespace) -> int:
@@ -31,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     if url := os.environ.get("DATABASE_URL"):
         print(f"database   : using DATABASE_URL ({url.split('@')[-1]})", flush=True)
     else:
-        pg = EmbeddedPostgres(root / "postgres", port=int(os.environ.get("PULSE_PG_PORT", "55432")))
+        pg = EmbeddedPostgres(root / "postgres", port=int(os.environ.get("PULSE_PG_PORT", "55432")), password=_db_password(root))
         fresh = not pg.initialised()
         print(f"database   : {'initialising' if fresh else 'starting'} embedded PostgreSQL in {pg.cluster_dir} ...", flush=True)
         try:
@@ -39,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
         except EmbeddedPostgresError as exc:
             print(f"pulse up: {exc}", flush=True)
             return 1
-        print(f"database   : running on 127.0.0.1:{pg.port} ({dsn})", flush=True)
+        print(f"database   : running on 127.0.0.1:{pg.port} (DSN: {dsn.replace(pg.password or '', '***')}; password in {root / 'db-password'})", flush=True)
     print("cloud      : not built yet (issue: cloud core)", flush=True)
     print("gateway    : not built yet (issue: edge gateway)", flush=True)
     print("fleet      : not built yet (issue: simulated fleet)", flush=True)
