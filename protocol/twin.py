@@ -104,7 +104,10 @@ class TwinUpdate:
 
     def to_json(self) -> bytes:
         state: dict[str, JsonValue] = {}
-        for name, patch, clear in (("desired", self.desired, self.clear_desired), ("reported", self.reported, self.clear_reported)):
+        for name, patch, clear in (
+            ("desired", self.desired, self.clear_desired),
+            ("reported", self.reported, self.clear_reported),
+        ):
             if clear:
                 state[name] = None
             elif patch is not None:
@@ -269,9 +272,7 @@ def _project_meta(delta: JsonObject, meta: MetaObject) -> MetaObject:
 # --- validation --------------------------------------------------------------------------------
 
 
-def _check_section(
-    section: JsonObject, name: str, limits: TwinLimits, *, max_depth: int, allow_null: bool
-) -> None:
+def _check_section(section: JsonObject, name: str, limits: TwinLimits, *, max_depth: int, allow_null: bool) -> None:
     """Keys, values and depth of one section (or section patch). Iterative: no recursion limits."""
     stack: list[tuple[str, object, int, bool]] = [(name, section, 1, False)]
     while stack:
@@ -290,7 +291,9 @@ def _check_section(
                         key=repr(key)[:80],
                     )
                 if item is None and not allow_null and not in_array:
-                    raise TwinError(Code.TWIN_BAD_VALUE, "null deletes a key in an update; a document keeps no null keys", path=path)
+                    raise TwinError(
+                        Code.TWIN_BAD_VALUE, "null deletes a key in an update; a document keeps no null keys", path=path
+                    )
                 stack.append((f"{path}.{key}", item, depth + 1, in_array))
         elif isinstance(value, list):
             if depth > max_depth:
