@@ -288,7 +288,7 @@ def _check_section(section: JsonObject, name: str, limits: TwinLimits, *, max_de
                         Code.TWIN_BAD_KEY,
                         f"keys are 1-{limits.max_key_len} characters of letters, digits, '_' and '-'",
                         path=path[:200],
-                        key=repr(key)[:80],
+                        key=key[:80] if isinstance(key, str) else repr(key)[:80],
                     )
                 if item is None and not allow_null and not in_array:
                     raise TwinError(
