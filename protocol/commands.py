@@ -139,9 +139,8 @@ def new_command(
         raise _bad("not a valid device id", command_id=id)
     if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
         raise _bad("command names are 1-64 characters of letters, digits, '_', '.', '-' starting with a letter", command_id=id)
-    checked = _json_object(
-        {} if params is None else dict(params), "params", limits.max_params_bytes, limits.max_params_depth, Code.COMMAND_BAD
-    )
+    raw_params = {} if params is None else dict(params) if isinstance(params, Mapping) else params
+    checked = _json_object(raw_params, "params", limits.max_params_bytes, limits.max_params_depth, Code.COMMAND_BAD)
     if type(now_ms) is not int or type(expires_at_ms) is not int or not now_ms < expires_at_ms <= now_ms + limits.max_ttl_ms:
         raise _bad(f"a command expires after it is made and within {limits.max_ttl_ms} ms", command_id=id)
     return Command(id, device_id, name, checked, now_ms, expires_at_ms, CommandState.QUEUED, ((CommandState.QUEUED, now_ms),))
@@ -158,7 +157,8 @@ def transition(
     """The command after ``event`` at ``now_ms``; raises ``CommandError`` for a move not in the table.
 
     ``deliver``/``send`` at or after the deadline give the command ``expired`` instead (never sent);
-    ``expire`` before the deadline is refused. ``result`` and ``error`` go with succeed/fail."""
+    ``expire`` before the deadline is refused. ``result`` and ``error`` (from ``parse_ack``, which
+    checks them) go with succeed/fail."""
     target = TRANSITIONS.get((cmd.state, event))
     if target is None:
         raise CommandError(

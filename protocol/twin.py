@@ -25,7 +25,6 @@ import math
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from enum import StrEnum
 from typing import TypeAlias, cast
 
 from pulse.protocol.envelope import MAX_INT, JsonObject, JsonValue
@@ -36,12 +35,6 @@ Meta: TypeAlias = "int | dict[str, Meta]"
 MetaObject: TypeAlias = "dict[str, Meta]"
 
 _KEY_RE = re.compile(r"[A-Za-z0-9_\-]+")
-_LOAD_MAX_DEPTH = 32  # stored documents are checked for shape, not against today's update limits
-
-
-class Section(StrEnum):
-    DESIRED = "desired"
-    REPORTED = "reported"
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +53,7 @@ class TwinLimits:
 
 
 DEFAULT_LIMITS = TwinLimits()
+_LOAD_LIMITS = TwinLimits(max_depth=32, max_key_len=256)  # stored twins: shape, not today's update limits
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,11 +70,6 @@ class TwinDocument:
     def delta(self) -> JsonObject:
         """Desired leaves/subtrees that reported does not match; ``{}`` when there is nothing to do."""
         return compute_delta(self.desired, self.reported)
-
-    def section(self, which: Section) -> tuple[JsonObject, MetaObject]:
-        if which is Section.DESIRED:
-            return self.desired, self.desired_meta
-        return self.reported, self.reported_meta
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,7 +149,7 @@ def apply_update(
     """Apply one update; returns the new document and what changed. Raises ``TwinError``."""
     for name, patch in (("desired", update.desired), ("reported", update.reported)):
         if patch is not None:
-            _check_section(patch, name, limits, max_depth=limits.max_depth, allow_null=True)
+            _check_section(patch, name, limits, allow_null=True)
     if update.version is not None and update.version != doc.version:
         raise TwinError(
             Code.TWIN_VERSION_CONFLICT,
@@ -226,8 +215,8 @@ def _merge(
             elif isinstance(old, dict):  # every key deleted: the object goes too
                 del out[key], out_meta[key]
         else:
-            out[key], out_meta[key] = copy.deepcopy(new), now_ms
-            written[path] = new
+            out[key] = written[path] = copy.deepcopy(new)
+            out_meta[key] = now_ms
     return out, out_meta
 
 
@@ -272,8 +261,9 @@ def _project_meta(delta: JsonObject, meta: MetaObject) -> MetaObject:
 # --- validation --------------------------------------------------------------------------------
 
 
-def _check_section(section: JsonObject, name: str, limits: TwinLimits, *, max_depth: int, allow_null: bool) -> None:
+def _check_section(section: JsonObject, name: str, limits: TwinLimits, *, allow_null: bool) -> None:
     """Keys, values and depth of one section (or section patch). Iterative: no recursion limits."""
+    max_depth = limits.max_depth
     stack: list[tuple[str, object, int, bool]] = [(name, section, 1, False)]
     while stack:
         path, value, depth, in_array = stack.pop()
@@ -292,7 +282,7 @@ def _check_section(section: JsonObject, name: str, limits: TwinLimits, *, max_de
                     )
                 if item is None and not allow_null and not in_array:
                     raise TwinError(
-                        Code.TWIN_BAD_VALUE, "null deletes a key in an update; a document keeps no null keys", path=path
+                        Code.TWIN_BAD_VALUE, "null deletes a key in an update; a document keeps no null keys", path=path[:200]
                     )
                 stack.append((f"{path}.{key}", item, depth + 1, in_array))
         elif isinstance(value, list):
@@ -354,6 +344,8 @@ def parse_update(raw: bytes | str, *, limits: TwinLimits = DEFAULT_LIMITS) -> Tw
 
 def update_from_obj(doc: Mapping[str, object]) -> TwinUpdate:
     """Build an update from already-decoded JSON (an API body): ``{"state": {...}, "version": n}``."""
+    if not isinstance(doc, Mapping):
+        raise TwinError(Code.TWIN_BAD_UPDATE, "an update is a JSON object")
     _only(doc, {"state", "version"}, Code.TWIN_BAD_UPDATE, "an update")
     state, version = doc.get("state"), doc.get("version")
     if not isinstance(state, dict):
@@ -425,7 +417,7 @@ def from_json(raw: bytes | str, *, limits: TwinLimits = DEFAULT_LIMITS) -> TwinD
         if not isinstance(values, dict):
             raise TwinError(Code.TWIN_BAD_DOCUMENT, f"state.{name} is an object")
         try:
-            _check_section(values, name, limits, max_depth=_LOAD_MAX_DEPTH, allow_null=False)
+            _check_section(values, name, _LOAD_LIMITS, allow_null=False)
         except TwinError as exc:
             raise TwinError(Code.TWIN_BAD_DOCUMENT, exc.message, **exc.context) from exc
         if any(not v for v in _objects(values)):
