@@ -256,7 +256,7 @@ def _tags(raw: object, device: str, limits: Limits) -> dict[str, str]:
     return cast(dict[str, str], raw)
 
 
-def _depth(value: object, limit: int) -> bool:
+def within_depth(value: object, limit: int) -> bool:
     """True when ``value`` nests no deeper than ``limit`` containers."""
     stack: list[tuple[object, int]] = [(value, 0)]
     while stack:
@@ -279,7 +279,7 @@ def _body(raw: object, msg_type: MessageType, device: str, limits: Limits) -> Js
         if msg_type is MessageType.COMMAND_ACK:
             raise EnvelopeError(Code.ENVELOPE_BAD_BODY, 'command_ack carries {"id": ..., "status": ...} in body', device_id=device)
         return None
-    if not isinstance(raw, dict) or not _depth(raw, limits.max_body_depth):
+    if not isinstance(raw, dict) or not within_depth(raw, limits.max_body_depth):
         raise EnvelopeError(
             Code.ENVELOPE_BAD_BODY, f"body is a JSON object nested at most {limits.max_body_depth} deep", device_id=device
         )

@@ -9,7 +9,9 @@ Exception tree (everything the protocol package raises)::
     ProtocolError                      code: Code, message, context
     ├── EnvelopeError                  a device message that cannot be accepted
     ├── TopicError                     a topic outside the topic map
-    └── BatchError                     a sync batch that cannot be decoded or encoded
+    ├── BatchError                     a sync batch that cannot be decoded or encoded
+    ├── TwinError                      a twin update or stored twin document that cannot be accepted
+    └── CommandError                   a command that cannot be made, or a transition it cannot take
 
 Other packages derive their own trees from ``PulseError`` and reuse ``Code`` for what reaches users.
 """
@@ -60,10 +62,39 @@ class Code(StrEnum):
 
     # gateway identity: enrollment and mutual TLS
     IDENTITY_BAD_CSR = "identity.bad_csr"
+    """The certificate request is not a valid PEM CSR with an EC P-256/P-384 or RSA 2048+ key."""
     IDENTITY_UNTRUSTED = "identity.untrusted"
+    """The certificate was not issued by this cloud's CA or names no gateway: enroll the gateway."""
     IDENTITY_EXPIRED = "identity.expired"
+    """The gateway certificate is outside its validity period: check the gateway's clock, re-enroll."""
     IDENTITY_REVOKED = "identity.revoked"
+    """An operator revoked this gateway certificate: enroll again with a new token."""
     IDENTITY_NO_CERTIFICATE = "identity.no_certificate"
+    """The gateway listener needs a client certificate."""
+
+    # twin: device twin documents and updates
+    TWIN_VERSION_CONFLICT = "twin.version_conflict"
+    """The update expected another document version: read the twin again and retry."""
+    TWIN_BAD_UPDATE = "twin.bad_update"
+    """The update is not ``{"state": {"desired": {...}|null, "reported": {...}|null}, "version": n}``."""
+    TWIN_BAD_KEY = "twin.bad_key"
+    """A key is not 1-64 characters of letters, digits, '_' and '-'."""
+    TWIN_BAD_VALUE = "twin.bad_value"
+    """A value is not JSON (or is a number outside ±2**53, NaN or infinite)."""
+    TWIN_TOO_DEEP = "twin.too_deep"
+    """The update nests objects/arrays deeper than the limit (6 levels by default)."""
+    TWIN_TOO_LARGE = "twin.too_large"
+    """The resulting state (or the raw update) is larger than the limit (8 KB of state by default)."""
+    TWIN_BAD_DOCUMENT = "twin.bad_document"
+    """A stored or received twin document is malformed (shape, metadata not mirroring the state)."""
+
+    # commands: operator -> device
+    COMMAND_BAD = "command.bad"
+    """A command's id, name, parameters or expiry break the command rules."""
+    COMMAND_ILLEGAL_TRANSITION = "command.illegal_transition"
+    """The event is not allowed in the command's current state (see the transition table)."""
+    COMMAND_BAD_ACK = "command.bad_ack"
+    """A device's answer is not ``{"id": ..., "status": "succeeded"|"failed", ...}``."""
 
 
 class PulseError(Exception):
@@ -98,3 +129,11 @@ class TopicError(ProtocolError):
 
 class BatchError(ProtocolError):
     """A sync batch that cannot be decoded (or, on the edge, encoded)."""
+
+
+class TwinError(ProtocolError):
+    """A twin update that is refused (conflict, limits, shape), or a twin document that is malformed."""
+
+
+class CommandError(ProtocolError):
+    """A command that breaks the command rules, or an event its state machine does not allow."""

@@ -87,8 +87,12 @@ def check_device_id(device_id: str) -> str:
     return device_id
 
 
+def valid_command_id(command_id: str) -> bool:
+    return 0 < len(command_id) <= MAX_COMMAND_ID_LEN and _ID_RE.fullmatch(command_id) is not None
+
+
 def _check_command_id(command_id: str | None) -> str:
-    if command_id is None or not (0 < len(command_id) <= MAX_COMMAND_ID_LEN and _ID_RE.fullmatch(command_id)):
+    if command_id is None or not valid_command_id(command_id):
         raise TopicError(Code.TOPIC_UNKNOWN, "command ids are 1-64 characters of letters, digits, '_', '-', '.', ':'")
     return command_id
 
