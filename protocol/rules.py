@@ -300,7 +300,7 @@ class Track:
 
     @staticmethod
     def start(value: MetricValue, now: int) -> Track:
-        number = None if isinstance(value, bool) else float(value)
+        number = None if isinstance(value, bool) else value  # ints stay ints, so JSON gives them back alike
         return Track(now, now, 1, value, value, number, number)
 
     def add(self, value: MetricValue, now: int) -> Track:
@@ -401,8 +401,10 @@ def _state_value(value: object) -> MetricValue:
     return value if isinstance(value, int | float) else _bad_state("values are numbers or booleans")
 
 
-def _state_float_or_none(value: object) -> float | None:
-    return None if value is None else float(_state_value(value))
+def _state_number_or_none(value: object) -> float | None:
+    if value is None or (isinstance(value, int | float) and not isinstance(value, bool)):
+        return value
+    _bad_state("low and high are numbers or null")
 
 
 def _state_track(raw: object) -> Track | None:
@@ -417,8 +419,8 @@ def _state_track(raw: object) -> Track | None:
         _state_int(count),
         _state_value(first),
         _state_value(last),
-        _state_float_or_none(low),
-        _state_float_or_none(high),
+        _state_number_or_none(low),
+        _state_number_or_none(high),
     )
 
 
@@ -482,25 +484,18 @@ def _prepared(rule: Rule, state: RuleState | None, device_id: str, now: int) -> 
     return state
 
 
-def _holds(value: MetricValue, op: Operator, threshold: MetricValue) -> bool:
-    return _COMPARE[op](value, threshold)
-
-
 def _threshold(rule: Rule, cond: Threshold, state: RuleState, value: MetricValue, now: int) -> tuple[RuleState, Actions]:
-    fires = _holds(value, cond.operator, cond.threshold)
-    if not state.active:
-        if not fires:
-            return replace(state, track=None), ()
-        track = Track.start(value, now) if state.track is None else state.track.add(value, now)
-        state = replace(state, track=track)
-        if now - track.since_ms < cond.window_s * 1000:
+    bound = cond.clear_threshold if state.active and cond.clear_threshold is not None else cond.threshold
+    if not _COMPARE[cond.operator](value, bound):
+        state = replace(state, track=None)  # a window in progress starts again; an active alert clears
+        if not state.active:
             return state, ()
-        return _transition(rule, state, True, now, _fired(rule, cond, state.device_id, track, now))
-    stays = fires if cond.clear_threshold is None else _holds(value, cond.operator, cond.clear_threshold)
-    if stays:
-        track = Track.start(value, now) if state.track is None else state.track.add(value, now)
-        return replace(state, track=track), ()
-    return _transition(rule, replace(state, track=None), False, now, _cleared(rule, cond, state.device_id, value, now))
+        return _transition(rule, state, False, now, _cleared(rule, cond, state.device_id, value, now))
+    track = Track.start(value, now) if state.track is None else state.track.add(value, now)
+    state = replace(state, track=track)
+    if state.active or now - track.since_ms < cond.window_s * 1000:
+        return state, ()
+    return _transition(rule, state, True, now, _fired(rule, cond, state.device_id, track, now))
 
 
 def _status(cond: Heartbeat, device_id: str, silent_ms: int) -> DeviceStatus:
@@ -574,7 +569,7 @@ def _settle_flapping(rule: Rule, state: RuleState, now: int) -> tuple[RuleState,
     now_is = "active: the alert stays open" if state.active else "clear"
     expl = Explanation(
         text=f"{state.device_id}: no longer flapping, the condition has not changed for {_secs((now - since) / 1000)} "
-        f"and is {now_is} ({_ref(rule)}).",
+        f"and is {now_is}; {_ref(rule)}.",
         rule_id=rule.id,
         rule_version=rule.version,
         device_id=state.device_id,
@@ -614,11 +609,11 @@ def _fired(rule: Rule, cond: Threshold, device_id: str, track: Track, now: int) 
         spread = "" if track.low is None else f", {_fmt(track.low)} to {_fmt(track.high)}"
         text = (
             f"{device_id}: {cond.metric} has been {words} {_fmt(cond.threshold)} for {_secs((now - track.since_ms) / 1000)} "
-            f"since {_when(track.since_ms)} ({track.count} readings{spread}, last {_fmt(track.last)}"
-            f"; window {_secs(cond.window_s)})"
+            f"(window {_secs(cond.window_s)}): {track.count} readings since {_when(track.since_ms)}{spread}, "
+            f"last {_fmt(track.last)}"
         )
     return Explanation(
-        text=f"{text} ({_ref(rule)}, {rule.severity}).",
+        text=f"{text}; {_ref(rule)}, {rule.severity}.",
         rule_id=rule.id,
         rule_version=rule.version,
         device_id=device_id,
@@ -644,7 +639,7 @@ def _cleared(rule: Rule, cond: Threshold, device_id: str, value: MetricValue, no
     else:
         why = f"no longer {words} the clear threshold {_fmt(cond.clear_threshold)}"
     return Explanation(
-        text=f"{device_id}: {cond.metric} is {_fmt(value)}, {why} ({_ref(rule)}).",
+        text=f"{device_id}: {cond.metric} is {_fmt(value)}, {why}; {_ref(rule)}.",
         rule_id=rule.id,
         rule_version=rule.version,
         device_id=device_id,
@@ -668,10 +663,10 @@ def _silence(rule: Rule, cond: Heartbeat, device_id: str, status: DeviceStatus, 
         factor = cond.offline_after if status is DeviceStatus.OFFLINE else cond.stale_after
         text = (
             f"{device_id} is {status}: not heard from for {_secs((now - last_seen) / 1000)} since {_when(last_seen)} "
-            f"(expected every {_secs(interval)}; {status} after {_secs(factor * interval)})"
+            f"(expected every {_secs(interval)}, {status} after {_secs(factor * interval)})"
         )
     return Explanation(
-        text=f"{text} ({_ref(rule)}).",
+        text=f"{text}; {_ref(rule)}.",
         rule_id=rule.id,
         rule_version=rule.version,
         device_id=device_id,

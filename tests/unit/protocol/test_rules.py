@@ -202,6 +202,14 @@ def test_heartbeat_goes_stale_then_offline_by_sweep_and_online_on_a_message() ->
     assert isinstance(update, UpdateDeviceState)
     assert (update.tenant, update.device, update.status) == ("acme", DEVICE, DeviceStatus.OFFLINE)
     assert update.explanation.last_seen_ms == T0 and update.explanation.interval_s == 60
+    assert update.explanation.text == (
+        "boiler-7 is offline: not heard from for 180 s since 2025-11-25T09:00:00Z "
+        "(expected every 60 s, offline after 180 s); rule alive v1."
+    )
+    assert (
+        actions[7][0].explanation.text
+        == "boiler-7 is online: heard from at 2025-11-25T09:10:00Z after 600 s of silence; rule alive v1."
+    )
 
 
 def test_heartbeat_jumps_straight_to_offline_when_the_sweep_comes_late() -> None:
@@ -310,16 +318,16 @@ def test_firing_explains_values_window_threshold_operator_and_version() -> None:
     assert (e.rule_id, e.rule_version, e.since_ms, e.at_ms) == ("hot", 4, T0, T0 + 300_000)
     assert (e.readings, e.first, e.last, e.low, e.high) == (4, 30.4, 31.9, 30.4, 32.1)
     assert e.text == (
-        "boiler-7: temp_c has been above 30 for 300 s since 2025-11-25T09:00:00Z (4 readings, 30.4 to 32.1, last 31.9; "
-        'window 300 s) (rule hot v4 "Boiler too hot", major).'
+        "boiler-7: temp_c has been above 30 for 300 s (window 300 s): 4 readings since 2025-11-25T09:00:00Z, "
+        '30.4 to 32.1, last 31.9; rule hot v4 "Boiler too hot", major.'
     )
     assert json.loads(json.dumps(e.to_dict()))["operator"] == "GT"
 
 
 def test_clearing_and_single_reading_explanations_say_why() -> None:
     actions = check(threshold_rule(clear_threshold=28), [(0, 31, "open"), (10, 27.5, "close")])
-    assert actions[0][0].explanation.text == "boiler-7: temp_c is 31, above 30 (rule hot v1, major)."
-    assert actions[1][0].explanation.text == "boiler-7: temp_c is 27.5, no longer above the clear threshold 28 (rule hot v1)."
+    assert actions[0][0].explanation.text == "boiler-7: temp_c is 31, above 30; rule hot v1, major."
+    assert actions[1][0].explanation.text == "boiler-7: temp_c is 27.5, no longer above the clear threshold 28; rule hot v1."
 
 
 # --- state: persistence and restarts -----------------------------------------------------------------
