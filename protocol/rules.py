@@ -680,7 +680,7 @@ def _silence(rule: Rule, cond: Heartbeat, device_id: str, status: DeviceStatus, 
 # --- the wire form -------------------------------------------------------------------------------
 
 _COMMON = frozenset({"id", "name", "version", "kind", "severity", "enabled", "auto_close", "scope", "flapping"})
-_FIELDS = {
+FIELDS = {  # what a rule of each kind may hold
     RuleKind.THRESHOLD: _COMMON | {"metric", "operator", "threshold", "clear_threshold", "window_s"},
     RuleKind.HEARTBEAT: _COMMON | {"interval_s", "stale_after", "offline_after", "alert_on", "intervals"},
 }
@@ -706,10 +706,10 @@ def parse_rule(doc: object, *, tenant: str) -> Rule:
         kind = RuleKind(str(doc.get("kind", "threshold")))
     except ValueError:
         fail(Code.RULE_BAD_KIND, "kind is threshold or heartbeat")
-    if unknown := sorted(str(k) for k in set(doc) - _FIELDS[kind]):
+    if unknown := sorted(str(k) for k in set(doc) - FIELDS[kind]):
         fail(
             Code.RULE_UNKNOWN_FIELD,
-            f"a {kind} rule has no field(s) {', '.join(unknown)}; it has {', '.join(sorted(_FIELDS[kind]))}",
+            f"a {kind} rule has no field(s) {', '.join(unknown)}; it has {', '.join(sorted(FIELDS[kind]))}",
         )
     name = doc.get("name", "")
     if not isinstance(name, str) or len(name) > MAX_NAME_LEN:
