@@ -680,7 +680,7 @@ def _silence(rule: Rule, cond: Heartbeat, device_id: str, status: DeviceStatus, 
 # --- the wire form -------------------------------------------------------------------------------
 
 _COMMON = frozenset({"id", "name", "version", "kind", "severity", "enabled", "auto_close", "scope", "flapping"})
-FIELDS = {  # what a rule of each kind may hold
+FIELDS: Mapping[RuleKind, frozenset[str]] = {  # what a rule of each kind may hold
     RuleKind.THRESHOLD: _COMMON | {"metric", "operator", "threshold", "clear_threshold", "window_s"},
     RuleKind.HEARTBEAT: _COMMON | {"interval_s", "stale_after", "offline_after", "alert_on", "intervals"},
 }
@@ -782,16 +782,13 @@ def _heartbeat_of(doc: dict[object, object], fail: _Fail) -> Heartbeat:
             Code.RULE_BAD_HEARTBEAT,
             "stale_after and offline_after are multiples of the interval: 1 <= stale_after < offline_after <= 100",
         )
-    try:
-        alert_on = DeviceStatus(str(doc.get("alert_on", "offline")))
-    except ValueError:
-        alert_on = DeviceStatus.ONLINE
-    if alert_on is DeviceStatus.ONLINE:
+    alert_on = doc.get("alert_on", "offline")
+    if alert_on not in ("stale", "offline"):
         fail(Code.RULE_BAD_HEARTBEAT, "alert_on is stale or offline")
     raw = doc.get("intervals", {})
     if not isinstance(raw, dict) or not all(isinstance(d, str) and valid_device_id(d) for d in raw):
         fail(Code.RULE_BAD_HEARTBEAT, "intervals maps device ids to their expected interval in seconds")
-    return Heartbeat(interval, stale, offline, alert_on, {d: seconds(s) for d, s in raw.items()})
+    return Heartbeat(interval, stale, offline, DeviceStatus(str(alert_on)), {d: seconds(s) for d, s in raw.items()})
 
 
 def _scope_of(raw: object, fail: _Fail) -> Scope:
