@@ -22,6 +22,7 @@ from pulse.protocol.rules import (
     Operator,
     Rule,
     RuleState,
+    Threshold,
     UpdateDeviceState,
     evaluate,
     new_state,
@@ -128,6 +129,13 @@ def test_threshold_rule_keeps_at_most_one_open_alert_per_fingerprint(rule: Rule,
     assert_one_open_alert_at_a_time(rule, actions, states)
     fingerprints = {a.fingerprint for step in actions for a in step if not isinstance(a, UpdateDeviceState)}
     assert len(fingerprints) <= 1
+    assert isinstance(rule.condition, Threshold)
+    for step_actions in actions:
+        for action in step_actions:
+            e = action.explanation
+            if isinstance(action, OpenAlert | FlappingStarted):  # opened only after the whole window held
+                assert e.since_ms is not None and e.at_ms - e.since_ms >= rule.condition.window_s * 1000
+                assert e.readings >= 1 and e.threshold == rule.condition.threshold
 
 
 @props
