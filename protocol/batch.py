@@ -133,7 +133,9 @@ def read_header(data: bytes, limits: BatchLimits = DEFAULT_BATCH_LIMITS) -> Head
     if magic != MAGIC:
         raise BatchError(Code.BATCH_BAD_MAGIC, "not a Pulse sync batch")
     if version != FORMAT_VERSION:
-        raise BatchError(Code.BATCH_VERSION_UNSUPPORTED, f"this receiver understands batch format {FORMAT_VERSION}", version=version)
+        raise BatchError(
+            Code.BATCH_VERSION_UNSUPPORTED, f"this receiver understands batch format {FORMAT_VERSION}", version=version
+        )
     if payload_len > limits.max_payload_bytes or body_len > limits.max_body_bytes:
         raise BatchError(
             Code.BATCH_TOO_LARGE,
@@ -399,7 +401,21 @@ def _decode_body(data: bytes, header: Header) -> list[Record]:
         raise _malformed(f"msgpack: {str(exc)[:80]}") from exc
     if not isinstance(body, list) or len(body) != 13:
         raise _malformed("expected 13 columns")
-    (devices, names, types, groups_raw, tag_table, seq_deltas, rec_group, rec_type, rec_tags, ts_cols, dseq_cols, series_raw, bodies) = body
+    (
+        devices,
+        names,
+        types,
+        groups_raw,
+        tag_table,
+        seq_deltas,
+        rec_group,
+        rec_type,
+        rec_tags,
+        ts_cols,
+        dseq_cols,
+        series_raw,
+        bodies,
+    ) = body
     devices = _strs(devices, "devices")
     names = _strs(names, "names")
     types = _strs(types, "types")
@@ -417,9 +433,7 @@ def _decode_body(data: bytes, header: Header) -> list[Record]:
         raise BatchError(Code.BATCH_BAD_SEQUENCE, "records' sequence numbers do not end at the header's last")
     if not all(valid_device_id(d) for d in devices) or len(set(devices)) != len(devices):
         raise _malformed("device ids")
-    if not isinstance(tag_table, list) or not all(
-        isinstance(t, dict) and set(map(type, t.values())) <= {str} for t in tag_table
-    ):
+    if not isinstance(tag_table, list) or not all(isinstance(t, dict) and set(map(type, t.values())) <= {str} for t in tag_table):
         raise _malformed("tags table")
     _in_range(rec_type, len(types), "type")
     _in_range(rec_tags, len(tag_table), "tags")

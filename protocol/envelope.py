@@ -277,7 +277,9 @@ def _body(raw: object, msg_type: MessageType, device: str, limits: Limits) -> Js
         if msg_type is MessageType.TWIN_REPORTED:
             raise EnvelopeError(Code.ENVELOPE_BAD_BODY, "twin_reported carries the reported state in body", device_id=device)
         if msg_type is MessageType.COMMAND_ACK:
-            raise EnvelopeError(Code.ENVELOPE_BAD_BODY, 'command_ack carries {"id": ..., "status": ...} in body', device_id=device)
+            raise EnvelopeError(
+                Code.ENVELOPE_BAD_BODY, 'command_ack carries {"id": ..., "status": ...} in body', device_id=device
+            )
         return None
     if not isinstance(raw, dict) or not within_depth(raw, limits.max_body_depth):
         raise EnvelopeError(

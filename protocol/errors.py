@@ -11,7 +11,8 @@ Exception tree (everything the protocol package raises)::
     ├── TopicError                     a topic outside the topic map
     ├── BatchError                     a sync batch that cannot be decoded or encoded
     ├── TwinError                      a twin update or stored twin document that cannot be accepted
-    └── CommandError                   a command that cannot be made, or a transition it cannot take
+    ├── CommandError                   a command that cannot be made, or a transition it cannot take
+    └── RuleError                      a rule definition or persisted rule state that cannot be used
 
 Other packages derive their own trees from ``PulseError`` and reuse ``Code`` for what reaches users.
 """
@@ -96,6 +97,26 @@ class Code(StrEnum):
     COMMAND_BAD_ACK = "command.bad_ack"
     """A device's answer is not ``{"id": ..., "status": "succeeded"|"failed", ...}``."""
 
+    # rules: rule definitions (API, downlink to gateways) and persisted rule state
+    RULE_NOT_OBJECT = "rule.not_object"  # a rule is a JSON object
+    RULE_UNKNOWN_FIELD = "rule.unknown_field"  # a field this rule kind does not have (often a typo)
+    RULE_BAD_ID = "rule.bad_id"  # id: 1-128 letters, digits, '_', '-', '.', ':'
+    RULE_BAD_NAME = "rule.bad_name"  # name: a string of at most 200 characters
+    RULE_BAD_VERSION = "rule.bad_version"  # version: an integer >= 1
+    RULE_BAD_KIND = "rule.bad_kind"  # kind: threshold | heartbeat
+    RULE_BAD_SEVERITY = "rule.bad_severity"  # severity: critical | major | minor | warning | info
+    RULE_BAD_FLAG = "rule.bad_flag"  # enabled / auto_close: true or false
+    RULE_BAD_METRIC = "rule.bad_metric"  # metric: a metric name as devices send it
+    RULE_BAD_OPERATOR = "rule.bad_operator"  # operator: GT | GTE | LT | LTE | EQ | NEQ
+    RULE_BAD_THRESHOLD = "rule.bad_threshold"  # threshold / clear_threshold missing, wrong kind or wrong side
+    RULE_BAD_WINDOW = "rule.bad_window"  # window_s: seconds, 0 to 7 days
+    RULE_BAD_SCOPE = "rule.bad_scope"  # scope: devices, tags, sites
+    RULE_BAD_HEARTBEAT = "rule.bad_heartbeat"  # interval_s, stale_after, offline_after, alert_on, intervals
+    RULE_BAD_FLAPPING = "rule.bad_flapping"  # flapping: {cycles, period_s} or null
+    RULE_BAD_STATE = "rule.bad_state"  # persisted rule state that is not what this code wrote
+    RULE_STATE_VERSION_UNSUPPORTED = "rule.state_version_unsupported"  # state written by a newer schema
+    RULE_STATE_MISMATCH = "rule.state_mismatch"  # state passed with another rule or device
+
 
 class PulseError(Exception):
     """Root of every Pulse error that carries a stable code and a sentence a person can act on."""
@@ -137,3 +158,7 @@ class TwinError(ProtocolError):
 
 class CommandError(ProtocolError):
     """A command that breaks the command rules, or an event its state machine does not allow."""
+
+
+class RuleError(ProtocolError):
+    """A rule definition refused at the boundary, or rule state that cannot be used."""

@@ -80,8 +80,7 @@ def check_device_id(device_id: str) -> str:
     if not isinstance(device_id, str) or not valid_device_id(device_id):
         raise TopicError(
             Code.TOPIC_BAD_DEVICE_ID,
-            "device ids are 1-128 characters of letters, digits, '_', '-', '.', ':' "
-            "starting with a letter or digit",
+            "device ids are 1-128 characters of letters, digits, '_', '-', '.', ':' starting with a letter or digit",
             device_id=device_id if isinstance(device_id, str) else repr(device_id),
         )
     return device_id
