@@ -177,8 +177,11 @@ def _float_scale(values: Sequence[float]) -> int:
     for scale in range(_MAX_SCALE + 1):
         p = 10**scale
         for v in values:
-            r = round(v * p)
-            if r / p != v or abs(r) > _MAX_SCALED or (v == 0 and math.copysign(1.0, v) < 0):
+            scaled = v * p
+            if not -_MAX_SCALED <= scaled <= _MAX_SCALED:  # also keeps round() away from infinity
+                break
+            r = round(scaled)
+            if r / p != v or (v == 0 and math.copysign(1.0, v) < 0):
                 break
         else:
             return scale
@@ -211,16 +214,18 @@ def _unencodable(why: str, **context: object) -> BatchError:
 
 def _check_record(rec: Record) -> None:
     """Refuse, at the edge, any record the decoder would refuse: a batch that encodes always decodes."""
+    if type(rec.device_id) is not str or type(rec.type) is not str:
+        raise _unencodable("record device ids and types are strings", seq=rec.seq)
     if type(rec.ts_ms) is not int or not 0 <= rec.ts_ms <= MAX_TS_MS:
         raise _unencodable(f"record timestamps are integers from 0 to {MAX_TS_MS} ms", seq=rec.seq, ts=repr(rec.ts_ms)[:40])
     if rec.device_seq is not None and (type(rec.device_seq) is not int or not 0 <= rec.device_seq <= MAX_SEQ):
         raise _unencodable("device sequence numbers are None or integers from 0 to 2**63-1", seq=rec.seq)
     if type(rec.metrics) is not dict:
         raise _unencodable("metrics is a dict of name -> bool, int or float", seq=rec.seq)
-    if rec.tags and (
+    if rec.tags is not None and (
         type(rec.tags) is not dict or not all(type(k) is str and type(v) is str for k, v in rec.tags.items())
     ):
-        raise _unencodable("tags is None or a dict of str -> str", seq=rec.seq)
+        raise _unencodable("tags is None or a dict of str -> str (an empty dict travels as None)", seq=rec.seq)
     if rec.body is not None:
         if type(rec.body) is not dict:
             raise _unencodable("body is None or a JSON object", seq=rec.seq)
@@ -263,7 +268,7 @@ def encode(
         _check_record(rec)
         dev = devices.get(rec.device_id)
         if dev is None:
-            if type(rec.device_id) is not str or not valid_device_id(rec.device_id):
+            if not valid_device_id(rec.device_id):
                 raise _unencodable("record device ids are valid device ids", seq=rec.seq, device_id=repr(rec.device_id)[:140])
             dev = devices[rec.device_id] = len(devices)
         layout: list[int] = []
@@ -280,8 +285,6 @@ def encode(
         rec_group.append(g)
         t = types.get(rec.type)
         if t is None:
-            if type(rec.type) is not str:
-                raise _unencodable("record types are strings", seq=rec.seq)
             t = types[rec.type] = len(types)
         rec_type.append(t)
         tags = tuple(sorted(rec.tags.items())) if rec.tags else ()
