@@ -511,7 +511,13 @@ def _decode_body(data: bytes, header: Header) -> list[Record]:
         if not isinstance(item, list) or len(item) != 5:
             raise _malformed("series entry")
         dev, name, kind, scale, values = item
-        if type(dev) is not int or not 0 <= dev < len(devices) or type(name) is not int or not 0 <= name < len(names):
+        if (
+            type(dev) is not int
+            or not 0 <= dev < len(devices)
+            or type(name) is not int
+            or not 0 <= name < len(names)
+            or type(kind) is not int
+        ):
             raise _malformed("series key")
         if not isinstance(values, list) or not values or (dev, name, kind) in series:
             raise _malformed("series values")
@@ -528,7 +534,7 @@ def _decode_body(data: bytes, header: Header) -> list[Record]:
                 raise _malformed("integer metric values are within ±2**53")
             decoded = cast(list[MetricValue], ints)
         elif kind == _KIND_BOOL and scale == 0:
-            if not set(values) <= {0, 1} or not set(map(type, values)) <= {int}:
+            if not set(map(type, values)) <= {int} or not set(values) <= {0, 1}:
                 raise _malformed("bool series")
             decoded = [v == 1 for v in values]
         else:
