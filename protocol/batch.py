@@ -38,7 +38,8 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
-from itertools import accumulate
+from itertools import accumulate, repeat
+from operator import truediv
 from typing import NamedTuple, cast
 
 import msgpack
@@ -527,7 +528,7 @@ def _decode_body(data: bytes, header: Header) -> list[Record]:
             decoded: list[MetricValue] = values
         elif kind == _KIND_FLOAT and type(scale) is int and 0 <= scale <= _MAX_SCALE:
             p = 10**scale
-            decoded = [x / p for x in accumulate(_ints(values, "float series"))]
+            decoded = list(map(truediv, accumulate(_ints(values, "float series")), repeat(p)))
         elif kind == _KIND_INT and scale == 0:
             ints = list(accumulate(_ints(values, "int series")))
             if min(ints) < -MAX_INT or max(ints) > MAX_INT:
@@ -603,8 +604,15 @@ def _decode_body(data: bytes, header: Header) -> list[Record]:
         _check_json(item[1])
         body_of[item[0]] = item[1]
 
+    # One lazy stream of metric dicts per group, built in C: zip pulls the next value from each of
+    # the group's series (series a device shares between groups stay in record order, as the
+    # iterators are shared), and dict(zip(names, values)) makes the record's metrics.
     iters = {k: iter(v) for k, v in series.items()}
-    group_iters = [[iters[k] for k in keys] for keys in group_keys]
+    group_metrics = [
+        map(dict, map(zip, repeat(names_g), zip(*(iters[k] for k in keys), strict=False)) if keys else repeat(()))
+        for names_g, keys in zip(group_names, group_keys, strict=True)
+    ]
+    metrics_next = [m.__next__ for m in group_metrics]
     tags_out = [t or None for t in tag_table]
     body_col: list[JsonObject | None] = [None] * n
     for i, b in body_of.items():
@@ -621,7 +629,7 @@ def _decode_body(data: bytes, header: Header) -> list[Record]:
                 group_dev[g],
                 ts_next[d](),
                 types[t],
-                dict(zip(group_names[g], map(next, group_iters[g]))),  # noqa: B905
+                metrics_next[g](),
                 dseq_next[d](),
                 tags_out[tg],
                 b,
