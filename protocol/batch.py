@@ -38,8 +38,8 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
-from itertools import accumulate, repeat
-from operator import truediv
+from itertools import accumulate, chain, repeat
+from operator import sub, truediv
 from typing import NamedTuple, cast
 
 import msgpack
@@ -58,6 +58,7 @@ MAX_U64 = 2**64 - 1
 _MAX_SCALE = 6
 _MAX_SCALED = 2**62
 _KIND_BOOL, _KIND_INT, _KIND_FLOAT = 0, 1, 2
+_KINDS = {bool: _KIND_BOOL, int: _KIND_INT, float: _KIND_FLOAT}
 _RAW_FLOAT = -1
 _JSON_SCALARS = (str, int, float, bool, type(None))
 MAX_TS_MS = MAX_INT  # record timestamps: 0 to 2**53 ms, so every delta-of-delta fits msgpack's integers
@@ -190,12 +191,8 @@ def _float_scale(values: Sequence[float]) -> int:
 
 
 def _deltas(values: Sequence[int]) -> list[int]:
-    prev = 0
-    out = []
-    for v in values:
-        out.append(v - prev)
-        prev = v
-    return out
+    """Each value minus the one before it (the first minus 0)."""
+    return list(map(sub, values, chain((0,), values)))
 
 
 def _kind(value: object) -> int:
@@ -213,8 +210,16 @@ def _unencodable(why: str, **context: object) -> BatchError:
     return BatchError(Code.BATCH_UNENCODABLE, why, **context)
 
 
+def _check_records(records: Sequence[Record]) -> None:
+    for rec in records:
+        _check_record(rec)
+    raise AssertionError("unreachable: a bulk check failed, so one record is bad")  # pragma: no cover
+
+
 def _check_record(rec: Record) -> None:
-    """Refuse, at the edge, any record the decoder would refuse: a batch that encodes always decodes."""
+    """Refuse, at the edge, any record the decoder would refuse: a batch that encodes always decodes.
+
+    ``encode`` checks the common fields in bulk and calls this to name the record that is wrong."""
     if type(rec.device_id) is not str or type(rec.type) is not str:
         raise _unencodable("record device ids and types are strings", seq=rec.seq)
     if type(rec.ts_ms) is not int or not 0 <= rec.ts_ms <= MAX_TS_MS:
@@ -266,7 +271,10 @@ def encode(
             raise BatchError(Code.BATCH_UNENCODABLE, "record sequence numbers must increase", seq=repr(rec.seq))
         seq_deltas.append(rec.seq - prev_seq)
         prev_seq = rec.seq
-        _check_record(rec)
+        if type(rec.metrics) is not dict or type(rec.device_id) is not str or type(rec.type) is not str:
+            _check_record(rec)  # raises, naming what is wrong
+        if rec.tags is not None or rec.body is not None:
+            _check_record(rec)
         dev = devices.get(rec.device_id)
         if dev is None:
             if not valid_device_id(rec.device_id):
@@ -279,7 +287,9 @@ def encode(
                 if type(name) is not str:
                     raise _unencodable("metric names are strings", seq=rec.seq, name=repr(name)[:80])
                 n = names[name] = len(names)
-            k = _kind(value)
+            k = _KINDS.get(type(value))
+            if k is None:
+                k = _kind(value)  # raises
             layout += (n, k)
             series.setdefault((dev, n, k), []).append(value)
         g = groups.setdefault((dev, tuple(layout)), len(groups))
@@ -294,6 +304,18 @@ def encode(
         dev_dseq.setdefault(dev, []).append(rec.device_seq)
         if rec.body is not None:
             bodies.append([i, rec.body])
+
+    # timestamps and device sequence numbers are checked a device at a time, in bulk
+    for stamps in dev_ts.values():
+        if not set(map(type, stamps)) <= {int} or min(stamps) < 0 or max(stamps) > MAX_TS_MS:
+            _check_records(records)
+    for dseqs in dev_dseq.values():
+        kinds = set(map(type, dseqs))
+        if not kinds <= {int, type(None)}:
+            _check_records(records)
+        present = [d for d in dseqs if d is not None] if type(None) in kinds else dseqs
+        if present and (min(cast(list[int], present)) < 0 or max(cast(list[int], present)) > MAX_SEQ):
+            _check_records(records)
 
     series_out = []
     for (dev, n, k), values in series.items():
