@@ -38,13 +38,14 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
-from itertools import accumulate
+from itertools import accumulate, chain, repeat
+from operator import sub, truediv
 from typing import NamedTuple, cast
 
 import msgpack
 import zstandard
 
-from pulse.protocol.envelope import JsonObject, MetricValue
+from pulse.protocol.envelope import MAX_INT, MAX_SEQ, JsonObject, MetricValue
 from pulse.protocol.errors import BatchError, Code
 from pulse.protocol.topics import valid_device_id
 
@@ -57,8 +58,11 @@ MAX_U64 = 2**64 - 1
 _MAX_SCALE = 6
 _MAX_SCALED = 2**62
 _KIND_BOOL, _KIND_INT, _KIND_FLOAT = 0, 1, 2
+_KINDS = {bool: _KIND_BOOL, int: _KIND_INT, float: _KIND_FLOAT}
 _RAW_FLOAT = -1
 _JSON_SCALARS = (str, int, float, bool, type(None))
+MAX_TS_MS = MAX_INT  # record timestamps: 0 to 2**53 ms, so every delta-of-delta fits msgpack's integers
+_MAX_BODY_DEPTH = 16
 
 
 class Compression(IntEnum):
@@ -133,9 +137,7 @@ def read_header(data: bytes, limits: BatchLimits = DEFAULT_BATCH_LIMITS) -> Head
     if magic != MAGIC:
         raise BatchError(Code.BATCH_BAD_MAGIC, "not a Pulse sync batch")
     if version != FORMAT_VERSION:
-        raise BatchError(
-            Code.BATCH_VERSION_UNSUPPORTED, f"this receiver understands batch format {FORMAT_VERSION}", version=version
-        )
+        raise BatchError(Code.BATCH_VERSION_UNSUPPORTED, f"this receiver understands batch format {FORMAT_VERSION}", version=version)
     if payload_len > limits.max_payload_bytes or body_len > limits.max_body_bytes:
         raise BatchError(
             Code.BATCH_TOO_LARGE,
@@ -177,8 +179,11 @@ def _float_scale(values: Sequence[float]) -> int:
     for scale in range(_MAX_SCALE + 1):
         p = 10**scale
         for v in values:
-            r = round(v * p)
-            if r / p != v or abs(r) > _MAX_SCALED or (v == 0 and math.copysign(1.0, v) < 0):
+            scaled = v * p
+            if not -_MAX_SCALED <= scaled <= _MAX_SCALED:  # also keeps round() away from infinity
+                break
+            r = round(scaled)
+            if r / p != v or (v == 0 and math.copysign(1.0, v) < 0):
                 break
         else:
             return scale
@@ -186,12 +191,8 @@ def _float_scale(values: Sequence[float]) -> int:
 
 
 def _deltas(values: Sequence[int]) -> list[int]:
-    prev = 0
-    out = []
-    for v in values:
-        out.append(v - prev)
-        prev = v
-    return out
+    """Each value minus the one before it (the first minus 0)."""
+    return list(map(sub, values, chain((0,), values)))
 
 
 def _kind(value: object) -> int:
@@ -203,6 +204,38 @@ def _kind(value: object) -> int:
     if t is float:
         return _KIND_FLOAT
     raise BatchError(Code.BATCH_UNENCODABLE, "metric values are bool, int or float", value=repr(value)[:40])
+
+
+def _unencodable(why: str, **context: object) -> BatchError:
+    return BatchError(Code.BATCH_UNENCODABLE, why, **context)
+
+
+def _check_records(records: Sequence[Record]) -> None:
+    for rec in records:
+        _check_record(rec)
+    raise AssertionError("unreachable: a bulk check failed, so one record is bad")  # pragma: no cover
+
+
+def _check_record(rec: Record) -> None:
+    """Refuse, at the edge, any record the decoder would refuse: a batch that encodes always decodes.
+
+    ``encode`` checks the common fields in bulk and calls this to name the record that is wrong."""
+    if type(rec.device_id) is not str or type(rec.type) is not str:
+        raise _unencodable("record device ids and types are strings", seq=rec.seq)
+    if type(rec.ts_ms) is not int or not 0 <= rec.ts_ms <= MAX_TS_MS:
+        raise _unencodable(f"record timestamps are integers from 0 to {MAX_TS_MS} ms", seq=rec.seq, ts=repr(rec.ts_ms)[:40])
+    if rec.device_seq is not None and (type(rec.device_seq) is not int or not 0 <= rec.device_seq <= MAX_SEQ):
+        raise _unencodable("device sequence numbers are None or integers from 0 to 2**63-1", seq=rec.seq)
+    if type(rec.metrics) is not dict:
+        raise _unencodable("metrics is a dict of name -> bool, int or float", seq=rec.seq)
+    if rec.tags is not None and (
+        type(rec.tags) is not dict or not all(type(k) is str and type(v) is str for k, v in rec.tags.items())
+    ):
+        raise _unencodable("tags is None or a dict of str -> str (an empty dict travels as None)", seq=rec.seq)
+    if rec.body is not None:
+        if type(rec.body) is not dict:
+            raise _unencodable("body is None or a JSON object", seq=rec.seq)
+        _check_json(rec.body, Code.BATCH_UNENCODABLE)
 
 
 def encode(
@@ -217,7 +250,7 @@ def encode(
     """Encode records (in increasing ``seq`` order) into one batch."""
     if not records:
         raise BatchError(Code.BATCH_UNENCODABLE, "a batch holds at least one record")
-    if not valid_device_id(gateway_id):
+    if type(gateway_id) is not str or not valid_device_id(gateway_id):
         raise BatchError(Code.BATCH_UNENCODABLE, "the gateway id is not a valid id")
     devices: dict[str, int] = {}
     names: dict[str, int] = {}
@@ -238,16 +271,33 @@ def encode(
             raise BatchError(Code.BATCH_UNENCODABLE, "record sequence numbers must increase", seq=repr(rec.seq))
         seq_deltas.append(rec.seq - prev_seq)
         prev_seq = rec.seq
-        dev = devices.setdefault(rec.device_id, len(devices))
+        if type(rec.metrics) is not dict or type(rec.device_id) is not str or type(rec.type) is not str:
+            _check_record(rec)  # raises, naming what is wrong
+        if rec.tags is not None or rec.body is not None:
+            _check_record(rec)
+        dev = devices.get(rec.device_id)
+        if dev is None:
+            if not valid_device_id(rec.device_id):
+                raise _unencodable("record device ids are valid device ids", seq=rec.seq, device_id=repr(rec.device_id)[:140])
+            dev = devices[rec.device_id] = len(devices)
         layout: list[int] = []
         for name, value in rec.metrics.items():
-            n = names.setdefault(name, len(names))
-            k = _kind(value)
+            n = names.get(name)
+            if n is None:
+                if type(name) is not str:
+                    raise _unencodable("metric names are strings", seq=rec.seq, name=repr(name)[:80])
+                n = names[name] = len(names)
+            k = _KINDS.get(type(value))
+            if k is None:
+                k = _kind(value)  # raises
             layout += (n, k)
             series.setdefault((dev, n, k), []).append(value)
         g = groups.setdefault((dev, tuple(layout)), len(groups))
         rec_group.append(g)
-        rec_type.append(types.setdefault(rec.type, len(types)))
+        t = types.get(rec.type)
+        if t is None:
+            t = types[rec.type] = len(types)
+        rec_type.append(t)
         tags = tuple(sorted(rec.tags.items())) if rec.tags else ()
         rec_tags.append(tag_table.setdefault(tags, len(tag_table)))
         dev_ts.setdefault(dev, []).append(rec.ts_ms)
@@ -255,9 +305,23 @@ def encode(
         if rec.body is not None:
             bodies.append([i, rec.body])
 
+    # timestamps and device sequence numbers are checked a device at a time, in bulk
+    for stamps in dev_ts.values():
+        if not set(map(type, stamps)) <= {int} or min(stamps) < 0 or max(stamps) > MAX_TS_MS:
+            _check_records(records)
+    for dseqs in dev_dseq.values():
+        kinds = set(map(type, dseqs))
+        if not kinds <= {int, type(None)}:
+            _check_records(records)
+        present = [d for d in dseqs if d is not None] if type(None) in kinds else dseqs
+        if present and (min(cast(list[int], present)) < 0 or max(cast(list[int], present)) > MAX_SEQ):
+            _check_records(records)
+
     series_out = []
     for (dev, n, k), values in series.items():
         if k == _KIND_FLOAT:
+            if not all(map(math.isfinite, cast(list[float], values))):
+                raise _unencodable("metric values are finite: NaN and infinities cannot be sent", metric=list(names)[n])
             scale = _float_scale(cast(list[float], values))
             if scale == _RAW_FLOAT:
                 series_out.append([dev, n, k, scale, values])
@@ -265,6 +329,8 @@ def encode(
             p = 10**scale
             series_out.append([dev, n, k, scale, _deltas([round(v * p) for v in values])])
         elif k == _KIND_INT:
+            if min(cast(list[int], values)) < -MAX_INT or max(cast(list[int], values)) > MAX_INT:
+                raise _unencodable("integer metric values are within ±2**53", metric=list(names)[n])
             series_out.append([dev, n, k, 0, _deltas(cast(list[int], values))])
         else:
             series_out.append([dev, n, k, 0, [int(v) for v in values]])
@@ -305,20 +371,23 @@ def encode(
         raise BatchError(Code.BATCH_UNENCODABLE, f"record content cannot be encoded: {exc}") from exc
     payload = zstandard.ZstdCompressor(level=level).compress(raw) if compression is Compression.ZSTD else raw
     gw = gateway_id.encode()
-    head = HEADER.pack(
-        MAGIC,
-        FORMAT_VERSION,
-        compression,
-        stream,
-        len(gw),
-        records[0].seq,
-        records[-1].seq,
-        gateway_time_ms,
-        len(records),
-        len(raw),
-        len(payload),
-        0,
-    )
+    try:
+        head = HEADER.pack(
+            MAGIC,
+            FORMAT_VERSION,
+            Compression(compression),
+            Stream(stream),
+            len(gw),
+            records[0].seq,
+            records[-1].seq,
+            gateway_time_ms,
+            len(records),
+            len(raw),
+            len(payload),
+            0,
+        )
+    except (struct.error, ValueError) as exc:
+        raise _unencodable(f"header field out of range: {exc}") from exc
     crc = zlib.crc32(gw + payload, zlib.crc32(head[:_CRC_SPAN]))
     return head[:_CRC_SPAN] + struct.pack(">I", crc) + gw + payload
 
@@ -348,19 +417,20 @@ def _in_range(col: list[int], size: int, what: str) -> None:
         raise _malformed(f"{what} index out of range")
 
 
-def _check_json(value: object, depth: int = 0) -> None:
-    if depth > 16:
-        raise _malformed("body nests too deep")
-    if isinstance(value, dict):
+def _check_json(value: object, code: Code = Code.BATCH_MALFORMED, depth: int = 0) -> None:
+    """A record body is JSON: objects with string keys, lists, strings, finite numbers, bools, null."""
+    if depth > _MAX_BODY_DEPTH:
+        raise BatchError(code, f"a record body nests at most {_MAX_BODY_DEPTH} deep")
+    if type(value) is dict:
         for k, v in value.items():
             if type(k) is not str:
-                raise _malformed("body keys are strings")
-            _check_json(v, depth + 1)
-    elif isinstance(value, list):
+                raise BatchError(code, "record body keys are strings")
+            _check_json(v, code, depth + 1)
+    elif type(value) is list:
         for v in value:
-            _check_json(v, depth + 1)
-    elif not isinstance(value, _JSON_SCALARS) or (isinstance(value, float) and not math.isfinite(value)):
-        raise _malformed("body holds a value JSON cannot carry")
+            _check_json(v, code, depth + 1)
+    elif type(value) not in _JSON_SCALARS or (type(value) is float and not math.isfinite(value)):
+        raise BatchError(code, "a record body holds only what JSON can carry", value=repr(value)[:40])
 
 
 def _decompress(payload: bytes, header: Header) -> bytes:
@@ -372,13 +442,38 @@ def _decompress(payload: bytes, header: Header) -> bytes:
         declared = zstandard.frame_content_size(payload)
         if declared not in (-1, header.body_len):
             raise BatchError(Code.BATCH_LENGTH_MISMATCH, "compressed frame declares a different size than the header")
-        with zstandard.ZstdDecompressor().stream_reader(payload) as reader:
-            raw = reader.read(header.body_len + 1)  # never allocates more than the header allows
+        # Never allocates more than the header allows; reading across frames makes a second frame
+        # or trailing bytes after the first one an error instead of something silently ignored.
+        with zstandard.ZstdDecompressor().stream_reader(payload, read_across_frames=True) as reader:
+            raw = reader.read(header.body_len + 1)
     except zstandard.ZstdError as exc:
         raise BatchError(Code.BATCH_DECOMPRESS_FAILED, f"zstd: {exc}") from exc
     if len(raw) != header.body_len:
         raise BatchError(Code.BATCH_LENGTH_MISMATCH, "decompressed size differs from the header", got=len(raw))
     return raw
+
+
+def _device_seqs(col: list[object]) -> list[int | None]:
+    """Device sequence numbers: deltas from the device's previous present number; None = absent."""
+    kinds = set(map(type, col))
+    if kinds == {int}:  # the common case: every record carries one
+        seqs: list[int | None] = list(accumulate(cast(list[int], col)))
+        present = cast(list[int], seqs)
+    elif kinds <= {int, type(None)}:
+        prev = 0
+        seqs = []
+        for d in col:
+            if d is None:
+                seqs.append(None)
+            else:
+                prev += cast(int, d)
+                seqs.append(prev)
+        present = [s for s in seqs if s is not None]
+    else:
+        raise _malformed("device sequence numbers")
+    if present and (min(present) < 0 or max(present) > MAX_SEQ):
+        raise _malformed("device sequence numbers out of range")
+    return seqs
 
 
 def decode(data: bytes, limits: BatchLimits = DEFAULT_BATCH_LIMITS) -> Batch:
@@ -401,21 +496,7 @@ def _decode_body(data: bytes, header: Header) -> list[Record]:
         raise _malformed(f"msgpack: {str(exc)[:80]}") from exc
     if not isinstance(body, list) or len(body) != 13:
         raise _malformed("expected 13 columns")
-    (
-        devices,
-        names,
-        types,
-        groups_raw,
-        tag_table,
-        seq_deltas,
-        rec_group,
-        rec_type,
-        rec_tags,
-        ts_cols,
-        dseq_cols,
-        series_raw,
-        bodies,
-    ) = body
+    (devices, names, types, groups_raw, tag_table, seq_deltas, rec_group, rec_type, rec_tags, ts_cols, dseq_cols, series_raw, bodies) = body
     devices = _strs(devices, "devices")
     names = _strs(names, "names")
     types = _strs(types, "types")
@@ -433,7 +514,11 @@ def _decode_body(data: bytes, header: Header) -> list[Record]:
         raise BatchError(Code.BATCH_BAD_SEQUENCE, "records' sequence numbers do not end at the header's last")
     if not all(valid_device_id(d) for d in devices) or len(set(devices)) != len(devices):
         raise _malformed("device ids")
-    if not isinstance(tag_table, list) or not all(isinstance(t, dict) and set(map(type, t.values())) <= {str} for t in tag_table):
+    if len(set(names)) != len(names):
+        raise _malformed("metric names repeat in the dictionary")
+    if not isinstance(tag_table, list) or not all(
+        type(t) is dict and set(map(type, t)) <= {str} and set(map(type, t.values())) <= {str} for t in tag_table
+    ):
         raise _malformed("tags table")
     _in_range(rec_type, len(types), "type")
     _in_range(rec_tags, len(tag_table), "tags")
@@ -449,21 +534,30 @@ def _decode_body(data: bytes, header: Header) -> list[Record]:
         if not isinstance(item, list) or len(item) != 5:
             raise _malformed("series entry")
         dev, name, kind, scale, values = item
-        if type(dev) is not int or not 0 <= dev < len(devices) or type(name) is not int or not 0 <= name < len(names):
+        if (
+            type(dev) is not int
+            or not 0 <= dev < len(devices)
+            or type(name) is not int
+            or not 0 <= name < len(names)
+            or type(kind) is not int
+        ):
             raise _malformed("series key")
-        if not isinstance(values, list) or (dev, name, kind) in series:
+        if not isinstance(values, list) or not values or (dev, name, kind) in series:
             raise _malformed("series values")
         if kind == _KIND_FLOAT and scale == _RAW_FLOAT:
-            if not set(map(type, values)) <= {float}:
+            if not set(map(type, values)) <= {float} or not all(map(math.isfinite, values)):
                 raise _malformed("raw float series")
             decoded: list[MetricValue] = values
         elif kind == _KIND_FLOAT and type(scale) is int and 0 <= scale <= _MAX_SCALE:
             p = 10**scale
-            decoded = [x / p for x in accumulate(_ints(values, "float series"))]
+            decoded = list(map(truediv, accumulate(_ints(values, "float series")), repeat(p)))
         elif kind == _KIND_INT and scale == 0:
-            decoded = list(accumulate(_ints(values, "int series")))
+            ints = list(accumulate(_ints(values, "int series")))
+            if min(ints) < -MAX_INT or max(ints) > MAX_INT:
+                raise _malformed("integer metric values are within ±2**53")
+            decoded = cast(list[MetricValue], ints)
         elif kind == _KIND_BOOL and scale == 0:
-            if not set(values) <= {0, 1} or not set(map(type, values)) <= {int}:
+            if not set(map(type, values)) <= {int} or not set(values) <= {0, 1}:
                 raise _malformed("bool series")
             decoded = [v == 1 for v in values]
         else:
@@ -513,19 +607,10 @@ def _decode_body(data: bytes, header: Header) -> list[Record]:
         if len(ts_col) != dev_counts[dev] or not isinstance(dseq_col, list) or len(dseq_col) != dev_counts[dev]:
             raise _malformed("per-device column length")
         stamps = list(accumulate(accumulate(ts_col)))
-        if min(stamps) < 0 or max(stamps) > MAX_U64:
+        if min(stamps) < 0 or max(stamps) > MAX_TS_MS:
             raise _malformed("timestamps out of range")
         ts_iters[dev] = iter(stamps)
-        if not set(map(type, dseq_col)) <= {int, type(None)}:
-            raise _malformed("device sequence numbers")
-        prev = 0
-        dseq: list[int | None] = []
-        for d in dseq_col:
-            if d is None:
-                dseq.append(None)
-            else:
-                prev += d
-                dseq.append(prev)
+        dseq = _device_seqs(dseq_col)
         dseq_iters[dev] = iter(dseq)
 
     if not isinstance(bodies, list):
@@ -534,13 +619,22 @@ def _decode_body(data: bytes, header: Header) -> list[Record]:
     for item in bodies:
         if not isinstance(item, list) or len(item) != 2 or type(item[0]) is not int or not 0 <= item[0] < n:
             raise _malformed("body entry")
+        if item[0] in body_of:
+            raise _malformed("two bodies for one record")
         if not isinstance(item[1], dict):
             raise _malformed("body is an object")
         _check_json(item[1])
         body_of[item[0]] = item[1]
 
+    # One lazy stream of metric dicts per group, built in C: zip pulls the next value from each of
+    # the group's series (series a device shares between groups stay in record order, as the
+    # iterators are shared), and dict(zip(names, values)) makes the record's metrics.
     iters = {k: iter(v) for k, v in series.items()}
-    group_iters = [[iters[k] for k in keys] for keys in group_keys]
+    group_metrics = [
+        map(dict, map(zip, repeat(names_g), zip(*(iters[k] for k in keys), strict=False)) if keys else repeat(()))
+        for names_g, keys in zip(group_names, group_keys, strict=True)
+    ]
+    metrics_next = [m.__next__ for m in group_metrics]
     tags_out = [t or None for t in tag_table]
     body_col: list[JsonObject | None] = [None] * n
     for i, b in body_of.items():
@@ -557,7 +651,7 @@ def _decode_body(data: bytes, header: Header) -> list[Record]:
                 group_dev[g],
                 ts_next[d](),
                 types[t],
-                dict(zip(group_names[g], map(next, group_iters[g]))),  # noqa: B905
+                metrics_next[g](),
                 dseq_next[d](),
                 tags_out[tg],
                 b,

@@ -28,7 +28,7 @@ from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import cast
 
-from pulse.protocol.envelope import JsonObject, JsonValue, within_depth
+from pulse.protocol.envelope import JsonObject, JsonValue, json_fits
 from pulse.protocol.errors import Code, CommandError
 from pulse.protocol.topics import valid_command_id, valid_device_id
 
@@ -110,7 +110,7 @@ def _bad(message: str, **context: object) -> CommandError:
 
 
 def _json_object(value: object, what: str, max_bytes: int, max_depth: int, code: Code) -> JsonObject:
-    if not isinstance(value, dict) or not within_depth(value, max_depth):
+    if not isinstance(value, dict) or not json_fits(value, max_depth):
         raise CommandError(code, f"{what} is a JSON object nested at most {max_depth} levels")
     try:
         size = len(json.dumps(value, separators=(",", ":"), allow_nan=False).encode())

@@ -44,6 +44,7 @@ _NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]*")
 MIN_TIMESTAMP_MS = 946_684_800_000  # 2000-01-01T00:00:00Z: nothing real is older
 MAX_SEQ = 2**63 - 1
 MAX_INT = 2**53  # exact in float64 and in JSON readers everywhere
+MAX_BODY_INT = 2**63 - 1  # integers inside a body: what a sync batch (msgpack) and PostgreSQL carry
 
 
 class MessageType(StrEnum):
@@ -96,10 +97,6 @@ class Envelope:
         return json.dumps(doc, separators=(",", ":"), allow_nan=False).encode()
 
 
-def _reject_constant(name: str) -> float:
-    raise ValueError(f"{name} is not a number")
-
-
 def parse(
     raw: bytes,
     *,
@@ -115,8 +112,10 @@ def parse(
     if len(raw) > limits.max_bytes:
         raise EnvelopeError(Code.ENVELOPE_TOO_LARGE, f"messages are at most {limits.max_bytes} bytes", size=len(raw))
     try:
-        doc = json.loads(raw, parse_constant=_reject_constant)
-    except (ValueError, RecursionError, UnicodeDecodeError) as exc:
+        # Strict UTF-8 (json.loads would also guess UTF-16/32). NaN and Infinity literals parse to
+        # floats here and are refused below with the field they were in (bad_metric, bad_body).
+        doc = json.loads(raw.decode("utf-8"))
+    except (ValueError, RecursionError) as exc:
         raise EnvelopeError(Code.ENVELOPE_NOT_JSON, f"not valid UTF-8 JSON: {str(exc)[:120]}") from exc
     if not isinstance(doc, dict):
         raise EnvelopeError(Code.ENVELOPE_NOT_OBJECT, "a message is a JSON object")
@@ -246,7 +245,7 @@ def _tags(raw: object, device: str, limits: Limits) -> dict[str, str]:
         )
     for name, value in raw.items():
         _check_name(name, "tag", device, limits, Code.ENVELOPE_BAD_TAG)
-        if not isinstance(value, str) or len(value) > limits.max_tag_value_len or "\x00" in value:
+        if not isinstance(value, str) or len(value) > limits.max_tag_value_len or "\x00" in value or not _utf8(value):
             raise EnvelopeError(
                 Code.ENVELOPE_BAD_TAG,
                 f"tag values are strings of at most {limits.max_tag_value_len} characters",
@@ -256,19 +255,39 @@ def _tags(raw: object, device: str, limits: Limits) -> dict[str, str]:
     return cast(dict[str, str], raw)
 
 
-def within_depth(value: object, limit: int) -> bool:
-    """True when ``value`` nests no deeper than ``limit`` containers."""
+def _utf8(text: str) -> bool:
+    """False for strings holding lone surrogates ("\\ud800" is valid JSON but not Unicode text)."""
+    if text.isascii():
+        return True
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def json_fits(value: object, limit: int) -> bool:
+    """True when ``value`` nests no deeper than ``limit`` containers and every leaf can travel on:
+    finite numbers, integers within ±(2**63-1), and strings (keys too) that are Unicode text."""
     stack: list[tuple[object, int]] = [(value, 0)]
     while stack:
         item, depth = stack.pop()
         if isinstance(item, dict):
-            if depth >= limit:
+            if depth >= limit or not all(_utf8(k) for k in item):
                 return False
             stack.extend((v, depth + 1) for v in item.values())
         elif isinstance(item, list):
             if depth >= limit:
                 return False
             stack.extend((v, depth + 1) for v in item)
+        elif isinstance(item, float):
+            if not math.isfinite(item):
+                return False
+        elif isinstance(item, int):
+            if not -MAX_BODY_INT <= item <= MAX_BODY_INT:
+                return False
+        elif isinstance(item, str) and not _utf8(item):
+            return False
     return True
 
 
@@ -277,13 +296,14 @@ def _body(raw: object, msg_type: MessageType, device: str, limits: Limits) -> Js
         if msg_type is MessageType.TWIN_REPORTED:
             raise EnvelopeError(Code.ENVELOPE_BAD_BODY, "twin_reported carries the reported state in body", device_id=device)
         if msg_type is MessageType.COMMAND_ACK:
-            raise EnvelopeError(
-                Code.ENVELOPE_BAD_BODY, 'command_ack carries {"id": ..., "status": ...} in body', device_id=device
-            )
+            raise EnvelopeError(Code.ENVELOPE_BAD_BODY, 'command_ack carries {"id": ..., "status": ...} in body', device_id=device)
         return None
-    if not isinstance(raw, dict) or not within_depth(raw, limits.max_body_depth):
+    if not isinstance(raw, dict) or not json_fits(raw, limits.max_body_depth):
         raise EnvelopeError(
-            Code.ENVELOPE_BAD_BODY, f"body is a JSON object nested at most {limits.max_body_depth} deep", device_id=device
+            Code.ENVELOPE_BAD_BODY,
+            f"body is a JSON object nested at most {limits.max_body_depth} deep, with finite numbers"
+            " (integers within ±(2**63-1)) and valid Unicode strings",
+            device_id=device,
         )
     if msg_type is MessageType.COMMAND_ACK:
         cmd_id, status = raw.get("id"), raw.get("status")
