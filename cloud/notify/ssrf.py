@@ -56,6 +56,7 @@ _CGNAT = ipaddress.ip_network("100.64.0.0/10")
 _ULA = ipaddress.ip_network("fc00::/7")
 _SITE_LOCAL = ipaddress.ip_network("fec0::/10")
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
+_RFC1918 = tuple(ipaddress.ip_network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"))
 
 
 @dataclass(frozen=True)
@@ -101,9 +102,9 @@ def refusal(ip: IPAddress, policy: SsrfPolicy) -> str | None:
         return "an IPv6 unique-local (fc00::/7) address"
     if isinstance(ip, ipaddress.IPv6Address) and ip in _SITE_LOCAL:
         return "an IPv6 site-local address"
-    if ip.is_private:
+    if any(ip in net for net in _RFC1918 if net.version == ip.version):
         return "a private address"
-    if ip.is_reserved or not ip.is_global:
+    if ip.is_private or ip.is_reserved or not ip.is_global:
         return "a reserved, non-public address"
     return None
 
