@@ -9,6 +9,7 @@ delivered (retrying would mail the others twice) and the refused ones are named 
 
 from __future__ import annotations
 
+import contextlib
 import html
 import re
 from email.message import EmailMessage
@@ -97,29 +98,39 @@ async def send(config: Config, n: Notification, ctx: SendContext) -> Outcome:
         use_tls=config.security == "tls",
         start_tls=config.security == "starttls",
         tls_context=ctx.tls_context,
-        username=config.username,
-        password=config.password.get_secret_value() if config.password else None,
         timeout=ctx.timeout_s,
     )
     try:
-        async with smtp:
-            refused, said = await smtp.send_message(message, sender=config.sender, recipients=config.to)
-    except aiosmtplib.SMTPAuthenticationError as exc:
-        return Failed(Code.NOTIFY_AUTH_FAILED, f"the SMTP server refused the credentials: {exc.code} {exc.message}")
-    except aiosmtplib.SMTPRecipientsRefused as exc:
-        return _by_reply(min(r.code for r in exc.recipients), f"the SMTP server refused every recipient: {exc}")
-    except aiosmtplib.SMTPResponseException as exc:
-        return _by_reply(exc.code, f"the SMTP server answered {exc.code} {exc.message}")
-    except aiosmtplib.SMTPTimeoutError as exc:
-        return Retry(Code.NOTIFY_TIMEOUT, f"the SMTP server at {config.host} did not answer in time: {exc}")
+        await smtp.connect()  # greeting, EHLO and STARTTLS; a failure here leaves nothing open but the socket
     except (aiosmtplib.SMTPException, OSError) as exc:
-        return Retry(Code.NOTIFY_UNREACHABLE, f"SMTP with {config.host}:{config.port} failed: {exc}")
-    finally:
         sock.close()
+        return _failure(exc, config)
+    try:
+        if config.username is not None and config.password is not None:
+            await smtp.login(config.username, config.password.get_secret_value())
+        refused, said = await smtp.send_message(message, sender=config.sender, recipients=config.to)
+    except (aiosmtplib.SMTPException, OSError) as exc:
+        return _failure(exc, config)
+    finally:
+        with contextlib.suppress(aiosmtplib.SMTPException, OSError):
+            await smtp.quit()  # a polite QUIT lets the server close its side (and TLS) cleanly
+        smtp.close()
     detail = f"accepted for {len(config.to) - len(refused)} recipient(s): {said}"
     if refused:
         detail += "; refused: " + ", ".join(f"{rcpt} ({r.code} {r.message})" for rcpt, r in refused.items())
     return Delivered(detail)
+
+
+def _failure(exc: Exception, config: Config) -> Outcome:
+    if isinstance(exc, aiosmtplib.SMTPAuthenticationError):
+        return Failed(Code.NOTIFY_AUTH_FAILED, f"the SMTP server refused the credentials: {exc.code} {exc.message}")
+    if isinstance(exc, aiosmtplib.SMTPRecipientsRefused):
+        return _by_reply(min(r.code for r in exc.recipients), f"the SMTP server refused every recipient: {exc}")
+    if isinstance(exc, aiosmtplib.SMTPResponseException):
+        return _by_reply(exc.code, f"the SMTP server answered {exc.code} {exc.message}")
+    if isinstance(exc, aiosmtplib.SMTPTimeoutError | TimeoutError):
+        return Retry(Code.NOTIFY_TIMEOUT, f"the SMTP server at {config.host} did not answer in time: {exc}")
+    return Retry(Code.NOTIFY_UNREACHABLE, f"SMTP with {config.host}:{config.port} failed: {exc}")
 
 
 def _by_reply(code: int, reason: str) -> Outcome:

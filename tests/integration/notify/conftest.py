@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import ssl
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 import uvicorn
-from notify_receivers import NOW, Captured, Receiver
+from notify_receivers import NOW, Captured, LocalCA, Receiver
 
 from pulse.cloud.ca import CertificateAuthority
 from pulse.cloud.db.embedded import free_port
@@ -60,22 +58,6 @@ async def receiver() -> AsyncIterator[Receiver]:
     port = free_port()
     async for r in _serve(Receiver(f"http://127.0.0.1:{port}"), port):
         yield r
-
-
-@dataclass(frozen=True)
-class LocalCA:
-    ca: CertificateAuthority
-    dir: Path
-
-    @property
-    def client_context(self) -> ssl.SSLContext:
-        return ssl.create_default_context(cafile=str(self.dir / "ca.crt"))
-
-    def server_files(self, directory: Path, names: list[str]) -> tuple[Path, Path]:
-        cert, key = self.ca.issue_server_cert(names)
-        (directory / "server.crt").write_bytes(cert)
-        (directory / "server.key").write_bytes(key)
-        return directory / "server.crt", directory / "server.key"
 
 
 @pytest.fixture

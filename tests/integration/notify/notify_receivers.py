@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import datetime as dt
+import ssl
 from dataclasses import dataclass, field
+from pathlib import Path
+
+from pulse.cloud.ca import CertificateAuthority
 
 NOW = dt.datetime(2026, 11, 25, 8, 0, 0, tzinfo=dt.UTC)
 
@@ -32,3 +36,17 @@ class Receiver:
         return self.base + path
 
 
+@dataclass(frozen=True)
+class LocalCA:
+    ca: CertificateAuthority
+    dir: Path
+
+    @property
+    def client_context(self) -> ssl.SSLContext:
+        return ssl.create_default_context(cafile=str(self.dir / "ca.crt"))
+
+    def server_files(self, directory: Path, names: list[str]) -> tuple[Path, Path]:
+        cert, key = self.ca.issue_server_cert(names)
+        (directory / "server.crt").write_bytes(cert)
+        (directory / "server.key").write_bytes(key)
+        return directory / "server.crt", directory / "server.key"
