@@ -17,6 +17,7 @@ are unacknowledged UDP: "delivered" means handed to the network. v3 traps are se
 from __future__ import annotations
 
 import re
+import warnings
 from dataclasses import dataclass
 from typing import Literal
 
@@ -145,13 +146,22 @@ def _auth(config: Config) -> CommunityData | UsmUserData:
     )
 
 
+def _engine(engine_id: str) -> SnmpEngine:
+    """A fresh engine per send. pysnmp raises its stored snmpEngineBoots (system temp dir) for each one,
+    which keeps v3 receivers' timeliness checks happy. Its constructor reads that file without closing
+    it; the ResourceWarning that comes with it is pysnmp's, and silenced here only."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        return SnmpEngine(OctetString(hexValue=engine_id))
+
+
 async def send(config: Config, n: Notification, ctx: SendContext) -> Outcome:
     trap = build(config, n)
     try:
         address = (await ctx.guard.resolve(config.host.strip("[]"), config.port))[0]
     except AddressError as exc:
         return address_outcome(exc)
-    engine = SnmpEngine(OctetString(hexValue=config.engine_id))
+    engine = _engine(config.engine_id)
     try:
         transport = Udp6TransportTarget if address.version == 6 else UdpTransportTarget
         target = await transport.create((str(address), config.port), timeout=ctx.timeout_s, retries=0)
