@@ -122,7 +122,9 @@ class Recipients:
 
 def recipients(step: Notify, schedules: dict[str, Schedule], now: dt.datetime) -> Recipients:
     """Resolve a Notify step's targets at ``now``: channels as they are, schedules to who is on call."""
-    channels, people, unstaffed = [], [], []
+    channels: list[str] = []
+    people: list[str] = []
+    unstaffed: list[str] = []
     for target in step.targets:
         if target.kind == "channel":
             channels.append(target.id)

@@ -60,6 +60,8 @@ class Config(ChannelConfig):
     def _auth_pair(self) -> Config:
         if (self.username is None) != (self.password is None):
             raise ValueError("username and password go together")
+        if self.username is not None and self.security == "none":
+            raise ValueError("a password is sent only over TLS: use security starttls or tls")
         return self
 
 

@@ -107,3 +107,20 @@ async def test_the_checked_answer_is_the_one_connected_to_so_rebinding_cannot_sw
         second = await senders.send("webhook", config, make_notification(), SendContext(http=http, guard=guard))
     assert isinstance(second, Failed) and second.code is Code.NOTIFY_SSRF_BLOCKED and "10.9.8.7" in second.reason
     assert len(receiver.requests) == 1
+
+
+async def test_the_allow_list_setting_comes_from_the_environment(
+    receiver: Receiver, make_notification: Make, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pulse.cloud.notify.settings import NotifySettings, send_context
+
+    config: Any = senders.validate("webhook", {"url": receiver.url("/dev")})
+    async with send_context(NotifySettings()) as strict:
+        assert isinstance(await senders.send("webhook", config, make_notification(), strict), Failed)
+    monkeypatch.setenv("PULSE_NOTIFY_ALLOW_NETWORKS", "127.0.0.0/8, ::1/128")
+    async with send_context(NotifySettings()) as dev:
+        assert await senders.send("webhook", config, make_notification(), dev) == Delivered("HTTP 200")
+    assert len(receiver.requests) == 1
+    monkeypatch.setenv("PULSE_NOTIFY_ALLOW_NETWORKS", "127.0.0.0/8,localhost")
+    with pytest.raises(ValueError, match="'localhost' in the SSRF allow-list is not a network"):
+        NotifySettings()

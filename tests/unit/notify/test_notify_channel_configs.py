@@ -39,6 +39,7 @@ BAD = [
     ("email", {"host": "smtp.example.com", "sender": "not-an-address", "to": ["b@example.com"]}, "sender"),
     ("email", {"host": "smtp.example.com", "sender": "a@example.com", "to": ["b@example.com"], "username": "u"}, "password"),
     ("email", {"host": "smtp.example.com", "sender": "a@example.com", "to": ["b@example.com"], "security": "ssl3"}, "security"),
+    ("email", {"host": "h.example", "sender": "a@example.com", "to": ["b@example.com"], "security": "none", "username": "u", "password": "p"}, "TLS"),
     ("snmp", {"host": "nms", "version": "v2c"}, "community"),
     ("snmp", {"host": "nms", "version": "v3"}, "user"),
     ("snmp", {"host": "nms", "version": "v3", "user": "u", "priv_key": "12345678"}, "auth"),
