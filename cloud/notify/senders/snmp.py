@@ -37,7 +37,7 @@ from pysnmp.hlapi.v3arch.asyncio import auth as usm
 from pysnmp.proto.rfc1902 import Integer32, OctetString
 
 from pulse.cloud.notify.errors import AddressError
-from pulse.cloud.notify.model import SEVERITIES, Delivered, Notification, Outcome, Retry
+from pulse.cloud.notify.model import SEVERITIES, Delivered, Notification, Outcome, Retry, format_value
 from pulse.cloud.notify.senders.base import Channel, ChannelConfig, SendContext
 from pulse.cloud.notify.senders.http import address_outcome
 from pulse.protocol.errors import Code
@@ -124,8 +124,8 @@ def build(config: Config, n: Notification) -> Trap:
         n.device,
         n.site or "",
         n.metric or "",
-        "" if n.value is None else str(n.value),
-        "" if n.threshold is None else str(n.threshold),
+        "" if n.value is None else format_value(n.value),
+        "" if n.threshold is None else format_value(n.threshold),
         n.explanation,
         n.console_url,
         n.occurred_at.isoformat(),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from collections.abc import Callable
 from typing import Any
@@ -124,3 +125,40 @@ async def test_the_allow_list_setting_comes_from_the_environment(
     monkeypatch.setenv("PULSE_NOTIFY_ALLOW_NETWORKS", "127.0.0.0/8,localhost")
     with pytest.raises(ValueError, match="'localhost' in the SSRF allow-list is not a network"):
         NotifySettings()
+
+
+@pytest.mark.parametrize(
+    ("kind", "raw"),
+    [
+        ("email", {"host": "169.254.169.254", "sender": "a@example.com", "to": ["b@example.com"]}),
+        ("snmp", {"host": "10.1.2.3", "community": "public"}),
+        ("mqtt", {"host": "::ffff:192.168.1.20"}),
+        ("mqtt", {"host": "127.0.0.1"}),
+    ],
+)
+async def test_hosts_of_non_http_channels_go_through_the_same_guard(kind: str, raw: dict[str, Any], make_notification: Make) -> None:
+    async with guarded_client(STRICT) as http:
+        outcome = await senders.send(kind, senders.validate(kind, raw), make_notification(), SendContext(http=http, guard=STRICT))
+    assert isinstance(outcome, Failed) and outcome.code is Code.NOTIFY_SSRF_BLOCKED
+
+
+async def test_a_receiver_that_never_answers_is_retried_as_a_timeout(make_notification: Make) -> None:
+    done = asyncio.Event()
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(65536)  # takes the request, never answers
+        await done.wait()
+        writer.close()
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    guard = AddressGuard(SsrfPolicy.allowing(["127.0.0.0/8"]))
+    try:
+        async with guarded_client(guard, timeout_s=0.3) as http:
+            ctx = SendContext(http=http, guard=guard, timeout_s=0.3)
+            outcome = await senders.send("webhook", senders.validate("webhook", {"url": f"http://127.0.0.1:{port}/"}), make_notification(), ctx)
+    finally:
+        done.set()
+        server.close()
+        await server.wait_closed()
+    assert isinstance(outcome, Retry) and outcome.code is Code.NOTIFY_TIMEOUT
