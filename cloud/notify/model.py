@@ -129,3 +129,18 @@ def retry_after(value: str | None, now: dt.datetime) -> float | None:
     if when.tzinfo is None:
         when = when.replace(tzinfo=dt.UTC)
     return min(max((when - now).total_seconds(), 0.0), MAX_RETRY_AFTER_S)
+
+
+def channel_test_notification(*, tenant: str, console_url: str, now: dt.datetime, channel: str = "") -> Notification:
+    """What the "send test notification" action sends: plainly a test, severity info, its own alert id."""
+    return Notification(
+        alert_id=f"test-{int(now.timestamp())}",
+        fingerprint=f"test/{channel or 'channel'}",
+        event="test",
+        severity="info",
+        tenant=tenant,
+        device="pulse-test",
+        explanation=f"This is a test notification from Pulse{f' for channel {channel}' if channel else ''}. No action is needed.",
+        console_url=console_url,
+        occurred_at=now,
+    )

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from pulse.cloud.notify.errors import AddressError
+from pulse.cloud.notify.errors import ConfigError
 from pulse.cloud.notify.senders.base import SendContext
 from pulse.cloud.notify.ssrf import AddressGuard, SsrfPolicy, guarded_client
 
@@ -32,7 +32,7 @@ class NotifySettings(BaseSettings):
     def _networks(cls, value: str) -> str:
         try:
             SsrfPolicy.allowing(n for n in value.split(",") if n.strip())
-        except AddressError as exc:
+        except ConfigError as exc:
             raise ValueError(exc.message) from exc
         return value
 

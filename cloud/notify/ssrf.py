@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 import httpcore
 import httpx
 
-from pulse.cloud.notify.errors import AddressError
+from pulse.cloud.notify.errors import AddressError, ConfigError
 from pulse.protocol.errors import Code
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -73,7 +73,7 @@ class SsrfPolicy:
             try:
                 parsed.append(ipaddress.ip_network(net.strip(), strict=False))
             except ValueError as exc:
-                raise AddressError(Code.NOTIFY_BAD_CONFIG, f"{net!r} in the SSRF allow-list is not a network", network=net) from exc
+                raise ConfigError(Code.NOTIFY_BAD_CONFIG, f"{net!r} in the SSRF allow-list is not a network", network=net) from exc
         return cls(allow=tuple(parsed))
 
 

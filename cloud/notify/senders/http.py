@@ -114,7 +114,7 @@ async def deliver(ctx: SendContext, request: HttpRequest, interpret: Interpret) 
         return address_outcome(exc)
     except httpx.TimeoutException as exc:
         return Retry(Code.NOTIFY_TIMEOUT, f"no answer from {_origin(request.url)} in time ({type(exc).__name__})")
-    except httpx.TransportError as exc:
+    except httpx.RequestError as exc:  # connect, read, write, protocol and decoding trouble
         return Retry(Code.NOTIFY_UNREACHABLE, f"could not reach {_origin(request.url)}: {exc or type(exc).__name__}")
     return interpret(response, ctx.now())
 

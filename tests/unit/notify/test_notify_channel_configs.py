@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 from typing import Any
 
 import pytest
@@ -107,3 +108,15 @@ NOW = dt.datetime(2026, 11, 25, 8, 0, tzinfo=dt.UTC)
 )
 def test_retry_after_reads_seconds_and_dates_and_is_capped(header: str | None, seconds: float | None) -> None:
     assert retry_after(header, NOW) == seconds
+
+
+def test_a_test_notification_says_so_everywhere() -> None:
+    from pulse.cloud.notify.model import channel_test_notification
+    from pulse.cloud.notify.senders import pagerduty, slack
+
+    n = channel_test_notification(tenant="acme", console_url="https://pulse.example.com/channels/7", now=NOW, channel="ops-slack")
+    assert n.event == "test" and n.severity == "info" and "No action is needed" in n.explanation
+    assert n.title == "[INFO] test notification: pulse-test"
+    pd = json.loads(pagerduty.build(senders.validate("pagerduty", GOOD["pagerduty"]), n).body)  # type: ignore[arg-type]
+    assert pd["event_action"] == "trigger" and pd["dedup_key"] == f"pulse-test-{n.alert_id}"
+    assert "alert test" in json.loads(slack.build(senders.validate("slack", GOOD["slack"]), n).body)["blocks"][0]["text"]["text"]  # type: ignore[arg-type]

@@ -6,7 +6,7 @@ import ipaddress
 
 import pytest
 
-from pulse.cloud.notify.errors import AddressError
+from pulse.cloud.notify.errors import AddressError, ConfigError
 from pulse.cloud.notify.ssrf import SsrfPolicy, check_url, refusal
 from pulse.protocol.errors import Code
 
@@ -80,7 +80,7 @@ def test_metadata_stays_refused_even_inside_an_allowed_network(address: str) -> 
 
 
 def test_a_bad_allow_list_entry_is_a_clear_error() -> None:
-    with pytest.raises(AddressError) as caught:
+    with pytest.raises(ConfigError) as caught:
         SsrfPolicy.allowing(["127.0.0.0/8", "localhost"])
     assert caught.value.code is Code.NOTIFY_BAD_CONFIG and "'localhost'" in caught.value.message
 
