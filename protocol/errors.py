@@ -117,6 +117,36 @@ class Code(StrEnum):
     RULE_STATE_VERSION_UNSUPPORTED = "rule.state_version_unsupported"  # state written by a newer schema
     RULE_STATE_MISMATCH = "rule.state_mismatch"  # state passed with another rule or device
 
+    # notifications: outbound channels, the SSRF guard, on-call schedules and escalation policies
+    NOTIFY_BAD_CONFIG = "notify.bad_config"
+    """A channel's settings miss a field or hold a bad value; the message names the field."""
+    NOTIFY_UNKNOWN_CHANNEL = "notify.unknown_channel"
+    """The channel kind is not one Pulse sends to (slack, pagerduty, teams, webhook, email, snmp, mqtt)."""
+    NOTIFY_BAD_URL = "notify.bad_url"
+    """A URL (or a redirect's Location) is not an absolute http(s) URL with a host."""
+    NOTIFY_SSRF_BLOCKED = "notify.ssrf_blocked"
+    """The host is, or resolves to, a private, loopback, link-local, metadata or other non-public address."""
+    NOTIFY_DNS_FAILED = "notify.dns_failed"
+    """The receiver's host name did not resolve; retried, as DNS failures are often brief."""
+    NOTIFY_TOO_MANY_REDIRECTS = "notify.too_many_redirects"
+    """The receiver redirected more times than allowed (3): point the channel at the final URL."""
+    NOTIFY_UNREACHABLE = "notify.unreachable"
+    """The connection to the receiver failed (refused, reset, no route); retried."""
+    NOTIFY_TIMEOUT = "notify.timeout"
+    """The receiver did not answer in time; retried."""
+    NOTIFY_RATE_LIMITED = "notify.rate_limited"
+    """The receiver asked Pulse to slow down (HTTP 429); retried after its Retry-After."""
+    NOTIFY_RECEIVER_ERROR = "notify.receiver_error"
+    """The receiver failed on its side (HTTP 5xx, SMTP 4xx); retried."""
+    NOTIFY_REJECTED = "notify.rejected"
+    """The receiver refused the notification for good (HTTP 4xx, SMTP 5xx); the reason quotes it: fix the channel."""
+    NOTIFY_AUTH_FAILED = "notify.auth_failed"
+    """The receiver refused the channel's credentials (HTTP 401/403, SMTP 535): fix the key or password."""
+    NOTIFY_BAD_SCHEDULE = "notify.bad_schedule"
+    """An on-call schedule breaks the schedule rules (time zone, rotation, layers, overrides)."""
+    NOTIFY_BAD_POLICY = "notify.bad_policy"
+    """An escalation policy breaks the policy rules (1-5 levels, delays, targets)."""
+
 
 class PulseError(Exception):
     """Root of every Pulse error that carries a stable code and a sentence a person can act on."""

@@ -1,0 +1,55 @@
+"""Channel senders, one module each, registered in ``CHANNELS`` (kind -> Channel).
+
+Every module has the same shape (see ``base.py``): ``Config``, a pure ``build``, and ``send`` that
+returns an ``Outcome``. ``validate(kind, raw)`` turns a customer's settings into a Config or a
+``notify.bad_config`` error naming the field; ``send(kind, config, notification, ctx)`` sends once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from pydantic import ValidationError
+
+from pulse.cloud.notify.errors import ConfigError
+from pulse.cloud.notify.model import Notification, Outcome
+from pulse.cloud.notify.senders import email, mqtt, pagerduty, slack, snmp, teams, webhook
+from pulse.cloud.notify.senders.base import Channel, ChannelConfig, SendContext
+from pulse.protocol.errors import Code
+
+CHANNELS: Mapping[str, Channel[Any]] = {
+    m.CHANNEL.kind: m.CHANNEL for m in (slack, pagerduty, teams, webhook, email, snmp, mqtt)
+}
+
+
+def channel(kind: str) -> Channel[Any]:
+    try:
+        return CHANNELS[kind]
+    except KeyError:
+        raise ConfigError(
+            Code.NOTIFY_UNKNOWN_CHANNEL, f"{kind!r} is not a channel; use one of {', '.join(CHANNELS)}", kind=kind
+        ) from None
+
+
+def validate(kind: str, raw: Mapping[str, Any]) -> ChannelConfig:
+    """The channel's Config from raw settings, or ``notify.bad_config`` naming every bad field."""
+    try:
+        return channel(kind).config.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or 'config'}: {e['msg'].removeprefix('Value error, ')}" for e in exc.errors()
+        )
+        fields = ",".join(sorted({str(e["loc"][0]) for e in exc.errors() if e["loc"]}))
+        raise ConfigError(Code.NOTIFY_BAD_CONFIG, f"{kind} channel: {problems}", kind=kind, fields=fields) from None
+
+
+async def send(kind: str, config: ChannelConfig, notification: Notification, ctx: SendContext) -> Outcome:
+    """One attempt on one channel."""
+    target = channel(kind)
+    if not isinstance(config, target.config):
+        raise ConfigError(Code.NOTIFY_BAD_CONFIG, f"a {type(config).__module__} config given to the {kind} channel", kind=kind)
+    return await target.send(config, notification, ctx)
+
+
+__all__ = ["CHANNELS", "SendContext", "channel", "send", "validate"]

@@ -1,0 +1,51 @@
+"""The notify settings group and the one place the shared send context is built from it.
+
+``NotifySettings`` reads ``PULSE_NOTIFY_*`` from the environment when built on its own, and can be
+nested into the cloud's settings object. Build it in main, pass it down; nothing reads it at import.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ssl
+from collections.abc import AsyncIterator
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from pulse.cloud.notify.errors import ConfigError
+from pulse.cloud.notify.senders.base import SendContext
+from pulse.cloud.notify.ssrf import AddressGuard, SsrfPolicy, guarded_client
+
+
+class NotifySettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="PULSE_NOTIFY_", frozen=True, extra="ignore")
+
+    allow_networks: str = ""
+    """Comma-separated networks the SSRF guard lets through although they are not public, e.g.
+    ``127.0.0.0/8,::1/128`` for development and tests. Empty (the default) in production."""
+    timeout_s: float = Field(default=10.0, gt=0, le=120)
+    """Per attempt: connect, each read and write, DNS (HTTP, SMTP, SNMP, MQTT)."""
+
+    @field_validator("allow_networks")
+    @classmethod
+    def _networks(cls, value: str) -> str:
+        try:
+            SsrfPolicy.allowing(n for n in value.split(",") if n.strip())
+        except ConfigError as exc:
+            raise ValueError(exc.message) from exc
+        return value
+
+    @property
+    def policy(self) -> SsrfPolicy:
+        return SsrfPolicy.allowing(n for n in self.allow_networks.split(",") if n.strip())
+
+
+@contextlib.asynccontextmanager
+async def send_context(
+    settings: NotifySettings, *, verify: ssl.SSLContext | bool = True, tls_context: ssl.SSLContext | None = None
+) -> AsyncIterator[SendContext]:
+    """The shared context for every send of a worker's life: one guarded HTTP client, closed on exit."""
+    guard = AddressGuard(settings.policy, resolve_timeout_s=settings.timeout_s)
+    async with guarded_client(guard, timeout_s=settings.timeout_s, verify=verify) as http:
+        yield SendContext(http=http, guard=guard, timeout_s=settings.timeout_s, tls_context=tls_context)
