@@ -1,0 +1,110 @@
+"""Cloud fixtures: a migrated database per module (roles prefixed per module, dropped afterwards),
+and a running app per test (lifespan entered, requests through httpx's ASGI transport)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+
+import asyncpg
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from pulse.cloud.app import create_app
+from pulse.cloud.auth.accounts import create_tenant, create_user
+from pulse.cloud.db.migrate import migrate
+from pulse.cloud.db.pool import role_dsn
+from pulse.cloud.settings import Settings
+
+PASSWORD = "correct horse battery staple"
+
+
+@pytest.fixture(scope="module")
+def cloud_settings(database_url: str, pg_admin_dsn: str) -> Iterator[Settings]:
+    """Settings for this module's database, with freshly migrated schema and roles of its own."""
+    settings = Settings(
+        mode="development",
+        database_url=database_url,
+        db_role_prefix="t" + uuid.uuid4().hex[:12],
+        jwt_secret="test-secret-" + uuid.uuid4().hex,
+        maintenance_interval_s=3600,
+        writer_flush_ms=5,
+    )
+    asyncio.run(migrate(database_url, settings.roles))
+    yield settings
+
+    async def drop_roles() -> None:
+        roles = settings.roles
+        names = [roles.app, roles.operator, roles.writer, roles.identity]
+        conn = await asyncpg.connect(database_url)
+        try:
+            await conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = ANY($1)", names)
+            await conn.execute("DROP OWNED BY " + ", ".join(f'"{n}"' for n in names))
+        finally:
+            await conn.close()
+        admin = await asyncpg.connect(pg_admin_dsn)
+        try:
+            for name in names:
+                await admin.execute(f'DROP ROLE IF EXISTS "{name}"')
+        finally:
+            await admin.close()
+
+    asyncio.run(drop_roles())
+
+
+def app_role_dsn(settings: Settings) -> str:
+    return role_dsn(settings.database_url, settings.roles.app, None)
+
+
+@dataclass
+class Cloud:
+    app: FastAPI
+    client: httpx.AsyncClient
+    settings: Settings
+
+    async def tenant_user(self, role: str = "tenant-admin", slug: str | None = None) -> tuple[uuid.UUID, dict[str, str]]:
+        """A new tenant and a logged-in user in it: (tenant id, auth headers)."""
+        slug = slug or "t-" + uuid.uuid4().hex[:10]
+        db = self.app.state.pulse.db
+        tenant_id = await create_tenant(db, slug=slug, name=slug, actor="test")
+        return tenant_id, await self.user(role, tenant=slug)
+
+    async def user(self, role: str, tenant: str | None) -> dict[str, str]:
+        email = f"{uuid.uuid4().hex[:10]}@example.com"
+        await create_user(self.app.state.pulse.db, email=email, password=PASSWORD, roles=[role], tenant=tenant, actor="test")
+        r = await self.client.post("/auth/login", json={"email": email, "password": PASSWORD})
+        assert r.status_code == 200, r.text
+        return {"Authorization": f"Bearer {r.json()['access_token']}"}
+
+    async def device_with_token(self, headers: dict[str, str], device_id: str | None = None) -> tuple[str, str, str]:
+        """(device uuid, device_id, device token)"""
+        device_id = device_id or "dev-" + uuid.uuid4().hex[:8]
+        r = await self.client.post("/api/v1/devices", json={"device_id": device_id}, headers=headers)
+        assert r.status_code == 201, r.text
+        dev = r.json()["id"]
+        r = await self.client.post(f"/api/v1/devices/{dev}/credentials", headers=headers)
+        assert r.status_code == 201, r.text
+        return dev, device_id, r.json()["token"]
+
+
+async def running_cloud(settings: Settings) -> AsyncIterator[Cloud]:
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://pulse.test") as client:
+            yield Cloud(app=app, client=client, settings=settings)
+
+
+@pytest.fixture
+async def cloud(cloud_settings: Settings) -> AsyncIterator[Cloud]:
+    async for c in running_cloud(cloud_settings):
+        yield c
+
+
+@pytest.fixture
+def app_dsn(cloud_settings: Settings) -> str:
+    """DSN of the app role (subject to row-level security) on this module's database."""
+    return app_role_dsn(cloud_settings)
