@@ -48,7 +48,9 @@ def create_app(settings: Settings) -> FastAPI:
         password=password,
         sizes=PoolSizes(app=settings.db_pool_size, operator=settings.db_operator_pool_size, writer=settings.writer_connections),
     )
-    sessions = SessionTokens(settings.jwt_secret.get_secret_value(), issuer=settings.jwt_issuer, ttl_s=settings.access_token_ttl_s)
+    sessions = SessionTokens(
+        settings.jwt_secret.get_secret_value(), issuer=settings.jwt_issuer, ttl_s=settings.access_token_ttl_s
+    )
     oidc = None
     if settings.oidc_issuer:
         oidc = OidcVerifier(
@@ -108,7 +110,9 @@ def create_app(settings: Settings) -> FastAPI:
         description="Devices, sites, credentials, HTTP ingest. Errors are JSON: {code, message}; codes are listed in docs/protocol.md.",
         lifespan=lifespan,
     )
-    app.state.pulse = Components(settings=settings, db=db, auth=Authenticator(sessions, oidc), device_tokens=tokens, ingest=ingest)
+    app.state.pulse = Components(
+        settings=settings, db=db, auth=Authenticator(sessions, oidc), device_tokens=tokens, ingest=ingest
+    )
     app.state.accounts = Accounts(db, sessions, refresh_ttl_s=settings.refresh_token_ttl_s)
     app.state.metrics = metrics
     app.state.writer = writer

@@ -54,7 +54,9 @@ def _cmd_maintain(args: argparse.Namespace) -> int:
 
     s = _settings()
     actions = asyncio.run(
-        maintain_telemetry(s.database_url, ahead_days=s.telemetry_partitions_ahead_days, retention_days=s.telemetry_retention_days)
+        maintain_telemetry(
+            s.database_url, ahead_days=s.telemetry_partitions_ahead_days, retention_days=s.telemetry_retention_days
+        )
     )
     for action, target in actions:
         print(f"{action}: {target}")
@@ -120,7 +122,13 @@ def _cmd_create_user(args: argparse.Namespace) -> int:
         user_id = asyncio.run(
             _with_db(
                 lambda db: create_user(
-                    db, email=args.email, password=password, roles=args.role, tenant=args.tenant, actor=_actor(), display_name=args.name
+                    db,
+                    email=args.email,
+                    password=password,
+                    roles=args.role,
+                    tenant=args.tenant,
+                    actor=_actor(),
+                    display_name=args.name,
                 )
             )
         )

@@ -17,7 +17,9 @@ class Metrics:
         self.ingest_messages = Counter(
             "pulse_ingest_messages", "Device messages received over HTTP ingest, by result", ["result"], registry=r
         )
-        self.ingest_requests = Counter("pulse_ingest_requests", "HTTP ingest requests, by response status", ["status"], registry=r)
+        self.ingest_requests = Counter(
+            "pulse_ingest_requests", "HTTP ingest requests, by response status", ["status"], registry=r
+        )
         self.writer_rows = Counter("pulse_writer_rows", "Rows committed by the telemetry writer", registry=r)
         self.writer_failures = Counter("pulse_writer_failed_flushes", "Writer flushes the database refused", registry=r)
         self.flush_seconds = Histogram(

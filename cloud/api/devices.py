@@ -182,7 +182,9 @@ async def list_devices(
         where.append(f"(device_id ILIKE {arg(pattern)} OR name ILIKE {arg(pattern)})")
     if cursor:
         where.append(f"device_id > {arg(cursor)}")
-    sql = f"SELECT {_COLS} FROM devices {'WHERE ' + ' AND '.join(where) if where else ''} ORDER BY device_id LIMIT {arg(limit + 1)}"
+    sql = (
+        f"SELECT {_COLS} FROM devices {'WHERE ' + ' AND '.join(where) if where else ''} ORDER BY device_id LIMIT {arg(limit + 1)}"
+    )
     async with parts.db.tenant(caller.tenant_id) as conn:
         rows = await conn.fetch(sql, *args)
     items = [_out(r) for r in rows[:limit]]
@@ -227,7 +229,9 @@ async def update_device(device: uuid.UUID, body: DevicePatch, caller: Writer, pa
     return _out(row)
 
 
-@router.post("/{device}/decommission", response_model=DeviceOut, summary="Decommission: revoke credentials, stop ingest (audited)")
+@router.post(
+    "/{device}/decommission", response_model=DeviceOut, summary="Decommission: revoke credentials, stop ingest (audited)"
+)
 async def decommission_device(device: uuid.UUID, caller: Writer, parts: Parts) -> DeviceOut:
     async with parts.db.tenant(caller.tenant_id) as conn:
         current = await _get(conn, device)
@@ -253,7 +257,9 @@ async def _audit(conn: asyncpg.Connection, caller: TenantCaller, action: str, ta
 # --- credentials -------------------------------------------------------------------------------
 
 
-@router.post("/{device}/credentials", status_code=201, response_model=IssuedCredential, summary="Issue a device token (shown once)")
+@router.post(
+    "/{device}/credentials", status_code=201, response_model=IssuedCredential, summary="Issue a device token (shown once)"
+)
 async def issue_credential(device: uuid.UUID, caller: Writer, parts: Parts) -> IssuedCredential:
     credential_id = uuid.uuid4()
     token = new_device_token(credential_id)
@@ -350,13 +356,17 @@ async def import_devices(request: Request, caller: Writer, parts: Parts) -> Resp
     reader = csv.DictReader(io.StringIO(text))
     header = [h.strip() for h in (reader.fieldnames or [])]
     if "device_id" not in header:
-        raise InvalidError(Code.API_INVALID, f"the first line names the columns and includes device_id (known: {', '.join(IMPORT_COLUMNS)})")
+        raise InvalidError(
+            Code.API_INVALID, f"the first line names the columns and includes device_id (known: {', '.join(IMPORT_COLUMNS)})"
+        )
     unknown = [h for h in header if h not in IMPORT_COLUMNS]
     if unknown:
         raise InvalidError(Code.API_INVALID, f"unknown columns {unknown}; known: {', '.join(IMPORT_COLUMNS)}")
     reader.fieldnames = header
     errors: list[ImportRowError] = []
-    rows: list[tuple[int, dict[str, str]]] = [(reader.line_num, {k: (v or "").strip() for k, v in r.items() if k}) for r in reader]
+    rows: list[tuple[int, dict[str, str]]] = [
+        (reader.line_num, {k: (v or "").strip() for k, v in r.items() if k}) for r in reader
+    ]
     if len(rows) > MAX_IMPORT_ROWS:
         raise TooLargeError(Code.INGEST_TOO_LARGE, f"imports are at most {MAX_IMPORT_ROWS} rows; split the file")
     if not rows:
@@ -399,7 +409,11 @@ async def import_devices(request: Request, caller: Writer, parts: Parts) -> Resp
             records.append((caller.tenant_id, device_id, name, sites.get(site_name), tags, status))
         if errors:
             report = ImportReport(imported=0, errors=errors)
-            payload = {"code": str(Code.API_IMPORT_REJECTED), "message": f"{len(errors)} rows have errors; nothing was imported", **report.model_dump()}
+            payload = {
+                "code": str(Code.API_IMPORT_REJECTED),
+                "message": f"{len(errors)} rows have errors; nothing was imported",
+                **report.model_dump(),
+            }
             return Response(json.dumps(payload), status_code=422, media_type="application/json")
         try:
             await conn.executemany(
@@ -408,4 +422,6 @@ async def import_devices(request: Request, caller: Writer, parts: Parts) -> Resp
         except asyncpg.UniqueViolationError as exc:
             raise ConflictError(Code.API_CONFLICT, "a device in the file was created meanwhile; nothing was imported") from exc
         await _audit(conn, caller, "device.import", f"{len(records)} devices", {"count": len(records)})
-    return Response(ImportReport(imported=len(records), errors=[]).model_dump_json(), status_code=201, media_type="application/json")
+    return Response(
+        ImportReport(imported=len(records), errors=[]).model_dump_json(), status_code=201, media_type="application/json"
+    )

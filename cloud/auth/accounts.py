@@ -42,7 +42,8 @@ class Accounts:
         return await self._issue(row, family=uuid.uuid4())
 
     async def refresh(self, refresh_token: str) -> TokenPair:
-        async with self._db.identity() as conn, conn.transaction():
+        async with self._db.identity() as conn:
+            # committed whatever the outcome: a replay must leave its family revoked
             used = await conn.fetchrow("SELECT * FROM pulse_identity_refresh_use($1)", sha256_hex(refresh_token))
             assert used is not None
             if used["outcome"] != "ok":
@@ -75,7 +76,9 @@ async def create_tenant(db: Database, *, slug: str, name: str, actor: str) -> uu
         raise InvalidError(Code.API_INVALID, "a tenant slug is 1-63 lower-case letters, digits or '-'")
     async with db.operator(actor=actor, action="tenant.create", target=slug, detail={"name": name}) as conn:
         try:
-            tenant_id: uuid.UUID = await conn.fetchval("INSERT INTO tenants (slug, name) VALUES ($1, $2) RETURNING id", slug, name)
+            tenant_id: uuid.UUID = await conn.fetchval(
+                "INSERT INTO tenants (slug, name) VALUES ($1, $2) RETURNING id", slug, name
+            )
         except asyncpg.UniqueViolationError as exc:
             raise ConflictError(Code.API_CONFLICT, f"a tenant with slug {slug!r} exists") from exc
     return tenant_id

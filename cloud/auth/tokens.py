@@ -152,9 +152,7 @@ class OidcVerifier:
         key = await asyncio.to_thread(lambda: _decode_key(client, token))
         options: dict[str, Any] = {"require": ["exp", "iss", "sub"], "verify_aud": self._audience is not None}
         claims = _decode(
-            lambda: jwt.decode(
-                token, key, algorithms=_OIDC_ALGS, issuer=self.issuer, audience=self._audience, options=options
-            )
+            lambda: jwt.decode(token, key, algorithms=_OIDC_ALGS, issuer=self.issuer, audience=self._audience, options=options)
         )
         return Principal(
             subject=str(claims["sub"]),

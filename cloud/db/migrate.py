@@ -50,7 +50,7 @@ def render(sql: str, roles: RoleNames) -> str:
         name = getattr(roles, key)
         sql = sql.replace("{{" + key + "_lit}}", quote_literal(name)).replace("{{" + key + "}}", quote_ident(name))
     if "{{" in sql:
-        raise MigrationError(f"unknown placeholder in migration: {sql[sql.index('{{'):][:40]}")
+        raise MigrationError(f"unknown placeholder in migration: {sql[sql.index('{{') :][:40]}")
     return sql
 
 

@@ -87,7 +87,9 @@ class Database:
         return self._operator
 
     def pools(self) -> dict[str, asyncpg.Pool]:
-        return {name: p for name, p in (("app", self._app), ("operator", self._operator), ("writer", self._writer)) if p is not None}
+        return {
+            name: p for name, p in (("app", self._app), ("operator", self._operator), ("writer", self._writer)) if p is not None
+        }
 
     @asynccontextmanager
     async def tenant(self, tenant_id: uuid.UUID) -> AsyncIterator[asyncpg.Connection]:

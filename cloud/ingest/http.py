@@ -137,9 +137,7 @@ class IngestService:
                 f"device {identity.device_id} is over its rate of {self.config.rate_per_s:g} messages/s; nothing was stored",
                 retry_after_s=decision.retry_after_s,
             )
-        prepared = prepare(
-            identity, messages, now_ms=int(time.time() * 1000), received_at=datetime.now(UTC), limits=self.limits
-        )
+        prepared = prepare(identity, messages, now_ms=int(time.time() * 1000), received_at=datetime.now(UTC), limits=self.limits)
         await self.writer.write(prepared.telemetry, prepared.quarantine)
         accepted, rejected = len(prepared.telemetry), len(prepared.quarantine)
         self.metrics.ingest_messages.labels("accepted").inc(accepted)
@@ -178,7 +176,9 @@ router = APIRouter(tags=["ingest"])
     openapi_extra={
         "requestBody": {
             "required": True,
-            "content": {"application/json": {"schema": {"oneOf": [ENVELOPE_SCHEMA, {"type": "array", "items": ENVELOPE_SCHEMA}]}}},
+            "content": {
+                "application/json": {"schema": {"oneOf": [ENVELOPE_SCHEMA, {"type": "array", "items": ENVELOPE_SCHEMA}]}}
+            },
         }
     },
 )

@@ -54,7 +54,9 @@ TelemetryRow = tuple[datetime, uuid.UUID, str, str, str, str | None, str | None,
 QuarantineRow = tuple[uuid.UUID, str | None, uuid.UUID | None, str, str, str, bytes, datetime]
 
 
-async def write_rows(conn: asyncpg.Connection, telemetry: Sequence[TelemetryRow], quarantine: Sequence[QuarantineRow] = ()) -> None:
+async def write_rows(
+    conn: asyncpg.Connection, telemetry: Sequence[TelemetryRow], quarantine: Sequence[QuarantineRow] = ()
+) -> None:
     """COPY rows inside the caller's transaction. Raises asyncpg errors; callers translate."""
     if telemetry:
         await conn.copy_records_to_table("telemetry", records=telemetry, columns=TELEMETRY_COLUMNS)
@@ -130,7 +132,9 @@ class Writer:
         if rows == 0:
             return
         if self._stopping:
-            raise OverloadedError("the server is shutting down; retry against another instance", retry_after_s=self._retry_after_s)
+            raise OverloadedError(
+                "the server is shutting down; retry against another instance", retry_after_s=self._retry_after_s
+            )
         if self.pending_rows + rows > self._config.queue_rows:
             raise OverloadedError(
                 "the ingest queue is full; nothing from this request was stored; retry after the Retry-After seconds",

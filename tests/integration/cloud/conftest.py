@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 
 import asyncpg
@@ -90,6 +91,7 @@ class Cloud:
         return dev, device_id, r.json()["token"]
 
 
+@asynccontextmanager
 async def running_cloud(settings: Settings) -> AsyncIterator[Cloud]:
     app = create_app(settings)
     async with app.router.lifespan_context(app):
@@ -100,8 +102,14 @@ async def running_cloud(settings: Settings) -> AsyncIterator[Cloud]:
 
 @pytest.fixture
 async def cloud(cloud_settings: Settings) -> AsyncIterator[Cloud]:
-    async for c in running_cloud(cloud_settings):
+    async with running_cloud(cloud_settings) as c:
         yield c
+
+
+@pytest.fixture
+def start_cloud() -> Callable[[Settings], AbstractAsyncContextManager[Cloud]]:
+    """Start another app with other settings: ``async with start_cloud(settings) as cloud: ...``"""
+    return running_cloud
 
 
 @pytest.fixture

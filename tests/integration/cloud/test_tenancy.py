@@ -62,7 +62,9 @@ BY_ID = [
 
 
 @pytest.mark.parametrize(("method", "template", "body"), BY_ID, ids=[f"{m} {p}" for m, p, _ in BY_ID])
-async def test_another_tenants_object_answers_404_and_is_unchanged(cloud: Cloud, method: str, template: str, body: object) -> None:
+async def test_another_tenants_object_answers_404_and_is_unchanged(
+    cloud: Cloud, method: str, template: str, body: object
+) -> None:
     w = await make_world(cloud)
     path = template.format(site=w.b_site, device=w.b_device, credential=w.b_credential)
     r = await cloud.client.request(method, path, json=body, headers=w.a_headers)
@@ -154,7 +156,9 @@ async def test_operator_api_refuses_tenant_users(cloud: Cloud) -> None:
 TENANT_TABLES = ["tenants", "users", "sites", "gateways", "devices", "device_credentials", "quarantine", "audit_log", "telemetry"]
 
 
-async def test_sql_session_as_app_role_sees_and_changes_only_its_tenant(cloud: Cloud, app_dsn: str, cloud_settings: Settings) -> None:
+async def test_sql_session_as_app_role_sees_and_changes_only_its_tenant(
+    cloud: Cloud, app_dsn: str, cloud_settings: Settings
+) -> None:
     w = await make_world(cloud)
     r = await cloud.client.post(
         "/ingest/v1/telemetry",
@@ -197,8 +201,11 @@ async def test_sql_session_as_app_role_sees_and_changes_only_its_tenant(cloud: C
         with pytest.raises(asyncpg.InsufficientPrivilegeError):
             await conn.execute(f'SET ROLE "{cloud_settings.roles.operator}"')
         with pytest.raises(asyncpg.InsufficientPrivilegeError):
-            await conn.execute("INSERT INTO telemetry (time, tenant_id, device_id, msg_type, source, received_at)"
-                               " VALUES (now(), $1, 'x', 'telemetry', 'sql', now())", w.a_tenant)
+            await conn.execute(
+                "INSERT INTO telemetry (time, tenant_id, device_id, msg_type, source, received_at)"
+                " VALUES (now(), $1, 'x', 'telemetry', 'sql', now())",
+                w.a_tenant,
+            )
         assert not await conn.fetchval("SELECT rolbypassrls FROM pg_roles WHERE rolname = current_user")
     finally:
         await conn.close()
