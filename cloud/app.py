@@ -39,6 +39,11 @@ def _error(status: int, code: Code | str, message: str, headers: dict[str, str] 
     return JSONResponse({"code": str(code), "message": message, **extra}, status_code=status, headers=headers)
 
 
+def app_from_environment() -> FastAPI:
+    """The app with settings from the environment: the factory uvicorn's worker processes import."""
+    return create_app(Settings())
+
+
 def create_app(settings: Settings) -> FastAPI:
     metrics = Metrics()
     password = settings.db_role_password.get_secret_value() if settings.db_role_password else None

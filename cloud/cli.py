@@ -70,17 +70,21 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     from pulse.cloud.app import create_app
 
-    s = _settings()
+    s = _settings()  # refuse a bad configuration before starting anything
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    config = uvicorn.Config(
-        create_app(s),
-        host=args.host or s.host,
-        port=args.port or s.port,
-        log_level="info",
-        access_log=args.access_log,
-        timeout_graceful_shutdown=10,
-    )
-    uvicorn.Server(config).run()
+    workers = args.workers or s.workers
+    common: dict[str, Any] = {
+        "host": args.host or s.host,
+        "port": args.port or s.port,
+        "log_level": "info",
+        "access_log": args.access_log,
+        "timeout_graceful_shutdown": 10,
+    }
+    if workers == 1:
+        uvicorn.run(create_app(s), **common)
+    else:
+        # each worker process builds its own app (pools, writer, caches) from the same environment
+        uvicorn.run("pulse.cloud.app:app_from_environment", factory=True, workers=workers, **common)
     return 0
 
 
@@ -150,6 +154,7 @@ def register(sub: Any) -> None:
     c = cloud.add_parser("serve", help="run the API and ingest server; applies pending migrations first")
     c.add_argument("--host", default=None, help="listen address (default: PULSE_HOST)")
     c.add_argument("--port", type=int, default=None, help="listen port (default: PULSE_PORT)")
+    c.add_argument("--workers", type=int, default=None, help="worker processes (default: PULSE_WORKERS, 1)")
     c.add_argument("--access-log", action="store_true", help="log every request")
     c.set_defaults(handler=_cmd_serve)
 

@@ -67,6 +67,7 @@ class Settings(BaseSettings):
     # server
     host: str = "127.0.0.1"
     port: int = 8080
+    workers: int = Field(default=1, ge=1, le=64)
 
     @model_validator(mode="after")
     def _enforce_non_default_secrets(self) -> Settings:

@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+import orjson
 from fastapi import APIRouter, Request, Response
 
 from pulse.cloud.errors import InvalidError, RateLimitedError, TooLargeError
@@ -20,11 +21,64 @@ from pulse.cloud.ingest.ratelimit import RateLimiter
 from pulse.cloud.ingest.writer import QuarantineRow, TelemetryRow, Writer
 from pulse.cloud.metrics import Metrics
 from pulse.cloud.settings import IngestConfig
-from pulse.protocol.envelope import DEFAULT_LIMITS, Limits, MessageType, parse
+from pulse.protocol.envelope import DEFAULT_LIMITS, Limits, MessageType, parse, parse_document
 from pulse.protocol.errors import Code, EnvelopeError
 
-_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 SOURCE = "http"
+
+
+def _dumps(value: object) -> str:
+    """Compact JSON text (orjson; the standard library for what orjson refuses, e.g. integers over 64 bits)."""
+    try:
+        return orjson.dumps(value).decode()
+    except TypeError:
+        return json.dumps(value, separators=(",", ":"))
+
+
+def _dumps_bytes(value: object) -> bytes:
+    try:
+        return orjson.dumps(value)
+    except TypeError:
+        return json.dumps(value, separators=(",", ":")).encode()
+
+
+def _no_constants(name: str) -> object:
+    raise ValueError(f"{name} is not a number")
+
+
+def _loads(raw: bytes) -> object:
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        # orjson refuses integers over 64 bits; the standard library reads them and the envelope check reports them
+        return json.loads(raw, parse_constant=_no_constants)
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One message of a request body: its bytes (kept for quarantine), and its decoded form when the
+    body was a JSON array (so it is not decoded twice)."""
+
+    raw: bytes
+    implied: MessageType | None  # what the endpoint implies when the message names no type
+    doc: object = None
+    decoded: bool = False
+
+
+def split_body(body: bytes) -> list[Message]:
+    """The messages in a body. A body that is not JSON, or JSON that is neither an object nor an
+    array, is one message (which ``parse`` then rejects with the precise code)."""
+    try:
+        doc = _loads(body)
+    except (ValueError, RecursionError):
+        return [Message(body, None)]
+    if isinstance(doc, list):
+        return [Message(_dumps_bytes(item), _implied(item), item, True) for item in doc]
+    return [Message(body, _implied(doc))]
+
+
+def _implied(doc: object) -> MessageType | None:
+    return MessageType.TELEMETRY if isinstance(doc, dict) and "type" not in doc else None
 
 
 @dataclass(slots=True)
@@ -34,27 +88,9 @@ class Prepared:
     results: list[dict[str, object]] = field(default_factory=list)
 
 
-def split_body(body: bytes) -> list[tuple[bytes, MessageType | None]]:
-    """The messages in a body: (raw bytes, type the endpoint implies when the message names none).
-
-    A body that is not JSON, or JSON that is neither an object nor an array, is one message (which
-    ``parse`` will then reject with the precise code)."""
-    try:
-        doc = json.loads(body)
-    except (ValueError, RecursionError):
-        return [(body, None)]
-    if isinstance(doc, list):
-        return [(_dumps(item).encode(), _implied(item)) for item in doc]
-    return [(body, _implied(doc))]
-
-
-def _implied(doc: object) -> MessageType | None:
-    return MessageType.TELEMETRY if isinstance(doc, dict) and "type" not in doc else None
-
-
 def prepare(
     identity: DeviceIdentity,
-    messages: list[tuple[bytes, MessageType | None]],
+    messages: list[Message],
     *,
     now_ms: int,
     received_at: datetime,
@@ -63,11 +99,16 @@ def prepare(
     """Decide every message's fate (pure): telemetry rows, quarantine rows, per-message results."""
     out = Prepared()
     tenant, device_id = identity.tenant_id, identity.device_id
-    for index, (raw, implied) in enumerate(messages):
+    for index, msg in enumerate(messages):
         try:
-            env = parse(raw, now_ms=now_ms, device_id=device_id, expected_type=implied, limits=limits)
+            if msg.decoded:
+                env = parse_document(
+                    msg.doc, size=len(msg.raw), now_ms=now_ms, device_id=device_id, expected_type=msg.implied, limits=limits
+                )
+            else:
+                env = parse(msg.raw, now_ms=now_ms, device_id=device_id, expected_type=msg.implied, limits=limits)
         except EnvelopeError as exc:
-            out.quarantine.append((tenant, device_id, None, SOURCE, str(exc.code), exc.message, raw, received_at))
+            out.quarantine.append((tenant, device_id, None, SOURCE, str(exc.code), exc.message, msg.raw, received_at))
             out.results.append({"index": index, "status": "rejected", "code": str(exc.code), "message": exc.message})
             continue
         out.telemetry.append(
@@ -148,7 +189,7 @@ class IngestService:
             status = 422
             first = prepared.results[0]
             payload = {"code": first["code"], "message": "no message was accepted; each was quarantined", **payload}
-        return Response(_dumps(payload).encode(), status_code=status, media_type="application/json")
+        return Response(orjson.dumps(payload), status_code=status, media_type="application/json")
 
 
 ENVELOPE_SCHEMA = {

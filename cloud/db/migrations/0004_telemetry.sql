@@ -69,6 +69,7 @@ DECLARE
     part    record;
     moved   bigint;
 BEGIN
+    PERFORM pg_advisory_xact_lock(hashtext('pulse_telemetry_maintain'));  -- one maintainer at a time
     IF NOT EXISTS (SELECT 1 FROM pg_partitioned_table WHERE partrelid = 'telemetry'::regclass) THEN
         -- TimescaleDB: its own jobs compress and drop chunks; keep the retention figure in step.
         EXECUTE 'SELECT remove_retention_policy(''telemetry'', if_exists => true)';

@@ -8,6 +8,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import httpx
@@ -18,7 +19,7 @@ from pulse.cloud.app import create_app
 from pulse.cloud.auth.accounts import create_tenant, create_user
 from pulse.cloud.db.migrate import migrate
 from pulse.cloud.db.pool import role_dsn
-from pulse.cloud.settings import Settings
+from pulse.cloud.settings import RoleNames, Settings
 
 PASSWORD = "correct horse battery staple"
 
@@ -36,24 +37,48 @@ def cloud_settings(database_url: str, pg_admin_dsn: str) -> Iterator[Settings]:
     )
     asyncio.run(migrate(database_url, settings.roles))
     yield settings
+    asyncio.run(drop_roles(database_url, pg_admin_dsn, settings.roles))
 
-    async def drop_roles() -> None:
-        roles = settings.roles
-        names = [roles.app, roles.operator, roles.writer, roles.identity]
+
+async def drop_roles(database_url: str, pg_admin_dsn: str, roles: RoleNames) -> None:
+    """Roles are cluster-wide: drop what they own in the test database, then the roles."""
+    names = [roles.app, roles.operator, roles.writer, roles.identity]
+    admin = await asyncpg.connect(pg_admin_dsn)
+    try:
+        if not await admin.fetchval("SELECT count(*) FROM pg_roles WHERE rolname = ANY($1)", names):
+            return
+        await admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = ANY($1)", names)
         conn = await asyncpg.connect(database_url)
         try:
-            await conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = ANY($1)", names)
             await conn.execute("DROP OWNED BY " + ", ".join(f'"{n}"' for n in names))
         finally:
             await conn.close()
-        admin = await asyncpg.connect(pg_admin_dsn)
-        try:
-            for name in names:
-                await admin.execute(f'DROP ROLE IF EXISTS "{name}"')
-        finally:
-            await admin.close()
+        for name in names:
+            await admin.execute(f'DROP ROLE IF EXISTS "{name}"')
+    finally:
+        await admin.close()
 
-    asyncio.run(drop_roles())
+
+@pytest.fixture
+def fresh_database(pg_admin_dsn: str) -> Iterator[tuple[str, str]]:
+    """An empty database (not migrated) and a role prefix of its own: (dsn, prefix)."""
+    name = "t_fresh_" + uuid.uuid4().hex[:10]
+    prefix = "f" + uuid.uuid4().hex[:12]
+
+    async def admin(sql: str) -> None:
+        conn = await asyncpg.connect(pg_admin_dsn)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+    dsn = urlunsplit(urlsplit(pg_admin_dsn)._replace(path=f"/{name}"))
+    try:
+        yield dsn, prefix
+    finally:
+        asyncio.run(drop_roles(dsn, pg_admin_dsn, RoleNames.from_prefix(prefix)))
+        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 def app_role_dsn(settings: Settings) -> str:
