@@ -35,23 +35,15 @@ def _dumps(value: object) -> str:
         return json.dumps(value, separators=(",", ":"))
 
 
+def _stdlib_dumps(value: object) -> bytes:
+    return json.dumps(value, separators=(",", ":")).encode()
+
+
 def _dumps_bytes(value: object) -> bytes:
     try:
         return orjson.dumps(value)
     except TypeError:
-        return json.dumps(value, separators=(",", ":")).encode()
-
-
-def _no_constants(name: str) -> object:
-    raise ValueError(f"{name} is not a number")
-
-
-def _loads(raw: bytes) -> object:
-    try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        # orjson refuses integers over 64 bits; the standard library reads them and the envelope check reports them
-        return json.loads(raw, parse_constant=_no_constants)
+        return _stdlib_dumps(value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,12 +60,19 @@ class Message:
 def split_body(body: bytes) -> list[Message]:
     """The messages in a body. A body that is not JSON, or JSON that is neither an object nor an
     array, is one message (which ``parse`` then rejects with the precise code)."""
+    dumps = _dumps_bytes
     try:
-        doc = _loads(body)
-    except (ValueError, RecursionError):
-        return [Message(body, None)]
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        # orjson refuses some JSON the standard library reads (integers over 64 bits, NaN, lone
+        # surrogates): read it so, and let the envelope check refuse the offending field by name
+        try:
+            doc = json.loads(body)
+        except (ValueError, RecursionError):
+            return [Message(body, None)]
+        dumps = _stdlib_dumps  # keeps NaN as NaN in the quarantined bytes
     if isinstance(doc, list):
-        return [Message(_dumps_bytes(item), _implied(item), item, True) for item in doc]
+        return [Message(dumps(item), _implied(item), item, True) for item in doc]
     return [Message(body, _implied(doc))]
 
 

@@ -57,3 +57,17 @@ def test_prepare_turns_good_messages_into_rows_and_bad_ones_into_quarantine() ->
     assert event[3] == "event" and json.loads(event[6] or "") == {"k": "v"} and event[0] == AT  # no ts: receiver's clock
     (q,) = out.quarantine
     assert q[0] == IDENT.tenant_id and q[4] == "envelope.missing_metrics" and json.loads(q[6]) == {"v": 1, "metrics": {}}
+
+
+def test_json_that_only_the_standard_library_reads_is_refused_per_field_not_as_a_whole() -> None:
+    body = b'[{"v":1,"metrics":{"a":NaN}},{"v":1,"metrics":{"b":123456789012345678901234567890}},{"v":1,"metrics":{"c":1}}]'
+    messages = split_body(body)
+    assert messages[0].raw == b'{"v":1,"metrics":{"a":NaN}}'
+    out = prepare(IDENT, messages, now_ms=NOW_MS, received_at=AT)
+    assert [r.get("code") for r in out.results] == ["envelope.bad_metric", "envelope.bad_metric", None]
+
+
+def test_an_oversize_array_element_is_refused_like_an_oversize_message() -> None:
+    big = {"v": 1, "metrics": {"a": 1}, "tags": {f"t{i}": "x" * 120 for i in range(16)}, "body": {"pad": "y" * 20000}}
+    out = prepare(IDENT, split_body(json.dumps([big, {"v": 1, "metrics": {"a": 1}}]).encode()), now_ms=NOW_MS, received_at=AT)
+    assert [r.get("code") for r in out.results] == ["envelope.too_large", None]
