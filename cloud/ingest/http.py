@@ -11,6 +11,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import NamedTuple
 
 import orjson
 from fastapi import APIRouter, Request, Response
@@ -46,8 +47,7 @@ def _dumps_bytes(value: object) -> bytes:
         return _stdlib_dumps(value)
 
 
-@dataclass(frozen=True, slots=True)
-class Message:
+class Message(NamedTuple):
     """One message of a request body: its bytes (kept for quarantine), and its decoded form when the
     body was a JSON array (so it is not decoded twice)."""
 

@@ -183,6 +183,15 @@ class Writer:
             rows = sum(item.rows for item in batch)
             try:
                 await self._flush(batch)
+            except Exception as exc:  # a bug must not leave requests waiting forever, nor stop the writer
+                log.exception("telemetry writer failed on a batch")
+                failure = StorageUnavailableError(
+                    "the writer failed; nothing from this request was stored; retry later", retry_after_s=self._retry_after_s
+                )
+                failure.__cause__ = exc
+                for item in batch:
+                    if not item.future.done():
+                        item.future.set_exception(failure)
             finally:
                 self._inflight_rows -= rows
 

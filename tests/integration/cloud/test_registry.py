@@ -137,3 +137,24 @@ async def test_csv_import_is_all_or_nothing_with_a_row_report(cloud: Cloud) -> N
 
     r = await c.post("/api/v1/devices/import", content="name\nx\n", headers={**h, **CSV})
     assert r.status_code == 422 and "device_id" in r.json()["message"]
+
+
+async def test_tenant_in_a_body_is_ignored_and_bad_bodies_get_coded_errors(cloud: Cloud) -> None:
+    a_tenant, a = await cloud.tenant_user()
+    b_tenant, b = await cloud.tenant_user()
+    c = cloud.client
+    r = await c.post("/api/v1/sites", json={"name": "planted", "tenant_id": str(b_tenant)}, headers=a)
+    assert r.status_code == 201
+    r = await c.post("/api/v1/devices", json={"device_id": "planted", "tenant_id": str(b_tenant)}, headers=a)
+    assert r.status_code == 201
+    assert (await c.get("/api/v1/sites", headers=b)).json() == []
+    assert (await c.get("/api/v1/devices", headers=b)).json()["items"] == []
+    assert [s["name"] for s in (await c.get("/api/v1/sites", headers=a)).json()] == ["planted"]
+
+    for body in (b"not json", b"[1, 2]", b'{"device_id": 5}'):
+        r = await c.post("/api/v1/devices", content=body, headers={**a, "Content-Type": "application/json"})
+        assert r.status_code == 422, body
+        assert r.json()["code"] == "api.invalid" and r.json()["message"]
+    r = await c.get("/api/v1/devices/not-a-uuid", headers=a)
+    assert r.status_code == 422 and r.json()["code"] == "api.invalid"
+    assert a_tenant != b_tenant
