@@ -12,7 +12,7 @@
 Three rounds (``PULSE_BENCH_ROUNDS``) alternate the two, and the best run of each side counts:
 other work on the machine can only slow a run down. Every run is listed. Knobs for exploring:
 ``PULSE_BENCH_WORKERS`` (server processes, default 2 = one per core), ``PULSE_BENCH_CONCURRENCY``
-(requests in flight, 16), ``PULSE_BENCH_BATCH`` (envelopes per request, 500).
+(requests in flight, 16), ``PULSE_BENCH_BATCH`` (envelopes per request, 1000 = the default PULSE_INGEST_MAX_MESSAGES).
 
 PostgreSQL is an embedded server in a temporary directory (durable: fsync on), unless
 DATABASE_URL names one (then a fresh tenant in that database is used, and left there).
@@ -43,12 +43,12 @@ from pulse.cloud.ingest.writer import write_rows
 from pulse.cloud.settings import RoleNames
 
 DEVICES = 50
-BATCH = int(os.environ.get("PULSE_BENCH_BATCH", "500"))  # envelopes per HTTP request
+BATCH = int(os.environ.get("PULSE_BENCH_BATCH", "1000"))  # envelopes per HTTP request
 MESSAGES = 200_000
 CONCURRENCY = int(os.environ.get("PULSE_BENCH_CONCURRENCY", "16"))
 SERVER_WORKERS = int(os.environ.get("PULSE_BENCH_WORKERS", "2"))  # one per core
 ROUNDS = int(os.environ.get("PULSE_BENCH_ROUNDS", "3"))
-WRITER_BATCH_ROWS = 5000
+WRITER_BATCH_ROWS = int(os.environ.get("PULSE_BENCH_WRITER_BATCH_ROWS", "5000"))
 
 
 def _envelopes(device: int, start_ms: int, count: int) -> list[dict[str, object]]:
