@@ -11,6 +11,7 @@ from fastapi import Depends, Request
 from pulse.cloud.auth.tokens import OPERATOR, OPERATOR_ADMIN, TENANT_READ, TENANT_WRITE, Authenticator, Principal
 from pulse.cloud.db.pool import Database
 from pulse.cloud.errors import ForbiddenError
+from pulse.cloud.ingest.http import IngestService
 from pulse.cloud.ingest.identity import DeviceTokenCache
 from pulse.cloud.settings import Settings
 from pulse.protocol.errors import Code
@@ -24,7 +25,7 @@ class Components:
     db: Database
     auth: Authenticator
     device_tokens: DeviceTokenCache
-    ingest: object  # IngestService; typed loosely to keep this module free of the ingest stack
+    ingest: IngestService
 
 
 def components(request: Request) -> Components:
