@@ -22,7 +22,6 @@ TENANT_WRITE = frozenset({"tenant-admin"})
 OPERATOR = frozenset({"operator", "operator-admin"})
 OPERATOR_ADMIN = frozenset({"operator-admin"})
 _LOCAL_ALG = "HS256"
-REFETCH_S = 60.0  # at most one key-set re-fetch per minute for unknown key ids
 _OIDC_ALGS = ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"]
 
 
@@ -129,7 +128,6 @@ class OidcVerifier:
         self._cache_s = cache_s
         self._client: jwt.PyJWKClient | None = None
         self._lock = asyncio.Lock()
-        self._last_refetch = float("-inf")
 
     async def _jwks_client(self) -> jwt.PyJWKClient:
         async with self._lock:
@@ -151,7 +149,7 @@ class OidcVerifier:
 
     async def verify(self, token: str) -> Principal:
         client = await self._jwks_client()
-        key = await asyncio.to_thread(lambda: self._signing_key(client, token))
+        key = await asyncio.to_thread(lambda: _decode_key(client, token))
         options: dict[str, Any] = {"require": ["exp", "iss", "sub"], "verify_aud": self._audience is not None}
         claims = _decode(
             lambda: jwt.decode(token, key, algorithms=_OIDC_ALGS, issuer=self.issuer, audience=self._audience, options=options)
@@ -163,24 +161,14 @@ class OidcVerifier:
             via="oidc",
         )
 
-    def _signing_key(self, client: jwt.PyJWKClient, token: str) -> Any:
-        """The key for the token's ``kid`` from the cached set. An unknown ``kid`` (the issuer may
-        have rotated its keys) re-fetches the set, at most once per REFETCH_S, so that tokens with
-        made-up key ids cannot make Pulse hammer the issuer."""
-        try:
-            kid = jwt.get_unverified_header(token).get("kid")
-            for key in client.get_signing_keys():
-                if key.key_id == kid:
-                    return key.key
-            now = time.monotonic()
-            if now - self._last_refetch < REFETCH_S:
-                raise AuthError(Code.AUTH_INVALID, "the token's signing key is not in the issuer's key set")
-            self._last_refetch = now
-            return client.get_signing_key(kid).key
-        except jwt.PyJWKClientError as exc:
-            raise AuthError(Code.AUTH_INVALID, f"the token's signing key is not in the issuer's key set: {exc}") from exc
-        except jwt.InvalidTokenError as exc:
-            raise AuthError(Code.AUTH_INVALID, f"the token is not valid: {exc}") from exc
+
+def _decode_key(client: jwt.PyJWKClient, token: str) -> Any:
+    try:
+        return client.get_signing_key_from_jwt(token).key
+    except jwt.PyJWKClientError as exc:
+        raise AuthError(Code.AUTH_INVALID, f"the token's signing key is not in the issuer's key set: {exc}") from exc
+    except jwt.InvalidTokenError as exc:
+        raise AuthError(Code.AUTH_INVALID, f"the token is not valid: {exc}") from exc
 
 
 class Authenticator:

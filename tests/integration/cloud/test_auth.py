@@ -193,6 +193,7 @@ async def test_oidc_token_validated_against_the_issuers_jwks_is_accepted(
             assert r.status_code == 401, name
             assert r.json()["code"] in ("auth.invalid", "auth.expired"), name
         # an unknown key id re-fetched the key set once; more made-up ids do not make Pulse fetch again
+        # (PyJWKClient's refresh cooldown, pyjwt >= 2.15)
         fetches = issuer.requests.count("/keys")
         for i in range(3):
             r = await client.get("/api/v1/me", headers={"Authorization": f"Bearer {issuer.token({}, kid=f'made-up-{i}')}"})
