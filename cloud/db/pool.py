@@ -5,7 +5,8 @@
 - ``db.operator(actor=, action=, ...)``: a transaction on the operator role, which bypasses RLS.
   Every use first commits an audit row (who, what, why), so the trail survives even if the work
   fails or rolls back.
-- ``db.writer_pool``: the telemetry writer's role (INSERT-only on telemetry and quarantine).
+- ``db.writer_pool`` / ``db.writer_transaction()``: the telemetry writer's role (INSERT-only on
+  telemetry and quarantine).
 - identity look-ups (device credential, login email, refresh token) go through SECURITY DEFINER
   functions executed by the app role without a tenant.
 
@@ -96,6 +97,13 @@ class Database:
         """A transaction in which only ``tenant_id``'s rows exist (SET LOCAL app.tenant_id)."""
         async with self.app_pool.acquire() as conn, conn.transaction():
             await conn.execute("SELECT set_config('app.tenant_id', $1, true)", str(tenant_id))
+            yield conn
+
+    @asynccontextmanager
+    async def writer_transaction(self) -> AsyncIterator[asyncpg.Connection]:
+        """A transaction on the writer role, for ``ingest.writer.write_rows`` together with other
+        writes that must commit with the rows (gateway sync: the gateway's high-water mark)."""
+        async with self.writer_pool.acquire() as conn, conn.transaction():
             yield conn
 
     @asynccontextmanager

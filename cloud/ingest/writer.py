@@ -4,7 +4,11 @@ Two layers, so that gateway sync can commit rows and its high-water mark in one 
 
 - ``write_rows(conn, telemetry, quarantine)``: COPY the rows inside the caller's transaction
   (the connection must be the writer role's: COPY FROM needs to bypass row-level security; the
-  tenant of each row was taken from a verified credential by the caller).
+  tenant of each row was taken from a verified credential by the caller). Gateway sync::
+
+      async with db.writer_transaction() as conn:
+          await write_rows(conn, rows, quarantined)
+          await conn.execute("UPDATE ... high-water mark ...")   # commits with the rows, or neither
 - ``Writer``: a bounded queue in front of ``write_rows`` for HTTP ingest. ``await writer.write(...)``
   returns only after the rows are committed (so an HTTP 200 means stored); rows from many requests
   are flushed together when ``batch_rows`` are queued or ``flush_s`` after the oldest arrived.

@@ -12,7 +12,7 @@ import asyncpg
 import pytest
 
 from pulse.cloud.db.migrate import load, migrate
-from pulse.cloud.db.pool import role_dsn
+from pulse.cloud.db.pool import Database, role_dsn
 from pulse.cloud.ingest.writer import write_rows
 from pulse.cloud.settings import Settings
 
@@ -110,6 +110,21 @@ async def test_write_rows_commits_with_the_callers_transaction(cloud_settings: S
         async with owner.transaction():
             await owner.execute("SELECT set_config('app.tenant_id', $1, true)", str(tenant))
             assert await owner.fetchval(count, tenant) == 4
+        # the Database helper gives the same contract: rows and other writes commit together, or neither
+        db = Database(cloud_settings.database_url, cloud_settings.roles)
+        await db.open()
+        try:
+            with pytest.raises(RuntimeError):
+                async with db.writer_transaction() as conn:
+                    await write_rows(conn, [_row(tenant, now)] * 2)
+                    raise RuntimeError("the high-water mark could not be stored")
+            async with db.writer_transaction() as conn:
+                await write_rows(conn, [_row(tenant, now)])
+        finally:
+            await db.close()
+        async with owner.transaction():
+            await owner.execute("SELECT set_config('app.tenant_id', $1, true)", str(tenant))
+            assert await owner.fetchval(count, tenant) == 5
         # the writer role writes, it does not read
         with pytest.raises(asyncpg.InsufficientPrivilegeError):
             await writer.fetchval("SELECT count(*) FROM telemetry")
