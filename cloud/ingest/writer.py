@@ -10,8 +10,10 @@ Two layers, so that gateway sync can commit rows and its high-water mark in one 
           await write_rows(conn, rows, quarantined)
           await conn.execute("UPDATE ... high-water mark ...")   # commits with the rows, or neither
 - ``Writer``: a bounded queue in front of ``write_rows`` for HTTP ingest. ``await writer.write(...)``
-  returns only after the rows are committed (so an HTTP 200 means stored); rows from many requests
-  are flushed together when ``batch_rows`` are queued or ``flush_s`` after the oldest arrived.
+  returns only after the rows are committed (so an HTTP 200 means stored). Rows from many requests
+  are written together, group-commit style: an idle writer writes what is queued at once; while a
+  batch is being written, the next one gathers until ``batch_rows`` are queued, ``flush_s`` after
+  its oldest row arrived, or the running write ends, whichever comes first.
   When the queue holds ``queue_rows`` rows, ``write`` raises ``OverloadedError`` (503 +
   Retry-After) instead of growing memory. ``on_commit`` (if given) sees each committed batch's
   telemetry rows, synchronously and after the commit (the console's live view listens there).
@@ -106,6 +108,7 @@ class Writer:
         self._queue: deque[_Pending] = deque()
         self._queued_rows = 0
         self._inflight_rows = 0
+        self._writing = 0  # batches being written now
         self._cond = asyncio.Condition()
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
@@ -160,8 +163,11 @@ class Writer:
             await self._cond.wait_for(lambda: bool(self._queue) or self._stopping)
             if not self._queue:
                 return None
+            # Group commit: when no batch is being written, write what is queued at once (waiting
+            # would only add latency). While another batch is being written, gather rows until
+            # batch_rows are queued or the oldest has waited flush_s, or that write finishes.
             deadline = self._queue[0].enqueued + self._config.flush_s
-            while self._queue and self._queued_rows < self._config.batch_rows and not self._stopping:
+            while self._queue and self._queued_rows < self._config.batch_rows and self._writing and not self._stopping:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
@@ -175,6 +181,7 @@ class Writer:
                 rows += item.rows
             self._queued_rows -= rows
             self._inflight_rows += rows
+            self._writing += 1
             if self._queue:
                 self._cond.notify()
             return batch
@@ -198,6 +205,9 @@ class Writer:
                         item.future.set_exception(failure)
             finally:
                 self._inflight_rows -= rows
+                async with self._cond:
+                    self._writing -= 1
+                    self._cond.notify_all()  # a flusher waiting for this write may go now
 
     async def _flush(self, batch: list[_Pending]) -> None:
         started = time.perf_counter()
