@@ -29,7 +29,7 @@ async def count(settings: Settings, tenant: uuid.UUID) -> int:
     try:
         async with conn.transaction():
             await conn.execute("SELECT set_config('app.tenant_id', $1, true)", str(tenant))
-            return int(await conn.fetchval("SELECT count(*) FROM telemetry"))
+            return int(await conn.fetchval("SELECT count(*) FROM telemetry WHERE tenant_id = $1", tenant))
     finally:
         await conn.close()
 
@@ -66,5 +66,41 @@ async def test_a_refused_callers_rows_do_not_fail_the_others(cloud_settings: Set
         await pending
         assert await count(cloud_settings, tenant) == 10
     finally:
+        await writer.stop()
+        await pool.close()
+
+
+async def test_group_commit_writes_a_lone_request_at_once_and_gathers_while_busy(cloud_settings: Settings) -> None:
+    from pulse.cloud.ingest.writer import FlushReport
+
+    pool = await asyncpg.create_pool(
+        role_dsn(cloud_settings.database_url, cloud_settings.roles.writer, None), min_size=1, max_size=2
+    )
+    reports: list[FlushReport] = []
+    # flush_s of an hour: were the writer to wait for it, these writes would time out
+    writer = Writer(WriterConfig(batch_rows=1000, flush_s=3600, queue_rows=10_000, connections=2), on_flush=reports.append)
+    writer.start(pool)
+    tenant = uuid.uuid4()
+    blocker = await asyncpg.connect(cloud_settings.database_url)
+    try:
+        await asyncio.wait_for(writer.write([row(tenant)]), 30)
+        assert [(r.requests, r.rows) for r in reports] == [(1, 1)]
+
+        tx = blocker.transaction()
+        await tx.start()
+        await blocker.execute("LOCK TABLE telemetry IN ACCESS EXCLUSIVE MODE")
+        first = asyncio.create_task(writer.write([row(tenant)]))
+        while writer.pending_rows < 1:
+            await asyncio.sleep(0.01)
+        later = [asyncio.create_task(writer.write([row(tenant)] * 2)) for _ in range(3)]
+        while writer.pending_rows < 7:
+            await asyncio.sleep(0.01)
+        await tx.rollback()
+        await asyncio.wait_for(asyncio.gather(first, *later), 30)
+        # the three requests that arrived while the first was being written went out together
+        assert [(r.requests, r.rows) for r in reports[1:]] == [(1, 1), (3, 6)]
+        assert await count(cloud_settings, tenant) == 8
+    finally:
+        await blocker.close()
         await writer.stop()
         await pool.close()
