@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import asyncpg
@@ -22,6 +23,14 @@ pytestmark = pytest.mark.integration
 def row(tenant: uuid.UUID, body: str | None = None) -> tuple[object, ...]:
     now = datetime.now(UTC)
     return (now, tenant, "dev-1", "telemetry", json.dumps({"a": 1}), None, body, None, None, "test", now)
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    for _ in range(3000):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the writer never reached the expected state")
 
 
 async def count(settings: Settings, tenant: uuid.UUID) -> int:
@@ -90,11 +99,9 @@ async def test_group_commit_writes_a_lone_request_at_once_and_gathers_while_busy
         await tx.start()
         await blocker.execute("LOCK TABLE telemetry IN ACCESS EXCLUSIVE MODE")
         first = asyncio.create_task(writer.write([row(tenant)]))
-        while writer.pending_rows < 1:
-            await asyncio.sleep(0.01)
+        await until(lambda: writer.pending_rows == 1)
         later = [asyncio.create_task(writer.write([row(tenant)] * 2)) for _ in range(3)]
-        while writer.pending_rows < 7:
-            await asyncio.sleep(0.01)
+        await until(lambda: writer.pending_rows == 7)
         await tx.rollback()
         await asyncio.wait_for(asyncio.gather(first, *later), 30)
         # the three requests that arrived while the first was being written went out together
