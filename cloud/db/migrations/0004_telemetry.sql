@@ -68,13 +68,19 @@ DECLARE
     hi      timestamptz;
     part    record;
     moved   bigint;
+    current_drop interval;
 BEGIN
     PERFORM pg_advisory_xact_lock(hashtext('pulse_telemetry_maintain'));  -- one maintainer at a time
     IF NOT EXISTS (SELECT 1 FROM pg_partitioned_table WHERE partrelid = 'telemetry'::regclass) THEN
         -- TimescaleDB: its own jobs compress and drop chunks; keep the retention figure in step.
-        EXECUTE 'SELECT remove_retention_policy(''telemetry'', if_exists => true)';
-        EXECUTE format('SELECT add_retention_policy(''telemetry'', %L::interval)', retention_days || ' days');
-        RETURN QUERY SELECT 'retention'::text, retention_days || ' days';
+        EXECUTE 'SELECT (config->>''drop_after'')::interval FROM timescaledb_information.jobs'
+                ' WHERE proc_name = ''policy_retention'' AND hypertable_name = ''telemetry'''
+            INTO current_drop;
+        IF current_drop IS DISTINCT FROM make_interval(days => retention_days) THEN
+            EXECUTE 'SELECT remove_retention_policy(''telemetry'', if_exists => true)';
+            EXECUTE format('SELECT add_retention_policy(''telemetry'', %L::interval)', retention_days || ' days');
+            RETURN QUERY SELECT 'retention'::text, retention_days || ' days';
+        END IF;
         RETURN;
     END IF;
 
