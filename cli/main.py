@@ -18,6 +18,7 @@ COMMAND_MODULES = ["pulse.edge.cli", "pulse.cloud.cli", "pulse.firmware_sim.cli"
 # name -> (module with `run() -> dict`, one-line description)
 BENCHMARKS: dict[str, tuple[str, str]] = {
     "codec": ("pulse.bench.codec", "sync batch codec: bytes per point and encode/decode speed against JSON envelopes"),
+    "ingest": ("pulse.bench.ingest", "HTTP ingest (server in its own process) against a raw COPY of the same rows"),
 }
 
 

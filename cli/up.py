@@ -39,7 +39,9 @@ def run(args: argparse.Namespace) -> int:
         signal.signal(sig, lambda *_: stop.set())
 
     pg: EmbeddedPostgres | None = None
+    dsn = ""
     if url := os.environ.get("DATABASE_URL"):
+        dsn = url
         print(f"database   : using DATABASE_URL ({url.split('@')[-1]})", flush=True)
     else:
         pg = EmbeddedPostgres(root / "postgres", port=int(os.environ.get("PULSE_PG_PORT", "55432")), password=_db_password(root))
@@ -50,14 +52,26 @@ def run(args: argparse.Namespace) -> int:
         except EmbeddedPostgresError as exc:
             print(f"pulse up: {exc}", flush=True)
             return 1
-        print(f"database   : running on 127.0.0.1:{pg.port} (DSN: {dsn.replace(pg.password or '', '***')}; password in {root / 'db-password'})", flush=True)
-    print("cloud      : not built yet (issue: cloud core)", flush=True)
+        print(f"database   : running on 127.0.0.1:{pg.port} (password in {root / 'db-password'})", flush=True)
+    from pulse.cloud.demo import start_cloud
+
+    try:
+        cloud = start_cloud(root, dsn)
+    except RuntimeError as exc:
+        print(f"pulse up: {exc}", flush=True)
+        if pg is not None:
+            pg.stop()
+        return 1
+    print(f"cloud      : {cloud.url}  (API docs {cloud.url}/docs, log {cloud.log})", flush=True)
+    print(f"login      : {cloud.email} / {cloud.password}  (POST {cloud.url}/auth/login)", flush=True)
     print("gateway    : not built yet (issue: edge gateway)", flush=True)
     print("fleet      : not built yet (issue: simulated fleet)", flush=True)
     print("Pulse is up. Press Ctrl-C to stop.", flush=True)
     try:
         stop.wait(args.exit_after)
     finally:
+        print("cloud      : stopping ...", flush=True)
+        cloud.stop()
         if pg is not None:
             print("database   : stopping ...", flush=True)
             pg.stop()

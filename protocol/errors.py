@@ -147,6 +147,46 @@ class Code(StrEnum):
     NOTIFY_BAD_POLICY = "notify.bad_policy"
     """An escalation policy breaks the policy rules (1-5 levels, delays, targets)."""
 
+    # auth: users, sessions and device credentials (cloud)
+    AUTH_MISSING = "auth.missing"
+    """No credentials were sent: an Authorization: Bearer header is required."""
+    AUTH_INVALID = "auth.invalid"
+    """The token is malformed, wrongly signed, revoked or unknown."""
+    AUTH_EXPIRED = "auth.expired"
+    """The token was valid but has expired: log in or refresh again."""
+    AUTH_BAD_LOGIN = "auth.bad_login"
+    """Email or password is wrong (the two are never told apart)."""
+    AUTH_FORBIDDEN = "auth.forbidden"
+    """Authenticated, but the account's roles do not allow this action."""
+    AUTH_REFRESH_INVALID = "auth.refresh_invalid"
+    """The refresh token is unknown, expired, or was already used (reuse revokes its whole family)."""
+    AUTH_DEVICE_DISABLED = "auth.device_disabled"
+    """The device credential is valid but the device is disabled or decommissioned."""
+
+    # api: the cloud's customer and operator APIs
+    API_NOT_FOUND = "api.not_found"
+    """No such object in your tenant (objects of other tenants also answer this)."""
+    API_INVALID = "api.invalid"
+    """The request body, query or path is invalid; the message names the field."""
+    API_CONFLICT = "api.conflict"
+    """The change conflicts with existing data (a duplicate name or device id)."""
+    API_IMPORT_REJECTED = "api.import_rejected"
+    """A bulk import had errors; nothing was imported; the per-row report says what to fix."""
+    API_INTERNAL = "api.internal"
+    """An unexpected server error; the server log has details."""
+
+    # ingest: HTTP ingest for direct devices (cloud)
+    INGEST_TOO_LARGE = "ingest.too_large"
+    """The request body exceeds the configured limit (HTTP 413)."""
+    INGEST_TOO_MANY_MESSAGES = "ingest.too_many_messages"
+    """More envelopes in one request than the configured limit."""
+    INGEST_EMPTY = "ingest.empty"
+    """The body is an empty JSON array."""
+    INGEST_RATE_LIMITED = "ingest.rate_limited"
+    """The device sent faster than its rate limit; retry after the Retry-After seconds (HTTP 429)."""
+    INGEST_OVERLOADED = "ingest.overloaded"
+    """The writer queue is full or storage is unavailable; nothing was stored; retry later (HTTP 503)."""
+
 
 class PulseError(Exception):
     """Root of every Pulse error that carries a stable code and a sentence a person can act on."""

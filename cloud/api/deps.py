@@ -1,0 +1,81 @@
+"""What every endpoint needs: the caller (from a verified token only) and the app's components."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from pulse.cloud.auth.tokens import OPERATOR, OPERATOR_ADMIN, TENANT_READ, TENANT_WRITE, Authenticator, Principal
+from pulse.cloud.db.pool import Database
+from pulse.cloud.errors import ForbiddenError
+from pulse.cloud.ingest.http import IngestService
+from pulse.cloud.ingest.identity import DeviceTokenCache
+from pulse.cloud.settings import Settings
+from pulse.protocol.errors import Code
+
+
+@dataclass
+class Components:
+    """Everything built in create_app() that endpoints use (app.state.pulse)."""
+
+    settings: Settings
+    db: Database
+    auth: Authenticator
+    device_tokens: DeviceTokenCache
+    ingest: IngestService
+
+
+def components(request: Request) -> Components:
+    return request.app.state.pulse  # type: ignore[no-any-return]
+
+
+async def principal(request: Request) -> Principal:
+    return await components(request).auth.authenticate(request.headers.get("authorization"))
+
+
+@dataclass(frozen=True, slots=True)
+class TenantCaller:
+    principal: Principal
+    tenant_id: uuid.UUID
+
+    @property
+    def actor(self) -> str:
+        return self.principal.actor
+
+
+def _tenant_caller(p: Principal, allowed: frozenset[str], what: str) -> TenantCaller:
+    if p.tenant_id is None:
+        raise ForbiddenError(Code.AUTH_FORBIDDEN, "this account belongs to no tenant; operators use /api/v1/operator")
+    if not p.roles & allowed:
+        raise ForbiddenError(Code.AUTH_FORBIDDEN, f"{what} needs one of the roles: {', '.join(sorted(allowed))}")
+    return TenantCaller(p, p.tenant_id)
+
+
+async def tenant_reader(p: Annotated[Principal, Depends(principal)]) -> TenantCaller:
+    return _tenant_caller(p, TENANT_READ, "reading")
+
+
+async def tenant_writer(p: Annotated[Principal, Depends(principal)]) -> TenantCaller:
+    return _tenant_caller(p, TENANT_WRITE, "changing")
+
+
+async def operator(p: Annotated[Principal, Depends(principal)]) -> Principal:
+    if not p.roles & OPERATOR:
+        raise ForbiddenError(Code.AUTH_FORBIDDEN, "the operator API needs the operator or operator-admin role")
+    return p
+
+
+async def operator_admin(p: Annotated[Principal, Depends(principal)]) -> Principal:
+    if not p.roles & OPERATOR_ADMIN:
+        raise ForbiddenError(Code.AUTH_FORBIDDEN, "this needs the operator-admin role")
+    return p
+
+
+Reader = Annotated[TenantCaller, Depends(tenant_reader)]
+Writer = Annotated[TenantCaller, Depends(tenant_writer)]
+Operator = Annotated[Principal, Depends(operator)]
+OperatorAdmin = Annotated[Principal, Depends(operator_admin)]
+Parts = Annotated[Components, Depends(components)]

@@ -1,0 +1,1 @@
+"""Identity: password hashes, session tokens (JWT), refresh tokens, device tokens, external OIDC."""

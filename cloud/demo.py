@@ -1,0 +1,107 @@
+"""The cloud part of `pulse up`: migrate, bootstrap a demo tenant and its admin once, run
+`pulse cloud serve` as a child process, and say where to log in.
+
+Development mode only: the JWT secret and the admin's password are generated on first start and
+kept in the data directory (``cloud.env``, mode 0600)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from pulse.cloud.db.embedded import free_port, port_is_free
+from pulse.cloud.errors import ConflictError
+
+DEMO_TENANT = "demo"
+DEMO_EMAIL = "admin@demo.pulse"
+
+
+@dataclass
+class CloudProcess:
+    url: str
+    email: str
+    password: str
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+
+
+def _state(root: Path) -> dict[str, str]:
+    path = root / "cloud.env"
+    if path.exists():
+        return dict(line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
+    state = {"PULSE_JWT_SECRET": secrets.token_urlsafe(48), "ADMIN_PASSWORD": secrets.token_urlsafe(12)}
+    path.write_text("".join(f"{k}={v}\n" for k, v in state.items()))
+    os.chmod(path, 0o600)
+    return state
+
+
+async def _bootstrap(settings: object, password: str) -> None:
+    from pulse.cloud.auth.accounts import create_tenant, create_user
+    from pulse.cloud.db.migrate import migrate
+    from pulse.cloud.db.pool import Database
+    from pulse.cloud.settings import Settings
+
+    assert isinstance(settings, Settings)
+    await migrate(settings.database_url, settings.roles)
+    db = Database(settings.database_url, settings.roles)
+    await db.open()
+    try:
+        try:
+            await create_tenant(db, slug=DEMO_TENANT, name="Demo", actor="pulse-up")
+        except ConflictError:
+            return  # bootstrapped on an earlier start
+        await create_user(db, email=DEMO_EMAIL, password=password, roles=["tenant-admin"], tenant=DEMO_TENANT, actor="pulse-up")
+    finally:
+        await db.close()
+
+
+def start_cloud(root: Path, database_url: str) -> CloudProcess:
+    from pulse.cloud.settings import Settings
+
+    state = _state(root)
+    wanted = int(os.environ.get("PULSE_PORT", "8080"))
+    port = wanted if port_is_free(wanted) else free_port()
+    env = {
+        **os.environ,
+        "PULSE_MODE": "development",
+        "PULSE_DATABASE_URL": database_url,
+        "PULSE_JWT_SECRET": state["PULSE_JWT_SECRET"],
+        "PULSE_PORT": str(port),
+    }
+    settings = Settings(mode="development", database_url=database_url, jwt_secret=state["PULSE_JWT_SECRET"])
+    asyncio.run(_bootstrap(settings, state["ADMIN_PASSWORD"]))
+    log = root / "cloud.log"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pulse.cli.main", "cloud", "serve"], env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT
+    )
+    url = f"http://127.0.0.1:{port}"
+    handle = CloudProcess(url, DEMO_EMAIL, state["ADMIN_PASSWORD"], proc, log)
+    deadline = time.monotonic() + 60
+    with httpx.Client() as client:
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"the cloud exited at start; see {log}")
+            try:
+                if client.get(url + "/health").status_code == 200:
+                    return handle
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+    handle.stop()
+    raise RuntimeError(f"the cloud did not become healthy within 60 s; see {log}")

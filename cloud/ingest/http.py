@@ -1,0 +1,233 @@
+"""HTTP ingest for direct devices: ``POST /ingest/v1/telemetry``.
+
+Body: one envelope (a JSON object) or a JSON array of envelopes. Each message is either accepted
+(stored in telemetry) or rejected with its code and stored in quarantine with its raw bytes; the
+answer comes only after both are committed, and lists every message's outcome in order.
+Contract for device makers: docs/protocol.md, "HTTP ingest for direct devices"."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import NamedTuple
+
+import orjson
+from fastapi import APIRouter, Request, Response
+
+from pulse.cloud.errors import InvalidError, RateLimitedError, TooLargeError
+from pulse.cloud.ingest.identity import DeviceIdentity, DeviceTokenCache
+from pulse.cloud.ingest.ratelimit import RateLimiter
+from pulse.cloud.ingest.writer import QuarantineRow, TelemetryRow, Writer
+from pulse.cloud.metrics import Metrics
+from pulse.cloud.settings import IngestConfig
+from pulse.protocol.envelope import DEFAULT_LIMITS, Limits, MessageType, parse, parse_document
+from pulse.protocol.errors import Code, EnvelopeError
+
+SOURCE = "http"
+
+
+def _dumps(value: object) -> str:
+    """Compact JSON text (orjson; the standard library for what orjson refuses, e.g. integers over 64 bits)."""
+    try:
+        return orjson.dumps(value).decode()
+    except TypeError:
+        return json.dumps(value, separators=(",", ":"))
+
+
+def _stdlib_dumps(value: object) -> bytes:
+    return json.dumps(value, separators=(",", ":")).encode()
+
+
+def _dumps_bytes(value: object) -> bytes:
+    try:
+        return orjson.dumps(value)
+    except TypeError:
+        return _stdlib_dumps(value)
+
+
+class Message(NamedTuple):
+    """One message of a request body: its bytes (kept for quarantine), and its decoded form when the
+    body was a JSON array (so it is not decoded twice)."""
+
+    raw: bytes
+    implied: MessageType | None  # what the endpoint implies when the message names no type
+    doc: object = None
+    decoded: bool = False
+
+
+def split_body(body: bytes) -> list[Message]:
+    """The messages in a body. A body that is not JSON, or JSON that is neither an object nor an
+    array, is one message (which ``parse`` then rejects with the precise code)."""
+    dumps = _dumps_bytes
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        # orjson refuses some JSON the standard library reads (integers over 64 bits, NaN, lone
+        # surrogates): read it so, and let the envelope check refuse the offending field by name
+        try:
+            doc = json.loads(body)
+        except (ValueError, RecursionError):
+            return [Message(body, None)]
+        dumps = _stdlib_dumps  # keeps NaN as NaN in the quarantined bytes
+    if isinstance(doc, list):
+        return [Message(dumps(item), _implied(item), item, True) for item in doc]
+    return [Message(body, _implied(doc))]
+
+
+def _implied(doc: object) -> MessageType | None:
+    return MessageType.TELEMETRY if isinstance(doc, dict) and "type" not in doc else None
+
+
+@dataclass(slots=True)
+class Prepared:
+    telemetry: list[TelemetryRow] = field(default_factory=list)
+    quarantine: list[QuarantineRow] = field(default_factory=list)
+    results: list[dict[str, object]] = field(default_factory=list)
+
+
+def prepare(
+    identity: DeviceIdentity,
+    messages: list[Message],
+    *,
+    now_ms: int,
+    received_at: datetime,
+    limits: Limits = DEFAULT_LIMITS,
+) -> Prepared:
+    """Decide every message's fate (pure): telemetry rows, quarantine rows, per-message results."""
+    out = Prepared()
+    tenant, device_id = identity.tenant_id, identity.device_id
+    for index, msg in enumerate(messages):
+        try:
+            if msg.decoded:
+                env = parse_document(
+                    msg.doc, size=len(msg.raw), now_ms=now_ms, device_id=device_id, expected_type=msg.implied, limits=limits
+                )
+            else:
+                env = parse(msg.raw, now_ms=now_ms, device_id=device_id, expected_type=msg.implied, limits=limits)
+        except EnvelopeError as exc:
+            out.quarantine.append((tenant, device_id, None, SOURCE, str(exc.code), exc.message, msg.raw, received_at))
+            out.results.append({"index": index, "status": "rejected", "code": str(exc.code), "message": exc.message})
+            continue
+        out.telemetry.append(
+            (
+                datetime.fromtimestamp(env.ts_ms / 1000, UTC),
+                tenant,
+                device_id,
+                env.type.value,
+                _dumps(env.metrics),
+                _dumps(env.tags) if env.tags else None,
+                _dumps(env.body) if env.body is not None else None,
+                env.seq,
+                None,
+                SOURCE,
+                received_at,
+            )
+        )
+        out.results.append({"index": index, "status": "accepted"})
+    return out
+
+
+class IngestService:
+    def __init__(
+        self,
+        *,
+        config: IngestConfig,
+        tokens: DeviceTokenCache,
+        writer: Writer,
+        metrics: Metrics,
+        limits: Limits = DEFAULT_LIMITS,
+    ) -> None:
+        self.config = config
+        self.tokens = tokens
+        self.writer = writer
+        self.metrics = metrics
+        self.limits = limits
+        self.limiter = RateLimiter(rate=config.rate_per_s, burst=config.burst)
+
+    async def read_body(self, request: Request) -> bytes:
+        limit = self.config.max_body_bytes
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise TooLargeError(Code.INGEST_TOO_LARGE, f"request bodies are at most {limit} bytes", size=int(declared))
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise TooLargeError(Code.INGEST_TOO_LARGE, f"request bodies are at most {limit} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def handle(self, request: Request) -> Response:
+        identity = await self.tokens.resolve(request.headers.get("authorization"))
+        body = await self.read_body(request)
+        messages = split_body(body)
+        per_request = min(self.config.max_messages, int(self.config.burst))
+        if not messages:
+            raise InvalidError(Code.INGEST_EMPTY, "the body is an empty array; send at least one envelope")
+        if len(messages) > per_request:
+            raise TooLargeError(
+                Code.INGEST_TOO_MANY_MESSAGES, f"at most {per_request} envelopes per request", count=len(messages)
+            )
+        decision = self.limiter.take(identity.device, len(messages), time.monotonic())
+        if not decision.allowed:
+            raise RateLimitedError(
+                f"device {identity.device_id} is over its rate of {self.config.rate_per_s:g} messages/s; nothing was stored",
+                retry_after_s=decision.retry_after_s,
+            )
+        prepared = prepare(identity, messages, now_ms=int(time.time() * 1000), received_at=datetime.now(UTC), limits=self.limits)
+        await self.writer.write(prepared.telemetry, prepared.quarantine)
+        accepted, rejected = len(prepared.telemetry), len(prepared.quarantine)
+        self.metrics.ingest_messages.labels("accepted").inc(accepted)
+        self.metrics.ingest_messages.labels("rejected").inc(rejected)
+        payload: dict[str, object] = {"accepted": accepted, "rejected": rejected, "results": prepared.results}
+        status = 200
+        if accepted == 0:
+            status = 422
+            first = prepared.results[0]
+            payload = {"code": first["code"], "message": "no message was accepted; each was quarantined", **payload}
+        return Response(orjson.dumps(payload), status_code=status, media_type="application/json")
+
+
+ENVELOPE_SCHEMA = {
+    "type": "object",
+    "required": ["v"],
+    "properties": {
+        "v": {"type": "integer", "enum": [1]},
+        "device": {"type": "string"},
+        "ts": {"type": "integer", "description": "Unix time in milliseconds"},
+        "seq": {"type": "integer"},
+        "type": {"type": "string", "enum": [t.value for t in MessageType]},
+        "metrics": {"type": "object", "additionalProperties": {"type": ["number", "boolean"]}},
+        "tags": {"type": "object", "additionalProperties": {"type": "string"}},
+        "body": {"type": "object"},
+    },
+}
+
+router = APIRouter(tags=["ingest"])
+
+
+@router.post(
+    "/ingest/v1/telemetry",
+    summary="Send device messages (one envelope or an array)",
+    description="Authorization: Bearer <device token>. Answers after every message is stored or quarantined.",
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": {"oneOf": [ENVELOPE_SCHEMA, {"type": "array", "items": ENVELOPE_SCHEMA}]}}
+            },
+        }
+    },
+)
+async def ingest_telemetry(request: Request) -> Response:
+    service: IngestService = request.app.state.pulse.ingest
+    try:
+        response = await service.handle(request)
+    except Exception as exc:
+        service.metrics.ingest_requests.labels(str(getattr(exc, "status", 500))).inc()
+        raise
+    service.metrics.ingest_requests.labels(str(response.status_code)).inc()
+    return response

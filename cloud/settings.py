@@ -1,0 +1,138 @@
+"""The cloud's one settings object: every option is an environment variable with the PULSE_ prefix.
+
+Built once in ``main``/``create_app()`` and passed down; never read at import time. Outside
+development mode, placeholder secrets are refused (the server will not start with them)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+from pydantic import AliasChoices, Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PLACEHOLDER_SECRET = "changethis"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="PULSE_", extra="ignore", frozen=True, populate_by_name=True)
+
+    mode: Literal["development", "production"] = "production"
+
+    # database
+    database_url: str = Field(
+        default="postgresql://pulse@127.0.0.1:5432/pulse",
+        validation_alias=AliasChoices("PULSE_DATABASE_URL", "DATABASE_URL"),
+    )
+    db_role_prefix: str = "pulse"
+    db_role_password: SecretStr | None = None
+    db_pool_size: int = Field(default=10, ge=1)
+    db_operator_pool_size: int = Field(default=2, ge=1)
+    migrate_on_start: bool = True
+
+    # sessions
+    jwt_secret: SecretStr = SecretStr(PLACEHOLDER_SECRET)
+    jwt_issuer: str = "pulse"
+    access_token_ttl_s: int = Field(default=900, ge=30)
+    refresh_token_ttl_s: int = Field(default=30 * 24 * 3600, ge=60)
+
+    # external OIDC (optional)
+    oidc_issuer: str | None = None
+    oidc_audience: str | None = None
+    oidc_jwks_url: str | None = None
+    oidc_tenant_claim: str = "pulse_tenant"
+    oidc_roles_claim: str = "pulse_roles"
+    oidc_jwks_cache_s: int = Field(default=300, ge=1)
+
+    # HTTP ingest
+    ingest_max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    ingest_max_messages: int = Field(default=1000, ge=1)
+    ingest_rate_per_s: float = Field(default=20.0, gt=0)
+    ingest_burst: float = Field(default=1000.0, ge=1)
+    device_token_cache_s: float = Field(default=30.0, ge=0)
+
+    # telemetry writer
+    writer_batch_rows: int = Field(default=5000, ge=1)
+    writer_flush_ms: int = Field(default=50, ge=1)
+    writer_queue_rows: int = Field(default=100_000, ge=1)
+    writer_connections: int = Field(default=2, ge=1)
+    retry_after_s: int = Field(default=1, ge=1)
+
+    # telemetry storage (native partitioning; TimescaleDB uses its own policies with the same figures)
+    telemetry_retention_days: int = Field(default=90, ge=1)
+    telemetry_partitions_ahead_days: int = Field(default=7, ge=1)
+    maintenance_interval_s: int = Field(default=3600, ge=1)
+
+    # server
+    host: str = "127.0.0.1"
+    port: int = 8080
+    workers: int = Field(default=1, ge=1, le=64)
+
+    @model_validator(mode="after")
+    def _enforce_non_default_secrets(self) -> Settings:
+        if not re.fullmatch(r"[a-z][a-z0-9_]{0,40}", self.db_role_prefix):
+            raise ValueError("PULSE_DB_ROLE_PREFIX is 1-41 lower-case letters, digits or '_', starting with a letter")
+        if self.mode != "development":
+            if self.jwt_secret.get_secret_value() == PLACEHOLDER_SECRET or len(self.jwt_secret.get_secret_value()) < 32:
+                raise ValueError(
+                    "PULSE_JWT_SECRET is the placeholder or shorter than 32 characters; set a long random value "
+                    "(python -c 'import secrets; print(secrets.token_urlsafe(48))') or PULSE_MODE=development"
+                )
+        return self
+
+    @property
+    def roles(self) -> RoleNames:
+        return RoleNames.from_prefix(self.db_role_prefix)
+
+    @property
+    def writer(self) -> WriterConfig:
+        return WriterConfig(
+            batch_rows=self.writer_batch_rows,
+            flush_s=self.writer_flush_ms / 1000,
+            queue_rows=self.writer_queue_rows,
+            connections=self.writer_connections,
+        )
+
+    @property
+    def ingest(self) -> IngestConfig:
+        return IngestConfig(
+            max_body_bytes=self.ingest_max_body_bytes,
+            max_messages=self.ingest_max_messages,
+            rate_per_s=self.ingest_rate_per_s,
+            burst=self.ingest_burst,
+            token_cache_s=self.device_token_cache_s,
+            retry_after_s=self.retry_after_s,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class RoleNames:
+    """PostgreSQL roles are cluster-wide, so every name carries the configured prefix."""
+
+    app: str
+    operator: str
+    writer: str
+    identity: str
+
+    @classmethod
+    def from_prefix(cls, prefix: str) -> RoleNames:
+        return cls(app=f"{prefix}_app", operator=f"{prefix}_operator", writer=f"{prefix}_writer", identity=f"{prefix}_identity")
+
+
+@dataclass(frozen=True, slots=True)
+class WriterConfig:
+    batch_rows: int = 5000
+    flush_s: float = 0.05
+    queue_rows: int = 100_000
+    connections: int = 2
+
+
+@dataclass(frozen=True, slots=True)
+class IngestConfig:
+    max_body_bytes: int = 1024 * 1024
+    max_messages: int = 1000
+    rate_per_s: float = 20.0
+    burst: float = 1000.0
+    token_cache_s: float = 30.0
+    retry_after_s: int = 1

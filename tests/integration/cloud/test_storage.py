@@ -1,0 +1,133 @@
+"""Schema and telemetry storage: migrations are recorded and idempotent, telemetry is natively
+partitioned when TimescaleDB is absent, Pulse creates partitions ahead and drops expired ones, and
+the shared write path commits inside the caller's transaction (the gateway-sync contract)."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+import pytest
+
+from pulse.cloud.db.migrate import load, migrate
+from pulse.cloud.db.pool import Database, role_dsn
+from pulse.cloud.ingest.writer import write_rows
+from pulse.cloud.settings import Settings
+
+pytestmark = pytest.mark.integration
+
+
+async def test_migrations_are_recorded_and_idempotent(cloud_settings: Settings) -> None:
+    assert await migrate(cloud_settings.database_url, cloud_settings.roles) == []
+    conn = await asyncpg.connect(cloud_settings.database_url)
+    try:
+        versions = [r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations ORDER BY version")]
+        assert versions == [m.version for m in load()]
+        # no TimescaleDB on this machine: the native path was taken
+        assert await conn.fetchval("SELECT count(*) FROM pg_extension WHERE extname = 'timescaledb'") == 0
+        assert await conn.fetchval("SELECT count(*) FROM pg_partitioned_table WHERE partrelid = 'telemetry'::regclass") == 1
+        forced = await conn.fetch(
+            "SELECT relname FROM pg_class WHERE relkind IN ('r', 'p') AND relnamespace = 'public'::regnamespace"
+            " AND NOT (relrowsecurity AND relforcerowsecurity) AND relname NOT LIKE 'telemetry_%' ORDER BY relname"
+        )
+        assert [r["relname"] for r in forced] == ["schema_migrations"]
+    finally:
+        await conn.close()
+
+
+def _row(tenant: uuid.UUID, at: datetime) -> tuple[object, ...]:
+    return (at, tenant, "dev-1", "telemetry", json.dumps({"a": 1}), None, None, 1, None, "test", at)
+
+
+async def test_partitions_are_created_ahead_rows_move_out_of_default_and_expired_ones_drop(cloud_settings: Settings) -> None:
+    owner = await asyncpg.connect(cloud_settings.database_url)
+    writer = await asyncpg.connect(role_dsn(cloud_settings.database_url, cloud_settings.roles.writer, None))
+    tenant = uuid.uuid4()
+    try:
+        day0 = datetime(2031, 3, 10, 12, tzinfo=UTC)
+
+        async def maintain(at: datetime, ahead: int = 2, retention: int = 90) -> list[tuple[str, str]]:
+            rows = await owner.fetch("SELECT action, target FROM pulse_telemetry_maintain($1, $2, $3)", ahead, retention, at)
+            return [(r["action"], r["target"]) for r in rows]
+
+        async def partition_of(at: datetime) -> str:
+            # telemetry is under FORCE RLS, so the owner looks with the row's tenant set
+            async with owner.transaction():
+                await owner.execute("SELECT set_config('app.tenant_id', $1, true)", str(tenant))
+                return await owner.fetchval("SELECT tableoid::regclass::text FROM telemetry WHERE time = $1", at)
+
+        created = await maintain(day0)
+        assert [t for a, t in created if a == "created"] == [
+            "telemetry_p20310309",
+            "telemetry_p20310310",
+            "telemetry_p20310311",
+            "telemetry_p20310312",
+        ]
+        assert await maintain(day0) == []  # idempotent
+
+        # a row beyond the partitions lands in the default partition: accepted, never refused
+        later = day0 + timedelta(days=5)
+        async with writer.transaction():
+            await write_rows(writer, [_row(tenant, day0), _row(tenant, later)])
+        assert await partition_of(day0) == "telemetry_p20310310"
+        assert await partition_of(later) == "telemetry_default"
+        # when its day's partition is created, the row moves into it
+        actions = await maintain(later)
+        assert ("created", "telemetry_p20310315 (1 rows moved from default)") in actions
+        assert await partition_of(later) == "telemetry_p20310315"
+
+        # 91 days on, the first days are past retention: their partitions are dropped
+        actions = await maintain(day0 + timedelta(days=91))
+        dropped = sorted(t for a, t in actions if a == "dropped")
+        assert dropped[:2] == ["telemetry_p20310309", "telemetry_p20310310"]
+        assert "telemetry_p20310315" not in dropped
+        assert await partition_of(day0) is None
+        assert await partition_of(later) == "telemetry_p20310315"
+    finally:
+        await owner.close()
+        await writer.close()
+
+
+async def test_write_rows_commits_with_the_callers_transaction(cloud_settings: Settings) -> None:
+    writer = await asyncpg.connect(role_dsn(cloud_settings.database_url, cloud_settings.roles.writer, None))
+    owner = await asyncpg.connect(cloud_settings.database_url)
+    tenant = uuid.uuid4()
+    now = datetime.now(UTC)
+    quarantine = [(tenant, "dev-1", None, "test", "envelope.not_json", "bad", b"\x00raw", now)]
+    try:
+        count = "SELECT (SELECT count(*) FROM telemetry WHERE tenant_id = $1) + (SELECT count(*) FROM quarantine WHERE tenant_id = $1)"
+        tx = writer.transaction()
+        await tx.start()
+        await write_rows(writer, [_row(tenant, now)] * 3, quarantine)
+        await tx.rollback()  # e.g. the gateway's high-water mark could not be stored
+        async with owner.transaction():
+            await owner.execute("SELECT set_config('app.tenant_id', $1, true)", str(tenant))
+            assert await owner.fetchval(count, tenant) == 0
+        async with writer.transaction():
+            await write_rows(writer, [_row(tenant, now)] * 3, quarantine)
+        async with owner.transaction():
+            await owner.execute("SELECT set_config('app.tenant_id', $1, true)", str(tenant))
+            assert await owner.fetchval(count, tenant) == 4
+        # the Database helper gives the same contract: rows and other writes commit together, or neither
+        db = Database(cloud_settings.database_url, cloud_settings.roles)
+        await db.open()
+        try:
+            with pytest.raises(RuntimeError):
+                async with db.writer_transaction() as conn:
+                    await write_rows(conn, [_row(tenant, now)] * 2)
+                    raise RuntimeError("the high-water mark could not be stored")
+            async with db.writer_transaction() as conn:
+                await write_rows(conn, [_row(tenant, now)])
+        finally:
+            await db.close()
+        async with owner.transaction():
+            await owner.execute("SELECT set_config('app.tenant_id', $1, true)", str(tenant))
+            assert await owner.fetchval(count, tenant) == 5
+        # the writer role writes, it does not read
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await writer.fetchval("SELECT count(*) FROM telemetry")
+    finally:
+        await writer.close()
+        await owner.close()
