@@ -44,6 +44,8 @@ class Code(StrEnum):
     TOPIC_BAD_DEVICE_ID = "topic.bad_device_id"
     TOPIC_UNKNOWN = "topic.unknown"
     TOPIC_NOT_OWN_SUBTREE = "topic.not_own_subtree"
+    TOPIC_DOWNLINK_ONLY = "topic.downlink_only"
+    """A device published on a topic only the gateway or cloud publishes (twin/desired, cmd/{id})."""
 
     # sync batches: edge -> cloud
     BATCH_TOO_SHORT = "batch.too_short"
@@ -57,6 +59,18 @@ class Code(StrEnum):
     BATCH_MALFORMED = "batch.malformed"
     BATCH_BAD_SEQUENCE = "batch.bad_sequence"
     BATCH_UNENCODABLE = "batch.unencodable"
+
+    # gateway: the edge agent's own refusals (configuration, devices, local storage)
+    GATEWAY_CONFIG_INVALID = "gateway.config_invalid"
+    """The gateway's TOML file or a PULSE_GW_* variable has an unknown key or a value of the wrong kind."""
+    GATEWAY_DEVICE_EXISTS = "gateway.device_exists"
+    """`pulse gateway device add` for a device id that already has credentials."""
+    GATEWAY_DEVICE_UNKNOWN = "gateway.device_unknown"
+    """A device id with no credentials on this gateway."""
+    GATEWAY_STORAGE_FAILED = "gateway.storage_failed"
+    """The gateway could not write its SQLite file (disk full, permissions); nothing was acknowledged."""
+    GATEWAY_QUARANTINE_FULL = "gateway.quarantine_full"
+    """Quarantine rows were removed, oldest first, to stay within the configured row limit."""
 
 
 class PulseError(Exception):
