@@ -1,4 +1,4 @@
-"""Wiring: build the gateway's parts from the settings, run them until SIGINT/SIGTERM, stop them in order.
+"""Wiring: build the gateway's parts from the settings, run them, stop them in order.
 
 buffer (SQLite) -> authenticator + intake -> broker (listeners) -> status board + HTTP server.
 Stopping goes the other way: the status page, then the broker (no new messages), then the buffer
@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Callable
 
 from amqtt.errors import BrokerError
 
@@ -32,47 +31,69 @@ def configure_logging(level: str) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-async def run(settings: Settings, *, stop: asyncio.Event | None = None, on_ready: Callable[[], None] | None = None) -> None:
-    stop = stop or asyncio.Event()
+class Gateway:
+    """The running gateway's parts, for ``run`` and for tests that drive a gateway in-process."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.buffer = Buffer(settings.database, settings.buffer)
+        self.intake = mqtt.Intake(self.buffer, Limits(max_bytes=settings.broker.max_message_bytes))
+        self.broker: mqtt.GatewayBroker | None = None
+        self.board: status.StatusBoard | None = None
+        self._http: status.uvicorn.Server | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        s = self.settings
+        await self.buffer.open()
+        try:
+            authenticator = Authenticator(self.buffer.secret_hash, allow_anonymous=s.broker.allow_anonymous)
+            try:
+                self.broker = await mqtt.start(s.broker, self.intake, authenticator)
+            except BrokerError as exc:
+                raise ConfigError(f"the broker cannot listen: {exc}", port=s.broker.port) from exc
+            self.board = status.StatusBoard(s, self.broker, self.intake, self.buffer)
+            await self.board.sample()
+            self._tasks.append(asyncio.create_task(self.board.run(), name="status-sampler"))
+            if s.status.port:
+                try:
+                    sock = status.listen(s.status.host, s.status.port)
+                except OSError as exc:
+                    raise ConfigError(f"the status page cannot listen on {s.status.host}:{s.status.port}: {exc}", port=s.status.port) from exc
+                self._http = status.server(self.board, s.status.host, s.status.port)
+                self._tasks.append(asyncio.create_task(self._http.serve(sockets=[sock]), name="status-http"))
+        except BaseException:
+            await self.stop()
+            raise
+        log.info(
+            "gateway %s: MQTT on %s:%d, status on %s, buffer %s",
+            s.gateway.id, s.broker.host, s.broker.port, s.status_url if s.status.port else "off", s.database,
+        )
+
+    async def stop(self) -> None:
+        if self._http is not None:
+            self._http.should_exit = True
+        for task in self._tasks[:1]:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        if self.broker is not None:
+            await mqtt.stop(self.broker)
+            self.broker = None
+        await self.buffer.close()
+
+
+async def run(settings: Settings) -> None:
+    """``pulse gateway run``: start, serve until SIGINT/SIGTERM, stop."""
+    stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.add_signal_handler(sig, stop.set)
-
-    buffer = Buffer(settings.database, settings.buffer)
-    await buffer.open()
+    gateway = Gateway(settings)
+    await gateway.start()
     try:
-        authenticator = Authenticator(buffer.secret_hash, allow_anonymous=settings.broker.allow_anonymous)
-        intake = mqtt.Intake(buffer, Limits(max_bytes=settings.broker.max_message_bytes))
-        try:
-            broker = await mqtt.start(settings.broker, intake, authenticator)
-        except BrokerError as exc:
-            raise ConfigError(f"the broker cannot listen: {exc}", port=settings.broker.port) from exc
-        try:
-            board = status.StatusBoard(settings, broker, intake, buffer)
-            tasks = [asyncio.create_task(board.run(), name="status-sampler")]
-            http = None
-            if settings.status.port:
-                http = status.server(board, settings.status.host, settings.status.port)
-                tasks.append(asyncio.create_task(http.serve(), name="status-http"))
-            log.info(
-                "gateway %s: MQTT on %s:%d, status on %s, buffer %s",
-                settings.gateway.id,
-                settings.broker.host,
-                settings.broker.port,
-                settings.status_url if settings.status.port else "off",
-                settings.database,
-            )
-            if on_ready is not None:
-                on_ready()
-            await stop.wait()
-            log.info("stopping")
-            if http is not None:
-                http.should_exit = True
-            for task in tasks[:1]:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-        finally:
-            await mqtt.stop(broker)
+        await stop.wait()
+        log.info("stopping")
     finally:
-        await buffer.close()
+        await gateway.stop()

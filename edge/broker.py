@@ -16,6 +16,9 @@ A refused message (ACL, or not a valid envelope) is quarantined with its code, a
 forwarded to subscribers. If the database cannot be written, nothing is acknowledged and the
 connection is closed, so the device keeps the message and sends it again after reconnecting.
 
+Topic ACL: ``GatewayBroker._topic_filtering`` answers SUBSCRIBE (``device_may_subscribe``) and
+PUBLISH (``device_may_publish``) itself.
+
 Connections: ``username`` is the device id and ``password`` its secret (auth.py); the MQTT client
 id must equal the device id, so one device cannot take over another's session. Clients without
 a username are refused unless ``broker.allow_anonymous`` is on.
@@ -32,7 +35,7 @@ from amqtt.broker import Broker
 from amqtt.contexts import Action
 from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
 from amqtt.mqtt.puback import PubackPacket
-from amqtt.plugins.base import BaseAuthPlugin, BaseTopicPlugin
+from amqtt.plugins.base import BaseAuthPlugin
 from amqtt.session import INCOMING, ApplicationMessage, IncomingApplicationMessage, OutgoingApplicationMessage, Session
 
 from pulse.edge.auth import Authenticator
@@ -179,26 +182,6 @@ class GatewayAuthPlugin(BaseAuthPlugin):
         return ok
 
 
-class GatewayTopicPlugin(BaseTopicPlugin):
-    """SUBSCRIBE and PUBLISH ACL from pulse.protocol.topics (PUBLISH is also checked before PUBACK)."""
-
-    @dataclass
-    class Config:
-        pass
-
-    async def topic_filtering(
-        self, *, session: Session | None = None, topic: str | None = None, action: Action | None = None
-    ) -> bool | None:
-        if topic is None:
-            return False
-        identity = session.username if session is not None else None
-        if action == Action.SUBSCRIBE:
-            return may_subscribe(identity, topic)
-        if action == Action.PUBLISH:
-            return may_publish(identity, topic)
-        return True
-
-
 def broker_config(settings: BrokerSettings, authenticator: Authenticator) -> dict[str, Any]:
     """The amqtt configuration: our listeners, our auth and topic plugins, nothing else."""
     listeners: dict[str, Any] = {
@@ -226,7 +209,6 @@ def broker_config(settings: BrokerSettings, authenticator: Authenticator) -> dic
         "listeners": listeners,
         "plugins": {
             f"{__name__}.GatewayAuthPlugin": {"authenticator": authenticator},
-            f"{__name__}.GatewayTopicPlugin": {},
         },
     }
 
@@ -241,6 +223,16 @@ class GatewayBroker(Broker):
     async def _handle_client_session(self, reader: Any, writer: Any, client_session: Session, handler: Any, *args: Any) -> None:
         # amqtt built a plain BrokerProtocolHandler from the CONNECT packet; it holds no state yet.
         await super()._handle_client_session(reader, writer, client_session, GatewayHandler(self.plugins_manager, self.intake), *args)
+
+    async def _topic_filtering(self, session: Session, topic: str, action: Action) -> bool:
+        # The topic ACL, answered here rather than by a topic plugin: amqtt runs plugins as one task
+        # each per call, and PUBLISH is checked for every message (already checked before PUBACK).
+        identity = session.username if session is not None else None
+        if action == Action.SUBSCRIBE:
+            return may_subscribe(identity, topic)
+        if action == Action.PUBLISH:
+            return may_publish(identity, topic)
+        return True
 
     def connected_devices(self) -> int:
         return sum(1 for session, _ in self.sessions.values() if session.transitions.state == "connected")

@@ -14,6 +14,7 @@ import asyncio
 import collections
 import contextlib
 import html
+import socket
 import time
 from collections.abc import Iterator
 from dataclasses import asdict
@@ -182,6 +183,20 @@ class _Server(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """The status page's listening socket, bound here so that a port in use is our error, not uvicorn's exit."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    sock.set_inheritable(True)
+    return sock
 
 
 def server(board: StatusBoard, host: str, port: int) -> uvicorn.Server:
