@@ -68,6 +68,7 @@ class Client:
             self.c.username_pw_set(device_id, secret)
         if tls_ca is not None:
             self.c.tls_set(ca_certs=str(tls_ca))
+        self.c.reconnect_delay_set(0.05, 0.1)  # a refused client's loop thread then stops quickly
         self.port = port
         self.connected = threading.Event()
         self.reason: Any = None
