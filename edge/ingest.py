@@ -18,6 +18,7 @@ rebooted and restarted its seq at 0 sends different bytes (another ts or values)
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass
 
@@ -90,15 +91,22 @@ def _denial(identity: str | None, topic: str) -> tuple[Code, str]:
     return Code.TOPIC_DOWNLINK_ONLY, f"devices do not publish on {parsed.kind} topics"
 
 
+@functools.lru_cache(maxsize=16384)
 def may_publish(identity: str | None, topic: str) -> bool:
     """ACL for PUBLISH. ``identity`` None is an anonymous client (only when anonymous access is on):
-    it may publish any device's uplink topics."""
+    it may publish any device's uplink topics. Cached: a site has a few topics per device, and the
+    answer depends on nothing but the two strings."""
     if identity is None:
         try:
             return topics.parse(topic).is_uplink
         except TopicError:
             return False
     return topics.device_may_publish(identity, topic)
+
+
+@functools.lru_cache(maxsize=16384)
+def _topic(topic: str) -> topics.Topic:
+    return topics.parse(topic)
 
 
 def may_subscribe(identity: str | None, topic_filter: str) -> bool:
@@ -112,7 +120,7 @@ def classify(identity: str | None, topic: str, raw: bytes, *, now_ms: int, limit
     if not may_publish(identity, topic):
         code, message = _denial(identity, topic)
         return Quarantine(identity, topic[:512], code, message, raw, denied=True)
-    parsed = topics.parse(topic)
+    parsed = _topic(topic)
     msg_type = KIND_TYPE.get(parsed.kind)
     if msg_type is None:
         return Forward(parsed.device_id)
