@@ -166,6 +166,11 @@ class Buffer:
             for pragma in (*PRAGMAS, synchronous_pragma(self.settings.synchronous)):
                 await self._w.execute(pragma)
             await self._w.executescript(SCHEMA)
+            if self.settings.max_file_mb > 0:
+                async with self._w.execute("PRAGMA page_size") as cur:
+                    row = await cur.fetchone()
+                pages = max(16, int(self.settings.max_file_mb * 1024 * 1024 / (row[0] if row else 4096)))
+                await self._w.execute(f"PRAGMA max_page_count = {pages}")
             self._r = await aiosqlite.connect(self.path, isolation_level=None)
             await self._r.execute("PRAGMA busy_timeout=10000")
             await self._load()
@@ -326,20 +331,13 @@ class Buffer:
                 acks.append(item)
                 outcomes.append(Outcome.ACKED)
 
-        await w.execute("BEGIN IMMEDIATE")
-        if records:
-            await w.executemany(
-                "INSERT INTO records (stream, seq, device_id, ts_ms, type, device_seq, received_ms, size, raw)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                records,
-            )
-        if dedupe:
-            await w.executemany(
-                "INSERT OR REPLACE INTO dedupe (device_id, slot, fp) VALUES (?, ?, ?)", [(d, s, fp) for (d, s), fp in dedupe.items()]
-            )
-        depth = {s: st.depth + added[s] for s, st in self._streams.items()}
-        size_by = {s: st.bytes + added_bytes[s] for s, st in self._streams.items()}
+        depth = {s: st.depth for s, st in self._streams.items()}
+        size_by = {s: st.bytes for s, st in self._streams.items()}
         acked = {s: st.acked_seq for s, st in self._streams.items()}
+        dropped = dict.fromkeys(Stream, 0)
+        dropped_bytes = dict.fromkeys(Stream, 0)
+
+        await w.execute("BEGIN IMMEDIATE")
         for ack in acks:
             if ack.seq <= acked[ack.stream]:
                 continue
@@ -352,21 +350,23 @@ class Buffer:
             depth[ack.stream] -= n
             size_by[ack.stream] -= b
             acked[ack.stream] = ack.seq
-        dropped = dict.fromkeys(Stream, 0)
-        dropped_bytes = dict.fromkeys(Stream, 0)
-        quota = self.settings.quota_bytes
-        if sum(size_by.values()) > quota:
-            target = sum(size_by.values()) - int(quota * 0.98)
-            for stream in DROPPABLE:
-                freed, n, cutoff = await self._oldest(stream, target)
-                if n:
-                    await w.execute("DELETE FROM records WHERE stream = ? AND seq <= ?", (int(stream), cutoff))
-                    dropped[stream], dropped_bytes[stream] = n, freed
-                    depth[stream] -= n
-                    size_by[stream] -= freed
-                    target -= freed
-                if target <= 0:
-                    break
+        # Make room before inserting (so a file at its ceiling frees pages first), and again after
+        # in case this batch's own telemetry is what has to go.
+        await self._enforce_quota(sum(added_bytes.values()), depth, size_by, dropped, dropped_bytes)
+        if records:
+            await w.executemany(
+                "INSERT INTO records (stream, seq, device_id, ts_ms, type, device_seq, received_ms, size, raw)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                records,
+            )
+        for s in Stream:
+            depth[s] += added[s]
+            size_by[s] += added_bytes[s]
+        await self._enforce_quota(0, depth, size_by, dropped, dropped_bytes)
+        if dedupe:
+            await w.executemany(
+                "INSERT OR REPLACE INTO dedupe (device_id, slot, fp) VALUES (?, ?, ?)", [(d, s, fp) for (d, s), fp in dedupe.items()]
+            )
         changed = [s for s in Stream if added[s] or dropped[s] or acked[s] != self._streams[s].acked_seq]
         if changed:
             await w.executemany(
@@ -415,6 +415,29 @@ class Buffer:
         c.commits += 1
         c.committed_items += len(items)
         return outcomes
+
+    async def _enforce_quota(
+        self, incoming: int, depth: dict[Stream, int], size_by: dict[Stream, int], dropped: dict[Stream, int],
+        dropped_bytes: dict[Stream, int],
+    ) -> None:
+        """Delete the oldest droppable records until ``incoming`` more bytes fit under 98 % of the quota."""
+        assert self._w is not None
+        quota = self.settings.quota_bytes
+        total = sum(size_by.values()) + incoming
+        if total <= quota:
+            return
+        target = total - int(quota * 0.98)
+        for stream in DROPPABLE:
+            freed, n, cutoff = await self._oldest(stream, target)
+            if n:
+                await self._w.execute("DELETE FROM records WHERE stream = ? AND seq <= ?", (int(stream), cutoff))
+                dropped[stream] += n
+                dropped_bytes[stream] += freed
+                depth[stream] -= n
+                size_by[stream] -= freed
+                target -= freed
+            if target <= 0:
+                return
 
     async def _oldest(self, stream: Stream, target: int) -> tuple[int, int, int]:
         """(bytes, count, last seq) of the oldest records of ``stream`` that together reach ``target`` bytes."""

@@ -87,6 +87,9 @@ class BufferSettings:
     dedupe_window: int = 256
     """Per device, how many recent device sequence numbers are remembered to drop retransmissions."""
     quarantine_max_rows: int = 10_000
+    max_file_mb: float = 0.0
+    """Hard ceiling for the SQLite file (0: none). At the ceiling writes fail and nothing is
+    acknowledged, so devices keep their messages and resend them later."""
 
     @property
     def quota_bytes(self) -> int:
@@ -218,6 +221,8 @@ def _validated(s: Settings) -> Settings:
             raise ConfigError(f"broker.{name}: no file at {p}", key=f"broker.{name}")
     if s.buffer.synchronous not in ("full", "normal"):
         raise ConfigError('buffer.synchronous is "full" or "normal"', key="buffer.synchronous")
+    if s.buffer.max_file_mb < 0:
+        raise ConfigError("buffer.max_file_mb is 0 (no ceiling) or a size in MB", key="buffer.max_file_mb")
     if s.buffer.quota_mb <= 0 or s.buffer.max_batch < 1 or s.buffer.dedupe_window < 1 or s.buffer.quarantine_max_rows < 1:
         raise ConfigError("buffer.quota_mb, max_batch, dedupe_window and quarantine_max_rows must be positive", key="buffer")
     if not s.gateway.id:
