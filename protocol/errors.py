@@ -69,8 +69,6 @@ class Code(StrEnum):
     """A device id with no credentials on this gateway."""
     GATEWAY_STORAGE_FAILED = "gateway.storage_failed"
     """The gateway could not write its SQLite file (disk full, permissions); nothing was acknowledged."""
-    GATEWAY_QUARANTINE_FULL = "gateway.quarantine_full"
-    """Quarantine rows were removed, oldest first, to stay within the configured row limit."""
 
 
 class PulseError(Exception):
