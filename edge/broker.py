@@ -90,7 +90,11 @@ class Intake:
             else:
                 c.quarantined += 1
         if not wait:
-            self.buffer.submit(decision, wait=False)
+            try:
+                self.buffer.submit(decision, wait=False)
+            except StorageError:  # the gateway is stopping; QoS 0 promises nothing
+                c.storage_errors += 1
+                return False
             if isinstance(decision, Quarantine):
                 return False
             c.stored += 1

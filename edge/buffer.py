@@ -39,6 +39,7 @@ import asyncio
 import collections
 import contextlib
 import json
+import logging
 import sqlite3
 import time
 from array import array
@@ -53,6 +54,8 @@ from pulse.edge.errors import StorageError
 from pulse.edge.ingest import Quarantine, Store
 from pulse.edge.schema import PRAGMAS, SCHEMA, synchronous_pragma
 from pulse.protocol.batch import Record, Stream
+
+log = logging.getLogger("pulse.edge.buffer")
 
 ROW_OVERHEAD = 64
 """Bytes counted per record on top of its raw message: key, columns and index entry, roughly."""
@@ -177,6 +180,11 @@ class Buffer:
         except sqlite3.Error as exc:
             raise StorageError(f"cannot open the gateway database {self.path}: {exc}", path=str(self.path)) from exc
         self._writer = asyncio.create_task(self._write_loop(), name="buffer-writer")
+        self._writer.add_done_callback(self._writer_done)
+
+    def _writer_done(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.critical("the buffer writer stopped: %r; nothing more will be acknowledged", task.exception())
 
     async def _load(self) -> None:
         assert self._w is not None
@@ -276,6 +284,7 @@ class Buffer:
                     if self._w.in_transaction:
                         await self._w.execute("ROLLBACK")
                 error = StorageError(f"could not write the gateway database: {exc}", path=str(self.path))
+                log.error("%s; %d messages not stored (none acknowledged)", error.message, len(batch))
                 for _, fut in batch:
                     if fut is not None and not fut.done():
                         fut.set_exception(error)
