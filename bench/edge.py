@@ -12,6 +12,10 @@ Two runs with the same publishers (bench/mqtt_load.py in its own process: N devi
 devices connected at the end of the run (``bare_rss_mb`` the same for plain amqtt). Messages per
 second count PUBACKs the publishers received during the measured window (after a warm-up).
 
+``*_cpu_us_per_msg`` is the broker process's CPU time (user + system) per acknowledged message in
+the measured window: unlike messages per second it hardly moves when other work shares the
+machine, so it shows the gateway's own cost per message most plainly.
+
 The two are measured alternately ``--rounds`` times and the best round of each is reported (every
 round is in ``rounds``): on a shared machine other work only ever slows a round down, so the best
 round is the fairest figure for both.
@@ -69,6 +73,12 @@ def _rss_mb(pid: int) -> float:
     return float("nan")
 
 
+def _cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) the process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _measure(server: subprocess.Popen[bytes], port: int, args: argparse.Namespace, credentials: Path | None) -> dict[str, float]:
     try:
         _wait_port(port, server)
@@ -83,12 +93,19 @@ def _measure(server: subprocess.Popen[bytes], port: int, args: argparse.Namespac
             raise RuntimeError(f"publishers did not connect: {connected!r}")
         load.stdin.write("go\n")
         load.stdin.flush()
-
-
+        if load.stdout.readline().strip() != "measuring":
+            raise RuntimeError("publishers stopped before measuring")
+        cpu0 = _cpu_s(server.pid)
         result = json.loads(load.stdout.readline())
+        cpu1 = _cpu_s(server.pid)
         rss = _rss_mb(server.pid)
         load.wait(30)
-        return {"msgs_per_s": result["acked"] / result["seconds"], "rss_mb": rss, "connected": int(connected.split()[1])}
+        return {
+            "msgs_per_s": result["acked"] / result["seconds"],
+            "cpu_us_per_msg": (cpu1 - cpu0) / max(1, result["acked"]) * 1e6,
+            "rss_mb": rss,
+            "connected": int(connected.split()[1]),
+        }
     finally:
         server.terminate()
         try:
@@ -140,6 +157,8 @@ def run(argv: list[str] | None = None) -> dict[str, object]:
         "bare_broker_msgs_per_s": round(bare_best["msgs_per_s"]),
         "gateway_msgs_per_s": round(gw_best["msgs_per_s"]),
         "ratio": round(gw_best["msgs_per_s"] / bare_best["msgs_per_s"], 3),
+        "bare_cpu_us_per_msg": round(min(r["cpu_us_per_msg"] for r in bare_runs)),
+        "gateway_cpu_us_per_msg": round(min(r["cpu_us_per_msg"] for r in gw_runs)),
         "gateway_rss_mb": max(r["rss_mb"] for r in gw_runs),
         "bare_rss_mb": max(r["rss_mb"] for r in bare_runs),
         "devices": int(min(r["connected"] for r in gw_runs)),
@@ -148,7 +167,12 @@ def run(argv: list[str] | None = None) -> dict[str, object]:
         "sqlite_synchronous": "full",
         "seconds_per_round": args.seconds,
         "rounds": [
-            {"bare_msgs_per_s": round(b["msgs_per_s"]), "gateway_msgs_per_s": round(g["msgs_per_s"])}
+            {
+                "bare_msgs_per_s": round(b["msgs_per_s"]),
+                "gateway_msgs_per_s": round(g["msgs_per_s"]),
+                "bare_cpu_us_per_msg": round(b["cpu_us_per_msg"]),
+                "gateway_cpu_us_per_msg": round(g["cpu_us_per_msg"]),
+            }
             for b, g in zip(bare_runs, gw_runs, strict=True)
         ],
     }

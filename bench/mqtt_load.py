@@ -6,8 +6,9 @@ Runs as its own process so that the broker under test has the event loop to itse
 
 It connects every device (username = device id, password from the credentials file, one
 ``device,secret`` per line; none when anonymous), prints ``connected N`` on stdout, waits for a
-line on stdin, then keeps ``--inflight`` QoS 1 PUBLISHes outstanding per device for
-``--duration`` seconds and prints one JSON line: messages acknowledged and the seconds measured.
+line on stdin, then keeps ``--inflight`` QoS 1 PUBLISHes outstanding per device, prints
+``measuring`` after ``--warmup`` seconds and, ``--duration`` seconds later, one JSON line: messages
+acknowledged and the seconds measured.
 
 Each device publishes valid envelope v1 telemetry on ``pulse/{device}/telemetry`` with a running
 ``seq``. The client is an ``asyncio.Protocol`` that builds packets by hand: it costs a few
@@ -153,6 +154,7 @@ async def _run(args: argparse.Namespace) -> int:
     for d in devices:
         d.start()
     await asyncio.sleep(args.warmup)
+    print("measuring", flush=True)
     start_acked, t0 = stats.acked, time.perf_counter()
     await asyncio.sleep(args.duration)
     acked, elapsed = stats.acked - start_acked, time.perf_counter() - t0

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 
@@ -83,6 +84,17 @@ class Gateway:
         await self.buffer.close()
 
 
+def _tune_gc() -> None:
+    """Collect garbage less often. Every message allocates a few dozen short-lived objects (tasks,
+    futures, packets); with CPython's default (a young-generation pass every 700 allocations, and
+    full passes over every session's objects) the collector took ~15 % of the event loop's time at
+    a few thousand messages per second. What exists after start-up is frozen (never scanned again)
+    and the young generation is collected every 10,000 allocations instead."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(10_000, 20, 20)
+
+
 async def run(settings: Settings) -> None:
     """``pulse gateway run``: start, serve until SIGINT/SIGTERM, stop."""
     stop = asyncio.Event()
@@ -92,6 +104,7 @@ async def run(settings: Settings) -> None:
             loop.add_signal_handler(sig, stop.set)
     gateway = Gateway(settings)
     await gateway.start()
+    _tune_gc()
     try:
         await stop.wait()
         log.info("stopping")
