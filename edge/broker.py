@@ -178,7 +178,11 @@ class GatewayAuthPlugin(BaseAuthPlugin):
         if username is not None and session.client_id != username:
             log.info("refused connection: client id %r is not the device id %r", session.client_id, username)
             return False
-        ok = await auth.check(username, password)
+        try:
+            ok = await auth.check(username, password)
+        except StorageError as exc:
+            log.error("refused connection from %s: cannot read credentials: %s", username, exc.message)
+            return False
         if ok and username is None:
             session.is_anonymous = True
         if not ok:

@@ -483,42 +483,42 @@ class Buffer:
     # ---- reading ---------------------------------------------------------------------------
     async def read(self, stream: Stream, after_seq: int, limit: int) -> list[Record]:
         """Committed records of ``stream`` with seq > ``after_seq``, oldest first, at most ``limit``."""
-        assert self._r is not None
-        async with self._r.execute(
+        rows = await self._fetch(
             "SELECT seq, device_id, ts_ms, type, device_seq, raw FROM records WHERE stream = ? AND seq > ? ORDER BY seq LIMIT ?",
             (int(stream), after_seq, limit),
-        ) as cur:
-            rows = await cur.fetchall()
+        )
         return [record_from_row(*row) for row in rows]
+
+    async def _fetch(self, sql: str, params: tuple[object, ...]) -> list[sqlite3.Row]:
+        assert self._r is not None
+        try:
+            async with self._r.execute(sql, params) as cur:
+                return list(await cur.fetchall())
+        except sqlite3.Error as exc:
+            raise StorageError(f"could not read the gateway database: {exc}", path=str(self.path)) from exc
 
     def acked(self, stream: Stream) -> int:
         return self._streams[stream].acked_seq
 
     async def quarantined(self, limit: int = 100) -> list[QuarantineRow]:
         """The newest quarantine rows, newest first."""
-        assert self._r is not None
-        async with self._r.execute(
+        rows = await self._fetch(
             "SELECT id, received_ms, device_id, topic, code, message, raw FROM quarantine ORDER BY id DESC LIMIT ?", (limit,)
-        ) as cur:
-            rows = await cur.fetchall()
+        )
         return [QuarantineRow(*row) for row in rows]
 
     async def secret_hash(self, device_id: str) -> str | None:
         """The stored credential hash of a device (the broker's authenticator asks at CONNECT)."""
-        assert self._r is not None
-        async with self._r.execute("SELECT secret_hash FROM devices WHERE device_id = ?", (device_id,)) as cur:
-            row = await cur.fetchone()
-        return row[0] if row else None
+        rows = await self._fetch("SELECT secret_hash FROM devices WHERE device_id = ?", (device_id,))
+        return str(rows[0][0]) if rows else None
 
     async def stats(self) -> BufferStats:
-        assert self._r is not None
         out = []
         for s, st in self._streams.items():
             oldest = None
             if st.depth:
-                async with self._r.execute("SELECT received_ms FROM records WHERE stream = ? ORDER BY seq LIMIT 1", (int(s),)) as cur:
-                    row = await cur.fetchone()
-                oldest = row[0] if row else None
+                rows = await self._fetch("SELECT received_ms FROM records WHERE stream = ? ORDER BY seq LIMIT 1", (int(s),))
+                oldest = rows[0][0] if rows else None
             out.append(
                 StreamStats(
                     s.name.lower(), st.depth, st.bytes, st.next_seq, st.acked_seq, st.dropped_count, st.dropped_bytes, oldest
