@@ -182,3 +182,21 @@ async def test_tls_and_websocket_listeners_authenticate_and_buffer(start_gateway
     assert not await to_thread(wrong.connect)
     assert [r.device_seq for r in await gw.buffer.read(Stream.TELEMETRY, 0, 10)] == [1]
     assert [(r.type, r.body) for r in await gw.buffer.read(Stream.EVENTS, 0, 10)] == [("event", {"door": "open"})]
+
+
+@pytest.mark.parametrize("qos", [0, 1, 2])
+async def test_valid_messages_reach_local_subscribers_and_refused_ones_do_not(gateway, devices, client_factory, qos):
+    secret = devices.add("boiler-1")
+    c = client_factory(gateway.settings.broker.port, "boiler-1", secret)
+    assert await to_thread(c.connect)
+    assert [r.is_failure for r in await to_thread(c.subscribe, "pulse/boiler-1/#")] == [False]
+    await to_thread(c.publish, "pulse/boiler-1/telemetry", b"not json", qos)
+    await to_thread(c.publish, "pulse/boiler-1/telemetry", telemetry(5), qos)
+    for _ in range(100):
+        if c.messages:
+            break
+        await asyncio.sleep(0.02)
+    await asyncio.sleep(0.2)
+    assert [m.payload for m in c.messages] == [telemetry(5)]
+    assert [r.device_seq for r in await gateway.buffer.read(Stream.TELEMETRY, 0, 10)] == [5]
+    assert [q.code for q in await gateway.buffer.quarantined()] == ["envelope.not_json"]
