@@ -213,12 +213,14 @@ def load(path: Path | None, env: Mapping[str, str]) -> Settings:
 
 def _validated(s: Settings) -> Settings:
     b = s.broker
-    if (b.tls_port is None) != (b.tls_certfile is None or b.tls_keyfile is None) and b.tls_port is not None:
+    if b.tls_port is not None and (b.tls_certfile is None or b.tls_keyfile is None):
         raise ConfigError("broker.tls_port needs broker.tls_certfile and broker.tls_keyfile", key="broker.tls_port")
     for name in ("tls_certfile", "tls_keyfile", "tls_cafile"):
         p = getattr(b, name)
         if b.tls_port is not None and p is not None and not p.exists():
             raise ConfigError(f"broker.{name}: no file at {p}", key=f"broker.{name}")
+    if s.gateway.log_level.lower() not in ("debug", "info", "warning", "error"):
+        raise ConfigError("gateway.log_level is debug, info, warning or error", key="gateway.log_level")
     if s.buffer.synchronous not in ("full", "normal"):
         raise ConfigError('buffer.synchronous is "full" or "normal"', key="buffer.synchronous")
     if s.buffer.max_file_mb < 0:

@@ -47,6 +47,7 @@ def test_file_values_and_environment_overrides(tmp_path):
         ('[buffer]\nsynchronous = "off"\n', {}, "buffer.synchronous"),
         ("[broker]\ntls_port = 8883\n", {}, "broker.tls_port"),
         ("[buffer]\nquota_mb = 0\n", {}, "buffer"),
+        ('[gateway]\nlog_level = "loud"\n', {}, "gateway.log_level"),
     ],
 )
 def test_mistakes_are_refused_naming_the_key(tmp_path, text, env, key):
