@@ -200,3 +200,15 @@ async def test_valid_messages_reach_local_subscribers_and_refused_ones_do_not(ga
     assert [m.payload for m in c.messages] == [telemetry(5)]
     assert [r.device_seq for r in await gateway.buffer.read(Stream.TELEMETRY, 0, 10)] == [5]
     assert [q.code for q in await gateway.buffer.quarantined()] == ["envelope.not_json"]
+
+
+async def test_a_device_reconnecting_while_its_old_connection_lingers_takes_over(gateway, devices, client_factory):
+    secret = devices.add("boiler-1")
+    port = gateway.settings.broker.port
+    first = client_factory(port, "boiler-1", secret)
+    assert await to_thread(first.connect)
+    second = client_factory(port, "boiler-1", secret)  # same client id: amqtt's session take-over
+    assert await to_thread(second.connect)
+    await to_thread(second.publish, "pulse/boiler-1/telemetry", telemetry(9))
+    assert [r.device_seq for r in await gateway.buffer.read(Stream.TELEMETRY, 0, 10)] == [9]
+    assert gateway.broker.connected_devices() == 1
