@@ -4,7 +4,9 @@ Two runs with the same publishers (bench/mqtt_load.py in its own process: N devi
 ``--inflight`` QoS 1 telemetry messages outstanding, valid envelope v1 payloads):
 
 1. ``bare_broker_msgs_per_s``: a plain amqtt 0.12 broker in its own process (anonymous access, no
-   other plugins): PUBACKs as soon as it has read the message.
+   other plugins): PUBACKs as soon as it has read the message. By default amqtt runs as it comes;
+   ``--bare-gc tuned`` gives it the gateway's garbage-collector settings, so that the ratio shows
+   only the gateway's own work per message (auth, ACL, parsing, SQLite), not the collector.
 2. ``gateway_msgs_per_s``: ``pulse gateway run`` in its own process: per-device credentials, topic
    ACL, envelope parsing, and PUBACK only after the SQLite group commit (synchronous=full).
 
@@ -36,12 +38,16 @@ from pathlib import Path
 from pulse.edge.auth import DeviceRegistry
 
 BARE_BROKER = """
-import asyncio, sys
+import asyncio, gc, sys
 from amqtt.broker import Broker
 async def main():
     broker = Broker({"listeners": {"default": {"type": "tcp", "bind": f"127.0.0.1:{sys.argv[1]}", "max_connections": 0}},
                      "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}}})
     await broker.start()
+    if sys.argv[2] == "tuned":  # the same collector settings as the gateway (pulse.edge.app._tune_gc)
+        gc.collect()
+        gc.freeze()
+        gc.set_threshold(10_000, 20, 20)
     await asyncio.Event().wait()
 asyncio.run(main())
 """
@@ -120,6 +126,11 @@ def run(argv: list[str] | None = None) -> dict[str, object]:
     p.add_argument("--devices", type=int, default=1000, help="connected devices (publishers), default 1000")
     p.add_argument("--seconds", type=float, default=5.0, help="measured seconds per run")
     p.add_argument("--rounds", type=int, default=2, help="alternating bare/gateway runs; the best of each is reported")
+    p.add_argument(
+        "--bare-gc", choices=["default", "tuned"], default="default",
+        help="garbage collector of the plain broker: 'default' as amqtt runs out of the box (the default); 'tuned' "
+        "with the gateway's settings, so the ratio shows only the gateway's own work per message",
+    )
     p.add_argument("--inflight", type=int, default=2, help="QoS 1 messages outstanding per device")
     args = p.parse_args(argv or [])
 
@@ -136,7 +147,7 @@ def run(argv: list[str] | None = None) -> dict[str, object]:
         for _ in range(args.rounds):
             bare_port = _free_port()
             bare = subprocess.Popen(
-                [sys.executable, "-c", BARE_BROKER, str(bare_port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+                [sys.executable, "-c", BARE_BROKER, str(bare_port), args.bare_gc], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
             )
             bare_runs.append(_measure(bare, bare_port, args, None))
 
@@ -165,6 +176,7 @@ def run(argv: list[str] | None = None) -> dict[str, object]:
         "inflight_per_device": args.inflight,
         "qos": 1,
         "sqlite_synchronous": "full",
+        "bare_gc": args.bare_gc,
         "seconds_per_round": args.seconds,
         "rounds": [
             {
