@@ -405,7 +405,8 @@ class Buffer:
         self._enforce_quota(w, 0, r)
         if r.dedupe:
             w.executemany(
-                "INSERT OR REPLACE INTO dedupe (device_id, slot, fp) VALUES (?, ?, ?)", [(d, s, fp) for (d, s), fp in r.dedupe.items()]
+                "INSERT INTO dedupe (device_id, slot, fp) VALUES (?, ?, ?) ON CONFLICT (device_id, slot) DO UPDATE SET fp = excluded.fp",
+                [(d, s, fp) for (d, s), fp in r.dedupe.items()],
             )
         changed = [s for s in Stream if added[s] or r.dropped[s] or r.acked[s] != self._streams[s].acked_seq]
         if changed:
