@@ -19,6 +19,7 @@ COMMAND_MODULES = ["pulse.edge.cli", "pulse.cloud.cli", "pulse.firmware_sim.cli"
 BENCHMARKS: dict[str, tuple[str, str]] = {
     "codec": ("pulse.bench.codec", "sync batch codec: bytes per point and encode/decode speed against JSON envelopes"),
     "ingest": ("pulse.bench.ingest", "HTTP ingest (server in its own process) against a raw COPY of the same rows"),
+    "edge": ("pulse.bench.edge", "gateway intake (auth, parse, durable buffer) against a plain amqtt broker: msgs/s, ratio, RSS"),
 }
 
 
@@ -29,7 +30,8 @@ def _cmd_version(args: argparse.Namespace) -> int:
 
 def _cmd_bench(args: argparse.Namespace) -> int:
     module, _ = BENCHMARKS[args.name]
-    figures = importlib.import_module(module).run()
+    run = importlib.import_module(module).run
+    figures = run(args.options) if args.options else run()
     print(json.dumps(figures))
     return 0
 
@@ -63,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("name", choices=sorted(BENCHMARKS))
+    p.add_argument("options", nargs=argparse.REMAINDER, help="options for that benchmark (e.g. edge --devices 200)")
     p.set_defaults(handler=_cmd_bench)
 
     for module in COMMAND_MODULES:

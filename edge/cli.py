@@ -1,12 +1,191 @@
-"""`pulse gateway ...`: run and manage a gateway on site hardware."""
+"""`pulse gateway ...`: run and manage a gateway on site hardware.
+
+    pulse gateway run      [--config gateway.toml]
+    pulse gateway status   [--config gateway.toml] [--json]
+    pulse gateway device add ID [--secret S] [--note TEXT]
+    pulse gateway device list
+    pulse gateway device remove ID
+
+``--config`` defaults to $PULSE_GW_CONFIG, else ./gateway.toml when it exists, else built-in
+defaults (data in the current folder). See docs/gateway.md.
+"""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import json
+import os
+import sqlite3
+import sys
+import time
+from pathlib import Path
 from typing import Any
+
+from pulse.protocol.errors import PulseError
+
+
+def _config_path(arg: str | None) -> Path | None:
+    if arg:
+        return Path(arg)
+    if env := os.environ.get("PULSE_GW_CONFIG"):
+        return Path(env)
+    return Path("gateway.toml") if Path("gateway.toml").exists() else None
+
+
+def _settings(args: argparse.Namespace) -> Any:
+    from pulse.edge.config import load
+
+    return load(_config_path(args.config), os.environ)
+
+
+def _guard(fn: Any) -> Any:
+    def wrapped(args: argparse.Namespace) -> int:
+        try:
+            return int(fn(args))
+        except PulseError as exc:
+            print(f"pulse gateway: {exc.code}: {exc.message}", file=sys.stderr)
+            return 2
+
+    return wrapped
+
+
+@_guard
+def _cmd_run(args: argparse.Namespace) -> int:
+    from pulse.edge import app
+
+    settings = _settings(args)
+    app.configure_logging(settings.gateway.log_level)
+    asyncio.run(app.run(settings))
+    return 0
+
+
+@_guard
+def _cmd_device_add(args: argparse.Namespace) -> int:
+    from pulse.edge.auth import DeviceRegistry
+
+    settings = _settings(args)
+    registry = DeviceRegistry(settings.database)
+    try:
+        secret = registry.add(args.device_id, args.secret, note=args.note or "")
+    finally:
+        registry.close()
+    if args.secret is None:
+        print(f"device {args.device_id} added. Its secret (shown once, store it in the device now):")
+        print(secret)
+    else:
+        print(f"device {args.device_id} added with the secret you gave.")
+    print(f"The device connects with MQTT username and client id {args.device_id!r}.")
+    return 0
+
+
+@_guard
+def _cmd_device_list(args: argparse.Namespace) -> int:
+    from pulse.edge.auth import DeviceRegistry
+
+    registry = DeviceRegistry(_settings(args).database)
+    try:
+        devices = registry.list()
+    finally:
+        registry.close()
+    if args.json:
+        print(json.dumps([{"device_id": d.device_id, "created_ms": d.created_ms, "note": d.note} for d in devices]))
+        return 0
+    if not devices:
+        print("no devices yet: add one with `pulse gateway device add ID`")
+    for d in devices:
+        created = time.strftime("%Y-%m-%d %H:%M", time.localtime(d.created_ms / 1000))
+        print(f"{d.device_id:<40} added {created}  {d.note}")
+    return 0
+
+
+@_guard
+def _cmd_device_remove(args: argparse.Namespace) -> int:
+    from pulse.edge.auth import DeviceRegistry
+
+    registry = DeviceRegistry(_settings(args).database)
+    try:
+        registry.remove(args.device_id)
+    finally:
+        registry.close()
+    print(f"device {args.device_id} removed; it can no longer connect (a connected session ends when it disconnects).")
+    return 0
+
+
+def _offline(database: Path) -> dict[str, Any]:
+    """What the SQLite file says when the gateway is not running."""
+    conn = sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=5)
+    try:
+        depth = dict(conn.execute("SELECT stream, COUNT(*) FROM records GROUP BY stream").fetchall())
+        oldest = conn.execute("SELECT MIN(received_ms) FROM records").fetchone()[0]
+        quarantined = conn.execute("SELECT COUNT(*) FROM quarantine").fetchone()[0]
+        devices = conn.execute("SELECT COUNT(*) FROM devices").fetchone()[0]
+    finally:
+        conn.close()
+    return {"depth": sum(depth.values()), "oldest_ms": oldest, "quarantined": quarantined, "devices": devices}
+
+
+@_guard
+def _cmd_status(args: argparse.Namespace) -> int:
+    import httpx
+
+    settings = _settings(args)
+    url = f"{settings.status_url}/status"
+    try:
+        doc = httpx.get(url, timeout=3).raise_for_status().json()
+    except httpx.HTTPError as exc:
+        print(f"gateway not answering on {url} ({exc.__class__.__name__}): is `pulse gateway run` running?")
+        if settings.database.exists():
+            off = _offline(settings.database)
+            age = f"{time.time() - off['oldest_ms'] / 1000:.0f} s" if off["oldest_ms"] else "-"
+            print(f"from {settings.database}: {off['depth']} buffered records (oldest {age}), "
+                  f"{off['quarantined']} quarantined, {off['devices']} devices registered")
+        return 1
+    if args.json:
+        print(json.dumps(doc, indent=2))
+        return 0
+    b, m, q = doc["buffer"], doc["messages"], doc["quarantine"]
+    age = "-" if b["oldest_unsynced_age_s"] is None else f"{b['oldest_unsynced_age_s']:.0f} s"
+    print(f"gateway      {doc['gateway']['id']} (pulse {doc['gateway']['version']}, up {doc['gateway']['uptime_s']:.0f} s)")
+    print(f"devices      {doc['broker']['connected_devices']} connected on {', '.join(doc['broker']['listeners'])}")
+    print(f"messages     {m['per_s']}/s; {m['stored']} stored, {m['duplicates']} duplicates, {m['quarantined']} invalid, "
+          f"{m['denied']} refused")
+    print(f"buffer       {b['depth']} records, {b['bytes']} / {b['quota_bytes']} bytes, oldest unsynced {age}"
+          f"{'  OVER QUOTA' if b['over_quota'] else ''}")
+    for st in b["streams"]:
+        print(f"  {st['stream']:<10} {st['depth']:>9} records  acked to {st['acked_seq']:<9} dropped {st['dropped_count']}")
+    print(f"quarantine   {q['count']} messages ({q['acl_denied']} refused by the topic ACL)")
+    for r in reversed(q["last_reasons"][-5:]):
+        print(f"  {r['code']:<32} {r['device_id']}: {r['message']}")
+    print(f"uplink       {doc['uplink']['state']}")
+    return 0
 
 
 def register(sub: Any) -> None:
     p: argparse.ArgumentParser = sub.add_parser("gateway", help="run and manage a gateway (edge agent)")
     p.set_defaults(handler=lambda args: (p.print_help(), 0)[1])
-    p.add_subparsers(dest="gateway_command", metavar="COMMAND")
+    gsub = p.add_subparsers(dest="gateway_command", metavar="COMMAND")
+
+    def with_config(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        parser.add_argument("--config", default=None, help="gateway TOML file (default: $PULSE_GW_CONFIG or ./gateway.toml)")
+        return parser
+
+    with_config(gsub.add_parser("run", help="run the gateway: MQTT broker, buffer, status page")).set_defaults(handler=_cmd_run)
+    s = with_config(gsub.add_parser("status", help="what the running gateway is doing"))
+    s.add_argument("--json", action="store_true", help="print the status document as JSON")
+    s.set_defaults(handler=_cmd_status)
+
+    d = gsub.add_parser("device", help="device credentials: add, list, remove")
+    d.set_defaults(handler=lambda args: (d.print_help(), 0)[1])
+    dsub = d.add_subparsers(dest="device_command", metavar="COMMAND")
+    a = with_config(dsub.add_parser("add", help="add a device and print its secret"))
+    a.add_argument("device_id")
+    a.add_argument("--secret", default=None, help="use this secret instead of generating one (hashed with scrypt)")
+    a.add_argument("--note", default=None, help="free text, e.g. where the device is")
+    a.set_defaults(handler=_cmd_device_add)
+    ls = with_config(dsub.add_parser("list", help="list devices"))
+    ls.add_argument("--json", action="store_true")
+    ls.set_defaults(handler=_cmd_device_list)
+    r = with_config(dsub.add_parser("remove", help="remove a device's credentials"))
+    r.add_argument("device_id")
+    r.set_defaults(handler=_cmd_device_remove)

@@ -47,6 +47,8 @@ class Code(StrEnum):
     TOPIC_BAD_DEVICE_ID = "topic.bad_device_id"
     TOPIC_UNKNOWN = "topic.unknown"
     TOPIC_NOT_OWN_SUBTREE = "topic.not_own_subtree"
+    TOPIC_DOWNLINK_ONLY = "topic.downlink_only"
+    """A device published on a topic only the gateway or cloud publishes (twin/desired, cmd/{id})."""
 
     # sync batches: edge -> cloud
     BATCH_TOO_SHORT = "batch.too_short"
@@ -186,6 +188,16 @@ class Code(StrEnum):
     """The device sent faster than its rate limit; retry after the Retry-After seconds (HTTP 429)."""
     INGEST_OVERLOADED = "ingest.overloaded"
     """The writer queue is full or storage is unavailable; nothing was stored; retry later (HTTP 503)."""
+
+    # gateway: the edge agent's own refusals (configuration, devices, local storage)
+    GATEWAY_CONFIG_INVALID = "gateway.config_invalid"
+    """The gateway's TOML file or a PULSE_GW_* variable has an unknown key or a value of the wrong kind."""
+    GATEWAY_DEVICE_EXISTS = "gateway.device_exists"
+    """`pulse gateway device add` for a device id that already has credentials."""
+    GATEWAY_DEVICE_UNKNOWN = "gateway.device_unknown"
+    """A device id with no credentials on this gateway."""
+    GATEWAY_STORAGE_FAILED = "gateway.storage_failed"
+    """The gateway could not write its SQLite file (disk full, permissions); nothing was acknowledged."""
 
 
 class PulseError(Exception):

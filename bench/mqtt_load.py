@@ -1,0 +1,184 @@
+"""A cheap MQTT 3.1.1 load generator for `pulse bench edge`: many devices, QoS 1, one process.
+
+Runs as its own process so that the broker under test has the event loop to itself::
+
+    python -m pulse.bench.mqtt_load --port 1883 --devices 1000 --duration 10 [--credentials FILE]
+
+It connects every device (username = device id, password from the credentials file, one
+``device,secret`` per line; none when anonymous), prints ``connected N`` on stdout, waits for a
+line on stdin, then keeps ``--inflight`` QoS 1 PUBLISHes outstanding per device, prints
+``measuring`` after ``--warmup`` seconds and, ``--duration`` seconds later, one JSON line: messages
+acknowledged and the seconds measured.
+
+Each device publishes valid envelope v1 telemetry on ``pulse/{device}/telemetry`` with a running
+``seq``. The client is an ``asyncio.Protocol`` that builds packets by hand: it costs a few
+microseconds per message, so on a 2-core machine the broker, not the generator, is what is
+measured. It is a benchmark tool, not a device SDK (devices use any MQTT library).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from pathlib import Path
+
+
+def _remaining_length(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, n = n % 128, n // 128
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _str(s: str) -> bytes:
+    b = s.encode()
+    return len(b).to_bytes(2, "big") + b
+
+
+def connect_packet(client_id: str, username: str | None, password: str | None, keepalive: int = 60) -> bytes:
+    flags = 0x02  # clean session
+    payload = _str(client_id)
+    if username is not None:
+        flags |= 0x80
+        payload += _str(username)
+    if password is not None:
+        flags |= 0x40
+        payload += _str(password)
+    var = _str("MQTT") + bytes([4, flags]) + keepalive.to_bytes(2, "big")
+    body = var + payload
+    return b"\x10" + _remaining_length(len(body)) + body
+
+
+def publish_packet(topic: bytes, packet_id: int, payload: bytes) -> bytes:
+    body = len(topic).to_bytes(2, "big") + topic + packet_id.to_bytes(2, "big") + payload
+    return b"\x32" + _remaining_length(len(body)) + body  # PUBLISH, QoS 1
+
+
+class Device(asyncio.Protocol):
+    def __init__(self, device_id: str, password: str | None, inflight: int, stats: Stats) -> None:
+        self.device_id = device_id
+        self.password = password
+        self.inflight = inflight
+        self.stats = stats
+        self.topic = f"pulse/{device_id}/telemetry".encode()
+        self.transport: asyncio.Transport | None = None
+        self.connected: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self.buf = b""
+        self.seq = 0
+        self.running = False
+        self.closed = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        user = self.device_id if self.password is not None else None
+        transport.write(connect_packet(self.device_id, user, self.password))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if not self.connected.done():
+            self.connected.set_result(-1)
+
+    def start(self) -> None:
+        self.running = True
+        for _ in range(self.inflight):
+            self.send()
+
+    def send(self) -> None:
+        self.seq += 1
+        payload = (
+            b'{"v":1,"seq":%d,"ts":%d,"metrics":{"temp_c":%d.5,"on":true}}'
+            % (self.seq, int(time.time() * 1000), self.seq % 40)
+        )
+        assert self.transport is not None
+        self.transport.write(publish_packet(self.topic, (self.seq % 65535) + 1, payload))
+
+    def data_received(self, data: bytes) -> None:
+        buf = self.buf + data
+        i = 0
+        n = len(buf)
+        while n - i >= 2:
+            kind = buf[i] & 0xF0
+            length = buf[i + 1]  # CONNACK, PUBACK, PINGRESP: always short
+            if n - i < 2 + length:
+                break
+            if kind == 0x40:  # PUBACK
+                self.stats.acked += 1
+                if self.running:
+                    self.send()
+            elif kind == 0x20:  # CONNACK
+                if not self.connected.done():
+                    self.connected.set_result(buf[i + 3])
+            i += 2 + length
+        self.buf = buf[i:]
+
+
+class Stats:
+    def __init__(self) -> None:
+        self.acked = 0
+
+
+async def _run(args: argparse.Namespace) -> int:
+    loop = asyncio.get_running_loop()
+    creds: list[tuple[str, str | None]] = []
+    if args.credentials:
+        for line in Path(args.credentials).read_text().splitlines():  # noqa: ASYNC240 - read once before the loop runs anything
+            if line.strip():
+                device, secret = line.strip().split(",", 1)
+                creds.append((device, secret))
+    else:
+        creds = [(f"bench-{i:05d}", None) for i in range(args.devices)]
+    creds = creds[: args.devices]
+    stats = Stats()
+    devices: list[Device] = []
+    sem = asyncio.Semaphore(64)
+
+    async def open_one(device_id: str, secret: str | None) -> None:
+        async with sem:
+            _, proto = await loop.create_connection(
+                lambda: Device(device_id, secret, args.inflight, stats), args.host, args.port
+            )
+            code = await asyncio.wait_for(proto.connected, 30)
+            if code != 0:
+                raise SystemExit(f"{device_id}: CONNACK return code {code}")
+            devices.append(proto)
+
+    await asyncio.gather(*(open_one(d, s) for d, s in creds))
+    print(f"connected {len(devices)}", flush=True)
+    await loop.run_in_executor(None, sys.stdin.readline)
+    for d in devices:
+        d.start()
+    await asyncio.sleep(args.warmup)
+    print("measuring", flush=True)
+    start_acked, t0 = stats.acked, time.perf_counter()
+    await asyncio.sleep(args.duration)
+    acked, elapsed = stats.acked - start_acked, time.perf_counter() - t0
+    for d in devices:
+        d.running = False
+    print(json.dumps({"acked": acked, "seconds": elapsed, "closed": sum(d.closed for d in devices)}), flush=True)
+    await asyncio.sleep(0.5)
+    for d in devices:
+        if d.transport is not None:
+            d.transport.close()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--devices", type=int, default=100)
+    p.add_argument("--inflight", type=int, default=4, help="QoS 1 messages outstanding per device")
+    p.add_argument("--duration", type=float, default=5.0)
+    p.add_argument("--warmup", type=float, default=1.0)
+    p.add_argument("--credentials", default=None, help="file of device,secret lines; none: anonymous")
+    return asyncio.run(_run(p.parse_args(argv)))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,112 @@
+"""Wiring: build the gateway's parts from the settings, run them, stop them in order.
+
+buffer (SQLite) -> authenticator + intake -> broker (listeners) -> status board + HTTP server.
+Stopping goes the other way: the status page, then the broker (no new messages), then the buffer
+(which commits what is queued before it closes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import logging
+import signal
+
+from amqtt.errors import BrokerError
+
+from pulse.edge import broker as mqtt
+from pulse.edge import status
+from pulse.edge.auth import Authenticator
+from pulse.edge.buffer import Buffer
+from pulse.edge.config import Settings
+from pulse.edge.errors import ConfigError
+from pulse.protocol.envelope import Limits
+
+log = logging.getLogger("pulse.edge")
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("amqtt", "transitions", "uvicorn", "aiosqlite"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+class Gateway:
+    """The running gateway's parts, for ``run`` and for tests that drive a gateway in-process."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.buffer = Buffer(settings.database, settings.buffer)
+        self.intake = mqtt.Intake(self.buffer, Limits(max_bytes=settings.broker.max_message_bytes))
+        self.broker: mqtt.GatewayBroker | None = None
+        self.board: status.StatusBoard | None = None
+        self._http: status.uvicorn.Server | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        s = self.settings
+        await self.buffer.open()
+        try:
+            authenticator = Authenticator(self.buffer.secret_hash, allow_anonymous=s.broker.allow_anonymous)
+            try:
+                self.broker = await mqtt.start(s.broker, self.intake, authenticator)
+            except BrokerError as exc:
+                raise ConfigError(f"the broker cannot listen: {exc}", port=s.broker.port) from exc
+            self.board = status.StatusBoard(s, self.broker, self.intake, self.buffer)
+            await self.board.sample()
+            self._tasks.append(asyncio.create_task(self.board.run(), name="status-sampler"))
+            if s.status.port:
+                try:
+                    sock = status.listen(s.status.host, s.status.port)
+                except OSError as exc:
+                    raise ConfigError(f"the status page cannot listen on {s.status.host}:{s.status.port}: {exc}", port=s.status.port) from exc
+                self._http = status.server(self.board, s.status.host, s.status.port)
+                self._tasks.append(asyncio.create_task(self._http.serve(sockets=[sock]), name="status-http"))
+        except BaseException:
+            await self.stop()
+            raise
+        log.info(
+            "gateway %s: MQTT on %s:%d, status on %s, buffer %s",
+            s.gateway.id, s.broker.host, s.broker.port, s.status_url if s.status.port else "off", s.database,
+        )
+
+    async def stop(self) -> None:
+        if self._http is not None:
+            self._http.should_exit = True
+        for task in self._tasks[:1]:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        if self.broker is not None:
+            await mqtt.stop(self.broker)
+            self.broker = None
+        await self.buffer.close()
+
+
+def _tune_gc() -> None:
+    """Collect garbage less often. Every message allocates a few dozen short-lived objects (tasks,
+    futures, packets); with CPython's default (a young-generation pass every 700 allocations, and
+    full passes over every session's objects) the collector took ~15 % of the event loop's time at
+    a few thousand messages per second. What exists after start-up is frozen (never scanned again)
+    and the young generation is collected every 10,000 allocations instead."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(10_000, 20, 20)
+
+
+async def run(settings: Settings) -> None:
+    """``pulse gateway run``: start, serve until SIGINT/SIGTERM, stop."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(sig, stop.set)
+    gateway = Gateway(settings)
+    await gateway.start()
+    _tune_gc()
+    try:
+        await stop.wait()
+        log.info("stopping")
+    finally:
+        await gateway.stop()

@@ -1,0 +1,232 @@
+"""Gateway configuration: a TOML file plus ``PULSE_GW_*`` environment overrides.
+
+Built once in ``main`` (``load(path, os.environ)``) and passed down as small frozen objects; nothing
+reads the environment or the file anywhere else. Every option is documented in docs/gateway.md.
+
+File layout (every key optional)::
+
+    [gateway]
+    id = "site-7"
+    data_dir = "/var/lib/pulse-gateway"   # relative paths are relative to this file's folder
+
+    [broker]
+    host = "0.0.0.0"
+    port = 1883
+    tls_port = 8883                       # TLS listener only when tls_port is set ...
+    tls_certfile = "server.pem"           # ... with a certificate and key
+    tls_keyfile = "server.key"
+    ws_port = 8080                        # WebSocket listener only when set
+
+    [buffer]
+    quota_mb = 512
+
+    [status]
+    host = "127.0.0.1"
+    port = 8081
+
+An environment variable ``PULSE_GW_<SECTION>_<KEY>`` (upper case) overrides ``[section] key``:
+``PULSE_GW_BROKER_PORT=1884``, ``PULSE_GW_BUFFER_QUOTA_MB=64``. Unknown keys and values of the wrong
+kind are refused with ``ConfigError`` naming the key, so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import socket
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pulse.edge.errors import ConfigError
+
+ENV_PREFIX = "PULSE_GW_"
+DATABASE_FILE = "gateway.db"
+
+
+@dataclass(frozen=True, slots=True)
+class GatewaySettings:
+    id: str = ""
+    """This gateway's name; defaults to the host name."""
+    data_dir: Path = Path(".")
+    """Folder of the SQLite file (gateway.db): buffer, quarantine, device credentials."""
+    log_level: str = "info"
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerSettings:
+    host: str = "0.0.0.0"
+    port: int = 1883
+    tls_port: int | None = None
+    tls_host: str | None = None
+    tls_certfile: Path | None = None
+    tls_keyfile: Path | None = None
+    tls_cafile: Path | None = None
+    """CA bundle for optional device client certificates (credentials are still required)."""
+    ws_port: int | None = None
+    ws_host: str | None = None
+    allow_anonymous: bool = False
+    max_connections: int = 0
+    """Per listener; 0 means no limit."""
+    max_message_bytes: int = 16 * 1024
+    """Larger device messages are quarantined with envelope.too_large."""
+
+
+@dataclass(frozen=True, slots=True)
+class BufferSettings:
+    quota_mb: float = 512.0
+    """Bytes of buffered records; when full the oldest telemetry is dropped (and counted)."""
+    flush_interval_ms: float = 2.0
+    """How long the writer waits to gather more messages into one transaction."""
+    max_batch: int = 2000
+    synchronous: str = "full"
+    """SQLite synchronous mode: "full" survives power loss, "normal" survives process crashes only."""
+    dedupe_window: int = 256
+    """Per device, how many recent device sequence numbers are remembered to drop retransmissions."""
+    quarantine_max_rows: int = 10_000
+    max_file_mb: float = 0.0
+    """Hard ceiling for the SQLite file (0: none). At the ceiling writes fail and nothing is
+    acknowledged, so devices keep their messages and resend them later."""
+
+    @property
+    def quota_bytes(self) -> int:
+        return int(self.quota_mb * 1024 * 1024)
+
+
+@dataclass(frozen=True, slots=True)
+class StatusSettings:
+    host: str = "127.0.0.1"
+    port: int = 8081
+    """0 disables the status page."""
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    gateway: GatewaySettings = field(default_factory=GatewaySettings)
+    broker: BrokerSettings = field(default_factory=BrokerSettings)
+    buffer: BufferSettings = field(default_factory=BufferSettings)
+    status: StatusSettings = field(default_factory=StatusSettings)
+
+    @property
+    def database(self) -> Path:
+        return self.gateway.data_dir / DATABASE_FILE
+
+    @property
+    def status_url(self) -> str:
+        host = self.status.host if self.status.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
+        return f"http://{host}:{self.status.port}"
+
+
+SECTIONS: dict[str, type] = {"gateway": GatewaySettings, "broker": BrokerSettings, "buffer": BufferSettings, "status": StatusSettings}
+
+
+def _coerce(value: Any, hint: Any, where: str, base: Path) -> Any:
+    optional = False
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        optional, hint = True, args[0]
+    if optional and (value is None or value == ""):
+        return None
+    from_env = isinstance(value, str)
+    try:
+        if hint is bool:
+            if isinstance(value, bool):
+                return value
+            if from_env and value.lower() in ("1", "true", "yes", "on"):
+                return True
+            if from_env and value.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if hint is int:
+            if isinstance(value, bool) or not isinstance(value, int | str):
+                raise ValueError
+            return int(value)
+        if hint is float:
+            if isinstance(value, bool) or not isinstance(value, int | float | str):
+                raise ValueError
+            return float(value)
+        if hint is str:
+            if not isinstance(value, str):
+                raise ValueError
+            return value
+        if hint is Path:
+            if not isinstance(value, str):
+                raise ValueError
+            path = Path(value).expanduser()
+            return path if path.is_absolute() else (base / path).resolve()
+    except ValueError:
+        pass
+    name = getattr(hint, "__name__", str(hint))
+    raise ConfigError(f"{where} must be {'a ' if name != 'int' else 'an '}{name}, got {value!r}", key=where)
+
+
+def load(path: Path | None, env: Mapping[str, str]) -> Settings:
+    """Settings from the TOML file at ``path`` (None: defaults only) overridden by ``env``."""
+    doc: dict[str, Any] = {}
+    base = Path.cwd()
+    if path is not None:
+        path = Path(path)
+        try:
+            with path.open("rb") as fh:
+                doc = tomllib.load(fh)
+        except FileNotFoundError as exc:
+            raise ConfigError(f"no configuration file at {path}; see docs/gateway.md for a template", path=str(path)) from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path} is not valid TOML: {exc}", path=str(path)) from exc
+        base = path.resolve().parent
+    unknown = set(doc) - set(SECTIONS)
+    if unknown:
+        raise ConfigError(f"unknown section [{sorted(unknown)[0]}]; sections are {', '.join(SECTIONS)}", key=sorted(unknown)[0])
+
+    groups: dict[str, Any] = {}
+    known_env = set()
+    for section, cls in SECTIONS.items():
+        raw = doc.get(section, {})
+        if not isinstance(raw, dict):
+            raise ConfigError(f"[{section}] must be a table", key=section)
+        hints = typing.get_type_hints(cls)
+        names = {f.name for f in dataclasses.fields(cls)}
+        for key in raw:
+            if key not in names:
+                raise ConfigError(f"unknown option {section}.{key}; options are {', '.join(sorted(names))}", key=f"{section}.{key}")
+        values: dict[str, Any] = {}
+        for name in names:
+            env_name = f"{ENV_PREFIX}{section.upper()}_{name.upper()}"
+            known_env.add(env_name)
+            if env_name in env:
+                values[name] = _coerce(env[env_name], hints[name], env_name, Path.cwd())
+            elif name in raw:
+                values[name] = _coerce(raw[name], hints[name], f"{section}.{name}", base)
+        if section == "gateway" and "data_dir" not in values:
+            values["data_dir"] = base
+        groups[section] = cls(**values)
+    stray = sorted(k for k in env if k.startswith(ENV_PREFIX) and k not in known_env and k != "PULSE_GW_CONFIG")
+    if stray:
+        raise ConfigError(f"unknown environment variable {stray[0]}", key=stray[0])
+
+    settings = Settings(**groups)
+    return _validated(settings)
+
+
+def _validated(s: Settings) -> Settings:
+    b = s.broker
+    if b.tls_port is not None and (b.tls_certfile is None or b.tls_keyfile is None):
+        raise ConfigError("broker.tls_port needs broker.tls_certfile and broker.tls_keyfile", key="broker.tls_port")
+    for name in ("tls_certfile", "tls_keyfile", "tls_cafile"):
+        p = getattr(b, name)
+        if b.tls_port is not None and p is not None and not p.exists():
+            raise ConfigError(f"broker.{name}: no file at {p}", key=f"broker.{name}")
+    if s.gateway.log_level.lower() not in ("debug", "info", "warning", "error"):
+        raise ConfigError("gateway.log_level is debug, info, warning or error", key="gateway.log_level")
+    if s.buffer.synchronous not in ("full", "normal"):
+        raise ConfigError('buffer.synchronous is "full" or "normal"', key="buffer.synchronous")
+    if s.buffer.max_file_mb < 0:
+        raise ConfigError("buffer.max_file_mb is 0 (no ceiling) or a size in MB", key="buffer.max_file_mb")
+    if s.buffer.quota_mb <= 0 or s.buffer.max_batch < 1 or s.buffer.dedupe_window < 1 or s.buffer.quarantine_max_rows < 1:
+        raise ConfigError("buffer.quota_mb, max_batch, dedupe_window and quarantine_max_rows must be positive", key="buffer")
+    if not s.gateway.id:
+        s = dataclasses.replace(s, gateway=dataclasses.replace(s.gateway, id=socket.gethostname()))
+    return s

@@ -1,0 +1,67 @@
+"""The gateway's one SQLite file: what tables it holds and how it is opened.
+
+One file, WAL mode. Tables:
+
+- ``devices``     per-device credentials (secret hashes, never secrets)
+- ``streams``     one row per buffer stream: next sequence number, the cloud's acknowledged cursor,
+                  what the quota dropped
+- ``records``     buffered messages, keyed (stream, seq)
+- ``dedupe``      per device, a ring of recent (device seq, payload) fingerprints
+- ``quarantine``  refused messages with their code and raw bytes
+- ``counters``    persisted counters (quarantine rows removed, ...)
+"""
+
+from __future__ import annotations
+
+SCHEMA_VERSION = 1
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS devices (
+    device_id   TEXT PRIMARY KEY,
+    secret_hash TEXT NOT NULL,
+    created_ms  INTEGER NOT NULL,
+    note        TEXT NOT NULL DEFAULT ''
+);
+CREATE TABLE IF NOT EXISTS streams (
+    stream        INTEGER PRIMARY KEY,
+    next_seq      INTEGER NOT NULL,
+    acked_seq     INTEGER NOT NULL,
+    dropped_count INTEGER NOT NULL DEFAULT 0,
+    dropped_bytes INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS records (
+    stream      INTEGER NOT NULL,
+    seq         INTEGER NOT NULL,
+    device_id   TEXT NOT NULL,
+    ts_ms       INTEGER NOT NULL,
+    type        TEXT NOT NULL,
+    device_seq  INTEGER,
+    received_ms INTEGER NOT NULL,
+    size        INTEGER NOT NULL,
+    raw         BLOB NOT NULL,
+    PRIMARY KEY (stream, seq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS dedupe (
+    device_id TEXT NOT NULL,
+    slot      INTEGER NOT NULL,
+    fp        INTEGER NOT NULL,
+    PRIMARY KEY (device_id, slot)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS quarantine (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    received_ms INTEGER NOT NULL,
+    device_id   TEXT,
+    topic       TEXT NOT NULL,
+    code        TEXT NOT NULL,
+    message     TEXT NOT NULL,
+    raw         BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+"""
+
+PRAGMAS = ("PRAGMA journal_mode=WAL", "PRAGMA busy_timeout=10000", "PRAGMA foreign_keys=ON")
+
+
+def synchronous_pragma(mode: str) -> str:
+    return f"PRAGMA synchronous={'FULL' if mode == 'full' else 'NORMAL'}"

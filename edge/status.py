@@ -1,0 +1,204 @@
+"""Local status for the installer: JSON, a small HTML page and Prometheus metrics on one port.
+
+``GET /``             HTML page (refreshes itself every 5 s)
+``GET /status``       the same figures as JSON (what ``pulse gateway status`` prints)
+``GET /metrics``      Prometheus text format (prometheus-client, the gateway's own registry)
+
+A sampler task refreshes one snapshot every second; the endpoints only read it, so a scrape or a
+page reload never touches the broker or the database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import html
+import socket
+import time
+from collections.abc import Iterator
+from dataclasses import asdict
+from typing import Any
+
+import uvicorn
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.routing import Route
+
+from pulse.cli.version import __version__
+from pulse.edge.broker import GatewayBroker, Intake
+from pulse.edge.buffer import Buffer
+from pulse.edge.config import Settings
+
+RATE_WINDOW_S = 10
+
+
+class StatusBoard:
+    """Samples the broker, the intake and the buffer once a second into a plain dict."""
+
+    def __init__(self, settings: Settings, broker: GatewayBroker, intake: Intake, buffer: Buffer) -> None:
+        self.settings = settings
+        self.broker = broker
+        self.intake = intake
+        self.buffer = buffer
+        self.started = time.time()
+        self._samples: collections.deque[tuple[float, int]] = collections.deque(maxlen=RATE_WINDOW_S + 1)
+        self.snapshot: dict[str, Any] = {}
+
+    async def sample(self) -> dict[str, Any]:
+        now = time.time()
+        c = self.intake.counters
+        self._samples.append((now, c.received))
+        t0, n0 = self._samples[0]
+        rate = (c.received - n0) / (now - t0) if now > t0 else 0.0
+        stats = await self.buffer.stats()
+        unsynced = [s for s in stats.streams if s.depth]
+        oldest = min((s.oldest_received_ms for s in unsynced if s.oldest_received_ms is not None), default=None)
+        self.snapshot = {
+            "gateway": {"id": self.settings.gateway.id, "version": __version__, "uptime_s": round(now - self.started, 1)},
+            "broker": {
+                "connected_devices": self.broker.connected_devices(),
+                "listeners": self._listeners(),
+                "allow_anonymous": self.settings.broker.allow_anonymous,
+            },
+            "messages": {"per_s": round(rate, 1), **{k: v for k, v in asdict(c).items() if k != "by_qos"}, "by_qos": list(c.by_qos)},
+            "buffer": {
+                "depth": sum(s.depth for s in stats.streams),
+                "bytes": stats.total_bytes,
+                "quota_bytes": stats.quota_bytes,
+                "over_quota": stats.over_quota,
+                "oldest_unsynced_age_s": round(now - oldest / 1000, 1) if oldest is not None else None,
+                "streams": [asdict(s) for s in stats.streams],
+                "duplicates_dropped": stats.duplicates,
+                "commits": stats.commits,
+            },
+            "quarantine": {
+                "count": stats.quarantine_count,
+                "removed": stats.quarantine_removed,
+                "acl_denied": stats.acl_denied,
+                "last_reasons": stats.last_reasons,
+            },
+            "uplink": {"state": "not configured", "certificate_expires": None},
+        }
+        return self.snapshot
+
+    def _listeners(self) -> list[str]:
+        b = self.settings.broker
+        out = [f"mqtt://{b.host}:{b.port}"]
+        if b.tls_port is not None:
+            out.append(f"mqtts://{b.tls_host or b.host}:{b.tls_port}")
+        if b.ws_port is not None:
+            out.append(f"ws://{b.ws_host or b.host}:{b.ws_port}")
+        return out
+
+    async def run(self) -> None:
+        while True:
+            await self.sample()
+            await asyncio.sleep(1)
+
+
+class _Metrics(Collector):
+    """Prometheus view of the latest snapshot."""
+
+    def __init__(self, board: StatusBoard) -> None:
+        self.board = board
+
+    def collect(self) -> Iterator[Any]:
+        s = self.board.snapshot
+        if not s:
+            return
+        yield GaugeMetricFamily("pulse_gateway_connected_devices", "MQTT clients connected", value=s["broker"]["connected_devices"])
+        msgs = CounterMetricFamily("pulse_gateway_messages", "device messages by outcome", labels=["outcome"])
+        for outcome in ("received", "stored", "duplicates", "quarantined", "denied", "forwarded", "storage_errors"):
+            msgs.add_metric([outcome], s["messages"][outcome])
+        yield msgs
+        yield GaugeMetricFamily("pulse_gateway_messages_per_second", "device messages per second (10 s window)", value=s["messages"]["per_s"])
+        depth = GaugeMetricFamily("pulse_gateway_buffer_records", "records waiting for the cloud", labels=["stream"])
+        size = GaugeMetricFamily("pulse_gateway_buffer_bytes", "bytes counted against the quota", labels=["stream"])
+        dropped = CounterMetricFamily("pulse_gateway_buffer_dropped", "records dropped by the quota", labels=["stream"])
+        for st in s["buffer"]["streams"]:
+            depth.add_metric([st["stream"]], st["depth"])
+            size.add_metric([st["stream"]], st["bytes"])
+            dropped.add_metric([st["stream"]], st["dropped_count"])
+        yield depth
+        yield size
+        yield dropped
+        yield GaugeMetricFamily("pulse_gateway_buffer_quota_bytes", "configured buffer quota", value=s["buffer"]["quota_bytes"])
+        age = s["buffer"]["oldest_unsynced_age_s"]
+        yield GaugeMetricFamily("pulse_gateway_oldest_unsynced_age_seconds", "age of the oldest buffered record", value=age or 0)
+        yield GaugeMetricFamily("pulse_gateway_quarantine_records", "rows in the local quarantine", value=s["quarantine"]["count"])
+        yield CounterMetricFamily("pulse_gateway_acl_denied", "publishes refused by the topic ACL", value=s["quarantine"]["acl_denied"])
+
+
+def _page(s: dict[str, Any]) -> str:
+    e = html.escape
+    rows = "".join(
+        f"<tr><td>{e(st['stream'])}</td><td>{st['depth']}</td><td>{st['bytes']}</td><td>{st['acked_seq']}</td>"
+        f"<td>{st['dropped_count']}</td></tr>"
+        for st in s["buffer"]["streams"]
+    )
+    reasons = "".join(
+        f"<li><code>{e(str(r['code']))}</code> {e(str(r['device_id']))}: {e(str(r['message']))}</li>"
+        for r in reversed(s["quarantine"]["last_reasons"])
+    ) or "<li>none</li>"
+    age = s["buffer"]["oldest_unsynced_age_s"]
+    return f"""<!doctype html><html><head><meta charset="utf-8"><meta http-equiv="refresh" content="5">
+<title>Pulse gateway {e(s['gateway']['id'])}</title>
+<style>body{{font-family:sans-serif;max-width:52em;margin:2em auto}}td,th{{padding:.2em .8em;text-align:left}}</style></head>
+<body><h1>Pulse gateway {e(s['gateway']['id'])}</h1>
+<p>version {e(s['gateway']['version'])}, up {s['gateway']['uptime_s']:.0f} s; uplink: {e(s['uplink']['state'])}</p>
+<h2>Devices</h2><p>{s['broker']['connected_devices']} connected; {s['messages']['per_s']} messages/s;
+listening on {e(', '.join(s['broker']['listeners']))}</p>
+<h2>Buffer</h2><p>{s['buffer']['depth']} records, {s['buffer']['bytes']} of {s['buffer']['quota_bytes']} bytes;
+oldest unsynced: {'-' if age is None else f'{age:.0f} s'}{' <b>over quota</b>' if s['buffer']['over_quota'] else ''}</p>
+<table><tr><th>stream</th><th>records</th><th>bytes</th><th>acked up to</th><th>dropped</th></tr>{rows}</table>
+<h2>Quarantine</h2><p>{s['quarantine']['count']} messages ({s['quarantine']['acl_denied']} refused by the topic ACL)</p>
+<ul>{reasons}</ul><p><a href="/status">JSON</a> · <a href="/metrics">metrics</a></p></body></html>"""
+
+
+def make_app(board: StatusBoard) -> Starlette:
+    registry = CollectorRegistry(auto_describe=True)
+    registry.register(_Metrics(board))
+
+    async def status(request: Request) -> Response:
+        return JSONResponse(board.snapshot or await board.sample())
+
+    async def page(request: Request) -> Response:
+        return HTMLResponse(_page(board.snapshot or await board.sample()))
+
+    async def metrics(request: Request) -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    return Starlette(routes=[Route("/", page), Route("/status", status), Route("/metrics", metrics)])
+
+
+class _Server(uvicorn.Server):
+    """uvicorn inside the gateway's loop: the gateway, not uvicorn, handles SIGINT/SIGTERM."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """The status page's listening socket, bound here so that a port in use is our error, not uvicorn's exit."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    sock.set_inheritable(True)
+    return sock
+
+
+def server(board: StatusBoard, host: str, port: int) -> uvicorn.Server:
+    config = uvicorn.Config(make_app(board), host=host, port=port, log_level="warning", lifespan="off", access_log=False)
+    return _Server(config)
