@@ -9,7 +9,8 @@ Two layers, so that gateway sync can commit rows and its high-water mark in one 
   returns only after the rows are committed (so an HTTP 200 means stored); rows from many requests
   are flushed together when ``batch_rows`` are queued or ``flush_s`` after the oldest arrived.
   When the queue holds ``queue_rows`` rows, ``write`` raises ``OverloadedError`` (503 +
-  Retry-After) instead of growing memory.
+  Retry-After) instead of growing memory. ``on_commit`` (if given) sees each committed batch's
+  telemetry rows, synchronously and after the commit (the console's live view listens there).
 """
 
 from __future__ import annotations
@@ -89,11 +90,13 @@ class Writer:
         *,
         retry_after_s: int = 1,
         on_flush: Callable[[FlushReport], None] | None = None,
+        on_commit: Callable[[Sequence[TelemetryRow]], None] | None = None,
     ) -> None:
         self._pool: asyncpg.Pool | None = None
         self._config = config
         self._retry_after_s = retry_after_s
         self._on_flush = on_flush
+        self._on_commit = on_commit
         self._queue: deque[_Pending] = deque()
         self._queued_rows = 0
         self._inflight_rows = 0
@@ -198,6 +201,11 @@ class Writer:
                     item.future.set_exception(exc)
             return
         self._report(batch, started, ok=True)
+        if self._on_commit is not None and telemetry:
+            try:
+                self._on_commit(telemetry)
+            except Exception:  # a listener never fails a committed write
+                log.exception("on_commit listener failed; the rows are stored")
         for item in batch:
             if not item.future.done():
                 item.future.set_result(None)
