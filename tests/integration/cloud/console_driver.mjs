@@ -1,0 +1,147 @@
+// Drives Debian's Chromium through the console with playwright-core (never a downloaded browser).
+// Reads its task as JSON on stdin, prints one JSON object of what it saw on stdout; the pytest test
+// (test_console_browser.py) makes the world beforehand and judges the observations afterwards.
+// Throws (exit code 1, message on stderr) when a step cannot happen at all.
+import { createRequire } from "node:module";
+import { mkdtempSync, mkdirSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+
+const task = JSON.parse(await new Promise((resolve) => {
+  let data = "";
+  process.stdin.on("data", (c) => (data += c));
+  process.stdin.on("end", () => resolve(data));
+}));
+const require = createRequire(join(task.console_dir, "package.json"));
+const { chromium } = require("playwright-core");
+
+const seen = { console_errors: [], steps: [] };
+const step = (name) => {
+  seen.steps.push(name);
+  process.stderr.write(`driver: ${name}\n`);
+};
+mkdirSync(task.artifacts, { recursive: true });
+const profile = mkdtempSync(join(tmpdir(), "pulse-chromium-"));
+const browser = await chromium.launchPersistentContext(profile, {
+  executablePath: "/usr/bin/chromium",
+  headless: true,
+  args: [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+  ],
+  viewport: { width: 1360, height: 860 },
+  colorScheme: "light",
+});
+browser.setDefaultTimeout(20_000);
+
+function watch(page, who) {
+  page.on("console", (m) => m.type() === "error" && seen.console_errors.push(`${who}: ${m.text()}`));
+  page.on("pageerror", (e) => seen.console_errors.push(`${who}: ${e.message}`));
+}
+
+async function login(page, email) {
+  await page.goto(task.base + "/app/");
+  await page.getByLabel("Email").fill(email);
+  await page.getByLabel("Password").fill(task.password);
+  await page.getByRole("button", { name: "Log in" }).click();
+  await page.getByRole("navigation", { name: "Main" }).waitFor();
+}
+
+const shot = (page, name) => page.screenshot({ path: join(task.artifacts, `${name}.png`), fullPage: true });
+const chart = (page) => page.getByTestId("telemetry-chart");
+const chartPoints = async (page) => JSON.parse((await chart(page).getAttribute("data-points")) || "[]");
+
+try {
+  // --- tenant A's admin ---------------------------------------------------------------------
+  const page = browser.pages()[0] ?? (await browser.newPage());
+  watch(page, "a");
+  await login(page, task.a_email);
+  step("logged in");
+  await page.getByTestId("kpi-sites").waitFor();
+  seen.kpi_active = Number(await page.getByTestId("kpi-active").textContent());
+  seen.kpi_provisioned = Number(await page.getByTestId("kpi-provisioned").textContent());
+  await shot(page, "01-overview");
+
+  await page.getByRole("navigation", { name: "Main" }).getByRole("link", { name: "Devices" }).click();
+  await page.getByTestId("devices-table").waitFor();
+  await page.getByLabel("Search devices").fill(task.device_id);
+  await page.waitForURL(/q=/);
+  await page.getByTestId("devices-table").getByRole("row").nth(1).waitFor();
+  seen.device_rows = await page.getByTestId("devices-table").locator("tbody tr").count();
+  await shot(page, "02-devices");
+  await page.getByRole("link", { name: task.device_id }).click();
+  step("device opened");
+  await page.getByLabel("Metric").selectOption(task.metric);
+  await page.waitForURL(new RegExp(`metric=${task.metric}`));
+
+  // the chart holds the history the server bucketed
+  await page.waitForFunction(
+    (n) => Number(document.querySelector('[data-testid="telemetry-chart"]')?.dataset.pointCount) >= n,
+    task.history_points,
+  );
+  seen.history = await chartPoints(page);
+  await page.getByTestId("live-state").filter({ hasText: "live" }).waitFor();
+  await page.evaluate(() => (window.__pulseNoReload = true));
+  await shot(page, "03-device");
+  step("history drawn, live socket ready");
+
+  // a new reading through the real HTTP ingest shows up without a reload
+  const r = await fetch(task.base + "/ingest/v1/telemetry", {
+    method: "POST",
+    headers: { Authorization: `Bearer ${task.device_token}`, "Content-Type": "application/json" },
+    body: JSON.stringify({ v: 1, ts: task.live_ts, metrics: { [task.metric]: task.live_value } }),
+  });
+  seen.live_ingest_status = r.status;
+  await page.waitForFunction(
+    (v) => JSON.parse(document.querySelector('[data-testid="telemetry-chart"]')?.dataset.points || "[]").some((p) => p[1] === v),
+    task.live_value,
+  );
+  seen.after_live = await chartPoints(page);
+  seen.no_reload = await page.evaluate(() => window.__pulseNoReload === true);
+  await shot(page, "04-device-live");
+  step("live point arrived");
+
+  // credentials: the secret is shown once
+  await page.getByRole("button", { name: "Issue token" }).click();
+  seen.issued_token = (await page.getByTestId("secret-token").textContent()).trim();
+  await shot(page, "05-credential-issued");
+  await page.getByRole("button", { name: "I have stored it" }).click();
+  await page.getByTestId("secret-token").waitFor({ state: "detached" });
+  seen.credential_rows = await page.getByTestId("credentials").locator("tbody tr").count();
+
+  // dark theme
+  await page.getByRole("button", { name: "Toggle dark theme" }).click();
+  seen.theme = await page.evaluate(() => document.documentElement.dataset.theme);
+  await shot(page, "06-device-dark");
+
+  // sites: create one through the UI
+  await page.getByRole("navigation", { name: "Main" }).getByRole("link", { name: "Sites" }).click();
+  await page.getByLabel("Site name").fill(task.site_name);
+  await page.getByLabel("Address").fill("1 Harbour Road");
+  await page.getByRole("button", { name: "Add site" }).click();
+  await page.getByTestId("sites-table").getByText(task.site_name).waitFor();
+  await shot(page, "07-sites-dark");
+  step("site created");
+
+  // --- tenant B's user opens A's device by its URL: 404 ----------------------------------------
+  const other = await browser.newPage(); // a new tab: its own sessionStorage, so its own session
+  watch(other, "b");
+  await login(other, task.b_email);
+  await other.goto(`${task.base}/app/devices/${task.device}`);
+  await other.getByTestId("not-found").waitFor();
+  seen.b_not_found_text = await other.getByTestId("not-found").textContent();
+  seen.b_chart_count = await other.getByTestId("telemetry-chart").count();
+  await shot(other, "08-other-tenant-404");
+  step("cross-tenant 404 seen");
+} catch (e) {
+  // leave evidence for whoever reads the failure: a screenshot of every tab and what the pages logged
+  for (const [i, p] of browser.pages().entries()) await p.screenshot({ path: join(task.artifacts, `failure-${i}.png`) }).catch(() => {});
+  process.stderr.write(`driver: failed after steps ${JSON.stringify(seen.steps)}; page errors: ${JSON.stringify(seen.console_errors)}\n`);
+  throw e;
+} finally {
+  await browser.close();
+  rmSync(profile, { recursive: true, force: true });
+}
+// 404s the console asked for on purpose are logged by Chromium as console errors; keep the rest
+seen.console_errors = seen.console_errors.filter((e) => !e.includes("404 (Not Found)"));
+process.stdout.write(JSON.stringify(seen));

@@ -1,0 +1,122 @@
+"""The web console in a real browser (Debian's Chromium driven by playwright-core) against a real
+cloud under uvicorn: log in, find the device, see its chart hold the stored readings, see a new
+reading arrive live without a reload, issue a credential that really works, create a site, and a
+user of another tenant gets the 404 page for the device. Screenshots go to tests/artifacts/console/."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pulse.cloud.auth.accounts import create_tenant, create_user
+
+Cloud = Any  # the `cloud` fixture (conftest.py)
+
+pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parents[3]
+CONSOLE = ROOT / "cloud" / "console"
+DRIVER = Path(__file__).with_name("console_driver.mjs")
+ARTIFACTS = ROOT / "tests" / "artifacts" / "console"
+PASSWORD = "correct horse battery staple"
+BUCKET_MS = 10_000  # what the server picks for the console's default 1 h range (600 buckets at most)
+
+
+def _needs_build() -> str | None:
+    if shutil.which("node") is None:
+        return "node is not installed"
+    if not (CONSOLE / "dist" / "index.html").is_file() or not (CONSOLE / "node_modules" / "playwright-core").is_dir():
+        return "the console is not built"
+    if not Path("/usr/bin/chromium").is_file():
+        return "Debian's chromium is not installed"
+    return None
+
+
+async def test_operator_sees_live_telemetry_and_other_tenants_get_404(cloud: Cloud, serve: Any) -> None:
+    missing = _needs_build()
+    assert missing is None, f"{missing}: run ./deploy/install.sh first"
+    db = cloud.app.state.pulse.db
+    a_slug, b_slug = "acme-" + uuid.uuid4().hex[:6], "other-" + uuid.uuid4().hex[:6]
+    await create_tenant(db, slug=a_slug, name="Acme Water", actor="test")
+    await create_tenant(db, slug=b_slug, name="Other Co", actor="test")
+    a_email, b_email = f"ops-{a_slug}@example.com", f"viewer-{b_slug}@example.com"
+    await create_user(db, email=a_email, password=PASSWORD, roles=["tenant-admin"], tenant=a_slug, actor="test")
+    await create_user(db, email=b_email, password=PASSWORD, roles=["customer"], tenant=b_slug, actor="test")
+    r = await cloud.client.post("/auth/login", json={"email": a_email, "password": PASSWORD})
+    a = {"Authorization": f"Bearer {r.json()['access_token']}"}
+
+    device, device_id, token = await cloud.device_with_token(a, device_id="pump-" + uuid.uuid4().hex[:6])
+    await cloud.client.patch(f"/api/v1/devices/{device}", json={"status": "active", "tags": ["pumps"]}, headers=a)
+    for i in range(5):  # some neighbours, so the list has something to filter
+        await cloud.client.post("/api/v1/devices", json={"device_id": f"valve-{i:03d}"}, headers=a)
+
+    # history: one reading a minute for 20 minutes, each in its own bucket
+    now_ms = int(time.time() * 1000)
+    history = [(now_ms - (20 - i) * 60_000, 20.0 + i * 0.5) for i in range(20)]
+
+    async with serve(cloud.app, lifespan=False) as base:
+        import httpx
+
+        async with httpx.AsyncClient(base_url=base) as client:
+            r = await client.post(
+                "/ingest/v1/telemetry",
+                json=[{"v": 1, "ts": t, "metrics": {"temp": v, "pressure": 1.2}} for t, v in history],
+                headers={"Authorization": f"Bearer {token}"},
+            )
+            assert r.status_code == 200 and r.json()["accepted"] == 20, r.text
+
+            task = {
+                "base": base,
+                "console_dir": str(CONSOLE),
+                "artifacts": str(ARTIFACTS),
+                "password": PASSWORD,
+                "a_email": a_email,
+                "b_email": b_email,
+                "device": device,
+                "device_id": device_id,
+                "device_token": token,
+                "metric": "temp",
+                "history_points": len(history),
+                "live_ts": int(time.time() * 1000),
+                "live_value": 73.25,
+                "site_name": "Harbour pumping station",
+            }
+            proc = await asyncio.create_subprocess_exec(
+                "node", str(DRIVER), stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+            )
+            out, err = await asyncio.wait_for(proc.communicate(json.dumps(task).encode()), 120)
+            assert proc.returncode == 0, f"browser driver failed:\n{err.decode()[-4000:]}"
+            seen = json.loads(out)
+
+            # the credential the console showed once is a working device token
+            r = await client.post(
+                "/ingest/v1/telemetry", json={"v": 1, "metrics": {"temp": 1}}, headers={"Authorization": f"Bearer {seen['issued_token']}"}
+            )
+            assert r.status_code == 200, r.text
+
+    assert seen["console_errors"] == []
+    assert seen["kpi_active"] == 1 and seen["kpi_provisioned"] == 5
+    assert seen["device_rows"] == 1
+    # the chart holds exactly the stored readings, bucketed like the server does
+    assert seen["history"] == [[t // BUCKET_MS * BUCKET_MS, v] for t, v in history]
+    # ... and then the live one, without a reload
+    assert seen["live_ingest_status"] == 200
+    assert seen["after_live"][:-1] == seen["history"]
+    assert seen["after_live"][-1] == [task["live_ts"] // BUCKET_MS * BUCKET_MS, task["live_value"]]
+    assert seen["no_reload"] is True
+    assert seen["credential_rows"] == 2 and seen["theme"] == "dark"
+    # another tenant's user: the 404 page, and no chart of A's device
+    assert "No such device in your tenant" in seen["b_not_found_text"]
+    assert seen["b_chart_count"] == 0
+
+    r = await cloud.client.get("/api/v1/sites", headers=a)
+    assert [s["name"] for s in r.json()] == ["Harbour pumping station"]
+    for name in ("01-overview", "03-device", "04-device-live", "08-other-tenant-404"):
+        assert (ARTIFACTS / f"{name}.png").stat().st_size > 10_000, name
