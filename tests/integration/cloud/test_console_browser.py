@@ -26,6 +26,7 @@ CONSOLE = ROOT / "cloud" / "console"
 DRIVER = Path(__file__).with_name("console_driver.mjs")
 ARTIFACTS = ROOT / "tests" / "artifacts" / "console"
 PASSWORD = "correct horse battery staple"
+FLEET = 2500
 BUCKET_MS = 10_000  # what the server picks for the console's default 1 h range (600 buckets at most)
 
 
@@ -54,8 +55,10 @@ async def test_operator_sees_live_telemetry_and_other_tenants_get_404(cloud: Clo
 
     device, device_id, token = await cloud.device_with_token(a, device_id="pump-" + uuid.uuid4().hex[:6])
     await cloud.client.patch(f"/api/v1/devices/{device}", json={"status": "active", "tags": ["pumps"]}, headers=a)
-    for i in range(5):  # some neighbours, so the list has something to filter
-        await cloud.client.post("/api/v1/devices", json={"device_id": f"valve-{i:03d}"}, headers=a)
+    # a fleet of thousands, so the list has to page on the server
+    fleet = "device_id,tags\n" + "".join(f"valve-{i:05d},valves\n" for i in range(FLEET))
+    r = await cloud.client.post("/api/v1/devices/import", content=fleet, headers={**a, "Content-Type": "text/csv"})
+    assert r.status_code == 201 and r.json()["imported"] == FLEET, r.text
 
     # history: one reading a minute for 20 minutes, each in its own bucket
     now_ms = int(time.time() * 1000)
@@ -102,7 +105,11 @@ async def test_operator_sees_live_telemetry_and_other_tenants_get_404(cloud: Clo
             assert r.status_code == 200, r.text
 
     assert seen["console_errors"] == []
-    assert seen["kpi_active"] == 1 and seen["kpi_provisioned"] == 5
+    assert seen["kpi_active"] == 1 and seen["kpi_provisioned"] == FLEET
+    # paging: 100 rows a page, page 2 starts where page 1 ended, and search finds the one device
+    everyone = sorted([device_id, *(f"valve-{i:05d}" for i in range(FLEET))])
+    assert seen["page1"] == everyone[:100]
+    assert seen["page2"] == everyone[100:200]
     assert seen["device_rows"] == 1
     # the chart holds exactly the stored readings, bucketed like the server does
     assert seen["history"] == [[t // BUCKET_MS * BUCKET_MS, v] for t, v in history]

@@ -25,8 +25,10 @@ export function DevicesPage() {
     limit: Number(query.get("limit")) || 100,
   };
   const key = JSON.stringify(filters);
-  const [cursors, setCursors] = useState<(string | null)[]>([null]);
-  useEffect(() => setCursors([null]), [key]);
+  // the cursor stack belongs to one set of filters: new filters start again at page 1
+  const [paging, setPaging] = useState<{ key: string; cursors: (string | null)[] }>({ key, cursors: [null] });
+  const cursors = paging.key === key ? paging.cursors : [null];
+  const setCursors = (f: (c: (string | null)[]) => (string | null)[]) => setPaging({ key, cursors: f(cursors) });
   const cursor = cursors[cursors.length - 1];
   const sites = useSites();
   const siteName = useMemo(() => new Map((sites.data ?? []).map((s) => [s.id, s.name])), [sites.data]);
