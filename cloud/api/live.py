@@ -14,16 +14,20 @@ Protocol (JSON text frames):
 Browsers cannot put an Authorization header on a WebSocket, so the token travels in the first
 frame (never in the URL, where logs would keep it). The tenant comes only from that verified token;
 a device is looked up under row-level security, so another tenant's device is "not found".
-Close codes: 4400 bad frame, 4401 no or invalid token, 4403 the account has no tenant access."""
+Close codes: 4400 bad frame, 4401 no or invalid token, or the token expired (the socket lives no longer
+than the token it was opened with), 4403 the account has no tenant access."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import json
+import math
+import time
 import uuid
 from typing import Any
 
+import jwt
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
 from pulse.cloud.api.deps import Components, TenantCaller, tenant_reader
@@ -54,7 +58,16 @@ async def _frame(ws: WebSocket) -> dict[str, Any]:
     return doc
 
 
-async def _authenticate(ws: WebSocket, parts: Components) -> TenantCaller | None:
+def _expires_at(token: str) -> float:
+    """When a token that ``authenticate`` accepted stops being valid (its ``exp``; unbounded if none)."""
+    try:
+        exp = jwt.decode(token, options={"verify_signature": False}).get("exp")
+    except jwt.PyJWTError:
+        return math.inf
+    return float(exp) if isinstance(exp, int | float) else math.inf
+
+
+async def _authenticate(ws: WebSocket, parts: Components) -> tuple[TenantCaller, float] | None:
     try:
         first = await asyncio.wait_for(_frame(ws), AUTH_TIMEOUT_S)
     except TimeoutError:
@@ -68,7 +81,7 @@ async def _authenticate(ws: WebSocket, parts: Components) -> TenantCaller | None
         await ws.close(4401, "the first frame is {type: auth, token}")
         return None
     try:
-        return await tenant_reader(await parts.auth.authenticate(f"Bearer {token}"))
+        return await tenant_reader(await parts.auth.authenticate(f"Bearer {token}")), _expires_at(token)
     except AuthError as exc:
         await ws.close(4401, exc.message[:120])
     except ForbiddenError as exc:
@@ -89,9 +102,10 @@ async def live(ws: WebSocket) -> None:
     parts: Components = ws.app.state.pulse
     hub: LiveHub = ws.app.state.live
     await ws.accept()
-    caller = await _authenticate(ws, parts)
-    if caller is None:
+    authenticated = await _authenticate(ws, parts)
+    if authenticated is None:
         return
+    caller, expires_at = authenticated
     await ws.send_json({"type": "ready", "tenant_id": str(caller.tenant_id)})
     sub: Subscription | None = None
     pump: asyncio.Task[None] | None = None
@@ -109,7 +123,12 @@ async def live(ws: WebSocket) -> None:
     try:
         while True:
             try:
-                frame = await _frame(ws)
+                # the socket lives as long as its token: then 4401, and the client comes back with a fresh one
+                frame = await asyncio.wait_for(_frame(ws), max(0.0, expires_at - time.time()) if expires_at < math.inf else None)
+            except TimeoutError:
+                await stop()
+                await ws.close(4401, "the access token expired; reconnect with a fresh one")
+                return
             except _BadFrame as exc:
                 await ws.send_json({"type": "error", "code": str(Code.API_INVALID), "message": str(exc)})
                 continue

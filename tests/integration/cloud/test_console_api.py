@@ -18,6 +18,7 @@ from websockets.exceptions import ConnectionClosed
 
 from pulse.cloud.api.telemetry import choose_bucket
 from pulse.cloud.app import create_app
+from pulse.cloud.auth.tokens import SessionTokens
 from pulse.cloud.settings import Settings
 
 Cloud = Any  # the `cloud` fixture (conftest.py)
@@ -186,6 +187,21 @@ async def test_live_socket_closes_without_a_valid_token(cloud_settings: Settings
         with pytest.raises(ConnectionClosed) as closed:
             await frame(ws)
         assert closed.value.rcvd is not None and closed.value.rcvd.code == code
+
+
+async def test_live_socket_closes_when_its_token_expires(cloud: Cloud, serve: Any) -> None:
+    tenant_id, _ = await cloud.tenant_user()
+    s = cloud.settings
+    tokens = SessionTokens(s.jwt_secret.get_secret_value(), issuer=s.jwt_issuer, ttl_s=s.access_token_ttl_s)
+    # a token issued so long ago that it has two seconds left
+    token = tokens.issue(user_id=uuid.uuid4(), tenant_id=tenant_id, roles=["customer"], now=time.time() - s.access_token_ttl_s + 2)
+    async with serve(cloud.app, lifespan=False) as base, connect(ws_url(base)) as ws:
+        await ws.send(json.dumps({"type": "auth", "token": token}))
+        assert (await frame(ws))["type"] == "ready"
+        with pytest.raises(ConnectionClosed) as closed:
+            await frame(ws)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 4401
+        assert "expired" in closed.value.rcvd.reason
 
 
 # --- /app static files -----------------------------------------------------------------------
