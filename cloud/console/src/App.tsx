@@ -72,7 +72,9 @@ export function App() {
       : []),
     ...(access.operator ? ([["/operator/tenants", "Tenants"]] as [string, string][]) : []),
   ];
-  const active = (to: string) => (to === "/" ? path === "/" : path === to || path.startsWith(to + "/"));
+  // an operator without a tenant lands on the tenants view at "/"
+  const here = !access.tenant && access.operator && path === "/" ? "/operator/tenants" : path;
+  const active = (to: string) => (to === "/" ? here === "/" : here === to || here.startsWith(to + "/"));
   return (
     <AccessContext.Provider value={access}>
       <div className="shell">

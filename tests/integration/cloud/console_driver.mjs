@@ -115,6 +115,18 @@ try {
   await page.getByRole("button", { name: "I have stored it" }).click();
   await page.getByTestId("secret-token").waitFor({ state: "detached" });
   seen.credential_rows = await page.getByTestId("credentials").locator("tbody tr").count();
+  // rotate the first credential (the one the device was made with): a new secret, shown once
+  page.on("dialog", (d) => d.accept());
+  const first = page.getByTestId("credentials").locator("tbody tr").first();
+  await first.getByRole("button", { name: "Rotate" }).click();
+  seen.rotated_token = (await page.getByTestId("secret-token").textContent()).trim();
+  await page.getByRole("button", { name: "I have stored it" }).click();
+  // revoke the one issued above
+  const second = page.getByTestId("credentials").locator("tbody tr").nth(1);
+  await second.getByRole("button", { name: "Revoke" }).click();
+  await second.getByText("revoked").waitFor();
+  seen.credential_states = await page.getByTestId("credentials").locator("tbody tr td:nth-child(4)").allTextContents();
+  step("credentials issued, rotated, revoked");
 
   // dark theme
   await page.getByRole("button", { name: "Toggle dark theme" }).click();
@@ -140,6 +152,16 @@ try {
   seen.b_chart_count = await other.getByTestId("telemetry-chart").count();
   await shot(other, "08-other-tenant-404");
   step("cross-tenant 404 seen");
+
+  // --- an operator: the tenants view only ---------------------------------------------------
+  const ops = await browser.newPage();
+  watch(ops, "operator");
+  await login(ops, task.operator_email);
+  await ops.getByRole("table").getByText(task.a_slug).waitFor();
+  seen.operator_nav = await ops.getByRole("navigation", { name: "Main" }).getByRole("link").allTextContents();
+  seen.operator_tenant_row = await ops.getByRole("row").filter({ hasText: task.a_slug }).textContent();
+  await shot(ops, "09-operator-tenants");
+  step("operator sees tenants");
 } catch (e) {
   // leave evidence for whoever reads the failure: a screenshot of every tab and what the pages logged
   for (const [i, p] of browser.pages().entries()) await p.screenshot({ path: join(task.artifacts, `failure-${i}.png`) }).catch(() => {});

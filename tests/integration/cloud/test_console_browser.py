@@ -50,6 +50,8 @@ async def test_operator_sees_live_telemetry_and_other_tenants_get_404(cloud: Clo
     a_email, b_email = f"ops-{a_slug}@example.com", f"viewer-{b_slug}@example.com"
     await create_user(db, email=a_email, password=PASSWORD, roles=["tenant-admin"], tenant=a_slug, actor="test")
     await create_user(db, email=b_email, password=PASSWORD, roles=["customer"], tenant=b_slug, actor="test")
+    operator_email = f"noc-{a_slug}@example.com"
+    await create_user(db, email=operator_email, password=PASSWORD, roles=["operator"], tenant=None, actor="test")
     r = await cloud.client.post("/auth/login", json={"email": a_email, "password": PASSWORD})
     a = {"Authorization": f"Bearer {r.json()['access_token']}"}
 
@@ -82,6 +84,8 @@ async def test_operator_sees_live_telemetry_and_other_tenants_get_404(cloud: Clo
                 "password": PASSWORD,
                 "a_email": a_email,
                 "b_email": b_email,
+                "operator_email": operator_email,
+                "a_slug": a_slug,
                 "device": device,
                 "device_id": device_id,
                 "device_token": token,
@@ -98,11 +102,17 @@ async def test_operator_sees_live_telemetry_and_other_tenants_get_404(cloud: Clo
             assert proc.returncode == 0, f"browser driver failed:\n{err.decode()[-4000:]}"
             seen = json.loads(out)
 
-            # the credential the console showed once is a working device token
-            r = await client.post(
-                "/ingest/v1/telemetry", json={"v": 1, "metrics": {"temp": 1}}, headers={"Authorization": f"Bearer {seen['issued_token']}"}
-            )
-            assert r.status_code == 200, r.text
+            # what the console did to credentials really happened: the rotated secret works and the old
+            # one does not; the issued-then-revoked token no longer works
+            async def ingest_with(device_token: str) -> int:
+                r = await client.post(
+                    "/ingest/v1/telemetry", json={"v": 1, "metrics": {"temp": 1}}, headers={"Authorization": f"Bearer {device_token}"}
+                )
+                return r.status_code
+
+            assert await ingest_with(seen["rotated_token"]) == 200
+            assert await ingest_with(token) == 401
+            assert await ingest_with(seen["issued_token"]) == 401
 
     assert seen["console_errors"] == []
     assert seen["kpi_active"] == 1 and seen["kpi_provisioned"] == FLEET
@@ -119,6 +129,11 @@ async def test_operator_sees_live_telemetry_and_other_tenants_get_404(cloud: Clo
     assert seen["after_live"][-1] == [task["live_ts"] // BUCKET_MS * BUCKET_MS, task["live_value"]]
     assert seen["no_reload"] is True
     assert seen["credential_rows"] == 2 and seen["theme"] == "dark"
+    assert seen["rotated_token"] not in (token, seen["issued_token"])
+    assert seen["credential_states"] == ["valid", "revoked"]
+    # role-aware navigation: an operator gets the tenants view, not a tenant's pages
+    assert seen["operator_nav"] == ["Tenants"]
+    assert "Acme Water" in seen["operator_tenant_row"] and str(FLEET + 1) in seen["operator_tenant_row"]
     # another tenant's user: the 404 page, and no chart of A's device
     assert "No such device in your tenant" in seen["b_not_found_text"]
     assert seen["b_chart_count"] == 0
