@@ -108,6 +108,14 @@ try {
   await shot(page, "04-device-live");
   step("live point arrived");
 
+  // edit the device's properties
+  await page.getByRole("button", { name: "Edit", exact: true }).click();
+  await page.getByRole("form", { name: "Edit device" }).getByLabel("Name").fill(task.device_name);
+  await shot(page, "05a-device-edit");
+  await page.getByRole("button", { name: "Save" }).click();
+  await page.getByRole("heading", { name: task.device_name }).waitFor();
+  step("device renamed");
+
   // credentials: the secret is shown once
   await page.getByRole("button", { name: "Issue token" }).click();
   seen.issued_token = (await page.getByTestId("secret-token").textContent()).trim();

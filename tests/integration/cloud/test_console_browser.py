@@ -94,6 +94,7 @@ async def test_operator_sees_live_telemetry_and_other_tenants_get_404(cloud: Clo
                 "live_ts": int(time.time() * 1000),
                 "live_value": 73.25,
                 "site_name": "Harbour pumping station",
+                "device_name": "Intake pump 2",
             }
             proc = await asyncio.create_subprocess_exec(
                 "node", str(DRIVER), stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
@@ -138,6 +139,8 @@ async def test_operator_sees_live_telemetry_and_other_tenants_get_404(cloud: Clo
     assert "No such device in your tenant" in seen["b_not_found_text"]
     assert seen["b_chart_count"] == 0
 
+    r = await cloud.client.get(f"/api/v1/devices/{device}", headers=a)
+    assert r.json()["name"] == "Intake pump 2" and r.json()["tags"] == ["pumps"] and r.json()["status"] == "active"
     r = await cloud.client.get("/api/v1/sites", headers=a)
     assert [s["name"] for s in r.json()] == ["Harbour pumping station"]
     for name in ("01-overview", "03-device", "04-device-live", "08-other-tenant-404"):

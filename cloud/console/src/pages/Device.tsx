@@ -31,6 +31,8 @@ function DeviceView({ device }: { device: Device }) {
   });
   const sites = useSites();
   const site = sites.data?.find((s) => s.id === device.site_id);
+  const { canWrite } = useAccess();
+  const [editing, setEditing] = useState(false);
   return (
     <>
       <div className="page-head">
@@ -41,7 +43,15 @@ function DeviceView({ device }: { device: Device }) {
       </div>
       <div className="grid2">
         <section className="card">
-          <h2>Properties</h2>
+          <div className="page-head">
+            <h2>Properties</h2>
+            {canWrite && device.status !== "decommissioned" && !editing && (
+              <button className="btn small" onClick={() => setEditing(true)}>Edit</button>
+            )}
+          </div>
+          {editing ? (
+            <EditDevice device={device} onDone={() => setEditing(false)} />
+          ) : (
           <dl className="props">
             <dt>Id</dt><dd><code>{device.id}</code></dd>
             <dt>Site</dt><dd>{site ? site.name : device.site_id ? "…" : <span className="muted">none</span>}</dd>
@@ -51,9 +61,10 @@ function DeviceView({ device }: { device: Device }) {
             <dt>Updated</dt><dd><Time value={device.updated_at} /></dd>
             {device.decommissioned_at && (<><dt>Decommissioned</dt><dd><Time value={device.decommissioned_at} /></dd></>)}
             {Object.entries(device.attributes).map(([k, v]) => (
-              <span key={k} className="contents"><dt>{k}</dt><dd>{String(v)}</dd></span>
+              <div key={k} className="contents"><dt>{k}</dt><dd>{String(v)}</dd></div>
             ))}
           </dl>
+          )}
         </section>
         <section className="card">
           <h2>Latest values</h2>
@@ -222,5 +233,73 @@ function Credentials({ device }: { device: Device }) {
         </table>
       )}
     </section>
+  );
+}
+
+function EditDevice({ device, onDone }: { device: Device; onDone: () => void }) {
+  const client = useQueryClient();
+  const sites = useSites();
+  const [form, setForm] = useState({ name: device.name, site_id: device.site_id ?? "", tags: device.tags.join(", "), status: device.status });
+  const save = useMutation({
+    mutationFn: () =>
+      api<Device>(`/api/v1/devices/${device.id}`, {
+        method: "PATCH",
+        body: { name: form.name, site_id: form.site_id || null, tags: form.tags.split(/[\s,]+/).filter(Boolean), status: form.status },
+      }),
+    onSuccess: (d) => {
+      client.setQueryData(["device", device.id], d);
+      client.invalidateQueries({ queryKey: ["devices"] });
+      client.invalidateQueries({ queryKey: ["fleet-summary"] });
+      onDone();
+    },
+  });
+  const decommission = useMutation({
+    mutationFn: () => api<Device>(`/api/v1/devices/${device.id}/decommission`, { method: "POST" }),
+    onSuccess: (d) => {
+      client.setQueryData(["device", device.id], d);
+      client.invalidateQueries({ queryKey: ["credentials", device.id] });
+      client.invalidateQueries({ queryKey: ["devices"] });
+      client.invalidateQueries({ queryKey: ["fleet-summary"] });
+      onDone();
+    },
+  });
+  return (
+    <form
+      className="stack"
+      aria-label="Edit device"
+      onSubmit={(e) => {
+        e.preventDefault();
+        save.mutate();
+      }}
+    >
+      <label>Name <input value={form.name} maxLength={200} onChange={(e) => setForm({ ...form, name: e.target.value })} /></label>
+      <label>
+        Site
+        <select value={form.site_id} onChange={(e) => setForm({ ...form, site_id: e.target.value })}>
+          <option value="">no site</option>
+          {(sites.data ?? []).map((s) => <option key={s.id} value={s.id}>{s.name}</option>)}
+        </select>
+      </label>
+      <label>Tags <input value={form.tags} placeholder="comma separated" onChange={(e) => setForm({ ...form, tags: e.target.value })} /></label>
+      <label>
+        Status
+        <select value={form.status} onChange={(e) => setForm({ ...form, status: e.target.value as Device["status"] })}>
+          {["provisioned", "active", "disabled"].map((s) => <option key={s} value={s}>{s}</option>)}
+        </select>
+      </label>
+      {(save.error ?? decommission.error) && <ErrorBox error={save.error ?? decommission.error} />}
+      <div className="row">
+        <button className="btn primary" disabled={save.isPending}>Save</button>
+        <button type="button" className="btn" onClick={onDone}>Cancel</button>
+        <span className="spacer" />
+        <button
+          type="button"
+          className="btn danger"
+          onClick={() => confirm(`Decommission ${device.device_id}? Its credentials are revoked and it can no longer send. This cannot be undone.`) && decommission.mutate()}
+        >
+          Decommission
+        </button>
+      </div>
+    </form>
   );
 }

@@ -55,7 +55,7 @@ export function DevicesPage() {
     if (search === filters.q) return;
     const t = setTimeout(() => set("q", search), 300);
     return () => clearTimeout(t);
-  }, [search]); // eslint-disable-line react-hooks/exhaustive-deps
+  }, [search]); // only the typed text starts a search; the URL is the source of truth for the rest
 
   const [creating, setCreating] = useState(false);
   const filtered = filters.q || filters.site || filters.tag || filters.status;
