@@ -147,8 +147,19 @@ try {
   await page.getByLabel("Address").fill("1 Harbour Road");
   await page.getByRole("button", { name: "Add site" }).click();
   await page.getByTestId("sites-table").getByText(task.site_name).waitFor();
+  // edit it, then add a second one and delete that
+  await page.getByTestId("sites-table").getByRole("row").filter({ hasText: task.site_name }).getByRole("button", { name: "Edit" }).click();
+  await page.getByRole("form", { name: "Save" }).getByLabel("Address").fill("2 Harbour Road");
+  await page.getByRole("button", { name: "Save" }).click();
+  await page.getByTestId("sites-table").getByText("2 Harbour Road").waitFor();
+  await page.getByLabel("Site name").fill("Spare yard");
+  await page.getByRole("button", { name: "Add site" }).click();
+  const spare = page.getByTestId("sites-table").getByRole("row").filter({ hasText: "Spare yard" });
+  await spare.waitFor();
   await shot(page, "07-sites-dark");
-  step("site created");
+  await spare.getByRole("button", { name: "Delete" }).click();
+  await spare.waitFor({ state: "detached" });
+  step("sites created, edited, deleted");
 
   // --- tenant B's user opens A's device by its URL: 404 ----------------------------------------
   const other = await browser.newPage(); // a new tab: its own sessionStorage, so its own session

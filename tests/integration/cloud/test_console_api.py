@@ -19,6 +19,7 @@ from websockets.exceptions import ConnectionClosed
 from pulse.cloud.api.telemetry import choose_bucket
 from pulse.cloud.app import create_app
 from pulse.cloud.auth.tokens import SessionTokens
+from pulse.cloud.errors import InvalidError
 from pulse.cloud.settings import Settings
 
 Cloud = Any  # the `cloud` fixture (conftest.py)
@@ -128,6 +129,22 @@ async def test_fleet_summary_counts_only_own_tenant(cloud: Cloud) -> None:
     }
     r = await cloud.client.get("/api/v1/fleet/summary", headers=a)
     assert r.json()["devices"] == 0 and r.json()["sites"] == 0
+
+
+async def test_only_committed_rows_are_published_live(cloud: Cloud) -> None:
+    tenant_id, _ = await cloud.tenant_user()
+    sub = cloud.app.state.live.subscribe(tenant_id, "meter-9")
+    now = datetime.now(UTC)
+
+    def telemetry(metrics: str) -> tuple[Any, ...]:
+        return (now, tenant_id, "meter-9", "telemetry", metrics, None, None, None, None, "test", now)
+
+    with pytest.raises(InvalidError):  # the database refuses this row: nothing is stored, nothing published
+        await cloud.app.state.writer.write([telemetry('{"kwh": ')])
+    await cloud.app.state.writer.write([telemetry('{"kwh": 4.5}')])
+    points, dropped = await asyncio.wait_for(sub.next_batch(), 10)
+    assert [p.metrics for p in points] == [{"kwh": 4.5}] and dropped == 0
+    cloud.app.state.live.unsubscribe(sub)
 
 
 # --- live WebSocket --------------------------------------------------------------------------

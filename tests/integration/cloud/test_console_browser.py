@@ -142,6 +142,6 @@ async def test_operator_sees_live_telemetry_and_other_tenants_get_404(cloud: Clo
     r = await cloud.client.get(f"/api/v1/devices/{device}", headers=a)
     assert r.json()["name"] == "Intake pump 2" and r.json()["tags"] == ["pumps"] and r.json()["status"] == "active"
     r = await cloud.client.get("/api/v1/sites", headers=a)
-    assert [s["name"] for s in r.json()] == ["Harbour pumping station"]
+    assert [(s["name"], s["address"]) for s in r.json()] == [("Harbour pumping station", "2 Harbour Road")]
     for name in ("01-overview", "03-device", "04-device-live", "08-other-tenant-404"):
         assert (ARTIFACTS / f"{name}.png").stat().st_size > 10_000, name
