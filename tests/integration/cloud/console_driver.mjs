@@ -55,6 +55,13 @@ try {
   // --- tenant A's admin ---------------------------------------------------------------------
   const page = browser.pages()[0] ?? (await browser.newPage());
   watch(page, "a");
+  // a wrong password first: a clear message, still on the login page
+  await page.goto(task.base + "/app/");
+  await page.getByLabel("Email").fill(task.a_email);
+  await page.getByLabel("Password").fill("not the password");
+  await page.getByRole("button", { name: "Log in" }).click();
+  seen.bad_login = await page.getByRole("alert").textContent();
+  await shot(page, "00-login-refused");
   await login(page, task.a_email);
   step("logged in");
   await page.getByTestId("kpi-sites").waitFor();
@@ -165,10 +172,18 @@ try {
   const other = await browser.newPage(); // a new tab: its own sessionStorage, so its own session
   watch(other, "b");
   await login(other, task.b_email);
+  // spoil the access token: the console must renew it with the refresh token, not log out
+  const before = await other.evaluate(() => JSON.parse(sessionStorage.getItem("pulse.session")));
+  await other.evaluate(() => {
+    const s = JSON.parse(sessionStorage.getItem("pulse.session"));
+    sessionStorage.setItem("pulse.session", JSON.stringify({ ...s, access: "spoiled" }));
+  });
   await other.goto(`${task.base}/app/devices/${task.device}`);
   await other.getByTestId("not-found").waitFor();
   seen.b_not_found_text = await other.getByTestId("not-found").textContent();
   seen.b_chart_count = await other.getByTestId("telemetry-chart").count();
+  const after = await other.evaluate(() => JSON.parse(sessionStorage.getItem("pulse.session")));
+  seen.b_session_renewed = after.access !== "spoiled" && after.refresh !== before.refresh;
   await shot(other, "08-other-tenant-404");
   step("cross-tenant 404 seen");
 
@@ -190,6 +205,6 @@ try {
   await browser.close();
   rmSync(profile, { recursive: true, force: true });
 }
-// 404s the console asked for on purpose are logged by Chromium as console errors; keep the rest
-seen.console_errors = seen.console_errors.filter((e) => !e.includes("404 (Not Found)"));
+// 404s and 401s the test provoked on purpose are logged by Chromium as console errors; keep the rest
+seen.console_errors = seen.console_errors.filter((e) => !e.includes("404 (Not Found)") && !e.includes("401 (Unauthorized)"));
 process.stdout.write(JSON.stringify(seen));

@@ -116,6 +116,8 @@ async def test_operator_sees_live_telemetry_and_other_tenants_get_404(cloud: Clo
             assert await ingest_with(seen["issued_token"]) == 401
 
     assert seen["console_errors"] == []
+    assert "Wrong email or password" in seen["bad_login"]
+    assert seen["b_session_renewed"] is True
     assert seen["kpi_active"] == 1 and seen["kpi_provisioned"] == FLEET
     # paging: 100 rows a page, page 2 starts where page 1 ended, and search finds the one device
     everyone = sorted([device_id, *(f"valve-{i:05d}" for i in range(FLEET))])
