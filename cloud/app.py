@@ -18,7 +18,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pulse.cloud.api import auth as auth_api
-from pulse.cloud.api import devices, operator, sites
+from pulse.cloud.api import devices, fleet, live, operator, sites, telemetry
+from pulse.cloud.api.console import mount_console
 from pulse.cloud.api.deps import Components
 from pulse.cloud.auth.accounts import Accounts
 from pulse.cloud.auth.tokens import Authenticator, OidcVerifier, SessionTokens
@@ -28,6 +29,7 @@ from pulse.cloud.errors import CloudError
 from pulse.cloud.ingest import http as ingest_http
 from pulse.cloud.ingest.identity import CredentialRecord, DeviceTokenCache
 from pulse.cloud.ingest.writer import Writer
+from pulse.cloud.live import LiveHub
 from pulse.cloud.metrics import Metrics
 from pulse.cloud.settings import Settings
 from pulse.protocol.errors import Code, PulseError
@@ -73,7 +75,8 @@ def create_app(settings: Settings) -> FastAPI:
         return None if row is None else CredentialRecord(**dict(row))
 
     tokens = DeviceTokenCache(lookup, ttl_s=settings.device_token_cache_s)
-    writer = Writer(settings.writer, retry_after_s=settings.retry_after_s, on_flush=metrics.on_flush)
+    hub = LiveHub()
+    writer = Writer(settings.writer, retry_after_s=settings.retry_after_s, on_flush=metrics.on_flush, on_commit=hub.publish)
     metrics.watch_queue(lambda: writer.queued_rows)
     ingest = ingest_http.IngestService(config=settings.ingest, tokens=tokens, writer=writer, metrics=metrics)
 
@@ -121,6 +124,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.accounts = Accounts(db, sessions, refresh_ttl_s=settings.refresh_token_ttl_s)
     app.state.metrics = metrics
     app.state.writer = writer
+    app.state.live = hub
 
     @app.exception_handler(CloudError)
     async def cloud_error(request: Request, exc: CloudError) -> JSONResponse:
@@ -168,4 +172,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(sites.router)
     app.include_router(devices.router)
     app.include_router(operator.router)
+    app.include_router(fleet.router)
+    app.include_router(telemetry.router)
+    app.include_router(live.router)
+    mount_console(app, settings.console_dir)
     return app

@@ -79,6 +79,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         "log_level": "info",
         "access_log": args.access_log,
         "timeout_graceful_shutdown": 10,
+        "ws": "websockets-sansio",  # the console's live socket (/api/v1/live)
     }
     if workers == 1:
         uvicorn.run(create_app(s), **common)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 from pydantic import AliasChoices, Field, SecretStr, model_validator
@@ -68,6 +69,7 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8080
     workers: int = Field(default=1, ge=1, le=64)
+    console_dir: Path | None = Field(default=None, description="built web console (default: cloud/console/dist)")
 
     @model_validator(mode="after")
     def _enforce_non_default_secrets(self) -> Settings:

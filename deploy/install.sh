@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs everything Pulse needs on a Debian/Ubuntu machine, idempotently:
-#   - system packages when missing: Python 3.11+ with venv, PostgreSQL server binaries
+#   - system packages when missing: Python 3.11+ with venv, PostgreSQL server binaries, Node.js and
+#     npm (to build the web console), Chromium (the console's browser tests)
 #   - a virtual environment in .venv/ at the repository root with Pulse (editable) and its test tools
+#   - the web console built into cloud/console/dist (npm ci + vite build), served by the cloud at /app
 # Safe to re-run: each step checks first and does nothing when already done.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -57,6 +59,22 @@ if [ "$(id -u)" -eq 0 ] && ! id postgres >/dev/null 2>&1; then
   useradd --system --home-dir /var/lib/postgresql --shell /usr/sbin/nologin postgres
 fi
 
+# --- Node.js and npm (console build), Chromium (console browser tests) -----------------------
+node_ok() { command -v node >/dev/null 2>&1 && node -e 'const [a,b]=process.versions.node.split(".").map(Number); process.exit(a>18||(a===18&&b>=19)?0:1)'; }
+if ! command -v node >/dev/null 2>&1; then
+  apt_install nodejs
+fi
+if ! node_ok; then
+  echo "Pulse's console needs Node.js 18.19 or newer; $(node --version 2>&1) was found." >&2
+  exit 1
+fi
+if ! command -v npm >/dev/null 2>&1; then
+  apt_install npm
+fi
+if [ ! -x /usr/bin/chromium ]; then
+  apt_install chromium
+fi
+
 # --- virtual environment --------------------------------------------------------------------
 if [ ! -x .venv/bin/python ]; then
   log "creating .venv"
@@ -72,3 +90,20 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] || [ ! -x .venv/bin/pul
   echo "$want" > "$stamp"
 fi
 log "installed: $(.venv/bin/pulse version)"
+
+# --- web console: npm ci when the lock file changed, vite build when the sources changed ------
+console=cloud/console
+npm_stamp=$console/node_modules/.pulse-npm-stamp
+want="$(cat $console/package.json $console/package-lock.json | sha256sum | cut -d' ' -f1)"
+if [ ! -f "$npm_stamp" ] || [ "$(cat "$npm_stamp")" != "$want" ]; then
+  log "installing the console's npm packages (npm ci)"
+  (cd $console && npm ci --no-audit --no-fund --loglevel=error)
+  echo "$want" > "$npm_stamp"
+fi
+build_stamp=$console/dist/.pulse-build-stamp
+want="$(cd $console && find src index.html vite.config.ts tsconfig.json package-lock.json -type f -print0 | sort -z | xargs -0 sha256sum | sha256sum | cut -d' ' -f1)"
+if [ ! -f "$build_stamp" ] || [ "$(cat "$build_stamp")" != "$want" ] || [ ! -f $console/dist/index.html ]; then
+  log "building the console (vite build)"
+  (cd $console && npx --no-install vite build --logLevel warn)
+  echo "$want" > "$build_stamp"
+fi

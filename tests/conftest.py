@@ -13,8 +13,10 @@ import re
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -63,3 +65,33 @@ def database_url(pg_admin_dsn: str, request: pytest.FixtureRequest) -> Iterator[
         yield _with_database(pg_admin_dsn, name)
     finally:
         asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture
+def serve() -> Callable[..., AbstractAsyncContextManager[str]]:
+    """``async with serve(app) as base_url``: the ASGI app under a real uvicorn on a free loopback
+    port, in this test's event loop; stopped when the block ends. ``lifespan=False`` for an app
+    whose lifespan the test already entered."""
+
+    @asynccontextmanager
+    async def run(app: Any, *, lifespan: bool = True) -> AsyncIterator[str]:
+        import uvicorn
+
+        config = uvicorn.Config(
+            app, host="127.0.0.1", port=0, log_level="warning", lifespan="on" if lifespan else "off", ws="websockets-sansio"
+        )
+        server = uvicorn.Server(config)
+        task = asyncio.create_task(server.serve(sockets=None))
+        while not server.started:
+            if task.done():
+                task.result()
+                raise RuntimeError("uvicorn stopped before it started")
+            await asyncio.sleep(0.02)
+        port = server.servers[0].sockets[0].getsockname()[1]
+        try:
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            server.should_exit = True
+            await task
+
+    return run

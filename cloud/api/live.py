@@ -1,0 +1,158 @@
+"""``/api/v1/live``: a WebSocket that pushes the open device's new telemetry to the console.
+
+Protocol (JSON text frames):
+
+    client -> {"type": "auth", "token": "<access token>"}          first frame, within AUTH_TIMEOUT_S
+    server -> {"type": "ready", "tenant_id": "..."}
+    client -> {"type": "subscribe", "device": "<device uuid>"}     replaces any earlier subscription
+    server -> {"type": "subscribed", "device": "...", "device_id": "..."}
+    server -> {"type": "telemetry", "device": "...", "points": [{"t": ms, "metrics": {...}}], "dropped": 0}
+    client -> {"type": "unsubscribe"}
+    server -> {"type": "error", "code": "...", "message": "..."}    e.g. api.not_found for a device of
+                                                                    another tenant; the socket stays open
+
+Browsers cannot put an Authorization header on a WebSocket, so the token travels in the first
+frame (never in the URL, where logs would keep it). The tenant comes only from that verified token;
+a device is looked up under row-level security, so another tenant's device is "not found".
+Close codes: 4400 bad frame, 4401 no or invalid token, or the token expired (the socket lives no longer
+than the token it was opened with), 4403 the account has no tenant access."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import math
+import time
+import uuid
+from typing import Any
+
+import jwt
+from fastapi import APIRouter, WebSocket, WebSocketDisconnect
+
+from pulse.cloud.api.deps import Components, TenantCaller, tenant_reader
+from pulse.cloud.errors import AuthError, ForbiddenError
+from pulse.cloud.live import LiveHub, Subscription
+from pulse.protocol.errors import Code
+
+router = APIRouter(tags=["live"])
+
+AUTH_TIMEOUT_S = 10.0
+MAX_FRAME_CHARS = 4096
+
+
+class _BadFrame(Exception):
+    pass
+
+
+async def _frame(ws: WebSocket) -> dict[str, Any]:
+    text = await ws.receive_text()
+    if len(text) > MAX_FRAME_CHARS:
+        raise _BadFrame(f"frames are at most {MAX_FRAME_CHARS} characters")
+    try:
+        doc = json.loads(text)
+    except ValueError as exc:
+        raise _BadFrame("frames are JSON objects") from exc
+    if not isinstance(doc, dict) or not isinstance(doc.get("type"), str):
+        raise _BadFrame('frames are JSON objects with a "type"')
+    return doc
+
+
+def _expires_at(token: str) -> float:
+    """When a token that ``authenticate`` accepted stops being valid (its ``exp``; unbounded if none)."""
+    try:
+        exp = jwt.decode(token, options={"verify_signature": False}).get("exp")
+    except jwt.PyJWTError:
+        return math.inf
+    return float(exp) if isinstance(exp, int | float) else math.inf
+
+
+async def _authenticate(ws: WebSocket, parts: Components) -> tuple[TenantCaller, float] | None:
+    try:
+        first = await asyncio.wait_for(_frame(ws), AUTH_TIMEOUT_S)
+    except TimeoutError:
+        await ws.close(4401, "send {type: auth, token} first")
+        return None
+    except _BadFrame as exc:
+        await ws.close(4400, str(exc))
+        return None
+    token = first.get("token")
+    if first["type"] != "auth" or not isinstance(token, str):
+        await ws.close(4401, "the first frame is {type: auth, token}")
+        return None
+    try:
+        return await tenant_reader(await parts.auth.authenticate(f"Bearer {token}")), _expires_at(token)
+    except AuthError as exc:
+        await ws.close(4401, exc.message[:120])
+    except ForbiddenError as exc:
+        await ws.close(4403, exc.message[:120])
+    return None
+
+
+async def _pump(ws: WebSocket, sub: Subscription, device: uuid.UUID) -> None:
+    while True:
+        points, dropped = await sub.next_batch()
+        wire = [{"t": p.time_ms, "metrics": p.metrics} for p in points if p.msg_type == "telemetry"]
+        if wire or dropped:
+            await ws.send_json({"type": "telemetry", "device": str(device), "points": wire, "dropped": dropped})
+
+
+@router.websocket("/api/v1/live")
+async def live(ws: WebSocket) -> None:
+    parts: Components = ws.app.state.pulse
+    hub: LiveHub = ws.app.state.live
+    await ws.accept()
+    authenticated = await _authenticate(ws, parts)
+    if authenticated is None:
+        return
+    caller, expires_at = authenticated
+    await ws.send_json({"type": "ready", "tenant_id": str(caller.tenant_id)})
+    sub: Subscription | None = None
+    pump: asyncio.Task[None] | None = None
+
+    async def stop() -> None:
+        nonlocal sub, pump
+        if pump is not None:
+            pump.cancel()
+            with contextlib.suppress(asyncio.CancelledError, WebSocketDisconnect, RuntimeError):
+                await pump
+        if sub is not None:
+            hub.unsubscribe(sub)
+        sub, pump = None, None
+
+    try:
+        while True:
+            try:
+                # the socket lives as long as its token: then 4401, and the client comes back with a fresh one
+                frame = await asyncio.wait_for(_frame(ws), max(0.0, expires_at - time.time()) if expires_at < math.inf else None)
+            except TimeoutError:
+                await stop()
+                await ws.close(4401, "the access token expired; reconnect with a fresh one")
+                return
+            except _BadFrame as exc:
+                await ws.send_json({"type": "error", "code": str(Code.API_INVALID), "message": str(exc)})
+                continue
+            if frame["type"] == "unsubscribe":
+                await stop()
+                continue
+            if frame["type"] != "subscribe":
+                await ws.send_json({"type": "error", "code": str(Code.API_INVALID), "message": f"unknown frame type {frame['type']!r}"})
+                continue
+            try:
+                device = uuid.UUID(str(frame.get("device")))
+            except ValueError:
+                await ws.send_json({"type": "error", "code": str(Code.API_INVALID), "message": "device is a device's id (UUID)"})
+                continue
+            async with parts.db.tenant(caller.tenant_id) as conn:
+                device_id = await conn.fetchval("SELECT device_id FROM devices WHERE id = $1", device)
+            await stop()
+            if device_id is None:
+                await ws.send_json({"type": "error", "code": str(Code.API_NOT_FOUND), "message": "no such device in your tenant"})
+                continue
+            sub = hub.subscribe(caller.tenant_id, device_id)
+            pump = asyncio.create_task(_pump(ws, sub, device), name="pulse-live-pump")
+            await ws.send_json({"type": "subscribed", "device": str(device), "device_id": device_id})
+    except WebSocketDisconnect:
+        pass
+    finally:
+        await stop()

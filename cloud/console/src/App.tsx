@@ -1,0 +1,108 @@
+// The signed-in shell: navigation that follows the account's roles, and the page for the URL.
+import { createContext, useContext, type ReactNode } from "react";
+import { useQuery } from "@tanstack/react-query";
+import { api, logout } from "./api";
+import { match, navigate, useLocation } from "./router";
+import { useTheme, type Theme } from "./theme";
+import type { Me } from "./types";
+import { ErrorBox, Loading } from "./components/ui";
+import { OverviewPage } from "./pages/Overview";
+import { DevicesPage } from "./pages/Devices";
+import { DevicePage } from "./pages/Device";
+import { SitesPage } from "./pages/Sites";
+import { TenantsPage } from "./pages/Tenants";
+import { NotFound } from "./pages/NotFound";
+
+export type Access = { me: Me; tenant: boolean; canWrite: boolean; operator: boolean; theme: Theme };
+
+const AccessContext = createContext<Access | null>(null);
+export const useAccess = (): Access => useContext(AccessContext)!;
+
+export function Link({ to, children, className }: { to: string; children: ReactNode; className?: string }) {
+  return (
+    <a
+      href={"/app" + to}
+      className={className}
+      onClick={(e) => {
+        if (e.metaKey || e.ctrlKey || e.shiftKey || e.button !== 0) return;
+        e.preventDefault();
+        navigate(to);
+      }}
+    >
+      {children}
+    </a>
+  );
+}
+
+function page(path: string, access: Access): ReactNode {
+  if (access.tenant) {
+    if (match("/", path)) return <OverviewPage />;
+    if (match("/devices", path)) return <DevicesPage />;
+    const d = match("/devices/:id", path);
+    if (d) return <DevicePage id={d.id} />;
+    if (match("/sites", path)) return <SitesPage />;
+  }
+  if (access.operator) {
+    if (match("/", path) || match("/operator/tenants", path)) return <TenantsPage />;
+  }
+  return <NotFound />;
+}
+
+export function App() {
+  const [theme, toggleTheme] = useTheme();
+  const { path } = useLocation();
+  const me = useQuery({ queryKey: ["me"], queryFn: () => api<Me>("/api/v1/me"), staleTime: Infinity });
+  if (me.isPending) return <Loading what="Signing in" />;
+  if (me.isError) return <ErrorBox error={me.error} retry={() => me.refetch()} />;
+  const roles = me.data.roles;
+  const access: Access = {
+    me: me.data,
+    tenant: me.data.tenant_id !== null,
+    canWrite: roles.includes("tenant-admin"),
+    operator: roles.includes("operator") || roles.includes("operator-admin"),
+    theme,
+  };
+  const nav: [string, string][] = [
+    ...(access.tenant
+      ? ([
+          ["/", "Overview"],
+          ["/devices", "Devices"],
+          ["/sites", "Sites"],
+        ] as [string, string][])
+      : []),
+    ...(access.operator ? ([["/operator/tenants", "Tenants"]] as [string, string][]) : []),
+  ];
+  // an operator without a tenant lands on the tenants view at "/"
+  const here = !access.tenant && access.operator && path === "/" ? "/operator/tenants" : path;
+  const active = (to: string) => (to === "/" ? here === "/" : here === to || here.startsWith(to + "/"));
+  return (
+    <AccessContext.Provider value={access}>
+      <div className="shell">
+        <nav className="nav" aria-label="Main">
+          <div className="brand">Pulse</div>
+          {nav.map(([to, label]) => (
+            <Link key={to} to={to} className={active(to) ? "active" : ""}>
+              {label}
+            </Link>
+          ))}
+        </nav>
+        <div className="main">
+          <header className="topbar">
+            <span className="who" data-testid="who" title={`user ${me.data.subject} (${me.data.via})`}>
+              Signed in as {roles.join(", ")}
+              {!access.canWrite && access.tenant && <span className="tag">read-only</span>}
+            </span>
+            <span className="spacer" />
+            <button className="btn small" onClick={toggleTheme} aria-label="Toggle dark theme">
+              {theme === "dark" ? "Light" : "Dark"} theme
+            </button>
+            <button className="btn small" onClick={logout}>
+              Log out
+            </button>
+          </header>
+          <main className="content">{page(path, access)}</main>
+        </div>
+      </div>
+    </AccessContext.Provider>
+  );
+}

@@ -1,0 +1,93 @@
+// The live socket (/api/v1/live): one connection per tab, authenticated with the first frame,
+// subscribed to the device that is open. Reconnects with backoff; a token the server refused is
+// refreshed once before the next try.
+import { useEffect, useState } from "react";
+import { accessToken } from "./api";
+
+export type LivePoint = { t: number; metrics: Record<string, number | boolean> };
+export type LiveState = "connecting" | "live" | "offline";
+
+type Listener = (points: LivePoint[], dropped: number) => void;
+
+class LiveClient {
+  private ws: WebSocket | null = null;
+  private device: string | null = null;
+  private listener: Listener | null = null;
+  private retry = 0;
+  private timer: ReturnType<typeof setTimeout> | null = null;
+  private refreshNext = false;
+  state: LiveState = "offline";
+  private stateListeners = new Set<(s: LiveState) => void>();
+
+  watch(device: string, listener: Listener): () => void {
+    this.device = device;
+    this.listener = listener;
+    if (this.ws && this.ws.readyState === WebSocket.OPEN && this.state === "live") this.sendSubscribe();
+    else this.open();
+    return () => {
+      if (this.device !== device) return;
+      this.device = null;
+      this.listener = null;
+      if (this.ws && this.ws.readyState === WebSocket.OPEN) this.ws.send(JSON.stringify({ type: "unsubscribe" }));
+    };
+  }
+
+  onState(l: (s: LiveState) => void): () => void {
+    this.stateListeners.add(l);
+    return () => this.stateListeners.delete(l);
+  }
+
+  private setState(s: LiveState) {
+    this.state = s;
+    this.stateListeners.forEach((l) => l(s));
+  }
+
+  private sendSubscribe() {
+    if (this.device) this.ws?.send(JSON.stringify({ type: "subscribe", device: this.device }));
+  }
+
+  private async open() {
+    if (this.ws && this.ws.readyState <= WebSocket.OPEN) return;
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = null;
+    this.setState("connecting");
+    const token = await accessToken(this.refreshNext);
+    this.refreshNext = false;
+    if (!token) {
+      this.setState("offline");
+      return;
+    }
+    const ws = new WebSocket(`${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/api/v1/live`);
+    this.ws = ws;
+    ws.onopen = () => ws.send(JSON.stringify({ type: "auth", token }));
+    ws.onmessage = (ev) => {
+      const msg = JSON.parse(String(ev.data));
+      if (msg.type === "ready") {
+        this.retry = 0;
+        this.setState("live");
+        this.sendSubscribe();
+      } else if (msg.type === "telemetry" && msg.device === this.device) {
+        this.listener?.(msg.points as LivePoint[], msg.dropped as number);
+      }
+    };
+    ws.onclose = (ev) => {
+      if (this.ws !== ws) return;
+      this.ws = null;
+      this.setState("offline");
+      if (ev.code === 4401) this.refreshNext = true;
+      if (ev.code === 4403) return; // this account may not read tenant data: retrying will not help
+      if (this.device) {
+        const delay = Math.min(30_000, 500 * 2 ** this.retry++);
+        this.timer = setTimeout(() => this.open(), delay);
+      }
+    };
+  }
+}
+
+export const live = new LiveClient();
+
+export function useLiveState(): LiveState {
+  const [s, set] = useState<LiveState>(live.state);
+  useEffect(() => live.onState(set), []);
+  return s;
+}

@@ -1,0 +1,96 @@
+"""In-process pub/sub of committed telemetry, for the console's live view.
+
+The telemetry writer calls ``LiveHub.publish(rows)`` after a batch commits; WebSocket sessions
+subscribe to one device of their own tenant with ``LiveHub.subscribe(tenant_id, device_id)``.
+Subscriptions are keyed by (tenant id, device id): the tenant id always comes from the verified
+token of the subscriber, so a subscriber never receives another tenant's rows, even when two
+tenants use the same device id.
+
+Delivery is best effort and never slows the writer: ``publish`` is synchronous, does no I/O and
+puts points on bounded per-subscriber queues; a subscriber that falls behind loses its oldest
+points and is told how many (``Subscription.dropped``). The points are already stored; a client
+that missed some reloads the chart from the telemetry query endpoint.
+
+One hub per process: with several cloud replicas, each replica's WebSocket clients see the rows
+that replica wrote. (A shared stream between replicas arrives with scale-out.)"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections import deque
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+Key = tuple[uuid.UUID, str]
+
+
+@dataclass(frozen=True, slots=True)
+class LivePoint:
+    time_ms: int
+    metrics: dict[str, float | bool]
+    msg_type: str
+
+
+@dataclass(eq=False, slots=True)
+class Subscription:
+    key: Key
+    capacity: int
+    points: deque[LivePoint] = field(default_factory=deque)
+    dropped: int = 0
+    _wakeup: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def _offer(self, point: LivePoint) -> None:
+        if len(self.points) >= self.capacity:
+            self.points.popleft()
+            self.dropped += 1
+        self.points.append(point)
+        self._wakeup.set()
+
+    async def next_batch(self) -> tuple[list[LivePoint], int]:
+        """Wait for points; returns (points, how many were dropped since the last call)."""
+        while not self.points:
+            self._wakeup.clear()
+            await self._wakeup.wait()
+        batch = list(self.points)
+        self.points.clear()
+        dropped, self.dropped = self.dropped, 0
+        return batch, dropped
+
+
+class LiveHub:
+    def __init__(self, *, queue_points: int = 1000) -> None:
+        self._subs: dict[Key, set[Subscription]] = {}
+        self._queue_points = queue_points
+
+    def subscribe(self, tenant_id: uuid.UUID, device_id: str) -> Subscription:
+        sub = Subscription(key=(tenant_id, device_id), capacity=self._queue_points)
+        self._subs.setdefault(sub.key, set()).add(sub)
+        return sub
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        subs = self._subs.get(sub.key)
+        if subs is not None:
+            subs.discard(sub)
+            if not subs:
+                del self._subs[sub.key]
+
+    @property
+    def subscribers(self) -> int:
+        return sum(len(s) for s in self._subs.values())
+
+    def publish(self, rows: Iterable[Sequence[object]]) -> None:
+        """Hand committed telemetry rows (writer.TelemetryRow) to the subscribers of their device."""
+        if not self._subs:
+            return
+        for row in rows:
+            time, tenant_id, device_id, msg_type, metrics = row[0], row[1], row[2], row[3], row[4]
+            subs = self._subs.get((tenant_id, device_id))  # type: ignore[arg-type]
+            if not subs:
+                continue
+            assert isinstance(time, datetime) and isinstance(metrics, str)
+            point = LivePoint(time_ms=int(time.timestamp() * 1000), metrics=json.loads(metrics), msg_type=str(msg_type))
+            for sub in subs:
+                sub._offer(point)
