@@ -74,6 +74,12 @@ class Code(StrEnum):
     """An operator revoked this gateway certificate: enroll again with a new token."""
     IDENTITY_NO_CERTIFICATE = "identity.no_certificate"
     """The gateway listener needs a client certificate."""
+    ENROLL_TOKEN_INVALID = "enroll.token_invalid"
+    """The enrollment token is unknown, used already, or expired: ask the operator for a new one."""
+    SYNC_GATEWAY_MISMATCH = "sync.gateway_mismatch"
+    """A batch names another gateway than the client certificate does."""
+    SYNC_UNKNOWN_DEVICE = "sync.unknown_device"
+    """A synced record names a device that is not registered to this gateway's tenant (quarantined)."""
 
     # twin: device twin documents and updates
     TWIN_VERSION_CONFLICT = "twin.version_conflict"

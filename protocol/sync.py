@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from pulse.protocol.batch import Header, Record, Stream
+from pulse.protocol.topics import valid_device_id
 
 # The gateway sends these first: alerts and events matter more than telemetry, and twin reported
 # updates keep their own order within their stream.
@@ -108,3 +109,122 @@ def next_stream(backlog: Mapping[Stream, int]) -> Stream | None:
         if backlog.get(stream, 0) > 0:
             return stream
     return None
+
+
+# ---------------------------------------------------------------------------------------------
+# the HTTP exchange between gateway and cloud (docs/protocol.md section 6)
+
+ENROLL_PATH = "/enroll/v1"
+BATCHES_PATH = "/sync/v1/batches"
+DOWNLINK_PATH = "/sync/v1/downlink"
+DOWNLINK_ACK_PATH = "/sync/v1/downlink/ack"
+RENEW_PATH = "/sync/v1/renew"
+REPORT_PATH = "/sync/v1/report"
+BATCH_CONTENT_TYPE = "application/x-pulse-batch"
+MAX_DOWNLINK_WAIT_S = 30
+
+
+class DownlinkKind(StrEnum):
+    CREDENTIAL = "credential"  # a device's MQTT credential for this gateway's broker: set or revoke
+    TWIN_DESIRED = "twin_desired"  # a device's twin changed on the cloud side (issue: twin)
+    COMMAND = "command"  # a command for a device (issue: twin and commands)
+    RULES = "rules"  # the tenant's rule set, versioned (issue: rules)
+
+
+@dataclass(frozen=True, slots=True)
+class BatchAck:
+    """The cloud's answer to one batch: everything up to ``ack_seq`` of ``stream`` is stored."""
+
+    stream: Stream
+    ack_seq: int
+    verdict: Verdict
+    written: int
+    quarantined: int
+    clock_offset_ms: int
+    clock_corrected: bool
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "stream": int(self.stream),
+            "ack_seq": self.ack_seq,
+            "verdict": self.verdict.value,
+            "written": self.written,
+            "quarantined": self.quarantined,
+            "clock_offset_ms": self.clock_offset_ms,
+            "clock_corrected": self.clock_corrected,
+        }
+
+    @classmethod
+    def from_json(cls, doc: object) -> BatchAck:
+        if not isinstance(doc, dict):
+            raise ValueError("a batch ack is a JSON object")
+        try:
+            return cls(
+                Stream(int(doc["stream"])),
+                _nonneg(doc["ack_seq"]),
+                Verdict(doc["verdict"]),
+                _nonneg(doc.get("written", 0)),
+                _nonneg(doc.get("quarantined", 0)),
+                int(doc.get("clock_offset_ms", 0)),
+                bool(doc.get("clock_corrected", False)),
+            )
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"a batch ack lacks or mistypes {exc}") from exc
+
+
+@dataclass(frozen=True, slots=True)
+class DownlinkItem:
+    """One thing the cloud holds for a gateway. Items stay until the gateway acks their ``seq``."""
+
+    seq: int
+    kind: DownlinkKind
+    payload: Mapping[str, object]
+
+    def to_json(self) -> dict[str, object]:
+        return {"seq": self.seq, "kind": self.kind.value, "payload": dict(self.payload)}
+
+    @classmethod
+    def from_json(cls, doc: object) -> DownlinkItem:
+        if not isinstance(doc, dict) or not isinstance(doc.get("payload"), dict):
+            raise ValueError("a downlink item is an object with seq, kind and an object payload")
+        return cls(_nonneg(doc.get("seq")), DownlinkKind(str(doc.get("kind"))), doc["payload"])
+
+
+@dataclass(frozen=True, slots=True)
+class CredentialChange:
+    """Payload of a ``credential`` downlink item: the gateway's broker accepts (or stops accepting)
+    the device token ``pdt_{credential_id}_{secret}`` as the MQTT password of ``device_id``. Only
+    the SHA-256 of the secret travels; the secret was shown once to the operator."""
+
+    device_id: str
+    credential_id: str  # 32 lower-case hex digits
+    action: str  # "set" | "revoke"
+    secret_sha256: str | None  # 64 lower-case hex digits; None when revoking
+
+    @classmethod
+    def from_payload(cls, payload: Mapping[str, object]) -> CredentialChange:
+        device, cred, action, digest = (payload.get(k) for k in ("device_id", "credential_id", "action", "secret_sha256"))
+        if not isinstance(device, str) or not valid_device_id(device):
+            raise ValueError("credential change: bad device_id")
+        if not isinstance(cred, str) or len(cred) != 32 or not _is_hex(cred):
+            raise ValueError("credential change: credential_id is 32 hex digits")
+        if action == "set":
+            if not isinstance(digest, str) or len(digest) != 64 or not _is_hex(digest):
+                raise ValueError("credential change: secret_sha256 is 64 hex digits")
+            return cls(device, cred, action, digest)
+        if action == "revoke":
+            return cls(device, cred, action, None)
+        raise ValueError("credential change: action is set or revoke")
+
+    def to_payload(self) -> dict[str, object]:
+        return {"device_id": self.device_id, "credential_id": self.credential_id, "action": self.action, "secret_sha256": self.secret_sha256}
+
+
+def _is_hex(text: str) -> bool:
+    return all(c in "0123456789abcdef" for c in text)
+
+
+def _nonneg(value: object) -> int:
+    if type(value) is not int or value < 0:
+        raise ValueError("expected a non-negative integer")
+    return value

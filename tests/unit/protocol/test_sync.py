@@ -68,3 +68,29 @@ def test_alerts_and_events_drain_before_telemetry() -> None:
     assert sync.next_stream({Stream.TELEMETRY: 5, Stream.TWIN: 2}) is Stream.TWIN
     assert sync.next_stream({Stream.TELEMETRY: 5}) is Stream.TELEMETRY
     assert sync.next_stream({Stream.TELEMETRY: 0}) is None
+
+
+def test_batch_ack_and_downlink_items_round_trip() -> None:
+    ack = sync.BatchAck(Stream.EVENTS, 42, sync.Verdict.PARTIAL, 3, 1, -5000, False)
+    assert sync.BatchAck.from_json(ack.to_json()) == ack
+    item = sync.DownlinkItem(7, sync.DownlinkKind.CREDENTIAL, {"device_id": "d1"})
+    assert sync.DownlinkItem.from_json(item.to_json()) == item
+
+
+@pytest.mark.parametrize(
+    "doc",
+    [None, [], {"stream": 9, "ack_seq": 1, "verdict": "write"}, {"stream": 1, "ack_seq": -1, "verdict": "write"}, {"stream": 1}],
+)
+def test_malformed_batch_acks_are_refused(doc: object) -> None:
+    with pytest.raises(ValueError):
+        sync.BatchAck.from_json(doc)
+
+
+def test_credential_changes_are_validated() -> None:
+    ok = {"device_id": "d1", "credential_id": "a" * 32, "action": "set", "secret_sha256": "b" * 64}
+    change = sync.CredentialChange.from_payload(ok)
+    assert change.to_payload() == ok
+    assert sync.CredentialChange.from_payload({**ok, "action": "revoke", "secret_sha256": None}).secret_sha256 is None
+    for bad in ({**ok, "device_id": "a/b"}, {**ok, "credential_id": "X" * 32}, {**ok, "secret_sha256": "b" * 63}, {**ok, "action": "burn"}):
+        with pytest.raises(ValueError):
+            sync.CredentialChange.from_payload(bad)
