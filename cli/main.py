@@ -56,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("up", help="run everything on this machine: database, cloud, a gateway, a simulated fleet")
     p.add_argument("--data-dir", default=None, help="where Pulse keeps its data (default: $PULSE_DATA_DIR or ./.pulse)")
     p.add_argument("--exit-after", type=float, default=None, metavar="SECONDS", help="stop by itself after this long")
+    p.add_argument("--devices", type=int, default=25, help="simulated devices (default 25)")
+    p.add_argument("--interval", type=float, default=10.0, help="seconds between a device's readings (default 10)")
+    p.add_argument("--fault", action="append", default=[], metavar="DEVICE:KIND[:k=v,...]", help="inject a fault into a simulated device (see pulse sim run --help)")
     p.set_defaults(handler=_cmd_up)
 
     p = sub.add_parser(

@@ -1,8 +1,7 @@
-"""`pulse up`: run Pulse on one machine.
-
-Today this starts what exists: the embedded PostgreSQL (or checks ``DATABASE_URL``). The cloud, a
-gateway and the simulated fleet join as their issues land. It says what it started and runs until
-Ctrl-C (or ``--exit-after``), then stops what it started.
+"""`pulse up`: run Pulse on one machine: the database (embedded unless ``DATABASE_URL`` is set),
+the cloud, a gateway and a simulated fleet publishing to it. It says what it started, prints a
+live one-line summary, and runs until Ctrl-C (or ``--exit-after``), then stops what it started in
+reverse order. A second start reuses the data directory.
 """
 
 from __future__ import annotations
@@ -11,10 +10,13 @@ import argparse
 import os
 import secrets
 import signal
+import sys
 import threading
+import time
 from pathlib import Path
 
 from pulse.cloud.db.embedded import EmbeddedPostgres, EmbeddedPostgresError
+from pulse.edge.demo import GatewayProcess
 
 
 def data_dir(arg: str | None) -> Path:
@@ -29,6 +31,27 @@ def _db_password(root: Path) -> str:
         with os.fdopen(fd, "w") as f:
             f.write(secrets.token_urlsafe(24))
     return path.read_text().strip()
+
+
+def _summaries(stop: threading.Event, exit_after: float | None, gateway: GatewayProcess) -> None:
+    """One line every few seconds: what a person watching the demo wants to know."""
+    deadline = None if exit_after is None else time.monotonic() + exit_after
+    interactive = sys.stdout.isatty()
+    while not stop.is_set():
+        wait = 5.0 if deadline is None else max(0.0, min(5.0, deadline - time.monotonic()))
+        if stop.wait(wait) or (deadline is not None and time.monotonic() >= deadline):
+            break
+        s = gateway.status() or {}
+        broker, messages, buffer = s.get("broker", {}), s.get("messages", {}), s.get("buffer", {})
+        line = (
+            f"devices online {broker.get('connected_devices', '?')}, "  # type: ignore[union-attr]
+            f"{messages.get('per_s', '?')} msgs/s, "  # type: ignore[union-attr]
+            f"buffered {buffer.get('depth', '?')}, "  # type: ignore[union-attr]
+            f"quarantined {s.get('quarantine', {}).get('count', '?')}"  # type: ignore[union-attr]
+        )
+        print(("\r" + line + "   ") if interactive else line, end="" if interactive else "\n", flush=True)
+    if interactive:
+        print(flush=True)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -63,13 +86,29 @@ def run(args: argparse.Namespace) -> int:
             pg.stop()
         return 1
     print(f"cloud      : {cloud.url}  (API docs {cloud.url}/docs, log {cloud.log})", flush=True)
-    print(f"login      : {cloud.email} / {cloud.password}  (POST {cloud.url}/auth/login)", flush=True)
-    print("gateway    : not built yet (issue: edge gateway)", flush=True)
-    print("fleet      : not built yet (issue: simulated fleet)", flush=True)
-    print("Pulse is up. Press Ctrl-C to stop.", flush=True)
+    print(f"console    : {cloud.url}/app", flush=True)
+    print(f"login      : {cloud.email} / {cloud.password}", flush=True)
+    from pulse.edge.demo import start_gateway
+    from pulse.firmware_sim.demo import device_ids, start_fleet
+
+    gateway = fleet = None
     try:
-        stop.wait(args.exit_after)
+        gateway = start_gateway(root, device_ids(args.devices))
+        print(f"gateway    : MQTT on 127.0.0.1:{gateway.mqtt_port}, status page {gateway.status_url}  (config {gateway.config}, log {gateway.log})", flush=True)
+        fleet = start_fleet(
+            root, mqtt_port=gateway.mqtt_port, credentials=gateway.credentials, count=args.devices, interval_s=args.interval, faults=args.fault
+        )
+        print(f"fleet      : {args.devices} simulated devices, one reading every {args.interval:g} s each  (log {fleet.log})", flush=True)
+        print("Pulse is up. Press Ctrl-C to stop.", flush=True)
+        _summaries(stop, args.exit_after, gateway)
+    except RuntimeError as exc:
+        print(f"pulse up: {exc}", flush=True)
+        return 1
     finally:
+        for name, part in (("fleet", fleet), ("gateway", gateway)):
+            if part is not None:
+                print(f"{name:<11}: stopping ...", flush=True)
+                part.stop()
         print("cloud      : stopping ...", flush=True)
         cloud.stop()
         if pg is not None:

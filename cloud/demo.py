@@ -43,11 +43,17 @@ class CloudProcess:
 
 def _state(root: Path) -> dict[str, str]:
     path = root / "cloud.env"
-    if path.exists():
-        return dict(line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
-    state = {"PULSE_JWT_SECRET": secrets.token_urlsafe(48), "ADMIN_PASSWORD": secrets.token_urlsafe(12)}
-    path.write_text("".join(f"{k}={v}\n" for k, v in state.items()))
-    os.chmod(path, 0o600)
+    state = dict(line.split("=", 1) for line in path.read_text().splitlines() if "=" in line) if path.exists() else {}
+    fresh = {
+        "PULSE_JWT_SECRET": secrets.token_urlsafe(48),
+        "ADMIN_PASSWORD": secrets.token_urlsafe(12),
+        "PULSE_DB_ROLE_PASSWORD": secrets.token_urlsafe(24),  # the app's database roles log in with it
+    }
+    if not fresh.keys() <= state.keys():
+        state = {**fresh, **state}
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write("".join(f"{k}={v}\n" for k, v in state.items()))
     return state
 
 
@@ -58,8 +64,9 @@ async def _bootstrap(settings: object, password: str) -> None:
     from pulse.cloud.settings import Settings
 
     assert isinstance(settings, Settings)
-    await migrate(settings.database_url, settings.roles)
-    db = Database(settings.database_url, settings.roles)
+    password = settings.db_role_password.get_secret_value() if settings.db_role_password else None
+    await migrate(settings.database_url, settings.roles, role_password=password)
+    db = Database(settings.database_url, settings.roles, password=password)
     await db.open()
     try:
         try:
@@ -76,15 +83,21 @@ def start_cloud(root: Path, database_url: str) -> CloudProcess:
 
     state = _state(root)
     wanted = int(os.environ.get("PULSE_PORT", "8080"))
-    port = wanted if port_is_free(wanted) else free_port()
+    port = wanted if wanted and port_is_free(wanted) else free_port()
     env = {
         **os.environ,
         "PULSE_MODE": "development",
         "PULSE_DATABASE_URL": database_url,
         "PULSE_JWT_SECRET": state["PULSE_JWT_SECRET"],
+        "PULSE_DB_ROLE_PASSWORD": state["PULSE_DB_ROLE_PASSWORD"],
         "PULSE_PORT": str(port),
     }
-    settings = Settings(mode="development", database_url=database_url, jwt_secret=state["PULSE_JWT_SECRET"])
+    settings = Settings(
+        mode="development",
+        database_url=database_url,
+        jwt_secret=state["PULSE_JWT_SECRET"],
+        db_role_password=state["PULSE_DB_ROLE_PASSWORD"],
+    )
     asyncio.run(_bootstrap(settings, state["ADMIN_PASSWORD"]))
     log = root / "cloud.log"
     proc = subprocess.Popen(

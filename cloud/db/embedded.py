@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import hashlib
 import os
 import pwd
 import re
@@ -23,6 +24,8 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+FALLBACK_ROOT = Path("/var/lib/pulse/embedded-postgres")
 
 
 class EmbeddedPostgresError(RuntimeError):
@@ -103,12 +106,28 @@ class EmbeddedPostgres:
     _os_user: pwd.struct_passwd | None = field(default=None, init=False, repr=False)
 
     @property
+    def root(self) -> Path:
+        """Where the cluster lives: ``data_dir``, unless (as root) the unprivileged account cannot
+        reach it (a clone under /root, say); then a directory of its own under /var/lib/pulse,
+        named after ``data_dir`` so each data directory keeps its own cluster."""
+        if os.geteuid() != 0:
+            return self.data_dir
+        try:
+            user = pwd.getpwnam(self.run_as)
+        except KeyError:
+            return self.data_dir
+        if _traversable_by(self.data_dir.resolve().parent, user):
+            return self.data_dir
+        digest = hashlib.sha256(str(self.data_dir.resolve()).encode()).hexdigest()[:16]
+        return FALLBACK_ROOT / digest
+
+    @property
     def cluster_dir(self) -> Path:
-        return self.data_dir / "cluster"
+        return self.root / "cluster"
 
     @property
     def log_file(self) -> Path:
-        return self.data_dir / "postgresql.log"
+        return self.root / "postgresql.log"
 
     @property
     def dsn(self) -> str:
@@ -125,20 +144,22 @@ class EmbeddedPostgres:
                     f"running as root, Pulse starts PostgreSQL as the unprivileged account '{self.run_as}', which does not exist; "
                     "create it (useradd --system postgres) or run Pulse as an ordinary user"
                 ) from exc
-            if not _traversable_by(self.data_dir.parent.resolve(), self._os_user):
-                raise EmbeddedPostgresError(
-                    f"the account '{self.run_as}' cannot reach {self.data_dir}; choose a data directory it can reach "
-                    "(PULSE_DATA_DIR), e.g. under /var/lib/pulse"
+            if self.root != self.data_dir:
+                FALLBACK_ROOT.mkdir(parents=True, exist_ok=True)
+                os.chmod(FALLBACK_ROOT, 0o755)
+                self.data_dir.mkdir(parents=True, exist_ok=True)
+                (self.data_dir / "CLUSTER_LOCATION").write_text(
+                    f"The account '{self.run_as}' cannot reach this directory, so the database cluster lives in {self.root}\n"
                 )
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.root.mkdir(parents=True, exist_ok=True)
         if self._os_user is not None:
-            os.chown(self.data_dir, self._os_user.pw_uid, self._os_user.pw_gid)
-        os.chmod(self.data_dir, 0o700)
+            os.chown(self.root, self._os_user.pw_uid, self._os_user.pw_gid)
+        os.chmod(self.root, 0o700)
 
     def _run(self, args: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
         user = {"user": self._os_user.pw_uid, "group": self._os_user.pw_gid, "extra_groups": []} if self._os_user else {}
         env = {**os.environ, "LC_ALL": "C", "LANG": "C"}
-        return subprocess.run(args, capture_output=True, text=True, env=env, cwd=self.data_dir, **user, **kwargs)  # type: ignore[call-overload, no-any-return]
+        return subprocess.run(args, capture_output=True, text=True, env=env, cwd=self.root, **user, **kwargs)  # type: ignore[call-overload, no-any-return]
 
     def initialised(self) -> bool:
         return (self.cluster_dir / "PG_VERSION").exists()
@@ -146,7 +167,7 @@ class EmbeddedPostgres:
     def _initdb(self) -> None:
         assert self._bindir is not None
         args = [str(self._bindir / "initdb"), "-D", str(self.cluster_dir), "-U", self.user, "-E", "UTF8", "--no-instructions"]
-        pwfile = self.data_dir / ".pwfile"
+        pwfile = self.root / ".pwfile"
         if self.password is None:
             args += ["--auth=trust"]
         else:
@@ -168,7 +189,7 @@ class EmbeddedPostgres:
         settings = {
             "listen_addresses": "127.0.0.1",
             "port": str(self.port),
-            "unix_socket_directories": str(self.data_dir),
+            "unix_socket_directories": str(self.root),
             "max_connections": "200",
             **({} if self.durable else {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}),
             **self.extra_settings,
@@ -188,7 +209,7 @@ class EmbeddedPostgres:
             self._initdb()
         if self.running():
             self._run([str(self._bindir / "pg_ctl"), "-D", str(self.cluster_dir), "-m", "fast", "-w", "stop"])
-        if self.port is None or not port_is_free(self.port):
+        if not self.port or not port_is_free(self.port):
             self.port = free_port()
         deadline = time.monotonic() + timeout
         result = self._run(

@@ -1,0 +1,108 @@
+"""The gateway part of `pulse up`: a gateway configuration in the data directory, the demo
+fleet's devices added once (secrets kept in ``fleet-credentials.json``, mode 0600), and
+`pulse gateway run` as a child process. Ports: the defaults when free, otherwise free ones."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from pulse.cloud.db.embedded import free_port, port_is_free
+
+
+@dataclass
+class GatewayProcess:
+    config: Path
+    mqtt_port: int
+    status_url: str
+    credentials: Path
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    def status(self) -> dict[str, object] | None:
+        try:
+            r = httpx.get(self.status_url + "/status", timeout=2)
+            return r.json() if r.status_code == 200 else None
+        except (httpx.HTTPError, ValueError):
+            return None
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+
+
+def _port(wanted: int) -> int:
+    return wanted if wanted and port_is_free(wanted) else free_port()
+
+
+def write_config(directory: Path, *, gateway_id: str, mqtt_port: int, status_port: int) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    config = directory / "gateway.toml"
+    config.write_text(
+        "# Written by `pulse up` for the demo gateway; see docs/gateway.md for every option.\n"
+        f'[gateway]\nid = "{gateway_id}"\ndata_dir = "{directory}"\n\n'
+        f'[broker]\nhost = "127.0.0.1"\nport = {mqtt_port}\n\n'
+        f'[status]\nhost = "127.0.0.1"\nport = {status_port}\n'
+    )
+    return config
+
+
+def ensure_devices(config: Path, device_ids: list[str], credentials: Path) -> dict[str, str]:
+    """Add the demo devices once; later starts reuse them and their secrets."""
+    from pulse.edge.auth import DeviceRegistry
+    from pulse.edge.config import load
+    from pulse.edge.errors import DeviceError
+
+    known: dict[str, str] = json.loads(credentials.read_text()) if credentials.exists() else {}
+    missing = [d for d in device_ids if d not in known]
+    if missing:
+        registry = DeviceRegistry(load(config, {}).database)
+        try:
+            for device_id in missing:
+                try:
+                    known[device_id] = registry.add(device_id)
+                except DeviceError:  # an id left from an interrupted start: give it a new secret
+                    registry.remove(device_id)
+                    known[device_id] = registry.add(device_id)
+        finally:
+            registry.close()
+        fd = os.open(credentials, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(known, f, indent=1)
+    return known
+
+
+def start_gateway(root: Path, device_ids: list[str], *, gateway_id: str = "demo-gateway") -> GatewayProcess:
+    directory = root / "gateway"
+    mqtt_port = _port(int(os.environ.get("PULSE_DEMO_MQTT_PORT", "1883")))
+    status_port = _port(int(os.environ.get("PULSE_DEMO_STATUS_PORT", "8081")))
+    config = write_config(directory, gateway_id=gateway_id, mqtt_port=mqtt_port, status_port=status_port)
+    credentials = root / "fleet-credentials.json"
+    ensure_devices(config, device_ids, credentials)
+    log = root / "gateway.log"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pulse.cli.main", "gateway", "run", "--config", str(config)],
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+    )
+    handle = GatewayProcess(config, mqtt_port, f"http://127.0.0.1:{status_port}", credentials, proc, log)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the gateway exited at start; see {log}")
+        if handle.status() is not None:
+            return handle
+        time.sleep(0.2)
+    handle.stop()
+    raise RuntimeError(f"the gateway did not answer on {handle.status_url} within 60 s; see {log}")

@@ -1,0 +1,73 @@
+"""`pulse up` (the README's first command) brings up database, cloud, gateway and fleet, and Ctrl-C
+stops all of it cleanly; a second start reuses the data directory."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+pytestmark = pytest.mark.integration
+
+
+def _start(data: Path) -> subprocess.Popen[str]:
+    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    env.update(PULSE_PORT="0", PULSE_DEMO_MQTT_PORT="0", PULSE_DEMO_STATUS_PORT="0", PULSE_PG_PORT="0")  # free ports: 8080 etc. may be taken
+    return subprocess.Popen(
+        [sys.executable, "-m", "pulse.cli.main", "up", "--data-dir", str(data), "--devices", "5", "--interval", "0.5"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
+
+
+def _read_until(proc: subprocess.Popen[str], pattern: str, lines: list[str], timeout: float = 120) -> re.Match[str]:
+    assert proc.stdout is not None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        if m := re.search(pattern, line):
+            return m
+    raise AssertionError(f"never saw {pattern!r}; output:\n{''.join(lines)}")
+
+
+def test_pulse_up_runs_the_whole_stack_and_stops_on_ctrl_c(tmp_path: Path) -> None:
+    os.chmod(tmp_path, 0o755)  # as root, the embedded PostgreSQL runs as `postgres` and must reach it
+    data = tmp_path / "pulse"
+    for start in range(2):
+        proc = _start(data)
+        lines: list[str] = []
+        try:
+            cloud = _read_until(proc, r"cloud\s+: (http://\S+)", lines).group(1)
+            status = _read_until(proc, r"status page (http://\S+)", lines).group(1)
+            _read_until(proc, r"Pulse is up", lines)
+            assert httpx.get(cloud + "/health", timeout=5).status_code == 200
+            # every simulated device connects, and their readings reach the gateway's buffer
+            first = httpx.get(status + "/status", timeout=5).json()["buffer"]["depth"]
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                snapshot = httpx.get(status + "/status", timeout=5).json()
+                if snapshot["broker"]["connected_devices"] == 5 and snapshot["buffer"]["depth"] >= first + 10:
+                    break
+                time.sleep(0.5)
+            assert snapshot["broker"]["connected_devices"] == 5, snapshot
+            assert snapshot["buffer"]["depth"] >= first + 10, snapshot
+            assert snapshot["quarantine"]["count"] == 0, snapshot
+        finally:
+            proc.send_signal(signal.SIGINT)
+            out, _ = proc.communicate(timeout=90)
+        assert proc.returncode == 0, "".join(lines) + out
+        assert "Pulse stopped." in out
+        if start == 1:
+            assert "starting embedded PostgreSQL" in "".join(lines)  # reused, not initialised again
