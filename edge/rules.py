@@ -235,7 +235,7 @@ class EdgeRuleRunner:
                 if new != state:
                     self._states[key] = changed[key] = new
                 actions.extend(done)
-        records = [AlertRecord.of(a) for a in actions if not isinstance(a, UpdateDeviceState)]  # type: ignore[arg-type]
+        records = [AlertRecord.of(a) for a in actions if not isinstance(a, UpdateDeviceState)]
         if not changed and not records:
             return
         await self._in_thread(self._persist, changed, records)

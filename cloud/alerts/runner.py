@@ -139,7 +139,7 @@ async def perform(conn: asyncpg.Connection, actions: Sequence[object]) -> None:
         if isinstance(action, UpdateDeviceState):
             await set_device_status(conn, action.device, action.status, action.explanation.to_dict())
         else:
-            await apply_record(conn, AlertRecord.of(action))  # type: ignore[arg-type]
+            await apply_record(conn, AlertRecord.of(action))
 
 
 class RuleRunner:
@@ -280,11 +280,11 @@ class RuleRunner:
                         "its devices show as unreachable"
                     )
                     expl: dict[str, object] = {"text": text, "last_seen_ms": _ms(last), "at_ms": now, "gateway_id": str(gw["id"])}
-                    rec = AlertRecord("open", GATEWAY_OFFLINE, fp_device, Severity.CRITICAL, now, None, expl)  # type: ignore[arg-type]
+                    rec = AlertRecord("open", GATEWAY_OFFLINE, fp_device, Severity.CRITICAL, now, None, expl)
                     await apply_record(conn, rec, kind="gateway_offline", gateway_id=gw["id"], site_id=gw["site_id"])
             elif is_open is not None:
                 expl = {"text": f"gateway {gw['name']} is back online", "at_ms": now, "gateway_id": str(gw["id"])}
-                rec = AlertRecord("close", GATEWAY_OFFLINE, fp_device, Severity.CRITICAL, now, None, expl)  # type: ignore[arg-type]
+                rec = AlertRecord("close", GATEWAY_OFFLINE, fp_device, Severity.CRITICAL, now, None, expl)
                 await apply_record(conn, rec)
                 await conn.execute(
                     "UPDATE device_states SET status = 'online', changed_at = now(), reason = $2::jsonb "

@@ -1,7 +1,11 @@
 """Alerts in PostgreSQL: the adapter that performs rule actions inside a tenant transaction.
 
-Every function takes a connection from ``db.tenant(tenant_id)`` (row-level security applies) and
-writes in the caller's transaction, so an alert and the rule state that caused it commit together.
+Every function takes a connection in a transaction where ``app.tenant_id`` is set to the tenant:
+``db.tenant(tenant_id)`` (row-level security applies), or gateway sync's writer transaction after
+``SELECT set_config('app.tenant_id', $1, true)`` (the writer role bypasses row-level security, so
+every statement here also names ``tenant_id = pulse_current_tenant()`` itself). Writes happen in the
+caller's transaction, so an alert and what caused it (rule state, a sync high-water mark) commit
+together.
 
 One open alert per fingerprint (tenant, device, rule) is the database's job: the partial unique
 index ``alerts_one_open`` and ``INSERT ... ON CONFLICT ... DO UPDATE``. Concurrent evaluators (two
@@ -54,10 +58,11 @@ async def in_maintenance(conn: asyncpg.Connection, device_id: str, at_ms: int) -
         await conn.fetchval(
             """SELECT EXISTS (
                  SELECT 1 FROM maintenance_windows w
-                 WHERE to_timestamp($2 / 1000.0) >= w.starts_at AND to_timestamp($2 / 1000.0) < w.ends_at
+                 WHERE w.tenant_id = pulse_current_tenant()
+                   AND to_timestamp($2 / 1000.0) >= w.starts_at AND to_timestamp($2 / 1000.0) < w.ends_at
                    AND (w.device_id = $1
-                        OR w.site_id = (SELECT site_id FROM devices WHERE device_id = $1)
-                        OR w.site_id = (SELECT site_id FROM gateways WHERE 'gateway:' || name = $1)))""",
+                        OR w.site_id = (SELECT site_id FROM devices WHERE tenant_id = w.tenant_id AND device_id = $1)
+                        OR w.site_id = (SELECT site_id FROM gateways WHERE tenant_id = w.tenant_id AND 'gateway:' || name = $1)))""",
             device_id,
             at_ms,
         )
@@ -117,7 +122,7 @@ async def apply_record(
     if rec.action == "close":
         row = await conn.fetchrow(
             "UPDATE alerts SET state = 'closed', closed_at = to_timestamp($3 / 1000.0), closed_by = $4, updated_at = now() "
-            "WHERE device_id = $1 AND rule_id = $2 AND state <> 'closed' "
+            "WHERE tenant_id = pulse_current_tenant() AND device_id = $1 AND rule_id = $2 AND state <> 'closed' "
             "RETURNING id, (silenced_until IS NOT NULL AND silenced_until > now()) AS silenced",
             rec.device_id,
             rec.rule_id,
@@ -130,7 +135,8 @@ async def apply_record(
         return Outcome(row["id"], "closed", not row["silenced"])
     column = "condition_cleared = true" if rec.action == "condition_cleared" else "flapping = false"
     alert_id = await conn.fetchval(
-        f"UPDATE alerts SET {column}, updated_at = now() WHERE device_id = $1 AND rule_id = $2 AND state <> 'closed' RETURNING id",
+        f"UPDATE alerts SET {column}, updated_at = now() "
+        "WHERE tenant_id = pulse_current_tenant() AND device_id = $1 AND rule_id = $2 AND state <> 'closed' RETURNING id",
         rec.device_id,
         rec.rule_id,
     )
@@ -170,8 +176,10 @@ async def merge_edge_alerts(
 ) -> MergeReport:
     """Merge alert records synced from a gateway (``Stream.ALERTS``) into the tenant's alerts.
 
-    ``conn``: a transaction inside ``db.tenant(tenant_id)`` (the sync handler commits the records
-    with the gateway's high-water mark). Each record: ``type == "alert"``, ``device_id``, ``ts_ms``
+    ``conn``: a transaction with ``app.tenant_id`` set to ``tenant_id``: ``db.tenant(tenant_id)``, or
+    the sync handler's ``db.writer_transaction()`` after
+    ``SELECT set_config('app.tenant_id', $1, true)``, so the alerts commit with the gateway's
+    high-water mark (a replayed batch is then not merged twice). Each record: ``type == "alert"``, ``device_id``, ``ts_ms``
     (the gateway's evaluation time) and ``body`` as ``pulse.protocol.alerts.AlertRecord.to_body``.
     An open merges into the fingerprint's open alert if the cloud (or an earlier sync) already
     opened it; a close closes it. Records that are not alert records are returned as rejected
@@ -179,7 +187,7 @@ async def merge_edge_alerts(
     """
     current = await conn.fetchval("SELECT pulse_current_tenant()")
     if current != tenant_id:
-        raise ValueError("merge_edge_alerts needs a connection from db.tenant(tenant_id)")
+        raise ValueError("merge_edge_alerts needs a transaction with app.tenant_id set to tenant_id")
     applied, rejected = 0, []
     for record in records:
         try:

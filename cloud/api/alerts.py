@@ -180,7 +180,8 @@ async def list_alerts(
     rule_id: str | None = None,
     limit: int = Query(default=100, ge=1, le=1000),
 ) -> list[dict[str, Any]]:
-    where, args = ["true"], []
+    where: list[str] = ["true"]
+    args: list[object] = []
     for column, value in (("state", state), ("severity", severity)):
         if value:
             args.append(value)

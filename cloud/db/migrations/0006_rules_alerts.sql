@@ -107,6 +107,11 @@ GRANT SELECT, INSERT, UPDATE, DELETE ON rules, rule_state, alerts, alert_events,
 GRANT USAGE ON SEQUENCE alerts_id_seq, alert_events_id_seq TO {{app}};
 GRANT SELECT, INSERT, UPDATE, DELETE ON rules, rule_state, alerts, alert_events, maintenance_windows, device_states TO {{operator}};
 GRANT USAGE ON SEQUENCE alerts_id_seq, alert_events_id_seq TO {{operator}};
+-- Gateway sync merges a gateway's alert records in the same writer transaction as the batch and
+-- its high-water mark (pulse.cloud.alerts.merge_edge_alerts; every statement names the tenant).
+GRANT SELECT, INSERT, UPDATE ON alerts, alert_events TO {{writer}};
+GRANT SELECT ON maintenance_windows, devices, gateways TO {{writer}};
+GRANT USAGE ON SEQUENCE alerts_id_seq, alert_events_id_seq TO {{writer}};
 
 -- The heartbeat sweep visits every tenant that has something to watch; this is the only thing it
 -- needs to know across tenants (then it works inside each tenant's row-level security).

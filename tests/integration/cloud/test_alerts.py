@@ -321,3 +321,19 @@ async def test_no_endpoint_reaches_another_tenants_rules_alerts_states_or_window
     assert r.status_code == 200 and r.json()["readings"] == 0
     (still,) = await alerts(cloud, a)
     assert still["state"] == "open"
+
+
+async def test_sync_can_merge_edge_alerts_in_its_writer_transaction_without_touching_other_tenants(cloud: Cloud) -> None:
+    tenant_a, a = await cloud.tenant_user()
+    tenant_b, b = await cloud.tenant_user()
+    db = cloud.app.state.pulse.db
+    for tenant in (tenant_a, tenant_b):  # the same device and rule ids in two tenants
+        async with db.tenant(tenant) as conn:
+            await apply_record(conn, AlertRecord("open", "hot", "b7", Severity.MAJOR, T0, 1, {"text": "open"}))
+    body = {"action": "close", "rule_id": "hot", "device_id": "b7", "severity": "major", "explanation": {"text": "edge: clear"}}
+    async with db.writer_transaction() as conn:  # as gateway sync does: rows + high-water mark + alerts, one commit
+        await conn.execute("SELECT set_config('app.tenant_id', $1, true)", str(tenant_a))
+        report = await merge_edge_alerts(conn, tenant_a, [Record(1, "b7", T0 + 5, "alert", {}, None, None, body)])
+    assert report.applied == 1
+    assert [x["state"] for x in await alerts(cloud, a)] == ["closed"]
+    assert [x["state"] for x in await alerts(cloud, b)] == ["open"]
