@@ -39,7 +39,19 @@ from pulse.protocol.alerts import RECORD_TYPE, AlertRecord
 from pulse.protocol.batch import Stream
 from pulse.protocol.envelope import MetricValue
 from pulse.protocol.errors import Code, RuleError
-from pulse.protocol.rules import Device, Rule, RuleState, UpdateDeviceState, applies_to, evaluate, parse_rule, rule_to_dict, sweep
+from pulse.protocol.rules import (
+    Device,
+    Heartbeat,
+    Rule,
+    RuleState,
+    UpdateDeviceState,
+    applies_to,
+    evaluate,
+    new_state,
+    parse_rule,
+    rule_to_dict,
+    sweep,
+)
 
 log = logging.getLogger("pulse.edge.rules")
 _T = TypeVar("_T")
@@ -55,10 +67,11 @@ def _connect(path: Path) -> sqlite3.Connection:
     return conn
 
 
-def store_rules(path: Path, docs: object, *, now_ms: int | None = None) -> list[Rule]:
+def store_rules(path: Path, docs: object, *, set_version: int | None = None, now_ms: int | None = None) -> list[Rule]:
     """Validate a rule set (a JSON list of rules) and make it the gateway's, replacing the previous
     one in one transaction. Raises ``RuleError`` (nothing is changed) if any rule is refused.
-    States of rules that are gone are removed; local alerts stay."""
+    States of rules that are gone are removed; local alerts stay. ``set_version``: the version of
+    the whole set as the cloud numbers it (the downlink), kept in ``meta`` (``rules_version``)."""
     if not isinstance(docs, list):
         raise RuleError(Code.RULE_NOT_OBJECT, "a rule set is a JSON list of rules")
     rules = [parse_rule(doc, tenant=EDGE_TENANT) for doc in docs]
@@ -73,12 +86,28 @@ def store_rules(path: Path, docs: object, *, now_ms: int | None = None) -> list[
                 [(r.id, r.version, json.dumps(rule_to_dict(r)), now_ms) for r in rules],
             )
             conn.execute("DELETE FROM rule_state WHERE rule_id NOT IN (SELECT id FROM rules)")
+            if set_version is not None:
+                conn.execute(
+                    "INSERT INTO meta (key, value) VALUES ('rules_version', ?) "
+                    "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    (str(set_version),),
+                )
             conn.execute("COMMIT")
         finally:
             conn.close()
     except sqlite3.Error as exc:
         raise StorageError(f"could not store the rule set in {path}: {exc}", path=str(path)) from exc
     return rules
+
+
+def rules_version(path: Path) -> int | None:
+    """The version of the rule set last stored with ``set_version`` (None: never, or set by hand)."""
+    conn = _connect(path)
+    try:
+        row = conn.execute("SELECT value FROM meta WHERE key = 'rules_version'").fetchone()
+    finally:
+        conn.close()
+    return None if row is None else int(row[0])
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +140,7 @@ class EdgeRuleRunner:
         self._conn: sqlite3.Connection | None = None
         self._rules: list[Rule] = []
         self._states: dict[tuple[str, str], RuleState] = {}
+        self._devices: list[str] = []  # the gateway's registered devices: heartbeat rules watch them from the start
         self._pending: deque[Store] = deque()
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -143,6 +173,7 @@ class EdgeRuleRunner:
                 rules.append(parse_rule(json.loads(definition), tenant=EDGE_TENANT))
             except RuleError as exc:
                 log.error("stored rule %s is not valid and is skipped: %s", rule_id, exc)
+        self._devices = [d for (d,) in self._conn.execute("SELECT device_id FROM devices ORDER BY device_id")]
         states = {}
         for rule_id, device_id, state in self._conn.execute("SELECT rule_id, device_id, state FROM rule_state"):
             with contextlib.suppress(RuleError, ValueError):
@@ -152,6 +183,13 @@ class EdgeRuleRunner:
     async def reload(self) -> None:
         """Read the rule set again (after ``store_rules``)."""
         await self._in_thread(self._load)
+
+    async def set_rules(self, docs: object, *, set_version: int | None = None) -> list[Rule]:
+        """Store a new rule set and use it at once: what the downlink calls with the tenant's rules.
+        Raises ``RuleError`` (nothing changes) if any rule is refused."""
+        rules = await self._in_thread(lambda: store_rules(self._path, docs, set_version=set_version))
+        await self.reload()
+        return rules
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -227,6 +265,12 @@ class EdgeRuleRunner:
             self.evaluated += 1
         if sweep_at is not None:
             rules = {r.id: r for r in self._rules}
+            for rule in self._rules:  # a registered device never heard from is watched too
+                if isinstance(rule.condition, Heartbeat):
+                    for device_id in self._devices:
+                        key = (rule.id, device_id)
+                        if key not in self._states and applies_to(rule, Device(device_id)):
+                            self._states[key] = changed[key] = new_state(rule, device_id, sweep_at)
             for key, state in list(self._states.items()):
                 rule = rules.get(key[0])
                 if rule is None:

@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from pulse.edge.rules import store_rules
+from pulse.edge.rules import rules_version, store_rules
 from pulse.protocol.batch import Stream
 from pulse.protocol.errors import RuleError
 
@@ -93,3 +93,18 @@ def test_a_refused_rule_set_changes_nothing(settings: Any) -> None:
     with pytest.raises(RuleError) as info:
         store_rules(settings.database, [HOT, {**HOT, "id": "x", "operator": "ABOUT"}])
     assert info.value.code == "rule.bad_operator"
+
+
+async def test_the_downlink_can_set_a_versioned_rule_set_and_a_registered_silent_device_goes_offline(
+    settings: Any, devices: Any, start_gateway: Any
+) -> None:
+    devices.add("never-heard", None)
+    gw = await start_gateway()
+    rules = await gw.rules.set_rules([{"id": "alive", "kind": "heartbeat", "severity": "critical", "interval_s": 60}], set_version=7)
+    assert [r.id for r in rules] == ["alive"] and rules_version(settings.database) == 7
+    now = int(time.time() * 1000)
+    await gw.rules.sweep_once(now)  # monitoring starts
+    assert await gw.rules.alerts() == []
+    await gw.rules.sweep_once(now + 181_000)  # 3 intervals of silence
+    (alert,) = await gw.rules.alerts(open_only=True)
+    assert (alert.device_id, alert.rule_id) == ("never-heard", "alive")
