@@ -5,10 +5,14 @@ the gateway accepts, so a site raises alerts while its uplink is down.
   (synchronous, no I/O: it queues the stored records and wakes the evaluation task), so rule
   evaluation never delays an acknowledgement.
 - The evaluation task parses each record, evaluates every rule whose scope covers the device
-  (``now`` is the gateway's clock at evaluation, never the device's), then in one SQLite
-  transaction stores the changed rule states and the local alerts, and appends each alert action
-  to the ``ALERTS`` buffer stream (record type ``"alert"``, body ``AlertRecord.to_body()``), which
-  syncs to the cloud; the cloud merges by fingerprint.
+  (``now`` is the gateway's clock at evaluation, never the device's). When there are alert
+  actions, it stores them (and the rule states) in one SQLite transaction and appends each to the
+  ``ALERTS`` buffer stream (record type ``"alert"``, body ``AlertRecord.to_body()``), which syncs
+  to the cloud; the cloud merges by fingerprint.
+- Rule state alone (a window running, a heartbeat's last-seen time: it changes on every message)
+  is checkpointed at each sweep, with each alert and at stop, not per message: writing it per
+  message competed with the buffer for SQLite's write lock and delayed PUBACKs. A crash loses at
+  most one sweep interval of state changes (a window may start again up to 5 s late).
 - A periodic sweep advances heartbeat rules (STALE, OFFLINE) and settles flapping.
 
 The rule set lives in the ``rules`` table: ``store_rules(path, docs)`` replaces it (the downlink
@@ -140,6 +144,7 @@ class EdgeRuleRunner:
         self._conn: sqlite3.Connection | None = None
         self._rules: list[Rule] = []
         self._states: dict[tuple[str, str], RuleState] = {}
+        self._dirty: dict[tuple[str, str], RuleState] = {}  # changed since the last checkpoint
         self._devices: list[str] = []  # the gateway's registered devices: heartbeat rules watch them from the start
         self._pending: deque[Store] = deque()
         self._wake = asyncio.Event()
@@ -198,9 +203,8 @@ class EdgeRuleRunner:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks = []
-        if self._pending:
-            await self._run(list(self._pending), None)
-            self._pending.clear()
+        await self._run(list(self._pending), self._clock())  # evaluate what is queued, checkpoint the state
+        self._pending.clear()
         if self._conn is not None:
             await self._in_thread(self._conn.close)
             self._conn = None
@@ -280,9 +284,12 @@ class EdgeRuleRunner:
                     self._states[key] = changed[key] = new
                 actions.extend(done)
         records = [AlertRecord.of(a) for a in actions if not isinstance(a, UpdateDeviceState)]
-        if not changed and not records:
-            return
-        await self._in_thread(self._persist, changed, records)
+        self._dirty.update(changed)
+        if not records and sweep_at is None:
+            return  # state only: checkpointed by the next sweep (or alert), not on every message
+        dirty, self._dirty = self._dirty, {}
+        if dirty or records:
+            await self._in_thread(self._persist, dirty, records)
         for rec in records:
             raw = json.dumps({"body": rec.to_body()}).encode()
             self._buffer.submit(Store(Stream.ALERTS, rec.device_id, rec.at_ms, RECORD_TYPE, None, raw, None), wait=False)
