@@ -231,9 +231,20 @@ class RuleRunner:
             rules = {r.id: r for r in await load_rules(conn, tenant_id)}
             heartbeat = [r for r in rules.values() if isinstance(r.condition, Heartbeat)]
             devices = await conn.fetch(
-                "SELECT device_id, tags, site_id, gateway_id FROM devices WHERE status IN ('provisioned', 'active')"
+                "SELECT device_id, tags, site_id, gateway_id, status FROM devices WHERE status IN ('provisioned', 'active')"
             )
-            pairs = {(r.id, d["device_id"]) for d in devices for r in heartbeat if applies_to(r, device_of(d))}
+            # watched: devices in service ('active'), and provisioned ones once heard from (a state
+            # exists) -- so devices registered ahead of installation do not all alert as offline
+            heard = {
+                (r["rule_id"], r["device_id"])
+                for r in await conn.fetch("SELECT rule_id, device_id FROM rule_state WHERE rule_id = ANY($1)", [r.id for r in heartbeat])
+            }
+            pairs = {
+                (r.id, d["device_id"])
+                for d in devices
+                for r in heartbeat
+                if (d["status"] == "active" or (r.id, d["device_id"]) in heard) and applies_to(r, device_of(d))
+            }
             flapping = await conn.fetch(
                 "SELECT rule_id, device_id FROM rule_state WHERE (state->>'flapping')::boolean AND rule_id = ANY($1)", list(rules)
             )

@@ -182,6 +182,8 @@ async def test_a_silent_gateway_opens_one_gateway_offline_alert_and_its_devices_
                 gw,
             )
         await conn.execute("INSERT INTO devices (tenant_id, device_id, status) VALUES ($1, 'direct', 'active')", tenant)
+        # registered ahead of installation, never heard from: not watched, no alert
+        await conn.execute("INSERT INTO devices (tenant_id, device_id, status) VALUES ($1, 'spare', 'provisioned')", tenant)
     runner: RuleRunner = cloud.app.state.rules
     await runner.sweep_once(now)  # monitoring starts
     async with db.tenant(tenant) as conn:  # the gateway falls silent
