@@ -96,8 +96,9 @@ async def _lock_states(
     """Create missing states (monitoring starts now), then lock and read them all."""
     if not pairs:
         return {}
-    rule_ids, device_ids = [p[0] for p in pairs], [p[1] for p in pairs]
-    fresh = [json.dumps(new_state(rules[r], d, now).to_dict()) for r, d in pairs]
+    ordered = sorted(pairs)  # one order for every evaluator: concurrent inserts and locks cannot deadlock
+    rule_ids, device_ids = [p[0] for p in ordered], [p[1] for p in ordered]
+    fresh = [json.dumps(new_state(rules[r], d, now).to_dict()) for r, d in ordered]
     await conn.execute(
         "INSERT INTO rule_state (tenant_id, rule_id, device_id, state) "
         "SELECT pulse_current_tenant(), r, d, s::jsonb FROM unnest($1::text[], $2::text[], $3::text[]) AS u(r, d, s) "
@@ -151,6 +152,7 @@ class RuleRunner:
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self.evaluated_rows = 0
+        self.failed_rows = 0
         self.dropped_rows = 0
 
     # --- event-driven ------------------------------------------------------------------------
@@ -168,9 +170,15 @@ class RuleRunner:
         by_tenant: dict[uuid.UUID, list[Sequence[object]]] = {}
         for row in rows:
             by_tenant.setdefault(row[1], []).append(row)  # type: ignore[arg-type]
+        failed = 0
         for tenant_id, tenant_rows in by_tenant.items():
-            await self._evaluate_tenant(tenant_id, tenant_rows)
-        self.evaluated_rows += len(rows)
+            try:
+                await self._evaluate_tenant(tenant_id, tenant_rows)
+            except Exception:  # one tenant's failure must not cost the others their alerts
+                failed += len(tenant_rows)
+                log.exception("rule evaluation failed for %d rows of tenant %s (they are stored)", len(tenant_rows), tenant_id)
+        self.evaluated_rows += len(rows) - failed
+        self.failed_rows += failed
 
     async def _evaluate_tenant(self, tenant_id: uuid.UUID, rows: list[Sequence[object]]) -> None:
         async with self._db.tenant(tenant_id) as conn:
