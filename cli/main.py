@@ -19,6 +19,7 @@ COMMAND_MODULES = ["pulse.edge.cli", "pulse.cloud.cli", "pulse.firmware_sim.cli"
 BENCHMARKS: dict[str, tuple[str, str]] = {
     "codec": ("pulse.bench.codec", "sync batch codec: bytes per point and encode/decode speed against JSON envelopes"),
     "ingest": ("pulse.bench.ingest", "HTTP ingest (server in its own process) against a raw COPY of the same rows"),
+    "alert": ("pulse.bench.alert", "threshold crossing -> alert committed, cloud (HTTP ingest) and edge (MQTT), p50/p99 against ingest/PUBACK"),
     "edge": ("pulse.bench.edge", "gateway intake (auth, parse, durable buffer) against a plain amqtt broker: msgs/s, ratio, RSS"),
 }
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
@@ -17,6 +17,8 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from pulse.cloud.alerts.runner import RuleRunner, RunnerConfig
+from pulse.cloud.api import alerts as alerts_api
 from pulse.cloud.api import auth as auth_api
 from pulse.cloud.api import devices, fleet, live, operator, sites, telemetry
 from pulse.cloud.api.console import mount_console
@@ -28,7 +30,7 @@ from pulse.cloud.db.pool import Database, PoolSizes
 from pulse.cloud.errors import CloudError
 from pulse.cloud.ingest import http as ingest_http
 from pulse.cloud.ingest.identity import CredentialRecord, DeviceTokenCache
-from pulse.cloud.ingest.writer import Writer
+from pulse.cloud.ingest.writer import TelemetryRow, Writer
 from pulse.cloud.live import LiveHub
 from pulse.cloud.metrics import Metrics
 from pulse.cloud.settings import Settings
@@ -76,7 +78,19 @@ def create_app(settings: Settings) -> FastAPI:
 
     tokens = DeviceTokenCache(lookup, ttl_s=settings.device_token_cache_s)
     hub = LiveHub()
-    writer = Writer(settings.writer, retry_after_s=settings.retry_after_s, on_flush=metrics.on_flush, on_commit=hub.publish)
+    rules = RuleRunner(
+        db, RunnerConfig(sweep_interval_s=settings.rules_sweep_interval_s, gateway_offline_after_s=settings.gateway_offline_after_s)
+    )
+
+    def committed(rows: Sequence[TelemetryRow]) -> None:
+        """After-commit listeners: the console's live view and the rule runner, each on its own."""
+        for listener in (hub.publish, rules.observe):
+            try:
+                listener(rows)
+            except Exception:  # one listener's bug must not starve the other
+                log.exception("after-commit listener %s failed; the rows are stored", listener)
+
+    writer = Writer(settings.writer, retry_after_s=settings.retry_after_s, on_flush=metrics.on_flush, on_commit=committed)
     metrics.watch_queue(lambda: writer.queued_rows)
     ingest = ingest_http.IngestService(config=settings.ingest, tokens=tokens, writer=writer, metrics=metrics)
 
@@ -102,6 +116,7 @@ def create_app(settings: Settings) -> FastAPI:
                 log.info("applied migrations %s", ", ".join(applied))
         await db.open()
         writer.start(db.writer_pool)
+        rules.start()
         task = asyncio.create_task(maintenance(), name="pulse-maintenance")
         try:
             yield
@@ -110,6 +125,7 @@ def create_app(settings: Settings) -> FastAPI:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
             await writer.stop()
+            await rules.stop()
             await db.close()
 
     app = FastAPI(
@@ -125,6 +141,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.metrics = metrics
     app.state.writer = writer
     app.state.live = hub
+    app.state.rules = rules
 
     @app.exception_handler(CloudError)
     async def cloud_error(request: Request, exc: CloudError) -> JSONResponse:
@@ -175,5 +192,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(fleet.router)
     app.include_router(telemetry.router)
     app.include_router(live.router)
+    app.include_router(alerts_api.rules_router)
+    app.include_router(alerts_api.alerts_router)
+    app.include_router(alerts_api.states_router)
     mount_console(app, settings.console_dir)
     return app

@@ -65,6 +65,10 @@ class Settings(BaseSettings):
     telemetry_partitions_ahead_days: int = Field(default=7, ge=1)
     maintenance_interval_s: int = Field(default=3600, ge=1)
 
+    # rules and alerts
+    rules_sweep_interval_s: float = Field(default=10.0, gt=0, description="heartbeat / gateway silence sweep period")
+    gateway_offline_after_s: float = Field(default=300.0, gt=0, description="gateway silence that opens GATEWAY_OFFLINE")
+
     # server
     host: str = "127.0.0.1"
     port: int = 8080

@@ -1,8 +1,8 @@
 """Wiring: build the gateway's parts from the settings, run them, stop them in order.
 
-buffer (SQLite) -> authenticator + intake -> broker (listeners) -> status board + HTTP server.
-Stopping goes the other way: the status page, then the broker (no new messages), then the buffer
-(which commits what is queued before it closes).
+buffer (SQLite) -> local rule runner -> authenticator + intake -> broker (listeners) -> status
+board + HTTP server. Stopping goes the other way: the status page, then the broker (no new
+messages), then the rule runner, then the buffer (which commits what is queued before it closes).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from pulse.edge.auth import Authenticator
 from pulse.edge.buffer import Buffer
 from pulse.edge.config import Settings
 from pulse.edge.errors import ConfigError
+from pulse.edge.rules import EdgeRuleRunner
 from pulse.protocol.envelope import Limits
 
 log = logging.getLogger("pulse.edge")
@@ -38,6 +39,8 @@ class Gateway:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.buffer = Buffer(settings.database, settings.buffer)
+        self.rules = EdgeRuleRunner(settings.database, self.buffer)
+        self.buffer.on_commit = self.rules.observe
         self.intake = mqtt.Intake(self.buffer, Limits(max_bytes=settings.broker.max_message_bytes))
         self.broker: mqtt.GatewayBroker | None = None
         self.board: status.StatusBoard | None = None
@@ -48,19 +51,22 @@ class Gateway:
         s = self.settings
         await self.buffer.open()
         try:
+            await self.rules.start()
             authenticator = Authenticator(self.buffer.secret_hash, allow_anonymous=s.broker.allow_anonymous)
             try:
                 self.broker = await mqtt.start(s.broker, self.intake, authenticator)
             except BrokerError as exc:
                 raise ConfigError(f"the broker cannot listen: {exc}", port=s.broker.port) from exc
-            self.board = status.StatusBoard(s, self.broker, self.intake, self.buffer)
+            self.board = status.StatusBoard(s, self.broker, self.intake, self.buffer, self.rules)
             await self.board.sample()
             self._tasks.append(asyncio.create_task(self.board.run(), name="status-sampler"))
             if s.status.port:
                 try:
                     sock = status.listen(s.status.host, s.status.port)
                 except OSError as exc:
-                    raise ConfigError(f"the status page cannot listen on {s.status.host}:{s.status.port}: {exc}", port=s.status.port) from exc
+                    raise ConfigError(
+                        f"the status page cannot listen on {s.status.host}:{s.status.port}: {exc}", port=s.status.port
+                    ) from exc
                 self._http = status.server(self.board, s.status.host, s.status.port)
                 self._tasks.append(asyncio.create_task(self._http.serve(sockets=[sock]), name="status-http"))
         except BaseException:
@@ -68,7 +74,11 @@ class Gateway:
             raise
         log.info(
             "gateway %s: MQTT on %s:%d, status on %s, buffer %s",
-            s.gateway.id, s.broker.host, s.broker.port, s.status_url if s.status.port else "off", s.database,
+            s.gateway.id,
+            s.broker.host,
+            s.broker.port,
+            s.status_url if s.status.port else "off",
+            s.database,
         )
 
     async def stop(self) -> None:
@@ -81,6 +91,7 @@ class Gateway:
         if self.broker is not None:
             await mqtt.stop(self.broker)
             self.broker = None
+        await self.rules.stop()
         await self.buffer.close()
 
 

@@ -185,6 +185,8 @@ class Buffer:
         self._quarantine_count = 0
         self._counters = _Counters()
         self._closing = False
+        self.on_commit: Callable[[list[Store]], None] | None = None
+        """Sees each commit's newly stored records, after their acknowledgements are released (the rule runner)."""
 
     # ---- lifecycle -------------------------------------------------------------------------
     async def _in_writer(self, fn: Callable[..., _T], *args: object) -> _T:
@@ -220,7 +222,9 @@ class Buffer:
             w.execute(f"PRAGMA max_page_count = {max(16, int(self.settings.max_file_mb * 1024 * 1024 / page_size))}")
         for s in Stream:
             w.execute("INSERT OR IGNORE INTO streams (stream, next_seq, acked_seq) VALUES (?, 1, 0)", (int(s),))
-        for stream, next_seq, acked, dc, db in w.execute("SELECT stream, next_seq, acked_seq, dropped_count, dropped_bytes FROM streams"):
+        for stream, next_seq, acked, dc, db in w.execute(
+            "SELECT stream, next_seq, acked_seq, dropped_count, dropped_bytes FROM streams"
+        ):
             if stream in Stream._value2member_map_:
                 st = self._streams[Stream(stream)]
                 st.next_seq, st.acked_seq, st.dropped_count, st.dropped_bytes = next_seq, acked, dc, db
@@ -234,7 +238,9 @@ class Buffer:
         self._quarantine_count = w.execute("SELECT COUNT(*) FROM quarantine").fetchone()[0]
         rows = w.execute("SELECT received_ms, device_id, code, message FROM quarantine ORDER BY id DESC LIMIT ?", (LAST_REASONS,))
         for received_ms, device_id, code, message in reversed(rows.fetchall()):
-            self._counters.last_reasons.append({"received_ms": received_ms, "device_id": device_id, "code": code, "message": message})
+            self._counters.last_reasons.append(
+                {"received_ms": received_ms, "device_id": device_id, "code": code, "message": message}
+            )
         for name, value in w.execute("SELECT name, value FROM counters"):
             if name in ("duplicates", "acl_denied", "quarantine_removed"):
                 setattr(self._counters, name, value)
@@ -317,6 +323,15 @@ class Buffer:
             for (_, fut), outcome in zip(batch, result.outcomes, strict=True):
                 if fut is not None and not fut.done():
                     fut.set_result(outcome)
+            if self.on_commit is not None:  # after the PUBACKs are released: listeners never delay them
+                stored = [
+                    i for (i, _), o in zip(batch, result.outcomes, strict=True) if o is Outcome.STORED and isinstance(i, Store)
+                ]
+                if stored:
+                    try:
+                        self.on_commit(stored)
+                    except Exception:
+                        log.exception("after-commit listener failed; the records are stored")
 
     def _commit(self, items: list[Item]) -> _Result:
         """In the writer thread: one transaction for the whole batch. Reads the in-memory state, changes
@@ -373,7 +388,9 @@ class Buffer:
             elif isinstance(item, Quarantine):
                 r.denied += item.denied
                 quarantine.append((now_ms, item.device_id, item.topic, str(item.code), item.message, item.raw))
-                r.reasons.append({"received_ms": now_ms, "device_id": item.device_id, "code": str(item.code), "message": item.message})
+                r.reasons.append(
+                    {"received_ms": now_ms, "device_id": item.device_id, "code": str(item.code), "message": item.message}
+                )
                 r.outcomes.append(Outcome.QUARANTINED)
             else:
                 acks.append(item)
@@ -424,7 +441,11 @@ class Buffer:
             if excess > 0:
                 w.execute("DELETE FROM quarantine WHERE id IN (SELECT id FROM quarantine ORDER BY id LIMIT ?)", (excess,))
                 r.removed = excess
-        counters = [(name, n) for name, n in (("duplicates", r.duplicates), ("acl_denied", r.denied), ("quarantine_removed", r.removed)) if n]
+        counters = [
+            (name, n)
+            for name, n in (("duplicates", r.duplicates), ("acl_denied", r.denied), ("quarantine_removed", r.removed))
+            if n
+        ]
         if counters:
             w.executemany(
                 "INSERT INTO counters (name, value) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",

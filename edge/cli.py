@@ -112,6 +112,21 @@ def _cmd_device_remove(args: argparse.Namespace) -> int:
     return 0
 
 
+@_guard
+def _cmd_rules_set(args: argparse.Namespace) -> int:
+    from pulse.edge.rules import store_rules
+
+    try:
+        docs = json.loads(Path(args.file).read_text())
+    except (OSError, ValueError) as exc:
+        print(f"pulse gateway: cannot read {args.file}: {exc}", file=sys.stderr)
+        return 2
+    rules = store_rules(_settings(args).database, docs)
+    print(f"{len(rules)} rules stored: {', '.join(f'{r.id} v{r.version}' for r in rules) or 'none'}.")
+    print("A running gateway picks them up within its rule sweep (5 s).")
+    return 0
+
+
 def _offline(database: Path) -> dict[str, Any]:
     """What the SQLite file says when the gateway is not running."""
     conn = sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=5)
@@ -138,8 +153,10 @@ def _cmd_status(args: argparse.Namespace) -> int:
         if settings.database.exists():
             off = _offline(settings.database)
             age = f"{time.time() - off['oldest_ms'] / 1000:.0f} s" if off["oldest_ms"] else "-"
-            print(f"from {settings.database}: {off['depth']} buffered records (oldest {age}), "
-                  f"{off['quarantined']} quarantined, {off['devices']} devices registered")
+            print(
+                f"from {settings.database}: {off['depth']} buffered records (oldest {age}), "
+                f"{off['quarantined']} quarantined, {off['devices']} devices registered"
+            )
         return 1
     if args.json:
         print(json.dumps(doc, indent=2))
@@ -148,10 +165,14 @@ def _cmd_status(args: argparse.Namespace) -> int:
     age = "-" if b["oldest_unsynced_age_s"] is None else f"{b['oldest_unsynced_age_s']:.0f} s"
     print(f"gateway      {doc['gateway']['id']} (pulse {doc['gateway']['version']}, up {doc['gateway']['uptime_s']:.0f} s)")
     print(f"devices      {doc['broker']['connected_devices']} connected on {', '.join(doc['broker']['listeners'])}")
-    print(f"messages     {m['per_s']}/s; {m['stored']} stored, {m['duplicates']} duplicates, {m['quarantined']} invalid, "
-          f"{m['denied']} refused")
-    print(f"buffer       {b['depth']} records, {b['bytes']} / {b['quota_bytes']} bytes, oldest unsynced {age}"
-          f"{'  OVER QUOTA' if b['over_quota'] else ''}")
+    print(
+        f"messages     {m['per_s']}/s; {m['stored']} stored, {m['duplicates']} duplicates, {m['quarantined']} invalid, "
+        f"{m['denied']} refused"
+    )
+    print(
+        f"buffer       {b['depth']} records, {b['bytes']} / {b['quota_bytes']} bytes, oldest unsynced {age}"
+        f"{'  OVER QUOTA' if b['over_quota'] else ''}"
+    )
     for st in b["streams"]:
         print(f"  {st['stream']:<10} {st['depth']:>9} records  acked to {st['acked_seq']:<9} dropped {st['dropped_count']}")
     print(f"quarantine   {q['count']} messages ({q['acl_denied']} refused by the topic ACL)")
@@ -186,6 +207,12 @@ def register(sub: Any) -> None:
     ls = with_config(dsub.add_parser("list", help="list devices"))
     ls.add_argument("--json", action="store_true")
     ls.set_defaults(handler=_cmd_device_list)
+    ru = gsub.add_parser("rules", help="the local rule set")
+    ru.set_defaults(handler=lambda args: (ru.print_help(), 0)[1])
+    rsub = ru.add_subparsers(dest="rules_command", metavar="COMMAND")
+    rs = with_config(rsub.add_parser("set", help="replace the gateway's rules with those in a JSON file (a list of rules)"))
+    rs.add_argument("--file", required=True, help="JSON file: a list of rules, as in docs/alerts.md")
+    rs.set_defaults(handler=_cmd_rules_set)
     r = with_config(dsub.add_parser("remove", help="remove a device's credentials"))
     r.add_argument("device_id")
     r.set_defaults(handler=_cmd_device_remove)

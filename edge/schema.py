@@ -9,6 +9,10 @@ One file, WAL mode. Tables:
 - ``dedupe``      per device, a ring of recent (device seq, payload) fingerprints
 - ``quarantine``  refused messages with their code and raw bytes
 - ``counters``    persisted counters (quarantine rows removed, ...)
+- ``rules``       the rule set the gateway evaluates (``pulse gateway rules set``, later the downlink)
+- ``rule_state``  per (rule, device): ``RuleState.to_dict()`` so a restart keeps windows and silence
+- ``alerts``      local alerts (at most one open per (device, rule)); each action is also appended
+                  to the ALERTS buffer stream, which syncs to the cloud
 """
 
 from __future__ import annotations
@@ -58,6 +62,30 @@ CREATE TABLE IF NOT EXISTS quarantine (
     raw         BLOB NOT NULL
 );
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS rules (
+    id          TEXT PRIMARY KEY,
+    version     INTEGER NOT NULL,
+    definition  TEXT NOT NULL,
+    updated_ms  INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS rule_state (
+    rule_id    TEXT NOT NULL,
+    device_id  TEXT NOT NULL,
+    state      TEXT NOT NULL,
+    PRIMARY KEY (rule_id, device_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS alerts (
+    id           INTEGER PRIMARY KEY AUTOINCREMENT,
+    rule_id      TEXT NOT NULL,
+    device_id    TEXT NOT NULL,
+    severity     TEXT NOT NULL,
+    state        TEXT NOT NULL,
+    flapping     INTEGER NOT NULL DEFAULT 0,
+    explanation  TEXT NOT NULL,
+    opened_ms    INTEGER NOT NULL,
+    closed_ms    INTEGER
+);
+CREATE UNIQUE INDEX IF NOT EXISTS alerts_one_open ON alerts (device_id, rule_id) WHERE state <> 'closed';
 """
 
 PRAGMAS = ("PRAGMA journal_mode=WAL", "PRAGMA busy_timeout=10000", "PRAGMA foreign_keys=ON")

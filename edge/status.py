@@ -34,6 +34,7 @@ from pulse.cli.version import __version__
 from pulse.edge.broker import GatewayBroker, Intake
 from pulse.edge.buffer import Buffer
 from pulse.edge.config import Settings
+from pulse.edge.rules import EdgeRuleRunner
 
 RATE_WINDOW_S = 10
 
@@ -41,7 +42,10 @@ RATE_WINDOW_S = 10
 class StatusBoard:
     """Samples the broker, the intake and the buffer once a second into a plain dict."""
 
-    def __init__(self, settings: Settings, broker: GatewayBroker, intake: Intake, buffer: Buffer) -> None:
+    def __init__(
+        self, settings: Settings, broker: GatewayBroker, intake: Intake, buffer: Buffer, rules: EdgeRuleRunner | None = None
+    ) -> None:
+        self.rules = rules
         self.settings = settings
         self.broker = broker
         self.intake = intake
@@ -66,7 +70,11 @@ class StatusBoard:
                 "listeners": self._listeners(),
                 "allow_anonymous": self.settings.broker.allow_anonymous,
             },
-            "messages": {"per_s": round(rate, 1), **{k: v for k, v in asdict(c).items() if k != "by_qos"}, "by_qos": list(c.by_qos)},
+            "messages": {
+                "per_s": round(rate, 1),
+                **{k: v for k, v in asdict(c).items() if k != "by_qos"},
+                "by_qos": list(c.by_qos),
+            },
             "buffer": {
                 "depth": sum(s.depth for s in stats.streams),
                 "bytes": stats.total_bytes,
@@ -84,8 +92,15 @@ class StatusBoard:
                 "last_reasons": stats.last_reasons,
             },
             "uplink": {"state": "not configured", "certificate_expires": None},
+            "alerts": await self._alerts(),
         }
         return self.snapshot
+
+    async def _alerts(self) -> dict[str, Any]:
+        if self.rules is None:
+            return {"rules": 0, "open": []}
+        open_ = await self.rules.alerts(open_only=True, limit=50)
+        return {"rules": len(self.rules.rules), "open": [asdict(a) for a in open_]}
 
     def _listeners(self) -> list[str]:
         b = self.settings.broker
@@ -112,12 +127,16 @@ class _Metrics(Collector):
         s = self.board.snapshot
         if not s:
             return
-        yield GaugeMetricFamily("pulse_gateway_connected_devices", "MQTT clients connected", value=s["broker"]["connected_devices"])
+        yield GaugeMetricFamily(
+            "pulse_gateway_connected_devices", "MQTT clients connected", value=s["broker"]["connected_devices"]
+        )
         msgs = CounterMetricFamily("pulse_gateway_messages", "device messages by outcome", labels=["outcome"])
         for outcome in ("received", "stored", "duplicates", "quarantined", "denied", "forwarded", "storage_errors"):
             msgs.add_metric([outcome], s["messages"][outcome])
         yield msgs
-        yield GaugeMetricFamily("pulse_gateway_messages_per_second", "device messages per second (10 s window)", value=s["messages"]["per_s"])
+        yield GaugeMetricFamily(
+            "pulse_gateway_messages_per_second", "device messages per second (10 s window)", value=s["messages"]["per_s"]
+        )
         depth = GaugeMetricFamily("pulse_gateway_buffer_records", "records waiting for the cloud", labels=["stream"])
         size = GaugeMetricFamily("pulse_gateway_buffer_bytes", "bytes counted against the quota", labels=["stream"])
         dropped = CounterMetricFamily("pulse_gateway_buffer_dropped", "records dropped by the quota", labels=["stream"])
@@ -131,8 +150,12 @@ class _Metrics(Collector):
         yield GaugeMetricFamily("pulse_gateway_buffer_quota_bytes", "configured buffer quota", value=s["buffer"]["quota_bytes"])
         age = s["buffer"]["oldest_unsynced_age_s"]
         yield GaugeMetricFamily("pulse_gateway_oldest_unsynced_age_seconds", "age of the oldest buffered record", value=age or 0)
-        yield GaugeMetricFamily("pulse_gateway_quarantine_records", "rows in the local quarantine", value=s["quarantine"]["count"])
-        yield CounterMetricFamily("pulse_gateway_acl_denied", "publishes refused by the topic ACL", value=s["quarantine"]["acl_denied"])
+        yield GaugeMetricFamily(
+            "pulse_gateway_quarantine_records", "rows in the local quarantine", value=s["quarantine"]["count"]
+        )
+        yield CounterMetricFamily(
+            "pulse_gateway_acl_denied", "publishes refused by the topic ACL", value=s["quarantine"]["acl_denied"]
+        )
 
 
 def _page(s: dict[str, Any]) -> str:
@@ -142,23 +165,35 @@ def _page(s: dict[str, Any]) -> str:
         f"<td>{st['dropped_count']}</td></tr>"
         for st in s["buffer"]["streams"]
     )
-    reasons = "".join(
-        f"<li><code>{e(str(r['code']))}</code> {e(str(r['device_id']))}: {e(str(r['message']))}</li>"
-        for r in reversed(s["quarantine"]["last_reasons"])
-    ) or "<li>none</li>"
+    reasons = (
+        "".join(
+            f"<li><code>{e(str(r['code']))}</code> {e(str(r['device_id']))}: {e(str(r['message']))}</li>"
+            for r in reversed(s["quarantine"]["last_reasons"])
+        )
+        or "<li>none</li>"
+    )
     age = s["buffer"]["oldest_unsynced_age_s"]
+    alerts = (
+        "".join(
+            f"<li><b>{e(a['severity'])}</b> {e(a['device_id'])} / {e(a['rule_id'])}{' (flapping)' if a['flapping'] else ''}: {e(a['text'])}</li>"
+            for a in s["alerts"]["open"]
+        )
+        or "<li>none</li>"
+    )
     return f"""<!doctype html><html><head><meta charset="utf-8"><meta http-equiv="refresh" content="5">
-<title>Pulse gateway {e(s['gateway']['id'])}</title>
+<title>Pulse gateway {e(s["gateway"]["id"])}</title>
 <style>body{{font-family:sans-serif;max-width:52em;margin:2em auto}}td,th{{padding:.2em .8em;text-align:left}}</style></head>
-<body><h1>Pulse gateway {e(s['gateway']['id'])}</h1>
-<p>version {e(s['gateway']['version'])}, up {s['gateway']['uptime_s']:.0f} s; uplink: {e(s['uplink']['state'])}</p>
-<h2>Devices</h2><p>{s['broker']['connected_devices']} connected; {s['messages']['per_s']} messages/s;
-listening on {e(', '.join(s['broker']['listeners']))}</p>
-<h2>Buffer</h2><p>{s['buffer']['depth']} records, {s['buffer']['bytes']} of {s['buffer']['quota_bytes']} bytes;
-oldest unsynced: {'-' if age is None else f'{age:.0f} s'}{' <b>over quota</b>' if s['buffer']['over_quota'] else ''}</p>
+<body><h1>Pulse gateway {e(s["gateway"]["id"])}</h1>
+<p>version {e(s["gateway"]["version"])}, up {s["gateway"]["uptime_s"]:.0f} s; uplink: {e(s["uplink"]["state"])}</p>
+<h2>Devices</h2><p>{s["broker"]["connected_devices"]} connected; {s["messages"]["per_s"]} messages/s;
+listening on {e(", ".join(s["broker"]["listeners"]))}</p>
+<h2>Buffer</h2><p>{s["buffer"]["depth"]} records, {s["buffer"]["bytes"]} of {s["buffer"]["quota_bytes"]} bytes;
+oldest unsynced: {"-" if age is None else f"{age:.0f} s"}{" <b>over quota</b>" if s["buffer"]["over_quota"] else ""}</p>
 <table><tr><th>stream</th><th>records</th><th>bytes</th><th>acked up to</th><th>dropped</th></tr>{rows}</table>
-<h2>Quarantine</h2><p>{s['quarantine']['count']} messages ({s['quarantine']['acl_denied']} refused by the topic ACL)</p>
-<ul>{reasons}</ul><p><a href="/status">JSON</a> · <a href="/metrics">metrics</a></p></body></html>"""
+<h2>Quarantine</h2><p>{s["quarantine"]["count"]} messages ({s["quarantine"]["acl_denied"]} refused by the topic ACL)</p>
+<ul>{reasons}</ul>
+<h2>Alerts</h2><p>{s["alerts"]["rules"]} rules; {len(s["alerts"]["open"])} open alerts (raised here, synced to the cloud)</p>
+<ul>{alerts}</ul><p><a href="/status">JSON</a> · <a href="/metrics">metrics</a></p></body></html>"""
 
 
 def make_app(board: StatusBoard) -> Starlette:

@@ -1,0 +1,344 @@
+"""The cloud's rule runner: evaluates ``pulse.protocol.rules`` on every committed message, and
+sweeps periodically for silence (heartbeats, gateways).
+
+- Event-driven: ``observe(rows)`` is the telemetry writer's after-commit listener (synchronous, no
+  I/O: it queues the rows and wakes the evaluation task), so a threshold is evaluated as soon as
+  the reading is stored, with no polling delay. Gateway sync calls ``observe`` after its commit too.
+- ``process(rows)`` evaluates inside one ``db.tenant()`` transaction per tenant: it locks the rule
+  states it needs (``SELECT ... FOR UPDATE``, so concurrent evaluators of one (rule, device)
+  serialise), evaluates, performs the actions (``store.apply_record``) and writes the new states
+  in the same transaction. A restart loses nothing: state and alerts commit together.
+- ``sweep_once(now)``: per tenant, gateways silent for ``gateway_offline_after_s`` get ONE
+  GATEWAY_OFFLINE alert and their devices show ``unreachable`` (their heartbeat rules are not
+  advanced, so no NO_HEARTBEAT alert each); other devices' heartbeat rules advance (STALE, OFFLINE);
+  flapping alerts settle.
+
+``now`` is the cloud's clock: a row's ``received_at`` for messages, the sweep's clock otherwise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import asyncpg
+
+from pulse.cloud.alerts.store import apply_record, set_device_status
+from pulse.cloud.db.pool import Database
+from pulse.protocol.alerts import GATEWAY_OFFLINE, AlertRecord
+from pulse.protocol.errors import RuleError
+from pulse.protocol.rules import (
+    Device,
+    Heartbeat,
+    Rule,
+    RuleState,
+    Severity,
+    UpdateDeviceState,
+    applies_to,
+    evaluate,
+    new_state,
+    parse_rule,
+    sweep,
+)
+
+log = logging.getLogger("pulse.cloud.alerts")
+MAX_QUEUED_ROWS = 200_000
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    device_id: str
+    metrics: Mapping[str, float | bool]
+
+
+@dataclass(frozen=True, slots=True)
+class RunnerConfig:
+    sweep_interval_s: float = 10.0
+    gateway_offline_after_s: float = 300.0
+
+
+def _ms(at: datetime) -> int:
+    return int(at.timestamp() * 1000)
+
+
+def device_of(row: asyncpg.Record | Mapping[str, object]) -> Device:
+    """A registry row as the rule model sees it: tags ``name=value`` (or bare ``name``), site id as text."""
+    tags: dict[str, str] = {}
+    for tag in row["tags"] or ():  # type: ignore[union-attr]
+        name, _, value = str(tag).partition("=")
+        tags[name] = value
+    site = row["site_id"]
+    return Device(str(row["device_id"]), tags, None if site is None else str(site))
+
+
+async def load_rules(conn: asyncpg.Connection, tenant_id: uuid.UUID) -> list[Rule]:
+    """The tenant's enabled rules (stored definitions were validated on the way in)."""
+    rules = []
+    for row in await conn.fetch("SELECT id, definition FROM rules WHERE enabled ORDER BY id"):
+        try:
+            rules.append(parse_rule(json.loads(row["definition"]), tenant=str(tenant_id)))
+        except RuleError as exc:  # only if a stored definition was changed behind the API's back
+            log.error("rule %s of tenant %s is not valid and is skipped: %s", row["id"], tenant_id, exc)
+    return rules
+
+
+async def _lock_states(
+    conn: asyncpg.Connection, pairs: set[tuple[str, str]], rules: dict[str, Rule], now: int
+) -> dict[tuple[str, str], RuleState]:
+    """Create missing states (monitoring starts now), then lock and read them all."""
+    if not pairs:
+        return {}
+    ordered = sorted(pairs)  # one order for every evaluator: concurrent inserts and locks cannot deadlock
+    rule_ids, device_ids = [p[0] for p in ordered], [p[1] for p in ordered]
+    fresh = [json.dumps(new_state(rules[r], d, now).to_dict()) for r, d in ordered]
+    await conn.execute(
+        "INSERT INTO rule_state (tenant_id, rule_id, device_id, state) "
+        "SELECT pulse_current_tenant(), r, d, s::jsonb FROM unnest($1::text[], $2::text[], $3::text[]) AS u(r, d, s) "
+        "ON CONFLICT DO NOTHING",
+        rule_ids,
+        device_ids,
+        fresh,
+    )
+    rows = await conn.fetch(
+        "SELECT rule_id, device_id, state FROM rule_state WHERE (rule_id, device_id) IN "
+        "(SELECT * FROM unnest($1::text[], $2::text[])) ORDER BY rule_id, device_id FOR UPDATE",
+        rule_ids,
+        device_ids,
+    )
+    states = {}
+    for row in rows:
+        key = (row["rule_id"], row["device_id"])
+        try:
+            states[key] = RuleState.from_dict(json.loads(row["state"]))
+        except RuleError as exc:
+            log.error("rule state %s is unreadable (%s); starting it again", key, exc)
+            states[key] = new_state(rules[key[0]], key[1], now)
+    return states
+
+
+async def _save_states(conn: asyncpg.Connection, states: Mapping[tuple[str, str], RuleState]) -> None:
+    if states:
+        await conn.execute(
+            "UPDATE rule_state s SET state = u.st::jsonb, updated_at = now() "
+            "FROM unnest($1::text[], $2::text[], $3::text[]) AS u(r, d, st) WHERE s.rule_id = u.r AND s.device_id = u.d",
+            [k[0] for k in states],
+            [k[1] for k in states],
+            [json.dumps(s.to_dict()) for s in states.values()],
+        )
+
+
+async def perform(conn: asyncpg.Connection, actions: Sequence[object]) -> None:
+    for action in actions:
+        if isinstance(action, UpdateDeviceState):
+            await set_device_status(conn, action.device, action.status, action.explanation.to_dict())
+        else:
+            await apply_record(conn, AlertRecord.of(action))
+
+
+class RuleRunner:
+    def __init__(self, db: Database, config: RunnerConfig = RunnerConfig(), *, clock: Callable[[], int] | None = None) -> None:
+        self._db = db
+        self._config = config
+        self._clock = clock or (lambda: int(time.time() * 1000))
+        self._pending: deque[Sequence[object]] = deque()
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self.evaluated_rows = 0
+        self.failed_rows = 0
+        self.dropped_rows = 0
+
+    # --- event-driven ------------------------------------------------------------------------
+
+    def observe(self, rows: Sequence[Sequence[object]]) -> None:
+        """After-commit listener: queue committed telemetry rows (writer.TelemetryRow) for evaluation."""
+        if len(self._pending) + len(rows) > MAX_QUEUED_ROWS:
+            self.dropped_rows += len(rows)
+            log.error("rule evaluation is %d rows behind; %d rows are stored but not evaluated", len(self._pending), len(rows))
+            return
+        self._pending.extend(rows)
+        self._wake.set()
+
+    async def process(self, rows: Sequence[Sequence[object]]) -> None:
+        by_tenant: dict[uuid.UUID, list[Sequence[object]]] = {}
+        for row in rows:
+            by_tenant.setdefault(row[1], []).append(row)  # type: ignore[arg-type]
+        failed = 0
+        for tenant_id, tenant_rows in by_tenant.items():
+            try:
+                await self._evaluate_tenant(tenant_id, tenant_rows)
+            except Exception:  # one tenant's failure must not cost the others their alerts
+                failed += len(tenant_rows)
+                log.exception("rule evaluation failed for %d rows of tenant %s (they are stored)", len(tenant_rows), tenant_id)
+        self.evaluated_rows += len(rows) - failed
+        self.failed_rows += failed
+
+    async def _evaluate_tenant(self, tenant_id: uuid.UUID, rows: list[Sequence[object]]) -> None:
+        async with self._db.tenant(tenant_id) as conn:
+            rules = {r.id: r for r in await load_rules(conn, tenant_id)}
+            if not rules:
+                return
+            device_ids = sorted({str(row[2]) for row in rows})
+            registry = {
+                r["device_id"]: device_of(r)
+                for r in await conn.fetch("SELECT device_id, tags, site_id FROM devices WHERE device_id = ANY($1)", device_ids)
+            }
+            devices = {d: registry.get(d, Device(d)) for d in device_ids}
+            scoped = {d: [r for r in rules.values() if applies_to(r, dev)] for d, dev in devices.items()}
+            pairs = {(r.id, d) for d, rs in scoped.items() for r in rs}
+            now0 = min(_ms(row[10]) for row in rows)  # type: ignore[arg-type]
+            states = await _lock_states(conn, pairs, rules, now0)
+            changed: dict[tuple[str, str], RuleState] = {}
+            for row in rows:
+                device_id, metrics = str(row[2]), json.loads(str(row[4]))
+                now = _ms(row[10])  # type: ignore[arg-type]
+                reading = Reading(device_id, metrics)
+                for rule in scoped[device_id]:
+                    key = (rule.id, device_id)
+                    state, actions = evaluate(rule, states[key], reading, now)
+                    if state != states[key]:
+                        states[key] = changed[key] = state
+                    await perform(conn, actions)
+            await _save_states(conn, changed)
+
+    async def _evaluator(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            rows = list(self._pending)
+            self._pending.clear()
+            if not rows:
+                continue
+            try:
+                await self.process(rows)
+            except Exception:  # keep evaluating what comes next; the rows themselves are stored
+                log.exception("rule evaluation failed for %d rows (they are stored; alerts from them may be missing)", len(rows))
+
+    # --- the sweep ---------------------------------------------------------------------------
+
+    async def sweep_once(self, now: int | None = None) -> None:
+        now = self._clock() if now is None else now
+        async with self._db.identity() as conn:
+            tenants = [r[0] for r in await conn.fetch("SELECT pulse_alerting_tenants()")]
+        for tenant_id in tenants:
+            try:
+                await self._sweep_tenant(tenant_id, now)
+            except Exception:
+                log.exception("the rule sweep failed for tenant %s", tenant_id)
+
+    async def _sweep_tenant(self, tenant_id: uuid.UUID, now: int) -> None:
+        async with self._db.tenant(tenant_id) as conn:
+            offline = await self._gateways(conn, now)
+            rules = {r.id: r for r in await load_rules(conn, tenant_id)}
+            heartbeat = [r for r in rules.values() if isinstance(r.condition, Heartbeat)]
+            devices = await conn.fetch(
+                "SELECT device_id, tags, site_id, gateway_id, status FROM devices WHERE status IN ('provisioned', 'active')"
+            )
+            # watched: devices in service ('active'), and provisioned ones once heard from (a state
+            # exists) -- so devices registered ahead of installation do not all alert as offline
+            heard = {
+                (r["rule_id"], r["device_id"])
+                for r in await conn.fetch("SELECT rule_id, device_id FROM rule_state WHERE rule_id = ANY($1)", [r.id for r in heartbeat])
+            }
+            pairs = {
+                (r.id, d["device_id"])
+                for d in devices
+                for r in heartbeat
+                if (d["status"] == "active" or (r.id, d["device_id"]) in heard) and applies_to(r, device_of(d))
+            }
+            flapping = await conn.fetch(
+                "SELECT rule_id, device_id FROM rule_state WHERE (state->>'flapping')::boolean AND rule_id = ANY($1)", list(rules)
+            )
+            pairs |= {(r["rule_id"], r["device_id"]) for r in flapping}
+            states = await _lock_states(conn, pairs, rules, now)
+            behind = {d["device_id"]: d["gateway_id"] for d in devices}
+            changed = {}
+            for key, state in states.items():
+                gateway = behind.get(key[1])
+                if gateway is not None and gateway in offline:
+                    # its gateway is silent: the device is unreachable, not offline; its heartbeat
+                    # rules wait (their state is not advanced) so no alert opens for each device
+                    await set_device_status(
+                        conn,
+                        key[1],
+                        "unreachable",
+                        {"text": f"{key[1]} is unreachable: its gateway is offline", "gateway_id": str(gateway)},
+                    )
+                    continue
+                new, actions = sweep(rules[key[0]], state, now)
+                if new != state:
+                    changed[key] = new
+                await perform(conn, actions)
+            await _save_states(conn, changed)
+
+    async def _gateways(self, conn: asyncpg.Connection, now: int) -> set[uuid.UUID]:
+        """Open GATEWAY_OFFLINE for silent gateways, close it for those heard from; returns the silent ones."""
+        offline: set[uuid.UUID] = set()
+        limit_ms = self._config.gateway_offline_after_s * 1000
+        for gw in await conn.fetch("SELECT id, name, site_id, last_seen_at FROM gateways WHERE status = 'active'"):
+            fp_device = f"gateway:{gw['name']}"
+            is_open = await conn.fetchval(
+                "SELECT id FROM alerts WHERE device_id = $1 AND rule_id = $2 AND state <> 'closed'", fp_device, GATEWAY_OFFLINE
+            )
+            last = gw["last_seen_at"]
+            silent = last is not None and now - _ms(last) >= limit_ms
+            if silent:
+                offline.add(gw["id"])
+                if is_open is None:
+                    silence_s = (now - _ms(last)) / 1000
+                    text = (
+                        f"gateway {gw['name']} is offline: not heard from for {silence_s:g} s since "
+                        f"{last.isoformat(timespec='seconds')} (offline after {self._config.gateway_offline_after_s:g} s); "
+                        "its devices show as unreachable"
+                    )
+                    expl: dict[str, object] = {"text": text, "last_seen_ms": _ms(last), "at_ms": now, "gateway_id": str(gw["id"])}
+                    rec = AlertRecord("open", GATEWAY_OFFLINE, fp_device, Severity.CRITICAL, now, None, expl)
+                    await apply_record(conn, rec, kind="gateway_offline", gateway_id=gw["id"], site_id=gw["site_id"])
+            elif is_open is not None:
+                expl = {"text": f"gateway {gw['name']} is back online", "at_ms": now, "gateway_id": str(gw["id"])}
+                rec = AlertRecord("close", GATEWAY_OFFLINE, fp_device, Severity.CRITICAL, now, None, expl)
+                await apply_record(conn, rec)
+                await conn.execute(
+                    "UPDATE device_states SET status = 'online', changed_at = now(), reason = $2::jsonb "
+                    "WHERE status = 'unreachable' AND device_id IN (SELECT device_id FROM devices WHERE gateway_id = $1)",
+                    gw["id"],
+                    json.dumps({"text": f"gateway {gw['name']} is back online"}),
+                )
+        return offline
+
+    async def _sweeper(self) -> None:
+        while True:
+            try:
+                await self.sweep_once()
+            except Exception:
+                log.exception("the rule sweep failed; retrying in %ss", self._config.sweep_interval_s)
+            await asyncio.sleep(self._config.sweep_interval_s)
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._evaluator(), name="pulse-rules-evaluator"),
+            asyncio.create_task(self._sweeper(), name="pulse-rules-sweep"),
+        ]
+
+    async def stop(self) -> None:
+        """Evaluate what is queued, then stop."""
+        rows = list(self._pending)
+        self._pending.clear()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+        if rows:
+            with contextlib.suppress(Exception):
+                await self.process(rows)

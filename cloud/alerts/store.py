@@ -1,0 +1,202 @@
+"""Alerts in PostgreSQL: the adapter that performs rule actions inside a tenant transaction.
+
+Every function takes a connection in a transaction where ``app.tenant_id`` is set to the tenant:
+``db.tenant(tenant_id)`` (row-level security applies), or gateway sync's writer transaction after
+``SELECT set_config('app.tenant_id', $1, true)`` (the writer role bypasses row-level security, so
+every statement here also names ``tenant_id = pulse_current_tenant()`` itself). Writes happen in the
+caller's transaction, so an alert and what caused it (rule state, a sync high-water mark) commit
+together.
+
+One open alert per fingerprint (tenant, device, rule) is the database's job: the partial unique
+index ``alerts_one_open`` and ``INSERT ... ON CONFLICT ... DO UPDATE``. Concurrent evaluators (two
+cloud replicas, the cloud and a gateway's synced record) therefore merge into one row: the first
+insert wins, the others add to ``occurrences``.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import asyncpg
+
+from pulse.protocol.alerts import AlertRecord
+from pulse.protocol.batch import Record
+from pulse.protocol.errors import Code, RuleError
+from pulse.protocol.rules import DeviceStatus
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What happened to one alert action."""
+
+    alert_id: int | None  # None: nothing to act on (suppressed, or no open alert to close)
+    event: str  # opened, merged, flapping_started, closed, ... or suppressed / no_open_alert
+    notify: bool  # a notification is due (not silenced, not suppressed, a real change)
+
+
+_OPEN_SQL = """
+INSERT INTO alerts (tenant_id, device_id, rule_id, rule_version, kind, severity, flapping, explanation,
+                    source, gateway_id, site_id, opened_at, updated_at)
+VALUES (pulse_current_tenant(), $1, $2, $3, $4, $5, $6, $7::jsonb, $8, $9, $10, to_timestamp($11 / 1000.0), now())
+ON CONFLICT (tenant_id, device_id, rule_id) WHERE state <> 'closed' DO UPDATE
+SET occurrences = alerts.occurrences + 1,
+    severity = EXCLUDED.severity,
+    rule_version = EXCLUDED.rule_version,
+    flapping = alerts.flapping OR EXCLUDED.flapping,
+    condition_cleared = false,
+    updated_at = now()
+RETURNING id, (xmax = 0) AS inserted, (silenced_until IS NOT NULL AND silenced_until > now()) AS silenced
+"""
+
+
+async def in_maintenance(conn: asyncpg.Connection, device_id: str, at_ms: int) -> bool:
+    """True when a maintenance window covers the device (by id, or by its site) at ``at_ms``."""
+    return bool(
+        await conn.fetchval(
+            """SELECT EXISTS (
+                 SELECT 1 FROM maintenance_windows w
+                 WHERE w.tenant_id = pulse_current_tenant()
+                   AND to_timestamp($2 / 1000.0) >= w.starts_at AND to_timestamp($2 / 1000.0) < w.ends_at
+                   AND (w.device_id = $1
+                        OR w.site_id = (SELECT site_id FROM devices WHERE tenant_id = w.tenant_id AND device_id = $1)
+                        OR w.site_id = (SELECT site_id FROM gateways WHERE tenant_id = w.tenant_id AND 'gateway:' || name = $1)))""",
+            device_id,
+            at_ms,
+        )
+    )
+
+
+async def _event(
+    conn: asyncpg.Connection, alert_id: int, kind: str, actor: str, *, notify: bool, detail: dict[str, object]
+) -> None:
+    await conn.execute(
+        "INSERT INTO alert_events (tenant_id, alert_id, kind, actor, notify, detail) "
+        "VALUES (pulse_current_tenant(), $1, $2, $3, $4, $5::jsonb)",
+        alert_id,
+        kind,
+        actor,
+        notify,
+        json.dumps(detail),
+    )
+
+
+async def apply_record(
+    conn: asyncpg.Connection,
+    rec: AlertRecord,
+    *,
+    actor: str = "rule",
+    source: str = "cloud",
+    kind: str = "rule",
+    gateway_id: uuid.UUID | None = None,
+    site_id: uuid.UUID | None = None,
+) -> Outcome:
+    """Perform one alert action for the fingerprint (current tenant, rec.device_id, rec.rule_id)."""
+    detail = {"explanation": rec.explanation}
+    if rec.action in ("open", "flapping_started"):
+        if await in_maintenance(conn, rec.device_id, rec.at_ms):
+            return Outcome(None, "suppressed", False)
+        flapping = rec.action == "flapping_started"
+        row = await conn.fetchrow(
+            _OPEN_SQL,
+            rec.device_id,
+            rec.rule_id,
+            rec.rule_version,
+            kind,
+            str(rec.severity),
+            flapping,
+            json.dumps(rec.explanation),
+            source,
+            gateway_id,
+            site_id,
+            rec.at_ms,
+        )
+        assert row is not None
+        inserted = bool(row["inserted"])
+        event = ("flapping_started" if flapping else "opened") if inserted else "merged"
+        notify = inserted and not row["silenced"]
+        await _event(conn, row["id"], event, actor, notify=notify, detail=detail)
+        return Outcome(row["id"], event, notify)
+    if rec.action == "close":
+        row = await conn.fetchrow(
+            "UPDATE alerts SET state = 'closed', closed_at = to_timestamp($3 / 1000.0), closed_by = $4, updated_at = now() "
+            "WHERE tenant_id = pulse_current_tenant() AND device_id = $1 AND rule_id = $2 AND state <> 'closed' "
+            "RETURNING id, (silenced_until IS NOT NULL AND silenced_until > now()) AS silenced",
+            rec.device_id,
+            rec.rule_id,
+            rec.at_ms,
+            actor,
+        )
+        if row is None:
+            return Outcome(None, "no_open_alert", False)
+        await _event(conn, row["id"], "closed", actor, notify=not row["silenced"], detail=detail)
+        return Outcome(row["id"], "closed", not row["silenced"])
+    column = "condition_cleared = true" if rec.action == "condition_cleared" else "flapping = false"
+    alert_id = await conn.fetchval(
+        f"UPDATE alerts SET {column}, updated_at = now() "
+        "WHERE tenant_id = pulse_current_tenant() AND device_id = $1 AND rule_id = $2 AND state <> 'closed' RETURNING id",
+        rec.device_id,
+        rec.rule_id,
+    )
+    if alert_id is None:
+        return Outcome(None, "no_open_alert", False)
+    await _event(conn, alert_id, rec.action, actor, notify=False, detail=detail)
+    return Outcome(alert_id, rec.action, False)
+
+
+async def set_device_status(
+    conn: asyncpg.Connection, device_id: str, status: DeviceStatus | str, reason: dict[str, object]
+) -> None:
+    await conn.execute(
+        "INSERT INTO device_states (tenant_id, device_id, status, reason, changed_at) "
+        "VALUES (pulse_current_tenant(), $1, $2, $3::jsonb, now()) "
+        "ON CONFLICT (tenant_id, device_id) DO UPDATE SET status = EXCLUDED.status, reason = EXCLUDED.reason, "
+        "changed_at = CASE WHEN device_states.status = EXCLUDED.status THEN device_states.changed_at ELSE now() END",
+        device_id,
+        str(status),
+        json.dumps(reason),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class MergeReport:
+    applied: int
+    rejected: list[dict[str, object]]  # {seq, code, message}: records that are not alert records
+
+
+async def merge_edge_alerts(
+    conn: asyncpg.Connection,
+    tenant_id: uuid.UUID,
+    records: Iterable[Record],
+    *,
+    gateway_id: uuid.UUID | None = None,
+    gateway_name: str = "gateway",
+) -> MergeReport:
+    """Merge alert records synced from a gateway (``Stream.ALERTS``) into the tenant's alerts.
+
+    ``conn``: a transaction with ``app.tenant_id`` set to ``tenant_id``: ``db.tenant(tenant_id)``, or
+    the sync handler's ``db.writer_transaction()`` after
+    ``SELECT set_config('app.tenant_id', $1, true)``, so the alerts commit with the gateway's
+    high-water mark (a replayed batch is then not merged twice). Each record: ``type == "alert"``, ``device_id``, ``ts_ms``
+    (the gateway's evaluation time) and ``body`` as ``pulse.protocol.alerts.AlertRecord.to_body``.
+    An open merges into the fingerprint's open alert if the cloud (or an earlier sync) already
+    opened it; a close closes it. Records that are not alert records are returned as rejected
+    (with their code) and nothing else is written for them: the caller quarantines them.
+    """
+    current = await conn.fetchval("SELECT pulse_current_tenant()")
+    if current != tenant_id:
+        raise ValueError("merge_edge_alerts needs a transaction with app.tenant_id set to tenant_id")
+    applied, rejected = 0, []
+    for record in records:
+        try:
+            if record.type != "alert":
+                raise RuleError(Code.RULE_BAD_ALERT_RECORD, f"record type is {record.type!r}, not 'alert'")
+            rec = AlertRecord.from_body(record.body, at_ms=record.ts_ms)
+        except RuleError as exc:
+            rejected.append({"seq": record.seq, "code": str(exc.code), "message": exc.message})
+            continue
+        await apply_record(conn, rec, actor=f"edge:{gateway_name}", source="edge", gateway_id=gateway_id)
+        applied += 1
+    return MergeReport(applied, rejected)

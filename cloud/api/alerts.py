@@ -1,0 +1,354 @@
+"""Rules, alerts, maintenance windows and device state: tenant-scoped API.
+
+Rules are validated by ``pulse.protocol.rules.parse_rule``: a refused rule answers 422 with the
+rule's error code (``rule.bad_threshold``, ...) and a sentence naming the field."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+import asyncpg
+from fastapi import APIRouter, Query, Response
+from pydantic import BaseModel, Field
+
+from pulse.cloud.alerts.runner import Reading, device_of
+from pulse.cloud.api.deps import Parts, Reader, TenantCaller, Writer
+from pulse.cloud.errors import ConflictError, InvalidError, NotFoundError
+from pulse.protocol.alerts import is_reserved_rule_id
+from pulse.protocol.errors import Code, RuleError
+from pulse.protocol.rules import Device, Rule, RuleState, UpdateDeviceState, applies_to, evaluate, parse_rule, rule_to_dict
+
+rules_router = APIRouter(prefix="/api/v1/rules", tags=["rules"])
+alerts_router = APIRouter(prefix="/api/v1/alerts", tags=["alerts"])
+states_router = APIRouter(prefix="/api/v1", tags=["device state"])
+
+
+# --- rules -------------------------------------------------------------------------------------
+
+
+def _validated(doc: object, caller: TenantCaller) -> Rule:
+    rule = parse_rule(doc, tenant=str(caller.tenant_id))  # RuleError -> 422 with its code
+    if is_reserved_rule_id(rule.id):
+        raise RuleError(Code.RULE_RESERVED_ID, "rule ids GATEWAY_OFFLINE and pulse:* are Pulse's own", rule_id=rule.id)
+    return rule
+
+
+def _rule_out(row: asyncpg.Record) -> dict[str, Any]:
+    return {
+        **json.loads(row["definition"]),
+        "created_at": row["created_at"].isoformat(),
+        "updated_at": row["updated_at"].isoformat(),
+    }
+
+
+_RULE_COLS = "definition, created_at, updated_at"
+
+
+@rules_router.post("", status_code=201, summary="Create a rule (body: the rule JSON, see docs/alerts.md)")
+async def create_rule(body: dict[str, Any], caller: Writer, parts: Parts) -> dict[str, Any]:
+    rule = _validated(body, caller)
+    async with parts.db.tenant(caller.tenant_id) as conn:
+        try:
+            row = await conn.fetchrow(
+                f"INSERT INTO rules (tenant_id, id, version, kind, enabled, definition) "
+                f"VALUES ($1, $2, $3, $4, $5, $6::jsonb) RETURNING {_RULE_COLS}",
+                caller.tenant_id,
+                rule.id,
+                rule.version,
+                str(rule.kind),
+                rule.enabled,
+                json.dumps(rule_to_dict(rule)),
+            )
+        except asyncpg.UniqueViolationError as exc:
+            raise ConflictError(Code.API_CONFLICT, f"a rule {rule.id!r} exists; change it with PUT") from exc
+    return _rule_out(row)
+
+
+@rules_router.get("", summary="List rules")
+async def list_rules(caller: Reader, parts: Parts) -> list[dict[str, Any]]:
+    async with parts.db.tenant(caller.tenant_id) as conn:
+        rows = await conn.fetch(f"SELECT {_RULE_COLS} FROM rules ORDER BY id")
+    return [_rule_out(r) for r in rows]
+
+
+@rules_router.get("/{rule_id}", summary="One rule")
+async def get_rule(rule_id: str, caller: Reader, parts: Parts) -> dict[str, Any]:
+    async with parts.db.tenant(caller.tenant_id) as conn:
+        row = await conn.fetchrow(f"SELECT {_RULE_COLS} FROM rules WHERE id = $1", rule_id)
+    if row is None:
+        raise NotFoundError("rule", rule_id=rule_id)
+    return _rule_out(row)
+
+
+@rules_router.put("/{rule_id}", summary="Replace a rule; its version goes up by one (or to the body's, if higher)")
+async def replace_rule(rule_id: str, body: dict[str, Any], caller: Writer, parts: Parts) -> dict[str, Any]:
+    if body.get("id", rule_id) != rule_id:
+        raise InvalidError(Code.API_INVALID, "the body's id differs from the rule id in the path")
+    async with parts.db.tenant(caller.tenant_id) as conn:
+        current = await conn.fetchval("SELECT version FROM rules WHERE id = $1 FOR UPDATE", rule_id)
+        if current is None:
+            raise NotFoundError("rule", rule_id=rule_id)
+        asked = body.get("version")
+        version = asked if type(asked) is int and asked > current else current + 1
+        rule = _validated({**body, "id": rule_id, "version": version}, caller)
+        row = await conn.fetchrow(
+            f"UPDATE rules SET version = $2, kind = $3, enabled = $4, definition = $5::jsonb, updated_at = now() "
+            f"WHERE id = $1 RETURNING {_RULE_COLS}",
+            rule_id,
+            rule.version,
+            str(rule.kind),
+            rule.enabled,
+            json.dumps(rule_to_dict(rule)),
+        )
+    return _rule_out(row)
+
+
+@rules_router.delete("/{rule_id}", status_code=204, summary="Delete a rule (its alerts stay, its state goes)")
+async def delete_rule(rule_id: str, caller: Writer, parts: Parts) -> Response:
+    async with parts.db.tenant(caller.tenant_id) as conn:
+        if await conn.fetchval("DELETE FROM rules WHERE id = $1 RETURNING id", rule_id) is None:
+            raise NotFoundError("rule", rule_id=rule_id)
+    return Response(status_code=204)
+
+
+class PreviewIn(BaseModel):
+    rule: dict[str, Any]
+    hours: float = Field(default=24, gt=0, le=24 * 7)
+    limit: int = Field(default=20_000, ge=1, le=100_000)
+
+
+@rules_router.post("/preview", summary="What a rule would have done on recent telemetry (nothing is stored)")
+async def preview_rule(body: PreviewIn, caller: Reader, parts: Parts) -> dict[str, Any]:
+    rule = _validated(body.rule, caller)
+    since = datetime.now().astimezone() - timedelta(hours=body.hours)
+    async with parts.db.tenant(caller.tenant_id) as conn:
+        devices = {r["device_id"]: device_of(r) for r in await conn.fetch("SELECT device_id, tags, site_id FROM devices")}
+        rows = await conn.fetch(
+            "SELECT device_id, metrics, received_at FROM telemetry WHERE time >= $1 ORDER BY received_at LIMIT $2",
+            since,
+            body.limit,
+        )
+    states: dict[str, RuleState] = {}
+    actions: list[dict[str, Any]] = []
+    readings = 0
+    for row in rows:
+        device_id = row["device_id"]
+        if not applies_to(rule, devices.get(device_id, Device(device_id))):
+            continue
+        readings += 1
+        now = int(row["received_at"].timestamp() * 1000)
+        states[device_id], done = evaluate(rule, states.get(device_id), Reading(device_id, json.loads(row["metrics"])), now)
+        for action in done:
+            if isinstance(action, UpdateDeviceState):
+                continue
+            actions.append(
+                {"action": type(action).__name__, "device_id": device_id, "at_ms": now, "text": action.explanation.text}
+            )
+    return {"rule": rule_to_dict(rule), "readings": readings, "devices": len(states), "actions": actions[:1000]}
+
+
+# --- alerts ------------------------------------------------------------------------------------
+
+_ALERT_COLS = (
+    "id, device_id, rule_id, rule_version, kind, severity, state, flapping, condition_cleared, occurrences, "
+    "explanation, source, gateway_id, site_id, opened_at, updated_at, acknowledged_at, acknowledged_by, closed_at, "
+    "closed_by, silenced_until"
+)
+
+
+def _alert_out(row: asyncpg.Record) -> dict[str, Any]:
+    out = dict(row)
+    out["explanation"] = json.loads(out["explanation"])
+    for k, v in out.items():
+        if isinstance(v, datetime):
+            out[k] = v.isoformat()
+        elif isinstance(v, uuid.UUID):
+            out[k] = str(v)
+    return out
+
+
+@alerts_router.get("", summary="List alerts (newest first), filtered")
+async def list_alerts(
+    caller: Reader,
+    parts: Parts,
+    state: list[Literal["open", "acknowledged", "closed"]] = Query(default=[]),  # noqa: B008
+    severity: list[str] = Query(default=[]),  # noqa: B008
+    device_id: str | None = None,
+    rule_id: str | None = None,
+    limit: int = Query(default=100, ge=1, le=1000),
+) -> list[dict[str, Any]]:
+    where: list[str] = ["true"]
+    args: list[object] = []
+    for column, value in (("state", state), ("severity", severity)):
+        if value:
+            args.append(value)
+            where.append(f"{column} = ANY(${len(args)})")
+    for column, one in (("device_id", device_id), ("rule_id", rule_id)):
+        if one is not None:
+            args.append(one)
+            where.append(f"{column} = ${len(args)}")
+    args.append(limit)
+    async with parts.db.tenant(caller.tenant_id) as conn:
+        rows = await conn.fetch(
+            f"SELECT {_ALERT_COLS} FROM alerts WHERE {' AND '.join(where)} ORDER BY opened_at DESC, id DESC LIMIT ${len(args)}",
+            *args,
+        )
+    return [_alert_out(r) for r in rows]
+
+
+@alerts_router.get("/{alert_id}", summary="One alert with its history")
+async def get_alert(alert_id: int, caller: Reader, parts: Parts) -> dict[str, Any]:
+    async with parts.db.tenant(caller.tenant_id) as conn:
+        row = await conn.fetchrow(f"SELECT {_ALERT_COLS} FROM alerts WHERE id = $1", alert_id)
+        if row is None:
+            raise NotFoundError("alert", alert_id=alert_id)
+        events = await conn.fetch(
+            "SELECT at, kind, actor, notify, detail FROM alert_events WHERE alert_id = $1 ORDER BY id", alert_id
+        )
+    out = _alert_out(row)
+    out["events"] = [{**dict(e), "at": e["at"].isoformat(), "detail": json.loads(e["detail"])} for e in events]
+    return out
+
+
+class BulkIn(BaseModel):
+    ids: list[int] = Field(min_length=1, max_length=1000)
+    action: Literal["ack", "close", "silence"]
+    until: datetime | None = None
+    note: str = Field(default="", max_length=1000)
+
+
+class SilenceIn(BaseModel):
+    until: datetime
+    note: str = Field(default="", max_length=1000)
+
+
+class NoteIn(BaseModel):
+    note: str = Field(default="", max_length=1000)
+
+
+_ACTIONS = {
+    "ack": ("acknowledged", "state = 'acknowledged', acknowledged_at = now(), acknowledged_by = $2", "state = 'open'"),
+    "close": ("closed", "state = 'closed', closed_at = now(), closed_by = $2", "state <> 'closed'"),
+    "silence": ("silenced", "silenced_until = $2", "state <> 'closed'"),
+}
+
+
+async def _act(
+    parts: Parts, caller: TenantCaller, ids: list[int], action: str, until: datetime | None, note: str
+) -> list[dict[str, Any]]:
+    if action == "silence" and until is None:
+        raise InvalidError(Code.API_INVALID, "silence needs 'until' (an ISO 8601 time)")
+    event, sets, allowed = _ACTIONS[action]
+    async with parts.db.tenant(caller.tenant_id) as conn:
+        found = {r["id"]: r["state"] for r in await conn.fetch("SELECT id, state FROM alerts WHERE id = ANY($1) FOR UPDATE", ids)}
+        if missing := sorted(set(ids) - set(found)):
+            raise NotFoundError("alert", alert_ids=",".join(map(str, missing[:20])))
+        rows = await conn.fetch(
+            f"UPDATE alerts SET {sets}, updated_at = now() WHERE id = ANY($1) AND {allowed} RETURNING {_ALERT_COLS}",
+            ids,
+            until if action == "silence" else caller.actor,
+        )
+        changed = {r["id"] for r in rows}
+        await conn.executemany(
+            "INSERT INTO alert_events (tenant_id, alert_id, kind, actor, detail) VALUES (pulse_current_tenant(), $1, $2, $3, $4::jsonb)",
+            [
+                (i, event, caller.actor, json.dumps({"note": note, "until": until.isoformat() if until else None}))
+                for i in changed
+            ],
+        )
+        unchanged = {
+            r["id"]: r
+            for r in await conn.fetch(f"SELECT {_ALERT_COLS} FROM alerts WHERE id = ANY($1)", sorted(set(ids) - changed))
+        }
+    by_id = {r["id"]: r for r in rows} | unchanged
+    return [_alert_out(by_id[i]) for i in ids]
+
+
+@alerts_router.post("/bulk", summary="Acknowledge, close or silence many alerts at once")
+async def bulk(body: BulkIn, caller: Writer, parts: Parts) -> list[dict[str, Any]]:
+    return await _act(parts, caller, body.ids, body.action, body.until, body.note)
+
+
+@alerts_router.post("/{alert_id}/ack", summary="Acknowledge an open alert")
+async def ack(alert_id: int, caller: Writer, parts: Parts, body: NoteIn | None = None) -> dict[str, Any]:
+    return (await _act(parts, caller, [alert_id], "ack", None, body.note if body else ""))[0]
+
+
+@alerts_router.post("/{alert_id}/close", summary="Close an alert")
+async def close(alert_id: int, caller: Writer, parts: Parts, body: NoteIn | None = None) -> dict[str, Any]:
+    return (await _act(parts, caller, [alert_id], "close", None, body.note if body else ""))[0]
+
+
+@alerts_router.post("/{alert_id}/silence", summary="Silence an alert's notifications until a time")
+async def silence(alert_id: int, body: SilenceIn, caller: Writer, parts: Parts) -> dict[str, Any]:
+    return (await _act(parts, caller, [alert_id], "silence", body.until, body.note))[0]
+
+
+# --- device state, maintenance windows --------------------------------------------------------
+
+
+@states_router.get("/device-states", summary="Device states: online, stale, offline, unreachable")
+async def device_states(caller: Reader, parts: Parts, device_id: str | None = None) -> list[dict[str, Any]]:
+    async with parts.db.tenant(caller.tenant_id) as conn:
+        rows = await conn.fetch(
+            "SELECT device_id, status, reason, changed_at FROM device_states WHERE $1::text IS NULL OR device_id = $1 ORDER BY device_id",
+            device_id,
+        )
+    return [{**dict(r), "reason": json.loads(r["reason"]), "changed_at": r["changed_at"].isoformat()} for r in rows]
+
+
+class WindowIn(BaseModel):
+    device_id: str | None = Field(default=None, min_length=1, max_length=128)
+    site_id: uuid.UUID | None = None
+    starts_at: datetime
+    ends_at: datetime
+    reason: str = Field(default="", max_length=1000)
+
+
+_WINDOW_COLS = "id, device_id, site_id, starts_at, ends_at, reason, created_by, created_at"
+
+
+def _window_out(row: asyncpg.Record) -> dict[str, Any]:
+    out = dict(row)
+    return {k: (v.isoformat() if isinstance(v, datetime) else str(v) if isinstance(v, uuid.UUID) else v) for k, v in out.items()}
+
+
+@states_router.post("/maintenance-windows", status_code=201, summary="A maintenance window for a device or a site")
+async def create_window(body: WindowIn, caller: Writer, parts: Parts) -> dict[str, Any]:
+    if (body.device_id is None) == (body.site_id is None):
+        raise InvalidError(Code.API_INVALID, "a maintenance window is for one device_id or one site_id")
+    if body.ends_at <= body.starts_at:
+        raise InvalidError(Code.API_INVALID, "ends_at must be after starts_at")
+    async with parts.db.tenant(caller.tenant_id) as conn:
+        if body.site_id is not None and not await conn.fetchval("SELECT 1 FROM sites WHERE id = $1", body.site_id):
+            raise NotFoundError("site", site_id=str(body.site_id))
+        row = await conn.fetchrow(
+            f"INSERT INTO maintenance_windows (tenant_id, device_id, site_id, starts_at, ends_at, reason, created_by) "
+            f"VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING {_WINDOW_COLS}",
+            caller.tenant_id,
+            body.device_id,
+            body.site_id,
+            body.starts_at,
+            body.ends_at,
+            body.reason,
+            caller.actor,
+        )
+    return _window_out(row)
+
+
+@states_router.get("/maintenance-windows", summary="Maintenance windows that have not ended")
+async def list_windows(caller: Reader, parts: Parts) -> list[dict[str, Any]]:
+    async with parts.db.tenant(caller.tenant_id) as conn:
+        rows = await conn.fetch(f"SELECT {_WINDOW_COLS} FROM maintenance_windows WHERE ends_at > now() ORDER BY starts_at")
+    return [_window_out(r) for r in rows]
+
+
+@states_router.delete("/maintenance-windows/{window_id}", status_code=204, summary="End a maintenance window")
+async def delete_window(window_id: uuid.UUID, caller: Writer, parts: Parts) -> Response:
+    async with parts.db.tenant(caller.tenant_id) as conn:
+        if await conn.fetchval("DELETE FROM maintenance_windows WHERE id = $1 RETURNING id", window_id) is None:
+            raise NotFoundError("maintenance window", window_id=str(window_id))
+    return Response(status_code=204)
