@@ -151,8 +151,9 @@ class SyncListener:
             host=self._config.host,
             port=self._config.port,
             lifespan="off",
-            log_level="warning",
-            access_log=False,
+            # logging belongs to the public server: this one must not reconfigure it
+            log_config=None,
+            log_level=None,
             timeout_keep_alive=MAX_DOWNLINK_WAIT_S + 15,
             timeout_graceful_shutdown=5,
             ssl_certfile=str(cert_file),
