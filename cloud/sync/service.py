@@ -23,12 +23,13 @@ import logging
 import secrets
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from urllib.parse import unquote
 
 import asyncpg
+import orjson
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
@@ -53,7 +54,6 @@ from pulse.protocol.sync import (
     admit,
     check_clock,
     classify,
-    corrected_ts,
 )
 
 log = logging.getLogger(__name__)
@@ -61,6 +61,7 @@ log = logging.getLogger(__name__)
 PROXY_CERT_HEADER = "x-pulse-client-cert"
 ENROLLMENT_TOKEN_PREFIX = "pet_"
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_EXACT_FLOAT_MS = 2**33 * 1000
 _DECODE_INLINE_BYTES = 64 * 1024  # bigger batches are decoded in a thread, off the event loop
 _DISABLED = frozenset({"disabled", "decommissioned"})
 
@@ -96,9 +97,16 @@ def _pem(cert: x509.Certificate) -> str:
 
 class SyncService:
     def __init__(
-        self, config: SyncConfig, db: Database, metrics: Metrics, *, limits: BatchLimits = DEFAULT_BATCH_LIMITS
+        self,
+        config: SyncConfig,
+        db: Database,
+        metrics: Metrics,
+        *,
+        limits: BatchLimits = DEFAULT_BATCH_LIMITS,
+        on_commit: Callable[[Sequence[TelemetryRow]], None] | None = None,
     ) -> None:
         self.config = config
+        self._on_commit = on_commit
         self.db = db
         self.metrics = metrics
         self.limits = limits
@@ -284,6 +292,11 @@ class SyncService:
             raise StorageUnavailableError(
                 "storage is unavailable; nothing from this batch was stored; send it again later", retry_after_s=1
             ) from exc
+        if rows and self._on_commit is not None:
+            try:
+                self._on_commit(rows)
+            except Exception:  # a listener never fails a committed batch
+                log.exception("on_commit listener failed; the rows are stored")
         self.metrics.sync_batches.labels(admission.verdict.value).inc()
         self.metrics.sync_records.labels("written").inc(len(rows))
         self.metrics.sync_records.labels("quarantined").inc(len(quarantined))
@@ -332,33 +345,41 @@ class SyncService:
             raw = json.dumps({"stream": stream.name.lower(), **rec._asdict()}, default=str).encode()
             quarantined.append((caller.tenant_id, rec.device_id, caller.gateway_id, "gateway", str(code), reason, raw, received))
 
+        tenant, gateway, site = caller.tenant_id, caller.gateway_id, caller.site_id
+        shift = clock.offset_ms if clock.corrected else 0
+        dumps = orjson.dumps
+        from_ts = dt.datetime.fromtimestamp
+        append = rows.append
         for rec in records:
             device = devices.get(rec.device_id)
             if device is None:
                 refuse(rec, Code.SYNC_UNKNOWN_DEVICE, f"device {rec.device_id} is not registered in this gateway's tenant")
                 continue
-            if caller.site_id is not None and device.site_id != caller.site_id:
+            if site is not None and device.site_id != site:
                 refuse(rec, Code.SYNC_UNKNOWN_DEVICE, f"device {rec.device_id} is not at this gateway's site")
                 continue
             if device.status in _DISABLED:
                 refuse(rec, Code.AUTH_DEVICE_DISABLED, f"device {rec.device_id} is {device.status}")
                 continue
+            ms = rec.ts_ms + shift  # corrected_ts(), inlined: this loop runs for every point
             try:
-                at = _EPOCH + dt.timedelta(milliseconds=corrected_ts(rec.ts_ms, clock))
-            except OverflowError:
+                # fromtimestamp is 3x faster and exact to the millisecond below 2**33 s (year 2242)
+                at = from_ts(ms / 1000, dt.UTC) if 0 <= ms < _EXACT_FLOAT_MS else _EPOCH + dt.timedelta(milliseconds=ms)
+            except (OverflowError, ValueError, OSError):
                 refuse(rec, Code.ENVELOPE_BAD_TIMESTAMP, "the timestamp is outside the range the cloud stores")
                 continue
-            rows.append(
+            tags, body = rec.tags, rec.body
+            append(
                 (
                     at,
-                    caller.tenant_id,
+                    tenant,
                     rec.device_id,
                     rec.type,
-                    json.dumps(rec.metrics),
-                    None if rec.tags is None else json.dumps(rec.tags),
-                    None if rec.body is None else json.dumps(rec.body),
+                    dumps(rec.metrics).decode(),
+                    None if tags is None else dumps(tags).decode(),
+                    None if body is None else dumps(body).decode(),
                     rec.device_seq,
-                    caller.gateway_id,
+                    gateway,
                     "gateway",
                     received,
                 )

@@ -461,3 +461,24 @@ async def test_gateway_api_answers_404_across_tenants_and_needs_tenant_admin(syn
     assert (await c.get(f"/api/v1/gateways/{gw}", headers=hc)).status_code == 200
     assert (await c.post(f"/api/v1/gateways/{gw}/revoke", headers=hc)).status_code == 403
     assert (await c.post("/api/v1/gateways", json={"name": "x"}, headers=hc)).status_code == 403
+
+
+async def test_moving_a_device_hands_its_credentials_over_and_decommissioning_revokes_them(sync: SyncCloud) -> None:
+    _, h = await sync.cloud.tenant_user()
+    c = sync.cloud.client
+    gw_a, files_a = await sync.gateway(h)
+    gw_b, files_b = await sync.gateway(h)
+    dev = await _device(sync, h, "mover")
+    cred = (await c.post(f"/api/v1/devices/{dev}/credentials", headers=h)).json()["id"]  # no gateway yet: queued nowhere
+    assert (await c.patch(f"/api/v1/devices/{dev}", json={"gateway_id": gw_a}, headers=h)).status_code == 200
+    assert (await c.patch(f"/api/v1/devices/{dev}", json={"gateway_id": gw_b}, headers=h)).status_code == 200
+    assert (await c.post(f"/api/v1/devices/{dev}/decommission", headers=h)).status_code == 200
+
+    async def actions(files: IdentityFiles) -> list[tuple[str, str]]:
+        async with sync.client(files) as s:
+            items = (await s.get("/sync/v1/downlink")).json()["items"]
+        return [(i["payload"]["credential_id"], i["payload"]["action"]) for i in items]
+
+    cid = uuid.UUID(cred).hex
+    assert await actions(files_a) == [(cid, "set"), (cid, "revoke")]
+    assert await actions(files_b) == [(cid, "set"), (cid, "revoke")]
