@@ -77,12 +77,15 @@ def start_cloud(root: Path, database_url: str) -> CloudProcess:
     state = _state(root)
     wanted = int(os.environ.get("PULSE_PORT", "8080"))
     port = wanted if port_is_free(wanted) else free_port()
+    wanted_sync = int(os.environ.get("PULSE_SYNC_PORT", "8443"))
     env = {
         **os.environ,
         "PULSE_MODE": "development",
         "PULSE_DATABASE_URL": database_url,
         "PULSE_JWT_SECRET": state["PULSE_JWT_SECRET"],
         "PULSE_PORT": str(port),
+        "PULSE_DATA_DIR": str(root),  # the gateway CA lives in root/ca
+        "PULSE_SYNC_PORT": str(wanted_sync if port_is_free(wanted_sync) else free_port()),
     }
     settings = Settings(mode="development", database_url=database_url, jwt_secret=state["PULSE_JWT_SECRET"])
     asyncio.run(_bootstrap(settings, state["ADMIN_PASSWORD"]))

@@ -482,3 +482,17 @@ async def test_moving_a_device_hands_its_credentials_over_and_decommissioning_re
     cid = uuid.UUID(cred).hex
     assert await actions(files_a) == [(cid, "set"), (cid, "revoke")]
     assert await actions(files_b) == [(cid, "set"), (cid, "revoke")]
+
+
+async def test_two_copies_of_a_batch_sent_at_once_are_written_once(sync: SyncCloud) -> None:
+    """The mark row is locked FOR UPDATE: a copy racing the original waits, then finds it a replay."""
+    tenant, h = await sync.cloud.tenant_user()
+    await _device(sync, h, "dev-1")
+    gw, files = await sync.gateway(h)
+    data = _batch(gw, list(range(1, 501)))
+    for _ in range(3):
+        first, second = await asyncio.gather(sync.send(files, data), sync.send(files, data))
+        assert first.status_code == second.status_code == 200
+    assert sum(r["n"] for r in await sync.rows("SELECT count(*) AS n FROM telemetry WHERE tenant_id = $1", tenant)) == 500
+    (mark,) = await sync.rows("SELECT high_water FROM gateway_sync_marks WHERE gateway_id = $1", uuid.UUID(gw))
+    assert mark["high_water"] == 500
