@@ -496,3 +496,17 @@ async def test_two_copies_of_a_batch_sent_at_once_are_written_once(sync: SyncClo
     assert sum(r["n"] for r in await sync.rows("SELECT count(*) AS n FROM telemetry WHERE tenant_id = $1", tenant)) == 500
     (mark,) = await sync.rows("SELECT high_water FROM gateway_sync_marks WHERE gateway_id = $1", uuid.UUID(gw))
     assert mark["high_water"] == 500
+
+
+async def test_bench_provisioning_gives_a_token_that_enrolls_and_syncs(sync: SyncCloud) -> None:
+    from pulse.bench.sync_cloud_part import count_synced, provision
+
+    p = await provision(sync.settings.database_url, sync.settings.roles, devices=3)
+    files = IdentityFiles(sync.tmp / "bench-gw")
+    r = await sync.cloud.client.post("/enroll/v1", json={"token": p.enrollment_token, "csr": make_key_and_csr(files, "b").decode()})
+    assert r.status_code == 201 and r.json()["gateway_id"] == str(p.gateway_id)
+    store_certificate(files, r.json()["certificate"].encode(), r.json()["ca"].encode())
+    records = [Record(i + 1, d, NOW_MS + i, "telemetry", {"t": 1.0}, i + 1) for i, d in enumerate(p.device_ids)]
+    r = await sync.send(files, batch.encode(records, gateway_id=str(p.gateway_id), stream=Stream.TELEMETRY, gateway_time_ms=NOW_MS))
+    assert r.json()["written"] == 3
+    assert await count_synced(sync.settings.database_url, p.tenant_id) == (3, 3)
