@@ -138,6 +138,8 @@ def _server(dsn: str, roles_prefix: str, port: int, log: Path) -> subprocess.Pop
         "PULSE_INGEST_MAX_MESSAGES": str(BATCH),
         "PULSE_WRITER_BATCH_ROWS": str(WRITER_BATCH_ROWS),
         "PULSE_WORKERS": str(SERVER_WORKERS),
+        "PULSE_SYNC_PORT": str(free_port()),  # the gateway sync listener, unused here
+        "PULSE_DATA_DIR": tempfile.mkdtemp(prefix="pulse-bench-data-"),
     }
     return subprocess.Popen(
         [sys.executable, "-m", "pulse.cli.main", "cloud", "serve", "--host", "127.0.0.1", "--port", str(port)],

@@ -11,44 +11,41 @@ import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
+from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pulse.cloud.alerts.runner import RuleRunner, RunnerConfig
 from pulse.cloud.api import alerts as alerts_api
 from pulse.cloud.api import auth as auth_api
-from pulse.cloud.api import devices, fleet, live, operator, sites, telemetry
+from pulse.cloud.api import devices, fleet, gateways, live, operator, sites, telemetry
 from pulse.cloud.api.console import mount_console
 from pulse.cloud.api.deps import Components
+from pulse.cloud.api.handlers import install_error_handlers
 from pulse.cloud.auth.accounts import Accounts
 from pulse.cloud.auth.tokens import Authenticator, OidcVerifier, SessionTokens
 from pulse.cloud.db.migrate import maintain_telemetry, migrate
 from pulse.cloud.db.pool import Database, PoolSizes
-from pulse.cloud.errors import CloudError
 from pulse.cloud.ingest import http as ingest_http
 from pulse.cloud.ingest.identity import CredentialRecord, DeviceTokenCache
 from pulse.cloud.ingest.writer import TelemetryRow, Writer
 from pulse.cloud.live import LiveHub
 from pulse.cloud.metrics import Metrics
 from pulse.cloud.settings import Settings
-from pulse.protocol.errors import Code, PulseError
+from pulse.cloud.sync.app import SyncListener, create_sync_app
+from pulse.cloud.sync.service import SyncService
 
 log = logging.getLogger("pulse.cloud")
 
 
-def _error(status: int, code: Code | str, message: str, headers: dict[str, str] | None = None, **extra: object) -> JSONResponse:
-    return JSONResponse({"code": str(code), "message": message, **extra}, status_code=status, headers=headers)
-
-
 def app_from_environment() -> FastAPI:
     """The app with settings from the environment: the factory uvicorn's worker processes import."""
-    return create_app(Settings())
+    return create_app(Settings(), sync_listener=True)
 
 
-def create_app(settings: Settings) -> FastAPI:
+def create_app(settings: Settings, *, sync_listener: bool = False) -> FastAPI:
+    """``sync_listener``: also serve the gateway sync listener (mutual TLS, PULSE_SYNC_PORT) while
+    the app runs; ``pulse cloud serve`` turns it on."""
     metrics = Metrics()
     password = settings.db_role_password.get_secret_value() if settings.db_role_password else None
     db = Database(
@@ -93,6 +90,7 @@ def create_app(settings: Settings) -> FastAPI:
     writer = Writer(settings.writer, retry_after_s=settings.retry_after_s, on_flush=metrics.on_flush, on_commit=committed)
     metrics.watch_queue(lambda: writer.queued_rows)
     ingest = ingest_http.IngestService(config=settings.ingest, tokens=tokens, writer=writer, metrics=metrics)
+    sync = SyncService(settings.sync, db, metrics, on_commit=hub.publish)  # the console's live view sees gateway data too
 
     async def maintenance() -> None:
         while True:
@@ -118,9 +116,15 @@ def create_app(settings: Settings) -> FastAPI:
         writer.start(db.writer_pool)
         rules.start()
         task = asyncio.create_task(maintenance(), name="pulse-maintenance")
+        listener = SyncListener(create_sync_app(sync), settings.sync, sync.ca) if sync_listener else None
         try:
+            if listener is not None:
+                await listener.start()
+            app.state.sync_listener = listener
             yield
         finally:
+            if listener is not None:
+                await listener.stop()
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
@@ -135,7 +139,7 @@ def create_app(settings: Settings) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.pulse = Components(
-        settings=settings, db=db, auth=Authenticator(sessions, oidc), device_tokens=tokens, ingest=ingest
+        settings=settings, db=db, auth=Authenticator(sessions, oidc), device_tokens=tokens, ingest=ingest, sync=sync
     )
     app.state.accounts = Accounts(db, sessions, refresh_ttl_s=settings.refresh_token_ttl_s)
     app.state.metrics = metrics
@@ -143,32 +147,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.live = hub
     app.state.rules = rules
 
-    @app.exception_handler(CloudError)
-    async def cloud_error(request: Request, exc: CloudError) -> JSONResponse:
-        return JSONResponse(exc.as_dict(), status_code=exc.status, headers=exc.headers)
-
-    @app.exception_handler(PulseError)
-    async def pulse_error(request: Request, exc: PulseError) -> JSONResponse:
-        return JSONResponse(exc.as_dict(), status_code=422)
-
-    @app.exception_handler(RequestValidationError)
-    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        problems = [
-            {"field": ".".join(str(p) for p in e.get("loc", ()) if p != "body"), "problem": str(e.get("msg", ""))}
-            for e in exc.errors()
-        ]
-        sentence = "; ".join(f"{p['field'] or 'body'}: {p['problem']}" for p in problems[:5])
-        return _error(422, Code.API_INVALID, f"the request is invalid: {sentence}", problems=problems)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = Code.API_NOT_FOUND if exc.status_code == 404 else Code.API_INVALID
-        return _error(exc.status_code, code, str(exc.detail), headers=getattr(exc, "headers", None))
-
-    @app.exception_handler(Exception)
-    async def internal_error(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return _error(500, Code.API_INTERNAL, "an unexpected error happened; the server log has details")
+    install_error_handlers(app)
 
     @app.get("/health", tags=["ops"], summary="Liveness and database reachability")
     async def health() -> JSONResponse:
@@ -188,6 +167,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(auth_api.router)
     app.include_router(sites.router)
     app.include_router(devices.router)
+    app.include_router(gateways.router)
+    app.include_router(gateways.enroll_router)
     app.include_router(operator.router)
     app.include_router(fleet.router)
     app.include_router(telemetry.router)

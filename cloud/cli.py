@@ -1,7 +1,8 @@
 """`pulse cloud ...`: run and administer the cloud tier.
 
     pulse cloud migrate                          apply pending schema migrations
-    pulse cloud serve [--host H] [--port P]      run the API and ingest server (migrates first)
+    pulse cloud serve [--host H] [--port P]      run the API and ingest server (migrates first) and the
+                                                 gateway sync listener (mutual TLS, PULSE_SYNC_PORT)
     pulse cloud maintain                         create telemetry partitions ahead, drop expired ones
     pulse cloud admin create-tenant SLUG NAME    bootstrap a tenant (audited)
     pulse cloud admin create-user EMAIL ...      bootstrap a user (audited)
@@ -69,9 +70,12 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from pulse.cloud.app import create_app
+    from pulse.cloud.ca import CertificateAuthority
 
     s = _settings()  # refuse a bad configuration before starting anything
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # the gateway CA is made here once, before worker processes start (they would race to make it)
+    CertificateAuthority.load_or_create(s.sync.ca_dir)
     workers = args.workers or s.workers
     common: dict[str, Any] = {
         "host": args.host or s.host,
@@ -82,7 +86,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         "ws": "websockets-sansio",  # the console's live socket (/api/v1/live)
     }
     if workers == 1:
-        uvicorn.run(create_app(s), **common)
+        uvicorn.run(create_app(s, sync_listener=True), **common)
     else:
         # each worker process builds its own app (pools, writer, caches) from the same environment
         uvicorn.run("pulse.cloud.app:app_from_environment", factory=True, workers=workers, **common)
@@ -152,7 +156,9 @@ def register(sub: Any) -> None:
     c = cloud.add_parser("migrate", help="apply pending schema migrations (PULSE_DATABASE_URL)")
     c.set_defaults(handler=_cmd_migrate)
 
-    c = cloud.add_parser("serve", help="run the API and ingest server; applies pending migrations first")
+    c = cloud.add_parser(
+        "serve", help="run the API and ingest server and the gateway sync listener; applies pending migrations first"
+    )
     c.add_argument("--host", default=None, help="listen address (default: PULSE_HOST)")
     c.add_argument("--port", type=int, default=None, help="listen port (default: PULSE_PORT)")
     c.add_argument("--workers", type=int, default=None, help="worker processes (default: PULSE_WORKERS, 1)")

@@ -84,6 +84,7 @@ def start_cloud(root: Path, database_url: str) -> CloudProcess:
     state = _state(root)
     wanted = int(os.environ.get("PULSE_PORT", "8080"))
     port = wanted if wanted and port_is_free(wanted) else free_port()
+    wanted_sync = int(os.environ.get("PULSE_SYNC_PORT", "8443"))
     env = {
         **os.environ,
         "PULSE_MODE": "development",
@@ -91,6 +92,8 @@ def start_cloud(root: Path, database_url: str) -> CloudProcess:
         "PULSE_JWT_SECRET": state["PULSE_JWT_SECRET"],
         "PULSE_DB_ROLE_PASSWORD": state["PULSE_DB_ROLE_PASSWORD"],
         "PULSE_PORT": str(port),
+        "PULSE_DATA_DIR": str(root),  # the gateway CA lives in root/ca
+        "PULSE_SYNC_PORT": str(wanted_sync if wanted_sync and port_is_free(wanted_sync) else free_port()),
     }
     settings = Settings(
         mode="development",

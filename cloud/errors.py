@@ -3,6 +3,7 @@
 
     PulseError (protocol/errors.py)
     └── CloudError                      code, message, status, headers
+        ├── BadRequestError             400: a request that can never be accepted (a bad sync batch)
         ├── AuthError                   401: missing, invalid or expired credentials
         ├── ForbiddenError              403: authenticated but not allowed
         ├── NotFoundError               404: no such object in your tenant
@@ -27,6 +28,10 @@ class CloudError(PulseError):
     def __init__(self, code: Code, message: str, *, headers: dict[str, str] | None = None, **context: object) -> None:
         super().__init__(code, message, **context)
         self.headers = headers or {}
+
+
+class BadRequestError(CloudError):
+    status = 400
 
 
 class AuthError(CloudError):

@@ -36,6 +36,14 @@ class Metrics:
             "pulse_db_pool_connections", "Database pool connections, by pool and state", ["pool", "state"], registry=r
         )
 
+        self.sync_batches = Counter(
+            "pulse_sync_batches", "Gateway sync batches stored or acked, by verdict (write, partial, replay)", ["verdict"], registry=r
+        )
+        self.sync_records = Counter(
+            "pulse_sync_records", "Records of gateway sync batches, by result (written, quarantined)", ["result"], registry=r
+        )
+        self.sync_bytes = Counter("pulse_sync_bytes_received", "Bytes of gateway sync batches received", registry=r)
+
     def on_flush(self, report: FlushReport) -> None:
         self.flush_seconds.observe(report.seconds)
         if report.ok:

@@ -5,6 +5,7 @@ development mode, placeholder secrets are refused (the server will not start wit
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,11 +75,25 @@ class Settings(BaseSettings):
     port: int = 8080
     workers: int = Field(default=1, ge=1, le=64)
     console_dir: Path | None = Field(default=None, description="built web console (default: cloud/console/dist)")
+    data_dir: Path = Path(".pulse")
+
+    # gateway sync (mutual TLS listener started by `pulse cloud serve`)
+    sync_host: str | None = None
+    sync_port: int = Field(default=8443, ge=0, le=65535)
+    sync_names: str = "localhost,127.0.0.1"
+    sync_public_url: str | None = None
+    sync_trusted_proxies: str = ""
+    gateway_cert_days: int = Field(default=30, ge=1, le=825)
+    enrollment_token_ttl_s: int = Field(default=7 * 24 * 3600, ge=60)
 
     @model_validator(mode="after")
     def _enforce_non_default_secrets(self) -> Settings:
         if not re.fullmatch(r"[a-z][a-z0-9_]{0,40}", self.db_role_prefix):
             raise ValueError("PULSE_DB_ROLE_PREFIX is 1-41 lower-case letters, digits or '_', starting with a letter")
+        try:
+            self.sync  # noqa: B018 - refuse bad sync settings at start, not at the first gateway
+        except ValueError as exc:
+            raise ValueError(f"PULSE_SYNC_NAMES or PULSE_SYNC_TRUSTED_PROXIES: {exc}") from exc
         if self.mode != "development":
             if self.jwt_secret.get_secret_value() == PLACEHOLDER_SECRET or len(self.jwt_secret.get_secret_value()) < 32:
                 raise ValueError(
@@ -86,6 +101,25 @@ class Settings(BaseSettings):
                     "(python -c 'import secrets; print(secrets.token_urlsafe(48))') or PULSE_MODE=development"
                 )
         return self
+
+    @property
+    def sync(self) -> SyncConfig:
+        names = [n.strip() for n in self.sync_names.split(",") if n.strip()]
+        if not names:
+            raise ValueError("PULSE_SYNC_NAMES names at least one host name or address")
+        host = self.sync_host or self.host
+        return SyncConfig(
+            host=host,
+            port=self.sync_port,
+            names=tuple(names),
+            public_url=self.sync_public_url or f"https://{names[0]}:{self.sync_port}",
+            trusted_proxies=tuple(
+                ipaddress.ip_network(p.strip(), strict=False) for p in self.sync_trusted_proxies.split(",") if p.strip()
+            ),
+            ca_dir=self.data_dir / "ca",
+            cert_lifetime_days=self.gateway_cert_days,
+            enrollment_token_ttl_s=self.enrollment_token_ttl_s,
+        )
 
     @property
     def roles(self) -> RoleNames:
@@ -124,6 +158,20 @@ class RoleNames:
     @classmethod
     def from_prefix(cls, prefix: str) -> RoleNames:
         return cls(app=f"{prefix}_app", operator=f"{prefix}_operator", writer=f"{prefix}_writer", identity=f"{prefix}_identity")
+
+
+@dataclass(frozen=True, slots=True)
+class SyncConfig:
+    """The gateway sync listener and enrollment (built from Settings.sync)."""
+
+    host: str
+    port: int
+    names: tuple[str, ...]  # host names and addresses in the listener's server certificate
+    public_url: str  # what enrolling gateways are told to sync with
+    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+    ca_dir: Path
+    cert_lifetime_days: int
+    enrollment_token_ttl_s: int
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,6 +14,7 @@ from pulse.cloud.errors import ForbiddenError
 from pulse.cloud.ingest.http import IngestService
 from pulse.cloud.ingest.identity import DeviceTokenCache
 from pulse.cloud.settings import Settings
+from pulse.cloud.sync.service import SyncService
 from pulse.protocol.errors import Code
 
 
@@ -26,6 +27,7 @@ class Components:
     auth: Authenticator
     device_tokens: DeviceTokenCache
     ingest: IngestService
+    sync: SyncService
 
 
 def components(request: Request) -> Components:

@@ -16,10 +16,13 @@ from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, Field, field_validator
 
 from pulse.cloud.api.deps import Parts, Reader, TenantCaller, Writer
+from pulse.cloud.api.sites import site_exists
 from pulse.cloud.auth.credentials import new_device_token
 from pulse.cloud.db.pool import audit
 from pulse.cloud.errors import ConflictError, InvalidError, NotFoundError, TooLargeError
+from pulse.cloud.sync.downlink import gateways_serving, push_credential
 from pulse.protocol.errors import Code
+from pulse.protocol.sync import CredentialChange
 from pulse.protocol.topics import valid_device_id
 
 router = APIRouter(prefix="/api/v1/devices", tags=["devices"])
@@ -65,6 +68,7 @@ class DeviceIn(BaseModel):
 class DevicePatch(BaseModel):
     name: str | None = Field(default=None, max_length=200)
     site_id: uuid.UUID | None = None
+    gateway_id: uuid.UUID | None = Field(default=None, description="the gateway whose broker the device connects to")
     tags: list[str] | None = Field(default=None, max_length=64)
     status: Status | None = None
     attributes: dict[str, str | int | float | bool | None] | None = None
@@ -128,15 +132,10 @@ def _out(row: asyncpg.Record) -> DeviceOut:
     return DeviceOut(**d)
 
 
-async def _site_exists(conn: asyncpg.Connection, site_id: uuid.UUID | None) -> None:
-    if site_id is not None and not await conn.fetchval("SELECT EXISTS (SELECT 1 FROM sites WHERE id = $1)", site_id):
-        raise InvalidError(Code.API_INVALID, "site_id names no site in your tenant", site_id=str(site_id))
-
-
 @router.post("", status_code=201, response_model=DeviceOut, summary="Register a device")
 async def create_device(body: DeviceIn, caller: Writer, parts: Parts) -> DeviceOut:
     async with parts.db.tenant(caller.tenant_id) as conn:
-        await _site_exists(conn, body.site_id)
+        await site_exists(conn, body.site_id)
         try:
             row = await conn.fetchrow(
                 f"INSERT INTO devices (tenant_id, device_id, name, site_id, tags, status, attributes)"
@@ -215,7 +214,11 @@ async def update_device(device: uuid.UUID, body: DevicePatch, caller: Writer, pa
         if current["status"] == "decommissioned":
             raise ConflictError(Code.API_CONFLICT, "a decommissioned device cannot be changed")
         if "site_id" in changes:
-            await _site_exists(conn, changes["site_id"])
+            await site_exists(conn, changes["site_id"])
+        if "gateway_id" in changes and changes["gateway_id"] is not None:
+            if not await conn.fetchval("SELECT EXISTS (SELECT 1 FROM gateways WHERE id = $1)", changes["gateway_id"]):
+                raise InvalidError(Code.API_INVALID, "gateway_id names no gateway in your tenant", gateway_id=str(changes["gateway_id"]))
+        before = set(await gateways_serving(conn, device))
         if "attributes" in changes:
             changes["attributes"] = json.dumps(changes["attributes"])
         sets = [f"{k} = ${i}{'::jsonb' if k == 'attributes' else ''}" for i, k in enumerate(changes, start=2)]
@@ -224,9 +227,26 @@ async def update_device(device: uuid.UUID, body: DevicePatch, caller: Writer, pa
             device,
             *changes.values(),
         )
+        woken = await _hand_over_credentials(conn, caller, device, row["device_id"], before)
+    parts.sync.notifier.wake(woken)
     if "status" in changes:
         parts.device_tokens.invalidate(device=device)
     return _out(row)
+
+
+async def _hand_over_credentials(
+    conn: asyncpg.Connection, caller: TenantCaller, device: uuid.UUID, device_id: str, before: set[uuid.UUID]
+) -> list[uuid.UUID]:
+    """When a device moves to other gateways (its gateway or site changed), the gateways that now
+    serve it receive its active credentials and those that no longer do are told to drop them."""
+    after = set(await gateways_serving(conn, device))
+    if after == before:
+        return []
+    creds = await conn.fetch("SELECT id, secret_hash FROM device_credentials WHERE device = $1 AND revoked_at IS NULL", device)
+    for cred in creds:
+        await push_credential(conn, caller.tenant_id, device, CredentialChange(device_id, cred["id"].hex, "set", cred["secret_hash"]), sorted(after - before))
+        await push_credential(conn, caller.tenant_id, device, CredentialChange(device_id, cred["id"].hex, "revoke", None), sorted(before - after))
+    return sorted(after ^ before)
 
 
 @router.post(
@@ -245,7 +265,13 @@ async def decommission_device(device: uuid.UUID, caller: Writer, parts: Parts) -
             " SELECT count(*) FROM r",
             device,
         )
+        creds = await conn.fetch("SELECT id FROM device_credentials WHERE device = $1", device)
+        woken: set[uuid.UUID] = set()
+        for cred in creds:
+            change = CredentialChange(current["device_id"], cred["id"].hex, "revoke", None)
+            woken.update(await push_credential(conn, caller.tenant_id, device, change))
         await _audit(conn, caller, "device.decommission", current["device_id"], {"credentials_revoked": revoked})
+    parts.sync.notifier.wake(woken)
     parts.device_tokens.invalidate(device=device)
     return _out(row)
 
@@ -274,7 +300,11 @@ async def issue_credential(device: uuid.UUID, caller: Writer, parts: Parts) -> I
             device,
             token.secret_hash,
         )
+        woken = await push_credential(
+            conn, caller.tenant_id, device, CredentialChange(current["device_id"], credential_id.hex, "set", token.secret_hash)
+        )
         await _audit(conn, caller, "credential.issue", current["device_id"], {"credential": str(credential_id)})
+    parts.sync.notifier.wake(woken)
     return IssuedCredential(id=credential_id, device_id=current["device_id"], token=str(token))
 
 
@@ -306,7 +336,11 @@ async def rotate_credential(device: uuid.UUID, credential: uuid.UUID, caller: Wr
         )
         if updated is None:
             raise NotFoundError("active credential", credential=str(credential))
+        woken = await push_credential(
+            conn, caller.tenant_id, device, CredentialChange(current["device_id"], credential.hex, "set", token.secret_hash)
+        )
         await _audit(conn, caller, "credential.rotate", current["device_id"], {"credential": str(credential)})
+    parts.sync.notifier.wake(woken)
     parts.device_tokens.invalidate(credential_id=credential)
     return IssuedCredential(id=credential, device_id=current["device_id"], token=str(token))
 
@@ -322,7 +356,11 @@ async def revoke_credential(device: uuid.UUID, credential: uuid.UUID, caller: Wr
         )
         if updated is None:
             raise NotFoundError("credential", credential=str(credential))
+        woken = await push_credential(
+            conn, caller.tenant_id, device, CredentialChange(current["device_id"], credential.hex, "revoke", None)
+        )
         await _audit(conn, caller, "credential.revoke", current["device_id"], {"credential": str(credential)})
+    parts.sync.notifier.wake(woken)
     parts.device_tokens.invalidate(credential_id=credential)
     return Response(status_code=204)
 

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Response
 from pydantic import BaseModel, Field
 
 from pulse.cloud.api.deps import Parts, Reader, Writer
-from pulse.cloud.errors import ConflictError, NotFoundError
+from pulse.cloud.errors import ConflictError, InvalidError, NotFoundError
 from pulse.protocol.errors import Code
 
 router = APIRouter(prefix="/api/v1/sites", tags=["sites"])
@@ -41,6 +41,12 @@ class SiteOut(BaseModel):
 
 
 _COLS = "id, name, address, latitude, longitude, created_at, updated_at"
+
+
+async def site_exists(conn: asyncpg.Connection, site_id: uuid.UUID | None) -> None:
+    """Refuse a site id that names no site in the caller's tenant (RLS: other tenants' sites do not exist)."""
+    if site_id is not None and not await conn.fetchval("SELECT EXISTS (SELECT 1 FROM sites WHERE id = $1)", site_id):
+        raise InvalidError(Code.API_INVALID, "site_id names no site in your tenant", site_id=str(site_id))
 
 
 def _out(row: asyncpg.Record) -> SiteOut:

@@ -16,6 +16,7 @@ from typing import NamedTuple
 import orjson
 from fastapi import APIRouter, Request, Response
 
+from pulse.cloud.api.handlers import read_limited
 from pulse.cloud.errors import InvalidError, RateLimitedError, TooLargeError
 from pulse.cloud.ingest.identity import DeviceIdentity, DeviceTokenCache
 from pulse.cloud.ingest.ratelimit import RateLimiter
@@ -148,17 +149,12 @@ class IngestService:
 
     async def read_body(self, request: Request) -> bytes:
         limit = self.config.max_body_bytes
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            raise TooLargeError(Code.INGEST_TOO_LARGE, f"request bodies are at most {limit} bytes", size=int(declared))
-        chunks: list[bytes] = []
-        size = 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise TooLargeError(Code.INGEST_TOO_LARGE, f"request bodies are at most {limit} bytes")
-            chunks.append(chunk)
-        return b"".join(chunks)
+
+        def refuse(size: int | None) -> TooLargeError:
+            extra = {} if size is None else {"size": size}
+            return TooLargeError(Code.INGEST_TOO_LARGE, f"request bodies are at most {limit} bytes", **extra)
+
+        return await read_limited(request, limit, refuse)
 
     async def handle(self, request: Request) -> Response:
         identity = await self.tokens.resolve(request.headers.get("authorization"))

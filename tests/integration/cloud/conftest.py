@@ -117,8 +117,8 @@ class Cloud:
 
 
 @asynccontextmanager
-async def running_cloud(settings: Settings) -> AsyncIterator[Cloud]:
-    app = create_app(settings)
+async def running_cloud(settings: Settings, *, sync_listener: bool = False) -> AsyncIterator[Cloud]:
+    app = create_app(settings, sync_listener=sync_listener)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://pulse.test") as client:
@@ -133,7 +133,9 @@ async def cloud(cloud_settings: Settings) -> AsyncIterator[Cloud]:
 
 @pytest.fixture
 def start_cloud() -> Callable[[Settings], AbstractAsyncContextManager[Cloud]]:
-    """Start another app with other settings: ``async with start_cloud(settings) as cloud: ...``"""
+    """Start another app with other settings: ``async with start_cloud(settings) as cloud: ...``
+    (``sync_listener=True`` also serves the gateway sync listener; its port is
+    ``cloud.app.state.sync_listener.port``)."""
     return running_cloud
 
 

@@ -7,9 +7,12 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
+import ssl
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import asyncpg
 import httpx
@@ -74,12 +77,12 @@ def test_placeholder_secret_refused_in_production(fresh_database: tuple[str, str
     assert result.returncode != 0 and "PULSE_JWT_SECRET" in result.stderr
 
 
-def test_serve_migrates_at_start_and_stops_on_sigterm(fresh_database: tuple[str, str]) -> None:
+def test_serve_migrates_at_start_and_stops_on_sigterm(fresh_database: tuple[str, str], tmp_path: Path) -> None:
     dsn, prefix = fresh_database
-    port = free_port()
+    port, sync_port = free_port(), free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "pulse.cli.main", "cloud", "serve", "--port", str(port)],
-        env=environment(dsn, prefix),
+        env=environment(dsn, prefix, PULSE_SYNC_PORT=str(sync_port), PULSE_DATA_DIR=str(tmp_path)),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )
@@ -95,6 +98,11 @@ def test_serve_migrates_at_start_and_stops_on_sigterm(fresh_database: tuple[str,
                     time.sleep(0.1)
             assert healthy is not None and healthy.status_code == 200
             assert "pulse_writer_queue_rows" in client.get("/metrics").text
+        # the gateway sync listener runs alongside, with a server certificate from the cloud's new CA
+        assert oct((tmp_path / "ca" / "ca.key").stat().st_mode & 0o777) == "0o600"
+        ctx = ssl.create_default_context(cafile=str(tmp_path / "ca" / "ca.crt"))
+        with socket.create_connection(("127.0.0.1", sync_port), timeout=10) as raw, ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+            assert ("IP Address", "127.0.0.1") in tls.getpeercert()["subjectAltName"]
         assert asyncio.run(_migrations(dsn)) >= 4
     finally:
         proc.send_signal(signal.SIGTERM)

@@ -1,0 +1,186 @@
+"""The gateway sync listener: a small ASGI app served over mutual TLS (``SyncListener``), next to
+the public API, by ``pulse cloud serve``. Routes are thin; ``SyncService`` does the work.
+
+Every request is identified from the verified client certificate (or, only from a configured
+trusted proxy, from the ``X-Pulse-Client-Cert`` header) and checked against the database."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import ssl
+from collections.abc import Callable, Iterator
+from typing import Annotated
+
+import uvicorn
+from fastapi import Depends, FastAPI, Query, Request, Response
+from pydantic import BaseModel, Field
+
+from pulse.cloud.api.handlers import install_error_handlers, read_limited
+from pulse.cloud.ca import CertificateAuthority, _write_private
+from pulse.cloud.errors import BadRequestError
+from pulse.cloud.settings import SyncConfig
+from pulse.cloud.sync.service import PROXY_CERT_HEADER, GatewayCaller, SyncService
+from pulse.cloud.tls import PeerCertH11Protocol
+from pulse.protocol.errors import Code
+from pulse.protocol.sync import (
+    BATCHES_PATH,
+    DOWNLINK_ACK_PATH,
+    DOWNLINK_PATH,
+    MAX_DOWNLINK_WAIT_S,
+    RENEW_PATH,
+    REPORT_PATH,
+)
+
+log = logging.getLogger(__name__)
+
+
+def _service(request: Request) -> SyncService:
+    return request.app.state.sync  # type: ignore[no-any-return]
+
+
+async def gateway(request: Request) -> GatewayCaller:
+    svc = _service(request)
+    client = request.client.host if request.client else None
+    cert = svc.certificate_of(request.scope, client, request.headers.get(PROXY_CERT_HEADER))
+    return await svc.identify(cert)
+
+
+Gateway = Annotated[GatewayCaller, Depends(gateway)]
+Service = Annotated[SyncService, Depends(_service)]
+
+
+class DownlinkAck(BaseModel):
+    seq: int = Field(ge=0)
+
+
+class RenewRequest(BaseModel):
+    csr: str = Field(max_length=16_384)
+
+
+class Report(BaseModel):
+    dropped: dict[str, Annotated[int, Field(ge=0)]] = Field(default_factory=dict, max_length=16)
+    backlog: dict[str, Annotated[int, Field(ge=0)]] = Field(default_factory=dict, max_length=16)
+    oldest_unsynced_ms: int | None = Field(default=None, ge=0, le=2**53)
+    version: str | None = Field(default=None, max_length=64)
+
+
+def _too_large(limit: int) -> Callable[[int | None], BadRequestError]:
+    return lambda size: BadRequestError(Code.BATCH_TOO_LARGE, f"batches are at most {limit} bytes; send smaller batches")
+
+
+def create_sync_app(service: SyncService) -> FastAPI:
+    app = FastAPI(title="Pulse gateway sync", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.sync = service
+    install_error_handlers(app)
+
+    @app.post(BATCHES_PATH)
+    async def batches(request: Request, caller: Gateway, svc: Service) -> dict[str, object]:
+        ack = await svc.receive(caller, await read_limited(request, svc.max_request_bytes, _too_large(svc.max_request_bytes)))
+        return ack.to_json()
+
+    @app.get(DOWNLINK_PATH)
+    async def downlink(
+        caller: Gateway,
+        svc: Service,
+        after: Annotated[int, Query(ge=0)] = 0,
+        wait: Annotated[float, Query(ge=0, le=MAX_DOWNLINK_WAIT_S)] = 0,
+    ) -> dict[str, object]:
+        items, nxt = await svc.downlink(caller, after, wait)
+        return {"items": [i.to_json() for i in items], "next": nxt}
+
+    @app.post(DOWNLINK_ACK_PATH, status_code=204)
+    async def downlink_ack(body: DownlinkAck, caller: Gateway, svc: Service) -> Response:
+        await svc.ack_downlink(caller, body.seq)
+        return Response(status_code=204)
+
+    @app.post(RENEW_PATH)
+    async def renew(body: RenewRequest, caller: Gateway, svc: Service) -> dict[str, object]:
+        return await svc.renew(caller, body.csr)
+
+    @app.post(REPORT_PATH, status_code=204)
+    async def report(body: Report, caller: Gateway, svc: Service) -> Response:
+        await svc.report(
+            caller, dropped=body.dropped, backlog=body.backlog, oldest_unsynced_ms=body.oldest_unsynced_ms, version=body.version
+        )
+        return Response(status_code=204)
+
+    return app
+
+
+class _Server(uvicorn.Server):
+    """The public server owns the process's signals; this one is stopped by the app's lifespan."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+class SyncListener:
+    """The mutual-TLS listener. Its server certificate is issued by the cloud's CA for the
+    configured names at every start. The socket uses SO_REUSEPORT, so several worker processes
+    share the port."""
+
+    def __init__(self, app: FastAPI, config: SyncConfig, ca: CertificateAuthority) -> None:
+        self._app = app
+        self._config = config
+        self._ca = ca
+        self._server: uvicorn.Server | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.port = config.port  # the bound port once started (PULSE_SYNC_PORT=0 picks a free one)
+
+    async def start(self) -> None:
+        directory = self._config.ca_dir
+        cert_pem, key_pem = self._ca.issue_server_cert(list(self._config.names))
+        # per process (several workers each issue their own); removed once the TLS context is loaded
+        cert_file, key_file = directory / f"sync-server-{os.getpid()}.crt", directory / f"sync-server-{os.getpid()}.key"
+        _write_private(key_file, key_pem)
+        cert_file.write_bytes(cert_pem)
+        family = socket.AF_INET6 if ":" in self._config.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if hasattr(socket, "SO_REUSEPORT"):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # inherited by accepted connections
+        sock.bind((self._config.host, self._config.port))
+        self.port = sock.getsockname()[1]
+        config = uvicorn.Config(
+            self._app,
+            host=self._config.host,
+            port=self._config.port,
+            lifespan="off",
+            # logging belongs to the public server: this one must not reconfigure it
+            log_config=None,
+            log_level=None,
+            timeout_keep_alive=MAX_DOWNLINK_WAIT_S + 15,
+            timeout_graceful_shutdown=5,
+            ssl_certfile=str(cert_file),
+            ssl_keyfile=str(key_file),
+            ssl_ca_certs=str(directory / "ca.crt"),
+            # behind a trusted TLS-terminating proxy the proxy may connect without a certificate of
+            # its own; requests without one are still refused by the app unless they come from it
+            ssl_cert_reqs=ssl.CERT_OPTIONAL if self._config.trusted_proxies else ssl.CERT_REQUIRED,
+            http=PeerCertH11Protocol,
+        )
+        self._server = _Server(config)
+        self._task = asyncio.create_task(self._server.serve(sockets=[sock]), name="pulse-sync-listener")
+        try:
+            while not self._server.started:
+                if self._task.done():
+                    self._task.result()  # raises why it could not start
+                    raise RuntimeError("the sync listener stopped while starting")
+                await asyncio.sleep(0.01)
+        finally:
+            cert_file.unlink(missing_ok=True)
+            key_file.unlink(missing_ok=True)
+        log.info("gateway sync listener on https://%s:%s (mutual TLS)", self._config.host, self.port)
+
+    async def stop(self) -> None:
+        if self._server is not None and self._task is not None:
+            self._server.should_exit = True
+            with contextlib.suppress(Exception):
+                await self._task
+        self._server = self._task = None

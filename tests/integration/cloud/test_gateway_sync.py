@@ -1,0 +1,512 @@
+"""Gateway sync, the cloud side, over real mutual TLS: enrollment, batches under the delivery
+contract (replay, overlap, quarantine, clock rule, tenant and site boundaries), refusals (no cert,
+other CA, expired, revoked), the trusted-proxy header, the downlink long-poll, renewal, reports."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import hashlib
+import ssl
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import asyncpg
+import httpx
+import pytest
+from cryptography.hazmat.primitives import serialization
+
+from pulse.cloud.ca import CertificateAuthority
+from pulse.cloud.settings import Settings
+from pulse.edge.identity import IdentityFiles, make_key_and_csr, store_certificate
+from pulse.protocol import batch
+from pulse.protocol.batch import Record, Stream
+from pulse.protocol.sync import BATCH_CONTENT_TYPE, BatchAck, CredentialChange, DownlinkItem, DownlinkKind, Verdict
+
+pytestmark = pytest.mark.integration
+
+Cloud = Any  # tests/integration/cloud/conftest.py
+
+
+@dataclass
+class SyncCloud:
+    cloud: Cloud  # public API client + helpers
+    sync_url: str
+    ca_file: Path
+    tmp: Path
+    settings: Settings
+
+    async def gateway(self, headers: dict[str, str], name: str | None = None, site: str | None = None) -> tuple[str, IdentityFiles]:
+        """Create a gateway through the API and enroll it like `pulse gateway enroll` would."""
+        name = name or "gw-" + uuid.uuid4().hex[:8]
+        r = await self.cloud.client.post("/api/v1/gateways", json={"name": name, "site_id": site}, headers=headers)
+        assert r.status_code == 201, r.text
+        token = r.json()["enrollment"]["token"]
+        files = IdentityFiles(self.tmp / name)
+        r = await self.cloud.client.post("/enroll/v1", json={"token": token, "csr": make_key_and_csr(files, name).decode()})
+        assert r.status_code == 201, r.text
+        store_certificate(files, r.json()["certificate"].encode(), r.json()["ca"].encode())
+        return r.json()["gateway_id"], files
+
+    def client(self, files: IdentityFiles | None, **kwargs: Any) -> httpx.AsyncClient:
+        ctx = ssl.create_default_context(cafile=str(self.ca_file))
+        if files is not None:
+            ctx.load_cert_chain(str(files.cert), str(files.key))
+        return httpx.AsyncClient(verify=ctx, base_url=self.sync_url, timeout=40, **kwargs)
+
+    async def send(self, files: IdentityFiles, data: bytes) -> httpx.Response:
+        async with self.client(files) as c:
+            return await c.post("/sync/v1/batches", content=data, headers={"Content-Type": BATCH_CONTENT_TYPE})
+
+    async def rows(self, sql: str, *args: object) -> list[asyncpg.Record]:
+        conn = await asyncpg.connect(self.settings.database_url)
+        try:
+            return await conn.fetch(sql, *args)
+        finally:
+            await conn.close()
+
+
+@asynccontextmanager
+async def _sync_cloud(start_cloud: Any, base: Settings, tmp: Path, **changes: object) -> AsyncIterator[SyncCloud]:
+    settings = Settings(
+        **{
+            **base.model_dump(),
+            "jwt_secret": base.jwt_secret.get_secret_value(),
+            "data_dir": tmp / "data",
+            "sync_port": 0,
+            "sync_host": "127.0.0.1",
+            **changes,
+        }
+    )
+    async with start_cloud(settings, sync_listener=True) as cloud:
+        port = cloud.app.state.sync_listener.port
+        yield SyncCloud(cloud, f"https://127.0.0.1:{port}", tmp / "data" / "ca" / "ca.crt", tmp, settings)
+
+
+@pytest.fixture
+async def sync(cloud_settings: Settings, tmp_path: Path, start_cloud: Any) -> AsyncIterator[SyncCloud]:
+    async with _sync_cloud(start_cloud, cloud_settings, tmp_path) as sc:
+        yield sc
+
+
+NOW_MS = int(time.time() * 1000)
+
+
+def _batch(gateway: str, seqs: list[int], device: str = "dev-1", *, stream: Stream = Stream.TELEMETRY, clock_ms: int | None = None) -> bytes:
+    kind = {Stream.TELEMETRY: "telemetry", Stream.EVENTS: "event", Stream.ALERTS: "alert", Stream.TWIN: "twin_reported"}[stream]
+    records = [Record(s, device, NOW_MS + s, kind, {"t": float(s)}, s) for s in seqs]
+    return batch.encode(records, gateway_id=gateway, stream=stream, gateway_time_ms=NOW_MS if clock_ms is None else clock_ms)
+
+
+async def _device(sc: SyncCloud, headers: dict[str, str], device_id: str, **extra: object) -> str:
+    r = await sc.cloud.client.post("/api/v1/devices", json={"device_id": device_id, **extra}, headers=headers)
+    assert r.status_code == 201, r.text
+    return str(r.json()["id"])
+
+
+# --- enrollment --------------------------------------------------------------------------------
+
+
+async def test_enrollment_gives_a_certificate_naming_tenant_and_gateway_and_the_token_works_once(sync: SyncCloud) -> None:
+    tenant, h = await sync.cloud.tenant_user()
+    c = sync.cloud.client
+    r = await c.post("/api/v1/gateways", json={"name": "north"}, headers=h)
+    assert r.status_code == 201 and r.json()["gateway"]["status"] == "pending"
+    gw, token = r.json()["gateway"]["id"], r.json()["enrollment"]["token"]
+    files = IdentityFiles(sync.tmp / "north")
+    csr = make_key_and_csr(files, "north").decode()
+    # a bad CSR is refused and leaves the token usable
+    r = await c.post("/enroll/v1", json={"token": token, "csr": "not a csr"})
+    assert r.status_code == 422 and r.json()["code"] == "identity.bad_csr"
+    r = await c.post("/enroll/v1", json={"token": token, "csr": csr})
+    assert r.status_code == 201, r.text
+    body = r.json()
+    assert (body["tenant_id"], body["gateway_id"], body["gateway_name"]) == (str(tenant), gw, "north")
+    assert body["sync_url"].startswith("https://")
+    cert = store_certificate(files, body["certificate"].encode(), body["ca"].encode())
+    ident = CertificateAuthority.load_or_create(sync.tmp / "data" / "ca").identify(cert)
+    assert (ident.tenant_id, ident.gateway_id) == (str(tenant), gw)
+    assert oct((sync.tmp / "data" / "ca" / "ca.key").stat().st_mode & 0o777) == "0o600"
+    # used once: refused the second time
+    r = await c.post("/enroll/v1", json={"token": token, "csr": csr})
+    assert r.status_code == 401 and r.json()["code"] == "enroll.token_invalid"
+    r = await c.get(f"/api/v1/gateways/{gw}", headers=h)
+    assert r.json()["status"] == "active" and r.json()["certificate_expires_at"] is not None
+    # a new token replaces unused ones
+    t1 = (await c.post(f"/api/v1/gateways/{gw}/enrollment-token", headers=h)).json()["token"]
+    t2 = (await c.post(f"/api/v1/gateways/{gw}/enrollment-token", headers=h)).json()["token"]
+    assert (await c.post("/enroll/v1", json={"token": t1, "csr": csr})).status_code == 401
+    assert (await c.post("/enroll/v1", json={"token": t2, "csr": csr})).status_code == 201
+
+
+async def test_expired_enrollment_token_is_refused(sync: SyncCloud) -> None:
+    _, h = await sync.cloud.tenant_user()
+    r = await sync.cloud.client.post("/api/v1/gateways", json={"name": "late"}, headers=h)
+    gw, token = r.json()["gateway"]["id"], r.json()["enrollment"]["token"]
+    await sync.rows("UPDATE gateway_enrollment_tokens SET expires_at = now() - interval '1 second' WHERE gateway_id = $1", uuid.UUID(gw))
+    csr = make_key_and_csr(IdentityFiles(sync.tmp / "late"), "late").decode()
+    r = await sync.cloud.client.post("/enroll/v1", json={"token": token, "csr": csr})
+    assert r.status_code == 401 and r.json()["code"] == "enroll.token_invalid"
+    r = await sync.cloud.client.post("/enroll/v1", json={"token": "pet_made-up", "csr": csr})
+    assert r.status_code == 401 and r.json()["code"] == "enroll.token_invalid"
+
+
+# --- uplink ------------------------------------------------------------------------------------
+
+
+async def test_batch_is_written_and_acked_and_its_replay_is_acked_without_writing(sync: SyncCloud) -> None:
+    tenant, h = await sync.cloud.tenant_user()
+    await _device(sync, h, "dev-1")
+    gw, files = await sync.gateway(h)
+    data = _batch(gw, [1, 2, 3])
+    r = await sync.send(files, data)
+    assert r.status_code == 200, r.text
+    ack = BatchAck.from_json(r.json())
+    assert (ack.stream, ack.ack_seq, ack.verdict, ack.written, ack.quarantined) == (Stream.TELEMETRY, 3, Verdict.WRITE, 3, 0)
+    assert not ack.clock_corrected
+    r = await sync.send(files, data)
+    replay = BatchAck.from_json(r.json())
+    assert (replay.ack_seq, replay.verdict, replay.written, replay.quarantined) == (3, Verdict.REPLAY, 0, 0)
+    rows = await sync.rows("SELECT seq, gateway_id, source, metrics FROM telemetry WHERE tenant_id = $1 ORDER BY seq", tenant)
+    assert [r["seq"] for r in rows] == [1, 2, 3]
+    assert {str(r["gateway_id"]) for r in rows} == {gw} and {r["source"] for r in rows} == {"gateway"}
+    g = (await sync.cloud.client.get(f"/api/v1/gateways/{gw}", headers=h)).json()
+    assert g["batches_received"] == 2 and g["bytes_received"] == 2 * len(data) and g["last_batch_at"] is not None
+    metrics = (await sync.cloud.client.get("/metrics")).text
+    assert 'pulse_sync_batches_total{verdict="replay"}' in metrics and 'pulse_sync_records_total{result="written"}' in metrics
+
+
+async def test_overlapping_batch_writes_only_records_above_the_mark(sync: SyncCloud) -> None:
+    tenant, h = await sync.cloud.tenant_user()
+    await _device(sync, h, "dev-1")
+    gw, files = await sync.gateway(h)
+    assert (await sync.send(files, _batch(gw, [1, 2, 3]))).json()["written"] == 3
+    r = await sync.send(files, _batch(gw, [2, 3, 4, 5]))
+    assert (r.json()["verdict"], r.json()["written"], r.json()["ack_seq"]) == ("partial", 2, 5)
+    # streams have their own marks
+    r = await sync.send(files, _batch(gw, [1, 2], stream=Stream.EVENTS))
+    assert (r.json()["verdict"], r.json()["written"]) == ("write", 2)
+    rows = await sync.rows("SELECT msg_type, seq FROM telemetry WHERE tenant_id = $1 ORDER BY msg_type, seq", tenant)
+    assert [(r["msg_type"], r["seq"]) for r in rows] == [("event", 1), ("event", 2)] + [("telemetry", s) for s in range(1, 6)]
+
+
+async def test_alert_and_twin_streams_are_stored_not_dropped(sync: SyncCloud) -> None:
+    tenant, h = await sync.cloud.tenant_user()
+    await _device(sync, h, "dev-1")
+    gw, files = await sync.gateway(h)
+    assert (await sync.send(files, _batch(gw, [1], stream=Stream.ALERTS))).json()["written"] == 1
+    assert (await sync.send(files, _batch(gw, [1], stream=Stream.TWIN))).json()["written"] == 1
+    rows = await sync.rows("SELECT msg_type FROM telemetry WHERE tenant_id = $1 ORDER BY msg_type", tenant)
+    assert [r["msg_type"] for r in rows] == ["alert", "twin_reported"]
+
+
+async def test_unknown_device_is_quarantined_and_still_acked(sync: SyncCloud) -> None:
+    tenant, h = await sync.cloud.tenant_user()
+    await _device(sync, h, "dev-1")
+    gw, files = await sync.gateway(h)
+    records = [Record(1, "dev-1", NOW_MS, "telemetry", {"t": 1.0}), Record(2, "ghost", NOW_MS, "telemetry", {"t": 2.0})]
+    r = await sync.send(files, batch.encode(records, gateway_id=gw, stream=Stream.TELEMETRY, gateway_time_ms=NOW_MS))
+    assert (r.json()["ack_seq"], r.json()["written"], r.json()["quarantined"]) == (2, 1, 1)
+    q = await sync.rows("SELECT device_id, code, source, gateway_id FROM quarantine WHERE tenant_id = $1", tenant)
+    assert [(x["device_id"], x["code"], x["source"], str(x["gateway_id"])) for x in q] == [("ghost", "sync.unknown_device", "gateway", gw)]
+
+
+async def test_gateway_clock_far_off_is_corrected_and_flagged(sync: SyncCloud) -> None:
+    tenant, h = await sync.cloud.tenant_user()
+    await _device(sync, h, "dev-1")
+    gw, files = await sync.gateway(h)
+    hour = 3_600_000
+    # the gateway's clock runs an hour behind: its timestamps are an hour early
+    records = [Record(1, "dev-1", NOW_MS - hour, "telemetry", {"t": 1.0})]
+    r = await sync.send(files, batch.encode(records, gateway_id=gw, stream=Stream.TELEMETRY, gateway_time_ms=NOW_MS - hour))
+    ack = BatchAck.from_json(r.json())
+    assert ack.clock_corrected and abs(ack.clock_offset_ms - hour) < 60_000
+    (row,) = await sync.rows("SELECT time FROM telemetry WHERE tenant_id = $1", tenant)
+    assert abs(row["time"].timestamp() * 1000 - NOW_MS) < 60_000
+    # within tolerance: kept as sent
+    r = await sync.send(files, _batch(gw, [2], clock_ms=NOW_MS + 30_000))
+    assert r.json()["clock_corrected"] is False
+    g = (await sync.cloud.client.get(f"/api/v1/gateways/{gw}", headers=h)).json()
+    assert g["clock_corrected_at"] is not None
+
+
+async def test_gateway_cannot_write_devices_of_another_tenant_or_outside_its_site(sync: SyncCloud) -> None:
+    tenant_a, ha = await sync.cloud.tenant_user()
+    tenant_b, hb = await sync.cloud.tenant_user()
+    await _device(sync, hb, "b-device")
+    site = (await sync.cloud.client.post("/api/v1/sites", json={"name": "plant"}, headers=ha)).json()["id"]
+    other = (await sync.cloud.client.post("/api/v1/sites", json={"name": "elsewhere"}, headers=ha)).json()["id"]
+    await _device(sync, ha, "here", site_id=site)
+    await _device(sync, ha, "there", site_id=other)
+    gw, files = await sync.gateway(ha, site=site)
+    records = [
+        Record(1, "here", NOW_MS, "telemetry", {"t": 1.0}),
+        Record(2, "there", NOW_MS, "telemetry", {"t": 2.0}),
+        Record(3, "b-device", NOW_MS, "telemetry", {"t": 3.0}),
+    ]
+    r = await sync.send(files, batch.encode(records, gateway_id=gw, stream=Stream.TELEMETRY, gateway_time_ms=NOW_MS))
+    assert (r.json()["written"], r.json()["quarantined"]) == (1, 2)
+    assert [x["device_id"] for x in await sync.rows("SELECT device_id FROM telemetry WHERE tenant_id = $1", tenant_a)] == ["here"]
+    assert await sync.rows("SELECT 1 FROM telemetry WHERE tenant_id = $1", tenant_b) == []
+    assert await sync.rows("SELECT 1 FROM quarantine WHERE tenant_id = $1", tenant_b) == []
+    q = await sync.rows("SELECT device_id, code FROM quarantine WHERE tenant_id = $1 ORDER BY device_id", tenant_a)
+    assert [(x["device_id"], x["code"]) for x in q] == [("b-device", "sync.unknown_device"), ("there", "sync.unknown_device")]
+
+
+async def test_batch_naming_another_gateway_or_malformed_is_refused(sync: SyncCloud) -> None:
+    _, h = await sync.cloud.tenant_user()
+    gw, files = await sync.gateway(h)
+    other, _ = await sync.gateway(h)
+    r = await sync.send(files, _batch(other, [1]))
+    assert r.status_code == 403 and r.json()["code"] == "sync.gateway_mismatch"
+    r = await sync.send(files, b"PSYN" + b"\0" * 10)
+    assert r.status_code == 400 and r.json()["code"] == "batch.too_short"
+    data = bytearray(_batch(gw, [1]))
+    data[-1] ^= 0xFF
+    r = await sync.send(files, bytes(data))
+    assert r.status_code == 400 and r.json()["code"] == "batch.checksum_mismatch"
+
+
+# --- refusals ----------------------------------------------------------------------------------
+
+_REFUSED = (httpx.ConnectError, httpx.ReadError, httpx.RemoteProtocolError)
+
+
+async def test_no_certificate_other_ca_and_expired_are_refused(sync: SyncCloud) -> None:
+    async with sync.client(None) as c:
+        with pytest.raises(_REFUSED):
+            await c.get("/sync/v1/downlink")
+    rogue = CertificateAuthority.load_or_create(sync.tmp / "rogue")
+    _, h = await sync.cloud.tenant_user()
+    gw, _ = await sync.gateway(h)
+    for name, ca, kwargs in [
+        ("rogue-gw", rogue, {}),
+        ("old-gw", CertificateAuthority.load_or_create(sync.tmp / "data" / "ca"),
+         {"now": dt.datetime.now(dt.UTC) - dt.timedelta(days=40), "lifetime": dt.timedelta(days=30)}),
+    ]:
+        files = IdentityFiles(sync.tmp / name)
+        cert = ca.sign_gateway_csr(make_key_and_csr(files, name), tenant_id=str(uuid.uuid4()), gateway_id=gw, **kwargs)
+        store_certificate(files, cert.public_bytes(serialization.Encoding.PEM), sync.ca_file.read_bytes())
+        async with sync.client(files) as c:
+            with pytest.raises(_REFUSED):
+                await c.get("/sync/v1/downlink")
+
+
+async def test_certificate_not_on_record_is_refused(sync: SyncCloud) -> None:
+    """Signed by our CA but never issued through enrollment (no row): refused by the app."""
+    _, h = await sync.cloud.tenant_user()
+    gw, real = await sync.gateway(h)
+    files = IdentityFiles(sync.tmp / "forged")
+    ca = CertificateAuthority.load_or_create(sync.tmp / "data" / "ca")
+    tenant = str((await sync.rows("SELECT tenant_id FROM gateways WHERE id = $1", uuid.UUID(gw)))[0]["tenant_id"])
+    cert = ca.sign_gateway_csr(make_key_and_csr(files, "forged"), tenant_id=tenant, gateway_id=gw)
+    store_certificate(files, cert.public_bytes(serialization.Encoding.PEM), sync.ca_file.read_bytes())
+    async with sync.client(files) as c:
+        r = await c.get("/sync/v1/downlink")
+    assert r.status_code == 401 and r.json()["code"] == "identity.untrusted"
+
+
+async def test_revocation_takes_effect_on_the_next_request(sync: SyncCloud) -> None:
+    _, h = await sync.cloud.tenant_user()
+    gw, files = await sync.gateway(h)
+    async with sync.client(files) as c:  # one kept-alive connection across the revocation
+        assert (await c.get("/sync/v1/downlink")).status_code == 200
+        r = await sync.cloud.client.post(f"/api/v1/gateways/{gw}/revoke", headers=h)
+        assert r.status_code == 200 and r.json()["status"] == "revoked" and r.json()["certificate_expires_at"] is None
+        r = await c.get("/sync/v1/downlink")
+        assert r.status_code == 401 and r.json()["code"] == "identity.revoked"
+        r = await c.post("/sync/v1/batches", content=_batch(gw, [1]))
+        assert r.status_code == 401
+    audit = await sync.rows("SELECT actor FROM audit_log WHERE action = 'gateway.revoke' AND target = (SELECT name FROM gateways WHERE id = $1)", uuid.UUID(gw))
+    assert len(audit) == 1
+    # re-enrolling with a new token works again
+    token = (await sync.cloud.client.post(f"/api/v1/gateways/{gw}/enrollment-token", headers=h)).json()["token"]
+    r = await sync.cloud.client.post("/enroll/v1", json={"token": token, "csr": make_key_and_csr(files, "x").decode()})
+    assert r.status_code == 201
+    store_certificate(files, r.json()["certificate"].encode(), r.json()["ca"].encode())
+    async with sync.client(files) as c:
+        assert (await c.get("/sync/v1/downlink")).status_code == 200
+
+
+async def test_renewal_gives_a_new_certificate_for_the_same_identity(sync: SyncCloud) -> None:
+    _, h = await sync.cloud.tenant_user()
+    gw, files = await sync.gateway(h)
+    old = files.cert.read_bytes()
+    async with sync.client(files) as c:
+        r = await c.post("/sync/v1/renew", json={"csr": make_key_and_csr(files, "again").decode()})
+    assert r.status_code == 200, r.text
+    assert r.json()["certificate"].encode() != old
+    cert = store_certificate(files, r.json()["certificate"].encode(), r.json()["ca"].encode())
+    assert CertificateAuthority.load_or_create(sync.tmp / "data" / "ca").identify(cert).gateway_id == gw
+    async with sync.client(files) as c:
+        assert (await c.get("/sync/v1/downlink")).status_code == 200
+
+
+# --- trusted proxy -----------------------------------------------------------------------------
+
+
+async def test_proxy_header_is_ignored_from_an_untrusted_address(sync: SyncCloud) -> None:
+    _, h = await sync.cloud.tenant_user()
+    gw_a, files_a = await sync.gateway(h)
+    gw_b, files_b = await sync.gateway(h)
+    header = {"X-Pulse-Client-Cert": quote(files_b.cert.read_text())}
+    async with sync.client(files_a) as c:
+        r = await c.post("/sync/v1/batches", content=_batch(gw_b, [1]), headers=header)
+    # identified as A (its own TLS certificate), so a batch of B is refused
+    assert r.status_code == 403 and r.json()["code"] == "sync.gateway_mismatch"
+
+
+async def test_proxy_header_is_honoured_from_a_trusted_proxy(cloud_settings: Settings, tmp_path: Path, start_cloud: Any) -> None:
+    async with _sync_cloud(start_cloud, cloud_settings, tmp_path, sync_trusted_proxies="127.0.0.1/32") as sc:
+        tenant, h = await sc.cloud.tenant_user()
+        await _device(sc, h, "dev-1")
+        gw, files = await sc.gateway(h)
+        async with sc.client(None) as c:  # the proxy: no client certificate of its own
+            r = await c.get("/sync/v1/downlink")
+            assert r.status_code == 401 and r.json()["code"] == "identity.no_certificate"
+            header = {"X-Pulse-Client-Cert": quote(files.cert.read_text())}
+            r = await c.post("/sync/v1/batches", content=_batch(gw, [1]), headers=header)
+            assert r.status_code == 200 and (r.json()["ack_seq"], r.json()["written"]) == (1, 1)
+        # a revoked gateway is refused through the proxy too
+        await sc.cloud.client.post(f"/api/v1/gateways/{gw}/revoke", headers=h)
+        async with sc.client(None) as c:
+            r = await c.get("/sync/v1/downlink", headers=header)
+            assert r.status_code == 401 and r.json()["code"] == "identity.revoked"
+
+
+# --- downlink ----------------------------------------------------------------------------------
+
+
+async def test_downlink_long_poll_returns_an_item_enqueued_during_the_wait_and_ack_stops_redelivery(sync: SyncCloud) -> None:
+    _, h = await sync.cloud.tenant_user()
+    gw, files = await sync.gateway(h)
+    dev = await _device(sync, h, "pump-1")
+    r = await sync.cloud.client.patch(f"/api/v1/devices/{dev}", json={"gateway_id": gw}, headers=h)
+    assert r.status_code == 200 and r.json()["gateway_id"] == gw
+    async with sync.client(files) as c:
+        assert (await c.get("/sync/v1/downlink", params={"after": 0, "wait": 0})).json() == {"items": [], "next": 0}
+        poll = asyncio.create_task(c.get("/sync/v1/downlink", params={"after": 0, "wait": 20}))
+        await asyncio.sleep(0.3)
+        assert not poll.done()
+        issued = await sync.cloud.client.post(f"/api/v1/devices/{dev}/credentials", headers=h)
+        assert issued.status_code == 201
+        body = (await asyncio.wait_for(poll, 15)).json()
+        (item,) = [DownlinkItem.from_json(i) for i in body["items"]]
+        assert item.kind is DownlinkKind.CREDENTIAL and body["next"] == item.seq
+        change = CredentialChange.from_payload(item.payload)
+        token = issued.json()["token"]
+        cred_hex, secret = token.split("_")[1], token.split("_", 2)[2]
+
+        assert (change.device_id, change.credential_id, change.action) == ("pump-1", cred_hex, "set")
+        assert change.secret_sha256 == hashlib.sha256(secret.encode()).hexdigest()
+        # not acked: delivered again
+        assert len((await c.get("/sync/v1/downlink", params={"after": 0})).json()["items"]) == 1
+        assert (await c.post("/sync/v1/downlink/ack", json={"seq": item.seq})).status_code == 204
+        assert (await c.get("/sync/v1/downlink", params={"after": 0})).json()["items"] == []
+        # revoking the credential tells the gateway too
+        await sync.cloud.client.delete(f"/api/v1/devices/{dev}/credentials/{uuid.UUID(cred_hex)}", headers=h)
+        items = (await c.get("/sync/v1/downlink", params={"after": item.seq})).json()["items"]
+        assert [(i["kind"], i["payload"]["action"]) for i in items] == [("credential", "revoke")]
+
+
+async def test_device_at_a_gateways_site_reaches_that_gateway_and_report_is_shown(sync: SyncCloud) -> None:
+    _, h = await sync.cloud.tenant_user()
+    site = (await sync.cloud.client.post("/api/v1/sites", json={"name": "yard"}, headers=h)).json()["id"]
+    gw, files = await sync.gateway(h, site=site)
+    other, files_other = await sync.gateway(h)
+    dev = await _device(sync, h, "meter-1", site_id=site)
+    assert (await sync.cloud.client.post(f"/api/v1/devices/{dev}/credentials", headers=h)).status_code == 201
+    async with sync.client(files) as c:
+        assert len((await c.get("/sync/v1/downlink")).json()["items"]) == 1
+        report = {"dropped": {"telemetry": 5}, "backlog": {"telemetry": 120}, "oldest_unsynced_ms": NOW_MS, "version": "1.0"}
+        assert (await c.post("/sync/v1/report", json=report)).status_code == 204
+    async with sync.client(files_other) as c:
+        assert (await c.get("/sync/v1/downlink")).json()["items"] == []
+    listed = {g["id"]: g for g in (await sync.cloud.client.get("/api/v1/gateways", headers=h)).json()}
+    assert listed[gw]["backlog"] == {"telemetry": 120} and listed[gw]["dropped"] == {"telemetry": 5}
+    assert listed[gw]["agent_version"] == "1.0" and listed[gw]["last_seen_at"] is not None
+    assert listed[other]["backlog"] == {}
+
+
+# --- the gateway API across tenants ------------------------------------------------------------
+
+
+async def test_gateway_api_answers_404_across_tenants_and_needs_tenant_admin(sync: SyncCloud) -> None:
+    slug = "t-" + uuid.uuid4().hex[:10]
+    _, ha = await sync.cloud.tenant_user(slug=slug)
+    _, hb = await sync.cloud.tenant_user()
+    c = sync.cloud.client
+    gw = (await c.post("/api/v1/gateways", json={"name": "a-gw"}, headers=ha)).json()["gateway"]["id"]
+    assert (await c.get(f"/api/v1/gateways/{gw}", headers=hb)).status_code == 404
+    assert (await c.patch(f"/api/v1/gateways/{gw}", json={"name": "stolen"}, headers=hb)).status_code == 404
+    assert (await c.post(f"/api/v1/gateways/{gw}/enrollment-token", headers=hb)).status_code == 404
+    assert (await c.post(f"/api/v1/gateways/{gw}/revoke", headers=hb)).status_code == 404
+    assert (await c.get("/api/v1/gateways", headers=hb)).json() == []
+    assert (await c.get(f"/api/v1/gateways/{gw}", headers=ha)).json()["status"] == "pending"
+    # a device of B cannot be pointed at A's gateway
+    dev_b = await _device(sync, hb, "b-dev")
+    r = await c.patch(f"/api/v1/devices/{dev_b}", json={"gateway_id": gw}, headers=hb)
+    assert r.status_code == 422
+    r = await c.patch(f"/api/v1/gateways/{gw}", json={"name": "renamed"}, headers=ha)
+    assert r.status_code == 200 and r.json()["name"] == "renamed"
+    assert (await c.post("/api/v1/gateways", json={"name": "renamed"}, headers=ha)).status_code == 409
+    # a customer of the same tenant reads but does not change
+    hc = await sync.cloud.user("customer", tenant=slug)
+    assert (await c.get(f"/api/v1/gateways/{gw}", headers=hc)).status_code == 200
+    assert (await c.post(f"/api/v1/gateways/{gw}/revoke", headers=hc)).status_code == 403
+    assert (await c.post("/api/v1/gateways", json={"name": "x"}, headers=hc)).status_code == 403
+
+
+async def test_moving_a_device_hands_its_credentials_over_and_decommissioning_revokes_them(sync: SyncCloud) -> None:
+    _, h = await sync.cloud.tenant_user()
+    c = sync.cloud.client
+    gw_a, files_a = await sync.gateway(h)
+    gw_b, files_b = await sync.gateway(h)
+    dev = await _device(sync, h, "mover")
+    cred = (await c.post(f"/api/v1/devices/{dev}/credentials", headers=h)).json()["id"]  # no gateway yet: queued nowhere
+    assert (await c.patch(f"/api/v1/devices/{dev}", json={"gateway_id": gw_a}, headers=h)).status_code == 200
+    assert (await c.patch(f"/api/v1/devices/{dev}", json={"gateway_id": gw_b}, headers=h)).status_code == 200
+    assert (await c.post(f"/api/v1/devices/{dev}/decommission", headers=h)).status_code == 200
+
+    async def actions(files: IdentityFiles) -> list[tuple[str, str]]:
+        async with sync.client(files) as s:
+            items = (await s.get("/sync/v1/downlink")).json()["items"]
+        return [(i["payload"]["credential_id"], i["payload"]["action"]) for i in items]
+
+    cid = uuid.UUID(cred).hex
+    assert await actions(files_a) == [(cid, "set"), (cid, "revoke")]
+    assert await actions(files_b) == [(cid, "set"), (cid, "revoke")]
+
+
+async def test_two_copies_of_a_batch_sent_at_once_are_written_once(sync: SyncCloud) -> None:
+    """The mark row is locked FOR UPDATE: a copy racing the original waits, then finds it a replay."""
+    tenant, h = await sync.cloud.tenant_user()
+    await _device(sync, h, "dev-1")
+    gw, files = await sync.gateway(h)
+    data = _batch(gw, list(range(1, 501)))
+    for _ in range(3):
+        first, second = await asyncio.gather(sync.send(files, data), sync.send(files, data))
+        assert first.status_code == second.status_code == 200
+    assert sum(r["n"] for r in await sync.rows("SELECT count(*) AS n FROM telemetry WHERE tenant_id = $1", tenant)) == 500
+    (mark,) = await sync.rows("SELECT high_water FROM gateway_sync_marks WHERE gateway_id = $1", uuid.UUID(gw))
+    assert mark["high_water"] == 500
+
+
+async def test_bench_provisioning_gives_a_token_that_enrolls_and_syncs(sync: SyncCloud) -> None:
+    from pulse.bench.sync_cloud_part import count_synced, provision
+
+    p = await provision(sync.settings.database_url, sync.settings.roles, devices=3)
+    files = IdentityFiles(sync.tmp / "bench-gw")
+    r = await sync.cloud.client.post("/enroll/v1", json={"token": p.enrollment_token, "csr": make_key_and_csr(files, "b").decode()})
+    assert r.status_code == 201 and r.json()["gateway_id"] == str(p.gateway_id)
+    store_certificate(files, r.json()["certificate"].encode(), r.json()["ca"].encode())
+    records = [Record(i + 1, d, NOW_MS + i, "telemetry", {"t": 1.0}, i + 1) for i, d in enumerate(p.device_ids)]
+    r = await sync.send(files, batch.encode(records, gateway_id=str(p.gateway_id), stream=Stream.TELEMETRY, gateway_time_ms=NOW_MS))
+    assert r.json()["written"] == 3
+    assert await count_synced(sync.settings.database_url, p.tenant_id) == (3, 3)
