@@ -9,6 +9,9 @@ One file, WAL mode. Tables:
 - ``dedupe``      per device, a ring of recent (device seq, payload) fingerprints
 - ``quarantine``  refused messages with their code and raw bytes
 - ``counters``    persisted counters (quarantine rows removed, ...)
+- ``downlink``    items received from the cloud (credentials applied at once; twin, commands and
+                  rules kept for the parts that act on them), with what was done
+- ``meta``        key/value: ``downlink_cursor`` (the last downlink item applied)
 """
 
 from __future__ import annotations
@@ -58,6 +61,13 @@ CREATE TABLE IF NOT EXISTS quarantine (
     raw         BLOB NOT NULL
 );
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS downlink (
+    seq         INTEGER PRIMARY KEY,
+    kind        TEXT NOT NULL,
+    payload     TEXT NOT NULL,
+    received_ms INTEGER NOT NULL,
+    status      TEXT NOT NULL
+);
 """
 
 PRAGMAS = ("PRAGMA journal_mode=WAL", "PRAGMA busy_timeout=10000", "PRAGMA foreign_keys=ON")
