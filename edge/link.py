@@ -22,6 +22,7 @@ from pulse.edge.errors import SyncError
 from pulse.edge.identity import IdentityFiles
 from pulse.protocol import sync
 from pulse.protocol.errors import Code
+from pulse.protocol.topics import valid_device_id
 
 STATE_FILE = "enrollment.json"
 
@@ -45,7 +46,10 @@ def load_enrollment(state_dir: Path) -> Enrollment | None:
         return None
     try:
         doc = json.loads(path.read_text())
-        return Enrollment(**{k: doc[k] for k in Enrollment.__dataclass_fields__})
+        enrollment = Enrollment(**{k: doc[k] for k in Enrollment.__dataclass_fields__})
+        if not valid_device_id(enrollment.gateway_id) or not enrollment.sync_url.startswith("https://"):
+            raise ValueError("gateway_id or sync_url is not valid")
+        return enrollment
     except (ValueError, KeyError, TypeError) as exc:
         raise SyncError(Code.GATEWAY_NOT_ENROLLED, f"{path} is damaged ({exc}); enroll again", path=str(path)) from exc
 

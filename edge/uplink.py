@@ -247,8 +247,22 @@ class Uplink:
             "oldest_unsynced_ms": oldest,
             "version": __version__,
         }
-        await bounded(client.report(doc), self.settings.request_timeout_s * 2, "sending the report")
+        try:
+            await bounded(client.report(doc), self.settings.request_timeout_s * 2, "sending the report")
+        except SyncError as exc:
+            if exc.status is None:
+                raise  # the link is down: the supervisor backs off
+            # The cloud answered but refused the report: that must not hold up the data.
+            log.warning("uplink: the cloud refused the report: %s", exc.message)
+            self._note(exc)
+            return
         self._succeeded()
+
+    def _note(self, exc: SyncError) -> None:
+        """Show an error that does not stop the uplink on the status page."""
+        self.status.errors += 1
+        self.status.last_error, self.status.last_error_code = exc.message, str(exc.code)
+        self.status.last_error_ms = int(time.time() * 1000)
 
     async def _renew(self, client: SyncClient) -> bool:
         """Renew with a fresh CSR from the same key. A failed renewal does not stop the uplink
@@ -260,11 +274,10 @@ class Uplink:
             cert = store_certificate(self.files, cert_pem, ca_pem)
         except (SyncError, ValueError) as exc:
             self._next_renewal = time.monotonic() + RENEW_RETRY_S
-            message = exc.message if isinstance(exc, SyncError) else f"the renewed certificate is unreadable: {exc}"
-            log.warning("uplink: certificate renewal failed: %s; retrying in %d s", message, RENEW_RETRY_S)
-            self.status.errors += 1
-            self.status.last_error, self.status.last_error_ms = message, int(time.time() * 1000)
-            self.status.last_error_code = str(exc.code) if isinstance(exc, SyncError) else str(Code.GATEWAY_CLOUD_ERROR)
+            if not isinstance(exc, SyncError):
+                exc = SyncError(Code.GATEWAY_CLOUD_ERROR, f"the renewed certificate is unreadable: {exc}")
+            log.warning("uplink: certificate renewal failed: %s; retrying in %d s", exc.message, RENEW_RETRY_S)
+            self._note(exc)
             return False
         self.certificate_expires = cert.not_valid_after_utc
         log.info("uplink: certificate renewed; valid until %s", cert.not_valid_after_utc.isoformat())

@@ -75,6 +75,7 @@ class Receiver:
     abort_after_commit: int = 0
     busy: int = 0
     busy_answers: int = 0
+    refuse_reports: bool = False
     aborted: int = 0
     downlink_items: list[dict[str, Any]] = field(default_factory=list)
     downlink_polls: list[int] = field(default_factory=list)
@@ -177,6 +178,8 @@ class Receiver:
                 elif path == sync.DOWNLINK_ACK_PATH and method == "POST":
                     self.downlink_acks.append(json.loads(body)["seq"])
                     status, doc, headers = 204, None, {}
+                elif path == sync.REPORT_PATH and method == "POST" and self.refuse_reports:
+                    status, doc, headers = 404, {"code": "api.not_found", "message": "no reports here"}, {}
                 elif path == sync.REPORT_PATH and method == "POST":
                     self.reports.append(json.loads(body))
                     status, doc, headers = 204, None, {}

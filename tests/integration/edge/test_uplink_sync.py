@@ -233,3 +233,14 @@ async def test_the_bandwidth_cap_holds_the_batch_bytes_to_burst_plus_rate_times_
     # plus one more for a reservation made before ``started`` and sent after it.
     assert sent <= 2 * rate + rate * elapsed
     assert sent > 2 * rate  # the cap was actually in play
+
+
+async def test_a_refused_report_is_shown_but_does_not_hold_up_the_data(sync_settings, receiver, run_gateway):
+    secret = DeviceRegistry(sync_settings.database).add("dev-1")
+    await enrolled(sync_settings, receiver)
+    receiver.refuse_reports = True
+    gw = await run_gateway()
+    await asyncio.to_thread(publish_all, sync_settings.broker.port, "dev-1", secret, mixed(20, 0, 0))
+    await wait_for(lambda: len(receiver.rows) == 20, "the data delivered although reports are refused")
+    assert gw.uplink is not None and gw.uplink.status.last_error_code == "api.not_found"
+    assert "no reports here" in (gw.uplink.status.last_error or "")
