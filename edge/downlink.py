@@ -38,13 +38,14 @@ from pulse.edge.auth import pdt_hash
 from pulse.edge.config import SyncSettings
 from pulse.edge.errors import StorageError
 from pulse.edge.identity import IdentityFiles
-from pulse.edge.link import Enrollment, SyncClient
+from pulse.edge.link import Connection, Enrollment
 from pulse.edge.uplink import LinkState, LinkStatus, bounded, supervise
 from pulse.protocol.sync import CredentialChange, DownlinkItem, DownlinkKind
 
 log = logging.getLogger("pulse.edge.downlink")
 
 CURSOR_KEY = "downlink_cursor"
+MIN_EMPTY_POLL_S = 1.0
 Disconnect = Callable[[str], Awaitable[int]]
 """device id -> number of MQTT sessions ended."""
 
@@ -131,6 +132,7 @@ class Downlink:
         self.cursor = 0
         self.items_applied = 0
         self._attempts = [0]
+        self._conn = Connection(enrollment, files, timeout_s=settings.request_timeout_s)
 
     def snapshot(self) -> dict[str, Any]:
         return {**self.status.as_dict(), "cursor": self.cursor, "items_applied": self.items_applied}
@@ -153,18 +155,21 @@ class Downlink:
 
     async def _session(self) -> None:
         s = self.settings
-        self.status.state = LinkState.CONNECTING
+        if self.status.state is not LinkState.CONNECTED:
+            self.status.state = LinkState.CONNECTING
         self.cursor = await self._db(read_cursor)
         poll_timeout = s.downlink_wait_s + s.request_timeout_s
-        client = SyncClient(self.enrollment, self.files, timeout_s=s.request_timeout_s)
-        try:
+        async with self._conn.session() as client:
             if self.cursor:
                 await bounded(client.ack_downlink(self.cursor), s.request_timeout_s * 2, "acking the downlink")
             while True:
+                started = time.monotonic()
                 raw, nxt = await bounded(client.downlink(self.cursor, s.downlink_wait_s, poll_timeout), poll_timeout + 5,
                                          "polling the downlink")
                 self._succeeded()
                 if not raw and nxt <= self.cursor:
+                    if time.monotonic() - started < MIN_EMPTY_POLL_S:
+                        await asyncio.sleep(MIN_EMPTY_POLL_S)  # a cloud that does not hold the poll open is not hammered
                     continue
                 now_ms = int(time.time() * 1000)
                 cursor, revoked = await self._db(apply_items, raw, nxt, now_ms)
@@ -176,8 +181,6 @@ class Downlink:
                         if ended:
                             log.info("downlink: credential of %s revoked; %d session(s) ended", device_id, ended)
                 await bounded(client.ack_downlink(cursor), s.request_timeout_s * 2, "acking the downlink")
-        finally:
-            await asyncio.shield(bounded(client.aclose(), 5, "closing the connection"))
 
     def _succeeded(self) -> None:
         self.status.state = LinkState.CONNECTED

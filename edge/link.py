@@ -9,9 +9,12 @@ downlink loops never see an httpx exception.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
 import ssl
+from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -177,3 +180,39 @@ class SyncClient:
         resp = await self._request("POST", sync.REPORT_PATH, json=doc)
         if resp.status_code not in (200, 204):
             raise response_error(resp, "report")
+
+
+class Connection:
+    """One ``SyncClient`` kept across a loop's sessions. A failure the cloud answered (a 503, a
+    refused request) keeps the TLS connection, since a new handshake costs kilobytes on a metered
+    link; a transport failure, a certificate renewal and shutdown drop it."""
+
+    def __init__(self, enrollment: Enrollment, files: IdentityFiles, *, timeout_s: float) -> None:
+        self.enrollment = enrollment
+        self.files = files
+        self.timeout_s = timeout_s
+        self._client: SyncClient | None = None
+
+    def get(self) -> SyncClient:
+        if self._client is None:
+            self._client = SyncClient(self.enrollment, self.files, timeout_s=self.timeout_s)
+        return self._client
+
+    @contextlib.asynccontextmanager
+    async def session(self) -> AsyncIterator[SyncClient]:
+        """The client for one session; dropped when the session fails other than by the cloud's answer."""
+        try:
+            yield self.get()
+        except SyncError as exc:
+            if exc.status is None:
+                await self.drop()
+            raise
+        except BaseException:
+            await self.drop()
+            raise
+
+    async def drop(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await asyncio.shield(asyncio.wait_for(client.aclose(), 5))

@@ -42,7 +42,7 @@ from pulse.edge.buffer import Buffer
 from pulse.edge.config import SyncSettings
 from pulse.edge.errors import GatewayError, SyncError
 from pulse.edge.identity import IdentityFiles, make_key_and_csr, renewal_due, store_certificate
-from pulse.edge.link import Enrollment, SyncClient
+from pulse.edge.link import Connection, Enrollment, SyncClient
 from pulse.edge.throttle import TokenBucket
 from pulse.protocol import sync
 from pulse.protocol.batch import Record, Stream, encode
@@ -137,6 +137,7 @@ class Uplink:
         self._bucket = TokenBucket(float(settings.bandwidth_bytes_per_s))
         self._next_report = 0.0
         self._next_renewal = 0.0
+        self._conn = Connection(enrollment, files, timeout_s=settings.request_timeout_s)
 
     def snapshot(self) -> dict[str, Any]:
         return {
@@ -160,22 +161,21 @@ class Uplink:
 
     async def _session(self) -> None:
         s = self.settings
-        self.status.state = LinkState.CONNECTING
+        if self.status.state is not LinkState.CONNECTED:
+            self.status.state = LinkState.CONNECTING
         cert = x509.load_pem_x509_certificate(self.files.cert.read_bytes())
         self.certificate_expires = cert.not_valid_after_utc
-        client = SyncClient(self.enrollment, self.files, timeout_s=s.request_timeout_s)
-        try:
+        async with self._conn.session() as client:
             while True:
                 if renewal_due(cert, dt.datetime.now(dt.UTC)) and time.monotonic() >= self._next_renewal:
                     if await self._renew(client):
-                        return  # a new session picks the new certificate up
+                        await self._conn.drop()  # a new session connects with the new certificate
+                        return
                 if time.monotonic() >= self._next_report:
                     await self._report(client)
                     self._next_report = time.monotonic() + s.report_interval_s
                 if not await self._send_next(client):
                     await asyncio.sleep(s.idle_poll_s)
-        finally:
-            await asyncio.shield(bounded(client.aclose(), 5, "closing the connection"))
 
     def _succeeded(self) -> None:
         self.status.state = LinkState.CONNECTED
