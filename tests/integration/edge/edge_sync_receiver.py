@@ -76,6 +76,8 @@ class Receiver:
     busy: int = 0
     busy_answers: int = 0
     refuse_reports: bool = False
+    hang: int = 0
+    hung: int = 0
     aborted: int = 0
     downlink_items: list[dict[str, Any]] = field(default_factory=list)
     downlink_polls: list[int] = field(default_factory=list)
@@ -166,6 +168,12 @@ class Receiver:
             else:
                 ident = self.ca.identify(cert)
                 self.identities.add(f"{ident.tenant_id}/{ident.gateway_id}")
+                if path == sync.BATCHES_PATH and method == "POST" and self.hang > 0:
+                    self.hang -= 1
+                    self.hung += 1
+                    while not self._closing:  # accept the request, never answer it
+                        await asyncio.sleep(0.05)
+                    return
                 if path == sync.BATCHES_PATH and method == "POST":
                     status, doc, headers = self._batch(body, ident.gateway_id)
                     if status == 200 and self.abort_after_commit > 0:

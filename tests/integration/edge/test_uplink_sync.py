@@ -244,3 +244,32 @@ async def test_a_refused_report_is_shown_but_does_not_hold_up_the_data(sync_sett
     await wait_for(lambda: len(receiver.rows) == 20, "the data delivered although reports are refused")
     assert gw.uplink is not None and gw.uplink.status.last_error_code == "api.not_found"
     assert "no reports here" in (gw.uplink.status.last_error or "")
+
+
+async def test_a_cloud_that_never_answers_does_not_wedge_the_uplink(sync_settings, receiver, run_gateway):
+    secret = DeviceRegistry(sync_settings.database).add("dev-1")
+    await enrolled(sync_settings, receiver)
+    receiver.hang = 2  # the first two batches are read and never answered
+    settings = dataclasses.replace(sync_settings, sync=dataclasses.replace(FAST_SYNC, request_timeout_s=0.5))
+    gw = await run_gateway(settings)
+    await asyncio.to_thread(publish_all, settings.broker.port, "dev-1", secret, mixed(60, 0, 0))
+    await wait_for(lambda: len(receiver.rows) == 60, "the data delivered after the requests that hung")
+    delivered_exactly_once(receiver)
+    assert receiver.hung == 2
+    assert gw.uplink is not None and gw.uplink.status.errors >= 2
+
+
+async def test_gateway_status_command_shows_the_link(sync_settings, receiver, run_gateway, capsys):
+    from pulse.cli.main import main
+
+    await enrolled(sync_settings, receiver)
+    receiver.refuse_reports = True
+    gw = await run_gateway()
+    await wait_for(lambda: gw.uplink is not None and gw.uplink.status.last_error_code == "api.not_found", "a refused report")
+    await gw.board.sample()
+    config = sync_settings.gateway.data_dir / "gateway.toml"
+    config.write_text(f'[status]\nhost = "127.0.0.1"\nport = {sync_settings.status.port}\n')
+    assert await asyncio.to_thread(main, ["gateway", "status", "--config", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert f"cloud      {receiver.sync_url} as {GATEWAY} (tenant {TENANT})" in out
+    assert "last error api.not_found" in out and "cert until" in out and "downlink" in out
