@@ -1,8 +1,9 @@
 """Wiring: build the gateway's parts from the settings, run them, stop them in order.
 
-buffer (SQLite) -> local rule runner -> authenticator + intake -> broker (listeners) -> status
-board + HTTP server. Stopping goes the other way: the status page, then the broker (no new
-messages), then the rule runner, then the buffer (which commits what is queued before it closes).
+buffer (SQLite) -> local rule runner -> authenticator + intake -> broker (listeners) -> uplink +
+downlink (once enrolled) -> status board + HTTP server. Stopping goes the other way: the status
+page, the link to the cloud, then the broker (no new messages), then the rule runner, then the
+buffer (which commits what is queued before it closes).
 """
 
 from __future__ import annotations
@@ -20,8 +21,12 @@ from pulse.edge import status
 from pulse.edge.auth import Authenticator
 from pulse.edge.buffer import Buffer
 from pulse.edge.config import Settings
-from pulse.edge.errors import ConfigError
+from pulse.edge.downlink import Downlink
+from pulse.edge.errors import ConfigError, SyncError
+from pulse.edge.identity import IdentityFiles
+from pulse.edge.link import load_enrollment
 from pulse.edge.rules import EdgeRuleRunner
+from pulse.edge.uplink import LinkState, Uplink
 from pulse.protocol.envelope import Limits
 
 log = logging.getLogger("pulse.edge")
@@ -46,6 +51,10 @@ class Gateway:
         self.board: status.StatusBoard | None = None
         self._http: status.uvicorn.Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self.uplink: Uplink | None = None
+        self.downlink: Downlink | None = None
+        self._sync_tasks: list[asyncio.Task[None]] = []
+        self._link_state = LinkState.NOT_ENROLLED
 
     async def start(self) -> None:
         s = self.settings
@@ -57,7 +66,8 @@ class Gateway:
                 self.broker = await mqtt.start(s.broker, self.intake, authenticator)
             except BrokerError as exc:
                 raise ConfigError(f"the broker cannot listen: {exc}", port=s.broker.port) from exc
-            self.board = status.StatusBoard(s, self.broker, self.intake, self.buffer, self.rules)
+            self._start_sync()
+            self.board = status.StatusBoard(s, self.broker, self.intake, self.buffer, self.rules, link=self.link_status)
             await self.board.sample()
             self._tasks.append(asyncio.create_task(self.board.run(), name="status-sampler"))
             if s.status.port:
@@ -81,6 +91,36 @@ class Gateway:
             s.database,
         )
 
+    def _start_sync(self) -> None:
+        s = self.settings
+        try:
+            enrollment = load_enrollment(s.state_dir)
+        except SyncError as exc:
+            log.error("%s", exc.message)
+            return
+        if enrollment is None:
+            log.info("not enrolled: `pulse gateway enroll --cloud URL --token T` connects this gateway to the cloud")
+            return
+        if not s.sync.enabled:
+            self._link_state = LinkState.DISABLED
+            log.info("enrolled as %s, but sync.enabled is false: everything stays in the buffer", enrollment.gateway_id)
+            return
+        assert self.broker is not None
+        files = IdentityFiles(s.state_dir)
+        self.uplink = Uplink(s.sync, self.buffer, enrollment, files)
+        self.downlink = Downlink(s.sync, s.database, enrollment, files, disconnect=self.broker.disconnect_device)
+        self._sync_tasks = [
+            asyncio.create_task(self.uplink.run(), name="uplink"),
+            asyncio.create_task(self.downlink.run(), name="downlink"),
+        ]
+        log.info("syncing with %s as gateway %s (tenant %s)", enrollment.sync_url, enrollment.gateway_id, enrollment.tenant_id)
+
+    def link_status(self) -> dict[str, object]:
+        """The uplink and downlink as the status page shows them."""
+        if self.uplink is None or self.downlink is None:
+            return {"state": self._link_state.value, "certificate_expires": None, "downlink": None}
+        return {**self.uplink.snapshot(), "downlink": self.downlink.snapshot()}
+
     async def stop(self) -> None:
         if self._http is not None:
             self._http.should_exit = True
@@ -88,6 +128,10 @@ class Gateway:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
+        for task in self._sync_tasks:
+            task.cancel()
+        await asyncio.gather(*self._sync_tasks, return_exceptions=True)
+        self._sync_tasks.clear()
         if self.broker is not None:
             await mqtt.stop(self.broker)
             self.broker = None

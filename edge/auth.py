@@ -6,6 +6,9 @@ both verify forever and the parameters can be raised later):
 - ``sha256$salt$digest`` for secrets the gateway generates (``pulse gateway device add`` without
   ``--secret``): 32 random bytes, so guessing is hopeless whatever the hash; a fast hash keeps a
   reconnect storm of a thousand devices after a gateway restart cheap on Pi-class hardware.
+- ``pdt-sha256$credential_id$hex digest`` for device tokens issued by the cloud and sent down to
+  the gateway (docs/protocol.md section 6, ``credential`` items): the device's MQTT password is
+  ``pdt_<credential_id>_<secret>``; only the SHA-256 of the secret ever reaches the gateway.
 - ``scrypt$n$r$p$salt$digest`` for secrets a person chose (``--secret``): those may be guessable,
   so they get a memory-hard hash (hashlib.scrypt, n=2**14, r=8, p=1: 16 MiB, tens of ms), checked
   in a worker thread so the broker keeps serving.
@@ -57,6 +60,11 @@ def hash_secret(secret: str, *, generated: bool) -> str:
     return f"scrypt${SCRYPT_N}${SCRYPT_R}${SCRYPT_P}${_b64(salt)}${_b64(digest)}"
 
 
+def pdt_hash(credential_id: str, secret_sha256: str) -> str:
+    """The stored form of a cloud-issued device token (credential id and SHA-256 of its secret, hex)."""
+    return f"pdt-sha256${credential_id}${secret_sha256}"
+
+
 def is_slow(stored: str) -> bool:
     return stored.startswith("scrypt$")
 
@@ -68,6 +76,11 @@ def verify_secret(secret: str, stored: str) -> bool:
         if parts[0] == "sha256" and len(parts) == 3:
             salt, want = _unb64(parts[1]), _unb64(parts[2])
             return hmac.compare_digest(hashlib.sha256(salt + secret.encode()).digest(), want)
+        if parts[0] == "pdt-sha256" and len(parts) == 3:
+            prefix = f"pdt_{parts[1]}_"
+            if not secret.startswith(prefix) or len(secret) == len(prefix):
+                return False
+            return hmac.compare_digest(hashlib.sha256(secret[len(prefix):].encode()).hexdigest(), parts[2])
         if parts[0] == "scrypt" and len(parts) == 6:
             n, r, p = int(parts[1]), int(parts[2]), int(parts[3])
             salt, want = _unb64(parts[4]), _unb64(parts[5])

@@ -273,6 +273,16 @@ class GatewayBroker(Broker):
             return may_subscribe(session.username if session is not None else None, topic)
         return True
 
+    async def disconnect_device(self, device_id: str) -> int:
+        """End the open sessions of ``device_id`` (its credential was revoked); how many were ended.
+        The device is told nothing (no MQTT 3.1.1 packet says why); its reconnect is refused."""
+        ended = 0
+        for session, handler in list(self.sessions.values()):
+            if session.username == device_id and session.transitions.state == "connected" and handler is not None:
+                await handler.handle_connection_closed()
+                ended += 1
+        return ended
+
     def connected_devices(self) -> int:
         return sum(1 for session, _ in self.sessions.values() if session.transitions.state == "connected")
 

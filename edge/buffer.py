@@ -73,6 +73,17 @@ class Ack:
     seq: int
 
 
+@dataclass(frozen=True, slots=True)
+class Poison:
+    """Records of ``stream`` up to ``seq`` that the cloud can never accept: moved to the local
+    quarantine with ``code`` (and the cursor advanced past them) in one transaction."""
+
+    stream: Stream
+    seq: int
+    code: str
+    message: str
+
+
 class Outcome(Enum):
     STORED = "stored"
     DUPLICATE = "duplicate"
@@ -141,7 +152,7 @@ class _Counters:
     last_reasons: collections.deque[dict[str, object]] = field(default_factory=lambda: collections.deque(maxlen=LAST_REASONS))
 
 
-Item = Store | Quarantine | Ack
+Item = Store | Quarantine | Ack | Poison
 _Pending = tuple[Item, "asyncio.Future[Outcome] | None"]
 _T = TypeVar("_T")
 
@@ -297,6 +308,18 @@ class Buffer:
             raise ValueError(f"cannot acknowledge {stream.name.lower()} seq {seq}: the last one written is {st.next_seq - 1}")
         await self.put(Ack(stream, seq))
 
+    async def quarantine_unsendable(self, stream: Stream, seq: int, code: str, message: str) -> None:
+        """The cloud refused records of ``stream`` up to ``seq`` for good (``400 batch.*``): keep them
+        in the quarantine with that code and move the cursor past them, so the uplink goes on."""
+        st = self._streams[stream]
+        if seq >= st.next_seq:
+            raise ValueError(f"cannot quarantine {stream.name.lower()} seq {seq}: the last one written is {st.next_seq - 1}")
+        await self.put(Poison(stream, seq, code, message))
+
+    def backlog(self) -> dict[Stream, int]:
+        """Records waiting for the cloud, per stream (from memory: cheap)."""
+        return {s: st.depth for s, st in self._streams.items()}
+
     async def _write_loop(self) -> None:
         linger = self.settings.flush_interval_ms / 1000
         while True:
@@ -360,6 +383,7 @@ class Buffer:
         records: list[tuple[object, ...]] = []
         quarantine: list[tuple[object, ...]] = []
         acks: list[Ack] = []
+        poison: list[Poison] = []
         added = dict.fromkeys(Stream, 0)
         added_bytes = dict.fromkeys(Stream, 0)
         for item in items:
@@ -392,11 +416,23 @@ class Buffer:
                     {"received_ms": now_ms, "device_id": item.device_id, "code": str(item.code), "message": item.message}
                 )
                 r.outcomes.append(Outcome.QUARANTINED)
+            elif isinstance(item, Poison):
+                poison.append(item)
+                acks.append(Ack(item.stream, item.seq))
+                r.outcomes.append(Outcome.QUARANTINED)
             else:
                 acks.append(item)
                 r.outcomes.append(Outcome.ACKED)
 
         w.execute("BEGIN IMMEDIATE")
+        for p in poison:
+            rows = w.execute(
+                "SELECT device_id, raw FROM records WHERE stream = ? AND seq > ? AND seq <= ?", (int(p.stream), r.acked[p.stream], p.seq)
+            ).fetchall()
+            topic = f"(sync {p.stream.name.lower()})"
+            for device_id, raw in rows:
+                quarantine.append((now_ms, device_id, topic, p.code, p.message, raw))
+                r.reasons.append({"received_ms": now_ms, "device_id": device_id, "code": p.code, "message": p.message})
         for ack in acks:
             if ack.seq <= r.acked[ack.stream]:
                 continue

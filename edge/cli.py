@@ -1,6 +1,7 @@
 """`pulse gateway ...`: run and manage a gateway on site hardware.
 
     pulse gateway run      [--config gateway.toml]
+    pulse gateway enroll   --cloud URL --token T [--ca-file CA.pem] [--config gateway.toml]
     pulse gateway status   [--config gateway.toml] [--json]
     pulse gateway device add ID [--secret S] [--note TEXT]
     pulse gateway device list
@@ -57,6 +58,19 @@ def _cmd_run(args: argparse.Namespace) -> int:
     settings = _settings(args)
     app.configure_logging(settings.gateway.log_level)
     asyncio.run(app.run(settings))
+    return 0
+
+
+@_guard
+def _cmd_enroll(args: argparse.Namespace) -> int:
+    from pulse.edge.enroll import enroll
+
+    settings = _settings(args)
+    enrollment, cert = enroll(settings, args.cloud, args.token, ca_file=Path(args.ca_file) if args.ca_file else None)
+    print(f"enrolled: this gateway is {enrollment.gateway_name!r} (id {enrollment.gateway_id}, tenant {enrollment.tenant_id})")
+    print(f"certificate valid until {cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC; renewed automatically")
+    print(f"identity stored in {settings.state_dir} (the private key never leaves this gateway)")
+    print(f"syncs with {enrollment.sync_url} once `pulse gateway run` is (re)started")
     return 0
 
 
@@ -178,7 +192,22 @@ def _cmd_status(args: argparse.Namespace) -> int:
     print(f"quarantine   {q['count']} messages ({q['acl_denied']} refused by the topic ACL)")
     for r in reversed(q["last_reasons"][-5:]):
         print(f"  {r['code']:<32} {r['device_id']}: {r['message']}")
-    print(f"uplink       {doc['uplink']['state']}")
+    u = doc["uplink"]
+    print(f"uplink       {u['state']}")
+    if "bytes_sent" in u:
+        last_ok = "never" if u["last_success_ms"] is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(u["last_success_ms"] / 1000))
+        print(f"  cloud      {u['sync_url']} as {u['gateway_id']} (tenant {u['tenant_id']})")
+        print(f"  sent       {u['batches_acked']} batches acked, {u['records_acked']} records, {u['bytes_sent']} bytes; "
+              f"last successful sync {last_ok}")
+        if u["records_quarantined"]:
+            print(f"  refused    {u['records_quarantined']} records refused by the cloud (in the quarantine)")
+        if u["last_error"]:
+            print(f"  last error {u['last_error_code']}: {u['last_error']}")
+        print(f"  cert until {u['certificate_expires']}")
+        d = u.get("downlink") or {}
+        print(f"  downlink   {d.get('state')}, cursor {d.get('cursor')}, {d.get('items_applied')} items applied")
+    elif u["state"] == "not enrolled":
+        print("  enroll with `pulse gateway enroll --cloud URL --token T`")
     return 0
 
 
@@ -192,6 +221,11 @@ def register(sub: Any) -> None:
         return parser
 
     with_config(gsub.add_parser("run", help="run the gateway: MQTT broker, buffer, status page")).set_defaults(handler=_cmd_run)
+    e = with_config(gsub.add_parser("enroll", help="connect this gateway to the cloud with a one-time token"))
+    e.add_argument("--cloud", required=True, help="the cloud's URL, e.g. https://pulse.example.com")
+    e.add_argument("--token", required=True, help="the one-time enrollment token from the cloud console")
+    e.add_argument("--ca-file", default=None, help="trust this CA for the enrollment request (a self-hosted cloud with a private CA)")
+    e.set_defaults(handler=_cmd_enroll)
     s = with_config(gsub.add_parser("status", help="what the running gateway is doing"))
     s.add_argument("--json", action="store_true", help="print the status document as JSON")
     s.set_defaults(handler=_cmd_status)

@@ -24,6 +24,10 @@ File layout (every key optional)::
     host = "127.0.0.1"
     port = 8081
 
+    [sync]                                # the link to the cloud, once enrolled
+    records_per_batch = 2000
+    bandwidth_bytes_per_s = 0             # 0: no cap
+
 An environment variable ``PULSE_GW_<SECTION>_<KEY>`` (upper case) overrides ``[section] key``:
 ``PULSE_GW_BROKER_PORT=1884``, ``PULSE_GW_BUFFER_QUOTA_MB=64``. Unknown keys and values of the wrong
 kind are refused with ``ConfigError`` naming the key, so a typo never silently falls back to a default.
@@ -104,15 +108,43 @@ class StatusSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class SyncSettings:
+    """The link to the cloud. It runs once the gateway is enrolled (``pulse gateway enroll``)."""
+
+    enabled: bool = True
+    """Set false to keep an enrolled gateway offline (everything stays in the buffer)."""
+    records_per_batch: int = 2000
+    """Most records in one batch sent to the cloud."""
+    bandwidth_bytes_per_s: int = 0
+    """Cap on the bytes of batches sent per second, for metered links (0: no cap)."""
+    report_interval_s: float = 300.0
+    """How often the gateway reports its backlog and what the quota dropped."""
+    request_timeout_s: float = 30.0
+    """Longest wait for one request to the cloud (connect, send, answer)."""
+    downlink_wait_s: int = 25
+    """How long the cloud may hold a downlink long-poll open (at most 30)."""
+    idle_poll_s: float = 1.0
+    """With nothing to send, how often the uplink looks at the buffer again."""
+    backoff_base_s: float = 0.5
+    backoff_cap_s: float = 60.0
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     gateway: GatewaySettings = field(default_factory=GatewaySettings)
     broker: BrokerSettings = field(default_factory=BrokerSettings)
     buffer: BufferSettings = field(default_factory=BufferSettings)
     status: StatusSettings = field(default_factory=StatusSettings)
+    sync: SyncSettings = field(default_factory=SyncSettings)
 
     @property
     def database(self) -> Path:
         return self.gateway.data_dir / DATABASE_FILE
+
+    @property
+    def state_dir(self) -> Path:
+        """Where the gateway's identity (key, certificate, cloud CA) and enrollment live."""
+        return self.gateway.data_dir / "identity"
 
     @property
     def status_url(self) -> str:
@@ -120,7 +152,13 @@ class Settings:
         return f"http://{host}:{self.status.port}"
 
 
-SECTIONS: dict[str, type] = {"gateway": GatewaySettings, "broker": BrokerSettings, "buffer": BufferSettings, "status": StatusSettings}
+SECTIONS: dict[str, type] = {
+    "gateway": GatewaySettings,
+    "broker": BrokerSettings,
+    "buffer": BufferSettings,
+    "status": StatusSettings,
+    "sync": SyncSettings,
+}
 
 
 def _coerce(value: Any, hint: Any, where: str, base: Path) -> Any:
@@ -227,6 +265,14 @@ def _validated(s: Settings) -> Settings:
         raise ConfigError("buffer.max_file_mb is 0 (no ceiling) or a size in MB", key="buffer.max_file_mb")
     if s.buffer.quota_mb <= 0 or s.buffer.max_batch < 1 or s.buffer.dedupe_window < 1 or s.buffer.quarantine_max_rows < 1:
         raise ConfigError("buffer.quota_mb, max_batch, dedupe_window and quarantine_max_rows must be positive", key="buffer")
+    y = s.sync
+    if y.records_per_batch < 1 or y.bandwidth_bytes_per_s < 0 or y.report_interval_s <= 0 or y.request_timeout_s <= 0:
+        raise ConfigError("sync.records_per_batch, report_interval_s and request_timeout_s must be positive; "
+                          "sync.bandwidth_bytes_per_s is 0 (no cap) or more", key="sync")
+    if not (1 <= y.downlink_wait_s <= 30):
+        raise ConfigError("sync.downlink_wait_s is 1 to 30 seconds", key="sync.downlink_wait_s")
+    if y.idle_poll_s <= 0 or y.backoff_base_s <= 0 or y.backoff_cap_s < y.backoff_base_s:
+        raise ConfigError("sync.idle_poll_s and backoff_base_s must be positive, backoff_cap_s at least backoff_base_s", key="sync")
     if not s.gateway.id:
         s = dataclasses.replace(s, gateway=dataclasses.replace(s.gateway, id=socket.gethostname()))
     return s

@@ -6,9 +6,12 @@ Tree::
     └── GatewayError                   code, message, context
         ├── ConfigError                gateway.config_invalid: bad TOML or PULSE_GW_* value
         ├── DeviceError                gateway.device_exists / gateway.device_unknown
-        └── StorageError               gateway.storage_failed: the SQLite file could not be written
+        ├── StorageError               gateway.storage_failed: the SQLite file could not be written
+        └── SyncError                  the link to the cloud: gateway.not_enrolled, gateway.cloud_unreachable,
+                                       gateway.tls_failed, gateway.cloud_error, or the cloud's own code
+                                       (enroll.token_invalid, identity.revoked, batch.*, ...)
 
-sqlite3/aiosqlite and amqtt exceptions are translated at the adapter (buffer.py, broker.py) with
+sqlite3/aiosqlite, amqtt and httpx exceptions are translated at the adapter (buffer.py, broker.py, link.py) with
 ``raise ... from exc``; nothing above those modules sees them.
 """
 
@@ -33,3 +36,13 @@ class DeviceError(GatewayError):
 class StorageError(GatewayError):
     def __init__(self, message: str, **context: object) -> None:
         super().__init__(Code.GATEWAY_STORAGE_FAILED, message, **context)
+
+
+class SyncError(GatewayError):
+    """A request to the cloud that failed. ``status`` is the HTTP status when the cloud answered
+    (None when it did not), ``retry_after_s`` its Retry-After when it asked the gateway to wait."""
+
+    def __init__(self, code: Code, message: str, *, status: int | None = None, retry_after_s: float | None = None, **context: object) -> None:
+        super().__init__(code, message, status=status, **context)
+        self.status = status
+        self.retry_after_s = retry_after_s

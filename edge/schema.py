@@ -13,6 +13,10 @@ One file, WAL mode. Tables:
 - ``rule_state``  per (rule, device): ``RuleState.to_dict()`` so a restart keeps windows and silence
 - ``alerts``      local alerts (at most one open per (device, rule)); each action is also appended
                   to the ALERTS buffer stream, which syncs to the cloud
+
+- ``downlink``    items received from the cloud (credentials applied at once; twin, commands and
+                  rules kept for the parts that act on them), with what was done
+- ``meta``        key/value: ``downlink_cursor`` (the last downlink item applied)
 """
 
 from __future__ import annotations
@@ -86,6 +90,14 @@ CREATE TABLE IF NOT EXISTS alerts (
     closed_ms    INTEGER
 );
 CREATE UNIQUE INDEX IF NOT EXISTS alerts_one_open ON alerts (device_id, rule_id) WHERE state <> 'closed';
+
+CREATE TABLE IF NOT EXISTS downlink (
+    seq         INTEGER PRIMARY KEY,
+    kind        TEXT NOT NULL,
+    payload     TEXT NOT NULL,
+    received_ms INTEGER NOT NULL,
+    status      TEXT NOT NULL
+);
 """
 
 PRAGMAS = ("PRAGMA journal_mode=WAL", "PRAGMA busy_timeout=10000", "PRAGMA foreign_keys=ON")

@@ -16,7 +16,7 @@ import contextlib
 import html
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from typing import Any
 
@@ -43,10 +43,17 @@ class StatusBoard:
     """Samples the broker, the intake and the buffer once a second into a plain dict."""
 
     def __init__(
-        self, settings: Settings, broker: GatewayBroker, intake: Intake, buffer: Buffer, rules: EdgeRuleRunner | None = None
+        self,
+        settings: Settings,
+        broker: GatewayBroker,
+        intake: Intake,
+        buffer: Buffer,
+        rules: EdgeRuleRunner | None = None,
+        link: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
         self.rules = rules
         self.settings = settings
+        self.link = link
         self.broker = broker
         self.intake = intake
         self.buffer = buffer
@@ -91,7 +98,7 @@ class StatusBoard:
                 "acl_denied": stats.acl_denied,
                 "last_reasons": stats.last_reasons,
             },
-            "uplink": {"state": "not configured", "certificate_expires": None},
+            "uplink": self.link() if self.link is not None else {"state": "not enrolled", "certificate_expires": None, "downlink": None},
             "alerts": await self._alerts(),
         }
         return self.snapshot
@@ -150,12 +157,18 @@ class _Metrics(Collector):
         yield GaugeMetricFamily("pulse_gateway_buffer_quota_bytes", "configured buffer quota", value=s["buffer"]["quota_bytes"])
         age = s["buffer"]["oldest_unsynced_age_s"]
         yield GaugeMetricFamily("pulse_gateway_oldest_unsynced_age_seconds", "age of the oldest buffered record", value=age or 0)
-        yield GaugeMetricFamily(
-            "pulse_gateway_quarantine_records", "rows in the local quarantine", value=s["quarantine"]["count"]
-        )
-        yield CounterMetricFamily(
-            "pulse_gateway_acl_denied", "publishes refused by the topic ACL", value=s["quarantine"]["acl_denied"]
-        )
+        yield GaugeMetricFamily("pulse_gateway_quarantine_records", "rows in the local quarantine", value=s["quarantine"]["count"])
+        yield CounterMetricFamily("pulse_gateway_acl_denied", "publishes refused by the topic ACL", value=s["quarantine"]["acl_denied"])
+        u = s["uplink"]
+        connected = GaugeMetricFamily("pulse_gateway_uplink_connected", "1 when the last request to the cloud succeeded")
+        connected.add_metric([], 1 if u["state"] == "connected" else 0)
+        yield connected
+        if "bytes_sent" in u:
+            yield CounterMetricFamily("pulse_gateway_uplink_bytes_sent", "batch bytes sent to the cloud", value=u["bytes_sent"])
+            yield CounterMetricFamily("pulse_gateway_uplink_batches_acked", "batches the cloud acknowledged", value=u["batches_acked"])
+            yield CounterMetricFamily("pulse_gateway_uplink_errors", "failed requests to the cloud", value=u["errors"])
+            yield CounterMetricFamily("pulse_gateway_uplink_records_quarantined", "records the cloud refused for good",
+                                      value=u["records_quarantined"])
 
 
 def _page(s: dict[str, Any]) -> str:
@@ -180,6 +193,16 @@ def _page(s: dict[str, Any]) -> str:
         )
         or "<li>none</li>"
     )
+    u = s["uplink"]
+    if "bytes_sent" in u:
+        down = u.get("downlink") or {}
+        last_ok = "never" if u["last_success_ms"] is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(u["last_success_ms"] / 1000))
+        link = (f"<p>{e(u['state'])} to {e(u['sync_url'])} as {e(u['gateway_id'])}; last successful sync {last_ok}; "
+                f"{u['batches_acked']} batches acked, {u['bytes_sent']} bytes sent; certificate valid until "
+                f"{e(str(u['certificate_expires']))}; downlink {e(str(down.get('state')))}, cursor {down.get('cursor')}</p>"
+                f"<p>last error: {e(str(u['last_error_code'] or '-'))} {e(str(u['last_error'] or ''))}</p>")
+    else:
+        link = f"<p>{e(u['state'])}</p>"
     return f"""<!doctype html><html><head><meta charset="utf-8"><meta http-equiv="refresh" content="5">
 <title>Pulse gateway {e(s["gateway"]["id"])}</title>
 <style>body{{font-family:sans-serif;max-width:52em;margin:2em auto}}td,th{{padding:.2em .8em;text-align:left}}</style></head>
@@ -190,6 +213,7 @@ listening on {e(", ".join(s["broker"]["listeners"]))}</p>
 <h2>Buffer</h2><p>{s["buffer"]["depth"]} records, {s["buffer"]["bytes"]} of {s["buffer"]["quota_bytes"]} bytes;
 oldest unsynced: {"-" if age is None else f"{age:.0f} s"}{" <b>over quota</b>" if s["buffer"]["over_quota"] else ""}</p>
 <table><tr><th>stream</th><th>records</th><th>bytes</th><th>acked up to</th><th>dropped</th></tr>{rows}</table>
+<h2>Cloud link</h2>{link}
 <h2>Quarantine</h2><p>{s["quarantine"]["count"]} messages ({s["quarantine"]["acl_denied"]} refused by the topic ACL)</p>
 <ul>{reasons}</ul>
 <h2>Alerts</h2><p>{s["alerts"]["rules"]} rules; {len(s["alerts"]["open"])} open alerts (raised here, synced to the cloud)</p>

@@ -206,6 +206,14 @@ class Code(StrEnum):
     """A device id with no credentials on this gateway."""
     GATEWAY_STORAGE_FAILED = "gateway.storage_failed"
     """The gateway could not write its SQLite file (disk full, permissions); nothing was acknowledged."""
+    GATEWAY_NOT_ENROLLED = "gateway.not_enrolled"
+    """The gateway has no certificate from the cloud yet: run `pulse gateway enroll --cloud URL --token T`."""
+    GATEWAY_CLOUD_UNREACHABLE = "gateway.cloud_unreachable"
+    """The cloud did not answer (DNS, refused, timeout): check the URL, the site's internet link and firewall."""
+    GATEWAY_TLS_FAILED = "gateway.tls_failed"
+    """The TLS handshake with the cloud failed (untrusted or mismatched certificate, wrong clock)."""
+    GATEWAY_CLOUD_ERROR = "gateway.cloud_error"
+    """The cloud answered with an error or something the gateway cannot read; the message quotes it."""
 
 
 class PulseError(Exception):

@@ -44,7 +44,7 @@ async def test_status_page_json_and_metrics_show_devices_buffer_and_quarantine(g
     assert doc["messages"]["stored"] == 2 and doc["messages"]["quarantined"] == 1
     assert doc["quarantine"]["count"] == 1
     assert doc["quarantine"]["last_reasons"][-1]["code"] == "envelope.not_json"
-    assert doc["uplink"]["state"] == "not configured"
+    assert doc["uplink"]["state"] == "not enrolled"
     assert "envelope.not_json" in page and "test-gw" in page
     assert "pulse_gateway_connected_devices 1.0" in metrics
     assert 'pulse_gateway_buffer_records{stream="telemetry"} 1.0' in metrics
@@ -55,7 +55,7 @@ async def test_gateway_status_command_prints_the_running_gateway(gateway, device
     path = config_file(gateway.settings, tmp_path)
     assert await asyncio.to_thread(main, ["gateway", "status", "--config", str(path)]) == 0
     out = capsys.readouterr().out
-    assert "test-gw" in out and "0 connected" in out and "uplink       not configured" in out
+    assert "test-gw" in out and "0 connected" in out and "uplink       not enrolled" in out
     assert await asyncio.to_thread(main, ["gateway", "status", "--config", str(path), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["buffer"]["depth"] == 0
 

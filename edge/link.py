@@ -1,0 +1,218 @@
+"""The gateway's HTTP adapter to the cloud (docs/protocol.md section 6): enrollment state on disk,
+the mutual-TLS context, and one method per request of the sync exchange.
+
+Everything httpx raises is translated here into ``SyncError`` with a code
+(``gateway.cloud_unreachable``, ``gateway.tls_failed``, ``gateway.cloud_error``, or the code the
+cloud put in its error body, e.g. ``identity.revoked``, ``batch.malformed``); the uplink and
+downlink loops never see an httpx exception.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import ssl
+from collections.abc import AsyncIterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from pulse.edge.errors import SyncError
+from pulse.edge.identity import IdentityFiles
+from pulse.protocol import sync
+from pulse.protocol.errors import Code
+from pulse.protocol.topics import valid_device_id
+
+STATE_FILE = "enrollment.json"
+
+
+@dataclass(frozen=True, slots=True)
+class Enrollment:
+    """What the cloud told the gateway when it enrolled (kept next to the certificate)."""
+
+    cloud_url: str
+    sync_url: str
+    tenant_id: str
+    gateway_id: str
+    gateway_name: str
+    enrolled_ms: int
+
+
+def load_enrollment(state_dir: Path) -> Enrollment | None:
+    """The stored enrollment, or None when the gateway has not enrolled (or its files are incomplete)."""
+    path = state_dir / STATE_FILE
+    if not path.exists() or not IdentityFiles(state_dir).enrolled():
+        return None
+    try:
+        doc = json.loads(path.read_text())
+        enrollment = Enrollment(**{k: doc[k] for k in Enrollment.__dataclass_fields__})
+        if not valid_device_id(enrollment.gateway_id) or not enrollment.sync_url.startswith("https://"):
+            raise ValueError("gateway_id or sync_url is not valid")
+        return enrollment
+    except (ValueError, KeyError, TypeError) as exc:
+        raise SyncError(Code.GATEWAY_NOT_ENROLLED, f"{path} is damaged ({exc}); enroll again", path=str(path)) from exc
+
+
+def save_enrollment(state_dir: Path, enrollment: Enrollment) -> None:
+    path = state_dir / STATE_FILE
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(asdict(enrollment), indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def client_context(files: IdentityFiles) -> ssl.SSLContext:
+    """TLS for the sync listener: present the gateway's certificate, trust only the cloud's CA."""
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(files.ca))
+    ctx.load_cert_chain(str(files.cert), str(files.key))
+    return ctx
+
+
+def _retry_after(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None  # an HTTP date: the backoff decides instead
+
+
+def response_error(resp: httpx.Response, what: str) -> SyncError:
+    """A ``SyncError`` for an answer other than the one expected, with the cloud's code when it sent one."""
+    code: Code = Code.GATEWAY_CLOUD_ERROR
+    message = f"{what}: the cloud answered HTTP {resp.status_code}"
+    try:
+        body = resp.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict) and isinstance(body.get("code"), str):
+        try:
+            code = Code(body["code"])
+        except ValueError:
+            pass
+        message = f"{what}: {body.get('message') or body['code']} (HTTP {resp.status_code}, {body['code']})"
+    return SyncError(code, message, status=resp.status_code, retry_after_s=_retry_after(resp.headers.get("retry-after")))
+
+
+def transport_error(exc: httpx.HTTPError, url: str) -> SyncError:
+    """Translate an httpx failure to reach ``url``."""
+    text = str(exc) or exc.__class__.__name__
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, ssl.SSLError):
+            return SyncError(Code.GATEWAY_TLS_FAILED, f"TLS with {url} failed: {cause.reason or cause}", url=url)
+        cause = cause.__cause__ or cause.__context__
+    if "CERTIFICATE_VERIFY_FAILED" in text or "SSL" in text:
+        return SyncError(Code.GATEWAY_TLS_FAILED, f"TLS with {url} failed: {text}", url=url)
+    if isinstance(exc, httpx.TimeoutException):
+        return SyncError(Code.GATEWAY_CLOUD_UNREACHABLE, f"{url} did not answer in time ({exc.__class__.__name__})", url=url)
+    return SyncError(Code.GATEWAY_CLOUD_UNREACHABLE, f"cannot reach {url}: {text}", url=url)
+
+
+class SyncClient:
+    """One keep-alive HTTP/1.1 connection pool to the sync listener, authenticated by the gateway's
+    certificate. Methods return typed answers or raise ``SyncError``."""
+
+    def __init__(self, enrollment: Enrollment, files: IdentityFiles, *, timeout_s: float) -> None:
+        self.base = enrollment.sync_url.rstrip("/")
+        self._http = httpx.AsyncClient(
+            base_url=self.base,
+            verify=client_context(files),
+            timeout=httpx.Timeout(timeout_s),
+            limits=httpx.Limits(max_connections=2, max_keepalive_connections=2),
+        )
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def _request(self, method: str, path: str, *, timeout_s: float | None = None, **kwargs: Any) -> httpx.Response:
+        try:
+            if timeout_s is not None:
+                kwargs["timeout"] = httpx.Timeout(timeout_s)
+            return await self._http.request(method, path, **kwargs)
+        except httpx.HTTPError as exc:
+            raise transport_error(exc, self.base + path) from exc
+
+    async def send_batch(self, data: bytes) -> sync.BatchAck:
+        resp = await self._request("POST", sync.BATCHES_PATH, content=data, headers={"content-type": sync.BATCH_CONTENT_TYPE})
+        if resp.status_code != 200:
+            raise response_error(resp, "batch refused")
+        try:
+            return sync.BatchAck.from_json(resp.json())
+        except ValueError as exc:
+            raise SyncError(Code.GATEWAY_CLOUD_ERROR, f"the cloud's batch ack is unreadable: {exc}", status=200) from exc
+
+    async def downlink(self, after: int, wait_s: int, timeout_s: float) -> tuple[list[Any], int]:
+        """The items after ``after`` as sent (each is read by ``DownlinkItem.from_json`` one at a
+        time, so one unreadable item cannot block the others) and the cloud's ``next`` cursor."""
+        resp = await self._request("GET", sync.DOWNLINK_PATH, params={"after": after, "wait": wait_s}, timeout_s=timeout_s)
+        if resp.status_code != 200:
+            raise response_error(resp, "downlink")
+        try:
+            doc = resp.json()
+            items = list(doc["items"])
+            seqs = [i["seq"] for i in items if isinstance(i, dict) and type(i.get("seq")) is int]
+            nxt = doc.get("next")
+            nxt = int(nxt) if type(nxt) is int else max(seqs, default=after)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise SyncError(Code.GATEWAY_CLOUD_ERROR, f"the cloud's downlink answer is unreadable: {exc}", status=200) from exc
+        return items, nxt
+
+    async def ack_downlink(self, seq: int) -> None:
+        resp = await self._request("POST", sync.DOWNLINK_ACK_PATH, json={"seq": seq})
+        if resp.status_code not in (200, 204):
+            raise response_error(resp, "downlink ack")
+
+    async def renew(self, csr_pem: bytes) -> tuple[bytes, bytes]:
+        resp = await self._request("POST", sync.RENEW_PATH, json={"csr": csr_pem.decode()})
+        if resp.status_code != 200:
+            raise response_error(resp, "certificate renewal")
+        try:
+            doc = resp.json()
+            return doc["certificate"].encode(), doc["ca"].encode()
+        except (ValueError, KeyError, AttributeError) as exc:
+            raise SyncError(Code.GATEWAY_CLOUD_ERROR, f"the cloud's renewal answer is unreadable: {exc}", status=200) from exc
+
+    async def report(self, doc: dict[str, object]) -> None:
+        resp = await self._request("POST", sync.REPORT_PATH, json=doc)
+        if resp.status_code not in (200, 204):
+            raise response_error(resp, "report")
+
+
+class Connection:
+    """One ``SyncClient`` kept across a loop's sessions. A failure the cloud answered (a 503, a
+    refused request) keeps the TLS connection, since a new handshake costs kilobytes on a metered
+    link; a transport failure, a certificate renewal and shutdown drop it."""
+
+    def __init__(self, enrollment: Enrollment, files: IdentityFiles, *, timeout_s: float) -> None:
+        self.enrollment = enrollment
+        self.files = files
+        self.timeout_s = timeout_s
+        self._client: SyncClient | None = None
+
+    def get(self) -> SyncClient:
+        if self._client is None:
+            self._client = SyncClient(self.enrollment, self.files, timeout_s=self.timeout_s)
+        return self._client
+
+    @contextlib.asynccontextmanager
+    async def session(self) -> AsyncIterator[SyncClient]:
+        """The client for one session; dropped when the session fails other than by the cloud's answer."""
+        try:
+            yield self.get()
+        except SyncError as exc:
+            if exc.status is None:
+                await self.drop()
+            raise
+        except BaseException:
+            await self.drop()
+            raise
+
+    async def drop(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await asyncio.shield(asyncio.wait_for(client.aclose(), 5))

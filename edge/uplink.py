@@ -1,0 +1,284 @@
+"""The uplink: drain the buffer to the cloud, one batch at a time, deleting only what the cloud acked.
+
+Loop (``Uplink.run``, one task for the gateway's life)::
+
+    forever:
+        try:   one session: open a keep-alive mTLS connection pool to the sync listener, then
+               report -> renew the certificate when due -> send the next batch -> repeat
+        except anything: log it, count it, show it as the last error on the status page,
+               wait Backoff.delay(attempt, random()) (or the cloud's Retry-After on 503), retry
+
+Every await is bounded (``sync.request_timeout_s`` for requests and buffer calls), so no single
+step can wedge the loop; an exception never ends it (only cancellation at shutdown does).
+
+Batches: the stream is chosen by ``pulse.protocol.sync.next_stream`` (alerts, events, twin, then
+telemetry), records in sequence order from the cursor, at most ``sync.records_per_batch``, encoded
+by ``pulse.protocol.batch.encode`` with the gateway's clock. The records are deleted
+(``Buffer.ack``) only after a ``200`` BatchAck and only up to its ``ack_seq``.
+
+Poison batches: a ``400 batch.*`` (or ``413``) means the cloud can never accept this batch, so
+resending it would block the stream forever. The uplink halves the batch and tries again until the
+refused batch is a single record; that record goes to the local quarantine with the cloud's code
+(``Buffer.quarantine_unsendable``), the cursor moves past it, and draining goes on. A record the
+gateway itself cannot encode (``batch.unencodable``) is treated the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass
+from enum import StrEnum
+from typing import Any, TypeVar
+
+from cryptography import x509
+
+from pulse.cli.version import __version__
+from pulse.edge.buffer import Buffer
+from pulse.edge.config import SyncSettings
+from pulse.edge.errors import GatewayError, SyncError
+from pulse.edge.identity import IdentityFiles, make_key_and_csr, renewal_due, store_certificate
+from pulse.edge.link import Connection, Enrollment, SyncClient
+from pulse.edge.throttle import TokenBucket
+from pulse.protocol import sync
+from pulse.protocol.batch import Record, Stream, encode
+from pulse.protocol.errors import BatchError, Code, PulseError
+
+log = logging.getLogger("pulse.edge.uplink")
+_T = TypeVar("_T")
+RENEW_RETRY_S = 600
+
+
+class LinkState(StrEnum):
+    NOT_ENROLLED = "not enrolled"
+    DISABLED = "disabled"
+    CONNECTING = "connecting"
+    CONNECTED = "connected"
+    BACKING_OFF = "backing off"
+
+
+@dataclass
+class LinkStatus:
+    """What the status page shows about one loop (uplink or downlink)."""
+
+    state: LinkState = LinkState.CONNECTING
+    errors: int = 0
+    last_error: str | None = None
+    last_error_code: str | None = None
+    last_error_ms: int | None = None
+    last_success_ms: int | None = None
+    retry_in_s: float | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["state"] = self.state.value
+        return d
+
+
+async def bounded(aw: Awaitable[_T], timeout_s: float, what: str) -> _T:
+    """Await with a deadline; a timeout becomes ``gateway.cloud_unreachable`` naming the step."""
+    try:
+        return await asyncio.wait_for(aw, timeout_s)
+    except TimeoutError as exc:
+        raise SyncError(Code.GATEWAY_CLOUD_UNREACHABLE, f"{what} took longer than {timeout_s:g} s") from exc
+
+
+async def supervise(name: str, status: LinkStatus, session: Callable[[], Awaitable[None]], settings: SyncSettings,
+                    attempts: list[int]) -> None:
+    """Run ``session`` forever. It returns to be started again at once (e.g. after a certificate
+    renewal) and raises on failure: then the error is recorded and the loop backs off.
+    ``attempts[0]`` is the consecutive-failure count; the session resets it after a success."""
+    backoff = sync.Backoff(settings.backoff_base_s, settings.backoff_cap_s)
+    while True:
+        try:
+            await session()
+            continue
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the supervisor's job: nothing ends the loop
+            code = str(exc.code) if isinstance(exc, PulseError) else "gateway.internal"
+            message = exc.message if isinstance(exc, PulseError) else f"{exc.__class__.__name__}: {exc}"
+            if not isinstance(exc, GatewayError):
+                log.exception("%s: unexpected error", name)
+            else:
+                log.warning("%s: %s", name, message)
+            status.errors += 1
+            status.last_error, status.last_error_code, status.last_error_ms = message, code, int(time.time() * 1000)
+            delay = backoff.delay(attempts[0], random.random())
+            if isinstance(exc, SyncError) and exc.retry_after_s is not None:
+                delay = min(max(delay, exc.retry_after_s), settings.backoff_cap_s)
+            attempts[0] += 1
+        status.state, status.retry_in_s = LinkState.BACKING_OFF, round(delay, 2)
+        await asyncio.sleep(delay)
+        status.retry_in_s = None
+
+
+class Uplink:
+    def __init__(self, settings: SyncSettings, buffer: Buffer, enrollment: Enrollment, files: IdentityFiles) -> None:
+        self.settings = settings
+        self.buffer = buffer
+        self.enrollment = enrollment
+        self.files = files
+        self.status = LinkStatus()
+        self.bytes_sent = 0
+        self.batches_acked = 0
+        self.records_acked = 0
+        self.records_quarantined = 0
+        self.replays = 0
+        self.clock_offset_ms = 0
+        self.clock_corrected = False
+        self.certificate_expires: dt.datetime | None = None
+        self._attempts = [0]
+        self._limit: dict[Stream, int] = {}
+        self._bucket = TokenBucket(float(settings.bandwidth_bytes_per_s))
+        self._next_report = 0.0
+        self._next_renewal = 0.0
+        self._conn = Connection(enrollment, files, timeout_s=settings.request_timeout_s)
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            **self.status.as_dict(),
+            "sync_url": self.enrollment.sync_url,
+            "gateway_id": self.enrollment.gateway_id,
+            "tenant_id": self.enrollment.tenant_id,
+            "bytes_sent": self.bytes_sent,
+            "batches_acked": self.batches_acked,
+            "records_acked": self.records_acked,
+            "records_quarantined": self.records_quarantined,
+            "replays": self.replays,
+            "clock_offset_ms": self.clock_offset_ms,
+            "clock_corrected": self.clock_corrected,
+            "bandwidth_bytes_per_s": self.settings.bandwidth_bytes_per_s,
+            "certificate_expires": self.certificate_expires.isoformat() if self.certificate_expires else None,
+        }
+
+    async def run(self) -> None:
+        await supervise("uplink", self.status, self._session, self.settings, self._attempts)
+
+    async def _session(self) -> None:
+        s = self.settings
+        if self.status.state is not LinkState.CONNECTED:
+            self.status.state = LinkState.CONNECTING
+        cert = x509.load_pem_x509_certificate(self.files.cert.read_bytes())
+        self.certificate_expires = cert.not_valid_after_utc
+        async with self._conn.session() as client:
+            while True:
+                if renewal_due(cert, dt.datetime.now(dt.UTC)) and time.monotonic() >= self._next_renewal:
+                    if await self._renew(client):
+                        await self._conn.drop()  # a new session connects with the new certificate
+                        return
+                if time.monotonic() >= self._next_report:
+                    await self._report(client)
+                    self._next_report = time.monotonic() + s.report_interval_s
+                if not await self._send_next(client):
+                    await asyncio.sleep(s.idle_poll_s)
+
+    def _succeeded(self) -> None:
+        self.status.state = LinkState.CONNECTED
+        self.status.last_success_ms = int(time.time() * 1000)
+        self._attempts[0] = 0
+
+    async def _send_next(self, client: SyncClient) -> bool:
+        """Send one batch of the stream next in line; False when there is nothing to send."""
+        t = self.settings.request_timeout_s
+        stream = sync.next_stream(self.buffer.backlog())
+        if stream is None:
+            return False
+        limit = self._limit.get(stream, self.settings.records_per_batch)
+        records = await bounded(self.buffer.read(stream, self.buffer.acked(stream), limit), t, "reading the buffer")
+        if not records:
+            return False
+        try:
+            data = encode(records, gateway_id=self.enrollment.gateway_id, stream=stream, gateway_time_ms=int(time.time() * 1000))
+        except BatchError as exc:
+            await self._refused(stream, records, str(exc.code), exc.message)
+            return True
+        wait = self._bucket.reserve(len(data), time.monotonic())
+        if wait > 0:
+            await asyncio.sleep(wait)
+        self.bytes_sent += len(data)
+        try:
+            ack = await bounded(client.send_batch(data), t * 2, "sending a batch")
+        except SyncError as exc:
+            if exc.status == 413 or (exc.status == 400 and str(exc.code).startswith("batch.")):
+                await self._refused(stream, records, str(exc.code), exc.message)
+                return True
+            raise
+        last = records[-1].seq
+        if ack.stream != stream or ack.ack_seq > last:
+            raise SyncError(Code.GATEWAY_CLOUD_ERROR, f"the cloud acked {ack.stream.name.lower()} up to {ack.ack_seq} "
+                            f"for a {stream.name.lower()} batch ending at {last}; nothing deleted", status=200)
+        self._succeeded()
+        self.clock_offset_ms, self.clock_corrected = ack.clock_offset_ms, ack.clock_corrected
+        if ack.verdict is sync.Verdict.REPLAY:
+            self.replays += 1
+        if ack.ack_seq > self.buffer.acked(stream):
+            await bounded(self.buffer.ack(stream, ack.ack_seq), t, "recording the cloud's ack")
+        self.batches_acked += 1
+        self.records_acked += sum(1 for r in records if r.seq <= ack.ack_seq)
+        return True
+
+    async def _refused(self, stream: Stream, records: list[Record], code: str, message: str) -> None:
+        """A batch that can never be accepted: halve it until the refused one is a single record,
+        then quarantine that record and move on."""
+        if len(records) > 1:
+            self._limit[stream] = max(1, len(records) // 2)
+            log.warning("uplink: %s batch of %d records refused (%s); trying %d", stream.name.lower(), len(records), code,
+                        self._limit[stream])
+            return
+        rec = records[0]
+        log.error("uplink: %s record %d of %s refused for good (%s: %s); moved to the quarantine",
+                  stream.name.lower(), rec.seq, rec.device_id, code, message)
+        await bounded(self.buffer.quarantine_unsendable(stream, rec.seq, code, message), self.settings.request_timeout_s,
+                      "quarantining a refused record")
+        self.records_quarantined += 1
+        self._limit.pop(stream, None)
+
+    async def _report(self, client: SyncClient) -> None:
+        stats = await bounded(self.buffer.stats(), self.settings.request_timeout_s, "reading the buffer's figures")
+        oldest = min((st.oldest_received_ms for st in stats.streams if st.oldest_received_ms is not None), default=None)
+        doc: dict[str, object] = {
+            "dropped": {st.stream: st.dropped_count for st in stats.streams},
+            "backlog": {st.stream: st.depth for st in stats.streams},
+            "oldest_unsynced_ms": oldest,
+            "version": __version__,
+        }
+        try:
+            await bounded(client.report(doc), self.settings.request_timeout_s * 2, "sending the report")
+        except SyncError as exc:
+            if exc.status is None:
+                raise  # the link is down: the supervisor backs off
+            # The cloud answered but refused the report: that must not hold up the data.
+            log.warning("uplink: the cloud refused the report: %s", exc.message)
+            self._note(exc)
+            return
+        self._succeeded()
+
+    def _note(self, exc: SyncError) -> None:
+        """Show an error that does not stop the uplink on the status page."""
+        self.status.errors += 1
+        self.status.last_error, self.status.last_error_code = exc.message, str(exc.code)
+        self.status.last_error_ms = int(time.time() * 1000)
+
+    async def _renew(self, client: SyncClient) -> bool:
+        """Renew with a fresh CSR from the same key. A failed renewal does not stop the uplink
+        (the certificate is still valid for a third of its life): it is shown as the last error
+        and tried again after ``RENEW_RETRY_S``."""
+        csr = make_key_and_csr(self.files, self.enrollment.gateway_id)
+        try:
+            cert_pem, ca_pem = await bounded(client.renew(csr), self.settings.request_timeout_s * 2, "renewing the certificate")
+            cert = store_certificate(self.files, cert_pem, ca_pem)
+        except (SyncError, ValueError) as exc:
+            self._next_renewal = time.monotonic() + RENEW_RETRY_S
+            if not isinstance(exc, SyncError):
+                exc = SyncError(Code.GATEWAY_CLOUD_ERROR, f"the renewed certificate is unreadable: {exc}")
+            log.warning("uplink: certificate renewal failed: %s; retrying in %d s", exc.message, RENEW_RETRY_S)
+            self._note(exc)
+            return False
+        self.certificate_expires = cert.not_valid_after_utc
+        log.info("uplink: certificate renewed; valid until %s", cert.not_valid_after_utc.isoformat())
+        return True

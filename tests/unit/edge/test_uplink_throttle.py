@@ -1,0 +1,49 @@
+"""The uplink's bandwidth cap: a token bucket on bytes sent, with the clock passed in."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from pulse.edge.throttle import TokenBucket
+
+pytestmark = pytest.mark.unit
+
+
+def test_no_cap_never_waits():
+    bucket = TokenBucket(0)
+    assert [bucket.reserve(10**9, t) for t in (0.0, 0.0, 1.0)] == [0.0, 0.0, 0.0]
+
+
+def test_a_second_worth_goes_at_once_then_the_rate_holds():
+    bucket = TokenBucket(1000)
+    assert bucket.reserve(600, 10.0) == 0.0
+    assert bucket.reserve(400, 10.0) == 0.0
+    assert bucket.reserve(500, 10.0) == pytest.approx(0.5)  # in debt: wait until it is paid
+    assert bucket.reserve(1000, 10.5) == pytest.approx(1.0)
+
+
+def test_a_batch_larger_than_the_burst_waits_for_its_whole_size():
+    bucket = TokenBucket(100)
+    assert bucket.reserve(100, 0.0) == 0.0
+    assert bucket.reserve(1000, 0.0) == pytest.approx(10.0)
+
+
+def test_idle_time_refills_at_most_one_burst():
+    bucket = TokenBucket(100)
+    bucket.reserve(100, 0.0)
+    assert bucket.reserve(100, 3600.0) == 0.0
+    assert bucket.reserve(100, 3600.0) == pytest.approx(1.0)  # an hour idle is not an hour of credit
+
+
+@given(rate=st.integers(1, 50_000), sends=st.lists(st.tuples(st.integers(1, 200_000), st.floats(0, 5)), min_size=1, max_size=60))
+def test_a_sender_that_waits_as_told_never_exceeds_burst_plus_rate_times_elapsed(rate, sends):
+    bucket = TokenBucket(rate)
+    now = start = 100.0
+    sent = 0
+    for size, pause in sends:
+        now += pause
+        now += bucket.reserve(size, now)  # sleep, then send
+        sent += size
+        assert sent <= bucket.burst + rate * (now - start) + 1e-6 * sent
