@@ -90,7 +90,7 @@ def create_app(settings: Settings, *, sync_listener: bool = False) -> FastAPI:
     writer = Writer(settings.writer, retry_after_s=settings.retry_after_s, on_flush=metrics.on_flush, on_commit=committed)
     metrics.watch_queue(lambda: writer.queued_rows)
     ingest = ingest_http.IngestService(config=settings.ingest, tokens=tokens, writer=writer, metrics=metrics)
-    sync = SyncService(settings.sync, db, metrics, on_commit=hub.publish)  # the console's live view sees gateway data too
+    sync = SyncService(settings.sync, db, metrics, on_commit=committed)  # gateway data reaches the live view and the rules
 
     async def maintenance() -> None:
         while True:

@@ -33,6 +33,7 @@ import orjson
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from pulse.cloud.alerts import merge_edge_alerts
 from pulse.cloud.auth.credentials import sha256_hex
 from pulse.cloud.ca import CertificateAuthority, IdentityError
 from pulse.cloud.db.pool import Database, audit
@@ -278,7 +279,12 @@ class SyncService:
                 rows: list[TelemetryRow] = []
                 quarantined: list[QuarantineRow] = []
                 if admission.verdict is not Verdict.REPLAY:
-                    rows, quarantined = self._rows(caller, header.stream, admission.new_records, devices, clock, received)
+                    if header.stream is Stream.ALERTS:
+                        # alerts raised at the gateway merge into the tenant's alerts by fingerprint,
+                        # in this transaction, so a replayed batch is never merged twice
+                        quarantined = await self._merge_alerts(conn, caller, admission.new_records, received)
+                    else:
+                        rows, quarantined = self._rows(caller, header.stream, admission.new_records, devices, clock, received)
                     await write_rows(conn, rows, quarantined)
                     await conn.execute(
                         "UPDATE gateway_sync_marks SET high_water = $3, updated_at = now() WHERE gateway_id = $1 AND stream = $2",
@@ -301,6 +307,29 @@ class SyncService:
         self.metrics.sync_records.labels("written").inc(len(rows))
         self.metrics.sync_records.labels("quarantined").inc(len(quarantined))
         return BatchAck(header.stream, admission.ack_seq, admission.verdict, len(rows), len(quarantined), clock.offset_ms, clock.corrected)
+
+    @staticmethod
+    async def _merge_alerts(
+        conn: asyncpg.Connection, caller: GatewayCaller, records: Sequence[Record], received: dt.datetime
+    ) -> list[QuarantineRow]:
+        await conn.execute("SELECT set_config('app.tenant_id', $1, true)", str(caller.tenant_id))
+        gateway_name = await conn.fetchval(
+            "SELECT name FROM gateways WHERE tenant_id = $1 AND id = $2", caller.tenant_id, caller.gateway_id
+        )
+        report = await merge_edge_alerts(
+            conn, caller.tenant_id, records, gateway_id=caller.gateway_id, gateway_name=gateway_name or "gateway"
+        )
+        by_seq = {r.seq: r for r in records}
+        quarantined: list[QuarantineRow] = []
+        for bad in report.rejected:
+            rec = by_seq.get(bad.get("seq"))  # type: ignore[arg-type]
+            if rec is None:
+                continue
+            raw = json.dumps({"stream": "alerts", **rec._asdict()}, default=str).encode()
+            quarantined.append(
+                (caller.tenant_id, rec.device_id, caller.gateway_id, "gateway", str(bad.get("code")), str(bad.get("message")), raw, received)
+            )
+        return quarantined
 
     async def _replayed(self, caller: GatewayCaller, stream: Stream, last_seq: int, size: int, clock: ClockCheck) -> BatchAck:
         try:

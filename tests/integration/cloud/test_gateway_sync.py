@@ -196,14 +196,27 @@ async def test_overlapping_batch_writes_only_records_above_the_mark(sync: SyncCl
     assert [(r["msg_type"], r["seq"]) for r in rows] == [("event", 1), ("event", 2)] + [("telemetry", s) for s in range(1, 6)]
 
 
-async def test_alert_and_twin_streams_are_stored_not_dropped(sync: SyncCloud) -> None:
+async def test_edge_alerts_merge_by_fingerprint_once_and_twin_stream_is_stored(sync: SyncCloud) -> None:
     tenant, h = await sync.cloud.tenant_user()
     await _device(sync, h, "dev-1")
     gw, files = await sync.gateway(h)
-    assert (await sync.send(files, _batch(gw, [1], stream=Stream.ALERTS))).json()["written"] == 1
+    opened = {"action": "open", "rule_id": "hot", "device_id": "dev-1", "severity": "major", "explanation": {"text": "t > 30"}}
+    records = [
+        Record(1, "dev-1", NOW_MS, "alert", {}, body=opened),
+        Record(2, "dev-1", NOW_MS, "alert", {}, body={"action": "explode", "rule_id": "hot", "device_id": "dev-1"}),
+    ]
+    alerts_batch = batch.encode(records, gateway_id=gw, stream=Stream.ALERTS, gateway_time_ms=NOW_MS)
+    first = (await sync.send(files, alerts_batch)).json()
+    assert (first["ack_seq"], first["quarantined"]) == (2, 1)
+    replay = (await sync.send(files, alerts_batch)).json()
+    assert replay["verdict"] == "replay"
+    alerts = await sync.rows("SELECT rule_id, device_id, state, source FROM alerts WHERE tenant_id = $1", tenant)
+    assert [(a["rule_id"], a["device_id"], a["state"], a["source"]) for a in alerts] == [("hot", "dev-1", "open", "edge")]
+    q = await sync.rows("SELECT code FROM quarantine WHERE tenant_id = $1", tenant)
+    assert [x["code"] for x in q] == ["rule.bad_alert_record"]
     assert (await sync.send(files, _batch(gw, [1], stream=Stream.TWIN))).json()["written"] == 1
-    rows = await sync.rows("SELECT msg_type FROM telemetry WHERE tenant_id = $1 ORDER BY msg_type", tenant)
-    assert [r["msg_type"] for r in rows] == ["alert", "twin_reported"]
+    rows = await sync.rows("SELECT msg_type FROM telemetry WHERE tenant_id = $1", tenant)
+    assert [r["msg_type"] for r in rows] == ["twin_reported"]
 
 
 async def test_unknown_device_is_quarantined_and_still_acked(sync: SyncCloud) -> None:
