@@ -42,12 +42,13 @@ def _summaries(stop: threading.Event, exit_after: float | None, gateway: Gateway
         if stop.wait(wait) or (deadline is not None and time.monotonic() >= deadline):
             break
         s = gateway.status() or {}
-        broker, messages, buffer = s.get("broker", {}), s.get("messages", {}), s.get("buffer", {})
+        broker, messages, buffer, uplink = s.get("broker", {}), s.get("messages", {}), s.get("buffer", {}), s.get("uplink", {})
         line = (
             f"devices online {broker.get('connected_devices', '?')}, "  # type: ignore[union-attr]
             f"{messages.get('per_s', '?')} msgs/s, "  # type: ignore[union-attr]
             f"buffered {buffer.get('depth', '?')}, "  # type: ignore[union-attr]
-            f"quarantined {s.get('quarantine', {}).get('count', '?')}"  # type: ignore[union-attr]
+            f"quarantined {s.get('quarantine', {}).get('count', '?')}, "  # type: ignore[union-attr]
+            f"uplink {uplink.get('state', '?')} ({uplink.get('batches_acked', 0)} batches synced)"  # type: ignore[union-attr]
         )
         print(("\r" + line + "   ") if interactive else line, end="" if interactive else "\n", flush=True)
     if interactive:
@@ -93,7 +94,10 @@ def run(args: argparse.Namespace) -> int:
 
     gateway = fleet = None
     try:
-        gateway = start_gateway(root, device_ids(args.devices))
+        from pulse.cloud.demo import provision_gateway
+
+        ids = device_ids(args.devices)
+        gateway = start_gateway(root, ids, enroll_token=lambda: (cloud.url, provision_gateway(cloud, "demo-gateway", ids)))
         print(f"gateway    : MQTT on 127.0.0.1:{gateway.mqtt_port}, status page {gateway.status_url}  (config {gateway.config}, log {gateway.log})", flush=True)
         fleet = start_fleet(
             root, mqtt_port=gateway.mqtt_port, credentials=gateway.credentials, count=args.devices, interval_s=args.interval, faults=args.fault

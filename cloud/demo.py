@@ -64,9 +64,9 @@ async def _bootstrap(settings: object, password: str) -> None:
     from pulse.cloud.settings import Settings
 
     assert isinstance(settings, Settings)
-    password = settings.db_role_password.get_secret_value() if settings.db_role_password else None
-    await migrate(settings.database_url, settings.roles, role_password=password)
-    db = Database(settings.database_url, settings.roles, password=password)
+    role_password = settings.db_role_password.get_secret_value() if settings.db_role_password else None
+    await migrate(settings.database_url, settings.roles, role_password=role_password)
+    db = Database(settings.database_url, settings.roles, password=role_password)
     await db.open()
     try:
         try:
@@ -121,3 +121,26 @@ def start_cloud(root: Path, database_url: str) -> CloudProcess:
             time.sleep(0.2)
     handle.stop()
     raise RuntimeError(f"the cloud did not become healthy within 60 s; see {log}")
+
+
+def provision_gateway(cloud: CloudProcess, name: str, device_ids: list[str]) -> str:
+    """Through the public API, as an operator would: register the fleet's devices (once) and the
+    gateway, and return a fresh one-time enrollment token for it."""
+    with httpx.Client(base_url=cloud.url, timeout=30) as client:
+        login = client.post("/auth/login", json={"email": cloud.email, "password": cloud.password})
+        login.raise_for_status()
+        headers = {"Authorization": f"Bearer {login.json()['access_token']}"}
+        for device_id in device_ids:
+            r = client.post("/api/v1/devices", json={"device_id": device_id, "status": "active"}, headers=headers)
+            if r.status_code not in (201, 409):
+                r.raise_for_status()
+        gateways = client.get("/api/v1/gateways", headers=headers)
+        gateways.raise_for_status()
+        existing = next((g for g in gateways.json() if g["name"] == name and g["status"] != "revoked"), None)
+        if existing is None:
+            created = client.post("/api/v1/gateways", json={"name": name}, headers=headers)
+            created.raise_for_status()
+            return str(created.json()["enrollment"]["token"])
+        token = client.post(f"/api/v1/gateways/{existing['id']}/enrollment-token", headers=headers)
+        token.raise_for_status()
+        return str(token.json()["token"])

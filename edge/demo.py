@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,13 +84,36 @@ def ensure_devices(config: Path, device_ids: list[str], credentials: Path) -> di
     return known
 
 
-def start_gateway(root: Path, device_ids: list[str], *, gateway_id: str = "demo-gateway") -> GatewayProcess:
+def enrolled(config: Path) -> bool:
+    from pulse.edge.config import load
+    from pulse.edge.link import load_enrollment
+
+    return load_enrollment(load(config, {}).state_dir) is not None
+
+
+def enroll(config: Path, cloud_url: str, token: str) -> None:
+    """`pulse gateway enroll`, exactly as an installer runs it."""
+    result = subprocess.run(
+        [sys.executable, "-m", "pulse.cli.main", "gateway", "enroll", "--cloud", cloud_url, "--token", token, "--config", str(config)],
+        capture_output=True,
+        text=True,
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"gateway enrollment failed: {(result.stdout + result.stderr).strip()[-800:]}")
+
+
+def start_gateway(
+    root: Path, device_ids: list[str], *, gateway_id: str = "demo-gateway", enroll_token: Callable[[], tuple[str, str]] | None = None
+) -> GatewayProcess:
+    """``enroll_token``: when the gateway is not enrolled yet, gives (cloud URL, one-time token)."""
     directory = root / "gateway"
     mqtt_port = _port(int(os.environ.get("PULSE_DEMO_MQTT_PORT", "1883")))
     status_port = _port(int(os.environ.get("PULSE_DEMO_STATUS_PORT", "8081")))
     config = write_config(directory, gateway_id=gateway_id, mqtt_port=mqtt_port, status_port=status_port)
     credentials = root / "fleet-credentials.json"
     ensure_devices(config, device_ids, credentials)
+    if enroll_token is not None and not enrolled(config):
+        enroll(config, *enroll_token())
     log = root / "gateway.log"
     proc = subprocess.Popen(
         [sys.executable, "-m", "pulse.cli.main", "gateway", "run", "--config", str(config)],

@@ -50,20 +50,32 @@ def test_pulse_up_runs_the_whole_stack_and_stops_on_ctrl_c(tmp_path: Path) -> No
         lines: list[str] = []
         try:
             cloud = _read_until(proc, r"cloud\s+: (http://\S+)", lines).group(1)
+            email, password = _read_until(proc, r"login\s+: (\S+) / (\S+)", lines).groups()
             status = _read_until(proc, r"status page (http://\S+)", lines).group(1)
             _read_until(proc, r"Pulse is up", lines)
             assert httpx.get(cloud + "/health", timeout=5).status_code == 200
             # every simulated device connects, and their readings reach the gateway's buffer
-            first = httpx.get(status + "/status", timeout=5).json()["buffer"]["depth"]
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline:
                 snapshot = httpx.get(status + "/status", timeout=5).json()
-                if snapshot["broker"]["connected_devices"] == 5 and snapshot["buffer"]["depth"] >= first + 10:
+                if snapshot["broker"]["connected_devices"] == 5 and snapshot["messages"]["stored"] >= 10:
                     break
                 time.sleep(0.5)
             assert snapshot["broker"]["connected_devices"] == 5, snapshot
-            assert snapshot["buffer"]["depth"] >= first + 10, snapshot
+            assert snapshot["messages"]["stored"] >= 10, snapshot
             assert snapshot["quarantine"]["count"] == 0, snapshot
+            # ... and the cloud: the gateway enrolled itself and syncs (the first device's newest values)
+            token = httpx.post(cloud + "/auth/login", json={"email": email, "password": password}, timeout=10).json()["access_token"]
+            headers = {"Authorization": f"Bearer {token}"}
+            device = httpx.get(cloud + "/api/v1/devices", params={"q": "dev-0000"}, headers=headers, timeout=10).json()["items"][0]
+            deadline = time.monotonic() + 60
+            latest: dict[str, object] = {}
+            while time.monotonic() < deadline:
+                latest = httpx.get(f"{cloud}/api/v1/devices/{device['id']}/telemetry/latest", headers=headers, timeout=10).json()
+                if latest.get("metrics"):
+                    break
+                time.sleep(0.5)
+            assert latest.get("metrics"), latest
         finally:
             proc.send_signal(signal.SIGINT)
             out, _ = proc.communicate(timeout=90)
