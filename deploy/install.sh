@@ -74,6 +74,10 @@ fi
 if [ ! -x /usr/bin/chromium ]; then
   apt_install chromium
 fi
+# systemd-analyze checks the gateway's systemd unit in the tests
+if ! command -v systemd-analyze >/dev/null 2>&1; then
+  apt_install systemd
+fi
 
 # --- virtual environment --------------------------------------------------------------------
 if [ ! -x .venv/bin/python ]; then
@@ -84,8 +88,12 @@ stamp=.venv/.pulse-install-stamp
 want="$(cat pyproject.toml setup.py | sha256sum | cut -d' ' -f1)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] || [ ! -x .venv/bin/pulse ]; then
   log "installing Pulse and its dependencies into .venv"
-  .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip 2>&1 | grep -v "is ignored" || true
-  .venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[test]' 2>&1 | grep -v "is ignored" || true
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip > .venv/pip.log 2>&1 || true
+  if ! .venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[test]' > .venv/pip.log 2>&1; then
+    grep -v "is ignored" .venv/pip.log >&2
+    echo "installing Python packages failed (full log: .venv/pip.log)" >&2
+    exit 1
+  fi
   .venv/bin/pulse version >/dev/null
   echo "$want" > "$stamp"
 fi
