@@ -108,7 +108,9 @@ class Gateway:
         assert self.broker is not None
         files = IdentityFiles(s.state_dir)
         self.uplink = Uplink(s.sync, self.buffer, enrollment, files)
-        self.downlink = Downlink(s.sync, s.database, enrollment, files, disconnect=self.broker.disconnect_device)
+        self.downlink = Downlink(
+            s.sync, s.database, enrollment, files, disconnect=self.broker.disconnect_device, apply_rules=self.rules.set_rules
+        )
         self._sync_tasks = [
             asyncio.create_task(self.uplink.run(), name="uplink"),
             asyncio.create_task(self.downlink.run(), name="downlink"),

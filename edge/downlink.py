@@ -40,6 +40,7 @@ from pulse.edge.errors import StorageError
 from pulse.edge.identity import IdentityFiles
 from pulse.edge.link import Connection, Enrollment
 from pulse.edge.uplink import LinkState, LinkStatus, bounded, supervise
+from pulse.protocol.errors import RuleError
 from pulse.protocol.sync import CredentialChange, DownlinkItem, DownlinkKind
 
 log = logging.getLogger("pulse.edge.downlink")
@@ -47,6 +48,7 @@ log = logging.getLogger("pulse.edge.downlink")
 CURSOR_KEY = "downlink_cursor"
 MIN_EMPTY_POLL_S = 1.0
 Disconnect = Callable[[str], Awaitable[int]]
+ApplyRules = Callable[..., Awaitable[object]]  # EdgeRuleRunner.set_rules(docs, set_version=)
 """device id -> number of MQTT sessions ended."""
 
 
@@ -105,6 +107,20 @@ def apply_items(conn: sqlite3.Connection, raw_items: list[Any], next_seq: int, n
     return new_cursor, revoked
 
 
+def _pending_rules(conn: sqlite3.Connection) -> tuple[int, dict[str, Any]] | None:
+    row = conn.execute("SELECT seq, payload FROM downlink WHERE kind = 'rules' AND status = 'pending' ORDER BY seq DESC LIMIT 1").fetchone()
+    if row is None:
+        return None
+    payload = json.loads(row[1])
+    return int(row[0]), payload if isinstance(payload, dict) else {}
+
+
+def _mark_rules(conn: sqlite3.Connection, seq: int, status: str) -> None:
+    with conn:
+        conn.execute("UPDATE downlink SET status = 'superseded' WHERE kind = 'rules' AND status = 'pending' AND seq < ?", (seq,))
+        conn.execute("UPDATE downlink SET status = ? WHERE seq = ?", (status, seq))
+
+
 def _apply_credential(conn: sqlite3.Connection, change: CredentialChange, now_ms: int) -> str:
     if change.action == "set":
         assert change.secret_sha256 is not None
@@ -122,7 +138,8 @@ def _apply_credential(conn: sqlite3.Connection, change: CredentialChange, now_ms
 
 class Downlink:
     def __init__(self, settings: SyncSettings, database: Path, enrollment: Enrollment, files: IdentityFiles,
-                 disconnect: Disconnect | None = None) -> None:
+                 disconnect: Disconnect | None = None, apply_rules: ApplyRules | None = None) -> None:
+        self.apply_rules = apply_rules
         self.settings = settings
         self.database = database
         self.enrollment = enrollment
@@ -159,6 +176,7 @@ class Downlink:
             self.status.state = LinkState.CONNECTING
         self.cursor = await self._db(read_cursor)
         poll_timeout = s.downlink_wait_s + s.request_timeout_s
+        await self._apply_pending_rules()  # one received before a crash, not yet in use
         async with self._conn.session() as client:
             if self.cursor:
                 await bounded(client.ack_downlink(self.cursor), s.request_timeout_s * 2, "acking the downlink")
@@ -180,7 +198,31 @@ class Downlink:
                         ended = await bounded(self.disconnect(device_id), s.request_timeout_s, "disconnecting a revoked device")
                         if ended:
                             log.info("downlink: credential of %s revoked; %d session(s) ended", device_id, ended)
+                await self._apply_pending_rules()
                 await bounded(client.ack_downlink(cursor), s.request_timeout_s * 2, "acking the downlink")
+
+    async def _apply_pending_rules(self) -> None:
+        """Put the newest received rule set in use (each set replaces the whole previous one, so
+        older pending ones are superseded). Stored first, applied after: a crash in between leaves
+        it pending, and the next session applies it."""
+        if self.apply_rules is None:
+            return
+        newest = await self._db(_pending_rules)
+        if newest is None:
+            return
+        seq, payload = newest
+        rules, version = payload.get("rules"), payload.get("version")
+        if not isinstance(rules, list) or type(version) is not int:
+            status = "refused: a rules item is {version: int, rules: [...]}"
+        else:
+            try:
+                await self.apply_rules(rules, set_version=version)
+                status = "applied"
+                log.info("downlink: rule set version %d in use (%d rules)", version, len(rules))
+            except RuleError as exc:
+                status = f"refused: {exc.code}: {exc.message}"
+                log.error("downlink: rule set version %s refused: %s", version, exc)
+        await self._db(_mark_rules, seq, status)
 
     def _succeeded(self) -> None:
         self.status.state = LinkState.CONNECTED

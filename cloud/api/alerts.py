@@ -17,6 +17,7 @@ from pydantic import BaseModel, Field
 from pulse.cloud.alerts.runner import Reading, device_of
 from pulse.cloud.api.deps import Parts, Reader, TenantCaller, Writer
 from pulse.cloud.errors import ConflictError, InvalidError, NotFoundError
+from pulse.cloud.sync.downlink import push_rules
 from pulse.protocol.alerts import is_reserved_rule_id
 from pulse.protocol.errors import Code, RuleError
 from pulse.protocol.rules import Device, Rule, RuleState, UpdateDeviceState, applies_to, evaluate, parse_rule, rule_to_dict
@@ -64,6 +65,8 @@ async def create_rule(body: dict[str, Any], caller: Writer, parts: Parts) -> dic
             )
         except asyncpg.UniqueViolationError as exc:
             raise ConflictError(Code.API_CONFLICT, f"a rule {rule.id!r} exists; change it with PUT") from exc
+        gateways = await push_rules(conn, caller.tenant_id)
+    parts.sync.notifier.wake(gateways)
     return _rule_out(row)
 
 
@@ -103,6 +106,8 @@ async def replace_rule(rule_id: str, body: dict[str, Any], caller: Writer, parts
             rule.enabled,
             json.dumps(rule_to_dict(rule)),
         )
+        gateways = await push_rules(conn, caller.tenant_id)
+    parts.sync.notifier.wake(gateways)
     return _rule_out(row)
 
 
@@ -111,6 +116,8 @@ async def delete_rule(rule_id: str, caller: Writer, parts: Parts) -> Response:
     async with parts.db.tenant(caller.tenant_id) as conn:
         if await conn.fetchval("DELETE FROM rules WHERE id = $1 RETURNING id", rule_id) is None:
             raise NotFoundError("rule", rule_id=rule_id)
+        gateways = await push_rules(conn, caller.tenant_id)
+    parts.sync.notifier.wake(gateways)
     return Response(status_code=204)
 
 

@@ -89,3 +89,20 @@ async def pending(conn: asyncpg.Connection, gateway: uuid.UUID, after: int) -> l
     )
     return [DownlinkItem(r["seq"], DownlinkKind(r["kind"]), json.loads(r["payload"])) for r in rows]
 
+
+
+async def push_rules(conn: asyncpg.Connection, tenant_id: uuid.UUID, gateways: list[uuid.UUID] | None = None) -> list[uuid.UUID]:
+    """Enqueue the tenant's whole rule set (``{"version", "rules": [...]}``) for its gateways (all
+    that are not revoked, or ``gateways``), in the caller's tenant transaction; returns them (to wake).
+    A set replaces the previous one at the gateway, so only the newest matters; its version is the
+    time of the change in ms, which only grows."""
+    rules = [json.loads(r["definition"]) for r in await conn.fetch("SELECT definition FROM rules ORDER BY id")]
+    version = int(await conn.fetchval("SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint"))
+    targets = (
+        gateways
+        if gateways is not None
+        else [r["id"] for r in await conn.fetch("SELECT id FROM gateways WHERE status <> 'revoked'")]
+    )
+    for gw in targets:
+        await enqueue(conn, tenant_id, gw, DownlinkKind.RULES, {"version": version, "rules": rules})
+    return targets

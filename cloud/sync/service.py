@@ -41,7 +41,7 @@ from pulse.cloud.errors import AuthError, BadRequestError, ForbiddenError, Inval
 from pulse.cloud.ingest.writer import QuarantineRow, TelemetryRow, write_rows
 from pulse.cloud.metrics import Metrics
 from pulse.cloud.settings import SyncConfig
-from pulse.cloud.sync.downlink import POLL_S, Notifier, pending
+from pulse.cloud.sync.downlink import POLL_S, Notifier, pending, push_rules
 from pulse.cloud.tls import Scope, peer_certificate
 from pulse.protocol import batch as codec
 from pulse.protocol.batch import DEFAULT_BATCH_LIMITS, BatchLimits, Record, Stream
@@ -209,6 +209,8 @@ class SyncService:
                 "UPDATE gateway_certificates SET revoked_at = now() WHERE gateway_id = $1 AND revoked_at IS NULL", gateway
             )
             await self._record(conn, tenant, gateway, cert)
+            if await conn.fetchval("SELECT EXISTS (SELECT 1 FROM rules)"):
+                await push_rules(conn, tenant, [gateway])  # a new gateway starts with the tenant's rules
             await conn.execute("UPDATE gateways SET status = 'active' WHERE id = $1", gateway)
             await audit(
                 conn,

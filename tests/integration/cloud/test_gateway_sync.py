@@ -523,3 +523,22 @@ async def test_bench_provisioning_gives_a_token_that_enrolls_and_syncs(sync: Syn
     r = await sync.send(files, batch.encode(records, gateway_id=str(p.gateway_id), stream=Stream.TELEMETRY, gateway_time_ms=NOW_MS))
     assert r.json()["written"] == 3
     assert await count_synced(sync.settings.database_url, p.tenant_id) == (3, 3)
+
+
+async def test_rule_changes_reach_every_gateway_of_the_tenant_as_a_whole_set(sync: SyncCloud) -> None:
+    _, h = await sync.cloud.tenant_user()
+    gw, files = await sync.gateway(h)
+    rule = {"id": "hot", "severity": "major", "metric": "t", "operator": "GT", "threshold": 30}
+    assert (await sync.cloud.client.post("/api/v1/rules", json=rule, headers=h)).status_code == 201
+    assert (await sync.cloud.client.put("/api/v1/rules/hot", json={**rule, "threshold": 35}, headers=h)).status_code == 200
+    async with sync.client(files) as c:
+        items = [DownlinkItem.from_json(i) for i in (await c.get("/sync/v1/downlink", params={"after": 0})).json()["items"]]
+    assert [i.kind for i in items] == [DownlinkKind.RULES, DownlinkKind.RULES]
+    first, second = (i.payload for i in items)
+    assert second["version"] > first["version"]  # type: ignore[operator]
+    assert [(r["id"], r["threshold"], r["version"]) for r in second["rules"]] == [("hot", 35, 2)]  # type: ignore[union-attr, index]
+    # another tenant's gateway hears nothing of it
+    _, other_h = await sync.cloud.tenant_user()
+    _, other_files = await sync.gateway(other_h)
+    async with sync.client(other_files) as c:
+        assert (await c.get("/sync/v1/downlink", params={"after": 0})).json()["items"] == []

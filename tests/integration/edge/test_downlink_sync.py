@@ -20,6 +20,7 @@ from edge_sync_receiver import Receiver
 from pulse.edge.app import Gateway
 from pulse.edge.config import Settings, SyncSettings
 from pulse.edge.enroll import enroll
+from pulse.edge.rules import rules_version
 
 pytestmark = pytest.mark.integration
 
@@ -149,3 +150,20 @@ async def test_downlink_cursor_survives_a_restart_and_nothing_is_applied_twice(e
     await wait_for(lambda: nxt in receiver.downlink_acks, "an item after the restart")
     assert json.loads(sqlite3.connect(enrolled_settings.database).execute(
         "SELECT payload FROM downlink WHERE seq = ?", (nxt,)).fetchone()[0]) == {"version": 2, "rules": []}
+
+
+async def test_a_rule_set_from_the_cloud_is_put_in_use_and_a_refused_one_changes_nothing(enrolled_settings, receiver, run_gateway):
+    gw = await run_gateway()
+    hot = {"id": "hot", "severity": "major", "metric": "t", "operator": "GT", "threshold": 30}
+    seq = receiver.add_downlink("rules", {"version": 1000, "rules": [hot]})
+    await wait_for(lambda: seq in receiver.downlink_acks, "the rule set acked")
+    await wait_for(lambda: (gw.board.snapshot or {}).get("alerts", {}).get("rules") == 1, "the rule in use")
+    assert rules_version(enrolled_settings.database) == 1000
+
+    bad = receiver.add_downlink("rules", {"version": 2000, "rules": [{**hot, "operator": "ABOUT"}]})
+    await wait_for(lambda: bad in receiver.downlink_acks, "the bad rule set acked")
+    conn = sqlite3.connect(enrolled_settings.database)
+    status = conn.execute("SELECT status FROM downlink WHERE seq = ?", (bad,)).fetchone()[0]
+    conn.close()
+    assert status.startswith("refused: rule.")
+    assert rules_version(enrolled_settings.database) == 1000  # the set in use is kept
