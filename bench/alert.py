@@ -25,7 +25,6 @@ import asyncio
 import json
 import os
 import shutil
-import subprocess
 import tempfile
 import threading
 import time
@@ -36,7 +35,7 @@ import asyncpg
 import httpx
 import paho.mqtt.client as mqtt
 
-from pulse.bench.ingest import _create_db, _server, _setup, _wait_healthy
+from pulse.bench.ingest import _create_db, _server, _setup, _wait_healthy, stop_server
 from pulse.cloud.db.embedded import EmbeddedPostgres, free_port
 from pulse.cloud.settings import RoleNames
 from pulse.protocol.rules import parse_rule, rule_to_dict
@@ -130,11 +129,7 @@ def _cloud(dsn: str) -> dict[str, float]:
         _wait_healthy(url, proc, log)
         return asyncio.run(_cloud_samples(url, dsn, tenant, devices))
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_server(proc)
         log.unlink(missing_ok=True)
 
 

@@ -39,7 +39,7 @@ from pulse.cloud.auth.credentials import new_device_token
 from pulse.cloud.db.embedded import EmbeddedPostgres, free_port
 from pulse.cloud.db.migrate import migrate
 from pulse.cloud.db.pool import role_dsn
-from pulse.cloud.ingest.writer import write_rows
+from pulse.cloud.ingest.writer import TelemetryRow, write_rows
 from pulse.cloud.settings import RoleNames
 
 DEVICES = 50
@@ -115,16 +115,20 @@ async def _raw_copy(dsn: str, roles: RoleNames, tenant: uuid.UUID, devices: list
                     now,
                 )
             )
+    return len(rows) / await timed_copy(dsn, roles, rows, WRITER_BATCH_ROWS)
+
+
+async def timed_copy(dsn: str, roles: RoleNames, rows: list[TelemetryRow], chunk: int) -> float:
+    """Seconds to COPY ``rows`` into telemetry as the writer role, one transaction per ``chunk`` rows."""
     conn = await asyncpg.connect(role_dsn(dsn, roles.writer, None))
     try:
         started = time.perf_counter()
-        for i in range(0, len(rows), WRITER_BATCH_ROWS):
+        for i in range(0, len(rows), chunk):
             async with conn.transaction():
-                await write_rows(conn, rows[i : i + WRITER_BATCH_ROWS])
-        elapsed = time.perf_counter() - started
+                await write_rows(conn, rows[i : i + chunk])
+        return time.perf_counter() - started
     finally:
         await conn.close()
-    return len(rows) / elapsed
 
 
 def _server(dsn: str, roles_prefix: str, port: int, log: Path) -> subprocess.Popen[bytes]:
@@ -147,6 +151,14 @@ def _server(dsn: str, roles_prefix: str, port: int, log: Path) -> subprocess.Pop
         stdout=log.open("wb"),
         stderr=subprocess.STDOUT,
     )
+
+
+def stop_server(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
 
 
 def _wait_healthy(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
@@ -235,11 +247,7 @@ def _bench(dsn: str, embedded: bool) -> dict[str, object]:
             ingests.append(rate)
             accepted += n
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_server(proc)
         log.unlink(missing_ok=True)
     stored = asyncio.run(_count(dsn, tenant, "http")) - len(devices)  # minus the warm-up messages
     raw, ingest = max(raws), max(ingests)

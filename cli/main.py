@@ -20,6 +20,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "codec": ("pulse.bench.codec", "sync batch codec: bytes per point and encode/decode speed against JSON envelopes"),
     "ingest": ("pulse.bench.ingest", "HTTP ingest (server in its own process) against a raw COPY of the same rows"),
     "alert": ("pulse.bench.alert", "threshold crossing -> alert committed, cloud (HTTP ingest) and edge (MQTT), p50/p99 against ingest/PUBACK"),
+    "sync": ("pulse.bench.sync", "gateway buffer drained to the cloud over mTLS (--points, default 1M) against a raw COPY of the same rows"),
     "edge": ("pulse.bench.edge", "gateway intake (auth, parse, durable buffer) against a plain amqtt broker: msgs/s, ratio, RSS"),
 }
 

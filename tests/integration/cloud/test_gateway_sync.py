@@ -101,7 +101,7 @@ NOW_MS = int(time.time() * 1000)
 def _batch(gateway: str, seqs: list[int], device: str = "dev-1", *, stream: Stream = Stream.TELEMETRY, clock_ms: int | None = None) -> bytes:
     kind = {Stream.TELEMETRY: "telemetry", Stream.EVENTS: "event", Stream.ALERTS: "alert", Stream.TWIN: "twin_reported"}[stream]
     records = [Record(s, device, NOW_MS + s, kind, {"t": float(s)}, s) for s in seqs]
-    return batch.encode(records, gateway_id=gateway, stream=stream, gateway_time_ms=NOW_MS if clock_ms is None else clock_ms)
+    return batch.encode(records, gateway_id=gateway, stream=stream, gateway_time_ms=int(time.time() * 1000) if clock_ms is None else clock_ms)
 
 
 async def _device(sc: SyncCloud, headers: dict[str, str], device_id: str, **extra: object) -> str:
@@ -235,15 +235,16 @@ async def test_gateway_clock_far_off_is_corrected_and_flagged(sync: SyncCloud) -
     await _device(sync, h, "dev-1")
     gw, files = await sync.gateway(h)
     hour = 3_600_000
+    now = int(time.time() * 1000)  # not NOW_MS: the clock check compares with the cloud's clock at this moment
     # the gateway's clock runs an hour behind: its timestamps are an hour early
-    records = [Record(1, "dev-1", NOW_MS - hour, "telemetry", {"t": 1.0})]
-    r = await sync.send(files, batch.encode(records, gateway_id=gw, stream=Stream.TELEMETRY, gateway_time_ms=NOW_MS - hour))
+    records = [Record(1, "dev-1", now - hour, "telemetry", {"t": 1.0})]
+    r = await sync.send(files, batch.encode(records, gateway_id=gw, stream=Stream.TELEMETRY, gateway_time_ms=now - hour))
     ack = BatchAck.from_json(r.json())
     assert ack.clock_corrected and abs(ack.clock_offset_ms - hour) < 60_000
     (row,) = await sync.rows("SELECT time FROM telemetry WHERE tenant_id = $1", tenant)
-    assert abs(row["time"].timestamp() * 1000 - NOW_MS) < 60_000
+    assert abs(row["time"].timestamp() * 1000 - now) < 60_000
     # within tolerance: kept as sent
-    r = await sync.send(files, _batch(gw, [2], clock_ms=NOW_MS + 30_000))
+    r = await sync.send(files, _batch(gw, [2], clock_ms=now + 30_000))
     assert r.json()["clock_corrected"] is False
     g = (await sync.cloud.client.get(f"/api/v1/gateways/{gw}", headers=h)).json()
     assert g["clock_corrected_at"] is not None
