@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from edge_sync_receiver import Receiver
+from edge_sync_receiver import Receiver, wait_for
 
 from pulse.edge.app import Gateway
 from pulse.edge.config import Settings, SyncSettings
@@ -56,15 +56,6 @@ async def run_gateway(enrolled_settings: Settings) -> AsyncIterator[Callable[[],
     yield start
     for gw in running:
         await gw.stop()
-
-
-async def wait_for(predicate: Callable[[], bool], what: str, timeout_s: float = 20) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while not predicate():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 def device_token() -> tuple[str, str, str]:

@@ -17,7 +17,7 @@ import httpx
 import paho.mqtt.client as mqtt
 import pytest
 from cryptography import x509
-from edge_sync_receiver import GATEWAY, TENANT, Receiver
+from edge_sync_receiver import GATEWAY, TENANT, Receiver, wait_for
 
 from pulse.edge.app import Gateway
 from pulse.edge.auth import DeviceRegistry
@@ -59,15 +59,6 @@ async def run_gateway(sync_settings: Settings) -> AsyncIterator[Callable[..., An
     yield start
     for gw in running:
         await gw.stop()
-
-
-async def wait_for(predicate: Callable[[], bool], what: str, timeout_s: float = 30) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while not predicate():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 def publish_all(port: int, device: str, secret: str, messages: list[tuple[str, dict[str, Any]]]) -> None:
