@@ -15,7 +15,11 @@ import threading
 import time
 from pathlib import Path
 
-from pulse.cloud.db.embedded import EmbeddedPostgres, EmbeddedPostgresError
+import httpx
+
+from pulse.cli.inbox import Inbox
+from pulse.cloud.db.embedded import EmbeddedPostgres, EmbeddedPostgresError, free_port, port_is_free
+from pulse.cloud.demo import CloudProcess
 from pulse.edge.demo import GatewayProcess
 
 
@@ -33,7 +37,48 @@ def _db_password(root: Path) -> str:
     return path.read_text().strip()
 
 
-def _summaries(stop: threading.Event, exit_after: float | None, gateway: GatewayProcess) -> None:
+def _inbox_secret(root: Path) -> str:
+    """The demo webhook channel's signing secret: made once, kept in the data directory (mode 0600)."""
+    path = root / "inbox-secret"
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_urlsafe(32))
+    return path.read_text().strip()
+
+
+class _OpenAlerts:
+    """Counts the demo tenant's open alerts through the public API, for the summary line."""
+
+    def __init__(self, cloud: CloudProcess) -> None:
+        self.cloud = cloud
+        self.headers: dict[str, str] = {}
+
+    def __call__(self) -> str:
+        try:
+            with httpx.Client(base_url=self.cloud.url, timeout=5) as client:
+                for _ in range(2):
+                    if not self.headers:
+                        r = client.post("/auth/login", json={"email": self.cloud.email, "password": self.cloud.password})
+                        r.raise_for_status()
+                        self.headers = {"Authorization": f"Bearer {r.json()['access_token']}"}
+                    r = client.get("/api/v1/alerts", params={"state": "open", "limit": 500}, headers=self.headers)
+                    if r.status_code == 401:
+                        self.headers = {}
+                        continue
+                    r.raise_for_status()
+                    body = r.json()
+                    items = body["items"] if isinstance(body, dict) else body
+                    more = isinstance(body, dict) and body.get("next_cursor")
+                    return f"{len(items)}{'+' if more else ''}"
+        except (httpx.HTTPError, ValueError, KeyError):
+            pass
+        return "?"
+
+
+def _summaries(
+    stop: threading.Event, exit_after: float | None, gateway: GatewayProcess, open_alerts: _OpenAlerts, inbox: Inbox
+) -> None:
     """One line every few seconds: what a person watching the demo wants to know."""
     deadline = None if exit_after is None else time.monotonic() + exit_after
     interactive = sys.stdout.isatty()
@@ -48,7 +93,8 @@ def _summaries(stop: threading.Event, exit_after: float | None, gateway: Gateway
             f"{messages.get('per_s', '?')} msgs/s, "  # type: ignore[union-attr]
             f"buffered {buffer.get('depth', '?')}, "  # type: ignore[union-attr]
             f"quarantined {s.get('quarantine', {}).get('count', '?')}, "  # type: ignore[union-attr]
-            f"uplink {uplink.get('state', '?')} ({uplink.get('batches_acked', 0)} batches synced)"  # type: ignore[union-attr]
+            f"uplink {uplink.get('state', '?')} ({uplink.get('batches_acked', 0)} batches synced), "  # type: ignore[union-attr]
+            f"open alerts {open_alerts()}, inbox {len(inbox.messages())}"
         )
         print(("\r" + line + "   ") if interactive else line, end="" if interactive else "\n", flush=True)
     if interactive:
@@ -93,8 +139,20 @@ def run(args: argparse.Namespace) -> int:
     from pulse.firmware_sim.demo import device_ids, start_fleet
 
     gateway = fleet = None
+    inbox = Inbox(root / "inbox.jsonl", _inbox_secret(root))
     try:
-        from pulse.cloud.demo import provision_gateway
+        from pulse.cloud.demo import DEFAULT_RULES, connect_inbox, install_rules, provision_gateway
+
+        wanted = int(os.environ.get("PULSE_DEMO_INBOX_PORT", "8099"))
+        inbox_port = wanted if wanted and port_is_free(wanted) else free_port()
+        inbox.serve("127.0.0.1", inbox_port)
+        inbox_url = f"http://127.0.0.1:{inbox_port}"
+        created = install_rules(cloud, interval_s=args.interval)
+        connect_inbox(cloud, url=f"{inbox_url}/hook", secret=_inbox_secret(root))
+        print(
+            f"alerts     : {len(DEFAULT_RULES)} default rules ({created} new); notifications go to the webhook inbox {inbox_url}/",
+            flush=True,
+        )
 
         ids = device_ids(args.devices)
         gateway = start_gateway(root, ids, enroll_token=lambda: (cloud.url, provision_gateway(cloud, "demo-gateway", ids)))
@@ -104,8 +162,8 @@ def run(args: argparse.Namespace) -> int:
         )
         print(f"fleet      : {args.devices} simulated devices, one reading every {args.interval:g} s each  (log {fleet.log})", flush=True)
         print("Pulse is up. Press Ctrl-C to stop.", flush=True)
-        _summaries(stop, args.exit_after, gateway)
-    except RuntimeError as exc:
+        _summaries(stop, args.exit_after, gateway, _OpenAlerts(cloud), inbox)
+    except (RuntimeError, httpx.HTTPError) as exc:
         print(f"pulse up: {exc}", flush=True)
         return 1
     finally:
@@ -113,6 +171,7 @@ def run(args: argparse.Namespace) -> int:
             if part is not None:
                 print(f"{name:<11}: stopping ...", flush=True)
                 part.stop()
+        inbox.stop()
         print("cloud      : stopping ...", flush=True)
         cloud.stop()
         if pg is not None:

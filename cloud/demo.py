@@ -22,6 +22,25 @@ from pulse.cloud.errors import ConflictError
 
 DEMO_TENANT = "demo"
 DEMO_EMAIL = "admin@demo.pulse"
+INBOX_CHANNEL = "Demo webhook inbox"
+INBOX_ROUTE = "Everything to the demo inbox"
+
+DEFAULT_RULES: list[dict[str, object]] = [
+    # what a first-time operator would set up for the simulated fleet's profiles (firmware-sim)
+    {"id": "env-overheat", "name": "Room overheating", "severity": "critical",
+     "metric": "temperature_c", "operator": "GT", "threshold": 40, "clear_threshold": 35},
+    {"id": "env-warm", "name": "Room warm for 5 minutes", "severity": "warning",
+     "metric": "temperature_c", "operator": "GT", "threshold": 28, "clear_threshold": 27, "window_s": 300},
+    {"id": "ups-on-battery", "name": "UPS running on battery", "severity": "major",
+     "metric": "on_battery", "operator": "EQ", "threshold": True, "window_s": 30},
+    {"id": "ups-battery-low", "name": "UPS battery low", "severity": "critical",
+     "metric": "battery_pct", "operator": "LT", "threshold": 20, "clear_threshold": 30},
+    {"id": "door-tamper", "name": "Door contact tampered with", "severity": "major",
+     "metric": "tamper", "operator": "EQ", "threshold": True, "auto_close": False},
+    {"id": "device-offline", "name": "Device stopped reporting", "kind": "heartbeat", "severity": "major",
+     "interval_s": 10, "stale_after": 3, "offline_after": 6, "alert_on": "offline"},
+]  # fmt: skip
+"""Installed once by ``pulse up`` (a rule an operator deleted or changed is left as it is)."""
 
 
 @dataclass
@@ -94,6 +113,8 @@ def start_cloud(root: Path, database_url: str) -> CloudProcess:
         "PULSE_PORT": str(port),
         "PULSE_DATA_DIR": str(root),  # the gateway CA lives in root/ca
         "PULSE_SYNC_PORT": str(wanted_sync if wanted_sync and port_is_free(wanted_sync) else free_port()),
+        # the demo's webhook inbox listens on loopback, which the SSRF guard refuses in production
+        "PULSE_NOTIFY_ALLOW_NETWORKS": "127.0.0.0/8,::1/128",
     }
     settings = Settings(
         mode="development",
@@ -127,9 +148,7 @@ def provision_gateway(cloud: CloudProcess, name: str, device_ids: list[str]) -> 
     """Through the public API, as an operator would: register the fleet's devices (once) and the
     gateway, and return a fresh one-time enrollment token for it."""
     with httpx.Client(base_url=cloud.url, timeout=30) as client:
-        login = client.post("/auth/login", json={"email": cloud.email, "password": cloud.password})
-        login.raise_for_status()
-        headers = {"Authorization": f"Bearer {login.json()['access_token']}"}
+        headers = _login(client, cloud)
         for device_id in device_ids:
             r = client.post("/api/v1/devices", json={"device_id": device_id, "status": "active"}, headers=headers)
             if r.status_code not in (201, 409):
@@ -144,3 +163,48 @@ def provision_gateway(cloud: CloudProcess, name: str, device_ids: list[str]) -> 
         token = client.post(f"/api/v1/gateways/{existing['id']}/enrollment-token", headers=headers)
         token.raise_for_status()
         return str(token.json()["token"])
+
+
+def _login(client: httpx.Client, cloud: CloudProcess) -> dict[str, str]:
+    login = client.post("/auth/login", json={"email": cloud.email, "password": cloud.password})
+    login.raise_for_status()
+    return {"Authorization": f"Bearer {login.json()['access_token']}"}
+
+
+def install_rules(cloud: CloudProcess, *, interval_s: float) -> int:
+    """The default rules, through the public API; those that exist already are left alone.
+    Returns how many were created."""
+    created = 0
+    with httpx.Client(base_url=cloud.url, timeout=30) as client:
+        headers = _login(client, cloud)
+        for rule in DEFAULT_RULES:
+            body = {**rule, "interval_s": max(1, round(interval_s))} if rule.get("kind") == "heartbeat" else rule
+            r = client.post("/api/v1/rules", json=body, headers=headers)
+            if r.status_code == 201:
+                created += 1
+            elif r.status_code != 409:
+                r.raise_for_status()
+    return created
+
+
+def connect_inbox(cloud: CloudProcess, *, url: str, secret: str) -> None:
+    """A signed webhook channel to the local inbox and a route sending it every alert of the tenant
+    (warning and above), through the public API. On a later start the channel is pointed at the
+    inbox's address again (its port may have changed)."""
+    channel = {"name": INBOX_CHANNEL, "kind": "webhook", "enabled": True, "config": {"url": url, "secret": secret}}
+    with httpx.Client(base_url=cloud.url, timeout=30) as client:
+        headers = _login(client, cloud)
+        listed = client.get("/api/v1/notify/channels", params={"limit": 500}, headers=headers)
+        listed.raise_for_status()
+        existing = next((c for c in listed.json()["items"] if c["name"] == INBOX_CHANNEL), None)
+        if existing is None:
+            r = client.post("/api/v1/notify/channels", json=channel, headers=headers)
+        else:
+            r = client.put(f"/api/v1/notify/channels/{existing['id']}", json=channel, headers=headers)
+        r.raise_for_status()
+        channel_id = r.json()["id"]
+        routes = client.get("/api/v1/notify/routes", params={"limit": 500}, headers=headers)
+        routes.raise_for_status()
+        if not any(route["name"] == INBOX_ROUTE for route in routes.json()["items"]):
+            route = {"name": INBOX_ROUTE, "enabled": True, "min_severity": "warning", "channels": [channel_id]}
+            client.post("/api/v1/notify/routes", json=route, headers=headers).raise_for_status()

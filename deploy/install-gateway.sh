@@ -6,7 +6,8 @@
 # - creates the system account `pulse`, /etc/pulse/gateway.toml (kept if present) and
 #   /var/lib/pulse-gateway (the buffer; give it disk space)
 # - installs Pulse into /opt/pulse/.venv from this checkout
-# - installs and starts the `pulse-gateway` systemd service (logs: journalctl -u pulse-gateway)
+# - installs and starts the `pulse-gateway` systemd service (logs: journalctl -u pulse-gateway;
+#   the journal is capped at 200 MB by deploy/journald-pulse-gateway.conf)
 # - with --cloud and --token: enrolls the gateway with the cloud (the key pair is made here and
 #   never leaves the box)
 # Safe to re-run (an upgrade is the same command after `git pull`).
@@ -49,7 +50,7 @@ install -d -m 0755 /opt/pulse
 if [ ! -f /etc/pulse/gateway.toml ]; then
   log "writing /etc/pulse/gateway.toml"
   cat > /etc/pulse/gateway.toml <<TOML
-# Pulse gateway configuration; every option: docs/gateway.md ("Configuration reference").
+# Pulse gateway configuration; every option: docs/configuration.md ("Gateway").
 [gateway]
 id = "$id_name"
 data_dir = "/var/lib/pulse-gateway"
@@ -66,6 +67,12 @@ TOML
 fi
 
 install -m 0644 "$repo/deploy/pulse-gateway.service" /etc/systemd/system/pulse-gateway.service
+if [ ! -f /etc/systemd/journald.conf.d/pulse-gateway.conf ]; then
+  log "capping the system journal at 200 MB (/etc/systemd/journald.conf.d/pulse-gateway.conf)"
+  install -d -m 0755 /etc/systemd/journald.conf.d
+  install -m 0644 "$repo/deploy/journald-pulse-gateway.conf" /etc/systemd/journald.conf.d/pulse-gateway.conf
+  [ -d /run/systemd/system ] && systemctl restart systemd-journald || true
+fi
 
 if [ -n "$cloud" ] && [ -n "$token" ]; then
   log "enrolling with $cloud"

@@ -67,3 +67,16 @@ def test_gateway_systemd_unit_passes_systemd_analyze_verify(tmp_path: Path) -> N
 @pytest.mark.parametrize("script", ["install.sh", "install-gateway.sh"])
 def test_install_scripts_parse(script: str) -> None:
     assert subprocess.run(["bash", "-n", str(DEPLOY / script)], capture_output=True).returncode == 0
+
+
+def test_journald_drop_in_sets_only_journald_size_options() -> None:
+    import configparser
+
+    conf = configparser.ConfigParser(strict=True)
+    conf.optionxform = str  # type: ignore[assignment,method-assign]  # journald keys are case-sensitive
+    conf.read_string((DEPLOY / "journald-pulse-gateway.conf").read_text())
+    assert conf.sections() == ["Journal"]
+    # keys from journald.conf(5); a misspelt key would be ignored by journald with only a log line
+    known = {"SystemMaxUse", "SystemKeepFree", "SystemMaxFileSize", "SystemMaxFiles", "MaxRetentionSec", "MaxFileSec"}
+    assert set(conf["Journal"]) <= known and "SystemMaxUse" in conf["Journal"]
+    assert "journald-pulse-gateway.conf" in (DEPLOY / "install-gateway.sh").read_text()
