@@ -52,6 +52,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import aiosqlite
+import orjson
 
 from pulse.edge.config import BufferSettings
 from pulse.edge.errors import StorageError
@@ -177,7 +178,10 @@ class _Result:
 
 
 def record_from_row(seq: int, device_id: str, ts_ms: int, type_: str, device_seq: int | None, raw: bytes) -> Record:
-    doc = json.loads(raw)
+    try:
+        doc = orjson.loads(raw)  # the uplink reads every buffered record through here: 4x json's speed
+    except orjson.JSONDecodeError:
+        doc = json.loads(raw)  # what orjson refuses but the envelope parser let through (e.g. NaN) still reads
     return Record(seq, device_id, ts_ms, type_, doc.get("metrics") or {}, device_seq, doc.get("tags") or None, doc.get("body"))
 
 

@@ -16,6 +16,13 @@ telemetry), records in sequence order from the cursor, at most ``sync.records_pe
 by ``pulse.protocol.batch.encode`` with the gateway's clock. The records are deleted
 (``Buffer.ack``) only after a ``200`` BatchAck and only up to its ``ack_seq``.
 
+Pipelining: while the cloud stores batch N, the uplink already reads and encodes batch N+1 (the
+records after N's last sequence), so the link and the cloud are not left waiting for the gateway's
+own work. Only one batch per stream is ever in flight; the prepared batch is used only when N was
+acked up to its last record and the stream is still next in line, and is dropped otherwise (a
+failure, a partial ack, a refused batch, alerts arriving before telemetry). Encoding runs on a
+worker thread, off the event loop the broker answers devices on.
+
 Poison batches: a ``400 batch.*`` (or ``413``) means the cloud can never accept this batch, so
 resending it would block the stream forever. The uplink halves the batch and tries again until the
 refused batch is a single record; that record goes to the local quarantine with the cloud's code
@@ -51,6 +58,20 @@ from pulse.protocol.errors import BatchError, Code, PulseError
 log = logging.getLogger("pulse.edge.uplink")
 _T = TypeVar("_T")
 RENEW_RETRY_S = 600
+PREPARED_MAX_AGE_S = 10.0
+"""A prepared batch older than this is encoded again, so its header's gateway clock stays current."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Prepared:
+    """One batch ready to send: records of ``stream`` after ``after_seq``, and their encoding."""
+
+    stream: Stream
+    after_seq: int
+    records: list[Record]
+    data: bytes | None
+    error: BatchError | None
+    at: float
 
 
 class LinkState(StrEnum):
@@ -138,6 +159,7 @@ class Uplink:
         self._next_report = 0.0
         self._next_renewal = 0.0
         self._conn = Connection(enrollment, files, timeout_s=settings.request_timeout_s)
+        self._prepared: asyncio.Task[_Prepared | None] | None = None
 
     def snapshot(self) -> dict[str, Any]:
         return {
@@ -160,56 +182,101 @@ class Uplink:
         await supervise("uplink", self.status, self._session, self.settings, self._attempts)
 
     async def _session(self) -> None:
-        s = self.settings
         if self.status.state is not LinkState.CONNECTED:
             self.status.state = LinkState.CONNECTING
         cert = x509.load_pem_x509_certificate(self.files.cert.read_bytes())
         self.certificate_expires = cert.not_valid_after_utc
         async with self._conn.session() as client:
-            while True:
-                if renewal_due(cert, dt.datetime.now(dt.UTC)) and time.monotonic() >= self._next_renewal:
-                    if await self._renew(client):
-                        await self._conn.drop()  # a new session connects with the new certificate
-                        return
-                if time.monotonic() >= self._next_report:
-                    await self._report(client)
-                    self._next_report = time.monotonic() + s.report_interval_s
-                if not await self._send_next(client):
-                    await asyncio.sleep(s.idle_poll_s)
+            try:
+                await self._loop(client, cert)
+            finally:
+                self._drop_prepared()
+
+    async def _loop(self, client: SyncClient, cert: x509.Certificate) -> None:
+        s = self.settings
+        while True:
+            if renewal_due(cert, dt.datetime.now(dt.UTC)) and time.monotonic() >= self._next_renewal:
+                if await self._renew(client):
+                    await self._conn.drop()  # a new session connects with the new certificate
+                    return
+            if time.monotonic() >= self._next_report:
+                await self._report(client)
+                self._next_report = time.monotonic() + s.report_interval_s
+            if not await self._send_next(client):
+                await asyncio.sleep(s.idle_poll_s)
 
     def _succeeded(self) -> None:
         self.status.state = LinkState.CONNECTED
         self.status.last_success_ms = int(time.time() * 1000)
         self._attempts[0] = 0
 
+    async def _prepare(self, stream: Stream, after_seq: int) -> _Prepared | None:
+        """Read the next records of ``stream`` after ``after_seq`` and encode them (on a thread)."""
+        limit = self._limit.get(stream, self.settings.records_per_batch)
+        records = await bounded(self.buffer.read(stream, after_seq, limit), self.settings.request_timeout_s, "reading the buffer")
+        if not records:
+            return None
+        try:
+            data = await asyncio.to_thread(
+                encode, records, gateway_id=self.enrollment.gateway_id, stream=stream, gateway_time_ms=int(time.time() * 1000)
+            )
+        except BatchError as exc:
+            return _Prepared(stream, after_seq, records, None, exc, time.monotonic())
+        return _Prepared(stream, after_seq, records, data, None, time.monotonic())
+
+    def _drop_prepared(self) -> None:
+        if self._prepared is not None:
+            self._prepared.cancel()
+            self._prepared = None
+
+    async def _take_prepared(self, stream: Stream, after_seq: int) -> _Prepared | None:
+        """The batch prepared during the last send, if it is the one due now; else a fresh one."""
+        task, self._prepared = self._prepared, None
+        if task is not None:
+            try:
+                ready = await task
+            except (TimeoutError, PulseError, OSError) as exc:
+                log.debug("uplink: the batch prepared ahead failed (%s); reading again", exc)
+                ready = None
+            if ready is not None and ready.stream is stream and ready.after_seq == after_seq:
+                if time.monotonic() - ready.at <= PREPARED_MAX_AGE_S:
+                    return ready
+        return await self._prepare(stream, after_seq)
+
     async def _send_next(self, client: SyncClient) -> bool:
         """Send one batch of the stream next in line; False when there is nothing to send."""
         t = self.settings.request_timeout_s
         stream = sync.next_stream(self.buffer.backlog())
         if stream is None:
+            self._drop_prepared()
             return False
-        limit = self._limit.get(stream, self.settings.records_per_batch)
-        records = await bounded(self.buffer.read(stream, self.buffer.acked(stream), limit), t, "reading the buffer")
-        if not records:
+        batch = await self._take_prepared(stream, self.buffer.acked(stream))
+        if batch is None:
             return False
-        try:
-            data = encode(records, gateway_id=self.enrollment.gateway_id, stream=stream, gateway_time_ms=int(time.time() * 1000))
-        except BatchError as exc:
+        records = batch.records
+        if batch.error is not None or batch.data is None:
+            exc = batch.error or BatchError(Code.BATCH_UNENCODABLE, "the batch could not be encoded")
             await self._refused(stream, records, str(exc.code), exc.message)
             return True
+        data = batch.data
         wait = self._bucket.reserve(len(data), time.monotonic())
         if wait > 0:
             await asyncio.sleep(wait)
         self.bytes_sent += len(data)
+        last = records[-1].seq
+        if self.buffer.backlog().get(stream, 0) > len(records):
+            # pipelining: the next batch of this stream is read and encoded while the cloud stores this one
+            self._prepared = asyncio.create_task(self._prepare(stream, last))
         try:
             ack = await bounded(client.send_batch(data), t * 2, "sending a batch")
         except SyncError as exc:
+            self._drop_prepared()
             if exc.status == 413 or (exc.status == 400 and str(exc.code).startswith("batch.")):
                 await self._refused(stream, records, str(exc.code), exc.message)
                 return True
             raise
-        last = records[-1].seq
         if ack.stream != stream or ack.ack_seq > last:
+            self._drop_prepared()
             raise SyncError(Code.GATEWAY_CLOUD_ERROR, f"the cloud acked {ack.stream.name.lower()} up to {ack.ack_seq} "
                             f"for a {stream.name.lower()} batch ending at {last}; nothing deleted", status=200)
         self._succeeded()

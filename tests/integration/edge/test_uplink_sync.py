@@ -167,6 +167,45 @@ async def test_cut_connections_503s_and_an_outage_lose_nothing_and_duplicate_not
     assert gw.uplink.replays >= 1
 
 
+async def test_working_ahead_never_skips_a_record_the_cloud_did_not_ack(sync_settings, receiver, run_gateway):
+    """While the cloud stores one batch the gateway prepares the next; a short ack must send the
+    unacked rest again rather than the prepared batch that starts after it."""
+    secret = DeviceRegistry(sync_settings.database).add("dev-1")
+    await enrolled(sync_settings, receiver)
+    receiver.batch_delay_s = 0.1  # a slow cloud: the next batch is always prepared in time
+    receiver.short_acks = 3
+    gw = await run_gateway()
+    messages = mixed(n_telemetry=400, n_events=0, n_twin=0)
+    await asyncio.to_thread(publish_all, sync_settings.broker.port, "dev-1", secret, messages)
+    await wait_for(lambda: gw.buffer.backlog()[Stream.TELEMETRY] == 0, "the backlog delivered")
+    delivered_exactly_once(receiver)
+    assert [r.seq for _, r in receiver.rows] == list(range(1, 401))  # in order, none skipped
+    assert receiver.short_acks == 0
+
+
+async def test_alerts_and_events_overtake_telemetry_prepared_ahead(sync_settings, receiver, run_gateway):
+    """An event that arrives while telemetry drains goes next, before the telemetry batch the
+    gateway already prepared."""
+    secret = DeviceRegistry(sync_settings.database).add("dev-1")
+    gw = await run_gateway()
+    await asyncio.to_thread(publish_all, sync_settings.broker.port, "dev-1", secret, mixed(n_telemetry=500, n_events=0, n_twin=0))
+    await gw.stop()
+    await enrolled(sync_settings, receiver)
+    receiver.batch_delay_s = 0.3
+    gw = await run_gateway()
+    await wait_for(lambda: len(receiver.batch_streams) >= 1, "the first telemetry batch stored")
+    event = [("event", {"v": 1, "seq": 10_000, "body": {"door": "open"}})]
+    await asyncio.to_thread(publish_all, sync_settings.broker.port, "dev-1", secret, event)
+    at = len(receiver.batch_streams)  # batches stored when the event was acknowledged to the device
+    await wait_for(lambda: gw.buffer.backlog()[Stream.TELEMETRY] == 0 and gw.buffer.backlog()[Stream.EVENTS] == 0, "all delivered")
+    delivered_exactly_once(receiver)
+    streams = receiver.batch_streams
+    assert streams.count(Stream.EVENTS) == 1
+    # at most the batch in flight when the event arrived is stored before it; never the prepared one
+    assert streams.index(Stream.EVENTS) <= at + 1
+    assert [r.seq for s, r in receiver.rows if s is Stream.TELEMETRY] == list(range(1, 501))
+
+
 async def test_a_record_the_cloud_can_never_accept_is_quarantined_and_the_rest_delivered(sync_settings, receiver, run_gateway):
     secret = DeviceRegistry(sync_settings.database).add("dev-1")
     await enrolled(sync_settings, receiver)
