@@ -47,6 +47,12 @@ def _inbox_secret(root: Path) -> str:
     return path.read_text().strip()
 
 
+def _port(env: str, default: int) -> int:
+    """The port in ``env`` (or the default) when it is free; otherwise (or for 0) a free one."""
+    wanted = int(os.environ.get(env, str(default)))
+    return wanted if wanted and port_is_free(wanted) else free_port()
+
+
 class _OpenAlerts:
     """Counts the demo tenant's open alerts through the public API, for the summary line."""
 
@@ -143,8 +149,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         from pulse.cloud.demo import DEFAULT_RULES, install_rules, provision_gateway
 
-        wanted = int(os.environ.get("PULSE_DEMO_INBOX_PORT", "8099"))
-        inbox_port = wanted if wanted and port_is_free(wanted) else free_port()
+        inbox_port = _port("PULSE_DEMO_INBOX_PORT", 8099)
         inbox.serve("127.0.0.1", inbox_port)
         inbox_url = f"http://127.0.0.1:{inbox_port}"
         created = install_rules(cloud, interval_s=args.interval)
@@ -157,9 +162,16 @@ def run(args: argparse.Namespace) -> int:
         gateway = start_gateway(root, ids, enroll_token=lambda: (cloud.url, provision_gateway(cloud, "demo-gateway", ids)))
         print(f"gateway    : MQTT on 127.0.0.1:{gateway.mqtt_port}, status page {gateway.status_url}  (config {gateway.config}, log {gateway.log})", flush=True)
         fleet = start_fleet(
-            root, mqtt_port=gateway.mqtt_port, credentials=gateway.credentials, count=args.devices, interval_s=args.interval, faults=args.fault
+            root,
+            mqtt_port=gateway.mqtt_port,
+            credentials=gateway.credentials,
+            count=args.devices,
+            interval_s=args.interval,
+            faults=args.fault,
+            control_port=_port("PULSE_DEMO_SIM_PORT", 8098),
         )
         print(f"fleet      : {args.devices} simulated devices, one reading every {args.interval:g} s each  (log {fleet.log})", flush=True)
+        print(f"faults     : pulse sim fault dev-0000 spike factor=5 --control {fleet.control_url}", flush=True)
         print("Pulse is up. Press Ctrl-C to stop.", flush=True)
         _summaries(stop, args.exit_after, gateway, _OpenAlerts(cloud), inbox)
     except (RuntimeError, httpx.HTTPError) as exc:

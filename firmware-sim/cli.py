@@ -10,7 +10,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pulse.firmware_sim.device import Fault
+import httpx
+import uvicorn
+
+from pulse.firmware_sim.device import Fault, FaultKind
 from pulse.firmware_sim.runner import Fleet, HttpTarget, MqttTarget
 
 
@@ -38,6 +41,19 @@ async def _run(args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, fleet.stop)
+    control: uvicorn.Server | None = None
+    if args.control:
+        from pulse.firmware_sim.control import control_app
+
+        host, _, port = args.control.rpartition(":")
+        control = uvicorn.Server(uvicorn.Config(control_app(fleet), host=host or "127.0.0.1", port=int(port), log_level="warning", lifespan="off"))
+        serving = asyncio.create_task(control.serve())
+        while not control.started and not serving.done():
+            await asyncio.sleep(0.02)
+        if serving.done():
+            print(f"pulse sim: the control API could not listen on {args.control}", file=sys.stderr)
+            return 1
+        print(f"sim: control API on http://{host or '127.0.0.1'}:{port}/devices", file=sys.stderr, flush=True)
     runner = asyncio.create_task(fleet.run(args.duration))
     while not runner.done():
         await asyncio.wait({runner}, timeout=args.report_every)
@@ -48,7 +64,34 @@ async def _run(args: argparse.Namespace) -> int:
             file=sys.stderr,
             flush=True,
         )
+    if control is not None:
+        control.should_exit = True
+        await serving
     print(json.dumps(runner.result().to_json()))
+    return 0
+
+
+def _cmd_fault(args: argparse.Namespace) -> int:
+    """Inject a fault into a running `pulse sim run --control ...` (or clear faults)."""
+    base = args.control.rstrip("/")
+    base = base if base.startswith("http") else f"http://{base}"
+    try:
+        if args.kind == "clear":
+            r = httpx.delete(f"{base}/devices/{args.device}/faults", timeout=10)
+        else:
+            body: dict[str, object] = {"kind": args.kind}
+            for item in args.param:
+                key, _, value = item.partition("=")
+                body[key] = value if key == "metric" else float(value)
+            r = httpx.post(f"{base}/devices/{args.device}/faults", json=body, timeout=10)
+    except (httpx.HTTPError, ValueError) as exc:
+        print(f"pulse sim fault: {exc}", file=sys.stderr)
+        return 1
+    if r.status_code >= 400:
+        doc = r.json()
+        print(f"pulse sim fault: {doc.get('code')}: {doc.get('message')}", file=sys.stderr)
+        return 1
+    print("cleared" if args.kind == "clear" else json.dumps(r.json()["faults"]))
     return 0
 
 
@@ -74,4 +117,16 @@ def register(sub: Any) -> None:
         metavar="DEVICE:KIND[:k=v,...]",
         help="inject a fault: silent, spike, stuck, flapping, clock_skew, malformed (e.g. dev-0003:spike:factor=5)",
     )
+    r.add_argument(
+        "--control",
+        metavar="HOST:PORT",
+        default=None,
+        help="serve the control API here (inject and clear faults while running; see pulse sim fault)",
+    )
     r.set_defaults(handler=lambda args: asyncio.run(_run(args)))
+    f = cmds.add_parser("fault", help="inject a fault into a running fleet (pulse sim run --control), or clear its faults")
+    f.add_argument("device", help="the device id, e.g. dev-0003")
+    f.add_argument("kind", choices=[*(k.value for k in FaultKind), "clear"])
+    f.add_argument("param", nargs="*", default=[], metavar="KEY=VALUE", help="metric=..., factor=5, threshold=30, offset_s=600, count=3, for_s=60")
+    f.add_argument("--control", required=True, metavar="URL", help="the fleet's control API, as printed by pulse sim run or pulse up")
+    f.set_defaults(handler=_cmd_fault)

@@ -20,6 +20,7 @@ def device_ids(count: int) -> list[str]:
 class FleetProcess:
     process: subprocess.Popen[bytes]
     log: Path
+    control_url: str
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -30,13 +31,16 @@ class FleetProcess:
                 self.process.kill()
 
 
-def start_fleet(root: Path, *, mqtt_port: int, credentials: Path, count: int, interval_s: float, faults: list[str]) -> FleetProcess:
+def start_fleet(
+    root: Path, *, mqtt_port: int, credentials: Path, count: int, interval_s: float, faults: list[str], control_port: int
+) -> FleetProcess:
     log = root / "fleet.log"
+    control = f"127.0.0.1:{control_port}"
     args = [
         sys.executable, "-m", "pulse.cli.main", "sim", "run",
         "--mqtt", f"127.0.0.1:{mqtt_port}", "--credentials", str(credentials),
-        "--devices", str(count), "--prefix", PREFIX, "--interval", str(interval_s), "--report-every", "60",
+        "--devices", str(count), "--prefix", PREFIX, "--interval", str(interval_s), "--report-every", "60", "--control", control,
     ]  # fmt: skip
     for fault in faults:
         args += ["--fault", fault]
-    return FleetProcess(subprocess.Popen(args, stdout=log.open("ab"), stderr=subprocess.STDOUT), log)
+    return FleetProcess(subprocess.Popen(args, stdout=log.open("ab"), stderr=subprocess.STDOUT), log, f"http://{control}")
