@@ -398,3 +398,19 @@ async def test_live_socket_tells_the_console_when_the_twin_or_a_command_changes(
                                               Record(2, dev, now, "command_ack", {}, body={"id": cmd["id"], "status": "failed"})]))
         assert await frame(ws) == {"type": "twin", "device": dev_uuid, "version": 2}
         assert await frame(ws) == {"type": "command", "device": dev_uuid, "id": cmd["id"], "state": "failed"}
+
+
+async def test_a_device_moved_to_another_site_brings_its_twin_and_waiting_commands_to_the_new_gateway(tc: TwinCloud) -> None:
+    _, h = await tc.cloud.tenant_user()
+    site_a, _, _ = await tc.site_gateway(h)
+    site_b, _, files_b = await tc.site_gateway(h)
+    dev = await _device(tc, h, site_a)
+    await tc.client.patch(f"/api/v1/devices/{dev}/twin", json={"state": {"desired": {"interval_s": 9}}}, headers=h)
+    cmd = (await tc.client.post(f"/api/v1/devices/{dev}/commands", json={"name": "ping"}, headers=h)).json()
+    assert await tc.downlink(files_b) == []
+    dev_uuid = (await tc.client.get("/api/v1/devices", params={"q": dev}, headers=h)).json()["items"][0]["id"]
+    assert (await tc.client.patch(f"/api/v1/devices/{dev_uuid}", json={"site_id": site_b}, headers=h)).status_code == 200
+    items = await tc.downlink(files_b)
+    assert [i["kind"] for i in items] == ["twin_desired", "command"]
+    assert TwinDesired.from_payload(items[0]["payload"]).document.desired == {"interval_s": 9}
+    assert command_from_payload(items[1]["payload"]).id == cmd["id"]
