@@ -81,7 +81,7 @@ class Gateway:
             await self.twins.start(self.broker)
             self.broker.on_device_ready = self.twins.device_ready
             self._start_sync()
-            self.board = status.StatusBoard(s, self.broker, self.intake, self.buffer, self.rules, link=self.link_status)
+            self.board = status.StatusBoard(s, self.broker, self.intake, self.buffer, self.rules, link=self.link_status, twins=self.twins)
             await self.board.sample()
             self._tasks.append(asyncio.create_task(self.board.run(), name="status-sampler"))
             if s.status.port:

@@ -393,6 +393,14 @@ class EdgeTwins:
     async def commands(self, device_id: str | None = None, limit: int = 50) -> list[Command]:
         return await self._db(self._commands, device_id, limit)
 
+    def _waiting(self) -> int:
+        assert self._conn is not None
+        return int(self._conn.execute("SELECT count(*) FROM commands WHERE state = 'delivered'").fetchone()[0])
+
+    async def waiting(self) -> int:
+        """Commands held for devices that were not there yet (the status page shows it)."""
+        return 0 if self._conn is None else await self._db(self._waiting)
+
 
 def parse_items(rows: Sequence[tuple[int, str, str]]) -> list[tuple[int, TwinDesired | Command | str]]:
     """Downlink rows (seq, kind, payload) -> what they hold, or the reason they are refused."""

@@ -171,6 +171,9 @@ async def test_commands_go_out_when_the_device_is_there_and_a_late_one_never_doe
     done = {c.id: c for c in await gw.twins.commands(DEV)}
     assert done["c-ping"].state.value == "succeeded" and done["c-ping"].result == {"pong": True}
     assert payloads(c, f"pulse/{DEV}/cmd/c-late") == []
+    assert gw.board is not None
+    board = (await gw.board.sample())["twin"]
+    assert (board["commands_sent"], board["answers"], board["commands_expired"], board["waiting_commands"]) == (1, 1, 1, 0)
 
     # the same command delivered again (at-least-once downlink) is not sent again
     again = receiver.add_downlink("command", command_to_payload(ping))
