@@ -33,6 +33,7 @@ from pulse.cloud.ingest.writer import TelemetryRow, Writer
 from pulse.cloud.live import LiveHub
 from pulse.cloud.metrics import Metrics
 from pulse.cloud.notify.settings import NotifySettings
+from pulse.cloud.notify.worker import NotifyWorkers
 from pulse.cloud.settings import Settings
 from pulse.cloud.sync.app import SyncListener, create_sync_app
 from pulse.cloud.sync.service import SyncService
@@ -83,6 +84,8 @@ def create_app(settings: Settings, *, sync_listener: bool = False, notify: Notif
         db, RunnerConfig(sweep_interval_s=settings.rules_sweep_interval_s, gateway_offline_after_s=settings.gateway_offline_after_s)
     )
 
+    notify_workers = NotifyWorkers(db, notify_settings)
+
     def committed(rows: Sequence[TelemetryRow]) -> None:
         """After-commit listeners: the console's live view and the rule runner, each on its own."""
         for listener in (hub.publish, rules.observe):
@@ -119,6 +122,8 @@ def create_app(settings: Settings, *, sync_listener: bool = False, notify: Notif
         await db.open()
         writer.start(db.writer_pool)
         rules.start()
+        if notify_settings.workers:
+            notify_workers.start()
         task = asyncio.create_task(maintenance(), name="pulse-maintenance")
         listener = SyncListener(create_sync_app(sync), settings.sync, sync.ca) if sync_listener else None
         try:
@@ -134,6 +139,7 @@ def create_app(settings: Settings, *, sync_listener: bool = False, notify: Notif
                 await task
             await writer.stop()
             await rules.stop()
+            await notify_workers.stop()
             await db.close()
 
     app = FastAPI(
@@ -151,6 +157,7 @@ def create_app(settings: Settings, *, sync_listener: bool = False, notify: Notif
     app.state.live = hub
     app.state.rules = rules
     app.state.notify_settings = notify_settings
+    app.state.notify_workers = notify_workers
 
     install_error_handlers(app)
 

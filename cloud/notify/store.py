@@ -20,6 +20,7 @@ from pydantic import SecretStr
 from pulse.cloud.db.pool import Database
 from pulse.cloud.notify import senders
 from pulse.cloud.notify.errors import ConfigError
+from pulse.cloud.notify.escalation import Policy
 from pulse.cloud.notify.model import Notification
 from pulse.cloud.notify.oncall import Schedule
 from pulse.cloud.notify.routing import Route
@@ -203,6 +204,23 @@ async def load_schedule(conn: asyncpg.Connection, schedule_id: uuid.UUID) -> tup
         )
     ]
     return row, overrides
+
+
+def pure_policy(name: str, levels: list[dict[str, Any]], repeat: int) -> Policy:
+    """The stored/API policy as ``escalation.Policy`` (``notify.bad_policy`` if it breaks a rule)."""
+    return Policy.parse(
+        {
+            "name": name,
+            "repeat": repeat,
+            "levels": [
+                {
+                    "delay_s": lv["delay_s"],
+                    "targets": [{"kind": "channel", "id": str(t["channel"])} if t.get("channel") else {"kind": "schedule", "id": str(t["schedule"])} for t in lv["targets"]],
+                }
+                for lv in levels
+            ],
+        }
+    )
 
 
 # --- the delivery queue -------------------------------------------------------------------------
