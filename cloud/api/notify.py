@@ -476,6 +476,8 @@ class LayerIn(BaseModel):
     handoff_weekday: int | None = Field(default=None, ge=0, le=6)
     start: dt.datetime
     members: list[MemberIn] = Field(min_length=1, max_length=100)
+    restrictions: list[dict[str, Any]] = Field(default_factory=list, max_length=14)
+    """Optional windows (``{"days": [0-6], "start": "HH:MM", "end": "HH:MM"}``); outside them the layer has nobody."""
 
 
 class OverrideIn(BaseModel):

@@ -175,6 +175,7 @@ def schedule_of(name: str, time_zone: str, layers: Sequence[Mapping[str, Any]], 
                 "rotation": layer["rotation"],
                 "start": start.isoformat(),
                 "handoff": layer.get("handoff") or "09:00",
+                "restrictions": layer.get("restrictions") or [],
             }
         )
     pure_overrides = [{"start": _aware(o["start"]).isoformat(), "end": _aware(o["end"]).isoformat(), "who": o["member"]["name"]} for o in overrides]

@@ -8,64 +8,17 @@ mid-send does not page twice. Two worker sets on one database fan out each event
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import json
-import uuid
 from typing import Any
 
 import pytest
-from notify_cloud import NotifyCloud, fast_notify, notify_cloud
+from notify_cloud import ACCEPTED, PD_KEY, NotifyCloud, device, fast_notify, notify_cloud, open_alert, reading, setup_tenant, soon
 from notify_receivers import Receiver
 
 from pulse.cloud.notify.worker import NotifyWorkers
 from pulse.cloud.settings import Settings
 
 pytestmark = pytest.mark.integration
-
-PD_KEY = "R0UT1NGKEY0123456789abcdefABCDEF"
-HOT = {"id": "hot", "severity": "major", "metric": "temp_c", "operator": "GT", "threshold": 30, "clear_threshold": 28}
-ACCEPTED = (202, {"content-type": "application/json"}, b'{"status":"success","message":"Event processed","dedup_key":"k"}')
-
-
-async def setup_tenant(c: NotifyCloud, *channels: dict[str, Any], route: dict[str, Any] | None = None) -> tuple[uuid.UUID, dict[str, str], list[str]]:
-    tenant, h = await c.tenant_user()
-    ids = []
-    for body in channels:
-        r = await c.client.post("/api/v1/notify/channels", json={"name": uuid.uuid4().hex[:8]} | body, headers=h)
-        assert r.status_code == 201, r.text
-        ids.append(r.json()["id"])
-    r = await c.client.post("/api/v1/notify/routes", json={"name": "all", "min_severity": "major", "channels": ids} | (route or {}), headers=h)
-    assert r.status_code == 201, r.text
-    r = await c.client.post("/api/v1/rules", json=HOT, headers=h)
-    assert r.status_code == 201, r.text
-    return tenant, h, ids
-
-
-async def device(c: NotifyCloud, h: dict[str, str]) -> dict[str, str]:
-    device_id = "pump-" + uuid.uuid4().hex[:6]
-    r = await c.client.post("/api/v1/devices", json={"device_id": device_id}, headers=h)
-    assert r.status_code == 201, r.text
-    r = await c.client.post(f"/api/v1/devices/{r.json()['id']}/credentials", headers=h)
-    return {"Authorization": f"Bearer {r.json()['token']}"}
-
-
-async def reading(c: NotifyCloud, dev: dict[str, str], value: float) -> None:
-    env = {"v": 1, "ts": int(dt.datetime.now(dt.UTC).timestamp() * 1000), "metrics": {"temp_c": value}}
-    r = await c.client.post("/ingest/v1/telemetry", json=env, headers=dev)
-    assert r.status_code in (200, 202), r.text
-
-
-async def open_alert(c: NotifyCloud, h: dict[str, str]) -> int:
-    dev = await device(c, h)
-    await reading(c, dev, 25)
-    await reading(c, dev, 31.5)
-
-    async def opened() -> Any:
-        r = await c.client.get("/api/v1/alerts", params={"state": "open"}, headers=h)
-        return r.json()
-
-    return int((await c.wait_for(opened, what="the alert"))[0]["id"])
-
 
 def pd_events(receiver: Receiver, path: str = "/v2/enqueue") -> list[dict[str, Any]]:
     return [json.loads(r.body) for r in receiver.requests if r.path == path]
@@ -75,11 +28,11 @@ async def test_threshold_to_pagerduty_trigger_then_ack_and_resolve_with_one_dedu
     receiver.answer("/v2/enqueue", ACCEPTED, ACCEPTED, ACCEPTED)
     _, h, _ = await setup_tenant(ncloud, {"kind": "pagerduty", "config": {"routing_key": PD_KEY, "events_url": receiver.url("/v2/enqueue")}})
     alert_id = await open_alert(ncloud, h)
-    await ncloud.wait_for(lambda: _async(len(pd_events(receiver)) == 1), what="the trigger")
+    await ncloud.wait_for(lambda: soon(len(pd_events(receiver)) == 1), what="the trigger")
     assert (await ncloud.client.post(f"/api/v1/alerts/{alert_id}/ack", headers=h)).status_code == 200
-    await ncloud.wait_for(lambda: _async(len(pd_events(receiver)) == 2), what="the acknowledge")
+    await ncloud.wait_for(lambda: soon(len(pd_events(receiver)) == 2), what="the acknowledge")
     assert (await ncloud.client.post(f"/api/v1/alerts/{alert_id}/close", headers=h)).status_code == 200
-    await ncloud.wait_for(lambda: _async(len(pd_events(receiver)) == 3), what="the resolve")
+    await ncloud.wait_for(lambda: soon(len(pd_events(receiver)) == 3), what="the resolve")
     trigger, ack, resolve = pd_events(receiver)
     assert [e["event_action"] for e in (trigger, ack, resolve)] == ["trigger", "acknowledge", "resolve"]
     assert trigger["dedup_key"] == ack["dedup_key"] == resolve["dedup_key"] and trigger["dedup_key"].startswith("pulse-")
@@ -97,10 +50,6 @@ async def test_threshold_to_pagerduty_trigger_then_ack_and_resolve_with_one_dedu
     assert [(a["n"], a["outcome"], a["status_code"]) for a in one["attempt_log"]] == [(1, "delivered", 202)]
     await asyncio.sleep(0.3)  # nothing else arrives
     assert len(pd_events(receiver)) == 3
-
-
-async def _async(value: Any) -> Any:
-    return value
 
 
 async def test_receiver_down_retries_then_dead_letter_then_manual_retry_delivers(ncloud: NotifyCloud, receiver: Receiver) -> None:
@@ -185,7 +134,7 @@ async def test_throttle_drops_repeat_opens_of_the_same_fingerprint(ncloud: Notif
         await ncloud.wait_for(lambda: alerts("open", 1), what=f"alert {n} to open")
         await reading(ncloud, dev, 20)
         await ncloud.wait_for(lambda: alerts("closed"), what=f"alert {n} to close")
-    await ncloud.wait_for(lambda: _async(len(receiver.requests) >= 2), what="the first alert's notifications")
+    await ncloud.wait_for(lambda: soon(len(receiver.requests) >= 2), what="the first alert's notifications")
     await asyncio.sleep(0.3)
     events = [json.loads(r.body)["event"] for r in receiver.requests]
     assert events == ["opened", "closed"]  # the second alert was throttled, so its close goes nowhere either
@@ -206,7 +155,7 @@ async def test_jobs_survive_a_restart_and_a_crash_mid_send_does_not_page_twice(n
     receiver.answer("/pd", (202, {"x-test-hang-s": "5"}, b""))
     receiver.answer("/hook", hang)
     async with notify_cloud(notify_settings_db, fast_notify()) as c:
-        await c.wait_for(lambda: _async(len(receiver.requests) == 2), what="both sends to start")
+        await c.wait_for(lambda: soon(len(receiver.requests) == 2), what="both sends to start")
         await c.app.state.notify_workers.stop(grace_s=0)  # the crash: claims stay 'sending'
     # 3. the next process finds the stale claims: PagerDuty is sent again (same dedup_key), the webhook is not
     receiver.answer("/pd", ACCEPTED)
@@ -233,7 +182,7 @@ async def test_two_worker_sets_fan_out_each_event_once(ncloud: NotifyCloud, noti
             await reading(ncloud, dev, 31.5)
         for _ in range(20):
             await other.run_once(wait_sends=True)
-        await ncloud.wait_for(lambda: _async(len(receiver.requests) >= 6), what="six notifications")
+        await ncloud.wait_for(lambda: soon(len(receiver.requests) >= 6), what="six notifications")
         await asyncio.sleep(0.3)
     finally:
         await other.stop()
