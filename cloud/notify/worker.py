@@ -264,6 +264,8 @@ class NotifyWorkers:
         return queued
 
     async def _throttled(self, conn: asyncpg.Connection, channel_id: uuid.UUID, alert: asyncpg.Record, throttle_s: int, now: dt.datetime) -> bool:
+        if throttle_s <= 0:
+            return False
         fingerprint = f"{alert['device_id']}/{alert['rule_id']}"
         last = await conn.fetchval(
             "SELECT last_sent_at FROM notify_throttle WHERE channel_id = $1 AND fingerprint = $2 FOR UPDATE", channel_id, fingerprint
