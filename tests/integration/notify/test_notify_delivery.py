@@ -40,7 +40,7 @@ async def test_threshold_to_pagerduty_trigger_then_ack_and_resolve_with_one_dedu
     assert [e["event_action"] for e in (trigger, ack, resolve)] == ["trigger", "acknowledge", "resolve"]
     assert trigger["dedup_key"] == ack["dedup_key"] == resolve["dedup_key"] and trigger["dedup_key"].startswith("pulse-")
     assert trigger["routing_key"] == PD_KEY and trigger["payload"]["severity"] == "error"
-    assert trigger["payload"]["custom_details"]["value"] == 31.5 and trigger["client_url"] == f"https://pulse.example.com/alerts/{alert_id}"
+    assert trigger["payload"]["custom_details"]["value"] == 31.5 and trigger["client_url"] == f"https://pulse.example.com/app/alerts/{alert_id}"
 
     async def all_delivered() -> Any:
         detail = (await ncloud.client.get(f"/api/v1/alerts/{alert_id}", headers=h)).json()
