@@ -20,6 +20,7 @@ from pulse.cloud.api import alerts as alerts_api
 from pulse.cloud.api import auth as auth_api
 from pulse.cloud.api import devices, fleet, gateways, live, operator, sites, telemetry
 from pulse.cloud.api import twin as twin_api
+from pulse.cloud.api import notify as notify_api
 from pulse.cloud.api.console import mount_console
 from pulse.cloud.api.deps import Components
 from pulse.cloud.api.handlers import install_error_handlers
@@ -32,6 +33,8 @@ from pulse.cloud.ingest.identity import CredentialRecord, DeviceTokenCache
 from pulse.cloud.ingest.writer import TelemetryRow, Writer
 from pulse.cloud.live import LiveHub
 from pulse.cloud.metrics import Metrics
+from pulse.cloud.notify.settings import NotifySettings
+from pulse.cloud.notify.worker import NotifyWorkers
 from pulse.cloud.settings import Settings
 from pulse.cloud.sync.app import SyncListener, create_sync_app
 from pulse.cloud.sync.service import SyncService
@@ -46,9 +49,11 @@ def app_from_environment() -> FastAPI:
     return create_app(Settings(), sync_listener=True)
 
 
-def create_app(settings: Settings, *, sync_listener: bool = False) -> FastAPI:
+def create_app(settings: Settings, *, sync_listener: bool = False, notify: NotifySettings | None = None) -> FastAPI:
     """``sync_listener``: also serve the gateway sync listener (mutual TLS, PULSE_SYNC_PORT) while
-    the app runs; ``pulse cloud serve`` turns it on."""
+    the app runs; ``pulse cloud serve`` turns it on. ``notify``: the notification settings
+    (default: PULSE_NOTIFY_* from the environment)."""
+    notify_settings = notify if notify is not None else NotifySettings()
     metrics = Metrics()
     password = settings.db_role_password.get_secret_value() if settings.db_role_password else None
     db = Database(
@@ -81,6 +86,8 @@ def create_app(settings: Settings, *, sync_listener: bool = False) -> FastAPI:
     rules = RuleRunner(
         db, RunnerConfig(sweep_interval_s=settings.rules_sweep_interval_s, gateway_offline_after_s=settings.gateway_offline_after_s)
     )
+
+    notify_workers = NotifyWorkers(db, notify_settings)
 
     def committed(rows: Sequence[TelemetryRow]) -> None:
         """After-commit listeners: the console's live view and the rule runner, each on its own."""
@@ -125,6 +132,8 @@ def create_app(settings: Settings, *, sync_listener: bool = False) -> FastAPI:
         await db.open()
         writer.start(db.writer_pool)
         rules.start()
+        if notify_settings.workers:
+            notify_workers.start()
         task = asyncio.create_task(maintenance(), name="pulse-maintenance")
         expiry = asyncio.create_task(
             command_sweep(db, interval_s=settings.command_sweep_interval_s, grace_s=settings.command_expiry_grace_s),
@@ -145,6 +154,7 @@ def create_app(settings: Settings, *, sync_listener: bool = False) -> FastAPI:
                     await background
             await writer.stop()
             await rules.stop()
+            await notify_workers.stop()
             await db.close()
 
     app = FastAPI(
@@ -161,6 +171,8 @@ def create_app(settings: Settings, *, sync_listener: bool = False) -> FastAPI:
     app.state.writer = writer
     app.state.live = hub
     app.state.rules = rules
+    app.state.notify_settings = notify_settings
+    app.state.notify_workers = notify_workers
 
     install_error_handlers(app)
 
@@ -192,5 +204,8 @@ def create_app(settings: Settings, *, sync_listener: bool = False) -> FastAPI:
     app.include_router(alerts_api.alerts_router)
     app.include_router(alerts_api.states_router)
     app.include_router(twin_api.router)
+    app.include_router(notify_api.router)
+    app.include_router(notify_api.escalation_router)
+    app.include_router(notify_api.oncall_router)
     mount_console(app, settings.console_dir)
     return app
