@@ -45,7 +45,7 @@ def test_every_notify_setting_is_in_the_operator_guide_and_the_env_example() -> 
     from pulse.cloud.notify.settings import NotifySettings
 
     root = Path(__file__).resolve().parents[3]
-    guide = (root / "docs" / "cloud.md").read_text().split("## Configuration reference", 1)[1].split("\n## ", 1)[0]
+    guide = (root / "docs" / "configuration.md").read_text().split("## Notifications", 1)[1].split("\n## ", 1)[0]
     example = (root / "deploy" / ".env.example").read_text()
     for name in NotifySettings.model_fields:
         variable = f"PULSE_NOTIFY_{name.upper()}"
