@@ -17,6 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from pulse.cloud.alerts.runner import RuleRunner, RunnerConfig
 from pulse.cloud.api import alerts as alerts_api
+from pulse.cloud.api import audit as audit_api
 from pulse.cloud.api import auth as auth_api
 from pulse.cloud.api import devices, fleet, gateways, live, operator, sites, telemetry
 from pulse.cloud.api.console import mount_console
@@ -76,7 +77,8 @@ def create_app(settings: Settings, *, sync_listener: bool = False) -> FastAPI:
     tokens = DeviceTokenCache(lookup, ttl_s=settings.device_token_cache_s)
     hub = LiveHub()
     rules = RuleRunner(
-        db, RunnerConfig(sweep_interval_s=settings.rules_sweep_interval_s, gateway_offline_after_s=settings.gateway_offline_after_s)
+        db,
+        RunnerConfig(sweep_interval_s=settings.rules_sweep_interval_s, gateway_offline_after_s=settings.gateway_offline_after_s),
     )
 
     def committed(rows: Sequence[TelemetryRow]) -> None:
@@ -176,5 +178,6 @@ def create_app(settings: Settings, *, sync_listener: bool = False) -> FastAPI:
     app.include_router(alerts_api.rules_router)
     app.include_router(alerts_api.alerts_router)
     app.include_router(alerts_api.states_router)
+    app.include_router(audit_api.router)
     mount_console(app, settings.console_dir)
     return app

@@ -15,6 +15,7 @@ from fastapi import APIRouter, Query, Response
 from pydantic import BaseModel, Field
 
 from pulse.cloud.alerts.runner import Reading, device_of
+from pulse.cloud.api import paging
 from pulse.cloud.api.deps import Parts, Reader, TenantCaller, Writer
 from pulse.cloud.errors import ConflictError, InvalidError, NotFoundError
 from pulse.cloud.sync.downlink import push_rules
@@ -177,33 +178,74 @@ def _alert_out(row: asyncpg.Record) -> dict[str, Any]:
     return out
 
 
-@alerts_router.get("", summary="List alerts (newest first), filtered")
-async def list_alerts(
-    caller: Reader,
-    parts: Parts,
-    state: list[Literal["open", "acknowledged", "closed"]] = Query(default=[]),  # noqa: B008
-    severity: list[str] = Query(default=[]),  # noqa: B008
-    device_id: str | None = None,
-    rule_id: str | None = None,
-    limit: int = Query(default=100, ge=1, le=1000),
-) -> list[dict[str, Any]]:
+def _alert_filters(
+    state: list[str], severity: list[str], device_id: str | None, rule_id: str | None, site_id: uuid.UUID | None
+) -> tuple[list[str], list[object]]:
     where: list[str] = ["true"]
     args: list[object] = []
     for column, value in (("state", state), ("severity", severity)):
         if value:
             args.append(value)
             where.append(f"{column} = ANY(${len(args)})")
-    for column, one in (("device_id", device_id), ("rule_id", rule_id)):
+    for column, one in (("device_id", device_id), ("rule_id", rule_id), ("site_id", site_id)):
         if one is not None:
             args.append(one)
             where.append(f"{column} = ${len(args)}")
-    args.append(limit)
+    return where, args
+
+
+@alerts_router.get(
+    "",
+    summary="List alerts (newest first), filtered; paged by cursor",
+    description="The answer is a JSON list (as it always was). When more rows follow, the response carries the header "
+    "`X-Next-Cursor`: pass its value as `cursor` for the next page.",
+)
+async def list_alerts(
+    caller: Reader,
+    parts: Parts,
+    response: Response,
+    state: list[Literal["open", "acknowledged", "closed"]] = Query(default=[]),  # noqa: B008
+    severity: list[str] = Query(default=[]),  # noqa: B008
+    device_id: str | None = None,
+    rule_id: str | None = None,
+    site_id: uuid.UUID | None = None,
+    limit: int = Query(default=100, ge=1, le=1000),
+    cursor: str | None = Query(default=None, max_length=200, description="X-Next-Cursor of the previous page"),
+) -> list[dict[str, Any]]:
+    where, args = _alert_filters(list(state), severity, device_id, rule_id, site_id)
+    if cursor:
+        at, last_id = paging.decode(cursor)
+        args += [at, last_id]
+        where.append(f"(opened_at, id) < (${len(args) - 1}, ${len(args)})")
+    args.append(limit + 1)
     async with parts.db.tenant(caller.tenant_id) as conn:
         rows = await conn.fetch(
             f"SELECT {_ALERT_COLS} FROM alerts WHERE {' AND '.join(where)} ORDER BY opened_at DESC, id DESC LIMIT ${len(args)}",
             *args,
         )
-    return [_alert_out(r) for r in rows]
+    if len(rows) > limit:
+        last = rows[limit - 1]
+        response.headers["X-Next-Cursor"] = paging.encode(last["opened_at"], last["id"])
+    return [_alert_out(r) for r in rows[:limit]]
+
+
+@alerts_router.get("/counts", summary="How many alerts per severity match the filters (for the inbox tabs)")
+async def alert_counts(
+    caller: Reader,
+    parts: Parts,
+    state: list[Literal["open", "acknowledged", "closed"]] = Query(default=[]),  # noqa: B008
+    device_id: str | None = None,
+    rule_id: str | None = None,
+    site_id: uuid.UUID | None = None,
+) -> dict[str, int]:
+    where, args = _alert_filters(list(state), [], device_id, rule_id, site_id)
+    async with parts.db.tenant(caller.tenant_id) as conn:
+        rows = await conn.fetch(
+            f"SELECT severity, count(*) AS n FROM alerts WHERE {' AND '.join(where)} GROUP BY severity", *args
+        )
+    counts = {s: 0 for s in ("critical", "major", "minor", "warning", "info")}
+    counts.update({r["severity"]: r["n"] for r in rows})
+    return counts
 
 
 @alerts_router.get("/{alert_id}", summary="One alert with its history")
