@@ -20,6 +20,7 @@ from pulse.cloud.api import alerts as alerts_api
 from pulse.cloud.api import audit as audit_api
 from pulse.cloud.api import auth as auth_api
 from pulse.cloud.api import devices, fleet, gateways, live, operator, sites, telemetry
+from pulse.cloud.api import twin as twin_api
 from pulse.cloud.api.console import mount_console
 from pulse.cloud.api.deps import Components
 from pulse.cloud.api.handlers import install_error_handlers
@@ -35,6 +36,8 @@ from pulse.cloud.metrics import Metrics
 from pulse.cloud.settings import Settings
 from pulse.cloud.sync.app import SyncListener, create_sync_app
 from pulse.cloud.sync.service import SyncService
+from pulse.cloud.twins import sweep_forever as command_sweep
+from pulse.protocol.twin import TwinLimits
 
 log = logging.getLogger("pulse.cloud")
 
@@ -91,8 +94,13 @@ def create_app(settings: Settings, *, sync_listener: bool = False) -> FastAPI:
 
     writer = Writer(settings.writer, retry_after_s=settings.retry_after_s, on_flush=metrics.on_flush, on_commit=committed)
     metrics.watch_queue(lambda: writer.queued_rows)
-    ingest = ingest_http.IngestService(config=settings.ingest, tokens=tokens, writer=writer, metrics=metrics)
-    sync = SyncService(settings.sync, db, metrics, on_commit=committed)  # gateway data reaches the live view and the rules
+    twin_limits = TwinLimits(max_state_bytes=settings.twin_max_state_bytes)
+    ingest = ingest_http.IngestService(
+        config=settings.ingest, tokens=tokens, writer=writer, metrics=metrics, db=db, twin_limits=twin_limits
+    )
+    sync = SyncService(  # gateway data reaches the live view and the rules
+        settings.sync, db, metrics, on_commit=committed, twin_limits=twin_limits
+    )
 
     async def maintenance() -> None:
         while True:
@@ -118,6 +126,10 @@ def create_app(settings: Settings, *, sync_listener: bool = False) -> FastAPI:
         writer.start(db.writer_pool)
         rules.start()
         task = asyncio.create_task(maintenance(), name="pulse-maintenance")
+        expiry = asyncio.create_task(
+            command_sweep(db, interval_s=settings.command_sweep_interval_s, grace_s=settings.command_expiry_grace_s),
+            name="pulse-command-expiry",
+        )
         listener = SyncListener(create_sync_app(sync), settings.sync, sync.ca) if sync_listener else None
         try:
             if listener is not None:
@@ -127,9 +139,10 @@ def create_app(settings: Settings, *, sync_listener: bool = False) -> FastAPI:
         finally:
             if listener is not None:
                 await listener.stop()
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            for background in (task, expiry):
+                background.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await background
             await writer.stop()
             await rules.stop()
             await db.close()
@@ -179,5 +192,6 @@ def create_app(settings: Settings, *, sync_listener: bool = False) -> FastAPI:
     app.include_router(alerts_api.alerts_router)
     app.include_router(alerts_api.states_router)
     app.include_router(audit_api.router)
+    app.include_router(twin_api.router)
     mount_console(app, settings.console_dir)
     return app

@@ -69,6 +69,11 @@ class Settings(BaseSettings):
     # rules and alerts
     rules_sweep_interval_s: float = Field(default=10.0, gt=0, description="heartbeat / gateway silence sweep period")
     gateway_offline_after_s: float = Field(default=300.0, gt=0, description="gateway silence that opens GATEWAY_OFFLINE")
+    twin_max_state_bytes: int = Field(default=8192, ge=256, le=1024 * 1024, description="size limit of a twin's state (JSON bytes)")
+    command_sweep_interval_s: float = Field(default=10.0, gt=0, description="how often commands past their deadline are expired")
+    command_expiry_grace_s: int = Field(
+        default=3600, ge=0, description="how long past its deadline a command a gateway holds may still be reported on"
+    )
 
     # server
     host: str = "127.0.0.1"

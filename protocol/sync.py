@@ -12,12 +12,18 @@ its streams, and the clock rule for gateways whose clock is wrong.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
+from pulse.protocol import commands, twin
 from pulse.protocol.batch import Header, Record, Stream
-from pulse.protocol.topics import valid_device_id
+from pulse.protocol.commands import Command, CommandEvent, CommandState
+from pulse.protocol.envelope import MessageType
+from pulse.protocol.errors import CommandError, TwinError
+from pulse.protocol.topics import valid_command_id, valid_device_id
+from pulse.protocol.twin import TwinDocument
 
 # The gateway sends these first: alerts and events matter more than telemetry, and twin reported
 # updates keep their own order within their stream.
@@ -228,3 +234,87 @@ def _nonneg(value: object) -> int:
     if type(value) is not int or value < 0:
         raise ValueError("expected a non-negative integer")
     return value
+
+
+# ---------------------------------------------------------------------------------------------
+# twin and commands over the downlink and Stream.TWIN (docs/protocol.md section 6)
+
+COMMAND_STATE_TYPE = "command_state"
+"""Record type of a gateway-made Stream.TWIN record: a command the gateway sent or found expired."""
+TWIN_RECORD_TYPES = frozenset({MessageType.TWIN_REPORTED.value, MessageType.COMMAND_ACK.value, COMMAND_STATE_TYPE})
+"""What travels on Stream.TWIN, in the order it happened at the gateway: the devices' own
+``twin_reported`` and ``command_ack`` envelopes, and the gateway's ``command_state`` records."""
+
+
+@dataclass(frozen=True, slots=True)
+class TwinDesired:
+    """Payload of a ``twin_desired`` downlink item: the cloud's whole twin of one device, stored
+    form (``twin.to_json``) plus the device id::
+
+        {"device_id": "boiler-7", "document": {"version": 12, "state": {...}, "metadata": {...}}}
+
+    The gateway takes the desired section (with its metadata) when ``document.version`` is above
+    the cloud version it last took for that device, so duplicated or reordered items are harmless."""
+
+    device_id: str
+    document: TwinDocument
+
+    @classmethod
+    def from_payload(cls, payload: Mapping[str, object]) -> TwinDesired:
+        device, document = payload.get("device_id"), payload.get("document")
+        if not isinstance(device, str) or not valid_device_id(device):
+            raise ValueError("twin_desired: bad device_id")
+        if not isinstance(document, dict):
+            raise ValueError("twin_desired: document is the twin's stored form (an object)")
+        try:
+            doc = twin.from_json(json.dumps(document))
+        except TwinError as exc:
+            raise ValueError(f"twin_desired: {exc.code}: {exc.message}") from exc
+        return cls(device, doc)
+
+    def to_payload(self) -> dict[str, object]:
+        return {"device_id": self.device_id, "document": json.loads(twin.to_json(self.document))}
+
+
+def command_from_payload(payload: Mapping[str, object]) -> Command:
+    """Payload of a ``command`` downlink item: the command's stored form (``commands.to_json``)."""
+    try:
+        return commands.from_json(json.dumps(dict(payload)))
+    except (CommandError, TypeError, ValueError) as exc:
+        raise ValueError(f"command: {getattr(exc, 'message', exc)}") from exc
+
+
+def command_to_payload(cmd: Command) -> dict[str, object]:
+    doc: dict[str, object] = json.loads(commands.to_json(cmd))
+    return doc
+
+
+@dataclass(frozen=True, slots=True)
+class CommandStateReport:
+    """Body of a ``command_state`` record on Stream.TWIN: the gateway published a command to its
+    device (``sent``) or found it past its deadline and never sent it (``expired``). The record's
+    timestamp is when; the cloud applies ``send``/``expire`` at that time (a command the cloud still
+    holds as queued is delivered first)::
+
+        {"id": "c-17", "state": "sent"}"""
+
+    command_id: str
+    state: CommandState
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, object] | None) -> CommandStateReport:
+        if body is None:
+            raise ValueError("command_state: a body is required")
+        cmd_id, state = body.get("id"), body.get("state")
+        if not isinstance(cmd_id, str) or not valid_command_id(cmd_id):
+            raise ValueError("command_state: bad command id")
+        if state not in (CommandState.SENT.value, CommandState.EXPIRED.value):
+            raise ValueError("command_state: state is sent or expired")
+        return cls(cmd_id, CommandState(state))
+
+    def to_body(self) -> dict[str, object]:
+        return {"id": self.command_id, "state": self.state.value}
+
+    @property
+    def event(self) -> CommandEvent:
+        return CommandEvent.SEND if self.state is CommandState.SENT else CommandEvent.EXPIRE

@@ -460,3 +460,16 @@ def document_message(doc: TwinDocument, *, now_ms: int) -> bytes:
         state["delta"] = delta
     metadata: JsonObject = {"desired": _meta_to_json(doc.desired_meta), "reported": _meta_to_json(doc.reported_meta)}
     return _dumps({"version": doc.version, "timestamp": now_ms, "state": state, "metadata": metadata})
+
+
+# --- the gateway's copy --------------------------------------------------------------------------
+
+
+def take_desired(local: TwinDocument, cloud: TwinDocument, *, seed_reported: bool = False) -> TwinDocument:
+    """The gateway's twin after a ``twin_desired`` downlink item (``sync.TwinDesired``): the cloud's
+    desired section with its timestamps; reported stays the gateway's own, because the gateway
+    hears the device before the cloud does. ``seed_reported``: the gateway has no twin of the
+    device yet, so it starts from the cloud's reported too. The gateway's version counts its own
+    changes (the cloud's version is kept beside it to order downlink items), and grows by one."""
+    reported, reported_meta = (cloud.reported, cloud.reported_meta) if seed_reported else (local.reported, local.reported_meta)
+    return TwinDocument(cloud.desired, reported, cloud.desired_meta, reported_meta, local.version + 1)

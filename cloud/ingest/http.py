@@ -16,7 +16,9 @@ from typing import NamedTuple
 import orjson
 from fastapi import APIRouter, Request, Response
 
+from pulse.cloud import twins
 from pulse.cloud.api.handlers import read_limited
+from pulse.cloud.db.pool import Database
 from pulse.cloud.errors import InvalidError, RateLimitedError, TooLargeError
 from pulse.cloud.ingest.identity import DeviceIdentity, DeviceTokenCache
 from pulse.cloud.ingest.ratelimit import RateLimiter
@@ -24,7 +26,9 @@ from pulse.cloud.ingest.writer import QuarantineRow, TelemetryRow, Writer
 from pulse.cloud.metrics import Metrics
 from pulse.cloud.settings import IngestConfig
 from pulse.protocol.envelope import DEFAULT_LIMITS, Limits, MessageType, parse, parse_document
-from pulse.protocol.errors import Code, EnvelopeError
+from pulse.protocol.errors import Code, EnvelopeError, TwinError
+from pulse.protocol.twin import DEFAULT_LIMITS as DEFAULT_TWIN_LIMITS
+from pulse.protocol.twin import TwinLimits, document_message
 
 SOURCE = "http"
 
@@ -139,6 +143,8 @@ class IngestService:
         writer: Writer,
         metrics: Metrics,
         limits: Limits = DEFAULT_LIMITS,
+        db: Database | None = None,
+        twin_limits: TwinLimits = DEFAULT_TWIN_LIMITS,
     ) -> None:
         self.config = config
         self.tokens = tokens
@@ -146,6 +152,38 @@ class IngestService:
         self.metrics = metrics
         self.limits = limits
         self.limiter = RateLimiter(rate=config.rate_per_s, burst=config.burst)
+        self.db = db
+        self.twin_limits = twin_limits
+
+    async def _apply_reported(self, identity: DeviceIdentity, messages: list[Message], prepared: Prepared) -> None:
+        """A direct device's ``twin_reported`` messages update its twin, in order, before the rows
+        are written (so the answer says so). One the twin rules refuse is rejected and quarantined
+        with its ``twin.*`` code instead of stored."""
+        assert self.db is not None
+        accepted = [r["index"] for r in prepared.results if r["status"] == "accepted"]
+        keep: list[TelemetryRow] = []
+        async with self.db.tenant(identity.tenant_id) as conn:
+            for index, row in zip(accepted, prepared.telemetry, strict=True):
+                if row[3] == MessageType.TWIN_REPORTED.value:
+                    try:
+                        async with conn.transaction():
+                            await twins.apply_reported(
+                                conn,
+                                identity.tenant_id,
+                                identity.device_id,
+                                json.loads(row[6] or "{}"),
+                                at_ms=int(row[0].timestamp() * 1000),
+                                actor=f"device:{identity.device_id}",
+                                limits=self.twin_limits,
+                            )
+                    except TwinError as exc:
+                        prepared.quarantine.append(
+                            (identity.tenant_id, identity.device_id, None, SOURCE, str(exc.code), exc.message, messages[index].raw, row[10])
+                        )
+                        prepared.results[index] = {"index": index, "status": "rejected", "code": str(exc.code), "message": exc.message}
+                        continue
+                keep.append(row)
+        prepared.telemetry = keep
 
     async def read_body(self, request: Request) -> bytes:
         limit = self.config.max_body_bytes
@@ -174,6 +212,8 @@ class IngestService:
                 retry_after_s=decision.retry_after_s,
             )
         prepared = prepare(identity, messages, now_ms=int(time.time() * 1000), received_at=datetime.now(UTC), limits=self.limits)
+        if self.db is not None and any(row[3] == MessageType.TWIN_REPORTED.value for row in prepared.telemetry):
+            await self._apply_reported(identity, messages, prepared)
         await self.writer.write(prepared.telemetry, prepared.quarantine)
         accepted, rejected = len(prepared.telemetry), len(prepared.quarantine)
         self.metrics.ingest_messages.labels("accepted").inc(accepted)
@@ -227,3 +267,18 @@ async def ingest_telemetry(request: Request) -> Response:
         raise
     service.metrics.ingest_requests.labels(str(response.status_code)).inc()
     return response
+
+
+@router.get(
+    "/ingest/v1/twin",
+    summary="A direct device reads its own twin (the document a gateway would publish on twin/document)",
+    description="Authorization: Bearer <device token>. The device applies state.delta, then reports with a twin_reported message.",
+)
+async def device_twin(request: Request) -> Response:
+    service: IngestService = request.app.state.pulse.ingest
+    identity = await service.tokens.resolve(request.headers.get("authorization"))
+    if service.db is None:
+        raise InvalidError(Code.API_INVALID, "this server does not serve twins")
+    async with service.db.tenant(identity.tenant_id) as conn:
+        doc = await twins.load(conn, identity.tenant_id, identity.device_id)
+    return Response(document_message(doc, now_ms=int(time.time() * 1000)), media_type="application/json")

@@ -33,6 +33,7 @@ import orjson
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from pulse.cloud import twins
 from pulse.cloud.alerts import merge_edge_alerts
 from pulse.cloud.auth.credentials import sha256_hex
 from pulse.cloud.ca import CertificateAuthority, IdentityError
@@ -44,18 +45,26 @@ from pulse.cloud.settings import SyncConfig
 from pulse.cloud.sync.downlink import POLL_S, Notifier, pending, push_rules
 from pulse.cloud.tls import Scope, peer_certificate
 from pulse.protocol import batch as codec
+from pulse.protocol import commands
 from pulse.protocol.batch import DEFAULT_BATCH_LIMITS, BatchLimits, Record, Stream
-from pulse.protocol.errors import BatchError, Code
+from pulse.protocol.commands import CommandEvent
+from pulse.protocol.envelope import JsonObject, MessageType
+from pulse.protocol.errors import BatchError, Code, CommandError, TwinError
 from pulse.protocol.sync import (
+    COMMAND_STATE_TYPE,
     MAX_DOWNLINK_WAIT_S,
     BatchAck,
     ClockCheck,
+    CommandStateReport,
     DownlinkItem,
     Verdict,
     admit,
     check_clock,
     classify,
+    corrected_ts,
 )
+from pulse.protocol.twin import DEFAULT_LIMITS as DEFAULT_TWIN_LIMITS
+from pulse.protocol.twin import TwinLimits
 
 log = logging.getLogger(__name__)
 
@@ -105,8 +114,10 @@ class SyncService:
         *,
         limits: BatchLimits = DEFAULT_BATCH_LIMITS,
         on_commit: Callable[[Sequence[TelemetryRow]], None] | None = None,
+        twin_limits: TwinLimits = DEFAULT_TWIN_LIMITS,
     ) -> None:
         self.config = config
+        self.twin_limits = twin_limits
         self._on_commit = on_commit
         self.db = db
         self.metrics = metrics
@@ -280,11 +291,16 @@ class SyncService:
                 admission = admit(header, decoded.records, high_water)
                 rows: list[TelemetryRow] = []
                 quarantined: list[QuarantineRow] = []
+                applied = 0
                 if admission.verdict is not Verdict.REPLAY:
                     if header.stream is Stream.ALERTS:
                         # alerts raised at the gateway merge into the tenant's alerts by fingerprint,
                         # in this transaction, so a replayed batch is never merged twice
                         quarantined = await self._merge_alerts(conn, caller, admission.new_records, received)
+                    elif header.stream is Stream.TWIN:
+                        # reported state and command answers apply in order, in this transaction,
+                        # so a replayed batch is never applied twice
+                        applied, quarantined = await self._apply_twin(conn, caller, admission.new_records, devices, clock, received)
                     else:
                         rows, quarantined = self._rows(caller, header.stream, admission.new_records, devices, clock, received)
                     await write_rows(conn, rows, quarantined)
@@ -308,7 +324,8 @@ class SyncService:
         self.metrics.sync_batches.labels(admission.verdict.value).inc()
         self.metrics.sync_records.labels("written").inc(len(rows))
         self.metrics.sync_records.labels("quarantined").inc(len(quarantined))
-        return BatchAck(header.stream, admission.ack_seq, admission.verdict, len(rows), len(quarantined), clock.offset_ms, clock.corrected)
+        written = len(rows) + applied
+        return BatchAck(header.stream, admission.ack_seq, admission.verdict, written, len(quarantined), clock.offset_ms, clock.corrected)
 
     @staticmethod
     async def _merge_alerts(
@@ -332,6 +349,81 @@ class SyncService:
                 (caller.tenant_id, rec.device_id, caller.gateway_id, "gateway", str(bad.get("code")), str(bad.get("message")), raw, received)
             )
         return quarantined
+
+    async def _apply_twin(
+        self,
+        conn: asyncpg.Connection,
+        caller: GatewayCaller,
+        records: Sequence[Record],
+        devices: Mapping[str, _Device],
+        clock: ClockCheck,
+        received: dt.datetime,
+    ) -> tuple[int, list[QuarantineRow]]:
+        """Stream.TWIN records in order: ``twin_reported`` merges into the twin, ``command_ack`` and
+        ``command_state`` move the command. A record the rules refuse is quarantined (it still
+        counts as delivered); an answer to a command that already moved on is only logged."""
+        quarantined: list[QuarantineRow] = []
+        applied = 0
+        tenant = caller.tenant_id
+        actor = f"gateway:{caller.gateway_id}"
+
+        def refuse(rec: Record, code: Code | str, reason: str) -> None:
+            raw = json.dumps({"stream": "twin", **rec._asdict()}, default=str).encode()
+            quarantined.append((tenant, rec.device_id, caller.gateway_id, "gateway", str(code), reason, raw, received))
+
+        for rec in records:
+            device = devices.get(rec.device_id)
+            if device is None or (caller.site_id is not None and device.site_id != caller.site_id):
+                refuse(rec, Code.SYNC_UNKNOWN_DEVICE, f"device {rec.device_id} is not registered at this gateway's site")
+                continue
+            at_ms = corrected_ts(rec.ts_ms, clock)
+            try:
+                async with conn.transaction():  # a savepoint: one refused record leaves the rest
+                    if rec.type == MessageType.TWIN_REPORTED.value:
+                        if device.status in _DISABLED:
+                            refuse(rec, Code.AUTH_DEVICE_DISABLED, f"device {rec.device_id} is {device.status}")
+                            continue
+                        await twins.apply_reported(
+                            conn, tenant, rec.device_id, rec.body or {}, at_ms=at_ms, actor=actor, limits=self.twin_limits
+                        )
+                    elif rec.type == MessageType.COMMAND_ACK.value:
+                        ack = commands.parse_ack(rec.body or {})
+                        await self._command_event(conn, tenant, rec, ack.command_id, ack.event, at_ms, ack.result, ack.error)
+                    elif rec.type == COMMAND_STATE_TYPE:
+                        try:
+                            report = CommandStateReport.from_body(rec.body)
+                        except ValueError as exc:
+                            refuse(rec, Code.COMMAND_BAD, str(exc))
+                            continue
+                        await self._command_event(conn, tenant, rec, report.command_id, report.event, at_ms, None, None)
+                    else:
+                        refuse(rec, Code.BATCH_MALFORMED, f"record type {rec.type!r} does not travel on the twin stream")
+                        continue
+                    applied += 1
+            except (TwinError, CommandError) as exc:
+                refuse(rec, exc.code, exc.message)
+        return applied, quarantined
+
+    @staticmethod
+    async def _command_event(
+        conn: asyncpg.Connection,
+        tenant: uuid.UUID,
+        rec: Record,
+        command_id: str,
+        event: CommandEvent,
+        at_ms: int,
+        result: JsonObject | None,
+        error: str | None,
+    ) -> None:
+        try:
+            cmd = await twins.command_event(conn, tenant, rec.device_id, command_id, event, at_ms, result=result, error=error)
+        except CommandError as exc:
+            if exc.code is not Code.COMMAND_ILLEGAL_TRANSITION:
+                raise
+            log.info("command %s of %s: %s (already moved on)", command_id, rec.device_id, exc.message)
+            return
+        if cmd is None:
+            log.info("command %s of %s is not known to the cloud; %s ignored", command_id, rec.device_id, event)
 
     async def _replayed(self, caller: GatewayCaller, stream: Stream, last_seq: int, size: int, clock: ClockCheck) -> BatchAck:
         try:
@@ -433,6 +525,8 @@ class SyncService:
 
     async def ack_downlink(self, caller: GatewayCaller, seq: int) -> None:
         async with self.db.tenant(caller.tenant_id) as conn:
+            # the commands among the acked items reached the gateway: delivered
+            await twins.deliver_acked(conn, caller.tenant_id, caller.gateway_id, seq, int(time.time() * 1000))
             await conn.execute(
                 "UPDATE gateway_downlink SET acked_at = now() WHERE gateway_id = $1 AND seq <= $2 AND acked_at IS NULL",
                 caller.gateway_id,

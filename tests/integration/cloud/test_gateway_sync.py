@@ -196,7 +196,7 @@ async def test_overlapping_batch_writes_only_records_above_the_mark(sync: SyncCl
     assert [(r["msg_type"], r["seq"]) for r in rows] == [("event", 1), ("event", 2)] + [("telemetry", s) for s in range(1, 6)]
 
 
-async def test_edge_alerts_merge_by_fingerprint_once_and_twin_stream_is_stored(sync: SyncCloud) -> None:
+async def test_edge_alerts_merge_by_fingerprint_once_and_twin_stream_is_applied(sync: SyncCloud) -> None:
     tenant, h = await sync.cloud.tenant_user()
     await _device(sync, h, "dev-1")
     gw, files = await sync.gateway(h)
@@ -215,8 +215,8 @@ async def test_edge_alerts_merge_by_fingerprint_once_and_twin_stream_is_stored(s
     q = await sync.rows("SELECT code FROM quarantine WHERE tenant_id = $1", tenant)
     assert [x["code"] for x in q] == ["rule.bad_alert_record"]
     assert (await sync.send(files, _batch(gw, [1], stream=Stream.TWIN))).json()["written"] == 1
-    rows = await sync.rows("SELECT msg_type FROM telemetry WHERE tenant_id = $1", tenant)
-    assert [r["msg_type"] for r in rows] == ["twin_reported"]
+    rows = await sync.rows("SELECT version FROM twins WHERE tenant_id = $1 AND device_id = 'dev-1'", tenant)
+    assert [r["version"] for r in rows] == [1]  # applied to the twin (tests/integration/cloud/test_twin_api.py)
 
 
 async def test_unknown_device_is_quarantined_and_still_acked(sync: SyncCloud) -> None:
