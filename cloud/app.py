@@ -20,6 +20,7 @@ from pulse.cloud.api import alerts as alerts_api
 from pulse.cloud.api import audit as audit_api
 from pulse.cloud.api import auth as auth_api
 from pulse.cloud.api import devices, fleet, gateways, live, operator, sites, telemetry
+from pulse.cloud.api import notify as notify_api
 from pulse.cloud.api import twin as twin_api
 from pulse.cloud.api.console import mount_console
 from pulse.cloud.api.deps import Components
@@ -33,6 +34,7 @@ from pulse.cloud.ingest.identity import CredentialRecord, DeviceTokenCache
 from pulse.cloud.ingest.writer import TelemetryRow, Writer
 from pulse.cloud.live import LiveHub
 from pulse.cloud.metrics import Metrics
+from pulse.cloud.notify.settings import NotifySettings
 from pulse.cloud.settings import Settings
 from pulse.cloud.sync.app import SyncListener, create_sync_app
 from pulse.cloud.sync.service import SyncService
@@ -47,9 +49,11 @@ def app_from_environment() -> FastAPI:
     return create_app(Settings(), sync_listener=True)
 
 
-def create_app(settings: Settings, *, sync_listener: bool = False) -> FastAPI:
+def create_app(settings: Settings, *, sync_listener: bool = False, notify: NotifySettings | None = None) -> FastAPI:
     """``sync_listener``: also serve the gateway sync listener (mutual TLS, PULSE_SYNC_PORT) while
-    the app runs; ``pulse cloud serve`` turns it on."""
+    the app runs; ``pulse cloud serve`` turns it on. ``notify``: the notification settings
+    (default: PULSE_NOTIFY_* from the environment)."""
+    notify_settings = notify if notify is not None else NotifySettings()
     metrics = Metrics()
     password = settings.db_role_password.get_secret_value() if settings.db_role_password else None
     db = Database(
@@ -161,6 +165,7 @@ def create_app(settings: Settings, *, sync_listener: bool = False) -> FastAPI:
     app.state.writer = writer
     app.state.live = hub
     app.state.rules = rules
+    app.state.notify_settings = notify_settings
 
     install_error_handlers(app)
 
@@ -193,5 +198,8 @@ def create_app(settings: Settings, *, sync_listener: bool = False) -> FastAPI:
     app.include_router(alerts_api.states_router)
     app.include_router(audit_api.router)
     app.include_router(twin_api.router)
+    app.include_router(notify_api.router)
+    app.include_router(notify_api.escalation_router)
+    app.include_router(notify_api.oncall_router)
     mount_console(app, settings.console_dir)
     return app

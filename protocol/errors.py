@@ -156,6 +156,13 @@ class Code(StrEnum):
     """An on-call schedule breaks the schedule rules (time zone, rotation, layers, overrides)."""
     NOTIFY_BAD_POLICY = "notify.bad_policy"
     """An escalation policy breaks the policy rules (1-5 levels, delays, targets)."""
+    NOTIFY_BAD_ROUTE = "notify.bad_route"
+    """A routing rule names a channel or escalation policy that is not in your tenant."""
+    NOTIFY_NOT_RETRYABLE = "notify.not_retryable"
+    """Only dead-lettered (or failed) deliveries can be retried by hand; this one is pending, sending or delivered."""
+    NOTIFY_OUTCOME_UNKNOWN = "notify.outcome_unknown"
+    """Pulse stopped (crash, restart) after starting a send and before recording its answer; the receiver may or
+    may not have it. Channels without idempotency are not sent again (no duplicate page): retry by hand if needed."""
 
     # auth: users, sessions and device credentials (cloud)
     AUTH_MISSING = "auth.missing"

@@ -18,6 +18,7 @@ from pulse.cloud.alerts.runner import Reading, device_of
 from pulse.cloud.api import paging
 from pulse.cloud.api.deps import Parts, Reader, TenantCaller, Writer
 from pulse.cloud.errors import ConflictError, InvalidError, NotFoundError
+from pulse.cloud.notify.store import alert_notify_view
 from pulse.cloud.sync.downlink import push_rules
 from pulse.protocol.alerts import is_reserved_rule_id
 from pulse.protocol.errors import Code, RuleError
@@ -257,9 +258,10 @@ async def get_alert(alert_id: int, caller: Reader, parts: Parts) -> dict[str, An
         events = await conn.fetch(
             "SELECT at, kind, actor, notify, detail FROM alert_events WHERE alert_id = $1 ORDER BY id", alert_id
         )
+        notify = await alert_notify_view(conn, alert_id)
     out = _alert_out(row)
     out["events"] = [{**dict(e), "at": e["at"].isoformat(), "detail": json.loads(e["detail"])} for e in events]
-    return out
+    return out | notify
 
 
 class BulkIn(BaseModel):
@@ -301,11 +303,15 @@ async def _act(
             until if action == "silence" else caller.actor,
         )
         changed = {r["id"] for r in rows}
+        # Acknowledging and closing are notified (PagerDuty acknowledge/resolve), unless the alert is silenced.
+        now = datetime.now().astimezone()
+        due = {r["id"]: action in ("ack", "close") and (r["silenced_until"] is None or r["silenced_until"] <= now) for r in rows}
         await conn.executemany(
-            "INSERT INTO alert_events (tenant_id, alert_id, kind, actor, detail) VALUES (pulse_current_tenant(), $1, $2, $3, $4::jsonb)",
+            "INSERT INTO alert_events (tenant_id, alert_id, kind, actor, notify, detail) "
+            "VALUES (pulse_current_tenant(), $1, $2, $3, $4, $5::jsonb)",
             [
-                (i, event, caller.actor, json.dumps({"note": note, "until": until.isoformat() if until else None}))
-                for i in changed
+                (i, event, caller.actor, due[i], json.dumps({"note": note, "until": until.isoformat() if until else None}))
+                for i in sorted(changed)
             ],
         )
         unchanged = {

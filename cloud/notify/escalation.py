@@ -40,6 +40,12 @@ class Level(_Model):
     targets: tuple[Target, ...] = Field(min_length=1, max_length=10)
     escalate_after_min: int = Field(default=15, ge=1, le=24 * 60)
     """Minutes to wait for an acknowledgement after notifying this level before moving on."""
+    delay_s: int | None = Field(default=None, ge=1, le=24 * 3600)
+    """The same wait in seconds (the API's ``delay_s``); when set it wins over ``escalate_after_min``."""
+
+    @property
+    def wait(self) -> dt.timedelta:
+        return dt.timedelta(seconds=self.delay_s) if self.delay_s is not None else dt.timedelta(minutes=self.escalate_after_min)
 
 
 class Policy(_Model):
@@ -96,7 +102,7 @@ def next_step(policy: Policy, status: AlertStatus, state: EscalationState, now: 
         return state, Stop(status)
     if state.level < 0 or state.notified_at is None:
         return _notify(policy, 0, state.cycle, now)
-    due = state.notified_at + dt.timedelta(minutes=policy.levels[state.level].escalate_after_min)
+    due = state.notified_at + policy.levels[state.level].wait
     if now < due:
         return state, Wait(due)
     if state.level + 1 < len(policy.levels):

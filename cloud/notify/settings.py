@@ -26,6 +26,24 @@ class NotifySettings(BaseSettings):
     ``127.0.0.0/8,::1/128`` for development and tests. Empty (the default) in production."""
     timeout_s: float = Field(default=10.0, gt=0, le=120)
     """Per attempt: connect, each read and write, DNS (HTTP, SMTP, SNMP, MQTT)."""
+    console_url: str = "http://127.0.0.1:8080"
+    """Where people open Pulse's console: notifications link to ``<console_url>/alerts/<id>``."""
+    workers: bool = True
+    """Run the notification workers (fan-out, delivery, escalation) in this cloud process. Several
+    processes may run them at once: they share the work through the database, never twice."""
+    concurrency: int = Field(default=8, ge=1, le=256)
+    """Deliveries sent at the same time by one process."""
+    poll_interval_s: float = Field(default=1.0, gt=0, le=60)
+    """How often the workers look for due work when no database notification woke them."""
+    max_attempts: int = Field(default=5, ge=1, le=20)
+    """Attempts per delivery before it is dead-lettered (a manual retry gives it this many again)."""
+    backoff_s: float = Field(default=10.0, gt=0, le=3600)
+    """Wait after the first failed attempt; doubled after each further one (capped at an hour) unless
+    the receiver's Retry-After says otherwise."""
+    claim_timeout_s: float = Field(default=120.0, gt=0, le=3600)
+    """A delivery still marked "sending" this long after it was claimed belongs to a process that
+    stopped mid-send: PagerDuty deliveries are sent again (dedup_key), others are marked
+    ``notify.outcome_unknown`` (no duplicate page) and dead-lettered for a manual retry."""
 
     @field_validator("allow_networks")
     @classmethod

@@ -1,0 +1,91 @@
+"""A cloud app for the notify tests: migrated database per module, an app per test with NotifySettings
+that let loopback through (the receivers live there) and retry fast; tenants and users made via the API."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+import httpx
+from fastapi import FastAPI
+
+from pulse.cloud.app import create_app
+from pulse.cloud.auth.accounts import create_tenant, create_user
+from pulse.cloud.notify.settings import NotifySettings
+from pulse.cloud.settings import RoleNames, Settings
+
+PASSWORD = "correct horse battery staple"
+
+
+def fast_notify(**changes: Any) -> NotifySettings:
+    """Loopback allowed, short backoff and poll: what these tests run the workers with."""
+    base: dict[str, Any] = {
+        "allow_networks": "127.0.0.0/8,::1/128",
+        "timeout_s": 5,
+        "backoff_s": 0.05,
+        "poll_interval_s": 0.05,
+        "claim_timeout_s": 30,
+        "console_url": "https://pulse.example.com",
+    }
+    return NotifySettings(**(base | changes))
+
+
+async def drop_roles(database_url: str, pg_admin_dsn: str, roles: RoleNames) -> None:
+    names = [roles.app, roles.operator, roles.writer, roles.identity]
+    admin = await asyncpg.connect(pg_admin_dsn)
+    try:
+        if not await admin.fetchval("SELECT count(*) FROM pg_roles WHERE rolname = ANY($1)", names):
+            return
+        await admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = ANY($1)", names)
+        conn = await asyncpg.connect(database_url)
+        try:
+            await conn.execute("DROP OWNED BY " + ", ".join(f'"{n}"' for n in names))
+        finally:
+            await conn.close()
+        for name in names:
+            await admin.execute(f'DROP ROLE IF EXISTS "{name}"')
+    finally:
+        await admin.close()
+
+
+@dataclass
+class NotifyCloud:
+    app: FastAPI
+    client: httpx.AsyncClient
+
+    @property
+    def db(self) -> Any:
+        return self.app.state.pulse.db
+
+    async def tenant_user(self, role: str = "tenant-admin") -> tuple[uuid.UUID, dict[str, str]]:
+        slug = "t-" + uuid.uuid4().hex[:10]
+        tenant_id = await create_tenant(self.db, slug=slug, name=slug, actor="test")
+        email = f"{uuid.uuid4().hex[:10]}@example.com"
+        await create_user(self.db, email=email, password=PASSWORD, roles=[role], tenant=slug, actor="test")
+        r = await self.client.post("/auth/login", json={"email": email, "password": PASSWORD})
+        assert r.status_code == 200, r.text
+        return tenant_id, {"Authorization": f"Bearer {r.json()['access_token']}"}
+
+    async def wait_for(self, check: Any, *, timeout_s: float = 20.0, what: str = "condition") -> Any:
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while True:
+            value = await check()
+            if value:
+                return value
+            if asyncio.get_running_loop().time() > deadline:
+                raise AssertionError(f"timed out waiting for {what}")
+            await asyncio.sleep(0.02)
+
+
+@asynccontextmanager
+async def notify_cloud(settings: Settings, notify: NotifySettings) -> AsyncIterator[NotifyCloud]:
+    app = create_app(settings, notify=notify)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://pulse.test") as client:
+            yield NotifyCloud(app, client)
