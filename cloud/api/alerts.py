@@ -136,7 +136,7 @@ async def preview_rule(body: PreviewIn, caller: Reader, parts: Parts) -> dict[st
     async with parts.db.tenant(caller.tenant_id) as conn:
         devices = {r["device_id"]: device_of(r) for r in await conn.fetch("SELECT device_id, tags, site_id FROM devices")}
         rows = await conn.fetch(
-            "SELECT device_id, metrics, received_at FROM telemetry WHERE time >= $1 ORDER BY received_at LIMIT $2",
+            "SELECT device_id, metrics, received_at, time FROM telemetry WHERE time >= $1 ORDER BY received_at, time LIMIT $2",
             since,
             body.limit,
         )
@@ -154,7 +154,13 @@ async def preview_rule(body: PreviewIn, caller: Reader, parts: Parts) -> dict[st
             if isinstance(action, UpdateDeviceState):
                 continue
             actions.append(
-                {"action": type(action).__name__, "device_id": device_id, "at_ms": now, "text": action.explanation.text}
+                {
+                    "action": type(action).__name__,
+                    "device_id": device_id,
+                    "at_ms": now,
+                    "reading_ms": int(row["time"].timestamp() * 1000),  # the reading's own time, for charts
+                    "text": action.explanation.text,
+                }
             )
     return {"rule": rule_to_dict(rule), "readings": readings, "devices": len(states), "actions": actions[:1000]}
 

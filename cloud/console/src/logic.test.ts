@@ -108,8 +108,9 @@ describe("rule helpers", () => {
       { action: "OpenAlert", device_id: "d", at_ms: 12, text: "" },
       { action: "CloseAlert", device_id: "d", at_ms: 25, text: "" },
       { action: "OpenAlert", device_id: "other", at_ms: 12, text: "" },
+      { action: "OpenAlert", device_id: "d", at_ms: 99, reading_ms: 3, text: "" },
     ];
-    expect(markers(acts, "d", pts)).toEqual([[12, 5, "open"], [25, 2, "close"]]);
+    expect(markers(acts, "d", pts)).toEqual([[12, 5, "open"], [25, 2, "close"], [3, 1, "open"]]);
   });
 });
 

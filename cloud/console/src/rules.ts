@@ -44,5 +44,8 @@ export function valueAt(points: [number, number][], t: number): number | null {
 export function markers(actions: PreviewAction[], deviceId: string, points: [number, number][]): [number, number, string][] {
   return actions
     .filter((a) => a.device_id === deviceId && (a.action === "OpenAlert" || a.action === "CloseAlert"))
-    .map((a) => [a.at_ms, valueAt(points, a.at_ms) ?? 0, a.action === "OpenAlert" ? "open" : "close"]);
+    .map((a) => {
+      const t = a.reading_ms ?? a.at_ms; // where the reading sits on the chart (at_ms is when it was received)
+      return [t, valueAt(points, t) ?? 0, a.action === "OpenAlert" ? "open" : "close"];
+    });
 }

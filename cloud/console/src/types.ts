@@ -138,7 +138,7 @@ export type Rule = {
   updated_at?: string;
   [k: string]: unknown;
 };
-export type PreviewAction = { action: string; device_id: string; at_ms: number; text: string };
+export type PreviewAction = { action: string; device_id: string; at_ms: number; reading_ms?: number; text: string };
 export type Preview = { rule: Rule; readings: number; devices: number; actions: PreviewAction[] };
 
 export type Gateway = {

@@ -187,10 +187,12 @@ try {
   await shot(other, "08-other-tenant-404");
   step("cross-tenant 404 seen");
 
-  // --- an operator: the tenants view only ---------------------------------------------------
+  // --- an operator: operator pages only, no tenant's ---------------------------------------------------
   const ops = await browser.newPage();
   watch(ops, "operator");
   await login(ops, task.operator_email);
+  await ops.getByTestId("noc").waitFor(); // an operator lands on the NOC view
+  await ops.getByRole("navigation", { name: "Main" }).getByRole("link", { name: "Tenants", exact: true }).click();
   await ops.getByRole("table").getByText(task.a_slug).waitFor();
   seen.operator_nav = await ops.getByRole("navigation", { name: "Main" }).getByRole("link").allTextContents();
   seen.operator_tenant_row = await ops.getByRole("row").filter({ hasText: task.a_slug }).textContent();

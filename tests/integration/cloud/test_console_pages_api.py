@@ -204,3 +204,22 @@ async def test_event_feed_carries_the_tenants_own_events_and_every_tenants_for_o
                 headers={"Authorization": f"Bearer {b_token}"},
             )
             assert [e["metrics"] for e in (await frame(tenant_ws))["events"]] == [{"temp": 9}]
+
+
+async def test_preview_actions_carry_the_readings_own_time_for_the_chart(cloud: Cloud) -> None:
+    _, a = await cloud.tenant_user()
+    _, device_id, token = await cloud.device_with_token(a)
+    now = int(time.time() * 1000)
+    readings = [(now - 600_000, 25), (now - 300_000, 33), (now - 60_000, 26)]  # a backfill: all received now
+    r = await cloud.client.post(
+        "/ingest/v1/telemetry",
+        json=[{"v": 1, "ts": t, "metrics": {"temp": v}} for t, v in readings],
+        headers={"Authorization": f"Bearer {token}"},
+    )
+    assert r.status_code == 200, r.text
+    rule = {"id": "hot", "severity": "major", "metric": "temp", "operator": "GT", "threshold": 30, "clear_threshold": 28}
+    r = await cloud.client.post("/api/v1/rules/preview", json={"rule": rule, "hours": 1}, headers=a)
+    assert [(x["action"], x["device_id"], x["reading_ms"]) for x in r.json()["actions"]] == [
+        ("OpenAlert", device_id, readings[1][0]),
+        ("CloseAlert", device_id, readings[2][0]),
+    ]

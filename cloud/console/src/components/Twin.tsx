@@ -20,7 +20,7 @@ export function TwinSection({ device }: { device: Device }) {
   const { canWrite } = useAccess();
   const client = useQueryClient();
   const key = ["twin", device.id];
-  const twin = useQuery({ queryKey: key, queryFn: () => api<TwinDoc>(`/api/v1/devices/${device.id}/twin`), refetchInterval: 15_000 });
+  const twin = useQuery({ queryKey: key, queryFn: () => api<TwinDoc>(`/api/v1/devices/${encodeURIComponent(device.device_id)}/twin`), refetchInterval: 5_000 });
   const [editing, setEditing] = useState(false);
   const [text, setText] = useState("");
   const [base, setBase] = useState<{ version: number; desired: Doc } | null>(null);
@@ -29,7 +29,7 @@ export function TwinSection({ device }: { device: Device }) {
 
   const save = useMutation({
     mutationFn: ({ from, version, to }: { from: Doc; version: number; to: Doc }) =>
-      api<TwinDoc>(`/api/v1/devices/${device.id}/twin`, {
+      api<TwinDoc>(`/api/v1/devices/${encodeURIComponent(device.device_id)}/twin`, {
         method: "PATCH",
         body: { state: { desired: Object.keys(to).length === 0 ? null : mergePatch(from, to) }, version },
       }),
@@ -40,7 +40,7 @@ export function TwinSection({ device }: { device: Device }) {
     },
     onError: async (e) => {
       if (e instanceof ApiError && e.code === "twin.version_conflict") {
-        const current = await api<TwinDoc>(`/api/v1/devices/${device.id}/twin`);
+        const current = await api<TwinDoc>(`/api/v1/devices/${encodeURIComponent(device.device_id)}/twin`);
         client.setQueryData(key, current);
         setConflict(current);
       }
@@ -158,7 +158,7 @@ export function CommandsSection({ device }: { device: Device }) {
   const paging = usePaging({ state });
   const q = useQuery({
     queryKey: ["commands", device.id, state, paging.cursor],
-    queryFn: () => api<Page<Command>>(`/api/v1/devices/${device.id}/commands`, { query: { state, limit: 20, cursor: paging.cursor } }),
+    queryFn: () => api<Page<Command>>(`/api/v1/devices/${encodeURIComponent(device.device_id)}/commands`, { query: { state, limit: 20, cursor: paging.cursor } }),
     placeholderData: keepPreviousData,
     refetchInterval: 5_000,
   });
@@ -166,7 +166,7 @@ export function CommandsSection({ device }: { device: Device }) {
   const params = useMemo(() => parseDesired(form.params), [form.params]);
   const send = useMutation({
     mutationFn: () =>
-      api<Command>(`/api/v1/devices/${device.id}/commands`, {
+      api<Command>(`/api/v1/devices/${encodeURIComponent(device.device_id)}/commands`, {
         method: "POST",
         body: { name: form.name.trim(), params: params.ok ? params.doc : {}, expires_in_s: Number(form.expires) },
       }),

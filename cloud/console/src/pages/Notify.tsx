@@ -179,7 +179,7 @@ function Routes() {
   const remove = useMutation({ mutationFn: (r: Route) => api<void>(`/api/v1/notify/routes/${r.id}`, { method: "DELETE" }), onSuccess: done });
   const toggle = useMutation({
     mutationFn: (r: Route) => {
-      const { id: _id, ...body } = r;
+      const { id: _id, created: _c, ...body } = r as Route & { created?: string };
       return api<Route>(`/api/v1/notify/routes/${r.id}`, { method: "PUT", body: { ...body, enabled: !r.enabled } });
     },
     onSuccess: done,
@@ -477,9 +477,9 @@ function ScheduleView({ schedule }: { schedule: Schedule }) {
   const [ov, setOv] = useState({ member: "", start: "", end: "" });
   const addOverride = useMutation({
     mutationFn: () => {
-      const { id: _id, ...body } = schedule;
       const override = { start: new Date(ov.start).toISOString(), end: new Date(ov.end).toISOString(), member: { name: ov.member, channel: null } };
-      return api<Schedule>(`/api/v1/oncall/schedules/${schedule.id}`, { method: "PUT", body: { ...body, overrides: [...schedule.overrides.map(({ id: _o, ...o }) => o), override] } });
+      const body = { name: schedule.name, time_zone: schedule.time_zone, layers: schedule.layers, overrides: [...schedule.overrides, override] };
+      return api<Schedule>(`/api/v1/oncall/schedules/${schedule.id}`, { method: "PUT", body });
     },
     onSuccess: () => {
       setOv({ member: "", start: "", end: "" });
@@ -493,6 +493,7 @@ function ScheduleView({ schedule }: { schedule: Schedule }) {
     if (!layout) return null;
     const text = cssVar("--text-muted");
     const grid = cssVar("--border");
+    const bars = layout.bars;
     return {
       animation: false,
       tooltip: {
@@ -519,7 +520,7 @@ function ScheduleView({ schedule }: { schedule: Schedule }) {
                 { type: "rect", shape: { x: start[0], y: start[1] - h / 2, width, height: h, r: 3 }, style: api.style() },
                 {
                   type: "text",
-                  style: { text: width > 40 ? String((params as { data: { value: unknown[] } }).data.value[3]) : "", x: start[0] + 4, y: start[1], verticalAlign: "middle", fill: "#fff", font: "11px system-ui" },
+                  style: { text: width > 40 ? bars[(params as { dataIndex: number }).dataIndex]?.member ?? "" : "", x: start[0] + 4, y: start[1], verticalAlign: "middle", fill: "#fff", font: "11px system-ui" },
                   silent: true,
                 },
               ],

@@ -12,7 +12,7 @@ import { SEVERITIES, type FeedEvent, type Noc, type OperatorAlert, type Operator
 import { EChart, cssVar } from "../components/EChart";
 import { ago, Empty, ErrorBox, Loading, Pager, SeverityBadge } from "../components/ui";
 
-function gauge(name: string, value: number, max: number, unit: string, color: string, text: string) {
+function gauge(name: string, value: number | null, max: number, unit: string, color: string, text: string) {
   return {
     animation: false,
     series: [
@@ -29,8 +29,8 @@ function gauge(name: string, value: number, max: number, unit: string, color: st
         pointer: { show: false },
         anchor: { show: false },
         title: { offsetCenter: [0, "72%"], color: text, fontSize: 13 },
-        detail: { valueAnimation: false, offsetCenter: [0, "20%"], fontSize: 28, color: cssVar("--text"), formatter: `{value}${unit}` },
-        data: [{ value, name }],
+        detail: { valueAnimation: false, offsetCenter: [0, "20%"], fontSize: 28, color: cssVar("--text"), formatter: value === null ? "—" : `{value}${unit}` },
+        data: [{ value: value ?? 0, name }],
       },
     ],
   };
@@ -53,6 +53,7 @@ export function NocPage() {
     [],
   );
   const [tv, setTv] = useState(false);
+  const [applied, setApplied] = useState(0); // bumps after TV mode changed the page's colours
   useEffect(() => {
     const onKey = (e: KeyboardEvent) => {
       if (e.target instanceof HTMLInputElement || e.target instanceof HTMLTextAreaElement || e.metaKey || e.ctrlKey || e.altKey) return;
@@ -69,13 +70,14 @@ export function NocPage() {
     root.dataset.theme = "dark";
     document.body.classList.add("tv");
     root.requestFullscreen?.().catch(() => {}); // refused without a user gesture (e.g. in tests): TV mode still applies
+    setApplied((n) => n + 1);
     return () => {
       root.dataset.theme = before;
+      setApplied((n) => n + 1);
       document.body.classList.remove("tv");
       if (document.fullscreenElement) document.exitFullscreen().catch(() => {});
     };
   }, [tv]);
-  const effectiveTheme = tv ? "dark" : theme;
   const options = useMemo(() => {
     if (!q.data) return null;
     const n = q.data;
@@ -83,12 +85,12 @@ export function NocPage() {
     const openAlerts = SEVERITIES.reduce((a, s) => a + n.open_alerts[s], 0);
     const app = n.db_pools.app;
     return {
-      online: gauge("fleet online", n.online_pct ?? 0, 100, "%", cssVar("--ok"), text),
+      online: gauge("fleet online", n.online_pct, 100, "%", cssVar("--ok"), text),
       ingest: gauge("ingest rows/s", n.ingest_rows_per_s, niceMax(n.ingest_rows_per_s), "", cssVar("--accent"), text),
       alerts: gauge("open alerts", openAlerts, niceMax(openAlerts), "", openAlerts > 0 ? cssVar("--bad") : cssVar("--ok"), text),
       pool: gauge("DB pool in use", poolPct(app), 100, "%", poolPct(app) > 80 ? cssVar("--bad") : cssVar("--warn"), text),
     };
-  }, [q.data, effectiveTheme]); // eslint-disable-line react-hooks/exhaustive-deps
+  }, [q.data, theme, applied]); // eslint-disable-line react-hooks/exhaustive-deps
   return (
     <div className={tv ? "noc tv-mode" : "noc"} data-testid="noc">
       <div className="page-head">

@@ -92,11 +92,6 @@ function RuleEditor({ initial, isNew, onDone }: { initial: Rule; isNew: boolean;
   const [json, setJson] = useState(JSON.stringify(withoutServerFields(initial), null, 2));
   const [jsonError, setJsonError] = useState<string | null>(null);
   const [hours, setHours] = useState(24);
-  const update = (patch: Partial<Rule>) => {
-    const next = { ...rule, ...patch };
-    setRule(next);
-    setJson(JSON.stringify(next, null, 2));
-  };
   const body = () => {
     const b: Rule = { ...rule };
     if (isNew) delete b.version;
@@ -114,6 +109,12 @@ function RuleEditor({ initial, isNew, onDone }: { initial: Rule; isNew: boolean;
       onDone();
     },
   });
+  const update = (patch: Partial<Rule>) => {
+    save.reset(); // the last refusal no longer describes what is in the form
+    const next = { ...rule, ...patch };
+    setRule(next);
+    setJson(JSON.stringify(next, null, 2));
+  };
   const preview = useMutation({ mutationFn: () => api<Preview>("/api/v1/rules/preview", { method: "POST", body: { rule: body(), hours } }) });
   const failure = save.error ?? preview.error;
   const badField = failure instanceof ApiError ? FIELD_OF_CODE[failure.code] : undefined;
@@ -136,36 +137,36 @@ function RuleEditor({ initial, isNew, onDone }: { initial: Rule; isNew: boolean;
             save.mutate();
           }}
         >
-          <label>Id <input {...field("id")} value={rule.id} disabled={!isNew} onChange={(e) => update({ id: e.target.value })} placeholder="hot-water" /></label>
-          <label>Name <input {...field("name")} value={rule.name ?? ""} onChange={(e) => update({ name: e.target.value })} /></label>
+          <label>Id <input aria-label="Rule id" {...field("id")} value={rule.id} disabled={!isNew} onChange={(e) => update({ id: e.target.value })} placeholder="hot-water" /></label>
+          <label>Name <input aria-label="Rule name" {...field("name")} value={rule.name ?? ""} onChange={(e) => update({ name: e.target.value })} /></label>
           <label>
             Kind
-            <select {...field("kind")} value={rule.kind ?? "threshold"} onChange={(e) => update({ kind: e.target.value as Rule["kind"] })}>
+            <select aria-label="Rule kind" {...field("kind")} value={rule.kind ?? "threshold"} onChange={(e) => update({ kind: e.target.value as Rule["kind"] })}>
               <option value="threshold">threshold</option>
               <option value="heartbeat">heartbeat</option>
             </select>
           </label>
           <label>
             Severity
-            <select {...field("severity")} value={rule.severity} onChange={(e) => update({ severity: e.target.value as Rule["severity"] })}>
+            <select aria-label="Rule severity" {...field("severity")} value={rule.severity} onChange={(e) => update({ severity: e.target.value as Rule["severity"] })}>
               {SEVERITIES.map((s) => <option key={s} value={s}>{s}</option>)}
             </select>
           </label>
           {threshold ? (
             <>
-              <label>Metric <input {...field("metric")} value={rule.metric ?? ""} onChange={(e) => update({ metric: e.target.value })} placeholder="temp" /></label>
+              <label>Metric <input aria-label="Metric" {...field("metric")} value={rule.metric ?? ""} onChange={(e) => update({ metric: e.target.value })} placeholder="temp" /></label>
               <label>
                 Operator
-                <select {...field("operator")} value={rule.operator ?? "GT"} onChange={(e) => update({ operator: e.target.value })}>
+                <select aria-label="Operator" {...field("operator")} value={rule.operator ?? "GT"} onChange={(e) => update({ operator: e.target.value })}>
                   {Object.entries(OPERATORS).map(([k, v]) => <option key={k} value={k}>{v} ({k})</option>)}
                 </select>
               </label>
-              <label>Threshold <input {...field("threshold")} type="number" step="any" value={String(rule.threshold ?? "")} onChange={(e) => update({ threshold: e.target.value === "" ? undefined : Number(e.target.value) })} /></label>
+              <label>Threshold <input aria-label="Threshold" {...field("threshold")} type="number" step="any" value={String(rule.threshold ?? "")} onChange={(e) => update({ threshold: e.target.value === "" ? undefined : Number(e.target.value) })} /></label>
               <label>
                 Clear at
-                <input {...field("threshold")} type="number" step="any" placeholder="(the threshold)" value={rule.clear_threshold === undefined || rule.clear_threshold === null ? "" : String(rule.clear_threshold)} onChange={(e) => update({ clear_threshold: e.target.value === "" ? undefined : Number(e.target.value) })} />
+                <input aria-label="Clear threshold" {...field("threshold")} type="number" step="any" placeholder="(the threshold)" value={rule.clear_threshold === undefined || rule.clear_threshold === null ? "" : String(rule.clear_threshold)} onChange={(e) => update({ clear_threshold: e.target.value === "" ? undefined : Number(e.target.value) })} />
               </label>
-              <label>Window (s) <input {...field("window_s")} type="number" min={0} value={String(rule.window_s ?? 0)} onChange={(e) => update({ window_s: Number(e.target.value) })} /></label>
+              <label>Window (s) <input aria-label="Window seconds" {...field("window_s")} type="number" min={0} value={String(rule.window_s ?? 0)} onChange={(e) => update({ window_s: Number(e.target.value) })} /></label>
             </>
           ) : (
             <p className="muted">Heartbeat rules are edited as JSON (interval_s, stale_after, offline_after, alert_on).</p>
@@ -285,8 +286,8 @@ function PreviewChart({ preview, deviceId, hours }: { preview: Preview; deviceId
             symbol: "none",
             silent: true,
             data: [
-              ...(th !== null ? [{ yAxis: th, name: "threshold", lineStyle: { color: bad, type: "solid" }, label: { formatter: `threshold ${th}`, color: bad } }] : []),
-              ...(clear !== null ? [{ yAxis: clear, name: "clear", lineStyle: { color: ok, type: "dashed" }, label: { formatter: `clears ${clear}`, color: ok } }] : []),
+              ...(th !== null ? [{ yAxis: th, name: "threshold", lineStyle: { color: bad, type: "solid" }, label: { formatter: `threshold ${th}`, color: bad, position: "insideEndTop" } }] : []),
+              ...(clear !== null ? [{ yAxis: clear, name: "clear", lineStyle: { color: ok, type: "dashed" }, label: { formatter: `clears ${clear}`, color: ok, position: "insideEndBottom" } }] : []),
             ],
           },
         },
