@@ -83,12 +83,12 @@ export function NocPage() {
     const n = q.data;
     const text = cssVar("--text-muted");
     const openAlerts = SEVERITIES.reduce((a, s) => a + n.open_alerts[s], 0);
-    const app = n.db_pools.app;
+    const busiest = Math.max(0, ...Object.values(n.db_pools).map(poolPct)); // the fullest pool is the one that hurts
     return {
       online: gauge("fleet online", n.online_pct, 100, "%", cssVar("--ok"), text),
       ingest: gauge("ingest rows/s", n.ingest_rows_per_s, niceMax(n.ingest_rows_per_s), "", cssVar("--accent"), text),
       alerts: gauge("open alerts", openAlerts, niceMax(openAlerts), "", openAlerts > 0 ? cssVar("--bad") : cssVar("--ok"), text),
-      pool: gauge("DB pool in use", poolPct(app), 100, "%", poolPct(app) > 80 ? cssVar("--bad") : cssVar("--warn"), text),
+      pool: gauge("DB pool in use (fullest)", busiest, 100, "%", busiest > 80 ? cssVar("--bad") : cssVar("--warn"), text),
     };
   }, [q.data, theme, applied]); // eslint-disable-line react-hooks/exhaustive-deps
   return (
