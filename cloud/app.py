@@ -106,6 +106,8 @@ def create_app(settings: Settings, *, sync_listener: bool = False, notify: Notif
         settings.sync, db, metrics, on_commit=committed, twin_limits=twin_limits
     )
 
+    sync.on_twin_change = hub.notify  # twin and command changes reach the console's live view
+
     async def maintenance() -> None:
         while True:
             try:

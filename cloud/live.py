@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time as _time
 import uuid
 from collections import deque
 from collections.abc import Iterable, Sequence
@@ -32,6 +33,8 @@ class LivePoint:
     time_ms: int
     metrics: dict[str, float | bool]
     msg_type: str
+    detail: dict[str, object] | None = None
+    """Set for a change of the device's twin or of one of its commands (``LiveHub.notify``)."""
 
 
 @dataclass(eq=False, slots=True)
@@ -119,6 +122,16 @@ class LiveHub:
     @property
     def subscribers(self) -> int:
         return sum(len(s) for s in self._subs.values())
+
+    def notify(self, tenant_id: uuid.UUID, device_id: str, kind: str, detail: dict[str, object]) -> None:
+        """A committed change of a device's twin (``kind`` "twin", detail ``{"version"}``) or of one
+        of its commands ("command", detail ``{"id", "state"}``), for the subscribers of the device."""
+        subs = self._subs.get((tenant_id, device_id))
+        if not subs:
+            return
+        point = LivePoint(time_ms=int(_time.time() * 1000), metrics={}, msg_type=kind, detail=detail)
+        for sub in subs:
+            sub._offer(point)
 
     def publish(self, rows: Iterable[Sequence[object]]) -> None:
         """Hand committed telemetry rows (writer.TelemetryRow) to the subscribers of their device,

@@ -344,3 +344,23 @@ async def sweep_forever(db: Database, *, interval_s: float, grace_s: int) -> Non
         except Exception:  # keep sweeping; the next round may succeed
             log.exception("command expiry sweep failed; retrying in %ss", interval_s)
         await asyncio.sleep(interval_s)
+
+
+async def hand_over(conn: asyncpg.Connection, tenant: uuid.UUID, device_id: str, gateways: list[uuid.UUID], *, now_ms: int) -> None:
+    """A device moved to other gateways (its gateway or site changed): the ones that now serve it get
+    its twin and its commands still waiting to be sent, as if they had been there all along."""
+    if not gateways:
+        return
+    raw = await conn.fetchval("SELECT document FROM twins WHERE tenant_id = $1 AND device_id = $2", tenant, device_id)
+    rows = await conn.fetch(
+        "SELECT document FROM commands WHERE tenant_id = $1 AND device_id = $2 AND state IN ('queued', 'delivered')"
+        " AND expires_at > $3 ORDER BY n",
+        tenant,
+        device_id,
+        from_ms(now_ms),
+    )
+    for gw in gateways:
+        if raw is not None:
+            await enqueue(conn, tenant, gw, DownlinkKind.TWIN_DESIRED, TwinDesired(device_id, twin.from_json(raw)).to_payload())
+        for r in rows:
+            await enqueue(conn, tenant, gw, DownlinkKind.COMMAND, command_to_payload(commands.from_json(r["document"])))

@@ -1,9 +1,9 @@
 """Wiring: build the gateway's parts from the settings, run them, stop them in order.
 
-buffer (SQLite) -> local rule runner -> authenticator + intake -> broker (listeners) -> uplink +
-downlink (once enrolled) -> status board + HTTP server. Stopping goes the other way: the status
-page, the link to the cloud, then the broker (no new messages), then the rule runner, then the
-buffer (which commits what is queued before it closes).
+buffer (SQLite) -> local rule runner -> authenticator + intake -> broker (listeners) -> twins and
+commands -> uplink + downlink (once enrolled) -> status board + HTTP server. Stopping goes the
+other way: the status page, the link to the cloud, the twins, then the broker (no new messages),
+then the rule runner, then the buffer (which commits what is queued before it closes).
 """
 
 from __future__ import annotations
@@ -24,8 +24,10 @@ from pulse.edge.config import Settings
 from pulse.edge.downlink import Downlink
 from pulse.edge.errors import ConfigError, SyncError
 from pulse.edge.identity import IdentityFiles
+from pulse.edge.ingest import Store
 from pulse.edge.link import load_enrollment
 from pulse.edge.rules import EdgeRuleRunner
+from pulse.edge.twin import EdgeTwins
 from pulse.edge.uplink import LinkState, Uplink
 from pulse.protocol.envelope import Limits
 
@@ -45,8 +47,10 @@ class Gateway:
         self.settings = settings
         self.buffer = Buffer(settings.database, settings.buffer)
         self.rules = EdgeRuleRunner(settings.database, self.buffer)
-        self.buffer.on_commit = self.rules.observe
+        self.twins = EdgeTwins(settings.database, self.buffer)
+        self.buffer.on_commit = self._committed
         self.intake = mqtt.Intake(self.buffer, Limits(max_bytes=settings.broker.max_message_bytes))
+        self.intake.on_twin_get = self.twins.twin_get
         self.broker: mqtt.GatewayBroker | None = None
         self.board: status.StatusBoard | None = None
         self._http: status.uvicorn.Server | None = None
@@ -55,6 +59,14 @@ class Gateway:
         self.downlink: Downlink | None = None
         self._sync_tasks: list[asyncio.Task[None]] = []
         self._link_state = LinkState.NOT_ENROLLED
+
+    def _committed(self, stores: list[Store]) -> None:
+        """After each buffer commit: the local rules, then the twins (each on its own)."""
+        for listener in (self.rules.observe, self.twins.observe):
+            try:
+                listener(stores)
+            except Exception:
+                log.exception("after-commit listener %s failed; the records are stored", listener)
 
     async def start(self) -> None:
         s = self.settings
@@ -66,8 +78,10 @@ class Gateway:
                 self.broker = await mqtt.start(s.broker, self.intake, authenticator)
             except BrokerError as exc:
                 raise ConfigError(f"the broker cannot listen: {exc}", port=s.broker.port) from exc
+            await self.twins.start(self.broker)
+            self.broker.on_device_ready = self.twins.device_ready
             self._start_sync()
-            self.board = status.StatusBoard(s, self.broker, self.intake, self.buffer, self.rules, link=self.link_status)
+            self.board = status.StatusBoard(s, self.broker, self.intake, self.buffer, self.rules, link=self.link_status, twins=self.twins)
             await self.board.sample()
             self._tasks.append(asyncio.create_task(self.board.run(), name="status-sampler"))
             if s.status.port:
@@ -109,7 +123,13 @@ class Gateway:
         files = IdentityFiles(s.state_dir)
         self.uplink = Uplink(s.sync, self.buffer, enrollment, files)
         self.downlink = Downlink(
-            s.sync, s.database, enrollment, files, disconnect=self.broker.disconnect_device, apply_rules=self.rules.set_rules
+            s.sync,
+            s.database,
+            enrollment,
+            files,
+            disconnect=self.broker.disconnect_device,
+            apply_rules=self.rules.set_rules,
+            apply_twin=self.twins.apply_downlink,
         )
         self._sync_tasks = [
             asyncio.create_task(self.uplink.run(), name="uplink"),
@@ -134,6 +154,7 @@ class Gateway:
             task.cancel()
         await asyncio.gather(*self._sync_tasks, return_exceptions=True)
         self._sync_tasks.clear()
+        await self.twins.stop()
         if self.broker is not None:
             await mqtt.stop(self.broker)
             self.broker = None

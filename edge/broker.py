@@ -28,11 +28,13 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from amqtt.broker import Broker
 from amqtt.contexts import Action
+from amqtt.mqtt.constants import QOS_1
 from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
 from amqtt.mqtt.puback import PubackPacket
 from amqtt.plugins.base import BaseAuthPlugin
@@ -67,6 +69,8 @@ class Intake:
         self.buffer = buffer
         self.limits = limits
         self.counters = IntakeCounters()
+        self.on_twin_get: Callable[[str], None] | None = None
+        """Called with the device id when a device publishes on ``twin/get`` (edge/twin.py answers)."""
 
     def identity(self, session: Session | None) -> str | None:
         return session.username if session is not None else None
@@ -82,6 +86,8 @@ class Intake:
         decision = classify(self.identity(session), message.topic, raw, now_ms=int(time.time() * 1000), limits=self.limits)
         if isinstance(decision, Forward):
             c.forwarded += 1
+            if self.on_twin_get is not None and message.topic.endswith("/twin/get"):
+                self.on_twin_get(decision.device_id)
             return True
         if isinstance(decision, Quarantine):
             if decision.denied:
@@ -253,11 +259,47 @@ class SessionState:
 
 
 class GatewayBroker(Broker):
-    """amqtt's Broker with ``GatewayHandler`` installed for every client session."""
+    """amqtt's Broker with ``GatewayHandler`` installed for every client session, and what the
+    twin feature needs (edge/twin.py): ``publish`` (from the gateway itself, optionally retained),
+    ``subscribed`` (is a device connected with a subscription matching a topic), and
+    ``on_device_ready`` (called with the device id when a device's session starts, and after it
+    subscribes, so commands waiting for it go out)."""
 
     def __init__(self, config: dict[str, Any], intake: Intake) -> None:
         super().__init__(config)
         self.intake = intake
+        self.on_device_ready: Callable[[str], None] | None = None
+
+    async def publish(self, topic: str, payload: bytes, *, retain: bool) -> None:
+        """Publish as the gateway (QoS 1). ``retain``: also keep it for later subscribers; an empty
+        retained payload clears the topic's retained message."""
+        if retain:
+            await self.retain_message(None, topic, payload, QOS_1)
+        await self.internal_message_broadcast(topic, payload, QOS_1)
+
+    def subscribed(self, device_id: str, topic: str) -> bool:
+        for topic_filter, subscriptions in self._subscriptions.items():
+            if not bool(self._matches(topic, topic_filter)):
+                continue
+            for session, _ in subscriptions:
+                if session.username == device_id and session.transitions.state == "connected":
+                    return True
+        return False
+
+    def _device_ready(self, session: Session) -> None:
+        if self.on_device_ready is not None and session.username is not None:
+            try:
+                self.on_device_ready(session.username)
+            except Exception:  # a listener never breaks a session
+                log.exception("device-ready listener failed for %s", session.username)
+
+    async def _client_message_loop(self, client_session: Session, handler: Any) -> None:
+        self._device_ready(client_session)  # connected, and a resumed session has its subscriptions
+        await super()._client_message_loop(client_session, handler)
+
+    async def _handle_subscription(self, client_session: Session, handler: Any, subscribe_waiter: Any) -> None:
+        await super()._handle_subscription(client_session, handler, subscribe_waiter)
+        self._device_ready(client_session)
 
     async def _handle_client_session(self, reader: Any, writer: Any, client_session: Session, handler: Any, *args: Any) -> None:
         # amqtt built a plain BrokerProtocolHandler from the CONNECT packet; it holds no state yet.

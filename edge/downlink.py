@@ -18,7 +18,8 @@ What is applied:
   per device at a time: the newest wins). ``revoke`` removes it when it is still the stored one, and
   ends the device's open MQTT sessions.
 - ``twin_desired``, ``command``, ``rules``: kept in the ``downlink`` table (status ``pending``) for
-  the parts of the gateway that act on them.
+  the parts of the gateway that act on them (rules: edge/rules.py; twin and commands: edge/twin.py),
+  which mark each with what they did.
 - An item that cannot be read is kept with status ``refused: <reason>`` and does not block the rest.
 """
 
@@ -49,6 +50,7 @@ CURSOR_KEY = "downlink_cursor"
 MIN_EMPTY_POLL_S = 1.0
 Disconnect = Callable[[str], Awaitable[int]]
 ApplyRules = Callable[..., Awaitable[object]]  # EdgeRuleRunner.set_rules(docs, set_version=)
+ApplyTwin = Callable[[], Awaitable[object]]  # EdgeTwins.apply_downlink(): acts on pending twin/command items
 """device id -> number of MQTT sessions ended."""
 
 
@@ -138,8 +140,10 @@ def _apply_credential(conn: sqlite3.Connection, change: CredentialChange, now_ms
 
 class Downlink:
     def __init__(self, settings: SyncSettings, database: Path, enrollment: Enrollment, files: IdentityFiles,
-                 disconnect: Disconnect | None = None, apply_rules: ApplyRules | None = None) -> None:
+                 disconnect: Disconnect | None = None, apply_rules: ApplyRules | None = None,
+                 apply_twin: ApplyTwin | None = None) -> None:
         self.apply_rules = apply_rules
+        self.apply_twin = apply_twin
         self.settings = settings
         self.database = database
         self.enrollment = enrollment
@@ -177,6 +181,7 @@ class Downlink:
         self.cursor = await self._db(read_cursor)
         poll_timeout = s.downlink_wait_s + s.request_timeout_s
         await self._apply_pending_rules()  # one received before a crash, not yet in use
+        await self._apply_pending_twin()
         async with self._conn.session() as client:
             if self.cursor:
                 await bounded(client.ack_downlink(self.cursor), s.request_timeout_s * 2, "acking the downlink")
@@ -199,7 +204,14 @@ class Downlink:
                         if ended:
                             log.info("downlink: credential of %s revoked; %d session(s) ended", device_id, ended)
                 await self._apply_pending_rules()
+                await self._apply_pending_twin()
                 await bounded(client.ack_downlink(cursor), s.request_timeout_s * 2, "acking the downlink")
+
+    async def _apply_pending_twin(self) -> None:
+        """Desired state and commands stored by ``apply_items`` are taken by the twin feature
+        (edge/twin.py) after they are stored; a crash in between leaves them pending for the next session."""
+        if self.apply_twin is not None:
+            await self.apply_twin()
 
     async def _apply_pending_rules(self) -> None:
         """Put the newest received rule set in use (each set replaces the whole previous one, so

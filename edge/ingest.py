@@ -6,7 +6,8 @@
                   local subscribers);
 - ``Quarantine``  refused: the topic is not the device's to publish on (``denied``), or the payload
                   is not a valid envelope; kept with its code and raw bytes, never forwarded;
-- ``Forward``     valid, but nothing to buffer (``twin/get``: a request the twin feature answers).
+- ``Forward``     valid, but nothing to buffer (``twin/get``: a request the twin feature answers,
+                  edge/twin.py).
 
 The device id always comes from the topic; an authenticated device may only publish under its own
 id (``pulse.protocol.topics.device_may_publish``). The message type comes from the topic kind.
@@ -41,10 +42,12 @@ TYPE_STREAM: dict[MessageType, Stream] = {
     MessageType.TELEMETRY: Stream.TELEMETRY,
     MessageType.HEARTBEAT: Stream.TELEMETRY,
     MessageType.EVENT: Stream.EVENTS,
-    MessageType.COMMAND_ACK: Stream.EVENTS,
+    MessageType.COMMAND_ACK: Stream.TWIN,
     MessageType.TWIN_REPORTED: Stream.TWIN,
 }
-"""Telemetry and heartbeats may be dropped under the byte quota; events, acks and twin reports never."""
+"""Telemetry and heartbeats may be dropped under the byte quota; events, acks and twin reports never.
+Command answers travel with twin reports (and the gateway's ``command_state`` records) on Stream.TWIN,
+so the cloud sees a command's states in the order they happened."""
 
 
 class Store(NamedTuple):

@@ -56,6 +56,7 @@ from pulse.protocol.rules import (
     rule_to_dict,
     sweep,
 )
+from pulse.protocol.sync import COMMAND_STATE_TYPE
 
 log = logging.getLogger("pulse.edge.rules")
 _T = TypeVar("_T")
@@ -250,8 +251,8 @@ class EdgeRuleRunner:
         actions: list[object] = []
         now = self._clock()
         for store in stores:
-            if store.stream is Stream.ALERTS:
-                continue
+            if store.stream is Stream.ALERTS or store.type == COMMAND_STATE_TYPE:
+                continue  # the gateway's own records say nothing about the device's readings
             try:
                 metrics = json.loads(store.raw).get("metrics") or {}
             except (ValueError, AttributeError):

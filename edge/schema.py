@@ -17,6 +17,10 @@ One file, WAL mode. Tables:
 - ``downlink``    items received from the cloud (credentials applied at once; twin, commands and
                   rules kept for the parts that act on them), with what was done
 - ``meta``        key/value: ``downlink_cursor`` (the last downlink item applied)
+- ``twins``       per device: the gateway's copy of its twin (``twin.to_json``) and the cloud version
+                  of the desired section it last took (edge/twin.py)
+- ``commands``    commands received from the cloud, with their state and the last state recorded on
+                  the TWIN buffer stream for the cloud (``synced``)
 """
 
 from __future__ import annotations
@@ -98,6 +102,21 @@ CREATE TABLE IF NOT EXISTS downlink (
     received_ms INTEGER NOT NULL,
     status      TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS twins (
+    device_id      TEXT PRIMARY KEY,
+    document       TEXT NOT NULL,
+    cloud_version  INTEGER NOT NULL DEFAULT 0,
+    updated_ms     INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS commands (
+    id          TEXT PRIMARY KEY,
+    device_id   TEXT NOT NULL,
+    state       TEXT NOT NULL,
+    document    TEXT NOT NULL,
+    updated_ms  INTEGER NOT NULL,
+    synced      TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS commands_device ON commands (device_id, state);
 """
 
 PRAGMAS = ("PRAGMA journal_mode=WAL", "PRAGMA busy_timeout=10000", "PRAGMA foreign_keys=ON")

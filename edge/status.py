@@ -35,6 +35,7 @@ from pulse.edge.broker import GatewayBroker, Intake
 from pulse.edge.buffer import Buffer
 from pulse.edge.config import Settings
 from pulse.edge.rules import EdgeRuleRunner
+from pulse.edge.twin import EdgeTwins
 
 RATE_WINDOW_S = 10
 
@@ -50,8 +51,10 @@ class StatusBoard:
         buffer: Buffer,
         rules: EdgeRuleRunner | None = None,
         link: Callable[[], dict[str, Any]] | None = None,
+        twins: EdgeTwins | None = None,
     ) -> None:
         self.rules = rules
+        self.twins = twins
         self.settings = settings
         self.link = link
         self.broker = broker
@@ -100,8 +103,14 @@ class StatusBoard:
             },
             "uplink": self.link() if self.link is not None else {"state": "not enrolled", "certificate_expires": None, "downlink": None},
             "alerts": await self._alerts(),
+            "twin": await self._twin(),
         }
         return self.snapshot
+
+    async def _twin(self) -> dict[str, Any]:
+        if self.twins is None:
+            return {"waiting_commands": 0}
+        return {**self.twins.counters, "waiting_commands": await self.twins.waiting()}
 
     async def _alerts(self) -> dict[str, Any]:
         if self.rules is None:
@@ -193,6 +202,7 @@ def _page(s: dict[str, Any]) -> str:
         )
         or "<li>none</li>"
     )
+    t = s.get("twin") or {"waiting_commands": 0}
     u = s["uplink"]
     if "bytes_sent" in u:
         down = u.get("downlink") or {}
@@ -216,6 +226,9 @@ oldest unsynced: {"-" if age is None else f"{age:.0f} s"}{" <b>over quota</b>" i
 <h2>Cloud link</h2>{link}
 <h2>Quarantine</h2><p>{s["quarantine"]["count"]} messages ({s["quarantine"]["acl_denied"]} refused by the topic ACL)</p>
 <ul>{reasons}</ul>
+<h2>Twins and commands</h2><p>{t.get("reported", 0)} reports merged, {t.get("desired", 0)} desired changes from the cloud;
+commands: {t.get("commands_sent", 0)} sent, {t.get("answers", 0)} answered, {t.get("commands_expired", 0)} expired unsent,
+{t["waiting_commands"]} waiting for their device</p>
 <h2>Alerts</h2><p>{s["alerts"]["rules"]} rules; {len(s["alerts"]["open"])} open alerts (raised here, synced to the cloud)</p>
 <ul>{alerts}</ul><p><a href="/status">JSON</a> · <a href="/metrics">metrics</a></p></body></html>"""
 

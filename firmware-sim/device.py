@@ -144,6 +144,19 @@ class Device:
             self.interval_s = float(interval)
         return {"interval_s": self.interval_s, "profile": self.sim.profile.name}
 
+    def on_delta(self, payload: bytes) -> dict[str, object] | None:
+        """A message on ``pulse/{device}/twin/desired`` (docs/protocol.md "What a device receives"):
+        ``{"version", "timestamp", "state": {delta}, "metadata"}``, or an empty payload when the
+        delta was cleared. Applies the delta; returns what to report, or None when there is nothing."""
+        if not payload:
+            return None
+        try:
+            doc = json.loads(payload)
+        except ValueError:
+            return None
+        state = doc.get("state") if isinstance(doc, dict) else None
+        return self.apply_desired(state) if isinstance(state, dict) and state else None
+
     def handle_command(self, name: str, params: dict[str, object]) -> tuple[str, dict[str, object]]:
         """(status, result) for a command: reboot, ping, set_interval."""
         if name == "ping":

@@ -172,17 +172,22 @@ class Fleet:
 
     async def _downlink(self, dev: Device, client: aiomqtt.Client, link: _MqttLink) -> None:
         async for message in client.messages:
+            raw = message.payload if isinstance(message.payload, bytes) else str(message.payload or "").encode()
             try:
                 topic = topics.parse(str(message.topic))
-                doc = json.loads(message.payload) if isinstance(message.payload, bytes | str) else {}
-            except (ValueError, topics.TopicError):
+            except topics.TopicError:
                 continue
-            if topic.kind is TopicKind.TWIN_DESIRED and isinstance(doc, dict):
-                desired = doc.get("delta") or doc.get("state", {}).get("desired") or doc.get("desired") or doc
-                reported = dev.apply_desired(desired if isinstance(desired, dict) else {})
-                env = Envelope(dev.device_id, int(time.time() * 1000), MessageType.TWIN_REPORTED, body=reported)  # type: ignore[arg-type]
-                await link.send(env.to_json(), TopicKind.TWIN_REPORTED)
-            elif topic.kind is TopicKind.COMMAND and topic.command_id and isinstance(doc, dict):
+            if topic.kind is TopicKind.TWIN_DESIRED:
+                reported = dev.on_delta(raw)  # apply the delta, then report what the device now runs
+                if reported is not None:
+                    env = Envelope(dev.device_id, int(time.time() * 1000), MessageType.TWIN_REPORTED, body=reported)  # type: ignore[arg-type]
+                    await link.send(env.to_json(), TopicKind.TWIN_REPORTED)
+                continue
+            try:
+                doc = json.loads(raw)
+            except ValueError:
+                continue
+            if topic.kind is TopicKind.COMMAND and topic.command_id and isinstance(doc, dict):
                 params = doc.get("params") if isinstance(doc.get("params"), dict) else {}
                 status, result = dev.handle_command(str(doc.get("name", "")), params)
                 body = {"id": topic.command_id, "status": status, "result": result}

@@ -7,6 +7,7 @@ import csv
 import io
 import json
 import re
+import time
 import uuid
 from datetime import datetime
 from typing import Annotated, Literal
@@ -15,6 +16,7 @@ import asyncpg
 from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, Field, field_validator
 
+from pulse.cloud import twins
 from pulse.cloud.api.deps import Parts, Reader, TenantCaller, Writer
 from pulse.cloud.api.sites import site_exists
 from pulse.cloud.auth.credentials import new_device_token
@@ -228,6 +230,9 @@ async def update_device(device: uuid.UUID, body: DevicePatch, caller: Writer, pa
             *changes.values(),
         )
         woken = await _hand_over_credentials(conn, caller, device, row["device_id"], before)
+        if woken:  # the gateways that now serve the device also get its twin and waiting commands
+            arrived = sorted(set(await gateways_serving(conn, device)) - before)
+            await twins.hand_over(conn, caller.tenant_id, row["device_id"], arrived, now_ms=int(time.time() * 1000))
     parts.sync.notifier.wake(woken)
     if "status" in changes:
         parts.device_tokens.invalidate(device=device)

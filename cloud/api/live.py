@@ -7,6 +7,8 @@ Protocol (JSON text frames):
     client -> {"type": "subscribe", "device": "<device uuid>"}     replaces any earlier subscription
     server -> {"type": "subscribed", "device": "...", "device_id": "..."}
     server -> {"type": "telemetry", "device": "...", "points": [{"t": ms, "metrics": {...}}], "dropped": 0}
+    server -> {"type": "twin", "device": "...", "version": n}         the device's twin changed (reload it)
+    server -> {"type": "command", "device": "...", "id": "...", "state": "..."}   one of its commands moved
     client -> {"type": "unsubscribe"}
     client -> {"type": "feed"}                                      the event feed: one event per device per
     server -> {"type": "events", "events": [{"t", "tenant_id",      stored batch; the caller's tenant, or every
@@ -105,6 +107,9 @@ async def _pump(ws: WebSocket, sub: Subscription, device: uuid.UUID) -> None:
         wire = [{"t": p.time_ms, "metrics": p.metrics} for p in points if p.msg_type == "telemetry"]
         if wire or dropped:
             await ws.send_json({"type": "telemetry", "device": str(device), "points": wire, "dropped": dropped})
+        for p in points:
+            if p.detail is not None:  # the twin or a command changed: the console reloads it
+                await ws.send_json({"type": p.msg_type, "device": str(device), **p.detail})
 
 
 async def _pump_feed(ws: WebSocket, feed: FeedSubscription) -> None:

@@ -12,13 +12,14 @@ import uuid
 from typing import Annotated, Any, Literal
 
 import asyncpg
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, Field
 
 from pulse.cloud import twins
 from pulse.cloud.api.deps import Parts, Reader, Writer
 from pulse.cloud.db.pool import audit
 from pulse.cloud.errors import ConflictError, InvalidError, NotFoundError
+from pulse.cloud.live import LiveHub
 from pulse.protocol import commands
 from pulse.protocol.errors import Code, TwinError
 from pulse.protocol.twin import TwinLimits, update_from_obj
@@ -27,6 +28,10 @@ router = APIRouter(prefix="/api/v1/devices", tags=["twin and commands"])
 
 MAX_EXPIRES_IN_S = 7 * 24 * 3600
 CommandStateName = Literal["queued", "delivered", "sent", "succeeded", "failed", "expired"]
+
+
+def _live(request: Request) -> LiveHub:
+    return request.app.state.live  # type: ignore[no-any-return]
 
 
 def _limits(parts: Parts) -> TwinLimits:
@@ -63,7 +68,7 @@ async def get_twin(device: str, caller: Reader, parts: Parts) -> dict[str, Any]:
     "/{device}/twin",
     summary="Change desired state: body {state: {desired: {...} | null}, version?}; 409 twin.version_conflict on a stale version",
 )
-async def patch_twin(device: str, body: dict[str, Any], caller: Writer, parts: Parts) -> dict[str, Any]:
+async def patch_twin(device: str, body: dict[str, Any], caller: Writer, parts: Parts, request: Request) -> dict[str, Any]:
     update = update_from_obj(body)  # TwinError -> 422 with its code
     if update.reported is not None or update.clear_reported:
         raise TwinError(Code.TWIN_BAD_UPDATE, "users write desired only; reported is what the device says it runs")
@@ -87,6 +92,7 @@ async def patch_twin(device: str, body: dict[str, Any], caller: Writer, parts: P
             raise ConflictError(exc.code, exc.message, current_version=exc.context.get("current")) from exc
         raise
     parts.sync.notifier.wake(gateways)
+    _live(request).notify(caller.tenant_id, device, "twin", {"version": doc.version})
     return twins.document_out(doc, now_ms)
 
 
@@ -115,7 +121,7 @@ class CommandIn(BaseModel):
 
 
 @router.post("/{device}/commands", status_code=201, summary="Send a command to a device (through its gateway)")
-async def create_command(device: str, body: CommandIn, caller: Writer, parts: Parts) -> dict[str, Any]:
+async def create_command(device: str, body: CommandIn, caller: Writer, parts: Parts, request: Request) -> dict[str, Any]:
     now_ms = int(time.time() * 1000)
     cmd = commands.new_command(  # CommandError -> 422 command.bad
         id=uuid.uuid4().hex,
@@ -137,6 +143,7 @@ async def create_command(device: str, body: CommandIn, caller: Writer, parts: Pa
             detail={"id": cmd.id, "name": cmd.name, "params": cmd.params, "expires_in_s": body.expires_in_s},
         )
     parts.sync.notifier.wake(gateways)
+    _live(request).notify(caller.tenant_id, device, "command", {"id": cmd.id, "state": cmd.state.value})
     return twins.command_out(cmd)
 
 

@@ -123,6 +123,8 @@ class SyncService:
         self.metrics = metrics
         self.limits = limits
         self.notifier = Notifier()
+        self.on_twin_change: Callable[[uuid.UUID, str, str, dict[str, object]], None] | None = None
+        """After a batch commits: (tenant, device id, "twin" | "command", detail), for the live view."""
         self._ca: CertificateAuthority | None = None
 
     @property
@@ -292,6 +294,7 @@ class SyncService:
                 rows: list[TelemetryRow] = []
                 quarantined: list[QuarantineRow] = []
                 applied = 0
+                changes: list[tuple[str, str, dict[str, object]]] = []
                 if admission.verdict is not Verdict.REPLAY:
                     if header.stream is Stream.ALERTS:
                         # alerts raised at the gateway merge into the tenant's alerts by fingerprint,
@@ -300,7 +303,9 @@ class SyncService:
                     elif header.stream is Stream.TWIN:
                         # reported state and command answers apply in order, in this transaction,
                         # so a replayed batch is never applied twice
-                        applied, quarantined = await self._apply_twin(conn, caller, admission.new_records, devices, clock, received)
+                        applied, quarantined = await self._apply_twin(
+                            conn, caller, admission.new_records, devices, clock, received, changes
+                        )
                     else:
                         rows, quarantined = self._rows(caller, header.stream, admission.new_records, devices, clock, received)
                     await write_rows(conn, rows, quarantined)
@@ -316,6 +321,12 @@ class SyncService:
             raise StorageUnavailableError(
                 "storage is unavailable; nothing from this batch was stored; send it again later", retry_after_s=1
             ) from exc
+        if self.on_twin_change is not None:
+            for device_id, kind, detail in changes:
+                try:
+                    self.on_twin_change(caller.tenant_id, device_id, kind, detail)
+                except Exception:  # a listener never fails a committed batch
+                    log.exception("twin change listener failed; the batch is stored")
         if rows and self._on_commit is not None:
             try:
                 self._on_commit(rows)
@@ -358,6 +369,7 @@ class SyncService:
         devices: Mapping[str, _Device],
         clock: ClockCheck,
         received: dt.datetime,
+        changes: list[tuple[str, str, dict[str, object]]],
     ) -> tuple[int, list[QuarantineRow]]:
         """Stream.TWIN records in order: ``twin_reported`` merges into the twin, ``command_ack`` and
         ``command_state`` move the command. A record the rules refuse is quarantined (it still
@@ -383,19 +395,20 @@ class SyncService:
                         if device.status in _DISABLED:
                             refuse(rec, Code.AUTH_DEVICE_DISABLED, f"device {rec.device_id} is {device.status}")
                             continue
-                        await twins.apply_reported(
+                        change = await twins.apply_reported(
                             conn, tenant, rec.device_id, rec.body or {}, at_ms=at_ms, actor=actor, limits=self.twin_limits
                         )
+                        changes.append((rec.device_id, "twin", {"version": change.version}))
                     elif rec.type == MessageType.COMMAND_ACK.value:
                         ack = commands.parse_ack(rec.body or {})
-                        await self._command_event(conn, tenant, rec, ack.command_id, ack.event, at_ms, ack.result, ack.error)
+                        await self._command_event(conn, tenant, rec, ack.command_id, ack.event, at_ms, ack.result, ack.error, changes)
                     elif rec.type == COMMAND_STATE_TYPE:
                         try:
                             report = CommandStateReport.from_body(rec.body)
                         except ValueError as exc:
                             refuse(rec, Code.COMMAND_BAD, str(exc))
                             continue
-                        await self._command_event(conn, tenant, rec, report.command_id, report.event, at_ms, None, None)
+                        await self._command_event(conn, tenant, rec, report.command_id, report.event, at_ms, None, None, changes)
                     else:
                         refuse(rec, Code.BATCH_MALFORMED, f"record type {rec.type!r} does not travel on the twin stream")
                         continue
@@ -414,6 +427,7 @@ class SyncService:
         at_ms: int,
         result: JsonObject | None,
         error: str | None,
+        changes: list[tuple[str, str, dict[str, object]]],
     ) -> None:
         try:
             cmd = await twins.command_event(conn, tenant, rec.device_id, command_id, event, at_ms, result=result, error=error)
@@ -424,6 +438,8 @@ class SyncService:
             return
         if cmd is None:
             log.info("command %s of %s is not known to the cloud; %s ignored", command_id, rec.device_id, event)
+        else:
+            changes.append((rec.device_id, "command", {"id": cmd.id, "state": cmd.state.value}))
 
     async def _replayed(self, caller: GatewayCaller, stream: Stream, last_seq: int, size: int, clock: ClockCheck) -> BatchAck:
         try:

@@ -19,6 +19,7 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
+from websockets.asyncio.client import connect
 
 from pulse.cloud import twins
 from pulse.cloud.settings import Settings
@@ -369,3 +370,47 @@ async def test_direct_device_reports_over_http_and_reads_its_twin_with_its_token
     q = await tc.sql("SELECT code FROM quarantine WHERE tenant_id = $1", tenant)
     assert [x["code"] for x in q] == ["twin.bad_key"]
     assert (await tc.client.get("/ingest/v1/twin")).status_code == 401
+
+
+# --- live view -----------------------------------------------------------------------------------
+
+
+async def test_live_socket_tells_the_console_when_the_twin_or_a_command_changes(tc: TwinCloud, serve: Any) -> None:
+    _, h = await tc.cloud.tenant_user()
+    site, gw, files = await tc.site_gateway(h)
+    dev = await _device(tc, h, site)
+    dev_uuid = (await tc.client.get("/api/v1/devices", params={"q": dev}, headers=h)).json()["items"][0]["id"]
+
+    async def frame(ws: Any) -> dict[str, Any]:
+        return json.loads(await asyncio.wait_for(ws.recv(), 10))  # type: ignore[no-any-return]
+
+    async with serve(tc.cloud.app, lifespan=False) as base, connect(base.replace("http://", "ws://") + "/api/v1/live") as ws:
+        await ws.send(json.dumps({"type": "auth", "token": h["Authorization"][7:]}))
+        assert (await frame(ws))["type"] == "ready"
+        await ws.send(json.dumps({"type": "subscribe", "device": dev_uuid}))
+        assert (await frame(ws))["type"] == "subscribed"
+        await tc.client.patch(f"/api/v1/devices/{dev}/twin", json={"state": {"desired": {"a": 1}}}, headers=h)
+        assert await frame(ws) == {"type": "twin", "device": dev_uuid, "version": 1}
+        cmd = (await tc.client.post(f"/api/v1/devices/{dev}/commands", json={"name": "ping"}, headers=h)).json()
+        assert await frame(ws) == {"type": "command", "device": dev_uuid, "id": cmd["id"], "state": "queued"}
+        now = int(time.time() * 1000)
+        await tc.send(files, _twin_batch(gw, [Record(1, dev, now, "twin_reported", {}, body={"a": 1}),
+                                              Record(2, dev, now, "command_ack", {}, body={"id": cmd["id"], "status": "failed"})]))
+        assert await frame(ws) == {"type": "twin", "device": dev_uuid, "version": 2}
+        assert await frame(ws) == {"type": "command", "device": dev_uuid, "id": cmd["id"], "state": "failed"}
+
+
+async def test_a_device_moved_to_another_site_brings_its_twin_and_waiting_commands_to_the_new_gateway(tc: TwinCloud) -> None:
+    _, h = await tc.cloud.tenant_user()
+    site_a, _, _ = await tc.site_gateway(h)
+    site_b, _, files_b = await tc.site_gateway(h)
+    dev = await _device(tc, h, site_a)
+    await tc.client.patch(f"/api/v1/devices/{dev}/twin", json={"state": {"desired": {"interval_s": 9}}}, headers=h)
+    cmd = (await tc.client.post(f"/api/v1/devices/{dev}/commands", json={"name": "ping"}, headers=h)).json()
+    assert await tc.downlink(files_b) == []
+    dev_uuid = (await tc.client.get("/api/v1/devices", params={"q": dev}, headers=h)).json()["items"][0]["id"]
+    assert (await tc.client.patch(f"/api/v1/devices/{dev_uuid}", json={"site_id": site_b}, headers=h)).status_code == 200
+    items = await tc.downlink(files_b)
+    assert [i["kind"] for i in items] == ["twin_desired", "command"]
+    assert TwinDesired.from_payload(items[0]["payload"]).document.desired == {"interval_s": 9}
+    assert command_from_payload(items[1]["payload"]).id == cmd["id"]

@@ -20,7 +20,7 @@ LIMITS = Limits(max_bytes=1024)
         ("pulse/d1/telemetry", b'{"v":1,"seq":1,"metrics":{"t":1}}', Stream.TELEMETRY, "telemetry"),
         ("pulse/d1/heartbeat", b'{"v":1}', Stream.TELEMETRY, "heartbeat"),
         ("pulse/d1/event", b'{"v":1,"body":{"door":"open"}}', Stream.EVENTS, "event"),
-        ("pulse/d1/cmd/c-7/ack", b'{"v":1,"body":{"id":"c-7","status":"done"}}', Stream.EVENTS, "command_ack"),
+        ("pulse/d1/cmd/c-7/ack", b'{"v":1,"body":{"id":"c-7","status":"done"}}', Stream.TWIN, "command_ack"),
         ("pulse/d1/twin/reported", b'{"v":1,"body":{"fw":"1.2"}}', Stream.TWIN, "twin_reported"),
     ],
 )

@@ -111,3 +111,12 @@ def test_commands_and_desired_state() -> None:
     assert status == "succeeded" and dev.interval_s == 30.0 and result["interval_s"] == 30.0
     assert dev.apply_desired({"interval_s": 0})["interval_s"] == 30.0  # out of range: ignored
     assert dev.handle_command("self_destruct", {})[0] == "failed"
+
+
+def test_device_applies_the_delta_message_and_reports_what_it_runs() -> None:
+    dev = Device(make_fleet(1, seed=3)[0], interval_s=10.0)
+    message = json.dumps({"version": 4, "timestamp": 1, "state": {"interval_s": 5}, "metadata": {"interval_s": {"timestamp": 1}}})
+    reported = dev.on_delta(message.encode())
+    assert reported is not None and reported["interval_s"] == 5.0 and dev.interval_s == 5.0
+    assert dev.on_delta(b"") is None  # the gateway cleared the delta: nothing to do
+    assert dev.on_delta(b"not json") is None
