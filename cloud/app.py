@@ -35,6 +35,7 @@ from pulse.cloud.ingest.writer import TelemetryRow, Writer
 from pulse.cloud.live import LiveHub
 from pulse.cloud.metrics import Metrics
 from pulse.cloud.notify.settings import NotifySettings
+from pulse.cloud.notify.worker import NotifyWorkers
 from pulse.cloud.settings import Settings
 from pulse.cloud.sync.app import SyncListener, create_sync_app
 from pulse.cloud.sync.service import SyncService
@@ -88,6 +89,8 @@ def create_app(settings: Settings, *, sync_listener: bool = False, notify: Notif
         RunnerConfig(sweep_interval_s=settings.rules_sweep_interval_s, gateway_offline_after_s=settings.gateway_offline_after_s),
     )
 
+    notify_workers = NotifyWorkers(db, notify_settings)
+
     def committed(rows: Sequence[TelemetryRow]) -> None:
         """After-commit listeners: the console's live view and the rule runner, each on its own."""
         for listener in (hub.publish, rules.observe):
@@ -131,6 +134,8 @@ def create_app(settings: Settings, *, sync_listener: bool = False, notify: Notif
         await db.open()
         writer.start(db.writer_pool)
         rules.start()
+        if notify_settings.workers:
+            notify_workers.start()
         task = asyncio.create_task(maintenance(), name="pulse-maintenance")
         expiry = asyncio.create_task(
             command_sweep(db, interval_s=settings.command_sweep_interval_s, grace_s=settings.command_expiry_grace_s),
@@ -151,6 +156,7 @@ def create_app(settings: Settings, *, sync_listener: bool = False, notify: Notif
                     await background
             await writer.stop()
             await rules.stop()
+            await notify_workers.stop()
             await db.close()
 
     app = FastAPI(
@@ -168,6 +174,7 @@ def create_app(settings: Settings, *, sync_listener: bool = False, notify: Notif
     app.state.live = hub
     app.state.rules = rules
     app.state.notify_settings = notify_settings
+    app.state.notify_workers = notify_workers
 
     install_error_handlers(app)
 

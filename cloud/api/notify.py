@@ -23,7 +23,6 @@ from pulse.cloud.api.deps import Parts, Reader, Writer
 from pulse.cloud.errors import ConflictError, InvalidError, NotFoundError
 from pulse.cloud.notify import store
 from pulse.cloud.notify.errors import ConfigError
-from pulse.cloud.notify.escalation import Policy
 from pulse.cloud.notify.model import Severity, channel_test_notification
 from pulse.cloud.notify.oncall import TIMELINE_DAYS, on_call_at, timeline
 from pulse.cloud.notify.settings import NotifySettings
@@ -390,30 +389,13 @@ class PolicyIn(BaseModel):
     repeat: int = 0
 
 
-def pure_policy(name: str, levels: list[dict[str, Any]], repeat: int) -> Policy:
-    """The stored/API policy as ``escalation.Policy`` (``notify.bad_policy`` if it breaks a rule)."""
-    return Policy.parse(
-        {
-            "name": name,
-            "repeat": repeat,
-            "levels": [
-                {
-                    "delay_s": lv["delay_s"],
-                    "targets": [{"kind": "channel", "id": str(t["channel"])} if t.get("channel") else {"kind": "schedule", "id": str(t["schedule"])} for t in lv["targets"]],
-                }
-                for lv in levels
-            ],
-        }
-    )
-
-
 def _policy_out(row: asyncpg.Record) -> dict[str, Any]:
     return {"id": str(row["id"]), "name": row["name"], "levels": json.loads(row["levels"]), "repeat": row["repeat"], "created": _iso(row["created_at"])}
 
 
 async def _checked_levels(conn: asyncpg.Connection, body: PolicyIn) -> str:
     levels = [{"delay_s": lv.delay_s, "targets": [t.model_dump(mode="json", exclude_none=True) for t in lv.targets]} for lv in body.levels]
-    pure_policy(body.name, levels, body.repeat)
+    store.pure_policy(body.name, levels, body.repeat)
     channels = {t.channel for lv in body.levels for t in lv.targets if t.channel}
     schedules = {t.schedule for lv in body.levels for t in lv.targets if t.schedule}
     found_c = {r["id"] for r in await conn.fetch("SELECT id FROM notify_channels WHERE id = ANY($1)", list(channels))}
@@ -494,6 +476,8 @@ class LayerIn(BaseModel):
     handoff_weekday: int | None = Field(default=None, ge=0, le=6)
     start: dt.datetime
     members: list[MemberIn] = Field(min_length=1, max_length=100)
+    restrictions: list[dict[str, Any]] = Field(default_factory=list, max_length=14)
+    """Optional windows (``{"days": [0-6], "start": "HH:MM", "end": "HH:MM"}``); outside them the layer has nobody."""
 
 
 class OverrideIn(BaseModel):

@@ -20,6 +20,7 @@ from pydantic import SecretStr
 from pulse.cloud.db.pool import Database
 from pulse.cloud.notify import senders
 from pulse.cloud.notify.errors import ConfigError
+from pulse.cloud.notify.escalation import Policy
 from pulse.cloud.notify.model import Notification
 from pulse.cloud.notify.oncall import Schedule
 from pulse.cloud.notify.routing import Route
@@ -174,6 +175,7 @@ def schedule_of(name: str, time_zone: str, layers: Sequence[Mapping[str, Any]], 
                 "rotation": layer["rotation"],
                 "start": start.isoformat(),
                 "handoff": layer.get("handoff") or "09:00",
+                "restrictions": layer.get("restrictions") or [],
             }
         )
     pure_overrides = [{"start": _aware(o["start"]).isoformat(), "end": _aware(o["end"]).isoformat(), "who": o["member"]["name"]} for o in overrides]
@@ -203,6 +205,23 @@ async def load_schedule(conn: asyncpg.Connection, schedule_id: uuid.UUID) -> tup
         )
     ]
     return row, overrides
+
+
+def pure_policy(name: str, levels: list[dict[str, Any]], repeat: int) -> Policy:
+    """The stored/API policy as ``escalation.Policy`` (``notify.bad_policy`` if it breaks a rule)."""
+    return Policy.parse(
+        {
+            "name": name,
+            "repeat": repeat,
+            "levels": [
+                {
+                    "delay_s": lv["delay_s"],
+                    "targets": [{"kind": "channel", "id": str(t["channel"])} if t.get("channel") else {"kind": "schedule", "id": str(t["schedule"])} for t in lv["targets"]],
+                }
+                for lv in levels
+            ],
+        }
+    )
 
 
 # --- the delivery queue -------------------------------------------------------------------------

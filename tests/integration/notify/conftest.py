@@ -37,6 +37,9 @@ def _capture_app(receiver: Receiver) -> Any:
         receiver.requests.append(Captured(scope["method"], scope["path"], headers, body, headers.get("host", "")))
         queue = receiver.script.get(scope["path"]) or []
         status, extra, out = queue.pop(0) if queue else (200, {}, b"ok")
+        if "x-test-hang-s" in extra:  # a receiver that takes the request and does not answer (yet)
+            extra = dict(extra)
+            await asyncio.sleep(float(extra.pop("x-test-hang-s")))
         raw_headers = [(k.encode(), v.encode()) for k, v in extra.items()]
         await send({"type": "http.response.start", "status": status, "headers": raw_headers})
         await send({"type": "http.response.body", "body": out})

@@ -4,6 +4,7 @@ that let loopback through (the receivers live there) and retry fast; tenants and
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -20,6 +21,51 @@ from pulse.cloud.notify.settings import NotifySettings
 from pulse.cloud.settings import RoleNames, Settings
 
 PASSWORD = "correct horse battery staple"
+PD_KEY = "R0UT1NGKEY0123456789abcdefABCDEF"
+HOT = {"id": "hot", "severity": "major", "metric": "temp_c", "operator": "GT", "threshold": 30, "clear_threshold": 28}
+ACCEPTED = (202, {"content-type": "application/json"}, b'{"status":"success","message":"Event processed","dedup_key":"k"}')
+
+
+async def setup_tenant(c: NotifyCloud, *channels: dict[str, Any], route: dict[str, Any] | None = None) -> tuple[uuid.UUID, dict[str, str], list[str]]:
+    tenant, h = await c.tenant_user()
+    ids = []
+    for body in channels:
+        r = await c.client.post("/api/v1/notify/channels", json={"name": uuid.uuid4().hex[:8]} | body, headers=h)
+        assert r.status_code == 201, r.text
+        ids.append(r.json()["id"])
+    r = await c.client.post("/api/v1/notify/routes", json={"name": "all", "min_severity": "major", "channels": ids} | (route or {}), headers=h)
+    assert r.status_code == 201, r.text
+    r = await c.client.post("/api/v1/rules", json=HOT, headers=h)
+    assert r.status_code == 201, r.text
+    return tenant, h, ids
+
+
+async def device(c: NotifyCloud, h: dict[str, str]) -> dict[str, str]:
+    device_id = "pump-" + uuid.uuid4().hex[:6]
+    r = await c.client.post("/api/v1/devices", json={"device_id": device_id}, headers=h)
+    assert r.status_code == 201, r.text
+    r = await c.client.post(f"/api/v1/devices/{r.json()['id']}/credentials", headers=h)
+    return {"Authorization": f"Bearer {r.json()['token']}"}
+
+
+async def reading(c: NotifyCloud, dev: dict[str, str], value: float) -> None:
+    env = {"v": 1, "ts": int(dt.datetime.now(dt.UTC).timestamp() * 1000), "metrics": {"temp_c": value}}
+    r = await c.client.post("/ingest/v1/telemetry", json=env, headers=dev)
+    assert r.status_code in (200, 202), r.text
+
+
+async def open_alert(c: NotifyCloud, h: dict[str, str]) -> int:
+    dev = await device(c, h)
+    await reading(c, dev, 25)
+    await reading(c, dev, 31.5)
+
+    async def opened() -> Any:
+        r = await c.client.get("/api/v1/alerts", params={"state": "open"}, headers=h)
+        return r.json()
+
+    return int((await c.wait_for(opened, what="the alert"))[0]["id"])
+
+
 
 
 def fast_notify(**changes: Any) -> NotifySettings:
@@ -89,3 +135,7 @@ async def notify_cloud(settings: Settings, notify: NotifySettings) -> AsyncItera
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://pulse.test") as client:
             yield NotifyCloud(app, client)
+
+
+async def soon(value: Any) -> Any:
+    return value

@@ -8,13 +8,11 @@ import uuid
 from typing import Any
 
 import pytest
-from notify_cloud import PASSWORD, NotifyCloud
+from notify_cloud import PASSWORD, PD_KEY, NotifyCloud
 
 from pulse.cloud.auth.accounts import create_user
 
 pytestmark = pytest.mark.integration
-
-PD_KEY = "R0UT1NGKEY0123456789abcdefABCDEF"
 
 
 async def _channel(c: NotifyCloud, h: dict[str, str], **changes: Any) -> dict[str, Any]:
