@@ -10,12 +10,15 @@ export type LiveState = "connecting" | "live" | "offline";
 type Listener = (points: LivePoint[], dropped: number) => void;
 export type FeedEvent = { t: number; tenant_id: string; device_id: string; readings: number; metrics: Record<string, number | boolean> };
 type FeedListener = (events: FeedEvent[], dropped: number) => void;
+/** The open device's twin changed (reload it), or one of its commands moved to another state. */
+export type DeviceChange = { type: "twin"; device: string; version: number } | { type: "command"; device: string; id: string; state: string };
 
 class LiveClient {
   private ws: WebSocket | null = null;
   private device: string | null = null;
   private listener: Listener | null = null;
   private feedListeners = new Set<FeedListener>();
+  private changeListeners = new Set<(m: DeviceChange) => void>();
   private retry = 0;
   private timer: ReturnType<typeof setTimeout> | null = null;
   private refreshNext = false;
@@ -46,6 +49,12 @@ class LiveClient {
       this.feedListeners.delete(listener);
       if (this.feedListeners.size === 0 && this.ws && this.ws.readyState === WebSocket.OPEN) this.ws.send(JSON.stringify({ type: "unfeed" }));
     };
+  }
+
+  /** Changes of the watched device's twin and commands (the socket must be watching a device). */
+  onChange(listener: (m: DeviceChange) => void): () => void {
+    this.changeListeners.add(listener);
+    return () => this.changeListeners.delete(listener);
   }
 
   private wanted(): boolean {
@@ -87,6 +96,8 @@ class LiveClient {
         this.setState("live");
         if (!msg.operator) this.sendSubscribe();
         if (this.feedListeners.size > 0) ws.send(JSON.stringify({ type: "feed" }));
+      } else if ((msg.type === "twin" || msg.type === "command") && msg.device === this.device) {
+        this.changeListeners.forEach((l) => l(msg as DeviceChange));
       } else if (msg.type === "events") {
         this.feedListeners.forEach((l) => l(msg.events as FeedEvent[], msg.dropped as number));
       } else if (msg.type === "telemetry" && msg.device === this.device) {

@@ -5,6 +5,7 @@ import { useEffect, useMemo, useState } from "react";
 import { keepPreviousData, useMutation, useQuery, useQueryClient } from "@tanstack/react-query";
 import { api, ApiError } from "../api";
 import { useAccess } from "../App";
+import { live } from "../live";
 import { usePaging, type Page } from "../paging";
 import { mergePatch, parseDesired, twinRows, type Doc, type Json } from "../twin";
 import type { Command, Device, TwinDoc } from "../types";
@@ -20,12 +21,20 @@ export function TwinSection({ device }: { device: Device }) {
   const { canWrite } = useAccess();
   const client = useQueryClient();
   const key = ["twin", device.id];
-  const twin = useQuery({ queryKey: key, queryFn: () => api<TwinDoc>(`/api/v1/devices/${encodeURIComponent(device.device_id)}/twin`), refetchInterval: 5_000 });
+  const twin = useQuery({ queryKey: key, queryFn: () => api<TwinDoc>(`/api/v1/devices/${encodeURIComponent(device.device_id)}/twin`), refetchInterval: 10_000 }); // live frames cover API and gateway writes; polling covers the rest
   const [editing, setEditing] = useState(false);
   const [text, setText] = useState("");
   const [base, setBase] = useState<{ version: number; desired: Doc } | null>(null);
   const [conflict, setConflict] = useState<TwinDoc | null>(null);
   const parsed = useMemo(() => parseDesired(text), [text]);
+  // the live socket says when the twin changed (the device reported, someone else wrote): reload it
+  useEffect(
+    () =>
+      live.onChange((m) => {
+        if (m.device === device.id && m.type === "twin") client.invalidateQueries({ queryKey: ["twin", device.id] });
+      }),
+    [device.id, client],
+  );
 
   const save = useMutation({
     mutationFn: ({ from, version, to }: { from: Doc; version: number; to: Doc }) =>
@@ -160,7 +169,7 @@ export function CommandsSection({ device }: { device: Device }) {
     queryKey: ["commands", device.id, state, paging.cursor],
     queryFn: () => api<Page<Command>>(`/api/v1/devices/${encodeURIComponent(device.device_id)}/commands`, { query: { state, limit: 20, cursor: paging.cursor } }),
     placeholderData: keepPreviousData,
-    refetchInterval: 5_000,
+    refetchInterval: 15_000,
   });
   const [form, setForm] = useState({ name: "", params: "{}", expires: "3600" });
   const params = useMemo(() => parseDesired(form.params), [form.params]);
@@ -176,6 +185,13 @@ export function CommandsSection({ device }: { device: Device }) {
     },
   });
   useEffect(() => paging.reset(), [device.id]); // eslint-disable-line react-hooks/exhaustive-deps
+  useEffect(
+    () =>
+      live.onChange((m) => {
+        if (m.device === device.id && m.type === "command") client.invalidateQueries({ queryKey: ["commands", device.id] });
+      }),
+    [device.id, client],
+  );
   return (
     <section className="card" data-testid="commands">
       <div className="page-head">
