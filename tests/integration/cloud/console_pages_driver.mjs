@@ -150,12 +150,14 @@ try {
   await nav(page, "Notifications");
   const ch = page.getByRole("form", { name: "New channel" });
   await ch.getByLabel("Name").fill("ops-hook");
-  await page.getByLabel("Channel config").fill(JSON.stringify({ url: "https://hooks.example.com/pulse" }));
+  await page.getByLabel("Channel config").fill(JSON.stringify({ url: task.hook_url }));
   await ch.getByRole("button", { name: "Add channel" }).click();
   const chRow = page.getByTestId("channels-table").getByRole("row").filter({ hasText: "ops-hook" });
   await chRow.getByRole("button", { name: "Send test" }).click();
   await chRow.getByRole("link", { name: /test sent/ }).click();
   await page.getByTestId("deliveries-table").waitFor();
+  // the workers send it to the loopback receiver; the log refreshes itself (every 10 s)
+  await page.getByTestId("deliveries-table").locator("tbody tr").first().getByText("delivered").waitFor({ timeout: 30_000 });
   seen.delivery_row = await page.getByTestId("deliveries-table").locator("tbody tr").first().textContent();
   await shot(page, "30-deliveries");
   await nav(page, "On-call");
