@@ -7,7 +7,7 @@ import { Link, useAccess } from "../App";
 import { usePaging } from "../paging";
 import { navigate, useLocation } from "../router";
 import { SEVERITIES, type Alert, type AlertDetail, type Rule } from "../types";
-import { ago, Empty, ErrorBox, Loading, Pager, SeverityBadge, Time } from "../components/ui";
+import { ago, Empty, ErrorBox, Loading, Pager, SeverityBadge, Time, until } from "../components/ui";
 import { useSites } from "./Devices";
 
 const STATES = [
@@ -252,7 +252,7 @@ export function AlertDetailView({ id }: { id: number }) {
             <dt>Device</dt><dd><code>{a.device_id}</code></dd>
             {a.acknowledged_by && (<><dt>Acknowledged</dt><dd>{a.acknowledged_by}, <Time value={a.acknowledged_at} /></dd></>)}
             {a.closed_by && (<><dt>Closed</dt><dd>{a.closed_by}, <Time value={a.closed_at} /></dd></>)}
-            {a.escalation && (<><dt>Escalation</dt><dd>level {a.escalation.level}{a.escalation.stopped ? " (stopped)" : a.escalation.next_at ? `, next ${ago(a.escalation.next_at)}` : ""}</dd></>)}
+            {a.escalation && (<><dt>Escalation</dt><dd>level {a.escalation.level}{a.escalation.stopped ? " (stopped)" : a.escalation.next_at ? `, next level ${until(a.escalation.next_at)}` : ""}</dd></>)}
           </dl>
         </section>
         <section>

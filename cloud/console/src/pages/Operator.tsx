@@ -29,7 +29,7 @@ function gauge(name: string, value: number | null, max: number, unit: string, co
         pointer: { show: false },
         anchor: { show: false },
         title: { offsetCenter: [0, "72%"], color: text, fontSize: 13 },
-        detail: { valueAnimation: false, offsetCenter: [0, "20%"], fontSize: 28, color: cssVar("--text"), formatter: value === null ? "—" : `{value}${unit}` },
+        detail: { valueAnimation: false, offsetCenter: [0, "20%"], fontSize: 24, color: cssVar("--text"), formatter: value === null ? "—" : `{value}${unit}` },
         data: [{ value: value ?? 0, name }],
       },
     ],
@@ -83,12 +83,13 @@ export function NocPage() {
     const n = q.data;
     const text = cssVar("--text-muted");
     const openAlerts = SEVERITIES.reduce((a, s) => a + n.open_alerts[s], 0);
-    const busiest = Math.max(0, ...Object.values(n.db_pools).map(poolPct)); // the fullest pool is the one that hurts
+    // the fullest of the pools that serve tenants and ingest (the operator pool holds this very request)
+    const busiest = Math.max(0, ...Object.entries(n.db_pools).filter(([name]) => name !== "operator").map(([, p]) => poolPct(p)));
     return {
       online: gauge("fleet online", n.online_pct, 100, "%", cssVar("--ok"), text),
       ingest: gauge("ingest rows/s", n.ingest_rows_per_s, niceMax(n.ingest_rows_per_s), "", cssVar("--accent"), text),
       alerts: gauge("open alerts", openAlerts, niceMax(openAlerts), "", openAlerts > 0 ? cssVar("--bad") : cssVar("--ok"), text),
-      pool: gauge("DB pool in use (fullest)", busiest, 100, "%", busiest > 80 ? cssVar("--bad") : cssVar("--warn"), text),
+      pool: gauge("DB pool in use", busiest, 100, "%", busiest > 80 ? cssVar("--bad") : cssVar("--warn"), text),
     };
   }, [q.data, theme, applied]); // eslint-disable-line react-hooks/exhaustive-deps
   return (
