@@ -33,15 +33,15 @@ function Failure({ error, retry }: { error: unknown; retry?: () => void }) {
 }
 
 function useChannels() {
-  return useQuery({ queryKey: ["channels"], queryFn: () => api<Channel[] | Page<Channel>>("/api/v1/notify/channels").then(items) });
+  return useQuery({ queryKey: ["channels"], queryFn: () => api<Channel[] | Page<Channel>>("/api/v1/notify/channels", { query: { limit: 500 } }).then(items) });
 }
 function useSchedules() {
-  return useQuery({ queryKey: ["schedules"], queryFn: () => api<Schedule[] | Page<Schedule>>("/api/v1/oncall/schedules").then(items) });
+  return useQuery({ queryKey: ["schedules"], queryFn: () => api<Schedule[] | Page<Schedule>>("/api/v1/oncall/schedules", { query: { limit: 500 } }).then(items) });
 }
 function usePolicies() {
-  return useQuery({ queryKey: ["policies"], queryFn: () => api<EscalationPolicy[] | Page<EscalationPolicy>>("/api/v1/escalation-policies").then(items) });
+  return useQuery({ queryKey: ["policies"], queryFn: () => api<EscalationPolicy[] | Page<EscalationPolicy>>("/api/v1/escalation-policies", { query: { limit: 500 } }).then(items) });
 }
-/** Lists may come as a plain list or as a page; the console shows the first page. */
+/** Lists may come as a plain list or as a page; the console asks for up to 500 (the API's largest page). */
 function items<T>(x: T[] | Page<T>): T[] {
   return Array.isArray(x) ? x : x.items;
 }
@@ -147,7 +147,7 @@ function Channels() {
 function Routes() {
   const { canWrite } = useAccess();
   const client = useQueryClient();
-  const q = useQuery({ queryKey: ["routes"], queryFn: () => api<Route[] | Page<Route>>("/api/v1/notify/routes").then(items) });
+  const q = useQuery({ queryKey: ["routes"], queryFn: () => api<Route[] | Page<Route>>("/api/v1/notify/routes", { query: { limit: 500 } }).then(items) });
   const channels = useChannels();
   const policies = usePolicies();
   const sites = useSites();
