@@ -74,6 +74,7 @@ class EdgeTwins:
         self._conn: sqlite3.Connection | None = None
         self._thread = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="edge-twin")
         self._lock = asyncio.Lock()
+        self._sync_lock = asyncio.Lock()  # one writer of command_state records at a time: none twice
         self._queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self.publisher: Publisher | None = None
@@ -377,11 +378,12 @@ class EdgeTwins:
 
     async def _sync_states(self) -> None:
         """Append a ``command_state`` record to Stream.TWIN for each sent/expired not yet recorded."""
-        for cmd in await self._db(self._unsynced):
-            body = CommandStateReport(cmd.id, cmd.state).to_body()
-            raw = json.dumps({"body": body}, separators=(",", ":")).encode()
-            await self._buffer.put(Store(Stream.TWIN, cmd.device_id, cmd.updated_ms, COMMAND_STATE_TYPE, None, raw, None))
-            await self._db(self._mark_synced, cmd.id, cmd.state.value)
+        async with self._sync_lock:
+            for cmd in await self._db(self._unsynced):
+                body = CommandStateReport(cmd.id, cmd.state).to_body()
+                raw = json.dumps({"body": body}, separators=(",", ":")).encode()
+                await self._buffer.put(Store(Stream.TWIN, cmd.device_id, cmd.updated_ms, COMMAND_STATE_TYPE, None, raw, None))
+                await self._db(self._mark_synced, cmd.id, cmd.state.value)
 
     def _commands(self, device_id: str | None, limit: int) -> list[Command]:
         assert self._conn is not None

@@ -184,3 +184,49 @@ async def test_commands_go_out_when_the_device_is_there_and_a_late_one_never_doe
     conn.close()
     assert statuses == ["applied (delivered)", "applied (expired)", "applied"]
     assert len(payloads(c, f"pulse/{DEV}/cmd/c-ping")) == 1
+
+
+async def test_a_held_command_survives_a_restart_and_an_unrecorded_state_is_recorded_at_start(
+    gw_settings: Settings, receiver: Receiver, run_gateway: Any, devices: DeviceRegistry, client_factory: Any
+) -> None:
+    secret = devices.add(DEV)
+    gw = await run_gateway()
+    now = int(time.time() * 1000)
+    cmd = commands.new_command(id="c-1", device_id=DEV, name="ping", now_ms=now, expires_at_ms=now + 600_000)
+    seq = receiver.add_downlink("command", command_to_payload(cmd))
+    await wait_for(lambda: seq in receiver.downlink_acks, "the command acked")
+    await gw.stop()
+
+    gw = await run_gateway()  # the device was never there: the command waits in gateway.db
+    assert [(x.id, x.state.value) for x in await gw.twins.commands(DEV)] == [("c-1", "delivered")]
+    c = await device(client_factory, gw_settings.broker.port, secret, f"pulse/{DEV}/cmd/+")
+    await wait_for(lambda: payloads(c, f"pulse/{DEV}/cmd/c-1"), "the command after the restart")
+    await wait_for(lambda: [r.body for s, r in receiver.rows if s is Stream.TWIN] == [{"id": "c-1", "state": "sent"}], "sent synced")
+    await gw.stop()
+
+    # as if the gateway had crashed between publishing and recording "sent" for the cloud
+    conn = sqlite3.connect(gw_settings.database)
+    conn.execute("UPDATE commands SET synced = 'delivered' WHERE id = 'c-1'")
+    conn.commit()
+    conn.close()
+    await run_gateway()
+    await wait_for(lambda: len([r for s, r in receiver.rows if s is Stream.TWIN]) == 2, "the state recorded again at start")
+    assert [r.body for s, r in receiver.rows if s is Stream.TWIN][-1] == {"id": "c-1", "state": "sent"}
+
+
+async def test_a_command_held_until_after_its_deadline_is_expired_when_the_device_shows_up_not_sent(
+    gw_settings: Settings, receiver: Receiver, run_gateway: Any, devices: DeviceRegistry, client_factory: Any
+) -> None:
+    secret = devices.add(DEV)
+    gw = await run_gateway()
+    now = int(time.time() * 1000)
+    cmd = commands.new_command(id="c-soon", device_id=DEV, name="ping", now_ms=now, expires_at_ms=now + 1000)
+    seq = receiver.add_downlink("command", command_to_payload(cmd))
+    await wait_for(lambda: seq in receiver.downlink_acks, "the command acked")
+    assert [x.state.value for x in await gw.twins.commands(DEV)] == ["delivered"]  # in time, but no device
+    await wait_for(lambda: int(time.time() * 1000) > cmd.expires_at_ms, "the deadline passing")
+    c = await device(client_factory, gw_settings.broker.port, secret, f"pulse/{DEV}/cmd/+")
+    await wait_for(lambda: [r.body for s, r in receiver.rows if s is Stream.TWIN] == [{"id": "c-soon", "state": "expired"}],
+                   "expired synced")
+    assert [x.state.value for x in await gw.twins.commands(DEV)] == ["expired"]
+    assert payloads(c, f"pulse/{DEV}/cmd/c-soon") == []
