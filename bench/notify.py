@@ -9,8 +9,11 @@ an HTTP receiver in this process (127.0.0.1, allowed by PULSE_NOTIFY_ALLOW_NETWO
   ingest, the rule and the alert commit (``pulse bench alert`` measures those alone), so it bounds
   "alert opened -> webhook received" from above. Between samples the reading clears and the close
   notification is awaited too.
-- ``deliveries_per_s``: every device crosses at once, then clears at once (``ROUNDS`` times); all
-  opened and closed webhooks counted, from the first POST to the last webhook received.
+- ``deliveries_per_s``: the notification path alone: ``BURST`` alerts (``PULSE_BENCH_BURST``, 500)
+  open in one transaction, as the rule runner commits them (``burst_commit_s`` is that commit);
+  counted from the commit until the receiver has every webhook (fan-out, queue, send, record).
+  ``duplicates``: webhooks received twice for one (alert, event) over the whole run (should be 0:
+  both server processes run the workers on one queue).
 - Baseline in the same run, to the same receiver: ``baseline_p50_ms`` / ``baseline_p99_ms``, one bare
   httpx POST of the same size; ``baseline_posts_per_s``, as many bare POSTs with ``concurrency`` in
   flight (the workers' default). ``ratio_p99`` = p99 / baseline p99; ``ratio_throughput`` =
@@ -36,14 +39,16 @@ import httpx
 import uvicorn
 
 from pulse.bench.ingest import _create_db, _server, _setup, _wait_healthy, stop_server
+from pulse.cloud.alerts.store import apply_record
 from pulse.cloud.db.embedded import EmbeddedPostgres, free_port
 from pulse.cloud.notify import store
 from pulse.cloud.notify.settings import NotifySettings
 from pulse.cloud.settings import RoleNames
-from pulse.protocol.rules import parse_rule, rule_to_dict
+from pulse.protocol.alerts import AlertRecord
+from pulse.protocol.rules import Severity, parse_rule, rule_to_dict
 
 SAMPLES = int(os.environ.get("PULSE_BENCH_SAMPLES", "100"))
-ROUNDS = int(os.environ.get("PULSE_BENCH_ROUNDS", "3"))
+BURST = int(os.environ.get("PULSE_BENCH_BURST", "500"))
 RULE = {"id": "bench-hot", "severity": "major", "metric": "temp_c", "operator": "GT", "threshold": 30, "clear_threshold": 28, "flapping": None}
 
 
@@ -60,6 +65,7 @@ class Inbox:
         self.count = 0
         self.changed = asyncio.Event()
         self.body_bytes = 0
+        self.duplicates = 0
 
     async def app(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -73,7 +79,9 @@ class Inbox:
         at = time.perf_counter()
         if scope["path"] == "/hook":
             doc = json.loads(body)
-            self.seen.setdefault((doc["device"], doc["alert_id"], doc["event"]), at)
+            key = (doc["device"], doc["alert_id"], doc["event"])
+            self.duplicates += key in self.seen
+            self.seen.setdefault(key, at)
             self.body_bytes = len(body)
         self.count += 1
         self.changed.set()
@@ -120,7 +128,7 @@ def _env(value: float, seq: int) -> dict[str, object]:
     return {"v": 1, "ts": int(time.time() * 1000), "seq": seq, "metrics": {"temp_c": value}}
 
 
-async def _measure(url: str, devices: list[tuple[str, str]], inbox: Inbox, hook: str) -> dict[str, float]:
+async def _measure(url: str, dsn: str, tenant: uuid.UUID, devices: list[tuple[str, str]], inbox: Inbox, hook: str) -> dict[str, float]:
     async with httpx.AsyncClient(base_url=url, timeout=30) as client:
 
         async def post(device: tuple[str, str], value: float, seq: int) -> float:
@@ -140,16 +148,25 @@ async def _measure(url: str, devices: list[tuple[str, str]], inbox: Inbox, hook:
             cleared = await post(device, 20, seq := seq + 1)
             await inbox.wait(lambda d=device[0], s=cleared: inbox.arrived(d, "closed", s))
 
-        before = inbox.count
-        started = time.perf_counter()
-        for _ in range(ROUNDS):
-            for value, event in ((35, "opened"), (20, "closed")):
-                at = time.perf_counter()
-                await asyncio.gather(*(post(d, value, seq + k + 1) for k, d in enumerate(devices)))
-                seq += len(devices)
-                await inbox.wait(lambda e=event, a=at: all(inbox.arrived(d[0], e, a) for d in devices), limit_s=120)
-        deliveries = inbox.count - before
-        rate = deliveries / (time.perf_counter() - started)
+        # throughput of the notification path alone: BURST alerts open in one transaction (as the
+        # rule runner commits them), counted from the commit to the last webhook received
+        conn = await asyncpg.connect(dsn)
+        try:
+            before = inbox.count
+            started = time.perf_counter()
+            async with conn.transaction():
+                await conn.execute("SELECT set_config('app.tenant_id', $1, true)", str(tenant))
+                now_ms = int(time.time() * 1000)
+                for i in range(BURST):
+                    rec = AlertRecord("open", RULE["id"], f"burst-{i:05d}", Severity.MAJOR, now_ms, 1, {"text": "burst", "metric": "temp_c", "last": 35})
+                    await apply_record(conn, rec)
+            committed = time.perf_counter()
+            await inbox.wait(lambda: inbox.count - before >= BURST, limit_s=300)
+            deliveries = inbox.count - before
+            rate = deliveries / (time.perf_counter() - committed)
+            commit_s = committed - started
+        finally:
+            await conn.close()
 
     # baseline: bare POSTs of the same size to the same receiver
     body = b"x" * max(inbox.body_bytes, 1)
@@ -176,6 +193,8 @@ async def _measure(url: str, devices: list[tuple[str, str]], inbox: Inbox, hook:
         "p99_ms": p99,
         "deliveries_per_s": round(rate, 1),
         "deliveries": deliveries,
+        "burst_commit_s": round(commit_s, 2),
+        "duplicates": inbox.duplicates,
         "baseline_p50_ms": _pct(base, 0.5),
         "baseline_p99_ms": b99,
         "baseline_posts_per_s": round(base_rate, 1),
@@ -209,7 +228,7 @@ async def _run_cloud(dsn: str) -> dict[str, float]:
     try:
         url = f"http://127.0.0.1:{port}"
         await asyncio.to_thread(_wait_healthy, url, proc, log)
-        return await _measure(url, devices, inbox, hook)
+        return await _measure(url, dsn, tenant, devices, inbox, hook)
     finally:
         await asyncio.to_thread(stop_server, proc)
         await asyncio.to_thread(log.unlink, missing_ok=True)

@@ -186,7 +186,7 @@ async def test_channel(channel_id: uuid.UUID, caller: Writer, parts: Parts, requ
         row = await _channel_row(conn, channel_id)
         slug = await conn.fetchval("SELECT slug FROM tenants WHERE id = pulse_current_tenant()")
         n = channel_test_notification(
-            tenant=slug or str(caller.tenant_id), console_url=settings.console_url.rstrip("/") + "/", now=dt.datetime.now(dt.UTC), channel=row["name"]
+            tenant=slug or str(caller.tenant_id), console_url=settings.console_url.rstrip("/") + "/app/", now=dt.datetime.now(dt.UTC), channel=row["name"]
         )
         delivery = await store.enqueue(
             conn, channel_id=channel_id, kind=row["kind"], event="test", dedup=f"test:{uuid.uuid4()}", notification=n, budget=settings.max_attempts

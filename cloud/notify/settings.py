@@ -27,7 +27,7 @@ class NotifySettings(BaseSettings):
     timeout_s: float = Field(default=10.0, gt=0, le=120)
     """Per attempt: connect, each read and write, DNS (HTTP, SMTP, SNMP, MQTT)."""
     console_url: str = "http://127.0.0.1:8080"
-    """Where people open Pulse's console: notifications link to ``<console_url>/alerts/<id>``."""
+    """Pulse's address as people reach it: notifications link to the console at ``<console_url>/app/alerts/<id>``."""
     workers: bool = True
     """Run the notification workers (fan-out, delivery, escalation) in this cloud process. Several
     processes may run them at once: they share the work through the database, never twice."""

@@ -264,6 +264,8 @@ class NotifyWorkers:
         return queued
 
     async def _throttled(self, conn: asyncpg.Connection, channel_id: uuid.UUID, alert: asyncpg.Record, throttle_s: int, now: dt.datetime) -> bool:
+        if throttle_s <= 0:
+            return False
         fingerprint = f"{alert['device_id']}/{alert['rule_id']}"
         last = await conn.fetchval(
             "SELECT last_sent_at FROM notify_throttle WHERE channel_id = $1 AND fingerprint = $2 FOR UPDATE", channel_id, fingerprint
@@ -302,7 +304,7 @@ class NotifyWorkers:
             value=value if isinstance(value, (int, float, bool, str)) else None,
             threshold=float(threshold) if isinstance(threshold, (int, float)) and not isinstance(threshold, bool) else None,
             explanation=prefix + (explanation.get("text") or f"{alert['rule_id']} on {alert['device_id']}"),
-            console_url=f"{self.settings.console_url.rstrip('/')}/alerts/{alert['id']}",
+            console_url=f"{self.settings.console_url.rstrip('/')}/app/alerts/{alert['id']}",
             occurred_at=at,
         )
 
@@ -474,6 +476,9 @@ class NotifyWorkers:
                 outcome = Failed(exc.code, exc.message)
             except TimeoutError:
                 outcome = Retry(Code.NOTIFY_TIMEOUT, f"the send took longer than {self.settings.claim_timeout_s / 2:.0f} s")
+            except Exception as exc:  # a sender bug: record it and retry rather than leave the claim to go stale
+                log.exception("notify: sending delivery %s failed unexpectedly", row["id"])
+                outcome = Retry(Code.NOTIFY_UNREACHABLE, f"unexpected error while sending: {type(exc).__name__}: {exc}"[:500])
         duration_ms = int((time.perf_counter() - started) * 1000)
         await self._record(tenant, token, row, outcome, duration_ms)
 

@@ -176,7 +176,8 @@ GRANT INSERT ON notify_outbox TO {{writer}};
 CREATE TRIGGER alert_events_notify AFTER INSERT ON alert_events
     FOR EACH ROW WHEN (NEW.notify) EXECUTE FUNCTION pulse_notify_outbox();
 
--- New deliveries wake the delivery workers of every cloud process (LISTEN pulse_notify).
+-- Deliveries that become due now (new, or retried by hand) wake the delivery workers of every
+-- cloud process (LISTEN pulse_notify); PostgreSQL sends one notification per transaction.
 CREATE FUNCTION pulse_notify_delivery_queued() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
@@ -184,8 +185,11 @@ BEGIN
     RETURN NULL;
 END
 $$;
-CREATE TRIGGER notify_deliveries_queued AFTER INSERT OR UPDATE OF status ON notify_deliveries
-    FOR EACH STATEMENT EXECUTE FUNCTION pulse_notify_delivery_queued();
+CREATE TRIGGER notify_deliveries_queued AFTER INSERT ON notify_deliveries
+    FOR EACH ROW EXECUTE FUNCTION pulse_notify_delivery_queued();
+CREATE TRIGGER notify_deliveries_retried AFTER UPDATE OF status ON notify_deliveries
+    FOR EACH ROW WHEN (NEW.status = 'pending' AND OLD.status IN ('dead', 'failed'))
+    EXECUTE FUNCTION pulse_notify_delivery_queued();
 
 -- The workers visit tenants that have something to do, then work inside each tenant's row-level
 -- security: this is the only thing they learn across tenants.

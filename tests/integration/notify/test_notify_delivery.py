@@ -8,6 +8,7 @@ mid-send does not page twice. Two worker sets on one database fan out each event
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 from typing import Any
 
@@ -15,8 +16,10 @@ import pytest
 from notify_cloud import ACCEPTED, PD_KEY, NotifyCloud, device, fast_notify, notify_cloud, open_alert, reading, setup_tenant, soon
 from notify_receivers import Receiver
 
+from pulse.cloud.alerts import merge_edge_alerts
 from pulse.cloud.notify.worker import NotifyWorkers
 from pulse.cloud.settings import Settings
+from pulse.protocol.batch import Record
 
 pytestmark = pytest.mark.integration
 
@@ -37,7 +40,7 @@ async def test_threshold_to_pagerduty_trigger_then_ack_and_resolve_with_one_dedu
     assert [e["event_action"] for e in (trigger, ack, resolve)] == ["trigger", "acknowledge", "resolve"]
     assert trigger["dedup_key"] == ack["dedup_key"] == resolve["dedup_key"] and trigger["dedup_key"].startswith("pulse-")
     assert trigger["routing_key"] == PD_KEY and trigger["payload"]["severity"] == "error"
-    assert trigger["payload"]["custom_details"]["value"] == 31.5 and trigger["client_url"] == f"https://pulse.example.com/alerts/{alert_id}"
+    assert trigger["payload"]["custom_details"]["value"] == 31.5 and trigger["client_url"] == f"https://pulse.example.com/app/alerts/{alert_id}"
 
     async def all_delivered() -> Any:
         detail = (await ncloud.client.get(f"/api/v1/alerts/{alert_id}", headers=h)).json()
@@ -188,3 +191,23 @@ async def test_two_worker_sets_fan_out_each_event_once(ncloud: NotifyCloud, noti
         await other.stop()
     ids = [json.loads(r.body)["alert_id"] for r in receiver.requests]
     assert len(ids) == 6 and len(set(ids)) == 6
+
+
+async def test_edge_alerts_merged_by_gateway_sync_are_notified(ncloud: NotifyCloud, receiver: Receiver) -> None:
+    """Gateway sync merges a gateway's alert records in the writer role's transaction: they notify like cloud alerts."""
+    receiver.answer("/v2/enqueue", ACCEPTED, ACCEPTED)
+    tenant, _, _ = await setup_tenant(ncloud, {"kind": "pagerduty", "config": {"routing_key": PD_KEY, "events_url": receiver.url("/v2/enqueue")}})
+    at = int(dt.datetime.now(dt.UTC).timestamp() * 1000)
+
+    def rec(seq: int, action: str) -> Record:
+        body = {"action": action, "rule_id": "hot", "device_id": "b7", "severity": "critical", "explanation": {"text": "edge saw it", "metric": "temp_c", "last": 99}}
+        return Record(seq, "b7", at + seq, "alert", {}, None, None, body)
+
+    for seq, action in ((1, "open"), (2, "close")):
+        async with ncloud.db.writer_transaction() as conn:
+            await conn.execute("SELECT set_config('app.tenant_id', $1, true)", str(tenant))
+            await merge_edge_alerts(conn, tenant, [rec(seq, action)], gateway_name="gw-1")
+        await ncloud.wait_for(lambda n=seq: soon(len(pd_events(receiver)) == n), what=f"PagerDuty event {seq}")
+    trigger, resolve = pd_events(receiver)
+    assert (trigger["event_action"], resolve["event_action"]) == ("trigger", "resolve")
+    assert trigger["dedup_key"] == resolve["dedup_key"] and trigger["payload"]["severity"] == "critical" and trigger["payload"]["source"] == "b7"
