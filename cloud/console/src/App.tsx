@@ -11,7 +11,7 @@ import { DevicesPage } from "./pages/Devices";
 import { DevicePage } from "./pages/Device";
 import { SitesPage } from "./pages/Sites";
 import { TenantsPage } from "./pages/Tenants";
-import { AlertsPage } from "./pages/Alerts";
+import { AlertPage, AlertsPage } from "./pages/Alerts";
 import { RulesPage } from "./pages/Rules";
 import { GatewaysPage } from "./pages/Gateways";
 import { AuditPage } from "./pages/Audit";
@@ -48,6 +48,8 @@ function page(path: string, access: Access): ReactNode {
     if (d) return <DevicePage id={d.id} />;
     if (match("/sites", path)) return <SitesPage />;
     if (match("/alerts", path)) return <AlertsPage />;
+    const alert = match("/alerts/:id", path);
+    if (alert) return <AlertPage id={alert.id} />;
     if (match("/rules", path)) return <RulesPage />;
     if (match("/gateways", path)) return <GatewaysPage />;
     if (match("/notifications", path)) return <NotificationsPage />;

@@ -89,6 +89,10 @@ try {
   await page.getByTestId("alerts-table").locator(`tr[data-alert-id="${alert.id}"]`).waitFor();
   seen.acked_state = await page.getByTestId("alerts-table").locator(`tr[data-alert-id="${alert.id}"] .badge`).first().textContent();
   await shot(page, "23-alerts-acknowledged");
+  // where a notification's link lands: the alert on its own page
+  await page.goto(`${task.base}/app/alerts/${alert.id}`);
+  seen.alert_page_state = await page.getByTestId("alert-state").textContent();
+  seen.alert_page_why = await page.getByTestId("alert-detail").textContent();
   step("alert acknowledged");
 
   // --- twin: edit desired, see the delta; a conflict re-applied; the device reports; a command ------

@@ -121,6 +121,7 @@ async def test_alerting_twin_and_operator_pages_work_end_to_end(cloud_settings: 
     assert seen["hot_status"] == 200 and seen["critical_count"] == 1
     assert "temp" in seen["explanation"] and "41.5" in seen["explanation"]
     assert seen["open_rows_after_ack"] == 0 and seen["acked_state"] == "acknowledged"
+    assert seen["alert_page_state"] == "acknowledged" and "temp is 41.5" in seen["alert_page_why"]
     assert alert["state"] == "acknowledged" and alert["acknowledged_by"].startswith("local:")
     # twin: the delta appeared, the conflict was shown and re-applied on top of the other write
     assert seen["delta_after_edit"] == {"setpoint": 22, "mode": "eco"} and "2 pending" in seen["pending_after_edit"]

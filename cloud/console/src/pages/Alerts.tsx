@@ -2,13 +2,14 @@
 // paging by cursor, ack / close / silence one or many, and the explanation of why each fired.
 import { Fragment, useMemo, useState } from "react";
 import { keepPreviousData, useMutation, useQuery, useQueryClient } from "@tanstack/react-query";
-import { api, apiPage } from "../api";
+import { api, ApiError, apiPage } from "../api";
 import { Link, useAccess } from "../App";
 import { usePaging } from "../paging";
 import { navigate, useLocation } from "../router";
 import { SEVERITIES, type Alert, type AlertDetail, type Rule } from "../types";
 import { ago, Empty, ErrorBox, Loading, Pager, SeverityBadge, Time, until } from "../components/ui";
 import { useSites } from "./Devices";
+import { NotFound } from "./NotFound";
 
 const STATES = [
   ["open", "Open"],
@@ -192,7 +193,7 @@ export function AlertsPage() {
                       <span className={`badge badge-alert-${a.state}`}>{a.state}</span>
                       {a.silenced_until && new Date(a.silenced_until) > new Date() && <span className="tag" title={`until ${a.silenced_until}`}>silenced</span>}
                     </td>
-                    <td title={a.opened_at}>{ago(a.opened_at)}</td>
+                    <td title={a.opened_at}><Link to={`/alerts/${a.id}`}>{ago(a.opened_at)}</Link></td>
                     {canWrite && (
                       <td className="actions">
                         {a.state === "open" && <button className="btn small" onClick={() => act.mutate({ ids: [a.id], action: "ack" })}>Ack</button>}
@@ -278,5 +279,45 @@ export function AlertDetailView({ id }: { id: number }) {
         </section>
       </div>
     </div>
+  );
+}
+
+/** One alert on its own page: where notifications link to (/app/alerts/<id>). */
+export function AlertPage({ id }: { id: string }) {
+  const { canWrite } = useAccess();
+  const client = useQueryClient();
+  const n = Number(id);
+  const q = useQuery({ queryKey: ["alert", n], queryFn: () => api<AlertDetail>(`/api/v1/alerts/${n}`), enabled: Number.isInteger(n) });
+  const act = useMutation({
+    mutationFn: (action: "ack" | "close" | "silence") =>
+      api<Alert>(`/api/v1/alerts/${n}/${action}`, { method: "POST", body: action === "silence" ? { until: new Date(Date.now() + 4 * 3_600_000).toISOString() } : {} }),
+    onSuccess: () => {
+      client.invalidateQueries({ queryKey: ["alert", n] });
+      client.invalidateQueries({ queryKey: ["alerts"] });
+      client.invalidateQueries({ queryKey: ["alert-counts"] });
+    },
+  });
+  if (!Number.isInteger(n) || (q.isError && q.error instanceof ApiError && q.error.status === 404)) return <NotFound what="alert" />;
+  if (q.isPending) return <Loading what="Loading alert" />;
+  if (q.isError) return <ErrorBox error={q.error} retry={() => q.refetch()} />;
+  const a = q.data;
+  return (
+    <>
+      <div className="page-head">
+        <h1>Alert {a.id}</h1>
+        <SeverityBadge severity={a.severity} />
+        <span className={`badge badge-alert-${a.state}`} data-testid="alert-state">{a.state}</span>
+        <span className="muted">opened {ago(a.opened_at)}</span>
+        <span className="spacer" />
+        {canWrite && a.state === "open" && <button className="btn" onClick={() => act.mutate("ack")}>Acknowledge</button>}
+        {canWrite && a.state !== "closed" && <button className="btn" onClick={() => act.mutate("silence")}>Silence 4 hours</button>}
+        {canWrite && a.state !== "closed" && <button className="btn" onClick={() => act.mutate("close")}>Close</button>}
+        <Link to="/alerts">all alerts →</Link>
+      </div>
+      {act.isError && <ErrorBox error={act.error} />}
+      <section className="card">
+        <AlertDetailView id={n} />
+      </section>
+    </>
   );
 }
