@@ -352,11 +352,19 @@ async def silence(alert_id: int, body: SilenceIn, caller: Writer, parts: Parts) 
 
 
 @states_router.get("/device-states", summary="Device states: online, stale, offline, unreachable")
-async def device_states(caller: Reader, parts: Parts, device_id: str | None = None) -> list[dict[str, Any]]:
+async def device_states(
+    caller: Reader,
+    parts: Parts,
+    device_id: str | None = None,
+    recent: int | None = Query(default=None, ge=1, le=500, description="only the N most recent state changes, newest first"),
+) -> list[dict[str, Any]]:
+    order = "changed_at DESC, device_id" if recent else "device_id"
     async with parts.db.tenant(caller.tenant_id) as conn:
         rows = await conn.fetch(
-            "SELECT device_id, status, reason, changed_at FROM device_states WHERE $1::text IS NULL OR device_id = $1 ORDER BY device_id",
+            "SELECT device_id, status, reason, changed_at FROM device_states WHERE $1::text IS NULL OR device_id = $1"
+            f" ORDER BY {order} LIMIT $2",
             device_id,
+            recent,
         )
     return [{**dict(r), "reason": json.loads(r["reason"]), "changed_at": r["changed_at"].isoformat()} for r in rows]
 

@@ -182,6 +182,7 @@ try {
   await other.getByTestId("not-found").waitFor();
   seen.b_not_found_text = await other.getByTestId("not-found").textContent();
   seen.b_chart_count = await other.getByTestId("telemetry-chart").count();
+  seen.b_nav = await other.getByRole("navigation", { name: "Main" }).getByRole("link").allTextContents();
   const after = await other.evaluate(() => JSON.parse(sessionStorage.getItem("pulse.session")));
   seen.b_session_renewed = after.access !== "spoiled" && after.refresh !== before.refresh;
   await shot(other, "08-other-tenant-404");

@@ -121,6 +121,8 @@ async def test_operator_sees_live_telemetry_and_other_tenants_get_404(cloud: Clo
     # another tenant's user: the 404 page, and no chart of A's device
     assert "No such device in your tenant" in seen["b_not_found_text"]
     assert seen["b_chart_count"] == 0
+    # a customer (read-only) gets the tenant's pages but not the audit log
+    assert "Alerts" in seen["b_nav"] and "Audit log" not in seen["b_nav"]
 
     r = await cloud.client.get(f"/api/v1/devices/{device}", headers=a)
     assert r.json()["name"] == "Intake pump 2" and r.json()["tags"] == ["pumps"] and r.json()["status"] == "active"

@@ -223,3 +223,19 @@ async def test_preview_actions_carry_the_readings_own_time_for_the_chart(cloud: 
         ("OpenAlert", device_id, readings[1][0]),
         ("CloseAlert", device_id, readings[2][0]),
     ]
+
+
+async def test_recent_device_state_changes_come_newest_first_and_only_the_callers(cloud: Cloud) -> None:
+    a_id, a = await cloud.tenant_user()
+    b_id, b = await cloud.tenant_user()
+    t0 = datetime(2026, 5, 1, tzinfo=UTC)
+    for tenant, prefix in ((a_id, "a"), (b_id, "b")):
+        async with cloud.app.state.pulse.db.tenant(tenant) as conn:
+            await conn.executemany(
+                "INSERT INTO device_states (tenant_id, device_id, status, changed_at) VALUES ($1, $2, 'offline', $3)",
+                [(tenant, f"{prefix}-{i}", t0 + timedelta(minutes=i)) for i in range(5)],
+            )
+    r = await cloud.client.get("/api/v1/device-states", params={"recent": 3}, headers=a)
+    assert [s["device_id"] for s in r.json()] == ["a-4", "a-3", "a-2"]
+    r = await cloud.client.get("/api/v1/device-states", headers=b)  # without `recent`: every device, by id, as before
+    assert [s["device_id"] for s in r.json()] == [f"b-{i}" for i in range(5)]

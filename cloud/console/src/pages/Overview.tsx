@@ -9,6 +9,11 @@ const STATES = ["online", "stale", "offline", "unreachable"] as const;
 
 export function OverviewPage() {
   const q = useQuery({ queryKey: ["fleet-summary"], queryFn: () => api<FleetSummary>("/api/v1/fleet/summary"), refetchInterval: 30_000 });
+  const changes = useQuery({
+    queryKey: ["device-states", "recent"],
+    queryFn: () => api<{ device_id: string; status: string; changed_at: string; reason: { text?: string } }[]>("/api/v1/device-states", { query: { recent: 10 } }),
+    refetchInterval: 30_000,
+  });
   const active = useQuery({
     queryKey: ["alerts", "overview"],
     queryFn: () => apiPage<Alert>("/api/v1/alerts", { query: { state: ["open", "acknowledged"], limit: 10 } }),
@@ -84,6 +89,29 @@ export function OverviewPage() {
                   <td>{a.explanation.text}</td>
                   <td>{a.state}</td>
                   <td>{ago(a.opened_at)}</td>
+                </tr>
+              ))}
+            </tbody>
+          </table>
+        )}
+      </section>
+      <section className="card">
+        <h2>Recently changed devices</h2>
+        {changes.isPending ? (
+          <Loading />
+        ) : changes.isError ? (
+          <ErrorBox error={changes.error} retry={() => changes.refetch()} />
+        ) : changes.data.length === 0 ? (
+          <Empty title="No state changes yet.">Devices show here when a heartbeat rule finds them online, stale, offline or unreachable.</Empty>
+        ) : (
+          <table className="table dense" data-testid="overview-changes">
+            <tbody>
+              {changes.data.map((c) => (
+                <tr key={c.device_id}>
+                  <td><Link to={`/devices?q=${encodeURIComponent(c.device_id)}`}><code>{c.device_id}</code></Link></td>
+                  <td><span className={`badge badge-state-${c.status}`}>{c.status}</span></td>
+                  <td className="muted">{typeof c.reason?.text === "string" ? c.reason.text : ""}</td>
+                  <td>{ago(c.changed_at)}</td>
                 </tr>
               ))}
             </tbody>
