@@ -17,10 +17,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from pulse.cloud.alerts.runner import RuleRunner, RunnerConfig
 from pulse.cloud.api import alerts as alerts_api
+from pulse.cloud.api import audit as audit_api
 from pulse.cloud.api import auth as auth_api
 from pulse.cloud.api import devices, fleet, gateways, live, operator, sites, telemetry
-from pulse.cloud.api import twin as twin_api
 from pulse.cloud.api import notify as notify_api
+from pulse.cloud.api import twin as twin_api
 from pulse.cloud.api.console import mount_console
 from pulse.cloud.api.deps import Components
 from pulse.cloud.api.handlers import install_error_handlers
@@ -84,7 +85,8 @@ def create_app(settings: Settings, *, sync_listener: bool = False, notify: Notif
     tokens = DeviceTokenCache(lookup, ttl_s=settings.device_token_cache_s)
     hub = LiveHub()
     rules = RuleRunner(
-        db, RunnerConfig(sweep_interval_s=settings.rules_sweep_interval_s, gateway_offline_after_s=settings.gateway_offline_after_s)
+        db,
+        RunnerConfig(sweep_interval_s=settings.rules_sweep_interval_s, gateway_offline_after_s=settings.gateway_offline_after_s),
     )
 
     notify_workers = NotifyWorkers(db, notify_settings)
@@ -203,6 +205,7 @@ def create_app(settings: Settings, *, sync_listener: bool = False, notify: Notif
     app.include_router(alerts_api.rules_router)
     app.include_router(alerts_api.alerts_router)
     app.include_router(alerts_api.states_router)
+    app.include_router(audit_api.router)
     app.include_router(twin_api.router)
     app.include_router(notify_api.router)
     app.include_router(notify_api.escalation_router)

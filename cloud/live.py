@@ -63,10 +63,49 @@ class Subscription:
         return batch, dropped
 
 
+@dataclass(eq=False, slots=True)
+class FeedSubscription:
+    """Events of one tenant (``tenant_id``) or, for operators, of every tenant (``None``): one event
+    per device per committed batch, ``{"t", "tenant_id", "device_id", "readings", "metrics"}``."""
+
+    tenant_id: uuid.UUID | None
+    capacity: int
+    events: deque[dict[str, object]] = field(default_factory=deque)
+    dropped: int = 0
+    _wakeup: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def _offer(self, event: dict[str, object]) -> None:
+        if len(self.events) >= self.capacity:
+            self.events.popleft()
+            self.dropped += 1
+        self.events.append(event)
+        self._wakeup.set()
+
+    async def next_batch(self) -> tuple[list[dict[str, object]], int]:
+        while not self.events:
+            self._wakeup.clear()
+            await self._wakeup.wait()
+        batch = list(self.events)
+        self.events.clear()
+        dropped, self.dropped = self.dropped, 0
+        return batch, dropped
+
+
 class LiveHub:
-    def __init__(self, *, queue_points: int = 1000) -> None:
+    def __init__(self, *, queue_points: int = 1000, queue_events: int = 200) -> None:
         self._subs: dict[Key, set[Subscription]] = {}
+        self._feeds: set[FeedSubscription] = set()
         self._queue_points = queue_points
+        self._queue_events = queue_events
+
+    def subscribe_feed(self, tenant_id: uuid.UUID | None) -> FeedSubscription:
+        """The event feed of one tenant, or of all tenants with ``None`` (operators only: the caller checks)."""
+        sub = FeedSubscription(tenant_id=tenant_id, capacity=self._queue_events)
+        self._feeds.add(sub)
+        return sub
+
+    def unsubscribe_feed(self, sub: FeedSubscription) -> None:
+        self._feeds.discard(sub)
 
     def subscribe(self, tenant_id: uuid.UUID, device_id: str) -> Subscription:
         sub = Subscription(key=(tenant_id, device_id), capacity=self._queue_points)
@@ -95,7 +134,11 @@ class LiveHub:
             sub._offer(point)
 
     def publish(self, rows: Iterable[Sequence[object]]) -> None:
-        """Hand committed telemetry rows (writer.TelemetryRow) to the subscribers of their device."""
+        """Hand committed telemetry rows (writer.TelemetryRow) to the subscribers of their device,
+        and one event per device of the batch to the feeds."""
+        if self._feeds:
+            rows = list(rows)
+            self._publish_feed(rows)
         if not self._subs:
             return
         for row in rows:
@@ -107,3 +150,30 @@ class LiveHub:
             point = LivePoint(time_ms=int(time.timestamp() * 1000), metrics=json.loads(metrics), msg_type=str(msg_type))
             for sub in subs:
                 sub._offer(point)
+
+    def _publish_feed(self, rows: Sequence[Sequence[object]]) -> None:
+        per_device: dict[Key, dict[str, object]] = {}
+        for row in rows:
+            time, tenant_id, device_id, metrics = row[0], row[1], row[2], row[4]
+            assert isinstance(time, datetime) and isinstance(tenant_id, uuid.UUID) and isinstance(metrics, str)
+            key = (tenant_id, str(device_id))
+            event = per_device.get(key)
+            t = int(time.timestamp() * 1000)
+            if event is None:
+                per_device[key] = {
+                    "t": t,
+                    "tenant_id": str(tenant_id),
+                    "device_id": str(device_id),
+                    "readings": 1,
+                    "metrics": metrics,
+                }
+            else:
+                event["readings"] = int(event["readings"]) + 1  # type: ignore[call-overload]
+                if t >= int(event["t"]):  # type: ignore[call-overload]
+                    event["t"], event["metrics"] = t, metrics
+        for (tenant_id, _), event in per_device.items():
+            wire: dict[str, object] | None = None
+            for feed in self._feeds:
+                if feed.tenant_id is None or feed.tenant_id == tenant_id:
+                    wire = wire or {**event, "metrics": json.loads(str(event["metrics"]))}
+                    feed._offer(wire)

@@ -15,6 +15,7 @@ from fastapi import APIRouter, Query, Response
 from pydantic import BaseModel, Field
 
 from pulse.cloud.alerts.runner import Reading, device_of
+from pulse.cloud.api import paging
 from pulse.cloud.api.deps import Parts, Reader, TenantCaller, Writer
 from pulse.cloud.errors import ConflictError, InvalidError, NotFoundError
 from pulse.cloud.notify.store import alert_notify_view
@@ -135,7 +136,7 @@ async def preview_rule(body: PreviewIn, caller: Reader, parts: Parts) -> dict[st
     async with parts.db.tenant(caller.tenant_id) as conn:
         devices = {r["device_id"]: device_of(r) for r in await conn.fetch("SELECT device_id, tags, site_id FROM devices")}
         rows = await conn.fetch(
-            "SELECT device_id, metrics, received_at FROM telemetry WHERE time >= $1 ORDER BY received_at LIMIT $2",
+            "SELECT device_id, metrics, received_at, time FROM telemetry WHERE time >= $1 ORDER BY received_at, time LIMIT $2",
             since,
             body.limit,
         )
@@ -153,7 +154,13 @@ async def preview_rule(body: PreviewIn, caller: Reader, parts: Parts) -> dict[st
             if isinstance(action, UpdateDeviceState):
                 continue
             actions.append(
-                {"action": type(action).__name__, "device_id": device_id, "at_ms": now, "text": action.explanation.text}
+                {
+                    "action": type(action).__name__,
+                    "device_id": device_id,
+                    "at_ms": now,
+                    "reading_ms": int(row["time"].timestamp() * 1000),  # the reading's own time, for charts
+                    "text": action.explanation.text,
+                }
             )
     return {"rule": rule_to_dict(rule), "readings": readings, "devices": len(states), "actions": actions[:1000]}
 
@@ -178,33 +185,74 @@ def _alert_out(row: asyncpg.Record) -> dict[str, Any]:
     return out
 
 
-@alerts_router.get("", summary="List alerts (newest first), filtered")
-async def list_alerts(
-    caller: Reader,
-    parts: Parts,
-    state: list[Literal["open", "acknowledged", "closed"]] = Query(default=[]),  # noqa: B008
-    severity: list[str] = Query(default=[]),  # noqa: B008
-    device_id: str | None = None,
-    rule_id: str | None = None,
-    limit: int = Query(default=100, ge=1, le=1000),
-) -> list[dict[str, Any]]:
+def _alert_filters(
+    state: list[str], severity: list[str], device_id: str | None, rule_id: str | None, site_id: uuid.UUID | None
+) -> tuple[list[str], list[object]]:
     where: list[str] = ["true"]
     args: list[object] = []
     for column, value in (("state", state), ("severity", severity)):
         if value:
             args.append(value)
             where.append(f"{column} = ANY(${len(args)})")
-    for column, one in (("device_id", device_id), ("rule_id", rule_id)):
+    for column, one in (("device_id", device_id), ("rule_id", rule_id), ("site_id", site_id)):
         if one is not None:
             args.append(one)
             where.append(f"{column} = ${len(args)}")
-    args.append(limit)
+    return where, args
+
+
+@alerts_router.get(
+    "",
+    summary="List alerts (newest first), filtered; paged by cursor",
+    description="The answer is a JSON list (as it always was). When more rows follow, the response carries the header "
+    "`X-Next-Cursor`: pass its value as `cursor` for the next page.",
+)
+async def list_alerts(
+    caller: Reader,
+    parts: Parts,
+    response: Response,
+    state: list[Literal["open", "acknowledged", "closed"]] = Query(default=[]),  # noqa: B008
+    severity: list[str] = Query(default=[]),  # noqa: B008
+    device_id: str | None = None,
+    rule_id: str | None = None,
+    site_id: uuid.UUID | None = None,
+    limit: int = Query(default=100, ge=1, le=1000),
+    cursor: str | None = Query(default=None, max_length=200, description="X-Next-Cursor of the previous page"),
+) -> list[dict[str, Any]]:
+    where, args = _alert_filters(list(state), severity, device_id, rule_id, site_id)
+    if cursor:
+        at, last_id = paging.decode(cursor)
+        args += [at, last_id]
+        where.append(f"(opened_at, id) < (${len(args) - 1}, ${len(args)})")
+    args.append(limit + 1)
     async with parts.db.tenant(caller.tenant_id) as conn:
         rows = await conn.fetch(
             f"SELECT {_ALERT_COLS} FROM alerts WHERE {' AND '.join(where)} ORDER BY opened_at DESC, id DESC LIMIT ${len(args)}",
             *args,
         )
-    return [_alert_out(r) for r in rows]
+    if len(rows) > limit:
+        last = rows[limit - 1]
+        response.headers["X-Next-Cursor"] = paging.encode(last["opened_at"], last["id"])
+    return [_alert_out(r) for r in rows[:limit]]
+
+
+@alerts_router.get("/counts", summary="How many alerts per severity match the filters (for the inbox tabs)")
+async def alert_counts(
+    caller: Reader,
+    parts: Parts,
+    state: list[Literal["open", "acknowledged", "closed"]] = Query(default=[]),  # noqa: B008
+    device_id: str | None = None,
+    rule_id: str | None = None,
+    site_id: uuid.UUID | None = None,
+) -> dict[str, int]:
+    where, args = _alert_filters(list(state), [], device_id, rule_id, site_id)
+    async with parts.db.tenant(caller.tenant_id) as conn:
+        rows = await conn.fetch(
+            f"SELECT severity, count(*) AS n FROM alerts WHERE {' AND '.join(where)} GROUP BY severity", *args
+        )
+    counts = {s: 0 for s in ("critical", "major", "minor", "warning", "info")}
+    counts.update({r["severity"]: r["n"] for r in rows})
+    return counts
 
 
 @alerts_router.get("/{alert_id}", summary="One alert with its history")
@@ -304,11 +352,19 @@ async def silence(alert_id: int, body: SilenceIn, caller: Writer, parts: Parts) 
 
 
 @states_router.get("/device-states", summary="Device states: online, stale, offline, unreachable")
-async def device_states(caller: Reader, parts: Parts, device_id: str | None = None) -> list[dict[str, Any]]:
+async def device_states(
+    caller: Reader,
+    parts: Parts,
+    device_id: str | None = None,
+    recent: int | None = Query(default=None, ge=1, le=500, description="only the N most recent state changes, newest first"),
+) -> list[dict[str, Any]]:
+    order = "changed_at DESC, device_id" if recent else "device_id"
     async with parts.db.tenant(caller.tenant_id) as conn:
         rows = await conn.fetch(
-            "SELECT device_id, status, reason, changed_at FROM device_states WHERE $1::text IS NULL OR device_id = $1 ORDER BY device_id",
+            "SELECT device_id, status, reason, changed_at FROM device_states WHERE $1::text IS NULL OR device_id = $1"
+            f" ORDER BY {order} LIMIT $2",
             device_id,
+            recent,
         )
     return [{**dict(r), "reason": json.loads(r["reason"]), "changed_at": r["changed_at"].isoformat()} for r in rows]
 

@@ -10,6 +10,10 @@ Protocol (JSON text frames):
     server -> {"type": "twin", "device": "...", "version": n}         the device's twin changed (reload it)
     server -> {"type": "command", "device": "...", "id": "...", "state": "..."}   one of its commands moved
     client -> {"type": "unsubscribe"}
+    client -> {"type": "feed"}                                      the event feed: one event per device per
+    server -> {"type": "events", "events": [{"t", "tenant_id",      stored batch; the caller's tenant, or every
+              "device_id", "readings", "metrics"}], "dropped": 0}   tenant for operators (audited)
+    client -> {"type": "unfeed"}
     server -> {"type": "error", "code": "...", "message": "..."}    e.g. api.not_found for a device of
                                                                     another tenant; the socket stays open
 
@@ -17,7 +21,8 @@ Browsers cannot put an Authorization header on a WebSocket, so the token travels
 frame (never in the URL, where logs would keep it). The tenant comes only from that verified token;
 a device is looked up under row-level security, so another tenant's device is "not found".
 Close codes: 4400 bad frame, 4401 no or invalid token, or the token expired (the socket lives no longer
-than the token it was opened with), 4403 the account has no tenant access."""
+than the token it was opened with), 4403 the account has neither tenant access nor an operator role.
+Operators (no tenant) may only use the feed."""
 
 from __future__ import annotations
 
@@ -32,9 +37,10 @@ from typing import Any
 import jwt
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
-from pulse.cloud.api.deps import Components, TenantCaller, tenant_reader
+from pulse.cloud.api.deps import Components, TenantCaller, operator, tenant_reader
+from pulse.cloud.auth.tokens import Principal
 from pulse.cloud.errors import AuthError, ForbiddenError
-from pulse.cloud.live import LiveHub, Subscription
+from pulse.cloud.live import FeedSubscription, LiveHub, Subscription
 from pulse.protocol.errors import Code
 
 router = APIRouter(tags=["live"])
@@ -69,7 +75,8 @@ def _expires_at(token: str) -> float:
     return float(exp) if isinstance(exp, int | float) else math.inf
 
 
-async def _authenticate(ws: WebSocket, parts: Components) -> tuple[TenantCaller, float] | None:
+async def _authenticate(ws: WebSocket, parts: Components) -> tuple[TenantCaller | Principal, float] | None:
+    """A tenant caller, or an operator's principal (no tenant), and when the token expires."""
     try:
         first = await asyncio.wait_for(_frame(ws), AUTH_TIMEOUT_S)
     except TimeoutError:
@@ -83,7 +90,10 @@ async def _authenticate(ws: WebSocket, parts: Components) -> tuple[TenantCaller,
         await ws.close(4401, "the first frame is {type: auth, token}")
         return None
     try:
-        return await tenant_reader(await parts.auth.authenticate(f"Bearer {token}")), _expires_at(token)
+        principal = await parts.auth.authenticate(f"Bearer {token}")
+        if principal.tenant_id is None:
+            return await operator(principal), _expires_at(token)
+        return await tenant_reader(principal), _expires_at(token)
     except AuthError as exc:
         await ws.close(4401, exc.message[:120])
     except ForbiddenError as exc:
@@ -102,6 +112,12 @@ async def _pump(ws: WebSocket, sub: Subscription, device: uuid.UUID) -> None:
                 await ws.send_json({"type": p.msg_type, "device": str(device), **p.detail})
 
 
+async def _pump_feed(ws: WebSocket, feed: FeedSubscription) -> None:
+    while True:
+        events, dropped = await feed.next_batch()
+        await ws.send_json({"type": "events", "events": events, "dropped": dropped})
+
+
 @router.websocket("/api/v1/live")
 async def live(ws: WebSocket) -> None:
     parts: Components = ws.app.state.pulse
@@ -111,9 +127,24 @@ async def live(ws: WebSocket) -> None:
     if authenticated is None:
         return
     caller, expires_at = authenticated
-    await ws.send_json({"type": "ready", "tenant_id": str(caller.tenant_id)})
+    tenant_id = caller.tenant_id if isinstance(caller, TenantCaller) else None
+    await ws.send_json(
+        {"type": "ready", "tenant_id": None if tenant_id is None else str(tenant_id), "operator": tenant_id is None}
+    )
     sub: Subscription | None = None
     pump: asyncio.Task[None] | None = None
+    feed: FeedSubscription | None = None
+    feed_pump: asyncio.Task[None] | None = None
+
+    async def stop_feed() -> None:
+        nonlocal feed, feed_pump
+        if feed_pump is not None:
+            feed_pump.cancel()
+            with contextlib.suppress(asyncio.CancelledError, WebSocketDisconnect, RuntimeError):
+                await feed_pump
+        if feed is not None:
+            hub.unsubscribe_feed(feed)
+        feed, feed_pump = None, None
 
     async def stop() -> None:
         nonlocal sub, pump
@@ -132,6 +163,7 @@ async def live(ws: WebSocket) -> None:
                 frame = await asyncio.wait_for(_frame(ws), max(0.0, expires_at - time.time()) if expires_at < math.inf else None)
             except TimeoutError:
                 await stop()
+                await stop_feed()
                 await ws.close(4401, "the access token expired; reconnect with a fresh one")
                 return
             except _BadFrame as exc:
@@ -140,24 +172,44 @@ async def live(ws: WebSocket) -> None:
             if frame["type"] == "unsubscribe":
                 await stop()
                 continue
+            if frame["type"] == "unfeed":
+                await stop_feed()
+                continue
+            if frame["type"] == "feed":
+                await stop_feed()
+                if tenant_id is None:  # every tenant's events: the operators' audited path
+                    async with parts.db.operator(actor=caller.actor, action="live.feed"):
+                        pass
+                feed = hub.subscribe_feed(tenant_id)
+                feed_pump = asyncio.create_task(_pump_feed(ws, feed), name="pulse-live-feed")
+                await ws.send_json({"type": "feeding", "scope": "all tenants" if tenant_id is None else "tenant"})
+                continue
+            if tenant_id is None:
+                await ws.send_json(
+                    {"type": "error", "code": str(Code.AUTH_FORBIDDEN), "message": "operators may use the feed only"}
+                )
+                continue
             if frame["type"] != "subscribe":
-                await ws.send_json({"type": "error", "code": str(Code.API_INVALID), "message": f"unknown frame type {frame['type']!r}"})
+                await ws.send_json(
+                    {"type": "error", "code": str(Code.API_INVALID), "message": f"unknown frame type {frame['type']!r}"}
+                )
                 continue
             try:
                 device = uuid.UUID(str(frame.get("device")))
             except ValueError:
                 await ws.send_json({"type": "error", "code": str(Code.API_INVALID), "message": "device is a device's id (UUID)"})
                 continue
-            async with parts.db.tenant(caller.tenant_id) as conn:
+            async with parts.db.tenant(tenant_id) as conn:
                 device_id = await conn.fetchval("SELECT device_id FROM devices WHERE id = $1", device)
             await stop()
             if device_id is None:
                 await ws.send_json({"type": "error", "code": str(Code.API_NOT_FOUND), "message": "no such device in your tenant"})
                 continue
-            sub = hub.subscribe(caller.tenant_id, device_id)
+            sub = hub.subscribe(tenant_id, device_id)
             pump = asyncio.create_task(_pump(ws, sub, device), name="pulse-live-pump")
             await ws.send_json({"type": "subscribed", "device": str(device), "device_id": device_id})
     except WebSocketDisconnect:
         pass
     finally:
         await stop()
+        await stop_feed()

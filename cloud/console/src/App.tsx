@@ -11,6 +11,12 @@ import { DevicesPage } from "./pages/Devices";
 import { DevicePage } from "./pages/Device";
 import { SitesPage } from "./pages/Sites";
 import { TenantsPage } from "./pages/Tenants";
+import { AlertPage, AlertsPage } from "./pages/Alerts";
+import { RulesPage } from "./pages/Rules";
+import { GatewaysPage } from "./pages/Gateways";
+import { AuditPage } from "./pages/Audit";
+import { HealthPage, NocPage, OperatorAlertsPage, OperatorDevicesPage } from "./pages/Operator";
+import { EscalationPage, NotificationsPage, OncallPage } from "./pages/Notify";
 import { NotFound } from "./pages/NotFound";
 
 export type Access = { me: Me; tenant: boolean; canWrite: boolean; operator: boolean; theme: Theme };
@@ -41,9 +47,22 @@ function page(path: string, access: Access): ReactNode {
     const d = match("/devices/:id", path);
     if (d) return <DevicePage id={d.id} />;
     if (match("/sites", path)) return <SitesPage />;
+    if (match("/alerts", path)) return <AlertsPage />;
+    const alert = match("/alerts/:id", path);
+    if (alert) return <AlertPage id={alert.id} />;
+    if (match("/rules", path)) return <RulesPage />;
+    if (match("/gateways", path)) return <GatewaysPage />;
+    if (match("/notifications", path)) return <NotificationsPage />;
+    if (match("/escalation", path)) return <EscalationPage />;
+    if (match("/oncall", path)) return <OncallPage />;
+    if (access.canWrite && match("/audit", path)) return <AuditPage />;
   }
   if (access.operator) {
-    if (match("/", path) || match("/operator/tenants", path)) return <TenantsPage />;
+    if (match("/", path) || match("/operator/noc", path)) return <NocPage />;
+    if (match("/operator/tenants", path)) return <TenantsPage />;
+    if (match("/operator/health", path)) return <HealthPage />;
+    if (match("/operator/devices", path)) return <OperatorDevicesPage />;
+    if (match("/operator/alerts", path)) return <OperatorAlertsPage />;
   }
   return <NotFound />;
 }
@@ -67,13 +86,28 @@ export function App() {
       ? ([
           ["/", "Overview"],
           ["/devices", "Devices"],
+          ["/alerts", "Alerts"],
+          ["/rules", "Rules"],
+          ["/gateways", "Gateways"],
           ["/sites", "Sites"],
+          ["/notifications", "Notifications"],
+          ["/escalation", "Escalation"],
+          ["/oncall", "On-call"],
+          ...(access.canWrite ? [["/audit", "Audit log"]] : []),
         ] as [string, string][])
       : []),
-    ...(access.operator ? ([["/operator/tenants", "Tenants"]] as [string, string][]) : []),
+    ...(access.operator
+      ? ([
+          ["/operator/noc", "NOC"],
+          ["/operator/health", "Tenant health"],
+          ["/operator/tenants", "Tenants"],
+          ["/operator/devices", "All devices"],
+          ["/operator/alerts", "All alerts"],
+        ] as [string, string][])
+      : []),
   ];
-  // an operator without a tenant lands on the tenants view at "/"
-  const here = !access.tenant && access.operator && path === "/" ? "/operator/tenants" : path;
+  // an operator without a tenant lands on the NOC view at "/"
+  const here = !access.tenant && access.operator && path === "/" ? "/operator/noc" : path;
   const active = (to: string) => (to === "/" ? here === "/" : here === to || here.startsWith(to + "/"));
   return (
     <AccessContext.Provider value={access}>

@@ -2,11 +2,14 @@
 // An expired access token is refreshed once (single flight) and the request retried; when the
 // refresh fails too, the session ends and the login page shows.
 
+import { asPage, type Page } from "./paging";
+
 export class ApiError extends Error {
   constructor(
     readonly status: number,
     readonly code: string,
     message: string,
+    readonly body: Record<string, unknown> = {},
   ) {
     super(message);
   }
@@ -46,14 +49,18 @@ type Tokens = { access_token: string; refresh_token: string };
 async function errorOf(r: Response): Promise<ApiError> {
   let code = "http." + r.status;
   let message = `${r.status} ${r.statusText}`;
+  let extra: Record<string, unknown> = {};
   try {
     const body = await r.json();
     if (body && typeof body.message === "string") message = body.message;
     if (body && typeof body.code === "string") code = body.code;
+    // FastAPI's own validation errors: {detail: [{loc, msg}]}
+    if (body && Array.isArray(body.detail)) message = body.detail.map((d: { loc?: unknown[]; msg?: string }) => `${(d.loc ?? []).slice(1).join(".")}: ${d.msg}`).join("; ");
+    if (body && typeof body === "object") extra = body;
   } catch {
     /* not JSON: keep the status line */
   }
-  return new ApiError(r.status, code, message);
+  return new ApiError(r.status, code, message, extra);
 }
 
 export async function login(email: string, password: string): Promise<void> {
@@ -116,7 +123,19 @@ export function queryString(q: Query | undefined): string {
   return s ? "?" + s : "";
 }
 
-export async function api<T>(path: string, opts: { method?: string; body?: unknown; query?: Query } = {}): Promise<T> {
+type Opts = { method?: string; body?: unknown; query?: Query };
+
+export async function api<T>(path: string, opts: Opts = {}): Promise<T> {
+  return (await request<T>(path, opts)).body;
+}
+
+/** A list page: {items, next_cursor} bodies as they are; plain lists with the X-Next-Cursor header. */
+export async function apiPage<T>(path: string, opts: Opts = {}): Promise<Page<T>> {
+  const r = await request<T[] | Page<T>>(path, opts);
+  return asPage(r.body, r.headers.get("X-Next-Cursor"));
+}
+
+async function request<T>(path: string, opts: Opts): Promise<{ body: T; headers: Headers }> {
   const send = () =>
     fetch(path + queryString(opts.query), {
       method: opts.method ?? "GET",
@@ -135,6 +154,6 @@ export async function api<T>(path: string, opts: { method?: string; body?: unkno
     }
   }
   if (!r.ok) throw await errorOf(r);
-  if (r.status === 204) return undefined as T;
-  return (await r.json()) as T;
+  if (r.status === 204) return { body: undefined as T, headers: r.headers };
+  return { body: (await r.json()) as T, headers: r.headers };
 }

@@ -8,11 +8,17 @@ export type LivePoint = { t: number; metrics: Record<string, number | boolean> }
 export type LiveState = "connecting" | "live" | "offline";
 
 type Listener = (points: LivePoint[], dropped: number) => void;
+export type FeedEvent = { t: number; tenant_id: string; device_id: string; readings: number; metrics: Record<string, number | boolean> };
+type FeedListener = (events: FeedEvent[], dropped: number) => void;
+/** The open device's twin changed (reload it), or one of its commands moved to another state. */
+export type DeviceChange = { type: "twin"; device: string; version: number } | { type: "command"; device: string; id: string; state: string };
 
 class LiveClient {
   private ws: WebSocket | null = null;
   private device: string | null = null;
   private listener: Listener | null = null;
+  private feedListeners = new Set<FeedListener>();
+  private changeListeners = new Set<(m: DeviceChange) => void>();
   private retry = 0;
   private timer: ReturnType<typeof setTimeout> | null = null;
   private refreshNext = false;
@@ -30,6 +36,29 @@ class LiveClient {
       this.listener = null;
       if (this.ws && this.ws.readyState === WebSocket.OPEN) this.ws.send(JSON.stringify({ type: "unsubscribe" }));
     };
+  }
+
+  /** The event feed: one event per device per stored batch (the tenant's; every tenant's for operators). */
+  feed(listener: FeedListener): () => void {
+    this.feedListeners.add(listener);
+    if (this.feedListeners.size === 1) {
+      if (this.ws && this.ws.readyState === WebSocket.OPEN && this.state === "live") this.ws.send(JSON.stringify({ type: "feed" }));
+      else this.open();
+    }
+    return () => {
+      this.feedListeners.delete(listener);
+      if (this.feedListeners.size === 0 && this.ws && this.ws.readyState === WebSocket.OPEN) this.ws.send(JSON.stringify({ type: "unfeed" }));
+    };
+  }
+
+  /** Changes of the watched device's twin and commands (the socket must be watching a device). */
+  onChange(listener: (m: DeviceChange) => void): () => void {
+    this.changeListeners.add(listener);
+    return () => this.changeListeners.delete(listener);
+  }
+
+  private wanted(): boolean {
+    return this.device !== null || this.feedListeners.size > 0;
   }
 
   onState(l: (s: LiveState) => void): () => void {
@@ -65,7 +94,12 @@ class LiveClient {
       if (msg.type === "ready") {
         this.retry = 0;
         this.setState("live");
-        this.sendSubscribe();
+        if (!msg.operator) this.sendSubscribe();
+        if (this.feedListeners.size > 0) ws.send(JSON.stringify({ type: "feed" }));
+      } else if ((msg.type === "twin" || msg.type === "command") && msg.device === this.device) {
+        this.changeListeners.forEach((l) => l(msg as DeviceChange));
+      } else if (msg.type === "events") {
+        this.feedListeners.forEach((l) => l(msg.events as FeedEvent[], msg.dropped as number));
       } else if (msg.type === "telemetry" && msg.device === this.device) {
         this.listener?.(msg.points as LivePoint[], msg.dropped as number);
       }
@@ -76,7 +110,7 @@ class LiveClient {
       this.setState("offline");
       if (ev.code === 4401) this.refreshNext = true;
       if (ev.code === 4403) return; // this account may not read tenant data: retrying will not help
-      if (this.device) {
+      if (this.wanted()) {
         const delay = Math.min(30_000, 500 * 2 ** this.retry++);
         this.timer = setTimeout(() => this.open(), delay);
       }

@@ -182,15 +182,18 @@ try {
   await other.getByTestId("not-found").waitFor();
   seen.b_not_found_text = await other.getByTestId("not-found").textContent();
   seen.b_chart_count = await other.getByTestId("telemetry-chart").count();
+  seen.b_nav = await other.getByRole("navigation", { name: "Main" }).getByRole("link").allTextContents();
   const after = await other.evaluate(() => JSON.parse(sessionStorage.getItem("pulse.session")));
   seen.b_session_renewed = after.access !== "spoiled" && after.refresh !== before.refresh;
   await shot(other, "08-other-tenant-404");
   step("cross-tenant 404 seen");
 
-  // --- an operator: the tenants view only ---------------------------------------------------
+  // --- an operator: operator pages only, no tenant's ---------------------------------------------------
   const ops = await browser.newPage();
   watch(ops, "operator");
   await login(ops, task.operator_email);
+  await ops.getByTestId("noc").waitFor(); // an operator lands on the NOC view
+  await ops.getByRole("navigation", { name: "Main" }).getByRole("link", { name: "Tenants", exact: true }).click();
   await ops.getByRole("table").getByText(task.a_slug).waitFor();
   seen.operator_nav = await ops.getByRole("navigation", { name: "Main" }).getByRole("link").allTextContents();
   seen.operator_tenant_row = await ops.getByRole("row").filter({ hasText: task.a_slug }).textContent();

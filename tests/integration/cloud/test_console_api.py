@@ -116,19 +116,28 @@ async def test_another_tenants_device_telemetry_answers_404(cloud: Cloud) -> Non
 
 async def test_fleet_summary_counts_only_own_tenant(cloud: Cloud) -> None:
     _, a = await cloud.tenant_user()
-    _, b = await cloud.tenant_user()
+    b_id, b = await cloud.tenant_user()
     await cloud.device_with_token(b)
     dev, _, _ = await cloud.device_with_token(b)
     await cloud.client.patch(f"/api/v1/devices/{dev}", json={"status": "active"}, headers=b)
     await cloud.client.post("/api/v1/sites", json={"name": "b-site"}, headers=b)
+    await cloud.client.post("/api/v1/gateways", json={"name": "b-gw"}, headers=b)
+    async with cloud.app.state.pulse.db.tenant(b_id) as conn:
+        await conn.execute(
+            "INSERT INTO alerts (tenant_id, device_id, rule_id, severity, explanation) VALUES ($1, 'x', 'hot', 'major', '{}'::jsonb)", b_id
+        )
     r = await cloud.client.get("/api/v1/fleet/summary", headers=b)
     assert r.json() == {
         "devices": 2,
         "devices_by_status": {"provisioned": 1, "active": 1, "disabled": 0, "decommissioned": 0},
         "sites": 1,
+        "devices_by_state": {"online": 0, "stale": 0, "offline": 0, "unreachable": 0},
+        "open_alerts": {"critical": 0, "major": 1, "minor": 0, "warning": 0, "info": 0},
+        "gateways": {"online": 0, "offline": 0, "pending": 1},
     }
     r = await cloud.client.get("/api/v1/fleet/summary", headers=a)
     assert r.json()["devices"] == 0 and r.json()["sites"] == 0
+    assert sum(r.json()["open_alerts"].values()) == 0 and r.json()["gateways"]["pending"] == 0
 
 
 async def test_only_committed_rows_are_published_live(cloud: Cloud) -> None:

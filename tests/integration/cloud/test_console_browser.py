@@ -5,15 +5,13 @@ user of another tenant gets the 404 page for the device. Screenshots go to tests
 
 from __future__ import annotations
 
-import asyncio
-import json
-import shutil
 import time
 import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
+from console_browser_run import ARTIFACTS, needs_build, run_driver
 
 from pulse.cloud.auth.accounts import create_tenant, create_user
 
@@ -21,27 +19,14 @@ Cloud = Any  # the `cloud` fixture (conftest.py)
 
 pytestmark = pytest.mark.e2e
 
-ROOT = Path(__file__).resolve().parents[3]
-CONSOLE = ROOT / "cloud" / "console"
 DRIVER = Path(__file__).with_name("console_driver.mjs")
-ARTIFACTS = ROOT / "tests" / "artifacts" / "console"
 PASSWORD = "correct horse battery staple"
 FLEET = 2500
 BUCKET_MS = 10_000  # what the server picks for the console's default 1 h range (600 buckets at most)
 
 
-def _needs_build() -> str | None:
-    if shutil.which("node") is None:
-        return "node is not installed"
-    if not (CONSOLE / "dist" / "index.html").is_file() or not (CONSOLE / "node_modules" / "playwright-core").is_dir():
-        return "the console is not built"
-    if not Path("/usr/bin/chromium").is_file():
-        return "Debian's chromium is not installed"
-    return None
-
-
 async def test_operator_sees_live_telemetry_and_other_tenants_get_404(cloud: Cloud, serve: Any) -> None:
-    missing = _needs_build()
+    missing = needs_build()
     assert missing is None, f"{missing}: run ./deploy/install.sh first"
     db = cloud.app.state.pulse.db
     a_slug, b_slug = "acme-" + uuid.uuid4().hex[:6], "other-" + uuid.uuid4().hex[:6]
@@ -79,7 +64,6 @@ async def test_operator_sees_live_telemetry_and_other_tenants_get_404(cloud: Clo
 
             task = {
                 "base": base,
-                "console_dir": str(CONSOLE),
                 "artifacts": str(ARTIFACTS),
                 "password": PASSWORD,
                 "a_email": a_email,
@@ -96,18 +80,15 @@ async def test_operator_sees_live_telemetry_and_other_tenants_get_404(cloud: Clo
                 "site_name": "Harbour pumping station",
                 "device_name": "Intake pump 2",
             }
-            proc = await asyncio.create_subprocess_exec(
-                "node", str(DRIVER), stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
-            )
-            out, err = await asyncio.wait_for(proc.communicate(json.dumps(task).encode()), 120)
-            assert proc.returncode == 0, f"browser driver failed:\n{err.decode()[-4000:]}"
-            seen = json.loads(out)
+            seen = await run_driver(DRIVER, task, timeout_s=120)
 
             # what the console did to credentials really happened: the rotated secret works and the old
             # one does not; the issued-then-revoked token no longer works
             async def ingest_with(device_token: str) -> int:
                 r = await client.post(
-                    "/ingest/v1/telemetry", json={"v": 1, "metrics": {"temp": 1}}, headers={"Authorization": f"Bearer {device_token}"}
+                    "/ingest/v1/telemetry",
+                    json={"v": 1, "metrics": {"temp": 1}},
+                    headers={"Authorization": f"Bearer {device_token}"},
                 )
                 return r.status_code
 
@@ -134,12 +115,14 @@ async def test_operator_sees_live_telemetry_and_other_tenants_get_404(cloud: Clo
     assert seen["credential_rows"] == 2 and seen["theme"] == "dark"
     assert seen["rotated_token"] not in (token, seen["issued_token"])
     assert seen["credential_states"] == ["valid", "revoked"]
-    # role-aware navigation: an operator gets the tenants view, not a tenant's pages
-    assert seen["operator_nav"] == ["Tenants"]
+    # role-aware navigation: an operator gets the operator pages, not a tenant's
+    assert seen["operator_nav"] == ["NOC", "Tenant health", "Tenants", "All devices", "All alerts"]
     assert "Acme Water" in seen["operator_tenant_row"] and str(FLEET + 1) in seen["operator_tenant_row"]
     # another tenant's user: the 404 page, and no chart of A's device
     assert "No such device in your tenant" in seen["b_not_found_text"]
     assert seen["b_chart_count"] == 0
+    # a customer (read-only) gets the tenant's pages but not the audit log
+    assert "Alerts" in seen["b_nav"] and "Audit log" not in seen["b_nav"]
 
     r = await cloud.client.get(f"/api/v1/devices/{device}", headers=a)
     assert r.json()["name"] == "Intake pump 2" and r.json()["tags"] == ["pumps"] and r.json()["status"] == "active"

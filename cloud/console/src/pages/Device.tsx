@@ -3,13 +3,14 @@
 import { useEffect, useMemo, useRef, useState } from "react";
 import { useMutation, useQuery, useQueryClient } from "@tanstack/react-query";
 import { api, ApiError } from "../api";
-import { useAccess } from "../App";
+import { Link, useAccess } from "../App";
 import { live, useLiveState } from "../live";
 import { navigate, useLocation } from "../router";
 import { foldReading, numeric, RANGES, rangeWindow, type RangeKey } from "../series";
-import type { Credential, Device, IssuedCredential, Latest, Point, Series } from "../types";
+import type { Alert, Credential, Device, IssuedCredential, Latest, Point, Series } from "../types";
 import { Chart } from "../components/Chart";
-import { ago, Empty, ErrorBox, Loading, SecretOnce, StatusBadge, Time } from "../components/ui";
+import { CommandsSection, TwinSection } from "../components/Twin";
+import { ago, Empty, ErrorBox, Loading, SecretOnce, SeverityBadge, StatusBadge, Time } from "../components/ui";
 import { NotFound } from "./NotFound";
 import { useSites } from "./Devices";
 
@@ -86,6 +87,9 @@ function DeviceView({ device }: { device: Device }) {
         </section>
       </div>
       <Telemetry device={device} metrics={latest.data?.metrics.map((m) => m.name) ?? []} />
+      <TwinSection device={device} />
+      <CommandsSection device={device} />
+      <DeviceAlerts device={device} />
       <Credentials device={device} />
     </>
   );
@@ -172,6 +176,37 @@ function Telemetry({ device, metrics }: { device: Device; metrics: string[] }) {
           <Chart points={points} metric={metric} theme={theme} />
           {series.data && points.length === 0 && <p className="muted">No {metric} readings in the last {range}.</p>}
         </>
+      )}
+    </section>
+  );
+}
+
+function DeviceAlerts({ device }: { device: Device }) {
+  const q = useQuery({
+    queryKey: ["alerts", "device", device.device_id],
+    queryFn: () => api<Alert[]>("/api/v1/alerts", { query: { device_id: device.device_id, state: ["open", "acknowledged"], limit: 20 } }),
+    refetchInterval: 30_000,
+  });
+  return (
+    <section className="card">
+      <div className="page-head">
+        <h2>Open alerts</h2>
+        <Link to={`/alerts?state=&device=${encodeURIComponent(device.device_id)}`}>all alerts of this device →</Link>
+      </div>
+      {q.isPending ? (
+        <Loading />
+      ) : q.isError ? (
+        <ErrorBox error={q.error} retry={() => q.refetch()} />
+      ) : q.data.length === 0 ? (
+        <Empty title="No open alerts." />
+      ) : (
+        <table className="table dense" data-testid="device-alerts">
+          <tbody>
+            {q.data.map((a) => (
+              <tr key={a.id}><td><SeverityBadge severity={a.severity} /></td><td><code>{a.rule_id}</code></td><td>{a.explanation.text}</td><td>{a.state}</td><td>{ago(a.opened_at)}</td></tr>
+            ))}
+          </tbody>
+        </table>
       )}
     </section>
   );

@@ -1,0 +1,53 @@
+// Any ECharts option on a canvas that follows its container's size. `probe` is mirrored into the
+// container's data-probe attribute so that tests and support staff can read what the chart shows.
+import { useEffect, useRef } from "react";
+import * as echarts from "echarts/core";
+import { BarChart, CustomChart, GaugeChart, LineChart, ScatterChart } from "echarts/charts";
+import { GridComponent, LegendComponent, MarkAreaComponent, MarkLineComponent, MarkPointComponent, TooltipComponent } from "echarts/components";
+import { CanvasRenderer } from "echarts/renderers";
+
+echarts.use([
+  LineChart, GaugeChart, CustomChart, BarChart, ScatterChart,
+  GridComponent, TooltipComponent, LegendComponent, MarkLineComponent, MarkPointComponent, MarkAreaComponent,
+  CanvasRenderer,
+]);
+
+export function cssVar(name: string): string {
+  return getComputedStyle(document.documentElement).getPropertyValue(name).trim();
+}
+
+export const PALETTE = ["#2463eb", "#17803d", "#a15c00", "#9c36b5", "#0b7285", "#c0262d", "#5c7cfa", "#e8590c", "#2b8a3e", "#862e9c"];
+
+export function EChart({
+  option,
+  height = 260,
+  testId,
+  label,
+  probe,
+}: {
+  option: echarts.EChartsCoreOption;
+  height?: number;
+  testId?: string;
+  label: string;
+  probe?: unknown;
+}) {
+  const el = useRef<HTMLDivElement>(null);
+  const chart = useRef<echarts.ECharts | null>(null);
+  useEffect(() => {
+    const node = el.current!;
+    const c = echarts.init(node, undefined, { renderer: "canvas" });
+    chart.current = c;
+    const ro = new ResizeObserver(() => c.resize());
+    ro.observe(node);
+    return () => {
+      ro.disconnect();
+      c.dispose();
+      chart.current = null;
+    };
+  }, []);
+  useEffect(() => {
+    chart.current?.setOption(option, { notMerge: true });
+    if (el.current) el.current.dataset.probe = probe === undefined ? "" : JSON.stringify(probe);
+  }, [option, probe]);
+  return <div ref={el} style={{ width: "100%", height }} data-testid={testId} role="img" aria-label={label} />;
+}
