@@ -147,12 +147,13 @@ def run(args: argparse.Namespace) -> int:
     gateway = fleet = None
     inbox = Inbox(root / "inbox.jsonl", _inbox_secret(root))
     try:
-        from pulse.cloud.demo import DEFAULT_RULES, install_rules, provision_gateway
+        from pulse.cloud.demo import DEFAULT_RULES, connect_inbox, install_rules, provision_gateway
 
         inbox_port = _port("PULSE_DEMO_INBOX_PORT", 8099)
         inbox.serve("127.0.0.1", inbox_port)
         inbox_url = f"http://127.0.0.1:{inbox_port}"
         created = install_rules(cloud, interval_s=args.interval)
+        connect_inbox(cloud, url=f"{inbox_url}/hook", secret=_inbox_secret(root))
         print(
             f"alerts     : {len(DEFAULT_RULES)} default rules ({created} new); notifications go to the webhook inbox {inbox_url}/",
             flush=True,

@@ -115,6 +115,7 @@ def start_cloud(root: Path, database_url: str) -> CloudProcess:
         "PULSE_SYNC_PORT": str(wanted_sync if wanted_sync and port_is_free(wanted_sync) else free_port()),
         # the demo's webhook inbox listens on loopback, which the SSRF guard refuses in production
         "PULSE_NOTIFY_ALLOW_NETWORKS": "127.0.0.0/8,::1/128",
+        "PULSE_NOTIFY_CONSOLE_URL": f"http://127.0.0.1:{port}",  # links in notifications open this console
     }
     settings = Settings(
         mode="development",

@@ -17,11 +17,12 @@ import pytest
 pytestmark = pytest.mark.integration
 
 
-def _start(data: Path) -> subprocess.Popen[str]:
+def _start(data: Path, *extra: str) -> subprocess.Popen[str]:
     env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
-    env.update(PULSE_PORT="0", PULSE_DEMO_MQTT_PORT="0", PULSE_DEMO_STATUS_PORT="0", PULSE_PG_PORT="0")  # free ports: 8080 etc. may be taken
+    # free ports: 8080 and the others may be taken on this machine
+    env.update(PULSE_PORT="0", PULSE_DEMO_MQTT_PORT="0", PULSE_DEMO_STATUS_PORT="0", PULSE_PG_PORT="0", PULSE_DEMO_INBOX_PORT="0", PULSE_DEMO_SIM_PORT="0")
     return subprocess.Popen(
-        [sys.executable, "-m", "pulse.cli.main", "up", "--data-dir", str(data), "--devices", "5", "--interval", "0.5"],
+        [sys.executable, "-m", "pulse.cli.main", "up", "--data-dir", str(data), "--devices", "5", "--interval", "0.5", *extra],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -46,11 +47,13 @@ def test_pulse_up_runs_the_whole_stack_and_stops_on_ctrl_c(tmp_path: Path) -> No
     os.chmod(tmp_path, 0o755)  # as root, the embedded PostgreSQL runs as `postgres` and must reach it
     data = tmp_path / "pulse"
     for start in range(2):
-        proc = _start(data)
+        # the first start injects a fault: dev-0000 (an environment sensor) reads 10x its temperature
+        proc = _start(data, "--fault", "dev-0000:spike:metric=temperature_c") if start == 0 else _start(data)
         lines: list[str] = []
         try:
             cloud = _read_until(proc, r"cloud\s+: (http://\S+)", lines).group(1)
             email, password = _read_until(proc, r"login\s+: (\S+) / (\S+)", lines).groups()
+            inbox = _read_until(proc, r"webhook inbox (http://\S+)/", lines).group(1)
             status = _read_until(proc, r"status page (http://\S+)", lines).group(1)
             _read_until(proc, r"Pulse is up", lines)
             assert httpx.get(cloud + "/health", timeout=5).status_code == 200
@@ -76,6 +79,22 @@ def test_pulse_up_runs_the_whole_stack_and_stops_on_ctrl_c(tmp_path: Path) -> No
                     break
                 time.sleep(0.5)
             assert latest.get("metrics"), latest
+            if start == 0:
+                # ... the fault opens the default overheating rule's alert, whose notification
+                # reaches the local webhook inbox, signed
+                deadline = time.monotonic() + 90
+                received: list[dict[str, object]] = []
+                while time.monotonic() < deadline:
+                    received = httpx.get(inbox + "/messages", timeout=5).json()
+                    if any(m["body"]["device"] == "dev-0000" and m["body"]["event"] == "opened" for m in received):
+                        break
+                    time.sleep(1)
+                opened = [m["body"] for m in received if m["body"]["device"] == "dev-0000" and m["body"]["event"] == "opened"]
+                assert opened, received
+                assert opened[0]["severity"] == "critical" and opened[0]["metric"] == "temperature_c"
+                alerts = httpx.get(cloud + "/api/v1/alerts", params={"state": "open"}, headers=headers, timeout=10).json()
+                alerts = alerts["items"] if isinstance(alerts, dict) else alerts
+                assert any(a["rule_id"] == "env-overheat" for a in alerts), alerts
         finally:
             proc.send_signal(signal.SIGINT)
             out, _ = proc.communicate(timeout=90)
