@@ -43,6 +43,26 @@ async def test_stored_secret_survives_a_put_with_the_redacted_value(ncloud: Noti
     assert stored == PD_KEY
 
 
+async def test_slack_and_teams_webhook_urls_are_credentials_and_never_shown_back(ncloud: NotifyCloud) -> None:
+    tenant, h = await ncloud.tenant_user()
+    for kind, url in (("slack", "https://hooks.slack.com/services/T000/B000/XXXXSECRET"), ("teams", "https://example.webhook.office.com/workflows/abc?sig=SECRET")):
+        r = await ncloud.client.post("/api/v1/notify/channels", json={"name": kind, "kind": kind, "config": {"url": url}}, headers=h)
+        assert r.status_code == 201, r.text
+        ch = r.json()
+        assert "SECRET" not in r.text and ch["config"]["url"] == f"https://{url.split('/')[2]}/***"
+        listed = await ncloud.client.get("/api/v1/notify/channels", headers=h)
+        assert "SECRET" not in listed.text
+        # the console sends back what it read: the stored URL stays
+        r = await ncloud.client.put(f"/api/v1/notify/channels/{ch['id']}", json={"name": kind, "kind": kind, "config": ch["config"]}, headers=h)
+        assert r.status_code == 200, r.text
+        async with ncloud.db.tenant(tenant) as conn:
+            stored = await conn.fetchval("SELECT config->>'url' FROM notify_channels WHERE id = $1", uuid.UUID(ch["id"]))
+        assert stored == url
+        # a redacted URL is never stored as if it were one
+        r = await ncloud.client.post("/api/v1/notify/channels", json={"name": kind + "2", "kind": kind, "config": ch["config"]}, headers=h)
+        assert r.status_code == 422 and r.json()["code"] == "notify.bad_config"
+
+
 async def test_bad_channel_config_names_the_field(ncloud: NotifyCloud) -> None:
     _, h = await ncloud.tenant_user()
     r = await ncloud.client.post("/api/v1/notify/channels", json={"name": "x", "kind": "webhook", "config": {"url": "ftp://nope"}}, headers=h)
