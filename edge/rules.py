@@ -171,7 +171,9 @@ class EdgeRuleRunner:
         self._conn = _connect(self._path)
         self._load()
 
-    def _load(self) -> None:
+    def _load(self, *, states: bool = True) -> None:
+        """Rules and registered devices from the SQLite file; with ``states``, the checkpointed rule
+        states too (at start only: in memory they are newer than the last checkpoint)."""
         assert self._conn is not None
         rules = []
         for rule_id, definition in self._conn.execute("SELECT id, definition FROM rules ORDER BY id"):
@@ -180,15 +182,20 @@ class EdgeRuleRunner:
             except RuleError as exc:
                 log.error("stored rule %s is not valid and is skipped: %s", rule_id, exc)
         self._devices = [d for (d,) in self._conn.execute("SELECT device_id FROM devices ORDER BY device_id")]
-        states = {}
-        for rule_id, device_id, state in self._conn.execute("SELECT rule_id, device_id, state FROM rule_state"):
-            with contextlib.suppress(RuleError, ValueError):
-                states[(rule_id, device_id)] = RuleState.from_dict(json.loads(state))
-        self._rules, self._states = rules, states
+        self._rules = rules
+        if states:
+            loaded = {}
+            for rule_id, device_id, state in self._conn.execute("SELECT rule_id, device_id, state FROM rule_state"):
+                with contextlib.suppress(RuleError, ValueError):
+                    loaded[(rule_id, device_id)] = RuleState.from_dict(json.loads(state))
+            self._states = loaded
 
     async def reload(self) -> None:
-        """Read the rule set again (after ``store_rules``)."""
-        await self._in_thread(self._load)
+        """Read the rule set and the registered devices again (after ``store_rules``). The rule
+        states stay those in memory: reading the last checkpoint back would forget every message
+        evaluated since, and a device heard from a second ago would look silent since the checkpoint."""
+        async with self._lock:
+            await self._in_thread(lambda: self._load(states=False))
 
     async def set_rules(self, docs: object, *, set_version: int | None = None) -> list[Rule]:
         """Store a new rule set and use it at once: what the downlink calls with the tenant's rules.

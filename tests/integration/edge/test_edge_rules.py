@@ -84,6 +84,34 @@ async def test_a_heartbeat_rule_raises_an_offline_alert_from_the_sweep_and_state
     assert alert.rule_id == "alive" and "offline" in alert.text
 
 
+async def test_the_periodic_reload_of_the_rule_set_keeps_what_was_heard_since_the_last_checkpoint(
+    settings: Any, devices: Any, start_gateway: Any, client_factory: Any
+) -> None:
+    """The sweeper reads the rule set again every round. It once read the rule states back from the
+    last checkpoint too, so a device reporting every second looked silent since then and a spurious
+    OFFLINE alert opened (and closed at its next message)."""
+    store_rules(settings.database, [{"id": "alive", "kind": "heartbeat", "severity": "major", "interval_s": 1, "offline_after": 2}])
+    secret = devices.add("meter-1", None)
+    gw = await start_gateway()
+    client = client_factory(settings.broker.port, "meter-1", secret)
+    assert await asyncio.to_thread(client.connect)
+    beat = json.dumps({"v": 1, "metrics": {}})
+    await asyncio.to_thread(client.publish, "pulse/meter-1/heartbeat", beat)
+    await wait_for(lambda: _has_state(gw), "the heartbeat state")
+    await gw.rules.sweep_once(int(time.time() * 1000))  # a checkpoint
+    for _ in range(6):  # three seconds of messages, each evaluated in memory only
+        await asyncio.sleep(0.5)
+        await asyncio.to_thread(client.publish, "pulse/meter-1/heartbeat", beat)
+    await wait_for(lambda: _evaluated(gw, 7), "the seven heartbeats evaluated")
+    await gw.rules.reload()  # what the sweeper does every round
+    await gw.rules.sweep_once(int(time.time() * 1000))
+    assert await gw.rules.alerts() == []
+
+
+async def _evaluated(gw: Any, n: int) -> bool:
+    return bool(gw.rules.evaluated >= n)
+
+
 async def _has_state(gw: Any) -> bool:
     return bool(gw.rules._states)
 
