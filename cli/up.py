@@ -27,23 +27,15 @@ def data_dir(arg: str | None) -> Path:
     return Path(arg or os.environ.get("PULSE_DATA_DIR") or ".pulse").resolve()
 
 
-def _db_password(root: Path) -> str:
-    """The embedded database's password: made once, kept in the data directory (mode 0600)."""
-    path = root / "db-password"
+def _secret(root: Path, name: str, nbytes: int) -> str:
+    """A generated secret kept in the data directory (mode 0600): made on the first start, the
+    same on every later one. ``db-password``: the embedded database's; ``inbox-secret``: the demo
+    webhook channel's signing secret."""
+    path = root / name
     if not path.exists():
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as f:
-            f.write(secrets.token_urlsafe(24))
-    return path.read_text().strip()
-
-
-def _inbox_secret(root: Path) -> str:
-    """The demo webhook channel's signing secret: made once, kept in the data directory (mode 0600)."""
-    path = root / "inbox-secret"
-    if not path.exists():
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(secrets.token_urlsafe(32))
+            f.write(secrets.token_urlsafe(nbytes))
     return path.read_text().strip()
 
 
@@ -120,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
         dsn = url
         print(f"database   : using DATABASE_URL ({url.split('@')[-1]})", flush=True)
     else:
-        pg = EmbeddedPostgres(root / "postgres", port=int(os.environ.get("PULSE_PG_PORT", "55432")), password=_db_password(root))
+        pg = EmbeddedPostgres(root / "postgres", port=int(os.environ.get("PULSE_PG_PORT", "55432")), password=_secret(root, "db-password", 24))
         fresh = not pg.initialised()
         print(f"database   : {'initialising' if fresh else 'starting'} embedded PostgreSQL in {pg.cluster_dir} ...", flush=True)
         try:
@@ -145,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
     from pulse.firmware_sim.demo import device_ids, start_fleet
 
     gateway = fleet = None
-    inbox = Inbox(root / "inbox.jsonl", _inbox_secret(root))
+    inbox = Inbox(root / "inbox.jsonl", _secret(root, "inbox-secret", 32))
     try:
         from pulse.cloud.demo import DEFAULT_RULES, connect_inbox, install_rules, provision_gateway
 
@@ -153,7 +145,7 @@ def run(args: argparse.Namespace) -> int:
         inbox.serve("127.0.0.1", inbox_port)
         inbox_url = f"http://127.0.0.1:{inbox_port}"
         created = install_rules(cloud, interval_s=args.interval)
-        connect_inbox(cloud, url=f"{inbox_url}/hook", secret=_inbox_secret(root))
+        connect_inbox(cloud, url=f"{inbox_url}/hook", secret=_secret(root, "inbox-secret", 32))
         print(
             f"alerts     : {len(DEFAULT_RULES)} default rules ({created} new); notifications go to the webhook inbox {inbox_url}/",
             flush=True,

@@ -21,8 +21,11 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
+from cloud_roles import drop_roles
 
 from pulse.cloud.db.embedded import EmbeddedPostgres
+from pulse.cloud.db.migrate import migrate
+from pulse.cloud.settings import Settings
 
 
 @pytest.fixture(scope="session")
@@ -95,3 +98,22 @@ def serve() -> Callable[..., AbstractAsyncContextManager[str]]:
             await task
 
     return run
+
+
+# --- the cloud's settings on a module's database (migrated, with roles of their own) -------------
+
+
+@pytest.fixture(scope="module")
+def cloud_settings(database_url: str, pg_admin_dsn: str) -> Iterator[Settings]:
+    """Settings for this module's database, with freshly migrated schema and roles of its own."""
+    settings = Settings(
+        mode="development",
+        database_url=database_url,
+        db_role_prefix="t" + uuid.uuid4().hex[:12],
+        jwt_secret="test-secret-" + uuid.uuid4().hex,
+        maintenance_interval_s=3600,
+        writer_flush_ms=5,
+    )
+    asyncio.run(migrate(database_url, settings.roles))
+    yield settings
+    asyncio.run(drop_roles(database_url, pg_admin_dsn, settings.roles))

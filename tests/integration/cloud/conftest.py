@@ -13,50 +13,15 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import httpx
 import pytest
+from cloud_roles import drop_roles
 from fastapi import FastAPI
 
 from pulse.cloud.app import create_app
 from pulse.cloud.auth.accounts import create_tenant, create_user
-from pulse.cloud.db.migrate import migrate
 from pulse.cloud.db.pool import role_dsn
 from pulse.cloud.settings import RoleNames, Settings
 
 PASSWORD = "correct horse battery staple"
-
-
-@pytest.fixture(scope="module")
-def cloud_settings(database_url: str, pg_admin_dsn: str) -> Iterator[Settings]:
-    """Settings for this module's database, with freshly migrated schema and roles of its own."""
-    settings = Settings(
-        mode="development",
-        database_url=database_url,
-        db_role_prefix="t" + uuid.uuid4().hex[:12],
-        jwt_secret="test-secret-" + uuid.uuid4().hex,
-        maintenance_interval_s=3600,
-        writer_flush_ms=5,
-    )
-    asyncio.run(migrate(database_url, settings.roles))
-    yield settings
-    asyncio.run(drop_roles(database_url, pg_admin_dsn, settings.roles))
-
-
-async def drop_roles(database_url: str, pg_admin_dsn: str, roles: RoleNames) -> None:
-    """Roles are cluster-wide: drop what they own in the test database, then the roles."""
-    names = [roles.app, roles.operator, roles.writer, roles.identity]
-    admin = await asyncpg.connect(pg_admin_dsn)
-    try:
-        if not await admin.fetchval("SELECT count(*) FROM pg_roles WHERE rolname = ANY($1)", names):
-            return
-        await admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = ANY($1)", names)
-        conn = await asyncpg.connect(database_url)
-        try:
-            await conn.execute("DROP OWNED BY " + ", ".join(f'"{n}"' for n in names))
-        finally:
-            await conn.close()
-        for name in names:
-            await admin.execute(f'DROP ROLE IF EXISTS "{name}"')
-    finally:
-        await admin.close()
 
 
 @pytest.fixture

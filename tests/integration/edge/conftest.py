@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -10,11 +11,13 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
+from edge_sync_receiver import Receiver
 
 from pulse.cloud.db.embedded import free_port
 from pulse.edge.app import Gateway
 from pulse.edge.auth import DeviceRegistry
-from pulse.edge.config import BrokerSettings, BufferSettings, GatewaySettings, Settings, StatusSettings
+from pulse.edge.config import BrokerSettings, BufferSettings, GatewaySettings, Settings, StatusSettings, SyncSettings
+from pulse.edge.enroll import enroll
 
 
 @pytest.fixture
@@ -125,3 +128,41 @@ def client_factory() -> Iterator[Callable[..., Client]]:
             client.close()
         except Exception:  # noqa: BLE001 - a client the test already closed or that never connected
             pass
+
+
+# --- a gateway enrolled with a real mTLS receiver (edge_sync_receiver.Receiver) ------------------
+
+ENROLLED_SYNC = SyncSettings(
+    idle_poll_s=0.05, report_interval_s=60, request_timeout_s=5, downlink_wait_s=1, backoff_base_s=0.05, backoff_cap_s=0.4
+)
+
+
+@pytest.fixture
+async def receiver(tmp_path: Path) -> AsyncIterator[Receiver]:
+    r = Receiver(tmp_path / "cloud")
+    await r.start()
+    yield r
+    await r.close()
+
+
+@pytest.fixture
+async def enrolled_settings(settings: Settings, receiver: Receiver) -> Settings:
+    s = dataclasses.replace(settings, sync=ENROLLED_SYNC)
+    await asyncio.to_thread(enroll, s, receiver.public_url, "good-token", ca_file=receiver.ca_file)
+    return s
+
+
+@pytest.fixture
+async def run_gateway(enrolled_settings: Settings) -> AsyncIterator[Callable[[], Any]]:
+    """Start the enrolled gateway (again, after a stop); every one started is stopped at the end."""
+    running: list[Gateway] = []
+
+    async def start() -> Gateway:
+        gw = Gateway(enrolled_settings)
+        await gw.start()
+        running.append(gw)
+        return gw
+
+    yield start
+    for gw in running:
+        await gw.stop()

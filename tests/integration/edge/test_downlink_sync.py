@@ -4,58 +4,20 @@ other items kept for later, and a cursor that survives a gateway restart."""
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import hashlib
 import json
 import secrets
 import sqlite3
 import threading
-from collections.abc import AsyncIterator, Callable
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pytest
-from edge_sync_receiver import Receiver, wait_for
+from edge_sync_receiver import wait_for
 
-from pulse.edge.app import Gateway
-from pulse.edge.config import Settings, SyncSettings
-from pulse.edge.enroll import enroll
 from pulse.edge.rules import rules_version
 
 pytestmark = pytest.mark.integration
-
-FAST_SYNC = SyncSettings(idle_poll_s=0.05, report_interval_s=60, request_timeout_s=5, downlink_wait_s=1,
-                         backoff_base_s=0.05, backoff_cap_s=0.4)
-
-
-@pytest.fixture
-async def receiver(tmp_path: Path) -> AsyncIterator[Receiver]:
-    r = Receiver(tmp_path / "cloud")
-    await r.start()
-    yield r
-    await r.close()
-
-
-@pytest.fixture
-async def enrolled_settings(settings: Settings, receiver: Receiver) -> Settings:
-    s = dataclasses.replace(settings, sync=FAST_SYNC)
-    await asyncio.to_thread(enroll, s, receiver.public_url, "good-token", ca_file=receiver.ca_file)
-    return s
-
-
-@pytest.fixture
-async def run_gateway(enrolled_settings: Settings) -> AsyncIterator[Callable[[], Any]]:
-    running: list[Gateway] = []
-
-    async def start() -> Gateway:
-        gw = Gateway(enrolled_settings)
-        await gw.start()
-        running.append(gw)
-        return gw
-
-    yield start
-    for gw in running:
-        await gw.stop()
 
 
 def device_token() -> tuple[str, str, str]:

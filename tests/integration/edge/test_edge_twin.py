@@ -6,21 +6,17 @@ answered, a command past its deadline never sent, and every state synced up on S
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 from edge_sync_receiver import Receiver, wait_for
 
-from pulse.edge.app import Gateway
 from pulse.edge.auth import DeviceRegistry
-from pulse.edge.config import Settings, SyncSettings
-from pulse.edge.enroll import enroll
+from pulse.edge.config import Settings
 from pulse.protocol import commands, twin
 from pulse.protocol.batch import Stream
 from pulse.protocol.sync import TwinDesired, command_to_payload
@@ -28,39 +24,7 @@ from pulse.protocol.twin import TwinDocument, TwinUpdate
 
 pytestmark = pytest.mark.integration
 
-FAST_SYNC = SyncSettings(idle_poll_s=0.05, report_interval_s=60, request_timeout_s=5, downlink_wait_s=1,
-                         backoff_base_s=0.05, backoff_cap_s=0.4)
 DEV = "boiler-1"
-
-
-@pytest.fixture
-async def receiver(tmp_path: Path) -> AsyncIterator[Receiver]:
-    r = Receiver(tmp_path / "cloud")
-    await r.start()
-    yield r
-    await r.close()
-
-
-@pytest.fixture
-async def gw_settings(settings: Settings, receiver: Receiver) -> Settings:
-    s = dataclasses.replace(settings, sync=FAST_SYNC)
-    await asyncio.to_thread(enroll, s, receiver.public_url, "good-token", ca_file=receiver.ca_file)
-    return s
-
-
-@pytest.fixture
-async def run_gateway(gw_settings: Settings) -> AsyncIterator[Callable[[], Any]]:
-    running: list[Gateway] = []
-
-    async def start() -> Gateway:
-        gw = Gateway(gw_settings)
-        await gw.start()
-        running.append(gw)
-        return gw
-
-    yield start
-    for gw in running:
-        await gw.stop()
 
 
 def cloud_twin(version_bumps: int, desired: dict[str, Any]) -> TwinDocument:
@@ -89,7 +53,7 @@ async def device(client_factory: Callable[..., Any], port: int, secret: str, *fi
 
 
 async def test_desired_reaches_the_device_retained_its_report_clears_it_and_twin_get_answers(
-    gw_settings: Settings, receiver: Receiver, run_gateway: Any, devices: DeviceRegistry, client_factory: Any
+    enrolled_settings: Settings, receiver: Receiver, run_gateway: Any, devices: DeviceRegistry, client_factory: Any
 ) -> None:
     secret = devices.add(DEV)
     gw = await run_gateway()
@@ -98,7 +62,7 @@ async def test_desired_reaches_the_device_retained_its_report_clears_it_and_twin
     await wait_for(lambda: seq in receiver.downlink_acks, "the desired state acked")
 
     # a device that was asleep subscribes later and still gets the delta (retained)
-    c = await device(client_factory, gw_settings.broker.port, secret, desired_topic, doc_topic)
+    c = await device(client_factory, enrolled_settings.broker.port, secret, desired_topic, doc_topic)
     await wait_for(lambda: payloads(c, desired_topic), "the retained delta")
     delta = json.loads(payloads(c, desired_topic)[0])
     assert delta["state"] == {"interval_s": 5, "mode": "eco"} and delta["metadata"]["mode"] == {"timestamp": 2000}
@@ -134,13 +98,13 @@ async def test_desired_reaches_the_device_retained_its_report_clears_it_and_twin
     newer = receiver.add_downlink("twin_desired", TwinDesired(DEV, cloud_twin(5, {"interval_s": 7})).to_payload())
     gw = await run_gateway()
     await wait_for(lambda: newer in receiver.downlink_acks, "the newer desired state acked")
-    c2 = await device(client_factory, gw_settings.broker.port, secret, desired_topic)
+    c2 = await device(client_factory, enrolled_settings.broker.port, secret, desired_topic)
     await wait_for(lambda: payloads(c2, desired_topic), "the delta after the restart")
     assert json.loads(payloads(c2, desired_topic)[-1])["state"] == {"interval_s": 7}
 
 
 async def test_commands_go_out_when_the_device_is_there_and_a_late_one_never_does(
-    gw_settings: Settings, receiver: Receiver, run_gateway: Any, devices: DeviceRegistry, client_factory: Any
+    enrolled_settings: Settings, receiver: Receiver, run_gateway: Any, devices: DeviceRegistry, client_factory: Any
 ) -> None:
     secret = devices.add(DEV)
     gw = await run_gateway()
@@ -153,7 +117,7 @@ async def test_commands_go_out_when_the_device_is_there_and_a_late_one_never_doe
     held = {c.id: c.state.value for c in await gw.twins.commands(DEV)}
     assert held == {"c-ping": "delivered", "c-late": "expired"}  # the device is not connected yet
 
-    c = await device(client_factory, gw_settings.broker.port, secret, f"pulse/{DEV}/cmd/+")
+    c = await device(client_factory, enrolled_settings.broker.port, secret, f"pulse/{DEV}/cmd/+")
     await wait_for(lambda: payloads(c, f"pulse/{DEV}/cmd/c-ping"), "the command at the device")
     assert json.loads(payloads(c, f"pulse/{DEV}/cmd/c-ping")[0]) == {"id": "c-ping", "name": "ping", "params": {"n": 1}, "expires": now + 600_000}
     answer = {"id": "c-ping", "status": "succeeded", "result": {"pong": True}}
@@ -179,7 +143,7 @@ async def test_commands_go_out_when_the_device_is_there_and_a_late_one_never_doe
     again = receiver.add_downlink("command", command_to_payload(ping))
     await wait_for(lambda: again in receiver.downlink_acks, "the duplicate acked")
     await gw.stop()
-    conn = sqlite3.connect(gw_settings.database)
+    conn = sqlite3.connect(enrolled_settings.database)
     statuses = [r[0] for r in conn.execute("SELECT status FROM downlink WHERE kind = 'command' ORDER BY seq")]
     conn.close()
     assert statuses == ["applied (delivered)", "applied (expired)", "applied"]
@@ -187,7 +151,7 @@ async def test_commands_go_out_when_the_device_is_there_and_a_late_one_never_doe
 
 
 async def test_a_held_command_survives_a_restart_and_an_unrecorded_state_is_recorded_at_start(
-    gw_settings: Settings, receiver: Receiver, run_gateway: Any, devices: DeviceRegistry, client_factory: Any
+    enrolled_settings: Settings, receiver: Receiver, run_gateway: Any, devices: DeviceRegistry, client_factory: Any
 ) -> None:
     secret = devices.add(DEV)
     gw = await run_gateway()
@@ -199,13 +163,13 @@ async def test_a_held_command_survives_a_restart_and_an_unrecorded_state_is_reco
 
     gw = await run_gateway()  # the device was never there: the command waits in gateway.db
     assert [(x.id, x.state.value) for x in await gw.twins.commands(DEV)] == [("c-1", "delivered")]
-    c = await device(client_factory, gw_settings.broker.port, secret, f"pulse/{DEV}/cmd/+")
+    c = await device(client_factory, enrolled_settings.broker.port, secret, f"pulse/{DEV}/cmd/+")
     await wait_for(lambda: payloads(c, f"pulse/{DEV}/cmd/c-1"), "the command after the restart")
     await wait_for(lambda: [r.body for s, r in receiver.rows if s is Stream.TWIN] == [{"id": "c-1", "state": "sent"}], "sent synced")
     await gw.stop()
 
     # as if the gateway had crashed between publishing and recording "sent" for the cloud
-    conn = sqlite3.connect(gw_settings.database)
+    conn = sqlite3.connect(enrolled_settings.database)
     conn.execute("UPDATE commands SET synced = 'delivered' WHERE id = 'c-1'")
     conn.commit()
     conn.close()
@@ -215,7 +179,7 @@ async def test_a_held_command_survives_a_restart_and_an_unrecorded_state_is_reco
 
 
 async def test_a_command_held_until_after_its_deadline_is_expired_when_the_device_shows_up_not_sent(
-    gw_settings: Settings, receiver: Receiver, run_gateway: Any, devices: DeviceRegistry, client_factory: Any
+    enrolled_settings: Settings, receiver: Receiver, run_gateway: Any, devices: DeviceRegistry, client_factory: Any
 ) -> None:
     secret = devices.add(DEV)
     gw = await run_gateway()
@@ -225,7 +189,7 @@ async def test_a_command_held_until_after_its_deadline_is_expired_when_the_devic
     await wait_for(lambda: seq in receiver.downlink_acks, "the command acked")
     assert [x.state.value for x in await gw.twins.commands(DEV)] == ["delivered"]  # in time, but no device
     await wait_for(lambda: int(time.time() * 1000) > cmd.expires_at_ms, "the deadline passing")
-    c = await device(client_factory, gw_settings.broker.port, secret, f"pulse/{DEV}/cmd/+")
+    c = await device(client_factory, enrolled_settings.broker.port, secret, f"pulse/{DEV}/cmd/+")
     await wait_for(lambda: [r.body for s, r in receiver.rows if s is Stream.TWIN] == [{"id": "c-soon", "state": "expired"}],
                    "expired synced")
     assert [x.state.value for x in await gw.twins.commands(DEV)] == ["expired"]

@@ -10,7 +10,6 @@ import json
 import threading
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -36,14 +35,6 @@ FAST_SYNC = SyncSettings(records_per_batch=50, idle_poll_s=0.05, report_interval
 @pytest.fixture
 def sync_settings(settings: Settings) -> Settings:
     return dataclasses.replace(settings, sync=FAST_SYNC)
-
-
-@pytest.fixture
-async def receiver(tmp_path: Path) -> AsyncIterator[Receiver]:
-    r = Receiver(tmp_path / "cloud")
-    await r.start()
-    yield r
-    await r.close()
 
 
 @pytest.fixture

@@ -4,19 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import uvicorn
-from notify_cloud import NotifyCloud, drop_roles, fast_notify, notify_cloud
+from notify_cloud import NotifyCloud, fast_notify, notify_cloud
 from notify_receivers import NOW, Captured, LocalCA, Receiver
 
 from pulse.cloud.ca import CertificateAuthority
 from pulse.cloud.db.embedded import free_port
-from pulse.cloud.db.migrate import migrate
 from pulse.cloud.notify.model import Notification
 from pulse.cloud.notify.senders.base import SendContext
 from pulse.cloud.notify.ssrf import AddressGuard, SsrfPolicy, guarded_client
@@ -115,23 +113,7 @@ def make_notification() -> Callable[..., Notification]:
     return make
 
 
-@pytest.fixture(scope="module")
-def notify_settings_db(database_url: str, pg_admin_dsn: str) -> Iterator[Settings]:
-    """Cloud settings on this module's database, migrated, with roles of its own (dropped afterwards)."""
-    settings = Settings(
-        mode="development",
-        database_url=database_url,
-        db_role_prefix="n" + uuid.uuid4().hex[:12],
-        jwt_secret="test-secret-" + uuid.uuid4().hex,
-        maintenance_interval_s=3600,
-        writer_flush_ms=5,
-    )
-    asyncio.run(migrate(database_url, settings.roles))
-    yield settings
-    asyncio.run(drop_roles(database_url, pg_admin_dsn, settings.roles))
-
-
 @pytest.fixture
-async def ncloud(notify_settings_db: Settings) -> AsyncIterator[NotifyCloud]:
-    async with notify_cloud(notify_settings_db, fast_notify()) as c:
+async def ncloud(cloud_settings: Settings) -> AsyncIterator[NotifyCloud]:
+    async with notify_cloud(cloud_settings, fast_notify()) as c:
         yield c

@@ -11,14 +11,13 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
-import asyncpg
 import httpx
 from fastapi import FastAPI
 
 from pulse.cloud.app import create_app
 from pulse.cloud.auth.accounts import create_tenant, create_user
 from pulse.cloud.notify.settings import NotifySettings
-from pulse.cloud.settings import RoleNames, Settings
+from pulse.cloud.settings import Settings
 
 PASSWORD = "correct horse battery staple"
 PD_KEY = "R0UT1NGKEY0123456789abcdefABCDEF"
@@ -79,24 +78,6 @@ def fast_notify(**changes: Any) -> NotifySettings:
         "console_url": "https://pulse.example.com",
     }
     return NotifySettings(**(base | changes))
-
-
-async def drop_roles(database_url: str, pg_admin_dsn: str, roles: RoleNames) -> None:
-    names = [roles.app, roles.operator, roles.writer, roles.identity]
-    admin = await asyncpg.connect(pg_admin_dsn)
-    try:
-        if not await admin.fetchval("SELECT count(*) FROM pg_roles WHERE rolname = ANY($1)", names):
-            return
-        await admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = ANY($1)", names)
-        conn = await asyncpg.connect(database_url)
-        try:
-            await conn.execute("DROP OWNED BY " + ", ".join(f'"{n}"' for n in names))
-        finally:
-            await conn.close()
-        for name in names:
-            await admin.execute(f'DROP ROLE IF EXISTS "{name}"')
-    finally:
-        await admin.close()
 
 
 @dataclass

@@ -143,9 +143,9 @@ async def test_throttle_drops_repeat_opens_of_the_same_fingerprint(ncloud: Notif
     assert events == ["opened", "closed"]  # the second alert was throttled, so its close goes nowhere either
 
 
-async def test_jobs_survive_a_restart_and_a_crash_mid_send_does_not_page_twice(notify_settings_db: Settings, receiver: Receiver) -> None:
+async def test_jobs_survive_a_restart_and_a_crash_mid_send_does_not_page_twice(cloud_settings: Settings, receiver: Receiver) -> None:
     # 1. workers off: the alert and its due notification are stored, nothing is sent
-    async with notify_cloud(notify_settings_db, fast_notify(workers=False)) as c:
+    async with notify_cloud(cloud_settings, fast_notify(workers=False)) as c:
         _, h, _ = await setup_tenant(
             c,
             {"kind": "pagerduty", "config": {"routing_key": PD_KEY, "events_url": receiver.url("/pd")}},
@@ -157,12 +157,12 @@ async def test_jobs_survive_a_restart_and_a_crash_mid_send_does_not_page_twice(n
     hang = (200, {"x-test-hang-s": "5"}, b"")
     receiver.answer("/pd", (202, {"x-test-hang-s": "5"}, b""))
     receiver.answer("/hook", hang)
-    async with notify_cloud(notify_settings_db, fast_notify()) as c:
+    async with notify_cloud(cloud_settings, fast_notify()) as c:
         await c.wait_for(lambda: soon(len(receiver.requests) == 2), what="both sends to start")
         await c.app.state.notify_workers.stop(grace_s=0)  # the crash: claims stay 'sending'
     # 3. the next process finds the stale claims: PagerDuty is sent again (same dedup_key), the webhook is not
     receiver.answer("/pd", ACCEPTED)
-    async with notify_cloud(notify_settings_db, fast_notify(claim_timeout_s=0.5)) as c:
+    async with notify_cloud(cloud_settings, fast_notify(claim_timeout_s=0.5)) as c:
         async def settled() -> Any:
             r = await c.client.get("/api/v1/notify/deliveries", headers=h)
             items = r.json()["items"]
@@ -176,7 +176,7 @@ async def test_jobs_survive_a_restart_and_a_crash_mid_send_does_not_page_twice(n
     assert len([r for r in receiver.requests if r.path == "/hook"]) == 1
 
 
-async def test_two_worker_sets_fan_out_each_event_once(ncloud: NotifyCloud, notify_settings_db: Settings, receiver: Receiver) -> None:
+async def test_two_worker_sets_fan_out_each_event_once(ncloud: NotifyCloud, cloud_settings: Settings, receiver: Receiver) -> None:
     _, h, _ = await setup_tenant(ncloud, {"kind": "webhook", "config": {"url": receiver.url("/hook")}})
     other = NotifyWorkers(ncloud.db, fast_notify())
     try:

@@ -24,8 +24,8 @@ def bodies(receiver: Receiver, path: str) -> list[dict[str, Any]]:
     return [json.loads(r.body) for r in receiver.requests if r.path == path]
 
 
-async def test_unacknowledged_alert_escalates_level_by_level_and_ack_stops_it(notify_settings_db: Settings, receiver: Receiver) -> None:
-    async with notify_cloud(notify_settings_db, fast_notify(workers=False)) as c:
+async def test_unacknowledged_alert_escalates_level_by_level_and_ack_stops_it(cloud_settings: Settings, receiver: Receiver) -> None:
+    async with notify_cloud(cloud_settings, fast_notify(workers=False)) as c:
         workers: NotifyWorkers = c.app.state.notify_workers
         _, h = await c.tenant_user()
 
@@ -85,8 +85,8 @@ async def test_unacknowledged_alert_escalates_level_by_level_and_ack_stops_it(no
         assert [(n["event"], n["escalation_level"]) for n in detail["notifications"]][:3] == [("opened", None), ("escalated", 0), ("escalated", 1)]
 
 
-async def test_policy_runs_out_after_its_last_level_and_repeat(notify_settings_db: Settings, receiver: Receiver) -> None:
-    async with notify_cloud(notify_settings_db, fast_notify(workers=False)) as c:
+async def test_policy_runs_out_after_its_last_level_and_repeat(cloud_settings: Settings, receiver: Receiver) -> None:
+    async with notify_cloud(cloud_settings, fast_notify(workers=False)) as c:
         workers: NotifyWorkers = c.app.state.notify_workers
         _, h = await c.tenant_user()
         r = await c.client.post("/api/v1/notify/channels", json={"name": "x", "kind": "webhook", "config": {"url": receiver.url("/x")}}, headers=h)

@@ -71,8 +71,8 @@ async def _until(check: Any, what: str, limit_s: float = 30) -> None:
         await asyncio.sleep(0.05)
 
 
-async def test_sigkill_mid_send_then_restart(notify_settings_db: Settings, receiver: Receiver, tmp_path: Path) -> None:
-    async with notify_cloud(notify_settings_db, fast_notify(workers=False)) as c:
+async def test_sigkill_mid_send_then_restart(cloud_settings: Settings, receiver: Receiver, tmp_path: Path) -> None:
+    async with notify_cloud(cloud_settings, fast_notify(workers=False)) as c:
         _, h, _ = await setup_tenant(
             c,
             {"kind": "pagerduty", "config": {"routing_key": PD_KEY, "events_url": receiver.url("/pd")}},
@@ -82,7 +82,7 @@ async def test_sigkill_mid_send_then_restart(notify_settings_db: Settings, recei
     receiver.answer("/pd", (202, {"x-test-hang-s": "5"}, b""))
     receiver.answer("/hook", (200, {"x-test-hang-s": "5"}, b""))
     log = tmp_path / "cloud.log"
-    proc, url = _serve(notify_settings_db, tmp_path, log)
+    proc, url = _serve(cloud_settings, tmp_path, log)
     try:
         await _healthy(proc, url, log)
         await _until(lambda: len(receiver.requests) == 2, "both sends to start")
@@ -90,7 +90,7 @@ async def test_sigkill_mid_send_then_restart(notify_settings_db: Settings, recei
         proc.send_signal(signal.SIGKILL)
         await asyncio.to_thread(proc.wait, 30)
     receiver.answer("/pd", ACCEPTED)
-    proc, url = _serve(notify_settings_db, tmp_path, log, claim_timeout_s="1")
+    proc, url = _serve(cloud_settings, tmp_path, log, claim_timeout_s="1")
     try:
         await _healthy(proc, url, log)
         await _until(lambda: len([r for r in receiver.requests if r.path == "/pd"]) == 2, "PagerDuty to get the event again")
