@@ -17,6 +17,7 @@ from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, Field, field_validator
 
 from pulse.cloud import twins
+from pulse.cloud.api import paging
 from pulse.cloud.api.deps import Parts, Reader, TenantCaller, Writer
 from pulse.cloud.api.sites import site_exists
 from pulse.cloud.auth.credentials import new_device_token
@@ -166,28 +167,21 @@ async def list_devices(
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
     cursor: Annotated[str | None, Query(max_length=200, description="next_cursor of the previous page")] = None,
 ) -> DevicePage:
-    where, args = [], []
-
-    def arg(value: object) -> str:
-        args.append(value)
-        return f"${len(args)}"
-
+    w = paging.Where()
     if site is not None:
-        where.append(f"site_id = {arg(site)}")
+        w.add(f"site_id = {w.arg(site)}")
     if tag:
-        where.append(f"tags @> {arg(list(tag))}::text[]")
+        w.add(f"tags @> {w.arg(list(tag))}::text[]")
     if status is not None:
-        where.append(f"status = {arg(status)}")
+        w.add(f"status = {w.arg(status)}")
     if q:
-        pattern = "%" + q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-        where.append(f"(device_id ILIKE {arg(pattern)} OR name ILIKE {arg(pattern)})")
+        pattern = paging.like(q)
+        w.add(f"(device_id ILIKE {w.arg(pattern)} OR name ILIKE {w.arg(pattern)})")
     if cursor:
-        where.append(f"device_id > {arg(cursor)}")
-    sql = (
-        f"SELECT {_COLS} FROM devices {'WHERE ' + ' AND '.join(where) if where else ''} ORDER BY device_id LIMIT {arg(limit + 1)}"
-    )
+        w.add(f"device_id > {w.arg(cursor)}")
+    sql = f"SELECT {_COLS} FROM devices WHERE {w.sql} ORDER BY device_id LIMIT {w.arg(limit + 1)}"
     async with parts.db.tenant(caller.tenant_id) as conn:
-        rows = await conn.fetch(sql, *args)
+        rows = await conn.fetch(sql, *w.args)
     items = [_out(r) for r in rows[:limit]]
     return DevicePage(items=items, next_cursor=items[-1].device_id if len(rows) > limit else None)
 

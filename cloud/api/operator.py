@@ -175,33 +175,28 @@ async def all_devices(
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
     cursor: Annotated[str | None, Query(max_length=300)] = None,
 ) -> OperatorDevicePage:
-    where: list[str] = ["true"]
-    args: list[object] = []
-
-    def arg(v: object) -> str:
-        args.append(v)
-        return f"${len(args)}"
+    w = paging.Where()
 
     if tenant:
-        where.append(f"t.slug = {arg(tenant)}")
+        w.add(f"t.slug = {w.arg(tenant)}")
     if q:
-        pattern = "%" + q.replace("\\", "\\\\").replace("%", r"\%").replace("_", r"\_") + "%"
-        where.append(f"(d.device_id ILIKE {arg(pattern)} OR d.name ILIKE {arg(pattern)})")
+        pattern = paging.like(q)
+        w.add(f"(d.device_id ILIKE {w.arg(pattern)} OR d.name ILIKE {w.arg(pattern)})")
     if state:
-        where.append(f"s.status = {arg(state)}")
+        w.add(f"s.status = {w.arg(state)}")
     if cursor:
         slug, sep, device_id = cursor.partition("\n")
         if not sep:
             raise InvalidError(Code.API_INVALID, "cursor is not one this API handed out; start again without it")
-        where.append(f"(t.slug, d.device_id) > ({arg(slug)}, {arg(device_id)})")
+        w.add(f"(t.slug, d.device_id) > ({w.arg(slug)}, {w.arg(device_id)})")
     detail = {"tenant": tenant, "q": q, "state": state}
     async with parts.db.operator(actor=p.actor, action="devices.list", detail=detail) as conn:
         rows = await conn.fetch(
             "SELECT d.id, d.tenant_id, t.slug AS tenant_slug, d.device_id, d.name, d.status, s.status AS state, d.updated_at"
             " FROM devices d JOIN tenants t ON t.id = d.tenant_id"
             " LEFT JOIN device_states s ON s.tenant_id = d.tenant_id AND s.device_id = d.device_id"
-            f" WHERE {' AND '.join(where)} ORDER BY t.slug, d.device_id LIMIT {arg(limit + 1)}",
-            *args,
+            f" WHERE {w.sql} ORDER BY t.slug, d.device_id LIMIT {w.arg(limit + 1)}",
+            *w.args,
         )
     items = [OperatorDevice(**dict(r)) for r in rows[:limit]]
     nxt = f"{items[-1].tenant_slug}\n{items[-1].device_id}" if len(rows) > limit else None
@@ -223,29 +218,24 @@ async def all_alerts(
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
     cursor: Annotated[str | None, Query(max_length=200)] = None,
 ) -> OperatorAlertPage:
-    where: list[str] = ["true"]
-    args: list[object] = []
-
-    def arg(v: object) -> str:
-        args.append(v)
-        return f"${len(args)}"
+    w = paging.Where()
 
     if tenant:
-        where.append(f"t.slug = {arg(tenant)}")
+        w.add(f"t.slug = {w.arg(tenant)}")
     if state:
-        where.append(f"a.state = ANY({arg(list(state))})")
+        w.add(f"a.state = ANY({w.arg(list(state))})")
     if severity:
-        where.append(f"a.severity = ANY({arg(severity)})")
+        w.add(f"a.severity = ANY({w.arg(severity)})")
     if cursor:
         at, last = paging.decode(cursor)
-        where.append(f"(a.opened_at, a.id) < ({arg(at)}, {arg(last)})")
+        w.add(f"(a.opened_at, a.id) < ({w.arg(at)}, {w.arg(last)})")
     detail = {"tenant": tenant, "state": state, "severity": severity}
     async with parts.db.operator(actor=p.actor, action="alerts.list", detail=detail) as conn:
         rows = await conn.fetch(
             "SELECT a.id, a.tenant_id, t.slug AS tenant_slug, a.device_id, a.rule_id, a.kind, a.severity, a.state,"
             " a.explanation, a.opened_at, a.updated_at FROM alerts a JOIN tenants t ON t.id = a.tenant_id"
-            f" WHERE {' AND '.join(where)} ORDER BY a.opened_at DESC, a.id DESC LIMIT {arg(limit + 1)}",
-            *args,
+            f" WHERE {w.sql} ORDER BY a.opened_at DESC, a.id DESC LIMIT {w.arg(limit + 1)}",
+            *w.args,
         )
     items = [
         {

@@ -14,6 +14,32 @@ from pulse.cloud.errors import InvalidError
 from pulse.protocol.errors import Code
 
 
+class Where:
+    """The WHERE clause of a list with optional filters: conditions joined by AND, their values as
+    numbered arguments (``$1``, ``$2``, ...), never spliced into the SQL text."""
+
+    def __init__(self) -> None:
+        self.conditions: list[str] = []
+        self.args: list[object] = []
+
+    def arg(self, value: object) -> str:
+        """The placeholder for ``value``."""
+        self.args.append(value)
+        return f"${len(self.args)}"
+
+    def add(self, condition: str) -> None:
+        self.conditions.append(condition)
+
+    @property
+    def sql(self) -> str:
+        return " AND ".join(self.conditions) or "true"
+
+
+def like(text: str) -> str:
+    """An ILIKE pattern matching ``text`` anywhere, its own % _ and \\ taken literally."""
+    return "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+
 def encode(at: datetime, row_id: int) -> str:
     return base64.urlsafe_b64encode(f"{at.isoformat()}|{row_id}".encode()).decode().rstrip("=")
 
