@@ -110,6 +110,7 @@ def create_app(settings: Settings, *, sync_listener: bool = False, notify: Notif
     )
 
     sync.on_twin_change = hub.notify  # twin and command changes reach the console's live view
+    ingest.on_twin_change = hub.notify  # ... from direct devices too
 
     async def maintenance() -> None:
         while True:

@@ -8,7 +8,10 @@ Contract for device makers: docs/protocol.md, "HTTP ingest for direct devices"."
 from __future__ import annotations
 
 import json
+import logging
 import time
+import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import NamedTuple
@@ -29,6 +32,8 @@ from pulse.protocol.envelope import DEFAULT_LIMITS, Limits, MessageType, parse, 
 from pulse.protocol.errors import Code, EnvelopeError, TwinError
 from pulse.protocol.twin import DEFAULT_LIMITS as DEFAULT_TWIN_LIMITS
 from pulse.protocol.twin import TwinLimits, document_message
+
+log = logging.getLogger("pulse.cloud.ingest")
 
 SOURCE = "http"
 
@@ -154,6 +159,9 @@ class IngestService:
         self.limiter = RateLimiter(rate=config.rate_per_s, burst=config.burst)
         self.db = db
         self.twin_limits = twin_limits
+        self.on_twin_change: Callable[[uuid.UUID, str, str, dict[str, object]], None] | None = None
+        """Told (tenant, device, "twin", {"version"}) after a direct device's report changed its twin
+        and was committed: the console's live view, as for gateway-synced reports."""
 
     async def _apply_reported(self, identity: DeviceIdentity, messages: list[Message], prepared: Prepared) -> None:
         """A direct device's ``twin_reported`` messages update its twin, in order, before the rows
@@ -162,12 +170,13 @@ class IngestService:
         assert self.db is not None
         accepted = [r["index"] for r in prepared.results if r["status"] == "accepted"]
         keep: list[TelemetryRow] = []
+        version: int | None = None
         async with self.db.tenant(identity.tenant_id) as conn:
             for index, row in zip(accepted, prepared.telemetry, strict=True):
                 if row[3] == MessageType.TWIN_REPORTED.value:
                     try:
                         async with conn.transaction():
-                            await twins.apply_reported(
+                            change = await twins.apply_reported(
                                 conn,
                                 identity.tenant_id,
                                 identity.device_id,
@@ -182,8 +191,14 @@ class IngestService:
                         )
                         prepared.results[index] = {"index": index, "status": "rejected", "code": str(exc.code), "message": exc.message}
                         continue
+                    version = change.version
                 keep.append(row)
         prepared.telemetry = keep
+        if version is not None and self.on_twin_change is not None:
+            try:
+                self.on_twin_change(identity.tenant_id, identity.device_id, "twin", {"version": version})
+            except Exception:  # a listener never fails an accepted report
+                log.exception("twin change listener failed; the report is stored")
 
     async def read_body(self, request: Request) -> bytes:
         limit = self.config.max_body_bytes

@@ -400,6 +400,26 @@ async def test_live_socket_tells_the_console_when_the_twin_or_a_command_changes(
         assert await frame(ws) == {"type": "command", "device": dev_uuid, "id": cmd["id"], "state": "failed"}
 
 
+async def test_live_socket_tells_the_console_when_a_direct_device_reports_over_http(tc: TwinCloud, serve: Any) -> None:
+    _, h = await tc.cloud.tenant_user()
+    _, dev, token = await tc.cloud.device_with_token(h)
+    dev_uuid = (await tc.client.get("/api/v1/devices", params={"q": dev}, headers=h)).json()["items"][0]["id"]
+    async with serve(tc.cloud.app, lifespan=False) as base, connect(base.replace("http://", "ws://") + "/api/v1/live") as ws:
+        await ws.send(json.dumps({"type": "auth", "token": h["Authorization"][7:]}))
+        assert json.loads(await asyncio.wait_for(ws.recv(), 10))["type"] == "ready"
+        await ws.send(json.dumps({"type": "subscribe", "device": dev_uuid}))
+        assert json.loads(await asyncio.wait_for(ws.recv(), 10))["type"] == "subscribed"
+        report = [{"v": 1, "type": "twin_reported", "ts": int(time.time() * 1000), "body": {"fw": "2.1"}}]
+        r = await tc.client.post(
+            "/ingest/v1/telemetry", content=json.dumps(report), headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+        )
+        assert r.status_code == 200 and r.json()["results"][0]["status"] == "accepted", r.text
+        frame = json.loads(await asyncio.wait_for(ws.recv(), 10))
+        while frame["type"] != "twin":  # points of the device may come first
+            frame = json.loads(await asyncio.wait_for(ws.recv(), 10))
+        assert frame == {"type": "twin", "device": dev_uuid, "version": 1}
+
+
 async def test_a_device_moved_to_another_site_brings_its_twin_and_waiting_commands_to_the_new_gateway(tc: TwinCloud) -> None:
     _, h = await tc.cloud.tenant_user()
     site_a, _, _ = await tc.site_gateway(h)
