@@ -25,7 +25,7 @@ File layout (every key optional)::
     port = 8081
 
     [sync]                                # the link to the cloud, once enrolled
-    records_per_batch = 2000
+    records_per_batch = 5000
     bandwidth_bytes_per_s = 0             # 0: no cap
 
 An environment variable ``PULSE_GW_<SECTION>_<KEY>`` (upper case) overrides ``[section] key``:
@@ -113,7 +113,7 @@ class SyncSettings:
 
     enabled: bool = True
     """Set false to keep an enrolled gateway offline (everything stays in the buffer)."""
-    records_per_batch: int = 2000
+    records_per_batch: int = 5000
     """Most records in one batch sent to the cloud."""
     bandwidth_bytes_per_s: int = 0
     """Cap on the bytes of batches sent per second, for metered links (0: no cap)."""

@@ -15,7 +15,7 @@ def test_sync_defaults_file_and_environment(tmp_path):
     path.write_text("[sync]\nrecords_per_batch = 500\nbandwidth_bytes_per_s = 4000\n")
     s = load(path, {"PULSE_GW_SYNC_REPORT_INTERVAL_S": "60", "PULSE_GW_SYNC_ENABLED": "false"})
     assert (s.sync.records_per_batch, s.sync.bandwidth_bytes_per_s, s.sync.report_interval_s, s.sync.enabled) == (500, 4000, 60.0, False)
-    assert load(None, {}).sync.records_per_batch == 2000
+    assert load(None, {}).sync.records_per_batch == 5000
     assert s.state_dir == tmp_path / "identity"
 
 
