@@ -216,6 +216,16 @@ async def create_command(
     return gateways
 
 
+async def queued_commands(conn: asyncpg.Connection, tenant: uuid.UUID, device_id: str) -> list[str]:
+    """Ids of a device's commands still queued, oldest first."""
+    rows = await conn.fetch(
+        "SELECT id FROM commands WHERE tenant_id = $1 AND device_id = $2 AND state = 'queued' ORDER BY created_at, id",
+        tenant,
+        device_id,
+    )
+    return [r["id"] for r in rows]
+
+
 async def load_command(conn: asyncpg.Connection, tenant: uuid.UUID, command_id: str, *, lock: bool = False) -> Command | None:
     raw = await conn.fetchval(
         "SELECT document FROM commands WHERE tenant_id = $1 AND id = $2" + (" FOR UPDATE" if lock else ""), tenant, command_id

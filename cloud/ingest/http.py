@@ -7,6 +7,7 @@ Contract for device makers: docs/protocol.md, "HTTP ingest for direct devices"."
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -22,18 +23,22 @@ from fastapi import APIRouter, Request, Response
 from pulse.cloud import twins
 from pulse.cloud.api.handlers import read_limited
 from pulse.cloud.db.pool import Database
-from pulse.cloud.errors import InvalidError, RateLimitedError, TooLargeError
+from pulse.cloud.errors import ConflictError, InvalidError, RateLimitedError, TooLargeError
 from pulse.cloud.ingest.identity import DeviceIdentity, DeviceTokenCache
 from pulse.cloud.ingest.ratelimit import RateLimiter
 from pulse.cloud.ingest.writer import QuarantineRow, TelemetryRow, Writer
 from pulse.cloud.metrics import Metrics
 from pulse.cloud.settings import IngestConfig
+from pulse.cloud.sync.downlink import gateways_serving
+from pulse.protocol import commands
+from pulse.protocol.commands import CommandEvent, CommandState
 from pulse.protocol.envelope import DEFAULT_LIMITS, Limits, MessageType, parse, parse_document
-from pulse.protocol.errors import Code, EnvelopeError, TwinError
+from pulse.protocol.errors import Code, CommandError, EnvelopeError, TwinError
 from pulse.protocol.twin import DEFAULT_LIMITS as DEFAULT_TWIN_LIMITS
 from pulse.protocol.twin import TwinLimits, document_message
 
 log = logging.getLogger("pulse.cloud.ingest")
+_DEVICE_STATE_TYPES = frozenset({MessageType.TWIN_REPORTED.value, MessageType.COMMAND_ACK.value})
 
 SOURCE = "http"
 
@@ -163,42 +168,80 @@ class IngestService:
         """Told (tenant, device, "twin", {"version"}) after a direct device's report changed its twin
         and was committed: the console's live view, as for gateway-synced reports."""
 
-    async def _apply_reported(self, identity: DeviceIdentity, messages: list[Message], prepared: Prepared) -> None:
-        """A direct device's ``twin_reported`` messages update its twin, in order, before the rows
-        are written (so the answer says so). One the twin rules refuse is rejected and quarantined
-        with its ``twin.*`` code instead of stored."""
+    async def _apply_device_state(self, identity: DeviceIdentity, messages: list[Message], prepared: Prepared) -> None:
+        """A direct device's ``twin_reported`` messages update its twin and its ``command_ack``
+        messages answer its commands, in order, before the rows are written (so the answer says
+        so). One the twin or command rules refuse is rejected and quarantined with its code
+        instead of stored."""
         assert self.db is not None
         accepted = [r["index"] for r in prepared.results if r["status"] == "accepted"]
         keep: list[TelemetryRow] = []
-        version: int | None = None
+        told: list[tuple[str, dict[str, object]]] = []
         async with self.db.tenant(identity.tenant_id) as conn:
             for index, row in zip(accepted, prepared.telemetry, strict=True):
-                if row[3] == MessageType.TWIN_REPORTED.value:
-                    try:
+                at_ms = int(row[0].timestamp() * 1000)
+                try:
+                    if row[3] == MessageType.TWIN_REPORTED.value:
                         async with conn.transaction():
                             change = await twins.apply_reported(
                                 conn,
                                 identity.tenant_id,
                                 identity.device_id,
                                 json.loads(row[6] or "{}"),
-                                at_ms=int(row[0].timestamp() * 1000),
+                                at_ms=at_ms,
                                 actor=f"device:{identity.device_id}",
                                 limits=self.twin_limits,
                             )
-                    except TwinError as exc:
-                        prepared.quarantine.append(
-                            (identity.tenant_id, identity.device_id, None, SOURCE, str(exc.code), exc.message, messages[index].raw, row[10])
-                        )
-                        prepared.results[index] = {"index": index, "status": "rejected", "code": str(exc.code), "message": exc.message}
-                        continue
-                    version = change.version
+                        told.append(("twin", {"version": change.version}))
+                    elif row[3] == MessageType.COMMAND_ACK.value:
+                        ack = commands.parse_ack(json.loads(row[6] or "{}"))
+                        async with conn.transaction():
+                            cmd = await twins.command_event(
+                                conn, identity.tenant_id, identity.device_id, ack.command_id, ack.event, at_ms,
+                                result=ack.result, error=ack.error,
+                            )  # fmt: skip
+                        if cmd is None:
+                            raise CommandError(Code.COMMAND_BAD_ACK, f"{identity.device_id} has no command {ack.command_id}")
+                        told.append(("command", {"id": cmd.id, "state": cmd.state.value}))
+                except (TwinError, CommandError) as exc:
+                    prepared.quarantine.append(
+                        (identity.tenant_id, identity.device_id, None, SOURCE, str(exc.code), exc.message, messages[index].raw, row[10])
+                    )
+                    prepared.results[index] = {"index": index, "status": "rejected", "code": str(exc.code), "message": exc.message}
+                    continue
                 keep.append(row)
         prepared.telemetry = keep
-        if version is not None and self.on_twin_change is not None:
-            try:
-                self.on_twin_change(identity.tenant_id, identity.device_id, "twin", {"version": version})
-            except Exception:  # a listener never fails an accepted report
-                log.exception("twin change listener failed; the report is stored")
+        if self.on_twin_change is not None:
+            twin = [t for t in told if t[0] == "twin"][-1:]  # the console rereads the twin: the last version is enough
+            for kind, detail in twin + [t for t in told if t[0] == "command"]:
+                try:
+                    self.on_twin_change(identity.tenant_id, identity.device_id, kind, detail)
+                except Exception:  # a listener never fails an accepted report
+                    log.exception("twin change listener failed; the report is stored")
+
+    async def commands_for(self, identity: DeviceIdentity) -> list[bytes]:
+        """A direct device's commands waiting for it, each as the message a gateway would publish
+        on ``pulse/{device}/cmd/{id}``; handing them over makes them ``sent``. Commands past their
+        deadline are expired instead, never handed over."""
+        assert self.db is not None
+        now = int(time.time() * 1000)
+        out: list[bytes] = []
+        async with self.db.tenant(identity.tenant_id) as conn:
+            if await gateways_serving(conn, identity.device):
+                raise ConflictError(
+                    Code.API_CONFLICT,
+                    f"{identity.device_id}'s commands go through its gateway (pulse/{identity.device_id}/cmd/+ over MQTT)",
+                )
+            for command_id in await twins.queued_commands(conn, identity.tenant_id, identity.device_id):
+                cmd = await twins.command_event(conn, identity.tenant_id, identity.device_id, command_id, CommandEvent.DELIVER, now)
+                if cmd is not None and cmd.state is CommandState.DELIVERED:
+                    cmd = await twins.command_event(conn, identity.tenant_id, identity.device_id, command_id, CommandEvent.SEND, now)
+                if cmd is not None and cmd.state is CommandState.SENT:
+                    out.append(commands.command_message(cmd))
+                if cmd is not None and self.on_twin_change is not None:
+                    with contextlib.suppress(Exception):
+                        self.on_twin_change(identity.tenant_id, identity.device_id, "command", {"id": cmd.id, "state": cmd.state.value})
+        return out
 
     async def read_body(self, request: Request) -> bytes:
         limit = self.config.max_body_bytes
@@ -227,8 +270,8 @@ class IngestService:
                 retry_after_s=decision.retry_after_s,
             )
         prepared = prepare(identity, messages, now_ms=int(time.time() * 1000), received_at=datetime.now(UTC), limits=self.limits)
-        if self.db is not None and any(row[3] == MessageType.TWIN_REPORTED.value for row in prepared.telemetry):
-            await self._apply_reported(identity, messages, prepared)
+        if self.db is not None and any(row[3] in _DEVICE_STATE_TYPES for row in prepared.telemetry):
+            await self._apply_device_state(identity, messages, prepared)
         await self.writer.write(prepared.telemetry, prepared.quarantine)
         accepted, rejected = len(prepared.telemetry), len(prepared.quarantine)
         self.metrics.ingest_messages.labels("accepted").inc(accepted)
@@ -297,3 +340,19 @@ async def device_twin(request: Request) -> Response:
     async with service.db.tenant(identity.tenant_id) as conn:
         doc = await twins.load(conn, identity.tenant_id, identity.device_id)
     return Response(document_message(doc, now_ms=int(time.time() * 1000)), media_type="application/json")
+
+
+@router.get(
+    "/ingest/v1/commands",
+    summary="A direct device takes the commands waiting for it (each becomes sent)",
+    description="Authorization: Bearer <device token>. Answers a JSON array of command messages "
+    '({"id", "name", "params", "expires"}), oldest first; the device answers each with a command_ack message. '
+    "409 api.conflict for a device behind a gateway: its commands come over MQTT.",
+)
+async def device_commands(request: Request) -> Response:
+    service: IngestService = request.app.state.pulse.ingest
+    identity = await service.tokens.resolve(request.headers.get("authorization"))
+    if service.db is None:
+        raise InvalidError(Code.API_INVALID, "this server does not serve commands")
+    messages = await service.commands_for(identity)
+    return Response(b"[" + b",".join(messages) + b"]", media_type="application/json")

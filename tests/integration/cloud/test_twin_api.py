@@ -372,6 +372,64 @@ async def test_direct_device_reports_over_http_and_reads_its_twin_with_its_token
     assert (await tc.client.get("/ingest/v1/twin")).status_code == 401
 
 
+async def test_a_direct_device_takes_its_commands_over_http_and_answers_them(tc: TwinCloud) -> None:
+    tenant, h = await tc.cloud.tenant_user()
+    _, dev, token = await tc.cloud.device_with_token(h)
+    _, other, other_token = await tc.cloud.device_with_token(h)
+    auth = {"Authorization": f"Bearer {token}"}
+    ping = (await tc.client.post(f"/api/v1/devices/{dev}/commands", json={"name": "ping", "params": {"n": 1}}, headers=h)).json()
+    late = (await tc.client.post(f"/api/v1/devices/{dev}/commands", json={"name": "reboot", "expires_in_s": 1}, headers=h)).json()
+    await asyncio.sleep(1.1)  # the reboot's deadline passes before the device asks
+
+    # another device of the same tenant gets nothing of this device's
+    assert (await tc.client.get("/ingest/v1/commands", headers={"Authorization": f"Bearer {other_token}"})).json() == []
+    r = await tc.client.get("/ingest/v1/commands", headers=auth)
+    assert r.status_code == 200, r.text
+    assert [(c["id"], c["name"], c["params"]) for c in r.json()] == [(ping["id"], "ping", {"n": 1})]
+    assert (await tc.client.get("/ingest/v1/commands", headers=auth)).json() == []  # handed over once
+    state = lambda c: tc.client.get(f"/api/v1/devices/{dev}/commands/{c['id']}", headers=h)  # noqa: E731
+    assert (await state(ping)).json()["state"] == "sent"
+    assert (await state(late)).json()["state"] == "expired"
+
+    now = int(time.time() * 1000)
+    body = [
+        {"v": 1, "type": "command_ack", "ts": now, "body": {"id": ping["id"], "status": "succeeded", "result": {"pong": True}}},
+        {"v": 1, "type": "command_ack", "ts": now + 1, "body": {"id": "c-nope", "status": "succeeded"}},
+        {"v": 1, "type": "command_ack", "ts": now + 2, "body": {"id": late["id"], "status": "succeeded"}},
+    ]
+    r = await tc.client.post("/ingest/v1/telemetry", content=json.dumps(body), headers={**auth, "Content-Type": "application/json"})
+    assert r.status_code == 200, r.text
+    assert [(x["status"], x.get("code")) for x in r.json()["results"]] == [
+        ("accepted", None),
+        ("rejected", "command.bad_ack"),  # no such command of this device
+        ("rejected", "command.illegal_transition"),  # it expired, never sent
+    ]
+    done = (await state(ping)).json()
+    assert (done["state"], done["result"]) == ("succeeded", {"pong": True})
+    assert [s["state"] for s in done["history"]] == ["queued", "delivered", "sent", "succeeded"]
+    q = await tc.sql("SELECT code FROM quarantine WHERE tenant_id = $1 ORDER BY id", tenant)
+    assert [x["code"] for x in q] == ["command.bad_ack", "command.illegal_transition"]
+    # the other device cannot answer this device's command
+    r = await tc.client.post(
+        "/ingest/v1/telemetry",
+        content=json.dumps({"v": 1, "type": "command_ack", "body": {"id": ping["id"], "status": "failed"}}),
+        headers={"Authorization": f"Bearer {other_token}", "Content-Type": "application/json"},
+    )
+    assert r.json()["results"][0]["code"] == "command.bad_ack" and (await state(ping)).json()["state"] == "succeeded"
+    assert other != dev and (await tc.client.get("/ingest/v1/commands")).status_code == 401
+
+
+async def test_a_device_behind_a_gateway_is_told_its_commands_come_over_mqtt(tc: TwinCloud) -> None:
+    _, h = await tc.cloud.tenant_user()
+    site, _, _ = await tc.site_gateway(h)
+    dev_uuid, dev, token = await tc.cloud.device_with_token(h)
+    assert (await tc.client.patch(f"/api/v1/devices/{dev_uuid}", json={"site_id": site}, headers=h)).status_code == 200
+    cmd = (await tc.client.post(f"/api/v1/devices/{dev}/commands", json={"name": "ping"}, headers=h)).json()
+    r = await tc.client.get("/ingest/v1/commands", headers={"Authorization": f"Bearer {token}"})
+    assert r.status_code == 409 and r.json()["code"] == "api.conflict"
+    assert (await tc.client.get(f"/api/v1/devices/{dev}/commands/{cmd['id']}", headers=h)).json()["state"] == "queued"
+
+
 # --- live view -----------------------------------------------------------------------------------
 
 
