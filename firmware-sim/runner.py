@@ -93,6 +93,28 @@ class _HttpLink:
             r.raise_for_status()
         return r.status_code < 300
 
+    async def fetch(self, path: str) -> object:
+        """GET one of the direct device's own resources (``twin``, ``commands``); None when the
+        cloud does not answer with one (busy, or the device sits behind a gateway)."""
+        r = await self.client.get(f"{self.url.rstrip('/')}/ingest/v1/{path}", headers={"Authorization": f"Bearer {self.token}"})
+        if r.status_code >= 500:
+            r.raise_for_status()
+        return r.json() if r.status_code == 200 else None
+
+
+async def _report(dev: Device, link: Link, reported: dict[str, object]) -> None:
+    env = Envelope(dev.device_id, int(time.time() * 1000), MessageType.TWIN_REPORTED, body=reported)  # type: ignore[arg-type]
+    await link.send(env.to_json(), TopicKind.TWIN_REPORTED)
+
+
+async def _answer(dev: Device, link: Link, command_id: str, doc: dict[str, object]) -> None:
+    """Run a command (its message: ``{"name", "params", ...}``) and send the device's answer."""
+    params = doc.get("params") if isinstance(doc.get("params"), dict) else {}
+    status, result = dev.handle_command(str(doc.get("name", "")), params)  # type: ignore[arg-type]
+    body = {"id": command_id, "status": status, "result": result}
+    env = Envelope(dev.device_id, int(time.time() * 1000), MessageType.COMMAND_ACK, body=body)  # type: ignore[arg-type]
+    await link.send(env.to_json(), TopicKind.COMMAND_ACK, command_id)
+
 
 class Fleet:
     def __init__(
@@ -113,6 +135,7 @@ class Fleet:
         self.rng = random.Random(seed)
         self._t0 = time.monotonic()
         self._stop = asyncio.Event()
+        self._twin_seen: dict[str, int | None] = {}
 
     @classmethod
     def generate(cls, count: int, target: MqttTarget | HttpTarget, *, interval_s: float = 10.0, seed: int = 7, prefix: str = "dev", **kw: float) -> Fleet:
@@ -180,19 +203,29 @@ class Fleet:
             if topic.kind is TopicKind.TWIN_DESIRED:
                 reported = dev.on_delta(raw)  # apply the delta, then report what the device now runs
                 if reported is not None:
-                    env = Envelope(dev.device_id, int(time.time() * 1000), MessageType.TWIN_REPORTED, body=reported)  # type: ignore[arg-type]
-                    await link.send(env.to_json(), TopicKind.TWIN_REPORTED)
+                    await _report(dev, link, reported)
                 continue
             try:
                 doc = json.loads(raw)
             except ValueError:
                 continue
             if topic.kind is TopicKind.COMMAND and topic.command_id and isinstance(doc, dict):
-                params = doc.get("params") if isinstance(doc.get("params"), dict) else {}
-                status, result = dev.handle_command(str(doc.get("name", "")), params)
-                body = {"id": topic.command_id, "status": status, "result": result}
-                env = Envelope(dev.device_id, int(time.time() * 1000), MessageType.COMMAND_ACK, body=body)  # type: ignore[arg-type]
-                await link.send(env.to_json(), TopicKind.COMMAND_ACK, topic.command_id)
+                await _answer(dev, link, topic.command_id, doc)
+
+    async def _poll_http(self, dev: Device, link: _HttpLink) -> None:
+        """A direct device asks the cloud for its twin and commands (docs/protocol.md section 5)."""
+        twin = await link.fetch("twin")
+        delta = twin.get("state", {}).get("delta") if isinstance(twin, dict) else None
+        version = twin.get("version") if isinstance(twin, dict) else None
+        # each new delta once: desired keys the device does not understand stay in the delta, and
+        # reporting them again on every poll would only raise the twin's version
+        if isinstance(delta, dict) and delta and version != self._twin_seen.get(dev.device_id):
+            await _report(dev, link, dev.apply_desired(delta))
+            self._twin_seen[dev.device_id] = None if version is None else int(version) + 1  # our report is the next version
+        waiting = await link.fetch("commands")
+        for doc in waiting if isinstance(waiting, list) else []:
+            if isinstance(doc, dict) and isinstance(doc.get("id"), str):
+                await _answer(dev, link, doc["id"], doc)
 
     async def _device_loop(self, dev: Device, index: int) -> None:
         attempt = 0
@@ -214,6 +247,8 @@ class Fleet:
                             n += 1
                             if self.heartbeat_every and n % self.heartbeat_every == 0:
                                 await link.send(dev.heartbeat(), TopicKind.HEARTBEAT)
+                        if isinstance(link, _HttpLink):
+                            await self._poll_http(dev, link)
                         with contextlib.suppress(TimeoutError):
                             await asyncio.wait_for(self._stop.wait(), dev.interval_s / self.speed)
             except (aiomqtt.MqttError, OSError, httpx.HTTPError) as exc:

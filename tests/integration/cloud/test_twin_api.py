@@ -419,6 +419,37 @@ async def test_a_direct_device_takes_its_commands_over_http_and_answers_them(tc:
     assert other != dev and (await tc.client.get("/ingest/v1/commands")).status_code == 401
 
 
+async def test_a_simulated_direct_device_follows_its_twin_and_answers_commands_over_http(tc: TwinCloud, serve: Any) -> None:
+    """`pulse sim run --http`: the simulator is a direct device, polling its twin and commands."""
+    from pulse.firmware_sim.device import Device
+    from pulse.firmware_sim.profiles import make_fleet
+    from pulse.firmware_sim.runner import Fleet, HttpTarget
+
+    _, h = await tc.cloud.tenant_user()
+    sim = make_fleet(1, prefix="direct")[0]
+    _, dev, token = await tc.cloud.device_with_token(h, device_id=sim.device_id)
+    await tc.client.patch(f"/api/v1/devices/{dev}/twin", json={"state": {"desired": {"interval_s": 1, "mode": "eco"}}}, headers=h)
+    ping = (await tc.client.post(f"/api/v1/devices/{dev}/commands", json={"name": "ping"}, headers=h)).json()
+    async with serve(tc.cloud.app, lifespan=False) as base:
+        fleet = Fleet([Device(sim, interval_s=0.2)], HttpTarget(base, {dev: token}), speed=1.0)
+        run = asyncio.create_task(fleet.run(duration_s=30))
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            twin = (await tc.client.get(f"/api/v1/devices/{dev}/twin", headers=h)).json()
+            cmd = (await tc.client.get(f"/api/v1/devices/{dev}/commands/{ping['id']}", headers=h)).json()
+            if twin["state"]["reported"].get("interval_s") == 1 and cmd["state"] == "succeeded":
+                break
+            await asyncio.sleep(0.2)
+        await asyncio.sleep(2.5)  # two more polls at least: the delta left ("mode") is not reported again
+        fleet.stop()
+        await run
+    twin = (await tc.client.get(f"/api/v1/devices/{dev}/twin", headers=h)).json()
+    assert twin["state"]["reported"]["interval_s"] == 1 and twin["state"]["delta"] == {"mode": "eco"}
+    assert twin["version"] == 2  # the desired update, then one report
+    cmd = (await tc.client.get(f"/api/v1/devices/{dev}/commands/{ping['id']}", headers=h)).json()
+    assert (cmd["state"], cmd["result"]) == ("succeeded", {"pong": True})
+
+
 async def test_a_device_behind_a_gateway_is_told_its_commands_come_over_mqtt(tc: TwinCloud) -> None:
     _, h = await tc.cloud.tenant_user()
     site, _, _ = await tc.site_gateway(h)
