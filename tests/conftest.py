@@ -117,3 +117,18 @@ def cloud_settings(database_url: str, pg_admin_dsn: str) -> Iterator[Settings]:
     asyncio.run(migrate(database_url, settings.roles))
     yield settings
     asyncio.run(drop_roles(database_url, pg_admin_dsn, settings.roles))
+
+
+@pytest.fixture
+def own_postgres() -> Iterator[EmbeddedPostgres]:
+    """A PostgreSQL server of the test's own (not the session's shared one), for tests that stop
+    and start it, or run the cloud as a real process against it. Not durable: fsync is off."""
+    root = Path(tempfile.mkdtemp(prefix="pulse-own-pg-"))
+    os.chmod(root, 0o755)  # the postgres account must reach the cluster (tests run as root)
+    server = EmbeddedPostgres(root / "pg", durable=False)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(root, ignore_errors=True)

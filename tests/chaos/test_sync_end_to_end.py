@@ -17,13 +17,11 @@ import asyncio
 import contextlib
 import os
 import random
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import asyncpg
@@ -86,19 +84,6 @@ class CuttingProxy:
             await self._server.wait_closed()
 
 
-@pytest.fixture
-def database() -> Iterator[EmbeddedPostgres]:
-    root = Path(tempfile.mkdtemp(prefix="pulse-chaos-pg-"))
-    os.chmod(root, 0o755)  # the postgres account must reach the cluster (tests run as root)
-    server = EmbeddedPostgres(root / "pg", durable=False)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-        shutil.rmtree(root, ignore_errors=True)
-
-
 def _spawn(args: list[str], log: Path, env: dict[str, str], **kwargs: object) -> subprocess.Popen[bytes]:
     with log.open("ab") as out:
         return subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT, **kwargs)  # type: ignore[call-overload, no-any-return]
@@ -128,7 +113,7 @@ async def _synced(dsn: str, p: Provisioned, device: str) -> list[int]:
 
 
 async def test_acknowledged_stream_reaches_the_cloud_exactly_once_through_cuts_kills_and_a_database_restart(
-    tmp_path: Path, database: EmbeddedPostgres
+    tmp_path: Path, own_postgres: EmbeddedPostgres
 ) -> None:
     seed = int(os.environ.get("PULSE_CHAOS_SEED", time.time_ns() % 1_000_000))
     rng = random.Random(seed)
@@ -139,7 +124,7 @@ async def test_acknowledged_stream_reaches_the_cloud_exactly_once_through_cuts_k
     context = f"seed {seed} (PULSE_CHAOS_SEED={seed} replays it), schedule {list(zip(schedule, [round(x, 2) for x in pauses], strict=True))}"
     print(context)
 
-    dsn = database.dsn
+    dsn = own_postgres.dsn
     p = await provision(dsn, RoleNames.from_prefix(ROLE_PREFIX), devices=1, prefix="chaos")
     device = p.device_ids[0]
 
@@ -228,10 +213,10 @@ async def test_acknowledged_stream_reaches_the_cloud_exactly_once_through_cuts_k
                 await asyncio.to_thread(cloud.wait)
                 cloud = await start_cloud()
             else:
-                await asyncio.to_thread(database.stop)
+                await asyncio.to_thread(own_postgres.stop)
                 await asyncio.sleep(0.5)
-                await asyncio.to_thread(database.start)
-                assert database.dsn == dsn, "PostgreSQL came back on another port"
+                await asyncio.to_thread(own_postgres.start)
+                assert own_postgres.dsn == dsn, "PostgreSQL came back on another port"
         await asyncio.sleep(1.0)
         cutting.cancel()
         assert publisher.stdin is not None

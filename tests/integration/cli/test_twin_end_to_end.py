@@ -12,14 +12,12 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
 import signal
 import sqlite3
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,19 +35,6 @@ pytestmark = pytest.mark.integration
 PULSE = [sys.executable, "-m", "pulse.cli.main"]
 ROLE_PREFIX = "pulsetwin"
 PASSWORD = "a long enough password for the test"
-
-
-@pytest.fixture
-def database() -> Iterator[EmbeddedPostgres]:
-    root = Path(tempfile.mkdtemp(prefix="pulse-twin-pg-"))
-    os.chmod(root, 0o755)  # the postgres account must reach the cluster (tests run as root)
-    server = EmbeddedPostgres(root / "pg", durable=False)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def _spawn(args: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
@@ -81,9 +66,9 @@ async def _stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> Non
 
 
 async def test_desired_and_commands_set_while_the_gateway_is_down_reach_the_device_when_it_returns(
-    tmp_path: Path, database: EmbeddedPostgres
+    tmp_path: Path, own_postgres: EmbeddedPostgres
 ) -> None:
-    dsn = database.dsn
+    dsn = own_postgres.dsn
     p = await provision(dsn, RoleNames.from_prefix(ROLE_PREFIX), devices=1, prefix="twin")
     device = p.device_ids[0]  # "twin-0000", the id `pulse sim run --prefix twin` gives its first device
     conn = await asyncpg.connect(dsn)

@@ -1,35 +1,12 @@
 // A time-series line chart (ECharts, canvas). The mean per bucket is the line; min-max is a band.
 // The data ECharts actually holds is mirrored into data-* attributes of the container, so that
 // tests and support staff can read what the chart shows (data-point-count, data-points, data-last).
-import { useEffect, useRef } from "react";
-import * as echarts from "echarts/core";
-import { LineChart } from "echarts/charts";
-import { GridComponent, TooltipComponent } from "echarts/components";
-import { CanvasRenderer } from "echarts/renderers";
+import { useEffect } from "react";
 import type { Point } from "../types";
-
-echarts.use([LineChart, GridComponent, TooltipComponent, CanvasRenderer]);
-
-function cssVar(name: string): string {
-  return getComputedStyle(document.documentElement).getPropertyValue(name).trim();
-}
+import { cssVar, useEChart } from "./EChart";
 
 export function Chart({ points, metric, theme }: { points: Point[]; metric: string; theme: string }) {
-  const el = useRef<HTMLDivElement>(null);
-  const chart = useRef<echarts.ECharts | null>(null);
-
-  useEffect(() => {
-    const node = el.current!;
-    const c = echarts.init(node, undefined, { renderer: "canvas" });
-    chart.current = c;
-    const ro = new ResizeObserver(() => c.resize());
-    ro.observe(node);
-    return () => {
-      ro.disconnect();
-      c.dispose();
-      chart.current = null;
-    };
-  }, []);
+  const [el, chart] = useEChart();
 
   useEffect(() => {
     const c = chart.current;

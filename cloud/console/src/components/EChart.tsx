@@ -1,6 +1,6 @@
 // Any ECharts option on a canvas that follows its container's size. `probe` is mirrored into the
 // container's data-probe attribute so that tests and support staff can read what the chart shows.
-import { useEffect, useRef } from "react";
+import { type MutableRefObject, type RefObject, useEffect, useRef } from "react";
 import * as echarts from "echarts/core";
 import { BarChart, CustomChart, GaugeChart, LineChart, ScatterChart } from "echarts/charts";
 import { GridComponent, LegendComponent, MarkAreaComponent, MarkLineComponent, MarkPointComponent, TooltipComponent } from "echarts/components";
@@ -18,19 +18,9 @@ export function cssVar(name: string): string {
 
 export const PALETTE = ["#2463eb", "#17803d", "#a15c00", "#9c36b5", "#0b7285", "#c0262d", "#5c7cfa", "#e8590c", "#2b8a3e", "#862e9c"];
 
-export function EChart({
-  option,
-  height = 260,
-  testId,
-  label,
-  probe,
-}: {
-  option: echarts.EChartsCoreOption;
-  height?: number;
-  testId?: string;
-  label: string;
-  probe?: unknown;
-}) {
+/** An ECharts instance on the returned container: made on mount, resized with the container,
+ * disposed on unmount. Every chart of the console is drawn through it. */
+export function useEChart(): [RefObject<HTMLDivElement | null>, MutableRefObject<echarts.ECharts | null>] {
   const el = useRef<HTMLDivElement>(null);
   const chart = useRef<echarts.ECharts | null>(null);
   useEffect(() => {
@@ -45,6 +35,23 @@ export function EChart({
       chart.current = null;
     };
   }, []);
+  return [el, chart];
+}
+
+export function EChart({
+  option,
+  height = 260,
+  testId,
+  label,
+  probe,
+}: {
+  option: echarts.EChartsCoreOption;
+  height?: number;
+  testId?: string;
+  label: string;
+  probe?: unknown;
+}) {
+  const [el, chart] = useEChart();
   useEffect(() => {
     chart.current?.setOption(option, { notMerge: true });
     if (el.current) el.current.dataset.probe = probe === undefined ? "" : JSON.stringify(probe);
