@@ -2,52 +2,12 @@
 // Reads its task as JSON on stdin, prints one JSON object of what it saw on stdout; the pytest test
 // (test_console_browser.py) makes the world beforehand and judges the observations afterwards.
 // Throws (exit code 1, message on stderr) when a step cannot happen at all.
-import { createRequire } from "node:module";
-import { mkdtempSync, mkdirSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { launch, readTask, stepper } from "./console_browser.mjs";
 
-const task = JSON.parse(await new Promise((resolve) => {
-  let data = "";
-  process.stdin.on("data", (c) => (data += c));
-  process.stdin.on("end", () => resolve(data));
-}));
-const require = createRequire(join(task.console_dir, "package.json"));
-const { chromium } = require("playwright-core");
-
+const task = await readTask();
 const seen = { console_errors: [], steps: [] };
-const step = (name) => {
-  seen.steps.push(name);
-  process.stderr.write(`driver: ${name}\n`);
-};
-mkdirSync(task.artifacts, { recursive: true });
-const profile = mkdtempSync(join(tmpdir(), "pulse-chromium-"));
-const browser = await chromium.launchPersistentContext(profile, {
-  executablePath: "/usr/bin/chromium",
-  headless: true,
-  args: [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-  ],
-  viewport: { width: 1360, height: 860 },
-  colorScheme: "light",
-});
-browser.setDefaultTimeout(20_000);
-
-function watch(page, who) {
-  page.on("console", (m) => m.type() === "error" && seen.console_errors.push(`${who}: ${m.text()}`));
-  page.on("pageerror", (e) => seen.console_errors.push(`${who}: ${e.message}`));
-}
-
-async function login(page, email) {
-  await page.goto(task.base + "/app/");
-  await page.getByLabel("Email").fill(email);
-  await page.getByLabel("Password").fill(task.password);
-  await page.getByRole("button", { name: "Log in" }).click();
-  await page.getByRole("navigation", { name: "Main" }).waitFor();
-}
-
-const shot = (page, name) => page.screenshot({ path: join(task.artifacts, `${name}.png`), fullPage: true });
+const step = stepper(seen);
+const { browser, close, watch, shot, login, failed } = await launch(task, seen);
 const chart = (page) => page.getByTestId("telemetry-chart");
 const chartPoints = async (page) => JSON.parse((await chart(page).getAttribute("data-points")) || "[]");
 
@@ -200,13 +160,9 @@ try {
   await shot(ops, "09-operator-tenants");
   step("operator sees tenants");
 } catch (e) {
-  // leave evidence for whoever reads the failure: a screenshot of every tab and what the pages logged
-  for (const [i, p] of browser.pages().entries()) await p.screenshot({ path: join(task.artifacts, `failure-${i}.png`) }).catch(() => {});
-  process.stderr.write(`driver: failed after steps ${JSON.stringify(seen.steps)}; page errors: ${JSON.stringify(seen.console_errors)}\n`);
-  throw e;
+  await failed(e); // a screenshot of every tab and what the pages logged, then the error again
 } finally {
-  await browser.close();
-  rmSync(profile, { recursive: true, force: true });
+  await close();
 }
 // 404s and 401s the test provoked on purpose are logged by Chromium as console errors; keep the rest
 seen.console_errors = seen.console_errors.filter((e) => !e.includes("404 (Not Found)") && !e.includes("401 (Unauthorized)"));
