@@ -59,8 +59,8 @@ log = logging.getLogger("pulse.cloud.alerts")
 OUTBOX_ENTRIES_PER_TRANSACTION = 50
 TRANSIENT = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
 
-# What evaluation needs of a stored row: (device id, metrics JSON, received_at)
-Item = tuple[str, str, datetime]
+# What evaluation needs of a stored row: (device id, metrics JSON, received_at in Unix ms)
+Item = tuple[str, str, int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,7 +155,7 @@ async def perform(conn: asyncpg.Connection, actions: Sequence[object]) -> None:
 
 def _items(rows: Iterable[Sequence[object]]) -> list[Item]:
     """writer.TelemetryRow -> Item."""
-    return [(str(row[2]), str(row[4]), row[10]) for row in rows]  # type: ignore[misc]
+    return [(str(row[2]), str(row[4]), _ms(row[10])) for row in rows]  # type: ignore[arg-type]
 
 
 class RuleRunner:
@@ -195,7 +195,7 @@ class RuleRunner:
 
     async def drain(self, tenant_id: uuid.UUID) -> int:
         """Evaluate the tenant's outbox entries, oldest first, each transaction deleting what it
-        evaluated; returns the rows evaluated. An entry whose evaluation fails for a reason other
+        evaluated; returns the rows evaluated (entries, for a tenant without rules). An entry whose evaluation fails for a reason other
         than the database (a bug) is logged and removed alone, so it cannot block what follows."""
         lock = self._draining.setdefault(tenant_id, asyncio.Lock())
         done = 0
@@ -219,13 +219,19 @@ class RuleRunner:
 
     async def _drain_once(self, tenant_id: uuid.UUID, limit: int) -> int | None:
         async with self._db.tenant(tenant_id) as conn:
+            rules = await load_rules(conn, tenant_id)
+            if not rules:  # nothing to evaluate: the entries go without reading their rows
+                gone = await conn.fetch(
+                    "DELETE FROM rule_outbox WHERE id IN (SELECT id FROM rule_outbox ORDER BY id LIMIT $1 FOR UPDATE) RETURNING id", limit
+                )
+                return len(gone) if gone else None
             entries = await conn.fetch(
-                "SELECT id, device_ids, metrics, received_at FROM rule_outbox ORDER BY id LIMIT $1 FOR UPDATE", limit
+                "SELECT id, device_ids, metrics, received_ms FROM rule_outbox ORDER BY id LIMIT $1 FOR UPDATE", limit
             )
             if not entries:
                 return None
-            items = [item for e in entries for item in zip(e["device_ids"], e["metrics"], e["received_at"], strict=True)]
-            await self._evaluate(conn, tenant_id, items)
+            items = [item for e in entries for item in zip(e["device_ids"], e["metrics"], e["received_ms"], strict=True)]
+            await self._evaluate(conn, tenant_id, items, rules)
             await conn.execute("DELETE FROM rule_outbox WHERE id = ANY($1::bigint[])", [e["id"] for e in entries])
         self.evaluated_rows += len(items)
         return len(items)
@@ -257,9 +263,9 @@ class RuleRunner:
                 log.exception("catching up on rule evaluation failed for tenant %s; retrying at the next sweep", tenant_id)
         return done
 
-    async def _evaluate(self, conn: asyncpg.Connection, tenant_id: uuid.UUID, items: Sequence[Item]) -> None:
-        """Evaluate ``items`` of one tenant inside the caller's ``db.tenant()`` transaction."""
-        rules = {r.id: r for r in await load_rules(conn, tenant_id)}
+    async def _evaluate(self, conn: asyncpg.Connection, tenant_id: uuid.UUID, items: Sequence[Item], loaded: list[Rule] | None = None) -> None:
+        """Evaluate ``items`` of one tenant inside the caller's ``db.tenant()`` transaction (``loaded``: its rules, if read already)."""
+        rules = {r.id: r for r in (loaded if loaded is not None else await load_rules(conn, tenant_id))}
         if not rules or not items:
             return
         device_ids = sorted({item[0] for item in items})
@@ -270,11 +276,10 @@ class RuleRunner:
         devices = {d: registry.get(d, Device(d)) for d in device_ids}
         scoped = {d: [r for r in rules.values() if applies_to(r, dev)] for d, dev in devices.items()}
         pairs = {(r.id, d) for d, rs in scoped.items() for r in rs}
-        now0 = min(_ms(item[2]) for item in items)
+        now0 = min(item[2] for item in items)
         states = await _lock_states(conn, pairs, rules, now0)
         changed: dict[tuple[str, str], RuleState] = {}
-        for device_id, metrics, received_at in items:
-            now = _ms(received_at)
+        for device_id, metrics, now in items:
             reading = Reading(device_id, json.loads(metrics))
             for rule in scoped[device_id]:
                 key = (rule.id, device_id)

@@ -9,9 +9,9 @@ CREATE TABLE rule_outbox (
     tenant_id    uuid NOT NULL,                -- no foreign key: like telemetry (a deleted tenant's entries drain to no rules)
     device_ids   text[] NOT NULL,
     metrics      text[] NOT NULL,          -- the rows' metrics JSON, as stored in telemetry.metrics
-    received_at  timestamptz[] NOT NULL,   -- the cloud's clock when each row arrived ("now" for the rules)
+    received_ms  bigint[] NOT NULL,        -- the cloud's clock (Unix ms) when each row arrived: "now" for the rules
     created_at   timestamptz NOT NULL DEFAULT now(),
-    CHECK (cardinality(device_ids) = cardinality(metrics) AND cardinality(metrics) = cardinality(received_at))
+    CHECK (cardinality(device_ids) = cardinality(metrics) AND cardinality(metrics) = cardinality(received_ms))
 );
 CREATE INDEX rule_outbox_tenant ON rule_outbox (tenant_id, id);
 
