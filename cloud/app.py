@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
@@ -50,10 +51,17 @@ def app_from_environment() -> FastAPI:
     return create_app(Settings(), sync_listener=True)
 
 
-def create_app(settings: Settings, *, sync_listener: bool = False, notify: NotifySettings | None = None) -> FastAPI:
+def create_app(
+    settings: Settings,
+    *,
+    sync_listener: bool = False,
+    notify: NotifySettings | None = None,
+    clock: Callable[[], dt.datetime] | None = None,
+) -> FastAPI:
     """``sync_listener``: also serve the gateway sync listener (mutual TLS, PULSE_SYNC_PORT) while
     the app runs; ``pulse cloud serve`` turns it on. ``notify``: the notification settings
-    (default: PULSE_NOTIFY_* from the environment)."""
+    (default: PULSE_NOTIFY_* from the environment). ``clock``: what "now" is for endpoints that
+    answer about the present (default: the system clock; tests fix it)."""
     notify_settings = notify if notify is not None else NotifySettings()
     metrics = Metrics()
     password = settings.db_role_password.get_secret_value() if settings.db_role_password else None
@@ -169,6 +177,8 @@ def create_app(settings: Settings, *, sync_listener: bool = False, notify: Notif
     app.state.pulse = Components(
         settings=settings, db=db, auth=Authenticator(sessions, oidc), device_tokens=tokens, ingest=ingest, sync=sync
     )
+    if clock is not None:
+        app.state.pulse.clock = clock
     app.state.accounts = Accounts(db, sessions, refresh_ttl_s=settings.refresh_token_ttl_s)
     app.state.metrics = metrics
     app.state.writer = writer

@@ -1,13 +1,20 @@
 """The cloud's rule runner: evaluates ``pulse.protocol.rules`` on every committed message, and
 sweeps periodically for silence (heartbeats, gateways).
 
+- Durable position: the transaction that stores telemetry also stores, per tenant, an entry in
+  ``rule_outbox`` (``ingest.writer.write_rows``). ``drain(tenant)`` evaluates the tenant's entries
+  oldest first and deletes them in the same ``db.tenant()`` transaction as the rule states and
+  alerts they produced, so each committed row is evaluated exactly once: a crash between commit
+  and evaluation leaves the entry behind, and ``catch_up()`` (at start and before every sweep)
+  evaluates it. Nothing is kept only in memory, so nothing is lost or dropped when behind.
 - Event-driven: ``observe(rows)`` is the telemetry writer's after-commit listener (synchronous, no
-  I/O: it queues the rows and wakes the evaluation task), so a threshold is evaluated as soon as
-  the reading is stored, with no polling delay. Gateway sync calls ``observe`` after its commit too.
-- ``process(rows)`` evaluates inside one ``db.tenant()`` transaction per tenant: it locks the rule
-  states it needs (``SELECT ... FOR UPDATE``, so concurrent evaluators of one (rule, device)
-  serialise), evaluates, performs the actions (``store.apply_record``) and writes the new states
-  in the same transaction. A restart loses nothing: state and alerts commit together.
+  I/O: it marks the rows' tenants and wakes the evaluation task), so a threshold is evaluated as
+  soon as the reading is stored, with no polling delay. Gateway sync calls ``observe`` after its
+  commit too.
+- Evaluation locks the rule states it needs (``SELECT ... FOR UPDATE``, so concurrent evaluators of
+  one (rule, device) serialise), evaluates, performs the actions (``store.apply_record``) and writes
+  the new states in the same transaction. ``process(rows)`` evaluates given rows the same way
+  without the outbox (for callers that hold rows in hand).
 - ``sweep_once(now)``: per tenant, gateways silent for ``gateway_offline_after_s`` get ONE
   GATEWAY_OFFLINE alert and their devices show ``unreachable`` (their heartbeat rules are not
   advanced, so no NO_HEARTBEAT alert each); other devices' heartbeat rules advance (STALE, OFFLINE);
@@ -24,8 +31,7 @@ import json
 import logging
 import time
 import uuid
-from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -50,7 +56,11 @@ from pulse.protocol.rules import (
 )
 
 log = logging.getLogger("pulse.cloud.alerts")
-MAX_QUEUED_ROWS = 200_000
+OUTBOX_ENTRIES_PER_TRANSACTION = 50
+TRANSIENT = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
+
+# What evaluation needs of a stored row: (device id, metrics JSON, received_at in Unix ms)
+Item = tuple[str, str, int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,83 +153,152 @@ async def perform(conn: asyncpg.Connection, actions: Sequence[object]) -> None:
             await apply_record(conn, AlertRecord.of(action))
 
 
+def _items(rows: Iterable[Sequence[object]]) -> list[Item]:
+    """writer.TelemetryRow -> Item."""
+    return [(str(row[2]), str(row[4]), _ms(row[10])) for row in rows]  # type: ignore[arg-type]
+
+
 class RuleRunner:
     def __init__(self, db: Database, config: RunnerConfig = RunnerConfig(), *, clock: Callable[[], int] | None = None) -> None:
         self._db = db
         self._config = config
         self._clock = clock or (lambda: int(time.time() * 1000))
-        self._pending: deque[Sequence[object]] = deque()
+        self._dirty: set[uuid.UUID] = set()
+        self._draining: dict[uuid.UUID, asyncio.Lock] = {}
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self.evaluated_rows = 0
         self.failed_rows = 0
-        self.dropped_rows = 0
 
     # --- event-driven ------------------------------------------------------------------------
 
     def observe(self, rows: Sequence[Sequence[object]]) -> None:
-        """After-commit listener: queue committed telemetry rows (writer.TelemetryRow) for evaluation."""
-        if len(self._pending) + len(rows) > MAX_QUEUED_ROWS:
-            self.dropped_rows += len(rows)
-            log.error("rule evaluation is %d rows behind; %d rows are stored but not evaluated", len(self._pending), len(rows))
-            return
-        self._pending.extend(rows)
+        """After-commit listener: the rows' outbox entries are committed; wake the evaluator for their tenants."""
+        self._dirty.update(row[1] for row in rows)  # type: ignore[misc]
         self._wake.set()
 
     async def process(self, rows: Sequence[Sequence[object]]) -> None:
+        """Evaluate rows in hand (writer.TelemetryRow), one transaction per tenant, without the outbox."""
         by_tenant: dict[uuid.UUID, list[Sequence[object]]] = {}
         for row in rows:
             by_tenant.setdefault(row[1], []).append(row)  # type: ignore[arg-type]
         failed = 0
         for tenant_id, tenant_rows in by_tenant.items():
             try:
-                await self._evaluate_tenant(tenant_id, tenant_rows)
+                async with self._db.tenant(tenant_id) as conn:
+                    await self._evaluate(conn, tenant_id, _items(tenant_rows))
             except Exception:  # one tenant's failure must not cost the others their alerts
                 failed += len(tenant_rows)
                 log.exception("rule evaluation failed for %d rows of tenant %s (they are stored)", len(tenant_rows), tenant_id)
         self.evaluated_rows += len(rows) - failed
         self.failed_rows += failed
 
-    async def _evaluate_tenant(self, tenant_id: uuid.UUID, rows: list[Sequence[object]]) -> None:
+    async def drain(self, tenant_id: uuid.UUID) -> int:
+        """Evaluate the tenant's outbox entries, oldest first, each transaction deleting what it
+        evaluated; returns the rows evaluated (entries, for a tenant without rules). An entry whose evaluation fails for a reason other
+        than the database (a bug) is logged and removed alone, so it cannot block what follows."""
+        lock = self._draining.setdefault(tenant_id, asyncio.Lock())
+        done = 0
+        async with lock:  # one drain per tenant in this process; other processes wait on the row locks
+            limit = OUTBOX_ENTRIES_PER_TRANSACTION
+            while True:
+                try:
+                    evaluated = await self._drain_once(tenant_id, limit)
+                except TRANSIENT:
+                    raise  # the entries stay; the next wake or sweep tries again
+                except Exception as exc:  # noqa: BLE001 - a bug in evaluation: isolate the entry, drop it
+                    if limit > 1:
+                        limit = 1  # find the entry that fails
+                        continue
+                    await self._discard_first(tenant_id, exc)
+                    limit = OUTBOX_ENTRIES_PER_TRANSACTION
+                    continue
+                if evaluated is None:
+                    return done
+                done += evaluated
+
+    async def _drain_once(self, tenant_id: uuid.UUID, limit: int) -> int | None:
         async with self._db.tenant(tenant_id) as conn:
-            rules = {r.id: r for r in await load_rules(conn, tenant_id)}
-            if not rules:
-                return
-            device_ids = sorted({str(row[2]) for row in rows})
-            registry = {
-                r["device_id"]: device_of(r)
-                for r in await conn.fetch("SELECT device_id, tags, site_id FROM devices WHERE device_id = ANY($1)", device_ids)
-            }
-            devices = {d: registry.get(d, Device(d)) for d in device_ids}
-            scoped = {d: [r for r in rules.values() if applies_to(r, dev)] for d, dev in devices.items()}
-            pairs = {(r.id, d) for d, rs in scoped.items() for r in rs}
-            now0 = min(_ms(row[10]) for row in rows)  # type: ignore[arg-type]
-            states = await _lock_states(conn, pairs, rules, now0)
-            changed: dict[tuple[str, str], RuleState] = {}
-            for row in rows:
-                device_id, metrics = str(row[2]), json.loads(str(row[4]))
-                now = _ms(row[10])  # type: ignore[arg-type]
-                reading = Reading(device_id, metrics)
-                for rule in scoped[device_id]:
-                    key = (rule.id, device_id)
-                    state, actions = evaluate(rule, states[key], reading, now)
-                    if state != states[key]:
-                        states[key] = changed[key] = state
-                    await perform(conn, actions)
-            await _save_states(conn, changed)
+            rules = await load_rules(conn, tenant_id)
+            if not rules:  # nothing to evaluate: the entries go without reading their rows
+                gone = await conn.fetch(
+                    "DELETE FROM rule_outbox WHERE id IN (SELECT id FROM rule_outbox ORDER BY id LIMIT $1 FOR UPDATE) RETURNING id", limit
+                )
+                return len(gone) if gone else None
+            entries = await conn.fetch(
+                "SELECT id, device_ids, metrics, received_ms FROM rule_outbox ORDER BY id LIMIT $1 FOR UPDATE", limit
+            )
+            if not entries:
+                return None
+            items = [item for e in entries for item in zip(e["device_ids"], e["metrics"], e["received_ms"], strict=True)]
+            await self._evaluate(conn, tenant_id, items, rules)
+            await conn.execute("DELETE FROM rule_outbox WHERE id = ANY($1::bigint[])", [e["id"] for e in entries])
+        self.evaluated_rows += len(items)
+        return len(items)
+
+    async def _discard_first(self, tenant_id: uuid.UUID, exc: Exception) -> None:
+        async with self._db.tenant(tenant_id) as conn:
+            entry = await conn.fetchrow(
+                "DELETE FROM rule_outbox WHERE id = (SELECT min(id) FROM rule_outbox) RETURNING id, cardinality(device_ids) AS n"
+            )
+        if entry is not None:
+            self.failed_rows += entry["n"]
+            log.error(
+                "rule evaluation failed for outbox entry %s of tenant %s (%d rows, stored; alerts from them may be missing)",
+                entry["id"],
+                tenant_id,
+                entry["n"],
+                exc_info=exc,
+            )
+
+    async def catch_up(self) -> int:
+        """Evaluate every tenant's leftover outbox entries (what an earlier process committed but never evaluated)."""
+        async with self._db.identity() as conn:
+            tenants = [r[0] for r in await conn.fetch("SELECT pulse_rule_outbox_tenants()")]
+        done = 0
+        for tenant_id in tenants:
+            try:
+                done += await self.drain(tenant_id)
+            except Exception:
+                log.exception("catching up on rule evaluation failed for tenant %s; retrying at the next sweep", tenant_id)
+        return done
+
+    async def _evaluate(self, conn: asyncpg.Connection, tenant_id: uuid.UUID, items: Sequence[Item], loaded: list[Rule] | None = None) -> None:
+        """Evaluate ``items`` of one tenant inside the caller's ``db.tenant()`` transaction (``loaded``: its rules, if read already)."""
+        rules = {r.id: r for r in (loaded if loaded is not None else await load_rules(conn, tenant_id))}
+        if not rules or not items:
+            return
+        device_ids = sorted({item[0] for item in items})
+        registry = {
+            r["device_id"]: device_of(r)
+            for r in await conn.fetch("SELECT device_id, tags, site_id FROM devices WHERE device_id = ANY($1)", device_ids)
+        }
+        devices = {d: registry.get(d, Device(d)) for d in device_ids}
+        scoped = {d: [r for r in rules.values() if applies_to(r, dev)] for d, dev in devices.items()}
+        pairs = {(r.id, d) for d, rs in scoped.items() for r in rs}
+        now0 = min(item[2] for item in items)
+        states = await _lock_states(conn, pairs, rules, now0)
+        changed: dict[tuple[str, str], RuleState] = {}
+        for device_id, metrics, now in items:
+            reading = Reading(device_id, json.loads(metrics))
+            for rule in scoped[device_id]:
+                key = (rule.id, device_id)
+                state, actions = evaluate(rule, states[key], reading, now)
+                if state != states[key]:
+                    states[key] = changed[key] = state
+                await perform(conn, actions)
+        await _save_states(conn, changed)
 
     async def _evaluator(self) -> None:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            rows = list(self._pending)
-            self._pending.clear()
-            if not rows:
-                continue
-            try:
-                await self.process(rows)
-            except Exception:  # keep evaluating what comes next; the rows themselves are stored
-                log.exception("rule evaluation failed for %d rows (they are stored; alerts from them may be missing)", len(rows))
+            tenants, self._dirty = self._dirty, set()
+            for tenant_id in tenants:
+                try:
+                    await self.drain(tenant_id)
+                except Exception:  # keep evaluating what comes next; the entries stay for the next sweep
+                    log.exception("rule evaluation failed for tenant %s (rows stored; evaluated again at the next sweep)", tenant_id)
 
     # --- the sweep ---------------------------------------------------------------------------
 
@@ -316,6 +395,7 @@ class RuleRunner:
     async def _sweeper(self) -> None:
         while True:
             try:
+                await self.catch_up()  # at start: whatever was committed before a crash and not evaluated
                 await self.sweep_once()
             except Exception:
                 log.exception("the rule sweep failed; retrying in %ss", self._config.sweep_interval_s)
@@ -330,15 +410,14 @@ class RuleRunner:
         ]
 
     async def stop(self) -> None:
-        """Evaluate what is queued, then stop."""
-        rows = list(self._pending)
-        self._pending.clear()
+        """Stop; first evaluate what was committed and signalled (anything left waits in the outbox)."""
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks = []
-        if rows:
+        tenants, self._dirty = self._dirty, set()
+        for tenant_id in tenants:
             with contextlib.suppress(Exception):
-                await self.process(rows)
+                await self.drain(tenant_id)

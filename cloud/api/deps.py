@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -28,6 +30,9 @@ class Components:
     device_tokens: DeviceTokenCache
     ingest: IngestService
     sync: SyncService
+    clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC)
+    """The time "now" means for endpoints that answer about the present (who is on call now);
+    tests fix it (``create_app(..., clock=...)``)."""
 
 
 def components(request: Request) -> Components:

@@ -610,7 +610,7 @@ def _source(source: str) -> dict[str, Any]:
 @oncall_router.get("/{schedule_id}/now", summary="Who is on call now, in which layer, until when")
 async def on_call_now(schedule_id: uuid.UUID, caller: Reader, parts: Parts, at: dt.datetime | None = None) -> dict[str, Any]:
     schedule, channels = await _pure_schedule(parts, caller, schedule_id)
-    when = at or dt.datetime.now(dt.UTC)
+    when = at or parts.clock()
     if when.tzinfo is None:
         raise InvalidError(Code.API_INVALID, "at needs a time zone")
     who = on_call_at(schedule, when)
@@ -625,7 +625,7 @@ async def on_call_timeline(
     schedule_id: uuid.UUID, caller: Reader, parts: Parts, days: int = Query(default=TIMELINE_DAYS, ge=1, le=90), start: dt.datetime | None = None
 ) -> dict[str, Any]:
     schedule, channels = await _pure_schedule(parts, caller, schedule_id)
-    begin = start or dt.datetime.now(dt.UTC)
+    begin = start or parts.clock()
     if begin.tzinfo is None:
         raise InvalidError(Code.API_INVALID, "start needs a time zone")
     shifts = timeline(schedule, begin, days=days)

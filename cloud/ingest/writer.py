@@ -64,11 +64,33 @@ QuarantineRow = tuple[uuid.UUID, str | None, uuid.UUID | None, str, str, str, by
 async def write_rows(
     conn: asyncpg.Connection, telemetry: Sequence[TelemetryRow], quarantine: Sequence[QuarantineRow] = ()
 ) -> None:
-    """COPY rows inside the caller's transaction. Raises asyncpg errors; callers translate."""
+    """COPY rows inside the caller's transaction, with their rule-outbox entries (one per tenant:
+    what the rules runner needs of the rows, so what commits is evaluated even if this process dies
+    before it could). Raises asyncpg errors; callers translate."""
     if telemetry:
         await conn.copy_records_to_table("telemetry", records=telemetry, columns=TELEMETRY_COLUMNS)
+        await conn.executemany(
+            "INSERT INTO rule_outbox (tenant_id, device_ids, metrics, received_ms) VALUES ($1, $2, $3, $4)", outbox_entries(telemetry)
+        )
     if quarantine:
         await conn.copy_records_to_table("quarantine", records=quarantine, columns=QUARANTINE_COLUMNS)
+
+
+def outbox_entries(telemetry: Sequence[TelemetryRow]) -> list[tuple[uuid.UUID, list[str], list[str], list[int]]]:
+    """One ``rule_outbox`` entry per tenant: (tenant, device ids, metrics JSON, received_at in Unix ms), in row order."""
+    by_tenant: dict[uuid.UUID, tuple[list[str], list[str], list[int]]] = {}
+    received: datetime | None = None
+    received_ms = 0
+    for row in telemetry:
+        entry = by_tenant.get(row[1])
+        if entry is None:
+            entry = by_tenant[row[1]] = ([], [], [])
+        if row[10] is not received:  # the rows of one request share one received_at
+            received, received_ms = row[10], int(row[10].timestamp() * 1000)
+        entry[0].append(row[2])
+        entry[1].append(row[4])
+        entry[2].append(received_ms)
+    return [(tenant, *columns) for tenant, columns in by_tenant.items()]
 
 
 @dataclass(slots=True)

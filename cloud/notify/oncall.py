@@ -4,7 +4,10 @@ A ``Schedule`` has a time zone (IANA, e.g. ``Europe/Berlin``), layers and overri
 
 - a ``Layer`` rotates through its members, one shift each, handing off at a local wall-clock time
   (``handoff``) every day (``daily``) or every seven days (``weekly``, on the weekday of ``start``),
-  counting from its ``start`` date. Wall-clock time is what counts: across a DST change the handoff
+  counting from its ``start`` date. The layer covers from ``begins`` (local wall-clock time; default
+  00:00 on ``start``), or from its first handoff if that is earlier: the first member is on call
+  from then until the first shift ends, so a schedule that starts at 06:00 with a 09:00 handoff has
+  someone on call at once. Wall-clock time is what counts: across a DST change the handoff
   stays at 09:00 local, so that day's shift is 23 or 25 hours long. A layer may be restricted to
   windows (e.g. Mon-Fri 09:00-17:00); outside them it has nobody.
 - Layers are listed bottom first; a higher layer that has someone on call wins over the ones below.
@@ -68,16 +71,33 @@ class Layer(_Model):
     """The first shift starts at ``handoff`` on this date (local time)."""
     handoff: dt.time = dt.time(9, 0)
     restrictions: tuple[Window, ...] = ()
+    begins: dt.datetime | None = None
+    """When the layer starts covering (naive local wall-clock time); default 00:00 on ``start``.
+    From then until the first handoff, the first member is on call."""
+
+    @field_validator("begins")
+    @classmethod
+    def _naive(cls, value: dt.datetime | None) -> dt.datetime | None:
+        if value is not None and value.tzinfo is not None:
+            raise ValueError("begins is a local wall-clock time, without a time zone")
+        return value
 
     @property
     def shift_days(self) -> int:
         return 1 if self.rotation == "daily" else 7
 
+    @property
+    def covers_from(self) -> dt.datetime:
+        """The local wall-clock time from which this layer has someone on call."""
+        return self.begins if self.begins is not None else dt.datetime.combine(self.start, dt.time(0, 0))
+
     def member_at(self, local: dt.datetime) -> str | None:
         """Who this layer has on call at a local (naive, wall-clock) time, or None."""
         days = (local.date() - self.start).days - (1 if local.time() < self.handoff else 0)
         if days < 0:
-            return None
+            if local < self.covers_from:
+                return None
+            days = 0  # before the first handoff: the first member's shift has already begun
         if self.restrictions and not any(w.covers(local) for w in self.restrictions):
             return None
         return self.members[(days // self.shift_days) % len(self.members)]
@@ -178,6 +198,7 @@ def timeline(schedule: Schedule, start: dt.datetime, days: int = TIMELINE_DAYS) 
         walls = {layer.handoff for layer in schedule.layers}
         walls |= {t for layer in schedule.layers for w in layer.restrictions for t in (w.start, w.end)}
         cuts |= {_first_instant_at(day, t, zone) for t in walls}
+    cuts |= {_first_instant_at(layer.covers_from.date(), layer.covers_from.time(), zone) for layer in schedule.layers}
     cuts |= {t.astimezone(dt.UTC) for o in schedule.overrides for t in (o.start, o.end)}
     points = sorted(c for c in cuts if start <= c < end)
     shifts: list[Shift] = []

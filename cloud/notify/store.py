@@ -179,7 +179,8 @@ def schedule_of(name: str, time_zone: str, layers: Sequence[Mapping[str, Any]], 
         raise ConfigError(Code.NOTIFY_BAD_SCHEDULE, f"on-call schedule: time_zone: {time_zone!r} is not an IANA time zone (e.g. Europe/Berlin)") from None
     pure_layers: list[dict[str, Any]] = []
     for layer in layers:
-        start = _aware(layer["start"]).astimezone(zone).date()
+        begins = _aware(layer["start"]).astimezone(zone).replace(tzinfo=None)
+        start = begins.date()
         weekday = layer.get("handoff_weekday")
         if layer["rotation"] == "weekly" and weekday is not None:
             start += dt.timedelta(days=(weekday - start.weekday()) % 7)
@@ -191,6 +192,7 @@ def schedule_of(name: str, time_zone: str, layers: Sequence[Mapping[str, Any]], 
                 "start": start.isoformat(),
                 "handoff": layer.get("handoff") or "09:00",
                 "restrictions": layer.get("restrictions") or [],
+                "begins": begins.isoformat(),
             }
         )
     pure_overrides = [{"start": _aware(o["start"]).isoformat(), "end": _aware(o["end"]).isoformat(), "who": o["member"]["name"]} for o in overrides]

@@ -27,6 +27,7 @@ export async function launch(task, seen) {
     ],
     viewport: { width: 1360, height: 860 },
     colorScheme: "light",
+    ...(task.time_zone ? { timezoneId: task.time_zone } : {}),
   });
   browser.setDefaultTimeout(20_000);
   const close = async () => {

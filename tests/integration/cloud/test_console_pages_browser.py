@@ -10,6 +10,7 @@ Screenshots go to tests/artifacts/console/ (2x-3x.png)."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import time
 import uuid
@@ -29,6 +30,10 @@ pytestmark = pytest.mark.e2e
 
 DRIVER = Path(__file__).with_name("console_pages_driver.mjs")
 PASSWORD = "correct horse battery staple"
+
+
+def half_past_midnight() -> dt.datetime:
+    return dt.datetime.now(dt.UTC).replace(hour=0, minute=30, second=0, microsecond=0)
 
 
 class Receiver:
@@ -53,8 +58,10 @@ class Receiver:
 async def test_alerting_twin_and_operator_pages_work_end_to_end(cloud_settings: Settings, serve: Any) -> None:
     missing = needs_build()
     assert missing is None, f"{missing}: run ./deploy/install.sh first"
-    # notifications may reach the loopback receiver below (the SSRF guard refuses loopback otherwise)
-    app = create_app(cloud_settings, notify=NotifySettings(allow_networks="127.0.0.0/8"))
+    # notifications may reach the loopback receiver below (the SSRF guard refuses loopback otherwise).
+    # "Now" for the on-call page is fixed at 00:30 UTC of the day the browser (in UTC) makes its
+    # schedule: before its 09:00 handoff, whatever the time of day the test runs at.
+    app = create_app(cloud_settings, notify=NotifySettings(allow_networks="127.0.0.0/8"), clock=half_past_midnight)
     receiver = Receiver()
     async with (
         app.router.lifespan_context(app),
@@ -104,6 +111,7 @@ async def test_alerting_twin_and_operator_pages_work_end_to_end(cloud_settings: 
                 "metric": "temp",
                 "rule_id": "hot-boiler",
                 "hook_url": hook + "/pulse",
+                "time_zone": "UTC",
             },
         )
         alert = (await client.get(f"/api/v1/alerts/{seen['alert_id']}", headers=a)).json()
@@ -139,7 +147,7 @@ async def test_alerting_twin_and_operator_pages_work_end_to_end(cloud_settings: 
     assert {"gateway.create", "twin.update", "command.create"} <= set(seen["audit_actions"])
     assert "ops-hook" in seen["delivery_row"] and "test" in seen["delivery_row"] and "delivered" in seen["delivery_row"]
     assert len(receiver.bodies) == 1 and receiver.bodies[0]["schema"] == "pulse.notification.v1"  # the real test request
-    assert seen["timeline"]["bars"] > 0 and seen["timeline"]["gaps"] == 0 and "On call now" in seen["oncall_now"]
+    assert seen["timeline"]["bars"] > 0 and seen["timeline"]["gaps"] == 0 and "On call now: ana" in seen["oncall_now"]
     # operator
     assert seen["operator_nav"] == ["NOC", "Tenant health", "Tenants", "All devices", "All alerts"]
     assert seen["live_event_status"] == 200 and device_id in seen["feed_row"] and seen["ops_no_reload"] is True

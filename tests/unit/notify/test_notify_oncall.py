@@ -10,6 +10,7 @@ import pytest
 
 from pulse.cloud.notify.errors import ConfigError
 from pulse.cloud.notify.oncall import Schedule, on_call_at, timeline
+from pulse.cloud.notify.store import schedule_of
 from pulse.protocol.errors import Code
 
 pytestmark = pytest.mark.unit
@@ -33,7 +34,9 @@ def schedule(**changes: Any) -> Schedule:
 @pytest.mark.parametrize(
     ("when", "who"),
     [
-        (berlin(2026, 3, 26, 8, 59), None),  # before the first shift
+        (berlin(2026, 3, 25, 23, 59), None),  # before the schedule starts
+        (berlin(2026, 3, 26, 0, 0), "ana"),  # the schedule covers from its start, before the first handoff
+        (berlin(2026, 3, 26, 8, 59), "ana"),
         (berlin(2026, 3, 26, 9, 0), "ana"),
         (berlin(2026, 3, 27, 8, 59), "ana"),
         (berlin(2026, 3, 27, 9, 0), "ben"),
@@ -44,6 +47,75 @@ def schedule(**changes: Any) -> Schedule:
 )
 def test_daily_rotation_hands_off_at_local_wall_clock_time(when: dt.datetime, who: str | None) -> None:
     assert on_call_at(schedule(), when).who == who
+
+
+UTC = dt.UTC
+
+
+def utc(*args: int) -> dt.datetime:
+    return dt.datetime(*args, tzinfo=UTC)
+
+
+def made_by_the_console(time_zone: str, day: dt.date, rotation: str = "daily") -> Schedule:
+    """What the console creates: members ana, bo, cy, handoff 09:00, starting at local midnight of ``day``."""
+    begins = dt.datetime.combine(day, dt.time(0, 0)).replace(tzinfo=ZoneInfo(time_zone))
+    layer = {"name": "primary", "members": [{"name": m} for m in ("ana", "bo", "cy")], "rotation": rotation, "start": begins.isoformat(), "handoff": "09:00"}
+    return schedule_of("primary on-call", time_zone, [layer], [])
+
+
+@pytest.mark.parametrize(
+    ("zone", "day", "when", "who"),
+    [
+        # made today in UTC, asked at several times of that day and the next
+        ("UTC", dt.date(2026, 12, 5), utc(2026, 12, 5, 0, 30), "ana"),
+        ("UTC", dt.date(2026, 12, 5), utc(2026, 12, 5, 8, 59), "ana"),
+        ("UTC", dt.date(2026, 12, 5), utc(2026, 12, 5, 9, 0), "ana"),
+        ("UTC", dt.date(2026, 12, 5), utc(2026, 12, 5, 23, 59), "ana"),
+        ("UTC", dt.date(2026, 12, 5), utc(2026, 12, 6, 8, 59), "ana"),
+        ("UTC", dt.date(2026, 12, 5), utc(2026, 12, 6, 9, 0), "bo"),
+        ("UTC", dt.date(2026, 12, 5), utc(2026, 12, 4, 23, 59), None),  # before it starts
+        # made in Berlin on the day summer time begins (02:00 -> 03:00): local midnight is 23:00 UTC the day before
+        ("Europe/Berlin", dt.date(2026, 3, 29), utc(2026, 3, 28, 22, 59), None),
+        ("Europe/Berlin", dt.date(2026, 3, 29), utc(2026, 3, 28, 23, 0), "ana"),
+        ("Europe/Berlin", dt.date(2026, 3, 29), utc(2026, 3, 29, 0, 30), "ana"),
+        ("Europe/Berlin", dt.date(2026, 3, 29), utc(2026, 3, 29, 8, 59), "ana"),
+        ("Europe/Berlin", dt.date(2026, 3, 29), utc(2026, 3, 29, 23, 59), "ana"),
+        ("Europe/Berlin", dt.date(2026, 3, 29), utc(2026, 3, 30, 7, 0), "bo"),  # 09:00 CEST
+        # ... and on the day it ends (03:00 -> 02:00)
+        ("Europe/Berlin", dt.date(2026, 10, 25), utc(2026, 10, 25, 0, 30), "ana"),
+        ("Europe/Berlin", dt.date(2026, 10, 25), utc(2026, 10, 25, 8, 59), "ana"),
+        ("Europe/Berlin", dt.date(2026, 10, 25), utc(2026, 10, 25, 23, 59), "ana"),
+        ("Europe/Berlin", dt.date(2026, 10, 26), utc(2026, 10, 26, 7, 59), "ana"),  # 08:59 CET
+        ("Europe/Berlin", dt.date(2026, 10, 26), utc(2026, 10, 26, 8, 0), "ana"),  # 09:00 CET: first handoff, ana's shift ends tomorrow
+        # New York, on the day summer time begins (2026-03-08)
+        ("America/New_York", dt.date(2026, 3, 8), utc(2026, 3, 8, 5, 0), "ana"),  # 00:00 EST
+        ("America/New_York", dt.date(2026, 3, 8), utc(2026, 3, 8, 4, 59), None),
+        ("America/New_York", dt.date(2026, 3, 8), utc(2026, 3, 8, 12, 59), "ana"),  # 08:59 EDT
+    ],
+)
+def test_a_new_schedule_has_its_first_member_on_call_from_its_start_at_any_time_of_day(
+    zone: str, day: dt.date, when: dt.datetime, who: str | None
+) -> None:
+    s = made_by_the_console(zone, day)
+    assert on_call_at(s, when).who == who
+    # the timeline agrees and has no gap from the start of the schedule on
+    begins = dt.datetime.combine(day, dt.time(0, 0)).replace(tzinfo=ZoneInfo(zone))
+    if when >= begins:
+        shifts = timeline(s, when, days=2)
+        assert shifts[0].who == who and all(sh.who is not None for sh in shifts)
+
+
+def test_a_weekly_layer_that_starts_before_its_handoff_weekday_covers_the_days_until_then() -> None:
+    begins = dt.datetime(2026, 12, 3, 14, 0, tzinfo=UTC)  # a Thursday; handoffs on Mondays at 09:00
+    layer = {"name": "wk", "members": [{"name": "ana"}, {"name": "bo"}], "rotation": "weekly", "start": begins.isoformat(), "handoff": "09:00", "handoff_weekday": 0}
+    s = schedule_of("weekly", "UTC", [layer], [])
+    assert on_call_at(s, utc(2026, 12, 3, 13, 59)).who is None
+    assert on_call_at(s, utc(2026, 12, 3, 14, 0)).who == "ana"
+    assert on_call_at(s, utc(2026, 12, 7, 8, 59)).who == "ana"
+    assert on_call_at(s, utc(2026, 12, 14, 8, 59)).who == "ana"
+    assert on_call_at(s, utc(2026, 12, 14, 9, 0)).who == "bo"
+    shifts = timeline(s, utc(2026, 12, 3, 0, 0), days=14)
+    assert [(sh.start, sh.who) for sh in shifts] == [(utc(2026, 12, 3, 0, 0), None), (begins, "ana"), (utc(2026, 12, 14, 9, 0), "bo")]
 
 
 def test_the_shift_across_spring_forward_is_23_hours_and_across_fall_back_25() -> None:
