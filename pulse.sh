@@ -17,8 +17,16 @@ case "${1:-}" in
     echo "==> lint (ruff) and types (mypy --strict on protocol/)"
     .venv/bin/ruff check .
     .venv/bin/mypy protocol
-    echo "==> tests"
-    exec .venv/bin/pytest "$@"
+    # The whole suite ends well within CI's 90 minutes whatever a test does: at the limit SIGUSR1
+    # makes pytest dump every thread's stack (tests/leakcheck.py) and end; KILL a minute later.
+    limit="${PULSE_TEST_TIME_LIMIT:-40m}"
+    echo "==> tests (time limit $limit)"
+    status=0
+    timeout --signal=USR1 --kill-after=60s "$limit" .venv/bin/pytest "$@" || status=$?
+    if [ "$status" -eq 124 ] || [ "$status" -eq 137 ]; then
+      echo "==> the test suite did not finish within $limit and was stopped (thread stacks above); failing" >&2
+    fi
+    exit "$status"
     ;;
   *)
     echo "usage: ./pulse.sh demo | test [pytest args]" >&2

@@ -144,6 +144,18 @@ class Gateway:
         return {**self.uplink.snapshot(), "downlink": self.downlink.snapshot()}
 
     async def stop(self) -> None:
+        """Stop every part, each one even when another failed to stop (a part left running, such as
+        the buffer's aiosqlite thread, keeps the whole process alive); then raise the first failure."""
+        failures: list[Exception] = []
+        for step in (self._stop_tasks, self.twins.stop, self._stop_broker, self.rules.stop, self.buffer.close):
+            try:
+                await step()
+            except Exception as exc:  # noqa: BLE001 - raised below, once the other parts are stopped
+                failures.append(exc)
+        if failures:
+            raise failures[0]
+
+    async def _stop_tasks(self) -> None:
         if self._http is not None:
             self._http.should_exit = True
         for task in self._tasks[:1]:
@@ -154,12 +166,11 @@ class Gateway:
             task.cancel()
         await asyncio.gather(*self._sync_tasks, return_exceptions=True)
         self._sync_tasks.clear()
-        await self.twins.stop()
+
+    async def _stop_broker(self) -> None:
         if self.broker is not None:
-            await mqtt.stop(self.broker)
-            self.broker = None
-        await self.rules.stop()
-        await self.buffer.close()
+            broker, self.broker = self.broker, None
+            await mqtt.stop(broker)
 
 
 def _tune_gc() -> None:

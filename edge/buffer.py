@@ -216,9 +216,12 @@ class Buffer:
             self._r = await aiosqlite.connect(self.path, isolation_level=None)
             await self._r.execute("PRAGMA busy_timeout=10000")
             await self._r.execute("PRAGMA cache_size=-256")  # status queries and sync reads walk the key order
-        except sqlite3.Error as exc:
-            await self._shutdown_thread()
-            raise StorageError(f"cannot open the gateway database {self.path}: {exc}", path=str(self.path)) from exc
+        except BaseException as exc:
+            # whatever stopped the opening (an SQLite error, a cancellation): no thread outlives it
+            await self._release()
+            if isinstance(exc, sqlite3.Error):
+                raise StorageError(f"cannot open the gateway database {self.path}: {exc}", path=str(self.path)) from exc
+            raise
         self._writer = asyncio.create_task(self._write_loop(), name="buffer-writer")
         self._writer.add_done_callback(self._writer_done)
 
@@ -264,22 +267,33 @@ class Buffer:
         """Commit what is queued, then close the file."""
         self._closing = True
         self._wake.set()
-        if self._writer is not None:
-            await self._writer
+        try:
+            if self._writer is not None:
+                await self._writer
+        finally:
             self._writer = None
-        if self._r is not None:
-            await self._r.close()
+            await self._release()
+
+    async def _release(self) -> None:
+        """Close the read connection (its aiosqlite thread) and the writer thread, even after a
+        failure: a thread left running keeps the whole process alive."""
+        try:
+            if self._r is not None:
+                await self._r.close()
+        finally:
             self._r = None
-        await self._shutdown_thread()
+            await self._shutdown_thread()
 
     async def _shutdown_thread(self) -> None:
         if self._thread is None:
             return
-        if self._w is not None:
-            await self._in_writer(self._w.close)
+        try:
+            if self._w is not None:
+                await self._in_writer(self._w.close)
+        finally:
             self._w = None
-        self._thread.shutdown(wait=True)
-        self._thread = None
+            self._thread.shutdown(wait=True)
+            self._thread = None
 
     def _ring(self, device_id: str) -> array[int]:
         ring = self._rings.get(device_id)

@@ -27,6 +27,9 @@ from pulse.cloud.db.embedded import EmbeddedPostgres
 from pulse.cloud.db.migrate import migrate
 from pulse.cloud.settings import Settings
 
+# Nothing a test starts may outlive it, and the test process always ends (tests/leakcheck.py).
+pytest_plugins = ("leakcheck", "pytester")
+
 
 @pytest.fixture(scope="session")
 def pg_admin_dsn() -> Iterator[str]:

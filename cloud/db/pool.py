@@ -10,6 +10,9 @@
 - identity look-ups (device credential, login email, refresh token) go through SECURITY DEFINER
   functions executed by the app role without a tenant.
 
+The tenant, operator and identity ways translate PostgreSQL's refusals of the request's data (a NUL
+character, a number out of range, a NOT NULL column left empty) into coded 4xx (db/refusals.py).
+
 Each role connects with the owner DSN's host and database, its own user name, and
 PULSE_DB_ROLE_PASSWORD when set."""
 
@@ -24,6 +27,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 import asyncpg
 
+from pulse.cloud.db.refusals import refusals
 from pulse.cloud.settings import RoleNames
 
 
@@ -95,9 +99,10 @@ class Database:
     @asynccontextmanager
     async def tenant(self, tenant_id: uuid.UUID) -> AsyncIterator[asyncpg.Connection]:
         """A transaction in which only ``tenant_id``'s rows exist (SET LOCAL app.tenant_id)."""
-        async with self.app_pool.acquire() as conn, conn.transaction():
-            await conn.execute("SELECT set_config('app.tenant_id', $1, true)", str(tenant_id))
-            yield conn
+        with refusals():
+            async with self.app_pool.acquire() as conn, conn.transaction():
+                await conn.execute("SELECT set_config('app.tenant_id', $1, true)", str(tenant_id))
+                yield conn
 
     @asynccontextmanager
     async def writer_transaction(self) -> AsyncIterator[asyncpg.Connection]:
@@ -109,8 +114,9 @@ class Database:
     @asynccontextmanager
     async def identity(self) -> AsyncIterator[asyncpg.Connection]:
         """An app-role connection with no tenant: only the pulse_identity_* functions see anything."""
-        async with self.app_pool.acquire() as conn:
-            yield conn
+        with refusals():
+            async with self.app_pool.acquire() as conn:
+                yield conn
 
     @asynccontextmanager
     async def operator(
@@ -123,10 +129,11 @@ class Database:
         detail: Mapping[str, object] | None = None,
     ) -> AsyncIterator[asyncpg.Connection]:
         """A transaction that bypasses RLS. The audit row is committed before the work starts."""
-        async with self.operator_pool.acquire() as conn:
-            await audit(conn, actor=actor, action=action, target=target, tenant_id=tenant_id, detail=detail, bypass=True)
-            async with conn.transaction():
-                yield conn
+        with refusals():
+            async with self.operator_pool.acquire() as conn:
+                await audit(conn, actor=actor, action=action, target=target, tenant_id=tenant_id, detail=detail, bypass=True)
+                async with conn.transaction():
+                    yield conn
 
 
 async def audit(

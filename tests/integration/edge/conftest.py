@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -57,8 +58,9 @@ async def start_gateway(settings: Settings, devices: DeviceRegistry) -> AsyncIte
         return gw
 
     yield start
-    for gw in started:
-        await gw.stop()
+    async with contextlib.AsyncExitStack() as stack:  # every one is stopped, even after another failed to
+        for gw in started:
+            stack.push_async_callback(gw.stop)
 
 
 class Client:
@@ -164,5 +166,6 @@ async def run_gateway(enrolled_settings: Settings) -> AsyncIterator[Callable[[],
         return gw
 
     yield start
-    for gw in running:
-        await gw.stop()
+    async with contextlib.AsyncExitStack() as stack:  # every one is stopped, even after another failed to
+        for gw in running:
+            stack.push_async_callback(gw.stop)
