@@ -89,7 +89,7 @@ async def probe(conn: asyncpg.Connection) -> ServerOffer:
 
 async def table_engine(conn: asyncpg.Connection) -> Engine | None:
     """The engine the telemetry table already has in this database (None: no table yet)."""
-    kind = await conn.fetchval("SELECT relkind FROM pg_class WHERE oid = to_regclass('public.telemetry')")
+    kind = await conn.fetchval("SELECT relkind::text FROM pg_class WHERE oid = to_regclass('public.telemetry')")
     if kind is None:
         return None
     return "native" if kind == "p" else "timescaledb"

@@ -4,17 +4,19 @@ the shared write path commits inside the caller's transaction (the gateway-sync 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import uuid
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import asyncpg
 import pytest
 
-from pulse.cloud.db.migrate import load, migrate
+from pulse.cloud.db.migrate import EARLIER_CHECKSUMS, load, migrate, render
 from pulse.cloud.db.pool import Database, role_dsn
 from pulse.cloud.ingest.writer import write_rows
-from pulse.cloud.settings import Settings
+from pulse.cloud.settings import RoleNames, Settings
 
 pytestmark = pytest.mark.integration
 
@@ -136,3 +138,54 @@ async def test_write_rows_commits_with_the_callers_transaction(cloud_settings: S
     finally:
         await writer.close()
         await owner.close()
+
+
+RELEASED_0004 = Path(__file__).with_name("released") / "0004_telemetry.sql"
+
+
+async def test_a_database_migrated_by_the_released_0004_upgrades_to_the_view(fresh_database: tuple[str, str]) -> None:
+    """`pulse up` data directories applied 0001-0008 with the released text of 0004 (which ran
+    CREATE EXTENSION itself and enabled compression before RLS): they still start, and 0009 moves
+    the app role onto the view."""
+    dsn, prefix = fresh_database
+    roles = RoleNames.from_prefix(prefix)
+    released = RELEASED_0004.read_text()
+    assert hashlib.sha256(released.encode()).hexdigest() in EARLIER_CHECKSUMS["0004"]
+    a, b = uuid.uuid4(), uuid.uuid4()
+    owner = await asyncpg.connect(dsn)
+    try:
+        await owner.execute(
+            "CREATE TABLE schema_migrations (version text PRIMARY KEY, name text NOT NULL, checksum text NOT NULL,"
+            " applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        for mig in load():
+            if mig.version > "0008":
+                continue
+            sql = released if mig.version == "0004" else mig.sql
+            async with owner.transaction():
+                await owner.execute(render(sql, roles))
+                await owner.execute(
+                    "INSERT INTO schema_migrations (version, name, checksum) VALUES ($1, $2, $3)",
+                    mig.version,
+                    mig.name,
+                    hashlib.sha256(sql.encode()).hexdigest(),
+                )
+        now = datetime.now(UTC)
+        async with owner.transaction():
+            await write_rows(owner, [_row(a, now), _row(b, now), _row(b, now)])
+    finally:
+        await owner.close()
+
+    assert await migrate(dsn, roles) == ["0009"]
+    assert await migrate(dsn, roles) == []
+    app = await asyncpg.connect(role_dsn(dsn, roles.app, None))
+    try:
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await app.fetchval("SELECT count(*) FROM public.telemetry")
+        for tenant, rows in ((a, 1), (b, 2)):
+            async with app.transaction():
+                await app.execute("SELECT set_config('app.tenant_id', $1, true)", str(tenant))
+                assert await app.fetchval("SELECT count(*) FROM telemetry") == rows
+                assert await app.fetchval("SELECT count(DISTINCT tenant_id) FROM telemetry") == 1
+    finally:
+        await app.close()
