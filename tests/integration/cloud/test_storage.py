@@ -154,6 +154,8 @@ async def test_a_database_migrated_by_the_released_0004_upgrades_to_the_view(fre
     a, b = uuid.uuid4(), uuid.uuid4()
     owner = await asyncpg.connect(dsn)
     try:
+        if "timescaledb" in await owner.fetchval("SHOW shared_preload_libraries"):
+            pytest.skip("the released 0004 never completed on a TimescaleDB server: no such database exists to upgrade")
         await owner.execute(
             "CREATE TABLE schema_migrations (version text PRIMARY KEY, name text NOT NULL, checksum text NOT NULL,"
             " applied_at timestamptz NOT NULL DEFAULT now())"
