@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import shutil
@@ -15,11 +14,10 @@ import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
-from cloud_roles import drop_roles
+from cloud_roles import scratch_database
 from timescale import timescaledb_bindir
 
 from pulse.cloud.db.embedded import EmbeddedPostgres
@@ -54,20 +52,8 @@ def fresh(unloaded_admin_dsn: str) -> Iterator[tuple[str, RoleNames, str]]:
     prefix = "u" + uuid.uuid4().hex[:12]
     roles = RoleNames.from_prefix(prefix)
 
-    async def admin(sql: str) -> None:
-        conn = await asyncpg.connect(unloaded_admin_dsn)
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
-    dsn = urlunsplit(urlsplit(unloaded_admin_dsn)._replace(path=f"/{name}"))
-    try:
+    with scratch_database(unloaded_admin_dsn, name, roles) as dsn:
         yield dsn, roles, prefix
-    finally:
-        asyncio.run(drop_roles(dsn, unloaded_admin_dsn, roles))
-        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 async def test_the_server_offers_timescaledb_without_preloading_it(unloaded_admin_dsn: str) -> None:

@@ -14,17 +14,16 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
-from cloud_roles import drop_roles
+from cloud_roles import scratch_database
 from timescale import storage_tables
 
 from pulse.cloud.db.migrate import load, maintain_telemetry, migrate
 from pulse.cloud.db.pool import role_dsn
 from pulse.cloud.ingest.writer import write_rows
-from pulse.cloud.settings import Settings
+from pulse.cloud.settings import RoleNames, Settings
 
 Cloud = Any  # the `start_cloud` fixture's object (conftest.py)
 
@@ -39,31 +38,19 @@ def engine_settings(request: pytest.FixtureRequest) -> Iterator[Settings]:
     engine = request.param
     admin_dsn: str = request.getfixturevalue("pg_admin_dsn" if engine == "native" else "pg_timescale_admin_dsn")
     name = f"t_engine_{engine}_{uuid.uuid4().hex[:8]}"
-
-    async def admin(sql: str) -> None:
-        conn = await asyncpg.connect(admin_dsn)
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
-    dsn = urlunsplit(urlsplit(admin_dsn)._replace(path=f"/{name}"))
-    settings = Settings(
-        mode="development",
-        database_url=dsn,
-        db_role_prefix="e" + uuid.uuid4().hex[:12],
-        jwt_secret="test-secret-" + uuid.uuid4().hex,
-        maintenance_interval_s=3600,
-        writer_flush_ms=5,
-        storage_engine=engine,
-    )
-    try:
+    prefix = "e" + uuid.uuid4().hex[:12]
+    with scratch_database(admin_dsn, name, RoleNames.from_prefix(prefix)) as dsn:
+        settings = Settings(
+            mode="development",
+            database_url=dsn,
+            db_role_prefix=prefix,
+            jwt_secret="test-secret-" + uuid.uuid4().hex,
+            maintenance_interval_s=3600,
+            writer_flush_ms=5,
+            storage_engine=engine,
+        )
         asyncio.run(migrate(dsn, settings.roles, engine=engine))
         yield settings
-    finally:
-        asyncio.run(drop_roles(dsn, admin_dsn, settings.roles))
-        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 def _row(tenant: uuid.UUID, at: datetime, value: float, device: str = "dev-1") -> tuple[object, ...]:
