@@ -137,7 +137,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if settings.migrate_on_start:
-            applied = await migrate(settings.database_url, settings.roles, role_password=password)
+            applied = await migrate(settings.database_url, settings.roles, role_password=password, engine=settings.storage_engine)
             if applied:
                 log.info("applied migrations %s", ", ".join(applied))
         await db.open()

@@ -41,11 +41,18 @@ def _actor() -> str:
 
 
 def _cmd_migrate(args: argparse.Namespace) -> int:
+    from pulse.cloud.db.engine import StorageEngineError
     from pulse.cloud.db.migrate import migrate
 
     s = _settings()
     pw = s.db_role_password.get_secret_value() if s.db_role_password else None
-    applied = asyncio.run(migrate(s.database_url, s.roles, role_password=pw))
+    try:
+        applied = asyncio.run(
+            migrate(s.database_url, s.roles, role_password=pw, engine=s.storage_engine, on_notice=lambda m: print(f"notice: {m}"))
+        )
+    except StorageEngineError as exc:
+        print(f"pulse cloud migrate: {exc}", file=sys.stderr)
+        return 2
     print(f"applied: {', '.join(applied)}" if applied else "the schema is up to date")
     return 0
 

@@ -84,7 +84,7 @@ async def _bootstrap(settings: object, password: str) -> None:
 
     assert isinstance(settings, Settings)
     role_password = settings.db_role_password.get_secret_value() if settings.db_role_password else None
-    await migrate(settings.database_url, settings.roles, role_password=role_password)
+    await migrate(settings.database_url, settings.roles, role_password=role_password, engine=settings.storage_engine)
     db = Database(settings.database_url, settings.roles, password=role_password)
     await db.open()
     try:

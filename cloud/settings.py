@@ -62,6 +62,10 @@ class Settings(BaseSettings):
     retry_after_s: int = Field(default=1, ge=1)
 
     # telemetry storage (native partitioning; TimescaleDB uses its own policies with the same figures)
+    storage_engine: Literal["auto", "timescaledb", "native"] = Field(
+        default="auto",
+        description="telemetry table at the first migration: auto (TimescaleDB when installed and preloaded), timescaledb, native",
+    )
     telemetry_retention_days: int = Field(default=90, ge=1)
     telemetry_partitions_ahead_days: int = Field(default=7, ge=1)
     maintenance_interval_s: int = Field(default=3600, ge=1)

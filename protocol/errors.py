@@ -222,6 +222,10 @@ class Code(StrEnum):
     GATEWAY_CLOUD_ERROR = "gateway.cloud_error"
     """The cloud answered with an error or something the gateway cannot read; the message quotes it."""
 
+    # storage: the cloud's database (refusals at migration, before anything is changed)
+    STORAGE_TIMESCALEDB_UNAVAILABLE = "storage.timescaledb_unavailable"
+    """PULSE_STORAGE_ENGINE=timescaledb, but the server has not installed or not preloaded TimescaleDB."""
+
 
 class PulseError(Exception):
     """Root of every Pulse error that carries a stable code and a sentence a person can act on."""

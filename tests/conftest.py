@@ -22,6 +22,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import pytest
 from cloud_roles import drop_roles
+from timescale import PRELOAD, timescaledb_bindir
 
 from pulse.cloud.db.embedded import EmbeddedPostgres
 from pulse.cloud.db.migrate import migrate
@@ -40,6 +41,23 @@ def pg_admin_dsn() -> Iterator[str]:
     root = Path(tempfile.mkdtemp(prefix="pulse-test-pg-"))
     os.chmod(root, 0o755)
     server = EmbeddedPostgres(root / "pg", durable=False)
+    try:
+        yield server.start()
+    finally:
+        server.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def pg_timescale_admin_dsn() -> Iterator[str]:
+    """DSN of a superuser on a second throwaway cluster started with shared_preload_libraries =
+    timescaledb; skipped (with the reason) where TimescaleDB is not installed (tests/timescale.py)."""
+    bindir, why = timescaledb_bindir()
+    if bindir is None:
+        pytest.skip(f"TimescaleDB tests skipped: {why}")
+    root = Path(tempfile.mkdtemp(prefix="pulse-test-tsdb-"))
+    os.chmod(root, 0o755)
+    server = EmbeddedPostgres(root / "pg", durable=False, bindir=bindir, extra_settings=PRELOAD)
     try:
         yield server.start()
     finally:

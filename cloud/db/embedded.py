@@ -105,6 +105,7 @@ class EmbeddedPostgres:
     durable: bool = True
     run_as: str = "postgres"
     extra_settings: dict[str, str] = field(default_factory=dict)
+    bindir: Path | None = None  # server binaries to use (default: find_bindir())
     _bindir: Path | None = field(default=None, init=False, repr=False)
     _os_user: pwd.struct_passwd | None = field(default=None, init=False, repr=False)
 
@@ -138,7 +139,7 @@ class EmbeddedPostgres:
         return f"postgresql://{auth}@127.0.0.1:{self.port}/postgres"
 
     def _prepare(self) -> None:
-        self._bindir = find_bindir()
+        self._bindir = self.bindir or find_bindir()
         if os.geteuid() == 0:
             try:
                 self._os_user = pwd.getpwnam(self.run_as)

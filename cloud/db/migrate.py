@@ -4,22 +4,43 @@ own transaction and recorded in ``schema_migrations`` (version, name, checksum, 
 Role names in the files are written ``{{app}}`` (a quoted identifier) or ``{{app_lit}}`` (a
 string literal) and filled in from the configured prefix, because PostgreSQL roles are shared by
 every database on a server. Migrations run as the database owner, who must be able to create roles
-with BYPASSRLS (in practice: a superuser, as the TimescaleDB image's POSTGRES_USER is)."""
+with BYPASSRLS (in practice: a superuser, as the TimescaleDB image's POSTGRES_USER is).
+
+Before the migration that creates the telemetry table, the storage engine is chosen
+(``engine.choose``: TimescaleDB only when it is installed and preloaded, or as
+``PULSE_STORAGE_ENGINE`` says); a fallback worth knowing about is told through ``on_notice`` and
+the log, an impossible explicit request raises ``StorageEngineError`` before anything changes."""
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 
 import asyncpg
 
+from pulse.cloud.db.engine import Requested, StorageEngineError, choose, probe, table_engine
 from pulse.cloud.settings import RoleNames
+from pulse.protocol.errors import Code
 
 MIGRATIONS_PACKAGE = "pulse.cloud.db.migrations"
 _FILE_RE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 _LOCK_KEY = 0x70756C7365  # "pulse": one migrator at a time per database
+_TELEMETRY_VERSION = "0004"  # creates the telemetry table: the storage engine is chosen before it
+
+# Checksums of earlier texts of a migration that are still accepted as applied. Only for a change
+# whose effect on every database that could have applied the earlier text is the same:
+# - 0004: the earlier text ran CREATE EXTENSION itself and enabled compression before row-level
+#   security. That failed on TimescaleDB (so no database applied it there); on native partitioning
+#   it did exactly what the current text does.
+EARLIER_CHECKSUMS: dict[str, frozenset[str]] = {
+    "0004": frozenset({"cc11916bee720a2a98c8ae26f5dc3958b7b1e44ff70a6e1ddd808387d854e058"}),
+}
+
+log = logging.getLogger("pulse.cloud.db")
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,8 +94,17 @@ async def applied(conn: asyncpg.Connection) -> dict[str, str]:
     return {r["version"]: r["checksum"] for r in await conn.fetch("SELECT version, checksum FROM schema_migrations")}
 
 
-async def migrate(dsn: str, roles: RoleNames, *, role_password: str | None = None) -> list[str]:
-    """Apply pending migrations; returns the versions applied now. Safe to run concurrently."""
+async def migrate(
+    dsn: str,
+    roles: RoleNames,
+    *,
+    role_password: str | None = None,
+    engine: Requested = "auto",
+    on_notice: Callable[[str], None] | None = None,
+) -> list[str]:
+    """Apply pending migrations; returns the versions applied now. Safe to run concurrently.
+    ``engine`` is PULSE_STORAGE_ENGINE; ``on_notice`` hears what Pulse decided that an operator
+    should know (without it, that goes to the log as a warning)."""
     conn = await asyncpg.connect(dsn)
     done: list[str] = []
     try:
@@ -85,9 +115,14 @@ async def migrate(dsn: str, roles: RoleNames, *, role_password: str | None = Non
             " applied_at timestamptz NOT NULL DEFAULT now())"
         )
         history = await applied(conn)
-        for mig in load():
+        migrations = load()
+        if any(m.version == _TELEMETRY_VERSION and m.version not in history for m in migrations):
+            await _prepare_engine(conn, engine, on_notice)
+        else:
+            await _check_engine(conn, engine)
+        for mig in migrations:
             if mig.version in history:
-                if history[mig.version] != mig.checksum:
+                if history[mig.version] != mig.checksum and history[mig.version] not in EARLIER_CHECKSUMS.get(mig.version, ()):
                     raise MigrationError(
                         f"migration {mig.version}_{mig.name} was changed after it was applied; "
                         "add a new migration instead of editing an applied one"
@@ -112,6 +147,27 @@ async def migrate(dsn: str, roles: RoleNames, *, role_password: str | None = Non
     finally:
         await conn.close()
     return done
+
+
+async def _prepare_engine(conn: asyncpg.Connection, requested: Requested, on_notice: Callable[[str], None] | None) -> None:
+    """Choose the engine for the telemetry table, create the extension when it is TimescaleDB, and
+    hand the choice to 0004 in the session setting pulse.storage_engine."""
+    choice = choose(requested, await probe(conn))
+    if choice.notice:
+        (on_notice or log.warning)(choice.notice)
+    if choice.engine == "timescaledb":
+        await conn.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
+    await conn.execute("SELECT set_config('pulse.storage_engine', $1, false)", choice.engine)
+
+
+async def _check_engine(conn: asyncpg.Connection, requested: Requested) -> None:
+    """The telemetry table exists: an explicit request for TimescaleDB must match it."""
+    if requested == "timescaledb" and await table_engine(conn) == "native":
+        raise StorageEngineError(
+            Code.STORAGE_TIMESCALEDB_UNAVAILABLE,
+            "PULSE_STORAGE_ENGINE=timescaledb, but this database's telemetry table was created with native "
+            "partitioning and Pulse does not convert it; set PULSE_STORAGE_ENGINE=auto, or migrate into a new database",
+        )
 
 
 async def maintain_telemetry(dsn: str, *, ahead_days: int, retention_days: int) -> list[tuple[str, str]]:

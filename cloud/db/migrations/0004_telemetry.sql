@@ -1,8 +1,17 @@
--- Telemetry. With TimescaleDB (when CREATE EXTENSION timescaledb succeeds): a hypertable with daily
--- chunks, compression after 7 days, retention set by pulse_telemetry_maintain(). Without it: native
--- range partitioning by day, partitions created ahead and dropped after retention by the same
--- function, and a default partition so that no accepted row is ever refused for lack of a partition.
+-- Telemetry. With TimescaleDB: a hypertable with daily chunks (compression after 7 days and the app
+-- role's view come in 0009), retention set by pulse_telemetry_maintain(). Without it: native range
+-- partitioning by day, partitions created ahead and dropped after retention by the same function,
+-- and a default partition so that no accepted row is ever refused for lack of a partition.
 -- The table and its queries are the same either way.
+--
+-- The engine is chosen by the migrator before this file runs (cloud/db/engine.py: it checks that
+-- TimescaleDB is installed and preloaded, then creates the extension) and passed in the session
+-- setting pulse.storage_engine. This file never runs CREATE EXTENSION itself: on a server that has
+-- the extension installed but not preloaded, that ends the connection with FATAL.
+--
+-- Changed once after release (the migrator accepts the earlier checksum, see migrate.py): the
+-- earlier text ran CREATE EXTENSION here and turned compression on before row-level security, which
+-- TimescaleDB refuses. Its native path did exactly what this one does.
 
 DO $$
 DECLARE
@@ -19,21 +28,13 @@ DECLARE
         source       text NOT NULL,
         received_at  timestamptz NOT NULL
     )$cols$;
+    engine  text := coalesce(nullif(current_setting('pulse.storage_engine', true), ''),
+                             CASE WHEN EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'timescaledb')
+                                  THEN 'timescaledb' ELSE 'native' END);
 BEGIN
-    BEGIN
-        CREATE EXTENSION IF NOT EXISTS timescaledb;
-    EXCEPTION WHEN OTHERS THEN
-        RAISE NOTICE 'TimescaleDB is not available (%); telemetry uses native partitioning', SQLERRM;
-    END;
-    IF EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'timescaledb') THEN
+    IF engine = 'timescaledb' THEN
         EXECUTE 'CREATE TABLE telemetry ' || columns;
         PERFORM create_hypertable('telemetry', 'time', chunk_time_interval => interval '1 day');
-        BEGIN
-            EXECUTE 'ALTER TABLE telemetry SET (timescaledb.compress, timescaledb.compress_segmentby = ''tenant_id, device_id'')';
-            PERFORM add_compression_policy('telemetry', interval '7 days');
-        EXCEPTION WHEN OTHERS THEN
-            RAISE WARNING 'telemetry compression could not be enabled: %', SQLERRM;
-        END;
     ELSE
         EXECUTE 'CREATE TABLE telemetry ' || columns || ' PARTITION BY RANGE (time)';
         CREATE TABLE telemetry_default PARTITION OF telemetry DEFAULT;

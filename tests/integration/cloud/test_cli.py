@@ -39,7 +39,8 @@ async def test_migrate_and_bootstrap_commands(fresh_database: tuple[str, str]) -
     env = environment(dsn, prefix)
     first = pulse(["cloud", "migrate"], env)
     assert first.returncode == 0, first.stderr
-    assert first.stdout.startswith("applied: 0001")
+    # (a "notice:" line comes first where TimescaleDB is installed but not preloaded: docs/cloud.md)
+    assert [line for line in first.stdout.splitlines() if not line.startswith("notice: ")][0].startswith("applied: 0001")
     assert pulse(["cloud", "migrate"], env).stdout.strip() == "the schema is up to date"
 
     tenant = pulse(["cloud", "admin", "create-tenant", "acme", "Acme Corp"], env)
@@ -56,7 +57,9 @@ async def test_migrate_and_bootstrap_commands(fresh_database: tuple[str, str]) -
     assert bad.returncode == 1 and "operators belong to no tenant" in bad.stderr
 
     maintain = pulse(["cloud", "maintain"], env)
-    assert maintain.returncode == 0 and "created: telemetry_p" in maintain.stdout
+    assert maintain.returncode == 0, maintain.stderr
+    # native partitioning creates partitions; on a TimescaleDB server it sets the retention policy
+    assert "created: telemetry_p" in maintain.stdout or maintain.stdout == "retention: 90 days\n", maintain.stdout
 
     conn = await asyncpg.connect(dsn)
     try:

@@ -9,6 +9,7 @@ from typing import Any
 
 import asyncpg
 import pytest
+from timescale import storage_tables
 
 from pulse.cloud.settings import Settings
 
@@ -195,9 +196,17 @@ async def test_sql_session_as_app_role_sees_and_changes_only_its_tenant(
         # no tenant set: nothing at all
         for table in TENANT_TABLES:
             assert await conn.fetchval(f"SELECT count(*) FROM {table}") == 0, table
-        # the app role cannot reach around RLS: no partitions, no role switching, no COPY of telemetry
-        with pytest.raises(asyncpg.InsufficientPrivilegeError):
-            await conn.fetchval("SELECT count(*) FROM telemetry_default")
+        # the app role cannot reach around its view: not the table, no partition or chunk under it,
+        # no role switching, no writing telemetry
+        owner = await asyncpg.connect(cloud_settings.database_url)
+        try:
+            underneath = await storage_tables(owner)
+        finally:
+            await owner.close()
+        assert underneath  # telemetry_default, or the chunk B's rows went to
+        for table in ["public.telemetry", *underneath]:
+            with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                await conn.fetchval(f"SELECT count(*) FROM {table}")
         with pytest.raises(asyncpg.InsufficientPrivilegeError):
             await conn.execute(f'SET ROLE "{cloud_settings.roles.operator}"')
         with pytest.raises(asyncpg.InsufficientPrivilegeError):

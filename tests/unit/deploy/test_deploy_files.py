@@ -36,6 +36,7 @@ def test_compose_runs_timescaledb_the_cloud_and_caddy_with_health_checks_and_vol
             source = str(volume).split(":")[0]
             assert source.startswith(".") or source in declared, (name, volume)
     assert services["cloud"]["depends_on"]["db"]["condition"] == "service_healthy"
+    assert services["cloud"]["environment"]["PULSE_STORAGE_ENGINE"] == "timescaledb"  # no silent fallback in production
     assert (DEPLOY / services["cloud"]["build"]["dockerfile"].split("/")[-1]).exists()
     assert (DEPLOY / "Caddyfile").exists()
 
