@@ -168,16 +168,36 @@ class _Metrics(Collector):
         yield GaugeMetricFamily("pulse_gateway_oldest_unsynced_age_seconds", "age of the oldest buffered record", value=age or 0)
         yield GaugeMetricFamily("pulse_gateway_quarantine_records", "rows in the local quarantine", value=s["quarantine"]["count"])
         yield CounterMetricFamily("pulse_gateway_acl_denied", "publishes refused by the topic ACL", value=s["quarantine"]["acl_denied"])
-        u = s["uplink"]
-        connected = GaugeMetricFamily("pulse_gateway_uplink_connected", "1 when the last request to the cloud succeeded")
-        connected.add_metric([], 1 if u["state"] == "connected" else 0)
-        yield connected
-        if "bytes_sent" in u:
-            yield CounterMetricFamily("pulse_gateway_uplink_bytes_sent", "batch bytes sent to the cloud", value=u["bytes_sent"])
-            yield CounterMetricFamily("pulse_gateway_uplink_batches_acked", "batches the cloud acknowledged", value=u["batches_acked"])
-            yield CounterMetricFamily("pulse_gateway_uplink_errors", "failed requests to the cloud", value=u["errors"])
-            yield CounterMetricFamily("pulse_gateway_uplink_records_quarantined", "records the cloud refused for good",
-                                      value=u["records_quarantined"])
+        yield from uplink_metrics(s["uplink"])
+
+
+def uplink_metrics(u: dict[str, Any]) -> Iterator[Any]:
+    """The uplink's part of ``/metrics``, from its snapshot."""
+    connected = GaugeMetricFamily("pulse_gateway_uplink_connected", "1 when the last request to the cloud succeeded")
+    connected.add_metric([], 1 if u["state"] == "connected" else 0)
+    yield connected
+    if "bytes_sent" in u:
+        yield CounterMetricFamily("pulse_gateway_uplink_bytes_sent", "batch bytes sent to the cloud", value=u["bytes_sent"])
+        yield CounterMetricFamily("pulse_gateway_uplink_batches_acked", "batches the cloud acknowledged", value=u["batches_acked"])
+        yield CounterMetricFamily("pulse_gateway_uplink_errors", "failed requests to the cloud", value=u["errors"])
+        yield CounterMetricFamily("pulse_gateway_uplink_records_quarantined", "records the cloud refused for good",
+                                  value=u["records_quarantined"])
+    if "stalled" in u:
+        yield GaugeMetricFamily("pulse_gateway_uplink_stalled",
+                                "1 while the backlog has not moved for sync.stall_after_s with the link up", value=1 if u["stalled"] else 0)
+        yield CounterMetricFamily("pulse_gateway_uplink_stalls", "times the watchdog restarted a stalled uplink", value=u["stalls"])
+
+
+def metrics_text(snapshot: dict[str, Any]) -> str:
+    """The uplink's metrics of a snapshot in Prometheus text format (what ``/metrics`` shows of it)."""
+
+    class _Uplink(Collector):
+        def collect(self) -> Iterator[Any]:
+            yield from uplink_metrics(snapshot["uplink"])
+
+    registry = CollectorRegistry(auto_describe=True)
+    registry.register(_Uplink())
+    return generate_latest(registry).decode()
 
 
 def _page(s: dict[str, Any]) -> str:
@@ -207,7 +227,9 @@ def _page(s: dict[str, Any]) -> str:
     if "bytes_sent" in u:
         down = u.get("downlink") or {}
         last_ok = "never" if u["last_success_ms"] is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(u["last_success_ms"] / 1000))
-        link = (f"<p>{e(u['state'])} to {e(u['sync_url'])} as {e(u['gateway_id'])}; last successful sync {last_ok}; "
+        stalled = ("<p><b>stalled</b>: the backlog has not moved while the link is up; the watchdog restarted the "
+                   f"uplink ({u['stalls']} times so far)</p>") if u.get("stalled") else ""
+        link = stalled + (f"<p>{e(u['state'])} to {e(u['sync_url'])} as {e(u['gateway_id'])}; last successful sync {last_ok}; "
                 f"{u['batches_acked']} batches acked, {u['bytes_sent']} bytes sent; certificate valid until "
                 f"{e(str(u['certificate_expires']))}; downlink {e(str(down.get('state')))}, cursor {down.get('cursor')}</p>"
                 f"<p>last error: {e(str(u['last_error_code'] or '-'))} {e(str(u['last_error'] or ''))}</p>")

@@ -80,6 +80,27 @@ class LinkState(StrEnum):
     CONNECTING = "connecting"
     CONNECTED = "connected"
     BACKING_OFF = "backing off"
+    STALLED = "stalled"
+    """The link is up but the backlog has not moved for ``sync.stall_after_s``: the watchdog restarted the uplink."""
+
+
+@dataclass
+class StallWatch:
+    """Pure: is the backlog stuck? It is when records wait, the link is up, and the acked position
+    has not moved for ``after_s`` (clock passed in). After saying so once it starts counting again."""
+
+    after_s: float
+    position: tuple[int, ...] | None = None
+    since: float = 0.0
+
+    def observe(self, now: float, waiting: int, position: tuple[int, ...], link_up: bool) -> bool:
+        if waiting == 0 or not link_up or position != self.position:
+            self.position, self.since = position, now
+            return False
+        if self.after_s > 0 and now - self.since >= self.after_s:
+            self.since = now
+            return True
+        return False
 
 
 @dataclass
@@ -100,12 +121,17 @@ class LinkStatus:
         return d
 
 
-async def bounded(aw: Awaitable[_T], timeout_s: float, what: str) -> _T:
-    """Await with a deadline; a timeout becomes ``gateway.cloud_unreachable`` naming the step."""
+async def bounded(aw: Awaitable[_T], timeout_s: float, what: str, code: Code = Code.GATEWAY_CLOUD_TIMEOUT) -> _T:
+    """Await with a deadline; a timeout becomes a ``SyncError`` (``gateway.cloud_timeout``) naming the step.
+
+    ``asyncio.timeout``, not ``asyncio.wait_for``: on Python 3.11 ``wait_for`` returns the inner
+    result when its task is cancelled in the loop turn the inner awaitable finishes, so a cancelled
+    uplink went on running (the sync bench's drain hung on it: issue 14)."""
     try:
-        return await asyncio.wait_for(aw, timeout_s)
+        async with asyncio.timeout(timeout_s):
+            return await aw
     except TimeoutError as exc:
-        raise SyncError(Code.GATEWAY_CLOUD_UNREACHABLE, f"{what} took longer than {timeout_s:g} s") from exc
+        raise SyncError(code, f"{what} took longer than {timeout_s:g} s") from exc
 
 
 async def supervise(name: str, status: LinkStatus, session: Callable[[], Awaitable[None]], settings: SyncSettings,
@@ -139,8 +165,15 @@ async def supervise(name: str, status: LinkStatus, session: Callable[[], Awaitab
 
 
 class Uplink:
-    def __init__(self, settings: SyncSettings, buffer: Buffer, enrollment: Enrollment, files: IdentityFiles) -> None:
+    def __init__(self, settings: SyncSettings, buffer: Buffer, enrollment: Enrollment, files: IdentityFiles, *,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.settings = settings
+        self.clock = clock
+        self.stalled = False
+        self.stalls = 0
+        self._watch = StallWatch(settings.stall_after_s)
+        self._current: asyncio.Task[None] | None = None
+        self._restarting = False
         self.buffer = buffer
         self.enrollment = enrollment
         self.files = files
@@ -162,8 +195,11 @@ class Uplink:
         self._prepared: asyncio.Task[_Prepared | None] | None = None
 
     def snapshot(self) -> dict[str, Any]:
+        status = self.status.as_dict()
+        if self.stalled:  # until the next ack, whatever the restarted loop is doing
+            status["state"] = LinkState.STALLED.value
         return {
-            **self.status.as_dict(),
+            **status,
             "sync_url": self.enrollment.sync_url,
             "gateway_id": self.enrollment.gateway_id,
             "tenant_id": self.enrollment.tenant_id,
@@ -172,6 +208,8 @@ class Uplink:
             "records_acked": self.records_acked,
             "records_quarantined": self.records_quarantined,
             "replays": self.replays,
+            "stalled": self.stalled,
+            "stalls": self.stalls,
             "clock_offset_ms": self.clock_offset_ms,
             "clock_corrected": self.clock_corrected,
             "bandwidth_bytes_per_s": self.settings.bandwidth_bytes_per_s,
@@ -179,10 +217,68 @@ class Uplink:
         }
 
     async def run(self) -> None:
-        await supervise("uplink", self.status, self._session, self.settings, self._attempts)
+        watchdog = asyncio.create_task(self._watchdog(), name="uplink-watchdog")
+        try:
+            await supervise("uplink", self.status, self._session, self.settings, self._attempts)
+        finally:
+            watchdog.cancel()
+            await asyncio.gather(watchdog, return_exceptions=True)
+
+    def _position(self) -> tuple[int, ...]:
+        return tuple(self.buffer.acked(s) for s in Stream)
+
+    def check_stall(self) -> bool:
+        """One look by the watchdog: True (and the uplink is restarted) when the backlog is stuck."""
+        link_up = self.status.state in (LinkState.CONNECTED, LinkState.STALLED)
+        if not self._watch.observe(self.clock(), sum(self.buffer.backlog().values()), self._position(), link_up):
+            return False
+        self.stalled, self.stalls = True, self.stalls + 1
+        self.status.state = LinkState.STALLED
+        self.status.last_error_code = str(Code.GATEWAY_UPLINK_STALLED)
+        self.status.last_error = f"the backlog did not move for {self.settings.stall_after_s:g} s while the link was up"
+        self.status.last_error_ms = int(time.time() * 1000)
+        log.error("uplink: the backlog has not moved for %g s while the link is up; restarting the uplink",
+                  self.settings.stall_after_s)
+        self._restarting = True
+        if self._current is not None:
+            self._current.cancel()
+        return True
+
+    async def _watchdog(self) -> None:
+        if self.settings.stall_after_s <= 0:
+            return
+        while True:
+            await asyncio.sleep(self.settings.watchdog_interval_s)
+            self.check_stall()
 
     async def _session(self) -> None:
-        if self.status.state is not LinkState.CONNECTED:
+        """One session, in a task of its own so that the watchdog can end it without ending the uplink."""
+        inner = self._current = asyncio.create_task(self._session_body(), name="uplink-session")
+        try:
+            await inner
+        except asyncio.CancelledError:
+            me = asyncio.current_task()
+            if not self._restarting or (me is not None and me.cancelling()):
+                raise  # shutdown
+            self._restarting = False
+            await self._restart()
+            raise SyncError(Code.GATEWAY_UPLINK_STALLED, f"the backlog did not move for {self.settings.stall_after_s:g} s "
+                            "while the link was up; the uplink was restarted") from None
+        finally:
+            self._current = None
+
+    async def _restart(self) -> None:
+        """Forget everything the uplink's loop held: the prepared batch, batch sizes, the connection,
+        and the buffer's read connection (a read connection left with an open statement keeps an
+        old snapshot and no longer sees new records)."""
+        self._drop_prepared()
+        self._limit.clear()
+        await self._conn.drop()
+        await bounded(self.buffer.reopen_reader(), self.settings.request_timeout_s, "reopening the buffer's read connection",
+                      Code.GATEWAY_STORAGE_FAILED)
+
+    async def _session_body(self) -> None:
+        if self.status.state not in (LinkState.CONNECTED, LinkState.STALLED):
             self.status.state = LinkState.CONNECTING
         cert = x509.load_pem_x509_certificate(self.files.cert.read_bytes())
         self.certificate_expires = cert.not_valid_after_utc
@@ -206,7 +302,7 @@ class Uplink:
                 await asyncio.sleep(s.idle_poll_s)
 
     def _succeeded(self) -> None:
-        self.status.state = LinkState.CONNECTED
+        self.status.state = LinkState.STALLED if self.stalled else LinkState.CONNECTED
         self.status.last_success_ms = int(time.time() * 1000)
         self._attempts[0] = 0
 
@@ -279,6 +375,7 @@ class Uplink:
             self._drop_prepared()
             raise SyncError(Code.GATEWAY_CLOUD_ERROR, f"the cloud acked {ack.stream.name.lower()} up to {ack.ack_seq} "
                             f"for a {stream.name.lower()} batch ending at {last}; nothing deleted", status=200)
+        self.stalled = False
         self._succeeded()
         self.clock_offset_ms, self.clock_corrected = ack.clock_offset_ms, ack.clock_corrected
         if ack.verdict is sync.Verdict.REPLAY:
