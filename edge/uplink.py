@@ -50,6 +50,7 @@ from pulse.edge.config import SyncSettings
 from pulse.edge.errors import GatewayError, SyncError
 from pulse.edge.identity import IdentityFiles, make_key_and_csr, renewal_due, store_certificate
 from pulse.edge.link import Connection, Enrollment, SyncClient
+from pulse.edge.pacing import BatchSizer, ByteWindow, Health, LinkEstimate, LinkHealth
 from pulse.edge.throttle import TokenBucket
 from pulse.protocol import sync
 from pulse.protocol.batch import Record, Stream, encode
@@ -174,6 +175,10 @@ class Uplink:
         self._watch = StallWatch(settings.stall_after_s)
         self._current: asyncio.Task[None] | None = None
         self._restarting = False
+        self.estimate = LinkEstimate()
+        self.health = LinkHealth(since=clock())
+        self.sent = ByteWindow()
+        self._sizers: dict[Stream, BatchSizer] = {}
         self.buffer = buffer
         self.enrollment = enrollment
         self.files = files
@@ -213,6 +218,7 @@ class Uplink:
             "clock_offset_ms": self.clock_offset_ms,
             "clock_corrected": self.clock_corrected,
             "bandwidth_bytes_per_s": self.settings.bandwidth_bytes_per_s,
+            "link": self.link_snapshot(),
             "certificate_expires": self.certificate_expires.isoformat() if self.certificate_expires else None,
         }
 
@@ -223,6 +229,29 @@ class Uplink:
         finally:
             watchdog.cancel()
             await asyncio.gather(watchdog, return_exceptions=True)
+
+    def link_snapshot(self) -> dict[str, Any]:
+        """The link as it is now (connected, degraded, down), never older than the last request."""
+        now = self.clock()
+        state = self.health.at(now)
+        rate, rtt = self.estimate.rate_bytes_per_s, self.estimate.rtt_s
+        return {
+            "state": state.value,
+            "since_ms": int((time.time() - (now - self.health.since)) * 1000),
+            "last_error_code": self.status.last_error_code if state is not Health.CONNECTED else None,
+            "next_attempt_in_s": self.status.retry_in_s,
+            "est_rate_bytes_per_s": None if rate is None else round(rate),
+            "est_rtt_s": None if rtt is None else round(rtt, 3),
+            "batch_records": {s.name.lower(): z.size for s, z in self._sizers.items()},
+            "bytes_last_hour": self.sent.last(now, 3600),
+            "bytes_last_day": self.sent.last(now, 86400),
+        }
+
+    def _sizer(self, stream: Stream) -> BatchSizer:
+        sizer = self._sizers.get(stream)
+        if sizer is None:
+            sizer = self._sizers[stream] = BatchSizer(self.settings.records_per_batch)
+        return sizer
 
     def _position(self) -> tuple[int, ...]:
         return tuple(self.buffer.acked(s) for s in Stream)
@@ -256,6 +285,10 @@ class Uplink:
         inner = self._current = asyncio.create_task(self._session_body(), name="uplink-session")
         try:
             await inner
+        except SyncError as exc:
+            if exc.status is None or exc.status >= 500:
+                self._link_failed()
+            raise
         except asyncio.CancelledError:
             me = asyncio.current_task()
             if not self._restarting or (me is not None and me.cancelling()):
@@ -266,6 +299,11 @@ class Uplink:
                             "while the link was up; the uplink was restarted") from None
         finally:
             self._current = None
+
+    def _link_failed(self) -> None:
+        self.health.failed(self.clock())
+        if self.health.state is Health.DOWN:
+            self.estimate.reset()  # the link may come back different
 
     async def _restart(self) -> None:
         """Forget everything the uplink's loop held: the prepared batch, batch sizes, the connection,
@@ -308,7 +346,7 @@ class Uplink:
 
     async def _prepare(self, stream: Stream, after_seq: int) -> _Prepared | None:
         """Read the next records of ``stream`` after ``after_seq`` and encode them (on a thread)."""
-        limit = self._limit.get(stream, self.settings.records_per_batch)
+        limit = min(self._limit.get(stream, self.settings.records_per_batch), self._sizer(stream).size)
         records = await bounded(self.buffer.read(stream, after_seq, limit), self.settings.request_timeout_s, "reading the buffer")
         if not records:
             return None
@@ -363,10 +401,18 @@ class Uplink:
         if self.buffer.backlog().get(stream, 0) > len(records):
             # pipelining: the next batch of this stream is read and encoded while the cloud stores this one
             self._prepared = asyncio.create_task(self._prepare(stream, last))
+        timeout = self.estimate.timeout_s(len(data), t * 2)
+        started = self.clock()
+        self.health.started(started, self.estimate.expected_s(len(data)) or t)
+        self.sent.add(started, len(data))
         try:
-            ack = await bounded(client.send_batch(data), t * 2, "sending a batch")
+            ack = await bounded(client.send_batch(data, timeout), timeout + 1, "sending a batch")
         except SyncError as exc:
             self._drop_prepared()
+            if exc.code is Code.GATEWAY_CLOUD_TIMEOUT:
+                size = self._sizer(stream).after_timeout(len(records))
+                log.warning("uplink: a %s batch of %d records (%d bytes) timed out after %g s; the next has %d records",
+                            stream.name.lower(), len(records), len(data), timeout, size)
             if exc.status == 413 or (exc.status == 400 and str(exc.code).startswith("batch.")):
                 await self._refused(stream, records, str(exc.code), exc.message)
                 return True
@@ -376,6 +422,10 @@ class Uplink:
             raise SyncError(Code.GATEWAY_CLOUD_ERROR, f"the cloud acked {ack.stream.name.lower()} up to {ack.ack_seq} "
                             f"for a {stream.name.lower()} batch ending at {last}; nothing deleted", status=200)
         self.stalled = False
+        now = self.clock()
+        self.estimate.observe(len(data), now - started)
+        self.health.succeeded(now)
+        self._sizer(stream).after_ack()
         self._succeeded()
         self.clock_offset_ms, self.clock_corrected = ack.clock_offset_ms, ack.clock_corrected
         if ack.verdict is sync.Verdict.REPLAY:
@@ -411,12 +461,17 @@ class Uplink:
             "oldest_unsynced_ms": oldest,
             "version": __version__,
         }
+        started = self.clock()
+        self.health.started(started, self.estimate.rtt_s or self.settings.request_timeout_s)
         try:
             await bounded(client.report(doc), self.settings.request_timeout_s * 2, "sending the report")
+            self.estimate.observe(0, self.clock() - started)
+            self.health.succeeded(self.clock())
         except SyncError as exc:
             if exc.status is None:
                 raise  # the link is down: the supervisor backs off
             # The cloud answered but refused the report: that must not hold up the data.
+            self.health.succeeded(self.clock())
             log.warning("uplink: the cloud refused the report: %s", exc.message)
             self._note(exc)
             return

@@ -1,6 +1,8 @@
 """Issue 14, item 4: the uplink could not be stopped (and the sync bench hung) when it was
 cancelled in the loop turn its last ack landed; a backlog that does not move while the link is up
-is noticed and shown as ``stalled``, and the watchdog recovers the uplink without a restart."""
+is noticed and shown as ``stalled``, and the watchdog recovers the uplink without a restart.
+Issue 28: a batch that timed out is a ``gateway.cloud_timeout``, is halved before it is sent
+again, and the link's state during a black-holed outage is never ``connected``."""
 
 from __future__ import annotations
 
@@ -125,6 +127,55 @@ async def test_a_backlog_that_does_not_move_while_the_link_is_up_is_shown_stalle
         await wait_for(lambda: stale_reader.backlog()[Stream.TELEMETRY] == 0, "the backlog drained after the restart")
         assert sorted(r.seq for _, r in receiver.rows) == list(range(1, 26))
         assert uplink.snapshot()["stalled"] is False and uplink.status.state.value == "connected"
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_a_batch_that_times_out_is_a_timeout_is_halved_and_the_link_is_never_shown_connected(
+    enrolled_settings: Settings, receiver: Receiver, stale_reader: StaleReader
+) -> None:
+    enrollment = load_enrollment(enrolled_settings.state_dir)
+    assert enrollment is not None
+    sync = dataclasses.replace(enrolled_settings.sync, request_timeout_s=0.3, report_interval_s=3600, records_per_batch=40)
+    clock = Clock()
+    uplink = Uplink(sync, stale_reader, enrollment, IdentityFiles(enrolled_settings.state_dir), clock=clock)
+    await fill(stale_reader, 40)
+    receiver.hang = 3  # black-holed: each batch is read and never answered
+    task = asyncio.create_task(uplink.run())
+    states: list[str] = []
+    try:
+        while receiver.hung < 3:
+            clock.now += 0.5  # every sample sees a request outstanding longer than it should be
+            states.append(uplink.snapshot()["link"]["state"])
+            await asyncio.sleep(0.02)
+        await wait_for(lambda: stale_reader.backlog()[Stream.TELEMETRY] == 0, "the backlog delivered after the outage")
+        assert uplink.status.errors >= 3
+        assert receiver.batch_sizes[:4] == [40, 20, 10, 5]  # halved after each timeout
+        assert "connected" not in states[len(states) // 2:] and {"degraded", "down"} & set(states)
+        link = uplink.snapshot()["link"]
+        assert link["state"] == "connected" and link["bytes_last_hour"] > 0 and link["est_rtt_s"] is not None
+        delivered = sorted(r.seq for _, r in receiver.rows)
+        assert delivered == list(range(1, 41))  # 0 lost, 0 duplicated
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_the_timeout_is_reported_as_a_timeout_not_a_tls_failure(enrolled_settings: Settings, receiver: Receiver,
+                                                                     stale_reader: StaleReader) -> None:
+    enrollment = load_enrollment(enrolled_settings.state_dir)
+    assert enrollment is not None
+    sync = dataclasses.replace(enrolled_settings.sync, request_timeout_s=0.3, report_interval_s=3600, backoff_base_s=5,
+                               backoff_cap_s=5)
+    uplink = Uplink(sync, stale_reader, enrollment, IdentityFiles(enrolled_settings.state_dir))
+    await fill(stale_reader, 3)
+    receiver.hang = 1
+    task = asyncio.create_task(uplink.run())
+    try:
+        await wait_for(lambda: uplink.status.errors >= 1, "the batch timing out")
+        assert uplink.status.last_error_code == "gateway.cloud_timeout", uplink.status.last_error
+        assert uplink.snapshot()["link"]["last_error_code"] == "gateway.cloud_timeout"
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
