@@ -14,8 +14,10 @@
 from __future__ import annotations
 
 import collections
+import time
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
 EWMA = 0.3
 MARGIN = 3.0
@@ -127,3 +129,17 @@ class ByteWindow:
     def last(self, now: float, seconds: float) -> int:
         start = (now - seconds) // 60
         return sum(n for m, n in self.minutes if m > start)
+
+
+def link_line(link: dict[str, Any]) -> str:
+    """One line about the link to the cloud (status page and ``pulse gateway status``)."""
+    since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(link["since_ms"] / 1000))
+    parts = [f"{link['state']} since {since}"]
+    if link.get("last_error_code"):
+        parts.append(f"last error {link['last_error_code']}")
+    if link.get("next_attempt_in_s") is not None:
+        parts.append(f"next attempt in {link['next_attempt_in_s']:g} s")
+    rate, rtt = link.get("est_rate_bytes_per_s"), link.get("est_rtt_s")
+    parts.append(f"est. rate {'-' if rate is None else f'{rate} B/s'}, round trip {'-' if rtt is None else f'{rtt:g} s'}")
+    parts.append(f"{link['bytes_last_hour']} bytes in the last hour, {link['bytes_last_day']} in the last day")
+    return "; ".join(parts)

@@ -34,6 +34,7 @@ from pulse.cli.version import __version__
 from pulse.edge.broker import GatewayBroker, Intake
 from pulse.edge.buffer import Buffer
 from pulse.edge.config import Settings
+from pulse.edge.pacing import link_line
 from pulse.edge.rules import EdgeRuleRunner
 from pulse.edge.twin import EdgeTwins
 
@@ -174,7 +175,8 @@ class _Metrics(Collector):
 def uplink_metrics(u: dict[str, Any]) -> Iterator[Any]:
     """The uplink's part of ``/metrics``, from its snapshot."""
     connected = GaugeMetricFamily("pulse_gateway_uplink_connected", "1 when the last request to the cloud succeeded")
-    connected.add_metric([], 1 if u["state"] == "connected" else 0)
+    up = u["state"] == "connected" and (u.get("link") or {}).get("state", "connected") == "connected"
+    connected.add_metric([], 1 if up else 0)
     yield connected
     if "bytes_sent" in u:
         yield CounterMetricFamily("pulse_gateway_uplink_bytes_sent", "batch bytes sent to the cloud", value=u["bytes_sent"])
@@ -186,6 +188,20 @@ def uplink_metrics(u: dict[str, Any]) -> Iterator[Any]:
         yield GaugeMetricFamily("pulse_gateway_uplink_stalled",
                                 "1 while the backlog has not moved for sync.stall_after_s with the link up", value=1 if u["stalled"] else 0)
         yield CounterMetricFamily("pulse_gateway_uplink_stalls", "times the watchdog restarted a stalled uplink", value=u["stalls"])
+    if link := u.get("link"):
+        state = GaugeMetricFamily("pulse_gateway_uplink_link_state", "1 for the link's state now", labels=["state"])
+        for name in ("connected", "degraded", "down"):
+            state.add_metric([name], 1 if link["state"] == name else 0)
+        yield state
+        if link["est_rate_bytes_per_s"] is not None:
+            yield GaugeMetricFamily("pulse_gateway_uplink_est_rate_bytes_per_second", "estimated link rate from the acks",
+                                    value=link["est_rate_bytes_per_s"])
+        if link["est_rtt_s"] is not None:
+            yield GaugeMetricFamily("pulse_gateway_uplink_est_rtt_seconds", "estimated round trip to the cloud", value=link["est_rtt_s"])
+        sent = GaugeMetricFamily("pulse_gateway_uplink_recent_bytes", "batch bytes sent in the last window", labels=["window"])
+        sent.add_metric(["hour"], link["bytes_last_hour"])
+        sent.add_metric(["day"], link["bytes_last_day"])
+        yield sent
 
 
 def metrics_text(snapshot: dict[str, Any]) -> str:
@@ -233,6 +249,8 @@ def _page(s: dict[str, Any]) -> str:
                 f"{u['batches_acked']} batches acked, {u['bytes_sent']} bytes sent; certificate valid until "
                 f"{e(str(u['certificate_expires']))}; downlink {e(str(down.get('state')))}, cursor {down.get('cursor')}</p>"
                 f"<p>last error: {e(str(u['last_error_code'] or '-'))} {e(str(u['last_error'] or ''))}</p>")
+        if u.get("link"):
+            link += f"<p>link: {e(link_line(u['link']))}</p>"
     else:
         link = f"<p>{e(u['state'])}</p>"
     return f"""<!doctype html><html><head><meta charset="utf-8"><meta http-equiv="refresh" content="5">

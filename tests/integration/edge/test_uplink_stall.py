@@ -135,6 +135,9 @@ async def test_a_backlog_that_does_not_move_while_the_link_is_up_is_shown_stalle
 async def test_a_batch_that_times_out_is_a_timeout_is_halved_and_the_link_is_never_shown_connected(
     enrolled_settings: Settings, receiver: Receiver, stale_reader: StaleReader
 ) -> None:
+    from pulse.edge.pacing import link_line
+    from pulse.edge.status import metrics_text
+
     enrollment = load_enrollment(enrolled_settings.state_dir)
     assert enrollment is not None
     sync = dataclasses.replace(enrolled_settings.sync, request_timeout_s=0.3, report_interval_s=3600, records_per_batch=40)
@@ -145,10 +148,18 @@ async def test_a_batch_that_times_out_is_a_timeout_is_halved_and_the_link_is_nev
     task = asyncio.create_task(uplink.run())
     states: list[str] = []
     try:
+        shown: list[str] = []
         while receiver.hung < 3:
             clock.now += 0.5  # every sample sees a request outstanding longer than it should be
-            states.append(uplink.snapshot()["link"]["state"])
+            snap = uplink.snapshot()
+            states.append(snap["link"]["state"])
+            if snap["link"]["state"] != "connected" and not shown:
+                shown.append(metrics_text({"uplink": snap}))
+                shown.append(link_line(snap["link"]))
             await asyncio.sleep(0.02)
+        assert 'pulse_gateway_uplink_link_state{state="connected"} 0.0' in shown[0]
+        assert "pulse_gateway_uplink_connected 0.0" in shown[0]
+        assert shown[1].startswith(("degraded since", "down since"))
         await wait_for(lambda: stale_reader.backlog()[Stream.TELEMETRY] == 0, "the backlog delivered after the outage")
         assert uplink.status.errors >= 3
         assert receiver.batch_sizes[:4] == [40, 20, 10, 5]  # halved after each timeout
