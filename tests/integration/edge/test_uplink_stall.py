@@ -7,9 +7,10 @@ again, and the link's state during a black-holed outage is never ``connected``."
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 from collections.abc import AsyncIterator
-from pathlib import Path
+from typing import Any, TypeVar
 
 import orjson
 import pytest
@@ -20,10 +21,13 @@ from pulse.edge.config import Settings
 from pulse.edge.identity import IdentityFiles
 from pulse.edge.ingest import Store
 from pulse.edge.link import load_enrollment
+from pulse.edge.pacing import link_line
+from pulse.edge.status import metrics_text
 from pulse.edge.uplink import Uplink
 from pulse.protocol.batch import Stream
 
 pytestmark = pytest.mark.integration
+_B = TypeVar("_B", bound=Buffer)
 
 
 class CancelOnAck(Buffer):
@@ -47,12 +51,20 @@ async def fill(buffer: Buffer, n: int, *, first: int = 1) -> None:
     await asyncio.gather(*futures)  # type: ignore[arg-type]
 
 
+@contextlib.asynccontextmanager
+async def opened(kind: type[_B], settings: Settings) -> AsyncIterator[_B]:
+    buffer = kind(settings.database, settings.buffer)
+    await buffer.open()
+    try:
+        yield buffer
+    finally:
+        await buffer.close()
+
+
 @pytest.fixture
 async def cancel_on_ack(enrolled_settings: Settings) -> AsyncIterator[CancelOnAck]:
-    buffer = CancelOnAck(enrolled_settings.database, enrolled_settings.buffer)
-    await buffer.open()
-    yield buffer
-    await buffer.close()
+    async with opened(CancelOnAck, enrolled_settings) as buffer:
+        yield buffer
 
 
 async def test_an_uplink_cancelled_as_its_last_ack_lands_stops(enrolled_settings: Settings, receiver: Receiver,
@@ -83,10 +95,8 @@ class StaleReader(Buffer):
 
 @pytest.fixture
 async def stale_reader(enrolled_settings: Settings) -> AsyncIterator[StaleReader]:
-    buffer = StaleReader(enrolled_settings.database, enrolled_settings.buffer)
-    await buffer.open()
-    yield buffer
-    await buffer.close()
+    async with opened(StaleReader, enrolled_settings) as buffer:
+        yield buffer
 
 
 class Clock:
@@ -97,19 +107,30 @@ class Clock:
         return self.now
 
 
-async def test_a_backlog_that_does_not_move_while_the_link_is_up_is_shown_stalled_and_recovers(
-    enrolled_settings: Settings, receiver: Receiver, stale_reader: StaleReader, tmp_path: Path
-) -> None:
-    from pulse.edge.status import metrics_text
-
-    enrollment = load_enrollment(enrolled_settings.state_dir)
+def make_uplink(settings: Settings, buffer: Buffer, clock: Clock | None = None, **sync_changes: Any) -> Uplink:
+    enrollment = load_enrollment(settings.state_dir)
     assert enrollment is not None
-    sync = dataclasses.replace(enrolled_settings.sync, report_interval_s=0.05, stall_after_s=120, watchdog_interval_s=0.02)
-    clock = Clock()
-    uplink = Uplink(sync, stale_reader, enrollment, IdentityFiles(enrolled_settings.state_dir), clock=clock)
-    await fill(stale_reader, 5)
+    sync = dataclasses.replace(settings.sync, **sync_changes)
+    return Uplink(sync, buffer, enrollment, IdentityFiles(settings.state_dir), clock=clock or Clock())
+
+
+@contextlib.asynccontextmanager
+async def running(uplink: Uplink) -> AsyncIterator[asyncio.Task[None]]:
     task = asyncio.create_task(uplink.run())
     try:
+        yield task
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_a_backlog_that_does_not_move_while_the_link_is_up_is_shown_stalled_and_recovers(
+    enrolled_settings: Settings, receiver: Receiver, stale_reader: StaleReader
+) -> None:
+    clock = Clock()
+    uplink = make_uplink(enrolled_settings, stale_reader, clock, report_interval_s=0.05, stall_after_s=120, watchdog_interval_s=0.02)
+    await fill(stale_reader, 5)
+    async with running(uplink):
         await wait_for(lambda: len(receiver.rows) == 5 and stale_reader.backlog()[Stream.TELEMETRY] == 0, "the first records")
         await stale_reader.pin()
         await fill(stale_reader, 20, first=6)  # stored, counted in the backlog, invisible to the pinned reader
@@ -127,27 +148,17 @@ async def test_a_backlog_that_does_not_move_while_the_link_is_up_is_shown_stalle
         await wait_for(lambda: stale_reader.backlog()[Stream.TELEMETRY] == 0, "the backlog drained after the restart")
         assert sorted(r.seq for _, r in receiver.rows) == list(range(1, 26))
         assert uplink.snapshot()["stalled"] is False and uplink.status.state.value == "connected"
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
 
 
 async def test_a_batch_that_times_out_is_a_timeout_is_halved_and_the_link_is_never_shown_connected(
     enrolled_settings: Settings, receiver: Receiver, stale_reader: StaleReader
 ) -> None:
-    from pulse.edge.pacing import link_line
-    from pulse.edge.status import metrics_text
-
-    enrollment = load_enrollment(enrolled_settings.state_dir)
-    assert enrollment is not None
-    sync = dataclasses.replace(enrolled_settings.sync, request_timeout_s=0.3, report_interval_s=3600, records_per_batch=40)
     clock = Clock()
-    uplink = Uplink(sync, stale_reader, enrollment, IdentityFiles(enrolled_settings.state_dir), clock=clock)
+    uplink = make_uplink(enrolled_settings, stale_reader, clock, request_timeout_s=0.3, report_interval_s=3600, records_per_batch=40)
     await fill(stale_reader, 40)
     receiver.hang = 3  # black-holed: each batch is read and never answered
-    task = asyncio.create_task(uplink.run())
     states: list[str] = []
-    try:
+    async with running(uplink):
         shown: list[str] = []
         while receiver.hung < 3:
             clock.now += 0.5  # every sample sees a request outstanding longer than it should be
@@ -168,25 +179,15 @@ async def test_a_batch_that_times_out_is_a_timeout_is_halved_and_the_link_is_nev
         assert link["state"] == "connected" and link["bytes_last_hour"] > 0 and link["est_rtt_s"] is not None
         delivered = sorted(r.seq for _, r in receiver.rows)
         assert delivered == list(range(1, 41))  # 0 lost, 0 duplicated
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
 
 
 async def test_the_timeout_is_reported_as_a_timeout_not_a_tls_failure(enrolled_settings: Settings, receiver: Receiver,
                                                                      stale_reader: StaleReader) -> None:
-    enrollment = load_enrollment(enrolled_settings.state_dir)
-    assert enrollment is not None
-    sync = dataclasses.replace(enrolled_settings.sync, request_timeout_s=0.3, report_interval_s=3600, backoff_base_s=5,
-                               backoff_cap_s=5)
-    uplink = Uplink(sync, stale_reader, enrollment, IdentityFiles(enrolled_settings.state_dir))
+    uplink = make_uplink(enrolled_settings, stale_reader, request_timeout_s=0.3, report_interval_s=3600, backoff_base_s=5,
+                         backoff_cap_s=5)
     await fill(stale_reader, 3)
     receiver.hang = 1
-    task = asyncio.create_task(uplink.run())
-    try:
+    async with running(uplink):
         await wait_for(lambda: uplink.status.errors >= 1, "the batch timing out")
         assert uplink.status.last_error_code == "gateway.cloud_timeout", uplink.status.last_error
         assert uplink.snapshot()["link"]["last_error_code"] == "gateway.cloud_timeout"
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
