@@ -258,7 +258,9 @@ class Uplink:
 
     def check_stall(self) -> bool:
         """One look by the watchdog: True (and the uplink is restarted) when the backlog is stuck."""
-        link_up = self.status.state in (LinkState.CONNECTED, LinkState.STALLED)
+        # a request still on its way (bounded by its own timeout) is not a stall: on a slow link one
+        # batch may take longer than stall_after_s
+        link_up = self.status.state in (LinkState.CONNECTED, LinkState.STALLED) and self.health.outstanding_since is None
         if not self._watch.observe(self.clock(), sum(self.buffer.backlog().values()), self._position(), link_up):
             return False
         self.stalled, self.stalls = True, self.stalls + 1
@@ -288,6 +290,11 @@ class Uplink:
         except SyncError as exc:
             if exc.status is None or exc.status >= 500:
                 self._link_failed()
+            else:
+                self.health.succeeded(self.clock())  # the cloud answered: the link itself is up
+            raise
+        except Exception:
+            self.health.outstanding_since = None
             raise
         except asyncio.CancelledError:
             me = asyncio.current_task()
@@ -414,6 +421,7 @@ class Uplink:
                 log.warning("uplink: a %s batch of %d records (%d bytes) timed out after %g s; the next has %d records",
                             stream.name.lower(), len(records), len(data), timeout, size)
             if exc.status == 413 or (exc.status == 400 and str(exc.code).startswith("batch.")):
+                self.health.succeeded(self.clock())  # the cloud answered
                 await self._refused(stream, records, str(exc.code), exc.message)
                 return True
             raise
