@@ -213,9 +213,7 @@ class Buffer:
         self._thread = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="buffer-writer")
         try:
             await self._in_writer(self._open_writer)
-            self._r = await aiosqlite.connect(self.path, isolation_level=None)
-            await self._r.execute("PRAGMA busy_timeout=10000")
-            await self._r.execute("PRAGMA cache_size=-256")  # status queries and sync reads walk the key order
+            self._r = await self._reader()
         except BaseException as exc:
             # whatever stopped the opening (an SQLite error, a cancellation): no thread outlives it
             await self._release()
@@ -224,6 +222,27 @@ class Buffer:
             raise
         self._writer = asyncio.create_task(self._write_loop(), name="buffer-writer")
         self._writer.add_done_callback(self._writer_done)
+
+    async def _reader(self) -> aiosqlite.Connection:
+        r = await aiosqlite.connect(self.path, isolation_level=None)
+        try:
+            await r.execute("PRAGMA busy_timeout=10000")
+            await r.execute("PRAGMA cache_size=-256")  # status queries and sync reads walk the key order
+        except BaseException:
+            await r.close()
+            raise
+        return r
+
+    async def reopen_reader(self) -> None:
+        """A fresh read connection (the uplink's watchdog: a connection left with an open statement
+        keeps reading an old snapshot). Reads already queued on the old one finish first."""
+        try:
+            fresh = await self._reader()
+        except sqlite3.Error as exc:
+            raise StorageError(f"cannot open the gateway database {self.path}: {exc}", path=str(self.path)) from exc
+        old, self._r = self._r, fresh
+        if old is not None:
+            await old.close()
 
     def _writer_done(self, task: asyncio.Task[None]) -> None:
         if not task.cancelled() and task.exception() is not None:

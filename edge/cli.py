@@ -203,6 +203,12 @@ def _cmd_status(args: argparse.Namespace) -> int:
             print(f"  refused    {u['records_quarantined']} records refused by the cloud (in the quarantine)")
         if u["last_error"]:
             print(f"  last error {u['last_error_code']}: {u['last_error']}")
+        if link := u.get("link"):
+            from pulse.edge.pacing import link_line
+
+            print(f"  link       {link_line(link)}")
+        if u.get("stalled"):
+            print(f"  STALLED    the backlog has not moved while the link is up; the watchdog restarted the uplink ({u['stalls']} times)")
         print(f"  cert until {u['certificate_expires']}")
         d = u.get("downlink") or {}
         print(f"  downlink   {d.get('state')}, cursor {d.get('cursor')}, {d.get('items_applied')} items applied")

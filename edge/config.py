@@ -127,6 +127,11 @@ class SyncSettings:
     """With nothing to send, how often the uplink looks at the buffer again."""
     backoff_base_s: float = 0.5
     backoff_cap_s: float = 60.0
+    stall_after_s: float = 300.0
+    """A backlog whose acked position has not moved for this long while the link is up is shown as
+    ``stalled``, and the uplink's watchdog restarts the uplink's state (0: no watchdog)."""
+    watchdog_interval_s: float = 5.0
+    """How often the watchdog looks at the backlog."""
 
 
 @dataclass(frozen=True, slots=True)

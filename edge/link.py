@@ -2,7 +2,7 @@
 the mutual-TLS context, and one method per request of the sync exchange.
 
 Everything httpx raises is translated here into ``SyncError`` with a code
-(``gateway.cloud_unreachable``, ``gateway.tls_failed``, ``gateway.cloud_error``, or the code the
+(``gateway.cloud_unreachable``, ``gateway.cloud_timeout``, ``gateway.tls_failed``, ``gateway.cloud_error``, or the code the
 cloud put in its error body, e.g. ``identity.revoked``, ``batch.malformed``); the uplink and
 downlink loops never see an httpx exception.
 """
@@ -97,18 +97,27 @@ def response_error(resp: httpx.Response, what: str) -> SyncError:
     return SyncError(code, message, status=resp.status_code, retry_after_s=_retry_after(resp.headers.get("retry-after")))
 
 
+_NOT_TLS_FAILURES = (ssl.SSLWantReadError, ssl.SSLWantWriteError, ssl.SSLZeroReturnError, ssl.SSLEOFError)
+"""Found in the chain of a timeout or a cut inside an established TLS connection: not a handshake failure."""
+
+
 def transport_error(exc: httpx.HTTPError, url: str) -> SyncError:
-    """Translate an httpx failure to reach ``url``."""
+    """Translate an httpx failure to reach ``url``: a read, write or pool timeout is
+    ``gateway.cloud_timeout`` (checked first: a timeout inside TLS carries ``ssl.SSLWantReadError``
+    in its chain), a failed handshake ``gateway.tls_failed``, anything else (refused, unreachable,
+    no connection in time, a cut) ``gateway.cloud_unreachable``."""
     text = str(exc) or exc.__class__.__name__
+    if isinstance(exc, httpx.TimeoutException) and not isinstance(exc, httpx.ConnectTimeout):
+        return SyncError(Code.GATEWAY_CLOUD_TIMEOUT, f"{url} did not answer in time ({exc.__class__.__name__})", url=url)
     cause: BaseException | None = exc
     while cause is not None:
-        if isinstance(cause, ssl.SSLError):
+        if isinstance(cause, ssl.SSLError) and not isinstance(cause, _NOT_TLS_FAILURES):
             return SyncError(Code.GATEWAY_TLS_FAILED, f"TLS with {url} failed: {cause.reason or cause}", url=url)
         cause = cause.__cause__ or cause.__context__
-    if "CERTIFICATE_VERIFY_FAILED" in text or "SSL" in text:
+    if "CERTIFICATE_VERIFY_FAILED" in text:
         return SyncError(Code.GATEWAY_TLS_FAILED, f"TLS with {url} failed: {text}", url=url)
-    if isinstance(exc, httpx.TimeoutException):
-        return SyncError(Code.GATEWAY_CLOUD_UNREACHABLE, f"{url} did not answer in time ({exc.__class__.__name__})", url=url)
+    if isinstance(exc, httpx.ConnectTimeout):
+        return SyncError(Code.GATEWAY_CLOUD_UNREACHABLE, f"no connection to {url} in time ({exc.__class__.__name__})", url=url)
     return SyncError(Code.GATEWAY_CLOUD_UNREACHABLE, f"cannot reach {url}: {text}", url=url)
 
 
@@ -136,8 +145,9 @@ class SyncClient:
         except httpx.HTTPError as exc:
             raise transport_error(exc, self.base + path) from exc
 
-    async def send_batch(self, data: bytes) -> sync.BatchAck:
-        resp = await self._request("POST", sync.BATCHES_PATH, content=data, headers={"content-type": sync.BATCH_CONTENT_TYPE})
+    async def send_batch(self, data: bytes, timeout_s: float | None = None) -> sync.BatchAck:
+        resp = await self._request("POST", sync.BATCHES_PATH, content=data, headers={"content-type": sync.BATCH_CONTENT_TYPE},
+                                   timeout_s=timeout_s)
         if resp.status_code != 200:
             raise response_error(resp, "batch refused")
         try:

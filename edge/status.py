@@ -34,6 +34,7 @@ from pulse.cli.version import __version__
 from pulse.edge.broker import GatewayBroker, Intake
 from pulse.edge.buffer import Buffer
 from pulse.edge.config import Settings
+from pulse.edge.pacing import link_line
 from pulse.edge.rules import EdgeRuleRunner
 from pulse.edge.twin import EdgeTwins
 
@@ -168,16 +169,51 @@ class _Metrics(Collector):
         yield GaugeMetricFamily("pulse_gateway_oldest_unsynced_age_seconds", "age of the oldest buffered record", value=age or 0)
         yield GaugeMetricFamily("pulse_gateway_quarantine_records", "rows in the local quarantine", value=s["quarantine"]["count"])
         yield CounterMetricFamily("pulse_gateway_acl_denied", "publishes refused by the topic ACL", value=s["quarantine"]["acl_denied"])
-        u = s["uplink"]
-        connected = GaugeMetricFamily("pulse_gateway_uplink_connected", "1 when the last request to the cloud succeeded")
-        connected.add_metric([], 1 if u["state"] == "connected" else 0)
-        yield connected
-        if "bytes_sent" in u:
-            yield CounterMetricFamily("pulse_gateway_uplink_bytes_sent", "batch bytes sent to the cloud", value=u["bytes_sent"])
-            yield CounterMetricFamily("pulse_gateway_uplink_batches_acked", "batches the cloud acknowledged", value=u["batches_acked"])
-            yield CounterMetricFamily("pulse_gateway_uplink_errors", "failed requests to the cloud", value=u["errors"])
-            yield CounterMetricFamily("pulse_gateway_uplink_records_quarantined", "records the cloud refused for good",
-                                      value=u["records_quarantined"])
+        yield from uplink_metrics(s["uplink"])
+
+
+def uplink_metrics(u: dict[str, Any]) -> Iterator[Any]:
+    """The uplink's part of ``/metrics``, from its snapshot."""
+    connected = GaugeMetricFamily("pulse_gateway_uplink_connected", "1 when the last request to the cloud succeeded")
+    up = u["state"] == "connected" and (u.get("link") or {}).get("state", "connected") == "connected"
+    connected.add_metric([], 1 if up else 0)
+    yield connected
+    if "bytes_sent" in u:
+        yield CounterMetricFamily("pulse_gateway_uplink_bytes_sent", "batch bytes sent to the cloud", value=u["bytes_sent"])
+        yield CounterMetricFamily("pulse_gateway_uplink_batches_acked", "batches the cloud acknowledged", value=u["batches_acked"])
+        yield CounterMetricFamily("pulse_gateway_uplink_errors", "failed requests to the cloud", value=u["errors"])
+        yield CounterMetricFamily("pulse_gateway_uplink_records_quarantined", "records the cloud refused for good",
+                                  value=u["records_quarantined"])
+    if "stalled" in u:
+        yield GaugeMetricFamily("pulse_gateway_uplink_stalled",
+                                "1 while the backlog has not moved for sync.stall_after_s with the link up", value=1 if u["stalled"] else 0)
+        yield CounterMetricFamily("pulse_gateway_uplink_stalls", "times the watchdog restarted a stalled uplink", value=u["stalls"])
+    if link := u.get("link"):
+        state = GaugeMetricFamily("pulse_gateway_uplink_link_state", "1 for the link's state now", labels=["state"])
+        for name in ("connected", "degraded", "down"):
+            state.add_metric([name], 1 if link["state"] == name else 0)
+        yield state
+        if link["est_rate_bytes_per_s"] is not None:
+            yield GaugeMetricFamily("pulse_gateway_uplink_est_rate_bytes_per_second", "estimated link rate from the acks",
+                                    value=link["est_rate_bytes_per_s"])
+        if link["est_rtt_s"] is not None:
+            yield GaugeMetricFamily("pulse_gateway_uplink_est_rtt_seconds", "estimated round trip to the cloud", value=link["est_rtt_s"])
+        sent = GaugeMetricFamily("pulse_gateway_uplink_recent_bytes", "batch bytes sent in the last window", labels=["window"])
+        sent.add_metric(["hour"], link["bytes_last_hour"])
+        sent.add_metric(["day"], link["bytes_last_day"])
+        yield sent
+
+
+def metrics_text(snapshot: dict[str, Any]) -> str:
+    """The uplink's metrics of a snapshot in Prometheus text format (what ``/metrics`` shows of it)."""
+
+    class _Uplink(Collector):
+        def collect(self) -> Iterator[Any]:
+            yield from uplink_metrics(snapshot["uplink"])
+
+    registry = CollectorRegistry(auto_describe=True)
+    registry.register(_Uplink())
+    return generate_latest(registry).decode()
 
 
 def _page(s: dict[str, Any]) -> str:
@@ -207,10 +243,14 @@ def _page(s: dict[str, Any]) -> str:
     if "bytes_sent" in u:
         down = u.get("downlink") or {}
         last_ok = "never" if u["last_success_ms"] is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(u["last_success_ms"] / 1000))
-        link = (f"<p>{e(u['state'])} to {e(u['sync_url'])} as {e(u['gateway_id'])}; last successful sync {last_ok}; "
+        stalled = ("<p><b>stalled</b>: the backlog has not moved while the link is up; the watchdog restarted the "
+                   f"uplink ({u['stalls']} times so far)</p>") if u.get("stalled") else ""
+        link = stalled + (f"<p>{e(u['state'])} to {e(u['sync_url'])} as {e(u['gateway_id'])}; last successful sync {last_ok}; "
                 f"{u['batches_acked']} batches acked, {u['bytes_sent']} bytes sent; certificate valid until "
                 f"{e(str(u['certificate_expires']))}; downlink {e(str(down.get('state')))}, cursor {down.get('cursor')}</p>"
                 f"<p>last error: {e(str(u['last_error_code'] or '-'))} {e(str(u['last_error'] or ''))}</p>")
+        if u.get("link"):
+            link += f"<p>link: {e(link_line(u['link']))}</p>"
     else:
         link = f"<p>{e(u['state'])}</p>"
     return f"""<!doctype html><html><head><meta charset="utf-8"><meta http-equiv="refresh" content="5">

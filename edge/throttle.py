@@ -2,10 +2,11 @@
 caller passes the clock in and sleeps for the returned time.
 
 ``reserve(n, now)`` takes ``n`` bytes from the bucket and returns how long to wait before sending
-them. The bucket holds at most one second's worth (``burst``) and may go into debt for a batch
-larger than that, so a sender that always waits as told never averages more than ``rate`` bytes a
-second: by any time ``t`` after the first send it has sent at most ``burst + rate * t`` bytes
-(plus the last reservation, which it is still waiting for).
+them. The bucket holds one second's worth (``burst``) or, when a send reserves more than that, that
+send's size: the credit earned while the previous batch was on the wire is kept, so a sender whose
+sends take time still reaches its cap. A sender that always waits as told never averages more than
+``rate`` bytes a second: by any time ``t`` after the first send it has sent at most
+``max(burst, largest send) + rate * t`` bytes (plus the last reservation, which it is still waiting for).
 """
 
 from __future__ import annotations
@@ -33,6 +34,9 @@ class TokenBucket:
         if self.tokens is None or self.stamp is None:
             self.tokens, self.stamp = self.burst, now
         elapsed = max(0.0, now - self.stamp)
-        self.tokens = min(self.burst, self.tokens + elapsed * self.rate) - n
+        # The bucket holds at least what this send reserves: with a burst smaller than a batch, the
+        # credit earned while the previous batch was on the wire was thrown away and the sender
+        # reached about half its cap (issue 28).
+        self.tokens = min(max(self.burst, float(n)), self.tokens + elapsed * self.rate) - n
         self.stamp = max(now, self.stamp)
         return 0.0 if self.tokens >= 0 else -self.tokens / self.rate

@@ -50,6 +50,7 @@ from pulse.edge.config import SyncSettings
 from pulse.edge.errors import GatewayError, SyncError
 from pulse.edge.identity import IdentityFiles, make_key_and_csr, renewal_due, store_certificate
 from pulse.edge.link import Connection, Enrollment, SyncClient
+from pulse.edge.pacing import BatchSizer, ByteWindow, Health, LinkEstimate, LinkHealth
 from pulse.edge.throttle import TokenBucket
 from pulse.protocol import sync
 from pulse.protocol.batch import Record, Stream, encode
@@ -80,6 +81,27 @@ class LinkState(StrEnum):
     CONNECTING = "connecting"
     CONNECTED = "connected"
     BACKING_OFF = "backing off"
+    STALLED = "stalled"
+    """The link is up but the backlog has not moved for ``sync.stall_after_s``: the watchdog restarted the uplink."""
+
+
+@dataclass
+class StallWatch:
+    """Pure: is the backlog stuck? It is when records wait, the link is up, and the acked position
+    has not moved for ``after_s`` (clock passed in). After saying so once it starts counting again."""
+
+    after_s: float
+    position: tuple[int, ...] | None = None
+    since: float = 0.0
+
+    def observe(self, now: float, waiting: int, position: tuple[int, ...], link_up: bool) -> bool:
+        if waiting == 0 or not link_up or position != self.position:
+            self.position, self.since = position, now
+            return False
+        if self.after_s > 0 and now - self.since >= self.after_s:
+            self.since = now
+            return True
+        return False
 
 
 @dataclass
@@ -100,12 +122,17 @@ class LinkStatus:
         return d
 
 
-async def bounded(aw: Awaitable[_T], timeout_s: float, what: str) -> _T:
-    """Await with a deadline; a timeout becomes ``gateway.cloud_unreachable`` naming the step."""
+async def bounded(aw: Awaitable[_T], timeout_s: float, what: str, code: Code = Code.GATEWAY_CLOUD_TIMEOUT) -> _T:
+    """Await with a deadline; a timeout becomes a ``SyncError`` (``gateway.cloud_timeout``) naming the step.
+
+    ``asyncio.timeout``, not ``asyncio.wait_for``: on Python 3.11 ``wait_for`` returns the inner
+    result when its task is cancelled in the loop turn the inner awaitable finishes, so a cancelled
+    uplink went on running (the sync bench's drain hung on it: issue 14)."""
     try:
-        return await asyncio.wait_for(aw, timeout_s)
+        async with asyncio.timeout(timeout_s):
+            return await aw
     except TimeoutError as exc:
-        raise SyncError(Code.GATEWAY_CLOUD_UNREACHABLE, f"{what} took longer than {timeout_s:g} s") from exc
+        raise SyncError(code, f"{what} took longer than {timeout_s:g} s") from exc
 
 
 async def supervise(name: str, status: LinkStatus, session: Callable[[], Awaitable[None]], settings: SyncSettings,
@@ -139,8 +166,19 @@ async def supervise(name: str, status: LinkStatus, session: Callable[[], Awaitab
 
 
 class Uplink:
-    def __init__(self, settings: SyncSettings, buffer: Buffer, enrollment: Enrollment, files: IdentityFiles) -> None:
+    def __init__(self, settings: SyncSettings, buffer: Buffer, enrollment: Enrollment, files: IdentityFiles, *,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.settings = settings
+        self.clock = clock
+        self.stalled = False
+        self.stalls = 0
+        self._watch = StallWatch(settings.stall_after_s)
+        self._current: asyncio.Task[None] | None = None
+        self._restarting = False
+        self.estimate = LinkEstimate()
+        self.health = LinkHealth(since=clock())
+        self.sent = ByteWindow()
+        self._sizers: dict[Stream, BatchSizer] = {}
         self.buffer = buffer
         self.enrollment = enrollment
         self.files = files
@@ -162,8 +200,11 @@ class Uplink:
         self._prepared: asyncio.Task[_Prepared | None] | None = None
 
     def snapshot(self) -> dict[str, Any]:
+        status = self.status.as_dict()
+        if self.stalled:  # until the next ack, whatever the restarted loop is doing
+            status["state"] = LinkState.STALLED.value
         return {
-            **self.status.as_dict(),
+            **status,
             "sync_url": self.enrollment.sync_url,
             "gateway_id": self.enrollment.gateway_id,
             "tenant_id": self.enrollment.tenant_id,
@@ -172,17 +213,117 @@ class Uplink:
             "records_acked": self.records_acked,
             "records_quarantined": self.records_quarantined,
             "replays": self.replays,
+            "stalled": self.stalled,
+            "stalls": self.stalls,
             "clock_offset_ms": self.clock_offset_ms,
             "clock_corrected": self.clock_corrected,
             "bandwidth_bytes_per_s": self.settings.bandwidth_bytes_per_s,
+            "link": self.link_snapshot(),
             "certificate_expires": self.certificate_expires.isoformat() if self.certificate_expires else None,
         }
 
     async def run(self) -> None:
-        await supervise("uplink", self.status, self._session, self.settings, self._attempts)
+        watchdog = asyncio.create_task(self._watchdog(), name="uplink-watchdog")
+        try:
+            await supervise("uplink", self.status, self._session, self.settings, self._attempts)
+        finally:
+            watchdog.cancel()
+            await asyncio.gather(watchdog, return_exceptions=True)
+
+    def link_snapshot(self) -> dict[str, Any]:
+        """The link as it is now (connected, degraded, down), never older than the last request."""
+        now = self.clock()
+        state = self.health.at(now)
+        rate, rtt = self.estimate.rate_bytes_per_s, self.estimate.rtt_s
+        return {
+            "state": state.value,
+            "since_ms": int((time.time() - (now - self.health.since)) * 1000),
+            "last_error_code": self.status.last_error_code if state is not Health.CONNECTED else None,
+            "next_attempt_in_s": self.status.retry_in_s,
+            "est_rate_bytes_per_s": None if rate is None else round(rate),
+            "est_rtt_s": None if rtt is None else round(rtt, 3),
+            "batch_records": {s.name.lower(): z.size for s, z in self._sizers.items()},
+            "bytes_last_hour": self.sent.last(now, 3600),
+            "bytes_last_day": self.sent.last(now, 86400),
+        }
+
+    def _sizer(self, stream: Stream) -> BatchSizer:
+        sizer = self._sizers.get(stream)
+        if sizer is None:
+            sizer = self._sizers[stream] = BatchSizer(self.settings.records_per_batch)
+        return sizer
+
+    def _position(self) -> tuple[int, ...]:
+        return tuple(self.buffer.acked(s) for s in Stream)
+
+    def check_stall(self) -> bool:
+        """One look by the watchdog: True (and the uplink is restarted) when the backlog is stuck."""
+        # a request still on its way (bounded by its own timeout) is not a stall: on a slow link one
+        # batch may take longer than stall_after_s
+        link_up = self.status.state in (LinkState.CONNECTED, LinkState.STALLED) and self.health.outstanding_since is None
+        if not self._watch.observe(self.clock(), sum(self.buffer.backlog().values()), self._position(), link_up):
+            return False
+        self.stalled, self.stalls = True, self.stalls + 1
+        self.status.state = LinkState.STALLED
+        self.status.last_error_code = str(Code.GATEWAY_UPLINK_STALLED)
+        self.status.last_error = f"the backlog did not move for {self.settings.stall_after_s:g} s while the link was up"
+        self.status.last_error_ms = int(time.time() * 1000)
+        log.error("uplink: the backlog has not moved for %g s while the link is up; restarting the uplink",
+                  self.settings.stall_after_s)
+        self._restarting = True
+        if self._current is not None:
+            self._current.cancel()
+        return True
+
+    async def _watchdog(self) -> None:
+        if self.settings.stall_after_s <= 0:
+            return
+        while True:
+            await asyncio.sleep(self.settings.watchdog_interval_s)
+            self.check_stall()
 
     async def _session(self) -> None:
-        if self.status.state is not LinkState.CONNECTED:
+        """One session, in a task of its own so that the watchdog can end it without ending the uplink."""
+        inner = self._current = asyncio.create_task(self._session_body(), name="uplink-session")
+        try:
+            await inner
+        except SyncError as exc:
+            if exc.status is None or exc.status >= 500:
+                self._link_failed()
+            else:
+                self.health.succeeded(self.clock())  # the cloud answered: the link itself is up
+            raise
+        except Exception:
+            self.health.outstanding_since = None
+            raise
+        except asyncio.CancelledError:
+            me = asyncio.current_task()
+            if not self._restarting or (me is not None and me.cancelling()):
+                raise  # shutdown
+            self._restarting = False
+            await self._restart()
+            raise SyncError(Code.GATEWAY_UPLINK_STALLED, f"the backlog did not move for {self.settings.stall_after_s:g} s "
+                            "while the link was up; the uplink was restarted") from None
+        finally:
+            self._current = None
+
+    def _link_failed(self) -> None:
+        self.health.failed(self.clock())
+        if self.health.state is Health.DOWN:
+            self.estimate.reset()  # the link may come back different
+
+    async def _restart(self) -> None:
+        """Forget everything the uplink's loop held: the prepared batch, batch sizes, the connection,
+        and the buffer's read connection (a read connection left with an open statement keeps an
+        old snapshot and no longer sees new records)."""
+        self._drop_prepared()
+        self._limit.clear()
+        await self._conn.drop()
+        await bounded(self.buffer.reopen_reader(), self.settings.request_timeout_s, "reopening the buffer's read connection",
+                      Code.GATEWAY_STORAGE_FAILED)
+
+    async def _session_body(self) -> None:
+        if self.status.state not in (LinkState.CONNECTED, LinkState.STALLED):
             self.status.state = LinkState.CONNECTING
         cert = x509.load_pem_x509_certificate(self.files.cert.read_bytes())
         self.certificate_expires = cert.not_valid_after_utc
@@ -206,13 +347,13 @@ class Uplink:
                 await asyncio.sleep(s.idle_poll_s)
 
     def _succeeded(self) -> None:
-        self.status.state = LinkState.CONNECTED
+        self.status.state = LinkState.STALLED if self.stalled else LinkState.CONNECTED
         self.status.last_success_ms = int(time.time() * 1000)
         self._attempts[0] = 0
 
     async def _prepare(self, stream: Stream, after_seq: int) -> _Prepared | None:
         """Read the next records of ``stream`` after ``after_seq`` and encode them (on a thread)."""
-        limit = self._limit.get(stream, self.settings.records_per_batch)
+        limit = min(self._limit.get(stream, self.settings.records_per_batch), self._sizer(stream).size)
         records = await bounded(self.buffer.read(stream, after_seq, limit), self.settings.request_timeout_s, "reading the buffer")
         if not records:
             return None
@@ -267,11 +408,20 @@ class Uplink:
         if self.buffer.backlog().get(stream, 0) > len(records):
             # pipelining: the next batch of this stream is read and encoded while the cloud stores this one
             self._prepared = asyncio.create_task(self._prepare(stream, last))
+        timeout = self.estimate.timeout_s(len(data), t * 2)
+        started = self.clock()
+        self.health.started(started, self.estimate.expected_s(len(data)) or t)
+        self.sent.add(started, len(data))
         try:
-            ack = await bounded(client.send_batch(data), t * 2, "sending a batch")
+            ack = await bounded(client.send_batch(data, timeout), timeout + 1, "sending a batch")
         except SyncError as exc:
             self._drop_prepared()
+            if exc.code is Code.GATEWAY_CLOUD_TIMEOUT:
+                size = self._sizer(stream).after_timeout(len(records))
+                log.warning("uplink: a %s batch of %d records (%d bytes) timed out after %g s; the next has %d records",
+                            stream.name.lower(), len(records), len(data), timeout, size)
             if exc.status == 413 or (exc.status == 400 and str(exc.code).startswith("batch.")):
+                self.health.succeeded(self.clock())  # the cloud answered
                 await self._refused(stream, records, str(exc.code), exc.message)
                 return True
             raise
@@ -279,6 +429,11 @@ class Uplink:
             self._drop_prepared()
             raise SyncError(Code.GATEWAY_CLOUD_ERROR, f"the cloud acked {ack.stream.name.lower()} up to {ack.ack_seq} "
                             f"for a {stream.name.lower()} batch ending at {last}; nothing deleted", status=200)
+        self.stalled = False
+        now = self.clock()
+        self.estimate.observe(len(data), now - started)
+        self.health.succeeded(now)
+        self._sizer(stream).after_ack()
         self._succeeded()
         self.clock_offset_ms, self.clock_corrected = ack.clock_offset_ms, ack.clock_corrected
         if ack.verdict is sync.Verdict.REPLAY:
@@ -314,12 +469,17 @@ class Uplink:
             "oldest_unsynced_ms": oldest,
             "version": __version__,
         }
+        started = self.clock()
+        self.health.started(started, self.estimate.rtt_s or self.settings.request_timeout_s)
         try:
             await bounded(client.report(doc), self.settings.request_timeout_s * 2, "sending the report")
+            self.estimate.observe(0, self.clock() - started)
+            self.health.succeeded(self.clock())
         except SyncError as exc:
             if exc.status is None:
                 raise  # the link is down: the supervisor backs off
             # The cloud answered but refused the report: that must not hold up the data.
+            self.health.succeeded(self.clock())
             log.warning("uplink: the cloud refused the report: %s", exc.message)
             self._note(exc)
             return

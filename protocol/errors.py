@@ -216,11 +216,16 @@ class Code(StrEnum):
     GATEWAY_NOT_ENROLLED = "gateway.not_enrolled"
     """The gateway has no certificate from the cloud yet: run `pulse gateway enroll --cloud URL --token T`."""
     GATEWAY_CLOUD_UNREACHABLE = "gateway.cloud_unreachable"
-    """The cloud did not answer (DNS, refused, timeout): check the URL, the site's internet link and firewall."""
+    """The cloud could not be reached (DNS, refused, unreachable, no connection in time): check the URL, the site's link and firewall."""
     GATEWAY_TLS_FAILED = "gateway.tls_failed"
     """The TLS handshake with the cloud failed (untrusted or mismatched certificate, wrong clock)."""
     GATEWAY_CLOUD_ERROR = "gateway.cloud_error"
     """The cloud answered with an error or something the gateway cannot read; the message quotes it."""
+    GATEWAY_CLOUD_TIMEOUT = "gateway.cloud_timeout"
+    """A request to the cloud got no answer in the time the link's measured rate and round trip allow
+    (a read or write timeout, also inside an established TLS connection); the batch is halved and sent again."""
+    GATEWAY_UPLINK_STALLED = "gateway.uplink_stalled"
+    """The backlog did not move while the link was up; the uplink's watchdog restarted the uplink's state."""
 
     # storage: the cloud's database (refusals at migration, before anything is changed)
     STORAGE_TIMESCALEDB_UNAVAILABLE = "storage.timescaledb_unavailable"

@@ -84,6 +84,8 @@ class Receiver:
     batch_delay_s: float = 0.0
     """Each batch waits this long before it is stored (a slow cloud, so the gateway works ahead)."""
     hung: int = 0
+    batch_sizes: list[int] = field(default_factory=list)
+    """Records in each batch that reached the receiver, answered or not."""
     aborted: int = 0
     downlink_items: list[dict[str, Any]] = field(default_factory=list)
     downlink_polls: list[int] = field(default_factory=list)
@@ -174,6 +176,9 @@ class Receiver:
             else:
                 ident = self.ca.identify(cert)
                 self.identities.add(f"{ident.tenant_id}/{ident.gateway_id}")
+                if path == sync.BATCHES_PATH and method == "POST":
+                    with contextlib.suppress(BatchError):
+                        self.batch_sizes.append(decode(body).header.record_count)
                 if path == sync.BATCHES_PATH and method == "POST" and self.hang > 0:
                     self.hang -= 1
                     self.hung += 1

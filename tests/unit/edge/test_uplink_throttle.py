@@ -41,9 +41,29 @@ def test_idle_time_refills_at_most_one_burst():
 def test_a_sender_that_waits_as_told_never_exceeds_burst_plus_rate_times_elapsed(rate, sends):
     bucket = TokenBucket(rate)
     now = start = 100.0
-    sent = 0
+    sent = largest = 0
     for size, pause in sends:
         now += pause
         now += bucket.reserve(size, now)  # sleep, then send
         sent += size
-        assert sent <= bucket.burst + rate * (now - start) + 1e-6 * sent
+        largest = max(largest, size)
+        assert sent <= max(bucket.burst, largest) + rate * (now - start) + 1e-6 * sent
+
+
+@pytest.mark.parametrize(("cap", "batch", "link", "rtt"), [
+    (3750, 16_600, 7500, 1.2),  # issue 28: NB-IoT (60 kbit/s), the cap at half of it, 16.6 KB batches
+    (1500, 800, 3000, 0.1),  # batches smaller than the burst
+    (20_000, 200_000, 47_000, 0.2),  # LTE-M, 200 KB batches
+])
+def test_a_sender_whose_sends_take_time_averages_its_cap(cap, batch, link, rtt):
+    """Each send takes its time on the wire plus a round trip before the next reservation; the
+    credit earned meanwhile must not be thrown away (the bucket undershot its cap by half)."""
+    bucket = TokenBucket(cap)
+    now = start = 0.0
+    sent = 0
+    for _ in range(200):
+        now += bucket.reserve(batch, now)  # wait as told
+        now += batch / link + rtt  # then the send and its ack
+        sent += batch
+    average = sent / (now - start)
+    assert 0.9 * cap <= average <= cap * 1.01 + batch / (now - start)

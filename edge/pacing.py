@@ -1,0 +1,145 @@
+"""How the uplink paces itself on a slow or flapping link: pure decisions, the clock passed in.
+
+- ``LinkEstimate``: a moving estimate of the link's rate and round trip from the uplink's own
+  acks (bytes sent and the time each request took), and the timeout a request of ``n`` bytes gets:
+  ``margin x (round trip + n / rate)``, never below the configured ``request_timeout_s``.
+- ``BatchSizer``: additive increase, multiplicative decrease on the records in one batch: halved
+  after a batch timed out (a single record always fits), grown back by a fixed step after each ack.
+- ``LinkHealth``: the link's state as the status page shows it (connected, degraded, down), with
+  since-when, from the outcomes of requests and from a request still outstanding: one outstanding
+  far past its expected time makes the link degraded, so a black-holed link is never "connected".
+- ``ByteWindow``: bytes sent in the last hour and day.
+"""
+
+from __future__ import annotations
+
+import collections
+import time
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+EWMA = 0.3
+MARGIN = 3.0
+
+
+@dataclass
+class LinkEstimate:
+    rate_bytes_per_s: float | None = None
+    rtt_s: float | None = None
+
+    def observe(self, nbytes: int, elapsed_s: float) -> None:
+        """A request of ``nbytes`` that was answered after ``elapsed_s``."""
+        elapsed_s = max(elapsed_s, 1e-3)
+        if nbytes < 2048:  # a small request measures the round trip
+            self.rtt_s = elapsed_s if self.rtt_s is None else (1 - EWMA) * self.rtt_s + EWMA * elapsed_s
+            return
+        wire = max(elapsed_s - (self.rtt_s or 0.0), elapsed_s / 2)
+        rate = nbytes / wire
+        self.rate_bytes_per_s = rate if self.rate_bytes_per_s is None else (1 - EWMA) * self.rate_bytes_per_s + EWMA * rate
+
+    def reset(self) -> None:
+        """After an outage the link may come back different."""
+        self.rate_bytes_per_s = self.rtt_s = None
+
+    def expected_s(self, nbytes: int) -> float | None:
+        if self.rate_bytes_per_s is None:
+            return None
+        return (self.rtt_s or 0.0) + nbytes / self.rate_bytes_per_s
+
+    def timeout_s(self, nbytes: int, floor_s: float) -> float:
+        expected = self.expected_s(nbytes)
+        return floor_s if expected is None else max(floor_s, MARGIN * expected + 2.0)
+
+
+@dataclass
+class BatchSizer:
+    """Records in the next batch: AIMD between 1 and ``ceiling``."""
+
+    ceiling: int
+    step: int = 0
+    size: int = 0
+
+    def __post_init__(self) -> None:
+        self.size = self.size or self.ceiling
+        self.step = self.step or max(1, self.ceiling // 8)
+
+    def after_timeout(self, sent: int) -> int:
+        self.size = max(1, min(self.size, sent) // 2)
+        return self.size
+
+    def after_ack(self) -> int:
+        self.size = min(self.ceiling, self.size + self.step)
+        return self.size
+
+
+class Health(StrEnum):
+    CONNECTED = "connected"
+    DEGRADED = "degraded"
+    DOWN = "down"
+
+
+@dataclass
+class LinkHealth:
+    state: Health = Health.DOWN
+    since: float = 0.0
+    failures: int = 0
+    outstanding_since: float | None = None
+    expected_s: float = 0.0
+
+    def _set(self, state: Health, now: float) -> None:
+        if state is not self.state:
+            self.state, self.since = state, now
+
+    def started(self, now: float, expected_s: float) -> None:
+        self.outstanding_since, self.expected_s = now, expected_s
+
+    def succeeded(self, now: float) -> None:
+        self.outstanding_since, self.failures = None, 0
+        self._set(Health.CONNECTED, now)
+
+    def failed(self, now: float) -> None:
+        self.outstanding_since = None
+        self.failures += 1
+        self._set(Health.DEGRADED if self.failures == 1 else Health.DOWN, now)
+
+    def at(self, now: float) -> Health:
+        """The state now: a request outstanding for more than twice its expected time degrades a connected link."""
+        if (self.state is Health.CONNECTED and self.outstanding_since is not None
+                and now - self.outstanding_since > 2 * self.expected_s):
+            self._set(Health.DEGRADED, self.outstanding_since + 2 * self.expected_s)
+        return self.state
+
+
+@dataclass
+class ByteWindow:
+    """Bytes sent, kept per minute for a day."""
+
+    minutes: collections.deque[tuple[int, int]] = field(default_factory=collections.deque)
+
+    def add(self, now: float, nbytes: int) -> None:
+        minute = int(now // 60)
+        if self.minutes and self.minutes[-1][0] == minute:
+            self.minutes[-1] = (minute, self.minutes[-1][1] + nbytes)
+        else:
+            self.minutes.append((minute, nbytes))
+        while self.minutes and self.minutes[0][0] <= minute - 1440:
+            self.minutes.popleft()
+
+    def last(self, now: float, seconds: float) -> int:
+        start = (now - seconds) // 60
+        return sum(n for m, n in self.minutes if m > start)
+
+
+def link_line(link: dict[str, Any]) -> str:
+    """One line about the link to the cloud (status page and ``pulse gateway status``)."""
+    since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(link["since_ms"] / 1000))
+    parts = [f"{link['state']} since {since}"]
+    if link.get("last_error_code"):
+        parts.append(f"last error {link['last_error_code']}")
+    if link.get("next_attempt_in_s") is not None:
+        parts.append(f"next attempt in {link['next_attempt_in_s']:g} s")
+    rate, rtt = link.get("est_rate_bytes_per_s"), link.get("est_rtt_s")
+    parts.append(f"est. rate {'-' if rate is None else f'{rate} B/s'}, round trip {'-' if rtt is None else f'{rtt:g} s'}")
+    parts.append(f"{link['bytes_last_hour']} bytes in the last hour, {link['bytes_last_day']} in the last day")
+    return "; ".join(parts)

@@ -1,0 +1,193 @@
+"""Issue 14, item 4: the uplink could not be stopped (and the sync bench hung) when it was
+cancelled in the loop turn its last ack landed; a backlog that does not move while the link is up
+is noticed and shown as ``stalled``, and the watchdog recovers the uplink without a restart.
+Issue 28: a batch that timed out is a ``gateway.cloud_timeout``, is halved before it is sent
+again, and the link's state during a black-holed outage is never ``connected``."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+from collections.abc import AsyncIterator
+from typing import Any, TypeVar
+
+import orjson
+import pytest
+from edge_sync_receiver import Receiver, wait_for
+
+from pulse.edge.buffer import Buffer
+from pulse.edge.config import Settings
+from pulse.edge.identity import IdentityFiles
+from pulse.edge.ingest import Store
+from pulse.edge.link import load_enrollment
+from pulse.edge.pacing import link_line
+from pulse.edge.status import metrics_text
+from pulse.edge.uplink import Uplink
+from pulse.protocol.batch import Stream
+
+pytestmark = pytest.mark.integration
+_B = TypeVar("_B", bound=Buffer)
+
+
+class CancelOnAck(Buffer):
+    """Cancels the uplink in the same loop turn as the cloud's ack is recorded: what the sync
+    bench's drain loop did when it saw the backlog reach 0 (there, 1 run in 8 to 30 under load)."""
+
+    uplink_task: asyncio.Task[None] | None = None
+
+    async def ack(self, stream: Stream, seq: int) -> None:
+        await super().ack(stream, seq)
+        if self.uplink_task is not None and not any(self.backlog().values()):
+            self.uplink_task.cancel()
+
+
+async def fill(buffer: Buffer, n: int, *, first: int = 1) -> None:
+    futures = [
+        buffer.submit(Store(Stream.TELEMETRY, "dev-1", 1_700_000_000_000 + i, "telemetry", i,
+                            orjson.dumps({"v": 1, "seq": i, "metrics": {"t": i}}), None))
+        for i in range(first, first + n)
+    ]
+    await asyncio.gather(*futures)  # type: ignore[arg-type]
+
+
+@contextlib.asynccontextmanager
+async def opened(kind: type[_B], settings: Settings) -> AsyncIterator[_B]:
+    buffer = kind(settings.database, settings.buffer)
+    await buffer.open()
+    try:
+        yield buffer
+    finally:
+        await buffer.close()
+
+
+@pytest.fixture
+async def cancel_on_ack(enrolled_settings: Settings) -> AsyncIterator[CancelOnAck]:
+    async with opened(CancelOnAck, enrolled_settings) as buffer:
+        yield buffer
+
+
+async def test_an_uplink_cancelled_as_its_last_ack_lands_stops(enrolled_settings: Settings, receiver: Receiver,
+                                                                cancel_on_ack: CancelOnAck) -> None:
+    enrollment = load_enrollment(enrolled_settings.state_dir)
+    assert enrollment is not None
+    await fill(cancel_on_ack, 30)
+    uplink = Uplink(enrolled_settings.sync, cancel_on_ack, enrollment, IdentityFiles(enrolled_settings.state_dir))
+    task = cancel_on_ack.uplink_task = asyncio.create_task(uplink.run())
+    done, _ = await asyncio.wait({task}, timeout=60)
+    if not done:  # the bug: the uplink went on; stop it for good so the test ends
+        task.cancel()
+        await asyncio.wait({task}, timeout=10)
+    assert done, "the uplink was cancelled but did not stop"
+    assert task.cancelled()
+    assert cancel_on_ack.backlog()[Stream.TELEMETRY] == 0 and len(receiver.rows) == 30
+
+
+class StaleReader(Buffer):
+    """Pins its read connection's snapshot with a statement left open (a cursor never reset): its
+    reads no longer see records stored after that, though the backlog (kept in memory) counts them."""
+
+    async def pin(self) -> None:
+        assert self._r is not None
+        self._pinned = await self._r.execute("SELECT stream FROM streams")  # 4 rows: one read, three left
+        await self._pinned.fetchone()
+
+
+@pytest.fixture
+async def stale_reader(enrolled_settings: Settings) -> AsyncIterator[StaleReader]:
+    async with opened(StaleReader, enrolled_settings) as buffer:
+        yield buffer
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def make_uplink(settings: Settings, buffer: Buffer, clock: Clock | None = None, **sync_changes: Any) -> Uplink:
+    enrollment = load_enrollment(settings.state_dir)
+    assert enrollment is not None
+    sync = dataclasses.replace(settings.sync, **sync_changes)
+    return Uplink(sync, buffer, enrollment, IdentityFiles(settings.state_dir), clock=clock or Clock())
+
+
+@contextlib.asynccontextmanager
+async def running(uplink: Uplink) -> AsyncIterator[asyncio.Task[None]]:
+    task = asyncio.create_task(uplink.run())
+    try:
+        yield task
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_a_backlog_that_does_not_move_while_the_link_is_up_is_shown_stalled_and_recovers(
+    enrolled_settings: Settings, receiver: Receiver, stale_reader: StaleReader
+) -> None:
+    clock = Clock()
+    uplink = make_uplink(enrolled_settings, stale_reader, clock, report_interval_s=0.05, stall_after_s=120, watchdog_interval_s=0.02)
+    await fill(stale_reader, 5)
+    async with running(uplink):
+        await wait_for(lambda: len(receiver.rows) == 5 and stale_reader.backlog()[Stream.TELEMETRY] == 0, "the first records")
+        await stale_reader.pin()
+        await fill(stale_reader, 20, first=6)  # stored, counted in the backlog, invisible to the pinned reader
+        reports = len(receiver.reports)
+        await wait_for(lambda: len(receiver.reports) > reports + 2, "reports going through: the link is up")
+        assert uplink.snapshot()["stalled"] is False  # not for long enough yet
+        clock.now += 121
+        assert stale_reader.backlog()[Stream.TELEMETRY] == 20, (stale_reader.backlog(), uplink.snapshot())
+        await wait_for(lambda: uplink.stalls >= 1, "the watchdog noticing the stall")
+        snap = uplink.snapshot()
+        assert snap["state"] == "stalled" and snap["stalled"] is True
+        assert snap["last_error_code"] == "gateway.uplink_stalled"
+        assert "pulse_gateway_uplink_stalled 1.0" in metrics_text({"uplink": snap})
+        # the watchdog restarted the uplink's state (with a fresh read connection): it drains again
+        await wait_for(lambda: stale_reader.backlog()[Stream.TELEMETRY] == 0, "the backlog drained after the restart")
+        assert sorted(r.seq for _, r in receiver.rows) == list(range(1, 26))
+        assert uplink.snapshot()["stalled"] is False and uplink.status.state.value == "connected"
+
+
+async def test_a_batch_that_times_out_is_a_timeout_is_halved_and_the_link_is_never_shown_connected(
+    enrolled_settings: Settings, receiver: Receiver, stale_reader: StaleReader
+) -> None:
+    clock = Clock()
+    uplink = make_uplink(enrolled_settings, stale_reader, clock, request_timeout_s=0.3, report_interval_s=3600, records_per_batch=40)
+    await fill(stale_reader, 40)
+    receiver.hang = 3  # black-holed: each batch is read and never answered
+    states: list[str] = []
+    async with running(uplink):
+        shown: list[str] = []
+        while receiver.hung < 3:
+            clock.now += 0.5  # every sample sees a request outstanding longer than it should be
+            snap = uplink.snapshot()
+            states.append(snap["link"]["state"])
+            if snap["link"]["state"] != "connected" and not shown:
+                shown.append(metrics_text({"uplink": snap}))
+                shown.append(link_line(snap["link"]))
+            await asyncio.sleep(0.02)
+        assert 'pulse_gateway_uplink_link_state{state="connected"} 0.0' in shown[0]
+        assert "pulse_gateway_uplink_connected 0.0" in shown[0]
+        assert shown[1].startswith(("degraded since", "down since"))
+        await wait_for(lambda: stale_reader.backlog()[Stream.TELEMETRY] == 0, "the backlog delivered after the outage")
+        assert uplink.status.errors >= 3
+        assert receiver.batch_sizes[:4] == [40, 20, 10, 5]  # halved after each timeout
+        assert "connected" not in states[len(states) // 2:] and {"degraded", "down"} & set(states)
+        link = uplink.snapshot()["link"]
+        assert link["state"] == "connected" and link["bytes_last_hour"] > 0 and link["est_rtt_s"] is not None
+        delivered = sorted(r.seq for _, r in receiver.rows)
+        assert delivered == list(range(1, 41))  # 0 lost, 0 duplicated
+
+
+async def test_the_timeout_is_reported_as_a_timeout_not_a_tls_failure(enrolled_settings: Settings, receiver: Receiver,
+                                                                     stale_reader: StaleReader) -> None:
+    uplink = make_uplink(enrolled_settings, stale_reader, request_timeout_s=0.3, report_interval_s=3600, backoff_base_s=5,
+                         backoff_cap_s=5)
+    await fill(stale_reader, 3)
+    receiver.hang = 1
+    async with running(uplink):
+        await wait_for(lambda: uplink.status.errors >= 1, "the batch timing out")
+        assert uplink.status.last_error_code == "gateway.cloud_timeout", uplink.status.last_error
+        assert uplink.snapshot()["link"]["last_error_code"] == "gateway.cloud_timeout"

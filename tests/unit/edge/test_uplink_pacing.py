@@ -1,0 +1,65 @@
+"""The uplink's pacing on slow links (issue 28): pure, clocks passed in."""
+
+from __future__ import annotations
+
+import pytest
+
+from pulse.edge.pacing import BatchSizer, ByteWindow, Health, LinkEstimate, LinkHealth
+
+pytestmark = pytest.mark.unit
+
+
+def test_a_batch_that_timed_out_is_halved_down_to_one_record_and_grows_back_after_acks():
+    sizer = BatchSizer(5000)
+    assert [sizer.after_timeout(5000) for _ in range(3)] == [2500, 1250, 625]
+    for _ in range(20):
+        sizer.after_timeout(sizer.size)
+    assert sizer.size == 1  # a single record always fits
+    assert sizer.after_timeout(1) == 1
+    sizes = [sizer.after_ack() for _ in range(9)]
+    assert sizes == sorted(sizes) and sizes[0] == 1 + 625 and sizes[-1] == 5000  # additive, up to the ceiling
+
+
+def test_a_short_batch_that_timed_out_halves_from_what_was_sent():
+    sizer = BatchSizer(5000)
+    assert sizer.after_timeout(40) == 20  # the buffer held only 40: halve those, not the ceiling
+
+
+def test_timeouts_follow_the_measured_link_and_batch_size():
+    est = LinkEstimate()
+    assert est.timeout_s(300_000, 60) == 60  # nothing measured yet: the configured timeout
+    est.observe(0, 0.5)  # a small request: the round trip
+    for _ in range(10):
+        est.observe(50_000, 0.5 + 50_000 / 5000)  # 5 KB/s
+    assert est.rate_bytes_per_s == pytest.approx(5000, rel=0.05)
+    assert est.rtt_s == pytest.approx(0.5)
+    assert est.timeout_s(331_000, 60) > 331_000 / 5000 * 2  # a 331 KB batch at 40 kbit/s gets its time
+    assert est.timeout_s(1000, 60) == 60
+    est.reset()
+    assert est.rate_bytes_per_s is None
+
+
+def test_a_request_outstanding_far_past_its_expected_time_makes_the_link_degraded():
+    h = LinkHealth(since=0.0)
+    h.started(10.0, expected_s=2.0)
+    h.succeeded(12.0)
+    assert h.at(12.0) is Health.CONNECTED
+    h.started(20.0, expected_s=2.0)  # black-holed: no answer, no error yet
+    assert h.at(23.0) is Health.CONNECTED
+    assert h.at(25.0) is Health.DEGRADED and h.since == 24.0
+    h.failed(80.0)
+    h.failed(90.0)
+    assert h.at(95.0) is Health.DOWN and h.since == 90.0
+    h.succeeded(100.0)
+    assert h.at(100.0) is Health.CONNECTED and h.since == 100.0
+
+
+def test_bytes_are_counted_for_the_last_hour_and_day():
+    w = ByteWindow()
+    w.add(0.0, 100)
+    w.add(3 * 3600.0, 50)
+    w.add(3 * 3600.0 + 30, 5)
+    assert w.last(3 * 3600.0 + 60, 3600) == 55
+    assert w.last(3 * 3600.0 + 60, 86400) == 155
+    w.add(2 * 86400.0, 1)
+    assert w.last(2 * 86400.0, 86400) == 1
