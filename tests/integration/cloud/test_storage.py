@@ -15,7 +15,7 @@ import pytest
 
 from pulse.cloud.db.migrate import EARLIER_CHECKSUMS, load, migrate, render
 from pulse.cloud.db.pool import Database, role_dsn
-from pulse.cloud.ingest.writer import write_rows
+from pulse.cloud.ingest.writer import TELEMETRY_COLUMNS, write_rows
 from pulse.cloud.settings import RoleNames, Settings
 
 pytestmark = pytest.mark.integration
@@ -156,6 +156,13 @@ async def test_a_database_migrated_by_the_released_0004_upgrades_to_the_view(fre
     try:
         if "timescaledb" in await owner.fetchval("SHOW shared_preload_libraries"):
             pytest.skip("the released 0004 never completed on a TimescaleDB server: no such database exists to upgrade")
+        # Databases that ran the released text took its native path: TimescaleDB was not installed there.
+        # On a server where it is installed but not preloaded, its CREATE EXTENSION would end the session
+        # (FATAL), so replay that path as such a machine saw it: the extension refused, caught, native.
+        replayed = released.replace(
+            "CREATE EXTENSION IF NOT EXISTS timescaledb;", "RAISE EXCEPTION 'timescaledb is not available here';"
+        )
+        assert replayed != released
         await owner.execute(
             "CREATE TABLE schema_migrations (version text PRIMARY KEY, name text NOT NULL, checksum text NOT NULL,"
             " applied_at timestamptz NOT NULL DEFAULT now())"
@@ -165,7 +172,7 @@ async def test_a_database_migrated_by_the_released_0004_upgrades_to_the_view(fre
                 continue
             sql = released if mig.version == "0004" else mig.sql
             async with owner.transaction():
-                await owner.execute(render(sql, roles))
+                await owner.execute(render(replayed if mig.version == "0004" else sql, roles))
                 await owner.execute(
                     "INSERT INTO schema_migrations (version, name, checksum) VALUES ($1, $2, $3)",
                     mig.version,
@@ -174,11 +181,14 @@ async def test_a_database_migrated_by_the_released_0004_upgrades_to_the_view(fre
                 )
         now = datetime.now(UTC)
         async with owner.transaction():
-            await write_rows(owner, [_row(a, now), _row(b, now), _row(b, now)])
+            # as the writer of that release stored them: telemetry only (the rule outbox came with 0010)
+            await owner.copy_records_to_table(
+                "telemetry", records=[_row(a, now), _row(b, now), _row(b, now)], columns=TELEMETRY_COLUMNS
+            )
     finally:
         await owner.close()
 
-    assert await migrate(dsn, roles) == ["0009"]
+    assert await migrate(dsn, roles) == ["0009", "0010"]
     assert await migrate(dsn, roles) == []
     app = await asyncpg.connect(role_dsn(dsn, roles.app, None))
     try:
