@@ -14,9 +14,10 @@ case "${1:-}" in
   test)
     shift
     ./deploy/install.sh
-    echo "==> lint (ruff) and types (mypy --strict on protocol/)"
+    echo "==> lint (ruff), types (mypy --strict on protocol/), layers (lint-imports)"
     .venv/bin/ruff check .
     .venv/bin/mypy protocol
+    .venv/bin/lint-imports
     echo "==> tests"
     exec .venv/bin/pytest "$@"
     ;;

@@ -24,7 +24,6 @@ from pulse.cloud.api import notify as notify_api
 from pulse.cloud.api import twin as twin_api
 from pulse.cloud.api.console import mount_console
 from pulse.cloud.api.deps import Components
-from pulse.cloud.api.handlers import install_error_handlers
 from pulse.cloud.auth.accounts import Accounts
 from pulse.cloud.auth.tokens import Authenticator, OidcVerifier, SessionTokens
 from pulse.cloud.db.migrate import maintain_telemetry, migrate
@@ -40,6 +39,7 @@ from pulse.cloud.settings import Settings
 from pulse.cloud.sync.app import SyncListener, create_sync_app
 from pulse.cloud.sync.service import SyncService
 from pulse.cloud.twins import sweep_forever as command_sweep
+from pulse.cloud.web import install_error_handlers
 from pulse.protocol.twin import TwinLimits
 
 log = logging.getLogger("pulse.cloud")

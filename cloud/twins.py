@@ -30,7 +30,7 @@ from typing import Any
 import asyncpg
 
 from pulse.cloud.db.pool import Database
-from pulse.cloud.sync.downlink import enqueue, gateways_serving
+from pulse.cloud.downlink import enqueue, gateways_serving
 from pulse.protocol import commands, twin
 from pulse.protocol.commands import Command, CommandEvent, CommandState
 from pulse.protocol.envelope import JsonObject

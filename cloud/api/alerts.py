@@ -17,9 +17,9 @@ from pydantic import BaseModel, Field
 from pulse.cloud.alerts.runner import Reading, device_of
 from pulse.cloud.api import paging
 from pulse.cloud.api.deps import Parts, Reader, TenantCaller, Writer
+from pulse.cloud.downlink import push_rules
 from pulse.cloud.errors import ConflictError, InvalidError, NotFoundError
 from pulse.cloud.notify.store import alert_notify_view
-from pulse.cloud.sync.downlink import push_rules
 from pulse.protocol.alerts import is_reserved_rule_id
 from pulse.protocol.errors import Code, RuleError
 from pulse.protocol.rules import Device, Rule, RuleState, UpdateDeviceState, applies_to, evaluate, parse_rule, rule_to_dict

@@ -22,8 +22,8 @@ from pulse.cloud.api.deps import Parts, Reader, TenantCaller, Writer
 from pulse.cloud.api.sites import site_exists
 from pulse.cloud.auth.credentials import new_device_token
 from pulse.cloud.db.pool import audit
+from pulse.cloud.downlink import gateways_serving, push_credential
 from pulse.cloud.errors import ConflictError, InvalidError, NotFoundError, TooLargeError
-from pulse.cloud.sync.downlink import gateways_serving, push_credential
 from pulse.protocol.errors import Code
 from pulse.protocol.sync import CredentialChange
 from pulse.protocol.topics import valid_device_id

@@ -21,15 +21,15 @@ import orjson
 from fastapi import APIRouter, Request, Response
 
 from pulse.cloud import twins
-from pulse.cloud.api.handlers import read_limited
 from pulse.cloud.db.pool import Database
+from pulse.cloud.downlink import gateways_serving
 from pulse.cloud.errors import ConflictError, InvalidError, RateLimitedError, TooLargeError
 from pulse.cloud.ingest.identity import DeviceIdentity, DeviceTokenCache
 from pulse.cloud.ingest.ratelimit import RateLimiter
 from pulse.cloud.ingest.writer import QuarantineRow, TelemetryRow, Writer
 from pulse.cloud.metrics import Metrics
 from pulse.cloud.settings import IngestConfig
-from pulse.cloud.sync.downlink import gateways_serving
+from pulse.cloud.web import read_limited
 from pulse.protocol import commands
 from pulse.protocol.commands import CommandEvent, CommandState
 from pulse.protocol.envelope import DEFAULT_LIMITS, Limits, MessageType, parse, parse_document
