@@ -13,6 +13,7 @@ import datetime as dt
 import json
 import uuid
 from collections.abc import Sequence
+from enum import StrEnum
 from typing import Any, Literal
 
 import asyncpg
@@ -25,6 +26,7 @@ from pulse.cloud.notify import store
 from pulse.cloud.notify.errors import ConfigError
 from pulse.cloud.notify.model import Severity, channel_test_notification
 from pulse.cloud.notify.oncall import TIMELINE_DAYS, on_call_at, timeline
+from pulse.cloud.notify.senders import KINDS
 from pulse.cloud.notify.settings import NotifySettings
 from pulse.protocol.errors import Code
 
@@ -32,7 +34,8 @@ router = APIRouter(prefix="/api/v1/notify", tags=["notifications"])
 escalation_router = APIRouter(prefix="/api/v1/escalation-policies", tags=["notifications"])
 oncall_router = APIRouter(prefix="/api/v1/oncall/schedules", tags=["notifications"])
 
-Kind = Literal["slack", "pagerduty", "teams", "webhook", "email", "snmp", "mqtt"]
+ChannelKind = StrEnum("ChannelKind", {k: k for k in KINDS})
+"""The channel kinds, from the one table ``senders.CHANNELS`` (an enum in the OpenAPI document)."""
 
 
 def _settings(request: Request) -> NotifySettings:
@@ -108,9 +111,9 @@ def _channel_out(row: asyncpg.Record) -> dict[str, Any]:
 
 
 class ChannelIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", use_enum_values=True)
     name: str = Field(min_length=1, max_length=100)
-    kind: Kind
+    kind: ChannelKind
     config: dict[str, Any]
     enabled: bool = True
 

@@ -8,12 +8,12 @@ import { Link, useAccess } from "../App";
 import { usePaging, type Page } from "../paging";
 import { navigate, useLocation } from "../router";
 import { gaps, layoutTimeline } from "../timeline";
+import { KINDS } from "../features/notify/kinds";
 import { SEVERITIES, type Channel, type ChannelKind, type Delivery, type EscalationPolicy, type Route, type Schedule, type Timeline } from "../types";
 import { EChart, PALETTE, cssVar } from "../components/EChart";
 import { ago, Empty, ErrorBox, Loading, Pager, Time } from "../components/ui";
 import { useSites } from "./Devices";
 
-const KINDS: ChannelKind[] = ["slack", "pagerduty", "teams", "webhook", "email", "snmp", "mqtt"];
 const CONFIG_EXAMPLE: Record<ChannelKind, object> = {
   slack: { webhook_url: "https://hooks.slack.com/services/..." },
   pagerduty: { routing_key: "..." },
