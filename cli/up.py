@@ -66,9 +66,7 @@ class _OpenAlerts:
                         continue
                     r.raise_for_status()
                     body = r.json()
-                    items = body["items"] if isinstance(body, dict) else body
-                    more = isinstance(body, dict) and body.get("next_cursor")
-                    return f"{len(items)}{'+' if more else ''}"
+                    return f"{len(body['items'])}{'+' if body['next_cursor'] else ''}"
         except (httpx.HTTPError, ValueError, KeyError):
             pass
         return "?"
