@@ -10,10 +10,12 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from typing import Literal
 
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, Field
 
 from pulse.cloud.alerts.runner import RuleRunner, RunnerConfig
 from pulse.cloud.api import alerts as alerts_api
@@ -48,6 +50,12 @@ log = logging.getLogger("pulse.cloud")
 def app_from_environment() -> FastAPI:
     """The app with settings from the environment: the factory uvicorn's worker processes import."""
     return create_app(Settings(), sync_listener=True)
+
+
+class Health(BaseModel):
+    status: Literal["ok", "degraded"]
+    database: str = Field(description='"ok", or "unreachable: <why>"')
+    writer_queue_rows: int | None = Field(default=None, description="rows waiting in the telemetry writer (when the database answers)")
 
 
 def create_app(settings: Settings, *, sync_listener: bool = False, notify: NotifySettings | None = None) -> FastAPI:
@@ -179,7 +187,7 @@ def create_app(settings: Settings, *, sync_listener: bool = False, notify: Notif
 
     install_error_handlers(app)
 
-    @app.get("/health", tags=["ops"], summary="Liveness and database reachability")
+    @app.get("/health", tags=["ops"], summary="Liveness and database reachability", responses={200: {"model": Health}, 503: {"model": Health}})
     async def health() -> JSONResponse:
         try:
             async with db.app_pool.acquire(timeout=5) as conn:
