@@ -14,9 +14,10 @@ case "${1:-}" in
   test)
     shift
     ./deploy/install.sh
-    echo "==> lint (ruff) and types (mypy --strict on protocol/)"
+    echo "==> lint (ruff), types (mypy --strict on protocol/), layers (lint-imports)"
     .venv/bin/ruff check .
     .venv/bin/mypy protocol
+    .venv/bin/lint-imports
     # The whole suite ends well within CI's 90 minutes whatever a test does: at the limit SIGUSR1
     # makes pytest dump every thread's stack (tests/leakcheck.py) and end; KILL a minute later.
     limit="${PULSE_TEST_TIME_LIMIT:-40m}"

@@ -13,6 +13,7 @@ ROOTS = {
     "pulse.firmware_sim": "firmware-sim",
     "pulse.bench": "bench",
     "pulse.cli": "cli",
+    "pulse.common": "common",
 }
 
 packages = []

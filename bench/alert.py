@@ -36,8 +36,9 @@ import httpx
 import paho.mqtt.client as mqtt
 
 from pulse.bench.ingest import _create_db, _server, _setup, _wait_healthy, stop_server
-from pulse.cloud.db.embedded import EmbeddedPostgres, free_port
+from pulse.cloud.db.embedded import EmbeddedPostgres
 from pulse.cloud.settings import RoleNames
+from pulse.common.ports import free_port
 from pulse.protocol.rules import parse_rule, rule_to_dict
 
 SAMPLES = int(os.environ.get("PULSE_BENCH_SAMPLES", "200"))

@@ -35,6 +35,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from pulse.common.ports import free_port
 from pulse.edge.auth import DeviceRegistry
 
 BARE_BROKER = """
@@ -51,12 +52,6 @@ async def main():
     await asyncio.Event().wait()
 asyncio.run(main())
 """
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
@@ -145,13 +140,13 @@ def run(argv: list[str] | None = None) -> dict[str, object]:
         creds.write_text("".join(f"{d},{s}\n" for d, s in secrets.items()))
         env = {k: v for k, v in os.environ.items() if not k.startswith("PULSE_GW_")}
         for _ in range(args.rounds):
-            bare_port = _free_port()
+            bare_port = free_port()
             bare = subprocess.Popen(
                 [sys.executable, "-c", BARE_BROKER, str(bare_port), args.bare_gc], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
             )
             bare_runs.append(_measure(bare, bare_port, args, None))
 
-            gw_port, status_port = _free_port(), _free_port()
+            gw_port, status_port = free_port(), free_port()
             (root / "gateway.toml").write_text(
                 f'[gateway]\nid = "bench"\nlog_level = "warning"\n[broker]\nhost = "127.0.0.1"\nport = {gw_port}\n'
                 f"[status]\nport = {status_port}\n"

@@ -36,11 +36,12 @@ import asyncpg
 import httpx
 
 from pulse.cloud.auth.credentials import new_device_token
-from pulse.cloud.db.embedded import EmbeddedPostgres, free_port
+from pulse.cloud.db.embedded import EmbeddedPostgres
 from pulse.cloud.db.migrate import migrate
 from pulse.cloud.db.pool import role_dsn
 from pulse.cloud.ingest.writer import TelemetryRow, write_rows
 from pulse.cloud.settings import RoleNames
+from pulse.common.ports import free_port
 
 DEVICES = 50
 BATCH = int(os.environ.get("PULSE_BENCH_BATCH", "1000"))  # envelopes per HTTP request

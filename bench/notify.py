@@ -40,10 +40,11 @@ import uvicorn
 
 from pulse.bench.ingest import _create_db, _server, _setup, _wait_healthy, stop_server
 from pulse.cloud.alerts.store import apply_record
-from pulse.cloud.db.embedded import EmbeddedPostgres, free_port
+from pulse.cloud.db.embedded import EmbeddedPostgres
 from pulse.cloud.notify import store
 from pulse.cloud.notify.settings import NotifySettings
 from pulse.cloud.settings import RoleNames
+from pulse.common.ports import free_port
 from pulse.protocol.alerts import AlertRecord
 from pulse.protocol.rules import Severity, parse_rule, rule_to_dict
 

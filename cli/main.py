@@ -8,7 +8,7 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 
-from pulse.cli.version import __version__
+from pulse.common.version import __version__
 
 Handler = Callable[[argparse.Namespace], int]
 

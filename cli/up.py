@@ -18,8 +18,9 @@ from pathlib import Path
 import httpx
 
 from pulse.cli.inbox import Inbox
-from pulse.cloud.db.embedded import EmbeddedPostgres, EmbeddedPostgresError, free_port, port_is_free
+from pulse.cloud.db.embedded import EmbeddedPostgres, EmbeddedPostgresError
 from pulse.cloud.demo import CloudProcess
+from pulse.common.ports import pick_port
 from pulse.edge.demo import GatewayProcess
 
 
@@ -41,8 +42,7 @@ def _secret(root: Path, name: str, nbytes: int) -> str:
 
 def _port(env: str, default: int) -> int:
     """The port in ``env`` (or the default) when it is free; otherwise (or for 0) a free one."""
-    wanted = int(os.environ.get(env, str(default)))
-    return wanted if wanted and port_is_free(wanted) else free_port()
+    return pick_port(int(os.environ.get(env, str(default))))
 
 
 class _OpenAlerts:
@@ -66,9 +66,7 @@ class _OpenAlerts:
                         continue
                     r.raise_for_status()
                     body = r.json()
-                    items = body["items"] if isinstance(body, dict) else body
-                    more = isinstance(body, dict) and body.get("next_cursor")
-                    return f"{len(items)}{'+' if more else ''}"
+                    return f"{len(body['items'])}{'+' if body['next_cursor'] else ''}"
         except (httpx.HTTPError, ValueError, KeyError):
             pass
         return "?"

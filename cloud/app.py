@@ -11,10 +11,12 @@ import datetime as dt
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
+from typing import Literal
 
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, Field
 
 from pulse.cloud.alerts.runner import RuleRunner, RunnerConfig
 from pulse.cloud.api import alerts as alerts_api
@@ -25,7 +27,6 @@ from pulse.cloud.api import notify as notify_api
 from pulse.cloud.api import twin as twin_api
 from pulse.cloud.api.console import mount_console
 from pulse.cloud.api.deps import Components
-from pulse.cloud.api.handlers import install_error_handlers
 from pulse.cloud.auth.accounts import Accounts
 from pulse.cloud.auth.tokens import Authenticator, OidcVerifier, SessionTokens
 from pulse.cloud.db.migrate import maintain_telemetry, migrate
@@ -41,6 +42,7 @@ from pulse.cloud.settings import Settings
 from pulse.cloud.sync.app import SyncListener, create_sync_app
 from pulse.cloud.sync.service import SyncService
 from pulse.cloud.twins import sweep_forever as command_sweep
+from pulse.cloud.web import install_error_handlers
 from pulse.protocol.twin import TwinLimits
 
 log = logging.getLogger("pulse.cloud")
@@ -49,6 +51,12 @@ log = logging.getLogger("pulse.cloud")
 def app_from_environment() -> FastAPI:
     """The app with settings from the environment: the factory uvicorn's worker processes import."""
     return create_app(Settings(), sync_listener=True)
+
+
+class Health(BaseModel):
+    status: Literal["ok", "degraded"]
+    database: str = Field(description='"ok", or "unreachable: <why>"')
+    writer_queue_rows: int | None = Field(default=None, description="rows waiting in the telemetry writer (when the database answers)")
 
 
 def create_app(
@@ -189,7 +197,7 @@ def create_app(
 
     install_error_handlers(app)
 
-    @app.get("/health", tags=["ops"], summary="Liveness and database reachability")
+    @app.get("/health", tags=["ops"], summary="Liveness and database reachability", responses={200: {"model": Health}, 503: {"model": Health}})
     async def health() -> JSONResponse:
         try:
             async with db.app_pool.acquire(timeout=5) as conn:

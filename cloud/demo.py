@@ -17,8 +17,8 @@ from pathlib import Path
 
 import httpx
 
-from pulse.cloud.db.embedded import free_port, port_is_free
 from pulse.cloud.errors import ConflictError
+from pulse.common.ports import pick_port
 
 DEMO_TENANT = "demo"
 DEMO_EMAIL = "admin@demo.pulse"
@@ -101,9 +101,7 @@ def start_cloud(root: Path, database_url: str) -> CloudProcess:
     from pulse.cloud.settings import Settings
 
     state = _state(root)
-    wanted = int(os.environ.get("PULSE_PORT", "8080"))
-    port = wanted if wanted and port_is_free(wanted) else free_port()
-    wanted_sync = int(os.environ.get("PULSE_SYNC_PORT", "8443"))
+    port = pick_port(int(os.environ.get("PULSE_PORT", "8080")))
     env = {
         **os.environ,
         "PULSE_MODE": "development",
@@ -112,7 +110,7 @@ def start_cloud(root: Path, database_url: str) -> CloudProcess:
         "PULSE_DB_ROLE_PASSWORD": state["PULSE_DB_ROLE_PASSWORD"],
         "PULSE_PORT": str(port),
         "PULSE_DATA_DIR": str(root),  # the gateway CA lives in root/ca
-        "PULSE_SYNC_PORT": str(wanted_sync if wanted_sync and port_is_free(wanted_sync) else free_port()),
+        "PULSE_SYNC_PORT": str(pick_port(int(os.environ.get("PULSE_SYNC_PORT", "8443")))),
         # the demo's webhook inbox listens on loopback, which the SSRF guard refuses in production
         "PULSE_NOTIFY_ALLOW_NETWORKS": "127.0.0.0/8,::1/128",
         "PULSE_NOTIFY_CONSOLE_URL": f"http://127.0.0.1:{port}",  # links in notifications open this console

@@ -30,7 +30,7 @@ from typing import Any
 import asyncpg
 
 from pulse.cloud.db.pool import Database
-from pulse.cloud.sync.downlink import enqueue, gateways_serving
+from pulse.cloud.downlink import enqueue, gateways_serving
 from pulse.protocol import commands, twin
 from pulse.protocol.commands import Command, CommandEvent, CommandState
 from pulse.protocol.envelope import JsonObject
@@ -137,28 +137,28 @@ async def apply_reported(
     return change
 
 
-async def history_page(
-    conn: asyncpg.Connection, tenant: uuid.UUID, device_id: str, *, limit: int, before: int | None
-) -> tuple[list[dict[str, Any]], str | None]:
-    rows = await conn.fetch(
+async def history_rows(conn: asyncpg.Connection, tenant: uuid.UUID, device_id: str, *, limit: int, before: int | None) -> list[asyncpg.Record]:
+    """Up to ``limit`` changes of a device's twin, newest first, older than history id ``before``."""
+    rows: list[asyncpg.Record] = await conn.fetch(
         "SELECT id, version, at, actor, source, change FROM twin_history WHERE tenant_id = $1 AND device_id = $2"
         " AND ($3::bigint IS NULL OR id < $3) ORDER BY id DESC LIMIT $4",
         tenant,
         device_id,
         before,
-        limit + 1,
+        limit,
     )
-    items = [
-        {
-            "version": r["version"],
-            "at": r["at"].isoformat().replace("+00:00", "Z"),
-            "actor": r["actor"],
-            "source": r["source"],
-            "change": json.loads(r["change"]),
-        }
-        for r in rows[:limit]
-    ]
-    return items, (str(rows[limit - 1]["id"]) if len(rows) > limit else None)
+    return rows
+
+
+def history_out(row: asyncpg.Record) -> dict[str, Any]:
+    """The API shape of one twin change."""
+    return {
+        "version": row["version"],
+        "at": row["at"].isoformat().replace("+00:00", "Z"),
+        "actor": row["actor"],
+        "source": row["source"],
+        "change": json.loads(row["change"]),
+    }
 
 
 # --- commands ----------------------------------------------------------------------------------

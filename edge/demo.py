@@ -15,7 +15,7 @@ from pathlib import Path
 
 import httpx
 
-from pulse.cloud.db.embedded import free_port, port_is_free
+from pulse.common.ports import pick_port
 
 
 @dataclass
@@ -41,10 +41,6 @@ class GatewayProcess:
                 self.process.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 self.process.kill()
-
-
-def _port(wanted: int) -> int:
-    return wanted if wanted and port_is_free(wanted) else free_port()
 
 
 def write_config(directory: Path, *, gateway_id: str, mqtt_port: int, status_port: int) -> Path:
@@ -107,8 +103,8 @@ def start_gateway(
 ) -> GatewayProcess:
     """``enroll_token``: when the gateway is not enrolled yet, gives (cloud URL, one-time token)."""
     directory = root / "gateway"
-    mqtt_port = _port(int(os.environ.get("PULSE_DEMO_MQTT_PORT", "1883")))
-    status_port = _port(int(os.environ.get("PULSE_DEMO_STATUS_PORT", "8081")))
+    mqtt_port = pick_port(int(os.environ.get("PULSE_DEMO_MQTT_PORT", "1883")))
+    status_port = pick_port(int(os.environ.get("PULSE_DEMO_STATUS_PORT", "8081")))
     config = write_config(directory, gateway_id=gateway_id, mqtt_port=mqtt_port, status_port=status_port)
     credentials = root / "fleet-credentials.json"
     ensure_devices(config, device_ids, credentials)

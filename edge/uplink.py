@@ -44,7 +44,7 @@ from typing import Any, TypeVar
 
 from cryptography import x509
 
-from pulse.cli.version import __version__
+from pulse.common.version import __version__
 from pulse.edge.buffer import Buffer
 from pulse.edge.config import SyncSettings
 from pulse.edge.errors import GatewayError, SyncError

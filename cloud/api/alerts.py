@@ -12,14 +12,15 @@ from typing import Any, Literal
 
 import asyncpg
 from fastapi import APIRouter, Query, Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from pulse.cloud.alerts.runner import Reading, device_of
 from pulse.cloud.api import paging
 from pulse.cloud.api.deps import Parts, Reader, TenantCaller, Writer
+from pulse.cloud.api.notify import DeliveryOut
+from pulse.cloud.downlink import push_rules
 from pulse.cloud.errors import ConflictError, InvalidError, NotFoundError
 from pulse.cloud.notify.store import alert_notify_view
-from pulse.cloud.sync.downlink import push_rules
 from pulse.protocol.alerts import is_reserved_rule_id
 from pulse.protocol.errors import Code, RuleError
 from pulse.protocol.rules import Device, Rule, RuleState, UpdateDeviceState, applies_to, evaluate, parse_rule, rule_to_dict
@@ -27,6 +28,109 @@ from pulse.protocol.rules import Device, Rule, RuleState, UpdateDeviceState, app
 rules_router = APIRouter(prefix="/api/v1/rules", tags=["rules"])
 alerts_router = APIRouter(prefix="/api/v1/alerts", tags=["alerts"])
 states_router = APIRouter(prefix="/api/v1", tags=["device state"])
+
+
+# --- response models ---------------------------------------------------------------------------
+# Times are ISO 8601 strings (``datetime.isoformat()``), as these answers always were.
+
+
+class RuleOut(BaseModel):
+    """The rule's own JSON (docs/alerts.md; its fields depend on the kind) and when it was stored."""
+
+    model_config = ConfigDict(extra="allow")
+    id: str
+    version: int
+    kind: str
+    created_at: str
+    updated_at: str
+
+
+class PreviewAction(BaseModel):
+    action: str
+    device_id: str
+    at_ms: int
+    reading_ms: int
+    text: str
+
+
+class PreviewOut(BaseModel):
+    rule: dict[str, Any]
+    readings: int
+    devices: int
+    actions: list[PreviewAction]
+
+
+class AlertOut(BaseModel):
+    id: int
+    device_id: str
+    rule_id: str
+    rule_version: int | None
+    kind: str
+    severity: str
+    state: str
+    flapping: bool
+    condition_cleared: bool
+    occurrences: int
+    explanation: dict[str, Any]
+    source: str
+    gateway_id: str | None
+    site_id: str | None
+    opened_at: str
+    updated_at: str
+    acknowledged_at: str | None
+    acknowledged_by: str | None
+    closed_at: str | None
+    closed_by: str | None
+    silenced_until: str | None
+
+
+class AlertCounts(BaseModel):
+    critical: int
+    major: int
+    minor: int
+    warning: int
+    info: int
+
+
+class AlertEventOut(BaseModel):
+    at: str
+    kind: str
+    actor: str | None
+    notify: bool
+    detail: Any
+
+
+class EscalationOut(BaseModel):
+    policy: str
+    level: int
+    cycle: int
+    next_at: str | None
+    stopped: bool
+    stop_reason: str | None
+
+
+class AlertDetail(AlertOut):
+    events: list[AlertEventOut]
+    notifications: list[DeliveryOut]
+    escalation: EscalationOut | None
+
+
+class DeviceStateOut(BaseModel):
+    device_id: str
+    status: str
+    reason: Any
+    changed_at: str
+
+
+class WindowOut(BaseModel):
+    id: str
+    device_id: str | None
+    site_id: str | None
+    starts_at: str
+    ends_at: str
+    reason: str
+    created_by: str
+    created_at: str
 
 
 # --- rules -------------------------------------------------------------------------------------
@@ -50,7 +154,7 @@ def _rule_out(row: asyncpg.Record) -> dict[str, Any]:
 _RULE_COLS = "definition, created_at, updated_at"
 
 
-@rules_router.post("", status_code=201, summary="Create a rule (body: the rule JSON, see docs/alerts.md)")
+@rules_router.post("", status_code=201, summary="Create a rule (body: the rule JSON, see docs/alerts.md)", response_model=RuleOut)
 async def create_rule(body: dict[str, Any], caller: Writer, parts: Parts) -> dict[str, Any]:
     rule = _validated(body, caller)
     async with parts.db.tenant(caller.tenant_id) as conn:
@@ -72,14 +176,14 @@ async def create_rule(body: dict[str, Any], caller: Writer, parts: Parts) -> dic
     return _rule_out(row)
 
 
-@rules_router.get("", summary="List rules")
+@rules_router.get("", summary="List rules", response_model=list[RuleOut])
 async def list_rules(caller: Reader, parts: Parts) -> list[dict[str, Any]]:
     async with parts.db.tenant(caller.tenant_id) as conn:
         rows = await conn.fetch(f"SELECT {_RULE_COLS} FROM rules ORDER BY id")
     return [_rule_out(r) for r in rows]
 
 
-@rules_router.get("/{rule_id}", summary="One rule")
+@rules_router.get("/{rule_id}", summary="One rule", response_model=RuleOut)
 async def get_rule(rule_id: str, caller: Reader, parts: Parts) -> dict[str, Any]:
     async with parts.db.tenant(caller.tenant_id) as conn:
         row = await conn.fetchrow(f"SELECT {_RULE_COLS} FROM rules WHERE id = $1", rule_id)
@@ -88,7 +192,7 @@ async def get_rule(rule_id: str, caller: Reader, parts: Parts) -> dict[str, Any]
     return _rule_out(row)
 
 
-@rules_router.put("/{rule_id}", summary="Replace a rule; its version goes up by one (or to the body's, if higher)")
+@rules_router.put("/{rule_id}", summary="Replace a rule; its version goes up by one (or to the body's, if higher)", response_model=RuleOut)
 async def replace_rule(rule_id: str, body: dict[str, Any], caller: Writer, parts: Parts) -> dict[str, Any]:
     if body.get("id", rule_id) != rule_id:
         raise InvalidError(Code.API_INVALID, "the body's id differs from the rule id in the path")
@@ -129,7 +233,7 @@ class PreviewIn(BaseModel):
     limit: int = Field(default=20_000, ge=1, le=100_000)
 
 
-@rules_router.post("/preview", summary="What a rule would have done on recent telemetry (nothing is stored)")
+@rules_router.post("/preview", summary="What a rule would have done on recent telemetry (nothing is stored)", response_model=PreviewOut)
 async def preview_rule(body: PreviewIn, caller: Reader, parts: Parts) -> dict[str, Any]:
     rule = _validated(body.rule, caller)
     since = datetime.now().astimezone() - timedelta(hours=body.hours)
@@ -201,28 +305,21 @@ def _alert_filters(
     return where, args
 
 
-@alerts_router.get(
-    "",
-    summary="List alerts (newest first), filtered; paged by cursor",
-    description="The answer is a JSON list (as it always was). When more rows follow, the response carries the header "
-    "`X-Next-Cursor`: pass its value as `cursor` for the next page.",
-)
+@alerts_router.get("", response_model=paging.Page[AlertOut], summary="List alerts (newest first), filtered; paged by cursor")
 async def list_alerts(
     caller: Reader,
     parts: Parts,
-    response: Response,
     state: list[Literal["open", "acknowledged", "closed"]] = Query(default=[]),  # noqa: B008
     severity: list[str] = Query(default=[]),  # noqa: B008
     device_id: str | None = None,
     rule_id: str | None = None,
     site_id: uuid.UUID | None = None,
     limit: int = Query(default=100, ge=1, le=1000),
-    cursor: str | None = Query(default=None, max_length=200, description="X-Next-Cursor of the previous page"),
-) -> list[dict[str, Any]]:
+    cursor: paging.CursorQuery = None,
+) -> paging.Page[dict[str, Any]]:
     where, args = _alert_filters(list(state), severity, device_id, rule_id, site_id)
-    if cursor:
-        at, last_id = paging.decode(cursor)
-        args += [at, last_id]
+    if (after := paging.decode(cursor, datetime, int)) is not None:
+        args += list(after)
         where.append(f"(opened_at, id) < (${len(args) - 1}, ${len(args)})")
     args.append(limit + 1)
     async with parts.db.tenant(caller.tenant_id) as conn:
@@ -230,13 +327,10 @@ async def list_alerts(
             f"SELECT {_ALERT_COLS} FROM alerts WHERE {' AND '.join(where)} ORDER BY opened_at DESC, id DESC LIMIT ${len(args)}",
             *args,
         )
-    if len(rows) > limit:
-        last = rows[limit - 1]
-        response.headers["X-Next-Cursor"] = paging.encode(last["opened_at"], last["id"])
-    return [_alert_out(r) for r in rows[:limit]]
+    return paging.page(rows, limit, _alert_out, lambda r: (r["opened_at"], r["id"]))
 
 
-@alerts_router.get("/counts", summary="How many alerts per severity match the filters (for the inbox tabs)")
+@alerts_router.get("/counts", summary="How many alerts per severity match the filters (for the inbox tabs)", response_model=AlertCounts)
 async def alert_counts(
     caller: Reader,
     parts: Parts,
@@ -255,7 +349,7 @@ async def alert_counts(
     return counts
 
 
-@alerts_router.get("/{alert_id}", summary="One alert with its history")
+@alerts_router.get("/{alert_id}", summary="One alert with its history", response_model=AlertDetail)
 async def get_alert(alert_id: int, caller: Reader, parts: Parts) -> dict[str, Any]:
     async with parts.db.tenant(caller.tenant_id) as conn:
         row = await conn.fetchrow(f"SELECT {_ALERT_COLS} FROM alerts WHERE id = $1", alert_id)
@@ -328,22 +422,22 @@ async def _act(
     return [_alert_out(by_id[i]) for i in ids]
 
 
-@alerts_router.post("/bulk", summary="Acknowledge, close or silence many alerts at once")
+@alerts_router.post("/bulk", summary="Acknowledge, close or silence many alerts at once", response_model=list[AlertOut])
 async def bulk(body: BulkIn, caller: Writer, parts: Parts) -> list[dict[str, Any]]:
     return await _act(parts, caller, body.ids, body.action, body.until, body.note)
 
 
-@alerts_router.post("/{alert_id}/ack", summary="Acknowledge an open alert")
+@alerts_router.post("/{alert_id}/ack", summary="Acknowledge an open alert", response_model=AlertOut)
 async def ack(alert_id: int, caller: Writer, parts: Parts, body: NoteIn | None = None) -> dict[str, Any]:
     return (await _act(parts, caller, [alert_id], "ack", None, body.note if body else ""))[0]
 
 
-@alerts_router.post("/{alert_id}/close", summary="Close an alert")
+@alerts_router.post("/{alert_id}/close", summary="Close an alert", response_model=AlertOut)
 async def close(alert_id: int, caller: Writer, parts: Parts, body: NoteIn | None = None) -> dict[str, Any]:
     return (await _act(parts, caller, [alert_id], "close", None, body.note if body else ""))[0]
 
 
-@alerts_router.post("/{alert_id}/silence", summary="Silence an alert's notifications until a time")
+@alerts_router.post("/{alert_id}/silence", summary="Silence an alert's notifications until a time", response_model=AlertOut)
 async def silence(alert_id: int, body: SilenceIn, caller: Writer, parts: Parts) -> dict[str, Any]:
     return (await _act(parts, caller, [alert_id], "silence", body.until, body.note))[0]
 
@@ -351,7 +445,7 @@ async def silence(alert_id: int, body: SilenceIn, caller: Writer, parts: Parts) 
 # --- device state, maintenance windows --------------------------------------------------------
 
 
-@states_router.get("/device-states", summary="Device states: online, stale, offline, unreachable")
+@states_router.get("/device-states", summary="Device states: online, stale, offline, unreachable", response_model=list[DeviceStateOut])
 async def device_states(
     caller: Reader,
     parts: Parts,
@@ -385,7 +479,7 @@ def _window_out(row: asyncpg.Record) -> dict[str, Any]:
     return {k: (v.isoformat() if isinstance(v, datetime) else str(v) if isinstance(v, uuid.UUID) else v) for k, v in out.items()}
 
 
-@states_router.post("/maintenance-windows", status_code=201, summary="A maintenance window for a device or a site")
+@states_router.post("/maintenance-windows", status_code=201, summary="A maintenance window for a device or a site", response_model=WindowOut)
 async def create_window(body: WindowIn, caller: Writer, parts: Parts) -> dict[str, Any]:
     if (body.device_id is None) == (body.site_id is None):
         raise InvalidError(Code.API_INVALID, "a maintenance window is for one device_id or one site_id")
@@ -408,7 +502,7 @@ async def create_window(body: WindowIn, caller: Writer, parts: Parts) -> dict[st
     return _window_out(row)
 
 
-@states_router.get("/maintenance-windows", summary="Maintenance windows that have not ended")
+@states_router.get("/maintenance-windows", summary="Maintenance windows that have not ended", response_model=list[WindowOut])
 async def list_windows(caller: Reader, parts: Parts) -> list[dict[str, Any]]:
     async with parts.db.tenant(caller.tenant_id) as conn:
         rows = await conn.fetch(f"SELECT {_WINDOW_COLS} FROM maintenance_windows WHERE ends_at > now() ORDER BY starts_at")

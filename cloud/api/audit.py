@@ -7,6 +7,7 @@ data. Tenant admins only: the log names people and what they changed."""
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
@@ -28,9 +29,7 @@ class AuditEntry(BaseModel):
     bypass: bool = Field(description="written by an operator's cross-tenant (audited) access")
 
 
-class AuditPage(BaseModel):
-    items: list[AuditEntry]
-    next_cursor: str | None
+AuditPage = paging.Page[AuditEntry]
 
 
 @router.get("", response_model=AuditPage, summary="The tenant's audit log, newest first (tenant admins)")
@@ -40,7 +39,7 @@ async def list_audit(
     action: Annotated[str | None, Query(max_length=100, description="an action, or a prefix ending in '.' (gateway.)")] = None,
     actor: Annotated[str | None, Query(max_length=200)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
-    cursor: Annotated[str | None, Query(max_length=200)] = None,
+    cursor: paging.CursorQuery = None,
 ) -> AuditPage:
     where: list[str] = ["true"]
     args: list[object] = []
@@ -50,9 +49,8 @@ async def list_audit(
     if actor:
         args.append(actor)
         where.append(f"actor = ${len(args)}")
-    if cursor:
-        at, last = paging.decode(cursor)
-        args += [at, last]
+    if (after := paging.decode(cursor, datetime, int)) is not None:
+        args += list(after)
         where.append(f"(at, id) < (${len(args) - 1}, ${len(args)})")
     args.append(limit + 1)
     async with parts.db.tenant(caller.tenant_id) as conn:
@@ -61,6 +59,6 @@ async def list_audit(
             f" ORDER BY at DESC, id DESC LIMIT ${len(args)}",
             *args,
         )
-    items = [AuditEntry(**{**dict(r), "at": r["at"].isoformat(), "detail": json.loads(r["detail"])}) for r in rows[:limit]]
-    last_row = rows[limit - 1] if len(rows) > limit else None
-    return AuditPage(items=items, next_cursor=paging.encode(last_row["at"], last_row["id"]) if last_row else None)
+    return paging.page(
+        rows, limit, lambda r: AuditEntry(**{**dict(r), "at": r["at"].isoformat(), "detail": json.loads(r["detail"])}), lambda r: (r["at"], r["id"])
+    )

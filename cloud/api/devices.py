@@ -22,8 +22,8 @@ from pulse.cloud.api.deps import Parts, Reader, TenantCaller, Writer
 from pulse.cloud.api.sites import site_exists
 from pulse.cloud.auth.credentials import new_device_token
 from pulse.cloud.db.pool import audit
+from pulse.cloud.downlink import gateways_serving, push_credential
 from pulse.cloud.errors import ConflictError, InvalidError, NotFoundError, TooLargeError
-from pulse.cloud.sync.downlink import gateways_serving, push_credential
 from pulse.protocol.errors import Code
 from pulse.protocol.sync import CredentialChange
 from pulse.protocol.topics import valid_device_id
@@ -96,9 +96,7 @@ class DeviceOut(BaseModel):
     decommissioned_at: datetime | None
 
 
-class DevicePage(BaseModel):
-    items: list[DeviceOut]
-    next_cursor: str | None = Field(description="pass as `cursor` for the next page; null on the last page")
+DevicePage = paging.Page[DeviceOut]
 
 
 class CredentialOut(BaseModel):
@@ -165,7 +163,7 @@ async def list_devices(
     status: Annotated[Literal["provisioned", "active", "disabled", "decommissioned"] | None, Query()] = None,
     q: Annotated[str | None, Query(max_length=200, description="text in device_id or name (case-insensitive)")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
-    cursor: Annotated[str | None, Query(max_length=200, description="next_cursor of the previous page")] = None,
+    cursor: paging.CursorQuery = None,
 ) -> DevicePage:
     w = paging.Where()
     if site is not None:
@@ -177,13 +175,12 @@ async def list_devices(
     if q:
         pattern = paging.like(q)
         w.add(f"(device_id ILIKE {w.arg(pattern)} OR name ILIKE {w.arg(pattern)})")
-    if cursor:
-        w.add(f"device_id > {w.arg(cursor)}")
+    if (after := paging.decode(cursor, str)) is not None:
+        w.add(f"device_id > {w.arg(after[0])}")
     sql = f"SELECT {_COLS} FROM devices WHERE {w.sql} ORDER BY device_id LIMIT {w.arg(limit + 1)}"
     async with parts.db.tenant(caller.tenant_id) as conn:
         rows = await conn.fetch(sql, *w.args)
-    items = [_out(r) for r in rows[:limit]]
-    return DevicePage(items=items, next_cursor=items[-1].device_id if len(rows) > limit else None)
+    return paging.page(rows, limit, _out, lambda r: (r["device_id"],))
 
 
 async def _get(conn: asyncpg.Connection, device: uuid.UUID) -> asyncpg.Record:

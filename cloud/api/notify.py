@@ -8,23 +8,24 @@ shown back as ``***`` and a ``***`` sent back in a PUT keeps the stored secret. 
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
 import json
 import uuid
-from collections.abc import Sequence
+from enum import StrEnum
 from typing import Any, Literal
 
 import asyncpg
 from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from pulse.cloud.api import paging
 from pulse.cloud.api.deps import Parts, Reader, Writer
 from pulse.cloud.errors import ConflictError, InvalidError, NotFoundError
 from pulse.cloud.notify import store
 from pulse.cloud.notify.errors import ConfigError
 from pulse.cloud.notify.model import Severity, channel_test_notification
 from pulse.cloud.notify.oncall import TIMELINE_DAYS, on_call_at, timeline
+from pulse.cloud.notify.senders import KINDS
 from pulse.cloud.notify.settings import NotifySettings
 from pulse.protocol.errors import Code
 
@@ -32,7 +33,8 @@ router = APIRouter(prefix="/api/v1/notify", tags=["notifications"])
 escalation_router = APIRouter(prefix="/api/v1/escalation-policies", tags=["notifications"])
 oncall_router = APIRouter(prefix="/api/v1/oncall/schedules", tags=["notifications"])
 
-Kind = Literal["slack", "pagerduty", "teams", "webhook", "email", "snmp", "mqtt"]
+ChannelKind = StrEnum("ChannelKind", {k: k for k in KINDS})
+"""The channel kinds, from the one table ``senders.CHANNELS`` (an enum in the OpenAPI document)."""
 
 
 def _settings(request: Request) -> NotifySettings:
@@ -50,32 +52,9 @@ def _iso(value: dt.datetime | None) -> str | None:
     return None if value is None else value.astimezone(dt.UTC).isoformat()
 
 
-# --- paging: (created_at, id) keyset, the cursor is opaque -------------------------------------
-
-
-def _cursor(created: dt.datetime, ident: object) -> str:
-    return base64.urlsafe_b64encode(json.dumps([created.isoformat(), str(ident)]).encode()).decode()
-
-
-def _uncursor(cursor: str | None) -> tuple[dt.datetime, str] | None:
-    if not cursor:
-        return None
-    try:
-        created, ident = json.loads(base64.urlsafe_b64decode(cursor.encode()))
-        return dt.datetime.fromisoformat(created), str(ident)
-    except (ValueError, TypeError) as exc:
-        raise InvalidError(Code.API_INVALID, "cursor is not one this API gave out") from exc
-
-
-def _page(rows: Sequence[asyncpg.Record], limit: int, out: Any) -> dict[str, Any]:
-    items = [out(r) for r in rows[:limit]]
-    more = len(rows) > limit
-    last = rows[limit - 1] if more else None
-    return {"items": items, "next_cursor": _cursor(last["created_at"], last["id"]) if last is not None else None}
-
-
-async def _list(conn: asyncpg.Connection, table: str, cols: str, cursor: str | None, limit: int, out: Any) -> dict[str, Any]:
-    after = _uncursor(cursor)
+async def _list(conn: asyncpg.Connection, table: str, cols: str, cursor: str | None, limit: int, out: Any) -> paging.Page[Any]:
+    """A page of ``table`` in creation order, keyed by (created_at, id)."""
+    after = paging.decode(cursor, dt.datetime, str)
     if after is None:
         rows = await conn.fetch(f"SELECT {cols} FROM {table} ORDER BY created_at, id LIMIT $1", limit + 1)
     else:
@@ -85,8 +64,116 @@ async def _list(conn: asyncpg.Connection, table: str, cols: str, cursor: str | N
             after[1],
             limit + 1,
         )
-    return _page(rows, limit, out)
+    return paging.page(rows, limit, out, _created_key)
 
+
+def _created_key(row: asyncpg.Record) -> tuple[dt.datetime, str]:
+    return row["created_at"], str(row["id"])
+
+
+# --- response models ---------------------------------------------------------------------------
+# Times are ISO 8601 strings as the store writes them (``_iso``: UTC, ``+00:00``).
+
+
+class ChannelOut(BaseModel):
+    id: str
+    name: str
+    kind: str
+    config: dict[str, Any] = Field(description="the channel's settings; secrets shown as ***")
+    enabled: bool
+    created: str | None
+
+
+class QueuedOut(BaseModel):
+    delivery_id: str
+
+
+class RouteOut(BaseModel):
+    id: str
+    name: str
+    enabled: bool
+    min_severity: str
+    alert_types: list[str]
+    sites: list[str]
+    device_tags: dict[str, str]
+    channels: list[str]
+    escalation_policy: str | None
+    throttle_s: int
+    created: str | None
+
+
+class AttemptOut(BaseModel):
+    n: int
+    at: str | None
+    outcome: str
+    status_code: int | None
+    code: str | None
+    error: str | None
+    duration_ms: int | None
+
+
+class DeliveryOut(BaseModel):
+    id: str
+    alert_id: int | None
+    channel_id: str
+    channel_name: str
+    kind: str
+    event: str
+    status: str
+    attempts: int
+    next_attempt_at: str | None
+    last_error: str | None
+    last_code: str | None
+    created: str | None
+    delivered_at: str | None
+    escalation_level: int | None
+
+
+class DeliveryDetail(DeliveryOut):
+    attempt_log: list[AttemptOut]
+
+
+class PolicyOut(BaseModel):
+    id: str
+    name: str
+    levels: list[dict[str, Any]] = Field(description='[{"delay_s", "targets": [{"channel"} | {"schedule"}]}]')
+    repeat: int
+    created: str | None
+
+
+class ScheduleOut(BaseModel):
+    id: str
+    name: str
+    time_zone: str
+    layers: list[dict[str, Any]]
+    overrides: list[dict[str, Any]]
+    created: str | None
+
+
+class MemberOut(BaseModel):
+    name: str
+    channel: str | None
+
+
+class OnCallNow(BaseModel):
+    member: MemberOut | None
+    layer: str | None = Field(description="the layer's name, or override")
+    until: str | None
+
+
+class Segment(BaseModel):
+    start: str | None
+    end: str | None
+    member: MemberOut | None
+    layer: str | None
+    override: bool | None = Field(default=None, description="present on segments outside every layer: an override or nobody")
+
+
+class Timeline(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+    from_: str | None = Field(alias="from")
+    to: str | None
+    segments: list[Segment]
 
 Limit = Query(default=50, ge=1, le=500)
 
@@ -108,9 +195,9 @@ def _channel_out(row: asyncpg.Record) -> dict[str, Any]:
 
 
 class ChannelIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", use_enum_values=True)
     name: str = Field(min_length=1, max_length=100)
-    kind: Kind
+    kind: ChannelKind
     config: dict[str, Any]
     enabled: bool = True
 
@@ -122,13 +209,13 @@ async def _unique(coro: Any, what: str, name: str) -> Any:
         raise ConflictError(Code.API_CONFLICT, f"a {what} named {name!r} exists") from exc
 
 
-@router.get("/channels", summary="Notification channels (secrets shown as ***)")
-async def list_channels(caller: Reader, parts: Parts, limit: int = Limit, cursor: str | None = None) -> dict[str, Any]:
+@router.get("/channels", summary="Notification channels (secrets shown as ***)", response_model=paging.Page[ChannelOut])
+async def list_channels(caller: Reader, parts: Parts, limit: int = Limit, cursor: paging.CursorQuery = None) -> dict[str, Any]:
     async with parts.db.tenant(caller.tenant_id) as conn:
         return await _list(conn, "notify_channels", _CHANNEL_COLS, cursor, limit, _channel_out)
 
 
-@router.post("/channels", status_code=201, summary="Create a channel; its config is checked by the channel's validator")
+@router.post("/channels", status_code=201, summary="Create a channel; its config is checked by the channel's validator", response_model=ChannelOut)
 async def create_channel(body: ChannelIn, caller: Writer, parts: Parts) -> dict[str, Any]:
     async with parts.db.tenant(caller.tenant_id) as conn:
         row = await _unique(store.create_channel(conn, name=body.name, kind=body.kind, config=body.config, enabled=body.enabled), "channel", body.name)
@@ -142,13 +229,13 @@ async def _channel_row(conn: asyncpg.Connection, channel_id: uuid.UUID) -> async
     return row
 
 
-@router.get("/channels/{channel_id}", summary="One channel")
+@router.get("/channels/{channel_id}", summary="One channel", response_model=ChannelOut)
 async def get_channel(channel_id: uuid.UUID, caller: Reader, parts: Parts) -> dict[str, Any]:
     async with parts.db.tenant(caller.tenant_id) as conn:
         return _channel_out(await _channel_row(conn, channel_id))
 
 
-@router.put("/channels/{channel_id}", summary="Replace a channel (a secret sent back as *** keeps the stored one)")
+@router.put("/channels/{channel_id}", summary="Replace a channel (a secret sent back as *** keeps the stored one)", response_model=ChannelOut)
 async def replace_channel(channel_id: uuid.UUID, body: ChannelIn, caller: Writer, parts: Parts) -> dict[str, Any]:
     async with parts.db.tenant(caller.tenant_id) as conn:
         current = await _channel_row(conn, channel_id)
@@ -179,7 +266,7 @@ async def delete_channel(channel_id: uuid.UUID, caller: Writer, parts: Parts) ->
     return Response(status_code=204)
 
 
-@router.post("/channels/{channel_id}/test", status_code=202, summary="Queue a real delivery of a test notification")
+@router.post("/channels/{channel_id}/test", status_code=202, summary="Queue a real delivery of a test notification", response_model=QueuedOut)
 async def test_channel(channel_id: uuid.UUID, caller: Writer, parts: Parts, request: Request) -> dict[str, Any]:
     settings = _settings(request)
     async with parts.db.tenant(caller.tenant_id) as conn:
@@ -235,13 +322,13 @@ async def _check_route(conn: asyncpg.Connection, body: RouteIn) -> None:
         raise InvalidError(Code.NOTIFY_BAD_ROUTE, f"route: no such escalation policy in your tenant: {body.escalation_policy}")
 
 
-@router.get("/routes", summary="Routing rules")
-async def list_routes(caller: Reader, parts: Parts, limit: int = Limit, cursor: str | None = None) -> dict[str, Any]:
+@router.get("/routes", summary="Routing rules", response_model=paging.Page[RouteOut])
+async def list_routes(caller: Reader, parts: Parts, limit: int = Limit, cursor: paging.CursorQuery = None) -> dict[str, Any]:
     async with parts.db.tenant(caller.tenant_id) as conn:
         return await _list(conn, "notify_routes", "*", cursor, limit, _route_out)
 
 
-@router.post("/routes", status_code=201, summary="Create a routing rule")
+@router.post("/routes", status_code=201, summary="Create a routing rule", response_model=RouteOut)
 async def create_route(body: RouteIn, caller: Writer, parts: Parts) -> dict[str, Any]:
     async with parts.db.tenant(caller.tenant_id) as conn:
         await _check_route(conn, body)
@@ -249,7 +336,7 @@ async def create_route(body: RouteIn, caller: Writer, parts: Parts) -> dict[str,
     return _route_out(row)
 
 
-@router.get("/routes/{route_id}", summary="One routing rule")
+@router.get("/routes/{route_id}", summary="One routing rule", response_model=RouteOut)
 async def get_route(route_id: uuid.UUID, caller: Reader, parts: Parts) -> dict[str, Any]:
     async with parts.db.tenant(caller.tenant_id) as conn:
         row = await conn.fetchrow("SELECT * FROM notify_routes WHERE id = $1", route_id)
@@ -258,7 +345,7 @@ async def get_route(route_id: uuid.UUID, caller: Reader, parts: Parts) -> dict[s
     return _route_out(row)
 
 
-@router.put("/routes/{route_id}", summary="Replace a routing rule")
+@router.put("/routes/{route_id}", summary="Replace a routing rule", response_model=RouteOut)
 async def replace_route(route_id: uuid.UUID, body: RouteIn, caller: Writer, parts: Parts) -> dict[str, Any]:
     async with parts.db.tenant(caller.tenant_id) as conn:
         if not await conn.fetchval("SELECT 1 FROM notify_routes WHERE id = $1 FOR UPDATE", route_id):
@@ -295,7 +382,7 @@ DeliveryStatus = Literal["pending", "sending", "delivered", "failed", "dead"]
 _DELIVERIES = "notify_deliveries d JOIN notify_channels c ON c.id = d.channel_id"
 
 
-@router.get("/deliveries", summary="Deliveries, newest first (status=dead: the dead letters)")
+@router.get("/deliveries", summary="Deliveries, newest first (status=dead: the dead letters)", response_model=paging.Page[DeliveryOut])
 async def list_deliveries(
     caller: Reader,
     parts: Parts,
@@ -303,7 +390,7 @@ async def list_deliveries(
     alert_id: int | None = None,
     channel_id: uuid.UUID | None = None,
     limit: int = Limit,
-    cursor: str | None = None,
+    cursor: paging.CursorQuery = None,
 ) -> dict[str, Any]:
     where: list[str] = ["true"]
     args: list[object] = []
@@ -311,7 +398,7 @@ async def list_deliveries(
         if value is not None:
             args.append(value)
             where.append(f"{column} = ${len(args)}")
-    if (after := _uncursor(cursor)) is not None:
+    if (after := paging.decode(cursor, dt.datetime, str)) is not None:
         args += [after[0], after[1]]
         where.append(f"(d.created_at, d.id::text) < (${len(args) - 1}, ${len(args)})")
     args.append(limit + 1)
@@ -321,7 +408,7 @@ async def list_deliveries(
             f"ORDER BY d.created_at DESC, d.id::text DESC LIMIT ${len(args)}",
             *args,
         )
-    return _page(rows, limit, store.delivery_out)
+    return paging.page(rows, limit, store.delivery_out, _created_key)
 
 
 async def _delivery(conn: asyncpg.Connection, delivery_id: uuid.UUID) -> dict[str, Any]:
@@ -336,13 +423,13 @@ async def _delivery(conn: asyncpg.Connection, delivery_id: uuid.UUID) -> dict[st
     return out
 
 
-@router.get("/deliveries/{delivery_id}", summary="One delivery with its attempt log")
+@router.get("/deliveries/{delivery_id}", summary="One delivery with its attempt log", response_model=DeliveryDetail)
 async def get_delivery(delivery_id: uuid.UUID, caller: Reader, parts: Parts) -> dict[str, Any]:
     async with parts.db.tenant(caller.tenant_id) as conn:
         return await _delivery(conn, delivery_id)
 
 
-@router.post("/deliveries/{delivery_id}/retry", status_code=202, summary="Send a dead-lettered (or failed) delivery again")
+@router.post("/deliveries/{delivery_id}/retry", status_code=202, summary="Send a dead-lettered (or failed) delivery again", response_model=DeliveryDetail)
 async def retry_delivery(delivery_id: uuid.UUID, caller: Writer, parts: Parts, request: Request) -> dict[str, Any]:
     async with parts.db.tenant(caller.tenant_id) as conn:
         status = await conn.fetchval("SELECT status FROM notify_deliveries WHERE id = $1 FOR UPDATE", delivery_id)
@@ -405,13 +492,13 @@ async def _checked_levels(conn: asyncpg.Connection, body: PolicyIn) -> str:
     return json.dumps(levels)
 
 
-@escalation_router.get("", summary="Escalation policies")
-async def list_policies(caller: Reader, parts: Parts, limit: int = Limit, cursor: str | None = None) -> dict[str, Any]:
+@escalation_router.get("", summary="Escalation policies", response_model=paging.Page[PolicyOut])
+async def list_policies(caller: Reader, parts: Parts, limit: int = Limit, cursor: paging.CursorQuery = None) -> dict[str, Any]:
     async with parts.db.tenant(caller.tenant_id) as conn:
         return await _list(conn, "escalation_policies", "id, name, levels, repeat, created_at", cursor, limit, _policy_out)
 
 
-@escalation_router.post("", status_code=201, summary="Create an escalation policy (1-5 levels)")
+@escalation_router.post("", status_code=201, summary="Create an escalation policy (1-5 levels)", response_model=PolicyOut)
 async def create_policy(body: PolicyIn, caller: Writer, parts: Parts) -> dict[str, Any]:
     async with parts.db.tenant(caller.tenant_id) as conn:
         levels = await _checked_levels(conn, body)
@@ -425,7 +512,7 @@ async def create_policy(body: PolicyIn, caller: Writer, parts: Parts) -> dict[st
     return _policy_out(row)
 
 
-@escalation_router.get("/{policy_id}", summary="One escalation policy")
+@escalation_router.get("/{policy_id}", summary="One escalation policy", response_model=PolicyOut)
 async def get_policy(policy_id: uuid.UUID, caller: Reader, parts: Parts) -> dict[str, Any]:
     async with parts.db.tenant(caller.tenant_id) as conn:
         row = await conn.fetchrow("SELECT id, name, levels, repeat, created_at FROM escalation_policies WHERE id = $1", policy_id)
@@ -434,7 +521,7 @@ async def get_policy(policy_id: uuid.UUID, caller: Reader, parts: Parts) -> dict
     return _policy_out(row)
 
 
-@escalation_router.put("/{policy_id}", summary="Replace an escalation policy (running escalations continue under it)")
+@escalation_router.put("/{policy_id}", summary="Replace an escalation policy (running escalations continue under it)", response_model=PolicyOut)
 async def replace_policy(policy_id: uuid.UUID, body: PolicyIn, caller: Writer, parts: Parts) -> dict[str, Any]:
     async with parts.db.tenant(caller.tenant_id) as conn:
         if not await conn.fetchval("SELECT 1 FROM escalation_policies WHERE id = $1 FOR UPDATE", policy_id):
@@ -536,15 +623,14 @@ async def _schedule_out(conn: asyncpg.Connection, schedule_id: uuid.UUID) -> dic
     }
 
 
-@oncall_router.get("", summary="On-call schedules")
-async def list_schedules(caller: Reader, parts: Parts, limit: int = Limit, cursor: str | None = None) -> dict[str, Any]:
+@oncall_router.get("", summary="On-call schedules", response_model=paging.Page[ScheduleOut])
+async def list_schedules(caller: Reader, parts: Parts, limit: int = Limit, cursor: paging.CursorQuery = None) -> dict[str, Any]:
     async with parts.db.tenant(caller.tenant_id) as conn:
         page = await _list(conn, "oncall_schedules", "id, created_at", cursor, limit, lambda r: r["id"])
-        page["items"] = [await _schedule_out(conn, i) for i in page["items"]]
-    return page
+        return paging.Page(items=[await _schedule_out(conn, i) for i in page.items], next_cursor=page.next_cursor)
 
 
-@oncall_router.post("", status_code=201, summary="Create an on-call schedule")
+@oncall_router.post("", status_code=201, summary="Create an on-call schedule", response_model=ScheduleOut)
 async def create_schedule(body: ScheduleIn, caller: Writer, parts: Parts) -> dict[str, Any]:
     async with parts.db.tenant(caller.tenant_id) as conn:
         await _check_schedule(conn, body)
@@ -558,13 +644,13 @@ async def create_schedule(body: ScheduleIn, caller: Writer, parts: Parts) -> dic
         return await _schedule_out(conn, schedule_id)
 
 
-@oncall_router.get("/{schedule_id}", summary="One on-call schedule")
+@oncall_router.get("/{schedule_id}", summary="One on-call schedule", response_model=ScheduleOut)
 async def get_schedule(schedule_id: uuid.UUID, caller: Reader, parts: Parts) -> dict[str, Any]:
     async with parts.db.tenant(caller.tenant_id) as conn:
         return await _schedule_out(conn, schedule_id)
 
 
-@oncall_router.put("/{schedule_id}", summary="Replace an on-call schedule (overrides included)")
+@oncall_router.put("/{schedule_id}", summary="Replace an on-call schedule (overrides included)", response_model=ScheduleOut)
 async def replace_schedule(schedule_id: uuid.UUID, body: ScheduleIn, caller: Writer, parts: Parts) -> dict[str, Any]:
     async with parts.db.tenant(caller.tenant_id) as conn:
         if not await conn.fetchval("SELECT 1 FROM oncall_schedules WHERE id = $1 FOR UPDATE", schedule_id):
@@ -607,7 +693,7 @@ def _source(source: str) -> dict[str, Any]:
     return {"layer": source.removeprefix("layer:")} if source.startswith("layer:") else {"layer": None, "override": source == "override"}
 
 
-@oncall_router.get("/{schedule_id}/now", summary="Who is on call now, in which layer, until when")
+@oncall_router.get("/{schedule_id}/now", summary="Who is on call now, in which layer, until when", response_model=OnCallNow)
 async def on_call_now(schedule_id: uuid.UUID, caller: Reader, parts: Parts, at: dt.datetime | None = None) -> dict[str, Any]:
     schedule, channels = await _pure_schedule(parts, caller, schedule_id)
     when = at or parts.clock()
@@ -620,7 +706,7 @@ async def on_call_now(schedule_id: uuid.UUID, caller: Reader, parts: Parts, at: 
     return {"member": _member(who.who, channels), "layer": layer, "until": _iso(until)}
 
 
-@oncall_router.get("/{schedule_id}/timeline", summary="The shifts for the next days (default 14)")
+@oncall_router.get("/{schedule_id}/timeline", summary="The shifts for the next days (default 14)", response_model=Timeline, response_model_exclude_unset=True)
 async def on_call_timeline(
     schedule_id: uuid.UUID, caller: Reader, parts: Parts, days: int = Query(default=TIMELINE_DAYS, ge=1, le=90), start: dt.datetime | None = None
 ) -> dict[str, Any]:

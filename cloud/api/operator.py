@@ -8,14 +8,13 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
+import asyncpg
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
 
 from pulse.cloud.api import paging
 from pulse.cloud.api.deps import Operator, OperatorAdmin, Parts
 from pulse.cloud.auth.accounts import create_tenant
-from pulse.cloud.errors import InvalidError
-from pulse.protocol.errors import Code
 
 router = APIRouter(prefix="/api/v1/operator", tags=["operator"])
 
@@ -158,9 +157,7 @@ class OperatorDevice(BaseModel):
     updated_at: datetime
 
 
-class OperatorDevicePage(BaseModel):
-    items: list[OperatorDevice]
-    next_cursor: str | None
+OperatorDevicePage = paging.Page[OperatorDevice]
 
 
 @router.get(
@@ -173,7 +170,7 @@ async def all_devices(
     q: Annotated[str | None, Query(max_length=200, description="part of a device id or name")] = None,
     state: Annotated[str | None, Query(max_length=20)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
-    cursor: Annotated[str | None, Query(max_length=300)] = None,
+    cursor: paging.CursorQuery = None,
 ) -> OperatorDevicePage:
     w = paging.Where()
 
@@ -184,11 +181,8 @@ async def all_devices(
         w.add(f"(d.device_id ILIKE {w.arg(pattern)} OR d.name ILIKE {w.arg(pattern)})")
     if state:
         w.add(f"s.status = {w.arg(state)}")
-    if cursor:
-        slug, sep, device_id = cursor.partition("\n")
-        if not sep:
-            raise InvalidError(Code.API_INVALID, "cursor is not one this API handed out; start again without it")
-        w.add(f"(t.slug, d.device_id) > ({w.arg(slug)}, {w.arg(device_id)})")
+    if (after := paging.decode(cursor, str, str)) is not None:
+        w.add(f"(t.slug, d.device_id) > ({w.arg(after[0])}, {w.arg(after[1])})")
     detail = {"tenant": tenant, "q": q, "state": state}
     async with parts.db.operator(actor=p.actor, action="devices.list", detail=detail) as conn:
         rows = await conn.fetch(
@@ -198,14 +192,10 @@ async def all_devices(
             f" WHERE {w.sql} ORDER BY t.slug, d.device_id LIMIT {w.arg(limit + 1)}",
             *w.args,
         )
-    items = [OperatorDevice(**dict(r)) for r in rows[:limit]]
-    nxt = f"{items[-1].tenant_slug}\n{items[-1].device_id}" if len(rows) > limit else None
-    return OperatorDevicePage(items=items, next_cursor=nxt)
+    return paging.page(rows, limit, lambda r: OperatorDevice(**dict(r)), lambda r: (r["tenant_slug"], r["device_id"]))
 
 
-class OperatorAlertPage(BaseModel):
-    items: list[dict[str, Any]]
-    next_cursor: str | None
+OperatorAlertPage = paging.Page[dict[str, Any]]
 
 
 @router.get("/alerts", response_model=OperatorAlertPage, summary="Alerts of every tenant, newest first, paged (audited)")
@@ -216,7 +206,7 @@ async def all_alerts(
     state: Annotated[list[Literal["open", "acknowledged", "closed"]] | None, Query()] = None,
     severity: Annotated[list[str] | None, Query()] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
-    cursor: Annotated[str | None, Query(max_length=200)] = None,
+    cursor: paging.CursorQuery = None,
 ) -> OperatorAlertPage:
     w = paging.Where()
 
@@ -226,9 +216,8 @@ async def all_alerts(
         w.add(f"a.state = ANY({w.arg(list(state))})")
     if severity:
         w.add(f"a.severity = ANY({w.arg(severity)})")
-    if cursor:
-        at, last = paging.decode(cursor)
-        w.add(f"(a.opened_at, a.id) < ({w.arg(at)}, {w.arg(last)})")
+    if (after := paging.decode(cursor, datetime, int)) is not None:
+        w.add(f"(a.opened_at, a.id) < ({w.arg(after[0])}, {w.arg(after[1])})")
     detail = {"tenant": tenant, "state": state, "severity": severity}
     async with parts.db.operator(actor=p.actor, action="alerts.list", detail=detail) as conn:
         rows = await conn.fetch(
@@ -237,15 +226,14 @@ async def all_alerts(
             f" WHERE {w.sql} ORDER BY a.opened_at DESC, a.id DESC LIMIT {w.arg(limit + 1)}",
             *w.args,
         )
-    items = [
-        {
-            **dict(r),
-            "tenant_id": str(r["tenant_id"]),
-            "explanation": json.loads(r["explanation"]),
-            "opened_at": r["opened_at"].isoformat(),
-            "updated_at": r["updated_at"].isoformat(),
-        }
-        for r in rows[:limit]
-    ]
-    last_row = rows[limit - 1] if len(rows) > limit else None
-    return OperatorAlertPage(items=items, next_cursor=paging.encode(last_row["opened_at"], last_row["id"]) if last_row else None)
+    return paging.page(rows, limit, _alert_out, lambda r: (r["opened_at"], r["id"]))
+
+
+def _alert_out(r: asyncpg.Record) -> dict[str, Any]:
+    return {
+        **dict(r),
+        "tenant_id": str(r["tenant_id"]),
+        "explanation": json.loads(r["explanation"]),
+        "opened_at": r["opened_at"].isoformat(),
+        "updated_at": r["updated_at"].isoformat(),
+    }

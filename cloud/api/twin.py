@@ -16,9 +16,10 @@ from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, Field
 
 from pulse.cloud import twins
+from pulse.cloud.api import paging
 from pulse.cloud.api.deps import Parts, Reader, Writer
 from pulse.cloud.db.pool import audit
-from pulse.cloud.errors import ConflictError, InvalidError, NotFoundError
+from pulse.cloud.errors import ConflictError, NotFoundError
 from pulse.cloud.live import LiveHub
 from pulse.protocol import commands
 from pulse.protocol.errors import Code, TwinError
@@ -38,6 +39,54 @@ def _limits(parts: Parts) -> TwinLimits:
     return TwinLimits(max_state_bytes=parts.settings.twin_max_state_bytes)
 
 
+# --- response models ---------------------------------------------------------------------------
+
+
+class TwinStateOut(BaseModel):
+    desired: dict[str, Any]
+    reported: dict[str, Any]
+    delta: dict[str, Any] = Field(description="desired keys whose value differs from or is missing in reported")
+
+
+class TwinMetadata(BaseModel):
+    desired: dict[str, Any] = Field(description="per-leaf {timestamp} (ms) of the last change")
+    reported: dict[str, Any]
+
+
+class TwinOut(BaseModel):
+    version: int
+    timestamp: int = Field(description="when the twin was read (ms)")
+    state: TwinStateOut
+    metadata: TwinMetadata
+
+
+class TwinChangeOut(BaseModel):
+    version: int
+    at: str
+    actor: str | None
+    source: str
+    change: dict[str, Any]
+
+
+class CommandStep(BaseModel):
+    state: str
+    at: str
+
+
+class CommandOut(BaseModel):
+    id: str
+    device: str
+    name: str
+    params: dict[str, Any]
+    state: str
+    created: str
+    expires: str
+    updated: str
+    result: dict[str, Any] | None
+    error: str | None
+    history: list[CommandStep]
+
+
 async def _device(conn: asyncpg.Connection, tenant: uuid.UUID, device_id: str) -> uuid.UUID:
     row = await conn.fetchval("SELECT id FROM devices WHERE tenant_id = $1 AND device_id = $2", tenant, device_id)
     if row is None:
@@ -45,18 +94,10 @@ async def _device(conn: asyncpg.Connection, tenant: uuid.UUID, device_id: str) -
     return row  # type: ignore[no-any-return]
 
 
-def _cursor(cursor: str | None) -> int | None:
-    if cursor is None:
-        return None
-    if not cursor.isdigit() or len(cursor) > 19:
-        raise InvalidError(Code.API_INVALID, "cursor is the next_cursor of the previous page")
-    return int(cursor)
-
-
 # --- twin --------------------------------------------------------------------------------------
 
 
-@router.get("/{device}/twin", summary="A device's twin: desired, reported, delta, metadata, version")
+@router.get("/{device}/twin", summary="A device's twin: desired, reported, delta, metadata, version", response_model=TwinOut)
 async def get_twin(device: str, caller: Reader, parts: Parts) -> dict[str, Any]:
     async with parts.db.tenant(caller.tenant_id) as conn:
         await _device(conn, caller.tenant_id, device)
@@ -67,6 +108,7 @@ async def get_twin(device: str, caller: Reader, parts: Parts) -> dict[str, Any]:
 @router.patch(
     "/{device}/twin",
     summary="Change desired state: body {state: {desired: {...} | null}, version?}; 409 twin.version_conflict on a stale version",
+    response_model=TwinOut,
 )
 async def patch_twin(device: str, body: dict[str, Any], caller: Writer, parts: Parts, request: Request) -> dict[str, Any]:
     update = update_from_obj(body)  # TwinError -> 422 with its code
@@ -96,19 +138,19 @@ async def patch_twin(device: str, body: dict[str, Any], caller: Writer, parts: P
     return twins.document_out(doc, now_ms)
 
 
-@router.get("/{device}/twin/history", summary="Every accepted change of a device's twin, newest first (paged)")
+@router.get("/{device}/twin/history", summary="Every accepted change of a device's twin, newest first (paged)", response_model=paging.Page[TwinChangeOut])
 async def twin_history(
     device: str,
     caller: Reader,
     parts: Parts,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    cursor: Annotated[str | None, Query(max_length=20, description="next_cursor of the previous page")] = None,
-) -> dict[str, Any]:
-    before = _cursor(cursor)
+    cursor: paging.CursorQuery = None,
+) -> paging.Page[dict[str, Any]]:
+    before = paging.decode(cursor, int)
     async with parts.db.tenant(caller.tenant_id) as conn:
         await _device(conn, caller.tenant_id, device)
-        items, next_cursor = await twins.history_page(conn, caller.tenant_id, device, limit=limit, before=before)
-    return {"items": items, "next_cursor": next_cursor}
+        rows = await twins.history_rows(conn, caller.tenant_id, device, limit=limit + 1, before=None if before is None else int(before[0]))
+    return paging.page(rows, limit, twins.history_out, lambda r: (r["id"],))
 
 
 # --- commands ----------------------------------------------------------------------------------
@@ -120,7 +162,7 @@ class CommandIn(BaseModel):
     expires_in_s: int = Field(default=3600, ge=1, le=MAX_EXPIRES_IN_S, description="seconds until the command expires")
 
 
-@router.post("/{device}/commands", status_code=201, summary="Send a command to a device (through its gateway)")
+@router.post("/{device}/commands", status_code=201, summary="Send a command to a device (through its gateway)", response_model=CommandOut)
 async def create_command(device: str, body: CommandIn, caller: Writer, parts: Parts, request: Request) -> dict[str, Any]:
     now_ms = int(time.time() * 1000)
     cmd = commands.new_command(  # CommandError -> 422 command.bad
@@ -147,16 +189,17 @@ async def create_command(device: str, body: CommandIn, caller: Writer, parts: Pa
     return twins.command_out(cmd)
 
 
-@router.get("/{device}/commands", summary="A device's commands, newest first (paged)")
+@router.get("/{device}/commands", summary="A device's commands, newest first (paged)", response_model=paging.Page[CommandOut])
 async def list_commands(
     device: str,
     caller: Reader,
     parts: Parts,
     state: CommandStateName | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    cursor: Annotated[str | None, Query(max_length=20, description="next_cursor of the previous page")] = None,
-) -> dict[str, Any]:
-    before = _cursor(cursor)
+    cursor: paging.CursorQuery = None,
+) -> paging.Page[dict[str, Any]]:
+    after = paging.decode(cursor, int)
+    before = None if after is None else int(after[0])
     async with parts.db.tenant(caller.tenant_id) as conn:
         await _device(conn, caller.tenant_id, device)
         rows = await conn.fetch(
@@ -168,11 +211,10 @@ async def list_commands(
             before,
             limit + 1,
         )
-    items = [twins.command_out(commands.from_json(r["document"])) for r in rows[:limit]]
-    return {"items": items, "next_cursor": str(rows[limit - 1]["n"]) if len(rows) > limit else None}
+    return paging.page(rows, limit, lambda r: twins.command_out(commands.from_json(r["document"])), lambda r: (r["n"],))
 
 
-@router.get("/{device}/commands/{command_id}", summary="One command, with its state history")
+@router.get("/{device}/commands/{command_id}", summary="One command, with its state history", response_model=CommandOut)
 async def get_command(device: str, command_id: str, caller: Reader, parts: Parts) -> dict[str, Any]:
     async with parts.db.tenant(caller.tenant_id) as conn:
         await _device(conn, caller.tenant_id, device)

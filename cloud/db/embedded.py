@@ -25,6 +25,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pulse.common.ports import free_port, port_is_free
+
 FALLBACK_ROOT = Path("/var/lib/pulse/embedded-postgres")
 
 
@@ -54,24 +56,6 @@ def find_bindir() -> Path:
         "PostgreSQL server binaries (initdb, pg_ctl) were not found. Install them "
         "(Debian: apt-get install postgresql), set PULSE_PG_BINDIR, or point DATABASE_URL at a server."
     )
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
-
-
-def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
-    """Whether a server could listen on ``port`` now. SO_REUSEADDR as servers (PostgreSQL) set it:
-    connections of a stopped server left in TIME_WAIT do not keep its port from it on restart."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-        except OSError:
-            return False
-        return True
 
 
 def _traversable_by(path: Path, user: pwd.struct_passwd) -> bool:

@@ -21,15 +21,16 @@ import orjson
 from fastapi import APIRouter, Request, Response
 
 from pulse.cloud import twins
-from pulse.cloud.api.handlers import read_limited
 from pulse.cloud.db.pool import Database
+from pulse.cloud.downlink import gateways_serving
 from pulse.cloud.errors import ConflictError, InvalidError, RateLimitedError, TooLargeError
 from pulse.cloud.ingest.identity import DeviceIdentity, DeviceTokenCache
+from pulse.cloud.ingest.models import DeviceCommand, DeviceTwin, IngestResult
 from pulse.cloud.ingest.ratelimit import RateLimiter
 from pulse.cloud.ingest.writer import QuarantineRow, TelemetryRow, Writer
 from pulse.cloud.metrics import Metrics
 from pulse.cloud.settings import IngestConfig
-from pulse.cloud.sync.downlink import gateways_serving
+from pulse.cloud.web import read_limited
 from pulse.protocol import commands
 from pulse.protocol.commands import CommandEvent, CommandState
 from pulse.protocol.envelope import DEFAULT_LIMITS, Limits, MessageType, parse, parse_document
@@ -307,6 +308,7 @@ router = APIRouter(tags=["ingest"])
     "/ingest/v1/telemetry",
     summary="Send device messages (one envelope or an array)",
     description="Authorization: Bearer <device token>. Answers after every message is stored or quarantined.",
+    responses={200: {"model": IngestResult}},
     openapi_extra={
         "requestBody": {
             "required": True,
@@ -331,6 +333,7 @@ async def ingest_telemetry(request: Request) -> Response:
     "/ingest/v1/twin",
     summary="A direct device reads its own twin (the document a gateway would publish on twin/document)",
     description="Authorization: Bearer <device token>. The device applies state.delta, then reports with a twin_reported message.",
+    responses={200: {"model": DeviceTwin}},
 )
 async def device_twin(request: Request) -> Response:
     service: IngestService = request.app.state.pulse.ingest
@@ -348,6 +351,7 @@ async def device_twin(request: Request) -> Response:
     description="Authorization: Bearer <device token>. Answers a JSON array of command messages "
     '({"id", "name", "params", "expires"}), oldest first; the device answers each with a command_ack message. '
     "409 api.conflict for a device behind a gateway: its commands come over MQTT.",
+    responses={200: {"model": list[DeviceCommand]}},
 )
 async def device_commands(request: Request) -> Response:
     service: IngestService = request.app.state.pulse.ingest

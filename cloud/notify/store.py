@@ -2,7 +2,7 @@
 
 Every function takes a connection in a tenant transaction (``db.tenant(tenant_id)``: row-level
 security applies) unless it says otherwise. The API (cloud/api/notify.py), the workers
-(worker.py) and the demo (``add_webhook``) all go through here.
+(fanout.py, delivery.py, recovery.py, escalator.py) and the demo (``add_webhook``) all go through here.
 """
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ from pydantic import SecretStr
 from pulse.cloud.db.pool import Database
 from pulse.cloud.notify import senders
 from pulse.cloud.notify.errors import ConfigError
-from pulse.cloud.notify.escalation import Policy
+from pulse.cloud.notify.escalation import EscalationState, Policy
 from pulse.cloud.notify.model import Notification
 from pulse.cloud.notify.oncall import Schedule
-from pulse.cloud.notify.routing import Route
+from pulse.cloud.notify.routing import AlertFacts, Route
 from pulse.protocol.errors import Code
 
 REDACTED = "***"
@@ -321,3 +321,243 @@ async def alert_notify_view(conn: asyncpg.Connection, alert_id: int) -> dict[str
             "stop_reason": esc["stop_reason"],
         }
     return {"notifications": [delivery_out(r) for r in rows], "escalation": escalation}
+
+
+# --- the workers' queries (fan-out, recovery, escalation, delivery) ------------------------------
+
+
+async def busy_tenants(conn: asyncpg.Connection, claim_timeout_s: float, due_at: dt.datetime) -> list[uuid.UUID]:
+    """Tenants with notify work (identity connection: crosses tenants through a SECURITY DEFINER function)."""
+    return [
+        r[0]
+        for r in await conn.fetch(
+            "SELECT * FROM pulse_notify_busy_tenants(clock_timestamp() - make_interval(secs => $1), $2)", claim_timeout_s, due_at
+        )
+    ]
+
+
+async def tenant_slug(conn: asyncpg.Connection, tenant: uuid.UUID) -> str:
+    return await conn.fetchval("SELECT slug FROM tenants WHERE id = pulse_current_tenant()") or str(tenant)
+
+
+async def take_outbox(conn: asyncpg.Connection, limit: int) -> list[asyncpg.Record]:
+    """Outbox events (``event_id, alert_id, kind, at``), locked for this transaction (SKIP LOCKED)."""
+    rows: list[asyncpg.Record] = await conn.fetch(
+        "SELECT o.event_id, e.alert_id, e.kind, e.at FROM notify_outbox o JOIN alert_events e ON e.id = o.event_id "
+        "ORDER BY o.event_id LIMIT $1 FOR UPDATE OF o SKIP LOCKED",
+        limit,
+    )
+    return rows
+
+
+async def drop_outbox(conn: asyncpg.Connection, event_ids: list[int]) -> None:
+    await conn.execute("DELETE FROM notify_outbox WHERE event_id = ANY($1)", event_ids)
+
+
+async def enabled_routes(conn: asyncpg.Connection) -> list[Route]:
+    return [route_of(r) for r in await conn.fetch("SELECT * FROM notify_routes WHERE enabled ORDER BY created_at, id")]
+
+
+async def load_alert(conn: asyncpg.Connection, alert_id: int) -> asyncpg.Record | None:
+    row: asyncpg.Record | None = await conn.fetchrow("SELECT * FROM alerts WHERE id = $1", alert_id)
+    return row
+
+
+async def alert_site_name(conn: asyncpg.Connection, alert: asyncpg.Record) -> str | None:
+    """The name of the alert's site, or of its device's site."""
+    if alert["site_id"] is not None:
+        name: str | None = await conn.fetchval("SELECT name FROM sites WHERE id = $1", alert["site_id"])
+        return name
+    name = await conn.fetchval("SELECT s.name FROM devices d JOIN sites s ON s.id = d.site_id WHERE d.device_id = $1", alert["device_id"])
+    return name
+
+
+async def alert_facts(conn: asyncpg.Connection, alert: asyncpg.Record) -> AlertFacts:
+    """What routing matches on: severity, types (alert kind, rule id, rule kind), site, device tags."""
+    types = {alert["kind"], alert["rule_id"]}
+    rule_kind = await conn.fetchval("SELECT kind FROM rules WHERE id = $1", alert["rule_id"])
+    if rule_kind:
+        types.add(rule_kind)
+    device = await conn.fetchrow("SELECT tags, site_id FROM devices WHERE device_id = $1", alert["device_id"])
+    tags: dict[str, str] = {}
+    for tag in (device["tags"] if device else None) or ():
+        name, _, value = str(tag).partition("=")
+        tags[name] = value
+    site = alert["site_id"] or (device["site_id"] if device else None)
+    if site is None and str(alert["device_id"]).startswith("gateway:"):
+        site = await conn.fetchval("SELECT site_id FROM gateways WHERE name = $1", str(alert["device_id"]).removeprefix("gateway:"))
+    return AlertFacts(severity=alert["severity"], types=frozenset(types), site=None if site is None else str(site), device_tags=tags)
+
+
+async def enabled_channels(conn: asyncpg.Connection, ids: list[str]) -> dict[uuid.UUID, str]:
+    """id -> kind of the enabled channels among ``ids``, in their order."""
+    if not ids:
+        return {}
+    rows = await conn.fetch("SELECT id, kind FROM notify_channels WHERE id = ANY($1::uuid[]) AND enabled", ids)
+    kinds = {r["id"]: r["kind"] for r in rows}
+    return {uuid.UUID(i): kinds[uuid.UUID(i)] for i in ids if uuid.UUID(i) in kinds}
+
+
+async def channels_that_heard(conn: asyncpg.Connection, alert_id: int) -> list[asyncpg.Record]:
+    """Enabled channels (``channel_id, kind``) that were told the alert opened or escalated."""
+    rows: list[asyncpg.Record] = await conn.fetch(
+        "SELECT DISTINCT d.channel_id, c.kind FROM notify_deliveries d JOIN notify_channels c ON c.id = d.channel_id "
+        "WHERE d.alert_id = $1 AND d.event IN ('opened', 'escalated') AND c.enabled",
+        alert_id,
+    )
+    return rows
+
+
+async def channels_told_opened(conn: asyncpg.Connection, alert_id: int) -> set[uuid.UUID]:
+    return {r["channel_id"] for r in await conn.fetch("SELECT channel_id FROM notify_deliveries WHERE alert_id = $1 AND event = 'opened'", alert_id)}
+
+
+async def last_sent(conn: asyncpg.Connection, channel_id: uuid.UUID, fingerprint: str) -> dt.datetime | None:
+    """When this channel was last told about this fingerprint (row locked for the transaction)."""
+    value: dt.datetime | None = await conn.fetchval(
+        "SELECT last_sent_at FROM notify_throttle WHERE channel_id = $1 AND fingerprint = $2 FOR UPDATE", channel_id, fingerprint
+    )
+    return value
+
+
+async def mark_sent(conn: asyncpg.Connection, channel_id: uuid.UUID, fingerprint: str, now: dt.datetime) -> None:
+    await conn.execute(
+        "INSERT INTO notify_throttle (tenant_id, channel_id, fingerprint, last_sent_at) VALUES (pulse_current_tenant(), $1, $2, $3) "
+        "ON CONFLICT (channel_id, fingerprint) DO UPDATE SET last_sent_at = EXCLUDED.last_sent_at",
+        channel_id,
+        fingerprint,
+        now,
+    )
+
+
+async def start_escalation(conn: asyncpg.Connection, alert_id: int, policy_id: uuid.UUID, now: dt.datetime) -> None:
+    await conn.execute(
+        "INSERT INTO alert_escalations (alert_id, tenant_id, policy_id, next_at) VALUES ($1, pulse_current_tenant(), $2, $3) "
+        "ON CONFLICT (alert_id) DO NOTHING",
+        alert_id,
+        policy_id,
+        now,
+    )
+
+
+async def stop_escalation(conn: asyncpg.Connection, alert_id: int, reason: str, *, only_running: bool = False) -> None:
+    await conn.execute(
+        "UPDATE alert_escalations SET stopped = true, stop_reason = $2, next_at = NULL WHERE alert_id = $1"
+        + (" AND NOT stopped" if only_running else ""),
+        alert_id,
+        reason,
+    )
+
+
+async def due_escalations(conn: asyncpg.Connection, now: dt.datetime, limit: int) -> list[asyncpg.Record]:
+    """Running escalations due at ``now``, with the alert's state and the policy (locked, SKIP LOCKED)."""
+    rows: list[asyncpg.Record] = await conn.fetch(
+        "SELECT e.*, a.state, p.name AS policy_name, p.levels, p.repeat FROM alert_escalations e "
+        "JOIN alerts a ON a.id = e.alert_id JOIN escalation_policies p ON p.id = e.policy_id "
+        "WHERE NOT e.stopped AND e.next_at <= $1 ORDER BY e.next_at LIMIT $2 FOR UPDATE OF e SKIP LOCKED",
+        now,
+        limit,
+    )
+    return rows
+
+
+async def postpone_escalation(conn: asyncpg.Connection, alert_id: int, until: dt.datetime) -> None:
+    await conn.execute("UPDATE alert_escalations SET next_at = $2 WHERE alert_id = $1", alert_id, until)
+
+
+async def advance_escalation(conn: asyncpg.Connection, alert_id: int, state: EscalationState, next_at: dt.datetime) -> None:
+    await conn.execute(
+        "UPDATE alert_escalations SET level = $2, cycle = $3, notified_at = $4, next_at = $5 WHERE alert_id = $1",
+        alert_id,
+        state.level,
+        state.cycle,
+        state.notified_at,
+        next_at,
+    )
+
+
+async def stale_claims(conn: asyncpg.Connection, claim_timeout_s: float) -> list[asyncpg.Record]:
+    """Deliveries still ``sending`` ``claim_timeout_s`` after their claim (locked, SKIP LOCKED)."""
+    rows: list[asyncpg.Record] = await conn.fetch(
+        "SELECT id, kind, attempts, budget FROM notify_deliveries WHERE status = 'sending' "
+        "AND claimed_at < clock_timestamp() - make_interval(secs => $1) FOR UPDATE SKIP LOCKED",
+        claim_timeout_s,
+    )
+    return rows
+
+
+async def release_claim(conn: asyncpg.Connection, delivery_id: uuid.UUID, status: str, error: str, code: Code) -> None:
+    """A stale claim becomes ``pending`` (due now) or ``dead``."""
+    await conn.execute(
+        "UPDATE notify_deliveries SET status = $2, last_error = $3, last_code = $4, claim_token = NULL, "
+        "next_attempt_at = CASE WHEN $2 = 'pending' THEN clock_timestamp() END WHERE id = $1",
+        delivery_id,
+        status,
+        error,
+        str(code),
+    )
+
+
+async def claim_due(conn: asyncpg.Connection, token: uuid.UUID, limit: int) -> list[asyncpg.Record]:
+    """Claim up to ``limit`` due deliveries (``sending``, ``attempts + 1``), oldest first per alert and channel;
+    returns them with their channel's config and whether it is enabled."""
+    rows: list[asyncpg.Record] = await conn.fetch(
+        "UPDATE notify_deliveries d SET status = 'sending', claim_token = $1, claimed_at = clock_timestamp(), attempts = d.attempts + 1 "
+        "FROM notify_channels c WHERE c.id = d.channel_id AND d.id IN ("
+        "  SELECT q.id FROM notify_deliveries q WHERE q.status = 'pending' AND q.next_attempt_at <= clock_timestamp() "
+        "  AND NOT EXISTS (SELECT 1 FROM notify_deliveries p WHERE p.alert_id = q.alert_id AND p.channel_id = q.channel_id "
+        "                  AND p.status IN ('pending', 'sending') AND p.created_at < q.created_at) "
+        "  ORDER BY q.next_attempt_at LIMIT $2 FOR UPDATE SKIP LOCKED) "
+        "RETURNING d.id, d.kind, d.notification, d.attempts, d.budget, c.config, c.enabled",
+        token,
+        limit,
+    )
+    return rows
+
+
+async def settle(
+    conn: asyncpg.Connection,
+    delivery_id: uuid.UUID,
+    token: uuid.UUID,
+    *,
+    status: str,
+    next_at: dt.datetime | None,
+    code: Code | None,
+    error: str | None,
+) -> bool:
+    """Record a send's outcome if the claim ``token`` is still the delivery's; False when it was taken over."""
+    mine = await conn.fetchval(
+        "UPDATE notify_deliveries SET status = $3, next_attempt_at = $4, last_code = COALESCE($5, last_code), "
+        "last_error = COALESCE($6, last_error), delivered_at = CASE WHEN $3 = 'delivered' THEN clock_timestamp() END, "
+        "claim_token = NULL WHERE id = $1 AND claim_token = $2 RETURNING id",
+        delivery_id,
+        token,
+        status,
+        next_at,
+        None if code is None else str(code),
+        error,
+    )
+    return mine is not None
+
+
+async def add_attempt(
+    conn: asyncpg.Connection,
+    delivery_id: uuid.UUID,
+    n: int,
+    outcome: str,
+    status_code: int | None,
+    code: Code | None,
+    error: str | None,
+    duration_ms: int | None,
+) -> None:
+    await conn.execute(
+        "INSERT INTO notify_attempts (tenant_id, delivery_id, n, outcome, status_code, code, error, duration_ms) "
+        "VALUES (pulse_current_tenant(), $1, $2, $3, $4, $5, $6, $7)",
+        delivery_id,
+        n,
+        outcome,
+        status_code,
+        None if code is None else str(code),
+        error,
+        duration_ms,
+    )

@@ -19,12 +19,12 @@ import uvicorn
 from fastapi import Depends, FastAPI, Query, Request, Response
 from pydantic import BaseModel, Field
 
-from pulse.cloud.api.handlers import install_error_handlers, read_limited
-from pulse.cloud.ca import CertificateAuthority, _write_private
+from pulse.cloud.ca import CertificateAuthority, write_private
 from pulse.cloud.errors import BadRequestError
 from pulse.cloud.settings import SyncConfig
 from pulse.cloud.sync.service import PROXY_CERT_HEADER, GatewayCaller, SyncService
 from pulse.cloud.tls import PeerCertH11Protocol
+from pulse.cloud.web import install_error_handlers, read_limited
 from pulse.protocol.errors import Code
 from pulse.protocol.sync import (
     BATCHES_PATH,
@@ -137,7 +137,7 @@ class SyncListener:
         cert_pem, key_pem = self._ca.issue_server_cert(list(self._config.names))
         # per process (several workers each issue their own); removed once the TLS context is loaded
         cert_file, key_file = directory / f"sync-server-{os.getpid()}.crt", directory / f"sync-server-{os.getpid()}.key"
-        _write_private(key_file, key_pem)
+        write_private(key_file, key_pem)
         cert_file.write_bytes(cert_pem)
         family = socket.AF_INET6 if ":" in self._config.host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)

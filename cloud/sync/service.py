@@ -38,11 +38,11 @@ from pulse.cloud.alerts import merge_edge_alerts
 from pulse.cloud.auth.credentials import sha256_hex
 from pulse.cloud.ca import CertificateAuthority, IdentityError
 from pulse.cloud.db.pool import Database, audit
+from pulse.cloud.downlink import POLL_S, Notifier, pending, push_rules
 from pulse.cloud.errors import AuthError, BadRequestError, ForbiddenError, InvalidError, StorageUnavailableError
 from pulse.cloud.ingest.writer import QuarantineRow, TelemetryRow, write_rows
 from pulse.cloud.metrics import Metrics
 from pulse.cloud.settings import SyncConfig
-from pulse.cloud.sync.downlink import POLL_S, Notifier, pending, push_rules
 from pulse.cloud.tls import Scope, peer_certificate
 from pulse.protocol import batch as codec
 from pulse.protocol import commands

@@ -1,44 +1,31 @@
 // The signed-in shell: navigation that follows the account's roles, and the page for the URL.
-import { createContext, useContext, type ReactNode } from "react";
+import type { ReactNode } from "react";
 import { useQuery } from "@tanstack/react-query";
 import { api, logout } from "./api";
-import { match, navigate, useLocation } from "./router";
-import { useTheme, type Theme } from "./theme";
+import { match, useLocation } from "./router";
+import { useTheme } from "./theme";
 import type { Me } from "./types";
 import { ErrorBox, Loading } from "./components/ui";
-import { OverviewPage } from "./pages/Overview";
-import { DevicesPage } from "./pages/Devices";
-import { DevicePage } from "./pages/Device";
-import { SitesPage } from "./pages/Sites";
-import { TenantsPage } from "./pages/Tenants";
-import { AlertPage, AlertsPage } from "./pages/Alerts";
-import { RulesPage } from "./pages/Rules";
-import { GatewaysPage } from "./pages/Gateways";
-import { AuditPage } from "./pages/Audit";
-import { HealthPage, NocPage, OperatorAlertsPage, OperatorDevicesPage } from "./pages/Operator";
-import { EscalationPage, NotificationsPage, OncallPage } from "./pages/Notify";
-import { NotFound } from "./pages/NotFound";
+import { Link } from "./components/Link";
+import { AccessContext, type Access } from "./lib/access";
+import { OverviewPage } from "./features/overview/Overview";
+import { DevicesPage } from "./features/devices/Devices";
+import { DevicePage } from "./features/devices/Device";
+import { SitesPage } from "./features/sites/Sites";
+import { TenantsPage } from "./features/tenants/Tenants";
+import { AlertPage, AlertsPage } from "./features/alerts/Alerts";
+import { RulesPage } from "./features/rules/Rules";
+import { GatewaysPage } from "./features/gateways/Gateways";
+import { AuditPage } from "./features/audit/Audit";
+import { NocPage } from "./features/operator/Noc";
+import { HealthPage } from "./features/operator/Health";
+import { OperatorDevicesPage } from "./features/operator/Devices";
+import { OperatorAlertsPage } from "./features/operator/Alerts";
+import { NotificationsPage } from "./features/notify/Notifications";
+import { EscalationPage } from "./features/notify/Escalation";
+import { OncallPage } from "./features/notify/Oncall";
+import { NotFound } from "./components/NotFound";
 
-export type Access = { me: Me; tenant: boolean; canWrite: boolean; operator: boolean; theme: Theme };
-
-const AccessContext = createContext<Access | null>(null);
-export const useAccess = (): Access => useContext(AccessContext)!;
-
-export function Link({ to, children, className }: { to: string; children: ReactNode; className?: string }) {
-  return (
-    <a
-      href={"/app" + to}
-      className={className}
-      onClick={(e) => {
-        if (e.metaKey || e.ctrlKey || e.shiftKey || e.button !== 0) return;
-        e.preventDefault();
-        navigate(to);
-      }}
-    >
-      {children}
-    </a>
-  );
-}
 
 function page(path: string, access: Access): ReactNode {
   if (access.tenant) {

@@ -2,7 +2,7 @@
 // An expired access token is refreshed once (single flight) and the request retried; when the
 // refresh fails too, the session ends and the login page shows.
 
-import { asPage, type Page } from "./paging";
+import type { Page } from "./paging";
 
 export class ApiError extends Error {
   constructor(
@@ -129,10 +129,9 @@ export async function api<T>(path: string, opts: Opts = {}): Promise<T> {
   return (await request<T>(path, opts)).body;
 }
 
-/** A list page: {items, next_cursor} bodies as they are; plain lists with the X-Next-Cursor header. */
+/** A list page: every list of the API answers {items, next_cursor} (the cursor is in the body). */
 export async function apiPage<T>(path: string, opts: Opts = {}): Promise<Page<T>> {
-  const r = await request<T[] | Page<T>>(path, opts);
-  return asPage(r.body, r.headers.get("X-Next-Cursor"));
+  return api<Page<T>>(path, opts);
 }
 
 async function request<T>(path: string, opts: Opts): Promise<{ body: T; headers: Headers }> {

@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { asPage, next, previous, cursorsFor, type CursorStack } from "./paging";
+import { next, previous, cursorsFor, type CursorStack } from "./paging";
 import { flatten, parseDesired, twinRows } from "./twin";
 import { gaps, layoutTimeline, ON_CALL, OVERRIDES } from "./timeline";
 
@@ -22,10 +22,6 @@ describe("paging", () => {
     const s: CursorStack = { key: k, cursors: [null] };
     expect(next(s, k, null)).toBe(s);
     expect(cursorsFor(previous(s, k), k)).toEqual([null]);
-  });
-  it("reads both page shapes", () => {
-    expect(asPage([1, 2], "n")).toEqual({ items: [1, 2], next_cursor: "n" });
-    expect(asPage({ items: [3], next_cursor: null }, "ignored")).toEqual({ items: [3], next_cursor: null });
   });
 });
 

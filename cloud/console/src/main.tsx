@@ -3,7 +3,7 @@ import { createRoot } from "react-dom/client";
 import { QueryClient, QueryClientProvider } from "@tanstack/react-query";
 import { ApiError, session } from "./api";
 import { App } from "./App";
-import { LoginPage } from "./pages/Login";
+import { LoginPage } from "./features/login/Login";
 import "./styles.css";
 
 const queries = new QueryClient({

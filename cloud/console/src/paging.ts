@@ -1,7 +1,6 @@
 // Server-side paging by cursor: a stack of cursors (page 1 has none) that belongs to one set of
-// filters; when the filters change the stack starts again at page 1. The API either answers
-// {items, next_cursor} or, for older list endpoints (alerts), a plain list with the next cursor in
-// the X-Next-Cursor header; `asPage` turns both into one shape.
+// filters; when the filters change the stack starts again at page 1. Every list of the API answers
+// {items, next_cursor}.
 import { useState } from "react";
 
 export type Page<T> = { items: T[]; next_cursor: string | null };
@@ -21,11 +20,6 @@ export function next(stack: CursorStack, key: string, cursor: string | null): Cu
 export function previous(stack: CursorStack, key: string): CursorStack {
   const cursors = cursorsFor(stack, key);
   return { key, cursors: cursors.length > 1 ? cursors.slice(0, -1) : cursors };
-}
-
-export function asPage<T>(body: T[] | Page<T>, headerCursor: string | null): Page<T> {
-  if (Array.isArray(body)) return { items: body, next_cursor: headerCursor };
-  return body;
 }
 
 /** The paging state of one list whose filters are `filters` (any JSON-able value). */

@@ -212,7 +212,8 @@ export type Command = {
 };
 
 // notifications, escalation, on-call (API-CONTRACT.md, helper "notify")
-export type ChannelKind = "slack" | "pagerduty" | "teams" | "webhook" | "email" | "snmp" | "mqtt";
+import type { ChannelKind } from "./features/notify/kinds";
+export type { ChannelKind };
 export type Channel = { id: string; name: string; kind: ChannelKind; config: Record<string, unknown>; enabled: boolean; created: string };
 export type Route = {
   id: string;

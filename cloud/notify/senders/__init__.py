@@ -1,4 +1,7 @@
-"""Channel senders, one module each, registered in ``CHANNELS`` (kind -> Channel).
+"""Channel senders, one module each, registered in ``CHANNELS`` (kind -> Channel): the one table of
+channel kinds. Everything else that names kinds derives from it: ``KINDS``, ``IDEMPOTENT_KINDS``,
+``HTTP_KINDS``, the API's ``ChannelKind`` enum and the console's generated ``kinds.ts``
+(``render_console_kinds``; a unit test keeps the file equal to it).
 
 Every module has the same shape (see ``base.py``): ``Config``, a pure ``build``, and ``send`` that
 returns an ``Outcome``. ``validate(kind, raw)`` turns a customer's settings into a Config or a
@@ -21,6 +24,24 @@ from pulse.protocol.errors import Code
 CHANNELS: Mapping[str, Channel[Any]] = {
     m.CHANNEL.kind: m.CHANNEL for m in (slack, pagerduty, teams, webhook, email, snmp, mqtt)
 }
+KINDS: tuple[str, ...] = tuple(CHANNELS)
+IDEMPOTENT_KINDS = frozenset(k for k, c in CHANNELS.items() if c.idempotent)
+"""Channels whose receiver folds repeats: a send whose outcome is unknown is sent again."""
+HTTP_KINDS = frozenset(k for k, c in CHANNELS.items() if c.http)
+"""Channels whose receiver answers over HTTP (an attempt records the status code)."""
+
+
+def render_console_kinds() -> str:
+    """The console's ``features/notify/kinds.ts``: the channel kinds and their properties, from ``CHANNELS``."""
+    kinds = ", ".join(f'"{k}"' for k in KINDS)
+    idempotent = ", ".join(f"{k}: {str(c.idempotent).lower()}" for k, c in CHANNELS.items())
+    return (
+        "// Generated from pulse.cloud.notify.senders.CHANNELS (the one table of channel kinds); do not edit.\n"
+        "// Regenerate: .venv/bin/python -m pulse.cloud.notify.senders > cloud/console/src/features/notify/kinds.ts\n"
+        f"export const KINDS = [{kinds}] as const;\n"
+        "export type ChannelKind = (typeof KINDS)[number];\n"
+        f"export const IDEMPOTENT: Record<ChannelKind, boolean> = {{ {idempotent} }};\n"
+    )
 
 
 def channel(kind: str) -> Channel[Any]:
@@ -52,4 +73,4 @@ async def send(kind: str, config: ChannelConfig, notification: Notification, ctx
     return await target.send(config, notification, ctx)
 
 
-__all__ = ["CHANNELS", "SendContext", "channel", "send", "validate"]
+__all__ = ["CHANNELS", "HTTP_KINDS", "IDEMPOTENT_KINDS", "KINDS", "SendContext", "channel", "render_console_kinds", "send", "validate"]

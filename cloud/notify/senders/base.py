@@ -47,9 +47,15 @@ C = TypeVar("C", bound=ChannelConfig)
 
 @dataclass(frozen=True)
 class Channel(Generic[C]):
+    """One channel kind and its properties; ``CHANNELS`` (senders/__init__.py) is the one table of them."""
+
     kind: str
     config: type[C]
     send: Callable[[C, Notification, SendContext], Awaitable[Outcome]] = field(repr=False)
+    idempotent: bool = False
+    """The receiver folds repeats (PagerDuty's dedup_key): a send whose outcome is unknown is sent again."""
+    http: bool = False
+    """The receiver answers over HTTP: an attempt records the status code it answered."""
 
 
 def _http_url(value: str) -> str:

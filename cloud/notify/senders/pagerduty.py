@@ -85,4 +85,4 @@ async def send(config: Config, n: Notification, ctx: SendContext) -> Outcome:
     return await deliver(ctx, build(config, n), interpret)
 
 
-CHANNEL = Channel("pagerduty", Config, send)
+CHANNEL = Channel("pagerduty", Config, send, idempotent=True, http=True)

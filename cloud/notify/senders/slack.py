@@ -56,4 +56,4 @@ async def send(config: Config, n: Notification, ctx: SendContext) -> Outcome:
     return await deliver(ctx, build(config, n), interpret)
 
 
-CHANNEL = Channel("slack", Config, send)
+CHANNEL = Channel("slack", Config, send, http=True)

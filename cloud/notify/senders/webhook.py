@@ -70,4 +70,4 @@ async def send(config: Config, n: Notification, ctx: SendContext) -> Outcome:
     return await deliver(ctx, build(config, n, ctx.now()), interpret)
 
 
-CHANNEL = Channel("webhook", Config, send)
+CHANNEL = Channel("webhook", Config, send, http=True)

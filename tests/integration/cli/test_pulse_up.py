@@ -92,8 +92,7 @@ def test_pulse_up_runs_the_whole_stack_and_stops_on_ctrl_c(tmp_path: Path) -> No
                 opened = [m["body"] for m in received if m["body"]["device"] == "dev-0000" and m["body"]["event"] == "opened"]
                 assert opened, received
                 assert opened[0]["severity"] == "critical" and opened[0]["metric"] == "temperature_c"
-                alerts = httpx.get(cloud + "/api/v1/alerts", params={"state": "open"}, headers=headers, timeout=10).json()
-                alerts = alerts["items"] if isinstance(alerts, dict) else alerts
+                alerts = httpx.get(cloud + "/api/v1/alerts", params={"state": "open"}, headers=headers, timeout=10).json()["items"]
                 assert any(a["rule_id"] == "env-overheat" for a in alerts), alerts
         finally:
             proc.send_signal(signal.SIGINT)

@@ -73,7 +73,7 @@ try {
 
   // --- an alert opens; ack it and it leaves the Open tab --------------------------------------------
   seen.hot_status = await ingest([{ v: 1, metrics: { [task.metric]: 41.5 } }]);
-  const alert = await until("the alert", async () => (await api(`/api/v1/alerts?state=open&rule_id=${task.rule_id}`)).body[0]);
+  const alert = await until("the alert", async () => (await api(`/api/v1/alerts?state=open&rule_id=${task.rule_id}`)).body.items[0]);
   seen.alert_id = alert.id;
   await nav(page, "Alerts");
   const row = page.getByTestId("alerts-table").locator(`tr[data-alert-id="${alert.id}"]`);

@@ -58,7 +58,7 @@ async def wait_for(fn: Any, what: str, limit_s: float = 15.0) -> Any:
 async def alerts(cloud: Cloud, headers: dict[str, str], **params: Any) -> list[dict[str, Any]]:
     r = await cloud.client.get("/api/v1/alerts", params=params, headers=headers)
     assert r.status_code == 200, r.text
-    return r.json()  # type: ignore[no-any-return]
+    return r.json()["items"]  # type: ignore[no-any-return]
 
 
 async def test_threshold_crossing_at_http_ingest_opens_an_explained_alert_and_clearing_closes_it(cloud: Cloud) -> None:

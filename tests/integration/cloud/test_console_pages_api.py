@@ -55,21 +55,21 @@ async def test_alert_pages_follow_the_cursor_without_gaps_or_repeats(cloud: Clou
     while True:
         r = await cloud.client.get("/api/v1/alerts", params={"limit": 100, **({"cursor": cursor} if cursor else {})}, headers=a)
         assert r.status_code == 200, r.text
-        assert isinstance(r.json(), list)  # the old shape: a plain list
-        seen += [x["id"] for x in r.json()]
+        assert "x-next-cursor" not in r.headers  # one dialect: the cursor is in the body
+        seen += [x["id"] for x in r.json()["items"]]
         pages += 1
-        cursor = r.headers.get("x-next-cursor")
+        cursor = r.json()["next_cursor"]
         if cursor is None:
             break
     assert pages == 3 and len(seen) == 250 == len(set(seen))
     everything = (await cloud.client.get("/api/v1/alerts", params={"limit": 1000}, headers=a)).json()
-    assert seen == [x["id"] for x in everything]  # the same order as one big page
-    assert "x-next-cursor" not in (await cloud.client.get("/api/v1/alerts", params={"limit": 1000}, headers=a)).headers
+    assert seen == [x["id"] for x in everything["items"]]  # the same order as one big page
+    assert everything["next_cursor"] is None
     # filters combine with the cursor; another tenant's list never shows A's alerts
     open_major = await cloud.client.get("/api/v1/alerts", params={"state": "open", "severity": "major", "limit": 20}, headers=a)
-    assert {x["severity"] for x in open_major.json()} == {"major"} and {x["state"] for x in open_major.json()} == {"open"}
+    assert {x["severity"] for x in open_major.json()["items"]} == {"major"} and {x["state"] for x in open_major.json()["items"]} == {"open"}
     r = await cloud.client.get("/api/v1/alerts", params={"limit": 1000}, headers=b)
-    assert {x["device_id"][:5] for x in r.json()} == {"other"}
+    assert {x["device_id"][:5] for x in r.json()["items"]} == {"other"}
     r = await cloud.client.get("/api/v1/alerts", params={"cursor": "not-a-cursor"}, headers=a)
     assert r.status_code == 422 and r.json()["code"] == "api.invalid"
 
@@ -86,10 +86,10 @@ async def test_alert_counts_and_site_filter_stay_inside_the_tenant(cloud: Cloud)
     # 10 alerts with i = 0..9, i % 7 == 0 closed (0 and 7); 4 more, i = 0 closed
     assert sum(r.json().values()) == 8 + 3 and set(r.json()) == set(SEVERITIES)
     r = await cloud.client.get("/api/v1/alerts", params={"site_id": site, "limit": 100}, headers=a)
-    assert len(r.json()) == 10 and {x["site_id"] for x in r.json()} == {site}
+    assert len(r.json()["items"]) == 10 and {x["site_id"] for x in r.json()["items"]} == {site}
     # B filtering by A's site sees nothing
     r = await cloud.client.get("/api/v1/alerts", params={"site_id": site}, headers=b)
-    assert r.json() == []
+    assert r.json() == {"items": [], "next_cursor": None}
     r = await cloud.client.get("/api/v1/alerts/counts", params={"site_id": site}, headers=b)
     assert sum(r.json().values()) == 0
 

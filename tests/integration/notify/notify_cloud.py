@@ -60,7 +60,7 @@ async def open_alert(c: NotifyCloud, h: dict[str, str]) -> int:
 
     async def opened() -> Any:
         r = await c.client.get("/api/v1/alerts", params={"state": "open"}, headers=h)
-        return r.json()
+        return r.json()["items"]
 
     return int((await c.wait_for(opened, what="the alert"))[0]["id"])
 

@@ -130,7 +130,7 @@ async def test_throttle_drops_repeat_opens_of_the_same_fingerprint(ncloud: Notif
     for n in (1, 2):  # open, close (the rule clears), open again, close: one fingerprint, two alerts
 
         async def alerts(state: str, n: int = n) -> Any:
-            found = (await ncloud.client.get("/api/v1/alerts", params={"state": state}, headers=h)).json()
+            found = (await ncloud.client.get("/api/v1/alerts", params={"state": state}, headers=h)).json()["items"]
             return len(found) == n or None
 
         await reading(ncloud, dev, 31.5)

@@ -55,7 +55,7 @@ async def test_unacknowledged_alert_escalates_level_by_level_and_ack_stops_it(cl
         await reading(c, dev, 31.5)
 
         async def alert_id() -> Any:
-            return [a["id"] for a in (await c.client.get("/api/v1/alerts", headers=h)).json()]
+            return [a["id"] for a in (await c.client.get("/api/v1/alerts", headers=h)).json()["items"]]
 
         [aid] = await c.wait_for(alert_id, what="the alert")
 
@@ -98,7 +98,7 @@ async def test_policy_runs_out_after_its_last_level_and_repeat(cloud_settings: S
         await reading(c, await device(c, h), 31.5)
 
         async def opened() -> Any:
-            return (await c.client.get("/api/v1/alerts", headers=h)).json()
+            return (await c.client.get("/api/v1/alerts", headers=h)).json()["items"]
 
         [alert] = await c.wait_for(opened, what="the alert")
         t0 = dt.datetime.now(dt.UTC)

@@ -4,7 +4,7 @@
 import { useEffect, useMemo, useState } from "react";
 import { keepPreviousData, useMutation, useQuery, useQueryClient } from "@tanstack/react-query";
 import { api, ApiError } from "../api";
-import { useAccess } from "../App";
+import { useAccess } from "../lib/access";
 import { live } from "../live";
 import { usePaging, type Page } from "../paging";
 import { mergePatch, parseDesired, twinRows, type Doc, type Json } from "../twin";

@@ -2,14 +2,15 @@
 // paging by cursor, ack / close / silence one or many, and the explanation of why each fired.
 import { Fragment, useMemo, useState } from "react";
 import { keepPreviousData, useMutation, useQuery, useQueryClient } from "@tanstack/react-query";
-import { api, ApiError, apiPage } from "../api";
-import { Link, useAccess } from "../App";
-import { usePaging } from "../paging";
-import { navigate, useLocation } from "../router";
-import { SEVERITIES, type Alert, type AlertDetail, type Rule } from "../types";
-import { ago, Empty, ErrorBox, Loading, Pager, SeverityBadge, Time, until } from "../components/ui";
-import { useSites } from "./Devices";
-import { NotFound } from "./NotFound";
+import { api, ApiError, apiPage } from "../../api";
+import { Link } from "../../components/Link";
+import { useAccess } from "../../lib/access";
+import { usePaging } from "../../paging";
+import { navigate, useLocation } from "../../router";
+import { SEVERITIES, type Alert, type AlertDetail, type Rule } from "../../types";
+import { ago, Empty, ErrorBox, Loading, Pager, SeverityBadge, Time, until } from "../../components/ui";
+import { useSites } from "../sites/useSites";
+import { NotFound } from "../../components/NotFound";
 
 const STATES = [
   ["open", "Open"],

@@ -1,4 +1,4 @@
-"""HTTP plumbing shared by the public app and the gateway sync app: JSON error answers (every
+"""HTTP plumbing shared by every cloud app (the public app with its API and ingest, the gateway sync app): JSON error answers (every
 error is ``{code, message, ...}`` with a stable code from protocol/errors.py) and bounded bodies."""
 
 from __future__ import annotations

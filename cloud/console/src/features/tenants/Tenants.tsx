@@ -1,7 +1,7 @@
 import { useQuery } from "@tanstack/react-query";
-import { api } from "../api";
-import type { Tenant } from "../types";
-import { Empty, ErrorBox, Loading, Time } from "../components/ui";
+import { api } from "../../api";
+import type { Tenant } from "../../types";
+import { Empty, ErrorBox, Loading, Time } from "../../components/ui";
 
 export function TenantsPage() {
   const q = useQuery({ queryKey: ["tenants"], queryFn: () => api<Tenant[]>("/api/v1/operator/tenants") });

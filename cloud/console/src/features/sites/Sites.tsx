@@ -1,11 +1,12 @@
 // Sites: list, create, edit in place, delete (a site's devices stay, without a site).
 import { useState, type FormEvent } from "react";
 import { useMutation, useQueryClient } from "@tanstack/react-query";
-import { api } from "../api";
-import { Link, useAccess } from "../App";
-import type { Site } from "../types";
-import { Empty, ErrorBox, Loading, Time } from "../components/ui";
-import { useSites } from "./Devices";
+import { api } from "../../api";
+import { Link } from "../../components/Link";
+import { useAccess } from "../../lib/access";
+import type { Site } from "../../types";
+import { Empty, ErrorBox, Loading, Time } from "../../components/ui";
+import { useSites } from "../sites/useSites";
 
 type Draft = { name: string; address: string; latitude: string; longitude: string };
 const blank: Draft = { name: "", address: "", latitude: "", longitude: "" };

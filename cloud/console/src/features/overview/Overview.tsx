@@ -1,8 +1,8 @@
 import { useQuery } from "@tanstack/react-query";
-import { api, apiPage } from "../api";
-import { Link } from "../App";
-import { SEVERITIES, type Alert, type FleetSummary } from "../types";
-import { ago, Empty, ErrorBox, Loading, SeverityBadge } from "../components/ui";
+import { api, apiPage } from "../../api";
+import { Link } from "../../components/Link";
+import { SEVERITIES, type Alert, type FleetSummary } from "../../types";
+import { ago, Empty, ErrorBox, Loading, SeverityBadge } from "../../components/ui";
 
 const STATUSES = ["active", "provisioned", "disabled", "decommissioned"] as const;
 const STATES = ["online", "stale", "offline", "unreachable"] as const;

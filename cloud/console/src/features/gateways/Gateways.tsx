@@ -2,11 +2,11 @@
 // certificate expiry; create one (its enrollment token is shown once), new token, revoke.
 import { useState } from "react";
 import { useMutation, useQuery, useQueryClient } from "@tanstack/react-query";
-import { api } from "../api";
-import { useAccess } from "../App";
-import type { EnrollmentToken, Gateway } from "../types";
-import { ago, bytes, Empty, ErrorBox, Loading, SecretOnce, StatusBadge, Time, until } from "../components/ui";
-import { useSites } from "./Devices";
+import { api } from "../../api";
+import { useAccess } from "../../lib/access";
+import type { EnrollmentToken, Gateway } from "../../types";
+import { ago, bytes, Empty, ErrorBox, Loading, SecretOnce, StatusBadge, Time, until } from "../../components/ui";
+import { useSites } from "../sites/useSites";
 
 const WEEK = 7 * 86_400_000;
 

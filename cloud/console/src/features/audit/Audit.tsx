@@ -1,11 +1,11 @@
 // The tenant's audit log (tenant admins): who did what, newest first, paged on the server;
 // operators' cross-tenant looks at this tenant's data are marked.
 import { keepPreviousData, useQuery } from "@tanstack/react-query";
-import { api } from "../api";
-import { usePaging, type Page } from "../paging";
-import { navigate, useLocation } from "../router";
-import type { AuditEntry } from "../types";
-import { Empty, ErrorBox, Loading, Pager, Time } from "../components/ui";
+import { api } from "../../api";
+import { usePaging, type Page } from "../../paging";
+import { navigate, useLocation } from "../../router";
+import type { AuditEntry } from "../../types";
+import { Empty, ErrorBox, Loading, Pager, Time } from "../../components/ui";
 
 export function AuditPage() {
   const { query } = useLocation();

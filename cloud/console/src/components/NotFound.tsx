@@ -1,4 +1,4 @@
-import { Link } from "../App";
+import { Link } from "./Link";
 
 export function NotFound({ what = "page" }: { what?: string }) {
   return (

@@ -2,17 +2,15 @@
 // device_id), and a create form for tenant admins.
 import { useEffect, useMemo, useState, type FormEvent } from "react";
 import { keepPreviousData, useMutation, useQuery, useQueryClient } from "@tanstack/react-query";
-import { api } from "../api";
-import { Link, useAccess } from "../App";
-import { navigate, useLocation } from "../router";
-import type { Device, DevicePage, Site } from "../types";
-import { Empty, ErrorBox, Loading, StatusBadge, Time } from "../components/ui";
+import { api } from "../../api";
+import { Link } from "../../components/Link";
+import { useAccess } from "../../lib/access";
+import { useSites } from "../sites/useSites";
+import { navigate, useLocation } from "../../router";
+import type { Device, DevicePage, Site } from "../../types";
+import { Empty, ErrorBox, Loading, StatusBadge, Time } from "../../components/ui";
 
 const PAGE_SIZES = [50, 100, 200, 500];
-
-export function useSites() {
-  return useQuery({ queryKey: ["sites"], queryFn: () => api<Site[]>("/api/v1/sites") });
-}
 
 export function DevicesPage() {
   const { query } = useLocation();

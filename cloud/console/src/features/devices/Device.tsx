@@ -2,17 +2,18 @@
 // readings folded in as they are stored), and its credentials.
 import { useEffect, useMemo, useRef, useState } from "react";
 import { useMutation, useQuery, useQueryClient } from "@tanstack/react-query";
-import { api, ApiError } from "../api";
-import { Link, useAccess } from "../App";
-import { live, useLiveState } from "../live";
-import { navigate, useLocation } from "../router";
-import { foldReading, numeric, RANGES, rangeWindow, type RangeKey } from "../series";
-import type { Alert, Credential, Device, IssuedCredential, Latest, Point, Series } from "../types";
-import { Chart } from "../components/Chart";
-import { CommandsSection, TwinSection } from "../components/Twin";
-import { ago, Empty, ErrorBox, Loading, SecretOnce, SeverityBadge, StatusBadge, Time } from "../components/ui";
-import { NotFound } from "./NotFound";
-import { useSites } from "./Devices";
+import { api, ApiError, apiPage } from "../../api";
+import { Link } from "../../components/Link";
+import { useAccess } from "../../lib/access";
+import { live, useLiveState } from "../../live";
+import { navigate, useLocation } from "../../router";
+import { foldReading, numeric, RANGES, rangeWindow, type RangeKey } from "../../series";
+import type { Alert, Credential, Device, IssuedCredential, Latest, Point, Series } from "../../types";
+import { Chart } from "../../components/Chart";
+import { CommandsSection, TwinSection } from "../../components/Twin";
+import { ago, Empty, ErrorBox, Loading, SecretOnce, SeverityBadge, StatusBadge, Time } from "../../components/ui";
+import { NotFound } from "../../components/NotFound";
+import { useSites } from "../sites/useSites";
 
 export function DevicePage({ id }: { id: string }) {
   const device = useQuery({ queryKey: ["device", id], queryFn: () => api<Device>(`/api/v1/devices/${id}`) });
@@ -184,7 +185,7 @@ function Telemetry({ device, metrics }: { device: Device; metrics: string[] }) {
 function DeviceAlerts({ device }: { device: Device }) {
   const q = useQuery({
     queryKey: ["alerts", "device", device.device_id],
-    queryFn: () => api<Alert[]>("/api/v1/alerts", { query: { device_id: device.device_id, state: ["open", "acknowledged"], limit: 20 } }),
+    queryFn: async () => (await apiPage<Alert>("/api/v1/alerts", { query: { device_id: device.device_id, state: ["open", "acknowledged"], limit: 20 } })).items,
     refetchInterval: 30_000,
   });
   return (

@@ -3,13 +3,13 @@
 // with the threshold line and the points where the rule would have opened and closed alerts.
 import { useEffect, useMemo, useState } from "react";
 import { useMutation, useQuery, useQueryClient } from "@tanstack/react-query";
-import { api, ApiError } from "../api";
-import { useAccess } from "../App";
-import { navigate, useLocation } from "../router";
-import { conditionText, FIELD_OF_CODE, markers, OPERATORS } from "../rules";
-import { SEVERITIES, type DevicePage, type Preview, type Rule, type Series } from "../types";
-import { EChart, cssVar } from "../components/EChart";
-import { Empty, ErrorBox, Loading, SeverityBadge, Time } from "../components/ui";
+import { api, ApiError } from "../../api";
+import { useAccess } from "../../lib/access";
+import { navigate, useLocation } from "../../router";
+import { conditionText, FIELD_OF_CODE, markers, OPERATORS } from "../../rules";
+import { SEVERITIES, type DevicePage, type Preview, type Rule, type Series } from "../../types";
+import { EChart, cssVar } from "../../components/EChart";
+import { Empty, ErrorBox, Loading, SeverityBadge, Time } from "../../components/ui";
 
 const BLANK: Rule = { id: "", name: "", kind: "threshold", severity: "major", metric: "", operator: "GT", threshold: 0, window_s: 0, enabled: true };
 

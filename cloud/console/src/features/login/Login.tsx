@@ -1,5 +1,5 @@
 import { useState, type FormEvent } from "react";
-import { ApiError, login } from "../api";
+import { ApiError, login } from "../../api";
 
 export function LoginPage() {
   const [email, setEmail] = useState("");
