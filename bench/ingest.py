@@ -98,11 +98,11 @@ async def _setup(dsn: str, roles: RoleNames) -> tuple[uuid.UUID, list[tuple[str,
 async def _raw_copy(dsn: str, roles: RoleNames, tenant: uuid.UUID, devices: list[tuple[str, str]], start_ms: int) -> float:
     per_device = MESSAGES // DEVICES
     now = datetime.now(UTC)
-    rows = []
+    rows: list[TelemetryRow] = []
     for device_id, _ in devices:
         for env in _envelopes(0, start_ms, per_device):
             rows.append(
-                (
+                TelemetryRow(
                     datetime.fromtimestamp(int(env["ts"]) / 1000, UTC),  # type: ignore[call-overload]
                     tenant,
                     device_id,

@@ -116,7 +116,7 @@ async def _drain(settings: Settings) -> tuple[float, int, int]:
 async def _raw_copy(dsn: str, roles: RoleNames, tenant: uuid.UUID, records: list[Record], chunk: int) -> float:
     now = datetime.now(UTC)
     rows: list[TelemetryRow] = [
-        (datetime.fromtimestamp(r.ts_ms / 1000, UTC), tenant, r.device_id, "telemetry", orjson.dumps(r.metrics).decode(),
+        TelemetryRow(datetime.fromtimestamp(r.ts_ms / 1000, UTC), tenant, r.device_id, "telemetry", orjson.dumps(r.metrics).decode(),
          None, None, r.device_seq, None, "bench-raw", now)
         for r in records
     ]

@@ -23,7 +23,8 @@ import uuid
 from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+
+from pulse.cloud.db.rows import TelemetryRow
 
 Key = tuple[uuid.UUID, str]
 
@@ -133,8 +134,8 @@ class LiveHub:
         for sub in subs:
             sub._offer(point)
 
-    def publish(self, rows: Iterable[Sequence[object]]) -> None:
-        """Hand committed telemetry rows (writer.TelemetryRow) to the subscribers of their device,
+    def publish(self, rows: Iterable[TelemetryRow]) -> None:
+        """Hand committed telemetry rows to the subscribers of their device,
         and one event per device of the batch to the feeds."""
         if self._feeds:
             rows = list(rows)
@@ -142,21 +143,18 @@ class LiveHub:
         if not self._subs:
             return
         for row in rows:
-            time, tenant_id, device_id, msg_type, metrics = row[0], row[1], row[2], row[3], row[4]
-            subs = self._subs.get((tenant_id, device_id))  # type: ignore[arg-type]
+            subs = self._subs.get((row.tenant_id, row.device_id))
             if not subs:
                 continue
-            assert isinstance(time, datetime) and isinstance(metrics, str)
-            point = LivePoint(time_ms=int(time.timestamp() * 1000), metrics=json.loads(metrics), msg_type=str(msg_type))
+            point = LivePoint(time_ms=int(row.time.timestamp() * 1000), metrics=json.loads(row.metrics), msg_type=row.msg_type)
             for sub in subs:
                 sub._offer(point)
 
-    def _publish_feed(self, rows: Sequence[Sequence[object]]) -> None:
+    def _publish_feed(self, rows: Sequence[TelemetryRow]) -> None:
         per_device: dict[Key, dict[str, object]] = {}
         for row in rows:
-            time, tenant_id, device_id, metrics = row[0], row[1], row[2], row[4]
-            assert isinstance(time, datetime) and isinstance(tenant_id, uuid.UUID) and isinstance(metrics, str)
-            key = (tenant_id, str(device_id))
+            time, tenant_id, device_id, metrics = row.time, row.tenant_id, row.device_id, row.metrics
+            key = (tenant_id, device_id)
             event = per_device.get(key)
             t = int(time.timestamp() * 1000)
             if event is None:

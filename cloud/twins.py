@@ -11,6 +11,9 @@ replayed batch is never applied twice). The rules themselves are ``pulse.protoco
   the device (the caller wakes them after the commit).
 - ``apply_reported``: a device's ``twin_reported`` (synced by its gateway, or over HTTP ingest).
 - ``create_command`` / ``command_event``: the command state machine, stored with its history.
+- ``apply_device_messages``: what a device says about its twin and its commands (``twin_reported``,
+  ``command_ack``, and the gateway's ``command_state``), whether it came over HTTP ingest or in a
+  gateway's sync batch: one rule for both paths.
 - ``deliver_acked``: the gateway acked downlink items; the commands among them are ``delivered``.
 - ``expire_due``: the sweep; commands that were never sent and whose deadline passed are expired
   and withdrawn from the downlink.
@@ -24,6 +27,7 @@ import json
 import logging
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,9 +37,9 @@ from pulse.cloud.db.pool import Database
 from pulse.cloud.downlink import enqueue, gateways_serving
 from pulse.protocol import commands, twin
 from pulse.protocol.commands import Command, CommandEvent, CommandState
-from pulse.protocol.envelope import JsonObject
-from pulse.protocol.errors import CommandError
-from pulse.protocol.sync import DownlinkKind, TwinDesired, command_to_payload
+from pulse.protocol.envelope import JsonObject, MessageType
+from pulse.protocol.errors import Code, CommandError, TwinError
+from pulse.protocol.sync import COMMAND_STATE_TYPE, CommandStateReport, DownlinkKind, TwinDesired, command_to_payload
 from pulse.protocol.twin import TwinChange, TwinDocument, TwinLimits, TwinUpdate
 
 log = logging.getLogger("pulse.cloud.twins")
@@ -135,6 +139,67 @@ async def apply_reported(
     doc, change = twin.apply_update(current, TwinUpdate(reported=reported), now_ms=at_ms, limits=limits)
     await _store(conn, tenant, device_id, doc, change, actor, "device")
     return change
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceMessage:
+    """One device message about its twin or its commands, as the ingest path decoded it."""
+
+    device_id: str
+    type: str  # twin_reported | command_ack | command_state
+    body: JsonObject | None
+    at_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    """What ``apply_device_messages`` did: the changes to tell listeners about, as
+    (device, "twin" | "command", detail), and the messages it refused, by index, with their error."""
+
+    changes: list[tuple[str, str, dict[str, object]]]
+    refused: dict[int, TwinError | CommandError]
+
+
+async def apply_device_messages(
+    conn: asyncpg.Connection, tenant: uuid.UUID, messages: Sequence[DeviceMessage], *, actor: str, limits: TwinLimits
+) -> Applied:
+    """Apply device messages in order, each in a savepoint of the caller's transaction: a reported
+    state merges into the twin; an answer or a gateway's state report moves the command. A message
+    the rules refuse (a bad twin body, an answer to a command the device does not have, a move the
+    command's state machine does not allow) is refused with its coded error and leaves the others;
+    the caller rejects or quarantines it. The same rule holds for a direct device (HTTP ingest) and
+    for a gateway's sync batch."""
+    out = Applied([], {})
+    for index, msg in enumerate(messages):
+        try:
+            async with conn.transaction():
+                out.changes.append(await _apply_one(conn, tenant, msg, actor=actor, limits=limits))
+        except (TwinError, CommandError) as exc:
+            out.refused[index] = exc
+    return out
+
+
+async def _apply_one(
+    conn: asyncpg.Connection, tenant: uuid.UUID, msg: DeviceMessage, *, actor: str, limits: TwinLimits
+) -> tuple[str, str, dict[str, object]]:
+    if msg.type == MessageType.TWIN_REPORTED.value:
+        change = await apply_reported(conn, tenant, msg.device_id, msg.body or {}, at_ms=msg.at_ms, actor=actor, limits=limits)
+        return msg.device_id, "twin", {"version": change.version}
+    if msg.type == MessageType.COMMAND_ACK.value:
+        ack = commands.parse_ack(msg.body or {})
+        command_id, event, result, error = ack.command_id, ack.event, ack.result, ack.error
+    elif msg.type == COMMAND_STATE_TYPE:
+        try:
+            report = CommandStateReport.from_body(msg.body)
+        except ValueError as exc:
+            raise CommandError(Code.COMMAND_BAD, str(exc)) from exc
+        command_id, event, result, error = report.command_id, report.event, None, None
+    else:
+        raise CommandError(Code.COMMAND_BAD, f"a {msg.type!r} message says nothing about a twin or a command")
+    cmd = await command_event(conn, tenant, msg.device_id, command_id, event, msg.at_ms, result=result, error=error)
+    if cmd is None:
+        raise CommandError(Code.COMMAND_BAD_ACK, f"{msg.device_id} has no command {command_id}")
+    return msg.device_id, "command", {"id": cmd.id, "state": cmd.state.value}
 
 
 async def history_rows(conn: asyncpg.Connection, tenant: uuid.UUID, device_id: str, *, limit: int, before: int | None) -> list[asyncpg.Record]:

@@ -39,6 +39,7 @@ import asyncpg
 
 from pulse.cloud.alerts.store import apply_record, set_device_status
 from pulse.cloud.db.pool import Database
+from pulse.cloud.db.rows import TelemetryRow
 from pulse.protocol.alerts import GATEWAY_OFFLINE, AlertRecord
 from pulse.protocol.errors import RuleError
 from pulse.protocol.rules import (
@@ -153,9 +154,8 @@ async def perform(conn: asyncpg.Connection, actions: Sequence[object]) -> None:
             await apply_record(conn, AlertRecord.of(action))
 
 
-def _items(rows: Iterable[Sequence[object]]) -> list[Item]:
-    """writer.TelemetryRow -> Item."""
-    return [(str(row[2]), str(row[4]), _ms(row[10])) for row in rows]  # type: ignore[arg-type]
+def _items(rows: Iterable[TelemetryRow]) -> list[Item]:
+    return [(row.device_id, row.metrics, _ms(row.received_at)) for row in rows]
 
 
 class RuleRunner:
@@ -172,16 +172,16 @@ class RuleRunner:
 
     # --- event-driven ------------------------------------------------------------------------
 
-    def observe(self, rows: Sequence[Sequence[object]]) -> None:
+    def observe(self, rows: Sequence[TelemetryRow]) -> None:
         """After-commit listener: the rows' outbox entries are committed; wake the evaluator for their tenants."""
-        self._dirty.update(row[1] for row in rows)  # type: ignore[misc]
+        self._dirty.update(row.tenant_id for row in rows)
         self._wake.set()
 
-    async def process(self, rows: Sequence[Sequence[object]]) -> None:
-        """Evaluate rows in hand (writer.TelemetryRow), one transaction per tenant, without the outbox."""
-        by_tenant: dict[uuid.UUID, list[Sequence[object]]] = {}
+    async def process(self, rows: Sequence[TelemetryRow]) -> None:
+        """Evaluate rows in hand, one transaction per tenant, without the outbox."""
+        by_tenant: dict[uuid.UUID, list[TelemetryRow]] = {}
         for row in rows:
-            by_tenant.setdefault(row[1], []).append(row)  # type: ignore[arg-type]
+            by_tenant.setdefault(row.tenant_id, []).append(row)
         failed = 0
         for tenant_id, tenant_rows in by_tenant.items():
             try:

@@ -34,7 +34,7 @@ from pulse.cloud.web import read_limited
 from pulse.protocol import commands
 from pulse.protocol.commands import CommandEvent, CommandState
 from pulse.protocol.envelope import DEFAULT_LIMITS, Limits, MessageType, parse, parse_document
-from pulse.protocol.errors import Code, CommandError, EnvelopeError, TwinError
+from pulse.protocol.errors import Code, EnvelopeError
 from pulse.protocol.twin import DEFAULT_LIMITS as DEFAULT_TWIN_LIMITS
 from pulse.protocol.twin import TwinLimits, document_message
 
@@ -123,11 +123,11 @@ def prepare(
             else:
                 env = parse(msg.raw, now_ms=now_ms, device_id=device_id, expected_type=msg.implied, limits=limits)
         except EnvelopeError as exc:
-            out.quarantine.append((tenant, device_id, None, SOURCE, str(exc.code), exc.message, msg.raw, received_at))
+            out.quarantine.append(QuarantineRow(tenant, device_id, None, SOURCE, str(exc.code), exc.message, msg.raw, received_at))
             out.results.append({"index": index, "status": "rejected", "code": str(exc.code), "message": exc.message})
             continue
         out.telemetry.append(
-            (
+            TelemetryRow(
                 datetime.fromtimestamp(env.ts_ms / 1000, UTC),
                 tenant,
                 device_id,
@@ -175,46 +175,48 @@ class IngestService:
         so). One the twin or command rules refuse is rejected and quarantined with its code
         instead of stored."""
         assert self.db is not None
-        accepted = [r["index"] for r in prepared.results if r["status"] == "accepted"]
-        keep: list[TelemetryRow] = []
-        told: list[tuple[str, dict[str, object]]] = []
+        accepted = [int(r["index"]) for r in prepared.results if r["status"] == "accepted"]  # type: ignore[call-overload]
+        said = [
+            (index, row)
+            for index, row in zip(accepted, prepared.telemetry, strict=True)
+            if row.msg_type in (MessageType.TWIN_REPORTED.value, MessageType.COMMAND_ACK.value)
+        ]
+        if not said:
+            return
         async with self.db.tenant(identity.tenant_id) as conn:
-            for index, row in zip(accepted, prepared.telemetry, strict=True):
-                at_ms = int(row[0].timestamp() * 1000)
-                try:
-                    if row[3] == MessageType.TWIN_REPORTED.value:
-                        async with conn.transaction():
-                            change = await twins.apply_reported(
-                                conn,
-                                identity.tenant_id,
-                                identity.device_id,
-                                json.loads(row[6] or "{}"),
-                                at_ms=at_ms,
-                                actor=f"device:{identity.device_id}",
-                                limits=self.twin_limits,
-                            )
-                        told.append(("twin", {"version": change.version}))
-                    elif row[3] == MessageType.COMMAND_ACK.value:
-                        ack = commands.parse_ack(json.loads(row[6] or "{}"))
-                        async with conn.transaction():
-                            cmd = await twins.command_event(
-                                conn, identity.tenant_id, identity.device_id, ack.command_id, ack.event, at_ms,
-                                result=ack.result, error=ack.error,
-                            )  # fmt: skip
-                        if cmd is None:
-                            raise CommandError(Code.COMMAND_BAD_ACK, f"{identity.device_id} has no command {ack.command_id}")
-                        told.append(("command", {"id": cmd.id, "state": cmd.state.value}))
-                except (TwinError, CommandError) as exc:
-                    prepared.quarantine.append(
-                        (identity.tenant_id, identity.device_id, None, SOURCE, str(exc.code), exc.message, messages[index].raw, row[10])
-                    )
-                    prepared.results[index] = {"index": index, "status": "rejected", "code": str(exc.code), "message": exc.message}
-                    continue
-                keep.append(row)
+            applied = await twins.apply_device_messages(
+                conn,
+                identity.tenant_id,
+                [
+                    twins.DeviceMessage(row.device_id, row.msg_type, json.loads(row.body or "{}"), twins.to_ms(row.time))
+                    for _, row in said
+                ],
+                actor=f"device:{identity.device_id}",
+                limits=self.twin_limits,
+            )
+        told = applied.changes
+        dropped: set[int] = set()
+        for position, exc in applied.refused.items():
+            index, row = said[position]
+            dropped.add(id(row))
+            prepared.quarantine.append(
+                QuarantineRow(
+                    identity.tenant_id,
+                    identity.device_id,
+                    None,
+                    SOURCE,
+                    str(exc.code),
+                    exc.message,
+                    messages[index].raw,
+                    row.received_at,
+                )
+            )
+            prepared.results[index] = {"index": index, "status": "rejected", "code": str(exc.code), "message": exc.message}
+        keep = [row for row in prepared.telemetry if id(row) not in dropped]
         prepared.telemetry = keep
         if self.on_twin_change is not None:
-            twin = [t for t in told if t[0] == "twin"][-1:]  # the console rereads the twin: the last version is enough
-            for kind, detail in twin + [t for t in told if t[0] == "command"]:
+            twin = [t for t in told if t[1] == "twin"][-1:]  # the console rereads the twin: the last version is enough
+            for _, kind, detail in twin + [t for t in told if t[1] == "command"]:
                 try:
                     self.on_twin_change(identity.tenant_id, identity.device_id, kind, detail)
                 except Exception:  # a listener never fails an accepted report

@@ -33,32 +33,13 @@ from datetime import datetime
 
 import asyncpg
 
+from pulse.cloud.db.rows import QUARANTINE_COLUMNS, TELEMETRY_COLUMNS, QuarantineRow, TelemetryRow
 from pulse.cloud.errors import CloudError, InvalidError, OverloadedError, StorageUnavailableError
 from pulse.cloud.settings import WriterConfig
 from pulse.protocol.errors import Code
 
 log = logging.getLogger(__name__)
 
-TELEMETRY_COLUMNS = (
-    "time",
-    "tenant_id",
-    "device_id",
-    "msg_type",
-    "metrics",
-    "tags",
-    "body",
-    "seq",
-    "gateway_id",
-    "source",
-    "received_at",
-)
-QUARANTINE_COLUMNS = ("tenant_id", "device_id", "gateway_id", "source", "code", "reason", "raw", "received_at")
-
-# (time, tenant_id, device_id, msg_type, metrics json, tags json|None, body json|None, seq|None,
-#  gateway_id|None, source, received_at)
-TelemetryRow = tuple[datetime, uuid.UUID, str, str, str, str | None, str | None, int | None, uuid.UUID | None, str, datetime]
-# (tenant_id, device_id|None, gateway_id|None, source, code, reason, raw, received_at)
-QuarantineRow = tuple[uuid.UUID, str | None, uuid.UUID | None, str, str, str, bytes, datetime]
 
 
 async def write_rows(
@@ -82,13 +63,13 @@ def outbox_entries(telemetry: Sequence[TelemetryRow]) -> list[tuple[uuid.UUID, l
     received: datetime | None = None
     received_ms = 0
     for row in telemetry:
-        entry = by_tenant.get(row[1])
+        entry = by_tenant.get(row.tenant_id)
         if entry is None:
-            entry = by_tenant[row[1]] = ([], [], [])
-        if row[10] is not received:  # the rows of one request share one received_at
-            received, received_ms = row[10], int(row[10].timestamp() * 1000)
-        entry[0].append(row[2])
-        entry[1].append(row[4])
+            entry = by_tenant[row.tenant_id] = ([], [], [])
+        if row.received_at is not received:  # the rows of one request share one received_at
+            received, received_ms = row.received_at, int(row.received_at.timestamp() * 1000)
+        entry[0].append(row.device_id)
+        entry[1].append(row.metrics)
         entry[2].append(received_ms)
     return [(tenant, *columns) for tenant, columns in by_tenant.items()]
 

@@ -45,17 +45,14 @@ from pulse.cloud.metrics import Metrics
 from pulse.cloud.settings import SyncConfig
 from pulse.cloud.tls import Scope, peer_certificate
 from pulse.protocol import batch as codec
-from pulse.protocol import commands
 from pulse.protocol.batch import DEFAULT_BATCH_LIMITS, BatchLimits, Record, Stream
-from pulse.protocol.commands import CommandEvent
-from pulse.protocol.envelope import JsonObject, MessageType
-from pulse.protocol.errors import BatchError, Code, CommandError, TwinError
+from pulse.protocol.envelope import MessageType
+from pulse.protocol.errors import BatchError, Code
 from pulse.protocol.sync import (
-    COMMAND_STATE_TYPE,
     MAX_DOWNLINK_WAIT_S,
+    TWIN_RECORD_TYPES,
     BatchAck,
     ClockCheck,
-    CommandStateReport,
     DownlinkItem,
     Verdict,
     admit,
@@ -357,7 +354,9 @@ class SyncService:
                 continue
             raw = json.dumps({"stream": "alerts", **rec._asdict()}, default=str).encode()
             quarantined.append(
-                (caller.tenant_id, rec.device_id, caller.gateway_id, "gateway", str(bad.get("code")), str(bad.get("message")), raw, received)
+                QuarantineRow(
+                    caller.tenant_id, rec.device_id, caller.gateway_id, "gateway", str(bad.get("code")), str(bad.get("message")), raw, received
+                )
             )
         return quarantined
 
@@ -371,75 +370,41 @@ class SyncService:
         received: dt.datetime,
         changes: list[tuple[str, str, dict[str, object]]],
     ) -> tuple[int, list[QuarantineRow]]:
-        """Stream.TWIN records in order: ``twin_reported`` merges into the twin, ``command_ack`` and
-        ``command_state`` move the command. A record the rules refuse is quarantined (it still
-        counts as delivered); an answer to a command that already moved on is only logged."""
+        """Stream.TWIN records in order through ``twins.apply_device_messages``, the rule HTTP ingest
+        uses too. A record refused (here: an unknown or disabled device, a type that does not travel
+        on this stream; there: the twin or command rules) is quarantined with its code; it still
+        counts as delivered."""
         quarantined: list[QuarantineRow] = []
-        applied = 0
         tenant = caller.tenant_id
-        actor = f"gateway:{caller.gateway_id}"
 
         def refuse(rec: Record, code: Code | str, reason: str) -> None:
             raw = json.dumps({"stream": "twin", **rec._asdict()}, default=str).encode()
-            quarantined.append((tenant, rec.device_id, caller.gateway_id, "gateway", str(code), reason, raw, received))
+            quarantined.append(
+                QuarantineRow(tenant, rec.device_id, caller.gateway_id, "gateway", str(code), reason, raw, received)
+            )
 
+        said: list[Record] = []
         for rec in records:
             device = devices.get(rec.device_id)
             if device is None or (caller.site_id is not None and device.site_id != caller.site_id):
                 refuse(rec, Code.SYNC_UNKNOWN_DEVICE, f"device {rec.device_id} is not registered at this gateway's site")
-                continue
-            at_ms = corrected_ts(rec.ts_ms, clock)
-            try:
-                async with conn.transaction():  # a savepoint: one refused record leaves the rest
-                    if rec.type == MessageType.TWIN_REPORTED.value:
-                        if device.status in _DISABLED:
-                            refuse(rec, Code.AUTH_DEVICE_DISABLED, f"device {rec.device_id} is {device.status}")
-                            continue
-                        change = await twins.apply_reported(
-                            conn, tenant, rec.device_id, rec.body or {}, at_ms=at_ms, actor=actor, limits=self.twin_limits
-                        )
-                        changes.append((rec.device_id, "twin", {"version": change.version}))
-                    elif rec.type == MessageType.COMMAND_ACK.value:
-                        ack = commands.parse_ack(rec.body or {})
-                        await self._command_event(conn, tenant, rec, ack.command_id, ack.event, at_ms, ack.result, ack.error, changes)
-                    elif rec.type == COMMAND_STATE_TYPE:
-                        try:
-                            report = CommandStateReport.from_body(rec.body)
-                        except ValueError as exc:
-                            refuse(rec, Code.COMMAND_BAD, str(exc))
-                            continue
-                        await self._command_event(conn, tenant, rec, report.command_id, report.event, at_ms, None, None, changes)
-                    else:
-                        refuse(rec, Code.BATCH_MALFORMED, f"record type {rec.type!r} does not travel on the twin stream")
-                        continue
-                    applied += 1
-            except (TwinError, CommandError) as exc:
-                refuse(rec, exc.code, exc.message)
-        return applied, quarantined
-
-    @staticmethod
-    async def _command_event(
-        conn: asyncpg.Connection,
-        tenant: uuid.UUID,
-        rec: Record,
-        command_id: str,
-        event: CommandEvent,
-        at_ms: int,
-        result: JsonObject | None,
-        error: str | None,
-        changes: list[tuple[str, str, dict[str, object]]],
-    ) -> None:
-        try:
-            cmd = await twins.command_event(conn, tenant, rec.device_id, command_id, event, at_ms, result=result, error=error)
-        except CommandError as exc:
-            if exc.code is not Code.COMMAND_ILLEGAL_TRANSITION:
-                raise
-            log.info("command %s of %s: %s (already moved on)", command_id, rec.device_id, exc.message)
-            return
-        if cmd is None:
-            log.info("command %s of %s is not known to the cloud; %s ignored", command_id, rec.device_id, event)
-        else:
-            changes.append((rec.device_id, "command", {"id": cmd.id, "state": cmd.state.value}))
+            elif rec.type not in TWIN_RECORD_TYPES:
+                refuse(rec, Code.BATCH_MALFORMED, f"record type {rec.type!r} does not travel on the twin stream")
+            elif rec.type == MessageType.TWIN_REPORTED.value and device.status in _DISABLED:
+                refuse(rec, Code.AUTH_DEVICE_DISABLED, f"device {rec.device_id} is {device.status}")
+            else:
+                said.append(rec)
+        result = await twins.apply_device_messages(
+            conn,
+            tenant,
+            [twins.DeviceMessage(rec.device_id, rec.type, rec.body, corrected_ts(rec.ts_ms, clock)) for rec in said],
+            actor=f"gateway:{caller.gateway_id}",
+            limits=self.twin_limits,
+        )
+        for index, exc in result.refused.items():
+            refuse(said[index], exc.code, exc.message)
+        changes.extend(result.changes)
+        return len(said) - len(result.refused), quarantined
 
     async def _replayed(self, caller: GatewayCaller, stream: Stream, last_seq: int, size: int, clock: ClockCheck) -> BatchAck:
         try:
@@ -482,7 +447,7 @@ class SyncService:
 
         def refuse(rec: Record, code: Code, reason: str) -> None:
             raw = json.dumps({"stream": stream.name.lower(), **rec._asdict()}, default=str).encode()
-            quarantined.append((caller.tenant_id, rec.device_id, caller.gateway_id, "gateway", str(code), reason, raw, received))
+            quarantined.append(QuarantineRow(caller.tenant_id, rec.device_id, caller.gateway_id, "gateway", str(code), reason, raw, received))
 
         tenant, gateway, site = caller.tenant_id, caller.gateway_id, caller.site_id
         shift = clock.offset_ms if clock.corrected else 0
@@ -509,7 +474,7 @@ class SyncService:
                 continue
             tags, body = rec.tags, rec.body
             append(
-                (
+                TelemetryRow(
                     at,
                     tenant,
                     rec.device_id,

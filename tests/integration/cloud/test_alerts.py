@@ -18,6 +18,7 @@ from pulse.cloud.alerts import merge_edge_alerts
 from pulse.cloud.alerts.runner import RuleRunner
 from pulse.cloud.alerts.store import apply_record
 from pulse.cloud.db.pool import Database, PoolSizes
+from pulse.cloud.db.rows import TelemetryRow
 from pulse.cloud.settings import Settings
 from pulse.protocol.alerts import GATEWAY_OFFLINE, AlertRecord
 from pulse.protocol.batch import Record
@@ -39,9 +40,9 @@ async def cloud(
         yield c
 
 
-def row(tenant: uuid.UUID, device: str, at_ms: int, **metrics: float) -> tuple[Any, ...]:
+def row(tenant: uuid.UUID, device: str, at_ms: int, **metrics: float) -> TelemetryRow:
     at = datetime.fromtimestamp(at_ms / 1000, UTC)
-    return (at, tenant, device, "telemetry", json.dumps(metrics), None, None, None, None, "http", at)
+    return TelemetryRow(at, tenant, device, "telemetry", json.dumps(metrics), None, None, None, None, "http", at)
 
 
 async def wait_for(fn: Any, what: str, limit_s: float = 15.0) -> Any:

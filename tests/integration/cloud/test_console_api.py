@@ -19,6 +19,7 @@ from websockets.exceptions import ConnectionClosed
 from pulse.cloud.api.telemetry import choose_bucket
 from pulse.cloud.app import create_app
 from pulse.cloud.auth.tokens import SessionTokens
+from pulse.cloud.db.rows import TelemetryRow
 from pulse.cloud.errors import InvalidError
 from pulse.cloud.settings import Settings
 
@@ -145,8 +146,8 @@ async def test_only_committed_rows_are_published_live(cloud: Cloud) -> None:
     sub = cloud.app.state.live.subscribe(tenant_id, "meter-9")
     now = datetime.now(UTC)
 
-    def telemetry(metrics: str) -> tuple[Any, ...]:
-        return (now, tenant_id, "meter-9", "telemetry", metrics, None, None, None, None, "test", now)
+    def telemetry(metrics: str) -> TelemetryRow:
+        return TelemetryRow(now, tenant_id, "meter-9", "telemetry", metrics, None, None, None, None, "test", now)
 
     with pytest.raises(InvalidError):  # the database refuses this row: nothing is stored, nothing published
         await cloud.app.state.writer.write([telemetry('{"kwh": ')])

@@ -28,6 +28,7 @@ import pytest
 from pulse.cloud.alerts.runner import RuleRunner
 from pulse.cloud.db.embedded import free_port
 from pulse.cloud.db.pool import Database, PoolSizes, role_dsn
+from pulse.cloud.db.rows import TelemetryRow
 from pulse.cloud.ingest.writer import write_rows
 from pulse.cloud.settings import Settings
 
@@ -198,5 +199,5 @@ async def test_outbox_entries_are_evaluated_once_per_tenant_and_a_broken_one_is_
         await writer.close()
 
 
-def _row(tenant: uuid.UUID, device: str, at: datetime, temp: float) -> tuple[Any, ...]:
-    return (at, tenant, device, "telemetry", json.dumps({"temp_c": temp}), None, None, None, None, "http", at)
+def _row(tenant: uuid.UUID, device: str, at: datetime, temp: float) -> TelemetryRow:
+    return TelemetryRow(at, tenant, device, "telemetry", json.dumps({"temp_c": temp}), None, None, None, None, "http", at)

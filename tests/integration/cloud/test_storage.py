@@ -15,6 +15,7 @@ import pytest
 
 from pulse.cloud.db.migrate import EARLIER_CHECKSUMS, load, migrate, render
 from pulse.cloud.db.pool import Database, role_dsn
+from pulse.cloud.db.rows import QuarantineRow, TelemetryRow
 from pulse.cloud.ingest.writer import TELEMETRY_COLUMNS, write_rows
 from pulse.cloud.settings import RoleNames, Settings
 
@@ -42,8 +43,8 @@ async def test_migrations_are_recorded_and_idempotent(cloud_settings: Settings) 
         await conn.close()
 
 
-def _row(tenant: uuid.UUID, at: datetime) -> tuple[object, ...]:
-    return (at, tenant, "dev-1", "telemetry", json.dumps({"a": 1}), None, None, 1, None, "test", at)
+def _row(tenant: uuid.UUID, at: datetime) -> TelemetryRow:
+    return TelemetryRow(at, tenant, "dev-1", "telemetry", json.dumps({"a": 1}), None, None, 1, None, "test", at)
 
 
 async def test_partitions_are_created_ahead_rows_move_out_of_default_and_expired_ones_drop(cloud_settings: Settings) -> None:
@@ -102,7 +103,7 @@ async def test_write_rows_commits_with_the_callers_transaction(cloud_settings: S
     owner = await asyncpg.connect(cloud_settings.database_url)
     tenant = uuid.uuid4()
     now = datetime.now(UTC)
-    quarantine = [(tenant, "dev-1", None, "test", "envelope.not_json", "bad", b"\x00raw", now)]
+    quarantine = [QuarantineRow(tenant, "dev-1", None, "test", "envelope.not_json", "bad", b"\x00raw", now)]
     try:
         count = "SELECT (SELECT count(*) FROM telemetry WHERE tenant_id = $1) + (SELECT count(*) FROM quarantine WHERE tenant_id = $1)"
         tx = writer.transaction()

@@ -22,6 +22,7 @@ from timescale import storage_tables
 
 from pulse.cloud.db.migrate import load, maintain_telemetry, migrate
 from pulse.cloud.db.pool import role_dsn
+from pulse.cloud.db.rows import TelemetryRow
 from pulse.cloud.ingest.writer import write_rows
 from pulse.cloud.settings import RoleNames, Settings
 
@@ -53,8 +54,8 @@ def engine_settings(request: pytest.FixtureRequest) -> Iterator[Settings]:
         yield settings
 
 
-def _row(tenant: uuid.UUID, at: datetime, value: float, device: str = "dev-1") -> tuple[object, ...]:
-    return (at, tenant, device, "telemetry", json.dumps({"temp_c": value}), None, None, 1, None, "test", at)
+def _row(tenant: uuid.UUID, at: datetime, value: float, device: str = "dev-1") -> TelemetryRow:
+    return TelemetryRow(at, tenant, device, "telemetry", json.dumps({"temp_c": value}), None, None, 1, None, "test", at)
 
 
 async def test_storage_matches_the_engine_and_the_app_role_reads_only_its_view(engine_settings: Settings) -> None:

@@ -299,7 +299,7 @@ async def test_gateway_gets_desired_and_commands_and_its_twin_batch_applies_once
 
 
 async def test_a_report_that_overtakes_the_downlink_ack_still_moves_the_command(tc: TwinCloud) -> None:
-    _, h = await tc.cloud.tenant_user()
+    tenant, h = await tc.cloud.tenant_user()
     site, gw, files = await tc.site_gateway(h)
     dev = await _device(tc, h, site)
     cmd = (await tc.client.post(f"/api/v1/devices/{dev}/commands", json={"name": "ping"}, headers=h)).json()
@@ -307,15 +307,18 @@ async def test_a_report_that_overtakes_the_downlink_ack_still_moves_the_command(
     await tc.send(files, _twin_batch(gw, [Record(1, dev, now, COMMAND_STATE_TYPE, {}, body={"id": cmd["id"], "state": "sent"})]))
     got = (await tc.client.get(f"/api/v1/devices/{dev}/commands/{cmd['id']}", headers=h)).json()
     assert [s["state"] for s in got["history"]] == ["queued", "delivered", "sent"]
-    # an answer for a command of another device, or one the cloud never made, changes nothing
+    # an answer for a command of another device, or one the cloud never made, changes nothing and
+    # is quarantined with its code, as the same answer from a direct device is rejected
     other = await _device(tc, h, site)
     ack = await tc.send(
         files,
         _twin_batch(gw, [Record(2, other, now, "command_ack", {}, body={"id": cmd["id"], "status": "failed"}),
                          Record(3, dev, now, "command_ack", {}, body={"id": "ghost", "status": "failed"})]),
     )
-    assert ack["quarantined"] == 0
+    assert (ack["written"], ack["quarantined"]) == (0, 2)
     assert (await tc.client.get(f"/api/v1/devices/{dev}/commands/{cmd['id']}", headers=h)).json()["state"] == "sent"
+    q = await tc.sql("SELECT device_id, code FROM quarantine WHERE tenant_id = $1 ORDER BY id", tenant)
+    assert [(x["device_id"], x["code"]) for x in q] == [(other, "command.bad_ack"), (dev, "command.bad_ack")]
 
 
 async def test_sweep_expires_undelivered_commands_and_withdraws_them_from_the_downlink(tc: TwinCloud) -> None:

@@ -13,6 +13,7 @@ import asyncpg
 import pytest
 
 from pulse.cloud.db.pool import role_dsn
+from pulse.cloud.db.rows import TelemetryRow
 from pulse.cloud.errors import CloudError
 from pulse.cloud.ingest.writer import Writer
 from pulse.cloud.settings import Settings, WriterConfig
@@ -20,9 +21,9 @@ from pulse.cloud.settings import Settings, WriterConfig
 pytestmark = pytest.mark.integration
 
 
-def row(tenant: uuid.UUID, body: str | None = None) -> tuple[object, ...]:
+def row(tenant: uuid.UUID, body: str | None = None) -> TelemetryRow:
     now = datetime.now(UTC)
-    return (now, tenant, "dev-1", "telemetry", json.dumps({"a": 1}), None, body, None, None, "test", now)
+    return TelemetryRow(now, tenant, "dev-1", "telemetry", json.dumps({"a": 1}), None, body, None, None, "test", now)
 
 
 async def until(condition: Callable[[], bool]) -> None:

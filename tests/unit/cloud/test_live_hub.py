@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 
 import pytest
 
+from pulse.cloud.db.rows import TelemetryRow
 from pulse.cloud.live import LiveHub
 
 pytestmark = pytest.mark.unit
@@ -16,8 +17,8 @@ A, B = uuid.uuid4(), uuid.uuid4()
 T = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
 
-def row(tenant: uuid.UUID, device_id: str, value: float, msg_type: str = "telemetry") -> tuple[object, ...]:
-    return (T, tenant, device_id, msg_type, f'{{"temp": {value}}}', None, None, None, None, "http", T)
+def row(tenant: uuid.UUID, device_id: str, value: float, msg_type: str = "telemetry") -> TelemetryRow:
+    return TelemetryRow(T, tenant, device_id, msg_type, f'{{"temp": {value}}}', None, None, None, None, "http", T)
 
 
 async def test_rows_reach_only_subscribers_of_their_tenant_and_device() -> None:
@@ -48,4 +49,4 @@ def test_unsubscribed_keys_are_forgotten_and_publish_without_subscribers_decodes
     hub.unsubscribe(sub)
     hub.unsubscribe(sub)  # twice is harmless
     assert hub.subscribers == 0
-    hub.publish([(T, A, "d", "telemetry", "not json", None, None, None, None, "http", T)])  # not decoded: nobody listens
+    hub.publish([TelemetryRow(T, A, "d", "telemetry", "not json", None, None, None, None, "http", T)])  # not decoded: nobody listens
