@@ -163,19 +163,24 @@ class Writer:
 
     async def _take_batch(self) -> list[_Pending] | None:
         async with self._cond:
-            await self._cond.wait_for(lambda: bool(self._queue) or self._stopping)
-            if not self._queue:
-                return None
-            # Group commit: when no batch is being written, write what is queued at once (waiting
-            # would only add latency). While another batch is being written, gather rows until
-            # batch_rows are queued or the oldest has waited flush_s, or that write finishes.
-            deadline = self._queue[0].enqueued + self._config.flush_s
-            while self._queue and self._queued_rows < self._config.batch_rows and self._writing and not self._stopping:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
+            while True:
+                await self._cond.wait_for(lambda: bool(self._queue) or self._stopping)
+                if not self._queue:
+                    return None
+                # Group commit: when no batch is being written, write what is queued at once (waiting
+                # would only add latency). While another batch is being written, gather rows until
+                # batch_rows are queued or the oldest has waited flush_s, or that write finishes.
+                deadline = self._queue[0].enqueued + self._config.flush_s
+                while self._queue and self._queued_rows < self._config.batch_rows and self._writing and not self._stopping:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._cond.wait(), remaining)
+                if self._queue:
                     break
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._cond.wait(), remaining)
+                # another flusher took what was queued while this one gathered: wait again rather
+                # than write an empty batch
             batch: list[_Pending] = []
             rows = 0
             while self._queue and (not batch or rows + self._queue[0].rows <= self._config.batch_rows):

@@ -174,6 +174,8 @@ try {
     return p && JSON.parse(p).bars > 0;
   });
   seen.timeline = JSON.parse(await page.getByTestId("oncall-timeline").getAttribute("data-probe"));
+  // who is on call now is a query of its own: wait for its answer, not the placeholder
+  await page.waitForFunction(() => !["", "…"].includes(document.querySelector('[data-testid="oncall-now"]')?.textContent ?? ""));
   seen.oncall_now = await page.getByTestId("oncall-now").textContent();
   await shot(page, "31-oncall");
   step("channel tested, schedule drawn");
