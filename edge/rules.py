@@ -23,7 +23,6 @@ and a running runner picks it up within one sweep (``reload()``).
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import json
 import logging
@@ -39,6 +38,7 @@ from pulse.edge.buffer import Buffer
 from pulse.edge.errors import StorageError
 from pulse.edge.ingest import Store
 from pulse.edge.schema import PRAGMAS, SCHEMA
+from pulse.edge.sqlite import SqliteThread
 from pulse.protocol.alerts import RECORD_TYPE, AlertRecord
 from pulse.protocol.batch import Stream
 from pulse.protocol.envelope import MetricValue
@@ -142,7 +142,7 @@ class EdgeRuleRunner:
         self._buffer = buffer
         self._sweep_s = sweep_interval_s
         self._clock = clock or (lambda: int(time.time() * 1000))
-        self._conn: sqlite3.Connection | None = None
+        self._db = SqliteThread("edge-rules")
         self._rules: list[Rule] = []
         self._states: dict[tuple[str, str], RuleState] = {}
         self._dirty: dict[tuple[str, str], RuleState] = {}  # changed since the last checkpoint
@@ -152,40 +152,32 @@ class EdgeRuleRunner:
         self._tasks: list[asyncio.Task[None]] = []
         self.on_alert: Callable[[AlertRecord], None] | None = None  # tests and the bench watch here
         self.evaluated = 0
-        self._thread = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="edge-rules")
         self._lock = asyncio.Lock()
-
-    async def _in_thread(self, fn: Callable[..., _T], *args: object) -> _T:
-        return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
 
     # --- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
-        await self._in_thread(self._open)
+        await self._db.open(lambda: _connect(self._path))
+        await self._db.run(self._load)
         self._tasks = [
             asyncio.create_task(self._evaluator(), name="edge-rules"),
             asyncio.create_task(self._sweeper(), name="edge-rules-sweep"),
         ]
 
-    def _open(self) -> None:
-        self._conn = _connect(self._path)
-        self._load()
-
     def _load(self, *, states: bool = True) -> None:
         """Rules and registered devices from the SQLite file; with ``states``, the checkpointed rule
         states too (at start only: in memory they are newer than the last checkpoint)."""
-        assert self._conn is not None
         rules = []
-        for rule_id, definition in self._conn.execute("SELECT id, definition FROM rules ORDER BY id"):
+        for rule_id, definition in self._db.conn.execute("SELECT id, definition FROM rules ORDER BY id"):
             try:
                 rules.append(parse_rule(json.loads(definition), tenant=EDGE_TENANT))
             except RuleError as exc:
                 log.error("stored rule %s is not valid and is skipped: %s", rule_id, exc)
-        self._devices = [d for (d,) in self._conn.execute("SELECT device_id FROM devices ORDER BY device_id")]
+        self._devices = [d for (d,) in self._db.conn.execute("SELECT device_id FROM devices ORDER BY device_id")]
         self._rules = rules
         if states:
             loaded = {}
-            for rule_id, device_id, state in self._conn.execute("SELECT rule_id, device_id, state FROM rule_state"):
+            for rule_id, device_id, state in self._db.conn.execute("SELECT rule_id, device_id, state FROM rule_state"):
                 with contextlib.suppress(RuleError, ValueError):
                     loaded[(rule_id, device_id)] = RuleState.from_dict(json.loads(state))
             self._states = loaded
@@ -195,12 +187,12 @@ class EdgeRuleRunner:
         states stay those in memory: reading the last checkpoint back would forget every message
         evaluated since, and a device heard from a second ago would look silent since the checkpoint."""
         async with self._lock:
-            await self._in_thread(lambda: self._load(states=False))
+            await self._db.run(lambda: self._load(states=False))
 
     async def set_rules(self, docs: object, *, set_version: int | None = None) -> list[Rule]:
         """Store a new rule set and use it at once: what the downlink calls with the tenant's rules.
         Raises ``RuleError`` (nothing changes) if any rule is refused."""
-        rules = await self._in_thread(lambda: store_rules(self._path, docs, set_version=set_version))
+        rules = await self._db.run(lambda: store_rules(self._path, docs, set_version=set_version))
         await self.reload()
         return rules
 
@@ -213,10 +205,7 @@ class EdgeRuleRunner:
         self._tasks = []
         await self._run(list(self._pending), self._clock())  # evaluate what is queued, checkpoint the state
         self._pending.clear()
-        if self._conn is not None:
-            await self._in_thread(self._conn.close)
-            self._conn = None
-        self._thread.shutdown(wait=True)
+        await self._db.close()
 
     # --- evaluation ----------------------------------------------------------------------------
 
@@ -297,7 +286,7 @@ class EdgeRuleRunner:
             return  # state only: checkpointed by the next sweep (or alert), not on every message
         dirty, self._dirty = self._dirty, {}
         if dirty or records:
-            await self._in_thread(self._persist, dirty, records)
+            await self._db.run(self._persist, dirty, records)
         for rec in records:
             raw = json.dumps({"body": rec.to_body()}).encode()
             self._buffer.submit(Store(Stream.ALERTS, rec.device_id, rec.at_ms, RECORD_TYPE, None, raw, None), wait=False)
@@ -305,10 +294,7 @@ class EdgeRuleRunner:
                 self.on_alert(rec)
 
     def _persist(self, states: dict[tuple[str, str], RuleState], records: list[AlertRecord]) -> None:
-        conn = self._conn
-        assert conn is not None
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with self._db.transaction() as conn:
             conn.executemany(
                 "INSERT INTO rule_state (rule_id, device_id, state) VALUES (?, ?, ?) "
                 "ON CONFLICT (rule_id, device_id) DO UPDATE SET state = excluded.state",
@@ -333,16 +319,11 @@ class EdgeRuleRunner:
                         "UPDATE alerts SET flapping = 0 WHERE device_id = ? AND rule_id = ? AND state <> 'closed'",
                         (rec.device_id, rec.rule_id),
                     )
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
 
     # --- reading ---------------------------------------------------------------------------------
 
     def _alerts(self, open_only: bool, limit: int) -> list[LocalAlert]:
-        conn = self._conn
-        assert conn is not None
+        conn = self._db.conn
         where = "WHERE state <> 'closed'" if open_only else ""
         rows = conn.execute(
             f"SELECT id, rule_id, device_id, severity, state, flapping, explanation, opened_ms, closed_ms FROM alerts {where} "
@@ -352,7 +333,7 @@ class EdgeRuleRunner:
         return [LocalAlert(r[0], r[1], r[2], r[3], r[4], bool(r[5]), json.loads(r[6]).get("text", ""), r[7], r[8]) for r in rows]
 
     async def alerts(self, *, open_only: bool = False, limit: int = 50) -> list[LocalAlert]:
-        return await self._in_thread(self._alerts, open_only, limit)
+        return await self._db.run(self._alerts, open_only, limit)
 
     @property
     def rules(self) -> list[Rule]:
