@@ -61,6 +61,9 @@ class Store(NamedTuple):
     raw: bytes
     fp: int | None
     """Fingerprint for deduplication; None when the message has no seq (then it cannot be deduplicated)."""
+    envelope: envelope.Envelope | None = None
+    """The message as ingest parsed it (a device's message); the listeners after the commit (local
+    rules, twins) read it instead of parsing ``raw`` again. None for the gateway's own records."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,4 +137,4 @@ def classify(identity: str | None, topic: str, raw: bytes, *, now_ms: int, limit
     except EnvelopeError as exc:
         return Quarantine(parsed.device_id, topic, exc.code, exc.message, raw)
     fp = fingerprint(raw) if env.seq is not None else None
-    return Store(TYPE_STREAM[env.type], env.device_id, env.ts_ms, env.type.value, env.seq, raw, fp)
+    return Store(TYPE_STREAM[env.type], env.device_id, env.ts_ms, env.type.value, env.seq, raw, fp, env)

@@ -249,10 +249,13 @@ class EdgeRuleRunner:
         for store in stores:
             if store.stream is Stream.ALERTS or store.type == COMMAND_STATE_TYPE:
                 continue  # the gateway's own records say nothing about the device's readings
-            try:
-                metrics = json.loads(store.raw).get("metrics") or {}
-            except (ValueError, AttributeError):
-                continue
+            if store.envelope is not None:
+                metrics = store.envelope.metrics
+            else:
+                try:
+                    metrics = json.loads(store.raw).get("metrics") or {}
+                except (ValueError, AttributeError):
+                    continue
             reading = _Reading(store.device_id, metrics)
             device = Device(store.device_id)
             for rule in self._rules:

@@ -211,10 +211,13 @@ class EdgeTwins:
             raise
 
     async def _record(self, store: Store) -> None:
-        try:
-            body = json.loads(store.raw).get("body")
-        except (ValueError, AttributeError):
-            return
+        if store.envelope is not None:
+            body = store.envelope.body
+        else:
+            try:
+                body = json.loads(store.raw).get("body")
+            except (ValueError, AttributeError):
+                return
         if not isinstance(body, dict):
             return
         if store.type == MessageType.TWIN_REPORTED.value:
