@@ -49,11 +49,16 @@ try {
   await page.waitForURL(new RegExp(`metric=${task.metric}`));
 
   // the chart holds the history the server bucketed
-  await page.waitForFunction(
-    (n) => Number(document.querySelector('[data-testid="telemetry-chart"]')?.dataset.pointCount) >= n,
-    task.history_points,
+  // (read in the same moment as the check: until React has drawn the chosen metric, the chart still
+  // holds the previous one's points, and then none while the new series loads)
+  const drawn = await page.waitForFunction(
+    ([n, metric]) => {
+      const d = document.querySelector('[data-testid="telemetry-chart"]')?.dataset;
+      return d && d.metric === metric && Number(d.pointCount) >= n ? d.points : false;
+    },
+    [task.history_points, task.metric],
   );
-  seen.history = await chartPoints(page);
+  seen.history = JSON.parse(await drawn.jsonValue());
   await page.getByTestId("live-state").filter({ hasText: "live" }).waitFor();
   await page.evaluate(() => (window.__pulseNoReload = true));
   await shot(page, "03-device");

@@ -1,6 +1,6 @@
 // A time-series line chart (ECharts, canvas). The mean per bucket is the line; min-max is a band.
 // The data ECharts actually holds is mirrored into data-* attributes of the container, so that
-// tests and support staff can read what the chart shows (data-point-count, data-points, data-last).
+// tests and support staff can read what the chart shows (data-metric, data-point-count, data-points, data-last).
 import { useEffect } from "react";
 import type { Point } from "../types";
 import { cssVar, useEChart } from "./EChart";
@@ -33,6 +33,7 @@ export function Chart({ points, metric, theme }: { points: Point[]; metric: stri
     // mirror what ECharts holds now (read back from the instance, not from our props)
     const option = c.getOption() as { series: { id: string; data: [number, number][] }[] };
     const held = option.series.find((s) => s.id === "mean")?.data ?? [];
+    node.dataset.metric = metric;
     node.dataset.pointCount = String(held.length);
     node.dataset.points = JSON.stringify(held);
     node.dataset.last = held.length ? JSON.stringify(held[held.length - 1]) : "";
