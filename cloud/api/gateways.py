@@ -42,7 +42,11 @@ class GatewayOut(BaseModel):
     status: str = Field(description="pending (not enrolled yet), active, revoked")
     last_seen_at: datetime | None
     last_batch_at: datetime | None
-    certificate_expires_at: datetime | None = Field(description="the latest unrevoked certificate's expiry")
+    certificate_expires_at: datetime | None = Field(description="the latest live certificate's expiry")
+    live_certificates: int = Field(
+        description="certificates that still work (unrevoked, unexpired, not retired by a renewal): at most 2, the newest and, "
+        "during the renewal overlap, the one it replaced"
+    )
     backlog: dict[str, int] = Field(description="records waiting on the gateway, by stream (its last report)")
     dropped: dict[str, int] = Field(description="records the gateway's storage quota dropped, by stream")
     oldest_unsynced_at: datetime | None
@@ -81,9 +85,9 @@ class EnrollResponse(BaseModel):
 _SELECT = (
     "SELECT g.id, g.name, g.site_id, g.status, g.last_seen_at, g.last_batch_at, g.backlog, g.dropped, g.oldest_unsynced_at,"
     " g.bytes_received, g.batches_received, g.clock_offset_ms, g.clock_corrected_at, g.agent_version, g.created_at,"
-    " (SELECT max(c.not_after) FROM gateway_certificates c WHERE c.gateway_id = g.id AND c.revoked_at IS NULL)"
-    " AS certificate_expires_at FROM gateways g"
-)
+    " (SELECT max(c.not_after) FROM gateway_certificates c WHERE c.gateway_id = g.id AND {live}) AS certificate_expires_at,"
+    " (SELECT count(*) FROM gateway_certificates c WHERE c.gateway_id = g.id AND {live}) AS live_certificates FROM gateways g"
+).format(live="c.revoked_at IS NULL AND c.not_after > now() AND (c.retires_at IS NULL OR c.retires_at > now())")
 
 
 def _out(row: asyncpg.Record) -> GatewayOut:

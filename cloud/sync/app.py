@@ -31,6 +31,7 @@ from pulse.protocol.sync import (
     DOWNLINK_ACK_PATH,
     DOWNLINK_PATH,
     MAX_DOWNLINK_WAIT_S,
+    REKEY_PATH,
     RENEW_PATH,
     REPORT_PATH,
 )
@@ -101,6 +102,10 @@ def create_sync_app(service: SyncService) -> FastAPI:
     async def renew(body: RenewRequest, caller: Gateway, svc: Service) -> dict[str, object]:
         return await svc.renew(caller, body.csr)
 
+    @app.post(REKEY_PATH)
+    async def rekey(body: RenewRequest, caller: Gateway, svc: Service) -> dict[str, object]:
+        return await svc.rekey(caller, body.csr)
+
     @app.post(REPORT_PATH, status_code=204)
     async def report(body: Report, caller: Gateway, svc: Service) -> Response:
         await svc.report(
@@ -164,6 +169,11 @@ class SyncListener:
             # its own; requests without one are still refused by the app unless they come from it
             ssl_cert_reqs=ssl.CERT_OPTIONAL if self._config.trusted_proxies else ssl.CERT_REQUIRED,
             http=PeerCertH11Protocol,
+            # no request header may change the peer address: the trusted-proxy check
+            # (SyncService.certificate_of) must see the socket's own peer, or anyone on a host
+            # uvicorn trusts by default (loopback) could claim to be the proxy and name any gateway
+            proxy_headers=False,
+            forwarded_allow_ips="",
         )
         self._server = _Server(config)
         self._task = asyncio.create_task(self._server.serve(sockets=[sock]), name="pulse-sync-listener")

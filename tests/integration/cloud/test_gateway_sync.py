@@ -362,6 +362,105 @@ async def test_renewal_gives_a_new_certificate_for_the_same_identity(sync: SyncC
         assert (await c.get("/sync/v1/downlink")).status_code == 200
 
 
+def _copy(files: IdentityFiles, directory: Path) -> IdentityFiles:
+    """The gateway's identity files as they are now (to present an earlier certificate later)."""
+    copy = IdentityFiles(directory)
+    directory.mkdir(parents=True)
+    for name in ("key", "cert", "ca"):
+        getattr(copy, name).write_bytes(getattr(files, name).read_bytes())
+    return copy
+
+
+async def _renew(sc: SyncCloud, files: IdentityFiles, csr: bytes, path: str = "/sync/v1/renew") -> httpx.Response:
+    async with sc.client(files) as c:
+        r = await c.post(path, json={"csr": csr.decode()})
+    if r.status_code == 200:
+        store_certificate(files, r.json()["certificate"].encode(), r.json()["ca"].encode())
+    return r
+
+
+async def _live(sc: SyncCloud, gw: str, h: dict[str, str]) -> int:
+    r = await sc.cloud.client.get(f"/api/v1/gateways/{gw}", headers=h)
+    assert r.status_code == 200, r.text
+    return int(r.json()["live_certificates"])
+
+
+async def test_renewal_keeps_the_key_and_leaves_at_most_two_live_certificates(sync: SyncCloud) -> None:
+    _, h = await sync.cloud.tenant_user()
+    gw, files = await sync.gateway(h)
+    assert await _live(sync, gw, h) == 1
+    previous: IdentityFiles | None = None
+    for i in range(5):
+        before = _copy(files, sync.tmp / f"before-{i}")
+        r = await _renew(sync, files, make_key_and_csr(files, "again"))
+        assert r.status_code == 200, r.text
+        assert await _live(sync, gw, h) == 2
+        # the certificate renewed with still works during the overlap; the one before it no longer
+        async with sync.client(before) as c:
+            assert (await c.get("/sync/v1/downlink")).status_code == 200
+        if previous is not None:
+            async with sync.client(previous) as c:
+                r = await c.get("/sync/v1/downlink")
+                assert r.status_code == 401 and r.json()["code"] == "identity.superseded", r.text
+        previous = before
+    async with sync.client(files) as c:
+        assert (await c.get("/sync/v1/downlink")).status_code == 200
+    rows = await sync.rows(
+        "SELECT count(*) AS n FROM gateway_certificates WHERE gateway_id = $1 AND revoked_at IS NULL"
+        " AND (retires_at IS NULL OR retires_at > now())",
+        uuid.UUID(gw),
+    )
+    assert rows[0]["n"] == 2
+
+
+async def test_renewal_with_another_key_is_refused_and_issues_nothing(sync: SyncCloud) -> None:
+    _, h = await sync.cloud.tenant_user()
+    gw, files = await sync.gateway(h)
+    other = make_key_and_csr(IdentityFiles(sync.tmp / "someone-else"), "x")
+    r = await _renew(sync, files, other)
+    assert r.status_code == 409 and r.json()["code"] == "identity.key_changed", r.text
+    assert await _live(sync, gw, h) == 1
+    assert len(await sync.rows("SELECT 1 FROM gateway_certificates WHERE gateway_id = $1", uuid.UUID(gw))) == 1
+
+
+async def test_renewed_certificate_replaces_its_predecessor_after_the_overlap(
+    cloud_settings: Settings, tmp_path: Path, start_cloud: Any
+) -> None:
+    async with _sync_cloud(start_cloud, cloud_settings, tmp_path, gateway_cert_overlap_s=0) as sc:
+        _, h = await sc.cloud.tenant_user()
+        gw, files = await sc.gateway(h)
+        old = _copy(files, sc.tmp / "old")
+        assert (await _renew(sc, files, make_key_and_csr(files, "again"))).status_code == 200
+        async with sc.client(old) as c:
+            r = await c.get("/sync/v1/downlink")
+            assert r.status_code == 401 and r.json()["code"] == "identity.superseded"
+        async with sc.client(files) as c:
+            assert (await c.get("/sync/v1/downlink")).status_code == 200
+        assert await _live(sc, gw, h) == 1
+
+
+async def test_rekey_takes_a_new_key_revokes_the_old_certificate_and_is_audited(sync: SyncCloud) -> None:
+    _, h = await sync.cloud.tenant_user()
+    gw, files = await sync.gateway(h)
+    old = _copy(files, sync.tmp / "old")
+    fresh = IdentityFiles(sync.tmp / "fresh")
+    csr = make_key_and_csr(fresh, "fresh")
+    async with sync.client(files) as c:
+        r = await c.post("/sync/v1/rekey", json={"csr": csr.decode()})
+    assert r.status_code == 200, r.text
+    store_certificate(fresh, r.json()["certificate"].encode(), r.json()["ca"].encode())
+    async with sync.client(old) as c:
+        r = await c.get("/sync/v1/downlink")
+        assert r.status_code == 401 and r.json()["code"] == "identity.revoked"
+    async with sync.client(fresh) as c:
+        assert (await c.get("/sync/v1/downlink")).status_code == 200
+    assert await _live(sync, gw, h) == 1
+    audit = await sync.rows("SELECT actor FROM audit_log WHERE action = 'gateway.rekey' AND actor = $1", f"gateway:{gw}")
+    assert [a["actor"] for a in audit] == [f"gateway:{gw}"]
+    # the new key renews; the old key can no longer renew for it
+    assert (await _renew(sync, fresh, make_key_and_csr(fresh, "fresh"))).status_code == 200
+
+
 # --- trusted proxy -----------------------------------------------------------------------------
 
 
@@ -392,6 +491,30 @@ async def test_proxy_header_is_honoured_from_a_trusted_proxy(cloud_settings: Set
         async with sc.client(None) as c:
             r = await c.get("/sync/v1/downlink", headers=header)
             assert r.status_code == 401 and r.json()["code"] == "identity.revoked"
+
+
+async def test_forwarded_for_from_loopback_cannot_pose_as_the_trusted_proxy(
+    cloud_settings: Settings, tmp_path: Path, start_cloud: Any
+) -> None:
+    """uvicorn believes X-Forwarded-For from 127.0.0.1 by default; the listener must not, or anyone
+    on the host could claim the proxy's address and present another gateway's public certificate."""
+    async with _sync_cloud(start_cloud, cloud_settings, tmp_path, sync_trusted_proxies="192.0.2.10/32") as sc:
+        _, h = await sc.cloud.tenant_user()
+        await _device(sc, h, "dev-1")
+        gw, victim = await sc.gateway(h)
+        spoof = {
+            "X-Forwarded-For": "192.0.2.10",
+            "X-Real-IP": "192.0.2.10",
+            "Forwarded": "for=192.0.2.10",
+            "X-Pulse-Client-Cert": quote(victim.cert.read_text()),
+        }
+        attacker = IdentityFiles(sc.tmp / "attacker")
+        async with sc.client(None) as c:  # no certificate: the listener allows that only for the proxy
+            r = await c.post("/sync/v1/renew", json={"csr": make_key_and_csr(attacker, "mine").decode()}, headers=spoof)
+            assert r.status_code == 401 and r.json()["code"] == "identity.no_certificate", r.text
+            r = await c.post("/sync/v1/batches", content=_batch(gw, [1]), headers=spoof)
+            assert r.status_code == 401 and r.json()["code"] == "identity.no_certificate", r.text
+        assert await sc.rows("SELECT 1 FROM telemetry WHERE gateway_id = $1", uuid.UUID(gw)) == []
 
 
 # --- downlink ----------------------------------------------------------------------------------
