@@ -29,6 +29,7 @@ from pulse.cloud.api.console import mount_console
 from pulse.cloud.api.deps import Components
 from pulse.cloud.auth.accounts import Accounts
 from pulse.cloud.auth.tokens import Authenticator, OidcVerifier, SessionTokens
+from pulse.cloud.bodylimit import BodyLimit
 from pulse.cloud.db.migrate import maintain_telemetry, migrate
 from pulse.cloud.db.pool import Database, PoolSizes
 from pulse.cloud.ingest import http as ingest_http
@@ -43,6 +44,7 @@ from pulse.cloud.sync.app import SyncListener, create_sync_app
 from pulse.cloud.sync.service import SyncService
 from pulse.cloud.twins import sweep_forever as command_sweep
 from pulse.cloud.web import install_error_handlers
+from pulse.protocol.sync import ENROLL_PATH
 from pulse.protocol.twin import TwinLimits
 
 log = logging.getLogger("pulse.cloud")
@@ -196,6 +198,10 @@ def create_app(
     app.state.notify_workers = notify_workers
 
     install_error_handlers(app)
+    # unauthenticated endpoints whose JSON bodies FastAPI would otherwise read whole (ingest has its own limit)
+    app.add_middleware(
+        BodyLimit, limits=dict.fromkeys((ENROLL_PATH, "/auth/login", "/auth/refresh"), settings.public_max_body_bytes)
+    )
 
     @app.get("/health", tags=["ops"], summary="Liveness and database reachability", responses={200: {"model": Health}, 503: {"model": Health}})
     async def health() -> JSONResponse:

@@ -54,6 +54,9 @@ class Settings(BaseSettings):
     oidc_roles_claim: str = "pulse_roles"
     oidc_jwks_cache_s: int = Field(default=300, ge=1)
 
+    # request bodies of endpoints anyone can reach (enrollment, login, refresh), enforced while reading
+    public_max_body_bytes: int = Field(default=64 * 1024, ge=4096, le=16 * 1024 * 1024)
+
     # HTTP ingest
     ingest_max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
     ingest_max_messages: int = Field(default=1000, ge=1)

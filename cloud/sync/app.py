@@ -19,6 +19,7 @@ import uvicorn
 from fastapi import Depends, FastAPI, Query, Request, Response
 from pydantic import BaseModel, Field
 
+from pulse.cloud.bodylimit import PUBLIC_BODY_LIMIT, BodyLimit
 from pulse.cloud.ca import CertificateAuthority, write_private
 from pulse.cloud.errors import BadRequestError
 from pulse.cloud.settings import SyncConfig
@@ -77,6 +78,8 @@ def create_sync_app(service: SyncService) -> FastAPI:
     app = FastAPI(title="Pulse gateway sync", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.sync = service
     install_error_handlers(app)
+    # JSON bodies are small; batches have their own limit (read_limited)
+    app.add_middleware(BodyLimit, limits=dict.fromkeys((RENEW_PATH, REKEY_PATH, REPORT_PATH, DOWNLINK_ACK_PATH), PUBLIC_BODY_LIMIT))
 
     @app.post(BATCHES_PATH)
     async def batches(request: Request, caller: Gateway, svc: Service) -> dict[str, object]:
