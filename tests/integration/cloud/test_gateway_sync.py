@@ -21,6 +21,7 @@ import asyncpg
 import httpx
 import pytest
 from cryptography.hazmat.primitives import serialization
+from forged import off_curve_csr
 
 from pulse.cloud.ca import CertificateAuthority
 from pulse.cloud.settings import Settings
@@ -459,6 +460,18 @@ async def test_rekey_takes_a_new_key_revokes_the_old_certificate_and_is_audited(
     assert [a["actor"] for a in audit] == [f"gateway:{gw}"]
     # the new key renews; the old key can no longer renew for it
     assert (await _renew(sync, fresh, make_key_and_csr(fresh, "fresh"))).status_code == 200
+
+
+async def test_csr_with_an_off_curve_key_is_refused_with_a_code_on_enroll_and_renew(sync: SyncCloud) -> None:
+    _, h = await sync.cloud.tenant_user()
+    r = await sync.cloud.client.post("/api/v1/gateways", json={"name": "curve"}, headers=h)
+    token = r.json()["enrollment"]["token"]
+    r = await sync.cloud.client.post("/enroll/v1", json={"token": token, "csr": off_curve_csr().decode()})
+    assert r.status_code == 422 and r.json()["code"] == "identity.bad_csr", r.text
+    _, files = await sync.gateway(h)
+    for path in ("/sync/v1/renew", "/sync/v1/rekey"):
+        r = await _renew(sync, files, off_curve_csr(), path)
+        assert r.status_code == 422 and r.json()["code"] == "identity.bad_csr", r.text
 
 
 # --- trusted proxy -----------------------------------------------------------------------------
