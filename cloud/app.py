@@ -160,7 +160,7 @@ def create_app(
             command_sweep(db, interval_s=settings.command_sweep_interval_s, grace_s=settings.command_expiry_grace_s),
             name="pulse-command-expiry",
         )
-        listener = SyncListener(create_sync_app(sync), settings.sync, sync.ca) if sync_listener else None
+        listener = SyncListener(create_sync_app(sync), settings.sync, sync.ca, metrics) if sync_listener else None
         try:
             if listener is not None:
                 await listener.start()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import hashlib
+import logging
 import ssl
 import time
 import uuid
@@ -311,6 +312,48 @@ async def test_no_certificate_other_ca_and_expired_are_refused(sync: SyncCloud) 
         async with sync.client(files) as c:
             with pytest.raises(_REFUSED):
                 await c.get("/sync/v1/downlink")
+
+
+async def _refused_counts(sc: SyncCloud) -> dict[str, float]:
+    r = await sc.cloud.client.get("/metrics")
+    counts: dict[str, float] = {}
+    for line in r.text.splitlines():
+        if line.startswith("pulse_sync_tls_refused_total{"):
+            reason = line.split('reason="', 1)[1].split('"', 1)[0]
+            counts[reason] = float(line.rsplit(" ", 1)[1])
+    return counts
+
+
+async def test_refused_handshakes_are_counted_and_logged_with_peer_and_reason(sync: SyncCloud, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="pulse.cloud.sync.app")
+    rogue = CertificateAuthority.load_or_create(sync.tmp / "rogue")
+    files = IdentityFiles(sync.tmp / "rogue-gw")
+    cert = rogue.sign_gateway_csr(make_key_and_csr(files, "rogue"), tenant_id=str(uuid.uuid4()), gateway_id=str(uuid.uuid4()))
+    store_certificate(files, cert.public_bytes(serialization.Encoding.PEM), sync.ca_file.read_bytes())
+    old = IdentityFiles(sync.tmp / "old-gw")
+    past = dt.datetime.now(dt.UTC) - dt.timedelta(days=40)
+    ca = CertificateAuthority.load_or_create(sync.tmp / "data" / "ca")
+    cert = ca.sign_gateway_csr(make_key_and_csr(old, "old"), tenant_id=str(uuid.uuid4()), gateway_id=str(uuid.uuid4()), now=past)
+    store_certificate(old, cert.public_bytes(serialization.Encoding.PEM), sync.ca_file.read_bytes())
+    for identity in (None, None, files, old):
+        async with sync.client(identity) as c:
+            with pytest.raises(_REFUSED):
+                await c.get("/sync/v1/downlink")
+    async with httpx.AsyncClient(base_url=sync.sync_url.replace("https:", "http:"), timeout=10) as c:  # plain HTTP
+        with pytest.raises(_REFUSED):
+            await c.get("/sync/v1/downlink")
+    expected = {"no_certificate": 2.0, "certificate_untrusted": 1.0, "certificate_expired": 1.0, "not_tls": 1.0}
+    deadline = time.monotonic() + 30  # the server may note a refusal just after the client saw it
+    while (counts := await _refused_counts(sync)) != expected and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert counts == expected
+    logged = [r.getMessage() for r in caplog.records if "refused a TLS handshake" in r.getMessage()]
+    assert any("127.0.0.1" in m and "no_certificate" in m for m in logged), logged
+    # a real gateway is not affected
+    _, h = await sync.cloud.tenant_user()
+    _, good = await sync.gateway(h)
+    async with sync.client(good) as c:
+        assert (await c.get("/sync/v1/downlink")).status_code == 200
 
 
 async def test_certificate_not_on_record_is_refused(sync: SyncCloud) -> None:
