@@ -34,6 +34,7 @@ from pulse.cloud.db.migrate import maintain_telemetry, migrate
 from pulse.cloud.db.pool import Database, PoolSizes
 from pulse.cloud.ingest import http as ingest_http
 from pulse.cloud.ingest.identity import CredentialRecord, DeviceTokenCache
+from pulse.cloud.ingest.ratelimit import RateLimiter
 from pulse.cloud.ingest.writer import TelemetryRow, Writer
 from pulse.cloud.live import LiveHub
 from pulse.cloud.metrics import Metrics
@@ -67,11 +68,13 @@ def create_app(
     sync_listener: bool = False,
     notify: NotifySettings | None = None,
     clock: Callable[[], dt.datetime] | None = None,
+    monotonic: Callable[[], float] | None = None,
 ) -> FastAPI:
     """``sync_listener``: also serve the gateway sync listener (mutual TLS, PULSE_SYNC_PORT) while
     the app runs; ``pulse cloud serve`` turns it on. ``notify``: the notification settings
     (default: PULSE_NOTIFY_* from the environment). ``clock``: what "now" is for endpoints that
-    answer about the present (default: the system clock; tests fix it)."""
+    answer about the present (default: the system clock; tests fix it). ``monotonic``: the clock
+    per-address rate limits count with (default: time.monotonic)."""
     notify_settings = notify if notify is not None else NotifySettings()
     metrics = Metrics()
     password = settings.db_role_password.get_secret_value() if settings.db_role_password else None
@@ -185,8 +188,16 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.pulse = Components(
-        settings=settings, db=db, auth=Authenticator(sessions, oidc), device_tokens=tokens, ingest=ingest, sync=sync
+        settings=settings,
+        db=db,
+        auth=Authenticator(sessions, oidc),
+        device_tokens=tokens,
+        ingest=ingest,
+        sync=sync,
+        enroll_limiter=RateLimiter(rate=settings.enroll_rate_per_min / 60, burst=settings.enroll_burst, max_keys=100_000),
     )
+    if monotonic is not None:
+        app.state.pulse.monotonic = monotonic
     if clock is not None:
         app.state.pulse.clock = clock
     app.state.accounts = Accounts(db, sessions, refresh_ttl_s=settings.refresh_token_ttl_s)

@@ -111,6 +111,8 @@ class Settings(BaseSettings):
         default=3600, ge=0, le=7 * 24 * 3600, description="how long a renewed certificate's predecessor keeps working"
     )
     enrollment_token_ttl_s: int = Field(default=7 * 24 * 3600, ge=60)
+    enroll_rate_per_min: float = Field(default=10.0, gt=0, description="enrollment requests per minute per source address")
+    enroll_burst: int = Field(default=20, ge=1, description="enrollment requests a source address may make at once")
 
     @model_validator(mode="after")
     def _enforce_non_default_secrets(self) -> Settings:

@@ -9,14 +9,14 @@ import uuid
 from datetime import datetime
 
 import asyncpg
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 
 from pulse.cloud.api.deps import Parts, Reader, TenantCaller, Writer
 from pulse.cloud.api.sites import site_exists
 from pulse.cloud.auth.credentials import sha256_hex
 from pulse.cloud.db.pool import audit
-from pulse.cloud.errors import ConflictError, InvalidError, NotFoundError
+from pulse.cloud.errors import ConflictError, InvalidError, NotFoundError, RateLimitedError
 from pulse.cloud.sync.service import new_enrollment_token
 from pulse.protocol.errors import Code
 from pulse.protocol.sync import ENROLL_PATH
@@ -218,6 +218,17 @@ async def revoke_gateway(gateway: uuid.UUID, caller: Writer, parts: Parts) -> Ga
     response_model=EnrollResponse,
     summary="Enroll a gateway: a one-time token and a CSR in, a certificate naming tenant and gateway out",
 )
-async def enroll(body: EnrollRequest, parts: Parts) -> EnrollResponse:
+async def enroll(body: EnrollRequest, request: Request, parts: Parts) -> EnrollResponse:
+    # per source address (the socket's peer, or what a PULSE_TRUSTED_PROXIES proxy says): a flood
+    # of requests is refused before the database is asked about the token
+    if parts.enroll_limiter is not None:
+        source = request.client.host if request.client else "unknown"
+        decision = parts.enroll_limiter.take(source, 1, parts.monotonic())
+        if not decision.allowed:
+            raise RateLimitedError(
+                f"too many enrollment requests from {source}; retry in {decision.retry_after_s} s",
+                retry_after_s=decision.retry_after_s,
+                code=Code.ENROLL_RATE_LIMITED,
+            )
     return EnrollResponse(**await parts.sync.enroll(body.token, body.csr))  # type: ignore[arg-type]
 

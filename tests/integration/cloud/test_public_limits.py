@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 import httpx
@@ -23,11 +23,11 @@ pytestmark = pytest.mark.integration
 
 
 @asynccontextmanager
-async def served(base: Settings, **changes: object) -> AsyncIterator[int]:
+async def served(base: Settings, monotonic: Callable[[], float] | None = None, **changes: object) -> AsyncIterator[int]:
     settings = Settings(**{**base.model_dump(), "jwt_secret": base.jwt_secret.get_secret_value(), **changes})
     port = free_port()
     config = uvicorn.Config(
-        create_app(settings), host="127.0.0.1", port=port, log_config=None, lifespan="on", **proxy_options(settings.proxies)  # type: ignore[arg-type]
+        create_app(settings, monotonic=monotonic), host="127.0.0.1", port=port, log_config=None, lifespan="on", **proxy_options(settings.proxies)  # type: ignore[arg-type]
     )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
@@ -95,3 +95,38 @@ async def test_bodies_under_the_limit_reach_the_endpoint(cloud_settings: Setting
         assert r.status_code == 401 and r.json()["code"] == "enroll.token_invalid"
         r = await c.post("/enroll/v1", content=b"{" * 70_000, headers={"content-type": "application/json"})
         assert r.status_code == 413 and r.json()["code"] == "api.too_large"
+
+
+ENROLL = {"token": "pet_not-a-real-token", "csr": "x"}
+
+
+async def test_enrollment_is_rate_limited_per_source_address_and_forwarded_for_does_not_escape_it(cloud_settings: Settings) -> None:
+    async with served(cloud_settings, enroll_burst=2, enroll_rate_per_min=0.01) as port:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=20) as c:
+            codes = []
+            for i in range(4):  # a new X-Forwarded-For each time: believed from nobody by default
+                r = await c.post("/enroll/v1", json=ENROLL, headers={"X-Forwarded-For": f"198.51.100.{i}"})
+                codes.append((r.status_code, r.json()["code"]))
+            assert codes == [(401, "enroll.token_invalid")] * 2 + [(429, "enroll.rate_limited")] * 2
+            assert int(r.headers["retry-after"]) >= 1
+
+
+async def test_behind_a_configured_proxy_each_forwarded_address_has_its_own_budget(cloud_settings: Settings) -> None:
+    async with served(cloud_settings, enroll_burst=1, enroll_rate_per_min=0.01, trusted_proxies="127.0.0.1") as port:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=20) as c:
+            for i in range(3):
+                r = await c.post("/enroll/v1", json=ENROLL, headers={"X-Forwarded-For": f"198.51.100.{i}"})
+                assert r.status_code == 401, r.text
+            r = await c.post("/enroll/v1", json=ENROLL, headers={"X-Forwarded-For": "198.51.100.0"})
+            assert r.status_code == 429 and r.json()["code"] == "enroll.rate_limited"
+
+
+async def test_the_enrollment_budget_refills_with_the_clock(cloud_settings: Settings) -> None:
+    now = [1000.0]
+    async with served(cloud_settings, monotonic=lambda: now[0], enroll_burst=1, enroll_rate_per_min=6) as port:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=20) as c:
+            assert (await c.post("/enroll/v1", json=ENROLL)).status_code == 401
+            r = await c.post("/enroll/v1", json=ENROLL)
+            assert r.status_code == 429 and r.headers["retry-after"] == "10"
+            now[0] += 10  # 6 a minute: one every 10 s
+            assert (await c.post("/enroll/v1", json=ENROLL)).status_code == 401
