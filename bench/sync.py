@@ -141,7 +141,7 @@ def _bench(dsn: str, points: int, root: Path, database: str) -> dict[str, object
         config.parent.mkdir()
         config.write_text('[gateway]\nid = "bench-sync"\n[buffer]\nquota_mb = 8192\n')
         settings = load(config, {})
-        enroll(settings, api, p.enrollment_token)
+        enroll(settings, api, p.enrollment_token, insecure=True)  # the bench cloud is on loopback http
         asyncio.run(_fill(settings, records))
         drain_s, wire_bytes, batches = asyncio.run(_drain(settings))
         rows, distinct = asyncio.run(count_synced(dsn, p.tenant_id))

@@ -29,10 +29,12 @@ from pulse.cloud.api.console import mount_console
 from pulse.cloud.api.deps import Components
 from pulse.cloud.auth.accounts import Accounts
 from pulse.cloud.auth.tokens import Authenticator, OidcVerifier, SessionTokens
+from pulse.cloud.bodylimit import BodyLimit
 from pulse.cloud.db.migrate import maintain_telemetry, migrate
 from pulse.cloud.db.pool import Database, PoolSizes
 from pulse.cloud.ingest import http as ingest_http
 from pulse.cloud.ingest.identity import CredentialRecord, DeviceTokenCache
+from pulse.cloud.ingest.ratelimit import RateLimiter
 from pulse.cloud.ingest.writer import TelemetryRow, Writer
 from pulse.cloud.live import LiveHub
 from pulse.cloud.metrics import Metrics
@@ -43,6 +45,7 @@ from pulse.cloud.sync.app import SyncListener, create_sync_app
 from pulse.cloud.sync.service import SyncService
 from pulse.cloud.twins import sweep_forever as command_sweep
 from pulse.cloud.web import install_error_handlers
+from pulse.protocol.sync import ENROLL_PATH
 from pulse.protocol.twin import TwinLimits
 
 log = logging.getLogger("pulse.cloud")
@@ -65,11 +68,13 @@ def create_app(
     sync_listener: bool = False,
     notify: NotifySettings | None = None,
     clock: Callable[[], dt.datetime] | None = None,
+    monotonic: Callable[[], float] | None = None,
 ) -> FastAPI:
     """``sync_listener``: also serve the gateway sync listener (mutual TLS, PULSE_SYNC_PORT) while
     the app runs; ``pulse cloud serve`` turns it on. ``notify``: the notification settings
     (default: PULSE_NOTIFY_* from the environment). ``clock``: what "now" is for endpoints that
-    answer about the present (default: the system clock; tests fix it)."""
+    answer about the present (default: the system clock; tests fix it). ``monotonic``: the clock
+    per-address rate limits count with (default: time.monotonic)."""
     notify_settings = notify if notify is not None else NotifySettings()
     metrics = Metrics()
     password = settings.db_role_password.get_secret_value() if settings.db_role_password else None
@@ -158,7 +163,7 @@ def create_app(
             command_sweep(db, interval_s=settings.command_sweep_interval_s, grace_s=settings.command_expiry_grace_s),
             name="pulse-command-expiry",
         )
-        listener = SyncListener(create_sync_app(sync), settings.sync, sync.ca) if sync_listener else None
+        listener = SyncListener(create_sync_app(sync), settings.sync, sync.ca, metrics) if sync_listener else None
         try:
             if listener is not None:
                 await listener.start()
@@ -183,8 +188,16 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.pulse = Components(
-        settings=settings, db=db, auth=Authenticator(sessions, oidc), device_tokens=tokens, ingest=ingest, sync=sync
+        settings=settings,
+        db=db,
+        auth=Authenticator(sessions, oidc),
+        device_tokens=tokens,
+        ingest=ingest,
+        sync=sync,
+        enroll_limiter=RateLimiter(rate=settings.enroll_rate_per_min / 60, burst=settings.enroll_burst, max_keys=100_000),
     )
+    if monotonic is not None:
+        app.state.pulse.monotonic = monotonic
     if clock is not None:
         app.state.pulse.clock = clock
     app.state.accounts = Accounts(db, sessions, refresh_ttl_s=settings.refresh_token_ttl_s)
@@ -196,6 +209,10 @@ def create_app(
     app.state.notify_workers = notify_workers
 
     install_error_handlers(app)
+    # unauthenticated endpoints whose JSON bodies FastAPI would otherwise read whole (ingest has its own limit)
+    app.add_middleware(
+        BodyLimit, limits=dict.fromkeys((ENROLL_PATH, "/auth/login", "/auth/refresh"), settings.public_max_body_bytes)
+    )
 
     @app.get("/health", tags=["ops"], summary="Liveness and database reachability", responses={200: {"model": Health}, 503: {"model": Health}})
     async def health() -> JSONResponse:

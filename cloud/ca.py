@@ -127,9 +127,14 @@ class CertificateAuthority:
             csr = x509.load_pem_x509_csr(csr_pem)
         except ValueError as exc:
             raise IdentityError(Code.IDENTITY_BAD_CSR, "the certificate request is not a PEM CSR") from exc
-        if not csr.is_signature_valid:
+        try:
+            # both parse the request's key lazily: an invalid key (an EC point off its curve) raises here
+            valid = csr.is_signature_valid
+            public_key = csr.public_key()
+        except (ValueError, TypeError) as exc:
+            raise IdentityError(Code.IDENTITY_BAD_CSR, "the certificate request's public key is invalid (not a point on its curve?)") from exc
+        if not valid:
             raise IdentityError(Code.IDENTITY_BAD_CSR, "the certificate request's signature does not verify")
-        public_key = csr.public_key()
         if isinstance(public_key, ec.EllipticCurvePublicKey):
             if public_key.curve.name not in ("secp256r1", "secp384r1"):
                 raise IdentityError(Code.IDENTITY_BAD_CSR, "EC keys must be P-256 or P-384")

@@ -78,6 +78,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     from pulse.cloud.app import create_app
     from pulse.cloud.ca import CertificateAuthority
+    from pulse.cloud.web import proxy_options
 
     s = _settings()  # refuse a bad configuration before starting anything
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -91,6 +92,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         "access_log": args.access_log,
         "timeout_graceful_shutdown": 10,
         "ws": "websockets-sansio",  # the console's live socket (/api/v1/live)
+        **proxy_options(s.proxies),  # X-Forwarded-For only from PULSE_TRUSTED_PROXIES (none by default)
     }
     if workers == 1:
         uvicorn.run(create_app(s, sync_listener=True), **common)

@@ -67,8 +67,8 @@ class TooLargeError(CloudError):
 class RateLimitedError(CloudError):
     status = 429
 
-    def __init__(self, message: str, *, retry_after_s: int, **context: object) -> None:
-        super().__init__(Code.INGEST_RATE_LIMITED, message, headers={"Retry-After": str(retry_after_s)}, **context)
+    def __init__(self, message: str, *, retry_after_s: int, code: Code = Code.INGEST_RATE_LIMITED, **context: object) -> None:
+        super().__init__(code, message, headers={"Retry-After": str(retry_after_s)}, **context)
 
 
 class OverloadedError(CloudError):

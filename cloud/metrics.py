@@ -42,6 +42,13 @@ class Metrics:
         self.sync_records = Counter(
             "pulse_sync_records", "Records of gateway sync batches, by result (written, quarantined)", ["result"], registry=r
         )
+        self.sync_tls_refused = Counter(
+            "pulse_sync_tls_refused",
+            "TLS handshakes the gateway sync listener refused, by reason (no_certificate, certificate_untrusted,"
+            " certificate_expired, protocol_version, not_tls, timeout, closed, ...)",
+            ["reason"],
+            registry=r,
+        )
         self.sync_bytes = Counter("pulse_sync_bytes_received", "Bytes of gateway sync batches received", registry=r)
 
     def on_flush(self, report: FlushReport) -> None:

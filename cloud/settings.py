@@ -16,6 +16,13 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PLACEHOLDER_SECRET = "changethis"
 
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def networks(spec: str) -> tuple[Network, ...]:
+    """``"10.0.0.1, 192.168.0.0/24"`` -> networks (a bare address is a /32 or /128)."""
+    return tuple(ipaddress.ip_network(p.strip(), strict=False) for p in spec.split(",") if p.strip())
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="PULSE_", extra="ignore", frozen=True, populate_by_name=True)
@@ -46,6 +53,9 @@ class Settings(BaseSettings):
     oidc_tenant_claim: str = "pulse_tenant"
     oidc_roles_claim: str = "pulse_roles"
     oidc_jwks_cache_s: int = Field(default=300, ge=1)
+
+    # request bodies of endpoints anyone can reach (enrollment, login, refresh), enforced while reading
+    public_max_body_bytes: int = Field(default=64 * 1024, ge=4096, le=16 * 1024 * 1024)
 
     # HTTP ingest
     ingest_max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
@@ -81,6 +91,10 @@ class Settings(BaseSettings):
 
     # server
     host: str = "127.0.0.1"
+    trusted_proxies: str = Field(
+        default="",
+        description="addresses/networks of reverse proxies whose X-Forwarded-For/-Proto the public server believes (default: none)",
+    )
     port: int = 8080
     workers: int = Field(default=1, ge=1, le=64)
     console_dir: Path | None = Field(default=None, description="built web console (default: cloud/console/dist)")
@@ -93,7 +107,12 @@ class Settings(BaseSettings):
     sync_public_url: str | None = None
     sync_trusted_proxies: str = ""
     gateway_cert_days: int = Field(default=30, ge=1, le=825)
+    gateway_cert_overlap_s: int = Field(
+        default=3600, ge=0, le=7 * 24 * 3600, description="how long a renewed certificate's predecessor keeps working"
+    )
     enrollment_token_ttl_s: int = Field(default=7 * 24 * 3600, ge=60)
+    enroll_rate_per_min: float = Field(default=10.0, gt=0, description="enrollment requests per minute per source address")
+    enroll_burst: int = Field(default=20, ge=1, description="enrollment requests a source address may make at once")
 
     @model_validator(mode="after")
     def _enforce_non_default_secrets(self) -> Settings:
@@ -103,6 +122,10 @@ class Settings(BaseSettings):
             self.sync  # noqa: B018 - refuse bad sync settings at start, not at the first gateway
         except ValueError as exc:
             raise ValueError(f"PULSE_SYNC_NAMES or PULSE_SYNC_TRUSTED_PROXIES: {exc}") from exc
+        try:
+            self.proxies  # noqa: B018
+        except ValueError as exc:
+            raise ValueError(f"PULSE_TRUSTED_PROXIES: {exc}") from exc
         if self.mode != "development":
             if self.jwt_secret.get_secret_value() == PLACEHOLDER_SECRET or len(self.jwt_secret.get_secret_value()) < 32:
                 raise ValueError(
@@ -122,13 +145,18 @@ class Settings(BaseSettings):
             port=self.sync_port,
             names=tuple(names),
             public_url=self.sync_public_url or f"https://{names[0]}:{self.sync_port}",
-            trusted_proxies=tuple(
-                ipaddress.ip_network(p.strip(), strict=False) for p in self.sync_trusted_proxies.split(",") if p.strip()
-            ),
+            trusted_proxies=networks(self.sync_trusted_proxies),
             ca_dir=self.data_dir / "ca",
             cert_lifetime_days=self.gateway_cert_days,
+            cert_overlap_s=self.gateway_cert_overlap_s,
             enrollment_token_ttl_s=self.enrollment_token_ttl_s,
         )
+
+    @property
+    def proxies(self) -> tuple[Network, ...]:
+        """The reverse proxies the public server (API, ingest, enrollment) believes about the client's
+        address (PULSE_TRUSTED_PROXIES). Empty by default: per-address limits count the socket's peer."""
+        return networks(self.trusted_proxies)
 
     @property
     def roles(self) -> RoleNames:
@@ -177,10 +205,11 @@ class SyncConfig:
     port: int
     names: tuple[str, ...]  # host names and addresses in the listener's server certificate
     public_url: str  # what enrolling gateways are told to sync with
-    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+    trusted_proxies: tuple[Network, ...]
     ca_dir: Path
     cert_lifetime_days: int
     enrollment_token_ttl_s: int
+    cert_overlap_s: int = 3600
 
 
 @dataclass(frozen=True, slots=True)

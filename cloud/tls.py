@@ -56,3 +56,109 @@ def server_context(cert_file: str, key_file: str, ca_file: str) -> dict[str, Any
         "ssl_cert_reqs": ssl.CERT_REQUIRED,
         "http": PeerCertH11Protocol,
     }
+
+
+# --- refused handshakes --------------------------------------------------------------------------
+# asyncio reports a failed server-side TLS handshake nowhere (ssl.SSLError is an OSError, which its
+# SSL protocol only logs in debug mode) and never tells the HTTP protocol, whose connection_made
+# comes only after a handshake succeeds. So the sync listener accepts plain TCP and runs the
+# handshake itself with ``loop.start_tls``: a refusal is then an exception it holds, with the
+# peer's address, and everything after a successful handshake is uvicorn's h11 protocol as before.
+
+RefusalObserver = Callable[[str | None, str, BaseException], None]
+"""Told (peer address, reason, exception) for every handshake the listener refused."""
+
+_VERIFY_REASONS = {9: "certificate_not_yet_valid", 10: "certificate_expired", 23: "certificate_revoked"}
+_NOT_TLS = {"HTTP_REQUEST", "HTTPS_PROXY_REQUEST", "WRONG_VERSION_NUMBER", "UNKNOWN_PROTOCOL"}
+
+
+def refusal_reason(exc: BaseException) -> str:
+    """A short, bounded label for why a handshake failed (a metric label and a log field)."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return _VERIFY_REASONS.get(exc.verify_code, "certificate_untrusted")
+    if isinstance(exc, ssl.SSLError):
+        reason = (exc.reason or "").upper()
+        if reason == "PEER_DID_NOT_RETURN_A_CERTIFICATE":
+            return "no_certificate"
+        if reason in _NOT_TLS:
+            return "not_tls"
+        if "PROTOCOL" in reason or "VERSION" in reason:
+            return "protocol_version"
+        if "CERTIFICATE" in reason:
+            return "certificate_untrusted"
+        return "tls_error"
+    if isinstance(exc, ConnectionAbortedError | TimeoutError):
+        return "timeout"  # asyncio aborts a handshake that takes longer than its timeout
+    if isinstance(exc, ConnectionError | EOFError):
+        return "closed"
+    return "other"
+
+
+class TlsAcceptingH11Protocol(PeerCertH11Protocol):
+    """uvicorn's h11 protocol behind a handshake this class runs itself (see above). Use
+    ``accepting_protocol(context, on_refused)``, which makes a subclass bound to them, as
+    ``uvicorn.Config(http=...)`` with no ``ssl_*`` settings."""
+
+    ssl_context: ssl.SSLContext
+    on_refused: RefusalObserver
+    handshake_timeout_s: float = 60.0
+    pending: set[asyncio.Task[None]]  # handshakes under way (cancelled when the listener stops)
+    _tls_up = False
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        if transport.get_extra_info("ssl_object") is not None:
+            self._tls_up = True
+            super().connection_made(transport)
+            return
+        transport.pause_reading()  # nothing is read as HTTP before the handshake
+        task = asyncio.get_running_loop().create_task(self._handshake(transport))
+        self.pending.add(task)
+        task.add_done_callback(self.pending.discard)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._tls_up:  # before the handshake ended nothing of HTTP began
+            super().connection_lost(exc)
+
+    async def _handshake(self, raw: asyncio.Transport) -> None:
+        peer = raw.get_extra_info("peername")
+        host = str(peer[0]) if isinstance(peer, tuple) and peer else None
+        try:
+            tls = await asyncio.get_running_loop().start_tls(
+                raw, self, self.ssl_context, server_side=True, ssl_handshake_timeout=self.handshake_timeout_s
+            )
+        except (OSError, EOFError) as exc:  # ssl.SSLError, resets, the handshake timeout
+            raw.close()
+            self.on_refused(host, refusal_reason(exc), exc)
+            return
+        if tls is None:
+            raw.close()
+            return
+        self.connection_made(tls)
+
+
+def accepting_protocol(context: ssl.SSLContext, on_refused: RefusalObserver) -> type[TlsAcceptingH11Protocol]:
+    return type(
+        "BoundTlsAcceptingH11Protocol",
+        (TlsAcceptingH11Protocol,),
+        {"ssl_context": context, "on_refused": staticmethod(on_refused), "pending": set()},
+    )
+
+
+class RateLimitedLog:
+    """Whether to log an event now: once per key per ``every_s`` (time passed in). Keeps at most
+    ``max_keys`` keys, dropping the oldest, so a flood of addresses cannot grow it without bound."""
+
+    def __init__(self, every_s: float = 60.0, max_keys: int = 4096) -> None:
+        self.every_s = every_s
+        self.max_keys = max_keys
+        self._last: dict[object, float] = {}
+
+    def due(self, key: object, now: float) -> bool:
+        last = self._last.get(key)
+        if last is not None and now - last < self.every_s:
+            return False
+        self._last.pop(key, None)
+        self._last[key] = now
+        while len(self._last) > self.max_keys:
+            del self._last[next(iter(self._last))]
+        return True

@@ -4,7 +4,8 @@ error is ``{code, message, ...}`` with a stable code from protocol/errors.py) an
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from ipaddress import IPv4Network, IPv6Network
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -64,3 +65,13 @@ async def read_limited(request: Request, limit: int, refuse: Callable[[int | Non
             raise refuse(None)
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def proxy_options(proxies: Sequence[IPv4Network | IPv6Network]) -> dict[str, object]:
+    """uvicorn.Config keywords so that X-Forwarded-For/-Proto change the client's address only when
+    the socket's peer is one of ``proxies``; with none, no header ever does. (uvicorn's own default
+    believes these headers from 127.0.0.1 and ::1, which would let anyone on the host pick the
+    address that per-address limits and the sync listener's trusted-proxy check see.)"""
+    if not proxies:
+        return {"proxy_headers": False, "forwarded_allow_ips": ""}
+    return {"proxy_headers": True, "forwarded_allow_ips": [str(n) for n in proxies]}

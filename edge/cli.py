@@ -66,7 +66,9 @@ def _cmd_enroll(args: argparse.Namespace) -> int:
     from pulse.edge.enroll import enroll
 
     settings = _settings(args)
-    enrollment, cert = enroll(settings, args.cloud, args.token, ca_file=Path(args.ca_file) if args.ca_file else None)
+    enrollment, cert = enroll(
+        settings, args.cloud, args.token, ca_file=Path(args.ca_file) if args.ca_file else None, insecure=args.insecure
+    )
     print(f"enrolled: this gateway is {enrollment.gateway_name!r} (id {enrollment.gateway_id}, tenant {enrollment.tenant_id})")
     print(f"certificate valid until {cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC; renewed automatically")
     print(f"identity stored in {settings.state_dir} (the private key never leaves this gateway)")
@@ -231,6 +233,11 @@ def register(sub: Any) -> None:
     e.add_argument("--cloud", required=True, help="the cloud's URL, e.g. https://pulse.example.com")
     e.add_argument("--token", required=True, help="the one-time enrollment token from the cloud console")
     e.add_argument("--ca-file", default=None, help="trust this CA for the enrollment request (a self-hosted cloud with a private CA)")
+    e.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow an http:// cloud URL (the CA it answers with becomes the gateway's trust anchor: only on a network you trust)",
+    )
     e.set_defaults(handler=_cmd_enroll)
     s = with_config(gsub.add_parser("status", help="what the running gateway is doing"))
     s.add_argument("--json", action="store_true", help="print the status document as JSON")

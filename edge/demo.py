@@ -90,7 +90,9 @@ def enrolled(config: Path) -> bool:
 def enroll(config: Path, cloud_url: str, token: str) -> None:
     """`pulse gateway enroll`, exactly as an installer runs it."""
     result = subprocess.run(
-        [sys.executable, "-m", "pulse.cli.main", "gateway", "enroll", "--cloud", cloud_url, "--token", token, "--config", str(config)],
+        [sys.executable, "-m", "pulse.cli.main", "gateway", "enroll", "--cloud", cloud_url, "--token", token, "--config", str(config)]
+        # the demo's cloud is on this machine's loopback, over plain HTTP
+        + (["--insecure"] if cloud_url.startswith("http://") else []),
         capture_output=True,
         text=True,
     )

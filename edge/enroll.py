@@ -24,11 +24,24 @@ from pulse.protocol import sync
 from pulse.protocol.errors import Code
 
 
-def enroll(settings: Settings, cloud_url: str, token: str, *, ca_file: Path | None = None, timeout_s: float = 30.0) -> tuple[Enrollment, x509.Certificate]:
-    """Enroll this gateway; returns what the cloud said and the certificate. Raises ``SyncError``."""
+def enroll(
+    settings: Settings, cloud_url: str, token: str, *, ca_file: Path | None = None, insecure: bool = False, timeout_s: float = 30.0
+) -> tuple[Enrollment, x509.Certificate]:
+    """Enroll this gateway; returns what the cloud said and the certificate. Raises ``SyncError``.
+
+    Plain ``http://`` is refused unless ``insecure``: the CA in the cloud's answer becomes the
+    gateway's trust anchor for every later sync, so whoever can change that answer on the way
+    (anyone on the path, without TLS) would own the gateway's link to the cloud."""
     cloud_url = cloud_url.rstrip("/")
     if not cloud_url.startswith(("https://", "http://")):
         raise SyncError(Code.GATEWAY_CLOUD_UNREACHABLE, f"--cloud must be a URL such as https://pulse.example.com, got {cloud_url!r}")
+    if cloud_url.startswith("http://") and not insecure:
+        raise SyncError(
+            Code.GATEWAY_INSECURE_URL,
+            f"refusing to enroll over plain HTTP ({cloud_url}): the CA the cloud answers with becomes this gateway's trust "
+            "anchor, and without TLS anyone on the path could substitute their own. Use the cloud's https:// URL, or pass "
+            "--insecure only on a network you trust (a demo on one machine)",
+        )
     if not token.strip():
         raise SyncError(Code.ENROLL_TOKEN_INVALID, "the enrollment token is empty: copy it from the cloud console")
     files = IdentityFiles(settings.state_dir)

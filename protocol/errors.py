@@ -227,6 +227,20 @@ class Code(StrEnum):
     GATEWAY_UPLINK_STALLED = "gateway.uplink_stalled"
     """The backlog did not move while the link was up; the uplink's watchdog restarted the uplink's state."""
 
+    # identity hardening (issue 15): renewal, re-key, request limits, enrollment throttling
+    IDENTITY_KEY_CHANGED = "identity.key_changed"
+    """A renewal's CSR holds another key than the gateway's certificate: renewal keeps the key; a new
+    key goes through ``POST /sync/v1/rekey`` (audited, revokes the old certificate)."""
+    IDENTITY_SUPERSEDED = "identity.superseded"
+    """A renewal replaced this certificate and its overlap has passed: use the newest certificate."""
+    API_TOO_LARGE = "api.too_large"
+    """The request body is over the endpoint's size limit (HTTP 413); nothing of it was used."""
+    ENROLL_RATE_LIMITED = "enroll.rate_limited"
+    """Too many enrollment requests from this address; retry after the Retry-After seconds (HTTP 429)."""
+    GATEWAY_INSECURE_URL = "gateway.insecure_url"
+    """`pulse gateway enroll` was given a plain http:// cloud URL: the CA it answers with becomes the
+    gateway's trust anchor, so anyone on the path could substitute theirs; use https or --insecure."""
+
     # storage: the cloud's database (refusals at migration, before anything is changed)
     STORAGE_TIMESCALEDB_UNAVAILABLE = "storage.timescaledb_unavailable"
     """PULSE_STORAGE_ENGINE=timescaledb, but the server has not installed or not preloaded TimescaleDB."""

@@ -125,6 +125,7 @@ BATCHES_PATH = "/sync/v1/batches"
 DOWNLINK_PATH = "/sync/v1/downlink"
 DOWNLINK_ACK_PATH = "/sync/v1/downlink/ack"
 RENEW_PATH = "/sync/v1/renew"
+REKEY_PATH = "/sync/v1/rekey"
 REPORT_PATH = "/sync/v1/report"
 BATCH_CONTENT_TYPE = "application/x-pulse-batch"
 MAX_DOWNLINK_WAIT_S = 30

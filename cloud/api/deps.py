@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from pulse.cloud.db.pool import Database
 from pulse.cloud.errors import ForbiddenError
 from pulse.cloud.ingest.http import IngestService
 from pulse.cloud.ingest.identity import DeviceTokenCache
+from pulse.cloud.ingest.ratelimit import RateLimiter
 from pulse.cloud.settings import Settings
 from pulse.cloud.sync.service import SyncService
 from pulse.protocol.errors import Code
@@ -33,6 +35,10 @@ class Components:
     clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC)
     """The time "now" means for endpoints that answer about the present (who is on call now);
     tests fix it (``create_app(..., clock=...)``)."""
+    enroll_limiter: RateLimiter | None = None
+    """Enrollment requests per source address (PULSE_ENROLL_RATE_PER_MIN, PULSE_ENROLL_BURST)."""
+    monotonic: Callable[[], float] = time.monotonic
+    """The clock rate limits count with; tests may pass their own."""
 
 
 def components(request: Request) -> Components:

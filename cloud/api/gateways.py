@@ -9,14 +9,14 @@ import uuid
 from datetime import datetime
 
 import asyncpg
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 
 from pulse.cloud.api.deps import Parts, Reader, TenantCaller, Writer
 from pulse.cloud.api.sites import site_exists
 from pulse.cloud.auth.credentials import sha256_hex
 from pulse.cloud.db.pool import audit
-from pulse.cloud.errors import ConflictError, InvalidError, NotFoundError
+from pulse.cloud.errors import ConflictError, InvalidError, NotFoundError, RateLimitedError
 from pulse.cloud.sync.service import new_enrollment_token
 from pulse.protocol.errors import Code
 from pulse.protocol.sync import ENROLL_PATH
@@ -42,7 +42,11 @@ class GatewayOut(BaseModel):
     status: str = Field(description="pending (not enrolled yet), active, revoked")
     last_seen_at: datetime | None
     last_batch_at: datetime | None
-    certificate_expires_at: datetime | None = Field(description="the latest unrevoked certificate's expiry")
+    certificate_expires_at: datetime | None = Field(description="the latest live certificate's expiry")
+    live_certificates: int = Field(
+        description="certificates that still work (unrevoked, unexpired, not retired by a renewal): at most 2, the newest and, "
+        "during the renewal overlap, the one it replaced"
+    )
     backlog: dict[str, int] = Field(description="records waiting on the gateway, by stream (its last report)")
     dropped: dict[str, int] = Field(description="records the gateway's storage quota dropped, by stream")
     oldest_unsynced_at: datetime | None
@@ -81,9 +85,9 @@ class EnrollResponse(BaseModel):
 _SELECT = (
     "SELECT g.id, g.name, g.site_id, g.status, g.last_seen_at, g.last_batch_at, g.backlog, g.dropped, g.oldest_unsynced_at,"
     " g.bytes_received, g.batches_received, g.clock_offset_ms, g.clock_corrected_at, g.agent_version, g.created_at,"
-    " (SELECT max(c.not_after) FROM gateway_certificates c WHERE c.gateway_id = g.id AND c.revoked_at IS NULL)"
-    " AS certificate_expires_at FROM gateways g"
-)
+    " (SELECT max(c.not_after) FROM gateway_certificates c WHERE c.gateway_id = g.id AND {live}) AS certificate_expires_at,"
+    " (SELECT count(*) FROM gateway_certificates c WHERE c.gateway_id = g.id AND {live}) AS live_certificates FROM gateways g"
+).format(live="c.revoked_at IS NULL AND c.not_after > now() AND (c.retires_at IS NULL OR c.retires_at > now())")
 
 
 def _out(row: asyncpg.Record) -> GatewayOut:
@@ -214,6 +218,17 @@ async def revoke_gateway(gateway: uuid.UUID, caller: Writer, parts: Parts) -> Ga
     response_model=EnrollResponse,
     summary="Enroll a gateway: a one-time token and a CSR in, a certificate naming tenant and gateway out",
 )
-async def enroll(body: EnrollRequest, parts: Parts) -> EnrollResponse:
+async def enroll(body: EnrollRequest, request: Request, parts: Parts) -> EnrollResponse:
+    # per source address (the socket's peer, or what a PULSE_TRUSTED_PROXIES proxy says): a flood
+    # of requests is refused before the database is asked about the token
+    if parts.enroll_limiter is not None:
+        source = request.client.host if request.client else "unknown"
+        decision = parts.enroll_limiter.take(source, 1, parts.monotonic())
+        if not decision.allowed:
+            raise RateLimitedError(
+                f"too many enrollment requests from {source}; retry in {decision.retry_after_s} s",
+                retry_after_s=decision.retry_after_s,
+                code=Code.ENROLL_RATE_LIMITED,
+            )
     return EnrollResponse(**await parts.sync.enroll(body.token, body.csr))  # type: ignore[arg-type]
 

@@ -33,12 +33,19 @@ def take(bucket: Bucket | None, cost: float, *, now: float, rate: float, burst: 
 
 
 class RateLimiter:
-    def __init__(self, *, rate: float, burst: float) -> None:
+    """Buckets by key. ``max_keys`` bounds memory when keys come from outside (source addresses):
+    past it the least recently used bucket is forgotten (that key starts again with a full burst)."""
+
+    def __init__(self, *, rate: float, burst: float, max_keys: int | None = None) -> None:
         self.rate = rate
         self.burst = burst
+        self.max_keys = max_keys
         self._buckets: dict[object, Bucket] = {}
 
     def take(self, key: object, cost: float, now: float) -> Decision:
-        decision = take(self._buckets.get(key), cost, now=now, rate=self.rate, burst=self.burst)
+        decision = take(self._buckets.pop(key, None), cost, now=now, rate=self.rate, burst=self.burst)
         self._buckets[key] = decision.bucket
+        if self.max_keys is not None:
+            while len(self._buckets) > self.max_keys:
+                del self._buckets[next(iter(self._buckets))]
         return decision

@@ -12,18 +12,23 @@ import logging
 import os
 import socket
 import ssl
+import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Annotated
 
 import uvicorn
 from fastapi import Depends, FastAPI, Query, Request, Response
 from pydantic import BaseModel, Field
+from uvicorn.config import SSL_PROTOCOL_VERSION, create_ssl_context
 
+from pulse.cloud.bodylimit import PUBLIC_BODY_LIMIT, BodyLimit
 from pulse.cloud.ca import CertificateAuthority, write_private
 from pulse.cloud.errors import BadRequestError
+from pulse.cloud.metrics import Metrics
 from pulse.cloud.settings import SyncConfig
 from pulse.cloud.sync.service import PROXY_CERT_HEADER, GatewayCaller, SyncService
-from pulse.cloud.tls import PeerCertH11Protocol
+from pulse.cloud.tls import RateLimitedLog, TlsAcceptingH11Protocol, accepting_protocol
 from pulse.cloud.web import install_error_handlers, read_limited
 from pulse.protocol.errors import Code
 from pulse.protocol.sync import (
@@ -31,6 +36,7 @@ from pulse.protocol.sync import (
     DOWNLINK_ACK_PATH,
     DOWNLINK_PATH,
     MAX_DOWNLINK_WAIT_S,
+    REKEY_PATH,
     RENEW_PATH,
     REPORT_PATH,
 )
@@ -76,6 +82,8 @@ def create_sync_app(service: SyncService) -> FastAPI:
     app = FastAPI(title="Pulse gateway sync", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.sync = service
     install_error_handlers(app)
+    # JSON bodies are small; batches have their own limit (read_limited)
+    app.add_middleware(BodyLimit, limits=dict.fromkeys((RENEW_PATH, REKEY_PATH, REPORT_PATH, DOWNLINK_ACK_PATH), PUBLIC_BODY_LIMIT))
 
     @app.post(BATCHES_PATH)
     async def batches(request: Request, caller: Gateway, svc: Service) -> dict[str, object]:
@@ -101,6 +109,10 @@ def create_sync_app(service: SyncService) -> FastAPI:
     async def renew(body: RenewRequest, caller: Gateway, svc: Service) -> dict[str, object]:
         return await svc.renew(caller, body.csr)
 
+    @app.post(REKEY_PATH)
+    async def rekey(body: RenewRequest, caller: Gateway, svc: Service) -> dict[str, object]:
+        return await svc.rekey(caller, body.csr)
+
     @app.post(REPORT_PATH, status_code=204)
     async def report(body: Report, caller: Gateway, svc: Service) -> Response:
         await svc.report(
@@ -124,13 +136,35 @@ class SyncListener:
     configured names at every start. The socket uses SO_REUSEPORT, so several worker processes
     share the port."""
 
-    def __init__(self, app: FastAPI, config: SyncConfig, ca: CertificateAuthority) -> None:
+    def __init__(
+        self, app: FastAPI, config: SyncConfig, ca: CertificateAuthority, metrics: Metrics, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self._app = app
         self._config = config
         self._ca = ca
+        self._metrics = metrics
+        self._clock = clock
+        self._refusals = RateLimitedLog(every_s=60.0)
+        self._protocol: type[TlsAcceptingH11Protocol] | None = None
         self._server: uvicorn.Server | None = None
         self._task: asyncio.Task[None] | None = None
         self.port = config.port  # the bound port once started (PULSE_SYNC_PORT=0 picks a free one)
+
+    def refused(self, peer: str | None, reason: str, exc: BaseException) -> None:
+        """A TLS handshake the listener refused: counted always, logged once per peer and reason a minute."""
+        self._metrics.sync_tls_refused.labels(reason).inc()
+        if self._refusals.due((peer, reason), self._clock()):
+            log.warning("gateway sync listener refused a TLS handshake from %s: %s (%s)", peer or "an unknown address", reason, exc)
+
+    def _ssl_context(self, cert_file: Path, key_file: Path) -> ssl.SSLContext:
+        # behind a trusted TLS-terminating proxy the proxy may connect without a certificate of
+        # its own; requests without one are still refused by the app unless they come from it
+        reqs = ssl.CERT_OPTIONAL if self._config.trusted_proxies else ssl.CERT_REQUIRED
+        context = create_ssl_context(
+            cert_file, key_file, None, SSL_PROTOCOL_VERSION, reqs, str(self._config.ca_dir / "ca.crt"), "TLSv1"
+        )
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        return context
 
     async def start(self) -> None:
         directory = self._config.ca_dir
@@ -139,6 +173,11 @@ class SyncListener:
         cert_file, key_file = directory / f"sync-server-{os.getpid()}.crt", directory / f"sync-server-{os.getpid()}.key"
         write_private(key_file, key_pem)
         cert_file.write_bytes(cert_pem)
+        try:
+            context = self._ssl_context(cert_file, key_file)
+        finally:
+            cert_file.unlink(missing_ok=True)
+            key_file.unlink(missing_ok=True)
         family = socket.AF_INET6 if ":" in self._config.host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -147,6 +186,7 @@ class SyncListener:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # inherited by accepted connections
         sock.bind((self._config.host, self._config.port))
         self.port = sock.getsockname()[1]
+        self._protocol = accepting_protocol(context, self.refused)
         config = uvicorn.Config(
             self._app,
             host=self._config.host,
@@ -157,25 +197,22 @@ class SyncListener:
             log_level=None,
             timeout_keep_alive=MAX_DOWNLINK_WAIT_S + 15,
             timeout_graceful_shutdown=5,
-            ssl_certfile=str(cert_file),
-            ssl_keyfile=str(key_file),
-            ssl_ca_certs=str(directory / "ca.crt"),
-            # behind a trusted TLS-terminating proxy the proxy may connect without a certificate of
-            # its own; requests without one are still refused by the app unless they come from it
-            ssl_cert_reqs=ssl.CERT_OPTIONAL if self._config.trusted_proxies else ssl.CERT_REQUIRED,
-            http=PeerCertH11Protocol,
+            # mutual TLS: the protocol runs the handshake itself (so refusals are seen, cloud/tls.py)
+            # and puts the verified client certificate in the scope
+            http=self._protocol,
+            # no request header may change the peer address: the trusted-proxy check
+            # (SyncService.certificate_of) must see the socket's own peer, or anyone on a host
+            # uvicorn trusts by default (loopback) could claim to be the proxy and name any gateway
+            proxy_headers=False,
+            forwarded_allow_ips="",
         )
         self._server = _Server(config)
         self._task = asyncio.create_task(self._server.serve(sockets=[sock]), name="pulse-sync-listener")
-        try:
-            while not self._server.started:
-                if self._task.done():
-                    self._task.result()  # raises why it could not start
-                    raise RuntimeError("the sync listener stopped while starting")
-                await asyncio.sleep(0.01)
-        finally:
-            cert_file.unlink(missing_ok=True)
-            key_file.unlink(missing_ok=True)
+        while not self._server.started:
+            if self._task.done():
+                self._task.result()  # raises why it could not start
+                raise RuntimeError("the sync listener stopped while starting")
+            await asyncio.sleep(0.01)
         log.info("gateway sync listener on https://%s:%s (mutual TLS)", self._config.host, self.port)
 
     async def stop(self) -> None:
@@ -183,4 +220,8 @@ class SyncListener:
             self._server.should_exit = True
             with contextlib.suppress(Exception):
                 await self._task
+        if self._protocol is not None:
+            for handshake in list(self._protocol.pending):
+                handshake.cancel()
+            await asyncio.gather(*self._protocol.pending, return_exceptions=True)
         self._server = self._task = None

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import hashlib
 import ipaddress
 import json
 import logging
@@ -39,7 +40,7 @@ from pulse.cloud.auth.credentials import sha256_hex
 from pulse.cloud.ca import CertificateAuthority, IdentityError
 from pulse.cloud.db.pool import Database, audit
 from pulse.cloud.downlink import POLL_S, Notifier, pending, push_rules
-from pulse.cloud.errors import AuthError, BadRequestError, ForbiddenError, InvalidError, StorageUnavailableError
+from pulse.cloud.errors import AuthError, BadRequestError, ConflictError, ForbiddenError, InvalidError, StorageUnavailableError
 from pulse.cloud.ingest.writer import QuarantineRow, TelemetryRow, write_rows
 from pulse.cloud.metrics import Metrics
 from pulse.cloud.settings import SyncConfig
@@ -85,6 +86,7 @@ class GatewayCaller:
     gateway_id: uuid.UUID
     site_id: uuid.UUID | None
     serial: int
+    key_sha256: str  # of the presented certificate's public key (SubjectPublicKeyInfo, DER)
 
     @property
     def wire_id(self) -> str:
@@ -96,6 +98,12 @@ class GatewayCaller:
 class _Device:
     site_id: uuid.UUID | None
     status: str
+
+
+def key_fingerprint(key: object) -> str:
+    """sha256 of a public key's SubjectPublicKeyInfo (DER), hex."""
+    der = key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)  # type: ignore[attr-defined]
+    return hashlib.sha256(der).hexdigest()
 
 
 def _pem(cert: x509.Certificate) -> str:
@@ -171,7 +179,9 @@ class SyncService:
             raise AuthError(Code.IDENTITY_UNTRUSTED, "this certificate is not on record for the gateway; enroll it again")
         if row["revoked"] or row["gateway_status"] == "revoked":
             raise AuthError(Code.IDENTITY_REVOKED, "this gateway or its certificate was revoked; enroll again with a new token")
-        return GatewayCaller(tenant, gateway, row["site_id"], ident.serial)
+        if row["superseded"]:
+            raise AuthError(Code.IDENTITY_SUPERSEDED, "a renewal replaced this certificate; use the newest one (or enroll again)")
+        return GatewayCaller(tenant, gateway, row["site_id"], ident.serial, key_fingerprint(cert.public_key()))
 
     # --- enrollment and renewal -------------------------------------------------------------
 
@@ -240,10 +250,55 @@ class SyncService:
         }
 
     async def renew(self, caller: GatewayCaller, csr_pem: str) -> dict[str, object]:
-        """A new certificate for the same identity (the old one stays valid until it expires)."""
+        """A new certificate for the same identity and the same key. The certificate the gateway
+        renewed with retires after the overlap (PULSE_GATEWAY_CERT_OVERLAP_S); any other earlier one
+        at once, so a gateway has at most two live certificates. A CSR with another key is refused
+        (``identity.key_changed``): a new key goes through ``rekey``."""
+        cert = self._sign(csr_pem, caller.tenant_id, caller.gateway_id)
+        if key_fingerprint(cert.public_key()) != caller.key_sha256:
+            raise ConflictError(
+                Code.IDENTITY_KEY_CHANGED,
+                "renewal keeps the gateway's key: send a CSR made with the key of the certificate you present,"
+                " or change the key on purpose through /sync/v1/rekey",
+            )
+        async with self.db.tenant(caller.tenant_id) as conn:
+            await conn.execute(
+                "UPDATE gateway_certificates SET retires_at = CASE WHEN serial = $2"
+                " THEN least(coalesce(retires_at, 'infinity'), now() + make_interval(secs => $3)) ELSE now() END"
+                " WHERE gateway_id = $1 AND revoked_at IS NULL AND (retires_at IS NULL OR retires_at > now())",
+                caller.gateway_id,
+                Decimal(caller.serial),
+                float(self.config.cert_overlap_s),
+            )
+            await self._record(conn, caller.tenant_id, caller.gateway_id, cert)
+        return {"certificate": _pem(cert), "ca": self.ca.cert_pem.decode()}
+
+    async def rekey(self, caller: GatewayCaller, csr_pem: str) -> dict[str, object]:
+        """A certificate for a new key (one the gateway made, e.g. after its key may have been
+        exposed). Every earlier certificate of the gateway, the presented one included, is revoked
+        at once, in the transaction that records the new one; audited."""
         cert = self._sign(csr_pem, caller.tenant_id, caller.gateway_id)
         async with self.db.tenant(caller.tenant_id) as conn:
+            revoked = await conn.fetchval(
+                "WITH r AS (UPDATE gateway_certificates SET revoked_at = now() WHERE gateway_id = $1 AND revoked_at IS NULL RETURNING 1)"
+                " SELECT count(*) FROM r",
+                caller.gateway_id,
+            )
             await self._record(conn, caller.tenant_id, caller.gateway_id, cert)
+            name = await conn.fetchval("SELECT name FROM gateways WHERE id = $1", caller.gateway_id)
+            await audit(
+                conn,
+                actor=f"gateway:{caller.gateway_id}",
+                action="gateway.rekey",
+                target=name or str(caller.gateway_id),
+                tenant_id=caller.tenant_id,
+                detail={
+                    "serial": str(cert.serial_number),
+                    "previous_serial": str(caller.serial),
+                    "certificates_revoked": revoked,
+                    "key_sha256": key_fingerprint(cert.public_key()),
+                },
+            )
         return {"certificate": _pem(cert), "ca": self.ca.cert_pem.decode()}
 
     # --- uplink -----------------------------------------------------------------------------

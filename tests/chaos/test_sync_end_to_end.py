@@ -181,7 +181,7 @@ async def test_acknowledged_stream_reaches_the_cloud_exactly_once_through_cuts_k
         return r.stdout
 
     cloud = await start_cloud()
-    await asyncio.to_thread(cli, "enroll", "--cloud", api, "--token", p.enrollment_token)
+    await asyncio.to_thread(cli, "enroll", "--cloud", api, "--token", p.enrollment_token, "--insecure")  # loopback http
     secret = f"chaos-secret-{seed}"
     await asyncio.to_thread(cli, "device", "add", device, "--secret", secret)
     gateway = await start_gateway()

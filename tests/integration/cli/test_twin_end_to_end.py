@@ -121,7 +121,7 @@ async def test_desired_and_commands_set_while_the_gateway_is_down_reach_the_devi
                     return False
 
             await _until(healthy, "the cloud answering", logs)
-            await asyncio.to_thread(gateway_cli, "enroll", "--cloud", api, "--token", p.enrollment_token)
+            await asyncio.to_thread(gateway_cli, "enroll", "--cloud", api, "--token", p.enrollment_token, "--insecure")  # loopback http
             await asyncio.to_thread(gateway_cli, "device", "add", device, "--secret", secret)
             login = await c.post("/auth/login", json={"email": "ops@example.com", "password": PASSWORD})
             assert login.status_code == 200, login.text

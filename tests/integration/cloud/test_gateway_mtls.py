@@ -14,6 +14,7 @@ import httpx
 import pytest
 import uvicorn
 from cryptography.hazmat.primitives import serialization
+from forged import off_curve_csr
 
 from pulse.cloud.ca import CertificateAuthority, IdentityError
 from pulse.cloud.db.embedded import free_port
@@ -128,6 +129,13 @@ def test_certificate_names_come_from_the_cloud_not_the_csr(tmp_path: Path) -> No
     assert CertificateAuthority.load_or_create(tmp_path / "ca").cert == ca.cert
     with pytest.raises(IdentityError) as err:
         ca.sign_gateway_csr(b"not a csr", tenant_id="tenant-b", gateway_id="gw-real")
+    assert err.value.code == "identity.bad_csr"
+
+
+def test_csr_with_an_off_curve_key_is_a_coded_refusal(tmp_path: Path) -> None:
+    ca = CertificateAuthority.load_or_create(tmp_path / "ca")
+    with pytest.raises(IdentityError) as err:
+        ca.sign_gateway_csr(off_curve_csr(), tenant_id="t", gateway_id="gw")
     assert err.value.code == "identity.bad_csr"
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import hashlib
+import logging
 import ssl
 import time
 import uuid
@@ -21,6 +22,7 @@ import asyncpg
 import httpx
 import pytest
 from cryptography.hazmat.primitives import serialization
+from forged import off_curve_csr
 
 from pulse.cloud.ca import CertificateAuthority
 from pulse.cloud.settings import Settings
@@ -312,6 +314,48 @@ async def test_no_certificate_other_ca_and_expired_are_refused(sync: SyncCloud) 
                 await c.get("/sync/v1/downlink")
 
 
+async def _refused_counts(sc: SyncCloud) -> dict[str, float]:
+    r = await sc.cloud.client.get("/metrics")
+    counts: dict[str, float] = {}
+    for line in r.text.splitlines():
+        if line.startswith("pulse_sync_tls_refused_total{"):
+            reason = line.split('reason="', 1)[1].split('"', 1)[0]
+            counts[reason] = float(line.rsplit(" ", 1)[1])
+    return counts
+
+
+async def test_refused_handshakes_are_counted_and_logged_with_peer_and_reason(sync: SyncCloud, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="pulse.cloud.sync.app")
+    rogue = CertificateAuthority.load_or_create(sync.tmp / "rogue")
+    files = IdentityFiles(sync.tmp / "rogue-gw")
+    cert = rogue.sign_gateway_csr(make_key_and_csr(files, "rogue"), tenant_id=str(uuid.uuid4()), gateway_id=str(uuid.uuid4()))
+    store_certificate(files, cert.public_bytes(serialization.Encoding.PEM), sync.ca_file.read_bytes())
+    old = IdentityFiles(sync.tmp / "old-gw")
+    past = dt.datetime.now(dt.UTC) - dt.timedelta(days=40)
+    ca = CertificateAuthority.load_or_create(sync.tmp / "data" / "ca")
+    cert = ca.sign_gateway_csr(make_key_and_csr(old, "old"), tenant_id=str(uuid.uuid4()), gateway_id=str(uuid.uuid4()), now=past)
+    store_certificate(old, cert.public_bytes(serialization.Encoding.PEM), sync.ca_file.read_bytes())
+    for identity in (None, None, files, old):
+        async with sync.client(identity) as c:
+            with pytest.raises(_REFUSED):
+                await c.get("/sync/v1/downlink")
+    async with httpx.AsyncClient(base_url=sync.sync_url.replace("https:", "http:"), timeout=10) as c:  # plain HTTP
+        with pytest.raises(_REFUSED):
+            await c.get("/sync/v1/downlink")
+    expected = {"no_certificate": 2.0, "certificate_untrusted": 1.0, "certificate_expired": 1.0, "not_tls": 1.0}
+    deadline = time.monotonic() + 30  # the server may note a refusal just after the client saw it
+    while (counts := await _refused_counts(sync)) != expected and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert counts == expected
+    logged = [r.getMessage() for r in caplog.records if "refused a TLS handshake" in r.getMessage()]
+    assert any("127.0.0.1" in m and "no_certificate" in m for m in logged), logged
+    # a real gateway is not affected
+    _, h = await sync.cloud.tenant_user()
+    _, good = await sync.gateway(h)
+    async with sync.client(good) as c:
+        assert (await c.get("/sync/v1/downlink")).status_code == 200
+
+
 async def test_certificate_not_on_record_is_refused(sync: SyncCloud) -> None:
     """Signed by our CA but never issued through enrollment (no row): refused by the app."""
     _, h = await sync.cloud.tenant_user()
@@ -362,6 +406,117 @@ async def test_renewal_gives_a_new_certificate_for_the_same_identity(sync: SyncC
         assert (await c.get("/sync/v1/downlink")).status_code == 200
 
 
+def _copy(files: IdentityFiles, directory: Path) -> IdentityFiles:
+    """The gateway's identity files as they are now (to present an earlier certificate later)."""
+    copy = IdentityFiles(directory)
+    directory.mkdir(parents=True)
+    for name in ("key", "cert", "ca"):
+        getattr(copy, name).write_bytes(getattr(files, name).read_bytes())
+    return copy
+
+
+async def _renew(sc: SyncCloud, files: IdentityFiles, csr: bytes, path: str = "/sync/v1/renew") -> httpx.Response:
+    async with sc.client(files) as c:
+        r = await c.post(path, json={"csr": csr.decode()})
+    if r.status_code == 200:
+        store_certificate(files, r.json()["certificate"].encode(), r.json()["ca"].encode())
+    return r
+
+
+async def _live(sc: SyncCloud, gw: str, h: dict[str, str]) -> int:
+    r = await sc.cloud.client.get(f"/api/v1/gateways/{gw}", headers=h)
+    assert r.status_code == 200, r.text
+    return int(r.json()["live_certificates"])
+
+
+async def test_renewal_keeps_the_key_and_leaves_at_most_two_live_certificates(sync: SyncCloud) -> None:
+    _, h = await sync.cloud.tenant_user()
+    gw, files = await sync.gateway(h)
+    assert await _live(sync, gw, h) == 1
+    previous: IdentityFiles | None = None
+    for i in range(5):
+        before = _copy(files, sync.tmp / f"before-{i}")
+        r = await _renew(sync, files, make_key_and_csr(files, "again"))
+        assert r.status_code == 200, r.text
+        assert await _live(sync, gw, h) == 2
+        # the certificate renewed with still works during the overlap; the one before it no longer
+        async with sync.client(before) as c:
+            assert (await c.get("/sync/v1/downlink")).status_code == 200
+        if previous is not None:
+            async with sync.client(previous) as c:
+                r = await c.get("/sync/v1/downlink")
+                assert r.status_code == 401 and r.json()["code"] == "identity.superseded", r.text
+        previous = before
+    async with sync.client(files) as c:
+        assert (await c.get("/sync/v1/downlink")).status_code == 200
+    rows = await sync.rows(
+        "SELECT count(*) AS n FROM gateway_certificates WHERE gateway_id = $1 AND revoked_at IS NULL"
+        " AND (retires_at IS NULL OR retires_at > now())",
+        uuid.UUID(gw),
+    )
+    assert rows[0]["n"] == 2
+
+
+async def test_renewal_with_another_key_is_refused_and_issues_nothing(sync: SyncCloud) -> None:
+    _, h = await sync.cloud.tenant_user()
+    gw, files = await sync.gateway(h)
+    other = make_key_and_csr(IdentityFiles(sync.tmp / "someone-else"), "x")
+    r = await _renew(sync, files, other)
+    assert r.status_code == 409 and r.json()["code"] == "identity.key_changed", r.text
+    assert await _live(sync, gw, h) == 1
+    assert len(await sync.rows("SELECT 1 FROM gateway_certificates WHERE gateway_id = $1", uuid.UUID(gw))) == 1
+
+
+async def test_renewed_certificate_replaces_its_predecessor_after_the_overlap(
+    cloud_settings: Settings, tmp_path: Path, start_cloud: Any
+) -> None:
+    async with _sync_cloud(start_cloud, cloud_settings, tmp_path, gateway_cert_overlap_s=0) as sc:
+        _, h = await sc.cloud.tenant_user()
+        gw, files = await sc.gateway(h)
+        old = _copy(files, sc.tmp / "old")
+        assert (await _renew(sc, files, make_key_and_csr(files, "again"))).status_code == 200
+        async with sc.client(old) as c:
+            r = await c.get("/sync/v1/downlink")
+            assert r.status_code == 401 and r.json()["code"] == "identity.superseded"
+        async with sc.client(files) as c:
+            assert (await c.get("/sync/v1/downlink")).status_code == 200
+        assert await _live(sc, gw, h) == 1
+
+
+async def test_rekey_takes_a_new_key_revokes_the_old_certificate_and_is_audited(sync: SyncCloud) -> None:
+    _, h = await sync.cloud.tenant_user()
+    gw, files = await sync.gateway(h)
+    old = _copy(files, sync.tmp / "old")
+    fresh = IdentityFiles(sync.tmp / "fresh")
+    csr = make_key_and_csr(fresh, "fresh")
+    async with sync.client(files) as c:
+        r = await c.post("/sync/v1/rekey", json={"csr": csr.decode()})
+    assert r.status_code == 200, r.text
+    store_certificate(fresh, r.json()["certificate"].encode(), r.json()["ca"].encode())
+    async with sync.client(old) as c:
+        r = await c.get("/sync/v1/downlink")
+        assert r.status_code == 401 and r.json()["code"] == "identity.revoked"
+    async with sync.client(fresh) as c:
+        assert (await c.get("/sync/v1/downlink")).status_code == 200
+    assert await _live(sync, gw, h) == 1
+    audit = await sync.rows("SELECT actor FROM audit_log WHERE action = 'gateway.rekey' AND actor = $1", f"gateway:{gw}")
+    assert [a["actor"] for a in audit] == [f"gateway:{gw}"]
+    # the new key renews; the old key can no longer renew for it
+    assert (await _renew(sync, fresh, make_key_and_csr(fresh, "fresh"))).status_code == 200
+
+
+async def test_csr_with_an_off_curve_key_is_refused_with_a_code_on_enroll_and_renew(sync: SyncCloud) -> None:
+    _, h = await sync.cloud.tenant_user()
+    r = await sync.cloud.client.post("/api/v1/gateways", json={"name": "curve"}, headers=h)
+    token = r.json()["enrollment"]["token"]
+    r = await sync.cloud.client.post("/enroll/v1", json={"token": token, "csr": off_curve_csr().decode()})
+    assert r.status_code == 422 and r.json()["code"] == "identity.bad_csr", r.text
+    _, files = await sync.gateway(h)
+    for path in ("/sync/v1/renew", "/sync/v1/rekey"):
+        r = await _renew(sync, files, off_curve_csr(), path)
+        assert r.status_code == 422 and r.json()["code"] == "identity.bad_csr", r.text
+
+
 # --- trusted proxy -----------------------------------------------------------------------------
 
 
@@ -392,6 +547,30 @@ async def test_proxy_header_is_honoured_from_a_trusted_proxy(cloud_settings: Set
         async with sc.client(None) as c:
             r = await c.get("/sync/v1/downlink", headers=header)
             assert r.status_code == 401 and r.json()["code"] == "identity.revoked"
+
+
+async def test_forwarded_for_from_loopback_cannot_pose_as_the_trusted_proxy(
+    cloud_settings: Settings, tmp_path: Path, start_cloud: Any
+) -> None:
+    """uvicorn believes X-Forwarded-For from 127.0.0.1 by default; the listener must not, or anyone
+    on the host could claim the proxy's address and present another gateway's public certificate."""
+    async with _sync_cloud(start_cloud, cloud_settings, tmp_path, sync_trusted_proxies="192.0.2.10/32") as sc:
+        _, h = await sc.cloud.tenant_user()
+        await _device(sc, h, "dev-1")
+        gw, victim = await sc.gateway(h)
+        spoof = {
+            "X-Forwarded-For": "192.0.2.10",
+            "X-Real-IP": "192.0.2.10",
+            "Forwarded": "for=192.0.2.10",
+            "X-Pulse-Client-Cert": quote(victim.cert.read_text()),
+        }
+        attacker = IdentityFiles(sc.tmp / "attacker")
+        async with sc.client(None) as c:  # no certificate: the listener allows that only for the proxy
+            r = await c.post("/sync/v1/renew", json={"csr": make_key_and_csr(attacker, "mine").decode()}, headers=spoof)
+            assert r.status_code == 401 and r.json()["code"] == "identity.no_certificate", r.text
+            r = await c.post("/sync/v1/batches", content=_batch(gw, [1]), headers=spoof)
+            assert r.status_code == 401 and r.json()["code"] == "identity.no_certificate", r.text
+        assert await sc.rows("SELECT 1 FROM telemetry WHERE gateway_id = $1", uuid.UUID(gw)) == []
 
 
 # --- downlink ----------------------------------------------------------------------------------

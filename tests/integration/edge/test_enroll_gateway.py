@@ -82,3 +82,16 @@ async def test_enroll_says_when_the_clouds_certificate_is_not_trusted(receiver, 
     err = capsys.readouterr().err
     assert "gateway.tls_failed" in err and "CERTIFICATE_VERIFY_FAILED" in err
     assert "good-token" in receiver.tokens  # nothing reached the cloud's token check
+
+
+async def test_enroll_refuses_plain_http_unless_insecure_and_says_why(receiver, config, capsys):
+    http_url = f"http://127.0.0.1:{free_port()}"  # nothing listens: a refusal must come before any request
+    code = await pulse("gateway", "enroll", "--cloud", http_url, "--token", "good-token", "--config", str(config))
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "gateway.insecure_url" in err and "trust anchor" in err and "--insecure" in err
+    assert load_enrollment(load(config, {}).state_dir) is None
+    # with --insecure the request is made (and here finds nothing listening)
+    code = await pulse("gateway", "enroll", "--cloud", http_url, "--token", "good-token", "--insecure", "--config", str(config))
+    assert code == 2
+    assert "gateway.cloud_unreachable" in capsys.readouterr().err
