@@ -19,6 +19,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
 
 from pulse.cloud.alerts.runner import RuleRunner, RunnerConfig
+from pulse.cloud.api import acks as acks_api
 from pulse.cloud.api import alerts as alerts_api
 from pulse.cloud.api import audit as audit_api
 from pulse.cloud.api import auth as auth_api
@@ -224,6 +225,7 @@ def create_app(
     app.include_router(alerts_api.rules_router)
     app.include_router(alerts_api.alerts_router)
     app.include_router(alerts_api.states_router)
+    app.include_router(acks_api.permissions_router)
     app.include_router(audit_api.router)
     app.include_router(twin_api.router)
     app.include_router(notify_api.router)
