@@ -226,6 +226,7 @@ def create_app(
     app.include_router(alerts_api.alerts_router)
     app.include_router(alerts_api.states_router)
     app.include_router(acks_api.permissions_router)
+    app.include_router(acks_api.hooks_router)
     app.include_router(audit_api.router)
     app.include_router(twin_api.router)
     app.include_router(notify_api.router)

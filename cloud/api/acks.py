@@ -7,16 +7,27 @@ request changes nothing and answers a coded error (``ack.*``, docs/protocol.md).
 
 from __future__ import annotations
 
-from typing import Any
+import json
+import uuid
+from collections.abc import Mapping
+from typing import Any, Literal
 
-from fastapi import APIRouter
+import asyncpg
+from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 
 from pulse.cloud.alerts import actions
 from pulse.cloud.api.deps import Parts, Reader, Writer
 from pulse.cloud.db.pool import audit
+from pulse.cloud.errors import TooLargeError
+from pulse.cloud.notify import inbound, store
+from pulse.cloud.notify.inbound import ExternalAction, Refused
+from pulse.cloud.web import read_limited
+from pulse.protocol.errors import Code
 
 permissions_router = APIRouter(prefix="/api/v1/permissions", tags=["permissions"])
+hooks_router = APIRouter(prefix="/hooks/v1", tags=["inbound acknowledgements"])
+MAX_BODY = 256 * 1024
 
 
 class PermissionOut(BaseModel):
@@ -44,3 +55,68 @@ async def set_permission(permission: actions.Permission, body: PermissionIn, cal
         roles = await actions.set_permission(conn, permission, body.roles, by=caller.actor)
         await audit(conn, actor=caller.actor, action="permission.set", target=permission, tenant_id=caller.tenant_id, detail={"roles": sorted(roles)})
     return {"permission": permission, "roles": sorted(roles)}
+
+
+# --- inbound: PagerDuty, Slack ------------------------------------------------------------------
+
+
+class InboundOut(BaseModel):
+    result: Literal["acknowledged", "closed", "unchanged", "ignored"] = Field(
+        description="unchanged: the alert was already in that state (a repeated delivery); ignored: an event Pulse does not act on"
+    )
+    alert_id: int | None = None
+
+
+def _too_large(size: int | None) -> TooLargeError:
+    return TooLargeError(Code.ACK_BAD_PAYLOAD, f"the body is over {MAX_BODY} bytes", size=size)
+
+
+async def _channel(parts: Parts, channel_id: uuid.UUID, kind: str, secret_field: str) -> tuple[uuid.UUID, dict[str, Any], str]:
+    """(tenant, stored config, inbound secret) of an enabled channel of ``kind`` with its secret set."""
+    async with parts.db.identity() as conn:
+        row = await conn.fetchrow("SELECT * FROM pulse_inbound_channel($1)", channel_id)
+    config: dict[str, Any] = json.loads(row["config"]) if row is not None else {}
+    secret = config.get(secret_field)
+    if row is None or row["kind"] != kind or not row["enabled"] or not isinstance(secret, str):
+        raise Refused(Code.ACK_NOT_CONFIGURED, f"no enabled {kind} channel with a {secret_field} at this URL", channel_id=str(channel_id))
+    return row["tenant_id"], config, secret
+
+
+async def _external_actor(conn: asyncpg.Connection, via: str, action: ExternalAction, users: Mapping[str, str]) -> actions.Actor:
+    """The tenant's user the channel's ``users`` map names for this provider user, else an external person."""
+    detail: dict[str, object] = {"external_user": action.user_id, "external_name": action.user_name, "event_id": action.event_id}
+    email = users.get(action.user_id) if action.user_id else None
+    if email:
+        row = await conn.fetchrow("SELECT id, roles, disabled FROM users WHERE lower(email) = lower($1)", email)
+        if row is not None and not row["disabled"]:
+            return actions.Actor(f"local:{row['id']}", frozenset(row["roles"]), via, detail)
+    return actions.Actor(f"{via}:{action.user_name}"[:200], frozenset({"external"}), via, detail)
+
+
+async def _perform(conn: asyncpg.Connection, tenant: uuid.UUID, alert_id: int, action: ExternalAction, actor: actions.Actor) -> dict[str, Any]:
+    [row], changed = await actions.act(conn, [alert_id], action.action, actor)
+    if not changed:
+        return {"result": "unchanged", "alert_id": alert_id}
+    verb = "acknowledged" if action.action == "ack" else "closed"
+    await audit(conn, actor=actor.name, action=f"alert.{action.action}", target=str(alert_id), tenant_id=tenant, detail={"via": actor.via, **actor.detail})
+    return {"result": verb, "alert_id": row["id"]}
+
+
+@hooks_router.post(
+    "/pagerduty/{channel_id}",
+    summary="PagerDuty webhook v3: incident.acknowledged / incident.resolved acknowledge / close the alert",
+    response_model=InboundOut,
+)
+async def pagerduty_hook(channel_id: uuid.UUID, request: Request, parts: Parts) -> dict[str, Any]:
+    body = await read_limited(request, MAX_BODY, _too_large)
+    tenant, config, secret = await _channel(parts, channel_id, "pagerduty", "webhook_secret")
+    inbound.verify_pagerduty(secret, body, request.headers.get("x-pagerduty-signature"))
+    action = inbound.parse_pagerduty(body)
+    if action is None:
+        return {"result": "ignored"}
+    async with parts.db.tenant(tenant) as conn:
+        alert_id = await store.alert_of_incident(conn, channel_id, action.ref)
+        if alert_id is None:
+            raise Refused(Code.ACK_UNKNOWN_ALERT, "no alert of this channel's tenant was paged with this incident_key", incident_key=action.ref)
+        actor = await _external_actor(conn, "pagerduty", action, config.get("users") or {})
+        return await _perform(conn, tenant, alert_id, action, actor)

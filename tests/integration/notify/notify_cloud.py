@@ -98,6 +98,10 @@ class NotifyCloud:
         assert r.status_code == 200, r.text
         return tenant_id, {"Authorization": f"Bearer {r.json()['access_token']}"}
 
+    async def db_scalar(self, tenant: uuid.UUID, sql: str, *args: Any) -> Any:
+        async with self.db.tenant(tenant) as conn:
+            return await conn.fetchval(sql, *args)
+
     async def slug(self, tenant: uuid.UUID) -> str:
         async with self.db.tenant(tenant) as conn:
             return str(await conn.fetchval("SELECT slug FROM tenants WHERE id = $1", tenant))

@@ -4,10 +4,23 @@ a time: who may act (a tenant permission), PagerDuty webhooks, Slack buttons, em
 
 from __future__ import annotations
 
+import datetime as dt
+import hashlib
+import hmac
+import json
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
 from typing import Any
 
+import httpx
 import pytest
-from notify_cloud import open_alert, setup_tenant
+from notify_cloud import PD_KEY, NotifyCloud, fast_notify, notify_cloud, open_alert, setup_tenant
+from notify_receivers import Receiver
+
+from pulse.cloud.notify.worker import NotifyWorkers
+from pulse.cloud.settings import Settings
 
 pytestmark = pytest.mark.integration
 
@@ -23,7 +36,7 @@ async def test_who_may_acknowledge_is_a_permission_the_tenant_admin_sets(ncloud:
         {"permission": "alerts.ack", "roles": ["customer", "external", "tenant-admin"]},
         {"permission": "alerts.close", "roles": ["external", "tenant-admin"]},
     ]
-    first, second = await open_alert(c, admin), await open_alert(c, admin)
+    first = await open_alert(c, admin)
     # by default a customer may acknowledge, not close
     r = await c.client.post(f"/api/v1/alerts/{first}/ack", headers=customer)
     assert (r.status_code, r.json()["state"], r.json()["acknowledged_by"].startswith("local:")) == (200, "acknowledged", True)
@@ -36,6 +49,7 @@ async def test_who_may_acknowledge_is_a_permission_the_tenant_admin_sets(ncloud:
     assert (r.status_code, r.json()["code"]) == (422, "api.invalid")
     r = await c.client.put("/api/v1/permissions/alerts.nope", json={"roles": []}, headers=admin)
     assert r.status_code == 422
+    second = await open_alert(c, admin)  # opened once the first is no longer open (open_alert takes the open one)
     r = await c.client.put("/api/v1/permissions/alerts.ack", json={"roles": []}, headers=admin)
     assert r.json() == {"permission": "alerts.ack", "roles": ["tenant-admin"]}
     r = await c.client.post(f"/api/v1/alerts/{second}/ack", headers=customer)
@@ -50,3 +64,168 @@ async def test_who_may_acknowledge_is_a_permission_the_tenant_admin_sets(ncloud:
     _, other = await c.tenant_user()
     r = await c.client.get("/api/v1/permissions", headers=other)
     assert r.json()[0]["roles"] == ["customer", "external", "tenant-admin"]
+
+
+PD_SECRET = "pd-webhook-secret-" + "0123456789"
+
+
+def pd_signature(secret: str, body: bytes) -> str:
+    return "v1=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def pd_event(event_type: str, incident_key: str, *, user: str = "PUSER1", name: str = "Ana Lima") -> bytes:
+    """A PagerDuty webhook v3 body, as PagerDuty documents it (trimmed to what matters)."""
+    event = {
+        "id": "01" + uuid.uuid4().hex[:10].upper(),
+        "event_type": event_type,
+        "resource_type": "incident",
+        "occurred_at": "2026-12-05T21:00:00.000Z",
+        "agent": {"id": user, "type": "user_reference", "summary": name, "html_url": f"https://acme.pagerduty.com/users/{user}"},
+        "client": None,
+        "data": {"id": "Q0RIJJZL24RC6W", "type": "incident", "number": 7, "status": event_type.split(".")[1], "incident_key": incident_key, "title": "pump hot"},
+    }
+    return json.dumps({"event": event}).encode()
+
+
+@dataclass
+class Paged:
+    """A tenant whose route pages a PagerDuty channel (events to a loopback receiver) and escalates to "/team"."""
+
+    c: NotifyCloud
+    tenant: uuid.UUID
+    admin: dict[str, str]
+    channel: str
+    alert: int
+    incident_key: str
+    step: Callable[[float], Any]
+
+
+@pytest.fixture
+async def served(cloud_settings: Settings, serve: Callable[..., AbstractAsyncContextManager[str]]) -> AsyncIterator[tuple[NotifyCloud, httpx.AsyncClient]]:
+    """The cloud (workers run by the test, one pass at a time) served by uvicorn on loopback, and a
+    client that talks to it over real HTTP: the "local sender" of the webhooks."""
+    async with notify_cloud(cloud_settings, fast_notify(workers=False)) as c, serve(c.app, lifespan=False) as url:
+        async with httpx.AsyncClient(base_url=url) as sender:
+            yield c, sender
+
+
+async def paged_tenant(c: NotifyCloud, receiver: Receiver, *, users: dict[str, str] | None = None, secret: str = PD_SECRET) -> Paged:
+    workers: NotifyWorkers = c.app.state.notify_workers
+    tenant, admin = await c.tenant_user()
+    config = {"routing_key": PD_KEY, "events_url": receiver.url(f"/pd/{tenant}"), "webhook_secret": secret, "users": users or {}}
+    r = await c.client.post("/api/v1/notify/channels", json={"name": "pd", "kind": "pagerduty", "config": config}, headers=admin)
+    assert r.status_code == 201, r.text
+    pd = r.json()["id"]
+    r = await c.client.post("/api/v1/notify/channels", json={"name": "team", "kind": "webhook", "config": {"url": receiver.url(f"/team/{tenant}")}}, headers=admin)
+    team = r.json()["id"]
+    policy = {"name": "p", "levels": [{"delay_s": 300, "targets": [{"channel": pd}]}, {"delay_s": 600, "targets": [{"channel": team}]}]}
+    r = await c.client.post("/api/v1/escalation-policies", json=policy, headers=admin)
+    assert r.status_code == 201, r.text
+    r = await c.client.post("/api/v1/notify/routes", json={"name": "r", "min_severity": "major", "channels": [pd], "escalation_policy": r.json()["id"]}, headers=admin)
+    assert r.status_code == 201, r.text
+    assert (await c.client.post("/api/v1/rules", json={"id": "hot", "severity": "major", "metric": "temp_c", "operator": "GT", "threshold": 30, "clear_threshold": 28}, headers=admin)).status_code == 201
+    alert = await open_alert(c, admin)
+    t0 = dt.datetime.now(dt.UTC)
+
+    async def step(seconds: float) -> None:
+        await workers.run_once(t0 + dt.timedelta(seconds=seconds), wait_sends=True)
+        await workers.run_once(t0 + dt.timedelta(seconds=seconds), wait_sends=True)
+
+    await step(0)
+    [trigger] = [json.loads(q.body) for q in receiver.requests if q.path == f"/pd/{tenant}"]
+    assert trigger["event_action"] == "trigger"
+    return Paged(c, tenant, admin, pd, alert, trigger["dedup_key"], step)
+
+
+def sent(receiver: Receiver, path: str) -> list[dict[str, Any]]:
+    return [json.loads(q.body) for q in receiver.requests if q.path == path]
+
+
+async def test_signed_pagerduty_acknowledgement_acks_once_as_that_user_and_stops_escalation(
+    served: tuple[NotifyCloud, httpx.AsyncClient], receiver: Receiver
+) -> None:
+    c, sender = served
+    ana = f"ana-{uuid.uuid4().hex[:6]}@example.com"
+    p = await paged_tenant(c, receiver, users={"PUSER1": ana})
+    await c.user("customer", await c.slug(p.tenant), email=ana)
+    # the secret is stored with the channel and never read back
+    channel = (await c.client.get(f"/api/v1/notify/channels/{p.channel}", headers=p.admin)).json()
+    assert channel["config"]["webhook_secret"] == "***" and PD_SECRET not in json.dumps(channel)
+    url = f"/hooks/v1/pagerduty/{p.channel}"
+    body = pd_event("incident.acknowledged", p.incident_key)
+
+    # a bad signature: refused with its code, nothing changes
+    for headers in ({"X-PagerDuty-Signature": pd_signature("another-secret-0123", body)}, {}):
+        r = await sender.post(url, content=body, headers={"Content-Type": "application/json", **headers})
+        assert (r.status_code, r.json()["code"]) == (401, "ack.bad_signature")
+    tampered = body.replace(b"Ana Lima", b"Eve Lima")
+    r = await sender.post(url, content=tampered, headers={"X-PagerDuty-Signature": pd_signature(PD_SECRET, body)})
+    assert (r.status_code, r.json()["code"]) == (401, "ack.bad_signature")
+    detail = (await c.client.get(f"/api/v1/alerts/{p.alert}", headers=p.admin)).json()
+    assert detail["state"] == "open" and [e["kind"] for e in detail["events"]] == ["opened"]
+
+    # correctly signed (PagerDuty may send several signatures while a secret rotates), posted twice
+    signature = pd_signature("old-secret-000000", body) + ", " + pd_signature(PD_SECRET, body)
+    answers = [await sender.post(url, content=body, headers={"X-PagerDuty-Signature": signature}) for _ in range(2)]
+    assert [(r.status_code, r.json()) for r in answers] == [
+        (200, {"result": "acknowledged", "alert_id": p.alert}),
+        (200, {"result": "unchanged", "alert_id": p.alert}),
+    ]
+    detail = (await c.client.get(f"/api/v1/alerts/{p.alert}", headers=p.admin)).json()
+    ana_id = await c.db_scalar(p.tenant, "SELECT id FROM users WHERE email = $1", ana)
+    assert detail["state"] == "acknowledged" and detail["acknowledged_by"] == f"local:{ana_id}"
+    acks = [e for e in detail["events"] if e["kind"] == "acknowledged"]
+    assert len(acks) == 1 and acks[0]["detail"]["via"] == "pagerduty" and acks[0]["detail"]["external_user"] == "PUSER1"
+    audit = (await c.client.get("/api/v1/audit", params={"action": "alert."}, headers=p.admin)).json()["items"]
+    assert [(a["action"], a["actor"], a["target"]) for a in audit] == [("alert.ack", f"local:{ana_id}", str(p.alert))]
+
+    # escalation stops: level 2 ("/team") is never paged, however long the clock runs
+    await p.step(301)
+    await p.step(5000)
+    assert sent(receiver, f"/team/{p.tenant}") == []
+    detail = (await c.client.get(f"/api/v1/alerts/{p.alert}", headers=p.admin)).json()
+    assert detail["escalation"]["stopped"] is True and detail["escalation"]["stop_reason"] == "acknowledged"
+    assert [e["event_action"] for e in sent(receiver, f"/pd/{p.tenant}")] == ["trigger", "acknowledge"]
+
+    # resolved in PagerDuty by someone with no account here: closed, recorded by their PagerDuty name
+    body = pd_event("incident.resolved", p.incident_key, user="PBOB", name="Bob Ops")
+    r = await sender.post(url, content=body, headers={"X-PagerDuty-Signature": pd_signature(PD_SECRET, body)})
+    assert r.json() == {"result": "closed", "alert_id": p.alert}
+    detail = (await c.client.get(f"/api/v1/alerts/{p.alert}", headers=p.admin)).json()
+    assert (detail["state"], detail["closed_by"]) == ("closed", "pagerduty:Bob Ops")
+
+    # other events are answered and ignored; a body of another shape is a coded 400
+    body = pd_event("incident.triggered", p.incident_key)
+    r = await sender.post(url, content=body, headers={"X-PagerDuty-Signature": pd_signature(PD_SECRET, body)})
+    assert r.json() == {"result": "ignored", "alert_id": None}
+    r = await sender.post(url, content=b"[]", headers={"X-PagerDuty-Signature": pd_signature(PD_SECRET, b"[]")})
+    assert (r.status_code, r.json()["code"]) == (400, "ack.bad_payload")
+
+
+async def test_a_pagerduty_webhook_of_tenant_a_cannot_act_on_tenant_b(served: tuple[NotifyCloud, httpx.AsyncClient], receiver: Receiver) -> None:
+    c, sender = served
+    a = await paged_tenant(c, receiver)
+    b = await paged_tenant(c, receiver, secret="tenant-b-secret-0123456")
+    # B's channel, B's secret, A's incident: B's tenant has no such alert
+    body = pd_event("incident.acknowledged", a.incident_key)
+    r = await sender.post(f"/hooks/v1/pagerduty/{b.channel}", content=body, headers={"X-PagerDuty-Signature": pd_signature("tenant-b-secret-0123456", body)})
+    assert (r.status_code, r.json()["code"]) == (404, "ack.unknown_alert")
+    # A's channel signed with B's secret: refused before anything is looked up
+    r = await sender.post(f"/hooks/v1/pagerduty/{a.channel}", content=body, headers={"X-PagerDuty-Signature": pd_signature("tenant-b-secret-0123456", body)})
+    assert (r.status_code, r.json()["code"]) == (401, "ack.bad_signature")
+    # a channel id that is not a PagerDuty channel with a secret
+    r = await sender.post(f"/hooks/v1/pagerduty/{uuid.uuid4()}", content=body, headers={"X-PagerDuty-Signature": pd_signature(PD_SECRET, body)})
+    assert (r.status_code, r.json()["code"]) == (404, "ack.not_configured")
+    for p in (a, b):
+        assert (await c.client.get(f"/api/v1/alerts/{p.alert}", headers=p.admin)).json()["state"] == "open"
+
+
+async def test_external_people_may_act_only_while_the_tenant_grants_it(served: tuple[NotifyCloud, httpx.AsyncClient], receiver: Receiver) -> None:
+    c, sender = served
+    p = await paged_tenant(c, receiver)
+    r = await c.client.put("/api/v1/permissions/alerts.ack", json={"roles": ["customer"]}, headers=p.admin)
+    assert r.status_code == 200
+    body = pd_event("incident.acknowledged", p.incident_key, user="PNOBODY", name="Someone")
+    r = await sender.post(f"/hooks/v1/pagerduty/{p.channel}", content=body, headers={"X-PagerDuty-Signature": pd_signature(PD_SECRET, body)})
+    assert (r.status_code, r.json()["code"]) == (403, "ack.forbidden")
+    assert (await c.client.get(f"/api/v1/alerts/{p.alert}", headers=p.admin)).json()["state"] == "open"
