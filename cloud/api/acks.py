@@ -120,3 +120,24 @@ async def pagerduty_hook(channel_id: uuid.UUID, request: Request, parts: Parts) 
             raise Refused(Code.ACK_UNKNOWN_ALERT, "no alert of this channel's tenant was paged with this incident_key", incident_key=action.ref)
         actor = await _external_actor(conn, "pagerduty", action, config.get("users") or {})
         return await _perform(conn, tenant, alert_id, action, actor)
+
+
+@hooks_router.post(
+    "/slack/{channel_id}",
+    summary="Slack interactivity: the Acknowledge button of a Pulse message acknowledges the alert",
+    response_model=InboundOut,
+)
+async def slack_hook(channel_id: uuid.UUID, request: Request, parts: Parts) -> dict[str, Any]:
+    body = await read_limited(request, MAX_BODY, _too_large)
+    tenant, config, secret = await _channel(parts, channel_id, "slack", "signing_secret")
+    headers = request.headers
+    inbound.verify_slack(secret, body, headers.get("x-slack-request-timestamp"), headers.get("x-slack-signature"), parts.clock())
+    action = inbound.parse_slack(body)
+    if action is None:
+        return {"result": "ignored"}
+    async with parts.db.tenant(tenant) as conn:
+        alert_id = await conn.fetchval("SELECT id FROM alerts WHERE id = $1", int(action.ref))
+        if alert_id is None:
+            raise Refused(Code.ACK_UNKNOWN_ALERT, "no such alert in this channel's tenant", alert_id=action.ref)
+        actor = await _external_actor(conn, "slack", action, config.get("users") or {})
+        return await _perform(conn, tenant, alert_id, action, actor)

@@ -24,16 +24,17 @@ import datetime as dt
 import hashlib
 import hmac
 import json
+import re
 import uuid
 from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import parse_qs
 
 from pulse.cloud.errors import CloudError
+from pulse.cloud.notify.senders.slack import ACK_ACTION_ID as SLACK_ACTION_ID
 from pulse.protocol.errors import Code
 
 SLACK_MAX_AGE = dt.timedelta(minutes=5)
-SLACK_ACTION_ID = "pulse_ack"
 _STATUS = {
     Code.ACK_BAD_SIGNATURE: 401,
     Code.ACK_EXPIRED: 401,
@@ -133,7 +134,7 @@ def parse_slack(body: bytes) -> ExternalAction | None:
     if not mine:
         return None
     value = mine[0].get("value")
-    if not isinstance(value, str) or not value.isdigit():
+    if not isinstance(value, str) or not re.fullmatch(r"[0-9]{1,18}", value):
         raise Refused(Code.ACK_BAD_PAYLOAD, "the Acknowledge button carries no alert id")
     return ExternalAction(
         action="ack",

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -126,8 +126,10 @@ class NotifyCloud:
 
 
 @asynccontextmanager
-async def notify_cloud(settings: Settings, notify: NotifySettings) -> AsyncIterator[NotifyCloud]:
-    app = create_app(settings, notify=notify)
+async def notify_cloud(
+    settings: Settings, notify: NotifySettings, clock: Callable[[], dt.datetime] | None = None
+) -> AsyncIterator[NotifyCloud]:
+    app = create_app(settings, notify=notify, clock=clock)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://pulse.test") as client:

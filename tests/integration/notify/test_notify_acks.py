@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlencode
 
 import httpx
 import pytest
@@ -67,6 +68,9 @@ async def test_who_may_acknowledge_is_a_permission_the_tenant_admin_sets(ncloud:
 
 
 PD_SECRET = "pd-webhook-secret-" + "0123456789"
+SLACK_SECRET = "8f742231b10e8888abcd99yyyzzz85a5"
+CLOCK = dt.datetime(2026, 12, 5, 21, 0, 0, tzinfo=dt.UTC)
+"""The app's "now" (Slack's 5-minute window is checked against it, never against the wall clock)."""
 
 
 def pd_signature(secret: str, body: bytes) -> str:
@@ -96,7 +100,8 @@ class Paged:
     admin: dict[str, str]
     channel: str
     alert: int
-    incident_key: str
+    incident_key: str  # PagerDuty: the dedup_key of the trigger Pulse sent
+    message: dict[str, Any]  # what the channel was sent when the alert opened
     step: Callable[[float], Any]
 
 
@@ -104,24 +109,31 @@ class Paged:
 async def served(cloud_settings: Settings, serve: Callable[..., AbstractAsyncContextManager[str]]) -> AsyncIterator[tuple[NotifyCloud, httpx.AsyncClient]]:
     """The cloud (workers run by the test, one pass at a time) served by uvicorn on loopback, and a
     client that talks to it over real HTTP: the "local sender" of the webhooks."""
-    async with notify_cloud(cloud_settings, fast_notify(workers=False)) as c, serve(c.app, lifespan=False) as url:
+    async with notify_cloud(cloud_settings, fast_notify(workers=False), clock=lambda: CLOCK) as c, serve(c.app, lifespan=False) as url:
         async with httpx.AsyncClient(base_url=url) as sender:
             yield c, sender
 
 
-async def paged_tenant(c: NotifyCloud, receiver: Receiver, *, users: dict[str, str] | None = None, secret: str = PD_SECRET) -> Paged:
+async def paged_tenant(
+    c: NotifyCloud, receiver: Receiver, *, users: dict[str, str] | None = None, secret: str = PD_SECRET, kind: str = "pagerduty"
+) -> Paged:
+    """A tenant with one alert paged on a ``kind`` channel (PagerDuty or Slack, posting to the
+    receiver at ``/<kind>/<tenant>``, inbound secret ``secret``) whose escalation's level 2 is "/team"."""
     workers: NotifyWorkers = c.app.state.notify_workers
     tenant, admin = await c.tenant_user()
-    config = {"routing_key": PD_KEY, "events_url": receiver.url(f"/pd/{tenant}"), "webhook_secret": secret, "users": users or {}}
-    r = await c.client.post("/api/v1/notify/channels", json={"name": "pd", "kind": "pagerduty", "config": config}, headers=admin)
+    url = receiver.url(f"/{kind}/{tenant}")
+    config: dict[str, Any] = (
+        {"routing_key": PD_KEY, "events_url": url, "webhook_secret": secret} if kind == "pagerduty" else {"url": url, "signing_secret": secret}
+    )
+    r = await c.client.post("/api/v1/notify/channels", json={"name": kind, "kind": kind, "config": config | {"users": users or {}}}, headers=admin)
     assert r.status_code == 201, r.text
-    pd = r.json()["id"]
+    first = r.json()["id"]
     r = await c.client.post("/api/v1/notify/channels", json={"name": "team", "kind": "webhook", "config": {"url": receiver.url(f"/team/{tenant}")}}, headers=admin)
     team = r.json()["id"]
-    policy = {"name": "p", "levels": [{"delay_s": 300, "targets": [{"channel": pd}]}, {"delay_s": 600, "targets": [{"channel": team}]}]}
+    policy = {"name": "p", "levels": [{"delay_s": 300, "targets": [{"channel": first}]}, {"delay_s": 600, "targets": [{"channel": team}]}]}
     r = await c.client.post("/api/v1/escalation-policies", json=policy, headers=admin)
     assert r.status_code == 201, r.text
-    r = await c.client.post("/api/v1/notify/routes", json={"name": "r", "min_severity": "major", "channels": [pd], "escalation_policy": r.json()["id"]}, headers=admin)
+    r = await c.client.post("/api/v1/notify/routes", json={"name": "r", "min_severity": "major", "channels": [first], "escalation_policy": r.json()["id"]}, headers=admin)
     assert r.status_code == 201, r.text
     assert (await c.client.post("/api/v1/rules", json={"id": "hot", "severity": "major", "metric": "temp_c", "operator": "GT", "threshold": 30, "clear_threshold": 28}, headers=admin)).status_code == 201
     alert = await open_alert(c, admin)
@@ -132,9 +144,8 @@ async def paged_tenant(c: NotifyCloud, receiver: Receiver, *, users: dict[str, s
         await workers.run_once(t0 + dt.timedelta(seconds=seconds), wait_sends=True)
 
     await step(0)
-    [trigger] = [json.loads(q.body) for q in receiver.requests if q.path == f"/pd/{tenant}"]
-    assert trigger["event_action"] == "trigger"
-    return Paged(c, tenant, admin, pd, alert, trigger["dedup_key"], step)
+    [message] = sent(receiver, f"/{kind}/{tenant}")
+    return Paged(c, tenant, admin, first, alert, message.get("dedup_key", ""), message, step)
 
 
 def sent(receiver: Receiver, path: str) -> list[dict[str, Any]]:
@@ -147,6 +158,7 @@ async def test_signed_pagerduty_acknowledgement_acks_once_as_that_user_and_stops
     c, sender = served
     ana = f"ana-{uuid.uuid4().hex[:6]}@example.com"
     p = await paged_tenant(c, receiver, users={"PUSER1": ana})
+    assert p.message["event_action"] == "trigger"
     await c.user("customer", await c.slug(p.tenant), email=ana)
     # the secret is stored with the channel and never read back
     channel = (await c.client.get(f"/api/v1/notify/channels/{p.channel}", headers=p.admin)).json()
@@ -185,7 +197,7 @@ async def test_signed_pagerduty_acknowledgement_acks_once_as_that_user_and_stops
     assert sent(receiver, f"/team/{p.tenant}") == []
     detail = (await c.client.get(f"/api/v1/alerts/{p.alert}", headers=p.admin)).json()
     assert detail["escalation"]["stopped"] is True and detail["escalation"]["stop_reason"] == "acknowledged"
-    assert [e["event_action"] for e in sent(receiver, f"/pd/{p.tenant}")] == ["trigger", "acknowledge"]
+    assert [e["event_action"] for e in sent(receiver, f"/pagerduty/{p.tenant}")] == ["trigger", "acknowledge"]
 
     # resolved in PagerDuty by someone with no account here: closed, recorded by their PagerDuty name
     body = pd_event("incident.resolved", p.incident_key, user="PBOB", name="Bob Ops")
@@ -229,3 +241,87 @@ async def test_external_people_may_act_only_while_the_tenant_grants_it(served: t
     r = await sender.post(f"/hooks/v1/pagerduty/{p.channel}", content=body, headers={"X-PagerDuty-Signature": pd_signature(PD_SECRET, body)})
     assert (r.status_code, r.json()["code"]) == (403, "ack.forbidden")
     assert (await c.client.get(f"/api/v1/alerts/{p.alert}", headers=p.admin)).json()["state"] == "open"
+
+
+def slack_request(secret: str, payload: dict[str, Any], *, at: dt.datetime = CLOCK) -> tuple[bytes, dict[str, str]]:
+    """An interactivity request as Slack sends it: a form with ``payload``, signed with the timestamp."""
+    body = urlencode({"payload": json.dumps(payload)}).encode()
+    ts = str(int(at.timestamp()))
+    signature = "v0=" + hmac.new(secret.encode(), f"v0:{ts}:".encode() + body, hashlib.sha256).hexdigest()
+    headers = {"Content-Type": "application/x-www-form-urlencoded", "X-Slack-Request-Timestamp": ts, "X-Slack-Signature": signature}
+    return body, headers
+
+
+def slack_click(alert: str | int, *, user: str = "U024BE7LH", name: str = "ana") -> dict[str, Any]:
+    return {
+        "type": "block_actions",
+        "user": {"id": user, "username": name, "name": name, "team_id": "T0CAG"},
+        "team": {"id": "T0CAG", "domain": "acme"},
+        "trigger_id": "13345224609.738474920.8088930838d88f008e0",
+        "actions": [{"type": "button", "action_id": "pulse_ack", "block_id": "b1", "value": str(alert), "action_ts": "1548426417.840180"}],
+    }
+
+
+async def test_slack_acknowledge_button_acks_once_as_that_user_and_stops_escalation(
+    served: tuple[NotifyCloud, httpx.AsyncClient], receiver: Receiver
+) -> None:
+    c, sender = served
+    ana = f"ana-{uuid.uuid4().hex[:6]}@example.com"
+    p = await paged_tenant(c, receiver, users={"U024BE7LH": ana}, secret=SLACK_SECRET, kind="slack")
+    await c.user("customer", await c.slug(p.tenant), email=ana)
+    # the message carries the button, valued with the alert id
+    [actions] = [b for b in p.message["blocks"] if b["type"] == "actions"]
+    [button] = [e for e in actions["elements"] if e.get("action_id") == "pulse_ack"]
+    assert button["value"] == str(p.alert)
+    channel = (await c.client.get(f"/api/v1/notify/channels/{p.channel}", headers=p.admin)).json()
+    assert channel["config"]["signing_secret"] == "***"
+    url = f"/hooks/v1/slack/{p.channel}"
+
+    body, headers = slack_request("not-the-signing-secret-000", slack_click(p.alert))
+    r = await sender.post(url, content=body, headers=headers)
+    assert (r.status_code, r.json()["code"]) == (401, "ack.bad_signature")
+    body, headers = slack_request(SLACK_SECRET, slack_click(p.alert), at=CLOCK - dt.timedelta(minutes=5, seconds=1))
+    r = await sender.post(url, content=body, headers=headers)
+    assert (r.status_code, r.json()["code"]) == (401, "ack.expired")  # a replay of an old, genuine request
+    detail = (await c.client.get(f"/api/v1/alerts/{p.alert}", headers=p.admin)).json()
+    assert detail["state"] == "open" and [e["kind"] for e in detail["events"]] == ["opened"]
+
+    body, headers = slack_request(SLACK_SECRET, slack_click(p.alert), at=CLOCK - dt.timedelta(minutes=4))
+    answers = [await sender.post(url, content=body, headers=headers) for _ in range(2)]
+    assert [(r.status_code, r.json()) for r in answers] == [
+        (200, {"result": "acknowledged", "alert_id": p.alert}),
+        (200, {"result": "unchanged", "alert_id": p.alert}),
+    ]
+    detail = (await c.client.get(f"/api/v1/alerts/{p.alert}", headers=p.admin)).json()
+    ana_id = await c.db_scalar(p.tenant, "SELECT id FROM users WHERE email = $1", ana)
+    assert detail["acknowledged_by"] == f"local:{ana_id}"
+    assert [e["detail"].get("via") for e in detail["events"] if e["kind"] == "acknowledged"] == ["slack"]
+    await p.step(301)
+    await p.step(5000)
+    assert sent(receiver, f"/team/{p.tenant}") == []
+    detail = (await c.client.get(f"/api/v1/alerts/{p.alert}", headers=p.admin)).json()
+    assert detail["escalation"]["stopped"] is True and detail["escalation"]["stop_reason"] == "acknowledged"
+    # the acknowledged message that follows has no button
+    later = sent(receiver, f"/slack/{p.tenant}")[1:]
+    assert later and all("pulse_ack" not in json.dumps(m) for m in later)
+
+    # other interactions are ignored; a body that is no interactivity payload is a coded 400
+    body, headers = slack_request(SLACK_SECRET, {"type": "view_submission", "user": {"id": "U1"}})
+    assert (await sender.post(url, content=body, headers=headers)).json() == {"result": "ignored", "alert_id": None}
+    body, headers = slack_request(SLACK_SECRET, slack_click("1" * 40))
+    r = await sender.post(url, content=body, headers=headers)
+    assert (r.status_code, r.json()["code"]) == (400, "ack.bad_payload")
+
+
+async def test_a_slack_app_of_tenant_b_cannot_acknowledge_tenant_a(served: tuple[NotifyCloud, httpx.AsyncClient], receiver: Receiver) -> None:
+    c, sender = served
+    a = await paged_tenant(c, receiver, secret=SLACK_SECRET, kind="slack")
+    b = await paged_tenant(c, receiver, secret="tenant-b-slack-secret-01", kind="slack")
+    body, headers = slack_request("tenant-b-slack-secret-01", slack_click(a.alert))
+    r = await sender.post(f"/hooks/v1/slack/{b.channel}", content=body, headers=headers)
+    assert (r.status_code, r.json()["code"]) == (404, "ack.unknown_alert")
+    r = await sender.post(f"/hooks/v1/slack/{a.channel}", content=body, headers=headers)
+    assert (r.status_code, r.json()["code"]) == (401, "ack.bad_signature")
+    r = await sender.post(f"/hooks/v1/pagerduty/{a.channel}", content=body, headers=headers)  # a Slack channel is no PagerDuty one
+    assert (r.status_code, r.json()["code"]) == (404, "ack.not_configured")
+    assert (await c.client.get(f"/api/v1/alerts/{a.alert}", headers=a.admin)).json()["state"] == "open"
