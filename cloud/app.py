@@ -37,7 +37,7 @@ from pulse.cloud.ingest.identity import CredentialRecord, DeviceTokenCache
 from pulse.cloud.ingest.writer import TelemetryRow, Writer
 from pulse.cloud.live import LiveHub
 from pulse.cloud.metrics import Metrics
-from pulse.cloud.notify.settings import NotifySettings
+from pulse.cloud.notify.settings import NotifySettings, ack_links
 from pulse.cloud.notify.worker import NotifyWorkers
 from pulse.cloud.settings import Settings
 from pulse.cloud.sync.app import SyncListener, create_sync_app
@@ -106,7 +106,7 @@ def create_app(
         RunnerConfig(sweep_interval_s=settings.rules_sweep_interval_s, gateway_offline_after_s=settings.gateway_offline_after_s),
     )
 
-    notify_workers = NotifyWorkers(db, notify_settings)
+    notify_workers = NotifyWorkers(db, notify_settings, ack_links=ack_links(notify_settings, settings.jwt_secret.get_secret_value()))
 
     def committed(rows: Sequence[TelemetryRow]) -> None:
         """After-commit listeners: the console's live view and the rule runner, each on its own."""

@@ -7,6 +7,7 @@ request changes nothing and answers a coded error (``ack.*``, docs/protocol.md).
 
 from __future__ import annotations
 
+import html
 import json
 import uuid
 from collections.abc import Mapping
@@ -14,12 +15,13 @@ from typing import Any, Literal
 
 import asyncpg
 from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, Field
 
 from pulse.cloud.alerts import actions
 from pulse.cloud.api.deps import Parts, Reader, Writer
 from pulse.cloud.db.pool import audit
-from pulse.cloud.errors import TooLargeError
+from pulse.cloud.errors import CloudError, TooLargeError
 from pulse.cloud.notify import inbound, store
 from pulse.cloud.notify.inbound import ExternalAction, Refused
 from pulse.cloud.web import read_limited
@@ -141,3 +143,69 @@ async def slack_hook(channel_id: uuid.UUID, request: Request, parts: Parts) -> d
             raise Refused(Code.ACK_UNKNOWN_ALERT, "no such alert in this channel's tenant", alert_id=action.ref)
         actor = await _external_actor(conn, "slack", action, config.get("users") or {})
         return await _perform(conn, tenant, alert_id, action, actor)
+
+
+# --- email links ---------------------------------------------------------------------------------
+# GET shows what the link would do and a button; only the POST acts, so mail scanners and link
+# previews that fetch the URL acknowledge nothing.
+
+
+def _page(title: str, text: str, *, status: int = 200, form: str | None = None, code: str | None = None) -> HTMLResponse:
+    button = f'<form method="post" action="{html.escape(form, quote=True)}"><button type="submit">Acknowledge</button></form>' if form else ""
+    coded = f"<p><code>{html.escape(code)}</code></p>" if code else ""
+    return HTMLResponse(
+        f"<!doctype html><html><head><meta charset=\"utf-8\"><meta name=\"robots\" content=\"noindex\">"
+        f"<title>Pulse: {html.escape(title)}</title></head><body><h1>{html.escape(title)}</h1><p>{html.escape(text)}</p>{coded}{button}</body></html>",
+        status_code=status,
+        headers={"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"},
+    )
+
+
+def _refused_page(exc: CloudError) -> HTMLResponse:
+    return _page("This link does not work", exc.message, status=exc.status, code=str(exc.code))
+
+
+async def _link_alert(parts: Parts, token: str) -> tuple[inbound.LinkClaim, uuid.UUID]:
+    claim = inbound.verify_link(inbound.link_key(parts.settings.jwt_secret.get_secret_value()), token, parts.clock())
+    async with parts.db.identity() as conn:
+        tenant = await conn.fetchval("SELECT pulse_inbound_tenant($1)", claim.tenant)
+    if tenant is None:
+        raise Refused(Code.ACK_UNKNOWN_ALERT, "the tenant of this link no longer exists")
+    return claim, tenant
+
+
+async def _alert_row(conn: asyncpg.Connection, alert_id: int) -> asyncpg.Record:
+    row = await conn.fetchrow("SELECT id, device_id, rule_id, severity, state FROM alerts WHERE id = $1", alert_id)
+    if row is None:
+        raise Refused(Code.ACK_UNKNOWN_ALERT, "the alert of this link no longer exists")
+    return row
+
+
+@hooks_router.get("/ack/{token}", summary="An email's acknowledge link: a page that asks to confirm (acts on nothing)", response_class=HTMLResponse)
+async def ack_link_page(token: str, parts: Parts) -> HTMLResponse:
+    try:
+        claim, tenant = await _link_alert(parts, token)
+        async with parts.db.tenant(tenant) as conn:
+            row = await _alert_row(conn, claim.alert_id)
+    except CloudError as exc:
+        return _refused_page(exc)
+    what = f"Alert {row['id']}: {row['severity']} {row['rule_id']} on {row['device_id']}, now {row['state']}."
+    if row["state"] != "open":
+        return _page("Nothing to acknowledge", what)
+    return _page("Acknowledge this alert?", f"{what} You acknowledge it as {claim.recipient}.", form=f"/hooks/v1/ack/{token}")
+
+
+@hooks_router.post("/ack/{token}", summary="An email's acknowledge link, confirmed: acknowledges the alert as the recipient", response_class=HTMLResponse)
+async def ack_link(token: str, parts: Parts) -> HTMLResponse:
+    try:
+        claim, tenant = await _link_alert(parts, token)
+        async with parts.db.tenant(tenant) as conn:
+            row = await _alert_row(conn, claim.alert_id)
+            action = ExternalAction("ack", str(row["id"]), claim.recipient, claim.recipient, "")
+            actor = await _external_actor(conn, "email", action, {claim.recipient: claim.recipient})
+            done = await _perform(conn, tenant, row["id"], action, actor)
+    except CloudError as exc:
+        return _refused_page(exc)
+    if done["result"] == "unchanged":
+        return _page("Already acknowledged", f"Alert {row['id']} was acknowledged or closed before; nothing changed.")
+    return _page("Acknowledged", f"Alert {row['id']} is acknowledged by {claim.recipient}; escalation stops.")

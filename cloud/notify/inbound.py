@@ -10,7 +10,7 @@ look up the channel, call these, then act through ``pulse.cloud.alerts.actions``
   with the app's signing secret; ``X-Slack-Request-Timestamp`` within 5 minutes of ``now`` (a
   replayed request is refused). The body is a form with one field, ``payload`` (JSON).
 - Email links: ``<payload>.<signature>``, both url-safe base64; the payload is JSON
-  ``{"t": tenant, "a": alert id, "r": recipient, "e": expiry (unix seconds)}``, the signature an
+  ``{"t": tenant slug, "a": alert id, "r": recipient, "e": expiry (unix seconds)}``, the signature an
   HMAC-SHA256 of the payload with a key derived from the cloud's secret.
 
 Every refusal is a ``Refused`` with an ``ack.*`` code and the HTTP status the route answers.
@@ -25,16 +25,17 @@ import hashlib
 import hmac
 import json
 import re
-import uuid
 from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import parse_qs
 
 from pulse.cloud.errors import CloudError
-from pulse.cloud.notify.senders.slack import ACK_ACTION_ID as SLACK_ACTION_ID
+from pulse.cloud.notify.model import Notification
 from pulse.protocol.errors import Code
 
 SLACK_MAX_AGE = dt.timedelta(minutes=5)
+SLACK_ACTION_ID = "pulse_ack"
+"""The Acknowledge button's action_id (senders/slack.py); its value is the alert id."""
 _STATUS = {
     Code.ACK_BAD_SIGNATURE: 401,
     Code.ACK_EXPIRED: 401,
@@ -150,10 +151,27 @@ def parse_slack(body: bytes) -> ExternalAction | None:
 
 @dataclass(frozen=True, slots=True)
 class LinkClaim:
-    tenant: uuid.UUID
+    tenant: str  # the tenant's slug (what notifications carry)
     alert_id: int
     recipient: str
     expires: dt.datetime
+
+
+@dataclass(frozen=True, slots=True)
+class AckLinks:
+    """Signs the acknowledge links emails carry: ``<base_url>/hooks/v1/ack/<token>``, valid for ``ttl``
+    from the notification's time."""
+
+    key: bytes
+    base_url: str
+    ttl: dt.timedelta
+
+    def url(self, n: Notification, recipient: str) -> str | None:
+        """The link for ``recipient``, for notifications that ask someone to act (an alert opened or escalated)."""
+        if n.event != "opened" or not n.alert_id.isdigit():
+            return None
+        claim = LinkClaim(n.tenant, int(n.alert_id), recipient, n.occurred_at + self.ttl)
+        return f"{self.base_url.rstrip('/')}/hooks/v1/ack/{sign_link(self.key, claim)}"
 
 
 def link_key(secret: str) -> bytes:
@@ -171,7 +189,7 @@ def _unb64(text: str) -> bytes:
 
 def sign_link(key: bytes, claim: LinkClaim) -> str:
     payload = json.dumps(
-        {"t": str(claim.tenant), "a": claim.alert_id, "r": claim.recipient, "e": int(claim.expires.timestamp())},
+        {"t": claim.tenant, "a": claim.alert_id, "r": claim.recipient, "e": int(claim.expires.timestamp())},
         separators=(",", ":"),
     ).encode()
     return _b64(payload) + "." + _b64(hmac.new(key, payload, hashlib.sha256).digest())
@@ -187,7 +205,7 @@ def verify_link(key: bytes, token: str, now: dt.datetime) -> LinkClaim:
         raise Refused(Code.ACK_BAD_SIGNATURE, "this acknowledge link is not one Pulse signed (or it was changed)")
     try:
         doc = json.loads(payload)
-        claim = LinkClaim(uuid.UUID(doc["t"]), int(doc["a"]), str(doc["r"]), dt.datetime.fromtimestamp(int(doc["e"]), dt.UTC))
+        claim = LinkClaim(str(doc["t"]), int(doc["a"]), str(doc["r"]), dt.datetime.fromtimestamp(int(doc["e"]), dt.UTC))
     except (ValueError, TypeError, KeyError) as exc:  # signed by us, so only an older format would land here
         raise Refused(Code.ACK_BAD_PAYLOAD, "this acknowledge link's content is not understood") from exc
     if now >= claim.expires:

@@ -28,3 +28,13 @@ GRANT SELECT ON notify_channels TO {{identity}};
 ALTER FUNCTION pulse_inbound_channel(uuid) OWNER TO {{identity}};
 REVOKE ALL ON FUNCTION pulse_inbound_channel(uuid) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION pulse_inbound_channel(uuid) TO {{app}}, {{operator}};
+
+-- An email's acknowledge link names its tenant by slug (as notifications do); the link is believed
+-- only after its signature verifies.
+CREATE FUNCTION pulse_inbound_tenant(tslug text) RETURNS uuid
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = public, pg_temp
+AS $$ SELECT id FROM tenants WHERE slug = tslug $$;
+GRANT SELECT ON tenants TO {{identity}};
+ALTER FUNCTION pulse_inbound_tenant(text) OWNER TO {{identity}};
+REVOKE ALL ON FUNCTION pulse_inbound_tenant(text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION pulse_inbound_tenant(text) TO {{app}}, {{operator}};

@@ -10,12 +10,11 @@ import datetime as dt
 
 from pydantic import Field, SecretStr
 
+from pulse.cloud.notify.inbound import SLACK_ACTION_ID
 from pulse.cloud.notify.model import Notification, Outcome
 from pulse.cloud.notify.senders.base import Channel, ChannelConfig, HttpUrl, SendContext
 from pulse.cloud.notify.senders.http import HttpRequest, HttpResponse, deliver, status_outcome
 
-ACK_ACTION_ID = "pulse_ack"
-"""The Acknowledge button's action_id; its value is the alert id (cloud/notify/inbound.py reads it back)."""
 ICONS = {"critical": ":red_circle:", "major": ":large_orange_circle:", "minor": ":large_yellow_circle:", "warning": ":warning:", "info": ":information_source:"}
 
 
@@ -59,7 +58,7 @@ def _buttons(config: Config, n: Notification) -> list[dict[str, object]]:
     buttons: list[dict[str, object]] = [{"type": "button", "text": {"type": "plain_text", "text": "Open in Pulse"}, "url": n.console_url}]
     if config.signing_secret is not None and n.event == "opened":  # Slack can call Pulse back: offer the action
         ack = {"type": "plain_text", "text": "Acknowledge"}
-        buttons.append({"type": "button", "action_id": ACK_ACTION_ID, "style": "primary", "text": ack, "value": n.alert_id})
+        buttons.append({"type": "button", "action_id": SLACK_ACTION_ID, "style": "primary", "text": ack, "value": n.alert_id})
     return buttons
 
 

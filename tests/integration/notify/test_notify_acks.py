@@ -5,11 +5,14 @@ a time: who may act (a tenant permission), PagerDuty webhooks, Slack buttons, em
 from __future__ import annotations
 
 import datetime as dt
+import email
+import email.policy
 import hashlib
 import hmac
 import json
+import re
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any
@@ -17,9 +20,13 @@ from urllib.parse import urlencode
 
 import httpx
 import pytest
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import Envelope, Session
 from notify_cloud import PD_KEY, NotifyCloud, fast_notify, notify_cloud, open_alert, setup_tenant
 from notify_receivers import Receiver
 
+from pulse.cloud.db.embedded import free_port
+from pulse.cloud.notify import inbound
 from pulse.cloud.notify.worker import NotifyWorkers
 from pulse.cloud.settings import Settings
 
@@ -69,8 +76,6 @@ async def test_who_may_acknowledge_is_a_permission_the_tenant_admin_sets(ncloud:
 
 PD_SECRET = "pd-webhook-secret-" + "0123456789"
 SLACK_SECRET = "8f742231b10e8888abcd99yyyzzz85a5"
-CLOCK = dt.datetime(2026, 12, 5, 21, 0, 0, tzinfo=dt.UTC)
-"""The app's "now" (Slack's 5-minute window is checked against it, never against the wall clock)."""
 
 
 def pd_signature(secret: str, body: bytes) -> str:
@@ -108,24 +113,34 @@ class Paged:
 @pytest.fixture
 async def served(cloud_settings: Settings, serve: Callable[..., AbstractAsyncContextManager[str]]) -> AsyncIterator[tuple[NotifyCloud, httpx.AsyncClient]]:
     """The cloud (workers run by the test, one pass at a time) served by uvicorn on loopback, and a
-    client that talks to it over real HTTP: the "local sender" of the webhooks."""
-    async with notify_cloud(cloud_settings, fast_notify(workers=False), clock=lambda: CLOCK) as c, serve(c.app, lifespan=False) as url:
+    client that talks to it over real HTTP: the "local sender" of the webhooks. The app's clock
+    (Slack's 5-minute window, email links' expiry) is ``clock(c)``, frozen; the workers run on
+    times derived from it, so nothing depends on the time of day."""
+    now = [dt.datetime.now(dt.UTC).replace(microsecond=0)]  # frozen: the app's "now" moves only when a test moves it
+    async with notify_cloud(cloud_settings, fast_notify(workers=False), clock=lambda: now[0]) as c, serve(c.app, lifespan=False) as url:
         async with httpx.AsyncClient(base_url=url) as sender:
+            c.app.state.test_now = now
             yield c, sender
 
 
 async def paged_tenant(
-    c: NotifyCloud, receiver: Receiver, *, users: dict[str, str] | None = None, secret: str = PD_SECRET, kind: str = "pagerduty"
+    c: NotifyCloud,
+    receiver: Receiver,
+    *,
+    users: dict[str, str] | None = None,
+    secret: str = PD_SECRET,
+    kind: str = "pagerduty",
+    config: dict[str, Any] | None = None,
 ) -> Paged:
     """A tenant with one alert paged on a ``kind`` channel (PagerDuty or Slack, posting to the
     receiver at ``/<kind>/<tenant>``, inbound secret ``secret``) whose escalation's level 2 is "/team"."""
     workers: NotifyWorkers = c.app.state.notify_workers
     tenant, admin = await c.tenant_user()
     url = receiver.url(f"/{kind}/{tenant}")
-    config: dict[str, Any] = (
-        {"routing_key": PD_KEY, "events_url": url, "webhook_secret": secret} if kind == "pagerduty" else {"url": url, "signing_secret": secret}
-    )
-    r = await c.client.post("/api/v1/notify/channels", json={"name": kind, "kind": kind, "config": config | {"users": users or {}}}, headers=admin)
+    if config is None:
+        config = {"routing_key": PD_KEY, "events_url": url, "webhook_secret": secret} if kind == "pagerduty" else {"url": url, "signing_secret": secret}
+        config["users"] = users or {}
+    r = await c.client.post("/api/v1/notify/channels", json={"name": kind, "kind": kind, "config": config}, headers=admin)
     assert r.status_code == 201, r.text
     first = r.json()["id"]
     r = await c.client.post("/api/v1/notify/channels", json={"name": "team", "kind": "webhook", "config": {"url": receiver.url(f"/team/{tenant}")}}, headers=admin)
@@ -137,14 +152,14 @@ async def paged_tenant(
     assert r.status_code == 201, r.text
     assert (await c.client.post("/api/v1/rules", json={"id": "hot", "severity": "major", "metric": "temp_c", "operator": "GT", "threshold": 30, "clear_threshold": 28}, headers=admin)).status_code == 201
     alert = await open_alert(c, admin)
-    t0 = dt.datetime.now(dt.UTC)
+    t0 = clock(c)
 
     async def step(seconds: float) -> None:
         await workers.run_once(t0 + dt.timedelta(seconds=seconds), wait_sends=True)
         await workers.run_once(t0 + dt.timedelta(seconds=seconds), wait_sends=True)
 
     await step(0)
-    [message] = sent(receiver, f"/{kind}/{tenant}")
+    [message] = sent(receiver, f"/{kind}/{tenant}") if kind != "email" else [{}]
     return Paged(c, tenant, admin, first, alert, message.get("dedup_key", ""), message, step)
 
 
@@ -243,7 +258,11 @@ async def test_external_people_may_act_only_while_the_tenant_grants_it(served: t
     assert (await c.client.get(f"/api/v1/alerts/{p.alert}", headers=p.admin)).json()["state"] == "open"
 
 
-def slack_request(secret: str, payload: dict[str, Any], *, at: dt.datetime = CLOCK) -> tuple[bytes, dict[str, str]]:
+def clock(c: NotifyCloud) -> dt.datetime:
+    return c.app.state.test_now[0]  # type: ignore[no-any-return]
+
+
+def slack_request(secret: str, payload: dict[str, Any], *, at: dt.datetime) -> tuple[bytes, dict[str, str]]:
     """An interactivity request as Slack sends it: a form with ``payload``, signed with the timestamp."""
     body = urlencode({"payload": json.dumps(payload)}).encode()
     ts = str(int(at.timestamp()))
@@ -277,16 +296,16 @@ async def test_slack_acknowledge_button_acks_once_as_that_user_and_stops_escalat
     assert channel["config"]["signing_secret"] == "***"
     url = f"/hooks/v1/slack/{p.channel}"
 
-    body, headers = slack_request("not-the-signing-secret-000", slack_click(p.alert))
+    body, headers = slack_request("not-the-signing-secret-000", slack_click(p.alert), at=clock(c))
     r = await sender.post(url, content=body, headers=headers)
     assert (r.status_code, r.json()["code"]) == (401, "ack.bad_signature")
-    body, headers = slack_request(SLACK_SECRET, slack_click(p.alert), at=CLOCK - dt.timedelta(minutes=5, seconds=1))
+    body, headers = slack_request(SLACK_SECRET, slack_click(p.alert), at=clock(c) - dt.timedelta(minutes=5, seconds=1))
     r = await sender.post(url, content=body, headers=headers)
     assert (r.status_code, r.json()["code"]) == (401, "ack.expired")  # a replay of an old, genuine request
     detail = (await c.client.get(f"/api/v1/alerts/{p.alert}", headers=p.admin)).json()
     assert detail["state"] == "open" and [e["kind"] for e in detail["events"]] == ["opened"]
 
-    body, headers = slack_request(SLACK_SECRET, slack_click(p.alert), at=CLOCK - dt.timedelta(minutes=4))
+    body, headers = slack_request(SLACK_SECRET, slack_click(p.alert), at=clock(c) - dt.timedelta(minutes=4))
     answers = [await sender.post(url, content=body, headers=headers) for _ in range(2)]
     assert [(r.status_code, r.json()) for r in answers] == [
         (200, {"result": "acknowledged", "alert_id": p.alert}),
@@ -306,9 +325,9 @@ async def test_slack_acknowledge_button_acks_once_as_that_user_and_stops_escalat
     assert later and all("pulse_ack" not in json.dumps(m) for m in later)
 
     # other interactions are ignored; a body that is no interactivity payload is a coded 400
-    body, headers = slack_request(SLACK_SECRET, {"type": "view_submission", "user": {"id": "U1"}})
+    body, headers = slack_request(SLACK_SECRET, {"type": "view_submission", "user": {"id": "U1"}}, at=clock(c))
     assert (await sender.post(url, content=body, headers=headers)).json() == {"result": "ignored", "alert_id": None}
-    body, headers = slack_request(SLACK_SECRET, slack_click("1" * 40))
+    body, headers = slack_request(SLACK_SECRET, slack_click("1" * 40), at=clock(c))
     r = await sender.post(url, content=body, headers=headers)
     assert (r.status_code, r.json()["code"]) == (400, "ack.bad_payload")
 
@@ -317,7 +336,7 @@ async def test_a_slack_app_of_tenant_b_cannot_acknowledge_tenant_a(served: tuple
     c, sender = served
     a = await paged_tenant(c, receiver, secret=SLACK_SECRET, kind="slack")
     b = await paged_tenant(c, receiver, secret="tenant-b-slack-secret-01", kind="slack")
-    body, headers = slack_request("tenant-b-slack-secret-01", slack_click(a.alert))
+    body, headers = slack_request("tenant-b-slack-secret-01", slack_click(a.alert), at=clock(c))
     r = await sender.post(f"/hooks/v1/slack/{b.channel}", content=body, headers=headers)
     assert (r.status_code, r.json()["code"]) == (404, "ack.unknown_alert")
     r = await sender.post(f"/hooks/v1/slack/{a.channel}", content=body, headers=headers)
@@ -325,3 +344,89 @@ async def test_a_slack_app_of_tenant_b_cannot_acknowledge_tenant_a(served: tuple
     r = await sender.post(f"/hooks/v1/pagerduty/{a.channel}", content=body, headers=headers)  # a Slack channel is no PagerDuty one
     assert (r.status_code, r.json()["code"]) == (404, "ack.not_configured")
     assert (await c.client.get(f"/api/v1/alerts/{a.alert}", headers=a.admin)).json()["state"] == "open"
+
+
+@dataclass
+class Mailbox:
+    """An aiosmtpd handler that keeps every message it accepts."""
+
+    messages: list[email.message.EmailMessage]
+
+    async def handle_DATA(self, server: Any, session: Session, envelope: Envelope) -> str:
+        raw = envelope.content if isinstance(envelope.content, bytes) else str(envelope.content).encode()
+        self.messages.append(email.message_from_bytes(raw, policy=email.policy.default))  # type: ignore[arg-type]
+        return "250 OK"
+
+
+@pytest.fixture
+def smtp() -> Iterator[tuple[Mailbox, int]]:
+    """A real SMTP server on loopback (plain: the link, not the transport, is under test)."""
+    box = Mailbox([])
+    port = free_port()
+    controller = Controller(box, hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        yield box, port
+    finally:
+        controller.stop()
+
+
+def ack_links_in(message: email.message.EmailMessage) -> list[str]:
+    text = message.get_body(preferencelist=("plain",)).get_content()  # type: ignore[union-attr]
+    return re.findall(r"^Acknowledge[^:]*: (\S+)", text, re.MULTILINE)
+
+
+async def test_email_link_confirms_on_get_acknowledges_on_post_once_and_expires(
+    served: tuple[NotifyCloud, httpx.AsyncClient], receiver: Receiver, smtp: tuple[Mailbox, int]
+) -> None:
+    c, sender = served
+    box, port = smtp
+    ana = f"ana-{uuid.uuid4().hex[:6]}@example.com"
+    config = {"host": "127.0.0.1", "port": port, "security": "none", "sender": "pulse@example.com", "to": [ana]}
+    p = await paged_tenant(c, receiver, kind="email", config=config)
+    await c.user("customer", await c.slug(p.tenant), email=ana)
+    [mail] = box.messages
+    [link] = ack_links_in(mail)
+    assert link.startswith("https://pulse.example.com/hooks/v1/ack/")  # PULSE_NOTIFY_CONSOLE_URL: where people reach Pulse
+    path = link.removeprefix("https://pulse.example.com")
+    html_part = mail.get_body(preferencelist=("html",)).get_content()  # type: ignore[union-attr]
+    assert link in html_part.replace("&amp;", "&")
+
+    # a scanner (or the person) opening the link sees a confirmation page; nothing changes
+    for _ in range(2):
+        r = await sender.get(path)
+        assert r.status_code == 200 and "Acknowledge this alert?" in r.text and '<form method="post"' in r.text
+    assert (await c.client.get(f"/api/v1/alerts/{p.alert}", headers=p.admin)).json()["state"] == "open"
+
+    # a changed token: a coded error page, nothing changes
+    head, sig = path.rsplit(".", 1)
+    forged = head + "." + ("A" if sig[0] != "A" else "B") + sig[1:]
+    for method in ("GET", "POST"):
+        r = await sender.request(method, forged)
+        assert r.status_code == 401 and "ack.bad_signature" in r.text
+    # a link signed for tenant B only ever reaches tenant B's alerts, whatever alert id it names
+    other, _ = await c.tenant_user()
+    key = inbound.link_key(c.app.state.pulse.settings.jwt_secret.get_secret_value())
+    claim = inbound.LinkClaim(await c.slug(other), p.alert, ana, clock(c) + dt.timedelta(hours=1))
+    r = await sender.post(f"/hooks/v1/ack/{inbound.sign_link(key, claim)}")
+    assert r.status_code == 404 and "ack.unknown_alert" in r.text
+    assert (await c.client.get(f"/api/v1/alerts/{p.alert}", headers=p.admin)).json()["state"] == "open"
+
+    answers = [await sender.post(path) for _ in range(2)]
+    assert [(r.status_code, "Acknowledged" in r.text, "Already acknowledged" in r.text) for r in answers] == [(200, True, False), (200, False, True)]
+    detail = (await c.client.get(f"/api/v1/alerts/{p.alert}", headers=p.admin)).json()
+    ana_id = await c.db_scalar(p.tenant, "SELECT id FROM users WHERE email = $1", ana)
+    assert detail["acknowledged_by"] == f"local:{ana_id}"
+    assert [e["detail"].get("via") for e in detail["events"] if e["kind"] == "acknowledged"] == ["email"]
+    await p.step(301)
+    await p.step(5000)
+    assert sent(receiver, f"/team/{p.tenant}") == []
+    detail = (await c.client.get(f"/api/v1/alerts/{p.alert}", headers=p.admin)).json()
+    assert detail["escalation"]["stopped"] is True and detail["escalation"]["stop_reason"] == "acknowledged"
+    assert len(box.messages) == 2 and ack_links_in(box.messages[1]) == []  # the "acknowledged" mail offers no link
+
+    # past its expiry (24 h from the notification by default) the link answers a coded page
+    c.app.state.test_now[0] = clock(c) + dt.timedelta(hours=24, seconds=1)
+    for method in ("GET", "POST"):
+        r = await sender.request(method, path)
+        assert r.status_code == 410 and "ack.expired" in r.text
