@@ -229,7 +229,7 @@ class Code(StrEnum):
 
     # ack: acknowledging or resolving alerts from where people are paged (PagerDuty, Slack, email links)
     ACK_BAD_SIGNATURE = "ack.bad_signature"
-    """The request's signature (PagerDuty, Slack, the email link's token) does not verify with the channel's secret."""
+    """The request's signature (PagerDuty, Slack, the email link's token) or Teams shared secret does not verify."""
     ACK_EXPIRED = "ack.expired"
     """The signed request or link is too old (Slack: over 5 minutes; email links: past their expiry)."""
     ACK_FORBIDDEN = "ack.forbidden"

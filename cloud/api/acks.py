@@ -95,6 +95,13 @@ async def _external_actor(conn: asyncpg.Connection, via: str, action: ExternalAc
     return actions.Actor(f"{via}:{action.user_name}"[:200], frozenset({"external"}), via, detail)
 
 
+async def _tenant_alert(conn: asyncpg.Connection, ref: str) -> int:
+    alert_id = await conn.fetchval("SELECT id FROM alerts WHERE id = $1", int(ref))
+    if alert_id is None:
+        raise Refused(Code.ACK_UNKNOWN_ALERT, "no such alert in this channel's tenant", alert_id=ref)
+    return int(alert_id)
+
+
 async def _perform(conn: asyncpg.Connection, tenant: uuid.UUID, alert_id: int, action: ExternalAction, actor: actions.Actor) -> dict[str, Any]:
     [row], changed = await actions.act(conn, [alert_id], action.action, actor)
     if not changed:
@@ -138,10 +145,24 @@ async def slack_hook(channel_id: uuid.UUID, request: Request, parts: Parts) -> d
     if action is None:
         return {"result": "ignored"}
     async with parts.db.tenant(tenant) as conn:
-        alert_id = await conn.fetchval("SELECT id FROM alerts WHERE id = $1", int(action.ref))
-        if alert_id is None:
-            raise Refused(Code.ACK_UNKNOWN_ALERT, "no such alert in this channel's tenant", alert_id=action.ref)
+        alert_id = await _tenant_alert(conn, action.ref)
         actor = await _external_actor(conn, "slack", action, config.get("users") or {})
+        return await _perform(conn, tenant, alert_id, action, actor)
+
+
+@hooks_router.post(
+    "/teams/{channel_id}",
+    summary="A Teams workflow forwards an Acknowledge (or close) response: acts on the alert as the responder",
+    response_model=InboundOut,
+)
+async def teams_hook(channel_id: uuid.UUID, request: Request, parts: Parts) -> dict[str, Any]:
+    body = await read_limited(request, MAX_BODY, _too_large)
+    tenant, _, secret = await _channel(parts, channel_id, "teams", "action_secret")
+    inbound.verify_shared_secret(secret, request.headers.get("x-pulse-secret"))
+    action = inbound.parse_teams(body)
+    async with parts.db.tenant(tenant) as conn:
+        alert_id = await _tenant_alert(conn, action.ref)
+        actor = await _external_actor(conn, "teams", action, {action.user_id: action.user_id})
         return await _perform(conn, tenant, alert_id, action, actor)
 
 

@@ -146,6 +146,31 @@ def parse_slack(body: bytes) -> ExternalAction | None:
     )
 
 
+# --- Teams (a workflow forwarding a card's action) ------------------------------------------------
+
+TEAMS_ACTIONS = {"ack": "ack", "close": "close"}
+
+
+def verify_shared_secret(secret: str, offered: str | None) -> None:
+    """Teams workflows cannot compute an HMAC: they send the channel's secret itself (over TLS)."""
+    if not hmac.compare_digest(secret.encode(), (offered or "").encode()):
+        raise Refused(Code.ACK_BAD_SIGNATURE, "X-Pulse-Secret is not the channel's action secret")
+
+
+def parse_teams(body: bytes) -> ExternalAction:
+    """``{"pulse_action": "ack"|"close", "alert_id": "<id>", "responder": {"email", "name"}}``: the card's
+    Action.Submit data plus who responded, as the workflow forwards them."""
+    try:
+        doc = json.loads(body)
+        kind, alert, responder = doc["pulse_action"], str(doc["alert_id"]), doc.get("responder") or {}
+        email, name = str(responder.get("email") or ""), str(responder.get("name") or responder.get("email") or "Teams")
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise Refused(Code.ACK_BAD_PAYLOAD, 'not {"pulse_action": "ack"|"close", "alert_id": ..., "responder": {"email", "name"}}') from exc
+    if kind not in TEAMS_ACTIONS or not re.fullmatch(r"[0-9]{1,18}", alert):
+        raise Refused(Code.ACK_BAD_PAYLOAD, "pulse_action is ack or close, alert_id an alert id")
+    return ExternalAction(action="ack" if kind == "ack" else "close", ref=alert, user_id=email, user_name=name, event_id="")
+
+
 # --- email links ---------------------------------------------------------------------------------
 
 

@@ -138,8 +138,11 @@ async def paged_tenant(
     tenant, admin = await c.tenant_user()
     url = receiver.url(f"/{kind}/{tenant}")
     if config is None:
-        config = {"routing_key": PD_KEY, "events_url": url, "webhook_secret": secret} if kind == "pagerduty" else {"url": url, "signing_secret": secret}
-        config["users"] = users or {}
+        config = {
+            "pagerduty": {"routing_key": PD_KEY, "events_url": url, "webhook_secret": secret, "users": users or {}},
+            "slack": {"url": url, "signing_secret": secret, "users": users or {}},
+            "teams": {"url": url, "action_secret": secret},
+        }[kind]
     r = await c.client.post("/api/v1/notify/channels", json={"name": kind, "kind": kind, "config": config}, headers=admin)
     assert r.status_code == 201, r.text
     first = r.json()["id"]
@@ -430,3 +433,42 @@ async def test_email_link_confirms_on_get_acknowledges_on_post_once_and_expires(
     for method in ("GET", "POST"):
         r = await sender.request(method, path)
         assert r.status_code == 410 and "ack.expired" in r.text
+
+
+TEAMS_SECRET = "teams-workflow-shared-secret-0001"
+
+
+def teams_response(alert: int | str, email: str, action: str = "ack") -> dict[str, Any]:
+    """What a workflow forwards: the card's Action.Submit data and who responded."""
+    return {"pulse_action": action, "alert_id": str(alert), "responder": {"email": email, "name": "Ana Lima"}}
+
+
+async def test_a_teams_workflow_with_the_shared_secret_acks_once_as_the_responder(
+    served: tuple[NotifyCloud, httpx.AsyncClient], receiver: Receiver
+) -> None:
+    c, sender = served
+    ana = f"ana-{uuid.uuid4().hex[:6]}@example.com"
+    p = await paged_tenant(c, receiver, secret=TEAMS_SECRET, kind="teams")
+    await c.user("customer", await c.slug(p.tenant), email=ana)
+    [card] = [a["content"] for a in p.message["attachments"]]
+    assert {"type": "Action.Submit", "title": "Acknowledge", "data": {"pulse_action": "ack", "alert_id": str(p.alert)}} in card["actions"]
+    assert (await c.client.get(f"/api/v1/notify/channels/{p.channel}", headers=p.admin)).json()["config"]["action_secret"] == "***"
+    url = f"/hooks/v1/teams/{p.channel}"
+    for headers in ({"X-Pulse-Secret": "not-the-shared-secret-at-all"}, {}):
+        r = await sender.post(url, json=teams_response(p.alert, ana), headers=headers)
+        assert (r.status_code, r.json()["code"]) == (401, "ack.bad_signature")
+    assert (await c.client.get(f"/api/v1/alerts/{p.alert}", headers=p.admin)).json()["state"] == "open"
+    answers = [await sender.post(url, json=teams_response(p.alert, ana), headers={"X-Pulse-Secret": TEAMS_SECRET}) for _ in range(2)]
+    assert [r.json()["result"] for r in answers] == ["acknowledged", "unchanged"]
+    ana_id = await c.db_scalar(p.tenant, "SELECT id FROM users WHERE email = $1", ana)
+    assert (await c.client.get(f"/api/v1/alerts/{p.alert}", headers=p.admin)).json()["acknowledged_by"] == f"local:{ana_id}"
+    await p.step(301)
+    await p.step(5000)
+    assert sent(receiver, f"/team/{p.tenant}") == []
+    r = await sender.post(url, json={"pulse_action": "delete", "alert_id": "1"}, headers={"X-Pulse-Secret": TEAMS_SECRET})
+    assert (r.status_code, r.json()["code"]) == (400, "ack.bad_payload")
+    # tenant B's workflow names tenant A's alert: not found in B
+    b = await paged_tenant(c, receiver, secret="tenant-b-teams-secret-000001", kind="teams")
+    r = await sender.post(f"/hooks/v1/teams/{b.channel}", json=teams_response(p.alert, ana, "close"), headers={"X-Pulse-Secret": "tenant-b-teams-secret-000001"})
+    assert (r.status_code, r.json()["code"]) == (404, "ack.unknown_alert")
+    assert (await c.client.get(f"/api/v1/alerts/{p.alert}", headers=p.admin)).json()["state"] == "acknowledged"
