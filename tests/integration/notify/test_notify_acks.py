@@ -228,6 +228,12 @@ async def test_signed_pagerduty_acknowledgement_acks_once_as_that_user_and_stops
     body = pd_event("incident.triggered", p.incident_key)
     r = await sender.post(url, content=body, headers={"X-PagerDuty-Signature": pd_signature(PD_SECRET, body)})
     assert r.json() == {"result": "ignored", "alert_id": None}
+    body = pd_event("incident.resolved", f"pulse-test-{uuid.uuid4()}")  # the incident of a channel test
+    r = await sender.post(url, content=body, headers={"X-PagerDuty-Signature": pd_signature(PD_SECRET, body)})
+    assert r.json() == {"result": "ignored", "alert_id": None}
+    body = pd_event("incident.resolved", "pulse-0000000000000000000000000000000000000000")
+    r = await sender.post(url, content=body, headers={"X-PagerDuty-Signature": pd_signature(PD_SECRET, body)})
+    assert (r.status_code, r.json()["code"]) == (404, "ack.unknown_alert")
     r = await sender.post(url, content=b"[]", headers={"X-PagerDuty-Signature": pd_signature(PD_SECRET, b"[]")})
     assert (r.status_code, r.json()["code"]) == (400, "ack.bad_payload")
 
