@@ -434,8 +434,11 @@ async def test_email_link_confirms_on_get_acknowledges_on_post_once_and_expires(
     assert detail["escalation"]["stopped"] is True and detail["escalation"]["stop_reason"] == "acknowledged"
     assert len(box.messages) == 2 and ack_links_in(box.messages[1]) == []  # the "acknowledged" mail offers no link
 
-    # past its expiry (24 h from the notification by default) the link answers a coded page
-    c.app.state.test_now[0] = clock(c) + dt.timedelta(hours=24, seconds=1)
+    # past its expiry (24 h from the notification, i.e. from the alert's "opened" event) the link answers a coded page
+    [opened] = [dt.datetime.fromisoformat(e["at"]) for e in detail["events"] if e["kind"] == "opened"]
+    c.app.state.test_now[0] = opened + dt.timedelta(hours=24) - dt.timedelta(seconds=1)
+    assert (await sender.get(path)).status_code == 200  # still good a second before
+    c.app.state.test_now[0] = opened + dt.timedelta(hours=24)
     for method in ("GET", "POST"):
         r = await sender.request(method, path)
         assert r.status_code == 410 and "ack.expired" in r.text
