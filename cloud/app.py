@@ -19,6 +19,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
 
 from pulse.cloud.alerts.runner import RuleRunner, RunnerConfig
+from pulse.cloud.api import acks as acks_api
 from pulse.cloud.api import alerts as alerts_api
 from pulse.cloud.api import audit as audit_api
 from pulse.cloud.api import auth as auth_api
@@ -38,7 +39,7 @@ from pulse.cloud.ingest.ratelimit import RateLimiter
 from pulse.cloud.ingest.writer import TelemetryRow, Writer
 from pulse.cloud.live import LiveHub
 from pulse.cloud.metrics import Metrics
-from pulse.cloud.notify.settings import NotifySettings
+from pulse.cloud.notify.settings import NotifySettings, ack_links
 from pulse.cloud.notify.worker import NotifyWorkers
 from pulse.cloud.settings import Settings
 from pulse.cloud.sync.app import SyncListener, create_sync_app
@@ -110,7 +111,7 @@ def create_app(
         RunnerConfig(sweep_interval_s=settings.rules_sweep_interval_s, gateway_offline_after_s=settings.gateway_offline_after_s),
     )
 
-    notify_workers = NotifyWorkers(db, notify_settings)
+    notify_workers = NotifyWorkers(db, notify_settings, ack_links=ack_links(notify_settings, settings.jwt_secret.get_secret_value()))
 
     def committed(rows: Sequence[TelemetryRow]) -> None:
         """After-commit listeners: the console's live view and the rule runner, each on its own."""
@@ -241,6 +242,8 @@ def create_app(
     app.include_router(alerts_api.rules_router)
     app.include_router(alerts_api.alerts_router)
     app.include_router(alerts_api.states_router)
+    app.include_router(acks_api.permissions_router)
+    app.include_router(acks_api.hooks_router)
     app.include_router(audit_api.router)
     app.include_router(twin_api.router)
     app.include_router(notify_api.router)

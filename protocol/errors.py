@@ -240,6 +240,19 @@ class Code(StrEnum):
     GATEWAY_INSECURE_URL = "gateway.insecure_url"
     """`pulse gateway enroll` was given a plain http:// cloud URL: the CA it answers with becomes the
     gateway's trust anchor, so anyone on the path could substitute theirs; use https or --insecure."""
+    # ack: acknowledging or resolving alerts from where people are paged (PagerDuty, Slack, email links)
+    ACK_BAD_SIGNATURE = "ack.bad_signature"
+    """The request's signature (PagerDuty, Slack, the email link's token) or Teams shared secret does not verify."""
+    ACK_EXPIRED = "ack.expired"
+    """The signed request or link is too old (Slack: over 5 minutes; email links: past their expiry)."""
+    ACK_FORBIDDEN = "ack.forbidden"
+    """The person is known but their role may not acknowledge or resolve alerts in this tenant (tenant-admin setting)."""
+    ACK_UNKNOWN_ALERT = "ack.unknown_alert"
+    """No alert of the channel's tenant matches (the incident, button or link names another tenant's alert or none)."""
+    ACK_BAD_PAYLOAD = "ack.bad_payload"
+    """The body is not the provider's documented shape (missing event type, incident, action or user)."""
+    ACK_NOT_CONFIGURED = "ack.not_configured"
+    """The channel is unknown, disabled, of another kind, or has no inbound secret configured."""
 
     # storage: the cloud's database (refusals at migration, before anything is changed)
     STORAGE_TIMESCALEDB_UNAVAILABLE = "storage.timescaledb_unavailable"

@@ -14,6 +14,7 @@ import asyncpg
 from fastapi import APIRouter, Query, Response
 from pydantic import BaseModel, ConfigDict, Field
 
+from pulse.cloud.alerts import actions
 from pulse.cloud.alerts.runner import Reading, device_of
 from pulse.cloud.api import paging
 from pulse.cloud.api.deps import Parts, Reader, TenantCaller, Writer
@@ -271,11 +272,7 @@ async def preview_rule(body: PreviewIn, caller: Reader, parts: Parts) -> dict[st
 
 # --- alerts ------------------------------------------------------------------------------------
 
-_ALERT_COLS = (
-    "id, device_id, rule_id, rule_version, kind, severity, state, flapping, condition_cleared, occurrences, "
-    "explanation, source, gateway_id, site_id, opened_at, updated_at, acknowledged_at, acknowledged_by, closed_at, "
-    "closed_by, silenced_until"
-)
+_ALERT_COLS = actions.ALERT_COLS
 
 
 def _alert_out(row: asyncpg.Record) -> dict[str, Any]:
@@ -380,65 +377,35 @@ class NoteIn(BaseModel):
     note: str = Field(default="", max_length=1000)
 
 
-_ACTIONS = {
-    "ack": ("acknowledged", "state = 'acknowledged', acknowledged_at = now(), acknowledged_by = $2", "state = 'open'"),
-    "close": ("closed", "state = 'closed', closed_at = now(), closed_by = $2", "state <> 'closed'"),
-    "silence": ("silenced", "silenced_until = $2", "state <> 'closed'"),
-}
+def _actor(caller: TenantCaller) -> actions.Actor:
+    return actions.Actor(caller.actor, caller.principal.roles)
 
 
 async def _act(
-    parts: Parts, caller: TenantCaller, ids: list[int], action: str, until: datetime | None, note: str
+    parts: Parts, caller: TenantCaller, ids: list[int], action: actions.Action, until: datetime | None, note: str
 ) -> list[dict[str, Any]]:
-    if action == "silence" and until is None:
-        raise InvalidError(Code.API_INVALID, "silence needs 'until' (an ISO 8601 time)")
-    event, sets, allowed = _ACTIONS[action]
     async with parts.db.tenant(caller.tenant_id) as conn:
-        found = {r["id"]: r["state"] for r in await conn.fetch("SELECT id, state FROM alerts WHERE id = ANY($1) FOR UPDATE", ids)}
-        if missing := sorted(set(ids) - set(found)):
-            raise NotFoundError("alert", alert_ids=",".join(map(str, missing[:20])))
-        rows = await conn.fetch(
-            f"UPDATE alerts SET {sets}, updated_at = now() WHERE id = ANY($1) AND {allowed} RETURNING {_ALERT_COLS}",
-            ids,
-            until if action == "silence" else caller.actor,
-        )
-        changed = {r["id"] for r in rows}
-        # Acknowledging and closing are notified (PagerDuty acknowledge/resolve), unless the alert is silenced.
-        now = datetime.now().astimezone()
-        due = {r["id"]: action in ("ack", "close") and (r["silenced_until"] is None or r["silenced_until"] <= now) for r in rows}
-        await conn.executemany(
-            "INSERT INTO alert_events (tenant_id, alert_id, kind, actor, notify, detail) "
-            "VALUES (pulse_current_tenant(), $1, $2, $3, $4, $5::jsonb)",
-            [
-                (i, event, caller.actor, due[i], json.dumps({"note": note, "until": until.isoformat() if until else None}))
-                for i in sorted(changed)
-            ],
-        )
-        unchanged = {
-            r["id"]: r
-            for r in await conn.fetch(f"SELECT {_ALERT_COLS} FROM alerts WHERE id = ANY($1)", sorted(set(ids) - changed))
-        }
-    by_id = {r["id"]: r for r in rows} | unchanged
-    return [_alert_out(by_id[i]) for i in ids]
+        rows, _ = await actions.act(conn, ids, action, _actor(caller), until=until, note=note)
+    return [_alert_out(r) for r in rows]
 
 
-@alerts_router.post("/bulk", summary="Acknowledge, close or silence many alerts at once", response_model=list[AlertOut])
-async def bulk(body: BulkIn, caller: Writer, parts: Parts) -> list[dict[str, Any]]:
+@alerts_router.post("/bulk", summary="Acknowledge, close or silence many alerts at once (who may: GET /api/v1/permissions)", response_model=list[AlertOut])
+async def bulk(body: BulkIn, caller: Reader, parts: Parts) -> list[dict[str, Any]]:
     return await _act(parts, caller, body.ids, body.action, body.until, body.note)
 
 
-@alerts_router.post("/{alert_id}/ack", summary="Acknowledge an open alert", response_model=AlertOut)
-async def ack(alert_id: int, caller: Writer, parts: Parts, body: NoteIn | None = None) -> dict[str, Any]:
+@alerts_router.post("/{alert_id}/ack", summary="Acknowledge an open alert (roles with the alerts.ack permission)", response_model=AlertOut)
+async def ack(alert_id: int, caller: Reader, parts: Parts, body: NoteIn | None = None) -> dict[str, Any]:
     return (await _act(parts, caller, [alert_id], "ack", None, body.note if body else ""))[0]
 
 
-@alerts_router.post("/{alert_id}/close", summary="Close an alert", response_model=AlertOut)
-async def close(alert_id: int, caller: Writer, parts: Parts, body: NoteIn | None = None) -> dict[str, Any]:
+@alerts_router.post("/{alert_id}/close", summary="Close an alert (roles with the alerts.close permission)", response_model=AlertOut)
+async def close(alert_id: int, caller: Reader, parts: Parts, body: NoteIn | None = None) -> dict[str, Any]:
     return (await _act(parts, caller, [alert_id], "close", None, body.note if body else ""))[0]
 
 
-@alerts_router.post("/{alert_id}/silence", summary="Silence an alert's notifications until a time", response_model=AlertOut)
-async def silence(alert_id: int, body: SilenceIn, caller: Writer, parts: Parts) -> dict[str, Any]:
+@alerts_router.post("/{alert_id}/silence", summary="Silence an alert's notifications until a time (tenant admins)", response_model=AlertOut)
+async def silence(alert_id: int, body: SilenceIn, caller: Reader, parts: Parts) -> dict[str, Any]:
     return (await _act(parts, caller, [alert_id], "silence", body.until, body.note))[0]
 
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import asyncpg
 
 from pulse.cloud.notify import store
-from pulse.cloud.notify.model import Notification
+from pulse.cloud.notify.model import Notification, fingerprint
 from pulse.cloud.notify.routing import Route, route, throttled
 
 EVENTS = {"opened": "opened", "flapping_started": "opened", "acknowledged": "acknowledged", "closed": "closed"}
@@ -107,7 +107,7 @@ def notification(
     threshold = explanation.get("threshold")
     return Notification(
         alert_id=str(alert["id"]),
-        fingerprint=f"{alert['device_id']}/{alert['rule_id']}#{alert['id']}",
+        fingerprint=fingerprint(alert["device_id"], alert["rule_id"], alert["id"]),
         event=event,  # type: ignore[arg-type]
         severity=alert["severity"],
         tenant=slug,

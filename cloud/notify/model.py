@@ -144,3 +144,8 @@ def channel_test_notification(*, tenant: str, console_url: str, now: dt.datetime
         console_url=console_url,
         occurred_at=now,
     )
+
+
+def fingerprint(device_id: str, rule_id: str, alert_id: int) -> str:
+    """``Notification.fingerprint`` of an alert (PagerDuty's dedup_key is made from it)."""
+    return f"{device_id}/{rule_id}#{alert_id}"

@@ -7,6 +7,7 @@ nested into the cloud's settings object. Build it in main, pass it down; nothing
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import ssl
 from collections.abc import AsyncIterator
 
@@ -14,6 +15,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from pulse.cloud.notify.errors import ConfigError
+from pulse.cloud.notify.inbound import AckLinks, link_key
 from pulse.cloud.notify.senders.base import SendContext
 from pulse.cloud.notify.ssrf import AddressGuard, SsrfPolicy, guarded_client
 
@@ -40,6 +42,8 @@ class NotifySettings(BaseSettings):
     backoff_s: float = Field(default=10.0, gt=0, le=3600)
     """Wait after the first failed attempt; doubled after each further one (capped at an hour) unless
     the receiver's Retry-After says otherwise."""
+    ack_link_ttl_s: int = Field(default=86400, ge=60, le=30 * 86400)
+    """How long the one-click acknowledge link in an email works, from the notification's time."""
     claim_timeout_s: float = Field(default=120.0, gt=0, le=3600)
     """A delivery still marked "sending" this long after it was claimed belongs to a process that
     stopped mid-send: PagerDuty deliveries are sent again (dedup_key), others are marked
@@ -61,9 +65,18 @@ class NotifySettings(BaseSettings):
 
 @contextlib.asynccontextmanager
 async def send_context(
-    settings: NotifySettings, *, verify: ssl.SSLContext | bool = True, tls_context: ssl.SSLContext | None = None
+    settings: NotifySettings,
+    *,
+    verify: ssl.SSLContext | bool = True,
+    tls_context: ssl.SSLContext | None = None,
+    ack_links: AckLinks | None = None,
 ) -> AsyncIterator[SendContext]:
     """The shared context for every send of a worker's life: one guarded HTTP client, closed on exit."""
     guard = AddressGuard(settings.policy, resolve_timeout_s=settings.timeout_s)
     async with guarded_client(guard, timeout_s=settings.timeout_s, verify=verify) as http:
-        yield SendContext(http=http, guard=guard, timeout_s=settings.timeout_s, tls_context=tls_context)
+        yield SendContext(http=http, guard=guard, timeout_s=settings.timeout_s, tls_context=tls_context, ack_links=ack_links)
+
+
+def ack_links(settings: NotifySettings, secret: str) -> AckLinks:
+    """The email acknowledge links' signer: a key derived from the cloud's secret, links to ``console_url``."""
+    return AckLinks(link_key(secret), settings.console_url, dt.timedelta(seconds=settings.ack_link_ttl_s))

@@ -22,9 +22,10 @@ from pulse.cloud.db.pool import Database
 from pulse.cloud.notify import senders
 from pulse.cloud.notify.errors import ConfigError
 from pulse.cloud.notify.escalation import EscalationState, Policy
-from pulse.cloud.notify.model import Notification
+from pulse.cloud.notify.model import Notification, fingerprint
 from pulse.cloud.notify.oncall import Schedule
 from pulse.cloud.notify.routing import AlertFacts, Route
+from pulse.cloud.notify.senders import pagerduty
 from pulse.protocol.errors import Code
 
 REDACTED = "***"
@@ -338,6 +339,20 @@ async def busy_tenants(conn: asyncpg.Connection, claim_timeout_s: float, due_at:
 
 async def tenant_slug(conn: asyncpg.Connection, tenant: uuid.UUID) -> str:
     return await conn.fetchval("SELECT slug FROM tenants WHERE id = pulse_current_tenant()") or str(tenant)
+
+
+async def alert_of_incident(conn: asyncpg.Connection, channel_id: uuid.UUID, key: str) -> int | None:
+    """The alert of the current tenant that this PagerDuty channel paged with dedup_key ``key``."""
+    slug = await conn.fetchval("SELECT slug FROM tenants WHERE id = pulse_current_tenant()")
+    rows = await conn.fetch(
+        "SELECT DISTINCT a.id, a.device_id, a.rule_id FROM notify_deliveries d JOIN alerts a ON a.id = d.alert_id "
+        "WHERE d.channel_id = $1",
+        channel_id,
+    )
+    for r in rows:
+        if pagerduty.incident_key(slug, fingerprint(r["device_id"], r["rule_id"], r["id"])) == key:
+            return int(r["id"])
+    return None
 
 
 async def take_outbox(conn: asyncpg.Connection, limit: int) -> list[asyncpg.Record]:

@@ -35,6 +35,7 @@ from pulse.cloud.notify import delivery, store
 from pulse.cloud.notify.delivery import MAX_BACKOFF_S, backoff
 from pulse.cloud.notify.escalator import escalate
 from pulse.cloud.notify.fanout import fan_out
+from pulse.cloud.notify.inbound import AckLinks
 from pulse.cloud.notify.recovery import recover
 from pulse.cloud.notify.senders.base import SendContext
 from pulse.cloud.notify.settings import NotifySettings, send_context
@@ -61,9 +62,12 @@ class Pass:
 
 
 class NotifyWorkers:
-    def __init__(self, db: Database, settings: NotifySettings, *, clock: Callable[[], dt.datetime] = _utcnow) -> None:
+    def __init__(
+        self, db: Database, settings: NotifySettings, *, clock: Callable[[], dt.datetime] = _utcnow, ack_links: AckLinks | None = None
+    ) -> None:
         self.db = db
         self.settings = settings
+        self.ack_links = ack_links
         self.clock = clock
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -77,7 +81,7 @@ class NotifyWorkers:
     async def open(self) -> None:
         """The shared send context (one guarded HTTP client); ``start`` calls it, tests may alone."""
         if self._ctx is None:
-            self._ctx = await self._stack.enter_async_context(send_context(self.settings))
+            self._ctx = await self._stack.enter_async_context(send_context(self.settings, ack_links=self.ack_links))
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name="pulse-notify")

@@ -18,6 +18,7 @@ import httpx
 from pydantic import AfterValidator, BaseModel, ConfigDict
 
 from pulse.cloud.notify.errors import AddressError
+from pulse.cloud.notify.inbound import AckLinks
 from pulse.cloud.notify.model import Notification, Outcome
 from pulse.cloud.notify.ssrf import AddressGuard, check_url
 
@@ -36,6 +37,8 @@ class SendContext:
     timeout_s: float = 10.0
     tls_context: ssl.SSLContext | None = None
     """Trust for TLS to SMTP and MQTT servers; None: the system's trust store. Certificates are always checked."""
+    ack_links: AckLinks | None = None
+    """Signs the one-click acknowledge links of emails; None: emails carry none."""
 
 
 class ChannelConfig(BaseModel):

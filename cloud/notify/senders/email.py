@@ -20,6 +20,7 @@ import aiosmtplib
 from pydantic import Field, SecretStr, field_validator, model_validator
 
 from pulse.cloud.notify.errors import AddressError
+from pulse.cloud.notify.inbound import AckLinks
 from pulse.cloud.notify.model import Delivered, Failed, Notification, Outcome, Retry
 from pulse.cloud.notify.senders.base import Channel, ChannelConfig, SendContext
 from pulse.cloud.notify.senders.http import address_outcome
@@ -65,7 +66,9 @@ class Config(ChannelConfig):
         return self
 
 
-def build(config: Config, n: Notification) -> EmailMessage:
+def build(config: Config, n: Notification, links: AckLinks | None = None) -> EmailMessage:
+    """The message; with ``links``, an alert that opened carries a signed acknowledge link per recipient
+    (it opens a confirmation page: a mail scanner that fetches links acknowledges nothing)."""
     msg = EmailMessage()
     msg["Subject"] = f"{config.subject_prefix} {n.title}".strip()
     msg["From"] = config.sender
@@ -75,19 +78,27 @@ def build(config: Config, n: Notification) -> EmailMessage:
     msg["X-Pulse-Event-Id"] = n.event_id
     rows = [("Severity", n.severity.capitalize()), ("Device", n.device), ("Site", n.site or "-"), ("Value", n.reading() or "-")]
     rows += [("Tenant", n.tenant), ("Alert", n.alert_id), ("When", f"{n.occurred_at:%Y-%m-%d %H:%M:%S} UTC")]
-    text = "\n".join([n.title, "", n.explanation, "", *(f"{k}: {v}" for k, v in rows), "", f"Open in Pulse: {n.console_url}", ""])
+    signed = [(to, url) for to in config.to if links is not None and (url := links.url(n, to)) is not None]
+    acks = [("Acknowledge" if len(signed) == 1 else f"Acknowledge as {to}", url) for to, url in signed]
+    text = "\n".join(
+        [n.title, "", n.explanation, "", *(f"{k}: {v}" for k, v in rows), "", f"Open in Pulse: {n.console_url}"]
+        + [f"{label}: {url}" for label, url in acks]
+        + [""]
+    )
     msg.set_content(text)
     cells = "".join(f"<tr><th align='left'>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in rows)
     msg.add_alternative(
         f"<html><body><h2>{html.escape(n.title)}</h2><p>{html.escape(n.explanation)}</p>"
-        f"<table>{cells}</table><p><a href=\"{html.escape(n.console_url, quote=True)}\">Open in Pulse</a></p></body></html>",
+        f"<table>{cells}</table><p><a href=\"{html.escape(n.console_url, quote=True)}\">Open in Pulse</a></p>"
+        + "".join(f"<p><a href=\"{html.escape(url, quote=True)}\">{html.escape(label)}</a></p>" for label, url in acks)
+        + "</body></html>",
         subtype="html",
     )
     return msg
 
 
 async def send(config: Config, n: Notification, ctx: SendContext) -> Outcome:
-    message = build(config, n)
+    message = build(config, n, ctx.ack_links)
     try:
         sock = await ctx.guard.open_socket(config.host.strip("[]"), config.port, ctx.timeout_s)
     except AddressError as exc:

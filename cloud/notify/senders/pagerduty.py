@@ -30,12 +30,23 @@ class Config(ChannelConfig):
     """The integration key of a PagerDuty service's "Events API v2" integration (32 characters)."""
     events_url: HttpUrl = EVENTS_URL
     """Where events go; change only for PagerDuty's EU endpoint (https://events.eu.pagerduty.com/v2/enqueue)."""
+    webhook_secret: SecretStr | None = Field(default=None, min_length=16, max_length=256)
+    """The secret of a PagerDuty webhook v3 subscription posting to ``/hooks/v1/pagerduty/<channel id>``:
+    incidents acknowledged or resolved in PagerDuty then acknowledge or close the alert (optional)."""
+    users: dict[str, str] = Field(default_factory=dict, max_length=500)
+    """PagerDuty user id -> email of a user of this tenant: their acknowledgements are recorded as that
+    user (webhooks name the PagerDuty user, not an email). Others are recorded by their PagerDuty name."""
+
+
+def incident_key(tenant: str, fingerprint: str) -> str:
+    """The dedup_key of an alert (tenant slug, ``Notification.fingerprint``): PagerDuty's webhooks
+    name it as the incident's ``incident_key``, which is how an acknowledgement finds the alert."""
+    return "pulse-" + hashlib.sha256(f"{tenant}\x1f{fingerprint}".encode()).hexdigest()[:40]
 
 
 def dedup_key(n: Notification) -> str:
     """Stable per alert fingerprint and tenant; test notifications get their own."""
-    digest = hashlib.sha256(f"{n.tenant}\x1f{n.fingerprint}".encode()).hexdigest()[:40]
-    return f"pulse-test-{n.alert_id}"[:255] if n.event == "test" else f"pulse-{digest}"
+    return f"pulse-test-{n.alert_id}"[:255] if n.event == "test" else incident_key(n.tenant, n.fingerprint)
 
 
 def build(config: Config, n: Notification) -> HttpRequest:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import datetime as dt
 from typing import Literal
 
+from pydantic import Field, SecretStr
+
 from pulse.cloud.notify.model import Delivered, Failed, Notification, Outcome, Retry
 from pulse.cloud.notify.senders.base import Channel, ChannelConfig, HttpUrl, SendContext
 from pulse.cloud.notify.senders.http import HttpRequest, HttpResponse, deliver, status_outcome
@@ -23,6 +25,10 @@ class Config(ChannelConfig):
     url: HttpUrl
     """The webhook URL of the Teams workflow (or of the old Office 365 connector)."""
     format: Literal["adaptive", "messagecard"] = "adaptive"
+    action_secret: SecretStr | None = Field(default=None, min_length=24, max_length=256)
+    """A shared secret for a workflow that posts people's responses to ``/hooks/v1/teams/<channel id>``
+    (header ``X-Pulse-Secret``). When set, Adaptive Cards of an opened alert carry an **Acknowledge**
+    ``Action.Submit`` (data ``{"pulse_action": "ack", "alert_id": ...}``) for such a workflow to forward."""
 
 
 def facts(n: Notification) -> list[tuple[str, str]]:
@@ -30,7 +36,10 @@ def facts(n: Notification) -> list[tuple[str, str]]:
     return rows + [("Tenant", n.tenant), ("Alert", n.alert_id), ("When", f"{n.occurred_at:%Y-%m-%d %H:%M:%S} UTC")]
 
 
-def adaptive_card(n: Notification) -> dict[str, object]:
+def adaptive_card(n: Notification, *, ack: bool = False) -> dict[str, object]:
+    actions: list[dict[str, object]] = [{"type": "Action.OpenUrl", "title": "Open in Pulse", "url": n.console_url}]
+    if ack and n.event == "opened":
+        actions.append({"type": "Action.Submit", "title": "Acknowledge", "data": {"pulse_action": "ack", "alert_id": n.alert_id}})
     card = {
         "$schema": "http://adaptivecards.io/schemas/adaptive-card.json",
         "type": "AdaptiveCard",
@@ -40,7 +49,7 @@ def adaptive_card(n: Notification) -> dict[str, object]:
             {"type": "TextBlock", "text": n.explanation, "wrap": True},
             {"type": "FactSet", "facts": [{"title": k, "value": v} for k, v in facts(n)]},
         ],
-        "actions": [{"type": "Action.OpenUrl", "title": "Open in Pulse", "url": n.console_url}],
+        "actions": actions,
     }
     return {
         "type": "message",
@@ -61,7 +70,8 @@ def message_card(n: Notification) -> dict[str, object]:
 
 
 def build(config: Config, n: Notification) -> HttpRequest:
-    return HttpRequest.json(config.url, adaptive_card(n) if config.format == "adaptive" else message_card(n))
+    card = adaptive_card(n, ack=config.action_secret is not None) if config.format == "adaptive" else message_card(n)
+    return HttpRequest.json(config.url, card)
 
 
 def interpret(response: HttpResponse, now: dt.datetime) -> Outcome:

@@ -174,7 +174,12 @@ KNOWN_CODES = frozenset(str(c) for c in Code)
 
 
 def coded_client_error(ctx: Any, response: schemathesis.Response, case: schemathesis.Case) -> bool | None:
-    """Every refusal is JSON ``{"code": <a taxonomy code>, "message": ...}``."""
+    """Every refusal is JSON ``{"code": <a taxonomy code>, "message": ...}`` (pages for people, the
+    email acknowledge links, show the code as ``<code>...</code>``)."""
+    if 400 <= response.status_code < 500 and "text/html" in str(response.headers.get("content-type", "")):
+        shown = re.findall(r"<code>([a-z_.]+)</code>", response.text)
+        assert shown and shown[0] in KNOWN_CODES, f"a {response.status_code} page without a known code: {response.text[:300]!r}"
+        return None
     if 400 <= response.status_code < 500:
         body = response.json()
         assert isinstance(body, dict) and body.get("code") in KNOWN_CODES, f"a {response.status_code} without a known code: {body!r}"

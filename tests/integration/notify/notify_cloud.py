@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -98,6 +98,22 @@ class NotifyCloud:
         assert r.status_code == 200, r.text
         return tenant_id, {"Authorization": f"Bearer {r.json()['access_token']}"}
 
+    async def db_scalar(self, tenant: uuid.UUID, sql: str, *args: Any) -> Any:
+        async with self.db.tenant(tenant) as conn:
+            return await conn.fetchval(sql, *args)
+
+    async def slug(self, tenant: uuid.UUID) -> str:
+        async with self.db.tenant(tenant) as conn:
+            return str(await conn.fetchval("SELECT slug FROM tenants WHERE id = $1", tenant))
+
+    async def user(self, role: str, slug: str, email: str | None = None) -> dict[str, str]:
+        """Another logged-in user of the tenant ``slug``: auth headers."""
+        email = email or f"{uuid.uuid4().hex[:10]}@example.com"
+        await create_user(self.db, email=email, password=PASSWORD, roles=[role], tenant=slug, actor="test")
+        r = await self.client.post("/auth/login", json={"email": email, "password": PASSWORD})
+        assert r.status_code == 200, r.text
+        return {"Authorization": f"Bearer {r.json()['access_token']}"}
+
     async def wait_for(self, check: Any, *, timeout_s: float = 20.0, what: str = "condition") -> Any:
         deadline = asyncio.get_running_loop().time() + timeout_s
         while True:
@@ -110,8 +126,10 @@ class NotifyCloud:
 
 
 @asynccontextmanager
-async def notify_cloud(settings: Settings, notify: NotifySettings) -> AsyncIterator[NotifyCloud]:
-    app = create_app(settings, notify=notify)
+async def notify_cloud(
+    settings: Settings, notify: NotifySettings, clock: Callable[[], dt.datetime] | None = None
+) -> AsyncIterator[NotifyCloud]:
+    app = create_app(settings, notify=notify, clock=clock)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://pulse.test") as client:

@@ -283,9 +283,20 @@ export function AlertDetailView({ id }: { id: number }) {
   );
 }
 
+type Permission = { permission: "alerts.ack" | "alerts.close"; roles: string[] };
+
+/** Whether the signed-in account may acknowledge / close alerts: the tenant's permissions (GET /api/v1/permissions). */
+function useAlertPermissions(): { canAck: boolean; canClose: boolean } {
+  const { me, tenant } = useAccess();
+  const q = useQuery({ queryKey: ["permissions"], queryFn: () => api<Permission[]>("/api/v1/permissions"), enabled: tenant });
+  const holds = (name: Permission["permission"]) => (q.data ?? []).some((p) => p.permission === name && p.roles.some((r) => me.roles.includes(r)));
+  return { canAck: holds("alerts.ack"), canClose: holds("alerts.close") };
+}
+
 /** One alert on its own page: where notifications link to (/app/alerts/<id>). */
 export function AlertPage({ id }: { id: string }) {
   const { canWrite } = useAccess();
+  const { canAck, canClose } = useAlertPermissions();
   const client = useQueryClient();
   const n = Number(id);
   const q = useQuery({ queryKey: ["alert", n], queryFn: () => api<AlertDetail>(`/api/v1/alerts/${n}`), enabled: Number.isInteger(n) });
@@ -310,9 +321,9 @@ export function AlertPage({ id }: { id: string }) {
         <span className={`badge badge-alert-${a.state}`} data-testid="alert-state">{a.state}</span>
         <span className="muted">opened {ago(a.opened_at)}</span>
         <span className="spacer" />
-        {canWrite && a.state === "open" && <button className="btn" onClick={() => act.mutate("ack")}>Acknowledge</button>}
+        {canAck && a.state === "open" && <button className="btn" onClick={() => act.mutate("ack")}>Acknowledge</button>}
         {canWrite && a.state !== "closed" && <button className="btn" onClick={() => act.mutate("silence")}>Silence 4 hours</button>}
-        {canWrite && a.state !== "closed" && <button className="btn" onClick={() => act.mutate("close")}>Close</button>}
+        {canClose && a.state !== "closed" && <button className="btn" onClick={() => act.mutate("close")}>Close</button>}
         <Link to="/alerts">all alerts →</Link>
       </div>
       {act.isError && <ErrorBox error={act.error} />}
