@@ -27,6 +27,7 @@ from pulse.edge.identity import IdentityFiles
 from pulse.edge.ingest import Store
 from pulse.edge.link import load_enrollment
 from pulse.edge.rules import EdgeRuleRunner
+from pulse.edge.sessions import SessionStore
 from pulse.edge.twin import EdgeTwins
 from pulse.edge.uplink import LinkState, Uplink
 from pulse.protocol.envelope import Limits
@@ -51,6 +52,8 @@ class Gateway:
         self.buffer.on_commit = self._committed
         self.intake = mqtt.Intake(self.buffer, Limits(max_bytes=settings.broker.max_message_bytes))
         self.intake.on_twin_get = self.twins.twin_get
+        b = settings.broker
+        self.sessions = SessionStore(settings.database, queue_max=b.session_queue_max, max_age_s=b.session_queue_max_age_s)
         self.broker: mqtt.GatewayBroker | None = None
         self.board: status.StatusBoard | None = None
         self._http: status.uvicorn.Server | None = None
@@ -75,13 +78,15 @@ class Gateway:
             await self.rules.start()
             authenticator = Authenticator(self.buffer.secret_hash, allow_anonymous=s.broker.allow_anonymous)
             try:
-                self.broker = await mqtt.start(s.broker, self.intake, authenticator)
+                self.sessions.open()
+                self.broker = await mqtt.start(s.broker, self.intake, authenticator, self.sessions)
             except BrokerError as exc:
                 raise ConfigError(f"the broker cannot listen: {exc}", port=s.broker.port) from exc
             await self.twins.start(self.broker)
             self.broker.on_device_ready = self.twins.device_ready
             self._start_sync()
-            self.board = status.StatusBoard(s, self.broker, self.intake, self.buffer, self.rules, link=self.link_status, twins=self.twins)
+            self.board = status.StatusBoard(s, self.broker, self.intake, self.buffer, self.rules, link=self.link_status, twins=self.twins,
+                                            sessions=self.sessions)
             await self.board.sample()
             self._tasks.append(asyncio.create_task(self.board.run(), name="status-sampler"))
             if s.status.port:
@@ -171,6 +176,7 @@ class Gateway:
         if self.broker is not None:
             broker, self.broker = self.broker, None
             await mqtt.stop(broker)
+        self.sessions.close()
 
 
 def _tune_gc() -> None:

@@ -340,17 +340,10 @@ def publish_fields(p: Packet) -> tuple[str, int | None, bytes, bool]:
     return topic, packet_id, rest, bool(p.flags & 0x08)
 
 
-def fails_on_gateway(request: pytest.FixtureRequest, broker: Target) -> None:
-    """Known to fail on the gateway until issue 16 is fixed (strict: passing is an error too)."""
-    if broker.name == "gateway":
-        request.node.add_marker(pytest.mark.xfail(strict=True, reason="issue 16: not fixed in the gateway yet"))
-
-
 # --- the cases --------------------------------------------------------------------------------
 
 
-async def test_silent_client_is_disconnected_after_one_and_a_half_keep_alives_and_its_will_is_published(request, broker, paho, raw):
-    fails_on_gateway(request, broker)
+async def test_silent_client_is_disconnected_after_one_and_a_half_keep_alives_and_its_will_is_published(broker, paho, raw):
     watcher = paho("site-watch", anonymous=True)
     await to_thread(watcher.connect)
     assert await to_thread(watcher.subscribe, "pulse/dev-w/#") == [1]
@@ -428,8 +421,7 @@ async def test_qos1_published_while_a_persistent_client_is_away_is_delivered_whe
     assert all(m.qos == 1 for m in messages)
 
 
-async def test_unacknowledged_qos1_is_sent_again_with_dup_after_the_connection_drops(request, broker, paho, raw):
-    fails_on_gateway(request, broker)
+async def test_unacknowledged_qos1_is_sent_again_with_dup_after_the_connection_drops(broker, paho, raw):
     secret = broker.secret("dev-1")
     device = raw()
     connack = await to_thread(device.connect, "dev-1", username="dev-1", password=secret, clean_session=False)
@@ -484,8 +476,7 @@ async def test_dollar_topics_are_not_matched_by_wildcards_at_the_first_level(bro
         assert not [m for m in sys_client.messages if m.topic.startswith("$")]
 
 
-async def test_retained_message_is_kept_for_new_subscribers_and_an_empty_payload_clears_it(request, broker, paho):
-    fails_on_gateway(request, broker)
+async def test_retained_message_is_kept_for_new_subscribers_and_an_empty_payload_clears_it(broker, paho):
     site = paho("site-pub", anonymous=True)
     await to_thread(site.connect)
     await to_thread(site.publish, "pulse/dev-1/telemetry", envelope(1), retain=True)
