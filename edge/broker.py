@@ -321,12 +321,13 @@ class GatewayBroker(Broker):
     def session_subscriptions(self, client_id: str) -> list[tuple[str, int]]:
         return [(f, qos) for f, subs in self._subscriptions.items() for s, qos in subs if s.client_id == client_id]
 
-    async def publish(self, topic: str, payload: bytes, *, retain: bool) -> None:
+    async def publish(self, topic: str, payload: bytes, *, retain: bool, expires_ms: int | None = None) -> None:
         """Publish as the gateway (QoS 1). ``retain``: also keep it for later subscribers; an empty
-        retained payload clears the topic's retained message."""
+        retained payload clears the topic's retained message. ``expires_ms``: a persistent session's
+        queue drops it unsent from then on (a command's deadline)."""
         if retain:
             await self.retain_message(None, topic, payload, QOS_1)
-        await self.internal_message_broadcast(topic, payload, QOS_1)
+        await self._broadcast_queue.put({"session": None, "topic": topic, "data": payload, "qos": QOS_1, "expires_ms": expires_ms})
 
     def subscribed(self, device_id: str, topic: str) -> bool:
         """A connected session of the device subscribes to ``topic``, or a persistent one (connected
@@ -447,7 +448,7 @@ class GatewayBroker(Broker):
                 qos = min(broadcast.get("qos", sub_qos), sub_qos)
                 if self.store is not None and not target.clean_session and qos >= QOS_1 and target.client_id:
                     try:
-                        self.store.enqueue(target.client_id, topic, bytes(data), QOS_1)
+                        self.store.enqueue(target.client_id, topic, bytes(data), QOS_1, expires_ms=broadcast.get("expires_ms"))
                     except Exception:
                         log.exception("session %s: could not queue a message on %s", target.client_id, topic)
                         continue

@@ -132,6 +132,7 @@ CREATE TABLE IF NOT EXISTS mqtt_queue (
     payload    BLOB NOT NULL,
     qos        INTEGER NOT NULL,
     queued_ms  INTEGER NOT NULL,
+    expires_ms INTEGER,
     packet_id  INTEGER
 );
 CREATE INDEX IF NOT EXISTS mqtt_queue_client ON mqtt_queue (client_id, id);

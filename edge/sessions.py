@@ -5,7 +5,8 @@ Two tables beside the buffer (edge/schema.py):
 - ``mqtt_sessions``  one row per persistent session: client id, username, its subscriptions
                      (``[[filter, qos], ...]`` as JSON);
 - ``mqtt_queue``     QoS 1 messages for a persistent session, in order (``id``): topic, payload, QoS,
-                     when queued, and once sent the packet id it was sent with. A row is deleted
+                     when queued, an optional deadline (``expires_ms``: a command's; dropped unsent
+                     after it), and once sent the packet id it was sent with. A row is deleted
                      when the client acknowledges it (PUBACK); a row that was sent and not
                      acknowledged before the connection ended is sent again, with DUP set and the
                      same packet id, when the session resumes (also after a gateway restart).
@@ -61,6 +62,7 @@ class SessionCounters:
     redelivered: int = 0
     dropped_full: int = 0
     dropped_age: int = 0
+    expired: int = 0
 
 
 class SessionStore:
@@ -135,14 +137,15 @@ class SessionStore:
 
     # --- the queue --------------------------------------------------------------------------
 
-    def enqueue(self, client_id: str, topic: str, payload: bytes, qos: int) -> None:
+    def enqueue(self, client_id: str, topic: str, payload: bytes, qos: int, *, expires_ms: int | None = None) -> None:
+        """Queue a message; ``expires_ms``: never delivered from then on (a command's deadline)."""
         now = self._now_ms()
         db = self.db
         db.execute("BEGIN")
         try:
             db.execute(
-                "INSERT INTO mqtt_queue (client_id, topic, payload, qos, queued_ms) VALUES (?, ?, ?, ?, ?)",
-                (client_id, topic, payload, qos, now),
+                "INSERT INTO mqtt_queue (client_id, topic, payload, qos, queued_ms, expires_ms) VALUES (?, ?, ?, ?, ?, ?)",
+                (client_id, topic, payload, qos, now, expires_ms),
             )
             over = db.execute("SELECT count(*) FROM mqtt_queue WHERE client_id = ?", (client_id,)).fetchone()[0] - self.queue_max
             if over > 0:
@@ -160,11 +163,15 @@ class SessionStore:
 
     def pending(self, client_id: str, limit: int = 100) -> list[Queued]:
         """The session's next messages in order, after dropping those older than the age limit."""
-        cutoff = self._now_ms() - self.max_age_ms
-        expired = self.db.execute("DELETE FROM mqtt_queue WHERE client_id = ? AND queued_ms < ?", (client_id, cutoff)).rowcount
+        now = self._now_ms()
+        old = self.db.execute("DELETE FROM mqtt_queue WHERE client_id = ? AND queued_ms < ?", (client_id, now - self.max_age_ms)).rowcount
+        if old:
+            self.counters.dropped_age += old
+            log.warning("session %s: dropped %d message(s) older than %d s", client_id, old, self.max_age_ms // 1000)
+        expired = self.db.execute("DELETE FROM mqtt_queue WHERE client_id = ? AND expires_ms <= ?", (client_id, now)).rowcount
         if expired:
-            self.counters.dropped_age += expired
-            log.warning("session %s: dropped %d message(s) older than %d s", client_id, expired, self.max_age_ms // 1000)
+            self.counters.expired += expired
+            log.info("session %s: dropped %d message(s) past their deadline, unsent", client_id, expired)
         rows = self.db.execute(
             "SELECT id, topic, payload, qos, packet_id FROM mqtt_queue WHERE client_id = ? ORDER BY id LIMIT ?", (client_id, limit)
         ).fetchall()
@@ -190,6 +197,7 @@ class SessionStore:
             "redelivered": c.redelivered,
             "dropped_full": c.dropped_full,
             "dropped_age": c.dropped_age,
+            "expired": c.expired,
             "queue_max": self.queue_max,
             "queue_max_age_s": self.max_age_ms // 1000,
         }

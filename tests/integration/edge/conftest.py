@@ -67,8 +67,9 @@ class Client:
     """A paho-mqtt client driven synchronously (call it from a thread: the broker needs the loop)."""
 
     def __init__(self, port: int, device_id: str | None, secret: str | None, *, client_id: str | None = None,
-                 transport: str = "tcp", tls_ca: Path | None = None) -> None:
-        self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id or device_id or "", transport=transport)
+                 transport: str = "tcp", tls_ca: Path | None = None, clean_session: bool = True) -> None:
+        self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id or device_id or "", transport=transport,
+                             clean_session=clean_session)
         if device_id is not None:
             self.c.username_pw_set(device_id, secret)
         if tls_ca is not None:
