@@ -50,6 +50,7 @@ from pulse.edge.config import BrokerSettings
 from pulse.edge.errors import StorageError
 from pulse.edge.ingest import Forward, Quarantine, classify, may_publish, may_subscribe
 from pulse.edge.sessions import Queued, SessionStore
+from pulse.protocol.connectivity import Connectivity
 from pulse.protocol.envelope import Limits
 
 log = logging.getLogger("pulse.edge.broker")
@@ -290,14 +291,16 @@ class GatewayBroker(Broker):
     and sent from there by one task per connected session (``_pump``), one message in flight at a
     time, deleted on PUBACK. A message sent and not acknowledged before the connection ends is sent
     again with DUP and the same packet id when the session resumes. ``on_connectivity`` is called
-    with (device id, "connected" | "disconnected" | "will") as devices come and go."""
+    with (device id, ``Connectivity`` kind, whether a Will was published) as devices come and go
+    (not while the gateway itself stops)."""
 
     def __init__(self, config: dict[str, Any], intake: Intake, store: SessionStore | None = None) -> None:
         super().__init__(config)
         self.intake = intake
         self.store = store
         self.on_device_ready: Callable[[str], None] | None = None
-        self.on_connectivity: Callable[[str, str], None] | None = None
+        self.on_connectivity: Callable[[str, Connectivity, bool], None] | None = None
+        self._closing = False
         self._wake: dict[str, asyncio.Event] = {}
         self._pumps: dict[str, asyncio.Task[None]] = {}
 
@@ -305,6 +308,10 @@ class GatewayBroker(Broker):
         await super().start()
         if self.store is not None:
             self._restore(self.store)
+
+    async def shutdown(self) -> None:
+        self._closing = True  # the devices did not leave: the gateway is stopping
+        await super().shutdown()
 
     def _restore(self, store: SessionStore) -> None:
         for stored in store.load():
@@ -349,10 +356,10 @@ class GatewayBroker(Broker):
             except Exception:  # a listener never breaks a session
                 log.exception("device-ready listener failed for %s", session.username)
 
-    def _connectivity(self, session: Session, kind: str) -> None:
-        if self.on_connectivity is not None and session.username is not None:
+    def _connectivity(self, session: Session, kind: Connectivity) -> None:
+        if self.on_connectivity is not None and session.username is not None and not self._closing:
             try:
-                self.on_connectivity(session.username, kind)
+                self.on_connectivity(session.username, kind, kind is Connectivity.LOST and bool(session.will_flag))
             except Exception:  # a listener never breaks a session
                 log.exception("connectivity listener failed for %s", session.username)
 
@@ -367,7 +374,7 @@ class GatewayBroker(Broker):
                     self.store.delete(cid)  # a clean session ends a stored one (only once authenticated)
             except Exception:
                 log.exception("session store failed for %s", cid)
-        self._connectivity(client_session, "connected")
+        self._connectivity(client_session, Connectivity.CONNECTED)
         if persistent and cid is not None:
             await self._stop_pump(cid)
             self._pumps[cid] = asyncio.create_task(self._pump(client_session, handler), name=f"session-{cid}")
@@ -382,7 +389,7 @@ class GatewayBroker(Broker):
         result = disconnect_waiter.result()
         clean = result is not None and isinstance(result, DisconnectPacket)
         await super()._handle_disconnect(client_session, handler, disconnect_waiter)
-        self._connectivity(client_session, "disconnected" if clean else "will")
+        self._connectivity(client_session, Connectivity.DISCONNECTED if clean else Connectivity.LOST)
 
     async def _stop_pump(self, client_id: str) -> None:
         task = self._pumps.pop(client_id, None)

@@ -25,7 +25,9 @@ from pulse.edge.enroll import enroll
 def settings(tmp_path: Path) -> Settings:
     return Settings(
         gateway=GatewaySettings(id="test-gw", data_dir=tmp_path),
-        broker=BrokerSettings(host="127.0.0.1", port=free_port()),
+        # connectivity events (EVENTS records per connect/disconnect) would change the counts these
+        # tests check; test_connectivity_events.py turns them on
+        broker=BrokerSettings(host="127.0.0.1", port=free_port(), connectivity_events=False),
         buffer=BufferSettings(flush_interval_ms=1),
         status=StatusSettings(host="127.0.0.1", port=free_port()),
     )

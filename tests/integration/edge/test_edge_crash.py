@@ -52,7 +52,7 @@ def test_acknowledged_messages_survive_sigkill_exactly_once(tmp_path: Path) -> N
     port = free_port()
     config = tmp_path / "gateway.toml"
     config.write_text(
-        f'[gateway]\nid = "chaos"\nlog_level = "warning"\n[broker]\nhost = "127.0.0.1"\nport = {port}\n[status]\nport = 0\n'
+        f'[gateway]\nid = "chaos"\nlog_level = "warning"\n[broker]\nhost = "127.0.0.1"\nport = {port}\nconnectivity_events = false\n[status]\nport = 0\n'
     )
     registry = DeviceRegistry(tmp_path / "gateway.db")
     secret = registry.add("crash-1")
