@@ -36,6 +36,8 @@ from typing import Any
 
 from amqtt.broker import Broker
 from amqtt.contexts import Action
+from amqtt.errors import AMQTTError, MQTTError, NoDataError
+from amqtt.mqtt.connack import NOT_AUTHORIZED, ConnackPacket
 from amqtt.mqtt.constants import QOS_1
 from amqtt.mqtt.disconnect import DisconnectPacket
 from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
@@ -43,6 +45,7 @@ from amqtt.mqtt.puback import PubackPacket
 from amqtt.mqtt.publish import PublishPacket
 from amqtt.plugins.base import BaseAuthPlugin
 from amqtt.session import INCOMING, ApplicationMessage, IncomingApplicationMessage, OutgoingApplicationMessage, Session
+from amqtt.utils import gen_client_id
 
 from pulse.edge.auth import Authenticator
 from pulse.edge.buffer import Buffer, Outcome
@@ -278,6 +281,11 @@ class SessionState:
         return self.state == "new"
 
 
+_AUTHENTICATED = "pulse.authenticated"
+_CONNECT_FIELDS = ("will_flag", "will_message", "will_topic", "will_qos", "will_retain", "keep_alive", "username", "password",
+                   "remote_address", "remote_port", "ssl_object", "is_anonymous")
+
+
 class GatewayBroker(Broker):
     """amqtt's Broker with ``GatewayHandler`` installed for every client session, and what the
     twin feature needs (edge/twin.py): ``publish`` (from the gateway itself, optionally retained),
@@ -469,6 +477,13 @@ class GatewayBroker(Broker):
                 if handler:
                     running_tasks.append(asyncio.ensure_future(handler.mqtt_publish(topic, data, qos, retain=False)))
 
+    async def add_subscription(self, subscription: tuple[str, int], session: Session) -> int:
+        # QoS 2 is not offered to subscribers: a QoS 2 request is granted QoS 1 (MQTT-3.9.3: the
+        # server may grant less), so every message a device receives is at most once-or-more QoS 1,
+        # the level persistent sessions queue.
+        topic_filter, qos = subscription
+        return await super().add_subscription((topic_filter, min(qos, QOS_1)), session)
+
     async def _handle_subscription(self, client_session: Session, handler: Any, subscribe_waiter: Any) -> None:
         await super()._handle_subscription(client_session, handler, subscribe_waiter)
         self._save_subscriptions(client_session)
@@ -486,14 +501,57 @@ class GatewayBroker(Broker):
         except Exception:
             log.exception("session store failed for %s", session.client_id)
 
+    async def _initialize_client_session(self, reader: Any, writer: Any, remote_address: str, remote_port: int) -> tuple[Any, Session]:
+        """Read the CONNECT into a new session and change nothing else yet. amqtt would, before any
+        credential is checked, end the stored session of that client id (clean session 1) or write
+        the CONNECT's username, password and Will into it (clean session 0); the gateway does
+        either only once the client is authenticated (``_handle_client_session``)."""
+        try:
+            handler, incoming = await BrokerProtocolHandler.init_from_connect(reader, writer, self.plugins_manager)
+        except MQTTError:
+            await writer.close()  # a refused CONNECT (e.g. MQTT 5: CONNACK 0x01 was sent)
+            raise
+        except NoDataError as exc:
+            raise AMQTTError(exc) from exc
+        if incoming.clean_session and not incoming.client_id:
+            incoming.client_id = gen_client_id()
+        incoming.parent = 0
+        return handler, incoming
+
+    async def _authenticate(self, session: Session, listener: Any) -> bool:
+        if session.attributes.get(_AUTHENTICATED):
+            return True  # checked already by _handle_client_session, for the same credentials
+        return await super()._authenticate(session, listener)
+
     async def _handle_client_session(self, reader: Any, writer: Any, client_session: Session, handler: Any, *args: Any) -> None:
+        server, listener_name = args
+        if not await self._authenticate(client_session, self.listeners_config[listener_name]):
+            # Refused before the session table is touched: amqtt would first take over a connected
+            # session with that client id and put the refused one in its place.
+            await ConnackPacket.build(0, NOT_AUTHORIZED).to_stream(writer)
+            await writer.close()
+            return
+        cid = client_session.client_id
+        if client_session.clean_session:
+            await self._delete_session(cid)  # type: ignore[arg-type]
+        elif cid in self._sessions:
+            existing, _ = self._sessions[cid]
+            for name in _CONNECT_FIELDS:  # the new connection's credentials, Will and keep-alive
+                setattr(existing, name, getattr(client_session, name))
+            client_session, existing.parent = existing, 1
+        client_session.attributes[_AUTHENTICATED] = True
         # amqtt built a plain BrokerProtocolHandler from the CONNECT packet; it holds no state yet.
         if not isinstance(client_session.transitions, SessionState):
             client_session.transitions = SessionState(client_session, client_session.transitions.state)
         # The reader waits this long for the next packet before GatewayHandler.handle_read_timeout
         # closes the connection (MQTT-3.1.2-24: one and a half times the keep-alive).
         client_session.keep_alive = client_session.keep_alive * 1.5  # type: ignore[assignment]
-        await super()._handle_client_session(reader, writer, client_session, GatewayHandler(self.plugins_manager, self.intake), *args)
+        try:
+            await super()._handle_client_session(
+                reader, writer, client_session, GatewayHandler(self.plugins_manager, self.intake), server, listener_name
+            )
+        finally:
+            client_session.attributes.pop(_AUTHENTICATED, None)  # the next CONNECT is checked again
 
     async def _topic_filtering(self, session: Session, topic: str, action: Action) -> bool:
         # The topic ACL, answered here rather than by a topic plugin: amqtt runs plugins as one task

@@ -212,3 +212,25 @@ async def test_a_device_reconnecting_while_its_old_connection_lingers_takes_over
     await to_thread(second.publish, "pulse/boiler-1/telemetry", telemetry(9))
     assert [r.device_seq for r in await gateway.buffer.read(Stream.TELEMETRY, 0, 10)] == [9]
     assert gateway.broker.connected_devices() == 1
+
+
+@pytest.mark.parametrize("clean_session", [True, False])
+async def test_a_refused_connect_with_a_devices_client_id_leaves_its_session_alone(gateway, devices, client_factory, clean_session):
+    secret = devices.add("boiler-1")
+    port = gateway.settings.broker.port
+    device = client_factory(port, "boiler-1", secret, clean_session=False)
+    assert await to_thread(device.connect)
+    await to_thread(device.subscribe, "pulse/boiler-1/#")
+    intruder = client_factory(port, "boiler-1", "not-the-secret", clean_session=clean_session)
+    assert not await to_thread(intruder.connect)
+    await to_thread(intruder.close)
+    # the device is still connected, subscribed, and its session is its own
+    assert gateway.broker.connected_devices() == 1
+    await to_thread(device.publish, "pulse/boiler-1/telemetry", telemetry(3))
+    for _ in range(250):
+        if device.messages:
+            break
+        await asyncio.sleep(0.02)
+    assert [m.payload for m in device.messages] == [telemetry(3)]
+    assert gateway.broker.subscribed("boiler-1", "pulse/boiler-1/cmd/c-1")
+    assert await gateway.broker.disconnect_device("boiler-1") == 1

@@ -456,6 +456,20 @@ async def test_subscription_the_acl_refuses_gets_suback_0x80(broker, paho):
     assert codes == [0x80, 1]
 
 
+async def test_qos2_subscription_is_granted_what_the_broker_supports(broker, paho):
+    # MQTT-3.9.3: the server may grant a lower QoS than asked. Mosquitto supports QoS 2; the gateway
+    # grants QoS 1 (docs/gateway.md), and a QoS 2 publish then arrives as QoS 1.
+    device = paho("dev-1")
+    await to_thread(device.connect)
+    granted = 2 if broker.name == "mosquitto" else 1
+    assert await to_thread(device.subscribe, "pulse/dev-1/#", qos=2) == [granted]
+    site = paho("site-pub", anonymous=True)
+    await to_thread(site.connect)
+    await to_thread(site.publish, "pulse/dev-1/telemetry", envelope(1), qos=2)
+    (message,) = await to_thread(device.wait_for, 1)
+    assert (bytes(message.payload), message.qos) == (envelope(1), granted)
+
+
 async def test_dollar_topics_are_not_matched_by_wildcards_at_the_first_level(broker, paho):
     # MQTT-4.7.2-1. The broker's own $SYS tree is the only $ topic a client sees on Mosquitto; the
     # gateway has none and its ACL refuses "#" to everyone: the test then proves nothing arrives.
