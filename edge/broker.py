@@ -383,15 +383,19 @@ class GatewayBroker(Broker):
             except Exception:
                 log.exception("session store failed for %s", cid)
         self._connectivity(client_session, Connectivity.CONNECTED)
+        pump: asyncio.Task[None] | None = None
         if persistent and cid is not None:
-            await self._stop_pump(cid)
-            self._pumps[cid] = asyncio.create_task(self._pump(client_session, handler), name=f"session-{cid}")
+            await self._stop_pump(cid)  # a connection this one took over
+            pump = self._pumps[cid] = asyncio.create_task(self._pump(client_session, handler), name=f"session-{cid}")
         self._device_ready(client_session)  # connected, and a resumed session has its subscriptions
         try:
             await super()._client_message_loop(client_session, handler)
         finally:
-            if persistent and cid is not None and self._pumps.get(cid) is not None:
+            if pump is not None and cid is not None and self._pumps.get(cid) is pump:  # not a newer connection's
                 await self._stop_pump(cid)
+            elif pump is not None:
+                pump.cancel()
+                await asyncio.gather(pump, return_exceptions=True)
 
     async def _handle_disconnect(self, client_session: Session, handler: Any, disconnect_waiter: Any) -> None:
         result = disconnect_waiter.result()

@@ -234,3 +234,25 @@ async def test_a_refused_connect_with_a_devices_client_id_leaves_its_session_alo
     assert [m.payload for m in device.messages] == [telemetry(3)]
     assert gateway.broker.subscribed("boiler-1", "pulse/boiler-1/cmd/c-1")
     assert await gateway.broker.disconnect_device("boiler-1") == 1
+
+
+async def test_a_persistent_session_taken_over_by_a_new_connection_delivers_to_the_new_one(start_gateway, devices, client_factory):
+    gw = await start_gateway(allow_anonymous=True)
+    secret = devices.add("boiler-1")
+    port = gw.settings.broker.port
+    first = client_factory(port, "boiler-1", secret, clean_session=False)
+    assert await to_thread(first.connect)
+    await to_thread(first.subscribe, "pulse/boiler-1/telemetry")
+    await to_thread(first.c.loop_stop)  # its connection lingers, silent (a device that lost power)
+    second = client_factory(port, "boiler-1", secret, clean_session=False)
+    assert await to_thread(second.connect)
+    site = client_factory(port, None, None, client_id="site-1")
+    assert await to_thread(site.connect)
+    for seq in (1, 2):
+        await to_thread(site.publish, "pulse/boiler-1/telemetry", telemetry(seq))
+    for _ in range(250):
+        if len(second.messages) >= 2:
+            break
+        await asyncio.sleep(0.02)
+    assert [m.payload for m in second.messages] == [telemetry(1), telemetry(2)]
+    assert gw.sessions.snapshot()["queued_now"] == 0
