@@ -481,6 +481,14 @@ class GatewayBroker(Broker):
                 if handler:
                     running_tasks.append(asyncio.ensure_future(handler.mqtt_publish(topic, data, qos, retain=False)))
 
+    async def _publish_retained_messages_for_subscription(self, subscription: tuple[str, int], session: Session) -> None:
+        # amqtt calls this at every CONNECT for every filter anyone subscribes to, so a device would
+        # get the retained messages of other devices' topics (their twin deltas). Only a filter the
+        # session itself holds sends it retained messages.
+        holders = self._subscriptions.get(subscription[0], ())
+        if any(s.client_id == session.client_id for s, _ in holders):
+            await super()._publish_retained_messages_for_subscription(subscription, session)
+
     async def add_subscription(self, subscription: tuple[str, int], session: Session) -> int:
         # QoS 2 is not offered to subscribers: a QoS 2 request is granted QoS 1 (MQTT-3.9.3: the
         # server may grant less), so every message a device receives is at most once-or-more QoS 1,

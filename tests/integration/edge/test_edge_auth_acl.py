@@ -256,3 +256,21 @@ async def test_a_persistent_session_taken_over_by_a_new_connection_delivers_to_t
         await asyncio.sleep(0.02)
     assert [m.payload for m in second.messages] == [telemetry(1), telemetry(2)]
     assert gw.sessions.snapshot()["queued_now"] == 0
+
+
+async def test_a_connecting_device_never_gets_the_retained_messages_of_another_devices_topics(gateway, devices, client_factory):
+    port = gateway.settings.broker.port
+    a = client_factory(port, "dev-a", devices.add("dev-a"))
+    assert await to_thread(a.connect)
+    await to_thread(a.subscribe, "pulse/dev-a/twin/desired")
+    await gateway.broker.publish("pulse/dev-a/twin/desired", b'{"state":{"interval_s":5}}', retain=True)
+    b = client_factory(port, "dev-b", devices.add("dev-b"))
+    assert await to_thread(b.connect)
+    await to_thread(b.subscribe, "pulse/dev-b/#")  # a sentinel: published after the CONNECT's retained messages
+    await gateway.broker.publish("pulse/dev-b/twin/desired", b'{"state":{"mode":"eco"}}', retain=False)
+    for _ in range(250):
+        if b.messages and a.messages:
+            break
+        await asyncio.sleep(0.02)
+    assert [(m.topic, m.payload) for m in b.messages] == [("pulse/dev-b/twin/desired", b'{"state":{"mode":"eco"}}')]
+    assert [m.payload for m in a.messages] == [b'{"state":{"interval_s":5}}']
