@@ -24,6 +24,7 @@ loop; they are only made for persistent sessions, never on the device-to-buffer 
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import sqlite3
@@ -31,11 +32,28 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ParamSpec, TypeVar
 
 from pulse.edge.errors import StorageError
 from pulse.edge.schema import PRAGMAS, SCHEMA
 
 log = logging.getLogger("pulse.edge.sessions")
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _storage(fn: Callable[_P, _R]) -> Callable[_P, _R]:
+    """sqlite3 errors leave this module as StorageError (gateway.storage_failed)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return fn(*args, **kwargs)
+        except sqlite3.Error as exc:
+            raise StorageError(f"the session store failed: {exc}", operation=fn.__name__) from exc
+
+    return wrapper
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,11 +121,13 @@ class SessionStore:
 
     # --- sessions ---------------------------------------------------------------------------
 
+    @_storage
     def load(self) -> list[StoredSession]:
         rows = self.db.execute("SELECT client_id, username, subscriptions FROM mqtt_sessions ORDER BY client_id").fetchall()
         self._known = {row[0] for row in rows}
         return [StoredSession(cid, user, [(f, int(q)) for f, q in json.loads(subs)]) for cid, user, subs in rows]
 
+    @_storage
     def save(self, client_id: str, username: str | None, subscriptions: list[tuple[str, int]]) -> None:
         self.db.execute(
             "INSERT INTO mqtt_sessions (client_id, username, subscriptions, updated_ms) VALUES (?, ?, ?, ?) "
@@ -117,6 +137,7 @@ class SessionStore:
         )
         self._known.add(client_id)
 
+    @_storage
     def delete(self, client_id: str) -> None:
         """A clean-session connect ends the stored session and drops what it held."""
         if client_id not in self._known:
@@ -137,6 +158,7 @@ class SessionStore:
 
     # --- the queue --------------------------------------------------------------------------
 
+    @_storage
     def enqueue(self, client_id: str, topic: str, payload: bytes, qos: int, *, expires_ms: int | None = None) -> None:
         """Queue a message; ``expires_ms``: never delivered from then on (a command's deadline)."""
         now = self._now_ms()
@@ -161,6 +183,7 @@ class SessionStore:
             raise
         self.counters.queued += 1
 
+    @_storage
     def pending(self, client_id: str, limit: int = 100) -> list[Queued]:
         """The session's next messages in order, after dropping those older than the age limit."""
         now = self._now_ms()
@@ -177,13 +200,16 @@ class SessionStore:
         ).fetchall()
         return [Queued(i, t, bytes(p), int(q), pid) for i, t, p, q, pid in rows]
 
+    @_storage
     def sent(self, queued_id: int, packet_id: int) -> None:
         self.db.execute("UPDATE mqtt_queue SET packet_id = ? WHERE id = ?", (packet_id, queued_id))
 
+    @_storage
     def acked(self, queued_id: int) -> None:
         self.db.execute("DELETE FROM mqtt_queue WHERE id = ?", (queued_id,))
         self.counters.delivered += 1
 
+    @_storage
     def depth(self) -> int:
         return int(self.db.execute("SELECT count(*) FROM mqtt_queue").fetchone()[0])
 
