@@ -543,6 +543,13 @@ class GatewayBroker(Broker):
             await ConnackPacket.build(0, NOT_AUTHORIZED).to_stream(writer)
             await writer.close()
             return
+        if client_session.will_flag and not may_publish(client_session.username, client_session.will_topic or ""):
+            # amqtt publishes a Will without the topic ACL: a device could put words in another's mouth
+            log.info("refused connection from %s: its Will topic %r is not its to publish on", client_session.username,
+                     client_session.will_topic)
+            await ConnackPacket.build(0, NOT_AUTHORIZED).to_stream(writer)
+            await writer.close()
+            return
         cid = client_session.client_id
         if client_session.clean_session:
             await self._delete_session(cid)  # type: ignore[arg-type]

@@ -274,3 +274,14 @@ async def test_a_connecting_device_never_gets_the_retained_messages_of_another_d
         await asyncio.sleep(0.02)
     assert [(m.topic, m.payload) for m in b.messages] == [("pulse/dev-b/twin/desired", b'{"state":{"mode":"eco"}}')]
     assert [m.payload for m in a.messages] == [b'{"state":{"interval_s":5}}']
+
+
+async def test_a_will_on_a_topic_the_device_may_not_publish_on_is_refused_at_connect(gateway, devices, client_factory):
+    port = gateway.settings.broker.port
+    bad = client_factory(port, "dev-a", devices.add("dev-a"))
+    bad.c.will_set("pulse/dev-b/cmd/reboot", b'{"id":"c-1","name":"reboot"}', qos=1)
+    assert not await to_thread(bad.connect)
+    assert bad.reason == "Not authorized"
+    good = client_factory(port, "dev-c", devices.add("dev-c"))
+    good.c.will_set("pulse/dev-c/event", b'{"v":1,"metrics":{"lost":true}}', qos=1)
+    assert await to_thread(good.connect)
