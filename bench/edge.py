@@ -14,6 +14,11 @@ Two runs with the same publishers (bench/mqtt_load.py in its own process: N devi
 devices connected at the end of the run (``bare_rss_mb`` the same for plain amqtt). Messages per
 second count PUBACKs the publishers received during the measured window (after a warm-up).
 
+``sessions_persistent`` is how many persistent sessions (clean session 0) the gateway holds at the
+end of a run (its status page; ``--persistent`` makes every device connect with one), and
+``redelivered`` how many queued messages it sent again with DUP over all runs (the publishers
+subscribe to nothing, so 0 unless something else was connected).
+
 ``*_cpu_us_per_msg`` is the broker process's CPU time (user + system) per acknowledged message in
 the measured window: unlike messages per second it hardly moves when other work shares the
 machine, so it shows the gateway's own cost per message most plainly.
@@ -33,6 +38,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 from pulse.common.ports import free_port
@@ -80,13 +86,25 @@ def _cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _measure(server: subprocess.Popen[bytes], port: int, args: argparse.Namespace, credentials: Path | None) -> dict[str, float]:
+def _sessions(status_port: int) -> dict[str, int]:
+    """The gateway's "sessions" block from its status page (persistent sessions, redelivered)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{status_port}/status", timeout=10) as r:
+        doc = json.loads(r.read())
+    sessions = doc.get("sessions") or {}
+    return {"sessions_persistent": int(sessions.get("persistent", 0)), "redelivered": int(sessions.get("redelivered", 0))}
+
+
+def _measure(
+    server: subprocess.Popen[bytes], port: int, args: argparse.Namespace, credentials: Path | None, status_port: int | None = None
+) -> dict[str, float]:
     try:
         _wait_port(port, server)
         cmd = [sys.executable, "-m", "pulse.bench.mqtt_load", "--port", str(port), "--devices", str(args.devices),
                "--duration", str(args.seconds), "--inflight", str(args.inflight)]
         if credentials is not None:
             cmd += ["--credentials", str(credentials)]
+        if args.persistent:
+            cmd += ["--persistent"]
         load = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         assert load.stdin is not None and load.stdout is not None
         connected = load.stdout.readline().strip()
@@ -101,12 +119,16 @@ def _measure(server: subprocess.Popen[bytes], port: int, args: argparse.Namespac
         cpu1 = _cpu_s(server.pid)
         rss = _rss_mb(server.pid)
         load.wait(30)
-        return {
+        measured: dict[str, float] = {
             "msgs_per_s": result["acked"] / result["seconds"],
             "cpu_us_per_msg": (cpu1 - cpu0) / max(1, result["acked"]) * 1e6,
             "rss_mb": rss,
             "connected": int(connected.split()[1]),
         }
+        if status_port is not None:
+            time.sleep(1.5)  # the status page samples once a second
+            measured.update(_sessions(status_port))
+        return measured
     finally:
         server.terminate()
         try:
@@ -127,6 +149,8 @@ def run(argv: list[str] | None = None) -> dict[str, object]:
         "with the gateway's settings, so the ratio shows only the gateway's own work per message",
     )
     p.add_argument("--inflight", type=int, default=2, help="QoS 1 messages outstanding per device")
+    p.add_argument("--persistent", action="store_true",
+                   help="devices connect with clean session 0 (persistent sessions, stored by the gateway) on both brokers")
     args = p.parse_args(argv or [])
 
     bare_runs: list[dict[str, float]] = []
@@ -155,7 +179,7 @@ def run(argv: list[str] | None = None) -> dict[str, object]:
                 [sys.executable, "-m", "pulse.cli.main", "gateway", "run", "--config", str(root / "gateway.toml")],
                 env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             )
-            gw_runs.append(_measure(gateway, gw_port, args, creds))
+            gw_runs.append(_measure(gateway, gw_port, args, creds, status_port))
 
     bare_best = max(bare_runs, key=lambda r: r["msgs_per_s"])
     gw_best = max(gw_runs, key=lambda r: r["msgs_per_s"])
@@ -168,6 +192,9 @@ def run(argv: list[str] | None = None) -> dict[str, object]:
         "gateway_rss_mb": max(r["rss_mb"] for r in gw_runs),
         "bare_rss_mb": max(r["rss_mb"] for r in bare_runs),
         "devices": int(min(r["connected"] for r in gw_runs)),
+        "persistent": args.persistent,
+        "sessions_persistent": int(max(r["sessions_persistent"] for r in gw_runs)),
+        "redelivered": int(sum(r["redelivered"] for r in gw_runs)),
         "inflight_per_device": args.inflight,
         "qos": 1,
         "sqlite_synchronous": "full",

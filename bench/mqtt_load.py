@@ -11,7 +11,7 @@ line on stdin, then keeps ``--inflight`` QoS 1 PUBLISHes outstanding per device,
 acknowledged and the seconds measured.
 
 Each device publishes valid envelope v1 telemetry on ``pulse/{device}/telemetry`` with a running
-``seq``. The client is an ``asyncio.Protocol`` that builds packets by hand: it costs a few
+``seq``. ``--persistent`` connects them with clean session 0. The client is an ``asyncio.Protocol`` that builds packets by hand: it costs a few
 microseconds per message, so on a 2-core machine the broker, not the generator, is what is
 measured. It is a benchmark tool, not a device SDK (devices use any MQTT library).
 """
@@ -40,8 +40,8 @@ def _str(s: str) -> bytes:
     return len(b).to_bytes(2, "big") + b
 
 
-def connect_packet(client_id: str, username: str | None, password: str | None, keepalive: int = 60) -> bytes:
-    flags = 0x02  # clean session
+def connect_packet(client_id: str, username: str | None, password: str | None, keepalive: int = 60, *, clean: bool = True) -> bytes:
+    flags = 0x02 if clean else 0x00  # clean session, or a persistent one (clean session 0)
     payload = _str(client_id)
     if username is not None:
         flags |= 0x80
@@ -60,7 +60,8 @@ def publish_packet(topic: bytes, packet_id: int, payload: bytes) -> bytes:
 
 
 class Device(asyncio.Protocol):
-    def __init__(self, device_id: str, password: str | None, inflight: int, stats: Stats) -> None:
+    def __init__(self, device_id: str, password: str | None, inflight: int, stats: Stats, *, clean: bool = True) -> None:
+        self.clean = clean
         self.device_id = device_id
         self.password = password
         self.inflight = inflight
@@ -77,7 +78,7 @@ class Device(asyncio.Protocol):
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
         user = self.device_id if self.password is not None else None
-        transport.write(connect_packet(self.device_id, user, self.password))
+        transport.write(connect_packet(self.device_id, user, self.password, clean=self.clean))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -141,7 +142,7 @@ async def _run(args: argparse.Namespace) -> int:
     async def open_one(device_id: str, secret: str | None) -> None:
         async with sem:
             _, proto = await loop.create_connection(
-                lambda: Device(device_id, secret, args.inflight, stats), args.host, args.port
+                lambda: Device(device_id, secret, args.inflight, stats, clean=not args.persistent), args.host, args.port
             )
             code = await asyncio.wait_for(proto.connected, 30)
             if code != 0:
@@ -177,6 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--duration", type=float, default=5.0)
     p.add_argument("--warmup", type=float, default=1.0)
     p.add_argument("--credentials", default=None, help="file of device,secret lines; none: anonymous")
+    p.add_argument("--persistent", action="store_true", help="connect with clean session 0 (persistent sessions)")
     return asyncio.run(_run(p.parse_args(argv)))
 
 

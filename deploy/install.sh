@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything Pulse needs on a Debian/Ubuntu machine, idempotently:
 #   - system packages when missing: Python 3.11+ with venv, PostgreSQL server binaries, Node.js and
-#     npm (to build the web console), Chromium (the console's browser tests)
+#     npm (to build the web console), Chromium (the console's browser tests), Mosquitto (the
+#     reference broker of the MQTT conformance tests)
 #   - a virtual environment in .venv/ at the repository root with Pulse (editable) and its test tools
 #   - the web console built into cloud/console/dist (npm ci + vite build), served by the cloud at /app
 # Safe to re-run: each step checks first and does nothing when already done.
@@ -77,6 +78,11 @@ fi
 # systemd-analyze checks the gateway's systemd unit in the tests
 if ! command -v systemd-analyze >/dev/null 2>&1; then
   apt_install systemd
+fi
+
+# Mosquitto: the reference broker the MQTT conformance tests compare the gateway's broker with
+if [ ! -x /usr/sbin/mosquitto ]; then
+  apt_install mosquitto
 fi
 
 # --- virtual environment --------------------------------------------------------------------

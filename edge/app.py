@@ -13,6 +13,7 @@ import contextlib
 import gc
 import logging
 import signal
+import time
 
 from amqtt.errors import BrokerError
 
@@ -22,13 +23,15 @@ from pulse.edge.auth import Authenticator
 from pulse.edge.buffer import Buffer
 from pulse.edge.config import Settings
 from pulse.edge.downlink import Downlink
-from pulse.edge.errors import ConfigError, SyncError
+from pulse.edge.errors import ConfigError, StorageError, SyncError
 from pulse.edge.identity import IdentityFiles
-from pulse.edge.ingest import Store
+from pulse.edge.ingest import Store, connectivity_record
 from pulse.edge.link import load_enrollment
 from pulse.edge.rules import EdgeRuleRunner
+from pulse.edge.sessions import SessionStore
 from pulse.edge.twin import EdgeTwins
 from pulse.edge.uplink import LinkState, Uplink
+from pulse.protocol.connectivity import Connectivity
 from pulse.protocol.envelope import Limits
 
 log = logging.getLogger("pulse.edge")
@@ -51,6 +54,8 @@ class Gateway:
         self.buffer.on_commit = self._committed
         self.intake = mqtt.Intake(self.buffer, Limits(max_bytes=settings.broker.max_message_bytes))
         self.intake.on_twin_get = self.twins.twin_get
+        b = settings.broker
+        self.sessions = SessionStore(settings.database, queue_max=b.session_queue_max, max_age_s=b.session_queue_max_age_s)
         self.broker: mqtt.GatewayBroker | None = None
         self.board: status.StatusBoard | None = None
         self._http: status.uvicorn.Server | None = None
@@ -75,13 +80,17 @@ class Gateway:
             await self.rules.start()
             authenticator = Authenticator(self.buffer.secret_hash, allow_anonymous=s.broker.allow_anonymous)
             try:
-                self.broker = await mqtt.start(s.broker, self.intake, authenticator)
+                self.sessions.open()
+                self.broker = await mqtt.start(s.broker, self.intake, authenticator, self.sessions)
             except BrokerError as exc:
                 raise ConfigError(f"the broker cannot listen: {exc}", port=s.broker.port) from exc
             await self.twins.start(self.broker)
             self.broker.on_device_ready = self.twins.device_ready
+            if s.broker.connectivity_events:
+                self.broker.on_connectivity = self._connectivity
             self._start_sync()
-            self.board = status.StatusBoard(s, self.broker, self.intake, self.buffer, self.rules, link=self.link_status, twins=self.twins)
+            self.board = status.StatusBoard(s, self.broker, self.intake, self.buffer, self.rules, link=self.link_status, twins=self.twins,
+                                            sessions=self.sessions)
             await self.board.sample()
             self._tasks.append(asyncio.create_task(self.board.run(), name="status-sampler"))
             if s.status.port:
@@ -104,6 +113,13 @@ class Gateway:
             s.status_url if s.status.port else "off",
             s.database,
         )
+
+    def _connectivity(self, device_id: str, kind: Connectivity, will: bool) -> None:
+        """A device connected, disconnected or was lost: a device event on the EVENTS stream."""
+        try:
+            self.buffer.submit(connectivity_record(device_id, kind, now_ms=int(time.time() * 1000), will=will), wait=False)
+        except StorageError as exc:
+            log.warning("connectivity event for %s not buffered: %s", device_id, exc.message)
 
     def _start_sync(self) -> None:
         s = self.settings
@@ -171,6 +187,7 @@ class Gateway:
         if self.broker is not None:
             broker, self.broker = self.broker, None
             await mqtt.stop(broker)
+        self.sessions.close()
 
 
 def _tune_gc() -> None:

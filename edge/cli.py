@@ -181,6 +181,9 @@ def _cmd_status(args: argparse.Namespace) -> int:
     age = "-" if b["oldest_unsynced_age_s"] is None else f"{b['oldest_unsynced_age_s']:.0f} s"
     print(f"gateway      {doc['gateway']['id']} (pulse {doc['gateway']['version']}, up {doc['gateway']['uptime_s']:.0f} s)")
     print(f"devices      {doc['broker']['connected_devices']} connected on {', '.join(doc['broker']['listeners'])}")
+    if x := doc.get("sessions"):
+        print(f"sessions     {x['persistent']} persistent, {x['queued_now']} messages queued, {x['redelivered']} redelivered; "
+              f"dropped {x['dropped_full']} (full), {x['dropped_age']} (too old), {x['expired']} (past deadline)")
     print(
         f"messages     {m['per_s']}/s; {m['stored']} stored, {m['duplicates']} duplicates, {m['quarantined']} invalid, "
         f"{m['denied']} refused"

@@ -77,6 +77,12 @@ class BrokerSettings:
     """Per listener; 0 means no limit."""
     max_message_bytes: int = 16 * 1024
     """Larger device messages are quarantined with envelope.too_large."""
+    session_queue_max: int = 1000
+    """Per persistent session (clean session 0): QoS 1 messages kept while the device is away; the oldest go first."""
+    session_queue_max_age_s: float = 7 * 24 * 3600.0
+    """A message queued for a persistent session longer than this is dropped instead of delivered."""
+    connectivity_events: bool = True
+    """Device connect, clean disconnect and Will become device events on the EVENTS stream."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -262,6 +268,8 @@ def _validated(s: Settings) -> Settings:
         p = getattr(b, name)
         if b.tls_port is not None and p is not None and not p.exists():
             raise ConfigError(f"broker.{name}: no file at {p}", key=f"broker.{name}")
+    if b.session_queue_max < 1 or b.session_queue_max_age_s <= 0:
+        raise ConfigError("broker.session_queue_max and session_queue_max_age_s must be positive", key="broker")
     if s.gateway.log_level.lower() not in ("debug", "info", "warning", "error"):
         raise ConfigError("gateway.log_level is debug, info, warning or error", key="gateway.log_level")
     if s.buffer.synchronous not in ("full", "normal"):

@@ -24,7 +24,7 @@ import hashlib
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from pulse.protocol import envelope, topics
+from pulse.protocol import connectivity, envelope, topics
 from pulse.protocol.batch import Stream
 from pulse.protocol.envelope import Limits, MessageType
 from pulse.protocol.errors import Code, EnvelopeError, TopicError
@@ -138,3 +138,9 @@ def classify(identity: str | None, topic: str, raw: bytes, *, now_ms: int, limit
         return Quarantine(parsed.device_id, topic, exc.code, exc.message, raw)
     fp = fingerprint(raw) if env.seq is not None else None
     return Store(TYPE_STREAM[env.type], env.device_id, env.ts_ms, env.type.value, env.seq, raw, fp, env)
+
+
+def connectivity_record(device_id: str, kind: connectivity.Connectivity, *, now_ms: int, will: bool) -> Store:
+    """The EVENTS record for a device's connection coming or going (protocol/connectivity.py)."""
+    raw = connectivity.event_message(kind, now_ms=now_ms, will=will)
+    return Store(Stream.EVENTS, device_id, now_ms, MessageType.EVENT.value, None, raw, None)

@@ -36,6 +36,7 @@ from pulse.edge.buffer import Buffer
 from pulse.edge.config import Settings
 from pulse.edge.pacing import link_line
 from pulse.edge.rules import EdgeRuleRunner
+from pulse.edge.sessions import SessionStore
 from pulse.edge.twin import EdgeTwins
 
 RATE_WINDOW_S = 10
@@ -53,7 +54,9 @@ class StatusBoard:
         rules: EdgeRuleRunner | None = None,
         link: Callable[[], dict[str, Any]] | None = None,
         twins: EdgeTwins | None = None,
+        sessions: SessionStore | None = None,
     ) -> None:
+        self.sessions = sessions
         self.rules = rules
         self.twins = twins
         self.settings = settings
@@ -105,6 +108,7 @@ class StatusBoard:
             "uplink": self.link() if self.link is not None else {"state": "not enrolled", "certificate_expires": None, "downlink": None},
             "alerts": await self._alerts(),
             "twin": await self._twin(),
+            "sessions": self.sessions.snapshot() if self.sessions is not None else None,
         }
         return self.snapshot
 
@@ -169,7 +173,20 @@ class _Metrics(Collector):
         yield GaugeMetricFamily("pulse_gateway_oldest_unsynced_age_seconds", "age of the oldest buffered record", value=age or 0)
         yield GaugeMetricFamily("pulse_gateway_quarantine_records", "rows in the local quarantine", value=s["quarantine"]["count"])
         yield CounterMetricFamily("pulse_gateway_acl_denied", "publishes refused by the topic ACL", value=s["quarantine"]["acl_denied"])
+        if s.get("sessions"):
+            yield from session_metrics(s["sessions"])
         yield from uplink_metrics(s["uplink"])
+
+
+def session_metrics(x: dict[str, Any]) -> Iterator[Any]:
+    """Persistent MQTT sessions (edge/sessions.py) in ``/metrics``."""
+    yield GaugeMetricFamily("pulse_gateway_sessions_persistent", "persistent MQTT sessions (clean session 0)", value=x["persistent"])
+    yield GaugeMetricFamily("pulse_gateway_session_queue_messages", "QoS 1 messages queued for persistent sessions", value=x["queued_now"])
+    yield CounterMetricFamily("pulse_gateway_session_redelivered", "queued messages sent again with DUP", value=x["redelivered"])
+    dropped = CounterMetricFamily("pulse_gateway_session_dropped", "queued messages dropped by the bounds", labels=["reason"])
+    dropped.add_metric(["full"], x["dropped_full"])
+    dropped.add_metric(["age"], x["dropped_age"])
+    yield dropped
 
 
 def uplink_metrics(u: dict[str, Any]) -> Iterator[Any]:
@@ -214,6 +231,14 @@ def metrics_text(snapshot: dict[str, Any]) -> str:
     registry = CollectorRegistry(auto_describe=True)
     registry.register(_Uplink())
     return generate_latest(registry).decode()
+
+
+def _sessions_html(x: dict[str, Any] | None) -> str:
+    if not x:
+        return ""
+    return (f"<h2>Sessions</h2><p>{x['persistent']} persistent sessions, {x['queued_now']} messages queued for devices away "
+            f"(at most {x['queue_max']} per session, {x['queue_max_age_s']} s); {x['redelivered']} sent again after a drop; "
+            f"dropped: {x['dropped_full']} (queue full), {x['dropped_age']} (too old)</p>")
 
 
 def _page(s: dict[str, Any]) -> str:
@@ -269,6 +294,7 @@ oldest unsynced: {"-" if age is None else f"{age:.0f} s"}{" <b>over quota</b>" i
 <h2>Twins and commands</h2><p>{t.get("reported", 0)} reports merged, {t.get("desired", 0)} desired changes from the cloud;
 commands: {t.get("commands_sent", 0)} sent, {t.get("answers", 0)} answered, {t.get("commands_expired", 0)} expired unsent,
 {t["waiting_commands"]} waiting for their device</p>
+{_sessions_html(s.get("sessions"))}
 <h2>Alerts</h2><p>{s["alerts"]["rules"]} rules; {len(s["alerts"]["open"])} open alerts (raised here, synced to the cloud)</p>
 <ul>{alerts}</ul><p><a href="/status">JSON</a> · <a href="/metrics">metrics</a></p></body></html>"""
 

@@ -13,9 +13,13 @@ A message on ``pulse/{device}/twin/get`` is answered on ``pulse/{device}/twin/do
 
 Commands. A ``command`` downlink item is stored in ``commands`` as ``delivered`` (or ``expired``
 when its deadline already passed on the gateway's clock: it is then never sent). The gateway
-publishes it on ``pulse/{device}/cmd/{id}`` (QoS 1) when the device is connected with a
-subscription that matches, at once or when the device next connects or subscribes, and records
-``sent``; at that moment a command past its deadline becomes ``expired`` instead. The device's
+publishes it on ``pulse/{device}/cmd/{id}`` (QoS 1) when the device has a subscription that
+matches in a session that can take it: connected, or persistent (clean session 0: the broker
+queues it in the session, in gateway.db, and delivers it when the device is back, edge/sessions.py)
+— at once, or when the device next connects or subscribes — and records ``sent``; at that moment a
+command past its deadline becomes ``expired`` instead. A command queued in a persistent session
+keeps the expiry rule: the session queue drops it unsent once its deadline has come (counted as
+``expired`` in the status page's "sessions" block), and the session queue's own bounds apply. The device's
 answer on ``cmd/{id}/ack`` (buffered on Stream.TWIN, synced as is) moves it to succeeded or
 failed. ``sent`` and ``expired`` are the gateway's own facts: each is appended to Stream.TWIN as a
 ``command_state`` record, in order with the device's reports and answers. A command's
@@ -60,7 +64,7 @@ _T = TypeVar("_T")
 class Publisher(Protocol):
     """What the twin needs from the broker (edge/broker.py GatewayBroker)."""
 
-    async def publish(self, topic: str, payload: bytes, *, retain: bool) -> None: ...
+    async def publish(self, topic: str, payload: bytes, *, retain: bool, expires_ms: int | None = None) -> None: ...
 
     def subscribed(self, device_id: str, topic: str) -> bool: ...
 
@@ -342,7 +346,7 @@ class EdgeTwins:
                 if after.state is CommandState.SENT:
                     if self.publisher is None or not self.publisher.subscribed(device_id, topic):
                         continue  # not there yet: at its next connect or subscribe
-                    await self.publisher.publish(topic, commands.command_message(cmd), retain=False)
+                    await self.publisher.publish(topic, commands.command_message(cmd), retain=False, expires_ms=cmd.expires_at_ms)
                     sent += 1
                     self.counters["commands_sent"] += 1
                 else:

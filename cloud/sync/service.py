@@ -35,7 +35,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from pulse.cloud import twins
-from pulse.cloud.alerts import merge_edge_alerts
+from pulse.cloud.alerts import connectivity, merge_edge_alerts
 from pulse.cloud.auth.credentials import sha256_hex
 from pulse.cloud.ca import CertificateAuthority, IdentityError
 from pulse.cloud.db.pool import Database, audit
@@ -379,6 +379,13 @@ class SyncService:
                     self.on_twin_change(caller.tenant_id, device_id, kind, detail)
                 except Exception:  # a listener never fails a committed batch
                     log.exception("twin change listener failed; the batch is stored")
+        if header.stream is Stream.EVENTS and connectivity.changes(rows):
+            # connect / disconnect / Will events set the devices' states (cloud/alerts/connectivity.py)
+            try:
+                async with self.db.tenant(caller.tenant_id) as conn:
+                    await connectivity.apply(conn, rows)
+            except Exception:  # the events are stored; the next event or heartbeat sweep sets the state
+                log.exception("connectivity events of gateway %s did not update device states", caller.gateway_id)
         if rows and self._on_commit is not None:
             try:
                 self._on_commit(rows)

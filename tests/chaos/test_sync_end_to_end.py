@@ -154,7 +154,7 @@ async def test_acknowledged_stream_reaches_the_cloud_exactly_once_through_cuts_k
     mqtt_port = free_port()
     config = gw_dir / "gateway.toml"
     config.write_text(
-        f'[gateway]\nid = "chaos-gw"\nlog_level = "warning"\n[broker]\nhost = "127.0.0.1"\nport = {mqtt_port}\n[status]\nport = 0\n'
+        f'[gateway]\nid = "chaos-gw"\nlog_level = "warning"\n[broker]\nhost = "127.0.0.1"\nport = {mqtt_port}\nconnectivity_events = false\n[status]\nport = 0\n'
         "[sync]\nrecords_per_batch = 200\nidle_poll_s = 0.05\nbackoff_base_s = 0.05\nbackoff_cap_s = 0.5\nrequest_timeout_s = 5\n"
         "downlink_wait_s = 2\n"
     )

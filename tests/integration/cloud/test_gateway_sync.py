@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import hashlib
+import json
 import logging
 import ssl
 import time
@@ -27,8 +28,9 @@ from forged import off_curve_csr
 from pulse.cloud.ca import CertificateAuthority
 from pulse.cloud.settings import Settings
 from pulse.edge.identity import IdentityFiles, make_key_and_csr, store_certificate
-from pulse.protocol import batch
+from pulse.protocol import batch, connectivity
 from pulse.protocol.batch import Record, Stream
+from pulse.protocol.connectivity import Connectivity
 from pulse.protocol.sync import BATCH_CONTENT_TYPE, BatchAck, CredentialChange, DownlinkItem, DownlinkKind, Verdict
 
 pytestmark = pytest.mark.integration
@@ -182,6 +184,36 @@ async def test_batch_is_written_and_acked_and_its_replay_is_acked_without_writin
     assert g["batches_received"] == 2 and g["bytes_received"] == 2 * len(data) and g["last_batch_at"] is not None
     metrics = (await sync.cloud.client.get("/metrics")).text
     assert 'pulse_sync_batches_total{verdict="replay"}' in metrics and 'pulse_sync_records_total{result="written"}' in metrics
+
+
+def _connectivity(gateway: str, events: list[tuple[int, str, str]]) -> bytes:
+    """An EVENTS batch of connectivity events (seq, device, kind) as a gateway buffers them."""
+    records = []
+    for seq, device, kind in events:
+        doc = json.loads(connectivity.event_message(Connectivity(kind), now_ms=NOW_MS + seq, will=kind == "lost"))
+        records.append(Record(seq, device, NOW_MS + seq, "event", doc["metrics"], None, doc["tags"], doc.get("body")))
+    return batch.encode(records, gateway_id=gateway, stream=Stream.EVENTS, gateway_time_ms=int(time.time() * 1000))
+
+
+async def test_connectivity_events_set_the_device_state_at_once_in_their_order(sync: SyncCloud) -> None:
+    tenant, h = await sync.cloud.tenant_user()
+    await _device(sync, h, "dev-1")
+    await _device(sync, h, "dev-2")
+    gw, files = await sync.gateway(h)
+
+    async def states() -> dict[str, tuple[str, str | None]]:
+        r = await sync.cloud.client.get("/api/v1/device-states", headers=h)
+        return {s["device_id"]: (s["status"], s["reason"].get("connectivity")) for s in r.json()}
+
+    r = await sync.send(files, _connectivity(gw, [(1, "dev-1", "connected"), (2, "dev-2", "connected"), (3, "dev-1", "lost")]))
+    assert r.status_code == 200, r.text
+    assert await states() == {"dev-1": ("offline", "lost"), "dev-2": ("online", "connected")}
+    r = await sync.send(files, _connectivity(gw, [(4, "dev-2", "disconnected"), (5, "dev-1", "connected")]))
+    assert await states() == {"dev-1": ("online", "connected"), "dev-2": ("offline", "disconnected")}
+    # the events are also stored as the devices' events
+    rows = await sync.rows("SELECT device_id, tags->>'pulse.connectivity' AS kind FROM telemetry WHERE tenant_id = $1 ORDER BY time", tenant)
+    assert [(r["device_id"], r["kind"]) for r in rows] == [
+        ("dev-1", "connected"), ("dev-2", "connected"), ("dev-1", "lost"), ("dev-2", "disconnected"), ("dev-1", "connected")]
 
 
 async def test_overlapping_batch_writes_only_records_above_the_mark(sync: SyncCloud) -> None:

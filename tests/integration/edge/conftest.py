@@ -25,7 +25,9 @@ from pulse.edge.enroll import enroll
 def settings(tmp_path: Path) -> Settings:
     return Settings(
         gateway=GatewaySettings(id="test-gw", data_dir=tmp_path),
-        broker=BrokerSettings(host="127.0.0.1", port=free_port()),
+        # connectivity events (EVENTS records per connect/disconnect) would change the counts these
+        # tests check; test_connectivity_events.py turns them on
+        broker=BrokerSettings(host="127.0.0.1", port=free_port(), connectivity_events=False),
         buffer=BufferSettings(flush_interval_ms=1),
         status=StatusSettings(host="127.0.0.1", port=free_port()),
     )
@@ -67,8 +69,9 @@ class Client:
     """A paho-mqtt client driven synchronously (call it from a thread: the broker needs the loop)."""
 
     def __init__(self, port: int, device_id: str | None, secret: str | None, *, client_id: str | None = None,
-                 transport: str = "tcp", tls_ca: Path | None = None) -> None:
-        self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id or device_id or "", transport=transport)
+                 transport: str = "tcp", tls_ca: Path | None = None, clean_session: bool = True) -> None:
+        self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id or device_id or "", transport=transport,
+                             clean_session=clean_session)
         if device_id is not None:
             self.c.username_pw_set(device_id, secret)
         if tls_ca is not None:

@@ -212,3 +212,76 @@ async def test_a_device_reconnecting_while_its_old_connection_lingers_takes_over
     await to_thread(second.publish, "pulse/boiler-1/telemetry", telemetry(9))
     assert [r.device_seq for r in await gateway.buffer.read(Stream.TELEMETRY, 0, 10)] == [9]
     assert gateway.broker.connected_devices() == 1
+
+
+@pytest.mark.parametrize("clean_session", [True, False])
+async def test_a_refused_connect_with_a_devices_client_id_leaves_its_session_alone(gateway, devices, client_factory, clean_session):
+    secret = devices.add("boiler-1")
+    port = gateway.settings.broker.port
+    device = client_factory(port, "boiler-1", secret, clean_session=False)
+    assert await to_thread(device.connect)
+    await to_thread(device.subscribe, "pulse/boiler-1/#")
+    intruder = client_factory(port, "boiler-1", "not-the-secret", clean_session=clean_session)
+    assert not await to_thread(intruder.connect)
+    await to_thread(intruder.close)
+    # the device is still connected, subscribed, and its session is its own
+    assert gateway.broker.connected_devices() == 1
+    await to_thread(device.publish, "pulse/boiler-1/telemetry", telemetry(3))
+    for _ in range(250):
+        if device.messages:
+            break
+        await asyncio.sleep(0.02)
+    assert [m.payload for m in device.messages] == [telemetry(3)]
+    assert gateway.broker.subscribed("boiler-1", "pulse/boiler-1/cmd/c-1")
+    assert await gateway.broker.disconnect_device("boiler-1") == 1
+
+
+async def test_a_persistent_session_taken_over_by_a_new_connection_delivers_to_the_new_one(start_gateway, devices, client_factory):
+    gw = await start_gateway(allow_anonymous=True)
+    secret = devices.add("boiler-1")
+    port = gw.settings.broker.port
+    first = client_factory(port, "boiler-1", secret, clean_session=False)
+    assert await to_thread(first.connect)
+    await to_thread(first.subscribe, "pulse/boiler-1/telemetry")
+    await to_thread(first.c.loop_stop)  # its connection lingers, silent (a device that lost power)
+    second = client_factory(port, "boiler-1", secret, clean_session=False)
+    assert await to_thread(second.connect)
+    site = client_factory(port, None, None, client_id="site-1")
+    assert await to_thread(site.connect)
+    for seq in (1, 2):
+        await to_thread(site.publish, "pulse/boiler-1/telemetry", telemetry(seq))
+    for _ in range(250):
+        if len(second.messages) >= 2:
+            break
+        await asyncio.sleep(0.02)
+    assert [m.payload for m in second.messages] == [telemetry(1), telemetry(2)]
+    assert gw.sessions.snapshot()["queued_now"] == 0
+
+
+async def test_a_connecting_device_never_gets_the_retained_messages_of_another_devices_topics(gateway, devices, client_factory):
+    port = gateway.settings.broker.port
+    a = client_factory(port, "dev-a", devices.add("dev-a"))
+    assert await to_thread(a.connect)
+    await to_thread(a.subscribe, "pulse/dev-a/twin/desired")
+    await gateway.broker.publish("pulse/dev-a/twin/desired", b'{"state":{"interval_s":5}}', retain=True)
+    b = client_factory(port, "dev-b", devices.add("dev-b"))
+    assert await to_thread(b.connect)
+    await to_thread(b.subscribe, "pulse/dev-b/#")  # a sentinel: published after the CONNECT's retained messages
+    await gateway.broker.publish("pulse/dev-b/twin/desired", b'{"state":{"mode":"eco"}}', retain=False)
+    for _ in range(250):
+        if b.messages and a.messages:
+            break
+        await asyncio.sleep(0.02)
+    assert [(m.topic, m.payload) for m in b.messages] == [("pulse/dev-b/twin/desired", b'{"state":{"mode":"eco"}}')]
+    assert [m.payload for m in a.messages] == [b'{"state":{"interval_s":5}}']
+
+
+async def test_a_will_on_a_topic_the_device_may_not_publish_on_is_refused_at_connect(gateway, devices, client_factory):
+    port = gateway.settings.broker.port
+    bad = client_factory(port, "dev-a", devices.add("dev-a"))
+    bad.c.will_set("pulse/dev-b/cmd/reboot", b'{"id":"c-1","name":"reboot"}', qos=1)
+    assert not await to_thread(bad.connect)
+    assert bad.reason == "Not authorized"
+    good = client_factory(port, "dev-c", devices.add("dev-c"))
+    good.c.will_set("pulse/dev-c/event", b'{"v":1,"metrics":{"lost":true}}', qos=1)
+    assert await to_thread(good.connect)

@@ -1,4 +1,5 @@
-"""Durability: a QoS 1 message the gateway acknowledged survives SIGKILL of the gateway, exactly once.
+"""Durability: a QoS 1 message the gateway acknowledged survives SIGKILL of the gateway, exactly once;
+and QoS 1 messages queued for a device's persistent session survive SIGKILL and arrive once.
 
 A publisher process streams numbered QoS 1 messages while the test kills `pulse gateway run` with
 SIGKILL at random moments (at least 10 times) and starts it again on the same file. Afterwards
@@ -9,6 +10,8 @@ every number the publisher saw acknowledged is in the buffer, and no number is t
 from __future__ import annotations
 
 import collections
+import contextlib
+import json
 import os
 import random
 import signal
@@ -16,9 +19,13 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import paho.mqtt.client as mqtt
 import pytest
 
 from pulse.cloud.db.embedded import free_port
@@ -45,7 +52,7 @@ def test_acknowledged_messages_survive_sigkill_exactly_once(tmp_path: Path) -> N
     port = free_port()
     config = tmp_path / "gateway.toml"
     config.write_text(
-        f'[gateway]\nid = "chaos"\nlog_level = "warning"\n[broker]\nhost = "127.0.0.1"\nport = {port}\n[status]\nport = 0\n'
+        f'[gateway]\nid = "chaos"\nlog_level = "warning"\n[broker]\nhost = "127.0.0.1"\nport = {port}\nconnectivity_events = false\n[status]\nport = 0\n'
     )
     registry = DeviceRegistry(tmp_path / "gateway.db")
     secret = registry.add("crash-1")
@@ -103,3 +110,112 @@ def test_acknowledged_messages_survive_sigkill_exactly_once(tmp_path: Path) -> N
     assert twice == [], context
     assert set(acked) - set(stored) == set(), context
     assert set(stored) <= set(range(1, last + 1)), context
+
+
+class _Subscriber:
+    """A device with a persistent session (clean session 0), paho-mqtt on its own loop thread."""
+
+    def __init__(self, port: int, device_id: str, secret: str) -> None:
+        self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=device_id, clean_session=False, protocol=mqtt.MQTTv311)
+        self.c.username_pw_set(device_id, secret)
+        self.port = port
+        self.connected = threading.Event()
+        self.subscribed = threading.Event()
+        self.session_present: bool | None = None
+        self.payloads: list[bytes] = []
+        self.c.on_connect = self._on_connect
+        self.c.on_subscribe = lambda *args: self.subscribed.set()
+        self.c.on_message = lambda c, u, m: self.payloads.append(bytes(m.payload))
+
+    def _on_connect(self, c: Any, u: Any, flags: Any, reason: Any, props: Any) -> None:
+        self.session_present = flags.session_present
+        self.connected.set()
+
+    def connect(self) -> None:
+        self.c.connect("127.0.0.1", self.port, keepalive=30)
+        self.c.loop_start()
+        assert self.connected.wait(15), "no CONNACK"
+
+    def close(self) -> None:
+        self.c.disconnect()
+        self.c.loop_stop()
+
+
+def _queued(db: Path) -> int:
+    conn = sqlite3.connect(db)
+    try:
+        return int(conn.execute("SELECT count(*) FROM mqtt_queue WHERE client_id = 'sub-1'").fetchone()[0])
+    finally:
+        conn.close()
+
+
+def _until(what: str, check: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + 30
+    while not check():
+        assert time.monotonic() < deadline, f"gave up waiting for {what}"
+        time.sleep(0.02)
+
+
+def test_messages_queued_for_a_persistent_session_survive_sigkill_and_arrive_once(tmp_path: Path) -> None:
+    port = free_port()
+    config = tmp_path / "gateway.toml"
+    config.write_text(
+        f'[gateway]\nid = "chaos"\nlog_level = "warning"\n[broker]\nhost = "127.0.0.1"\nport = {port}\n'
+        "allow_anonymous = true\n[status]\nport = 0\n"
+    )
+    registry = DeviceRegistry(tmp_path / "gateway.db")
+    secret = registry.add("sub-1")
+    registry.close()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PULSE_GW_")}
+    log = tmp_path / "gateway.log"
+
+    def start() -> subprocess.Popen[bytes]:
+        with log.open("ab") as out:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "pulse.cli.main", "gateway", "run", "--config", str(config)],
+                env=env, stdout=out, stderr=subprocess.STDOUT,
+            )
+        _wait_listening(port, proc, log)
+        return proc
+
+    sent = [json.dumps({"v": 1, "seq": n, "metrics": {"n": n}}).encode() for n in range(1, 31)]
+    gateway = start()
+    clients: list[Any] = []
+    try:
+        away = _Subscriber(port, "sub-1", secret)
+        clients.append(away)
+        away.connect()
+        away.c.subscribe("pulse/sub-1/telemetry", qos=1)
+        assert away.subscribed.wait(15), "no SUBACK"
+        away.close()  # away: the gateway keeps its session and queues for it
+
+        site = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="site-pub", protocol=mqtt.MQTTv311)
+        clients.append(site)
+        site.connect("127.0.0.1", port, keepalive=30)
+        site.loop_start()
+        for payload in sent:
+            info = site.publish("pulse/sub-1/telemetry", payload, qos=1)
+            info.wait_for_publish(15)
+            assert info.is_published()
+        site.disconnect()
+        site.loop_stop()
+        _until("30 messages in the session queue", lambda: _queued(tmp_path / "gateway.db") == 30)
+
+        gateway.send_signal(signal.SIGKILL)
+        gateway.wait()
+        gateway = start()
+
+        back = _Subscriber(port, "sub-1", secret)
+        clients.append(back)
+        back.connect()
+        assert back.session_present is True
+        _until("the 30 queued messages", lambda: len(back.payloads) >= 30)
+        _until("every PUBACK (an empty queue)", lambda: _queued(tmp_path / "gateway.db") == 0)
+        back.close()
+        assert back.payloads == sent  # each once, in order
+    finally:
+        for c in clients:
+            with contextlib.suppress(Exception):
+                c.loop_stop()
+        gateway.send_signal(signal.SIGTERM)
+        gateway.wait(30)

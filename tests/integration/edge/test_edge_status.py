@@ -56,6 +56,7 @@ async def test_gateway_status_command_prints_the_running_gateway(gateway, device
     assert await asyncio.to_thread(main, ["gateway", "status", "--config", str(path)]) == 0
     out = capsys.readouterr().out
     assert "test-gw" in out and "0 connected" in out and "uplink       not enrolled" in out
+    assert "sessions     0 persistent, 0 messages queued" in out
     assert await asyncio.to_thread(main, ["gateway", "status", "--config", str(path), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["buffer"]["depth"] == 0
 

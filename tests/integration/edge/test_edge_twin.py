@@ -194,3 +194,30 @@ async def test_a_command_held_until_after_its_deadline_is_expired_when_the_devic
                    "expired synced")
     assert [x.state.value for x in await gw.twins.commands(DEV)] == ["expired"]
     assert payloads(c, f"pulse/{DEV}/cmd/c-soon") == []
+
+
+async def test_a_command_for_a_device_away_goes_through_its_persistent_session_and_arrives_when_it_returns(
+    enrolled_settings: Settings, receiver: Receiver, run_gateway: Any, devices: DeviceRegistry, client_factory: Any
+) -> None:
+    secret = devices.add(DEV)
+    gw = await run_gateway()
+    port = enrolled_settings.broker.port
+    first = client_factory(port, DEV, secret, clean_session=False)
+    assert await asyncio.to_thread(first.connect)
+    await asyncio.to_thread(first.subscribe, f"pulse/{DEV}/cmd/+")
+    await asyncio.to_thread(first.close)  # away, with its session and subscription kept by the gateway
+
+    now = int(time.time() * 1000)
+    cmd = commands.new_command(id="c-away", device_id=DEV, name="reboot", now_ms=now, expires_at_ms=now + 3_600_000)
+    seq = receiver.add_downlink("command", command_to_payload(cmd))
+    await wait_for(lambda: seq in receiver.downlink_acks, "the command acked")
+    # handed to the device's session at once ("sent"), not held at the gateway until it is back
+    await wait_for(lambda: [r.body for s, r in receiver.rows if s is Stream.TWIN] == [{"id": "c-away", "state": "sent"}],
+                   "sent synced")
+    assert gw.sessions.snapshot()["queued_now"] == 1
+
+    back = client_factory(port, DEV, secret, clean_session=False)
+    assert await asyncio.to_thread(back.connect)  # no SUBSCRIBE: the session has it
+    await wait_for(lambda: payloads(back, f"pulse/{DEV}/cmd/c-away"), "the queued command")
+    assert json.loads(payloads(back, f"pulse/{DEV}/cmd/c-away")[0]) == json.loads(commands.command_message(cmd))
+    await wait_for(lambda: gw.sessions.snapshot()["queued_now"] == 0, "the queue emptied by the PUBACK")

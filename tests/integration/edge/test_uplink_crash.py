@@ -74,7 +74,7 @@ async def test_acknowledged_messages_reach_the_cloud_exactly_once_across_sigkill
     port = free_port()
     config = tmp_path / "gateway.toml"
     config.write_text(
-        f'[gateway]\nid = "chaos"\nlog_level = "warning"\n[broker]\nhost = "127.0.0.1"\nport = {port}\n[status]\nport = 0\n'
+        f'[gateway]\nid = "chaos"\nlog_level = "warning"\n[broker]\nhost = "127.0.0.1"\nport = {port}\nconnectivity_events = false\n[status]\nport = 0\n'
         "[sync]\nrecords_per_batch = 100\nidle_poll_s = 0.05\nbackoff_base_s = 0.05\nbackoff_cap_s = 0.5\nrequest_timeout_s = 5\n"
         "downlink_wait_s = 2\n"
     )

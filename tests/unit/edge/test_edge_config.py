@@ -48,6 +48,9 @@ def test_file_values_and_environment_overrides(tmp_path):
         ("[broker]\ntls_port = 8883\n", {}, "broker.tls_port"),
         ("[buffer]\nquota_mb = 0\n", {}, "buffer"),
         ('[gateway]\nlog_level = "loud"\n', {}, "gateway.log_level"),
+        ("[broker]\nsession_queue_max = 0\n", {}, "broker"),
+        ("", {"PULSE_GW_BROKER_SESSION_QUEUE_MAX_AGE_S": "-1"}, "broker"),
+        ('[broker]\nconnectivity_events = "maybe"\n', {}, "broker.connectivity_events"),
     ],
 )
 def test_mistakes_are_refused_naming_the_key(tmp_path, text, env, key):
