@@ -34,11 +34,9 @@ publishes it again: at least once, the device dedupes by command id).
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import json
 import logging
-import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -47,6 +45,7 @@ from typing import Any, Protocol, TypeVar
 from pulse.edge.auth import connect as connect_db
 from pulse.edge.buffer import Buffer
 from pulse.edge.ingest import Store
+from pulse.edge.sqlite import SqliteThread
 from pulse.protocol import commands, topics, twin
 from pulse.protocol.batch import Stream
 from pulse.protocol.commands import Command, CommandEvent, CommandState
@@ -75,8 +74,7 @@ class EdgeTwins:
         self._buffer = buffer
         self._limits = limits
         self._clock = clock or (lambda: int(time.time() * 1000))
-        self._conn: sqlite3.Connection | None = None
-        self._thread = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="edge-twin")
+        self._sql = SqliteThread("edge-twin")
         self._lock = asyncio.Lock()
         self._sync_lock = asyncio.Lock()  # one writer of command_state records at a time: none twice
         self._queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
@@ -84,17 +82,14 @@ class EdgeTwins:
         self.publisher: Publisher | None = None
         self.counters = {"reported": 0, "desired": 0, "commands_sent": 0, "commands_expired": 0, "answers": 0, "refused": 0}
 
-    async def _db(self, fn: Callable[..., _T], *args: object) -> _T:
-        return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
-
     # --- lifecycle -----------------------------------------------------------------------------
 
     async def start(self, publisher: Publisher | None) -> None:
         """Open the tables, publish every stored delta again (retained), record command states not
         yet synced, and start taking work."""
         self.publisher = publisher
-        self._conn = await self._db(connect_db, self._path)
-        for device_id, raw in await self._db(self._all_twins):
+        await self._sql.open(lambda: connect_db(self._path))
+        for device_id, raw in await self._sql.run(self._all_twins):
             await self._publish_delta(device_id, twin.from_json(raw))
         await self._sync_states()
         self._task = asyncio.create_task(self._worker(), name="edge-twin")
@@ -105,14 +100,10 @@ class EdgeTwins:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        if self._conn is not None:
-            await self._db(self._conn.close)
-            self._conn = None
-        self._thread.shutdown(wait=True)
+        await self._sql.close()
 
     def _all_twins(self) -> list[tuple[str, str]]:
-        assert self._conn is not None
-        return list(self._conn.execute("SELECT device_id, document FROM twins ORDER BY device_id"))
+        return list(self._sql.conn.execute("SELECT device_id, document FROM twins ORDER BY device_id"))
 
     # --- work arriving from the broker and the buffer (no I/O in these) -----------------------
 
@@ -146,13 +137,11 @@ class EdgeTwins:
     # --- twins ---------------------------------------------------------------------------------
 
     def _load(self, device_id: str) -> tuple[TwinDocument, int] | None:
-        assert self._conn is not None
-        row = self._conn.execute("SELECT document, cloud_version FROM twins WHERE device_id = ?", (device_id,)).fetchone()
+        row = self._sql.conn.execute("SELECT document, cloud_version FROM twins WHERE device_id = ?", (device_id,)).fetchone()
         return None if row is None else (twin.from_json(row[0]), int(row[1]))
 
     def _save(self, device_id: str, doc: TwinDocument, cloud_version: int) -> None:
-        assert self._conn is not None
-        self._conn.execute(
+        self._sql.conn.execute(
             "INSERT INTO twins (device_id, document, cloud_version, updated_ms) VALUES (?, ?, ?, ?)"
             " ON CONFLICT (device_id) DO UPDATE SET document = excluded.document, cloud_version = excluded.cloud_version,"
             " updated_ms = excluded.updated_ms",
@@ -161,7 +150,7 @@ class EdgeTwins:
 
     async def document(self, device_id: str) -> TwinDocument:
         """The gateway's copy of a device's twin (empty when it has none)."""
-        loaded = await self._db(self._load, device_id)
+        loaded = await self._sql.run(self._load, device_id)
         return TwinDocument() if loaded is None else loaded[0]
 
     async def _publish_delta(self, device_id: str, doc: TwinDocument) -> None:
@@ -172,27 +161,19 @@ class EdgeTwins:
 
     def _take_desired(self, item: TwinDesired) -> TwinDocument | None:
         """In one transaction: the new local twin, or None when the item is not newer."""
-        assert self._conn is not None
-        self._conn.execute("BEGIN IMMEDIATE")
-        try:
+        with self._sql.transaction():
             loaded = self._load(item.device_id)
             if loaded is not None and item.document.version <= loaded[1]:
-                self._conn.execute("COMMIT")
                 return None
             local = loaded[0] if loaded is not None else TwinDocument()
             new = twin.take_desired(local, item.document, seed_reported=loaded is None)
             self._save(item.device_id, new, item.document.version)
-            self._conn.execute("COMMIT")
             return new
-        except BaseException:
-            if self._conn.in_transaction:
-                self._conn.execute("ROLLBACK")
-            raise
 
     async def apply_desired(self, item: TwinDesired) -> bool:
         """Take a ``twin_desired`` item; True when it was newer than what the gateway had."""
         async with self._lock:
-            new = await self._db(self._take_desired, item)
+            new = await self._sql.run(self._take_desired, item)
             if new is None:
                 return False
             self.counters["desired"] += 1
@@ -200,19 +181,12 @@ class EdgeTwins:
             return True
 
     def _apply_reported(self, device_id: str, reported: dict[str, Any], at_ms: int) -> tuple[TwinDocument, bool]:
-        assert self._conn is not None
-        self._conn.execute("BEGIN IMMEDIATE")
-        try:
+        with self._sql.transaction():
             loaded = self._load(device_id)
             doc, cloud_version = loaded if loaded is not None else (TwinDocument(), 0)
             new, change = twin.apply_update(doc, TwinUpdate(reported=reported), now_ms=at_ms, limits=self._limits)
             self._save(device_id, new, cloud_version)
-            self._conn.execute("COMMIT")
             return new, change.delta_changed
-        except BaseException:
-            if self._conn.in_transaction:
-                self._conn.execute("ROLLBACK")
-            raise
 
     async def _record(self, store: Store) -> None:
         if store.envelope is not None:
@@ -227,7 +201,7 @@ class EdgeTwins:
         if store.type == MessageType.TWIN_REPORTED.value:
             async with self._lock:
                 try:
-                    doc, changed = await self._db(self._apply_reported, store.device_id, body, store.ts_ms)
+                    doc, changed = await self._sql.run(self._apply_reported, store.device_id, body, store.ts_ms)
                 except TwinError as exc:  # the cloud quarantines the synced record with the same code
                     self.counters["refused"] += 1
                     log.info("twin: report of %s refused: %s", store.device_id, exc)
@@ -243,7 +217,7 @@ class EdgeTwins:
                 log.info("twin: answer of %s refused: %s", store.device_id, exc)
                 return
             async with self._lock:
-                await self._db(self._answer, store.device_id, ack, store.ts_ms)
+                await self._sql.run(self._answer, store.device_id, ack, store.ts_ms)
 
     async def _answer_get(self, device_id: str) -> None:
         if self.publisher is None:
@@ -256,23 +230,21 @@ class EdgeTwins:
     # --- the downlink -------------------------------------------------------------------------
 
     def _pending_items(self) -> list[tuple[int, str, str]]:
-        assert self._conn is not None
         return list(
-            self._conn.execute(
+            self._sql.conn.execute(
                 "SELECT seq, kind, payload FROM downlink WHERE kind IN ('twin_desired', 'command') AND status = 'pending' ORDER BY seq"
             )
         )
 
     def _mark_item(self, seq: int, status: str) -> None:
-        assert self._conn is not None
-        self._conn.execute("UPDATE downlink SET status = ? WHERE seq = ?", (status, seq))
+        self._sql.conn.execute("UPDATE downlink SET status = ? WHERE seq = ?", (status, seq))
 
     async def apply_downlink(self) -> int:
         """Act on the ``twin_desired`` and ``command`` items the downlink stored (status ``pending``),
         in order; each is marked with what was done. Applying one twice changes nothing (versions,
         command ids), so a crash between acting and marking is harmless. Returns how many were taken."""
         taken = 0
-        for seq, item in parse_items(await self._db(self._pending_items)):
+        for seq, item in parse_items(await self._sql.run(self._pending_items)):
             if isinstance(item, str):
                 log.error("downlink item %d %s", seq, item)
                 status = item
@@ -282,19 +254,17 @@ class EdgeTwins:
                 stored = await self.apply_command(item)
                 status = "applied" if stored is None else f"applied ({stored.state.value})"
             taken += status.startswith("applied")
-            await self._db(self._mark_item, seq, status)
+            await self._sql.run(self._mark_item, seq, status)
         return taken
 
     # --- commands ------------------------------------------------------------------------------
 
     def _load_command(self, command_id: str) -> tuple[Command, str] | None:
-        assert self._conn is not None
-        row = self._conn.execute("SELECT document, synced FROM commands WHERE id = ?", (command_id,)).fetchone()
+        row = self._sql.conn.execute("SELECT document, synced FROM commands WHERE id = ?", (command_id,)).fetchone()
         return None if row is None else (commands.from_json(row[0]), str(row[1]))
 
     def _save_command(self, cmd: Command) -> None:
-        assert self._conn is not None
-        self._conn.execute(
+        self._sql.conn.execute(
             "INSERT INTO commands (id, device_id, state, document, updated_ms, synced) VALUES (?, ?, ?, ?, ?, 'delivered')"
             " ON CONFLICT (id) DO UPDATE SET state = excluded.state, document = excluded.document, updated_ms = excluded.updated_ms",
             (cmd.id, cmd.device_id, cmd.state.value, commands.to_json(cmd).decode(), cmd.updated_ms),
@@ -302,7 +272,6 @@ class EdgeTwins:
 
     def _deliver(self, cmd: Command, now_ms: int) -> Command | None:
         """Store a command from the downlink (None: the gateway has it already)."""
-        assert self._conn is not None
         if self._load_command(cmd.id) is not None:
             return None
         delivered = commands.transition(cmd, CommandEvent.DELIVER, now_ms) if cmd.state is CommandState.QUEUED else cmd
@@ -313,7 +282,7 @@ class EdgeTwins:
         """Take a ``command`` item: delivered (then sent if the device is there) or expired."""
         async with self._lock:
             try:
-                stored = await self._db(self._deliver, cmd, self._clock())
+                stored = await self._sql.run(self._deliver, cmd, self._clock())
             except CommandError as exc:
                 log.error("twin: command %s refused: %s", cmd.id, exc)
                 return None
@@ -328,8 +297,7 @@ class EdgeTwins:
         return stored
 
     def _open_commands(self, device_id: str) -> list[Command]:
-        assert self._conn is not None
-        rows = self._conn.execute(
+        rows = self._sql.conn.execute(
             "SELECT document FROM commands WHERE device_id = ? AND state = 'delivered' ORDER BY updated_ms, id", (device_id,)
         )
         return [commands.from_json(r[0]) for r in rows]
@@ -339,7 +307,7 @@ class EdgeTwins:
         deadline become expired instead. Returns how many were sent."""
         sent = 0
         async with self._lock:
-            for cmd in await self._db(self._open_commands, device_id):
+            for cmd in await self._sql.run(self._open_commands, device_id):
                 now = self._clock()
                 after = commands.transition(cmd, CommandEvent.SEND, now)
                 topic = topics.build(device_id, TopicKind.COMMAND, cmd.id)
@@ -352,7 +320,7 @@ class EdgeTwins:
                 else:
                     self.counters["commands_expired"] += 1
                     log.info("twin: command %s for %s passed its deadline before the device was there; not sent", cmd.id, device_id)
-                await self._db(self._save_command, after)
+                await self._sql.run(self._save_command, after)
         await self._sync_states()
         return sent
 
@@ -369,46 +337,41 @@ class EdgeTwins:
         self.counters["answers"] += 1
         # the answer itself travels on Stream.TWIN: nothing more to record for the cloud
         self._save_command(new)
-        assert self._conn is not None
-        self._conn.execute("UPDATE commands SET synced = state WHERE id = ?", (new.id,))
+        self._sql.conn.execute("UPDATE commands SET synced = state WHERE id = ?", (new.id,))
 
     def _unsynced(self) -> list[Command]:
-        assert self._conn is not None
-        rows = self._conn.execute(
+        rows = self._sql.conn.execute(
             "SELECT document FROM commands WHERE state IN ('sent', 'expired') AND synced <> state ORDER BY updated_ms, id"
         )
         return [commands.from_json(r[0]) for r in rows]
 
     def _mark_synced(self, command_id: str, state: str) -> None:
-        assert self._conn is not None
-        self._conn.execute("UPDATE commands SET synced = ? WHERE id = ?", (state, command_id))
+        self._sql.conn.execute("UPDATE commands SET synced = ? WHERE id = ?", (state, command_id))
 
     async def _sync_states(self) -> None:
         """Append a ``command_state`` record to Stream.TWIN for each sent/expired not yet recorded."""
         async with self._sync_lock:
-            for cmd in await self._db(self._unsynced):
+            for cmd in await self._sql.run(self._unsynced):
                 body = CommandStateReport(cmd.id, cmd.state).to_body()
                 raw = json.dumps({"body": body}, separators=(",", ":")).encode()
                 await self._buffer.put(Store(Stream.TWIN, cmd.device_id, cmd.updated_ms, COMMAND_STATE_TYPE, None, raw, None))
-                await self._db(self._mark_synced, cmd.id, cmd.state.value)
+                await self._sql.run(self._mark_synced, cmd.id, cmd.state.value)
 
     def _commands(self, device_id: str | None, limit: int) -> list[Command]:
-        assert self._conn is not None
-        rows = self._conn.execute(
+        rows = self._sql.conn.execute(
             "SELECT document FROM commands WHERE (? IS NULL OR device_id = ?) ORDER BY updated_ms DESC LIMIT ?", (device_id, device_id, limit)
         )
         return [commands.from_json(r[0]) for r in rows]
 
     async def commands(self, device_id: str | None = None, limit: int = 50) -> list[Command]:
-        return await self._db(self._commands, device_id, limit)
+        return await self._sql.run(self._commands, device_id, limit)
 
     def _waiting(self) -> int:
-        assert self._conn is not None
-        return int(self._conn.execute("SELECT count(*) FROM commands WHERE state = 'delivered'").fetchone()[0])
+        return int(self._sql.conn.execute("SELECT count(*) FROM commands WHERE state = 'delivered'").fetchone()[0])
 
     async def waiting(self) -> int:
         """Commands held for devices that were not there yet (the status page shows it)."""
-        return 0 if self._conn is None else await self._db(self._waiting)
+        return 0 if not self._sql.is_open else await self._sql.run(self._waiting)
 
 
 def parse_items(rows: Sequence[tuple[int, str, str]]) -> list[tuple[int, TwinDesired | Command | str]]:
