@@ -29,7 +29,7 @@ import math
 import re
 import struct
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Literal, TypeAlias
 
@@ -532,23 +532,25 @@ def scaled(raw: int | float | bool, point: Point) -> MetricValue:
     return raw * point.scale + point.offset
 
 
-def unscaled(value: MetricValue, point: RegisterPoint) -> int | float | bool:
-    """The raw value to write for a metric value: the inverse of ``scaled`` (rounded for integer types)."""
+def unscaled(value: MetricValue, point: Point) -> int | float | bool:
+    """The raw value to write for a metric value: the inverse of ``scaled`` (rounded for integer
+    types; an SNMP point takes an INTEGER, i.e. an int32)."""
     if not point.writable:
         raise _fail(Code.CONNECTOR_NOT_WRITABLE, f"{point.metric} is not writable", metric=point.metric)
-    if point.table.bits or point.type is DataType.BOOL:
+    type_ = point.type if isinstance(point, RegisterPoint) else DataType.INT32
+    if type_ is DataType.BOOL:
         if not isinstance(value, bool):
             raise _fail(Code.CONNECTOR_BAD_VALUE, f"{point.metric} takes true or false", metric=point.metric)
         return value
     if isinstance(value, bool) or not math.isfinite(value):
         raise _fail(Code.CONNECTOR_BAD_VALUE, f"{point.metric} takes a number", metric=point.metric)
     raw = (value - point.offset) / point.scale
-    if point.type is DataType.FLOAT32:
+    if type_ is DataType.FLOAT32:
         return raw
     rounded = round(raw)
-    lo, hi = _RANGE[point.type]
+    lo, hi = _RANGE[type_]
     if not lo <= rounded <= hi:
-        raise _fail(Code.CONNECTOR_BAD_VALUE, f"{point.metric}: {value!r} is outside what a {point.type} holds with this scale", metric=point.metric)
+        raise _fail(Code.CONNECTOR_BAD_VALUE, f"{point.metric}: {value!r} is outside what a {type_} holds with this scale", metric=point.metric)
     return rounded
 
 
@@ -691,8 +693,3 @@ def health(failures: int, polled: bool) -> str:
     if failures == 0:
         return "ok"
     return "failing" if failures < DOWN_AFTER else "down"
-
-
-def with_points(device: Device, points: Sequence[Point]) -> Device:
-    """The same device with other points (tests and the benchmark build devices this way)."""
-    return replace(device, points=tuple(points))  # type: ignore[arg-type]
