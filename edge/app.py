@@ -1,9 +1,10 @@
 """Wiring: build the gateway's parts from the settings, run them, stop them in order.
 
 buffer (SQLite) -> local rule runner -> authenticator + intake -> broker (listeners) -> twins and
-commands -> uplink + downlink (once enrolled) -> status board + HTTP server. Stopping goes the
-other way: the status page, the link to the cloud, the twins, then the broker (no new messages),
-then the rule runner, then the buffer (which commits what is queued before it closes).
+commands -> connectors (polled devices) -> uplink + downlink (once enrolled) -> status board + HTTP
+server. Stopping goes the other way: the status page, the link to the cloud, the connectors, the
+twins, then the broker (no new messages), then the rule runner, then the buffer (which commits what
+is queued before it closes).
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from pulse.edge import status
 from pulse.edge.auth import Authenticator
 from pulse.edge.buffer import Buffer
 from pulse.edge.config import Settings
+from pulse.edge.connectors.actions import ConnectorPublisher
+from pulse.edge.connectors.poller import BufferSink, Poller
 from pulse.edge.downlink import Downlink
 from pulse.edge.errors import ConfigError, SyncError
 from pulse.edge.identity import IdentityFiles
@@ -52,6 +55,8 @@ class Gateway:
         self.intake = mqtt.Intake(self.buffer, Limits(max_bytes=settings.broker.max_message_bytes))
         self.intake.on_twin_get = self.twins.twin_get
         self.broker: mqtt.GatewayBroker | None = None
+        self.connectors: Poller | None = None
+        self._connector_publisher: ConnectorPublisher | None = None
         self.board: status.StatusBoard | None = None
         self._http: status.uvicorn.Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -78,10 +83,17 @@ class Gateway:
                 self.broker = await mqtt.start(s.broker, self.intake, authenticator)
             except BrokerError as exc:
                 raise ConfigError(f"the broker cannot listen: {exc}", port=s.broker.port) from exc
-            await self.twins.start(self.broker)
+            if s.connectors:  # polled devices: readings, twin reports and command answers go through the intake
+                sink = BufferSink(self.buffer, self.intake.limits)
+                self.connectors = Poller(s.connectors, sink)
+                self._connector_publisher = ConnectorPublisher(self.broker, self.connectors, sink)
+            await self.twins.start(self._connector_publisher or self.broker)
             self.broker.on_device_ready = self.twins.device_ready
+            if self.connectors is not None:
+                self.connectors.start()
             self._start_sync()
-            self.board = status.StatusBoard(s, self.broker, self.intake, self.buffer, self.rules, link=self.link_status, twins=self.twins)
+            self.board = status.StatusBoard(s, self.broker, self.intake, self.buffer, self.rules, link=self.link_status, twins=self.twins,
+                                            connectors=self.connectors.snapshot if self.connectors is not None else None)
             await self.board.sample()
             self._tasks.append(asyncio.create_task(self.board.run(), name="status-sampler"))
             if s.status.port:
@@ -147,7 +159,7 @@ class Gateway:
         """Stop every part, each one even when another failed to stop (a part left running, such as
         the buffer's aiosqlite thread, keeps the whole process alive); then raise the first failure."""
         failures: list[Exception] = []
-        for step in (self._stop_tasks, self.twins.stop, self._stop_broker, self.rules.stop, self.buffer.close):
+        for step in (self._stop_tasks, self._stop_connectors, self.twins.stop, self._stop_broker, self.rules.stop, self.buffer.close):
             try:
                 await step()
             except Exception as exc:  # noqa: BLE001 - raised below, once the other parts are stopped
@@ -166,6 +178,12 @@ class Gateway:
             task.cancel()
         await asyncio.gather(*self._sync_tasks, return_exceptions=True)
         self._sync_tasks.clear()
+
+    async def _stop_connectors(self) -> None:
+        if self._connector_publisher is not None:
+            await self._connector_publisher.stop()
+        if self.connectors is not None:
+            await self.connectors.stop()
 
     async def _stop_broker(self) -> None:
         if self.broker is not None:

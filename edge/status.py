@@ -34,6 +34,7 @@ from pulse.common.version import __version__
 from pulse.edge.broker import GatewayBroker, Intake
 from pulse.edge.buffer import Buffer
 from pulse.edge.config import Settings
+from pulse.edge.connectors import page as connectors_page
 from pulse.edge.pacing import link_line
 from pulse.edge.rules import EdgeRuleRunner
 from pulse.edge.twin import EdgeTwins
@@ -53,7 +54,10 @@ class StatusBoard:
         rules: EdgeRuleRunner | None = None,
         link: Callable[[], dict[str, Any]] | None = None,
         twins: EdgeTwins | None = None,
+        connectors: Callable[[], list[dict[str, Any]]] | None = None,
     ) -> None:
+        self.connectors = connectors
+        """Per polled device: state, last poll, errors, poll duration against interval (edge/connectors/poller.py)."""
         self.rules = rules
         self.twins = twins
         self.settings = settings
@@ -105,6 +109,7 @@ class StatusBoard:
             "uplink": self.link() if self.link is not None else {"state": "not enrolled", "certificate_expires": None, "downlink": None},
             "alerts": await self._alerts(),
             "twin": await self._twin(),
+            "connectors": self.connectors() if self.connectors is not None else [],
         }
         return self.snapshot
 
@@ -170,6 +175,7 @@ class _Metrics(Collector):
         yield GaugeMetricFamily("pulse_gateway_quarantine_records", "rows in the local quarantine", value=s["quarantine"]["count"])
         yield CounterMetricFamily("pulse_gateway_acl_denied", "publishes refused by the topic ACL", value=s["quarantine"]["acl_denied"])
         yield from uplink_metrics(s["uplink"])
+        yield from connectors_page.metrics(s.get("connectors") or [])
 
 
 def uplink_metrics(u: dict[str, Any]) -> Iterator[Any]:
@@ -270,7 +276,7 @@ oldest unsynced: {"-" if age is None else f"{age:.0f} s"}{" <b>over quota</b>" i
 commands: {t.get("commands_sent", 0)} sent, {t.get("answers", 0)} answered, {t.get("commands_expired", 0)} expired unsent,
 {t["waiting_commands"]} waiting for their device</p>
 <h2>Alerts</h2><p>{s["alerts"]["rules"]} rules; {len(s["alerts"]["open"])} open alerts (raised here, synced to the cloud)</p>
-<ul>{alerts}</ul><p><a href="/status">JSON</a> · <a href="/metrics">metrics</a></p></body></html>"""
+<ul>{alerts}</ul>{connectors_page.block(s.get("connectors") or [])}<p><a href="/status">JSON</a> · <a href="/metrics">metrics</a></p></body></html>"""
 
 
 def make_app(board: StatusBoard) -> Starlette:

@@ -542,7 +542,7 @@ def unscaled(value: MetricValue, point: Point) -> int | float | bool:
         if not isinstance(value, bool):
             raise _fail(Code.CONNECTOR_BAD_VALUE, f"{point.metric} takes true or false", metric=point.metric)
         return value
-    if isinstance(value, bool) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise _fail(Code.CONNECTOR_BAD_VALUE, f"{point.metric} takes a number", metric=point.metric)
     raw = (value - point.offset) / point.scale
     if type_ is DataType.FLOAT32:

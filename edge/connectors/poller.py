@@ -87,6 +87,14 @@ class BufferSink:
         await asyncio.gather(*(f for f in pending if f is not None))
         self.stored += len(pending)
 
+    async def message(self, env: Envelope, kind: TopicKind, command_id: str | None = None) -> None:
+        """One message a polled device "sends" (a twin report, a command answer), through the intake."""
+        raw = env.to_json()
+        decision = classify(env.device_id, topics.build(env.device_id, kind, command_id), raw, now_ms=env.ts_ms, limits=self.limits)
+        if isinstance(decision, Quarantine):
+            log.warning("connector message of %s quarantined: %s %s", env.device_id, decision.code, decision.message)
+        await self.buffer.put(decision)
+
 
 @dataclass
 class DeviceState:
