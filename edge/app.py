@@ -39,7 +39,7 @@ log = logging.getLogger("pulse.edge")
 
 def configure_logging(level: str) -> None:
     logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("amqtt", "transitions", "uvicorn", "aiosqlite"):
+    for noisy in ("amqtt", "transitions", "uvicorn", "aiosqlite", "pymodbus", "pysnmp"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 

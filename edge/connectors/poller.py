@@ -174,6 +174,7 @@ class Poller:
             d.line: asyncio.Semaphore(min(x.max_in_flight for x in snmp_devices if x.line == d.line)) for d in snmp_devices
         }
         self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = False
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -182,9 +183,16 @@ class Poller:
             self._tasks.append(asyncio.create_task(self._run(device_id), name=f"connector:{device_id}"))
 
     async def stop(self) -> None:
-        for t in self._tasks:
-            t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        """Cancel every device's task until it has ended. Python 3.11's ``asyncio.timeout`` and
+        ``wait_for`` can swallow a cancellation that races with their own deadline (a busy gateway
+        with devices timing out hits that), so the loop also checks ``_stopping`` and the
+        cancellation is repeated until each task is done."""
+        self._stopping = True
+        pending = set(self._tasks)
+        while pending:
+            for t in pending:
+                t.cancel()
+            _, pending = await asyncio.wait(pending, timeout=1.0)
         self._tasks.clear()
         for line in self._lines.values():
             line.close()
@@ -202,7 +210,7 @@ class Poller:
         state = self.states[device_id]
         polling = state.device.polling
         due = self.clock()
-        while True:
+        while not self._stopping:
             state.next_poll_s = due
             delay = due - self.clock()
             if delay > 0:
@@ -260,7 +268,7 @@ class Poller:
             try:
                 return await fn()
             except ConnectorError as exc:
-                if exc.code is not Code.CONNECTOR_TIMEOUT or attempt == device.polling.retries:
+                if exc.code is not Code.CONNECTOR_TIMEOUT or attempt == device.polling.retries or self._stopping:
                     raise
         raise AssertionError("unreachable")
 
