@@ -20,8 +20,10 @@ from pulse.edge.auth import DeviceRegistry
 from pulse.edge.config import Settings
 from pulse.edge.errors import ConfigError
 from pulse.firmware_sim.equipment import MeterSim, UpsSim
-from pulse.protocol import commands
+from pulse.protocol import commands, twin
 from pulse.protocol.batch import Stream
+from pulse.protocol.sync import TwinDesired
+from pulse.protocol.twin import TwinDocument, TwinUpdate
 
 pytestmark = pytest.mark.integration
 
@@ -139,3 +141,19 @@ def test_a_bad_connector_definition_in_gateway_toml_is_refused_with_its_code(tmp
     with pytest.raises(ConfigError) as info:
         config.load(path, {})
     assert info.value.context["connector_code"] == "connector.unknown_field"
+
+
+async def test_a_desired_key_of_a_polled_device_is_written_and_reported_so_the_delta_clears(
+    polling_gateway: Gateway, equipment: tuple[MeterSim, UpsSim]
+) -> None:
+    meter, _ = equipment
+    cloud, _ = twin.apply_update(TwinDocument(), TwinUpdate(desired={"setpoint_w": 4200, "label": "north"}), now_ms=int(time.time() * 1000))
+    assert await polling_gateway.twins.apply_desired(TwinDesired("meter-1", cloud))
+
+    async def confirmed() -> TwinDocument | None:
+        doc = await polling_gateway.twins.document("meter-1")
+        return doc if doc.reported.get("setpoint_w") == 4200 else None
+
+    doc = await wait_for(confirmed, "the write reported back into the twin")
+    assert meter.get("setpoint_w") == pytest.approx(4200)
+    assert doc.delta == {"label": "north"}  # not a point of the device: nothing to write, it stays in the delta
