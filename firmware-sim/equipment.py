@@ -22,6 +22,7 @@ import math
 import random
 import warnings
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 from pymodbus.constants import ExcCodes
@@ -54,8 +55,6 @@ FAULTS = ("timeout", "exception", "wrong_type", "ignore_writes")
 
 def _raw(point: RegisterPoint | OidPoint, value: float | bool) -> int | float | bool:
     """The raw value a device holds for a metric value (the inverse of scale and offset)."""
-    from dataclasses import replace
-
     return unscaled(value, replace(point, writable=True))
 
 
@@ -88,6 +87,9 @@ class ModbusSim(_Faults):
         self._words = [0] * self.size
         self._dirty = True
         self.requests = 0
+        self.active = 0
+        self.most_active = 0
+        """Requests being answered at once, now and at most (what a client's in-flight bound allows)."""
         self.server: ModbusTcpServer | ModbusSerialServer | None = None
         self.port = 0
         for metric, value in (values or {}).items():
@@ -107,7 +109,12 @@ class ModbusSim(_Faults):
     async def _action(self, fc: int, start: int, address: int, count: int, registers: list[int], set_values: Any) -> ExcCodes | None:
         self.requests += 1
         if self.fault == "timeout":
-            await self.released.wait()
+            self.active += 1
+            self.most_active = max(self.most_active, self.active)
+            try:
+                await self.released.wait()
+            finally:
+                self.active -= 1
         if self.fault == "exception":
             return ExcCodes.DEVICE_FAILURE
         if set_values is not None:

@@ -259,3 +259,20 @@ async def test_modbus_rtu_over_a_serial_line_reads_the_device(pty_pair: tuple[st
     finally:
         await sim.stop()
 
+
+
+async def test_requests_in_flight_to_one_host_stay_within_its_bound(meter: MeterSim) -> None:
+    """Three devices on one Modbus TCP host that allows two requests at once; the host stops
+    answering, so every request it receives stays open: at most two ever are."""
+    meter.inject("timeout")
+    devices = [
+        parse_device({"id": f"dev-{u}", "kind": "modbus", "host": "127.0.0.1", "port": meter.port, "max_in_flight": 2,
+                      "timeout_s": 30.0, "points": [{"metric": "v", "address": 0}]})
+        for u in (1, 2, 3)
+    ]
+    async with polling(devices) as poller:
+        poller.start()
+        await wait_for(lambda: meter.active == 2, "two requests held by the silent host")
+        for _ in range(20):  # give a third request every chance to be sent
+            await asyncio.sleep(0.01)
+        assert meter.most_active == 2
