@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
+from pulse.cli.main import main
 from pulse.common.ports import free_port
 from pulse.edge import config
 from pulse.edge.app import Gateway
@@ -95,7 +96,9 @@ async def test_polled_readings_enter_the_buffer_as_telemetry_of_their_device(pol
     assert records["ups-1"].metrics["on_battery"] is False and records["ups-1"].metrics["battery_charge_pct"] == 100
 
 
-async def test_the_status_page_shows_each_polled_device_and_its_errors(polling_gateway: Gateway, equipment: tuple[MeterSim, UpsSim]) -> None:
+async def test_the_status_page_shows_each_polled_device_and_its_errors(
+    polling_gateway: Gateway, equipment: tuple[MeterSim, UpsSim], capsys: pytest.CaptureFixture[str]
+) -> None:
     meter, _ = equipment
     meter.inject("exception")
     board = polling_gateway.board
@@ -117,6 +120,11 @@ async def test_the_status_page_shows_each_polled_device_and_its_errors(polling_g
     assert rows["ups-1"]["interval_s"] == 0.2 and rows["ups-1"]["duration_ms"] is not None
     assert "Polled devices" in page and "connector.device_exception" in page
     assert 'pulse_gateway_connector_up{device="ups-1"} 1.0' in metrics
+    path = polling_gateway.settings.gateway.data_dir / "status.toml"
+    path.write_text(f'[status]\nport = {polling_gateway.settings.status.port}\n')
+    assert await asyncio.to_thread(main, ["gateway", "status", "--config", str(path)]) == 0
+    printed = capsys.readouterr().out
+    assert "polled       meter-1" in printed and "connector.device_exception" in printed
 
 
 async def test_a_write_command_to_a_polled_device_is_written_read_back_and_answered(polling_gateway: Gateway, equipment: tuple[MeterSim, UpsSim]) -> None:
