@@ -464,10 +464,16 @@ def parse_devices(docs: object) -> tuple[Device, ...]:
         raise _fail(Code.CONNECTOR_BAD_DEVICE, "connector devices are a list of tables ([[connectors.devices]])")
     devices = tuple(parse_device(d) for d in docs)
     seen: set[str] = set()
+    lines: dict[str, tuple[int, str, int]] = {}
     for d in devices:
         if d.id in seen:
             raise _fail(Code.CONNECTOR_DUPLICATE, f"two connector devices have the id {d.id}", device_id=d.id)
         seen.add(d.id)
+        if isinstance(d, ModbusDevice) and d.transport is Transport.RTU:
+            serial = (d.baudrate, d.parity, d.stopbits)
+            if lines.setdefault(d.serial_port, serial) != serial:
+                raise _fail(Code.CONNECTOR_BAD_DEVICE, f"device {d.id}: the devices on {d.serial_port} must share baudrate, parity and stopbits",
+                            device_id=d.id, field="baudrate")
     return devices
 
 

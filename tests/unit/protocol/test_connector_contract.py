@@ -94,6 +94,14 @@ def test_two_devices_with_one_id_are_refused() -> None:
     assert info.value.code is Code.CONNECTOR_DUPLICATE
 
 
+def test_devices_on_one_serial_line_must_share_its_settings() -> None:
+    rtu = {"kind": "modbus", "transport": "rtu", "serial_port": "/dev/ttyUSB0", "points": [{"metric": "v", "address": 0}]}
+    assert len(c.parse_devices([{**rtu, "id": "a", "unit": 1}, {**rtu, "id": "b", "unit": 2}])) == 2
+    with pytest.raises(ConnectorError) as info:
+        c.parse_devices([{**rtu, "id": "a"}, {**rtu, "id": "b", "baudrate": 19200}])
+    assert info.value.code is Code.CONNECTOR_BAD_DEVICE
+
+
 # ---- decoding ----------------------------------------------------------------------------------
 
 DECODED = [
