@@ -25,8 +25,10 @@ Client = AsyncModbusTcpClient | AsyncModbusSerialClient
 class Line:
     """The connections to one Modbus TCP host:port, or one serial line."""
 
-    def __init__(self, device: ModbusDevice, size: int) -> None:
+    def __init__(self, device: ModbusDevice, size: int, timeout_s: float | None = None) -> None:
         self.device = device
+        self.timeout_s = timeout_s or device.polling.timeout_s
+        """pymodbus's own wait: the longest of the line's devices (each request is also bounded by its device's)."""
         self.size = 1 if device.transport is Transport.RTU else max(1, size)
         self._idle: asyncio.Queue[Client] = asyncio.Queue()
         self._made = 0
@@ -34,7 +36,7 @@ class Line:
 
     def _new_client(self) -> Client:
         d = self.device
-        common = {"timeout": d.polling.timeout_s, "retries": 0, "reconnect_delay": 0, "name": d.line}
+        common = {"timeout": self.timeout_s, "retries": 0, "reconnect_delay": 0, "name": d.line}
         if d.transport is Transport.RTU:
             return AsyncModbusSerialClient(d.serial_port, baudrate=d.baudrate, parity=d.parity, stopbits=d.stopbits, **common)
         return AsyncModbusTcpClient(d.host, port=d.port, **common)

@@ -165,8 +165,9 @@ class Poller:
         self._lines: dict[str, modbus.Line] = {}
         for d in devices:
             if isinstance(d, ModbusDevice):
-                size = min(x.max_in_flight for x in devices if x.line == d.line)
-                self._lines.setdefault(d.line, modbus.Line(d, size))
+                shared = [x for x in devices if x.line == d.line]
+                size = min(x.max_in_flight for x in shared)
+                self._lines.setdefault(d.line, modbus.Line(d, size, max(x.polling.timeout_s for x in shared)))
         snmp_devices = [d for d in devices if isinstance(d, SnmpDevice)]
         self._engine = snmp.new_engine() if snmp_devices else None
         self._agents = {d.id: snmp.Agent(self._engine, d) for d in snmp_devices if self._engine is not None}
