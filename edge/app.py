@@ -91,6 +91,8 @@ class Gateway:
             self.broker.on_device_ready = self.twins.device_ready
             if self.connectors is not None:
                 self.connectors.start()
+                for device_id in self.connectors.devices:  # a polled device is always "there": commands held for it go out now
+                    self.twins.device_ready(device_id)
             self._start_sync()
             self.board = status.StatusBoard(s, self.broker, self.intake, self.buffer, self.rules, link=self.link_status, twins=self.twins,
                                             connectors=self.connectors.snapshot if self.connectors is not None else None)

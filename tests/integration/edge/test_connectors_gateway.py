@@ -165,3 +165,33 @@ async def test_a_desired_key_of_a_polled_device_is_written_and_reported_so_the_d
     doc = await wait_for(confirmed, "the write reported back into the twin")
     assert meter.get("setpoint_w") == pytest.approx(4200)
     assert doc.delta == {"label": "north"}  # not a point of the device: nothing to write, it stays in the delta
+
+
+async def test_a_command_stored_while_the_gateway_was_down_is_written_when_it_starts(
+    settings: Settings, devices: DeviceRegistry, equipment: tuple[MeterSim, UpsSim], tmp_path: Path
+) -> None:
+    meter, ups = equipment
+    path = tmp_path / "gateway.toml"
+    path.write_text(toml(settings, meter, ups))
+    loaded = dataclasses.replace(config.load(path, {}), buffer=settings.buffer)
+    plain = Gateway(dataclasses.replace(loaded, connectors=()))  # the same gateway, before the devices were configured
+    await plain.start()
+    try:
+        now = int(time.time() * 1000)
+        cmd = commands.new_command(id="c-2", device_id="meter-1", name="write", params={"setpoint_w": 3300}, now_ms=now, expires_at_ms=now + 60_000)
+        await plain.twins.apply_command(cmd)
+        [held] = await plain.twins.commands("meter-1")
+        assert held.state.value == "delivered"  # nobody to send it to
+    finally:
+        await plain.stop()
+    gw = Gateway(loaded)
+    await gw.start()
+    try:
+        async def answered() -> Any:
+            [stored] = await gw.twins.commands("meter-1")
+            return stored if stored.state.value in ("succeeded", "failed") else None
+
+        stored = await wait_for(answered, "the held command's answer")
+        assert stored.state.value == "succeeded" and meter.get("setpoint_w") == pytest.approx(3300)
+    finally:
+        await gw.stop()
