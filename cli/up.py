@@ -131,10 +131,10 @@ def run(args: argparse.Namespace) -> int:
     print(f"cloud      : {cloud.url}  (API docs {cloud.url}/docs, log {cloud.log})", flush=True)
     print(f"console    : {cloud.url}/app", flush=True)
     print(f"login      : {cloud.email} / {cloud.password}", flush=True)
-    from pulse.edge.demo import start_gateway
-    from pulse.firmware_sim.demo import device_ids, start_fleet
+    from pulse.edge.demo import CONNECTOR_IDS, connector_devices, start_gateway
+    from pulse.firmware_sim.demo import device_ids, start_equipment, start_fleet
 
-    gateway = fleet = None
+    gateway = fleet = equipment = None
     inbox = Inbox(root / "inbox.jsonl", _secret(root, "inbox-secret", 32))
     try:
         from pulse.cloud.demo import DEFAULT_RULES, connect_inbox, install_rules, provision_gateway
@@ -150,7 +150,14 @@ def run(args: argparse.Namespace) -> int:
         )
 
         ids = device_ids(args.devices)
-        gateway = start_gateway(root, ids, enroll_token=lambda: (cloud.url, provision_gateway(cloud, "demo-gateway", ids)))
+        modbus_port, snmp_port = _port("PULSE_DEMO_MODBUS_PORT", 5020), _port("PULSE_DEMO_SNMP_PORT", 1161)
+        equipment = start_equipment(root, modbus_port=modbus_port, snmp_port=snmp_port)
+        gateway = start_gateway(
+            root,
+            ids,
+            enroll_token=lambda: (cloud.url, provision_gateway(cloud, "demo-gateway", ids + CONNECTOR_IDS)),
+            connectors=connector_devices(modbus_port=modbus_port, snmp_port=snmp_port),
+        )
         print(f"gateway    : MQTT on 127.0.0.1:{gateway.mqtt_port}, status page {gateway.status_url}  (config {gateway.config}, log {gateway.log})", flush=True)
         fleet = start_fleet(
             root,
@@ -162,6 +169,8 @@ def run(args: argparse.Namespace) -> int:
             control_port=_port("PULSE_DEMO_SIM_PORT", 8098),
         )
         print(f"fleet      : {args.devices} simulated devices, one reading every {args.interval:g} s each  (log {fleet.log})", flush=True)
+        print(f"equipment  : {CONNECTOR_IDS[0]} (UPS, SNMP :{snmp_port}) and {CONNECTOR_IDS[1]} (power meter, Modbus TCP :{modbus_port}), "
+              f"polled by the gateway  (log {equipment.log})", flush=True)
         print(f"faults     : pulse sim fault dev-0000 spike factor=5 --control {fleet.control_url}", flush=True)
         print("Pulse is up. Press Ctrl-C to stop.", flush=True)
         _summaries(stop, args.exit_after, gateway, _OpenAlerts(cloud), inbox)
@@ -169,7 +178,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"pulse up: {exc}", flush=True)
         return 1
     finally:
-        for name, part in (("fleet", fleet), ("gateway", gateway)):
+        for name, part in (("fleet", fleet), ("gateway", gateway), ("equipment", equipment)):
             if part is not None:
                 print(f"{name:<11}: stopping ...", flush=True)
                 part.stop()

@@ -1,9 +1,10 @@
 """Wiring: build the gateway's parts from the settings, run them, stop them in order.
 
 buffer (SQLite) -> local rule runner -> authenticator + intake -> broker (listeners) -> twins and
-commands -> uplink + downlink (once enrolled) -> status board + HTTP server. Stopping goes the
-other way: the status page, the link to the cloud, the twins, then the broker (no new messages),
-then the rule runner, then the buffer (which commits what is queued before it closes).
+commands -> connectors (polled devices) -> uplink + downlink (once enrolled) -> status board + HTTP
+server. Stopping goes the other way: the status page, the link to the cloud, the connectors, the
+twins, then the broker (no new messages), then the rule runner, then the buffer (which commits what
+is queued before it closes).
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from pulse.edge import status
 from pulse.edge.auth import Authenticator
 from pulse.edge.buffer import Buffer
 from pulse.edge.config import Settings
+from pulse.edge.connectors.actions import ConnectorPublisher
+from pulse.edge.connectors.poller import BufferSink, Poller
 from pulse.edge.downlink import Downlink
 from pulse.edge.errors import ConfigError, StorageError, SyncError
 from pulse.edge.identity import IdentityFiles
@@ -39,7 +42,7 @@ log = logging.getLogger("pulse.edge")
 
 def configure_logging(level: str) -> None:
     logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("amqtt", "transitions", "uvicorn", "aiosqlite"):
+    for noisy in ("amqtt", "transitions", "uvicorn", "aiosqlite", "pymodbus", "pysnmp"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
@@ -57,6 +60,8 @@ class Gateway:
         b = settings.broker
         self.sessions = SessionStore(settings.database, queue_max=b.session_queue_max, max_age_s=b.session_queue_max_age_s)
         self.broker: mqtt.GatewayBroker | None = None
+        self.connectors: Poller | None = None
+        self._connector_publisher: ConnectorPublisher | None = None
         self.board: status.StatusBoard | None = None
         self._http: status.uvicorn.Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -84,13 +89,22 @@ class Gateway:
                 self.broker = await mqtt.start(s.broker, self.intake, authenticator, self.sessions)
             except BrokerError as exc:
                 raise ConfigError(f"the broker cannot listen: {exc}", port=s.broker.port) from exc
-            await self.twins.start(self.broker)
+            if s.connectors:  # polled devices: readings, twin reports and command answers go through the intake
+                sink = BufferSink(self.buffer, self.intake.limits)
+                self.connectors = Poller(s.connectors, sink)
+                self._connector_publisher = ConnectorPublisher(self.broker, self.connectors, sink)
+            await self.twins.start(self._connector_publisher or self.broker)
             self.broker.on_device_ready = self.twins.device_ready
             if s.broker.connectivity_events:
                 self.broker.on_connectivity = self._connectivity
+            if self.connectors is not None:
+                self.connectors.start()
+                for device_id in self.connectors.devices:  # a polled device is always "there": commands held for it go out now
+                    self.twins.device_ready(device_id)
             self._start_sync()
             self.board = status.StatusBoard(s, self.broker, self.intake, self.buffer, self.rules, link=self.link_status, twins=self.twins,
-                                            sessions=self.sessions)
+                                            sessions=self.sessions,
+                                            connectors=self.connectors.snapshot if self.connectors is not None else None)
             await self.board.sample()
             self._tasks.append(asyncio.create_task(self.board.run(), name="status-sampler"))
             if s.status.port:
@@ -163,7 +177,7 @@ class Gateway:
         """Stop every part, each one even when another failed to stop (a part left running, such as
         the buffer's aiosqlite thread, keeps the whole process alive); then raise the first failure."""
         failures: list[Exception] = []
-        for step in (self._stop_tasks, self.twins.stop, self._stop_broker, self.rules.stop, self.buffer.close):
+        for step in (self._stop_tasks, self._stop_connectors, self.twins.stop, self._stop_broker, self.rules.stop, self.buffer.close):
             try:
                 await step()
             except Exception as exc:  # noqa: BLE001 - raised below, once the other parts are stopped
@@ -182,6 +196,12 @@ class Gateway:
             task.cancel()
         await asyncio.gather(*self._sync_tasks, return_exceptions=True)
         self._sync_tasks.clear()
+
+    async def _stop_connectors(self) -> None:
+        if self._connector_publisher is not None:
+            await self._connector_publisher.stop()
+        if self.connectors is not None:
+            await self.connectors.stop()
 
     async def _stop_broker(self) -> None:
         if self.broker is not None:

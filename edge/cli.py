@@ -219,6 +219,11 @@ def _cmd_status(args: argparse.Namespace) -> int:
         print(f"  downlink   {d.get('state')}, cursor {d.get('cursor')}, {d.get('items_applied')} items applied")
     elif u["state"] == "not enrolled":
         print("  enroll with `pulse gateway enroll --cloud URL --token T`")
+    for r in doc.get("connectors") or []:  # polled (Modbus/SNMP) devices
+        took = "-" if r["duration_ms"] is None else f"{r['duration_ms']:g} ms"
+        error = f"; last error {r['last_error']['code']}" if r["last_error"] else ""
+        print(f"polled       {r['id']:<20} {r['state']:<8} {r['kind']} {r['line']}: poll took {took} of {r['interval_s']:g} s, "
+              f"{r['polls']} polls ({r['failed_polls']} failed){error}")
     return 0
 
 

@@ -28,6 +28,12 @@ File layout (every key optional)::
     records_per_batch = 5000
     bandwidth_bytes_per_s = 0             # 0: no cap
 
+    [[connectors.devices]]                # polled equipment (Modbus, SNMP): docs/gateway.md
+    id = "ups-1"
+    kind = "snmp"
+    host = "192.0.2.10"
+    profile = "ups-mib"
+
 An environment variable ``PULSE_GW_<SECTION>_<KEY>`` (upper case) overrides ``[section] key``:
 ``PULSE_GW_BROKER_PORT=1884``, ``PULSE_GW_BUFFER_QUOTA_MB=64``. Unknown keys and values of the wrong
 kind are refused with ``ConfigError`` naming the key, so a typo never silently falls back to a default.
@@ -46,6 +52,8 @@ from pathlib import Path
 from typing import Any
 
 from pulse.edge.errors import ConfigError
+from pulse.protocol.connectors import Device, parse_devices
+from pulse.protocol.errors import ConnectorError
 
 ENV_PREFIX = "PULSE_GW_"
 DATABASE_FILE = "gateway.db"
@@ -147,6 +155,8 @@ class Settings:
     buffer: BufferSettings = field(default_factory=BufferSettings)
     status: StatusSettings = field(default_factory=StatusSettings)
     sync: SyncSettings = field(default_factory=SyncSettings)
+    connectors: tuple[Device, ...] = ()
+    """Polled devices (``[[connectors.devices]]``), validated by ``pulse.protocol.connectors``."""
 
     @property
     def database(self) -> Path:
@@ -226,9 +236,10 @@ def load(path: Path | None, env: Mapping[str, str]) -> Settings:
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path} is not valid TOML: {exc}", path=str(path)) from exc
         base = path.resolve().parent
+    connectors = _connectors(doc.pop("connectors", {}))
     unknown = set(doc) - set(SECTIONS)
     if unknown:
-        raise ConfigError(f"unknown section [{sorted(unknown)[0]}]; sections are {', '.join(SECTIONS)}", key=sorted(unknown)[0])
+        raise ConfigError(f"unknown section [{sorted(unknown)[0]}]; sections are {', '.join(SECTIONS)}, connectors", key=sorted(unknown)[0])
 
     groups: dict[str, Any] = {}
     known_env = set()
@@ -256,8 +267,18 @@ def load(path: Path | None, env: Mapping[str, str]) -> Settings:
     if stray:
         raise ConfigError(f"unknown environment variable {stray[0]}", key=stray[0])
 
-    settings = Settings(**groups)
+    settings = Settings(**groups, connectors=connectors)
     return _validated(settings)
+
+
+def _connectors(raw: Any) -> tuple[Device, ...]:
+    """``[connectors]`` holds one key, ``devices``: a list of device tables (``[[connectors.devices]]``)."""
+    if not isinstance(raw, dict) or set(raw) - {"devices"}:
+        raise ConfigError("[connectors] holds only devices = [...] ([[connectors.devices]] tables)", key="connectors")
+    try:
+        return parse_devices(raw.get("devices", []))
+    except ConnectorError as exc:
+        raise ConfigError(f"connectors: {exc.message} ({exc.code})", key="connectors", connector_code=str(exc.code)) from exc
 
 
 def _validated(s: Settings) -> Settings:

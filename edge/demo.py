@@ -43,14 +43,29 @@ class GatewayProcess:
                 self.process.kill()
 
 
-def write_config(directory: Path, *, gateway_id: str, mqtt_port: int, status_port: int) -> Path:
+CONNECTOR_IDS = ["demo-ups", "demo-meter"]
+"""The polled devices of the demo: a UPS (SNMP) and a power meter (Modbus TCP), from `pulse sim equipment`."""
+
+
+def connector_devices(*, modbus_port: int, snmp_port: int) -> str:
+    """gateway.toml tables polling `pulse sim equipment` on loopback."""
+    return (
+        f'\n[[connectors.devices]]\nid = "{CONNECTOR_IDS[0]}"\nkind = "snmp"\nhost = "127.0.0.1"\nport = {snmp_port}\n'
+        'profile = "ups-mib"\ninterval_s = 10\n'
+        f'\n[[connectors.devices]]\nid = "{CONNECTOR_IDS[1]}"\nkind = "modbus"\nhost = "127.0.0.1"\nport = {modbus_port}\n'
+        'profile = "power-meter"\ninterval_s = 5\n'
+        'points = [{ metric = "setpoint_w", address = 100, scale = 10, writable = true }]\n'
+    )
+
+
+def write_config(directory: Path, *, gateway_id: str, mqtt_port: int, status_port: int, connectors: str = "") -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     config = directory / "gateway.toml"
     config.write_text(
         "# Written by `pulse up` for the demo gateway; see docs/gateway.md for every option.\n"
         f'[gateway]\nid = "{gateway_id}"\ndata_dir = "{directory}"\n\n'
         f'[broker]\nhost = "127.0.0.1"\nport = {mqtt_port}\n\n'
-        f'[status]\nhost = "127.0.0.1"\nport = {status_port}\n'
+        f'[status]\nhost = "127.0.0.1"\nport = {status_port}\n' + connectors
     )
     return config
 
@@ -101,13 +116,19 @@ def enroll(config: Path, cloud_url: str, token: str) -> None:
 
 
 def start_gateway(
-    root: Path, device_ids: list[str], *, gateway_id: str = "demo-gateway", enroll_token: Callable[[], tuple[str, str]] | None = None
+    root: Path,
+    device_ids: list[str],
+    *,
+    gateway_id: str = "demo-gateway",
+    enroll_token: Callable[[], tuple[str, str]] | None = None,
+    connectors: str = "",
 ) -> GatewayProcess:
-    """``enroll_token``: when the gateway is not enrolled yet, gives (cloud URL, one-time token)."""
+    """``enroll_token``: when the gateway is not enrolled yet, gives (cloud URL, one-time token).
+    ``connectors``: ``[[connectors.devices]]`` tables for the gateway.toml (``connector_devices``)."""
     directory = root / "gateway"
     mqtt_port = pick_port(int(os.environ.get("PULSE_DEMO_MQTT_PORT", "1883")))
     status_port = pick_port(int(os.environ.get("PULSE_DEMO_STATUS_PORT", "8081")))
-    config = write_config(directory, gateway_id=gateway_id, mqtt_port=mqtt_port, status_port=status_port)
+    config = write_config(directory, gateway_id=gateway_id, mqtt_port=mqtt_port, status_port=status_port, connectors=connectors)
     credentials = root / "fleet-credentials.json"
     ensure_devices(config, device_ids, credentials)
     if enroll_token is not None and not enrolled(config):

@@ -34,6 +34,7 @@ from pulse.common.version import __version__
 from pulse.edge.broker import GatewayBroker, Intake
 from pulse.edge.buffer import Buffer
 from pulse.edge.config import Settings
+from pulse.edge.connectors import page as connectors_page
 from pulse.edge.pacing import link_line
 from pulse.edge.rules import EdgeRuleRunner
 from pulse.edge.sessions import SessionStore
@@ -55,8 +56,11 @@ class StatusBoard:
         link: Callable[[], dict[str, Any]] | None = None,
         twins: EdgeTwins | None = None,
         sessions: SessionStore | None = None,
+        connectors: Callable[[], list[dict[str, Any]]] | None = None,
     ) -> None:
         self.sessions = sessions
+        self.connectors = connectors
+        """Per polled device: state, last poll, errors, poll duration against interval (edge/connectors/poller.py)."""
         self.rules = rules
         self.twins = twins
         self.settings = settings
@@ -109,6 +113,7 @@ class StatusBoard:
             "alerts": await self._alerts(),
             "twin": await self._twin(),
             "sessions": self.sessions.snapshot() if self.sessions is not None else None,
+            "connectors": self.connectors() if self.connectors is not None else [],
         }
         return self.snapshot
 
@@ -176,6 +181,7 @@ class _Metrics(Collector):
         if s.get("sessions"):
             yield from session_metrics(s["sessions"])
         yield from uplink_metrics(s["uplink"])
+        yield from connectors_page.metrics(s.get("connectors") or [])
 
 
 def session_metrics(x: dict[str, Any]) -> Iterator[Any]:
@@ -296,7 +302,7 @@ commands: {t.get("commands_sent", 0)} sent, {t.get("answers", 0)} answered, {t.g
 {t["waiting_commands"]} waiting for their device</p>
 {_sessions_html(s.get("sessions"))}
 <h2>Alerts</h2><p>{s["alerts"]["rules"]} rules; {len(s["alerts"]["open"])} open alerts (raised here, synced to the cloud)</p>
-<ul>{alerts}</ul><p><a href="/status">JSON</a> · <a href="/metrics">metrics</a></p></body></html>"""
+<ul>{alerts}</ul>{connectors_page.block(s.get("connectors") or [])}<p><a href="/status">JSON</a> · <a href="/metrics">metrics</a></p></body></html>"""
 
 
 def make_app(board: StatusBoard) -> Starlette:

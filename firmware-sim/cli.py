@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import signal
 import sys
@@ -95,6 +96,44 @@ def _cmd_fault(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _equipment(args: argparse.Namespace) -> int:
+    """Polled equipment on loopback: a power meter on Modbus TCP (and RTU), a UPS on SNMP."""
+    from pulse.firmware_sim.equipment import MeterSim, UpsSim
+
+    meter, ups = MeterSim(unit=args.unit), UpsSim(community=args.community)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    rtu: MeterSim | None = None
+    try:
+        await meter.start_tcp(args.modbus_port, args.host)
+        ups.start(args.snmp_port, args.host)
+        if args.rtu:
+            rtu = MeterSim(unit=args.unit)
+            await rtu.start_rtu(args.rtu)
+        for spec in args.fault:
+            which, _, kind = spec.partition(":")
+            {"meter": meter, "ups": ups}[which].inject(kind)
+        print(json.dumps({"modbus_tcp": f"{args.host}:{args.modbus_port}", "unit": args.unit, "snmp": f"{args.host}:{args.snmp_port}",
+                          "community": args.community, "rtu": args.rtu}), flush=True)
+        t0 = loop.time()
+        while not stop.is_set():
+            t = (loop.time() - t0) * args.speed
+            for sim in (meter, ups, rtu):
+                if sim is not None:
+                    sim.tick(t)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 1.0)
+            if args.duration is not None and loop.time() - t0 >= args.duration:
+                break
+    finally:
+        for sim in (meter, ups, rtu):
+            if sim is not None:
+                await sim.stop()
+    return 0
+
+
 def register(sub: Any) -> None:
     p: argparse.ArgumentParser = sub.add_parser("sim", help="run a simulated device fleet")
     cmds = p.add_subparsers(dest="sim_command", metavar="COMMAND", required=True)
@@ -130,3 +169,15 @@ def register(sub: Any) -> None:
     f.add_argument("param", nargs="*", default=[], metavar="KEY=VALUE", help="metric=..., factor=5, threshold=30, offset_s=600, count=3, for_s=60")
     f.add_argument("--control", required=True, metavar="URL", help="the fleet's control API, as printed by pulse sim run or pulse up")
     f.set_defaults(handler=_cmd_fault)
+    q = cmds.add_parser("equipment", help="polled equipment on loopback: a power meter (Modbus TCP, optionally RTU) and a UPS (SNMP)")
+    q.add_argument("--host", default="127.0.0.1")
+    q.add_argument("--modbus-port", type=int, default=5020, help="Modbus TCP port of the power meter (profile power-meter)")
+    q.add_argument("--unit", type=int, default=1, help="the meter's Modbus unit id")
+    q.add_argument("--snmp-port", type=int, default=1161, help="UDP port of the UPS's SNMP agent (profile ups-mib)")
+    q.add_argument("--community", default="public")
+    q.add_argument("--rtu", metavar="SERIAL_PORT", default=None, help="also serve the meter as Modbus RTU on this serial port")
+    q.add_argument("--fault", action="append", default=[], metavar="meter|ups:KIND",
+                   help="start with a fault: timeout, exception, wrong_type, ignore_writes (e.g. ups:timeout)")
+    q.add_argument("--speed", type=float, default=1.0, help="time acceleration of the values' movement")
+    q.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    q.set_defaults(handler=lambda args: asyncio.run(_equipment(args)))

@@ -44,3 +44,10 @@ def start_fleet(
     for fault in faults:
         args += ["--fault", fault]
     return FleetProcess(subprocess.Popen(args, stdout=log.open("ab"), stderr=subprocess.STDOUT), log, f"http://{control}")
+
+
+def start_equipment(root: Path, *, modbus_port: int, snmp_port: int) -> FleetProcess:
+    """`pulse sim equipment` (a power meter on Modbus TCP, a UPS on SNMP) for the demo gateway to poll."""
+    log = root / "equipment.log"
+    args = [sys.executable, "-m", "pulse.cli.main", "sim", "equipment", "--modbus-port", str(modbus_port), "--snmp-port", str(snmp_port)]
+    return FleetProcess(subprocess.Popen(args, stdout=log.open("ab"), stderr=subprocess.STDOUT), log, "")

@@ -12,7 +12,8 @@ Exception tree (everything the protocol package raises)::
     ├── BatchError                     a sync batch that cannot be decoded or encoded
     ├── TwinError                      a twin update or stored twin document that cannot be accepted
     ├── CommandError                   a command that cannot be made, or a transition it cannot take
-    └── RuleError                      a rule definition or persisted rule state that cannot be used
+    ├── RuleError                      a rule definition or persisted rule state that cannot be used
+    └── ConnectorError                 a polled device's definition, value or write that cannot be used
 
 Other packages derive their own trees from ``PulseError`` and reuse ``Code`` for what reaches users.
 """
@@ -253,6 +254,31 @@ class Code(StrEnum):
     """The body is not the provider's documented shape (missing event type, incident, action or user)."""
     ACK_NOT_CONFIGURED = "ack.not_configured"
     """The channel is unknown, disabled, of another kind, or has no inbound secret configured."""
+    # connectors: equipment the gateway polls (Modbus, SNMP); definitions, values, writes
+    CONNECTOR_BAD_DEVICE = "connector.bad_device"
+    """A connector device definition is not a table, lacks its id, or has an unknown kind or a bad field."""
+    CONNECTOR_UNKNOWN_FIELD = "connector.unknown_field"
+    """A device or point definition has a field that kind does not have (often a typo)."""
+    CONNECTOR_UNKNOWN_PROFILE = "connector.unknown_profile"
+    """``profile`` names no profile shipped with this gateway."""
+    CONNECTOR_BAD_POINT = "connector.bad_point"
+    """A register or OID point is invalid: metric name, address, OID, data type, order, scale, or a duplicate."""
+    CONNECTOR_DUPLICATE = "connector.duplicate"
+    """Two devices with one id, or two points with one metric in a device."""
+    CONNECTOR_NOT_WRITABLE = "connector.not_writable"
+    """A write to a metric that is not marked writable (or lives in a read-only table)."""
+    CONNECTOR_BAD_VALUE = "connector.bad_value"
+    """A value to write does not fit the point's data type after scale and offset."""
+    CONNECTOR_WRONG_TYPE = "connector.wrong_type"
+    """The device answered with a value of another type than the point expects (a string for a number)."""
+    CONNECTOR_TIMEOUT = "connector.timeout"
+    """The device did not answer within the device's timeout (after its retries)."""
+    CONNECTOR_UNREACHABLE = "connector.unreachable"
+    """The device's host or serial line could not be opened (refused, no route, no such port)."""
+    CONNECTOR_DEVICE_EXCEPTION = "connector.device_exception"
+    """The device answered with an error: a Modbus exception response or an SNMP error status."""
+    CONNECTOR_WRITE_NOT_CONFIRMED = "connector.write_not_confirmed"
+    """A write was accepted but reading the point back gave another value."""
 
     # storage: the cloud's database (refusals at migration, before anything is changed)
     STORAGE_TIMESCALEDB_UNAVAILABLE = "storage.timescaledb_unavailable"
@@ -303,3 +329,8 @@ class CommandError(ProtocolError):
 
 class RuleError(ProtocolError):
     """A rule definition refused at the boundary, or rule state that cannot be used."""
+
+
+class ConnectorError(ProtocolError):
+    """A connector device definition refused at the boundary, a value read that cannot be used, or a
+    write that cannot be made or was not confirmed."""

@@ -79,6 +79,15 @@ def test_pulse_up_runs_the_whole_stack_and_stops_on_ctrl_c(tmp_path: Path) -> No
                     break
                 time.sleep(0.5)
             assert latest.get("metrics"), latest
+            # the demo gateway polls a simulated UPS (SNMP) and power meter (Modbus TCP)
+            deadline = time.monotonic() + 60
+            polled: dict[str, str] = {}
+            while time.monotonic() < deadline:
+                polled = {r["id"]: r["state"] for r in httpx.get(status + "/status", timeout=5).json()["connectors"]}
+                if polled == {"demo-ups": "ok", "demo-meter": "ok"}:
+                    break
+                time.sleep(0.5)
+            assert polled == {"demo-ups": "ok", "demo-meter": "ok"}, polled
             if start == 0:
                 # ... the fault opens the default overheating rule's alert, whose notification
                 # reaches the local webhook inbox, signed
