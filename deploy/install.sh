@@ -84,6 +84,10 @@ fi
 if [ ! -x /usr/sbin/mosquitto ]; then
   apt_install mosquitto
 fi
+# socat: the Modbus RTU tests join the gateway and a simulated meter through a pseudo-terminal pair
+if ! command -v socat >/dev/null 2>&1; then
+  apt_install socat
+fi
 
 # --- virtual environment --------------------------------------------------------------------
 if [ ! -x .venv/bin/python ]; then

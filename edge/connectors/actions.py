@@ -35,7 +35,7 @@ WRITE_COMMAND = "write"
 
 
 class Publisher(Protocol):
-    async def publish(self, topic: str, payload: bytes, *, retain: bool) -> None: ...
+    async def publish(self, topic: str, payload: bytes, *, retain: bool, expires_ms: int | None = None) -> None: ...
 
     def subscribed(self, device_id: str, topic: str) -> bool: ...
 
@@ -51,13 +51,13 @@ class ConnectorPublisher:
     def subscribed(self, device_id: str, topic: str) -> bool:
         return device_id in self.poller.devices or self.inner.subscribed(device_id, topic)
 
-    async def publish(self, topic: str, payload: bytes, *, retain: bool) -> None:
+    async def publish(self, topic: str, payload: bytes, *, retain: bool, expires_ms: int | None = None) -> None:
         try:
             parsed = topics.parse(topic)
         except TopicError:
             parsed = None
         if parsed is None or parsed.device_id not in self.poller.devices:
-            await self.inner.publish(topic, payload, retain=retain)
+            await self.inner.publish(topic, payload, retain=retain, expires_ms=expires_ms)
             return
         if parsed.kind is TopicKind.TWIN_DESIRED and payload:
             state = json.loads(payload).get("state", {})
