@@ -17,8 +17,11 @@ from pathlib import Path
 import asyncpg
 import httpx
 import pytest
+from cryptography.hazmat.primitives import serialization
 
+from pulse.cloud.ca import CertificateAuthority
 from pulse.cloud.db.embedded import free_port
+from pulse.edge.identity import IdentityFiles, make_key_and_csr, store_certificate
 
 pytestmark = pytest.mark.integration
 
@@ -103,7 +106,14 @@ def test_serve_migrates_at_start_and_stops_on_sigterm(fresh_database: tuple[str,
             assert "pulse_writer_queue_rows" in client.get("/metrics").text
         # the gateway sync listener runs alongside, with a server certificate from the cloud's new CA
         assert oct((tmp_path / "ca" / "ca.key").stat().st_mode & 0o777) == "0o600"
+        # (with a gateway certificate of that CA: without one the listener refuses the handshake, and
+        # whether the client notices before its side of a TLS 1.3 handshake ends is a race)
+        ca = CertificateAuthority.load_or_create(tmp_path / "ca")
+        files = IdentityFiles(tmp_path / "gw")
+        cert = ca.sign_gateway_csr(make_key_and_csr(files, "gw-probe"), tenant_id="t", gateway_id="gw-probe")
+        store_certificate(files, cert.public_bytes(serialization.Encoding.PEM), ca.cert_pem)
         ctx = ssl.create_default_context(cafile=str(tmp_path / "ca" / "ca.crt"))
+        ctx.load_cert_chain(files.cert, files.key)
         with socket.create_connection(("127.0.0.1", sync_port), timeout=10) as raw, ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
             assert ("IP Address", "127.0.0.1") in tls.getpeercert()["subjectAltName"]
         assert asyncio.run(_migrations(dsn)) >= 4
