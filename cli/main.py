@@ -22,6 +22,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "alert": ("pulse.bench.alert", "threshold crossing -> alert committed, cloud (HTTP ingest) and edge (MQTT), p50/p99 against ingest/PUBACK"),
     "sync": ("pulse.bench.sync", "gateway buffer drained to the cloud over mTLS (--points, default 1M) against a raw COPY of the same rows"),
     "edge": ("pulse.bench.edge", "gateway intake (auth, parse, durable buffer) against a plain amqtt broker: msgs/s, ratio, RSS"),
+    "link": ("pulse.bench.link", "uplink through a userspace link shaper (lte-m, nb-iot, capped, wide, flapping, idle): utilisation, stalls, recovery, bytes/day; --full"),
     "notify": ("pulse.bench.notify", "threshold crossing -> webhook at a loopback receiver (p50/p99, deliveries/s) against bare POSTs to it"),
 }
 
