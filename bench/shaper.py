@@ -134,6 +134,14 @@ class Shaper:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), 2)
 
+    def cut(self) -> int:
+        """Reset every open connection now (both ends); the number reset."""
+        conns = list(self._conns)
+        for c in conns:
+            c.abort()
+        self.resets += len(conns)
+        return len(conns)
+
     async def _resetter(self) -> None:
         was_down = False
         while True:

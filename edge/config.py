@@ -115,6 +115,9 @@ class SyncSettings:
     """Set false to keep an enrolled gateway offline (everything stays in the buffer)."""
     records_per_batch: int = 5000
     """Most records in one batch sent to the cloud."""
+    window: int = 3
+    """Batches of one stream sent before the first of them is acked (1 to 8): a slow link stays busy
+    while an ack is on its way back. Each costs one encoded batch in memory and one connection."""
     bandwidth_bytes_per_s: int = 0
     """Cap on the bytes of batches sent per second, for metered links (0: no cap)."""
     report_interval_s: float = 300.0
@@ -274,6 +277,8 @@ def _validated(s: Settings) -> Settings:
     if y.records_per_batch < 1 or y.bandwidth_bytes_per_s < 0 or y.report_interval_s <= 0 or y.request_timeout_s <= 0:
         raise ConfigError("sync.records_per_batch, report_interval_s and request_timeout_s must be positive; "
                           "sync.bandwidth_bytes_per_s is 0 (no cap) or more", key="sync")
+    if not (1 <= y.window <= 8):
+        raise ConfigError("sync.window is 1 to 8 batches in flight", key="sync.window")
     if not (1 <= y.downlink_wait_s <= 30):
         raise ConfigError("sync.downlink_wait_s is 1 to 30 seconds", key="sync.downlink_wait_s")
     if y.idle_poll_s <= 0 or y.backoff_base_s <= 0 or y.backoff_cap_s < y.backoff_base_s:

@@ -125,13 +125,13 @@ class SyncClient:
     """One keep-alive HTTP/1.1 connection pool to the sync listener, authenticated by the gateway's
     certificate. Methods return typed answers or raise ``SyncError``."""
 
-    def __init__(self, enrollment: Enrollment, files: IdentityFiles, *, timeout_s: float) -> None:
+    def __init__(self, enrollment: Enrollment, files: IdentityFiles, *, timeout_s: float, connections: int = 2) -> None:
         self.base = enrollment.sync_url.rstrip("/")
         self._http = httpx.AsyncClient(
             base_url=self.base,
             verify=client_context(files),
             timeout=httpx.Timeout(timeout_s),
-            limits=httpx.Limits(max_connections=2, max_keepalive_connections=2),
+            limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
         )
 
     async def aclose(self) -> None:
@@ -145,9 +145,12 @@ class SyncClient:
         except httpx.HTTPError as exc:
             raise transport_error(exc, self.base + path) from exc
 
-    async def send_batch(self, data: bytes, timeout_s: float | None = None) -> sync.BatchAck:
-        resp = await self._request("POST", sync.BATCHES_PATH, content=data, headers={"content-type": sync.BATCH_CONTENT_TYPE},
-                                   timeout_s=timeout_s)
+    async def send_batch(self, data: bytes, timeout_s: float | None = None, after: int | None = None) -> sync.BatchAck:
+        """Send one batch; ``after``: the last sequence of an earlier batch of the stream still in flight."""
+        headers = {"content-type": sync.BATCH_CONTENT_TYPE}
+        if after is not None:
+            headers[sync.AFTER_HEADER] = str(after)
+        resp = await self._request("POST", sync.BATCHES_PATH, content=data, headers=headers, timeout_s=timeout_s)
         if resp.status_code != 200:
             raise response_error(resp, "batch refused")
         try:
@@ -197,15 +200,16 @@ class Connection:
     refused request) keeps the TLS connection, since a new handshake costs kilobytes on a metered
     link; a transport failure, a certificate renewal and shutdown drop it."""
 
-    def __init__(self, enrollment: Enrollment, files: IdentityFiles, *, timeout_s: float) -> None:
+    def __init__(self, enrollment: Enrollment, files: IdentityFiles, *, timeout_s: float, connections: int = 2) -> None:
         self.enrollment = enrollment
         self.files = files
         self.timeout_s = timeout_s
+        self.connections = connections
         self._client: SyncClient | None = None
 
     def get(self) -> SyncClient:
         if self._client is None:
-            self._client = SyncClient(self.enrollment, self.files, timeout_s=self.timeout_s)
+            self._client = SyncClient(self.enrollment, self.files, timeout_s=self.timeout_s, connections=self.connections)
         return self._client
 
     @contextlib.asynccontextmanager

@@ -33,6 +33,7 @@ gateway itself cannot encode (``batch.unencodable``) is treated the same way.
 from __future__ import annotations
 
 import asyncio
+import collections
 import datetime as dt
 import logging
 import random
@@ -61,6 +62,17 @@ _T = TypeVar("_T")
 RENEW_RETRY_S = 600
 PREPARED_MAX_AGE_S = 10.0
 """A prepared batch older than this is encoded again, so its header's gateway clock stays current."""
+
+
+@dataclass(frozen=True, slots=True)
+class _InFlight:
+    """A batch sent and not yet acked: the request's task, when it left, its timeout."""
+
+    batch: _Prepared
+    data: bytes
+    task: asyncio.Task[sync.BatchAck]
+    started: float
+    timeout: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,6 +200,8 @@ class Uplink:
         self.records_acked = 0
         self.records_quarantined = 0
         self.replays = 0
+        self.in_flight = 0
+        """Batches sent and not yet acked (at most ``sync.window``)."""
         self.clock_offset_ms = 0
         self.clock_corrected = False
         self.certificate_expires: dt.datetime | None = None
@@ -196,7 +210,7 @@ class Uplink:
         self._bucket = TokenBucket(float(settings.bandwidth_bytes_per_s))
         self._next_report = 0.0
         self._next_renewal = 0.0
-        self._conn = Connection(enrollment, files, timeout_s=settings.request_timeout_s)
+        self._conn = Connection(enrollment, files, timeout_s=settings.request_timeout_s, connections=settings.window + 1)
         self._prepared: asyncio.Task[_Prepared | None] | None = None
 
     def snapshot(self) -> dict[str, Any]:
@@ -213,6 +227,7 @@ class Uplink:
             "records_acked": self.records_acked,
             "records_quarantined": self.records_quarantined,
             "replays": self.replays,
+            "batches_in_flight": self.in_flight,
             "stalled": self.stalled,
             "stalls": self.stalls,
             "clock_offset_ms": self.clock_offset_ms,
@@ -385,45 +400,99 @@ class Uplink:
         return await self._prepare(stream, after_seq)
 
     async def _send_next(self, client: SyncClient) -> bool:
-        """Send one batch of the stream next in line; False when there is nothing to send."""
-        t = self.settings.request_timeout_s
+        """Send the batches of the stream next in line, up to ``sync.window`` of them in flight, and
+        take their acks in order; False when there is nothing to send. Returns when the window has
+        drained and the stream is no longer next in line (or has nothing more), so a higher stream
+        (alerts before telemetry) waits at most for the batches already in flight."""
         stream = sync.next_stream(self.buffer.backlog())
         if stream is None:
             self._drop_prepared()
             return False
-        batch = await self._take_prepared(stream, self.buffer.acked(stream))
-        if batch is None:
-            return False
-        records = batch.records
-        if batch.error is not None or batch.data is None:
-            exc = batch.error or BatchError(Code.BATCH_UNENCODABLE, "the batch could not be encoded")
-            await self._refused(stream, records, str(exc.code), exc.message)
-            return True
+        window: collections.deque[_InFlight] = collections.deque()
+        after = self.buffer.acked(stream)
+        free_since = self.clock()
+        acked = False
+        try:
+            while True:
+                while len(window) < self.settings.window and sync.next_stream(self.buffer.backlog()) is stream \
+                        and self.buffer.backlog().get(stream, 0) > sum(len(f.batch.records) for f in window):
+                    batch = await self._take_prepared(stream, after)
+                    if batch is None:
+                        break
+                    if batch.error is not None or batch.data is None:
+                        if window:  # the batches ahead are taken first; this one is read again after them
+                            break
+                        exc = batch.error or BatchError(Code.BATCH_UNENCODABLE, "the batch could not be encoded")
+                        await self._refused(stream, batch.records, str(exc.code), exc.message)
+                        return True
+                    window.append(await self._launch(client, batch, window))
+                    self.in_flight = len(window)
+                    after = batch.records[-1].seq
+                if not window:
+                    return acked
+                head = window.popleft()
+                self.in_flight = len(window) + 1  # the head until its ack is taken
+                if not await self._acked(head, stream, free_since):
+                    return True  # refused or partly acked: the next call reads from the acked position
+                acked, free_since = True, self.clock()
+                if window:
+                    nxt = window[0]
+                    self.health.started(free_since, self.estimate.expected_s(len(nxt.data)) or self.settings.request_timeout_s)
+        finally:
+            self.in_flight = 0
+            for f in window:
+                f.task.cancel()
+            if window:
+                self._drop_prepared()
+                await asyncio.gather(*(f.task for f in window), return_exceptions=True)
+
+    async def _launch(self, client: SyncClient, batch: _Prepared, window: collections.deque[_InFlight]) -> _InFlight:
+        """Send one batch behind those in ``window`` (named in ``X-Pulse-After``, so the cloud
+        stores it only after them); the next batch is read and encoded meanwhile."""
         data = batch.data
+        assert data is not None
         wait = self._bucket.reserve(len(data), time.monotonic())
         if wait > 0:
             await asyncio.sleep(wait)
         self.bytes_sent += len(data)
-        last = records[-1].seq
-        if self.buffer.backlog().get(stream, 0) > len(records):
-            # pipelining: the next batch of this stream is read and encoded while the cloud stores this one
-            self._prepared = asyncio.create_task(self._prepare(stream, last))
-        timeout = self.estimate.timeout_s(len(data), t * 2)
+        last = batch.records[-1].seq
+        ahead = sum(len(f.data) for f in window)
+        if self.buffer.backlog().get(batch.stream, 0) > sum(len(f.batch.records) for f in window) + len(batch.records):
+            # pipelining: the next batch of this stream is read and encoded while this one travels
+            self._prepared = asyncio.create_task(self._prepare(batch.stream, last))
+        timeout = self.estimate.timeout_s(ahead + len(data), self.settings.request_timeout_s * 2)
         started = self.clock()
-        self.health.started(started, self.estimate.expected_s(len(data)) or t)
+        if not window:
+            self.health.started(started, self.estimate.expected_s(len(data)) or self.settings.request_timeout_s)
         self.sent.add(started, len(data))
+        previous = window[-1].batch.records[-1].seq if window else None
+
+        async def send() -> sync.BatchAck:  # the request is made inside the task, so cancelling it early leaves nothing behind
+            return await bounded(client.send_batch(data, timeout, previous), timeout + 1, "sending a batch")
+
+        task = asyncio.create_task(send())
+        return _InFlight(batch, data, task, started, timeout)
+
+    async def _acked(self, head: _InFlight, stream: Stream, free_since: float) -> bool:
+        """Wait for the oldest batch in flight and record its ack; False when the window must be
+        started again from the acked position (refused, out of order, or not acked to its end)."""
+        records, data = head.batch.records, head.data
+        last = records[-1].seq
         try:
-            ack = await bounded(client.send_batch(data, timeout), timeout + 1, "sending a batch")
+            ack: sync.BatchAck = await head.task
         except SyncError as exc:
             self._drop_prepared()
             if exc.code is Code.GATEWAY_CLOUD_TIMEOUT:
                 size = self._sizer(stream).after_timeout(len(records))
                 log.warning("uplink: a %s batch of %d records (%d bytes) timed out after %g s; the next has %d records",
-                            stream.name.lower(), len(records), len(data), timeout, size)
+                            stream.name.lower(), len(records), len(data), head.timeout, size)
+            if exc.status == 409 and exc.code is Code.SYNC_OUT_OF_ORDER:
+                self.health.succeeded(self.clock())  # the cloud answered; the batch ahead of it failed
+                return False
             if exc.status == 413 or (exc.status == 400 and str(exc.code).startswith("batch.")):
                 self.health.succeeded(self.clock())  # the cloud answered
                 await self._refused(stream, records, str(exc.code), exc.message)
-                return True
+                return False
             raise
         if ack.stream != stream or ack.ack_seq > last:
             self._drop_prepared()
@@ -431,7 +500,7 @@ class Uplink:
                             f"for a {stream.name.lower()} batch ending at {last}; nothing deleted", status=200)
         self.stalled = False
         now = self.clock()
-        self.estimate.observe(len(data), now - started)
+        self.estimate.observe(len(data), now - max(head.started, free_since))  # the time the link was this batch's
         self.health.succeeded(now)
         self._sizer(stream).after_ack()
         self._succeeded()
@@ -439,10 +508,10 @@ class Uplink:
         if ack.verdict is sync.Verdict.REPLAY:
             self.replays += 1
         if ack.ack_seq > self.buffer.acked(stream):
-            await bounded(self.buffer.ack(stream, ack.ack_seq), t, "recording the cloud's ack")
+            await bounded(self.buffer.ack(stream, ack.ack_seq), self.settings.request_timeout_s, "recording the cloud's ack")
         self.batches_acked += 1
         self.records_acked += sum(1 for r in records if r.seq <= ack.ack_seq)
-        return True
+        return bool(ack.ack_seq >= last)
 
     async def _refused(self, stream: Stream, records: list[Record], code: str, message: str) -> None:
         """A batch that can never be accepted: halve it until the refused one is a single record,

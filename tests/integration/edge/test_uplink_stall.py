@@ -154,7 +154,8 @@ async def test_a_batch_that_times_out_is_a_timeout_is_halved_and_the_link_is_nev
     enrolled_settings: Settings, receiver: Receiver, stale_reader: StaleReader
 ) -> None:
     clock = Clock()
-    uplink = make_uplink(enrolled_settings, stale_reader, clock, request_timeout_s=0.3, report_interval_s=3600, records_per_batch=40)
+    uplink = make_uplink(enrolled_settings, stale_reader, clock, request_timeout_s=0.3, report_interval_s=3600, records_per_batch=40,
+                         window=1)  # one batch at a time: each hung request is one timeout
     await fill(stale_reader, 40)
     receiver.hang = 3  # black-holed: each batch is read and never answered
     states: list[str] = []
