@@ -14,8 +14,8 @@ Outages come from a schedule (``Outages``: down ``down_s`` of every ``period_s``
 - ``blackhole``: nothing moves while the link is down; segments wait and move after it (what TCP's
   retransmissions do over a short outage); a new connection is accepted but nothing reaches the
   cloud until the link is back (so the client's handshake hangs, as it would).
-- ``reset``: at the start of an outage every open connection is reset (RST to both ends), and a
-  connection made while the link is down is reset at once.
+- ``reset``: at the start of an outage every open connection is reset (RST to both ends), and
+  while the link is down nothing listens: a new connection is refused.
 
 Counters: bytes carried per direction (everything on the wire: TCP payload of TLS and HTTP;
 retransmitted segments count twice) and connections accepted.
@@ -143,23 +143,24 @@ class Shaper:
         return len(conns)
 
     async def _resetter(self) -> None:
+        """Outages that reset: open connections are reset, and while the link is down nothing
+        listens (a new connection is refused, as a modem without a network refuses it)."""
         was_down = False
         while True:
             down = self.is_down()
             if down and not was_down:
-                for c in list(self._conns):
-                    c.abort()
-                    self.resets += 1
+                self.cut()
+                if self._server is not None:
+                    self._server.close()
+                    self._server = None
+            elif was_down and not down:
+                self._server = await asyncio.start_server(self._accept, self.host, self.port, reuse_address=True)
             was_down = down
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.02)
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.accepted += 1
         o = self.profile.outages
-        if o is not None and o.kind == "reset" and self.is_down():
-            _rst(writer)
-            self.resets += 1
-            return
         if o is not None and o.kind == "blackhole":
             while self.is_down():  # the SYN's answer never comes while the link is down
                 await asyncio.sleep(o.up_at(self.now()) - self.now() + 0.01)

@@ -130,6 +130,9 @@ class SyncSettings:
     """With nothing to send, how often the uplink looks at the buffer again."""
     backoff_base_s: float = 0.5
     backoff_cap_s: float = 60.0
+    probe_interval_s: float = 2.0
+    """While backing off after the cloud could not be reached, how often a TCP connect (no TLS)
+    checks whether the link is back, so the uplink retries at once (0: no probe, only the backoff)."""
     stall_after_s: float = 300.0
     """A backlog whose acked position has not moved for this long while the link is up is shown as
     ``stalled``, and the uplink's watchdog restarts the uplink's state (0: no watchdog)."""
@@ -281,6 +284,8 @@ def _validated(s: Settings) -> Settings:
         raise ConfigError("sync.window is 1 to 8 batches in flight", key="sync.window")
     if not (1 <= y.downlink_wait_s <= 30):
         raise ConfigError("sync.downlink_wait_s is 1 to 30 seconds", key="sync.downlink_wait_s")
+    if y.probe_interval_s < 0:
+        raise ConfigError("sync.probe_interval_s is 0 (no probe) or more seconds", key="sync.probe_interval_s")
     if y.idle_poll_s <= 0 or y.backoff_base_s <= 0 or y.backoff_cap_s < y.backoff_base_s:
         raise ConfigError("sync.idle_poll_s and backoff_base_s must be positive, backoff_cap_s at least backoff_base_s", key="sync")
     if not s.gateway.id:

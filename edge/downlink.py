@@ -39,7 +39,7 @@ from pulse.edge.auth import pdt_hash
 from pulse.edge.config import SyncSettings
 from pulse.edge.errors import StorageError
 from pulse.edge.identity import IdentityFiles
-from pulse.edge.link import Connection, Enrollment
+from pulse.edge.link import Connection, Enrollment, reachable
 from pulse.edge.uplink import LinkState, LinkStatus, bounded, supervise
 from pulse.protocol.errors import RuleError
 from pulse.protocol.sync import CredentialChange, DownlinkItem, DownlinkKind
@@ -159,7 +159,8 @@ class Downlink:
         return {**self.status.as_dict(), "cursor": self.cursor, "items_applied": self.items_applied}
 
     async def run(self) -> None:
-        await supervise("downlink", self.status, self._session, self.settings, self._attempts)
+        await supervise("downlink", self.status, self._session, self.settings, self._attempts,
+                        lambda: reachable(self.enrollment.sync_url, min(2.0, self.settings.probe_interval_s)))
 
     async def _db(self, fn: Callable[..., Any], *args: Any) -> Any:
         def work() -> Any:

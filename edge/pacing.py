@@ -8,7 +8,9 @@
 - ``LinkHealth``: the link's state as the status page shows it (connected, degraded, down), with
   since-when, from the outcomes of requests and from a request still outstanding: one outstanding
   far past its expected time makes the link degraded, so a black-holed link is never "connected".
-- ``ByteWindow``: bytes sent in the last hour and day.
+- ``ByteWindow``: bytes sent in the last hour and day (also used to count TLS handshakes).
+- ``Reachability``: whether a cheap probe (a TCP connect, no TLS) says the link came back, so the
+  uplink retries at once instead of sleeping out its backoff.
 """
 
 from __future__ import annotations
@@ -131,6 +133,26 @@ class ByteWindow:
         return sum(n for m, n in self.minutes if m > start)
 
 
+@dataclass
+class Reachability:
+    """Edge-triggered: the link is taken as back only when a probe succeeds after one failed since
+    the last successful session. Something that accepts every connection while the cloud is gone
+    (a proxy, a NAT box, a test's listener socket) never shortens the backoff: it only costs the
+    probes, never a full TLS handshake per probe."""
+
+    seen_down: bool = False
+
+    def observe(self, ok: bool) -> bool:
+        """A probe's outcome; True when the uplink should try now."""
+        if not ok:
+            self.seen_down = True
+            return False
+        return self.seen_down
+
+    def reset(self) -> None:
+        self.seen_down = False
+
+
 def link_line(link: dict[str, Any]) -> str:
     """One line about the link to the cloud (status page and ``pulse gateway status``)."""
     since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(link["since_ms"] / 1000))
@@ -142,4 +164,6 @@ def link_line(link: dict[str, Any]) -> str:
     rate, rtt = link.get("est_rate_bytes_per_s"), link.get("est_rtt_s")
     parts.append(f"est. rate {'-' if rate is None else f'{rate} B/s'}, round trip {'-' if rtt is None else f'{rtt:g} s'}")
     parts.append(f"{link['bytes_last_hour']} bytes in the last hour, {link['bytes_last_day']} in the last day")
+    if "handshakes_last_hour" in link:
+        parts.append(f"{link['handshakes_last_hour']} TLS handshakes in the last hour, {link['handshakes_last_day']} in the last day")
     return "; ".join(parts)

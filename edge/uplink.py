@@ -50,8 +50,8 @@ from pulse.edge.buffer import Buffer
 from pulse.edge.config import SyncSettings
 from pulse.edge.errors import GatewayError, SyncError
 from pulse.edge.identity import IdentityFiles, make_key_and_csr, renewal_due, store_certificate
-from pulse.edge.link import Connection, Enrollment, SyncClient
-from pulse.edge.pacing import BatchSizer, ByteWindow, Health, LinkEstimate, LinkHealth
+from pulse.edge.link import Connection, Enrollment, SyncClient, WireCounts, reachable
+from pulse.edge.pacing import BatchSizer, ByteWindow, Health, LinkEstimate, LinkHealth, Reachability
 from pulse.edge.throttle import TokenBucket
 from pulse.protocol import sync
 from pulse.protocol.batch import Record, Stream, encode
@@ -148,11 +148,15 @@ async def bounded(aw: Awaitable[_T], timeout_s: float, what: str, code: Code = C
 
 
 async def supervise(name: str, status: LinkStatus, session: Callable[[], Awaitable[None]], settings: SyncSettings,
-                    attempts: list[int]) -> None:
+                    attempts: list[int], probe: Callable[[], Awaitable[bool]] | None = None) -> None:
     """Run ``session`` forever. It returns to be started again at once (e.g. after a certificate
-    renewal) and raises on failure: then the error is recorded and the loop backs off.
-    ``attempts[0]`` is the consecutive-failure count; the session resets it after a success."""
+    renewal) and raises on failure: then the error is recorded and the loop backs off (capped,
+    full jitter). ``attempts[0]`` is the consecutive-failure count; the session resets it after a
+    success. While backing off after a failure to reach the cloud, ``probe`` (a TCP connect) is
+    tried every ``sync.probe_interval_s``; when it succeeds after a probe or the session itself
+    could not connect, the backoff ends (``Reachability``)."""
     backoff = sync.Backoff(settings.backoff_base_s, settings.backoff_cap_s)
+    reach = Reachability()
     while True:
         try:
             await session()
@@ -168,13 +172,33 @@ async def supervise(name: str, status: LinkStatus, session: Callable[[], Awaitab
                 log.warning("%s: %s", name, message)
             status.errors += 1
             status.last_error, status.last_error_code, status.last_error_ms = message, code, int(time.time() * 1000)
+            if attempts[0] == 0:
+                reach.reset()  # the last session had succeeded: nothing is known about the link yet
             delay = backoff.delay(attempts[0], random.random())
             if isinstance(exc, SyncError) and exc.retry_after_s is not None:
                 delay = min(max(delay, exc.retry_after_s), settings.backoff_cap_s)
             attempts[0] += 1
+            transport = isinstance(exc, SyncError) and exc.status is None
+            if isinstance(exc, SyncError) and exc.context.get("connect_failed"):
+                reach.observe(False)  # no TCP connection could be made: as good as a failed probe
         status.state, status.retry_in_s = LinkState.BACKING_OFF, round(delay, 2)
-        await asyncio.sleep(delay)
+        await _pause(delay, probe if transport and settings.probe_interval_s > 0 else None, settings.probe_interval_s, reach)
         status.retry_in_s = None
+
+
+async def _pause(delay: float, probe: Callable[[], Awaitable[bool]] | None, interval: float, reach: Reachability) -> None:
+    """Sleep ``delay``; with a probe, look every ``interval`` whether the link came back."""
+    if probe is None:
+        await asyncio.sleep(delay)
+        return
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + delay
+    while (left := deadline - loop.time()) > 0:
+        await asyncio.sleep(min(interval, left))
+        if deadline - loop.time() <= 0:
+            return
+        if reach.observe(await probe()):
+            return
 
 
 class Uplink:
@@ -210,7 +234,11 @@ class Uplink:
         self._bucket = TokenBucket(float(settings.bandwidth_bytes_per_s))
         self._next_report = 0.0
         self._next_renewal = 0.0
-        self._conn = Connection(enrollment, files, timeout_s=settings.request_timeout_s, connections=settings.window + 1)
+        self.handshakes = ByteWindow()
+        """TLS handshakes made, per minute for a day (a ByteWindow of counts)."""
+        self.wire = WireCounts(on_handshake=lambda: self.handshakes.add(self.clock(), 1))
+        self._conn = Connection(enrollment, files, timeout_s=settings.request_timeout_s, connections=settings.window + 1,
+                                counts=self.wire)
         self._prepared: asyncio.Task[_Prepared | None] | None = None
 
     def snapshot(self) -> dict[str, Any]:
@@ -240,7 +268,8 @@ class Uplink:
     async def run(self) -> None:
         watchdog = asyncio.create_task(self._watchdog(), name="uplink-watchdog")
         try:
-            await supervise("uplink", self.status, self._session, self.settings, self._attempts)
+            await supervise("uplink", self.status, self._session, self.settings, self._attempts,
+                            lambda: reachable(self.enrollment.sync_url, min(2.0, self.settings.probe_interval_s)))
         finally:
             watchdog.cancel()
             await asyncio.gather(watchdog, return_exceptions=True)
@@ -260,6 +289,11 @@ class Uplink:
             "batch_records": {s.name.lower(): z.size for s, z in self._sizers.items()},
             "bytes_last_hour": self.sent.last(now, 3600),
             "bytes_last_day": self.sent.last(now, 86400),
+            "tls_handshakes": self.wire.handshakes,
+            "handshakes_last_hour": self.handshakes.last(now, 3600),
+            "handshakes_last_day": self.handshakes.last(now, 86400),
+            "http_bytes_sent": self.wire.sent,
+            "http_bytes_received": self.wire.received,
         }
 
     def _sizer(self, stream: Stream) -> BatchSizer:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pulse.edge.pacing import BatchSizer, ByteWindow, Health, LinkEstimate, LinkHealth
+from pulse.edge.pacing import BatchSizer, ByteWindow, Health, LinkEstimate, LinkHealth, Reachability
 
 pytestmark = pytest.mark.unit
 
@@ -63,3 +63,24 @@ def test_bytes_are_counted_for_the_last_hour_and_day():
     assert w.last(3 * 3600.0 + 60, 86400) == 155
     w.add(2 * 86400.0, 1)
     assert w.last(2 * 86400.0, 86400) == 1
+
+
+@pytest.mark.parametrize(
+    ("probes", "try_now"),
+    [
+        ([True, True, True], [False, False, False]),  # something always accepts connections: only the backoff decides
+        ([False, False, True], [False, False, True]),  # the link came back
+        ([False, True, True], [False, True, True]),
+        ([], []),
+    ],
+)
+def test_a_probe_ends_the_backoff_only_when_it_succeeds_after_one_failed(probes, try_now):
+    reach = Reachability()
+    assert [reach.observe(ok) for ok in probes] == try_now
+
+
+def test_a_successful_session_forgets_failed_probes():
+    reach = Reachability()
+    reach.observe(False)
+    reach.reset()
+    assert reach.observe(True) is False
