@@ -14,8 +14,10 @@ Profiles (rates in kbit/s up/down, one-way delay + up to jitter, loss):
 - ``wide``: 60 metrics a reading at 40/40, 300 ms + 300 ms, 0.5 %.
 - ``flapping``: lte-m, down ``--down`` s of every ``--period`` s, once with outages that black-hole
   packets and once with outages that reset connections; a site keeps adding readings meanwhile.
-- idle (``--idle-profile``): an enrolled gateway with nothing to send, uplink and downlink running
-  over lte-m, for ``--idle-s`` seconds after its first report: every byte both ways counted.
+- idle (``--idle-profile``, default ``cellular``): an enrolled gateway with nothing to send, uplink
+  and downlink running over lte-m, measured from its first report for one report interval; its
+  intervals (long poll, report) are the profile's divided by ``--idle-scale`` (40), so the run
+  takes 95 s, and the bytes are divided by the same factor (every periodic cost scales with it).
 
 Figures (one JSON object):
 
@@ -27,7 +29,8 @@ Figures (one JSON object):
 - ``capped_ratio``: batch bytes sent per second of drain / the cap.
 - ``wide_longest_stall_s``: longest time without an ack (from the start) while the link is up.
 - ``recovery_p50_s`` (and p90, count): from the end of each outage to the first ack after it.
-- ``idle_bytes_per_day``: idle bytes (both ways, TLS and HTTP framing included) x 86,400 / window.
+- ``idle_bytes_per_day``: idle bytes (both ways, TLS and HTTP framing included; TCP/IP headers
+  not) x 86,400 / window / scale. ``tls_handshake_bytes``: one mutual-TLS handshake, both ways.
 - ``wire_bytes_per_point``: on lte-m, bytes the shaper carried up / points.
 - ``lost``, ``duplicated``: over all profiles, from the cloud's rows against what was buffered.
 
@@ -62,12 +65,12 @@ from pulse.bench.sync_cloud_part import count_synced, provision, serve_environme
 from pulse.cloud.db.embedded import EmbeddedPostgres, free_port
 from pulse.cloud.settings import RoleNames
 from pulse.edge.buffer import Buffer
-from pulse.edge.config import Settings, load
+from pulse.edge.config import LINK_PROFILES, Settings, load
 from pulse.edge.downlink import Downlink
 from pulse.edge.enroll import enroll
 from pulse.edge.identity import IdentityFiles
 from pulse.edge.ingest import Store
-from pulse.edge.link import load_enrollment, save_enrollment
+from pulse.edge.link import client_context, load_enrollment, save_enrollment
 from pulse.edge.uplink import Uplink
 from pulse.protocol.batch import Stream
 
@@ -120,7 +123,7 @@ class Gateway:
 
 async def _submit(buffer: Buffer, items: list[Store]) -> None:
     for i in range(0, len(items), 20_000):
-        await asyncio.gather(*[buffer.submit(it) for it in items[i : i + 20_000]])  # type: ignore[misc]
+        await asyncio.gather(*[buffer.submit(it) for it in items[i : i + 20_000]])
 
 
 def _gateway(cloud: Cloud, name: str, sync_toml: str) -> tuple[Gateway, Any]:
@@ -131,6 +134,12 @@ def _gateway(cloud: Cloud, name: str, sync_toml: str) -> tuple[Gateway, Any]:
     settings = load(config, {})
     enroll(settings, cloud.api, p.enrollment_token)
     return Gateway(settings, p.device_ids), p.tenant_id
+
+
+def _handshakes(loop: Any) -> int:
+    """TLS handshakes a loop made (0 on a gateway that does not count them: main before issue 28's item 3)."""
+    wire = getattr(loop, "wire", None)
+    return int(wire.handshakes) if wire is not None else 0
 
 
 def _point_at(settings: Settings, port: int) -> None:
@@ -149,6 +158,9 @@ class Run:
     acks: list[float] = field(default_factory=list)
     """Shaper-relative times of acks."""
     connections: int = 0
+    handshakes: int = 0
+    setup_s: float = 0.0
+    """From the uplink's start to its first batch sent (TLS handshake, the first report): not in drain_s."""
     outage_ends: list[float] = field(default_factory=list)
 
 
@@ -171,9 +183,15 @@ async def _drive(gw: Gateway, profile: LinkProfile, target: tuple[str, int], *, 
         task = asyncio.create_task(uplink.run())
         acked = 0
         next_feed = started
+        first_batch: float | None = None
+        up_at_first = 0
         try:
             while True:
                 now = shaper.now()
+                if first_batch is None and uplink.bytes_sent > 0:
+                    # the connection is made and the first batch on its way: from here a backlog is on the link
+                    first_batch, up_at_first = now, shaper.up.carried
+                    out.setup_s = now - started
                 if uplink.batches_acked != acked:
                     acked = uplink.batches_acked
                     out.acks.append(now)
@@ -187,23 +205,27 @@ async def _drive(gw: Gateway, profile: LinkProfile, target: tuple[str, int], *, 
                     task.result()
                     raise RuntimeError("the uplink stopped")
                 await asyncio.sleep(0.02)
-            out.drain_s = shaper.now() - started
+            out.drain_s = shaper.now() - (first_batch if first_batch is not None else started)
+            out.acks = [a - (first_batch or started) for a in out.acks]
+            out.handshakes = _handshakes(uplink)
         finally:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
-        out.carried_up, out.carried_down = shaper.up.carried, shaper.down.carried
+        out.carried_up, out.carried_down = shaper.up.carried - up_at_first, shaper.down.carried
         out.batch_bytes = uplink.bytes_sent
         out.connections = shaper.accepted
         if profile.outages is not None:
-            out.outage_ends = profile.outages.ends(out.drain_s)
+            shift = first_batch or started
+            out.outage_ends = [e - shift for e in profile.outages.ends(shift + out.drain_s) if e > shift]
     finally:
         await shaper.close()
         await buffer.close()
     return out
 
 
-async def _idle(gw: Gateway, profile: LinkProfile, target: tuple[str, int], window_s: float) -> dict[str, float]:
-    """An idle gateway (uplink and downlink) for ``window_s`` after its first report: bytes both ways."""
+async def _idle(gw: Gateway, profile: LinkProfile, target: tuple[str, int], window_s: float, scale: float) -> dict[str, float]:
+    """An idle gateway (uplink and downlink) for ``window_s`` after its first report: bytes both
+    ways, per day of a gateway whose intervals are ``scale`` times longer than this one's."""
     buffer = Buffer(gw.settings.database, gw.settings.buffer)
     await buffer.open()
     shaper = Shaper(profile, target)
@@ -223,8 +245,10 @@ async def _idle(gw: Gateway, profile: LinkProfile, target: tuple[str, int], wind
                     raise RuntimeError("the idle gateway never reached the cloud")
                 await asyncio.sleep(0.05)
             up0, down0, conns0 = shaper.up.carried, shaper.down.carried, shaper.accepted
+            shakes0 = _handshakes(uplink) + _handshakes(downlink)
             await asyncio.sleep(window_s)
             up, down, conns = shaper.up.carried - up0, shaper.down.carried - down0, shaper.accepted - conns0
+            shakes = _handshakes(uplink) + _handshakes(downlink) - shakes0
         finally:
             for t in tasks:
                 t.cancel()
@@ -232,9 +256,10 @@ async def _idle(gw: Gateway, profile: LinkProfile, target: tuple[str, int], wind
     finally:
         await shaper.close()
         await buffer.close()
-    day = 86_400 / window_s
+    day = 86_400 / window_s / scale
     return {"idle_bytes_per_day": round((up + down) * day), "idle_up_bytes_per_day": round(up * day),
-            "idle_connections_per_day": round(conns * day), "idle_window_s": window_s}
+            "idle_connections_per_day": round(conns * day), "idle_tls_handshakes_per_day": round(shakes * day),
+            "idle_window_s": window_s, "idle_scale": scale}
 
 
 async def _baseline(profile: LinkProfile, nbytes: int) -> float:
@@ -270,10 +295,27 @@ async def _baseline(profile: LinkProfile, nbytes: int) -> float:
     finally:
         await shaper.close()
         server.close()
-    return nbytes / (profile.up_bytes_per_s * elapsed)
+    return float(nbytes / (profile.up_bytes_per_s * elapsed))
 
 
-def _pct(values: list[float], q: float) -> float | None:
+async def _handshake_bytes(gw: Gateway, profile: LinkProfile, target: tuple[str, int]) -> int:
+    """Bytes on the wire (both ways) of one mutual-TLS handshake with the sync listener, with the
+    gateway's own certificate and TLS settings, session tickets included; no request."""
+    shaper = Shaper(profile, target)
+    try:
+        port = await shaper.start()
+        _, writer = await asyncio.open_connection("127.0.0.1", port, ssl=client_context(IdentityFiles(gw.settings.state_dir)),
+                                                  server_hostname="127.0.0.1")
+        await asyncio.sleep(4 * profile.delay_s + 2 * profile.jitter_s + 0.3)  # the server's session tickets arrive
+        writer.close()
+        with contextlib.suppress(Exception):
+            await writer.wait_closed()
+        return int(shaper.up.carried + shaper.down.carried)
+    finally:
+        await shaper.close()
+
+
+def _pct(values: list[float], q: int) -> float | None:
     if not values:
         return None
     if len(values) == 1:
@@ -317,6 +359,8 @@ def _bench(dsn: str, args: argparse.Namespace, root: Path, database: str) -> dic
         gw = gateway("ltem")
         run = asyncio.run(_drive(gw, LTE_M, target, fill=gw.readings(points, 0, rng)))
         figures["lte_m_drain_s"] = round(run.drain_s, 2)
+        figures["lte_m_setup_s"] = round(run.setup_s, 2)
+        figures["tls_handshake_bytes"] = asyncio.run(_handshake_bytes(gw, LTE_M, target))
         figures["lte_m_utilisation"] = round(run.carried_up / (LTE_M.up_bytes_per_s * run.drain_s), 3)
         figures["wire_bytes_per_point"] = round(run.carried_up / gw.points, 3)
         figures["batch_bytes_per_point"] = round(run.batch_bytes / gw.points, 3)
@@ -352,8 +396,19 @@ def _bench(dsn: str, args: argparse.Namespace, root: Path, database: str) -> dic
         outages = 10 if full else args.outages
         recoveries: dict[str, list[float]] = {}
         flap_points_per_s = args.flap_points_per_s
-        idle_gw = gateway("idle", args.idle_sync)
-        idle_s = 3600.0 if full else args.idle_s
+        idle_sync, idle_s, scale = args.idle_sync, args.idle_s, 1.0
+        if args.idle_profile == "cellular":
+            # the cellular profile's intervals divided by --idle-scale, over one report interval: every
+            # periodic cost (long polls, reports, the handshakes they need) happens `scale` times as often
+            scale = 1.0 if full else args.idle_scale
+            prof = LINK_PROFILES["cellular"]
+            report_s = prof["report_interval_s"] / scale
+            idle_sync = (f'link_profile = "cellular"\ndownlink_wait_s = {max(1, round(prof["downlink_wait_s"] / scale))}\n'
+                         f"report_interval_s = {report_s}\n{args.idle_sync}")
+            idle_s = report_s + 5
+        elif full:
+            idle_s = 3600.0
+        idle_gw = gateway("idle", idle_sync)
         for kind in ("blackhole", "reset"):
             gw = gateway(f"flap{kind[:5]}")
             prof = dataclasses.replace(LTE_M, outages=Outages(period, down, first_s=period - down, kind=kind))
@@ -366,7 +421,7 @@ def _bench(dsn: str, args: argparse.Namespace, root: Path, database: str) -> dic
                               run_s=period * outages)
                 if kind != "blackhole":
                     return await flap, None
-                r, idle = await asyncio.gather(flap, _idle(idle_gw, LTE_M, target, idle_s))
+                r, idle = await asyncio.gather(flap, _idle(idle_gw, LTE_M, target, idle_s, scale))
                 return r, idle
 
             run, idle = asyncio.run(both())
@@ -374,6 +429,7 @@ def _bench(dsn: str, args: argparse.Namespace, root: Path, database: str) -> dic
             figures[f"flapping_{kind}_drain_s"] = round(run.drain_s, 2)
             figures[f"flapping_{kind}_utilisation_up"] = round(run.carried_up / (LTE_M.up_bytes_per_s * run.drain_s), 3)
             figures[f"flapping_{kind}_connections"] = run.connections
+            figures[f"flapping_{kind}_tls_handshakes"] = run.handshakes
             figures[f"recovery_{kind}_p50_s"] = _pct(recoveries[kind], 50)
             figures[f"recovery_{kind}_max_s"] = round(max(recoveries[kind]), 2) if recoveries[kind] else None
             if idle is not None:
@@ -382,7 +438,7 @@ def _bench(dsn: str, args: argparse.Namespace, root: Path, database: str) -> dic
         figures["recovery_p50_s"] = _pct(every, 50)
         figures["recovery_p90_s"] = _pct(every, 90)
         figures["recoveries"] = len(every)
-        figures["idle_sync_settings"] = args.idle_sync or "defaults"
+        figures["idle_profile"] = args.idle_profile
 
         lost = duplicated = 0
         for tenant, g in cloud.tenants:
@@ -402,12 +458,16 @@ def run(argv: list[str] | None = None) -> dict[str, object]:
     p.add_argument("--full", action="store_true", help="the issue's sizes (216,000 points, 60 s cycles, an idle hour): ~25 min")
     p.add_argument("--points", type=int, default=100_000, help="points for lte-m (default 100,000)")
     p.add_argument("--nb-points", type=int, default=30_000, help="points for nb-iot (capped: half) (default 30,000)")
-    p.add_argument("--wide-records", type=int, default=2_000, help="60-metric readings for wide (default 2,000)")
+    p.add_argument("--wide-records", type=int, default=1_500, help="60-metric readings for wide (default 1,500)")
     p.add_argument("--period", type=float, default=12.0, help="flapping: an outage every PERIOD s (default 12)")
     p.add_argument("--down", type=float, default=4.0, help="flapping: each outage lasts DOWN s (default 4)")
     p.add_argument("--outages", type=int, default=3, help="flapping: outages of each kind (default 3)")
     p.add_argument("--flap-points-per-s", type=float, default=8_000.0, help="flapping: points the site adds a second")
-    p.add_argument("--idle-s", type=float, default=60.0, help="idle: seconds measured (default 60)")
+    p.add_argument("--idle-profile", choices=["cellular", "default"], default="cellular",
+                   help="idle: the gateway's sync.link_profile (default cellular)")
+    p.add_argument("--idle-scale", type=float, default=40.0,
+                   help="idle, cellular: run its intervals this many times faster and scale the bytes back (default 40)")
+    p.add_argument("--idle-s", type=float, default=60.0, help="idle, default profile: seconds measured (default 60)")
     p.add_argument("--idle-sync", default="", help="idle: [sync] TOML lines for the idle gateway (e.g. 'link_profile = \"cellular\"')")
     args = p.parse_args(argv or [])
     root = Path(tempfile.mkdtemp(prefix="pulse-bench-link-"))

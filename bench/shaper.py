@@ -6,7 +6,7 @@ of ``SEGMENT`` bytes, holds each segment for its time on the wire at the directi
 whole shaper shares one wire per direction, like a modem), then delivers it after the one-way delay
 plus a random jitter, never before the segment ahead of it (TCP delivers in order). Loss is
 modelled as TCP sees it on a link with retransmission: a lost segment is sent again (it costs its
-wire time twice) and arrives ``retransmit_s`` late, holding up what follows it.
+wire time twice) and arrives a round trip late (fast retransmit), holding up what follows it.
 
 Outages come from a schedule (``Outages``: down ``down_s`` of every ``period_s``, starting after
 ``first_s``) in one of two kinds:
@@ -72,8 +72,9 @@ class LinkProfile:
 
     @property
     def retransmit_s(self) -> float:
-        """How late a lost segment arrives: about a retransmission timeout (at least 200 ms, like Linux)."""
-        return max(0.2, 2 * (2 * self.delay_s + self.jitter_s))
+        """How late a lost segment arrives: a round trip (fast retransmit after duplicate acks, as
+        TCP with SACK does), at least 200 ms (Linux's smallest retransmission timeout)."""
+        return max(0.2, 2 * self.delay_s + self.jitter_s)
 
 
 @dataclass
@@ -95,6 +96,8 @@ class Shaper:
     accepted: int = 0
     resets: int = 0
     started: float = field(default_factory=time.monotonic)
+    up: _Wire = field(init=False)
+    down: _Wire = field(init=False)
 
     def __post_init__(self) -> None:
         self._rng = random.Random(self.seed)

@@ -154,9 +154,11 @@ class Downlink:
         self.items_applied = 0
         self._attempts = [0]
         self._conn = Connection(enrollment, files, timeout_s=settings.request_timeout_s)
+        self.wire = self._conn.counts
 
     def snapshot(self) -> dict[str, Any]:
-        return {**self.status.as_dict(), "cursor": self.cursor, "items_applied": self.items_applied}
+        return {**self.status.as_dict(), "cursor": self.cursor, "items_applied": self.items_applied,
+                "tls_handshakes": self.wire.handshakes}
 
     async def run(self) -> None:
         await supervise("downlink", self.status, self._session, self.settings, self._attempts,

@@ -136,7 +136,8 @@ BATCH_CONTENT_TYPE = "application/x-pulse-batch"
 AFTER_HEADER = "x-pulse-after"
 """On a batch sent while an earlier batch of its stream is still in flight: that batch's last
 sequence. The cloud stores the batch only once its high-water mark has reached it."""
-MAX_DOWNLINK_WAIT_S = 30
+MAX_DOWNLINK_WAIT_S = 300
+"""Longest downlink long-poll: 300 s lets a metered gateway poll a few hundred times a day."""
 
 
 class DownlinkKind(StrEnum):
