@@ -111,6 +111,11 @@ class Shaper:
     def now(self) -> float:
         return time.monotonic() - self.started
 
+    @property
+    def listening(self) -> bool:
+        """False while a reset outage lasts (nothing listens)."""
+        return self._server is not None
+
     def is_down(self, t: float | None = None) -> bool:
         o = self.profile.outages
         return o is not None and o.down(self.now() if t is None else t)
