@@ -118,6 +118,9 @@ class SyncSettings:
     apply to every [sync] option not set in the file or the environment."""
     records_per_batch: int = 5000
     """Most records in one batch sent to the cloud."""
+    batch_bytes: int = 65536
+    """Most bytes in one encoded batch: a batch over it is sent with fewer records (a single record
+    always goes), so one batch spends at most a few seconds on a slow link (64 KB: 9 s at 60 kbit/s)."""
     window: int = 3
     """Batches of one stream sent before the first of them is acked (1 to 8): a slow link stays busy
     while an ack is on its way back. Each costs one encoded batch in memory and one connection."""
@@ -299,6 +302,8 @@ def _validated(s: Settings) -> Settings:
     if y.records_per_batch < 1 or y.bandwidth_bytes_per_s < 0 or y.report_interval_s <= 0 or y.request_timeout_s <= 0:
         raise ConfigError("sync.records_per_batch, report_interval_s and request_timeout_s must be positive; "
                           "sync.bandwidth_bytes_per_s is 0 (no cap) or more", key="sync")
+    if y.batch_bytes < 1024:
+        raise ConfigError("sync.batch_bytes is at least 1024", key="sync.batch_bytes")
     if not (1 <= y.window <= 8):
         raise ConfigError("sync.window is 1 to 8 batches in flight", key="sync.window")
     if not (1 <= y.downlink_wait_s <= 300):

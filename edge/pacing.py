@@ -5,6 +5,8 @@
   ``margin x (round trip + n / rate)``, never below the configured ``request_timeout_s``.
 - ``BatchSizer``: additive increase, multiplicative decrease on the records in one batch: halved
   after a batch timed out (a single record always fits), grown back by a fixed step after each ack.
+- ``fit_records``: a batch is also held under ``sync.batch_bytes`` encoded, so a wide device's
+  batch never spends minutes on a slow link before its first ack.
 - ``LinkHealth``: the link's state as the status page shows it (connected, degraded, down), with
   since-when, from the outcomes of requests and from a request still outstanding: one outstanding
   far past its expected time makes the link degraded, so a black-holed link is never "connected".
@@ -73,6 +75,14 @@ class BatchSizer:
     def after_ack(self) -> int:
         self.size = min(self.ceiling, self.size + self.step)
         return self.size
+
+
+def fit_records(records: int, nbytes: int, cap: int) -> int | None:
+    """How many of ``records`` (encoded in ``nbytes``) to keep so the batch fits ``cap`` bytes; None
+    when it fits already (or is a single record, which is always sent)."""
+    if nbytes <= cap or records <= 1 or cap <= 0:
+        return None
+    return max(1, min(records - 1, int(records * cap / nbytes * 0.95)))
 
 
 class Health(StrEnum):

@@ -51,7 +51,7 @@ from pulse.edge.config import SyncSettings
 from pulse.edge.errors import GatewayError, SyncError
 from pulse.edge.identity import IdentityFiles, make_key_and_csr, renewal_due, store_certificate
 from pulse.edge.link import Connection, Enrollment, SyncClient, WireCounts, reachable
-from pulse.edge.pacing import BatchSizer, ByteWindow, Health, LinkEstimate, LinkHealth, Reachability
+from pulse.edge.pacing import BatchSizer, ByteWindow, Health, LinkEstimate, LinkHealth, Reachability, fit_records
 from pulse.edge.throttle import TokenBucket
 from pulse.protocol import sync
 from pulse.protocol.batch import Record, Stream, encode
@@ -407,9 +407,14 @@ class Uplink:
         if not records:
             return None
         try:
-            data = await asyncio.to_thread(
-                encode, records, gateway_id=self.enrollment.gateway_id, stream=stream, gateway_time_ms=int(time.time() * 1000)
-            )
+            while True:
+                data = await asyncio.to_thread(
+                    encode, records, gateway_id=self.enrollment.gateway_id, stream=stream, gateway_time_ms=int(time.time() * 1000)
+                )
+                keep = fit_records(len(records), len(data), self.settings.batch_bytes)
+                if keep is None:
+                    break
+                records = records[:keep]  # too many bytes for one batch: fewer records, encoded again
         except BatchError as exc:
             return _Prepared(stream, after_seq, records, None, exc, time.monotonic())
         return _Prepared(stream, after_seq, records, data, None, time.monotonic())

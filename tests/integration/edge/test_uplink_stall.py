@@ -217,3 +217,20 @@ async def test_after_an_outage_a_probe_ends_an_hour_long_backoff_and_handshakes_
             assert "TLS handshakes in the last hour" in link_line(link)
             assert "pulse_gateway_uplink_recent_tls_handshakes" in metrics_text({"uplink": uplink.snapshot()})
         assert sorted(r.seq for _, r in receiver.rows) == list(range(1, 21))
+
+
+async def test_a_wide_devices_batches_are_held_under_the_byte_cap(enrolled_settings: Settings, receiver: Receiver) -> None:
+    """60 metrics a reading: a batch of every waiting record would be far over ``sync.batch_bytes``,
+    so the gateway sends fewer records a batch; everything arrives once, in order."""
+    async with opened(Buffer, enrolled_settings) as buffer:
+        await asyncio.gather(*[
+            buffer.submit(Store(Stream.TELEMETRY, "dev-1", 1_700_000_000_000 + i, "telemetry", i,
+                                orjson.dumps({"v": 1, "seq": i, "metrics": {f"m{k}": (i * 7919 + k * 104729) % 100_003 / 7
+                                                                            for k in range(60)}}), None))
+            for i in range(1, 301)
+        ])  # type: ignore[misc]
+        uplink = make_uplink(enrolled_settings, buffer, batch_bytes=8192, records_per_batch=5000)
+        async with running(uplink):
+            await wait_for(lambda: buffer.backlog()[Stream.TELEMETRY] == 0, "the wide records delivered")
+    assert len(receiver.batch_sizes) > 2 and max(receiver.batch_sizes) < 300, receiver.batch_sizes
+    assert [r.seq for _, r in receiver.rows] == list(range(1, 301))

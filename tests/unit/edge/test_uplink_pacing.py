@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pulse.edge.pacing import BatchSizer, ByteWindow, Health, LinkEstimate, LinkHealth, Reachability
+from pulse.edge.pacing import BatchSizer, ByteWindow, Health, LinkEstimate, LinkHealth, Reachability, fit_records
 
 pytestmark = pytest.mark.unit
 
@@ -84,3 +84,16 @@ def test_a_successful_session_forgets_failed_probes():
     reach.observe(False)
     reach.reset()
     assert reach.observe(True) is False
+
+
+@pytest.mark.parametrize(
+    ("records", "nbytes", "cap", "keep"),
+    [
+        (5000, 20_000, 65_536, None),  # typical readings: fits
+        (5000, 331_000, 65_536, 940),  # a 60-metric device: about a fifth, with a margin
+        (1, 331_000, 65_536, None),  # a single record always goes
+        (2, 200_000, 65_536, 1),
+    ],
+)
+def test_a_batch_over_the_byte_cap_keeps_the_records_that_fit(records, nbytes, cap, keep):
+    assert fit_records(records, nbytes, cap) == keep
