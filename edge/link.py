@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import json
 import os
+import socket
 import ssl
 import urllib.parse
 from collections.abc import AsyncIterator, Callable, Iterable
@@ -128,18 +129,22 @@ def transport_error(exc: httpx.HTTPError, url: str) -> SyncError:
 async def reachable(url: str, timeout_s: float) -> bool:
     """A cheap look at the link: can a TCP connection to ``url``'s host and port be made (no TLS,
     no request; about 300 bytes on the wire when it can, one SYN when it cannot)? Not proof the
-    cloud is up: whatever accepts connections in front of it answers too (see ``Reachability``)."""
+    cloud is up: whatever accepts connections in front of it answers too (see ``Reachability``).
+    A bare socket, closed before returning whatever happens (no transport left to the loop)."""
     parts = urllib.parse.urlsplit(url)
     host, port = parts.hostname or "", parts.port or 443
+    loop = asyncio.get_running_loop()
     try:
         async with asyncio.timeout(timeout_s):
-            _, writer = await asyncio.open_connection(host, port)
-    except (OSError, TimeoutError):
+            family, kind, proto, _, address = (await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM))[0]
+            sock = socket.socket(family, kind, proto)
+            try:
+                sock.setblocking(False)
+                await loop.sock_connect(sock, address)
+            finally:
+                sock.close()
+    except (OSError, TimeoutError, IndexError):
         return False
-    writer.close()
-    with contextlib.suppress(OSError, TimeoutError):
-        async with asyncio.timeout(timeout_s):
-            await writer.wait_closed()
     return True
 
 

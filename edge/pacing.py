@@ -145,19 +145,24 @@ class ByteWindow:
 
 @dataclass
 class Reachability:
-    """Edge-triggered: the link is taken as back only when a probe succeeds after one failed since
-    the last successful session. Something that accepts every connection while the cloud is gone
-    (a proxy, a NAT box, a test's listener socket) never shortens the backoff: it only costs the
-    probes, never a full TLS handshake per probe."""
+    """Edge-triggered: the link is taken as back when a probe succeeds after a probe (or the
+    session's own connect) failed since the last successful session, or, during the first
+    ``eager_failures`` failures, when a probe succeeds at all. Something that accepts every
+    connection while the cloud is gone (a proxy, a NAT box, a listener nobody accepts on) shortens
+    the backoff at most ``eager_failures`` times: it costs the probes, never a full TLS handshake
+    per probe."""
 
     seen_down: bool = False
+    eager_failures: int = 2
+    """After this few consecutive failures a successful probe alone is enough (a short cut may be
+    over before the first probe): at most this many early handshakes per outage behind a proxy."""
 
-    def observe(self, ok: bool) -> bool:
-        """A probe's outcome; True when the uplink should try now."""
+    def observe(self, ok: bool, failures: int = 0) -> bool:
+        """A probe's outcome after ``failures`` consecutive failed sessions; True when the uplink should try now."""
         if not ok:
             self.seen_down = True
             return False
-        return self.seen_down
+        return self.seen_down or 0 < failures <= self.eager_failures
 
     def reset(self) -> None:
         self.seen_down = False

@@ -182,11 +182,13 @@ async def supervise(name: str, status: LinkStatus, session: Callable[[], Awaitab
             if isinstance(exc, SyncError) and exc.context.get("connect_failed"):
                 reach.observe(False)  # no TCP connection could be made: as good as a failed probe
         status.state, status.retry_in_s = LinkState.BACKING_OFF, round(delay, 2)
-        await _pause(delay, probe if transport and settings.probe_interval_s > 0 else None, settings.probe_interval_s, reach)
+        await _pause(delay, probe if transport and settings.probe_interval_s > 0 else None, settings.probe_interval_s, reach,
+                     attempts[0])
         status.retry_in_s = None
 
 
-async def _pause(delay: float, probe: Callable[[], Awaitable[bool]] | None, interval: float, reach: Reachability) -> None:
+async def _pause(delay: float, probe: Callable[[], Awaitable[bool]] | None, interval: float, reach: Reachability,
+                 failures: int) -> None:
     """Sleep ``delay``; with a probe, look every ``interval`` whether the link came back."""
     if probe is None:
         await asyncio.sleep(delay)
@@ -197,7 +199,7 @@ async def _pause(delay: float, probe: Callable[[], Awaitable[bool]] | None, inte
         await asyncio.sleep(min(interval, left))
         if deadline - loop.time() <= 0:
             return
-        if reach.observe(await probe()):
+        if reach.observe(await probe(), failures):
             return
 
 
@@ -484,6 +486,9 @@ class Uplink:
             if window:
                 self._drop_prepared()
                 await asyncio.gather(*(f.task for f in window), return_exceptions=True)
+                # a request cancelled while connecting closes its socket in a callback of the next loop turns
+                await asyncio.sleep(0)
+                await asyncio.sleep(0)
 
     async def _launch(self, client: SyncClient, batch: _Prepared, window: collections.deque[_InFlight]) -> _InFlight:
         """Send one batch behind those in ``window`` (named in ``X-Pulse-After``, so the cloud

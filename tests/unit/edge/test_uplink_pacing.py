@@ -74,16 +74,21 @@ def test_bytes_are_counted_for_the_last_hour_and_day():
         ([], []),
     ],
 )
-def test_a_probe_ends_the_backoff_only_when_it_succeeds_after_one_failed(probes, try_now):
+def test_a_probe_ends_a_long_backoff_only_when_it_succeeds_after_one_failed(probes, try_now):
     reach = Reachability()
-    assert [reach.observe(ok) for ok in probes] == try_now
+    assert [reach.observe(ok, failures=5) for ok in probes] == try_now
+
+
+def test_after_the_first_failures_a_successful_probe_alone_ends_the_backoff():
+    reach = Reachability()
+    assert [reach.observe(True, failures=n) for n in (1, 2, 3, 10)] == [True, True, False, False]
 
 
 def test_a_successful_session_forgets_failed_probes():
     reach = Reachability()
     reach.observe(False)
     reach.reset()
-    assert reach.observe(True) is False
+    assert reach.observe(True, failures=3) is False
 
 
 @pytest.mark.parametrize(
