@@ -180,6 +180,17 @@ async def _drive(gw: Gateway, profile: LinkProfile, target: tuple[str, int], *, 
         assert enrollment is not None
         uplink = Uplink(gw.settings.sync, buffer, enrollment, IdentityFiles(gw.settings.state_dir))
         started = shaper.now()
+        first: list[tuple[float, int]] = []
+        reserve = uplink._bucket.reserve
+
+        def first_send(nbytes: int, now: float) -> float:
+            # the first batch leaves (the connection is made): from here a backlog is on the link.
+            # Taken in the uplink's own call, in every version of it, so no polling delay is counted.
+            if not first:
+                first.append((shaper.now(), shaper.up.carried))
+            return float(reserve(nbytes, now))
+
+        uplink._bucket.reserve = first_send
         task = asyncio.create_task(uplink.run())
         acked = 0
         next_feed = started
@@ -188,10 +199,9 @@ async def _drive(gw: Gateway, profile: LinkProfile, target: tuple[str, int], *, 
         try:
             while True:
                 now = shaper.now()
-                if first_batch is None and uplink.bytes_sent > 0:
-                    # the connection is made and the first batch on its way: from here a backlog is on the link
-                    first_batch, up_at_first = now, shaper.up.carried
-                    out.setup_s = now - started
+                if first_batch is None and first:
+                    (first_batch, up_at_first), = first
+                    out.setup_s = first_batch - started
                 if uplink.batches_acked != acked:
                     acked = uplink.batches_acked
                     out.acks.append(now)
