@@ -465,7 +465,7 @@ def _bench(dsn: str, args: argparse.Namespace, root: Path, database: str) -> dic
 
 def run(argv: list[str] | None = None) -> dict[str, object]:
     p = argparse.ArgumentParser(prog="pulse bench link")
-    p.add_argument("--full", action="store_true", help="the issue's sizes (216,000 points, 60 s cycles, an idle hour): ~25 min")
+    p.add_argument("--full", action="store_true", help="the issue's sizes (216,000 points, 60 s cycles, the idle gateway for an hour at its real intervals): over an hour")
     p.add_argument("--points", type=int, default=100_000, help="points for lte-m (default 100,000)")
     p.add_argument("--nb-points", type=int, default=30_000, help="points for nb-iot (capped: half) (default 30,000)")
     p.add_argument("--wide-records", type=int, default=1_500, help="60-metric readings for wide (default 1,500)")

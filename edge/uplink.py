@@ -1,4 +1,4 @@
-"""The uplink: drain the buffer to the cloud, one batch at a time, deleting only what the cloud acked.
+"""The uplink: drain the buffer to the cloud, a window of batches at a time, deleting only what the cloud acked.
 
 Loop (``Uplink.run``, one task for the gateway's life)::
 
@@ -12,16 +12,18 @@ Every await is bounded (``sync.request_timeout_s`` for requests and buffer calls
 step can wedge the loop; an exception never ends it (only cancellation at shutdown does).
 
 Batches: the stream is chosen by ``pulse.protocol.sync.next_stream`` (alerts, events, twin, then
-telemetry), records in sequence order from the cursor, at most ``sync.records_per_batch``, encoded
-by ``pulse.protocol.batch.encode`` with the gateway's clock. The records are deleted
+telemetry), records in sequence order from the cursor, at most ``sync.records_per_batch`` (fewer
+after a timeout, and fewer when the encoding is over ``sync.batch_bytes``), encoded by
+``pulse.protocol.batch.encode`` with the gateway's clock. The records are deleted
 (``Buffer.ack``) only after a ``200`` BatchAck and only up to its ``ack_seq``.
 
-Pipelining: while the cloud stores batch N, the uplink already reads and encodes batch N+1 (the
-records after N's last sequence), so the link and the cloud are not left waiting for the gateway's
-own work. Only one batch per stream is ever in flight; the prepared batch is used only when N was
-acked up to its last record and the stream is still next in line, and is dropped otherwise (a
-failure, a partial ack, a refused batch, alerts arriving before telemetry). Encoding runs on a
-worker thread, off the event loop the broker answers devices on.
+Window: up to ``sync.window`` batches of the stream are in flight, each request in a task of its
+own; every batch after the first names the one ahead of it (``X-Pulse-After``), so the cloud
+stores them in order. Acks are taken oldest first. New batches are sent only while the stream is
+still next in line: when alerts arrive during telemetry, the telemetry in flight drains and the
+alerts go next. Any failure drops the rest of the window (nothing of it was deleted) and the
+next round starts again from the acked position. While a batch travels, the next one is read and
+encoded (on a worker thread, off the event loop the broker answers devices on).
 
 Poison batches: a ``400 batch.*`` (or ``413``) means the cloud can never accept this batch, so
 resending it would block the stream forever. The uplink halves the batch and tries again until the
