@@ -177,7 +177,14 @@ class _CountingStream(httpcore.AsyncNetworkStream):
 
     async def start_tls(self, ssl_context: ssl.SSLContext, server_hostname: str | None = None,
                         timeout: float | None = None) -> httpcore.AsyncNetworkStream:  # noqa: ASYNC109
-        stream = await self._inner.start_tls(ssl_context, server_hostname, timeout)
+        try:
+            stream = await self._inner.start_tls(ssl_context, server_hostname, timeout)
+        except BaseException:
+            # httpcore closes the TCP stream of a failed handshake only for an Exception: a request
+            # cancelled during its handshake (a window dropped after a cut, shutdown) left the socket open
+            with contextlib.suppress(BaseException):
+                await self._inner.aclose()
+            raise
         self._counts.handshakes += 1
         if self._counts.on_handshake is not None:
             self._counts.on_handshake()
