@@ -553,10 +553,12 @@ class Uplink:
         self.clock_offset_ms, self.clock_corrected = ack.clock_offset_ms, ack.clock_corrected
         if ack.verdict is sync.Verdict.REPLAY:
             self.replays += 1
-        if ack.ack_seq > self.buffer.acked(stream):
-            await bounded(self.buffer.ack(stream, ack.ack_seq), self.settings.request_timeout_s, "recording the cloud's ack")
+        # counted as the cloud's ack arrives: the buffer's backlog drops inside ``Buffer.ack``, and
+        # whoever watches it (the sync bench) may stop the uplink before that call returns
         self.batches_acked += 1
         self.records_acked += sum(1 for r in records if r.seq <= ack.ack_seq)
+        if ack.ack_seq > self.buffer.acked(stream):
+            await bounded(self.buffer.ack(stream, ack.ack_seq), self.settings.request_timeout_s, "recording the cloud's ack")
         return bool(ack.ack_seq >= last)
 
     async def _refused(self, stream: Stream, records: list[Record], code: str, message: str) -> None:
