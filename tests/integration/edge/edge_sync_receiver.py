@@ -104,7 +104,6 @@ class Receiver:
         self.public_port = free_port()
         self.sync_port = free_port()
         self._servers: dict[str, tuple[uvicorn.Server, asyncio.Task[None]]] = {}
-        self._sockets: dict[str, socket.socket] = {}
         self._new_item = asyncio.Event()
         self._closing = False
 
@@ -126,7 +125,6 @@ class Receiver:
         sock.bind(("127.0.0.1", port))
         task = asyncio.create_task(server.serve(sockets=[sock]))
         self._servers[name] = (server, task)
-        self._sockets[name] = sock
         for _ in range(500):
             if server.started:
                 return
@@ -149,9 +147,6 @@ class Receiver:
         server.should_exit = True
         server.force_exit = True
         await asyncio.wait_for(task, 10)
-        # uvicorn serves a duplicate of the socket it is given: the listening socket itself must be
-        # closed too, or the kernel goes on accepting connections for a listener that is gone
-        self._sockets.pop(name).close()
 
     async def close(self) -> None:
         self._closing = True
