@@ -127,8 +127,17 @@ class SyncSettings:
 
     enabled: bool = True
     """Set false to keep an enrolled gateway offline (everything stays in the buffer)."""
+    link_profile: str = "default"
+    """``default`` or ``cellular`` (metered LTE-M/NB-IoT): the profile's values (``LINK_PROFILES``)
+    apply to every [sync] option not set in the file or the environment."""
     records_per_batch: int = 5000
     """Most records in one batch sent to the cloud."""
+    batch_bytes: int = 65536
+    """Most bytes in one encoded batch: a batch over it is sent with fewer records (a single record
+    always goes), so one batch spends at most a few seconds on a slow link (64 KB: 9 s at 60 kbit/s)."""
+    window: int = 3
+    """Batches of one stream sent before the first of them is acked (1 to 8): a slow link stays busy
+    while an ack is on its way back. Each costs one encoded batch in memory and one connection."""
     bandwidth_bytes_per_s: int = 0
     """Cap on the bytes of batches sent per second, for metered links (0: no cap)."""
     report_interval_s: float = 300.0
@@ -136,16 +145,29 @@ class SyncSettings:
     request_timeout_s: float = 30.0
     """Longest wait for one request to the cloud (connect, send, answer)."""
     downlink_wait_s: int = 25
-    """How long the cloud may hold a downlink long-poll open (at most 30)."""
+    """How long the cloud may hold a downlink long-poll open (at most 300; keep it under the NAT's idle timeout)."""
     idle_poll_s: float = 1.0
     """With nothing to send, how often the uplink looks at the buffer again."""
     backoff_base_s: float = 0.5
     backoff_cap_s: float = 60.0
+    probe_interval_s: float = 2.0
+    """While backing off after the cloud could not be reached, how often a TCP connect (no TLS)
+    checks whether the link is back, so the uplink retries at once (0: no probe, only the backoff)."""
     stall_after_s: float = 300.0
     """A backlog whose acked position has not moved for this long while the link is up is shown as
     ``stalled``, and the uplink's watchdog restarts the uplink's state (0: no watchdog)."""
     watchdog_interval_s: float = 5.0
     """How often the watchdog looks at the backlog."""
+
+
+LINK_PROFILES: dict[str, dict[str, Any]] = {
+    "default": {},
+    # An idle gateway on a metered cellular link: one long poll every 4 minutes (inside the 5 minutes
+    # many carriers' NATs keep an idle TCP mapping, and inside the cloud's 300 s gateway_offline_after_s),
+    # a report an hour, patient requests, and a probe instead of frequent full reconnects.
+    "cellular": {"downlink_wait_s": 240, "report_interval_s": 3600.0, "request_timeout_s": 60.0, "backoff_cap_s": 300.0,
+                 "probe_interval_s": 5.0},
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -262,6 +284,12 @@ def load(path: Path | None, env: Mapping[str, str]) -> Settings:
                 values[name] = _coerce(raw[name], hints[name], f"{section}.{name}", base)
         if section == "gateway" and "data_dir" not in values:
             values["data_dir"] = base
+        if section == "sync":
+            profile = values.get("link_profile", "default")
+            if profile not in LINK_PROFILES:
+                raise ConfigError(f"sync.link_profile is one of {', '.join(LINK_PROFILES)}, got {profile!r}", key="sync.link_profile")
+            for name, value in LINK_PROFILES[profile].items():
+                values.setdefault(name, value)
         groups[section] = cls(**values)
     stray = sorted(k for k in env if k.startswith(ENV_PREFIX) and k not in known_env and k != "PULSE_GW_CONFIG")
     if stray:
@@ -303,8 +331,14 @@ def _validated(s: Settings) -> Settings:
     if y.records_per_batch < 1 or y.bandwidth_bytes_per_s < 0 or y.report_interval_s <= 0 or y.request_timeout_s <= 0:
         raise ConfigError("sync.records_per_batch, report_interval_s and request_timeout_s must be positive; "
                           "sync.bandwidth_bytes_per_s is 0 (no cap) or more", key="sync")
-    if not (1 <= y.downlink_wait_s <= 30):
-        raise ConfigError("sync.downlink_wait_s is 1 to 30 seconds", key="sync.downlink_wait_s")
+    if y.batch_bytes < 1024:
+        raise ConfigError("sync.batch_bytes is at least 1024", key="sync.batch_bytes")
+    if not (1 <= y.window <= 8):
+        raise ConfigError("sync.window is 1 to 8 batches in flight", key="sync.window")
+    if not (1 <= y.downlink_wait_s <= 300):
+        raise ConfigError("sync.downlink_wait_s is 1 to 300 seconds", key="sync.downlink_wait_s")
+    if y.probe_interval_s < 0:
+        raise ConfigError("sync.probe_interval_s is 0 (no probe) or more seconds", key="sync.probe_interval_s")
     if y.idle_poll_s <= 0 or y.backoff_base_s <= 0 or y.backoff_cap_s < y.backoff_base_s:
         raise ConfigError("sync.idle_poll_s and backoff_base_s must be positive, backoff_cap_s at least backoff_base_s", key="sync")
     if not s.gateway.id:

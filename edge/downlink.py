@@ -39,7 +39,7 @@ from pulse.edge.auth import pdt_hash
 from pulse.edge.config import SyncSettings
 from pulse.edge.errors import StorageError
 from pulse.edge.identity import IdentityFiles
-from pulse.edge.link import Connection, Enrollment
+from pulse.edge.link import Connection, Enrollment, reachable
 from pulse.edge.uplink import LinkState, LinkStatus, bounded, supervise
 from pulse.protocol.errors import RuleError
 from pulse.protocol.sync import CredentialChange, DownlinkItem, DownlinkKind
@@ -154,12 +154,15 @@ class Downlink:
         self.items_applied = 0
         self._attempts = [0]
         self._conn = Connection(enrollment, files, timeout_s=settings.request_timeout_s)
+        self.wire = self._conn.counts
 
     def snapshot(self) -> dict[str, Any]:
-        return {**self.status.as_dict(), "cursor": self.cursor, "items_applied": self.items_applied}
+        return {**self.status.as_dict(), "cursor": self.cursor, "items_applied": self.items_applied,
+                "tls_handshakes": self.wire.handshakes}
 
     async def run(self) -> None:
-        await supervise("downlink", self.status, self._session, self.settings, self._attempts)
+        await supervise("downlink", self.status, self._session, self.settings, self._attempts,
+                        lambda: reachable(self.enrollment.sync_url, min(2.0, self.settings.probe_interval_s)))
 
     async def _db(self, fn: Callable[..., Any], *args: Any) -> Any:
         def work() -> Any:

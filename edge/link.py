@@ -13,12 +13,15 @@ import asyncio
 import contextlib
 import json
 import os
+import socket
 import ssl
-from collections.abc import AsyncIterator
+import urllib.parse
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import httpcore
 import httpx
 
 from pulse.edge.errors import SyncError
@@ -117,21 +120,125 @@ def transport_error(exc: httpx.HTTPError, url: str) -> SyncError:
     if "CERTIFICATE_VERIFY_FAILED" in text:
         return SyncError(Code.GATEWAY_TLS_FAILED, f"TLS with {url} failed: {text}", url=url)
     if isinstance(exc, httpx.ConnectTimeout):
-        return SyncError(Code.GATEWAY_CLOUD_UNREACHABLE, f"no connection to {url} in time ({exc.__class__.__name__})", url=url)
-    return SyncError(Code.GATEWAY_CLOUD_UNREACHABLE, f"cannot reach {url}: {text}", url=url)
+        return SyncError(Code.GATEWAY_CLOUD_UNREACHABLE, f"no connection to {url} in time ({exc.__class__.__name__})", url=url,
+                         connect_failed=True)
+    return SyncError(Code.GATEWAY_CLOUD_UNREACHABLE, f"cannot reach {url}: {text}", url=url,
+                     connect_failed=isinstance(exc, httpx.ConnectError))
+
+
+async def reachable(url: str, timeout_s: float) -> bool:
+    """A cheap look at the link: can a TCP connection to ``url``'s host and port be made (no TLS,
+    no request; about 300 bytes on the wire when it can, one SYN when it cannot)? Not proof the
+    cloud is up: whatever accepts connections in front of it answers too (see ``Reachability``).
+    A bare socket, closed before returning whatever happens (no transport left to the loop)."""
+    parts = urllib.parse.urlsplit(url)
+    host, port = parts.hostname or "", parts.port or 443
+    loop = asyncio.get_running_loop()
+    try:
+        async with asyncio.timeout(timeout_s):
+            family, kind, proto, _, address = (await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM))[0]
+            sock = socket.socket(family, kind, proto)
+            try:
+                sock.setblocking(False)
+                await loop.sock_connect(sock, address)
+            finally:
+                sock.close()
+    except (OSError, TimeoutError, IndexError):
+        return False
+    return True
+
+
+@dataclass
+class WireCounts:
+    """What a loop's connections to the cloud cost: TLS handshakes made (each a few kilobytes on
+    the wire: ``pulse bench link`` measures it) and the HTTP bytes written and read inside TLS."""
+
+    handshakes: int = 0
+    sent: int = 0
+    received: int = 0
+    on_handshake: Callable[[], None] | None = None
+
+
+class _CountingStream(httpcore.AsyncNetworkStream):
+    def __init__(self, inner: httpcore.AsyncNetworkStream, counts: WireCounts) -> None:
+        self._inner, self._counts = inner, counts
+
+    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:  # noqa: ASYNC109 (httpcore's interface)
+        data = await self._inner.read(max_bytes, timeout)
+        self._counts.received += len(data)
+        return data
+
+    async def write(self, buffer: bytes, timeout: float | None = None) -> None:  # noqa: ASYNC109
+        await self._inner.write(buffer, timeout)
+        self._counts.sent += len(buffer)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+    async def start_tls(self, ssl_context: ssl.SSLContext, server_hostname: str | None = None,
+                        timeout: float | None = None) -> httpcore.AsyncNetworkStream:  # noqa: ASYNC109
+        try:
+            stream = await self._inner.start_tls(ssl_context, server_hostname, timeout)
+        except BaseException:
+            # httpcore closes the TCP stream of a failed handshake only for an Exception: a request
+            # cancelled during its handshake (a window dropped after a cut, shutdown) left the socket open
+            with contextlib.suppress(BaseException):
+                await self._inner.aclose()
+            raise
+        self._counts.handshakes += 1
+        if self._counts.on_handshake is not None:
+            self._counts.on_handshake()
+        return _CountingStream(stream, self._counts)
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._inner.get_extra_info(info)
+
+
+class _CountingBackend(httpcore.AsyncNetworkBackend):
+    """httpcore's own backend, with every connection's handshakes and bytes counted."""
+
+    def __init__(self, counts: WireCounts) -> None:
+        self._inner = httpcore.AnyIOBackend()
+        self._counts = counts
+
+    async def connect_tcp(self, host: str, port: int, timeout: float | None = None,  # noqa: ASYNC109
+                          local_address: str | None = None,
+                          socket_options: Iterable[Any] | None = None) -> httpcore.AsyncNetworkStream:
+        return _CountingStream(await self._inner.connect_tcp(host, port, timeout, local_address, socket_options), self._counts)
+
+    async def connect_unix_socket(self, path: str, timeout: float | None = None,  # noqa: ASYNC109
+                                  socket_options: Iterable[Any] | None = None) -> httpcore.AsyncNetworkStream:
+        return _CountingStream(await self._inner.connect_unix_socket(path, timeout, socket_options), self._counts)
+
+    async def sleep(self, seconds: float) -> None:
+        await self._inner.sleep(seconds)
+
+
+def _transport(ctx: ssl.SSLContext, connections: int, counts: WireCounts) -> httpx.AsyncHTTPTransport:
+    """httpx's transport over a pool whose network backend counts (httpx takes no backend of its
+    own, so the pool it made is replaced by the same pool with ours: ``_pool`` is the one
+    attribute its ``handle_async_request`` uses)."""
+    transport = httpx.AsyncHTTPTransport(verify=ctx)
+    transport._pool = httpcore.AsyncConnectionPool(
+        ssl_context=ctx, max_connections=connections, max_keepalive_connections=connections, keepalive_expiry=5.0,
+        network_backend=_CountingBackend(counts),
+    )
+    return transport
 
 
 class SyncClient:
     """One keep-alive HTTP/1.1 connection pool to the sync listener, authenticated by the gateway's
-    certificate. Methods return typed answers or raise ``SyncError``."""
+    certificate. Methods return typed answers or raise ``SyncError``. ``counts`` counts its TLS
+    handshakes and bytes."""
 
-    def __init__(self, enrollment: Enrollment, files: IdentityFiles, *, timeout_s: float) -> None:
+    def __init__(self, enrollment: Enrollment, files: IdentityFiles, *, timeout_s: float, connections: int = 2,
+                 counts: WireCounts | None = None) -> None:
         self.base = enrollment.sync_url.rstrip("/")
+        self.counts = counts or WireCounts()
         self._http = httpx.AsyncClient(
             base_url=self.base,
-            verify=client_context(files),
+            transport=_transport(client_context(files), connections, self.counts),
             timeout=httpx.Timeout(timeout_s),
-            limits=httpx.Limits(max_connections=2, max_keepalive_connections=2),
         )
 
     async def aclose(self) -> None:
@@ -145,9 +252,12 @@ class SyncClient:
         except httpx.HTTPError as exc:
             raise transport_error(exc, self.base + path) from exc
 
-    async def send_batch(self, data: bytes, timeout_s: float | None = None) -> sync.BatchAck:
-        resp = await self._request("POST", sync.BATCHES_PATH, content=data, headers={"content-type": sync.BATCH_CONTENT_TYPE},
-                                   timeout_s=timeout_s)
+    async def send_batch(self, data: bytes, timeout_s: float | None = None, after: int | None = None) -> sync.BatchAck:
+        """Send one batch; ``after``: the last sequence of an earlier batch of the stream still in flight."""
+        headers = {"content-type": sync.BATCH_CONTENT_TYPE}
+        if after is not None:
+            headers[sync.AFTER_HEADER] = str(after)
+        resp = await self._request("POST", sync.BATCHES_PATH, content=data, headers=headers, timeout_s=timeout_s)
         if resp.status_code != 200:
             raise response_error(resp, "batch refused")
         try:
@@ -197,15 +307,20 @@ class Connection:
     refused request) keeps the TLS connection, since a new handshake costs kilobytes on a metered
     link; a transport failure, a certificate renewal and shutdown drop it."""
 
-    def __init__(self, enrollment: Enrollment, files: IdentityFiles, *, timeout_s: float) -> None:
+    def __init__(self, enrollment: Enrollment, files: IdentityFiles, *, timeout_s: float, connections: int = 2,
+                 counts: WireCounts | None = None) -> None:
         self.enrollment = enrollment
         self.files = files
         self.timeout_s = timeout_s
+        self.connections = connections
+        self.counts = counts or WireCounts()
+        """Kept across the clients of every session."""
         self._client: SyncClient | None = None
 
     def get(self) -> SyncClient:
         if self._client is None:
-            self._client = SyncClient(self.enrollment, self.files, timeout_s=self.timeout_s)
+            self._client = SyncClient(self.enrollment, self.files, timeout_s=self.timeout_s, connections=self.connections,
+                                      counts=self.counts)
         return self._client
 
     @contextlib.asynccontextmanager

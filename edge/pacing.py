@@ -5,10 +5,14 @@
   ``margin x (round trip + n / rate)``, never below the configured ``request_timeout_s``.
 - ``BatchSizer``: additive increase, multiplicative decrease on the records in one batch: halved
   after a batch timed out (a single record always fits), grown back by a fixed step after each ack.
+- ``fit_records``: a batch is also held under ``sync.batch_bytes`` encoded, so a wide device's
+  batch never spends minutes on a slow link before its first ack.
 - ``LinkHealth``: the link's state as the status page shows it (connected, degraded, down), with
   since-when, from the outcomes of requests and from a request still outstanding: one outstanding
   far past its expected time makes the link degraded, so a black-holed link is never "connected".
-- ``ByteWindow``: bytes sent in the last hour and day.
+- ``ByteWindow``: bytes sent in the last hour and day (also used to count TLS handshakes).
+- ``Reachability``: whether a cheap probe (a TCP connect, no TLS) says the link came back, so the
+  uplink retries at once instead of sleeping out its backoff.
 """
 
 from __future__ import annotations
@@ -73,6 +77,14 @@ class BatchSizer:
         return self.size
 
 
+def fit_records(records: int, nbytes: int, cap: int) -> int | None:
+    """How many of ``records`` (encoded in ``nbytes``) to keep so the batch fits ``cap`` bytes; None
+    when it fits already (or is a single record, which is always sent)."""
+    if nbytes <= cap or records <= 1 or cap <= 0:
+        return None
+    return max(1, min(records - 1, int(records * cap / nbytes * 0.95)))
+
+
 class Health(StrEnum):
     CONNECTED = "connected"
     DEGRADED = "degraded"
@@ -131,6 +143,31 @@ class ByteWindow:
         return sum(n for m, n in self.minutes if m > start)
 
 
+@dataclass
+class Reachability:
+    """Edge-triggered: the link is taken as back when a probe succeeds after a probe (or the
+    session's own connect) failed since the last successful session, or, during the first
+    ``eager_failures`` failures, when a probe succeeds at all. Something that accepts every
+    connection while the cloud is gone (a proxy, a NAT box, a listener nobody accepts on) shortens
+    the backoff at most ``eager_failures`` times: it costs the probes, never a full TLS handshake
+    per probe."""
+
+    seen_down: bool = False
+    eager_failures: int = 2
+    """After this few consecutive failures a successful probe alone is enough (a short cut may be
+    over before the first probe): at most this many early handshakes per outage behind a proxy."""
+
+    def observe(self, ok: bool, failures: int = 0) -> bool:
+        """A probe's outcome after ``failures`` consecutive failed sessions; True when the uplink should try now."""
+        if not ok:
+            self.seen_down = True
+            return False
+        return self.seen_down or 0 < failures <= self.eager_failures
+
+    def reset(self) -> None:
+        self.seen_down = False
+
+
 def link_line(link: dict[str, Any]) -> str:
     """One line about the link to the cloud (status page and ``pulse gateway status``)."""
     since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(link["since_ms"] / 1000))
@@ -142,4 +179,6 @@ def link_line(link: dict[str, Any]) -> str:
     rate, rtt = link.get("est_rate_bytes_per_s"), link.get("est_rtt_s")
     parts.append(f"est. rate {'-' if rate is None else f'{rate} B/s'}, round trip {'-' if rtt is None else f'{rtt:g} s'}")
     parts.append(f"{link['bytes_last_hour']} bytes in the last hour, {link['bytes_last_day']} in the last day")
+    if "handshakes_last_hour" in link:
+        parts.append(f"{link['handshakes_last_hour']} TLS handshakes in the last hour, {link['handshakes_last_day']} in the last day")
     return "; ".join(parts)

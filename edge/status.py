@@ -225,6 +225,12 @@ def uplink_metrics(u: dict[str, Any]) -> Iterator[Any]:
         sent.add_metric(["hour"], link["bytes_last_hour"])
         sent.add_metric(["day"], link["bytes_last_day"])
         yield sent
+        if "handshakes_last_hour" in link:
+            shakes = GaugeMetricFamily("pulse_gateway_uplink_recent_tls_handshakes", "TLS handshakes made in the last window",
+                                       labels=["window"])
+            shakes.add_metric(["hour"], link["handshakes_last_hour"])
+            shakes.add_metric(["day"], link["handshakes_last_day"])
+            yield shakes
 
 
 def metrics_text(snapshot: dict[str, Any]) -> str:

@@ -1,4 +1,4 @@
-"""The uplink: drain the buffer to the cloud, one batch at a time, deleting only what the cloud acked.
+"""The uplink: drain the buffer to the cloud, a window of batches at a time, deleting only what the cloud acked.
 
 Loop (``Uplink.run``, one task for the gateway's life)::
 
@@ -12,16 +12,18 @@ Every await is bounded (``sync.request_timeout_s`` for requests and buffer calls
 step can wedge the loop; an exception never ends it (only cancellation at shutdown does).
 
 Batches: the stream is chosen by ``pulse.protocol.sync.next_stream`` (alerts, events, twin, then
-telemetry), records in sequence order from the cursor, at most ``sync.records_per_batch``, encoded
-by ``pulse.protocol.batch.encode`` with the gateway's clock. The records are deleted
+telemetry), records in sequence order from the cursor, at most ``sync.records_per_batch`` (fewer
+after a timeout, and fewer when the encoding is over ``sync.batch_bytes``), encoded by
+``pulse.protocol.batch.encode`` with the gateway's clock. The records are deleted
 (``Buffer.ack``) only after a ``200`` BatchAck and only up to its ``ack_seq``.
 
-Pipelining: while the cloud stores batch N, the uplink already reads and encodes batch N+1 (the
-records after N's last sequence), so the link and the cloud are not left waiting for the gateway's
-own work. Only one batch per stream is ever in flight; the prepared batch is used only when N was
-acked up to its last record and the stream is still next in line, and is dropped otherwise (a
-failure, a partial ack, a refused batch, alerts arriving before telemetry). Encoding runs on a
-worker thread, off the event loop the broker answers devices on.
+Window: up to ``sync.window`` batches of the stream are in flight, each request in a task of its
+own; every batch after the first names the one ahead of it (``X-Pulse-After``), so the cloud
+stores them in order. Acks are taken oldest first. New batches are sent only while the stream is
+still next in line: when alerts arrive during telemetry, the telemetry in flight drains and the
+alerts go next. Any failure drops the rest of the window (nothing of it was deleted) and the
+next round starts again from the acked position. While a batch travels, the next one is read and
+encoded (on a worker thread, off the event loop the broker answers devices on).
 
 Poison batches: a ``400 batch.*`` (or ``413``) means the cloud can never accept this batch, so
 resending it would block the stream forever. The uplink halves the batch and tries again until the
@@ -33,6 +35,7 @@ gateway itself cannot encode (``batch.unencodable``) is treated the same way.
 from __future__ import annotations
 
 import asyncio
+import collections
 import datetime as dt
 import logging
 import random
@@ -49,8 +52,8 @@ from pulse.edge.buffer import Buffer
 from pulse.edge.config import SyncSettings
 from pulse.edge.errors import GatewayError, SyncError
 from pulse.edge.identity import IdentityFiles, make_key_and_csr, renewal_due, store_certificate
-from pulse.edge.link import Connection, Enrollment, SyncClient
-from pulse.edge.pacing import BatchSizer, ByteWindow, Health, LinkEstimate, LinkHealth
+from pulse.edge.link import Connection, Enrollment, SyncClient, WireCounts, reachable
+from pulse.edge.pacing import BatchSizer, ByteWindow, Health, LinkEstimate, LinkHealth, Reachability, fit_records
 from pulse.edge.throttle import TokenBucket
 from pulse.protocol import sync
 from pulse.protocol.batch import Record, Stream, encode
@@ -61,6 +64,17 @@ _T = TypeVar("_T")
 RENEW_RETRY_S = 600
 PREPARED_MAX_AGE_S = 10.0
 """A prepared batch older than this is encoded again, so its header's gateway clock stays current."""
+
+
+@dataclass(frozen=True, slots=True)
+class _InFlight:
+    """A batch sent and not yet acked: the request's task, when it left, its timeout."""
+
+    batch: _Prepared
+    data: bytes
+    task: asyncio.Task[sync.BatchAck]
+    started: float
+    timeout: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,11 +150,15 @@ async def bounded(aw: Awaitable[_T], timeout_s: float, what: str, code: Code = C
 
 
 async def supervise(name: str, status: LinkStatus, session: Callable[[], Awaitable[None]], settings: SyncSettings,
-                    attempts: list[int]) -> None:
+                    attempts: list[int], probe: Callable[[], Awaitable[bool]] | None = None) -> None:
     """Run ``session`` forever. It returns to be started again at once (e.g. after a certificate
-    renewal) and raises on failure: then the error is recorded and the loop backs off.
-    ``attempts[0]`` is the consecutive-failure count; the session resets it after a success."""
+    renewal) and raises on failure: then the error is recorded and the loop backs off (capped,
+    full jitter). ``attempts[0]`` is the consecutive-failure count; the session resets it after a
+    success. While backing off after a failure to reach the cloud, ``probe`` (a TCP connect) is
+    tried every ``sync.probe_interval_s``; when it succeeds after a probe or the session itself
+    could not connect, the backoff ends (``Reachability``)."""
     backoff = sync.Backoff(settings.backoff_base_s, settings.backoff_cap_s)
+    reach = Reachability()
     while True:
         try:
             await session()
@@ -156,13 +174,35 @@ async def supervise(name: str, status: LinkStatus, session: Callable[[], Awaitab
                 log.warning("%s: %s", name, message)
             status.errors += 1
             status.last_error, status.last_error_code, status.last_error_ms = message, code, int(time.time() * 1000)
+            if attempts[0] == 0:
+                reach.reset()  # the last session had succeeded: nothing is known about the link yet
             delay = backoff.delay(attempts[0], random.random())
             if isinstance(exc, SyncError) and exc.retry_after_s is not None:
                 delay = min(max(delay, exc.retry_after_s), settings.backoff_cap_s)
             attempts[0] += 1
+            transport = isinstance(exc, SyncError) and exc.status is None
+            if isinstance(exc, SyncError) and exc.context.get("connect_failed"):
+                reach.observe(False)  # no TCP connection could be made: as good as a failed probe
         status.state, status.retry_in_s = LinkState.BACKING_OFF, round(delay, 2)
-        await asyncio.sleep(delay)
+        await _pause(delay, probe if transport and settings.probe_interval_s > 0 else None, settings.probe_interval_s, reach,
+                     attempts[0])
         status.retry_in_s = None
+
+
+async def _pause(delay: float, probe: Callable[[], Awaitable[bool]] | None, interval: float, reach: Reachability,
+                 failures: int) -> None:
+    """Sleep ``delay``; with a probe, look every ``interval`` whether the link came back."""
+    if probe is None:
+        await asyncio.sleep(delay)
+        return
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + delay
+    while (left := deadline - loop.time()) > 0:
+        await asyncio.sleep(min(interval, left))
+        if deadline - loop.time() <= 0:
+            return
+        if reach.observe(await probe(), failures):
+            return
 
 
 class Uplink:
@@ -188,6 +228,8 @@ class Uplink:
         self.records_acked = 0
         self.records_quarantined = 0
         self.replays = 0
+        self.in_flight = 0
+        """Batches sent and not yet acked (at most ``sync.window``)."""
         self.clock_offset_ms = 0
         self.clock_corrected = False
         self.certificate_expires: dt.datetime | None = None
@@ -196,7 +238,11 @@ class Uplink:
         self._bucket = TokenBucket(float(settings.bandwidth_bytes_per_s))
         self._next_report = 0.0
         self._next_renewal = 0.0
-        self._conn = Connection(enrollment, files, timeout_s=settings.request_timeout_s)
+        self.handshakes = ByteWindow()
+        """TLS handshakes made, per minute for a day (a ByteWindow of counts)."""
+        self.wire = WireCounts(on_handshake=lambda: self.handshakes.add(self.clock(), 1))
+        self._conn = Connection(enrollment, files, timeout_s=settings.request_timeout_s, connections=settings.window + 1,
+                                counts=self.wire)
         self._prepared: asyncio.Task[_Prepared | None] | None = None
 
     def snapshot(self) -> dict[str, Any]:
@@ -213,6 +259,7 @@ class Uplink:
             "records_acked": self.records_acked,
             "records_quarantined": self.records_quarantined,
             "replays": self.replays,
+            "batches_in_flight": self.in_flight,
             "stalled": self.stalled,
             "stalls": self.stalls,
             "clock_offset_ms": self.clock_offset_ms,
@@ -225,7 +272,8 @@ class Uplink:
     async def run(self) -> None:
         watchdog = asyncio.create_task(self._watchdog(), name="uplink-watchdog")
         try:
-            await supervise("uplink", self.status, self._session, self.settings, self._attempts)
+            await supervise("uplink", self.status, self._session, self.settings, self._attempts,
+                            lambda: reachable(self.enrollment.sync_url, min(2.0, self.settings.probe_interval_s)))
         finally:
             watchdog.cancel()
             await asyncio.gather(watchdog, return_exceptions=True)
@@ -245,6 +293,11 @@ class Uplink:
             "batch_records": {s.name.lower(): z.size for s, z in self._sizers.items()},
             "bytes_last_hour": self.sent.last(now, 3600),
             "bytes_last_day": self.sent.last(now, 86400),
+            "tls_handshakes": self.wire.handshakes,
+            "handshakes_last_hour": self.handshakes.last(now, 3600),
+            "handshakes_last_day": self.handshakes.last(now, 86400),
+            "http_bytes_sent": self.wire.sent,
+            "http_bytes_received": self.wire.received,
         }
 
     def _sizer(self, stream: Stream) -> BatchSizer:
@@ -358,9 +411,14 @@ class Uplink:
         if not records:
             return None
         try:
-            data = await asyncio.to_thread(
-                encode, records, gateway_id=self.enrollment.gateway_id, stream=stream, gateway_time_ms=int(time.time() * 1000)
-            )
+            while True:
+                data = await asyncio.to_thread(
+                    encode, records, gateway_id=self.enrollment.gateway_id, stream=stream, gateway_time_ms=int(time.time() * 1000)
+                )
+                keep = fit_records(len(records), len(data), self.settings.batch_bytes)
+                if keep is None:
+                    break
+                records = records[:keep]  # too many bytes for one batch: fewer records, encoded again
         except BatchError as exc:
             return _Prepared(stream, after_seq, records, None, exc, time.monotonic())
         return _Prepared(stream, after_seq, records, data, None, time.monotonic())
@@ -385,45 +443,102 @@ class Uplink:
         return await self._prepare(stream, after_seq)
 
     async def _send_next(self, client: SyncClient) -> bool:
-        """Send one batch of the stream next in line; False when there is nothing to send."""
-        t = self.settings.request_timeout_s
+        """Send the batches of the stream next in line, up to ``sync.window`` of them in flight, and
+        take their acks in order; False when there is nothing to send. Returns when the window has
+        drained and the stream is no longer next in line (or has nothing more), so a higher stream
+        (alerts before telemetry) waits at most for the batches already in flight."""
         stream = sync.next_stream(self.buffer.backlog())
         if stream is None:
             self._drop_prepared()
             return False
-        batch = await self._take_prepared(stream, self.buffer.acked(stream))
-        if batch is None:
-            return False
-        records = batch.records
-        if batch.error is not None or batch.data is None:
-            exc = batch.error or BatchError(Code.BATCH_UNENCODABLE, "the batch could not be encoded")
-            await self._refused(stream, records, str(exc.code), exc.message)
-            return True
+        window: collections.deque[_InFlight] = collections.deque()
+        after = self.buffer.acked(stream)
+        free_since = self.clock()
+        acked = False
+        try:
+            while True:
+                while len(window) < self.settings.window and sync.next_stream(self.buffer.backlog()) is stream \
+                        and self.buffer.backlog().get(stream, 0) > sum(len(f.batch.records) for f in window):
+                    batch = await self._take_prepared(stream, after)
+                    if batch is None:
+                        break
+                    if batch.error is not None or batch.data is None:
+                        if window:  # the batches ahead are taken first; this one is read again after them
+                            break
+                        exc = batch.error or BatchError(Code.BATCH_UNENCODABLE, "the batch could not be encoded")
+                        await self._refused(stream, batch.records, str(exc.code), exc.message)
+                        return True
+                    window.append(await self._launch(client, batch, window))
+                    self.in_flight = len(window)
+                    after = batch.records[-1].seq
+                if not window:
+                    return acked
+                head = window.popleft()
+                self.in_flight = len(window) + 1  # the head until its ack is taken
+                if not await self._acked(head, stream, free_since):
+                    return True  # refused or partly acked: the next call reads from the acked position
+                acked, free_since = True, self.clock()
+                if window:
+                    nxt = window[0]
+                    self.health.started(free_since, self.estimate.expected_s(len(nxt.data)) or self.settings.request_timeout_s)
+        finally:
+            self.in_flight = 0
+            for f in window:
+                f.task.cancel()
+            if window:
+                self._drop_prepared()
+                await asyncio.gather(*(f.task for f in window), return_exceptions=True)
+                # a request cancelled while connecting closes its socket in a callback of the next loop turns
+                await asyncio.sleep(0)
+                await asyncio.sleep(0)
+
+    async def _launch(self, client: SyncClient, batch: _Prepared, window: collections.deque[_InFlight]) -> _InFlight:
+        """Send one batch behind those in ``window`` (named in ``X-Pulse-After``, so the cloud
+        stores it only after them); the next batch is read and encoded meanwhile."""
         data = batch.data
+        assert data is not None
         wait = self._bucket.reserve(len(data), time.monotonic())
         if wait > 0:
             await asyncio.sleep(wait)
         self.bytes_sent += len(data)
-        last = records[-1].seq
-        if self.buffer.backlog().get(stream, 0) > len(records):
-            # pipelining: the next batch of this stream is read and encoded while the cloud stores this one
-            self._prepared = asyncio.create_task(self._prepare(stream, last))
-        timeout = self.estimate.timeout_s(len(data), t * 2)
+        last = batch.records[-1].seq
+        ahead = sum(len(f.data) for f in window)
+        if self.buffer.backlog().get(batch.stream, 0) > sum(len(f.batch.records) for f in window) + len(batch.records):
+            # pipelining: the next batch of this stream is read and encoded while this one travels
+            self._prepared = asyncio.create_task(self._prepare(batch.stream, last))
+        timeout = self.estimate.timeout_s(ahead + len(data), self.settings.request_timeout_s * 2)
         started = self.clock()
-        self.health.started(started, self.estimate.expected_s(len(data)) or t)
+        if not window:
+            self.health.started(started, self.estimate.expected_s(len(data)) or self.settings.request_timeout_s)
         self.sent.add(started, len(data))
+        previous = window[-1].batch.records[-1].seq if window else None
+
+        async def send() -> sync.BatchAck:  # the request is made inside the task, so cancelling it early leaves nothing behind
+            return await bounded(client.send_batch(data, timeout, previous), timeout + 1, "sending a batch")
+
+        task = asyncio.create_task(send())
+        return _InFlight(batch, data, task, started, timeout)
+
+    async def _acked(self, head: _InFlight, stream: Stream, free_since: float) -> bool:
+        """Wait for the oldest batch in flight and record its ack; False when the window must be
+        started again from the acked position (refused, out of order, or not acked to its end)."""
+        records, data = head.batch.records, head.data
+        last = records[-1].seq
         try:
-            ack = await bounded(client.send_batch(data, timeout), timeout + 1, "sending a batch")
+            ack: sync.BatchAck = await head.task
         except SyncError as exc:
             self._drop_prepared()
             if exc.code is Code.GATEWAY_CLOUD_TIMEOUT:
                 size = self._sizer(stream).after_timeout(len(records))
                 log.warning("uplink: a %s batch of %d records (%d bytes) timed out after %g s; the next has %d records",
-                            stream.name.lower(), len(records), len(data), timeout, size)
+                            stream.name.lower(), len(records), len(data), head.timeout, size)
+            if exc.status == 409 and exc.code is Code.SYNC_OUT_OF_ORDER:
+                self.health.succeeded(self.clock())  # the cloud answered; the batch ahead of it failed
+                return False
             if exc.status == 413 or (exc.status == 400 and str(exc.code).startswith("batch.")):
                 self.health.succeeded(self.clock())  # the cloud answered
                 await self._refused(stream, records, str(exc.code), exc.message)
-                return True
+                return False
             raise
         if ack.stream != stream or ack.ack_seq > last:
             self._drop_prepared()
@@ -431,18 +546,20 @@ class Uplink:
                             f"for a {stream.name.lower()} batch ending at {last}; nothing deleted", status=200)
         self.stalled = False
         now = self.clock()
-        self.estimate.observe(len(data), now - started)
+        self.estimate.observe(len(data), now - max(head.started, free_since))  # the time the link was this batch's
         self.health.succeeded(now)
         self._sizer(stream).after_ack()
         self._succeeded()
         self.clock_offset_ms, self.clock_corrected = ack.clock_offset_ms, ack.clock_corrected
         if ack.verdict is sync.Verdict.REPLAY:
             self.replays += 1
-        if ack.ack_seq > self.buffer.acked(stream):
-            await bounded(self.buffer.ack(stream, ack.ack_seq), t, "recording the cloud's ack")
+        # counted as the cloud's ack arrives: the buffer's backlog drops inside ``Buffer.ack``, and
+        # whoever watches it (the sync bench) may stop the uplink before that call returns
         self.batches_acked += 1
         self.records_acked += sum(1 for r in records if r.seq <= ack.ack_seq)
-        return True
+        if ack.ack_seq > self.buffer.acked(stream):
+            await bounded(self.buffer.ack(stream, ack.ack_seq), self.settings.request_timeout_s, "recording the cloud's ack")
+        return bool(ack.ack_seq >= last)
 
     async def _refused(self, stream: Stream, records: list[Record], code: str, message: str) -> None:
         """A batch that can never be accepted: halve it until the refused one is a single record,

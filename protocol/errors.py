@@ -81,6 +81,8 @@ class Code(StrEnum):
     """A batch names another gateway than the client certificate does."""
     SYNC_UNKNOWN_DEVICE = "sync.unknown_device"
     """A synced record names a device that is not registered to this gateway's tenant (quarantined)."""
+    SYNC_OUT_OF_ORDER = "sync.out_of_order"
+    """A batch sent after another still in flight arrived before that one was stored: send it again after it."""
 
     # twin: device twin documents and updates
     TWIN_VERSION_CONFLICT = "twin.version_conflict"

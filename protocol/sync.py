@@ -53,6 +53,12 @@ def classify(header: Header, high_water: int) -> Verdict:
     return Verdict.WRITE
 
 
+def in_order(after: int | None, high_water: int) -> bool:
+    """May a batch sent after one ending at ``after`` (None: after nothing in flight) be stored now?
+    Only when that batch is stored: storing it first would make the earlier one a replay."""
+    return after is None or high_water >= after
+
+
 def admit(header: Header, records: Sequence[Record], high_water: int) -> Admission:
     """Which records of a decoded batch to write, the mark to commit with them, and what to ack."""
     verdict = classify(header, high_water)
@@ -128,7 +134,11 @@ RENEW_PATH = "/sync/v1/renew"
 REKEY_PATH = "/sync/v1/rekey"
 REPORT_PATH = "/sync/v1/report"
 BATCH_CONTENT_TYPE = "application/x-pulse-batch"
-MAX_DOWNLINK_WAIT_S = 30
+AFTER_HEADER = "x-pulse-after"
+"""On a batch sent while an earlier batch of its stream is still in flight: that batch's last
+sequence. The cloud stores the batch only once its high-water mark has reached it."""
+MAX_DOWNLINK_WAIT_S = 300
+"""Longest downlink long-poll: 300 s lets a metered gateway poll a few hundred times a day."""
 
 
 class DownlinkKind(StrEnum):

@@ -32,6 +32,7 @@ from pulse.cloud.tls import RateLimitedLog, TlsAcceptingH11Protocol, accepting_p
 from pulse.cloud.web import install_error_handlers, read_limited
 from pulse.protocol.errors import Code
 from pulse.protocol.sync import (
+    AFTER_HEADER,
     BATCHES_PATH,
     DOWNLINK_ACK_PATH,
     DOWNLINK_PATH,
@@ -87,7 +88,11 @@ def create_sync_app(service: SyncService) -> FastAPI:
 
     @app.post(BATCHES_PATH)
     async def batches(request: Request, caller: Gateway, svc: Service) -> dict[str, object]:
-        ack = await svc.receive(caller, await read_limited(request, svc.max_request_bytes, _too_large(svc.max_request_bytes)))
+        raw_after = request.headers.get(AFTER_HEADER)
+        if raw_after is not None and not (raw_after.isascii() and raw_after.isdigit() and len(raw_after) <= 19):
+            raise BadRequestError(Code.BATCH_MALFORMED, f"{AFTER_HEADER} must be a sequence number (digits)")
+        data = await read_limited(request, svc.max_request_bytes, _too_large(svc.max_request_bytes))
+        ack = await svc.receive(caller, data, None if raw_after is None else int(raw_after))
         return ack.to_json()
 
     @app.get(DOWNLINK_PATH)

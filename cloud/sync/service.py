@@ -60,6 +60,7 @@ from pulse.protocol.sync import (
     check_clock,
     classify,
     corrected_ts,
+    in_order,
 )
 from pulse.protocol.twin import DEFAULT_LIMITS as DEFAULT_TWIN_LIMITS
 from pulse.protocol.twin import TwinLimits
@@ -67,6 +68,8 @@ from pulse.protocol.twin import TwinLimits
 log = logging.getLogger(__name__)
 
 PROXY_CERT_HEADER = "x-pulse-client-cert"
+IN_ORDER_WAIT_S = 5.0
+"""How long a batch sent behind another (``X-Pulse-After``) waits for that one to be stored before ``409 sync.out_of_order``."""
 ENROLLMENT_TOKEN_PREFIX = "pet_"
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _EXACT_FLOAT_MS = 2**33 * 1000
@@ -303,7 +306,9 @@ class SyncService:
 
     # --- uplink -----------------------------------------------------------------------------
 
-    async def receive(self, caller: GatewayCaller, data: bytes) -> BatchAck:
+    async def receive(self, caller: GatewayCaller, data: bytes, after: int | None = None) -> BatchAck:
+        """Store a batch. ``after``: the last sequence of an earlier batch of the stream that the
+        gateway still has in flight (``X-Pulse-After``); this one is stored only after that one."""
         try:
             header = codec.read_header(data, self.limits)
         except BatchError as exc:
@@ -314,10 +319,15 @@ class SyncService:
             )
         clock = check_clock(header.gateway_time_ms, int(time.time() * 1000))
         self.metrics.sync_bytes.inc(len(data))
-        async with self.db.tenant(caller.tenant_id) as conn:
-            mark = await conn.fetchval(
-                "SELECT high_water FROM gateway_sync_marks WHERE gateway_id = $1 AND stream = $2", caller.gateway_id, int(header.stream)
-            )
+        deadline = time.monotonic() + IN_ORDER_WAIT_S
+        while True:
+            async with self.db.tenant(caller.tenant_id) as conn:
+                mark = await conn.fetchval(
+                    "SELECT high_water FROM gateway_sync_marks WHERE gateway_id = $1 AND stream = $2", caller.gateway_id, int(header.stream)
+                )
+            if in_order(after, mark or 0) or time.monotonic() >= deadline:
+                break
+            await asyncio.sleep(0.02)  # the earlier batch is on its way or committing on another connection
         if classify(header, mark or 0) is Verdict.REPLAY:
             return await self._replayed(caller, header.stream, header.last_seq, len(data), clock)
         try:
@@ -342,6 +352,12 @@ class SyncService:
                     caller.gateway_id,
                     int(header.stream),
                 )
+                if not in_order(after, high_water):
+                    raise ConflictError(
+                        Code.SYNC_OUT_OF_ORDER,
+                        f"the batch ending at {after} was not stored before this one; nothing was stored; send this batch after it",
+                        after=after,
+                    )
                 admission = admit(header, decoded.records, high_water)
                 rows: list[TelemetryRow] = []
                 quarantined: list[QuarantineRow] = []

@@ -31,7 +31,7 @@ from pulse.edge.identity import IdentityFiles, make_key_and_csr, store_certifica
 from pulse.protocol import batch, connectivity
 from pulse.protocol.batch import Record, Stream
 from pulse.protocol.connectivity import Connectivity
-from pulse.protocol.sync import BATCH_CONTENT_TYPE, BatchAck, CredentialChange, DownlinkItem, DownlinkKind, Verdict
+from pulse.protocol.sync import AFTER_HEADER, BATCH_CONTENT_TYPE, BatchAck, CredentialChange, DownlinkItem, DownlinkKind, Verdict
 
 pytestmark = pytest.mark.integration
 
@@ -64,9 +64,12 @@ class SyncCloud:
             ctx.load_cert_chain(str(files.cert), str(files.key))
         return httpx.AsyncClient(verify=ctx, base_url=self.sync_url, timeout=40, **kwargs)
 
-    async def send(self, files: IdentityFiles, data: bytes) -> httpx.Response:
+    async def send(self, files: IdentityFiles, data: bytes, after: str | None = None) -> httpx.Response:
+        headers = {"Content-Type": BATCH_CONTENT_TYPE}
+        if after is not None:
+            headers[AFTER_HEADER] = after
         async with self.client(files) as c:
-            return await c.post("/sync/v1/batches", content=data, headers={"Content-Type": BATCH_CONTENT_TYPE})
+            return await c.post("/sync/v1/batches", content=data, headers=headers)
 
     async def rows(self, sql: str, *args: object) -> list[asyncpg.Record]:
         conn = await asyncpg.connect(self.settings.database_url)
@@ -721,6 +724,77 @@ async def test_two_copies_of_a_batch_sent_at_once_are_written_once(sync: SyncClo
     assert sum(r["n"] for r in await sync.rows("SELECT count(*) AS n FROM telemetry WHERE tenant_id = $1", tenant)) == 500
     (mark,) = await sync.rows("SELECT high_water FROM gateway_sync_marks WHERE gateway_id = $1", uuid.UUID(gw))
     assert mark["high_water"] == 500
+
+
+async def test_a_batch_sent_behind_another_is_stored_only_after_it_and_never_makes_it_a_replay(sync: SyncCloud) -> None:
+    """Several batches in flight: the later one (X-Pulse-After) may arrive first; it waits for the
+    earlier one, so both are written; one whose predecessor never comes is refused, writing nothing."""
+    tenant, h = await sync.cloud.tenant_user()
+    await _device(sync, h, "dev-1")
+    gw, files = await sync.gateway(h)
+    later = asyncio.create_task(sync.send(files, _batch(gw, [4, 5, 6]), after="3"))
+    await asyncio.sleep(0.3)  # the later batch is at the cloud first (no timing asserted: either order must work)
+    first = await sync.send(files, _batch(gw, [1, 2, 3]))
+    second = await later
+    assert (first.status_code, second.status_code) == (200, 200), (first.text, second.text)
+    assert (first.json()["verdict"], second.json()["verdict"]) == ("write", "write")
+    assert second.json()["ack_seq"] == 6
+    r = await sync.send(files, _batch(gw, [9, 10]), after="8")  # 7 and 8 never sent
+    assert r.status_code == 409 and r.json()["code"] == "sync.out_of_order", r.text
+    r = await sync.send(files, _batch(gw, [7, 8]), after="not-a-seq")
+    assert r.status_code == 400 and r.json()["code"] == "batch.malformed", r.text
+    rows = await sync.rows("SELECT seq FROM telemetry WHERE tenant_id = $1 ORDER BY seq", tenant)
+    assert [r["seq"] for r in rows] == [1, 2, 3, 4, 5, 6]
+
+
+async def test_cuts_with_a_full_window_in_flight_lose_nothing_and_duplicate_nothing(sync: SyncCloud) -> None:
+    """The gateway's uplink with three batches in flight, through a slow shaped link to the real
+    sync listener; every connection is reset while the window is full, three times."""
+    from pulse.bench.shaper import LinkProfile, Shaper
+    from pulse.edge.buffer import Buffer
+    from pulse.edge.config import BufferSettings, SyncSettings
+    from pulse.edge.ingest import Store
+    from pulse.edge.link import Enrollment
+    from pulse.edge.uplink import Uplink
+
+    tenant, h = await sync.cloud.tenant_user()
+    await _device(sync, h, "dev-1")
+    gw, files = await sync.gateway(h)
+    port = int(sync.sync_url.rsplit(":", 1)[1])
+    shaper = Shaper(LinkProfile(8_000, 8_000, 0.02, 0.02), ("127.0.0.1", port))
+    buffer = Buffer(sync.tmp / "gateway.db", BufferSettings())
+    await buffer.open()
+    n = 3000
+    try:
+        await asyncio.gather(*[
+            buffer.submit(Store(Stream.TELEMETRY, "dev-1", NOW_MS + i, "telemetry", i,
+                                f'{{"v": 1, "seq": {i}, "metrics": {{"t": {i * 1.37:.2f}, "u": {(i * 7919) % 1000}}}}}'.encode(), None))
+            for i in range(1, n + 1)
+        ])  # type: ignore[misc]
+        shaper_port = await shaper.start()
+        enrollment = Enrollment("", f"https://127.0.0.1:{shaper_port}", str(tenant), gw, "window", 0)
+        settings = SyncSettings(records_per_batch=100, window=3, idle_poll_s=0.05, report_interval_s=3600, request_timeout_s=10,
+                                backoff_base_s=0.05, backoff_cap_s=0.2)
+        uplink = Uplink(settings, buffer, enrollment, files)
+        task = asyncio.create_task(uplink.run())
+        try:
+            for _ in range(3):
+                while uplink.in_flight < 3:
+                    assert not task.done()
+                    await asyncio.sleep(0.005)
+                assert shaper.cut() >= 1
+            while buffer.backlog()[Stream.TELEMETRY] > 0:
+                assert not task.done()
+                await asyncio.sleep(0.05)
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    finally:
+        await shaper.close()
+        await buffer.close()
+    assert uplink.status.errors >= 1  # the cuts were felt
+    rows = await sync.rows("SELECT seq FROM telemetry WHERE tenant_id = $1 ORDER BY seq", tenant)
+    assert [r["seq"] for r in rows] == list(range(1, n + 1))  # 0 lost, 0 duplicated, in order
 
 
 async def test_bench_provisioning_gives_a_token_that_enrolls_and_syncs(sync: SyncCloud) -> None:

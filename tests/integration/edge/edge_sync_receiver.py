@@ -9,7 +9,8 @@ does; downlink items are served by long-poll.
 
 Faults the tests switch on: ``abort_after_commit`` (the connection is cut after the batch was
 committed, before the ack reaches the gateway), ``busy`` (503 with Retry-After), a record with the
-metric ``poison`` (400 batch.malformed), and ``stop()``/``start()`` of the sync listener.
+metric ``poison`` (400 batch.malformed), and ``stop()``/``start()`` of the sync listener. A batch sent behind another still in flight
+(``X-Pulse-After``) is stored only after that one, as the cloud does.
 """
 
 from __future__ import annotations
@@ -87,6 +88,9 @@ class Receiver:
     batch_sizes: list[int] = field(default_factory=list)
     """Records in each batch that reached the receiver, answered or not."""
     aborted: int = 0
+    batches_after: int = 0
+    """Batches sent behind another still in flight (with ``X-Pulse-After``)."""
+    out_of_order: int = 0
     downlink_items: list[dict[str, Any]] = field(default_factory=list)
     downlink_polls: list[int] = field(default_factory=list)
     downlink_acks: list[int] = field(default_factory=list)
@@ -188,7 +192,10 @@ class Receiver:
                 if path == sync.BATCHES_PATH and method == "POST":
                     if self.batch_delay_s:
                         await asyncio.sleep(self.batch_delay_s)
-                    status, doc, headers = self._batch(body, ident.gateway_id)
+                    after = _after(scope)
+                    if after is not None:
+                        self.batches_after += 1
+                    status, doc, headers = await self._in_order(body, ident.gateway_id, after)
                     if status == 200 and self.abort_after_commit > 0:
                         self.abort_after_commit -= 1
                         self.aborted += 1
@@ -224,6 +231,20 @@ class Receiver:
         cert = self.ca.sign_gateway_csr(doc["csr"].encode(), tenant_id=names[0], gateway_id=names[1], lifetime=self.cert_lifetime, now=now)
         return 201, {"tenant_id": names[0], "gateway_id": names[1], "gateway_name": "Test site", "certificate": _pem(cert),
                      "ca": self.ca.cert_pem.decode(), "sync_url": self.sync_url}, {}
+
+    async def _in_order(self, body: bytes, gateway_id: str, after: int | None) -> tuple[int, Any, dict[str, str]]:
+        """As the cloud does: a batch sent behind another (``X-Pulse-After``) is stored only after it,
+        waiting a little for it, else ``409 sync.out_of_order`` and nothing stored."""
+        with contextlib.suppress(BatchError):
+            stream = decode(body).header.stream
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 5
+            while not sync.in_order(after, self.high_water[stream]):
+                if loop.time() >= deadline or self._closing:
+                    self.out_of_order += 1
+                    return 409, {"code": "sync.out_of_order", "message": f"the batch ending at {after} is not stored"}, {}
+                await asyncio.sleep(0.01)
+        return self._batch(body, gateway_id)
 
     def _batch(self, body: bytes, gateway_id: str) -> tuple[int, Any, dict[str, str]]:
         if self.busy > 0:
@@ -268,6 +289,13 @@ class Receiver:
                 await asyncio.wait_for(self._new_item.wait(), deadline - loop.time())
             except TimeoutError:
                 pass
+
+
+def _after(scope: Any) -> int | None:
+    for k, v in scope["headers"]:
+        if k.decode().lower() == sync.AFTER_HEADER:
+            return int(v)
+    return None
 
 
 def _pem(cert: Any) -> str:

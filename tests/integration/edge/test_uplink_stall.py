@@ -154,7 +154,8 @@ async def test_a_batch_that_times_out_is_a_timeout_is_halved_and_the_link_is_nev
     enrolled_settings: Settings, receiver: Receiver, stale_reader: StaleReader
 ) -> None:
     clock = Clock()
-    uplink = make_uplink(enrolled_settings, stale_reader, clock, request_timeout_s=0.3, report_interval_s=3600, records_per_batch=40)
+    uplink = make_uplink(enrolled_settings, stale_reader, clock, request_timeout_s=0.3, report_interval_s=3600, records_per_batch=40,
+                         window=1)  # one batch at a time: each hung request is one timeout
     await fill(stale_reader, 40)
     receiver.hang = 3  # black-holed: each batch is read and never answered
     states: list[str] = []
@@ -191,3 +192,45 @@ async def test_the_timeout_is_reported_as_a_timeout_not_a_tls_failure(enrolled_s
         await wait_for(lambda: uplink.status.errors >= 1, "the batch timing out")
         assert uplink.status.last_error_code == "gateway.cloud_timeout", uplink.status.last_error
         assert uplink.snapshot()["link"]["last_error_code"] == "gateway.cloud_timeout"
+
+
+async def test_after_an_outage_a_probe_ends_an_hour_long_backoff_and_handshakes_are_counted(
+    enrolled_settings: Settings, receiver: Receiver
+) -> None:
+    """The listener goes away (connections refused) and comes back: the uplink, backing off for up
+    to an hour, notices through its TCP probe and delivers at once; its TLS handshakes are counted."""
+    async with opened(Buffer, enrolled_settings) as buffer:
+        uplink = make_uplink(enrolled_settings, buffer, backoff_base_s=3600, backoff_cap_s=3600, probe_interval_s=0.05,
+                             idle_poll_s=0.05)
+        await fill(buffer, 10)
+        async with running(uplink):
+            await wait_for(lambda: len(receiver.rows) == 10, "the first records")
+            assert uplink.link_snapshot()["tls_handshakes"] >= 1
+            await receiver.stop_sync()
+            await fill(buffer, 10, first=11)
+            await wait_for(lambda: uplink.status.state.value == "backing off", "the uplink backing off")
+            assert uplink.status.retry_in_s is not None
+            await receiver.start()
+            await wait_for(lambda: len(receiver.rows) == 20, "the records sent after the listener came back")
+            link = uplink.link_snapshot()
+            assert link["tls_handshakes"] >= 2 and link["handshakes_last_hour"] == link["tls_handshakes"]
+            assert "TLS handshakes in the last hour" in link_line(link)
+            assert "pulse_gateway_uplink_recent_tls_handshakes" in metrics_text({"uplink": uplink.snapshot()})
+        assert sorted(r.seq for _, r in receiver.rows) == list(range(1, 21))
+
+
+async def test_a_wide_devices_batches_are_held_under_the_byte_cap(enrolled_settings: Settings, receiver: Receiver) -> None:
+    """60 metrics a reading: a batch of every waiting record would be far over ``sync.batch_bytes``,
+    so the gateway sends fewer records a batch; everything arrives once, in order."""
+    async with opened(Buffer, enrolled_settings) as buffer:
+        await asyncio.gather(*[
+            buffer.submit(Store(Stream.TELEMETRY, "dev-1", 1_700_000_000_000 + i, "telemetry", i,
+                                orjson.dumps({"v": 1, "seq": i, "metrics": {f"m{k}": (i * 7919 + k * 104729) % 100_003 / 7
+                                                                            for k in range(60)}}), None))
+            for i in range(1, 301)
+        ])  # type: ignore[misc]
+        uplink = make_uplink(enrolled_settings, buffer, batch_bytes=8192, records_per_batch=5000)
+        async with running(uplink):
+            await wait_for(lambda: buffer.backlog()[Stream.TELEMETRY] == 0, "the wide records delivered")
+    assert len(receiver.batch_sizes) > 2 and max(receiver.batch_sizes) < 300, receiver.batch_sizes
+    assert [r.seq for _, r in receiver.rows] == list(range(1, 301))

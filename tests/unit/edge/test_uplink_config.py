@@ -19,7 +19,8 @@ def test_sync_defaults_file_and_environment(tmp_path):
     assert s.state_dir == tmp_path / "identity"
 
 
-@pytest.mark.parametrize("text", ["records_per_batch = 0", "bandwidth_bytes_per_s = -1", "downlink_wait_s = 31",
+@pytest.mark.parametrize("text", ["records_per_batch = 0", "bandwidth_bytes_per_s = -1", "downlink_wait_s = 301", "window = 0", "window = 9", "probe_interval_s = -1",
+                                  'link_profile = "satellite"',
                                   "backoff_cap_s = 0.1", "retries = 3"])
 def test_bad_sync_options_are_refused_by_name(tmp_path, text):
     path = tmp_path / "gateway.toml"
@@ -27,3 +28,13 @@ def test_bad_sync_options_are_refused_by_name(tmp_path, text):
     with pytest.raises(ConfigError) as err:
         load(path, {})
     assert "sync" in err.value.message
+
+
+def test_the_cellular_profile_sets_what_the_file_does_not(tmp_path):
+    path = tmp_path / "gateway.toml"
+    path.write_text('[sync]\nlink_profile = "cellular"\nreport_interval_s = 600\n')
+    s = load(path, {"PULSE_GW_SYNC_PROBE_INTERVAL_S": "10"}).sync
+    assert (s.link_profile, s.downlink_wait_s, s.request_timeout_s, s.backoff_cap_s) == ("cellular", 240, 60.0, 300.0)
+    assert (s.report_interval_s, s.probe_interval_s) == (600.0, 10.0)  # the file and the environment win
+    d = load(None, {}).sync
+    assert (d.link_profile, d.downlink_wait_s, d.report_interval_s, d.window) == ("default", 25, 300.0, 3)

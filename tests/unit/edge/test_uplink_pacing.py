@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pulse.edge.pacing import BatchSizer, ByteWindow, Health, LinkEstimate, LinkHealth
+from pulse.edge.pacing import BatchSizer, ByteWindow, Health, LinkEstimate, LinkHealth, Reachability, fit_records
 
 pytestmark = pytest.mark.unit
 
@@ -63,3 +63,42 @@ def test_bytes_are_counted_for_the_last_hour_and_day():
     assert w.last(3 * 3600.0 + 60, 86400) == 155
     w.add(2 * 86400.0, 1)
     assert w.last(2 * 86400.0, 86400) == 1
+
+
+@pytest.mark.parametrize(
+    ("probes", "try_now"),
+    [
+        ([True, True, True], [False, False, False]),  # something always accepts connections: only the backoff decides
+        ([False, False, True], [False, False, True]),  # the link came back
+        ([False, True, True], [False, True, True]),
+        ([], []),
+    ],
+)
+def test_a_probe_ends_a_long_backoff_only_when_it_succeeds_after_one_failed(probes, try_now):
+    reach = Reachability()
+    assert [reach.observe(ok, failures=5) for ok in probes] == try_now
+
+
+def test_after_the_first_failures_a_successful_probe_alone_ends_the_backoff():
+    reach = Reachability()
+    assert [reach.observe(True, failures=n) for n in (1, 2, 3, 10)] == [True, True, False, False]
+
+
+def test_a_successful_session_forgets_failed_probes():
+    reach = Reachability()
+    reach.observe(False)
+    reach.reset()
+    assert reach.observe(True, failures=3) is False
+
+
+@pytest.mark.parametrize(
+    ("records", "nbytes", "cap", "keep"),
+    [
+        (5000, 20_000, 65_536, None),  # typical readings: fits
+        (5000, 331_000, 65_536, 940),  # a 60-metric device: about a fifth, with a margin
+        (1, 331_000, 65_536, None),  # a single record always goes
+        (2, 200_000, 65_536, 1),
+    ],
+)
+def test_a_batch_over_the_byte_cap_keeps_the_records_that_fit(records, nbytes, cap, keep):
+    assert fit_records(records, nbytes, cap) == keep
