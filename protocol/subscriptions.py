@@ -182,15 +182,24 @@ def step(subs: Sequence[Subscription], now: dt.datetime) -> tuple[list[Subscript
             new_sub = replace(new_sub, notices=new_sub.notices | {key})
         if new_sub != sub:
             changed[sub.id] = by_id[sub.id] = new_sub
+    for main in list(by_id.values()):
+        if main.kind is Kind.MAIN:
+            followed, moved = follow(main, subs)
+            changed.update((s.id, s) for s in followed)
+            transitions += moved
+    return list(changed.values()), transitions, notices
+
+
+def follow(main: Subscription, subs: Iterable[Subscription]) -> tuple[list[Subscription], list[Transition]]:
+    """The ADDONs of ``main`` among ``subs``, given its state and ends_at (coterminous)."""
+    changed: list[Subscription] = []
+    transitions: list[Transition] = []
     for sub in subs:
-        if sub.kind is not Kind.ADDON or sub.parent not in by_id:
-            continue
-        main = by_id[sub.parent]
-        if (sub.state, sub.ends_at) != (main.state, main.ends_at):
+        if sub.kind is Kind.ADDON and sub.parent == main.id and (sub.state, sub.ends_at) != (main.state, main.ends_at):
             if sub.state is not main.state:
                 transitions.append(Transition(sub.id, sub.state, main.state, f"main {main.id}"))
-            changed[sub.id] = replace(sub, state=main.state, ends_at=main.ends_at)
-    return list(changed.values()), transitions, notices
+            changed.append(replace(sub, state=main.state, ends_at=main.ends_at))
+    return changed, transitions
 
 
 def _notices_due(sub: Subscription, now: dt.datetime) -> Iterable[tuple[str, str]]:

@@ -44,6 +44,7 @@ from pulse.cloud.errors import AuthError, BadRequestError, ConflictError, Forbid
 from pulse.cloud.ingest.writer import QuarantineRow, TelemetryRow, write_rows
 from pulse.cloud.metrics import Metrics
 from pulse.cloud.settings import SyncConfig
+from pulse.cloud.subscriptions.store import Entitlements
 from pulse.cloud.tls import Scope, peer_certificate
 from pulse.protocol import batch as codec
 from pulse.protocol.batch import DEFAULT_BATCH_LIMITS, BatchLimits, Record, Stream
@@ -128,6 +129,9 @@ class SyncService:
         self.metrics = metrics
         self.limits = limits
         self.notifier = Notifier()
+        self.entitlements: Entitlements | None = None
+        """A tenant whose subscriptions are SUSPENDED or EXPIRED: its gateways' batches are refused
+        (403, that code) before anything is written; the gateway keeps them and sends them later."""
         self.on_twin_change: Callable[[uuid.UUID, str, str, dict[str, object]], None] | None = None
         """After a batch commits: (tenant, device id, "twin" | "command", detail), for the live view."""
         self._ca: CertificateAuthority | None = None
@@ -312,6 +316,8 @@ class SyncService:
             raise ForbiddenError(
                 Code.SYNC_GATEWAY_MISMATCH, "the batch names another gateway than the client certificate", batch_gateway=header.gateway_id
             )
+        if self.entitlements is not None:
+            await self.entitlements.check_data(caller.tenant_id)
         clock = check_clock(header.gateway_time_ms, int(time.time() * 1000))
         self.metrics.sync_bytes.inc(len(data))
         async with self.db.tenant(caller.tenant_id) as conn:
