@@ -722,3 +722,28 @@ async def test_rule_changes_reach_every_gateway_of_the_tenant_as_a_whole_set(syn
     _, other_files = await sync.gateway(other_h)
     async with sync.client(other_files) as c:
         assert (await c.get("/sync/v1/downlink", params={"after": 0})).json()["items"] == []
+
+
+async def test_a_suspended_tenants_batch_is_refused_with_a_code_and_written_once_renewed(sync: SyncCloud) -> None:
+    """Issue 20: SUSPENDED refuses a gateway's data before anything is written (the gateway keeps it
+    buffered, since only an ack deletes); after renewal the same batch is written in full."""
+    tenant, h = await sync.cloud.tenant_user()
+    await _device(sync, h, "dev-1")
+    gw, files = await sync.gateway(h)
+    op = await sync.cloud.user("operator-admin", tenant=None)
+    base = f"/api/v1/operator/tenants/{tenant}/subscriptions"
+    start, end = "2020-01-01T00:00:00+00:00", "2099-01-01T00:00:00+00:00"
+    r = await sync.cloud.client.post(base, json={"kind": "MAIN", "device_limit": 5, "starts_at": start, "ends_at": end}, headers=op)
+    assert r.status_code == 201, r.text
+    sub = r.json()["id"]
+    assert (await sync.cloud.client.post(f"{base}/{sub}/events", json={"event": "suspend"}, headers=op)).status_code == 200
+    data = _batch(gw, [1, 2, 3])
+    r = await sync.send(files, data)
+    assert r.status_code == 403 and r.json()["code"] == "subscription.suspended"
+    assert await sync.rows("SELECT 1 FROM telemetry WHERE tenant_id = $1", tenant) == []
+    assert await sync.rows("SELECT 1 FROM gateway_sync_marks WHERE gateway_id = $1 AND high_water > 0", uuid.UUID(gw)) == []
+    r = await sync.cloud.client.post(f"{base}/{sub}/events", json={"event": "renew", "ends_at": end}, headers=op)
+    assert r.status_code == 200, r.text
+    r = await sync.send(files, data)
+    assert r.status_code == 200, r.text
+    assert BatchAck.from_json(r.json()).written == 3
