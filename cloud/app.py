@@ -20,6 +20,7 @@ from pydantic import BaseModel, Field
 
 from pulse.cloud.alerts.runner import RuleRunner, RunnerConfig
 from pulse.cloud.api import acks as acks_api
+from pulse.cloud.api import activation as activation_api
 from pulse.cloud.api import alerts as alerts_api
 from pulse.cloud.api import audit as audit_api
 from pulse.cloud.api import auth as auth_api
@@ -49,6 +50,7 @@ from pulse.cloud.sync.app import SyncListener, create_sync_app
 from pulse.cloud.sync.service import SyncService
 from pulse.cloud.twins import sweep_forever as command_sweep
 from pulse.cloud.web import install_error_handlers
+from pulse.protocol.activation import ACTIVATE_PATH
 from pulse.protocol.sync import ENROLL_PATH
 from pulse.protocol.twin import TwinLimits
 
@@ -137,6 +139,7 @@ def create_app(
     sync.on_twin_change = hub.notify  # twin and command changes reach the console's live view
     entitlements = Entitlements(db, ttl_s=settings.subscription_cache_s)
     ingest.entitlements = sync.entitlements = entitlements  # SUSPENDED/EXPIRED tenants: data refused
+    sync.activation_limiter = RateLimiter(rate=settings.activation_rate_per_min / 60, burst=settings.activation_burst, max_keys=100_000)
     ingest.on_twin_change = hub.notify  # ... from direct devices too
 
     async def maintenance() -> None:
@@ -226,7 +229,7 @@ def create_app(
     install_error_handlers(app)
     # unauthenticated endpoints whose JSON bodies FastAPI would otherwise read whole (ingest has its own limit)
     app.add_middleware(
-        BodyLimit, limits=dict.fromkeys((ENROLL_PATH, "/auth/login", "/auth/refresh"), settings.public_max_body_bytes)
+        BodyLimit, limits=dict.fromkeys((ENROLL_PATH, ACTIVATE_PATH, "/auth/login", "/auth/refresh"), settings.public_max_body_bytes)
     )
 
     @app.get("/health", tags=["ops"], summary="Liveness and database reachability", responses={200: {"model": Health}, 503: {"model": Health}})
@@ -247,6 +250,7 @@ def create_app(
     app.include_router(auth_api.router)
     app.include_router(sites.router)
     app.include_router(subscriptions_api.router)
+    app.include_router(activation_api.router)
     app.include_router(devices.router)
     app.include_router(gateways.router)
     app.include_router(gateways.enroll_router)
