@@ -20,11 +20,13 @@ from pydantic import BaseModel, Field
 
 from pulse.cloud.alerts.runner import RuleRunner, RunnerConfig
 from pulse.cloud.api import acks as acks_api
+from pulse.cloud.api import activation as activation_api
 from pulse.cloud.api import alerts as alerts_api
 from pulse.cloud.api import audit as audit_api
 from pulse.cloud.api import auth as auth_api
 from pulse.cloud.api import devices, fleet, gateways, live, operator, sites, telemetry
 from pulse.cloud.api import notify as notify_api
+from pulse.cloud.api import subscriptions as subscriptions_api
 from pulse.cloud.api import twin as twin_api
 from pulse.cloud.api.console import mount_console
 from pulse.cloud.api.deps import Components
@@ -42,10 +44,13 @@ from pulse.cloud.metrics import Metrics
 from pulse.cloud.notify.settings import NotifySettings, ack_links
 from pulse.cloud.notify.worker import NotifyWorkers
 from pulse.cloud.settings import Settings
+from pulse.cloud.subscriptions import worker as subscription_worker
+from pulse.cloud.subscriptions.store import Entitlements
 from pulse.cloud.sync.app import SyncListener, create_sync_app
 from pulse.cloud.sync.service import SyncService
 from pulse.cloud.twins import sweep_forever as command_sweep
 from pulse.cloud.web import install_error_handlers
+from pulse.protocol.activation import ACTIVATE_PATH
 from pulse.protocol.sync import ENROLL_PATH
 from pulse.protocol.twin import TwinLimits
 
@@ -132,6 +137,9 @@ def create_app(
     )
 
     sync.on_twin_change = hub.notify  # twin and command changes reach the console's live view
+    entitlements = Entitlements(db, ttl_s=settings.subscription_cache_s)
+    ingest.entitlements = sync.entitlements = entitlements  # SUSPENDED/EXPIRED tenants: data refused
+    sync.activation_limiter = RateLimiter(rate=settings.activation_rate_per_min / 60, burst=settings.activation_burst, max_keys=100_000)
     ingest.on_twin_change = hub.notify  # ... from direct devices too
 
     async def maintenance() -> None:
@@ -164,6 +172,13 @@ def create_app(
             command_sweep(db, interval_s=settings.command_sweep_interval_s, grace_s=settings.command_expiry_grace_s),
             name="pulse-command-expiry",
         )
+        now = clock or (lambda: dt.datetime.now(dt.UTC))
+        renewals = asyncio.create_task(
+            subscription_worker.run_forever(
+                db, interval_s=settings.subscription_interval_s, clock=now, console_url=notify_settings.console_url
+            ),
+            name="pulse-subscriptions",
+        )
         listener = SyncListener(create_sync_app(sync), settings.sync, sync.ca, metrics) if sync_listener else None
         try:
             if listener is not None:
@@ -173,7 +188,7 @@ def create_app(
         finally:
             if listener is not None:
                 await listener.stop()
-            for background in (task, expiry):
+            for background in (task, expiry, renewals):
                 background.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await background
@@ -196,6 +211,8 @@ def create_app(
         ingest=ingest,
         sync=sync,
         enroll_limiter=RateLimiter(rate=settings.enroll_rate_per_min / 60, burst=settings.enroll_burst, max_keys=100_000),
+        entitlements=entitlements,
+        activation_limiter=RateLimiter(rate=settings.activation_rate_per_min / 60, burst=settings.activation_burst, max_keys=100_000),
     )
     if monotonic is not None:
         app.state.pulse.monotonic = monotonic
@@ -212,7 +229,7 @@ def create_app(
     install_error_handlers(app)
     # unauthenticated endpoints whose JSON bodies FastAPI would otherwise read whole (ingest has its own limit)
     app.add_middleware(
-        BodyLimit, limits=dict.fromkeys((ENROLL_PATH, "/auth/login", "/auth/refresh"), settings.public_max_body_bytes)
+        BodyLimit, limits=dict.fromkeys((ENROLL_PATH, ACTIVATE_PATH, "/auth/login", "/auth/refresh"), settings.public_max_body_bytes)
     )
 
     @app.get("/health", tags=["ops"], summary="Liveness and database reachability", responses={200: {"model": Health}, 503: {"model": Health}})
@@ -232,6 +249,8 @@ def create_app(
     app.include_router(ingest_http.router)
     app.include_router(auth_api.router)
     app.include_router(sites.router)
+    app.include_router(subscriptions_api.router)
+    app.include_router(activation_api.router)
     app.include_router(devices.router)
     app.include_router(gateways.router)
     app.include_router(gateways.enroll_router)

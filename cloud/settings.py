@@ -114,6 +114,12 @@ class Settings(BaseSettings):
     enroll_rate_per_min: float = Field(default=10.0, gt=0, description="enrollment requests per minute per source address")
     enroll_burst: int = Field(default=20, ge=1, description="enrollment requests a source address may make at once")
 
+    # subscriptions and activation codes (issue 20)
+    subscription_interval_s: float = Field(default=300.0, gt=0, description="how often the worker moves subscriptions on and sends notices")
+    subscription_cache_s: float = Field(default=10.0, ge=0, description="how long ingest trusts what it read about a tenant's subscriptions")
+    activation_rate_per_min: float = Field(default=10.0, gt=0, description="activation attempts per minute per source address or gateway")
+    activation_burst: int = Field(default=10, ge=1, description="activation attempts a source address or gateway may make at once")
+
     @model_validator(mode="after")
     def _enforce_non_default_secrets(self) -> Settings:
         if not re.fullmatch(r"[a-z][a-z0-9_]{0,40}", self.db_role_prefix):

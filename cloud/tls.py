@@ -109,11 +109,23 @@ class TlsAcceptingH11Protocol(PeerCertH11Protocol):
         if transport.get_extra_info("ssl_object") is not None:
             self._tls_up = True
             super().connection_made(transport)
+            early, self._early = getattr(self, "_early", []), []
+            for data in early:
+                super().data_received(data)
             return
         transport.pause_reading()  # nothing is read as HTTP before the handshake
         task = asyncio.get_running_loop().create_task(self._handshake(transport))
         self.pending.add(task)
         task.add_done_callback(self.pending.discard)
+
+    def data_received(self, data: bytes) -> None:
+        # asyncio's TLS layer hands over application data that arrived with the end of the
+        # handshake before start_tls() returns (a client that sends its request at once, seen
+        # with a separate process); it waits here until connection_made() has set up HTTP.
+        if not self._tls_up:
+            self._early = [*getattr(self, "_early", []), data]
+            return
+        super().data_received(data)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._tls_up:  # before the handshake ended nothing of HTTP began

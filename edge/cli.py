@@ -6,6 +6,7 @@
     pulse gateway device add ID [--secret S] [--note TEXT]
     pulse gateway device list
     pulse gateway device remove ID
+    pulse gateway device claim CODE --device-id ID [--name NAME]
 
 ``--config`` defaults to $PULSE_GW_CONFIG, else ./gateway.toml when it exists, else built-in
 defaults (data in the current folder). See docs/gateway.md.
@@ -112,6 +113,38 @@ def _cmd_device_list(args: argparse.Namespace) -> int:
     for d in devices:
         created = time.strftime("%Y-%m-%d %H:%M", time.localtime(d.created_ms / 1000))
         print(f"{d.device_id:<40} added {created}  {d.note}")
+    return 0
+
+
+@_guard
+def _cmd_device_claim(args: argparse.Namespace) -> int:
+    """Claim a device in the cloud with an activation code, over this gateway's mutual-TLS sync API.
+    The cloud sends the device's credential down to this gateway; the token is printed once."""
+    import httpx
+
+    from pulse.edge.errors import GatewayError
+    from pulse.edge.identity import IdentityFiles
+    from pulse.edge.link import client_context, load_enrollment, response_error, transport_error
+    from pulse.protocol.activation import CLAIM_PATH
+    from pulse.protocol.errors import Code
+
+    settings = _settings(args)
+    enrollment = load_enrollment(settings.state_dir)
+    if enrollment is None:
+        raise GatewayError(Code.GATEWAY_NOT_ENROLLED, "claiming needs the cloud: run `pulse gateway enroll --cloud URL --token T` first")
+    url = enrollment.sync_url.rstrip("/") + CLAIM_PATH
+    body = {"code": args.code, "device_id": args.device_id, "name": args.name or ""}
+    try:
+        with httpx.Client(verify=client_context(IdentityFiles(settings.state_dir)), timeout=30) as client:
+            resp = client.post(url, json=body)
+    except httpx.HTTPError as exc:
+        raise transport_error(exc, url) from exc
+    if resp.status_code != 201:
+        raise response_error(resp, "claiming the device")
+    claimed = resp.json()
+    print(f"device {claimed['device_id']} claimed (id {claimed['id']}); it is served by this gateway.")
+    print("Its token (shown once, store it in the device now):")
+    print(claimed["token"])
     return 0
 
 
@@ -271,3 +304,8 @@ def register(sub: Any) -> None:
     r = with_config(dsub.add_parser("remove", help="remove a device's credentials"))
     r.add_argument("device_id")
     r.set_defaults(handler=_cmd_device_remove)
+    c = with_config(dsub.add_parser("claim", help="claim a device in the cloud with an activation code (prints its token once)"))
+    c.add_argument("code", help="the activation code, e.g. K7XQ2-M9HTR (case, spaces and dashes do not matter)")
+    c.add_argument("--device-id", required=True, help="the id the device will send as")
+    c.add_argument("--name", default=None, help="a name for the device")
+    c.set_defaults(handler=_cmd_device_claim)

@@ -13,7 +13,8 @@ Exception tree (everything the protocol package raises)::
     ├── TwinError                      a twin update or stored twin document that cannot be accepted
     ├── CommandError                   a command that cannot be made, or a transition it cannot take
     ├── RuleError                      a rule definition or persisted rule state that cannot be used
-    └── ConnectorError                 a polled device's definition, value or write that cannot be used
+    ├── ConnectorError                 a polled device's definition, value or write that cannot be used
+    └── SubscriptionError              a subscription change, or a device over the subscriptions' limit
 
 Other packages derive their own trees from ``PulseError`` and reuse ``Code`` for what reaches users.
 """
@@ -282,6 +283,22 @@ class Code(StrEnum):
     CONNECTOR_WRITE_NOT_CONFIRMED = "connector.write_not_confirmed"
     """A write was accepted but reading the point back gave another value."""
 
+    # subscription: what a tenant bought (kinds, lifecycle, device limits) and field activation codes (issue 20)
+    SUBSCRIPTION_INVALID = "subscription.invalid"
+    """A subscription's kind, dates, device limit or parent are not accepted; the message names the field."""
+    SUBSCRIPTION_ILLEGAL_TRANSITION = "subscription.illegal_transition"
+    """The change is not allowed in the subscription's state (EXPIRED is final; an ADDON follows its MAIN)."""
+    SUBSCRIPTION_DEVICE_LIMIT = "subscription.device_limit"
+    """Adding these devices would pass the device limit of the tenant's active subscriptions; nothing was added."""
+    SUBSCRIPTION_SUSPENDED = "subscription.suspended"
+    """The tenant's subscription is suspended: data is refused (gateways keep buffering it) until it is renewed."""
+    SUBSCRIPTION_EXPIRED = "subscription.expired"
+    """The tenant's subscriptions have expired: data is refused; stored data is retained."""
+    ACTIVATION_CODE_INVALID = "activation.code_invalid"
+    """The activation code is unknown, used already, or expired (the three are never told apart)."""
+    ACTIVATION_RATE_LIMITED = "activation.rate_limited"
+    """Too many activation attempts from this address or gateway; retry after the Retry-After seconds (HTTP 429)."""
+
     # storage: the cloud's database (refusals at migration, before anything is changed)
     STORAGE_TIMESCALEDB_UNAVAILABLE = "storage.timescaledb_unavailable"
     """PULSE_STORAGE_ENGINE=timescaledb, but the server has not installed or not preloaded TimescaleDB."""
@@ -336,3 +353,7 @@ class RuleError(ProtocolError):
 class ConnectorError(ProtocolError):
     """A connector device definition refused at the boundary, a value read that cannot be used, or a
     write that cannot be made or was not confirmed."""
+
+
+class SubscriptionError(ProtocolError):
+    """A subscription change the lifecycle refuses, or devices over the subscriptions' device limit."""

@@ -18,6 +18,7 @@ from pulse.cloud.ingest.http import IngestService
 from pulse.cloud.ingest.identity import DeviceTokenCache
 from pulse.cloud.ingest.ratelimit import RateLimiter
 from pulse.cloud.settings import Settings
+from pulse.cloud.subscriptions.store import Entitlements
 from pulse.cloud.sync.service import SyncService
 from pulse.protocol.errors import Code
 
@@ -39,6 +40,10 @@ class Components:
     """Enrollment requests per source address (PULSE_ENROLL_RATE_PER_MIN, PULSE_ENROLL_BURST)."""
     monotonic: Callable[[], float] = time.monotonic
     """The clock rate limits count with; tests may pass their own."""
+    entitlements: Entitlements | None = None
+    """Whether a tenant's data is accepted (its subscriptions); operator changes invalidate it."""
+    activation_limiter: RateLimiter | None = None
+    """Activation attempts per source address (PULSE_ACTIVATION_RATE_PER_MIN, PULSE_ACTIVATION_BURST)."""
 
 
 def components(request: Request) -> Components:

@@ -24,6 +24,7 @@ from pulse.cloud.auth.credentials import new_device_token
 from pulse.cloud.db.pool import audit
 from pulse.cloud.downlink import gateways_serving, push_credential
 from pulse.cloud.errors import ConflictError, InvalidError, NotFoundError, TooLargeError
+from pulse.cloud.subscriptions.store import check_device_room
 from pulse.protocol.errors import Code
 from pulse.protocol.sync import CredentialChange
 from pulse.protocol.topics import valid_device_id
@@ -137,6 +138,7 @@ def _out(row: asyncpg.Record) -> DeviceOut:
 async def create_device(body: DeviceIn, caller: Writer, parts: Parts) -> DeviceOut:
     async with parts.db.tenant(caller.tenant_id) as conn:
         await site_exists(conn, body.site_id)
+        await check_device_room(conn, caller.tenant_id, 1)
         try:
             row = await conn.fetchrow(
                 f"INSERT INTO devices (tenant_id, device_id, name, site_id, tags, status, attributes)"
@@ -449,6 +451,7 @@ async def import_devices(request: Request, caller: Writer, parts: Parts) -> Resp
                 **report.model_dump(),
             }
             return Response(json.dumps(payload), status_code=422, media_type="application/json")
+        await check_device_room(conn, caller.tenant_id, len(records))
         try:
             await conn.executemany(
                 "INSERT INTO devices (tenant_id, device_id, name, site_id, tags, status) VALUES ($1, $2, $3, $4, $5, $6)", records

@@ -30,6 +30,7 @@ from pulse.cloud.ingest.ratelimit import RateLimiter
 from pulse.cloud.ingest.writer import QuarantineRow, TelemetryRow, Writer
 from pulse.cloud.metrics import Metrics
 from pulse.cloud.settings import IngestConfig
+from pulse.cloud.subscriptions.store import Entitlements
 from pulse.cloud.web import read_limited
 from pulse.protocol import commands
 from pulse.protocol.commands import CommandEvent, CommandState
@@ -168,6 +169,8 @@ class IngestService:
         self.on_twin_change: Callable[[uuid.UUID, str, str, dict[str, object]], None] | None = None
         """Told (tenant, device, "twin", {"version"}) after a direct device's report changed its twin
         and was committed: the console's live view, as for gateway-synced reports."""
+        self.entitlements: Entitlements | None = None
+        """A tenant whose subscriptions are SUSPENDED or EXPIRED gets 403 with that code; nothing stored."""
 
     async def _apply_device_state(self, identity: DeviceIdentity, messages: list[Message], prepared: Prepared) -> None:
         """A direct device's ``twin_reported`` messages update its twin and its ``command_ack``
@@ -257,6 +260,8 @@ class IngestService:
 
     async def handle(self, request: Request) -> Response:
         identity = await self.tokens.resolve(request.headers.get("authorization"))
+        if self.entitlements is not None:
+            await self.entitlements.check_data(identity.tenant_id)
         body = await self.read_body(request)
         messages = split_body(body)
         per_request = min(self.config.max_messages, int(self.config.burst))

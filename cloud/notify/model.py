@@ -13,7 +13,8 @@ from pydantic import BaseModel, ConfigDict, field_validator
 
 from pulse.protocol.errors import Code
 
-Event = Literal["opened", "acknowledged", "closed", "test"]
+Event = Literal["opened", "acknowledged", "closed", "test", "notice"]
+"""``notice``: not about an alert (a subscription's renewal notice); alert_id names what it is about."""
 Severity = Literal["critical", "major", "minor", "warning", "info"]
 SCHEMA = "pulse.notification.v1"
 SEVERITIES: tuple[Severity, ...] = ("critical", "major", "minor", "warning", "info")
@@ -75,7 +76,7 @@ class Notification(BaseModel):
         return text + (f" (threshold {format_value(self.threshold)})" if self.threshold is not None else "")
 
 
-EVENT_WORDS: dict[Event, str] = {"opened": "opened", "acknowledged": "acknowledged", "closed": "closed", "test": "test notification"}
+EVENT_WORDS: dict[Event, str] = {"opened": "opened", "acknowledged": "acknowledged", "closed": "closed", "test": "test notification", "notice": "notice"}
 
 
 def format_value(value: float | bool | str) -> str:

@@ -30,6 +30,7 @@ from pulse.cloud.settings import SyncConfig
 from pulse.cloud.sync.service import PROXY_CERT_HEADER, GatewayCaller, SyncService
 from pulse.cloud.tls import RateLimitedLog, TlsAcceptingH11Protocol, accepting_protocol
 from pulse.cloud.web import install_error_handlers, read_limited
+from pulse.protocol.activation import CLAIM_PATH
 from pulse.protocol.errors import Code
 from pulse.protocol.sync import (
     AFTER_HEADER,
@@ -68,6 +69,12 @@ class RenewRequest(BaseModel):
     csr: str = Field(max_length=16_384)
 
 
+class ClaimRequest(BaseModel):
+    code: str = Field(max_length=40)
+    device_id: str = Field(max_length=128)
+    name: str = Field(default="", max_length=200)
+
+
 class Report(BaseModel):
     dropped: dict[str, Annotated[int, Field(ge=0)]] = Field(default_factory=dict, max_length=16)
     backlog: dict[str, Annotated[int, Field(ge=0)]] = Field(default_factory=dict, max_length=16)
@@ -84,7 +91,7 @@ def create_sync_app(service: SyncService) -> FastAPI:
     app.state.sync = service
     install_error_handlers(app)
     # JSON bodies are small; batches have their own limit (read_limited)
-    app.add_middleware(BodyLimit, limits=dict.fromkeys((RENEW_PATH, REKEY_PATH, REPORT_PATH, DOWNLINK_ACK_PATH), PUBLIC_BODY_LIMIT))
+    app.add_middleware(BodyLimit, limits=dict.fromkeys((RENEW_PATH, REKEY_PATH, REPORT_PATH, DOWNLINK_ACK_PATH, CLAIM_PATH), PUBLIC_BODY_LIMIT))
 
     @app.post(BATCHES_PATH)
     async def batches(request: Request, caller: Gateway, svc: Service) -> dict[str, object]:
@@ -124,6 +131,10 @@ def create_sync_app(service: SyncService) -> FastAPI:
             caller, dropped=body.dropped, backlog=body.backlog, oldest_unsynced_ms=body.oldest_unsynced_ms, version=body.version
         )
         return Response(status_code=204)
+
+    @app.post(CLAIM_PATH, status_code=201)
+    async def claim(body: ClaimRequest, caller: Gateway, svc: Service) -> dict[str, object]:
+        return await svc.claim(caller, body.code, body.device_id, body.name)
 
     return app
 

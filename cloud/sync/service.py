@@ -40,10 +40,21 @@ from pulse.cloud.auth.credentials import sha256_hex
 from pulse.cloud.ca import CertificateAuthority, IdentityError
 from pulse.cloud.db.pool import Database, audit
 from pulse.cloud.downlink import POLL_S, Notifier, pending, push_rules
-from pulse.cloud.errors import AuthError, BadRequestError, ConflictError, ForbiddenError, InvalidError, StorageUnavailableError
+from pulse.cloud.errors import (
+    AuthError,
+    BadRequestError,
+    ConflictError,
+    ForbiddenError,
+    InvalidError,
+    RateLimitedError,
+    StorageUnavailableError,
+)
+from pulse.cloud.ingest.ratelimit import RateLimiter
 from pulse.cloud.ingest.writer import QuarantineRow, TelemetryRow, write_rows
 from pulse.cloud.metrics import Metrics
 from pulse.cloud.settings import SyncConfig
+from pulse.cloud.subscriptions import activation
+from pulse.cloud.subscriptions.store import Entitlements
 from pulse.cloud.tls import Scope, peer_certificate
 from pulse.protocol import batch as codec
 from pulse.protocol.batch import DEFAULT_BATCH_LIMITS, BatchLimits, Record, Stream
@@ -62,6 +73,7 @@ from pulse.protocol.sync import (
     corrected_ts,
     in_order,
 )
+from pulse.protocol.topics import valid_device_id
 from pulse.protocol.twin import DEFAULT_LIMITS as DEFAULT_TWIN_LIMITS
 from pulse.protocol.twin import TwinLimits
 
@@ -131,6 +143,11 @@ class SyncService:
         self.metrics = metrics
         self.limits = limits
         self.notifier = Notifier()
+        self.activation_limiter: RateLimiter | None = None
+        """Device claims per gateway (PULSE_ACTIVATION_RATE_PER_MIN, PULSE_ACTIVATION_BURST)."""
+        self.entitlements: Entitlements | None = None
+        """A tenant whose subscriptions are SUSPENDED or EXPIRED: its gateways' batches are refused
+        (403, that code) before anything is written; the gateway keeps them and sends them later."""
         self.on_twin_change: Callable[[uuid.UUID, str, str, dict[str, object]], None] | None = None
         """After a batch commits: (tenant, device id, "twin" | "command", detail), for the live view."""
         self._ca: CertificateAuthority | None = None
@@ -317,6 +334,8 @@ class SyncService:
             raise ForbiddenError(
                 Code.SYNC_GATEWAY_MISMATCH, "the batch names another gateway than the client certificate", batch_gateway=header.gateway_id
             )
+        if self.entitlements is not None:
+            await self.entitlements.check_data(caller.tenant_id)
         clock = check_clock(header.gateway_time_ms, int(time.time() * 1000))
         self.metrics.sync_bytes.inc(len(data))
         deadline = time.monotonic() + IN_ORDER_WAIT_S
@@ -591,6 +610,26 @@ class SyncService:
                 caller.gateway_id,
                 seq,
             )
+
+    async def claim(self, caller: GatewayCaller, code: str, device_id: str, name: str) -> dict[str, object]:
+        """``pulse gateway device claim CODE``: a device of the code's tenant (the gateway's own),
+        served by this gateway, with its token returned once."""
+        if self.activation_limiter is not None:
+            decision = self.activation_limiter.take(f"gw:{caller.gateway_id}", 1, time.monotonic())
+            if not decision.allowed:
+                raise RateLimitedError(
+                    f"too many activation attempts from this gateway; retry in {decision.retry_after_s} s",
+                    retry_after_s=decision.retry_after_s,
+                    code=Code.ACTIVATION_RATE_LIMITED,
+                )
+        if not valid_device_id(device_id):
+            raise InvalidError(Code.API_INVALID, "device ids are 1-128 letters, digits, '_', '-', '.', ':'")
+        done = await activation.claim(
+            self.db, code, device_id, name, dt.datetime.now(dt.UTC), gateway=caller.gateway_id,
+            gateway_tenant=caller.tenant_id, gateway_site=caller.site_id, actor=f"gateway:{caller.gateway_id}",
+        )
+        self.notifier.wake(done.woken)
+        return {"id": str(done.id), "device_id": done.device_id, "token": done.token}
 
     async def report(
         self, caller: GatewayCaller, *, dropped: Mapping[str, int], backlog: Mapping[str, int], oldest_unsynced_ms: int | None, version: str | None

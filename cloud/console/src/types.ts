@@ -237,3 +237,27 @@ export type Schedule = {
   overrides: { id: string; start: string; end: string; member: Member }[];
 };
 export type Timeline = { from: string; to: string; segments: { start: string; end: string; member: Member | null; layer?: string; override?: string | boolean }[] };
+
+export type Subscription = {
+  id: string;
+  kind: "MAIN" | "ADDON" | "TRIAL" | "TEMPORARY";
+  state: "TRIAL" | "ACTIVE" | "GRACE" | "SUSPENDED" | "EXPIRED";
+  device_limit: number;
+  starts_at: string;
+  ends_at: string;
+  parent: string | null;
+  project: string;
+  created_at: string;
+  updated_at: string;
+};
+export type SubscriptionSummary = { device_limit: number | null; devices: number; refusal: string | null; subscriptions: Subscription[] };
+export type SubscriptionChange = {
+  id: number;
+  subscription: string;
+  at: string;
+  actor: string;
+  action: string;
+  before_state: string | null;
+  after_state: string;
+  detail: Record<string, unknown>;
+};

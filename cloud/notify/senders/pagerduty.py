@@ -22,7 +22,7 @@ from pulse.protocol.errors import Code
 
 EVENTS_URL = "https://events.pagerduty.com/v2/enqueue"
 SEVERITY: dict[Severity, str] = {"critical": "critical", "major": "error", "minor": "warning", "warning": "warning", "info": "info"}
-ACTION = {"opened": "trigger", "test": "trigger", "acknowledged": "acknowledge", "closed": "resolve"}
+ACTION = {"opened": "trigger", "test": "trigger", "notice": "trigger", "acknowledged": "acknowledge", "closed": "resolve"}
 
 
 class Config(ChannelConfig):

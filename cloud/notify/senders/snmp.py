@@ -44,7 +44,7 @@ from pulse.protocol.errors import Code
 
 DEFAULT_PREFIX = "1.3.6.1.4.1.8072.9999.9999.4242"
 DEFAULT_ENGINE_ID = "80004fb80570756c7365"  # RFC 3411: enterprise 20408 (pysnmp), format 5, the octets "pulse"
-TRAPS = {"opened": 1, "acknowledged": 2, "closed": 3, "test": 4}
+TRAPS = {"opened": 1, "acknowledged": 2, "closed": 3, "test": 4, "notice": 5}
 AUTH = {
     "MD5": usm.USM_AUTH_HMAC96_MD5,
     "SHA": usm.USM_AUTH_HMAC96_SHA,

@@ -150,6 +150,13 @@ try {
   seen.audit_actions = await page.getByTestId("audit-table").locator("tbody tr td:nth-child(3)").allTextContents();
   await shot(page, "29-audit");
 
+  // --- subscription (read-only) ---------------------------------------------------------------
+  await nav(page, "Subscription");
+  await page.getByTestId("subscriptions-table").waitFor();
+  seen.subscription_limit = (await page.getByTestId("subscription-limit").textContent()).trim();
+  seen.subscription_row = await page.getByTestId("subscriptions-table").locator("tbody tr").first().textContent();
+  await shot(page, "29b-subscription");
+
   // --- notifications: a channel with "send test"; an on-call schedule's 14-day timeline ------------
   await nav(page, "Notifications");
   const ch = page.getByRole("form", { name: "New channel" });

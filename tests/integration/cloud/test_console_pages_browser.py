@@ -71,7 +71,7 @@ async def test_alerting_twin_and_operator_pages_work_end_to_end(cloud_settings: 
     ):
         db = app.state.pulse.db
         slug = "plant-" + uuid.uuid4().hex[:6]
-        await create_tenant(db, slug=slug, name="Plant Works", actor="test")
+        tenant_id = await create_tenant(db, slug=slug, name="Plant Works", actor="test")
         a_email, operator_email = f"admin-{slug}@example.com", f"noc-{slug}@example.com"
         await create_user(db, email=a_email, password=PASSWORD, roles=["tenant-admin"], tenant=slug, actor="test")
         await create_user(db, email=operator_email, password=PASSWORD, roles=["operator"], tenant=None, actor="test")
@@ -84,6 +84,15 @@ async def test_alerting_twin_and_operator_pages_work_end_to_end(cloud_settings: 
         device = r.json()["id"]
         await client.patch(f"/api/v1/devices/{device}", json={"status": "active"}, headers=a)
         token = (await client.post(f"/api/v1/devices/{device}/credentials", headers=a)).json()["token"]
+        # a subscription for the Subscription page (issue 20), given by an operator-admin
+        await create_user(db, email=f"billing-{slug}@example.com", password=PASSWORD, roles=["operator-admin"], tenant=None, actor="test")
+        r = await client.post("/auth/login", json={"email": f"billing-{slug}@example.com", "password": PASSWORD})
+        r = await client.post(
+            f"/api/v1/operator/tenants/{tenant_id}/subscriptions",
+            json={"kind": "MAIN", "device_limit": 50, "starts_at": "2020-01-01T00:00:00Z", "ends_at": "2099-01-01T00:00:00Z"},
+            headers={"Authorization": f"Bearer {r.json()['access_token']}"},
+        )
+        assert r.status_code == 201, r.text
 
         # the last half hour: temp climbs from 25 to 35.5 and back, so a "temp > 30" rule would have fired
         now_ms = int(time.time() * 1000)
@@ -145,6 +154,7 @@ async def test_alerting_twin_and_operator_pages_work_end_to_end(cloud_settings: 
     # gateways, audit, notifications
     assert len(seen["enrollment_token"]) > 20 and "gw-north" in seen["gateway_row"] and "pending" in seen["gateway_row"]
     assert {"gateway.create", "twin.update", "command.create"} <= set(seen["audit_actions"])
+    assert seen["subscription_limit"] == "1 of 50 devices used." and "MAIN" in seen["subscription_row"] and "ACTIVE" in seen["subscription_row"]
     assert "ops-hook" in seen["delivery_row"] and "test" in seen["delivery_row"] and "delivered" in seen["delivery_row"]
     assert len(receiver.bodies) == 1 and receiver.bodies[0]["schema"] == "pulse.notification.v1"  # the real test request
     assert seen["timeline"]["bars"] > 0 and seen["timeline"]["gaps"] == 0 and "On call now: ana" in seen["oncall_now"]

@@ -10,6 +10,7 @@ import hashlib
 import json
 import logging
 import ssl
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -28,6 +29,7 @@ from forged import off_curve_csr
 from pulse.cloud.ca import CertificateAuthority
 from pulse.cloud.settings import Settings
 from pulse.edge.identity import IdentityFiles, make_key_and_csr, store_certificate
+from pulse.edge.link import Enrollment, save_enrollment
 from pulse.protocol import batch, connectivity
 from pulse.protocol.batch import Record, Stream
 from pulse.protocol.connectivity import Connectivity
@@ -828,3 +830,75 @@ async def test_rule_changes_reach_every_gateway_of_the_tenant_as_a_whole_set(syn
     _, other_files = await sync.gateway(other_h)
     async with sync.client(other_files) as c:
         assert (await c.get("/sync/v1/downlink", params={"after": 0})).json()["items"] == []
+
+
+async def test_a_suspended_tenants_batch_is_refused_with_a_code_and_written_once_renewed(sync: SyncCloud) -> None:
+    """Issue 20: SUSPENDED refuses a gateway's data before anything is written (the gateway keeps it
+    buffered, since only an ack deletes); after renewal the same batch is written in full."""
+    tenant, h = await sync.cloud.tenant_user()
+    await _device(sync, h, "dev-1")
+    gw, files = await sync.gateway(h)
+    op = await sync.cloud.user("operator-admin", tenant=None)
+    base = f"/api/v1/operator/tenants/{tenant}/subscriptions"
+    start, end = "2020-01-01T00:00:00+00:00", "2099-01-01T00:00:00+00:00"
+    r = await sync.cloud.client.post(base, json={"kind": "MAIN", "device_limit": 5, "starts_at": start, "ends_at": end}, headers=op)
+    assert r.status_code == 201, r.text
+    sub = r.json()["id"]
+    assert (await sync.cloud.client.post(f"{base}/{sub}/events", json={"event": "suspend"}, headers=op)).status_code == 200
+    data = _batch(gw, [1, 2, 3])
+    r = await sync.send(files, data)
+    assert r.status_code == 403 and r.json()["code"] == "subscription.suspended"
+    assert await sync.rows("SELECT 1 FROM telemetry WHERE tenant_id = $1", tenant) == []
+    assert await sync.rows("SELECT 1 FROM gateway_sync_marks WHERE gateway_id = $1 AND high_water > 0", uuid.UUID(gw)) == []
+    r = await sync.cloud.client.post(f"{base}/{sub}/events", json={"event": "renew", "ends_at": end}, headers=op)
+    assert r.status_code == 200, r.text
+    r = await sync.send(files, data)
+    assert r.status_code == 200, r.text
+    assert BatchAck.from_json(r.json()).written == 3
+
+
+async def test_pulse_gateway_device_claim_claims_a_device_served_by_that_gateway(sync: SyncCloud) -> None:
+    """Issue 20: `pulse gateway device claim CODE` (a real process) over the gateway's mutual-TLS
+    sync API: the device is made at the gateway's site, served by it, its credential is queued for
+    the gateway, the token is printed once; the code then answers as used, and a code of another
+    tenant answers as unknown."""
+    tenant, h = await sync.cloud.tenant_user()
+    _, other = await sync.cloud.tenant_user()
+    site = (await sync.cloud.client.post("/api/v1/sites", json={"name": "field"}, headers=h)).json()["id"]
+    r = await sync.cloud.client.post("/api/v1/gateways", json={"name": "gw-field", "site_id": site}, headers=h)
+    assert r.status_code == 201, r.text
+    data = sync.tmp / "gw-field-data"
+    files = IdentityFiles(data / "identity")
+    csr = make_key_and_csr(files, "gw-field").decode()
+    r = await sync.cloud.client.post("/enroll/v1", json={"token": r.json()["enrollment"]["token"], "csr": csr})
+    assert r.status_code == 201, r.text
+    store_certificate(files, r.json()["certificate"].encode(), r.json()["ca"].encode())
+    gw = r.json()["gateway_id"]
+    save_enrollment(data / "identity", Enrollment("http://pulse.test", sync.sync_url, str(tenant), gw, "gw-field", 0))
+    config = sync.tmp / "gw-field.toml"
+    config.write_text(f'[gateway]\ndata_dir = "{data}"\n')
+    code = (await sync.cloud.client.post("/api/v1/activation-codes", json={"count": 1, "tags": ["field"]}, headers=h)).json()["codes"][0]
+    foreign = (await sync.cloud.client.post("/api/v1/activation-codes", json={"count": 1}, headers=other)).json()["codes"][0]
+
+    async def claim(typed: str, device_id: str) -> tuple[int, str, str]:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "pulse.cli.main", "gateway", "device", "claim", typed, "--device-id", device_id,
+            "--config", str(config), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await asyncio.wait_for(proc.communicate(), 120)
+        return proc.returncode or 0, out.decode(), err.decode()
+
+    rc, out, err = await claim(code, "field-7")
+    assert rc == 0, err
+    token = out.strip().splitlines()[-1]
+    assert token.startswith("pdt_")
+    devices = (await sync.cloud.client.get("/api/v1/devices", params={"q": "field-7"}, headers=h)).json()["items"]
+    assert [(d["site_id"], d["gateway_id"], d["tags"]) for d in devices] == [(site, gw, ["field"])]
+    async with sync.client(files) as c:
+        items = (await c.get("/sync/v1/downlink")).json()["items"]
+    creds = [DownlinkItem.from_json(i) for i in items if i["kind"] == DownlinkKind.CREDENTIAL.value]
+    assert [CredentialChange.from_payload(i.payload).device_id for i in creds] == ["field-7"]
+    rc, _, err = await claim(code, "field-8")
+    assert rc == 2 and "activation.code_invalid" in err
+    rc, _, err = await claim(foreign, "field-9")
+    assert rc == 2 and "activation.code_invalid" in err
