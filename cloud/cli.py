@@ -92,6 +92,11 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         "access_log": args.access_log,
         "timeout_graceful_shutdown": 10,
         "ws": "websockets-sansio",  # the console's live socket (/api/v1/live)
+        # asyncio's own loop, not uvloop: the sync listener runs each TLS handshake itself with
+        # loop.start_tls (cloud/tls.py, so refused handshakes are seen), and under uvloop a
+        # ClientHello can reach the plain protocol before start_tls takes the connection over: about
+        # one handshake in four then hung until the client gave up
+        "loop": "asyncio",
         **proxy_options(s.proxies),  # X-Forwarded-For only from PULSE_TRUSTED_PROXIES (none by default)
     }
     if workers == 1:
