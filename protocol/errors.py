@@ -125,7 +125,7 @@ class Code(StrEnum):
     RULE_STATE_VERSION_UNSUPPORTED = "rule.state_version_unsupported"  # state written by a newer schema
     RULE_STATE_MISMATCH = "rule.state_mismatch"  # state passed with another rule or device
     RULE_BAD_ALERT_RECORD = "rule.bad_alert_record"  # an alert record synced by a gateway that is not what it wrote
-    RULE_RESERVED_ID = "rule.reserved_id"  # rule ids starting with "pulse:" or GATEWAY_OFFLINE are Pulse's own
+    RULE_RESERVED_ID = "rule.reserved_id"  # rule ids starting with "pulse:", GATEWAY_OFFLINE and NO_HEARTBEAT are Pulse's own
 
     # notifications: outbound channels, the SSRF guard, on-call schedules and escalation policies
     NOTIFY_BAD_CONFIG = "notify.bad_config"
