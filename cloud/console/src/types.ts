@@ -16,6 +16,18 @@ export type Device = {
   created_at: string;
   updated_at: string;
   decommissioned_at: string | null;
+  state?: string | null; // online | stale | offline | unreachable | never_seen
+  last_seen_at?: string | null;
+};
+
+export type Uptime = {
+  device_id: string;
+  window: "24h" | "7d";
+  start: string;
+  end: string;
+  seconds: Record<string, number>;
+  online_ratio: number | null;
+  segments: { status: string; start: string; end: string }[];
 };
 
 export type DevicePage = { items: Device[]; next_cursor: string | null };
@@ -42,7 +54,7 @@ export type FleetSummary = {
   devices: number;
   devices_by_status: Record<DeviceStatus, number>;
   sites: number;
-  devices_by_state?: Record<"online" | "stale" | "offline" | "unreachable", number>;
+  devices_by_state?: Record<"online" | "stale" | "offline" | "unreachable" | "never_seen", number>;
   open_alerts?: Record<string, number>;
   gateways?: { online: number; offline: number; pending: number };
 };

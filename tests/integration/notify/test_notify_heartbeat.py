@@ -5,6 +5,7 @@ sweep is driven with explicit clocks (the periodic one is an hour away)."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -129,3 +130,90 @@ async def test_no_heartbeat_is_a_reserved_rule_id(quiet: NotifyCloud) -> None:
     body = {"id": NO_HEARTBEAT, "kind": "heartbeat", "severity": "major", "interval_s": 10}
     r = await quiet.client.post("/api/v1/rules", json=body, headers=h)
     assert r.status_code == 422 and r.json()["code"] == "rule.reserved_id"
+
+
+@pytest.fixture
+async def clocked(cloud_settings: Settings) -> AsyncIterator[tuple[NotifyCloud, list[dt.datetime]]]:
+    """The app with a clock the test sets (for the uptime window's end); the periodic sweep an hour away."""
+    now = [dt.datetime.now(dt.UTC)]
+    settings = cloud_settings.model_copy(update={"rules_sweep_interval_s": 3600})
+    async with notify_cloud(settings, fast_notify(), clock=lambda: now[0]) as c:
+        yield c, now
+
+
+async def listed(c: NotifyCloud, h: dict[str, str], **params: Any) -> list[dict[str, Any]]:
+    r = await c.client.get("/api/v1/devices", params=params, headers=h)
+    assert r.status_code == 200, r.text
+    return r.json()["items"]  # type: ignore[no-any-return]
+
+
+async def test_devices_list_filters_and_sorts_by_state_and_last_seen_and_the_uptime_comes_from_state_history(
+    clocked: tuple[NotifyCloud, list[dt.datetime]],
+) -> None:
+    c, clock = clocked
+    tenant, h = await c.tenant_user()
+    ids = {}
+    for name, attrs in (("a-silent", {}), ("b-slow", {"interval_s": 3600}), ("c-spare", {})):
+        r = await c.client.post("/api/v1/devices", json={"device_id": name, "attributes": attrs}, headers=h)
+        assert r.status_code == 201, r.text
+        ids[name] = r.json()["id"]
+    for name in ("a-silent", "b-slow"):
+        r = await c.client.post(f"/api/v1/devices/{ids[name]}/credentials", headers=h)
+        await reading(c, {"Authorization": f"Bearer {r.json()['token']}"}, 20.0)
+
+    async def both() -> bool:
+        return len(await states(c, h)) == 2
+
+    await c.wait_for(both, what="two states")
+    seen = {n: await last_seen(c, tenant, n) for n in ("a-silent", "b-slow")}
+    runner: RuleRunner = c.app.state.rules
+    t0 = seen["a-silent"]
+    await runner.sweep_once(t0 + 450_000)
+    await runner.sweep_once(t0 + 900_000)
+
+    everyone = await listed(c, h)
+    assert [(d["device_id"], d["state"]) for d in everyone] == [("a-silent", "offline"), ("b-slow", "online"), ("c-spare", "never_seen")]
+    assert round(dt.datetime.fromisoformat(everyone[0]["last_seen_at"]).timestamp() * 1000) == t0
+    assert everyone[2]["last_seen_at"] is None
+    assert [d["device_id"] for d in await listed(c, h, state="offline")] == ["a-silent"]
+    assert [d["device_id"] for d in await listed(c, h, state="never_seen")] == ["c-spare"]
+    assert [d["device_id"] for d in await listed(c, h, sort="state")] == ["a-silent", "b-slow", "c-spare"]
+    by_recent = sorted(("a-silent", "b-slow"), key=lambda n: (-seen[n], n))
+    assert [d["device_id"] for d in await listed(c, h, sort="-last_seen")] == [*by_recent, "c-spare"]
+    by_oldest = sorted(("a-silent", "b-slow"), key=lambda n: (seen[n], n))
+    assert [d["device_id"] for d in await listed(c, h, sort="last_seen")] == ["c-spare", *by_oldest]
+    paged, cursor = [], None  # the Page[T] cursor walks a sorted list too
+    while True:
+        r = await c.client.get("/api/v1/devices", params={"sort": "state", "limit": 1} | ({"cursor": cursor} if cursor else {}), headers=h)
+        paged += [d["device_id"] for d in r.json()["items"]]
+        if not (cursor := r.json()["next_cursor"]):
+            break
+    assert paged == ["a-silent", "b-slow", "c-spare"]
+    for bad in ({"sort": "name"}, {"state": "asleep"}, {"sort": "state", "cursor": "bm90LWEtY3Vyc29y"}):
+        r = await c.client.get("/api/v1/devices", params=bad, headers=h)
+        assert r.status_code == 422 and r.json()["code"] == "api.invalid", (bad, r.text)
+    summary = (await c.client.get("/api/v1/fleet/summary", headers=h)).json()["devices_by_state"]
+    assert summary == {"online": 1, "stale": 0, "offline": 1, "unreachable": 0, "never_seen": 1}
+
+    clock[0] = dt.datetime.fromtimestamp(t0 / 1000, dt.UTC) + dt.timedelta(hours=2)
+    r = await c.client.get(f"/api/v1/devices/{ids['a-silent']}/uptime", headers=h)
+    assert r.status_code == 200, r.text
+    up = r.json()
+    assert [g["status"] for g in up["segments"]] == ["unknown", "online", "stale", "offline"]
+    assert up["seconds"]["online"] == pytest.approx(450, abs=0.01) and up["seconds"]["stale"] == pytest.approx(450, abs=0.01)
+    assert up["seconds"]["offline"] == pytest.approx(7200 - 900, abs=0.01)
+    assert up["online_ratio"] == pytest.approx(450 / 7200, abs=1e-4)
+    week = (await c.client.get(f"/api/v1/devices/{ids['a-silent']}/uptime", params={"window": "7d"}, headers=h)).json()
+    assert week["seconds"]["unknown"] == pytest.approx(7 * 86400 - 7200, abs=0.01)
+    never = (await c.client.get(f"/api/v1/devices/{ids['c-spare']}/uptime", headers=h)).json()
+    assert [g["status"] for g in never["segments"]] == ["unknown"] and never["online_ratio"] is None
+    r = await c.client.get(f"/api/v1/devices/{ids['a-silent']}/uptime", params={"window": "1y"}, headers=h)
+    assert r.status_code == 422 and r.json()["code"] == "api.invalid"
+
+    # another tenant sees none of it
+    _, other = await c.tenant_user()
+    assert await listed(c, other, state="offline") == []
+    r = await c.client.get(f"/api/v1/devices/{ids['a-silent']}/uptime", headers=other)
+    assert r.status_code == 404
+    r = await c.client.get(f"/api/v1/devices/{ids['a-silent']}", headers=other)
+    assert r.status_code == 404
