@@ -254,6 +254,12 @@ class Code(StrEnum):
     ACK_NOT_CONFIGURED = "ack.not_configured"
     """The channel is unknown, disabled, of another kind, or has no inbound secret configured."""
 
+    # quarantine: re-submitting a quarantined message through ingest (issue 18, part B)
+    QUARANTINE_NO_DEVICE = "quarantine.no_device"
+    """The quarantined message names no device of the tenant that may send (unknown, disabled or decommissioned)."""
+    QUARANTINE_STILL_REFUSED = "quarantine.still_refused"
+    """Ingest refused the re-submitted message again (the answer carries ingest's code); it stays in quarantine."""
+
     # storage: the cloud's database (refusals at migration, before anything is changed)
     STORAGE_TIMESCALEDB_UNAVAILABLE = "storage.timescaledb_unavailable"
     """PULSE_STORAGE_ENGINE=timescaledb, but the server has not installed or not preloaded TimescaleDB."""

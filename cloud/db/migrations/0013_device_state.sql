@@ -79,3 +79,10 @@ AS $$
     SELECT id FROM tenants
 $$;
 GRANT SELECT ON tenants TO {{identity}};
+
+-- Quarantine in the API (issue 18, part B): a tenant-admin re-submits a quarantined message through
+-- ingest again once the device is fixed; the row records that it was (and by whom).
+ALTER TABLE quarantine ADD COLUMN resubmitted_at timestamptz, ADD COLUMN resubmitted_by text;
+CREATE INDEX quarantine_tenant_code ON quarantine (tenant_id, code, id DESC);
+CREATE INDEX quarantine_tenant_device ON quarantine (tenant_id, device_id, id DESC);
+GRANT UPDATE (resubmitted_at, resubmitted_by) ON quarantine TO {{app}};
