@@ -17,6 +17,7 @@ import { AlertPage, AlertsPage } from "./features/alerts/Alerts";
 import { RulesPage } from "./features/rules/Rules";
 import { GatewaysPage } from "./features/gateways/Gateways";
 import { AuditPage } from "./features/audit/Audit";
+import { QuarantinePage } from "./features/quarantine/Quarantine";
 import { NocPage } from "./features/operator/Noc";
 import { HealthPage } from "./features/operator/Health";
 import { OperatorDevicesPage } from "./features/operator/Devices";
@@ -42,6 +43,7 @@ function page(path: string, access: Access): ReactNode {
     if (match("/notifications", path)) return <NotificationsPage />;
     if (match("/escalation", path)) return <EscalationPage />;
     if (match("/oncall", path)) return <OncallPage />;
+    if (match("/quarantine", path)) return <QuarantinePage />;
     if (access.canWrite && match("/audit", path)) return <AuditPage />;
   }
   if (access.operator) {
@@ -80,6 +82,7 @@ export function App() {
           ["/notifications", "Notifications"],
           ["/escalation", "Escalation"],
           ["/oncall", "On-call"],
+          ["/quarantine", "Quarantine"],
           ...(access.canWrite ? [["/audit", "Audit log"]] : []),
         ] as [string, string][])
       : []),

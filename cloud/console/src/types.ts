@@ -249,3 +249,19 @@ export type Schedule = {
   overrides: { id: string; start: string; end: string; member: Member }[];
 };
 export type Timeline = { from: string; to: string; segments: { start: string; end: string; member: Member | null; layer?: string; override?: string | boolean }[] };
+
+export type Quarantined = {
+  id: number;
+  device_id: string | null;
+  gateway_id: string | null;
+  source: string;
+  code: string;
+  reason: string;
+  received_at: string;
+  raw_encoding: "utf-8" | "base64";
+  raw: string;
+  raw_bytes: number;
+  raw_truncated: boolean;
+  resubmitted_at: string | null;
+  resubmitted_by: string | null;
+};
