@@ -259,6 +259,10 @@ class Code(StrEnum):
     """The quarantined message names no device of the tenant that may send (unknown, disabled or decommissioned)."""
     QUARANTINE_STILL_REFUSED = "quarantine.still_refused"
     """Ingest refused the re-submitted message again (the answer carries ingest's code); it stays in quarantine."""
+    ONCALL_MEMBER_UNREACHABLE = "oncall.member_unreachable"
+    """An on-call member (layer or override) has no channel, or its channel is disabled: paging them would reach nobody."""
+    ONCALL_UNKNOWN_USER = "oncall.unknown_user"
+    """An on-call member names a user who is not a user of the tenant, or is disabled."""
 
     # storage: the cloud's database (refusals at migration, before anything is changed)
     STORAGE_TIMESCALEDB_UNAVAILABLE = "storage.timescaledb_unavailable"
