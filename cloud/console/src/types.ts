@@ -240,7 +240,7 @@ export type Route = {
   throttle_s: number;
 };
 export type EscalationPolicy = { id: string; name: string; levels: { delay_s: number; targets: ({ channel: string } | { schedule: string })[] }[]; repeat: number };
-export type Member = { name: string; channel: string | null };
+export type Member = { name: string; channel: string | null; user_id?: string };
 export type Schedule = {
   id: string;
   name: string;
