@@ -18,6 +18,7 @@ import { RulesPage } from "./features/rules/Rules";
 import { GatewaysPage } from "./features/gateways/Gateways";
 import { AuditPage } from "./features/audit/Audit";
 import { QuarantinePage } from "./features/quarantine/Quarantine";
+import { MaintenancePage } from "./features/maintenance/Maintenance";
 import { NocPage } from "./features/operator/Noc";
 import { HealthPage } from "./features/operator/Health";
 import { OperatorDevicesPage } from "./features/operator/Devices";
@@ -44,6 +45,7 @@ function page(path: string, access: Access): ReactNode {
     if (match("/escalation", path)) return <EscalationPage />;
     if (match("/oncall", path)) return <OncallPage />;
     if (match("/quarantine", path)) return <QuarantinePage />;
+    if (match("/maintenance", path)) return <MaintenancePage />;
     if (access.canWrite && match("/audit", path)) return <AuditPage />;
   }
   if (access.operator) {
@@ -82,6 +84,7 @@ export function App() {
           ["/notifications", "Notifications"],
           ["/escalation", "Escalation"],
           ["/oncall", "On-call"],
+          ["/maintenance", "Maintenance"],
           ["/quarantine", "Quarantine"],
           ...(access.canWrite ? [["/audit", "Audit log"]] : []),
         ] as [string, string][])

@@ -85,6 +85,25 @@ try {
   seen.resubmitted = await row.getByTestId("resubmitted").textContent();
   await shot(page, "44-quarantine-resubmitted");
   step("quarantine");
+
+  // --- maintenance windows ------------------------------------------------------------------------
+  await nav(page, "Maintenance");
+  const mw = page.getByRole("form", { name: "New maintenance window" });
+  await mw.getByLabel("Device id").fill(task.silent_id);
+  await mw.getByLabel("Starts").fill("2099-01-01T12:00");
+  await mw.getByLabel("Ends").fill("2099-01-01T08:00");
+  await mw.getByLabel("Reason").fill("pump swap");
+  await mw.getByRole("button", { name: "Add window" }).click();
+  seen.window_refused = await page.getByText("api.invalid").first().textContent();
+  await mw.getByLabel("Ends").fill("2099-01-01T16:00");
+  await mw.getByRole("button", { name: "Add window" }).click();
+  await page.getByTestId("maintenance-window").first().waitFor();
+  seen.window_rows = await page.getByTestId("maintenance-window").allTextContents();
+  await shot(page, "45-maintenance");
+  await page.getByTestId("maintenance-window").getByRole("button", { name: "End" }).click();
+  await page.getByText("No maintenance windows now or ahead.").waitFor();
+  seen.windows_after_end = await page.getByTestId("maintenance-window").count();
+  step("maintenance");
 } catch (e) {
   await failed(e);
 } finally {

@@ -4,7 +4,8 @@ figure leads to the devices list filtered by state, the state filter and sort wo
 draws the uptime strip from the state history, and the quarantine page shows an HTML-looking
 payload as text, filters by code and re-submits a gateway's record once its device is registered.
 The rules sweep is driven with explicit clocks; the app's "now" is fixed two hours after the silent
-device's last message. Screenshots go to tests/artifacts/console/ (40-44)."""
+device's last message. The maintenance windows page refuses a window that ends before it starts
+(the API's code shown), adds one and ends it. Screenshots go to tests/artifacts/console/ (40-45)."""
 
 from __future__ import annotations
 
@@ -102,6 +103,9 @@ async def test_state_filter_uptime_strip_and_quarantine_pages(cloud_settings: Se
     assert "quarantine.no_device" in seen["refused_outcome"] and seen["registered"] == 201
     assert "re-submitted by" in seen["resubmitted"]
     assert [q["device_id"] for q in latest.json()["items"]] == ["pump-c"]
-    for name in ("40-devices-offline", "41-uptime-24h", "42-uptime-7d", "43-quarantine", "44-quarantine-resubmitted"):
+    assert "api.invalid" in seen["window_refused"] and seen["windows_after_end"] == 0
+    assert len(seen["window_rows"]) == 1 and "pump-a" in seen["window_rows"][0] and "pump swap" in seen["window_rows"][0]
+    assert "2099" in seen["window_rows"][0]
+    for name in ("40-devices-offline", "41-uptime-24h", "42-uptime-7d", "43-quarantine", "44-quarantine-resubmitted", "45-maintenance"):
         assert (ARTIFACTS / f"{name}.png").stat().st_size > 10_000, name
 
