@@ -22,7 +22,7 @@ from pulse.cloud.api.deps import Parts, Reader, TenantCaller, Writer
 from pulse.cloud.api.sites import site_exists
 from pulse.cloud.auth.credentials import new_device_token
 from pulse.cloud.db.pool import audit
-from pulse.cloud.downlink import gateways_serving, push_credential
+from pulse.cloud.downlink import gateways_serving, push_credential, push_rules
 from pulse.cloud.errors import ConflictError, InvalidError, NotFoundError, TooLargeError
 from pulse.protocol.errors import Code
 from pulse.protocol.sync import CredentialChange
@@ -320,6 +320,9 @@ async def update_device(device: uuid.UUID, body: DevicePatch, caller: Writer, pa
         if woken:  # the gateways that now serve the device also get its twin and waiting commands
             arrived = sorted(set(await gateways_serving(conn, device)) - before)
             await twins.hand_over(conn, caller.tenant_id, row["device_id"], arrived, now_ms=int(time.time() * 1000))
+        if {"tags", "site_id", "gateway_id", "status"} & set(changes) and await conn.fetchval("SELECT EXISTS (SELECT 1 FROM rules)"):
+            # the gateways' rule sets carry the tags and sites of the devices they serve (rule scopes)
+            woken = sorted(set(woken) | set(await push_rules(conn, caller.tenant_id)))
     parts.sync.notifier.wake(woken)
     if "status" in changes:
         parts.device_tokens.invalidate(device=device)
