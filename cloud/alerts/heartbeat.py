@@ -18,6 +18,7 @@ truth is silence."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -51,14 +52,16 @@ async def load_settings(conn: asyncpg.Connection) -> HeartbeatSettings:
     return DEFAULTS if row is None else HeartbeatSettings(**dict(row))
 
 
-async def device_intervals(conn: asyncpg.Connection) -> dict[str, float]:
-    """Devices with their own expected interval (twin reported, twin desired, registry attribute)."""
+async def device_intervals(conn: asyncpg.Connection, device_ids: Sequence[str] | None = None) -> dict[str, float]:
+    """Devices with their own expected interval (twin reported, twin desired, registry attribute);
+    ``device_ids``: only those (what a batch of messages needs), else every device (the sweep)."""
     rows = await conn.fetch(
         "SELECT d.device_id, COALESCE(t.document->'state'->'reported'->'interval_s', "
         "t.document->'state'->'desired'->'interval_s', d.attributes->'interval_s') AS v "
         "FROM devices d LEFT JOIN twins t ON t.tenant_id = d.tenant_id AND t.device_id = d.device_id "
-        "WHERE d.attributes ? 'interval_s' OR t.document->'state'->'reported' ? 'interval_s' "
-        "OR t.document->'state'->'desired' ? 'interval_s'"
+        "WHERE (d.attributes ? 'interval_s' OR t.document->'state'->'reported' ? 'interval_s' "
+        "OR t.document->'state'->'desired' ? 'interval_s') AND ($1::text[] IS NULL OR d.device_id = ANY($1::text[]))",
+        None if device_ids is None else list(device_ids),
     )
     out: dict[str, float] = {}
     for r in rows:
@@ -88,6 +91,9 @@ def builtin_rule(tenant_id: uuid.UUID, settings: HeartbeatSettings, intervals: d
     )
 
 
-async def load_builtin(conn: asyncpg.Connection, tenant_id: uuid.UUID) -> tuple[Rule, HeartbeatSettings]:
+async def load_builtin(
+    conn: asyncpg.Connection, tenant_id: uuid.UUID, device_ids: Sequence[str] | None = None
+) -> tuple[Rule, HeartbeatSettings]:
+    """The tenant's NO_HEARTBEAT, with the intervals of ``device_ids`` (None: of every device)."""
     settings = await load_settings(conn)
-    return builtin_rule(tenant_id, settings, await device_intervals(conn)), settings
+    return builtin_rule(tenant_id, settings, await device_intervals(conn, device_ids)), settings

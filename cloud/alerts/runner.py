@@ -102,10 +102,13 @@ async def load_rules(conn: asyncpg.Connection, tenant_id: uuid.UUID) -> list[Rul
     return rules
 
 
-async def load_all(conn: asyncpg.Connection, tenant_id: uuid.UUID) -> tuple[list[Rule], frozenset[str]]:
-    """The tenant's rules and its built-in NO_HEARTBEAT (last), and the rule ids whose alerts are
-    switched off (NO_HEARTBEAT when the tenant turned its alerts off: states kept, no alert opens)."""
-    builtin, settings = await load_builtin(conn, tenant_id)
+async def load_all(
+    conn: asyncpg.Connection, tenant_id: uuid.UUID, device_ids: Sequence[str] | None = None
+) -> tuple[list[Rule], frozenset[str]]:
+    """The tenant's rules and its built-in NO_HEARTBEAT (last; with the intervals of ``device_ids``,
+    None: every device), and the rule ids whose alerts are switched off (NO_HEARTBEAT when the
+    tenant turned its alerts off: states kept, no alert opens)."""
+    builtin, settings = await load_builtin(conn, tenant_id, device_ids)
     muted = frozenset() if settings.alerts_enabled else frozenset({NO_HEARTBEAT})
     return [*await load_rules(conn, tenant_id), builtin], muted
 
@@ -259,13 +262,14 @@ class RuleRunner:
 
     async def _drain_once(self, tenant_id: uuid.UUID, limit: int) -> int | None:
         async with self._db.tenant(tenant_id) as conn:
-            rules, muted = await load_all(conn, tenant_id)  # never empty: NO_HEARTBEAT watches every device
             entries = await conn.fetch(
                 "SELECT id, device_ids, metrics, received_ms FROM rule_outbox ORDER BY id LIMIT $1 FOR UPDATE", limit
             )
             if not entries:
                 return None
             items = [item for e in entries for item in zip(e["device_ids"], e["metrics"], e["received_ms"], strict=True)]
+            # never empty: NO_HEARTBEAT watches every device
+            rules, muted = await load_all(conn, tenant_id, sorted({item[0] for item in items}))
             await self._evaluate(conn, tenant_id, items, (rules, muted))
             await conn.execute("DELETE FROM rule_outbox WHERE id = ANY($1::bigint[])", [e["id"] for e in entries])
         self.evaluated_rows += len(items)
@@ -306,7 +310,7 @@ class RuleRunner:
         loaded: tuple[list[Rule], frozenset[str]] | None = None,
     ) -> None:
         """Evaluate ``items`` of one tenant inside the caller's ``db.tenant()`` transaction (``loaded``: ``load_all``, if read already)."""
-        listed, muted = loaded if loaded is not None else await load_all(conn, tenant_id)
+        listed, muted = loaded if loaded is not None else await load_all(conn, tenant_id, sorted({item[0] for item in items}))
         rules = {r.id: r for r in listed}
         if not rules or not items:
             return
