@@ -176,12 +176,10 @@ async def perform(
             await apply_record(conn, record)
 
 
-async def _first_heard(conn: asyncpg.Connection, items: Sequence[Item]) -> None:
-    """A device's first message gives it a state: online since then (NO_HEARTBEAT's state starts
-    ONLINE, so evaluating it changes nothing the first time). Devices with a state keep theirs."""
-    first: dict[str, int] = {}
-    for device_id, _, at in items:
-        first[device_id] = min(at, first.get(device_id, at))
+async def _first_heard(conn: asyncpg.Connection, first: Mapping[str, int]) -> None:
+    """A device's first message (``first``: device -> when, ms) gives it a state: online since then
+    (NO_HEARTBEAT's state starts ONLINE, so evaluating it changes nothing the first time). Devices
+    with a state keep theirs."""
     if first:
         await conn.execute(
             "INSERT INTO device_states (tenant_id, device_id, status, reason, changed_at) "
@@ -326,16 +324,36 @@ class RuleRunner:
         states = await _lock_states(conn, pairs, rules, now0)
         changed: dict[tuple[str, str], RuleState] = {}
         covered = _covered(rules, pairs)
+        builtin = rules.get(NO_HEARTBEAT)
+        span: dict[str, tuple[int, int]] = {}  # NO_HEARTBEAT: when each device was first and last heard in these items
+        watched = {d for r, d in pairs if r == NO_HEARTBEAT}
+        own = {d: [r for r in rs if r is not builtin] for d, rs in scoped.items()}
         for device_id, metrics, now in items:
+            if device_id in watched:
+                seen = span.get(device_id)
+                span[device_id] = (now, now) if seen is None else (min(seen[0], now), max(seen[1], now))
+            mine = own[device_id]
+            if not mine:
+                continue  # only the built-in watches it: the metrics need not be read
             reading = Reading(device_id, json.loads(metrics))
-            for rule in scoped[device_id]:
+            for rule in mine:
                 key = (rule.id, device_id)
                 state, actions = evaluate(rule, states[key], reading, now)
                 if state != states[key]:
                     states[key] = changed[key] = state
                 await perform(conn, actions, muted, covered)
+        # a heartbeat depends only on when a device was heard: its first message in the items (the
+        # moment it came back) and its last (its last seen) say all the others would
+        for device_id, (first, last) in span.items():
+            assert builtin is not None
+            key = (NO_HEARTBEAT, device_id)
+            for now in (first,) if first == last else (first, last):
+                state, actions = evaluate(builtin, states[key], Reading(device_id, {}), now)
+                if state != states[key]:
+                    states[key] = changed[key] = state
+                await perform(conn, actions, muted, covered)
         await _save_states(conn, changed)
-        await _first_heard(conn, [item for item in items if item[0] not in covered and (NO_HEARTBEAT, item[0]) in pairs])
+        await _first_heard(conn, {d: first for d, (first, _) in span.items() if d not in covered})
 
     async def _evaluator(self) -> None:
         while True:
