@@ -27,6 +27,7 @@ from pulse.cloud.api import auth as auth_api
 from pulse.cloud.api import devices, fleet, gateways, live, operator, sites, telemetry
 from pulse.cloud.api import notify as notify_api
 from pulse.cloud.api import subscriptions as subscriptions_api
+from pulse.cloud.api import quarantine as quarantine_api
 from pulse.cloud.api import twin as twin_api
 from pulse.cloud.api.console import mount_console
 from pulse.cloud.api.deps import Components
@@ -252,6 +253,7 @@ def create_app(
     app.include_router(subscriptions_api.router)
     app.include_router(activation_api.router)
     app.include_router(devices.router)
+    app.include_router(quarantine_api.router)
     app.include_router(gateways.router)
     app.include_router(gateways.enroll_router)
     app.include_router(operator.router)

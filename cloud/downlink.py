@@ -15,7 +15,8 @@ from collections.abc import Iterable, Mapping
 
 import asyncpg
 
-from pulse.protocol.sync import CredentialChange, DownlinkItem, DownlinkKind
+from pulse.protocol.rules import Device
+from pulse.protocol.sync import CredentialChange, DownlinkItem, DownlinkKind, rule_devices_to_payload
 
 POLL_S = 1.0
 MAX_ITEMS = 100
@@ -92,7 +93,8 @@ async def pending(conn: asyncpg.Connection, gateway: uuid.UUID, after: int) -> l
 
 
 async def push_rules(conn: asyncpg.Connection, tenant_id: uuid.UUID, gateways: list[uuid.UUID] | None = None) -> list[uuid.UUID]:
-    """Enqueue the tenant's whole rule set (``{"version", "rules": [...]}``) for its gateways (all
+    """Enqueue the tenant's whole rule set (``{"version", "rules": [...], "devices": {...}}``: the
+    devices each gateway serves, with their tags and site, so its rules scope as the cloud's) for its gateways (all
     that are not revoked, or ``gateways``), in the caller's tenant transaction; returns them (to wake).
     A set replaces the previous one at the gateway, so only the newest matters; its version is the
     time of the change in ms, which only grows."""
@@ -104,5 +106,23 @@ async def push_rules(conn: asyncpg.Connection, tenant_id: uuid.UUID, gateways: l
         else [r["id"] for r in await conn.fetch("SELECT id FROM gateways WHERE status <> 'revoked'")]
     )
     for gw in targets:
-        await enqueue(conn, tenant_id, gw, DownlinkKind.RULES, {"version": version, "rules": rules})
+        devices = rule_devices_to_payload(await _served(conn, gw))
+        await enqueue(conn, tenant_id, gw, DownlinkKind.RULES, {"version": version, "rules": rules, "devices": devices})
     return targets
+
+
+async def _served(conn: asyncpg.Connection, gateway: uuid.UUID) -> list[Device]:
+    """The devices a gateway serves (as ``gateways_serving`` decides), with the tags and site its
+    rules are scoped by, read as the cloud's runner reads them (``alerts.runner.device_of``: tag
+    ``name=value`` or bare ``name``, site id as text; this layer may not import the alerts package)."""
+    rows = await conn.fetch(
+        "SELECT d.device_id, d.tags, d.site_id FROM gateways g JOIN devices d ON d.tenant_id = g.tenant_id"
+        " AND (d.gateway_id = g.id OR (d.gateway_id IS NULL AND d.site_id IS NOT NULL AND d.site_id = g.site_id))"
+        " WHERE g.id = $1 AND d.status IN ('provisioned', 'active') ORDER BY d.device_id",
+        gateway,
+    )
+    out = []
+    for r in rows:
+        tags = dict(str(t).partition("=")[::2] for t in r["tags"] or ())
+        out.append(Device(r["device_id"], tags, None if r["site_id"] is None else str(r["site_id"])))
+    return out

@@ -231,7 +231,8 @@ class Downlink:
             status = "refused: a rules item is {version: int, rules: [...]}"
         else:
             try:
-                await self.apply_rules(rules, set_version=version)
+                devices = payload.get("devices")  # a cloud before issue 18 sends none: scopes stay as stored
+                await self.apply_rules(rules, set_version=version, **({} if devices is None else {"devices": devices}))
                 status = "applied"
                 log.info("downlink: rule set version %d in use (%d rules)", version, len(rules))
             except RuleError as exc:

@@ -56,7 +56,7 @@ from pulse.protocol.rules import (
     rule_to_dict,
     sweep,
 )
-from pulse.protocol.sync import COMMAND_STATE_TYPE
+from pulse.protocol.sync import COMMAND_STATE_TYPE, rule_devices_from_payload, rule_devices_to_payload
 
 log = logging.getLogger("pulse.edge.rules")
 _T = TypeVar("_T")
@@ -72,14 +72,25 @@ def _connect(path: Path) -> sqlite3.Connection:
     return conn
 
 
-def store_rules(path: Path, docs: object, *, set_version: int | None = None, now_ms: int | None = None) -> list[Rule]:
+def store_rules(
+    path: Path, docs: object, *, set_version: int | None = None, now_ms: int | None = None, devices: object = None
+) -> list[Rule]:
     """Validate a rule set (a JSON list of rules) and make it the gateway's, replacing the previous
     one in one transaction. Raises ``RuleError`` (nothing is changed) if any rule is refused.
     States of rules that are gone are removed; local alerts stay. ``set_version``: the version of
-    the whole set as the cloud numbers it (the downlink), kept in ``meta`` (``rules_version``)."""
+    the whole set as the cloud numbers it (the downlink), kept in ``meta`` (``rules_version``).
+    ``devices``: the tags and site of the devices the gateway serves (the downlink's
+    ``rule_devices_to_payload``), kept in ``meta`` (``rule_devices``) so tag- and site-scoped rules
+    apply here as in the cloud; None keeps the ones stored before."""
     if not isinstance(docs, list):
         raise RuleError(Code.RULE_NOT_OBJECT, "a rule set is a JSON list of rules")
     rules = [parse_rule(doc, tenant=EDGE_TENANT) for doc in docs]
+    if devices is not None:
+        try:
+            registry = rule_devices_from_payload(devices)
+        except ValueError as exc:
+            raise RuleError(Code.RULE_BAD_SCOPE, str(exc)) from exc
+        devices = json.dumps(rule_devices_to_payload(list(registry.values())))
     now_ms = int(time.time() * 1000) if now_ms is None else now_ms
     try:
         conn = _connect(path)
@@ -96,6 +107,11 @@ def store_rules(path: Path, docs: object, *, set_version: int | None = None, now
                     "INSERT INTO meta (key, value) VALUES ('rules_version', ?) "
                     "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                     (str(set_version),),
+                )
+            if devices is not None:
+                conn.execute(
+                    "INSERT INTO meta (key, value) VALUES ('rule_devices', ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    (devices,),
                 )
             conn.execute("COMMIT")
         finally:
@@ -147,6 +163,7 @@ class EdgeRuleRunner:
         self._states: dict[tuple[str, str], RuleState] = {}
         self._dirty: dict[tuple[str, str], RuleState] = {}  # changed since the last checkpoint
         self._devices: list[str] = []  # the gateway's registered devices: heartbeat rules watch them from the start
+        self._registry: dict[str, Device] = {}  # their tags and site, from the cloud (rule scopes)
         self._pending: deque[Store] = deque()
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -174,6 +191,12 @@ class EdgeRuleRunner:
             except RuleError as exc:
                 log.error("stored rule %s is not valid and is skipped: %s", rule_id, exc)
         self._devices = [d for (d,) in self._db.conn.execute("SELECT device_id FROM devices ORDER BY device_id")]
+        row = self._db.conn.execute("SELECT value FROM meta WHERE key = 'rule_devices'").fetchone()
+        try:
+            self._registry = {} if row is None else rule_devices_from_payload(json.loads(row[0]))
+        except ValueError as exc:  # only if the file was changed behind the runner's back
+            log.error("stored device scopes are not valid and are ignored: %s", exc)
+            self._registry = {}
         self._rules = rules
         if states:
             loaded = {}
@@ -189,10 +212,10 @@ class EdgeRuleRunner:
         async with self._lock:
             await self._db.run(lambda: self._load(states=False))
 
-    async def set_rules(self, docs: object, *, set_version: int | None = None) -> list[Rule]:
-        """Store a new rule set and use it at once: what the downlink calls with the tenant's rules.
-        Raises ``RuleError`` (nothing changes) if any rule is refused."""
-        rules = await self._db.run(lambda: store_rules(self._path, docs, set_version=set_version))
+    async def set_rules(self, docs: object, *, set_version: int | None = None, devices: object = None) -> list[Rule]:
+        """Store a new rule set (and the served devices' tags and sites) and use it at once: what the
+        downlink calls with the tenant's rules. Raises ``RuleError`` (nothing changes) if any rule is refused."""
+        rules = await self._db.run(lambda: store_rules(self._path, docs, set_version=set_version, devices=devices))
         await self.reload()
         return rules
 
@@ -208,6 +231,10 @@ class EdgeRuleRunner:
         await self._db.close()
 
     # --- evaluation ----------------------------------------------------------------------------
+
+    def _device(self, device_id: str) -> Device:
+        """The device as rule scopes see it: its tags and site as the cloud sent them (none if unknown)."""
+        return self._registry.get(device_id) or Device(device_id)
 
     def observe(self, stores: Sequence[Store]) -> None:
         """The buffer's after-commit listener: queue what was stored. No I/O."""
@@ -257,7 +284,7 @@ class EdgeRuleRunner:
                 except (ValueError, AttributeError):
                     continue
             reading = _Reading(store.device_id, metrics)
-            device = Device(store.device_id)
+            device = self._device(store.device_id)
             for rule in self._rules:
                 if not applies_to(rule, device):
                     continue
@@ -273,7 +300,7 @@ class EdgeRuleRunner:
                 if isinstance(rule.condition, Heartbeat):
                     for device_id in self._devices:
                         key = (rule.id, device_id)
-                        if key not in self._states and applies_to(rule, Device(device_id)):
+                        if key not in self._states and applies_to(rule, self._device(device_id)):
                             self._states[key] = changed[key] = new_state(rule, device_id, sweep_at)
             for key, state in list(self._states.items()):
                 rule = rules.get(key[0])

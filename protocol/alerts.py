@@ -44,8 +44,13 @@ GATEWAY_OFFLINE = "GATEWAY_OFFLINE"
 """The rule id of the alert the cloud opens for a silent gateway (fingerprint device: ``gateway:<name>``)."""
 
 
+NO_HEARTBEAT = "NO_HEARTBEAT"
+"""The rule id of the cloud's built-in heartbeat rule: every device's connectivity state, and the
+alert for a device that stopped reporting, without a rule anyone wrote (docs/alerts.md)."""
+
+
 def is_reserved_rule_id(rule_id: str) -> bool:
-    return rule_id == GATEWAY_OFFLINE or rule_id.startswith("pulse:")
+    return rule_id in (GATEWAY_OFFLINE, NO_HEARTBEAT) or rule_id.startswith("pulse:")
 
 
 @dataclass(frozen=True, slots=True)

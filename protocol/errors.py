@@ -129,7 +129,7 @@ class Code(StrEnum):
     RULE_STATE_VERSION_UNSUPPORTED = "rule.state_version_unsupported"  # state written by a newer schema
     RULE_STATE_MISMATCH = "rule.state_mismatch"  # state passed with another rule or device
     RULE_BAD_ALERT_RECORD = "rule.bad_alert_record"  # an alert record synced by a gateway that is not what it wrote
-    RULE_RESERVED_ID = "rule.reserved_id"  # rule ids starting with "pulse:" or GATEWAY_OFFLINE are Pulse's own
+    RULE_RESERVED_ID = "rule.reserved_id"  # rule ids starting with "pulse:", GATEWAY_OFFLINE and NO_HEARTBEAT are Pulse's own
 
     # notifications: outbound channels, the SSRF guard, on-call schedules and escalation policies
     NOTIFY_BAD_CONFIG = "notify.bad_config"
@@ -298,6 +298,16 @@ class Code(StrEnum):
     """The activation code is unknown, used already, or expired (the three are never told apart)."""
     ACTIVATION_RATE_LIMITED = "activation.rate_limited"
     """Too many activation attempts from this address or gateway; retry after the Retry-After seconds (HTTP 429)."""
+
+    # quarantine: re-submitting a quarantined message through ingest (issue 18, part B)
+    QUARANTINE_NO_DEVICE = "quarantine.no_device"
+    """The quarantined message names no device of the tenant that may send (unknown, disabled or decommissioned)."""
+    QUARANTINE_STILL_REFUSED = "quarantine.still_refused"
+    """Ingest refused the re-submitted message again (the answer carries ingest's code); it stays in quarantine."""
+    ONCALL_MEMBER_UNREACHABLE = "oncall.member_unreachable"
+    """An on-call member (layer or override) has no channel, or its channel is disabled: paging them would reach nobody."""
+    ONCALL_UNKNOWN_USER = "oncall.unknown_user"
+    """An on-call member names a user who is not a user of the tenant, or is disabled."""
 
     # storage: the cloud's database (refusals at migration, before anything is changed)
     STORAGE_TIMESCALEDB_UNAVAILABLE = "storage.timescaledb_unavailable"

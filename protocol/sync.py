@@ -22,6 +22,7 @@ from pulse.protocol.batch import Header, Record, Stream
 from pulse.protocol.commands import Command, CommandEvent, CommandState
 from pulse.protocol.envelope import MessageType
 from pulse.protocol.errors import CommandError, TwinError
+from pulse.protocol.rules import Device
 from pulse.protocol.topics import valid_command_id, valid_device_id
 from pulse.protocol.twin import TwinDocument
 
@@ -329,3 +330,27 @@ class CommandStateReport:
     @property
     def event(self) -> CommandEvent:
         return CommandEvent.SEND if self.state is CommandState.SENT else CommandEvent.EXPIRE
+
+
+def rule_devices_to_payload(devices: Sequence[Device]) -> dict[str, object]:
+    """The ``devices`` of a ``rules`` downlink item: what a gateway needs of each device it serves to
+    decide which rules apply to it (its tags and site, as ``pulse.protocol.rules.Device``), so local
+    evaluation scopes rules as the cloud does."""
+    return {d.device_id: {"tags": dict(d.tags), "site": d.site} for d in devices}
+
+
+def rule_devices_from_payload(doc: object) -> dict[str, Device]:
+    """The inverse of ``rule_devices_to_payload``; raises ``ValueError`` for anything else."""
+    if not isinstance(doc, dict):
+        raise ValueError("rules item: devices is an object of device id -> {tags, site}")
+    out: dict[str, Device] = {}
+    for device_id, facts in doc.items():
+        if not isinstance(device_id, str) or not valid_device_id(device_id) or not isinstance(facts, dict):
+            raise ValueError(f"rules item: bad device entry {device_id!r}")
+        tags, site = facts.get("tags") or {}, facts.get("site")
+        if not isinstance(tags, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in tags.items()):
+            raise ValueError(f"rules item: tags of {device_id} are an object of strings")
+        if site is not None and not isinstance(site, str):
+            raise ValueError(f"rules item: site of {device_id} is a string or null")
+        out[device_id] = Device(device_id, tags, site)
+    return out

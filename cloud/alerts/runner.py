@@ -37,10 +37,11 @@ from datetime import datetime
 
 import asyncpg
 
+from pulse.cloud.alerts.heartbeat import load_builtin
 from pulse.cloud.alerts.store import apply_record, set_device_status
 from pulse.cloud.db.pool import Database
 from pulse.cloud.db.rows import TelemetryRow
-from pulse.protocol.alerts import GATEWAY_OFFLINE, AlertRecord
+from pulse.protocol.alerts import GATEWAY_OFFLINE, NO_HEARTBEAT, AlertRecord
 from pulse.protocol.errors import RuleError
 from pulse.protocol.rules import (
     Device,
@@ -101,6 +102,17 @@ async def load_rules(conn: asyncpg.Connection, tenant_id: uuid.UUID) -> list[Rul
     return rules
 
 
+async def load_all(
+    conn: asyncpg.Connection, tenant_id: uuid.UUID, device_ids: Sequence[str] | None = None
+) -> tuple[list[Rule], frozenset[str]]:
+    """The tenant's rules and its built-in NO_HEARTBEAT (last; with the intervals of ``device_ids``,
+    None: every device), and the rule ids whose alerts are switched off (NO_HEARTBEAT when the
+    tenant turned its alerts off: states kept, no alert opens)."""
+    builtin, settings = await load_builtin(conn, tenant_id, device_ids)
+    muted = frozenset() if settings.alerts_enabled else frozenset({NO_HEARTBEAT})
+    return [*await load_rules(conn, tenant_id), builtin], muted
+
+
 async def _lock_states(
     conn: asyncpg.Connection, pairs: set[tuple[str, str]], rules: dict[str, Rule], now: int
 ) -> dict[tuple[str, str], RuleState]:
@@ -146,12 +158,41 @@ async def _save_states(conn: asyncpg.Connection, states: Mapping[tuple[str, str]
         )
 
 
-async def perform(conn: asyncpg.Connection, actions: Sequence[object]) -> None:
+async def perform(
+    conn: asyncpg.Connection, actions: Sequence[object], muted: frozenset[str] = frozenset(), covered: Iterable[str] = ()
+) -> None:
+    """Apply rule actions; opening alerts of ``muted`` rules is skipped (closing still happens), and
+    so are NO_HEARTBEAT's state changes for ``covered`` devices (a heartbeat rule of the tenant's
+    own watches them: its state is the device's state, as before the built-in existed)."""
     for action in actions:
         if isinstance(action, UpdateDeviceState):
-            await set_device_status(conn, action.device, action.status, action.explanation.to_dict())
+            if action.explanation.rule_id == NO_HEARTBEAT and action.device in covered:
+                continue
+            await set_device_status(conn, action.device, action.status, action.explanation.to_dict(), action.explanation.at_ms)
         else:
-            await apply_record(conn, AlertRecord.of(action))
+            record = AlertRecord.of(action)
+            if record.rule_id in muted and record.action != "close":
+                continue
+            await apply_record(conn, record)
+
+
+async def _first_heard(conn: asyncpg.Connection, first: Mapping[str, int]) -> None:
+    """A device's first message (``first``: device -> when, ms) gives it a state: online since then
+    (NO_HEARTBEAT's state starts ONLINE, so evaluating it changes nothing the first time). Devices
+    with a state keep theirs."""
+    if first:
+        await conn.execute(
+            "INSERT INTO device_states (tenant_id, device_id, status, reason, changed_at) "
+            "SELECT pulse_current_tenant(), d, 'online', jsonb_build_object('text', d || ' is online: first heard from', 'at_ms', t), "
+            "to_timestamp(t / 1000.0) FROM unnest($1::text[], $2::bigint[]) AS u(d, t) ON CONFLICT DO NOTHING",
+            list(first),
+            list(first.values()),
+        )
+
+
+def _covered(rules: Mapping[str, Rule], pairs: Iterable[tuple[str, str]]) -> set[str]:
+    """Devices a heartbeat rule of the tenant's own watches."""
+    return {d for r, d in pairs if r != NO_HEARTBEAT and isinstance(rules[r].condition, Heartbeat)}
 
 
 def _items(rows: Iterable[TelemetryRow]) -> list[Item]:
@@ -219,19 +260,15 @@ class RuleRunner:
 
     async def _drain_once(self, tenant_id: uuid.UUID, limit: int) -> int | None:
         async with self._db.tenant(tenant_id) as conn:
-            rules = await load_rules(conn, tenant_id)
-            if not rules:  # nothing to evaluate: the entries go without reading their rows
-                gone = await conn.fetch(
-                    "DELETE FROM rule_outbox WHERE id IN (SELECT id FROM rule_outbox ORDER BY id LIMIT $1 FOR UPDATE) RETURNING id", limit
-                )
-                return len(gone) if gone else None
             entries = await conn.fetch(
                 "SELECT id, device_ids, metrics, received_ms FROM rule_outbox ORDER BY id LIMIT $1 FOR UPDATE", limit
             )
             if not entries:
                 return None
             items = [item for e in entries for item in zip(e["device_ids"], e["metrics"], e["received_ms"], strict=True)]
-            await self._evaluate(conn, tenant_id, items, rules)
+            # never empty: NO_HEARTBEAT watches every device
+            rules, muted = await load_all(conn, tenant_id, sorted({item[0] for item in items}))
+            await self._evaluate(conn, tenant_id, items, (rules, muted))
             await conn.execute("DELETE FROM rule_outbox WHERE id = ANY($1::bigint[])", [e["id"] for e in entries])
         self.evaluated_rows += len(items)
         return len(items)
@@ -263,9 +300,16 @@ class RuleRunner:
                 log.exception("catching up on rule evaluation failed for tenant %s; retrying at the next sweep", tenant_id)
         return done
 
-    async def _evaluate(self, conn: asyncpg.Connection, tenant_id: uuid.UUID, items: Sequence[Item], loaded: list[Rule] | None = None) -> None:
-        """Evaluate ``items`` of one tenant inside the caller's ``db.tenant()`` transaction (``loaded``: its rules, if read already)."""
-        rules = {r.id: r for r in (loaded if loaded is not None else await load_rules(conn, tenant_id))}
+    async def _evaluate(
+        self,
+        conn: asyncpg.Connection,
+        tenant_id: uuid.UUID,
+        items: Sequence[Item],
+        loaded: tuple[list[Rule], frozenset[str]] | None = None,
+    ) -> None:
+        """Evaluate ``items`` of one tenant inside the caller's ``db.tenant()`` transaction (``loaded``: ``load_all``, if read already)."""
+        listed, muted = loaded if loaded is not None else await load_all(conn, tenant_id, sorted({item[0] for item in items}))
+        rules = {r.id: r for r in listed}
         if not rules or not items:
             return
         device_ids = sorted({item[0] for item in items})
@@ -279,15 +323,37 @@ class RuleRunner:
         now0 = min(item[2] for item in items)
         states = await _lock_states(conn, pairs, rules, now0)
         changed: dict[tuple[str, str], RuleState] = {}
+        covered = _covered(rules, pairs)
+        builtin = rules.get(NO_HEARTBEAT)
+        span: dict[str, tuple[int, int]] = {}  # NO_HEARTBEAT: when each device was first and last heard in these items
+        watched = {d for r, d in pairs if r == NO_HEARTBEAT}
+        own = {d: [r for r in rs if r is not builtin] for d, rs in scoped.items()}
         for device_id, metrics, now in items:
+            if device_id in watched:
+                seen = span.get(device_id)
+                span[device_id] = (now, now) if seen is None else (min(seen[0], now), max(seen[1], now))
+            mine = own[device_id]
+            if not mine:
+                continue  # only the built-in watches it: the metrics need not be read
             reading = Reading(device_id, json.loads(metrics))
-            for rule in scoped[device_id]:
+            for rule in mine:
                 key = (rule.id, device_id)
                 state, actions = evaluate(rule, states[key], reading, now)
                 if state != states[key]:
                     states[key] = changed[key] = state
-                await perform(conn, actions)
+                await perform(conn, actions, muted, covered)
+        # a heartbeat depends only on when a device was heard: its first message in the items (the
+        # moment it came back) and its last (its last seen) say all the others would
+        for device_id, (first, last) in span.items():
+            assert builtin is not None
+            key = (NO_HEARTBEAT, device_id)
+            for now in (first,) if first == last else (first, last):
+                state, actions = evaluate(builtin, states[key], Reading(device_id, {}), now)
+                if state != states[key]:
+                    states[key] = changed[key] = state
+                await perform(conn, actions, muted, covered)
         await _save_states(conn, changed)
+        await _first_heard(conn, {d: first for d, (first, _) in span.items() if d not in covered})
 
     async def _evaluator(self) -> None:
         while True:
@@ -315,7 +381,8 @@ class RuleRunner:
     async def _sweep_tenant(self, tenant_id: uuid.UUID, now: int) -> None:
         async with self._db.tenant(tenant_id) as conn:
             offline = await self._gateways(conn, now)
-            rules = {r.id: r for r in await load_rules(conn, tenant_id)}
+            listed, muted = await load_all(conn, tenant_id)
+            rules = {r.id: r for r in listed}
             heartbeat = [r for r in rules.values() if isinstance(r.condition, Heartbeat)]
             devices = await conn.fetch(
                 "SELECT device_id, tags, site_id, gateway_id, status FROM devices WHERE status IN ('provisioned', 'active')"
@@ -326,11 +393,13 @@ class RuleRunner:
                 (r["rule_id"], r["device_id"])
                 for r in await conn.fetch("SELECT rule_id, device_id FROM rule_state WHERE rule_id = ANY($1)", [r.id for r in heartbeat])
             }
+            # NO_HEARTBEAT watches only devices heard from (a device never seen has no state, no alert)
             pairs = {
                 (r.id, d["device_id"])
                 for d in devices
                 for r in heartbeat
-                if (d["status"] == "active" or (r.id, d["device_id"]) in heard) and applies_to(r, device_of(d))
+                if applies_to(r, device_of(d))
+                and ((r.id, d["device_id"]) in heard or (d["status"] == "active" and r.id != NO_HEARTBEAT))
             }
             flapping = await conn.fetch(
                 "SELECT rule_id, device_id FROM rule_state WHERE (state->>'flapping')::boolean AND rule_id = ANY($1)", list(rules)
@@ -338,6 +407,7 @@ class RuleRunner:
             pairs |= {(r["rule_id"], r["device_id"]) for r in flapping}
             states = await _lock_states(conn, pairs, rules, now)
             behind = {d["device_id"]: d["gateway_id"] for d in devices}
+            covered = _covered(rules, pairs)
             changed = {}
             for key, state in states.items():
                 gateway = behind.get(key[1])
@@ -354,7 +424,7 @@ class RuleRunner:
                 new, actions = sweep(rules[key[0]], state, now)
                 if new != state:
                     changed[key] = new
-                await perform(conn, actions)
+                await perform(conn, actions, muted, covered)
             await _save_states(conn, changed)
 
     async def _gateways(self, conn: asyncpg.Connection, now: int) -> set[uuid.UUID]:

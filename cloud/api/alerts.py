@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
@@ -14,15 +15,16 @@ import asyncpg
 from fastapi import APIRouter, Query, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from pulse.cloud.alerts import actions
+from pulse.cloud.alerts import actions, heartbeat
 from pulse.cloud.alerts.runner import Reading, device_of
 from pulse.cloud.api import paging
 from pulse.cloud.api.deps import Parts, Reader, TenantCaller, Writer
 from pulse.cloud.api.notify import DeliveryOut
+from pulse.cloud.db.pool import audit
 from pulse.cloud.downlink import push_rules
 from pulse.cloud.errors import ConflictError, InvalidError, NotFoundError
 from pulse.cloud.notify.store import alert_notify_view
-from pulse.protocol.alerts import is_reserved_rule_id
+from pulse.protocol.alerts import NO_HEARTBEAT, is_reserved_rule_id
 from pulse.protocol.errors import Code, RuleError
 from pulse.protocol.rules import Device, Rule, RuleState, UpdateDeviceState, applies_to, evaluate, parse_rule, rule_to_dict
 
@@ -428,6 +430,60 @@ async def device_states(
             recent,
         )
     return [{**dict(r), "reason": json.loads(r["reason"]), "changed_at": r["changed_at"].isoformat()} for r in rows]
+
+
+class HeartbeatSettingsIn(BaseModel):
+    """The built-in NO_HEARTBEAT (docs/alerts.md "Device state"): omitted fields keep their value."""
+
+    model_config = ConfigDict(extra="forbid")
+    alerts_enabled: bool | None = None
+    interval_s: float | None = Field(default=None, ge=1, le=604_800)
+    stale_after: float | None = Field(default=None, gt=1, le=1000)
+    offline_after: float | None = Field(default=None, gt=1, le=1000)
+    severity: Literal["critical", "major", "minor", "warning", "info"] | None = None
+
+
+class HeartbeatSettingsOut(BaseModel):
+    alerts_enabled: bool
+    interval_s: float
+    stale_after: float
+    offline_after: float
+    severity: str
+    version: int
+
+
+@states_router.get("/device-states/settings", summary="The built-in NO_HEARTBEAT: tenant default interval, thresholds, alerts on/off", response_model=HeartbeatSettingsOut)
+async def heartbeat_settings(caller: Reader, parts: Parts) -> dict[str, Any]:
+    async with parts.db.tenant(caller.tenant_id) as conn:
+        return (await heartbeat.load_settings(conn)).to_dict()
+
+
+@states_router.put("/device-states/settings", summary="Adjust or switch off NO_HEARTBEAT alerts (tenant admins; audited)", response_model=HeartbeatSettingsOut)
+async def set_heartbeat_settings(body: HeartbeatSettingsIn, caller: Writer, parts: Parts) -> dict[str, Any]:
+    async with parts.db.tenant(caller.tenant_id) as conn:
+        before = await heartbeat.load_settings(conn)
+        after = replace(before, **body.model_dump(exclude_none=True))
+        if after.offline_after <= after.stale_after:
+            raise InvalidError(
+                Code.RULE_BAD_HEARTBEAT,
+                f"offline_after ({after.offline_after:g}) must be more than stale_after ({after.stale_after:g})",
+                field="offline_after",
+            )
+        if after != before:
+            after = replace(after, version=before.version + 1)
+            await conn.execute(
+                "INSERT INTO heartbeat_settings (tenant_id, alerts_enabled, interval_s, stale_after, offline_after, severity, version, updated_by) "
+                "VALUES (pulse_current_tenant(), $1, $2, $3, $4, $5, $6, $7) ON CONFLICT (tenant_id) DO UPDATE SET "
+                "alerts_enabled = EXCLUDED.alerts_enabled, interval_s = EXCLUDED.interval_s, stale_after = EXCLUDED.stale_after, "
+                "offline_after = EXCLUDED.offline_after, severity = EXCLUDED.severity, version = EXCLUDED.version, "
+                "updated_by = EXCLUDED.updated_by, updated_at = now()",
+                after.alerts_enabled, after.interval_s, after.stale_after, after.offline_after, after.severity, after.version, caller.actor,
+            )  # fmt: skip
+            await audit(
+                conn, actor=caller.actor, action="heartbeat.settings", target=NO_HEARTBEAT, tenant_id=caller.tenant_id,
+                detail={"before": before.to_dict(), "after": after.to_dict()},
+            )  # fmt: skip
+    return after.to_dict()
 
 
 class WindowIn(BaseModel):

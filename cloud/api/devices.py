@@ -9,7 +9,7 @@ import json
 import re
 import time
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Literal
 
 import asyncpg
@@ -22,7 +22,7 @@ from pulse.cloud.api.deps import Parts, Reader, TenantCaller, Writer
 from pulse.cloud.api.sites import site_exists
 from pulse.cloud.auth.credentials import new_device_token
 from pulse.cloud.db.pool import audit
-from pulse.cloud.downlink import gateways_serving, push_credential
+from pulse.cloud.downlink import gateways_serving, push_credential, push_rules
 from pulse.cloud.errors import ConflictError, InvalidError, NotFoundError, TooLargeError
 from pulse.cloud.subscriptions.store import check_device_room
 from pulse.protocol.errors import Code
@@ -95,6 +95,10 @@ class DeviceOut(BaseModel):
     created_at: datetime
     updated_at: datetime
     decommissioned_at: datetime | None
+    state: str | None = Field(
+        default=None, description="online | stale | offline | unreachable | never_seen (docs/alerts.md); null in answers to a create or change"
+    )
+    last_seen_at: datetime | None = Field(default=None, description="when the cloud last heard from it (the built-in heartbeat)")
 
 
 DevicePage = paging.Page[DeviceOut]
@@ -126,11 +130,27 @@ class ImportReport(BaseModel):
 
 
 _COLS = "id, device_id, name, site_id, gateway_id, tags, status, attributes, created_at, updated_at, decommissioned_at"
+# the registry row with its connectivity state and last seen time (Unix ms; 0: never)
+_STATED = (
+    "(SELECT d.*, COALESCE(s.status, 'never_seen') AS state, COALESCE((r.state->>'last_seen_ms')::bigint, 0) AS last_seen_ms, "
+    "CASE COALESCE(s.status, 'never_seen') WHEN 'offline' THEN 0 WHEN 'unreachable' THEN 1 WHEN 'stale' THEN 2 "
+    "WHEN 'online' THEN 3 ELSE 4 END AS state_rank FROM devices d "
+    "LEFT JOIN device_states s ON s.tenant_id = d.tenant_id AND s.device_id = d.device_id "
+    "LEFT JOIN rule_state r ON r.tenant_id = d.tenant_id AND r.device_id = d.device_id AND r.rule_id = 'NO_HEARTBEAT') AS x"
+)
+STATES = ("online", "stale", "offline", "unreachable", "never_seen")
+# sort -> (key column, descending)
+_SORTS: dict[str, tuple[str, bool]] = {"last_seen": ("last_seen_ms", False), "-last_seen": ("last_seen_ms", True), "state": ("state_rank", False)}
 
 
 def _out(row: asyncpg.Record) -> DeviceOut:
     d = dict(row)
     d["attributes"] = json.loads(d["attributes"])
+    seen = d.pop("last_seen_ms", None)
+    d.pop("state_rank", None)
+    d.pop("tenant_id", None)
+    if seen:
+        d["last_seen_at"] = datetime.fromtimestamp(seen / 1000, UTC)
     return DeviceOut(**d)
 
 
@@ -164,10 +184,17 @@ async def list_devices(
     tag: Annotated[list[str] | None, Query(description="device has this tag (repeat for all of several)")] = None,
     status: Annotated[Literal["provisioned", "active", "disabled", "decommissioned"] | None, Query()] = None,
     q: Annotated[str | None, Query(max_length=200, description="text in device_id or name (case-insensitive)")] = None,
+    state: Annotated[Literal["online", "stale", "offline", "unreachable", "never_seen"] | None, Query(description="connectivity state")] = None,
+    sort: Annotated[
+        Literal["device_id", "last_seen", "-last_seen", "state"],
+        Query(description="device_id; last_seen (longest silent first, never seen first); -last_seen (most recent first); state (offline first)"),
+    ] = "device_id",
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
     cursor: paging.CursorQuery = None,
 ) -> DevicePage:
     w = paging.Where()
+    if state is not None:
+        w.add(f"state = {w.arg(state)}")
     if site is not None:
         w.add(f"site_id = {w.arg(site)}")
     if tag:
@@ -177,12 +204,23 @@ async def list_devices(
     if q:
         pattern = paging.like(q)
         w.add(f"(device_id ILIKE {w.arg(pattern)} OR name ILIKE {w.arg(pattern)})")
-    if (after := paging.decode(cursor, str)) is not None:
-        w.add(f"device_id > {w.arg(after[0])}")
-    sql = f"SELECT {_COLS} FROM devices WHERE {w.sql} ORDER BY device_id LIMIT {w.arg(limit + 1)}"
+    if sort == "device_id":
+        if (after := paging.decode(cursor, str)) is not None:
+            w.add(f"device_id > {w.arg(after[0])}")
+        order = "device_id"
+    else:
+        column, desc = _SORTS[sort]
+        if (keys := paging.decode(cursor, int, str)) is not None:
+            k, d = w.arg(keys[0]), w.arg(keys[1])
+            w.add(f"({column} {'<' if desc else '>'} {k} OR ({column} = {k} AND device_id > {d}))")
+        order = f"{column} {'DESC' if desc else 'ASC'}, device_id"
+    sql = f"SELECT {_COLS}, state, last_seen_ms, state_rank FROM {_STATED} WHERE {w.sql} ORDER BY {order} LIMIT {w.arg(limit + 1)}"
     async with parts.db.tenant(caller.tenant_id) as conn:
         rows = await conn.fetch(sql, *w.args)
-    return paging.page(rows, limit, _out, lambda r: (r["device_id"],))
+    if sort == "device_id":
+        return paging.page(rows, limit, _out, lambda r: (r["device_id"],))
+    column = _SORTS[sort][0]
+    return paging.page(rows, limit, _out, lambda r: (r[column], r["device_id"]))
 
 
 async def _get(conn: asyncpg.Connection, device: uuid.UUID) -> asyncpg.Record:
@@ -192,10 +230,68 @@ async def _get(conn: asyncpg.Connection, device: uuid.UUID) -> asyncpg.Record:
     return row
 
 
-@router.get("/{device}", response_model=DeviceOut, summary="One device")
+@router.get("/{device}", response_model=DeviceOut, summary="One device, with its connectivity state and last seen time")
 async def get_device(device: uuid.UUID, caller: Reader, parts: Parts) -> DeviceOut:
     async with parts.db.tenant(caller.tenant_id) as conn:
-        return _out(await _get(conn, device))
+        row = await conn.fetchrow(f"SELECT {_COLS}, state, last_seen_ms, state_rank FROM {_STATED} WHERE id = $1", device)
+    if row is None:
+        raise NotFoundError("device", device=str(device))
+    return _out(row)
+
+
+class UptimeSegment(BaseModel):
+    status: str = Field(description="online | stale | offline | unreachable | unknown (before its first state)")
+    start: datetime
+    end: datetime
+
+
+class UptimeOut(BaseModel):
+    device_id: str
+    window: str
+    start: datetime
+    end: datetime
+    seconds: dict[str, float] = Field(description="time spent in each status within the window")
+    online_ratio: float | None = Field(description="online time / time with a known state (null: no state in the window)")
+    segments: list[UptimeSegment]
+
+
+_WINDOWS = {"24h": 86_400, "7d": 7 * 86_400}
+
+
+@router.get("/{device}/uptime", response_model=UptimeOut, summary="Online/offline over the last 24 h or 7 d (from its state history)")
+async def uptime(device: uuid.UUID, caller: Reader, parts: Parts, window: Literal["24h", "7d"] = "24h") -> UptimeOut:
+    end = parts.clock()
+    start = end - timedelta(seconds=_WINDOWS[window])
+    async with parts.db.tenant(caller.tenant_id) as conn:
+        device_id = await conn.fetchval("SELECT device_id FROM devices WHERE id = $1", device)
+        if device_id is None:
+            raise NotFoundError("device", device=str(device))
+        before = await conn.fetchrow(
+            "SELECT status, at FROM device_state_history WHERE device_id = $1 AND at <= $2 ORDER BY at DESC, id DESC LIMIT 1",
+            device_id,
+            start,
+        )
+        changes = await conn.fetch(
+            "SELECT status, at FROM device_state_history WHERE device_id = $1 AND at > $2 AND at <= $3 ORDER BY at, id",
+            device_id,
+            start,
+            end,
+        )
+    points = [(start, before["status"] if before else "unknown"), *((c["at"], c["status"]) for c in changes)]
+    segments: list[UptimeSegment] = []
+    for (at, status), nxt in zip(points, [*points[1:], (end, "")], strict=True):
+        if nxt[0] <= at:
+            continue
+        if segments and segments[-1].status == status:
+            segments[-1].end = nxt[0]
+        else:
+            segments.append(UptimeSegment(status=status, start=at, end=nxt[0]))
+    seconds: dict[str, float] = {}
+    for seg in segments:
+        seconds[seg.status] = seconds.get(seg.status, 0.0) + (seg.end - seg.start).total_seconds()
+    known = sum(v for k, v in seconds.items() if k != "unknown")
+    ratio = seconds.get("online", 0.0) / known if known else None
+    return UptimeOut(device_id=device_id, window=window, start=start, end=end, seconds=seconds, online_ratio=ratio, segments=segments)
 
 
 @router.patch("/{device}", response_model=DeviceOut, summary="Change a device")
@@ -226,6 +322,9 @@ async def update_device(device: uuid.UUID, body: DevicePatch, caller: Writer, pa
         if woken:  # the gateways that now serve the device also get its twin and waiting commands
             arrived = sorted(set(await gateways_serving(conn, device)) - before)
             await twins.hand_over(conn, caller.tenant_id, row["device_id"], arrived, now_ms=int(time.time() * 1000))
+        if {"tags", "site_id", "gateway_id", "status"} & set(changes) and await conn.fetchval("SELECT EXISTS (SELECT 1 FROM rules)"):
+            # the gateways' rule sets carry the tags and sites of the devices they serve (rule scopes)
+            woken = sorted(set(woken) | set(await push_rules(conn, caller.tenant_id)))
     parts.sync.notifier.wake(woken)
     if "status" in changes:
         parts.device_tokens.invalidate(device=device)

@@ -153,6 +153,10 @@ class ScheduleOut(BaseModel):
 class MemberOut(BaseModel):
     name: str
     channel: str | None
+    user_id: str | None = None
+    reached_by: dict[str, Any] | None = Field(
+        default=None, description="how paging reaches them: the channel's name, kind and whether it is enabled (null: no channel)"
+    )
 
 
 class OnCallNow(BaseModel):
@@ -550,8 +554,12 @@ async def delete_policy(policy_id: uuid.UUID, caller: Writer, parts: Parts) -> R
 
 
 class MemberIn(BaseModel):
+    """A user of the tenant (``user_id``; ``name`` defaults to theirs) or a named contact (``name``),
+    with the channel that pages them: required, and it must be enabled (``oncall.member_unreachable``)."""
+
     model_config = ConfigDict(extra="forbid")
-    name: str = Field(min_length=1, max_length=200)
+    name: str = Field(default="", max_length=200)
+    user_id: uuid.UUID | None = None
     channel: uuid.UUID | None = None
 
 
@@ -583,20 +591,57 @@ class ScheduleIn(BaseModel):
     overrides: list[OverrideIn] = Field(default_factory=list, max_length=200)
 
 
+def _member_json(m: MemberIn) -> dict[str, Any]:
+    """As stored: ``user_id`` only when the member is a user (a named contact keeps the old shape)."""
+    return m.model_dump(mode="json", exclude_none=True) | {"channel": None if m.channel is None else str(m.channel)}
+
+
 def _layers_json(body: ScheduleIn) -> list[dict[str, Any]]:
-    return [layer.model_dump(mode="json") for layer in body.layers]
+    return [layer.model_dump(mode="json") | {"members": [_member_json(m) for m in layer.members]} for layer in body.layers]
 
 
 def _overrides_json(body: ScheduleIn) -> list[dict[str, Any]]:
     return [o.model_dump(mode="json") for o in body.overrides]
 
 
-async def _check_schedule(conn: asyncpg.Connection, body: ScheduleIn) -> None:
-    store.schedule_of(body.name, body.time_zone, _layers_json(body), _overrides_json(body))
-    channels = {m.channel for layer in body.layers for m in layer.members if m.channel} | {o.member.channel for o in body.overrides if o.member.channel}
-    found = {r["id"] for r in await conn.fetch("SELECT id FROM notify_channels WHERE id = ANY($1)", list(channels))}
-    if missing := sorted(map(str, channels - found)):
+async def _check_members(conn: asyncpg.Connection, body: ScheduleIn) -> None:
+    """Every member is a user of the tenant or a named contact (a user's name fills an empty ``name``);
+    ``_check_reachable``: and can be reached: its channel exists in the tenant and is enabled."""
+    members = [m for layer in body.layers for m in layer.members] + [o.member for o in body.overrides]
+    users = {m.user_id for m in members if m.user_id}
+    known = {
+        r["id"]: r
+        for r in await conn.fetch("SELECT id, email, display_name, disabled FROM users WHERE id = ANY($1::uuid[])", list(users))
+    }
+    for m in members:
+        if m.user_id is not None:
+            user = known.get(m.user_id)
+            if user is None or user["disabled"]:
+                why = "is not a user of your tenant" if user is None else "is disabled"
+                raise InvalidError(Code.ONCALL_UNKNOWN_USER, f"on-call member: user {m.user_id} {why}", user_id=str(m.user_id))
+            m.name = m.name or user["display_name"] or user["email"]
+        if not m.name.strip():
+            raise InvalidError(Code.API_INVALID, "an on-call member needs a name or a user_id", field="name")
+
+
+async def _check_reachable(conn: asyncpg.Connection, body: ScheduleIn) -> None:
+    members = [m for layer in body.layers for m in layer.members] + [o.member for o in body.overrides]
+    channels = {m.channel for m in members if m.channel}
+    found = {r["id"]: r for r in await conn.fetch("SELECT id, enabled FROM notify_channels WHERE id = ANY($1)", list(channels))}
+    if missing := sorted(map(str, channels - set(found))):
         raise ConfigError(Code.NOTIFY_BAD_SCHEDULE, f"on-call schedule: no such channel in your tenant: {', '.join(missing)}")
+    for m in members:
+        if m.channel is None or not found[m.channel]["enabled"]:
+            why = "has no channel" if m.channel is None else f"has a disabled channel ({m.channel})"
+            raise InvalidError(
+                Code.ONCALL_MEMBER_UNREACHABLE, f"on-call member {m.name} {why}: paging them would reach nobody", member=m.name
+            )
+
+
+async def _check_schedule(conn: asyncpg.Connection, body: ScheduleIn) -> None:
+    await _check_members(conn, body)
+    store.schedule_of(body.name, body.time_zone, _layers_json(body), _overrides_json(body))
+    await _check_reachable(conn, body)
 
 
 async def _save_overrides(conn: asyncpg.Connection, schedule_id: uuid.UUID, body: ScheduleIn) -> None:
@@ -604,7 +649,7 @@ async def _save_overrides(conn: asyncpg.Connection, schedule_id: uuid.UUID, body
     await conn.executemany(
         "INSERT INTO oncall_overrides (id, tenant_id, schedule_id, starts_at, ends_at, member, position) "
         "VALUES ($1, pulse_current_tenant(), $2, $3, $4, $5::jsonb, $6)",
-        [(o.id or uuid.uuid4(), schedule_id, o.start, o.end, o.member.model_dump_json(), i) for i, o in enumerate(body.overrides)],
+        [(o.id or uuid.uuid4(), schedule_id, o.start, o.end, json.dumps(_member_json(o.member)), i) for i, o in enumerate(body.overrides)],
     )
 
 
@@ -703,7 +748,26 @@ async def on_call_now(schedule_id: uuid.UUID, caller: Reader, parts: Parts, at: 
     shifts = timeline(schedule, when, days=TIMELINE_DAYS)
     until = shifts[0].end if shifts and len(shifts) > 1 else None
     layer = who.source.removeprefix("layer:") if who.source.startswith("layer:") else ("override" if who.source == "override" else None)
-    return {"member": _member(who.who, channels), "layer": layer, "until": _iso(until)}
+    member = _member(who.who, channels)
+    if member is not None:
+        async with parts.db.tenant(caller.tenant_id) as conn:
+            member |= await _reach(conn, schedule_id, member)
+    return {"member": member, "layer": layer, "until": _iso(until)}
+
+
+async def _reach(conn: asyncpg.Connection, schedule_id: uuid.UUID, member: dict[str, Any]) -> dict[str, Any]:
+    """Who the member is (their user, if one) and how paging reaches them (their channel)."""
+    loaded = await store.load_schedule(conn, schedule_id)
+    user_id = None
+    if loaded is not None:
+        row, overrides = loaded
+        every = [m for layer in json.loads(row["layers"]) for m in layer["members"]] + [o["member"] for o in overrides]
+        user_id = next((m.get("user_id") for m in every if m.get("name") == member["name"] and m.get("user_id")), None)
+    reached_by = None
+    if member["channel"]:
+        ch = await conn.fetchrow("SELECT name, kind, enabled FROM notify_channels WHERE id = $1", uuid.UUID(member["channel"]))
+        reached_by = None if ch is None else {"channel": member["channel"], "name": ch["name"], "kind": ch["kind"], "enabled": ch["enabled"]}
+    return {"user_id": user_id, "reached_by": reached_by}
 
 
 @oncall_router.get("/{schedule_id}/timeline", summary="The shifts for the next days (default 14)", response_model=Timeline, response_model_exclude_unset=True)

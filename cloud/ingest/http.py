@@ -258,6 +258,16 @@ class IngestService:
 
         return await read_limited(request, limit, refuse)
 
+    async def store(self, identity: DeviceIdentity, messages: list[Message], *, quarantine: bool = True) -> Prepared:
+        """Check, apply (twin, commands) and write messages as ``identity`` sent them now; the
+        refused ones are quarantined unless ``quarantine`` is false (a re-submission of a message
+        already in quarantine: it stays there, the caller reports the refusal)."""
+        prepared = prepare(identity, messages, now_ms=int(time.time() * 1000), received_at=datetime.now(UTC), limits=self.limits)
+        if self.db is not None and any(row[3] in _DEVICE_STATE_TYPES for row in prepared.telemetry):
+            await self._apply_device_state(identity, messages, prepared)
+        await self.writer.write(prepared.telemetry, prepared.quarantine if quarantine else [])
+        return prepared
+
     async def handle(self, request: Request) -> Response:
         identity = await self.tokens.resolve(request.headers.get("authorization"))
         if self.entitlements is not None:
@@ -277,10 +287,7 @@ class IngestService:
                 f"device {identity.device_id} is over its rate of {self.config.rate_per_s:g} messages/s; nothing was stored",
                 retry_after_s=decision.retry_after_s,
             )
-        prepared = prepare(identity, messages, now_ms=int(time.time() * 1000), received_at=datetime.now(UTC), limits=self.limits)
-        if self.db is not None and any(row[3] in _DEVICE_STATE_TYPES for row in prepared.telemetry):
-            await self._apply_device_state(identity, messages, prepared)
-        await self.writer.write(prepared.telemetry, prepared.quarantine)
+        prepared = await self.store(identity, messages)
         accepted, rejected = len(prepared.telemetry), len(prepared.quarantine)
         self.metrics.ingest_messages.labels("accepted").inc(accepted)
         self.metrics.ingest_messages.labels("rejected").inc(rejected)

@@ -18,6 +18,8 @@ import { RulesPage } from "./features/rules/Rules";
 import { GatewaysPage } from "./features/gateways/Gateways";
 import { AuditPage } from "./features/audit/Audit";
 import { SubscriptionPage } from "./features/subscription/Subscription";
+import { QuarantinePage } from "./features/quarantine/Quarantine";
+import { MaintenancePage } from "./features/maintenance/Maintenance";
 import { NocPage } from "./features/operator/Noc";
 import { HealthPage } from "./features/operator/Health";
 import { OperatorDevicesPage } from "./features/operator/Devices";
@@ -44,6 +46,8 @@ function page(path: string, access: Access): ReactNode {
     if (match("/escalation", path)) return <EscalationPage />;
     if (match("/oncall", path)) return <OncallPage />;
     if (match("/subscription", path)) return <SubscriptionPage />;
+    if (match("/quarantine", path)) return <QuarantinePage />;
+    if (match("/maintenance", path)) return <MaintenancePage />;
     if (access.canWrite && match("/audit", path)) return <AuditPage />;
   }
   if (access.operator) {
@@ -83,6 +87,8 @@ export function App() {
           ["/escalation", "Escalation"],
           ["/oncall", "On-call"],
           ["/subscription", "Subscription"],
+          ["/maintenance", "Maintenance"],
+          ["/quarantine", "Quarantine"],
           ...(access.canWrite ? [["/audit", "Audit log"]] : []),
         ] as [string, string][])
       : []),

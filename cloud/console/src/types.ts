@@ -16,6 +16,18 @@ export type Device = {
   created_at: string;
   updated_at: string;
   decommissioned_at: string | null;
+  state?: string | null; // online | stale | offline | unreachable | never_seen
+  last_seen_at?: string | null;
+};
+
+export type Uptime = {
+  device_id: string;
+  window: "24h" | "7d";
+  start: string;
+  end: string;
+  seconds: Record<string, number>;
+  online_ratio: number | null;
+  segments: { status: string; start: string; end: string }[];
 };
 
 export type DevicePage = { items: Device[]; next_cursor: string | null };
@@ -42,7 +54,7 @@ export type FleetSummary = {
   devices: number;
   devices_by_status: Record<DeviceStatus, number>;
   sites: number;
-  devices_by_state?: Record<"online" | "stale" | "offline" | "unreachable", number>;
+  devices_by_state?: Record<"online" | "stale" | "offline" | "unreachable" | "never_seen", number>;
   open_alerts?: Record<string, number>;
   gateways?: { online: number; offline: number; pending: number };
 };
@@ -228,7 +240,7 @@ export type Route = {
   throttle_s: number;
 };
 export type EscalationPolicy = { id: string; name: string; levels: { delay_s: number; targets: ({ channel: string } | { schedule: string })[] }[]; repeat: number };
-export type Member = { name: string; channel: string | null };
+export type Member = { name: string; channel: string | null; user_id?: string };
 export type Schedule = {
   id: string;
   name: string;
@@ -260,4 +272,19 @@ export type SubscriptionChange = {
   before_state: string | null;
   after_state: string;
   detail: Record<string, unknown>;
+};
+export type Quarantined = {
+  id: number;
+  device_id: string | null;
+  gateway_id: string | null;
+  source: string;
+  code: string;
+  reason: string;
+  received_at: string;
+  raw_encoding: "utf-8" | "base64";
+  raw: string;
+  raw_bytes: number;
+  raw_truncated: boolean;
+  resubmitted_at: string | null;
+  resubmitted_by: string | null;
 };

@@ -175,6 +175,9 @@ try {
   await page.getByLabel("Schedule name").fill("primary on-call");
   await page.getByLabel("Rotation").selectOption("daily");
   await page.getByLabel("Members").fill("ana, bo, cy");
+  await page.getByRole("button", { name: "Create schedule" }).click(); // nobody has a channel yet: refused
+  seen.unreachable_error = await page.getByText("oncall.member_unreachable").first().textContent();
+  for (const who of ["ana", "bo", "cy"]) await page.getByLabel(`Channel for ${who}`).selectOption({ label: `${who}: ops-hook (webhook)` });
   await page.getByRole("button", { name: "Create schedule" }).click();
   await page.waitForFunction(() => {
     const p = document.querySelector('[data-testid="oncall-timeline"]')?.dataset.probe;

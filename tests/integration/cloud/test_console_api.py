@@ -132,7 +132,7 @@ async def test_fleet_summary_counts_only_own_tenant(cloud: Cloud) -> None:
         "devices": 2,
         "devices_by_status": {"provisioned": 1, "active": 1, "disabled": 0, "decommissioned": 0},
         "sites": 1,
-        "devices_by_state": {"online": 0, "stale": 0, "offline": 0, "unreachable": 0},
+        "devices_by_state": {"online": 0, "stale": 0, "offline": 0, "unreachable": 0, "never_seen": 2},
         "open_alerts": {"critical": 0, "major": 1, "minor": 0, "warning": 0, "info": 0},
         "gateways": {"online": 0, "offline": 0, "pending": 1},
     }

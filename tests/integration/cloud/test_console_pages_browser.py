@@ -158,6 +158,7 @@ async def test_alerting_twin_and_operator_pages_work_end_to_end(cloud_settings: 
     assert "ops-hook" in seen["delivery_row"] and "test" in seen["delivery_row"] and "delivered" in seen["delivery_row"]
     assert len(receiver.bodies) == 1 and receiver.bodies[0]["schema"] == "pulse.notification.v1"  # the real test request
     assert seen["timeline"]["bars"] > 0 and seen["timeline"]["gaps"] == 0 and "On call now: ana" in seen["oncall_now"]
+    assert "oncall.member_unreachable" in seen["unreachable_error"] and "reached by ops-hook (webhook)" in seen["oncall_now"]
     # operator
     assert seen["operator_nav"] == ["NOC", "Tenant health", "Tenants", "All devices", "All alerts"]
     assert seen["live_event_status"] == 200 and device_id in seen["feed_row"] and seen["ops_no_reload"] is True

@@ -130,10 +130,10 @@ def _schedule(channel: str | None) -> dict[str, Any]:
                 "handoff": "09:00",
                 "handoff_weekday": 0,
                 "start": "2026-11-02T00:00:00+01:00",
-                "members": [{"name": "ana", "channel": channel}, {"name": "ben", "channel": None}],
+                "members": [{"name": "ana", "channel": channel}, {"name": "ben", "channel": channel}],
             }
         ],
-        "overrides": [{"start": "2026-11-25T12:00:00Z", "end": "2026-11-25T18:00:00Z", "member": {"name": "cem", "channel": None}}],
+        "overrides": [{"start": "2026-11-25T12:00:00Z", "end": "2026-11-25T18:00:00Z", "member": {"name": "cem", "channel": channel}}],
     }
 
 
@@ -146,7 +146,9 @@ async def test_schedule_now_and_timeline(ncloud: NotifyCloud) -> None:
     assert s["layers"][0]["members"][0] == {"name": "ana", "channel": ch["id"]} and s["overrides"][0]["id"]
     # 2026-11-02 (Monday) 09:00 Berlin: ana's week; 2026-11-09: ben's; 2026-11-23: ben again; override cem on 25th noon-18 UTC
     now = (await ncloud.client.get(f"/api/v1/oncall/schedules/{s['id']}/now", params={"at": "2026-11-03T10:00:00Z"}, headers=h)).json()
-    assert now == {"member": {"name": "ana", "channel": ch["id"]}, "layer": "primary", "until": "2026-11-09T08:00:00+00:00"}
+    reached_by = {"channel": ch["id"], "name": ch["name"], "kind": ch["kind"], "enabled": True}  # how paging reaches ana
+    ana = {"name": "ana", "channel": ch["id"], "user_id": None, "reached_by": reached_by}
+    assert now == {"member": ana, "layer": "primary", "until": "2026-11-09T08:00:00+00:00"}
     now = (await ncloud.client.get(f"/api/v1/oncall/schedules/{s['id']}/now", params={"at": "2026-11-25T13:00:00Z"}, headers=h)).json()
     assert now["member"]["name"] == "cem" and now["layer"] == "override" and now["until"] == "2026-11-25T18:00:00+00:00"
     tl = (await ncloud.client.get(f"/api/v1/oncall/schedules/{s['id']}/timeline", params={"days": 14, "start": "2026-11-20T00:00:00Z"}, headers=h)).json()
@@ -215,3 +217,45 @@ async def test_readers_see_but_cannot_change(ncloud: NotifyCloud) -> None:
     assert (await ncloud.client.get(f"/api/v1/notify/channels/{ch['id']}", headers=viewer)).status_code == 200
     r = await ncloud.client.post(f"/api/v1/notify/channels/{ch['id']}/test", headers=viewer)
     assert r.status_code == 403 and r.json()["code"] == "auth.forbidden"
+
+
+async def test_members_are_users_or_contacts_who_can_be_reached_and_now_says_how(ncloud: NotifyCloud) -> None:
+    tenant, h = await ncloud.tenant_user()
+    other_tenant, _ = await ncloud.tenant_user()
+    ch = await _channel(ncloud, h)
+    off = await _channel(ncloud, h)
+    async with ncloud.db.tenant(tenant) as conn:
+        await conn.execute("UPDATE notify_channels SET enabled = false WHERE id = $1", uuid.UUID(off["id"]))
+    email = f"{uuid.uuid4().hex[:8]}@example.com"
+    await ncloud.user("customer", await ncloud.slug(tenant), email)
+    user_id = await ncloud.db_scalar(tenant, "SELECT id FROM users WHERE email = $1", email)
+    stranger = f"{uuid.uuid4().hex[:8]}@example.com"
+    await ncloud.user("customer", await ncloud.slug(other_tenant), stranger)
+    stranger_id = await ncloud.db_scalar(other_tenant, "SELECT id FROM users WHERE email = $1", stranger)
+
+    def body(*members: dict[str, Any], override: dict[str, Any] | None = None) -> dict[str, Any]:
+        layer = {"name": "primary", "rotation": "daily", "start": "2026-11-02T00:00:00+01:00", "members": list(members)}
+        overrides = [{"start": "2026-11-25T12:00:00Z", "end": "2026-11-25T18:00:00Z", "member": override}] if override else []
+        return {"name": "ops", "time_zone": "UTC", "layers": [layer], "overrides": overrides}
+
+    refusals = [
+        (body({"name": "ana", "channel": ch["id"]}, {"name": "ben"}), "oncall.member_unreachable"),
+        (body({"name": "ana", "channel": off["id"]}), "oncall.member_unreachable"),
+        (body({"name": "ana", "channel": ch["id"]}, override={"name": "cem"}), "oncall.member_unreachable"),
+        (body({"user_id": str(stranger_id), "channel": ch["id"]}), "oncall.unknown_user"),
+        (body({"user_id": str(uuid.uuid4()), "channel": ch["id"]}), "oncall.unknown_user"),
+        (body({"channel": ch["id"]}), "api.invalid"),
+    ]
+    for refused, code in refusals:
+        r = await ncloud.client.post("/api/v1/oncall/schedules", json=refused, headers=h)
+        assert r.status_code == 422 and r.json()["code"] == code, (refused, r.text)
+    assert (await ncloud.client.get("/api/v1/oncall/schedules", headers=h)).json()["items"] == []  # nothing saved
+
+    r = await ncloud.client.post("/api/v1/oncall/schedules", json=body({"user_id": str(user_id), "channel": ch["id"]}), headers=h)
+    assert r.status_code == 201, r.text
+    assert r.json()["layers"][0]["members"] == [{"name": email, "user_id": str(user_id), "channel": ch["id"]}]
+    now = (await ncloud.client.get(f"/api/v1/oncall/schedules/{r.json()['id']}/now", params={"at": "2026-11-03T10:00:00Z"}, headers=h)).json()
+    assert now["member"] == {
+        "name": email, "channel": ch["id"], "user_id": str(user_id),
+        "reached_by": {"channel": ch["id"], "name": ch["name"], "kind": ch["kind"], "enabled": True},
+    }  # fmt: skip

@@ -8,7 +8,8 @@ import { useAccess } from "../../lib/access";
 import { live, useLiveState } from "../../live";
 import { navigate, useLocation } from "../../router";
 import { foldReading, numeric, RANGES, rangeWindow, type RangeKey } from "../../series";
-import type { Alert, Credential, Device, IssuedCredential, Latest, Point, Series } from "../../types";
+import type { Alert, Credential, Device, IssuedCredential, Latest, Point, Series, Uptime } from "../../types";
+import { StateBadge, STATE_LABEL } from "./Devices";
 import { Chart } from "../../components/Chart";
 import { CommandsSection, TwinSection } from "../../components/Twin";
 import { ago, Empty, ErrorBox, Loading, SecretOnce, SeverityBadge, StatusBadge, Time } from "../../components/ui";
@@ -42,6 +43,7 @@ function DeviceView({ device }: { device: Device }) {
           <code>{device.device_id}</code> {device.name && <span className="muted">{device.name}</span>}
         </h1>
         <StatusBadge status={device.status} />
+        <StateBadge state={device.state} />
       </div>
       <div className="grid2">
         <section className="card">
@@ -58,6 +60,7 @@ function DeviceView({ device }: { device: Device }) {
             <dt>Id</dt><dd><code>{device.id}</code></dd>
             <dt>Site</dt><dd>{site ? site.name : device.site_id ? "…" : <span className="muted">none</span>}</dd>
             <dt>Tags</dt><dd>{device.tags.length ? device.tags.map((t) => <span key={t} className="tag">{t}</span>) : <span className="muted">none</span>}</dd>
+            <dt>Last seen</dt><dd data-testid="device-last-seen">{device.last_seen_at ? <Time value={device.last_seen_at} /> : <span className="muted">never</span>}</dd>
             <dt>Last message</dt><dd data-testid="last-seen">{latest.data ? ago(latest.data.last_seen) : "…"}</dd>
             <dt>Created</dt><dd><Time value={device.created_at} /></dd>
             <dt>Updated</dt><dd><Time value={device.updated_at} /></dd>
@@ -87,12 +90,63 @@ function DeviceView({ device }: { device: Device }) {
           )}
         </section>
       </div>
+      <UptimeStrip device={device} />
       <Telemetry device={device} metrics={latest.data?.metrics.map((m) => m.name) ?? []} />
       <TwinSection device={device} />
       <CommandsSection device={device} />
       <DeviceAlerts device={device} />
       <Credentials device={device} />
     </>
+  );
+}
+
+// Online/offline over the last 24 h or 7 d, from the device's state history: one coloured segment per
+// state, widths proportional to time; "unknown" before its first state.
+function UptimeStrip({ device }: { device: Device }) {
+  const [window, setWindow] = useState<"24h" | "7d">("24h");
+  const q = useQuery({
+    queryKey: ["uptime", device.id, window],
+    queryFn: () => api<Uptime>(`/api/v1/devices/${device.id}/uptime`, { query: { window } }),
+    refetchInterval: 60_000,
+  });
+  const total = q.data ? (Date.parse(q.data.end) - Date.parse(q.data.start)) / 1000 : 0;
+  return (
+    <section className="card" data-testid="uptime">
+      <div className="page-head">
+        <h2>Uptime</h2>
+        <div className="segmented" role="group" aria-label="Uptime window">
+          {(["24h", "7d"] as const).map((w) => (
+            <button key={w} className={`btn small${w === window ? " active" : ""}`} aria-pressed={w === window} onClick={() => setWindow(w)}>
+              {w === "24h" ? "24 h" : "7 d"}
+            </button>
+          ))}
+        </div>
+      </div>
+      {q.isError ? (
+        <ErrorBox error={q.error} retry={() => q.refetch()} />
+      ) : !q.data ? (
+        <Loading />
+      ) : (
+        <>
+          <div className="uptime-strip" data-testid="uptime-strip" role="img"
+            aria-label={q.data.segments.map((g) => `${STATE_LABEL[g.status] ?? g.status} from ${g.start} to ${g.end}`).join("; ")}>
+            {q.data.segments.map((g) => {
+              const secs = (Date.parse(g.end) - Date.parse(g.start)) / 1000;
+              return (
+                <span key={g.start} className={`uptime-seg state-${g.status}`} data-status={g.status}
+                  style={{ width: `${total ? (100 * secs) / total : 0}%` }} title={`${g.status}: ${g.start} – ${g.end}`} />
+              );
+            })}
+          </div>
+          <p className="muted" data-testid="uptime-summary">
+            {q.data.online_ratio === null
+              ? "No state in this window (never seen)."
+              : `Online ${(100 * q.data.online_ratio).toFixed(1)}% of the time with a known state` +
+                Object.entries(q.data.seconds).filter(([k]) => k !== "online").map(([k, v]) => ` · ${STATE_LABEL[k] ?? k} ${Math.round(v / 60)} min`).join("")}
+          </p>
+        </>
+      )}
+    </section>
   );
 }
 

@@ -11,6 +11,15 @@ import type { Device, DevicePage, Site } from "../../types";
 import { Empty, ErrorBox, Loading, StatusBadge, Time } from "../../components/ui";
 
 const PAGE_SIZES = [50, 100, 200, 500];
+export const DEVICE_STATES = ["online", "stale", "offline", "unreachable", "never_seen"] as const;
+export const STATE_LABEL: Record<string, string> = {
+  online: "online", stale: "stale", offline: "offline", unreachable: "unreachable", never_seen: "never seen",
+};
+
+export function StateBadge({ state }: { state?: string | null }) {
+  const s = state ?? "never_seen";
+  return <span className={`badge badge-state-${s}`} data-testid="device-state">{STATE_LABEL[s] ?? s}</span>;
+}
 
 export function DevicesPage() {
   const { query } = useLocation();
@@ -20,6 +29,8 @@ export function DevicesPage() {
     site: query.get("site") ?? "",
     tag: query.get("tag") ?? "",
     status: query.get("status") ?? "",
+    state: query.get("state") ?? "",
+    sort: query.get("sort") ?? "",
     limit: Number(query.get("limit")) || 100,
   };
   const key = JSON.stringify(filters);
@@ -35,7 +46,7 @@ export function DevicesPage() {
     queryKey: ["devices", filters, cursor],
     queryFn: () =>
       api<DevicePage>("/api/v1/devices", {
-        query: { q: filters.q, site: filters.site, tag: filters.tag ? [filters.tag] : undefined, status: filters.status, limit: filters.limit, cursor },
+        query: { q: filters.q, site: filters.site, tag: filters.tag ? [filters.tag] : undefined, status: filters.status, state: filters.state, sort: filters.sort || undefined, limit: filters.limit, cursor },
       }),
     placeholderData: keepPreviousData,
   });
@@ -56,7 +67,7 @@ export function DevicesPage() {
   }, [search]); // only the typed text starts a search; the URL is the source of truth for the rest
 
   const [creating, setCreating] = useState(false);
-  const filtered = filters.q || filters.site || filters.tag || filters.status;
+  const filtered = filters.q || filters.site || filters.tag || filters.status || filters.state;
 
   return (
     <>
@@ -84,6 +95,18 @@ export function DevicesPage() {
             <option key={s} value={s}>{s}</option>
           ))}
         </select>
+        <select aria-label="State" value={filters.state} onChange={(e) => set("state", e.target.value)}>
+          <option value="">Any state</option>
+          {DEVICE_STATES.map((s) => (
+            <option key={s} value={s}>{STATE_LABEL[s]}</option>
+          ))}
+        </select>
+        <select aria-label="Sort" value={filters.sort} onChange={(e) => set("sort", e.target.value)}>
+          <option value="">Sort by device id</option>
+          <option value="state">Sort by state (offline first)</option>
+          <option value="last_seen">Sort by last seen (longest silent first)</option>
+          <option value="-last_seen">Sort by last seen (most recent first)</option>
+        </select>
         <select aria-label="Rows per page" value={filters.limit} onChange={(e) => set("limit", e.target.value)}>
           {PAGE_SIZES.map((n) => (
             <option key={n} value={n}>{n} per page</option>
@@ -109,7 +132,7 @@ export function DevicesPage() {
         <>
           <table className="table dense" data-testid="devices-table" aria-busy={page.isFetching}>
             <thead>
-              <tr><th>Device</th><th>Name</th><th>Site</th><th>Tags</th><th>Status</th><th>Updated</th></tr>
+              <tr><th>Device</th><th>Name</th><th>Site</th><th>Tags</th><th>Status</th><th>State</th><th>Last seen</th></tr>
             </thead>
             <tbody>
               {page.data.items.map((d: Device) => (
@@ -119,7 +142,8 @@ export function DevicesPage() {
                   <td>{d.site_id ? siteName.get(d.site_id) ?? "…" : <span className="muted">—</span>}</td>
                   <td>{d.tags.map((t) => <span key={t} className="tag">{t}</span>)}</td>
                   <td><StatusBadge status={d.status} /></td>
-                  <td><Time value={d.updated_at} /></td>
+                  <td><StateBadge state={d.state} /></td>
+                  <td>{d.last_seen_at ? <Time value={d.last_seen_at} /> : <span className="muted">never</span>}</td>
                 </tr>
               ))}
             </tbody>

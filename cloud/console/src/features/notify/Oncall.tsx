@@ -8,7 +8,13 @@ import { gaps, layoutTimeline } from "../../timeline";
 import type { Schedule, Timeline } from "../../types";
 import { EChart, PALETTE, cssVar } from "../../components/EChart";
 import { Empty, ErrorBox, Loading, Time } from "../../components/ui";
-import { Failure, useSchedules } from "./shared";
+import { Failure, useChannels, useSchedules } from "./shared";
+
+type Reach = { channel: string; name: string; kind: string; enabled: boolean } | null;
+type NowAnswer = { member: { name: string; channel: string | null; user_id?: string | null; reached_by?: Reach } | null; layer: string | null; until: string | null };
+
+// The names typed in the members box, in order (the console asks a channel for each).
+const names = (text: string) => text.split(/\s*,\s*/).map((n) => n.trim()).filter(Boolean);
 
 export function OncallPage() {
   const { canWrite } = useAccess();
@@ -18,6 +24,8 @@ export function OncallPage() {
   const selected = query.get("schedule") ?? q.data?.[0]?.id ?? null;
   const blank = { name: "", time_zone: Intl.DateTimeFormat().resolvedOptions().timeZone || "UTC", rotation: "weekly", handoff: "09:00", members: "" };
   const [form, setForm] = useState(blank);
+  const [reach, setReach] = useState<Record<string, string>>({}); // member name -> channel id
+  const channels = useChannels();
   const create = useMutation({
     mutationFn: () =>
       api<Schedule>("/api/v1/oncall/schedules", {
@@ -32,7 +40,7 @@ export function OncallPage() {
               handoff: form.handoff,
               handoff_weekday: form.rotation === "weekly" ? 0 : null,
               start: new Date(new Date().setHours(0, 0, 0, 0)).toISOString(),
-              members: form.members.split(/\s*,\s*/).filter(Boolean).map((name) => ({ name, channel: null })),
+              members: names(form.members).map((name) => ({ name, channel: reach[name] || null })),
             },
           ],
           overrides: [],
@@ -54,6 +62,12 @@ export function OncallPage() {
           <select aria-label="Rotation" value={form.rotation} onChange={(e) => setForm({ ...form, rotation: e.target.value })}><option>weekly</option><option>daily</option></select>
           <input aria-label="Handoff" type="time" value={form.handoff} onChange={(e) => setForm({ ...form, handoff: e.target.value })} />
           <input required aria-label="Members" placeholder="members, in order: ana, bo, cy" value={form.members} onChange={(e) => setForm({ ...form, members: e.target.value })} />
+          {names(form.members).map((name) => (
+            <select key={name} aria-label={`Channel for ${name}`} value={reach[name] ?? ""} onChange={(e) => setReach({ ...reach, [name]: e.target.value })}>
+              <option value="">{name}: page via…</option>
+              {(channels.data ?? []).map((c) => <option key={c.id} value={c.id}>{name}: {c.name} ({c.kind})</option>)}
+            </select>
+          ))}
           <button className="btn primary" disabled={create.isPending}>Create schedule</button>
         </form>
       )}
@@ -77,17 +91,19 @@ export function OncallPage() {
 function ScheduleView({ schedule }: { schedule: Schedule }) {
   const { canWrite, theme } = useAccess();
   const client = useQueryClient();
-  const now = useQuery({ queryKey: ["oncall-now", schedule.id], queryFn: () => api<{ member: { name: string } | null; layer: string | null; until: string | null }>(`/api/v1/oncall/schedules/${schedule.id}/now`), refetchInterval: 60_000 });
+  const now = useQuery({ queryKey: ["oncall-now", schedule.id], queryFn: () => api<NowAnswer>(`/api/v1/oncall/schedules/${schedule.id}/now`), refetchInterval: 60_000 });
+  const channels = useChannels();
+  const channelName = (id: string | null) => (id ? channels.data?.find((c) => c.id === id)?.name ?? "…" : "no channel");
   const tl = useQuery({ queryKey: ["timeline", schedule.id], queryFn: () => api<Timeline>(`/api/v1/oncall/schedules/${schedule.id}/timeline`, { query: { days: 14 } }) });
-  const [ov, setOv] = useState({ member: "", start: "", end: "" });
+  const [ov, setOv] = useState({ member: "", channel: "", start: "", end: "" });
   const addOverride = useMutation({
     mutationFn: () => {
-      const override = { start: new Date(ov.start).toISOString(), end: new Date(ov.end).toISOString(), member: { name: ov.member, channel: null } };
+      const override = { start: new Date(ov.start).toISOString(), end: new Date(ov.end).toISOString(), member: { name: ov.member, channel: ov.channel || null } };
       const body = { name: schedule.name, time_zone: schedule.time_zone, layers: schedule.layers, overrides: [...schedule.overrides, override] };
       return api<Schedule>(`/api/v1/oncall/schedules/${schedule.id}`, { method: "PUT", body });
     },
     onSuccess: () => {
-      setOv({ member: "", start: "", end: "" });
+      setOv({ member: "", channel: "", start: "", end: "" });
       client.invalidateQueries({ queryKey: ["schedules"] });
       client.invalidateQueries({ queryKey: ["timeline", schedule.id] });
       client.invalidateQueries({ queryKey: ["oncall-now", schedule.id] });
@@ -148,7 +164,17 @@ function ScheduleView({ schedule }: { schedule: Schedule }) {
         <span className="muted">{schedule.time_zone}</span>
         <span className="spacer" />
         <span data-testid="oncall-now">
-          {now.data ? now.data.member ? <>On call now: <strong>{now.data.member.name}</strong>{now.data.until && <> until <Time value={now.data.until} /></>}</> : <span className="bad">Nobody is on call now</span> : "…"}
+          {now.data ? now.data.member ? (
+            <>
+              On call now: <strong>{now.data.member.name}</strong>{now.data.until && <> until <Time value={now.data.until} /></>}
+              {" — "}
+              <span data-testid="oncall-reach">
+                {now.data.member.reached_by
+                  ? <>reached by <strong>{now.data.member.reached_by.name}</strong> ({now.data.member.reached_by.kind}{now.data.member.reached_by.enabled ? "" : ", disabled"})</>
+                  : <span className="bad">cannot be reached (no channel)</span>}
+              </span>
+            </>
+          ) : <span className="bad">Nobody is on call now</span> : "…"}
         </span>
       </div>
       {tl.isPending ? <Loading /> : tl.isError ? <Failure error={tl.error} retry={() => tl.refetch()} /> : (
@@ -161,17 +187,21 @@ function ScheduleView({ schedule }: { schedule: Schedule }) {
         <div>
           <h3>Layers</h3>
           <ul className="events">
-            {schedule.layers.map((l) => <li key={l.name}><strong>{l.name}</strong>: {l.rotation}, handoff {l.handoff}; {l.members.map((m) => m.name).join(" → ")}</li>)}
+            {schedule.layers.map((l) => <li key={l.name}><strong>{l.name}</strong>: {l.rotation}, handoff {l.handoff}; {l.members.map((m) => `${m.name} (${channelName(m.channel)})`).join(" → ")}</li>)}
           </ul>
         </div>
         <div>
           <h3>Overrides</h3>
           {schedule.overrides.length === 0 ? <p className="muted">None.</p> : (
-            <ul className="events">{schedule.overrides.map((o) => <li key={o.id}>{o.member.name}: <Time value={o.start} /> → <Time value={o.end} /></li>)}</ul>
+            <ul className="events">{schedule.overrides.map((o) => <li key={o.id}>{o.member.name} ({channelName(o.member.channel)}): <Time value={o.start} /> → <Time value={o.end} /></li>)}</ul>
           )}
           {canWrite && (
             <form className="form-row" aria-label="Add override" onSubmit={(e) => { e.preventDefault(); addOverride.mutate(); }}>
               <input required aria-label="Override member" placeholder="who" value={ov.member} onChange={(e) => setOv({ ...ov, member: e.target.value })} />
+              <select required aria-label="Override channel" value={ov.channel} onChange={(e) => setOv({ ...ov, channel: e.target.value })}>
+                <option value="">page via…</option>
+                {(channels.data ?? []).map((c) => <option key={c.id} value={c.id}>{c.name} ({c.kind})</option>)}
+              </select>
               <input required aria-label="Override start" type="datetime-local" value={ov.start} onChange={(e) => setOv({ ...ov, start: e.target.value })} />
               <input required aria-label="Override end" type="datetime-local" value={ov.end} onChange={(e) => setOv({ ...ov, end: e.target.value })} />
               <button className="btn small">Add override</button>

@@ -5,7 +5,7 @@ import { SEVERITIES, type Alert, type FleetSummary } from "../../types";
 import { ago, Empty, ErrorBox, Loading, SeverityBadge } from "../../components/ui";
 
 const STATUSES = ["active", "provisioned", "disabled", "decommissioned"] as const;
-const STATES = ["online", "stale", "offline", "unreachable"] as const;
+const STATES = ["online", "stale", "offline", "unreachable", "never_seen"] as const;
 
 export function OverviewPage() {
   const q = useQuery({ queryKey: ["fleet-summary"], queryFn: () => api<FleetSummary>("/api/v1/fleet/summary"), refetchInterval: 30_000 });
@@ -47,10 +47,10 @@ export function OverviewPage() {
           {q.data.devices_by_state && q.data.open_alerts && q.data.gateways && (
             <div className="kpis" data-testid="kpis-health">
               {STATES.map((s) => (
-                <div key={s} className={`kpi kpi-state-${s}`}>
-                  <span className="kpi-value" data-testid={`kpi-${s}`}>{q.data.devices_by_state![s]}</span>
-                  <span className="kpi-label">{s}</span>
-                </div>
+                <Link key={s} to={`/devices?state=${s}`} className={`kpi kpi-state-${s}`}>
+                  <span className="kpi-value" data-testid={`kpi-${s}`}>{q.data.devices_by_state![s] ?? 0}</span>
+                  <span className="kpi-label">{s === "never_seen" ? "never seen" : s}</span>
+                </Link>
               ))}
               {SEVERITIES.map((s) => (
                 <Link key={s} to={`/alerts?severity=${s}`} className={`kpi kpi-sev-${s}`}>
