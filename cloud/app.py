@@ -26,8 +26,8 @@ from pulse.cloud.api import audit as audit_api
 from pulse.cloud.api import auth as auth_api
 from pulse.cloud.api import devices, fleet, gateways, live, operator, sites, telemetry
 from pulse.cloud.api import notify as notify_api
-from pulse.cloud.api import subscriptions as subscriptions_api
 from pulse.cloud.api import quarantine as quarantine_api
+from pulse.cloud.api import subscriptions as subscriptions_api
 from pulse.cloud.api import twin as twin_api
 from pulse.cloud.api.console import mount_console
 from pulse.cloud.api.deps import Components
