@@ -21,25 +21,24 @@ from datetime import datetime
 import asyncpg
 
 from pulse.cloud.alerts.store import set_device_status
+from pulse.cloud.db.rows import TelemetryRow
 from pulse.protocol.connectivity import Connectivity, kind_of, status_of
 
 
-def changes(rows: Sequence[Sequence[object]]) -> list[tuple[str, Connectivity, datetime]]:
-    """(device id, kind, time) of the connectivity events among stored rows (writer.TelemetryRow:
-    at, tenant, device, type, metrics, tags JSON, ...), in their order."""
+def changes(rows: Sequence[TelemetryRow]) -> list[tuple[str, Connectivity, datetime]]:
+    """(device id, kind, time) of the connectivity events among stored rows, in their order."""
     found = []
     for row in rows:
-        tags_json = row[5]
-        if row[3] != "event" or not isinstance(tags_json, str):
+        if row.msg_type != "event" or row.tags is None:
             continue
-        tags = json.loads(tags_json)
+        tags = json.loads(row.tags)
         kind = kind_of("event", tags if isinstance(tags, dict) else None)
         if kind is not None:
-            found.append((str(row[2]), kind, row[0]))  # type: ignore[arg-type]
+            found.append((row.device_id, kind, row.time))
     return found
 
 
-async def apply(conn: asyncpg.Connection, rows: Sequence[Sequence[object]]) -> int:
+async def apply(conn: asyncpg.Connection, rows: Sequence[TelemetryRow]) -> int:
     """Set the states the rows' connectivity events call for, in the caller's ``db.tenant()`` transaction."""
     found = changes(rows)
     for device_id, kind, at in found:

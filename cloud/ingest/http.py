@@ -263,7 +263,7 @@ class IngestService:
         refused ones are quarantined unless ``quarantine`` is false (a re-submission of a message
         already in quarantine: it stays there, the caller reports the refusal)."""
         prepared = prepare(identity, messages, now_ms=int(time.time() * 1000), received_at=datetime.now(UTC), limits=self.limits)
-        if self.db is not None and any(row[3] in _DEVICE_STATE_TYPES for row in prepared.telemetry):
+        if self.db is not None and any(row.msg_type in _DEVICE_STATE_TYPES for row in prepared.telemetry):
             await self._apply_device_state(identity, messages, prepared)
         await self.writer.write(prepared.telemetry, prepared.quarantine if quarantine else [])
         return prepared
