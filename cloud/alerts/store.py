@@ -150,12 +150,17 @@ async def set_device_status(
     conn: asyncpg.Connection, device_id: str, status: DeviceStatus | str, reason: dict[str, object], at_ms: int | None = None
 ) -> None:
     """``at_ms``: when the change happened on the evaluator's clock (default: the transaction's time);
-    a change of status is also appended to ``device_state_history`` (by trigger, at that time)."""
+    a change of status is also appended to ``device_state_history`` (by trigger, at that time).
+
+    An offline device never becomes merely stale: its next message makes it online. (A gateway's
+    connectivity event can set a device offline before the heartbeat's own schedule would call
+    it stale; that schedule must not take the device back to stale.)"""
     await conn.execute(
         "INSERT INTO device_states (tenant_id, device_id, status, reason, changed_at) "
         "VALUES (pulse_current_tenant(), $1, $2, $3::jsonb, COALESCE(to_timestamp($4::bigint / 1000.0), now())) "
         "ON CONFLICT (tenant_id, device_id) DO UPDATE SET status = EXCLUDED.status, reason = EXCLUDED.reason, "
-        "changed_at = CASE WHEN device_states.status = EXCLUDED.status THEN device_states.changed_at ELSE EXCLUDED.changed_at END",
+        "changed_at = CASE WHEN device_states.status = EXCLUDED.status THEN device_states.changed_at ELSE EXCLUDED.changed_at END "
+        "WHERE NOT (device_states.status = 'offline' AND EXCLUDED.status = 'stale')",
         device_id,
         str(status),
         json.dumps(reason),

@@ -340,3 +340,19 @@ async def test_sync_can_merge_edge_alerts_in_its_writer_transaction_without_touc
     assert report.applied == 1
     assert [x["state"] for x in await alerts(cloud, a)] == ["closed"]
     assert [x["state"] for x in await alerts(cloud, b)] == ["open"]
+
+
+async def test_an_offline_device_is_not_taken_back_to_stale_only_online_by_its_next_message(cloud: Cloud) -> None:
+    # a gateway's "lost" event (the device's Will) sets it offline before the heartbeat's schedule
+    # reaches stale; that schedule must not then show it as merely stale
+    from pulse.cloud.alerts.store import set_device_status
+
+    tenant, _ = await cloud.tenant_user()
+    async with cloud.app.state.pulse.db.tenant(tenant) as conn:
+        await set_device_status(conn, "dev-will", "online", {"text": "first message"})
+        await set_device_status(conn, "dev-will", "offline", {"text": "dev-will was lost at its gateway", "connectivity": "lost"})
+        await set_device_status(conn, "dev-will", "stale", {"text": "no message for 1.5 intervals"})
+        row = await conn.fetchrow("SELECT status, reason FROM device_states WHERE device_id = 'dev-will'")
+        assert row["status"] == "offline" and "lost" in row["reason"]
+        await set_device_status(conn, "dev-will", "online", {"text": "a message"})
+        assert await conn.fetchval("SELECT status FROM device_states WHERE device_id = 'dev-will'") == "online"
