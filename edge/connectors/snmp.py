@@ -28,23 +28,10 @@ from pysnmp.hlapi.v3arch.asyncio import auth as usm
 from pysnmp.proto import rfc1905
 from pysnmp.proto.rfc1902 import Integer32, OctetString
 
+from pulse.common.snmp import AUTH, PRIV
 from pulse.protocol.connectors import OidPoint, SnmpDevice, SnmpRaw
 from pulse.protocol.errors import Code, ConnectorError
 
-AUTH = {
-    "MD5": usm.USM_AUTH_HMAC96_MD5,
-    "SHA": usm.USM_AUTH_HMAC96_SHA,
-    "SHA224": usm.USM_AUTH_HMAC128_SHA224,
-    "SHA256": usm.USM_AUTH_HMAC192_SHA256,
-    "SHA384": usm.USM_AUTH_HMAC256_SHA384,
-    "SHA512": usm.USM_AUTH_HMAC384_SHA512,
-}
-PRIV = {
-    "DES": usm.USM_PRIV_CBC56_DES,
-    "AES": usm.USM_PRIV_CFB128_AES,
-    "AES192": usm.USM_PRIV_CFB192_AES_BLUMENTHAL,
-    "AES256": usm.USM_PRIV_CFB256_AES_BLUMENTHAL,
-}
 _MISSING = (rfc1905.NoSuchObject, rfc1905.NoSuchInstance, rfc1905.EndOfMibView)
 
 

@@ -40,25 +40,12 @@ from pulse.cloud.notify.errors import AddressError
 from pulse.cloud.notify.model import SEVERITIES, Delivered, Notification, Outcome, Retry, format_value
 from pulse.cloud.notify.senders.base import Channel, ChannelConfig, SendContext
 from pulse.cloud.notify.senders.http import address_outcome
+from pulse.common.snmp import AUTH, PRIV
 from pulse.protocol.errors import Code
 
 DEFAULT_PREFIX = "1.3.6.1.4.1.8072.9999.9999.4242"
 DEFAULT_ENGINE_ID = "80004fb80570756c7365"  # RFC 3411: enterprise 20408 (pysnmp), format 5, the octets "pulse"
 TRAPS = {"opened": 1, "acknowledged": 2, "closed": 3, "test": 4, "notice": 5}
-AUTH = {
-    "MD5": usm.USM_AUTH_HMAC96_MD5,
-    "SHA": usm.USM_AUTH_HMAC96_SHA,
-    "SHA224": usm.USM_AUTH_HMAC128_SHA224,
-    "SHA256": usm.USM_AUTH_HMAC192_SHA256,
-    "SHA384": usm.USM_AUTH_HMAC256_SHA384,
-    "SHA512": usm.USM_AUTH_HMAC384_SHA512,
-}
-PRIV = {
-    "DES": usm.USM_PRIV_CBC56_DES,
-    "AES": usm.USM_PRIV_CFB128_AES,
-    "AES192": usm.USM_PRIV_CFB192_AES_BLUMENTHAL,
-    "AES256": usm.USM_PRIV_CFB256_AES_BLUMENTHAL,
-}
 _OID = re.compile(r"^1(\.(0|[1-9][0-9]{0,9})){2,40}$")
 
 
