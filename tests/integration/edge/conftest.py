@@ -116,6 +116,9 @@ class Client:
     def close(self) -> None:
         self.c.disconnect()
         self.c.loop_stop()
+        # paho closes its socket and wake-up socket pair from its loop; a client whose loop a test
+        # stopped early (a device that lost power) would leave them open
+        self.c._reset_sockets()
 
 
 @pytest.fixture
