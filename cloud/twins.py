@@ -196,7 +196,17 @@ async def _apply_one(
         command_id, event, result, error = report.command_id, report.event, None, None
     else:
         raise CommandError(Code.COMMAND_BAD, f"a {msg.type!r} message says nothing about a twin or a command")
-    cmd = await command_event(conn, tenant, msg.device_id, command_id, event, msg.at_ms, result=result, error=error)
+    try:
+        cmd = await command_event(conn, tenant, msg.device_id, command_id, event, msg.at_ms, result=result, error=error)
+    except CommandError as exc:
+        # The gateway's own bookkeeping ("sent", "expired") can arrive after the device's answer
+        # moved the command on (an answer proves it was sent): stale, not bad input.
+        if msg.type != COMMAND_STATE_TYPE or exc.code is not Code.COMMAND_ILLEGAL_TRANSITION:
+            raise
+        cmd = await load_command(conn, tenant, command_id)
+        if cmd is None:
+            raise
+        log.info("command %s of %s: the gateway's %s report came after it moved on (%s)", command_id, msg.device_id, event, cmd.state)
     if cmd is None:
         raise CommandError(Code.COMMAND_BAD_ACK, f"{msg.device_id} has no command {command_id}")
     return msg.device_id, "command", {"id": cmd.id, "state": cmd.state.value}

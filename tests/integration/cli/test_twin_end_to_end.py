@@ -168,7 +168,10 @@ async def test_desired_and_commands_set_while_the_gateway_is_down_reach_the_devi
 
             done = await _until(answered, "the device's answer to ping", logs)
             assert (done["state"], done["result"]) == ("succeeded", {"pong": True})
-            assert [s["state"] for s in done["history"]] == ["queued", "delivered", "sent", "succeeded"]
+            # the gateway's "sent" report and the device's answer race on the twin stream; an answer
+            # proves the command was sent, so the protocol takes delivered -> succeeded as well
+            states = [s["state"] for s in done["history"]]
+            assert states in (["queued", "delivered", "sent", "succeeded"], ["queued", "delivered", "succeeded"]), states
             expired = await command(late["id"])
             assert [s["state"] for s in expired["history"]] == ["queued", "expired"]
             history = (await c.get(f"/api/v1/devices/{device}/twin/history", headers=h)).json()["items"]

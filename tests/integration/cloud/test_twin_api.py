@@ -526,3 +526,20 @@ async def test_a_device_moved_to_another_site_brings_its_twin_and_waiting_comman
     assert [i["kind"] for i in items] == ["twin_desired", "command"]
     assert TwinDesired.from_payload(items[0]["payload"]).document.desired == {"interval_s": 9}
     assert command_from_payload(items[1]["payload"]).id == cmd["id"]
+
+
+async def test_the_gateways_sent_report_arriving_after_the_answer_is_stale_not_quarantined(tc: TwinCloud) -> None:
+    tenant, h = await tc.cloud.tenant_user()
+    site, gw, files = await tc.site_gateway(h)
+    dev = await _device(tc, h, site)
+    cmd = (await tc.client.post(f"/api/v1/devices/{dev}/commands", json={"name": "ping"}, headers=h)).json()
+    now = int(time.time() * 1000)
+    ack = await tc.send(
+        files,
+        _twin_batch(gw, [Record(1, dev, now, "command_ack", {}, body={"id": cmd["id"], "status": "succeeded"}),
+                         Record(2, dev, now, COMMAND_STATE_TYPE, {}, body={"id": cmd["id"], "state": "sent"})]),
+    )
+    assert ack["quarantined"] == 0
+    got = (await tc.client.get(f"/api/v1/devices/{dev}/commands/{cmd['id']}", headers=h)).json()
+    assert [s["state"] for s in got["history"]] == ["queued", "delivered", "succeeded"]
+    assert await tc.sql("SELECT code FROM quarantine WHERE tenant_id = $1", tenant) == []
