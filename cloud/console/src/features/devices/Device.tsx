@@ -169,7 +169,12 @@ function Telemetry({ device, metrics }: { device: Device; metrics: string[] }) {
     enabled: metric !== "",
   });
   const [points, setPoints] = useState<Point[]>([]);
-  useEffect(() => setPoints(series.data?.points ?? []), [series.data]);
+  // the metric the points in hand belong to: until the new series is in, they are the previous one's
+  const [drawn, setDrawn] = useState(metric);
+  useEffect(() => {
+    setPoints(series.data?.points ?? []);
+    setDrawn(metric);
+  }, [series.data]); // eslint-disable-line react-hooks/exhaustive-deps
 
   const current = useRef({ metric, bucketMs: 60_000, range });
   current.current = { metric, bucketMs: (series.data?.bucket_s ?? 60) * 1000, range };
@@ -228,7 +233,7 @@ function Telemetry({ device, metrics }: { device: Device; metrics: string[] }) {
       ) : (
         <>
           {series.isPending && <Loading what="Loading telemetry" />}
-          <Chart points={points} metric={metric} theme={theme} />
+          <Chart points={points} metric={drawn} theme={theme} />
           {series.data && points.length === 0 && <p className="muted">No {metric} readings in the last {range}.</p>}
         </>
       )}
