@@ -29,6 +29,7 @@ from pulse.cloud.api import notify as notify_api
 from pulse.cloud.api import quarantine as quarantine_api
 from pulse.cloud.api import subscriptions as subscriptions_api
 from pulse.cloud.api import twin as twin_api
+from pulse.cloud.api import users as users_api
 from pulse.cloud.api.console import mount_console
 from pulse.cloud.api.deps import Components
 from pulse.cloud.auth.accounts import Accounts
@@ -230,7 +231,7 @@ def create_app(
     install_error_handlers(app)
     # unauthenticated endpoints whose JSON bodies FastAPI would otherwise read whole (ingest has its own limit)
     app.add_middleware(
-        BodyLimit, limits=dict.fromkeys((ENROLL_PATH, ACTIVATE_PATH, "/auth/login", "/auth/refresh"), settings.public_max_body_bytes)
+        BodyLimit, limits=dict.fromkeys((ENROLL_PATH, ACTIVATE_PATH, "/auth/login", "/auth/refresh", "/auth/links/inspect", "/auth/links/accept"), settings.public_max_body_bytes)
     )
 
     @app.get("/health", tags=["ops"], summary="Liveness and database reachability", responses={200: {"model": Health}, 503: {"model": Health}})
@@ -257,6 +258,9 @@ def create_app(
     app.include_router(gateways.router)
     app.include_router(gateways.enroll_router)
     app.include_router(operator.router)
+    app.include_router(users_api.router)
+    app.include_router(users_api.operator_router)
+    app.include_router(users_api.links_router)
     app.include_router(fleet.router)
     app.include_router(telemetry.router)
     app.include_router(live.router)

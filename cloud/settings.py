@@ -120,6 +120,16 @@ class Settings(BaseSettings):
     activation_rate_per_min: float = Field(default=10.0, gt=0, description="activation attempts per minute per source address or gateway")
     activation_burst: int = Field(default=10, ge=1, description="activation attempts a source address or gateway may make at once")
 
+    # user administration: one-time links and the mail that carries them (issue 20)
+    invite_ttl_s: int = Field(default=7 * 24 * 3600, ge=600, le=90 * 24 * 3600, description="how long an invitation link works")
+    reset_ttl_s: int = Field(default=24 * 3600, ge=600, le=30 * 24 * 3600, description="how long a password-reset link works")
+    mail_host: str | None = Field(default=None, description="SMTP server for invitations and resets (unset: links are only shown in the console)")
+    mail_port: int = Field(default=587, ge=1, le=65535)
+    mail_security: Literal["starttls", "tls", "none"] = "starttls"
+    mail_username: str | None = None
+    mail_password: SecretStr | None = None
+    mail_sender: str = Field(default="pulse@localhost.localdomain", description="the From address of invitations and resets")
+
     @model_validator(mode="after")
     def _enforce_non_default_secrets(self) -> Settings:
         if not re.fullmatch(r"[a-z][a-z0-9_]{0,40}", self.db_role_prefix):

@@ -5,12 +5,14 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Request, Response
 from pydantic import BaseModel, Field
 
 from pulse.cloud.api.deps import principal
 from pulse.cloud.auth.accounts import Accounts, TokenPair
 from pulse.cloud.auth.tokens import Principal
+from pulse.cloud.errors import InvalidError
+from pulse.protocol.errors import Code
 
 router = APIRouter(tags=["auth"])
 
@@ -56,6 +58,14 @@ async def login(body: LoginIn, accounts: Annotated[Accounts, Depends(_accounts)]
 @router.post("/auth/refresh", response_model=TokensOut, summary="Trade a refresh token for a new pair (the old one is spent)")
 async def refresh(body: RefreshIn, accounts: Annotated[Accounts, Depends(_accounts)]) -> TokensOut:
     return _out(await accounts.refresh(body.refresh_token))
+
+
+@router.post("/auth/logout-all", status_code=204, summary="Sign out everywhere: every session of your account ends")
+async def logout_all(p: Annotated[Principal, Depends(principal)], accounts: Annotated[Accounts, Depends(_accounts)]) -> Response:
+    if p.via != "local":
+        raise InvalidError(Code.API_INVALID, "this account signs in through its identity provider; sign out there")
+    await accounts.sign_out_all(uuid.UUID(p.subject))
+    return Response(status_code=204)
 
 
 @router.get("/api/v1/me", response_model=MeOut, summary="Who the token says you are")

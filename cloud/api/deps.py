@@ -51,7 +51,10 @@ def components(request: Request) -> Components:
 
 
 async def principal(request: Request) -> Principal:
-    return await components(request).auth.authenticate(request.headers.get("authorization"))
+    p = await components(request).auth.authenticate(request.headers.get("authorization"))
+    if p.via == "local":  # a disabled, removed or signed-out account's tokens stop at once
+        await request.app.state.accounts.check_session(p)
+    return p
 
 
 @dataclass(frozen=True, slots=True)

@@ -91,6 +91,8 @@ async def _authenticate(ws: WebSocket, parts: Components) -> tuple[TenantCaller 
         return None
     try:
         principal = await parts.auth.authenticate(f"Bearer {token}")
+        if principal.via == "local":  # a disabled, removed or signed-out account does not connect
+            await ws.app.state.accounts.check_session(principal)
         if principal.tenant_id is None:
             return await operator(principal), _expires_at(token)
         return await tenant_reader(principal), _expires_at(token)

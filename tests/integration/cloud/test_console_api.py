@@ -217,11 +217,12 @@ async def test_live_socket_closes_without_a_valid_token(cloud_settings: Settings
 
 
 async def test_live_socket_closes_when_its_token_expires(cloud: Cloud, serve: Any) -> None:
-    tenant_id, _ = await cloud.tenant_user()
+    tenant_id, headers = await cloud.tenant_user("customer")
+    user_id = uuid.UUID((await cloud.client.get("/api/v1/me", headers=headers)).json()["subject"])
     s = cloud.settings
     tokens = SessionTokens(s.jwt_secret.get_secret_value(), issuer=s.jwt_issuer, ttl_s=s.access_token_ttl_s)
     # a token issued so long ago that it has two seconds left
-    token = tokens.issue(user_id=uuid.uuid4(), tenant_id=tenant_id, roles=["customer"], now=time.time() - s.access_token_ttl_s + 2)
+    token = tokens.issue(user_id=user_id, tenant_id=tenant_id, roles=["customer"], now=time.time() - s.access_token_ttl_s + 2)
     async with serve(cloud.app, lifespan=False) as base, connect(ws_url(base)) as ws:
         await ws.send(json.dumps({"type": "auth", "token": token}))
         assert (await frame(ws))["type"] == "ready"
