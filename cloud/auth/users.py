@@ -27,10 +27,12 @@ from pulse.protocol.errors import Code
 TENANT_ROLES = ("customer", "tenant-admin")
 LinkKind = Literal["invite", "reset"]
 _EMAIL = re.compile(r"^[^@\s<>,;\"]+@[^@\s<>,;\"]+\.[^@\s<>,;\"]+$")
+# who invited: their email when the app can see their account (same tenant, or any for operators)
 USER_COLUMNS = (
-    "id, email, display_name, roles, disabled, last_sign_in_at, created_at, created_by,"
-    " (password_hash IS NULL AND last_sign_in_at IS NULL) AS invited"
+    "u.id, u.email, u.display_name, u.roles, u.disabled, u.last_sign_in_at, u.created_at,"
+    " coalesce(c.email, u.created_by) AS created_by, (u.password_hash IS NULL AND u.last_sign_in_at IS NULL) AS invited"
 )
+USERS = "users u LEFT JOIN users c ON u.created_by = 'local:' || c.id::text"
 
 
 def new_link_token() -> str:
@@ -59,11 +61,11 @@ class Link:
 
 
 async def list_users(conn: asyncpg.Connection, tenant_id: uuid.UUID) -> list[asyncpg.Record]:
-    return list(await conn.fetch(f"SELECT {USER_COLUMNS} FROM users WHERE tenant_id = $1 ORDER BY lower(email)", tenant_id))
+    return list(await conn.fetch(f"SELECT {USER_COLUMNS} FROM {USERS} WHERE u.tenant_id = $1 ORDER BY lower(u.email)", tenant_id))
 
 
 async def get_user(conn: asyncpg.Connection, tenant_id: uuid.UUID, user_id: uuid.UUID) -> asyncpg.Record:
-    row = await conn.fetchrow(f"SELECT {USER_COLUMNS} FROM users WHERE tenant_id = $1 AND id = $2", tenant_id, user_id)
+    row = await conn.fetchrow(f"SELECT {USER_COLUMNS} FROM {USERS} WHERE u.tenant_id = $1 AND u.id = $2", tenant_id, user_id)
     if row is None:
         raise NotFoundError("user")
     return row

@@ -4,6 +4,8 @@ import { QueryClient, QueryClientProvider } from "@tanstack/react-query";
 import { ApiError, session } from "./api";
 import { App } from "./App";
 import { LoginPage } from "./features/login/Login";
+import { AcceptPage } from "./features/accept/Accept";
+import { useLocation } from "./router";
 import "./styles.css";
 
 const queries = new QueryClient({
@@ -24,6 +26,8 @@ session.subscribe(() => {
 
 function Root() {
   const s = useSyncExternalStore(session.subscribe, session.get);
+  const { path } = useLocation();
+  if (path === "/accept") return <AcceptPage />; // an invitation or reset link, signed in or not
   return s ? <App /> : <LoginPage />;
 }
 
