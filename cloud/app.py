@@ -33,6 +33,7 @@ from pulse.cloud.api import users as users_api
 from pulse.cloud.api.console import mount_console
 from pulse.cloud.api.deps import Components
 from pulse.cloud.auth.accounts import Accounts
+from pulse.cloud.auth.oidc_login import OidcClient, OidcLogin
 from pulse.cloud.auth.tokens import Authenticator, OidcVerifier, SessionTokens
 from pulse.cloud.bodylimit import BodyLimit
 from pulse.cloud.db.migrate import maintain_telemetry, migrate
@@ -221,6 +222,18 @@ def create_app(
     if clock is not None:
         app.state.pulse.clock = clock
     app.state.accounts = Accounts(db, sessions, refresh_ttl_s=settings.refresh_token_ttl_s)
+    if settings.oidc_issuer and settings.oidc_client_id:  # console sign-in through the identity provider
+        app.state.oidc_login = OidcLogin(
+            OidcClient(
+                issuer=settings.oidc_issuer,
+                client_id=settings.oidc_client_id,
+                client_secret=settings.oidc_client_secret.get_secret_value() if settings.oidc_client_secret else None,
+                scopes=settings.oidc_scopes,
+                tenant_claim=settings.oidc_tenant_claim,
+                roles_claim=settings.oidc_roles_claim,
+            ),
+            cookie_secret=settings.jwt_secret.get_secret_value() + ":oidc-login",
+        )
     app.state.metrics = metrics
     app.state.writer = writer
     app.state.live = hub

@@ -53,6 +53,11 @@ class Settings(BaseSettings):
     oidc_tenant_claim: str = "pulse_tenant"
     oidc_roles_claim: str = "pulse_roles"
     oidc_jwks_cache_s: int = Field(default=300, ge=1)
+    oidc_client_id: str | None = Field(default=None, description="console sign-in through the issuer (authorization code + PKCE)")
+    oidc_client_secret: SecretStr | None = None
+    oidc_scopes: str = "openid email profile"
+    oidc_login_label: str = "Sign in with single sign-on"
+    oidc_redirect_url: str | None = Field(default=None, description="<public address>/auth/oidc/callback (default: from the request)")
 
     # request bodies of endpoints anyone can reach (enrollment, login, refresh), enforced while reading
     public_max_body_bytes: int = Field(default=64 * 1024, ge=4096, le=16 * 1024 * 1024)

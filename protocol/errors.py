@@ -185,6 +185,8 @@ class Code(StrEnum):
     """The device credential is valid but the device is disabled or decommissioned."""
     AUTH_SESSION_REVOKED = "auth.session_revoked"
     """The access token was valid, but its account has since been disabled, removed or signed out everywhere."""
+    AUTH_OIDC_FAILED = "auth.oidc_failed"
+    """Console sign-in through the identity provider failed (its answer, the ID token, or the claims); the message says which."""
 
     # api: the cloud's customer and operator APIs
     API_NOT_FOUND = "api.not_found"

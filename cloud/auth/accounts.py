@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 
 from pulse.cloud.auth.credentials import new_refresh_token, sha256_hex
+from pulse.cloud.auth.oidc_login import Identity
 from pulse.cloud.auth.passwords import hash_password, verify_password
 from pulse.cloud.auth.tokens import ROLES, Principal, SessionTokens
 from pulse.cloud.db.pool import Database, audit
@@ -56,6 +57,27 @@ class Accounts:
             raise AuthError(Code.AUTH_SESSION_REVOKED, "the account was disabled or removed; ask a tenant admin")
         if row["epoch"] != p.epoch:
             raise AuthError(Code.AUTH_SESSION_REVOKED, "this session was signed out (sign out everywhere or a new password); log in again")
+
+    async def oidc_sign_in(self, who: Identity) -> TokenPair:
+        """The account of a person the identity provider vouched for (made at the first sign-in;
+        tenant and roles follow the claims at every sign-in)."""
+        async with self._db.identity() as conn:
+            row = await conn.fetchrow(
+                "SELECT * FROM pulse_identity_oidc_user($1, $2, $3, $4, $5)", who.subject, who.email, who.tenant_id, who.roles,
+                who.display_name,
+            )
+        assert row is not None
+        if row["outcome"] == "disabled":
+            raise AuthError(Code.AUTH_OIDC_FAILED, "this account is disabled in Pulse; ask a tenant admin")
+        if row["outcome"] == "no_tenant":
+            raise AuthError(Code.AUTH_OIDC_FAILED, "the tenant named by your identity provider does not exist in Pulse")
+        if row["outcome"] == "email_taken":
+            raise AuthError(Code.AUTH_OIDC_FAILED, f"{who.email} is an account of another tenant in Pulse; ask an operator")
+        if row["tenant_id"] is not None:
+            async with self._db.tenant(row["tenant_id"]) as conn:
+                await audit(conn, actor=f"local:{row['id']}", action="user.oidc_sign_in", target=who.email, tenant_id=row["tenant_id"],
+                            detail={"subject": who.subject, "roles": who.roles})
+        return await self._issue(row, family=uuid.uuid4())
 
     async def sign_out_all(self, user_id: uuid.UUID) -> None:
         async with self._db.identity() as conn:

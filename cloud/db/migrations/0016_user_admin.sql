@@ -5,7 +5,8 @@
 ALTER TABLE users
     ADD COLUMN last_sign_in_at      timestamptz,
     ADD COLUMN session_epoch        integer NOT NULL DEFAULT 0,
-    ADD COLUMN created_by           text NOT NULL DEFAULT '';
+    ADD COLUMN created_by           text NOT NULL DEFAULT '',
+    ADD COLUMN oidc_subject         text UNIQUE;     -- '<issuer> <sub>' of an account that signs in through OIDC
 
 -- One-time links: only a hash is kept; the link is mailed (and shown once to whoever made it).
 CREATE TABLE user_links (
@@ -89,11 +90,50 @@ AS $$
     UPDATE refresh_tokens SET revoked_at = now() WHERE user_id = uid AND revoked_at IS NULL;
 $$;
 
+-- Console sign-in through the configured OIDC issuer (the cloud verified the ID token): the account
+-- of this subject, made on first sign-in, with tenant and roles from the token's claims each time.
+-- An existing account with the same email is linked when it is in the same tenant. Outcomes: 'ok',
+-- 'disabled', 'no_tenant' (the claimed tenant does not exist), 'email_taken' (another tenant's).
+CREATE FUNCTION pulse_identity_oidc_user(subject text, mail text, tid uuid, claimed text[], display text)
+RETURNS TABLE (outcome text, id uuid, tenant_id uuid, roles text[], disabled boolean)
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = public, pg_temp
+AS $$
+DECLARE u users%ROWTYPE;
+BEGIN
+    IF tid IS NOT NULL AND NOT EXISTS (SELECT 1 FROM tenants t WHERE t.id = tid) THEN
+        RETURN QUERY SELECT 'no_tenant'::text, NULL::uuid, NULL::uuid, NULL::text[], NULL::boolean; RETURN;
+    END IF;
+    SELECT * INTO u FROM users WHERE users.oidc_subject = subject FOR UPDATE;
+    IF NOT FOUND THEN
+        SELECT * INTO u FROM users WHERE lower(users.email) = lower(mail) FOR UPDATE;
+        IF FOUND AND u.tenant_id IS DISTINCT FROM tid THEN
+            RETURN QUERY SELECT 'email_taken'::text, NULL::uuid, NULL::uuid, NULL::text[], NULL::boolean; RETURN;
+        END IF;
+    END IF;
+    IF u.id IS NULL THEN
+        INSERT INTO users (tenant_id, email, roles, display_name, oidc_subject, created_by)
+        VALUES (tid, mail, claimed, display, subject, 'oidc') RETURNING * INTO u;
+    ELSIF u.disabled THEN
+        RETURN QUERY SELECT 'disabled'::text, u.id, u.tenant_id, u.roles, true; RETURN;
+    ELSE
+        UPDATE users SET oidc_subject = subject, tenant_id = tid, roles = claimed,
+               session_epoch = users.session_epoch + CASE WHEN users.roles = claimed AND users.tenant_id IS NOT DISTINCT FROM tid THEN 0 ELSE 1 END,
+               display_name = CASE WHEN display = '' THEN users.display_name ELSE display END
+        WHERE users.id = u.id RETURNING * INTO u;
+    END IF;
+    UPDATE users SET last_sign_in_at = now() WHERE users.id = u.id;
+    RETURN QUERY SELECT 'ok'::text, u.id, u.tenant_id, u.roles, u.disabled;
+END
+$$;
+GRANT INSERT ON users TO {{identity}};
+GRANT SELECT ON tenants TO {{identity}};
+
 DO $$
 DECLARE f text;
 BEGIN
     FOREACH f IN ARRAY ARRAY['pulse_identity_session(uuid)', 'pulse_identity_signed_in(uuid)', 'pulse_identity_link(text)',
-                             'pulse_identity_link_use(text, text, timestamptz)', 'pulse_identity_sign_out_all(uuid)']
+                             'pulse_identity_link_use(text, text, timestamptz)', 'pulse_identity_sign_out_all(uuid)',
+                             'pulse_identity_oidc_user(text, text, uuid, text[], text)']
     LOOP
         EXECUTE format('ALTER FUNCTION %s OWNER TO %I', f, {{identity_lit}});
         EXECUTE format('REVOKE ALL ON FUNCTION %s FROM PUBLIC', f);
