@@ -1,11 +1,22 @@
-import { useState, type FormEvent } from "react";
+import { useEffect, useState, type FormEvent } from "react";
 import { ApiError, login } from "../../api";
+
+type Sso = { enabled: boolean; label: string };
 
 export function LoginPage() {
   const [email, setEmail] = useState("");
   const [password, setPassword] = useState("");
-  const [error, setError] = useState<string | null>(null);
+  // a refused single sign-on comes back here with its reason (?sso_error=...)
+  const [error, setError] = useState<string | null>(() => new URLSearchParams(location.search).get("sso_error"));
   const [busy, setBusy] = useState(false);
+  const [sso, setSso] = useState<Sso | null>(null);
+
+  useEffect(() => {
+    fetch("/auth/oidc")
+      .then((r) => (r.ok ? (r.json() as Promise<Sso>) : null))
+      .then(setSso, () => setSso(null));
+  }, []);
+  const then = location.pathname.startsWith("/app") ? location.pathname.slice(4) || "/" : "/";
 
   async function submit(e: FormEvent) {
     e.preventDefault();
@@ -37,6 +48,14 @@ export function LoginPage() {
         <button className="btn primary" type="submit" disabled={busy}>
           {busy ? "Logging in…" : "Log in"}
         </button>
+        {sso?.enabled && (
+          <>
+            <div className="muted or">or</div>
+            <a className="btn" href={`/auth/oidc/start?then=${encodeURIComponent(then)}`} data-testid="sso">
+              {sso.label}
+            </a>
+          </>
+        )}
       </form>
     </div>
   );
