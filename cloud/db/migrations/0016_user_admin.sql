@@ -1,4 +1,4 @@
--- Tenant user administration (issue 20): invitations and password resets by one-time link, last
+-- Tenant user administration and activation-code revocation (issue 20): invitations and password resets by one-time link, last
 -- sign-in, and sessions that stop working when an account is disabled, removed or signed out
 -- everywhere: access tokens carry the account's session epoch, and each of those changes moves it on.
 
@@ -7,6 +7,10 @@ ALTER TABLE users
     ADD COLUMN session_epoch        integer NOT NULL DEFAULT 0,
     ADD COLUMN created_by           text NOT NULL DEFAULT '',
     ADD COLUMN oidc_subject         text UNIQUE;     -- '<issuer> <sub>' of an account that signs in through OIDC
+
+-- A tenant admin revokes activation codes that were handed out but should not be used (a lost list):
+-- the code's expiry is brought forward to the revocation, so every door that checks the expiry refuses it.
+ALTER TABLE activation_codes ADD COLUMN revoked_at timestamptz;
 
 -- One-time links: only a hash is kept; the link is mailed (and shown once to whoever made it).
 CREATE TABLE user_links (
