@@ -14,6 +14,9 @@ import { DevicePage } from "./features/devices/Device";
 import { SitesPage } from "./features/sites/Sites";
 import { TenantUsersPage, TenantsPage } from "./features/tenants/Tenants";
 import { UsersPage } from "./features/users/Users";
+import { WizardPage } from "./features/provision/Wizard";
+import { ImportPage } from "./features/provision/Import";
+import { ActivationPage } from "./features/provision/Activation";
 import { AlertPage, AlertsPage } from "./features/alerts/Alerts";
 import { RulesPage } from "./features/rules/Rules";
 import { GatewaysPage } from "./features/gateways/Gateways";
@@ -35,6 +38,9 @@ function page(path: string, access: Access): ReactNode {
   if (access.tenant) {
     if (match("/", path)) return <OverviewPage />;
     if (match("/devices", path)) return <DevicesPage />;
+    if (access.canWrite && match("/devices/new", path)) return <WizardPage />;
+    if (access.canWrite && match("/devices/import", path)) return <ImportPage />;
+    if (access.canWrite && match("/activation-codes", path)) return <ActivationPage />;
     const d = match("/devices/:id", path);
     if (d) return <DevicePage id={d.id} />;
     if (match("/sites", path)) return <SitesPage />;
@@ -93,7 +99,7 @@ export function App() {
           ["/subscription", "Subscription"],
           ["/maintenance", "Maintenance"],
           ["/quarantine", "Quarantine"],
-          ...(access.canWrite ? [["/users", "Users"], ["/audit", "Audit log"]] : []),
+          ...(access.canWrite ? [["/activation-codes", "Activation codes"], ["/users", "Users"], ["/audit", "Audit log"]] : []),
         ] as [string, string][])
       : []),
     ...(access.operator
