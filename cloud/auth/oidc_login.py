@@ -134,7 +134,7 @@ class OidcLogin:
         doc = await self.discovery()
         form = {"grant_type": "authorization_code", "code": code, "redirect_uri": saved["ru"], "code_verifier": saved["cv"],
                 "client_id": self.client.client_id}
-        auth = (self.client.client_id, self.client.client_secret) if self.client.client_secret else None
+        auth = httpx.BasicAuth(self.client.client_id, self.client.client_secret) if self.client.client_secret else None
         try:
             async with httpx.AsyncClient(timeout=self._timeout) as http:
                 r = await http.post(doc["token_endpoint"], data=form, auth=auth)
