@@ -21,8 +21,10 @@ const queries = new QueryClient({
 });
 
 // a new session starts with an empty cache: nothing of the previous user's stays visible
+// a refreshed session may carry new roles (a tenant admin changed them): the shell asks again
 session.subscribe(() => {
   if (!session.get()) queries.clear();
+  else void queries.invalidateQueries({ queryKey: ["me"] });
 });
 
 // Back from single sign-on: the cloud put the session in the fragment (never sent to a server);
