@@ -31,6 +31,7 @@ try {
   const firstLink = await op.getByTestId("secret-token").textContent();
   seen.first_link = firstLink;
   seen.first_dialog = await op.getByRole("dialog").textContent();
+  seen.open_href = await op.getByTestId("open-link").getAttribute("href");
   await shot(op, "users-10-operator-invites-first-admin");
   await op.getByRole("button", { name: "I have stored it" }).click();
   seen.operator_row = await op.getByTestId(`user-${task.admin_email}`).textContent();

@@ -61,7 +61,7 @@ async def test_invite_accept_and_sign_in_in_a_browser(cloud_settings: Settings, 
     # the only error a page logs is the spent link's 410 at the end
     assert seen["console_errors"] == ["admin: Failed to load resource: the server responded with a status of 410 (Gone)"], seen["console_errors"]
     assert seen["first_link"].startswith("https://pulse.example.com/app/accept#pul_")
-    assert "It was mailed to them" in seen["first_dialog"]
+    assert "It was mailed to them" in seen["first_dialog"] and seen["open_href"] == seen["first_link"]
     mailed = [m for m in box.messages if m["To"] == task["admin_email"]]
     assert len(mailed) == 1 and seen["first_link"] in mailed[0].get_body(preferencelist=("plain",)).get_content()  # type: ignore[union-attr]
     assert "invited" in seen["operator_row"]

@@ -53,6 +53,12 @@ function LinkShown({ out, onDone }: { out: LinkOut; onDone: () => void }) {
         {out.mailed ? "It was mailed to them; " : `It was not mailed (${out.mail_detail}); `}
         you can also hand it over yourself. It will not be shown again.
       </p>
+      <p>
+        <a href={out.link} target="_blank" rel="noreferrer" data-testid="open-link">
+          Open the link in a new tab
+        </a>{" "}
+        <span className="muted">(a new tab has its own session: yours stays signed in here)</span>
+      </p>
     </SecretOnce>
   );
 }
