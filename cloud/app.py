@@ -216,6 +216,7 @@ def create_app(
         enroll_limiter=RateLimiter(rate=settings.enroll_rate_per_min / 60, burst=settings.enroll_burst, max_keys=100_000),
         entitlements=entitlements,
         activation_limiter=RateLimiter(rate=settings.activation_rate_per_min / 60, burst=settings.activation_burst, max_keys=100_000),
+        forgot_limiter=RateLimiter(rate=settings.forgot_rate_per_min / 60, burst=settings.forgot_burst, max_keys=100_000),
     )
     if monotonic is not None:
         app.state.pulse.monotonic = monotonic
@@ -244,7 +245,7 @@ def create_app(
     install_error_handlers(app)
     # unauthenticated endpoints whose JSON bodies FastAPI would otherwise read whole (ingest has its own limit)
     app.add_middleware(
-        BodyLimit, limits=dict.fromkeys((ENROLL_PATH, ACTIVATE_PATH, "/auth/login", "/auth/refresh", "/auth/links/inspect", "/auth/links/accept"), settings.public_max_body_bytes)
+        BodyLimit, limits=dict.fromkeys((ENROLL_PATH, ACTIVATE_PATH, "/auth/login", "/auth/refresh", "/auth/links/inspect", "/auth/links/accept", "/auth/forgot"), settings.public_max_body_bytes)
     )
 
     @app.get("/health", tags=["ops"], summary="Liveness and database reachability", responses={200: {"model": Health}, 503: {"model": Health}})
@@ -274,6 +275,7 @@ def create_app(
     app.include_router(users_api.router)
     app.include_router(users_api.operator_router)
     app.include_router(users_api.links_router)
+    app.include_router(users_api.forgot_router)
     app.include_router(fleet.router)
     app.include_router(telemetry.router)
     app.include_router(live.router)

@@ -128,6 +128,8 @@ class Settings(BaseSettings):
     # user administration: one-time links and the mail that carries them (issue 20)
     invite_ttl_s: int = Field(default=7 * 24 * 3600, ge=600, le=90 * 24 * 3600, description="how long an invitation link works")
     reset_ttl_s: int = Field(default=24 * 3600, ge=600, le=30 * 24 * 3600, description="how long a password-reset link works")
+    forgot_rate_per_min: float = Field(default=5.0, gt=0, description="forgotten-password requests per minute per source address")
+    forgot_burst: int = Field(default=5, ge=1, description="forgotten-password requests a source address may make at once")
     mail_host: str | None = Field(default=None, description="SMTP server for invitations and resets (unset: links are only shown in the console)")
     mail_port: int = Field(default=587, ge=1, le=65535)
     mail_security: Literal["starttls", "tls", "none"] = "starttls"

@@ -315,6 +315,8 @@ class Code(StrEnum):
     """The invitation or password-reset link is unknown, used already, expired, or its account is disabled (HTTP 410)."""
     USERS_LAST_ADMIN = "users.last_admin"
     """The change would leave the tenant without an enabled tenant admin; nothing was changed."""
+    USERS_RATE_LIMITED = "users.rate_limited"
+    """Too many forgotten-password requests from this address; retry after the Retry-After seconds (HTTP 429)."""
     USERS_SELF = "users.self"
     """Nobody disables, removes or demotes their own account (ask another admin); nothing was changed."""
 

@@ -44,6 +44,8 @@ class Components:
     """Whether a tenant's data is accepted (its subscriptions); operator changes invalidate it."""
     activation_limiter: RateLimiter | None = None
     """Activation attempts per source address (PULSE_ACTIVATION_RATE_PER_MIN, PULSE_ACTIVATION_BURST)."""
+    forgot_limiter: RateLimiter | None = None
+    """Forgotten-password requests per source address (PULSE_FORGOT_RATE_PER_MIN, PULSE_FORGOT_BURST)."""
 
 
 def components(request: Request) -> Components:

@@ -16,7 +16,7 @@ from email.utils import formatdate, make_msgid
 from typing import Annotated
 
 import asyncpg
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, BackgroundTasks, Depends, Request, Response
 from pydantic import BaseModel, Field
 
 from pulse.cloud.api.auth import TokensOut, _out
@@ -24,16 +24,18 @@ from pulse.cloud.api.deps import Components, Operator, OperatorAdmin, Parts, Wri
 from pulse.cloud.auth import users as store
 from pulse.cloud.auth.accounts import Accounts
 from pulse.cloud.auth.tokens import Principal
-from pulse.cloud.errors import NotFoundError
+from pulse.cloud.errors import NotFoundError, RateLimitedError
 from pulse.cloud.notify.model import Delivered
 from pulse.cloud.notify.senders import email
 from pulse.cloud.settings import Settings
+from pulse.protocol.errors import Code
 
 log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/api/v1/users", tags=["users"])
 operator_router = APIRouter(prefix="/api/v1/operator/tenants/{tenant_id}/users", tags=["operator"])
 links_router = APIRouter(prefix="/auth/links", tags=["auth"])
+forgot_router = APIRouter(tags=["auth"])
 
 
 class UserOut(BaseModel):
@@ -269,3 +271,35 @@ async def link_info(body: LinkIn, parts: Parts, accounts: Annotated[Accounts, De
 @links_router.post("/accept", response_model=TokensOut, summary="Spend a one-time link: set the password and sign in")
 async def accept(body: AcceptIn, parts: Parts, accounts: Annotated[Accounts, Depends(_accounts)]) -> TokensOut:
     return _out(await accounts.accept(body.token, body.password, parts.clock()))
+
+
+class ForgotIn(BaseModel):
+    email: str = Field(min_length=3, max_length=320)
+
+
+class ForgotOut(BaseModel):
+    message: str
+
+
+@forgot_router.post(
+    "/auth/forgot", status_code=202, response_model=ForgotOut,
+    summary="Forgot password: a reset link by mail (the answer is the same whether the account exists)",
+    responses={429: {"description": "users.rate_limited"}},
+)
+async def forgot(body: ForgotIn, request: Request, parts: Parts, background: BackgroundTasks,
+                 accounts: Annotated[Accounts, Depends(_accounts)]) -> ForgotOut:
+    if parts.forgot_limiter is not None:
+        source = request.client.host if request.client else "unknown"
+        decision = parts.forgot_limiter.take(source, 1, parts.monotonic())
+        if not decision.allowed:
+            raise RateLimitedError(f"too many requests from {source}; retry in {decision.retry_after_s} s",
+                                   retry_after_s=decision.retry_after_s, code=Code.USERS_RATE_LIMITED)
+    if not parts.settings.mail_host:
+        return ForgotOut(message="This installation sends no mail: ask a tenant admin for a password-reset link.")
+    token = store.new_link_token()
+    expires_at = parts.clock() + dt.timedelta(seconds=parts.settings.reset_ttl_s)
+    row = await accounts.request_reset(body.email.strip(), expires_at=expires_at, token=token)
+    if row is not None:  # mailed after the answer, so the answer takes as long whether or not the account exists
+        link = store.Link(token, row["kind"], expires_at)
+        background.add_task(_mail, request, parts, to=row["email"], link=link, tenant=row["tenant_name"])
+    return ForgotOut(message="If an account with this email can sign in with a password, a link to set a new one is on its way.")

@@ -79,6 +79,19 @@ class Accounts:
                             detail={"subject": who.subject, "roles": who.roles})
         return await self._issue(row, family=uuid.uuid4())
 
+    async def request_reset(self, email: str, *, expires_at: datetime, token: str) -> asyncpg.Record | None:
+        """A fresh one-time link for the enabled local account with this email, or None (unknown,
+        disabled, or signing in through single sign-on only). Audited in the account's tenant."""
+        async with self._db.identity() as conn:
+            row = await conn.fetchrow(
+                "SELECT * FROM pulse_identity_reset_request($1, $2, $3, 'forgot')", email, sha256_hex(token), expires_at
+            )
+        if row is not None and row["tenant_id"] is not None:
+            async with self._db.tenant(row["tenant_id"]) as conn:
+                await audit(conn, actor="forgot", action=f"user.{row['kind']}_link", target=row["email"], tenant_id=row["tenant_id"],
+                            detail={"user": str(row["user_id"]), "requested_by": "the sign-in page"})
+        return row
+
     async def sign_out_all(self, user_id: uuid.UUID) -> None:
         async with self._db.identity() as conn:
             await conn.execute("SELECT pulse_identity_sign_out_all($1)", user_id)

@@ -85,6 +85,27 @@ BEGIN
 END
 $$;
 
+-- "Forgot password" from the sign-in page: a fresh link for an enabled account with this email
+-- (an invitation again if it never signed in); nothing for an unknown, disabled or single-sign-on-only
+-- account (the caller answers the same either way). The account's earlier open links stop working.
+CREATE FUNCTION pulse_identity_reset_request(login text, hash text, expires timestamptz, actor text)
+RETURNS TABLE (user_id uuid, tenant_id uuid, email text, kind text, tenant_name text)
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = public, pg_temp
+AS $$
+DECLARE u users%ROWTYPE; k text;
+BEGIN
+    SELECT * INTO u FROM users WHERE lower(users.email) = lower(login) AND NOT users.disabled;
+    IF NOT FOUND OR (u.password_hash IS NULL AND u.oidc_subject IS NOT NULL) THEN
+        RETURN;
+    END IF;
+    k := CASE WHEN u.password_hash IS NULL AND u.last_sign_in_at IS NULL THEN 'invite' ELSE 'reset' END;
+    UPDATE user_links SET used_at = now() WHERE user_links.user_id = u.id AND used_at IS NULL;
+    INSERT INTO user_links (user_id, tenant_id, kind, token_hash, expires_at, created_by) VALUES (u.id, u.tenant_id, k, hash, expires, actor);
+    RETURN QUERY SELECT u.id, u.tenant_id, u.email, k, coalesce((SELECT t.name FROM tenants t WHERE t.id = u.tenant_id), 'Pulse');
+END
+$$;
+GRANT INSERT ON user_links TO {{identity}};
+
 -- "Sign out everywhere" for one's own account.
 CREATE FUNCTION pulse_identity_sign_out_all(uid uuid)
 RETURNS void
@@ -137,7 +158,8 @@ DECLARE f text;
 BEGIN
     FOREACH f IN ARRAY ARRAY['pulse_identity_session(uuid)', 'pulse_identity_signed_in(uuid)', 'pulse_identity_link(text)',
                              'pulse_identity_link_use(text, text, timestamptz)', 'pulse_identity_sign_out_all(uuid)',
-                             'pulse_identity_oidc_user(text, text, uuid, text[], text)']
+                             'pulse_identity_oidc_user(text, text, uuid, text[], text)',
+                             'pulse_identity_reset_request(text, text, timestamptz, text)']
     LOOP
         EXECUTE format('ALTER FUNCTION %s OWNER TO %I', f, {{identity_lit}});
         EXECUTE format('REVOKE ALL ON FUNCTION %s FROM PUBLIC', f);

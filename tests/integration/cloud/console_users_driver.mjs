@@ -82,6 +82,16 @@ try {
   await admin.goto(here(firstLink));
   seen.spent_link = await admin.getByRole("alert").textContent();
   await shot(admin, "users-50-spent-link");
+
+  // forgot password, from the sign-in page
+  await admin.evaluate(() => sessionStorage.clear());
+  await admin.goto(task.base + "/app/");
+  await admin.getByRole("button", { name: "Forgot password?" }).click();
+  await admin.getByLabel("Email").fill(task.admin_email);
+  await admin.getByRole("button", { name: "Send me a link" }).click();
+  seen.forgot_answer = await admin.getByTestId("forgot-answer").textContent();
+  await shot(admin, "users-60-forgot-password");
+  step("forgot password");
   process.stdout.write(JSON.stringify(seen));
 } catch (e) {
   await failed(e);

@@ -62,7 +62,7 @@ async def test_invite_accept_and_sign_in_in_a_browser(cloud_settings: Settings, 
     assert seen["console_errors"] == ["admin: Failed to load resource: the server responded with a status of 410 (Gone)"], seen["console_errors"]
     assert seen["first_link"].startswith("https://pulse.example.com/app/accept#pul_")
     assert "It was mailed to them" in seen["first_dialog"] and seen["open_href"] == seen["first_link"]
-    mailed = [m for m in box.messages if m["To"] == task["admin_email"]]
+    mailed = [m for m in box.messages if m["To"] == task["admin_email"] and "invited" in str(m["Subject"])]
     assert len(mailed) == 1 and seen["first_link"] in mailed[0].get_body(preferencelist=("plain",)).get_content()  # type: ignore[union-attr]
     assert "invited" in seen["operator_row"]
     assert seen["accept_email"] == task["admin_email"]
@@ -71,3 +71,6 @@ async def test_invite_accept_and_sign_in_in_a_browser(cloud_settings: Settings, 
     assert "you" in seen["self_row"] and "active" in seen["self_row"]
     assert seen["signed_in_again"] is True
     assert "used" in seen["spent_link"] or "expired" in seen["spent_link"]
+    assert "a link to set a new one is on its way" in seen["forgot_answer"]
+    resets = [m for m in box.messages if m["To"] == task["admin_email"] and "Reset your Pulse password" in str(m["Subject"])]
+    assert len(resets) == 1, [(m["To"], m["Subject"]) for m in box.messages]

@@ -92,9 +92,9 @@ class Served:
 @pytest.fixture
 async def env(cloud_settings: Settings, smtp: tuple[Mailbox, int]) -> AsyncIterator[tuple[Served, Mailbox, Clock]]:
     box, port = smtp
-    settings = cloud_settings.model_copy(update={"mail_host": "127.0.0.1", "mail_port": port, "mail_security": "none"})
+    settings = cloud_settings.model_copy(update={"mail_host": "127.0.0.1", "mail_port": port, "mail_security": "none", "forgot_burst": 3})
     clock = Clock()
-    app = create_app(settings, notify=NotifySettings(workers=False, console_url="http://console.test"), clock=clock)
+    app = create_app(settings, notify=NotifySettings(workers=False, console_url="http://console.test"), clock=clock, monotonic=lambda: 1000.0)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://pulse.test") as client:
@@ -321,3 +321,41 @@ async def test_without_a_mail_relay_the_link_is_returned_for_the_admin_to_hand_o
     token = r.json()["link"].split("#", 1)[1]
     assert (await cloud.client.post("/auth/links/accept", json={"token": token, "password": PASSWORD})).status_code == 200
 
+
+
+async def test_forgot_password_mails_a_reset_link_and_answers_alike_for_unknown_and_disabled_accounts(
+    env: tuple[Served, Mailbox, Clock],
+) -> None:
+    c, box, _ = env
+    _, admin = await c.tenant_user()
+    address = f"forgot-{uuid.uuid4().hex[:6]}@example.com"
+    user = (await c.client.post("/api/v1/users/invitations", json={"email": address}, headers=admin)).json()["user"]["id"]
+    await c.client.post("/auth/links/accept", json={"token": box.link_to(address), "password": PASSWORD})
+    before = len(box.messages)
+
+    answers = []
+    for who in (address.upper(), f"nobody-{uuid.uuid4().hex[:6]}@example.com"):
+        r = await c.client.post("/auth/forgot", json={"email": who})
+        assert r.status_code == 202
+        answers.append(r.json())
+    assert answers[0] == answers[1]  # nothing tells whether the account exists
+    assert len(box.messages) == before + 1
+    reset = box.link_to(address)
+    assert (await c.client.post("/auth/links/inspect", json={"token": reset})).json() == {"kind": "reset", "email": address}
+    assert (await c.client.post("/auth/links/accept", json={"token": reset, "password": "a-brand-new-password"})).status_code == 200
+    assert (await c.client.post("/auth/login", json={"email": address, "password": PASSWORD})).status_code == 401
+    await _sign_in(c, address, "a-brand-new-password")
+
+    await c.client.patch(f"/api/v1/users/{user}", json={"disabled": True}, headers=admin)
+    r = await c.client.post("/auth/forgot", json={"email": address})
+    assert r.status_code == 202 and r.json() == answers[0] and len(box.messages) == before + 1  # disabled: nothing mailed
+    assert "user.reset_link" in await _audit_actions(c, admin)
+
+    # the fourth request from one address in the burst is one too many
+    r = await c.client.post("/auth/forgot", json={"email": address})
+    assert r.status_code == 429 and r.json()["code"] == "users.rate_limited" and int(r.headers["retry-after"]) >= 1
+
+
+async def test_forgot_password_without_a_mail_relay_says_whom_to_ask(cloud: Cloud) -> None:
+    r = await cloud.client.post("/auth/forgot", json={"email": "anyone@example.com"})
+    assert r.status_code == 202 and "ask a tenant admin" in r.json()["message"]

@@ -10,6 +10,7 @@ export function LoginPage() {
   const [error, setError] = useState<string | null>(() => new URLSearchParams(location.search).get("sso_error"));
   const [busy, setBusy] = useState(false);
   const [sso, setSso] = useState<Sso | null>(null);
+  const [forgot, setForgot] = useState(false);
 
   useEffect(() => {
     fetch("/auth/oidc")
@@ -31,6 +32,8 @@ export function LoginPage() {
     }
   }
 
+  if (forgot) return <ForgotPage initial={email} onBack={() => setForgot(false)} />;
+
   return (
     <div className="login">
       <form onSubmit={submit} className="card" aria-label="Log in">
@@ -48,6 +51,9 @@ export function LoginPage() {
         <button className="btn primary" type="submit" disabled={busy}>
           {busy ? "Logging in…" : "Log in"}
         </button>
+        <button type="button" className="btn link" onClick={() => setForgot(true)}>
+          Forgot password?
+        </button>
         {sso?.enabled && (
           <>
             <div className="muted or">or</div>
@@ -56,6 +62,52 @@ export function LoginPage() {
             </a>
           </>
         )}
+      </form>
+    </div>
+  );
+}
+
+function ForgotPage({ initial, onBack }: { initial: string; onBack: () => void }) {
+  const [email, setEmail] = useState(initial);
+  const [answer, setAnswer] = useState<string | null>(null);
+  const [error, setError] = useState<string | null>(null);
+  const [busy, setBusy] = useState(false);
+
+  async function submit(e: FormEvent) {
+    e.preventDefault();
+    setBusy(true);
+    setError(null);
+    try {
+      const r = await fetch("/auth/forgot", { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ email }) });
+      const body = await r.json();
+      if (r.ok) setAnswer(body.message);
+      else setError(body.message ?? `${r.status} ${r.statusText}`);
+    } catch (err) {
+      setError(String((err as Error).message));
+    } finally {
+      setBusy(false);
+    }
+  }
+
+  return (
+    <div className="login">
+      <form onSubmit={submit} className="card" aria-label="Forgot password">
+        <h1>Pulse</h1>
+        <p className="muted">Enter your email: if your account signs in with a password, a link to set a new one is mailed to you.</p>
+        <label>
+          Email
+          <input name="email" type="email" autoComplete="username" required value={email} onChange={(e) => setEmail(e.target.value)} />
+        </label>
+        {answer && <div className="note" role="status" data-testid="forgot-answer">{answer}</div>}
+        {error && <div className="error" role="alert">{error}</div>}
+        {!answer && (
+          <button className="btn primary" type="submit" disabled={busy}>
+            {busy ? "Sending…" : "Send me a link"}
+          </button>
+        )}
+        <button type="button" className="btn link" onClick={onBack}>
+          Back to sign-in
+        </button>
       </form>
     </div>
   );
