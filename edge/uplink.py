@@ -12,8 +12,9 @@ Every await is bounded (``sync.request_timeout_s`` for requests and buffer calls
 step can wedge the loop; an exception never ends it (only cancellation at shutdown does).
 
 Batches: the stream is chosen by ``pulse.protocol.sync.next_stream`` (alerts, events, twin, then
-telemetry), records in sequence order from the cursor, at most ``sync.records_per_batch`` (fewer
-after a timeout, and fewer when the encoding is over ``sync.batch_bytes``), encoded by
+telemetry), records in sequence order from the cursor, as many as fit the batch's byte budget
+(``sync.batch_target_s`` on the wire at the estimated rate or the cap, at most ``sync.batch_bytes``,
+halved after a timeout: ``pacing.BatchSizer``) and ``sync.records_per_batch``, encoded by
 ``pulse.protocol.batch.encode`` with the gateway's clock. The records are deleted
 (``Buffer.ack``) only after a ``200`` BatchAck and only up to its ``ack_seq``.
 
