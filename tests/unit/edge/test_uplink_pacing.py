@@ -29,7 +29,7 @@ def test_a_short_batch_that_timed_out_halves_from_what_was_sent():
 
 def test_batches_are_sized_to_a_target_time_on_the_wire_at_the_measured_rate():
     sizer = BatchSizer(65_536, 5000, target_s=4.0)
-    assert sizer.budget(None) == 65_536 and sizer.records(None) == 5000  # nothing measured: the byte cap trims
+    assert sizer.budget(None) == 16_384 and sizer.records(None) == 5000  # nothing measured: start small (the encoding trims)
     sizer.encoded(5000, 40_000)  # 8 bytes a record
     assert sizer.budget(7500.0) == 30_000  # NB-IoT, 60 kbit/s: 4 s of it
     assert sizer.records(7500.0) == 4125  # what 30 KB holds, a little over (fit_records trims)
