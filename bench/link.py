@@ -159,6 +159,8 @@ class Run:
     carried_up: int = 0
     carried_down: int = 0
     batch_bytes: int = 0
+    batches: int = 0
+    """Batches acked."""
     acks: list[float] = field(default_factory=list)
     """Shaper-relative times of acks."""
     connections: int = 0
@@ -227,6 +229,7 @@ async def _drive(gw: Gateway, profile: LinkProfile, target: tuple[str, int], *, 
             await asyncio.gather(task, return_exceptions=True)
         out.carried_up, out.carried_down = shaper.up.carried - up_at_first, shaper.down.carried
         out.batch_bytes = uplink.bytes_sent
+        out.batches = uplink.batches_acked
         out.connections = shaper.accepted
         if profile.outages is not None:
             shift = first_batch or started
@@ -379,6 +382,9 @@ def _bench(dsn: str, args: argparse.Namespace, root: Path, database: str) -> dic
             figures["lte_m_setup_s"] = round(run.setup_s, 2)
             figures["tls_handshake_bytes"] = asyncio.run(_handshake_bytes(gw, LTE_M, target))
             figures["lte_m_utilisation"] = round(run.carried_up / (LTE_M.up_bytes_per_s * run.drain_s), 3)
+            figures["lte_m_payload_utilisation"] = round(run.batch_bytes / (LTE_M.up_bytes_per_s * run.drain_s), 3)
+            figures["lte_m_batches"] = run.batches
+            figures["lte_m_batch_bytes_mean"] = round(run.batch_bytes / max(1, run.batches))
             figures["wire_bytes_per_point"] = round(run.carried_up / gw.points, 3)
             figures["batch_bytes_per_point"] = round(run.batch_bytes / gw.points, 3)
             base = asyncio.run(_baseline(dataclasses.replace(LTE_M), run.carried_up))
@@ -391,6 +397,9 @@ def _bench(dsn: str, args: argparse.Namespace, root: Path, database: str) -> dic
             run = asyncio.run(_drive(gw, NB_IOT, target, fill=gw.readings(nb_points, 0, rng)))
             figures["nb_iot_drain_s"] = round(run.drain_s, 2)
             figures["nb_iot_utilisation"] = round(run.carried_up / (NB_IOT.up_bytes_per_s * run.drain_s), 3)
+            figures["nb_iot_payload_utilisation"] = round(run.batch_bytes / (NB_IOT.up_bytes_per_s * run.drain_s), 3)
+            figures["nb_iot_batches"] = run.batches
+            figures["nb_iot_batch_bytes_mean"] = round(run.batch_bytes / max(1, run.batches))
 
         if "capped" in only:
             # capped: nb-iot, the gateway's cap at half the link's up rate
@@ -399,6 +408,8 @@ def _bench(dsn: str, args: argparse.Namespace, root: Path, database: str) -> dic
             run = asyncio.run(_drive(gw, NB_IOT, target, fill=gw.readings(nb_points // 2, 0, rng)))
             figures["capped_drain_s"] = round(run.drain_s, 2)
             figures["capped_ratio"] = round(run.batch_bytes / run.drain_s / cap, 3)
+            figures["capped_batches"] = run.batches
+            figures["capped_batch_bytes_mean"] = round(run.batch_bytes / max(1, run.batches))
 
         if "wide" in only:
             # wide: 60 metrics a reading at 40 kbit/s
@@ -407,6 +418,8 @@ def _bench(dsn: str, args: argparse.Namespace, root: Path, database: str) -> dic
             run = asyncio.run(_drive(gw, WIDE, target, fill=gw.readings(wide_records * 60, 60, rng)))
             gaps = [b - a for a, b in zip([0.0, *run.acks], run.acks, strict=False)]
             figures["wide_drain_s"] = round(run.drain_s, 2)
+            figures["wide_batches"] = run.batches
+            figures["wide_batch_bytes_mean"] = round(run.batch_bytes / max(1, run.batches))
             figures["wide_longest_stall_s"] = round(max(gaps, default=run.drain_s), 2)
             figures["wide_connections"] = run.connections
 

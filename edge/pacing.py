@@ -66,7 +66,7 @@ class BatchSizer:
     """The next batch of one stream, in bytes and in the records read for it.
 
     ``budget(rate)``: the bytes the link carries in ``target_s`` at ``rate`` (the estimate, or the
-    cap when that is lower; ``start`` while nothing is measured), between ``floor`` and
+    cap when that is lower; ``floor`` while nothing is measured), between ``floor`` and
     ``ceiling``, and never over the AIMD size: halved after a batch timed out (from the bytes that
     batch had: a single record always goes, however small the budget), grown back by ``step``
     after each ack. ``records(rate)``: how many records to read for that budget, from the bytes a
@@ -77,11 +77,11 @@ class BatchSizer:
     max_records: int = 50_000
     """Most records in one batch (``sync.records_per_batch``)."""
     target_s: float = 4.0
-    floor: int = 2048
-    """The smallest budget the rate alone gives (below it a batch is mostly headers)."""
-    start: int = 16_384
-    """The budget while the rate is unknown: a few seconds on the slowest links, so the first ack,
-    and with it the first measurement, comes soon (a fast link pays one short batch for it)."""
+    floor: int = 16_384
+    """The smallest budget the rate gives, and the budget while the rate is unknown (a start, after
+    an outage): a few seconds on the slowest links (6.5 s at 20 kbit/s), so the first ack, and with
+    it the first measurement, comes soon. A floor, because acks spaced by the cloud's work rather
+    than by the link would otherwise shrink every next batch (per-batch costs do not shrink with it)."""
     step: int = 0
     size: int = 0
     per_record: float | None = None
@@ -91,10 +91,8 @@ class BatchSizer:
         self.step = self.step or max(1, self.ceiling // 8)
 
     def budget(self, rate: float | None) -> int:
-        if rate is None or rate <= 0:  # nothing measured yet (or forgotten after an outage): start small
-            share = min(self.ceiling, self.start)
-        else:
-            share = min(self.ceiling, max(self.floor, int(rate * self.target_s)))
+        share = self.floor if rate is None or rate <= 0 else max(self.floor, int(rate * self.target_s))
+        share = min(self.ceiling, share)
         return max(1, min(self.size, share))
 
     def records(self, rate: float | None) -> int:

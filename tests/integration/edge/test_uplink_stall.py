@@ -241,7 +241,7 @@ async def test_a_wide_devices_batches_are_held_under_the_byte_cap(enrolled_setti
 
 
 async def test_under_a_cap_each_batch_is_sized_to_its_time_on_the_wire(enrolled_settings: Settings, receiver: Receiver) -> None:
-    """A cap of 8 KB/s and a target of 1 s on the wire: each batch holds at most 8 KB (not the 5,000
+    """A cap of 24 KB/s and a target of 1 s on the wire: each batch holds at most 24 KB (not the 5,000
     records ``records_per_batch`` allows, nor the 64 KB of ``batch_bytes``); everything arrives once, in order."""
     rng = random.Random(28)
     async with opened(Buffer, enrolled_settings) as buffer:
@@ -249,11 +249,11 @@ async def test_under_a_cap_each_batch_is_sized_to_its_time_on_the_wire(enrolled_
             buffer.submit(Store(Stream.TELEMETRY, "dev-1", 1_700_000_000_000 + i, "telemetry", i,
                                 orjson.dumps({"v": 1, "seq": i, "metrics": {f"m{k}": round(rng.uniform(0, 1000), 3)
                                                                             for k in range(20)}}), None))
-            for i in range(1, 401)
+            for i in range(1, 1001)
         ])  # type: ignore[misc]
-        uplink = make_uplink(enrolled_settings, buffer, bandwidth_bytes_per_s=8192, batch_target_s=1.0, records_per_batch=5000)
+        uplink = make_uplink(enrolled_settings, buffer, bandwidth_bytes_per_s=24_000, batch_target_s=1.0, records_per_batch=5000)
         async with running(uplink):
             await wait_for(lambda: buffer.backlog()[Stream.TELEMETRY] == 0, "the records delivered under the cap")
-        assert uplink.link_snapshot()["batch_bytes"]["telemetry"] == 8192
-    assert len(receiver.batch_bytes) > 2 and max(receiver.batch_bytes) <= 8192, receiver.batch_bytes
-    assert [r.seq for _, r in receiver.rows] == list(range(1, 401))
+        assert uplink.link_snapshot()["batch_bytes"]["telemetry"] == 24_000
+    assert len(receiver.batch_bytes) > 2 and max(receiver.batch_bytes) <= 24_000, receiver.batch_bytes
+    assert [r.seq for _, r in receiver.rows] == list(range(1, 1001))
