@@ -312,7 +312,8 @@ class Uplink:
 
     def _sizing_rate(self) -> float | None:
         """The rate batches are sized for: the link's estimate, or the bandwidth cap when that is lower."""
-        rate, cap = self.estimate.rate_bytes_per_s, float(self.settings.bandwidth_bytes_per_s)
+        rate: float | None = self.estimate.rate_bytes_per_s
+        cap = float(self.settings.bandwidth_bytes_per_s)
         if cap > 0:
             return cap if rate is None else min(rate, cap)
         return rate
