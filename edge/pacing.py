@@ -98,8 +98,8 @@ class BatchSizer:
     def records(self, rate: float | None) -> int:
         if self.per_record is None:
             return self.max_records  # nothing encoded yet: the encoding tells (fit_records trims it)
-        # a little over the budget: a larger batch compresses better, and fit_records trims what is too much
-        return max(1, min(self.max_records, int(1.1 * self.budget(rate) / self.per_record)))
+        # a little under the budget, so a batch is rarely encoded twice (fit_records trims one that is over)
+        return max(1, min(self.max_records, int(0.95 * self.budget(rate) / self.per_record)))
 
     def encoded(self, records: int, nbytes: int) -> None:
         """A batch of ``records`` encoded in ``nbytes``."""
