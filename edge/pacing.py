@@ -45,6 +45,10 @@ class LinkEstimate:
             return
         wire = elapsed_s if pipelined else max(elapsed_s - (self.rtt_s or 0.0), elapsed_s / 2)
         rate = nbytes / wire
+        if pipelined and self.rate_bytes_per_s is not None:
+            # acks that arrive together (the cloud stored a batch only after the one ahead of it)
+            # say nothing about the link: one such sample at most doubles the estimate
+            rate = min(rate, 2 * self.rate_bytes_per_s)
         self.rate_bytes_per_s = rate if self.rate_bytes_per_s is None else (1 - EWMA) * self.rate_bytes_per_s + EWMA * rate
 
     def reset(self) -> None:

@@ -61,6 +61,8 @@ def test_a_batch_sent_behind_another_is_timed_from_the_ack_ahead_of_it():
     alone = LinkEstimate(rtt_s=2.0)
     alone.observe(30_000, 6.0)  # sent alone: the round trip is not the link's time
     assert alone.rate_bytes_per_s == pytest.approx(7500)
+    est.observe(30_000, 0.01, pipelined=True)  # two acks together: the second says nothing of the link
+    assert est.rate_bytes_per_s == pytest.approx(0.7 * 7500 + 0.3 * 15_000)
 
 
 def test_a_request_outstanding_far_past_its_expected_time_makes_the_link_degraded():
