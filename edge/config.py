@@ -135,6 +135,9 @@ class SyncSettings:
     batch_bytes: int = 65536
     """Most bytes in one encoded batch: a batch over it is sent with fewer records (a single record
     always goes), so one batch spends at most a few seconds on a slow link (64 KB: 9 s at 60 kbit/s)."""
+    batch_target_s: float = 4.0
+    """Seconds on the wire each batch is sized for, from the link's measured rate (or the bandwidth
+    cap when lower), up to ``batch_bytes``: a few seconds keeps every ack close on a slow link."""
     window: int = 3
     """Batches of one stream sent before the first of them is acked (1 to 8): a slow link stays busy
     while an ack is on its way back. Each costs one encoded batch in memory and one connection."""
@@ -333,6 +336,8 @@ def _validated(s: Settings) -> Settings:
                           "sync.bandwidth_bytes_per_s is 0 (no cap) or more", key="sync")
     if y.batch_bytes < 1024:
         raise ConfigError("sync.batch_bytes is at least 1024", key="sync.batch_bytes")
+    if not (0.5 <= y.batch_target_s <= 60):
+        raise ConfigError("sync.batch_target_s is 0.5 to 60 seconds", key="sync.batch_target_s")
     if not (1 <= y.window <= 8):
         raise ConfigError("sync.window is 1 to 8 batches in flight", key="sync.window")
     if not (1 <= y.downlink_wait_s <= 300):

@@ -3,10 +3,13 @@
 - ``LinkEstimate``: a moving estimate of the link's rate and round trip from the uplink's own
   acks (bytes sent and the time each request took), and the timeout a request of ``n`` bytes gets:
   ``margin x (round trip + n / rate)``, never below the configured ``request_timeout_s``.
-- ``BatchSizer``: additive increase, multiplicative decrease on the records in one batch: halved
-  after a batch timed out (a single record always fits), grown back by a fixed step after each ack.
-- ``fit_records``: a batch is also held under ``sync.batch_bytes`` encoded, so a wide device's
-  batch never spends minutes on a slow link before its first ack.
+- ``BatchSizer``: each batch is sized in bytes to a target time on the wire (``sync.batch_target_s``
+  x the estimated rate, or x the bandwidth cap when that is lower), never over ``sync.batch_bytes``;
+  on top of that additive increase, multiplicative decrease: halved after a batch timed out (a
+  single record always fits), grown back by an eighth of ``sync.batch_bytes`` after each ack. The
+  records read for a batch follow from the bytes a record took in the last one.
+- ``fit_records``: a batch whose encoding is over its byte budget keeps the records that fit, so a
+  wide device's batch never spends minutes on a slow link before its first ack.
 - ``LinkHealth``: the link's state as the status page shows it (connected, degraded, down), with
   since-when, from the outcomes of requests and from a request still outstanding: one outstanding
   far past its expected time makes the link degraded, so a black-holed link is never "connected".
@@ -32,14 +35,20 @@ class LinkEstimate:
     rate_bytes_per_s: float | None = None
     rtt_s: float | None = None
 
-    def observe(self, nbytes: int, elapsed_s: float) -> None:
-        """A request of ``nbytes`` that was answered after ``elapsed_s``."""
+    def observe(self, nbytes: int, elapsed_s: float, pipelined: bool = False) -> None:
+        """A request of ``nbytes`` that was answered after ``elapsed_s``. ``pipelined``: it was sent
+        while the one ahead of it was still in flight, and ``elapsed_s`` runs from that one's ack to
+        its own: the link was busy with its bytes all that time, no round trip in it."""
         elapsed_s = max(elapsed_s, 1e-3)
         if nbytes < 2048:  # a small request measures the round trip
             self.rtt_s = elapsed_s if self.rtt_s is None else (1 - EWMA) * self.rtt_s + EWMA * elapsed_s
             return
-        wire = max(elapsed_s - (self.rtt_s or 0.0), elapsed_s / 2)
+        wire = elapsed_s if pipelined else max(elapsed_s - (self.rtt_s or 0.0), elapsed_s / 2)
         rate = nbytes / wire
+        if pipelined and self.rate_bytes_per_s is not None:
+            # acks that arrive together (the cloud stored a batch only after the one ahead of it)
+            # say nothing about the link: one such sample at most doubles the estimate
+            rate = min(rate, 2 * self.rate_bytes_per_s)
         self.rate_bytes_per_s = rate if self.rate_bytes_per_s is None else (1 - EWMA) * self.rate_bytes_per_s + EWMA * rate
 
     def reset(self) -> None:
@@ -58,18 +67,52 @@ class LinkEstimate:
 
 @dataclass
 class BatchSizer:
-    """Records in the next batch: AIMD between 1 and ``ceiling``."""
+    """The next batch of one stream, in bytes and in the records read for it.
+
+    ``budget(rate)``: the bytes the link carries in ``target_s`` at ``rate`` (the estimate, or the
+    cap when that is lower; ``floor`` while nothing is measured), between ``floor`` and
+    ``ceiling``, and never over the AIMD size: halved after a batch timed out (from the bytes that
+    batch had: a single record always goes, however small the budget), grown back by ``step``
+    after each ack. ``records(rate)``: how many records to read for that budget, from the bytes a
+    record took in the last batch (at most ``max_records``, at least 1)."""
 
     ceiling: int
+    """Most bytes in one batch (``sync.batch_bytes``)."""
+    max_records: int = 50_000
+    """Most records in one batch (``sync.records_per_batch``)."""
+    target_s: float = 4.0
+    floor: int = 16_384
+    """The smallest budget the rate gives, and the budget while the rate is unknown (a start, after
+    an outage): a few seconds on the slowest links (6.5 s at 20 kbit/s), so the first ack, and with
+    it the first measurement, comes soon. A floor, because acks spaced by the cloud's work rather
+    than by the link would otherwise shrink every next batch (per-batch costs do not shrink with it)."""
     step: int = 0
     size: int = 0
+    per_record: float | None = None
 
     def __post_init__(self) -> None:
         self.size = self.size or self.ceiling
         self.step = self.step or max(1, self.ceiling // 8)
 
-    def after_timeout(self, sent: int) -> int:
-        self.size = max(1, min(self.size, sent) // 2)
+    def budget(self, rate: float | None) -> int:
+        share = self.floor if rate is None or rate <= 0 else max(self.floor, int(rate * self.target_s))
+        share = min(self.ceiling, share)
+        return max(1, min(self.size, share))
+
+    def records(self, rate: float | None) -> int:
+        if self.per_record is None:
+            return self.max_records  # nothing encoded yet: the encoding tells (fit_records trims it)
+        # a little under the budget, so a batch is rarely encoded twice (fit_records trims one that is over)
+        return max(1, min(self.max_records, int(0.95 * self.budget(rate) / self.per_record)))
+
+    def encoded(self, records: int, nbytes: int) -> None:
+        """A batch of ``records`` encoded in ``nbytes``."""
+        if records > 0:
+            per = nbytes / records
+            self.per_record = per if self.per_record is None else (1 - EWMA) * self.per_record + EWMA * per
+
+    def after_timeout(self, sent_bytes: int) -> int:
+        self.size = max(1, min(self.size, sent_bytes) // 2)
         return self.size
 
     def after_ack(self) -> int:

@@ -12,8 +12,9 @@ Every await is bounded (``sync.request_timeout_s`` for requests and buffer calls
 step can wedge the loop; an exception never ends it (only cancellation at shutdown does).
 
 Batches: the stream is chosen by ``pulse.protocol.sync.next_stream`` (alerts, events, twin, then
-telemetry), records in sequence order from the cursor, at most ``sync.records_per_batch`` (fewer
-after a timeout, and fewer when the encoding is over ``sync.batch_bytes``), encoded by
+telemetry), records in sequence order from the cursor, as many as fit the batch's byte budget
+(``sync.batch_target_s`` on the wire at the estimated rate or the cap, at most ``sync.batch_bytes``,
+halved after a timeout: ``pacing.BatchSizer``) and ``sync.records_per_batch``, encoded by
 ``pulse.protocol.batch.encode`` with the gateway's clock. The records are deleted
 (``Buffer.ack``) only after a ``200`` BatchAck and only up to its ``ack_seq``.
 
@@ -292,7 +293,7 @@ class Uplink:
             "next_attempt_in_s": self.status.retry_in_s,
             "est_rate_bytes_per_s": None if rate is None else round(rate),
             "est_rtt_s": None if rtt is None else round(rtt, 3),
-            "batch_records": {s.name.lower(): z.size for s, z in self._sizers.items()},
+            "batch_bytes": {s.name.lower(): z.budget(self._sizing_rate()) for s, z in self._sizers.items()},
             "bytes_last_hour": self.sent.last(now, 3600),
             "bytes_last_day": self.sent.last(now, 86400),
             "tls_handshakes": self.wire.handshakes,
@@ -305,8 +306,17 @@ class Uplink:
     def _sizer(self, stream: Stream) -> BatchSizer:
         sizer = self._sizers.get(stream)
         if sizer is None:
-            sizer = self._sizers[stream] = BatchSizer(self.settings.records_per_batch)
+            s = self.settings
+            sizer = self._sizers[stream] = BatchSizer(s.batch_bytes, s.records_per_batch, s.batch_target_s)
         return sizer
+
+    def _sizing_rate(self) -> float | None:
+        """The rate batches are sized for: the link's estimate, or the bandwidth cap when that is lower."""
+        rate: float | None = self.estimate.rate_bytes_per_s
+        cap = float(self.settings.bandwidth_bytes_per_s)
+        if cap > 0:
+            return cap if rate is None else min(rate, cap)
+        return rate
 
     def _position(self) -> tuple[int, ...]:
         return tuple(self.buffer.acked(s) for s in Stream)
@@ -408,7 +418,9 @@ class Uplink:
 
     async def _prepare(self, stream: Stream, after_seq: int) -> _Prepared | None:
         """Read the next records of ``stream`` after ``after_seq`` and encode them (on a thread)."""
-        limit = min(self._limit.get(stream, self.settings.records_per_batch), self._sizer(stream).size)
+        sizer, rate = self._sizer(stream), self._sizing_rate()
+        limit = min(self._limit.get(stream, self.settings.records_per_batch), sizer.records(rate))
+        budget = sizer.budget(rate)
         records = await bounded(self.buffer.read(stream, after_seq, limit), self.settings.request_timeout_s, "reading the buffer")
         if not records:
             return None
@@ -417,10 +429,11 @@ class Uplink:
                 data = await asyncio.to_thread(
                     encode, records, gateway_id=self.enrollment.gateway_id, stream=stream, gateway_time_ms=int(time.time() * 1000)
                 )
-                keep = fit_records(len(records), len(data), self.settings.batch_bytes)
+                sizer.encoded(len(records), len(data))
+                keep = fit_records(len(records), len(data), budget)
                 if keep is None:
                     break
-                records = records[:keep]  # too many bytes for one batch: fewer records, encoded again
+                records = records[:keep]  # more than its time on the wire: fewer records, encoded again
         except BatchError as exc:
             return _Prepared(stream, after_seq, records, None, exc, time.monotonic())
         return _Prepared(stream, after_seq, records, data, None, time.monotonic())
@@ -531,8 +544,8 @@ class Uplink:
         except SyncError as exc:
             self._drop_prepared()
             if exc.code is Code.GATEWAY_CLOUD_TIMEOUT:
-                size = self._sizer(stream).after_timeout(len(records))
-                log.warning("uplink: a %s batch of %d records (%d bytes) timed out after %g s; the next has %d records",
+                size = self._sizer(stream).after_timeout(len(data))
+                log.warning("uplink: a %s batch of %d records (%d bytes) timed out after %g s; the next has at most %d bytes",
                             stream.name.lower(), len(records), len(data), head.timeout, size)
             if exc.status == 409 and exc.code is Code.SYNC_OUT_OF_ORDER:
                 self.health.succeeded(self.clock())  # the cloud answered; the batch ahead of it failed
@@ -548,7 +561,9 @@ class Uplink:
                             f"for a {stream.name.lower()} batch ending at {last}; nothing deleted", status=200)
         self.stalled = False
         now = self.clock()
-        self.estimate.observe(len(data), now - max(head.started, free_since))  # the time the link was this batch's
+        # the time the link was this batch's: from its send, or from the ack ahead of it when it was
+        # sent behind another (the link was busy with it from there)
+        self.estimate.observe(len(data), now - max(head.started, free_since), pipelined=head.started < free_since)
         self.health.succeeded(now)
         self._sizer(stream).after_ack()
         self._succeeded()

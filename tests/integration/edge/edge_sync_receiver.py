@@ -87,6 +87,8 @@ class Receiver:
     hung: int = 0
     batch_sizes: list[int] = field(default_factory=list)
     """Records in each batch that reached the receiver, answered or not."""
+    batch_bytes: list[int] = field(default_factory=list)
+    """Bytes of each batch that reached the receiver (its encoding), answered or not."""
     aborted: int = 0
     batches_after: int = 0
     """Batches sent behind another still in flight (with ``X-Pulse-After``)."""
@@ -183,6 +185,7 @@ class Receiver:
                 if path == sync.BATCHES_PATH and method == "POST":
                     with contextlib.suppress(BatchError):
                         self.batch_sizes.append(decode(body).header.record_count)
+                        self.batch_bytes.append(len(body))
                 if path == sync.BATCHES_PATH and method == "POST" and self.hang > 0:
                     self.hang -= 1
                     self.hung += 1

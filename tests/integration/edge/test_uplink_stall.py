@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import random
 from collections.abc import AsyncIterator
 from typing import Any, TypeVar
 
@@ -174,7 +175,10 @@ async def test_a_batch_that_times_out_is_a_timeout_is_halved_and_the_link_is_nev
         assert shown[1].startswith(("degraded since", "down since"))
         await wait_for(lambda: stale_reader.backlog()[Stream.TELEMETRY] == 0, "the backlog delivered after the outage")
         assert uplink.status.errors >= 3
-        assert receiver.batch_sizes[:4] == [40, 20, 10, 5]  # halved after each timeout
+        sizes, nbytes = receiver.batch_sizes, receiver.batch_bytes
+        # halved (in bytes) after each timeout, down to a single record
+        assert all(nbytes[i + 1] <= nbytes[i] // 2 or sizes[i + 1] == 1 for i in range(3)), (sizes, nbytes)
+        assert sizes[0] == 40 and sizes[3] < sizes[2] < sizes[1] < 40 or sizes[3] == 1, sizes
         assert "connected" not in states[len(states) // 2:] and {"degraded", "down"} & set(states)
         link = uplink.snapshot()["link"]
         assert link["state"] == "connected" and link["bytes_last_hour"] > 0 and link["est_rtt_s"] is not None
@@ -234,3 +238,22 @@ async def test_a_wide_devices_batches_are_held_under_the_byte_cap(enrolled_setti
             await wait_for(lambda: buffer.backlog()[Stream.TELEMETRY] == 0, "the wide records delivered")
     assert len(receiver.batch_sizes) > 2 and max(receiver.batch_sizes) < 300, receiver.batch_sizes
     assert [r.seq for _, r in receiver.rows] == list(range(1, 301))
+
+
+async def test_under_a_cap_each_batch_is_sized_to_its_time_on_the_wire(enrolled_settings: Settings, receiver: Receiver) -> None:
+    """A cap of 24 KB/s and a target of 1 s on the wire: each batch holds at most 24 KB (not the 5,000
+    records ``records_per_batch`` allows, nor the 64 KB of ``batch_bytes``); everything arrives once, in order."""
+    rng = random.Random(28)
+    async with opened(Buffer, enrolled_settings) as buffer:
+        await asyncio.gather(*[
+            buffer.submit(Store(Stream.TELEMETRY, "dev-1", 1_700_000_000_000 + i, "telemetry", i,
+                                orjson.dumps({"v": 1, "seq": i, "metrics": {f"m{k}": round(rng.uniform(0, 1000), 3)
+                                                                            for k in range(20)}}), None))
+            for i in range(1, 1001)
+        ])  # type: ignore[misc]
+        uplink = make_uplink(enrolled_settings, buffer, bandwidth_bytes_per_s=24_000, batch_target_s=1.0, records_per_batch=5000)
+        async with running(uplink):
+            await wait_for(lambda: buffer.backlog()[Stream.TELEMETRY] == 0, "the records delivered under the cap")
+        assert uplink.link_snapshot()["batch_bytes"]["telemetry"] == 24_000
+    assert len(receiver.batch_bytes) > 2 and max(receiver.batch_bytes) <= 24_000, receiver.batch_bytes
+    assert [r.seq for _, r in receiver.rows] == list(range(1, 1001))

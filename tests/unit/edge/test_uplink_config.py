@@ -19,7 +19,7 @@ def test_sync_defaults_file_and_environment(tmp_path):
     assert s.state_dir == tmp_path / "identity"
 
 
-@pytest.mark.parametrize("text", ["records_per_batch = 0", "bandwidth_bytes_per_s = -1", "downlink_wait_s = 301", "window = 0", "window = 9", "probe_interval_s = -1",
+@pytest.mark.parametrize("text", ["records_per_batch = 0", "bandwidth_bytes_per_s = -1", "downlink_wait_s = 301", "window = 0", "window = 9", "probe_interval_s = -1", "batch_target_s = 0.1",
                                   'link_profile = "satellite"',
                                   "backoff_cap_s = 0.1", "retries = 3"])
 def test_bad_sync_options_are_refused_by_name(tmp_path, text):

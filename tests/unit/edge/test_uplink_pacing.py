@@ -10,19 +10,34 @@ pytestmark = pytest.mark.unit
 
 
 def test_a_batch_that_timed_out_is_halved_down_to_one_record_and_grows_back_after_acks():
-    sizer = BatchSizer(5000)
-    assert [sizer.after_timeout(5000) for _ in range(3)] == [2500, 1250, 625]
-    for _ in range(20):
+    sizer = BatchSizer(64_000, 5000)
+    assert [sizer.after_timeout(64_000) for _ in range(3)] == [32_000, 16_000, 8000]
+    for _ in range(30):
         sizer.after_timeout(sizer.size)
-    assert sizer.size == 1  # a single record always fits
+    assert sizer.size == 1 and sizer.budget(5000.0) == 1
+    sizer.encoded(100, 11_000)  # 110 bytes a record: a budget of one byte still reads one record
+    assert sizer.records(5000.0) == 1  # a single record always fits
     assert sizer.after_timeout(1) == 1
     sizes = [sizer.after_ack() for _ in range(9)]
-    assert sizes == sorted(sizes) and sizes[0] == 1 + 625 and sizes[-1] == 5000  # additive, up to the ceiling
+    assert sizes == sorted(sizes) and sizes[0] == 1 + 8000 and sizes[-1] == 64_000  # additive, up to the ceiling
 
 
 def test_a_short_batch_that_timed_out_halves_from_what_was_sent():
-    sizer = BatchSizer(5000)
-    assert sizer.after_timeout(40) == 20  # the buffer held only 40: halve those, not the ceiling
+    sizer = BatchSizer(64_000, 5000)
+    assert sizer.after_timeout(3000) == 1500  # the buffer held only 3 KB: halve those, not the ceiling
+
+
+def test_batches_are_sized_to_a_target_time_on_the_wire_at_the_measured_rate():
+    sizer = BatchSizer(65_536, 5000, target_s=4.0)
+    assert sizer.budget(None) == 16_384 and sizer.records(None) == 5000  # nothing measured: start small (the encoding trims)
+    sizer.encoded(5000, 40_000)  # 8 bytes a record
+    assert sizer.budget(7500.0) == 30_000  # NB-IoT, 60 kbit/s: 4 s of it
+    assert sizer.records(7500.0) == 3562  # what 30 KB holds, a little under (so it is rarely encoded twice)
+    assert sizer.budget(47_000.0) == 65_536  # LTE-M: the byte cap
+    assert sizer.records(47_000.0) == 5000  # and the record cap
+    assert sizer.budget(100.0) == 16_384  # a very slow link (or acks spaced by the cloud's work): never below the floor
+    sizer.after_timeout(10_000)
+    assert sizer.budget(7500.0) == 5000  # after a timeout the halved size wins over the rate's share
 
 
 def test_timeouts_follow_the_measured_link_and_batch_size():
@@ -37,6 +52,17 @@ def test_timeouts_follow_the_measured_link_and_batch_size():
     assert est.timeout_s(1000, 60) == 60
     est.reset()
     assert est.rate_bytes_per_s is None
+
+
+def test_a_batch_sent_behind_another_is_timed_from_the_ack_ahead_of_it():
+    est = LinkEstimate(rtt_s=2.0)
+    est.observe(30_000, 4.0, pipelined=True)  # acks 4 s apart while the link was busy: 7.5 KB/s
+    assert est.rate_bytes_per_s == pytest.approx(7500)
+    alone = LinkEstimate(rtt_s=2.0)
+    alone.observe(30_000, 6.0)  # sent alone: the round trip is not the link's time
+    assert alone.rate_bytes_per_s == pytest.approx(7500)
+    est.observe(30_000, 0.01, pipelined=True)  # two acks together: the second says nothing of the link
+    assert est.rate_bytes_per_s == pytest.approx(0.7 * 7500 + 0.3 * 15_000)
 
 
 def test_a_request_outstanding_far_past_its_expected_time_makes_the_link_degraded():

@@ -30,6 +30,12 @@ def test_a_batch_larger_than_the_burst_waits_for_its_whole_size():
     assert bucket.reserve(1000, 0.0) == pytest.approx(10.0)
 
 
+def test_the_first_send_goes_at_once_as_after_an_idle_spell():
+    bucket = TokenBucket(3750)  # NB-IoT's 60 kbit/s, capped at half
+    assert bucket.reserve(15_000, 0.0) == 0.0  # a batch of 4 s of the cap
+    assert bucket.reserve(15_000, 0.0) == pytest.approx(4.0)  # then the cap holds
+
+
 def test_idle_time_refills_at_most_one_burst():
     bucket = TokenBucket(100)
     bucket.reserve(100, 0.0)
