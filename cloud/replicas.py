@@ -13,14 +13,13 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import json
 import logging
 import uuid
 from typing import Any
 
-from pulse.cloud.cluster.bus import Bus
+from pulse.cloud.cluster.bus import Bus, cancel
 from pulse.cloud.cluster.leader import Job, Leadership
 from pulse.cloud.cluster.ratelimit import SharedRateLimiter, database_bucket
 from pulse.cloud.db.pool import Database
@@ -38,7 +37,7 @@ class Replica:
     def __init__(self, settings: Settings, db: Database, hub: LiveHub, tokens: DeviceTokenCache, entitlements: Entitlements) -> None:
         self.db = db
         self.bus = Bus(db.dsn_for(settings.roles.app))
-        self.relay = LiveRelay(hub, self.bus, self._fetch)
+        self.relay = LiveRelay(hub, self.bus, self.fetch_metrics)
         self.leadership = Leadership(
             db.dsn_for(settings.roles.app), node=self.bus.node, poll_s=settings.cluster_poll_s, lease_s=settings.cluster_lease_s
         )
@@ -79,7 +78,7 @@ class Replica:
     def add_job(self, name: str, job: Job) -> None:
         self.leadership.add(name, job)
 
-    async def _fetch(self, tenant_id: uuid.UUID, device_id: str, t_ms: int) -> dict[str, float | bool] | None:
+    async def fetch_metrics(self, tenant_id: uuid.UUID, device_id: str, t_ms: int) -> dict[str, float | bool] | None:
         at = dt.datetime.fromtimestamp(t_ms / 1000, dt.UTC)
         async with self.db.tenant(tenant_id) as conn:
             raw = await conn.fetchval(
@@ -114,9 +113,6 @@ class Replica:
     async def stop(self) -> None:
         await self.leadership.stop()
         for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel(task)
         self._tasks = []
         await self.bus.stop()

@@ -55,6 +55,16 @@ Handler = Callable[[str, dict[str, Any]], None]
 _TRANSIENT = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
 
 
+async def cancel(task: asyncio.Task[Any]) -> None:
+    """Cancel ``task`` and wait for it to end. Cancels again until it does: on Python 3.11,
+    ``asyncio.wait_for`` loses a cancellation that arrives as its inner awaitable completes."""
+    while not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=1)
+    if not task.cancelled() and task.exception() is not None:
+        log.error("task %s ended with an error", task.get_name(), exc_info=task.exception())
+
+
 def node_name() -> str:
     """This process in the cluster: host name and process id."""
     return f"{socket.gethostname()}:{os.getpid()}"
@@ -140,10 +150,7 @@ class Bus:
 
     async def stop(self) -> None:
         for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel(task)
         self._tasks = []
 
     async def wait_connected(self, timeout_s: float = 30.0) -> None:

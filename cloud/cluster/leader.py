@@ -21,14 +21,13 @@ the holder renews at every ping; ``/health`` of each process reports the jobs it
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable, Coroutine
 from typing import Any
 
 import asyncpg
 
-from pulse.cloud.cluster.bus import CONNECT_SETTINGS, node_name
+from pulse.cloud.cluster.bus import CONNECT_SETTINGS, cancel, node_name
 
 log = logging.getLogger("pulse.cloud.cluster")
 
@@ -59,18 +58,14 @@ class Leadership:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel(self._task)
             self._task = None
+        await self._stop_jobs()
 
     async def _stop_jobs(self) -> None:
         running, self._running = self._running, {}
-        for task in running.values():
-            task.cancel()
         for name, task in running.items():
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+            await cancel(task)
             log.info("stopped cluster job %s on %s", name, self.node)
 
     async def _run(self) -> None:
