@@ -148,6 +148,7 @@ def create_app(
 
     sync.on_twin_change = twin_changed  # twin and command changes reach the console's live view
     ingest.shared, ingest.shared_tenant = replica.device_limits, replica.tenant_limits  # rate limits of the cluster
+    replica.wake_gateway = sync.notifier.wake  # downlink queued through another replica
     ingest.entitlements = sync.entitlements = entitlements  # SUSPENDED/EXPIRED tenants: data refused
     sync.activation_limiter = RateLimiter(rate=settings.activation_rate_per_min / 60, burst=settings.activation_burst, max_keys=100_000)
     ingest.on_twin_change = twin_changed  # ... from direct devices too

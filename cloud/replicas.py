@@ -4,7 +4,8 @@
 - Live view: ``LiveRelay`` over the bus (``live.py``).
 - Caches: the database notifies ``pulse_invalidate`` (triggers of migration 0022) when a device
   credential, a device's status or a tenant's subscriptions change, whoever changed them; every
-  replica forgets what it cached about them. When the listener may have missed notifications
+  replica forgets what it cached about them. The same channel says when something was queued for
+  a gateway, so the replica holding that gateway's long-poll answers at once. When the listener may have missed notifications
   (reconnection), every cache is flushed.
 - Rate limits: the device and tenant buckets of HTTP ingest are shared (``cluster/ratelimit.py``).
 - Once-per-cluster jobs run under ``Leadership`` (``cluster/leader.py``).
@@ -17,6 +18,7 @@ import datetime as dt
 import json
 import logging
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from pulse.cloud.cluster.bus import Bus, cancel
@@ -58,6 +60,8 @@ class Replica:
             else None
         )
         self.invalidations = 0
+        self.wake_gateway: Callable[[list[uuid.UUID]], None] | None = None
+        """Wakes this replica's long-polls of a gateway something was queued for (set by the app)."""
 
         def invalidated(_sender: str, message: dict[str, Any]) -> None:
             self.invalidations += 1
@@ -68,6 +72,8 @@ class Replica:
                 tokens.invalidate(device=ident)
             elif kind == "tenant":
                 entitlements.invalidate(ident)
+            elif kind == "gateway" and self.wake_gateway is not None:
+                self.wake_gateway([ident])
 
         self.bus.on(INVALIDATE, invalidated)
         self.bus.on_reset(tokens.clear)

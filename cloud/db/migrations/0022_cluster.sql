@@ -11,12 +11,17 @@ CREATE FUNCTION pulse_cluster_invalidate() RETURNS trigger
 LANGUAGE plpgsql AS $$
 DECLARE
     kind text := TG_ARGV[0];
+    row  record;
     id   uuid;
 BEGIN
-    IF TG_OP = 'DELETE' THEN
-        id := CASE kind WHEN 'tenant' THEN OLD.tenant_id ELSE OLD.id END;
+    IF TG_OP = 'DELETE' THEN row := OLD; ELSE row := NEW; END IF;
+    -- one statement per kind: PL/pgSQL plans each only when it runs, so no table needs the others' columns
+    IF kind = 'tenant' THEN
+        id := row.tenant_id;
+    ELSIF kind = 'gateway' THEN
+        id := row.gateway_id;
     ELSE
-        id := CASE kind WHEN 'tenant' THEN NEW.tenant_id ELSE NEW.id END;
+        id := row.id;
     END IF;
     PERFORM pg_notify('pulse_invalidate', json_build_object('o', 'db', 'm', json_build_array(json_build_object('k', kind, 'id', id)))::text);
     RETURN NULL;
@@ -29,6 +34,9 @@ CREATE TRIGGER cluster_invalidate AFTER UPDATE OR DELETE ON device_credentials
 -- a device disabled, decommissioned, re-enabled or deleted
 CREATE TRIGGER cluster_invalidate AFTER UPDATE OF status OR DELETE ON devices
     FOR EACH ROW EXECUTE FUNCTION pulse_cluster_invalidate('device');
+-- something queued for a gateway: the replica holding its long-poll answers at once
+CREATE TRIGGER cluster_invalidate AFTER INSERT ON gateway_downlink
+    FOR EACH ROW EXECUTE FUNCTION pulse_cluster_invalidate('gateway');
 -- a tenant's subscriptions changed (suspended, expired, renewed): what its data is entitled to
 CREATE TRIGGER cluster_invalidate AFTER INSERT OR UPDATE OR DELETE ON subscriptions
     FOR EACH ROW EXECUTE FUNCTION pulse_cluster_invalidate('tenant');
