@@ -193,3 +193,20 @@ async def test_shared_buckets_are_not_reachable_as_tables_by_the_app_role(cloud_
             await conn.execute("DELETE FROM cluster_leases")
     finally:
         await conn.close()
+
+
+async def test_a_tenant_rate_counts_all_its_devices_together(cloud_settings: Settings, start_cloud: Any) -> None:
+    settings = cloud_settings.model_copy(update={"ingest_tenant_rate_per_s": 0.001, "ingest_tenant_burst": 5, "rate_limit_lease": 0})
+    async with start_cloud(settings) as c:
+        _, admin = await c.tenant_user()
+        _, other_admin = await c.tenant_user()
+        tokens = [(await c.device_with_token(admin))[2] for _ in range(2)]
+        answers = []
+        for i in range(8):
+            r = await c.client.post("/ingest/v1/telemetry", json={"v": 1, "metrics": {"i": i}}, headers={"Authorization": f"Bearer {tokens[i % 2]}"})
+            answers.append((r.status_code, r.json().get("limit")))
+        assert answers == [(200, None)] * 5 + [(429, "tenant")] * 3
+        # another tenant has its own budget
+        _, _, token = await c.device_with_token(other_admin)
+        r = await c.client.post("/ingest/v1/telemetry", json={"v": 1, "metrics": {"i": 0}}, headers={"Authorization": f"Bearer {token}"})
+        assert r.status_code == 200, r.text
