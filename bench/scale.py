@@ -8,8 +8,8 @@ database, each against a raw COPY of the same rows in the same run.
   replicas (two separate processes on two ports, sharing the database: shared rate-limit buckets,
   live relay, leadership all running).
 - ``two_process_ratio`` = two / one; ``*_vs_raw`` = each against raw COPY.
-- ``cpu_s_per_100k``: CPU seconds the replicas (all together) and PostgreSQL (every backend) spent
-  per 100,000 messages in the best run of each side: where the work goes, so where the bottleneck
+- ``cpu_s_per_100k``: CPU seconds the replicas (all together), PostgreSQL (every backend) and the
+  load-generating client spent per 100,000 messages in the best run of each side: where the work goes, so where the bottleneck
   moves as replicas are added. ``cpu_count`` is the machine's; client, replicas and database share it.
 
 Each run is a fresh set of messages (``MESSAGES``, with ``PULSE_BENCH_*`` knobs as in ``pulse bench
@@ -74,8 +74,8 @@ def _bench(dsn: str, postmaster: int | None) -> dict[str, object]:
     procs = [base._server(dsn, prefix, port, log, workers=1) for port, log in zip(ports, logs, strict=True)]
     urls = [f"http://127.0.0.1:{port}" for port in ports]
     runs: dict[str, list[float]] = {"raw": [], "one": [], "two": []}
-    cpu: dict[str, list[tuple[float, float]]] = {"one": [], "two": []}  # (replicas, database) per run
-    accepted = 0
+    cpu: dict[str, list[tuple[float, float, float]]] = {"one": [], "two": []}  # (replicas, database, client) per run
+    accepted = warm_ups = 0
     try:
         for url, proc, log in zip(urls, procs, logs, strict=True):
             base._wait_healthy(url, proc, log)
@@ -84,19 +84,20 @@ def _bench(dsn: str, postmaster: int | None) -> dict[str, object]:
             runs["raw"].append(asyncio.run(base._raw_copy(dsn, roles, tenant, devices, start_ms + slot * 60_000)))
             slot += 1
             for name, targets in (("one", urls[:1]), ("two", urls)):
-                before = (sum(_cpu_s(p.pid) for p in procs), _tree_cpu_s(postmaster) if postmaster else 0.0)
+                before = (sum(_cpu_s(p.pid) for p in procs), _tree_cpu_s(postmaster) if postmaster else 0.0, time.process_time())
                 rate, n = asyncio.run(base._ingest(targets, devices, start_ms + slot * 60_000, warm_up=r == 0))
-                after = (sum(_cpu_s(p.pid) for p in procs), _tree_cpu_s(postmaster) if postmaster else 0.0)
+                after = (sum(_cpu_s(p.pid) for p in procs), _tree_cpu_s(postmaster) if postmaster else 0.0, time.process_time())
+                warm_ups += len(targets) * len(devices) if r == 0 else 0
                 slot += 1
                 runs[name].append(rate)
-                cpu[name].append(((after[0] - before[0]) / n * 100_000, (after[1] - before[1]) / n * 100_000))
+                cpu[name].append(tuple((a - b) / n * 100_000 for a, b in zip(after, before, strict=True)))
                 accepted += n
     finally:
         for proc in procs:
             base.stop_server(proc)
         for log in logs:
             log.unlink(missing_ok=True)
-    stored = asyncio.run(base._count(dsn, tenant, "http")) - 2 * len(devices)  # minus the warm-up messages
+    stored = asyncio.run(base._count(dsn, tenant, "http")) - warm_ups
     raw, one, two = max(runs["raw"]), max(runs["one"]), max(runs["two"])
     best_one = cpu["one"][runs["one"].index(one)]
     best_two = cpu["two"][runs["two"].index(two)]
@@ -120,8 +121,8 @@ def _bench(dsn: str, postmaster: int | None) -> dict[str, object]:
         "two_process_vs_raw": round(two / raw, 3),
         "two_process_ratio": round(two / one, 3),
         "cpu_s_per_100k": {
-            "one_process": {"replicas": round(best_one[0], 2), "database": round(best_one[1], 2) if postmaster else None},
-            "two_process": {"replicas": round(best_two[0], 2), "database": round(best_two[1], 2) if postmaster else None},
+            side: {"replicas": round(best[0], 2), "database": round(best[1], 2) if postmaster else None, "client": round(best[2], 2)}
+            for side, best in (("one_process", best_one), ("two_process", best_two))
         },
         "stream": "not built (NATS JetStream variant of issue 26)",
     }
