@@ -115,6 +115,15 @@ CREATE FUNCTION pulse_cluster_lease_renew(js text[], node text) RETURNS void
 LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = public, pg_temp
 AS $$ UPDATE cluster_leases SET renewed_at = clock_timestamp() WHERE job = ANY (js) AND holder = node $$;
 
+-- Forced row-level security like every table: only the owner (these functions) sees rows; the
+-- operator role reads them through its bypass.
+ALTER TABLE cluster_rate_buckets ENABLE ROW LEVEL SECURITY;
+ALTER TABLE cluster_rate_buckets FORCE ROW LEVEL SECURITY;
+CREATE POLICY cluster_owner ON cluster_rate_buckets TO CURRENT_USER USING (true) WITH CHECK (true);
+ALTER TABLE cluster_leases ENABLE ROW LEVEL SECURITY;
+ALTER TABLE cluster_leases FORCE ROW LEVEL SECURITY;
+CREATE POLICY cluster_owner ON cluster_leases TO CURRENT_USER USING (true) WITH CHECK (true);
+
 REVOKE ALL ON cluster_rate_buckets, cluster_leases FROM PUBLIC;
 GRANT SELECT ON cluster_rate_buckets, cluster_leases TO {{operator}};
 
