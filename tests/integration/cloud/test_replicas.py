@@ -5,6 +5,7 @@ both, and each once-per-cluster job runs on one of them, and on the other after 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 import os
 import signal
@@ -113,19 +114,27 @@ async def two_replicas(settings: Settings, tmp: Path, **extra: str) -> AsyncIter
         _stop(b)
 
 
-async def _tenant_admin(settings: Settings, client: httpx.AsyncClient, url: str) -> tuple[uuid.UUID, dict[str, str]]:
+async def _login(client: httpx.AsyncClient, url: str, email: str) -> dict[str, str]:
+    r = await client.post(url + "/auth/login", json={"email": email, "password": PASSWORD})
+    assert r.status_code == 200, r.text
+    return {"Authorization": f"Bearer {r.json()['access_token']}"}
+
+
+async def _tenant_admin(
+    settings: Settings, client: httpx.AsyncClient, url: str, *, role: str = "tenant-admin"
+) -> tuple[uuid.UUID, dict[str, str]]:
+    """A new tenant and a logged-in user in it (or, with ``role="operator-admin"``, an operator)."""
     db = Database(settings.database_url, settings.roles)
     await db.open()
     try:
         slug = "r-" + uuid.uuid4().hex[:10]
         tenant = await create_tenant(db, slug=slug, name=slug, actor="test")
         email = f"{uuid.uuid4().hex[:10]}@example.com"
-        await create_user(db, email=email, password=PASSWORD, roles=["tenant-admin"], tenant=slug, actor="test")
+        operator = role.startswith("operator")
+        await create_user(db, email=email, password=PASSWORD, roles=[role], tenant=None if operator else slug, actor="test")
     finally:
         await db.close()
-    r = await client.post(url + "/auth/login", json={"email": email, "password": PASSWORD})
-    assert r.status_code == 200, r.text
-    return tenant, {"Authorization": f"Bearer {r.json()['access_token']}"}
+    return tenant, await _login(client, url, email)
 
 
 async def _device(client: httpx.AsyncClient, url: str, admin: dict[str, str]) -> tuple[str, str, str, str]:
@@ -143,9 +152,10 @@ def _reading(value: float) -> dict[str, object]:
     return {"v": 1, "ts": int(time.time() * 1000), "metrics": {"temp_c": value}}
 
 
-async def test_console_on_b_sees_readings_and_revocation_through_a_reaches_b(cloud_settings: Settings, tmp_path: Path) -> None:
-    async with two_replicas(cloud_settings, tmp_path) as (a, b), httpx.AsyncClient() as client:
-        _, admin = await _tenant_admin(cloud_settings, client, a.url)
+async def test_console_on_b_sees_readings_and_revocation_and_suspension_through_a_reach_b(cloud_settings: Settings, tmp_path: Path) -> None:
+    cached = {"PULSE_SUBSCRIPTION_CACHE_S": "3600"}  # as for tokens: only the notification can make B forget in time
+    async with two_replicas(cloud_settings, tmp_path, **cached) as (a, b), httpx.AsyncClient() as client:
+        tenant, admin = await _tenant_admin(cloud_settings, client, a.url)
         dev, device_id, credential, token = await _device(client, a.url, admin)
         device_auth = {"Authorization": f"Bearer {token}"}
 
@@ -184,6 +194,36 @@ async def test_console_on_b_sees_readings_and_revocation_through_a_reaches_b(clo
             return r.status_code == 401
 
         await _until(refused_by_b, "B to refuse the token revoked through A", limit_s=20)
+
+        # suspension: an operator suspends the tenant's subscription through A; B, which has just
+        # accepted the tenant's data (and trusts that for an hour), refuses it
+        _, operator = await _tenant_admin(cloud_settings, client, a.url, role="operator-admin")
+        now = dt.datetime.now(dt.UTC)
+        r = await client.post(
+            a.url + f"/api/v1/operator/tenants/{tenant}/subscriptions",
+            json={"kind": "MAIN", "device_limit": 10, "starts_at": (now - dt.timedelta(days=1)).isoformat(), "ends_at": (now + dt.timedelta(days=30)).isoformat()},
+            headers=operator,
+        )
+        assert r.status_code == 201, r.text
+        subscription = r.json()["id"]
+        r = await client.post(a.url + f"/api/v1/devices/{dev}/credentials", headers=admin)
+        assert r.status_code == 201, r.text
+        device_auth = {"Authorization": f"Bearer {r.json()['token']}"}
+
+        async def accepted_by_b() -> bool:
+            r = await client.post(b.url + "/ingest/v1/telemetry", json=_reading(3), headers=device_auth)
+            return r.status_code == 200
+
+        await _until(accepted_by_b, "B to accept the new token")
+        r = await client.post(a.url + f"/api/v1/operator/tenants/{tenant}/subscriptions/{subscription}/events", json={"event": "suspend"}, headers=operator)
+        assert r.status_code == 200, r.text
+
+        async def suspended_on_b() -> bool:
+            r = await client.post(b.url + "/ingest/v1/telemetry", json=_reading(4), headers=device_auth)
+            assert r.status_code in (200, 403), r.text
+            return r.status_code == 403 and r.json()["code"] == "subscription.suspended"
+
+        await _until(suspended_on_b, "B to refuse the suspended tenant's data", limit_s=20)
         assert device_id
 
 
