@@ -43,7 +43,7 @@ class Replica:
         self.leadership = Leadership(
             db.dsn_for(settings.roles.app), node=self.bus.node, poll_s=settings.cluster_poll_s, lease_s=settings.cluster_lease_s
         )
-        take, give = database_bucket(db)
+        take, give = database_bucket(db, retry_after_s=settings.retry_after_s)
         self.device_limits = SharedRateLimiter(
             take, give, rate=settings.ingest_rate_per_s, burst=settings.ingest_burst, lease=settings.rate_limit_lease, lease_s=settings.rate_limit_lease_s
         )

@@ -12,7 +12,7 @@ admits more than the limit (``burst`` + ``rate`` x elapsed seconds). The error i
 side only: a request may be refused while other processes hold unspent leases of the same key, at
 most ``lease`` tokens each, for at most ``lease_s`` seconds before they give them back. With N
 processes a key may be refused up to (N - 1) x ``lease`` tokens early. A database that does not
-answer makes requests that need a fresh lease fail as the database does elsewhere (503 upstream).
+answer makes requests that need a fresh lease fail with 503 and Retry-After, as storing them would.
 """
 
 from __future__ import annotations
@@ -25,7 +25,10 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+import asyncpg
+
 from pulse.cloud.db.pool import Database
+from pulse.cloud.errors import StorageUnavailableError
 
 log = logging.getLogger("pulse.cloud.cluster")
 
@@ -47,12 +50,18 @@ Take = Callable[[str, float, float, float, float], Awaitable[tuple[float, float]
 Give = Callable[[list[str], list[float]], Awaitable[None]]
 
 
-def database_bucket(db: Database) -> tuple[Take, Give]:
-    """The shared buckets of ``db`` (through the app role's SECURITY DEFINER functions)."""
+def database_bucket(db: Database, *, retry_after_s: int = 1) -> tuple[Take, Give]:
+    """The shared buckets of ``db`` (through the app role's SECURITY DEFINER functions). A database
+    that does not answer makes ``take`` raise ``StorageUnavailableError`` (503, Retry-After)."""
 
     async def take(key: str, want: float, need: float, rate: float, burst: float) -> tuple[float, float]:
-        async with db.identity() as conn:
-            row = await conn.fetchrow("SELECT granted, retry_after_s FROM pulse_rate_take($1, $2, $3, $4, $5)", key, want, need, rate, burst)
+        try:
+            async with db.identity() as conn:
+                row = await conn.fetchrow("SELECT granted, retry_after_s FROM pulse_rate_take($1, $2, $3, $4, $5)", key, want, need, rate, burst)
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
+            raise StorageUnavailableError(
+                "the database does not answer (rate limits); nothing from this request was stored; retry later", retry_after_s=retry_after_s
+            ) from exc
         return float(row["granted"]), float(row["retry_after_s"])
 
     async def give(keys: list[str], amounts: list[float]) -> None:

@@ -22,9 +22,12 @@ from pulse.cloud.cluster.bus import MAX_PAYLOAD, Bus, cancel
 from pulse.cloud.cluster.leader import Leadership
 from pulse.cloud.cluster.ratelimit import SharedRateLimiter, database_bucket
 from pulse.cloud.db.embedded import EmbeddedPostgres
+from pulse.cloud.db.migrate import migrate
+from pulse.cloud.db.pool import Database
 from pulse.cloud.db.rows import TelemetryRow
+from pulse.cloud.errors import StorageUnavailableError
 from pulse.cloud.live import LiveHub, LivePoint, LiveRelay
-from pulse.cloud.settings import Settings
+from pulse.cloud.settings import RoleNames, Settings
 
 pytestmark = pytest.mark.integration
 
@@ -210,3 +213,21 @@ async def test_a_tenant_rate_counts_all_its_devices_together(cloud_settings: Set
         _, _, token = await c.device_with_token(other_admin)
         r = await c.client.post("/ingest/v1/telemetry", json={"v": 1, "metrics": {"i": 0}}, headers={"Authorization": f"Bearer {token}"})
         assert r.status_code == 200, r.text
+
+
+async def test_a_lease_the_database_cannot_give_is_a_503_not_a_crash(own_postgres: EmbeddedPostgres) -> None:
+    roles = RoleNames.from_prefix("lease" + uuid.uuid4().hex[:6])
+    await migrate(own_postgres.dsn, roles)
+    db = Database(own_postgres.dsn, roles)
+    await db.open()
+    try:
+        take, give = database_bucket(db, retry_after_s=3)
+        limiter = SharedRateLimiter(take, give, rate=1, burst=10, lease=2)
+        assert (await limiter.take("device:x", 1)).allowed
+        await asyncio.to_thread(own_postgres.stop)
+        with pytest.raises(StorageUnavailableError) as refused:
+            await limiter.take("device:x", 5)
+        assert refused.value.status == 503 and refused.value.headers == {"Retry-After": "3"}
+    finally:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(db.close(), 5)
