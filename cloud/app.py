@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Literal
@@ -142,16 +141,12 @@ def create_app(
         settings.sync, db, metrics, on_commit=committed, twin_limits=twin_limits
     )
 
-    def twin_changed(tenant_id: uuid.UUID, device_id: str, kind: str, detail: dict[str, object]) -> None:
-        hub.notify(tenant_id, device_id, kind, detail)
-        replica.relay.notify(tenant_id, device_id, kind, detail)
-
-    sync.on_twin_change = twin_changed  # twin and command changes reach the console's live view
+    sync.on_twin_change = hub.notify  # twin and command changes reach the console's live view (every replica's)
     ingest.shared, ingest.shared_tenant = replica.device_limits, replica.tenant_limits  # rate limits of the cluster
     replica.wake_gateway = sync.notifier.wake  # downlink queued through another replica
     ingest.entitlements = sync.entitlements = entitlements  # SUSPENDED/EXPIRED tenants: data refused
     sync.activation_limiter = RateLimiter(rate=settings.activation_rate_per_min / 60, burst=settings.activation_burst, max_keys=100_000)
-    ingest.on_twin_change = twin_changed  # ... from direct devices too
+    ingest.on_twin_change = hub.notify  # ... from direct devices too
 
     async def maintenance() -> None:
         while True:

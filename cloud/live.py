@@ -136,6 +136,8 @@ class LiveHub:
         self._queue_events = queue_events
         self.on_interest: Callable[[], None] | None = None
         """Told when what this process's consoles watch changes (``LiveRelay`` announces it)."""
+        self.on_notify: Callable[[uuid.UUID, str, str, dict[str, object]], None] | None = None
+        """Told every ``notify`` (``LiveRelay`` passes it to the other replicas' consoles)."""
 
     def interest(self) -> Interest:
         feeds = {f.tenant_id for f in self._feeds}
@@ -193,6 +195,8 @@ class LiveHub:
     def notify(self, tenant_id: uuid.UUID, device_id: str, kind: str, detail: dict[str, object]) -> None:
         """A committed change of a device's twin (``kind`` "twin", detail ``{"version"}``) or of one
         of its commands ("command", detail ``{"id", "state"}``), for the subscribers of the device."""
+        if self.on_notify is not None:
+            self.on_notify(tenant_id, device_id, kind, detail)
         subs = self._subs.get((tenant_id, device_id))
         if not subs:
             return
@@ -276,6 +280,7 @@ class LiveRelay:
         self._fetches: set[asyncio.Task[None]] = set()
         self.received = 0
         hub.on_interest = self._announce.set
+        hub.on_notify = self.notify
         bus.on(CHANNEL, self._receive)
         bus.on_reset(self._reset)
 
@@ -315,7 +320,7 @@ class LiveRelay:
             self.bus.post(CHANNEL, head + ",".join(parts) + "]}")
 
     def notify(self, tenant_id: uuid.UUID, device_id: str, kind: str, detail: dict[str, object]) -> None:
-        """A twin or command change (``LiveHub.notify``), for other processes' consoles."""
+        """A twin or command change (``LiveHub.notify`` calls it), for other processes' consoles."""
         if self.wanted.wants_points((tenant_id, device_id)):
             self.bus.post(CHANNEL, {"k": "n", "t": str(tenant_id), "d": device_id, "c": kind, "x": detail})
 

@@ -231,3 +231,22 @@ async def test_a_lease_the_database_cannot_give_is_a_503_not_a_crash(own_postgre
     finally:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(db.close(), 5)
+
+
+async def test_a_twin_changed_through_one_replica_reaches_a_console_on_another(cloud: Cloud, cloud_settings: Settings) -> None:
+    tenant, admin = await cloud.tenant_user()
+    dev, device_id, _ = await cloud.device_with_token(admin)
+    hub = LiveHub()
+    bus = Bus(app_role_dsn(cloud_settings), node="console-replica")
+    relay = LiveRelay(hub, bus, cloud.app.state.replica.fetch_metrics, announce_s=0.2)
+    sub = hub.subscribe(tenant, device_id)
+    async with running(bus):
+        task = asyncio.create_task(relay.run())
+        try:
+            await _until(lambda: cloud.app.state.replica.relay.wanted.wants_points((tenant, device_id)), "the console's interest to arrive")
+            r = await cloud.client.patch(f"/api/v1/devices/{device_id}/twin", json={"state": {"desired": {"led": True}}}, headers=admin)
+            assert r.status_code == 200, r.text
+            points, _ = await asyncio.wait_for(sub.next_batch(), 20)
+        finally:
+            await cancel(task)
+    assert [(p.msg_type, p.detail) for p in points] == [("twin", {"version": r.json()["version"]})]
