@@ -250,3 +250,29 @@ async def test_a_twin_changed_through_one_replica_reaches_a_console_on_another(c
         finally:
             await cancel(task)
     assert [(p.msg_type, p.detail) for p in points] == [("twin", {"version": r.json()["version"]})]
+
+
+async def test_a_holder_that_loses_the_database_stops_its_job_and_takes_it_again_after(own_postgres: EmbeddedPostgres) -> None:
+    roles = RoleNames.from_prefix("lead" + uuid.uuid4().hex[:6])
+    await migrate(own_postgres.dsn, roles)
+    running_now: list[bool] = [False]
+
+    async def job() -> None:
+        running_now[0] = True
+        try:
+            await asyncio.Event().wait()
+        finally:
+            running_now[0] = False
+
+    leader = Leadership(own_postgres.dsn, node="only", poll_s=0.1, lease_s=1)
+    leader.add("sweep", job)
+    leader.start()
+    try:
+        await _until(lambda: running_now[0], "the job to start")
+        await asyncio.to_thread(own_postgres.stop)
+        await _until(lambda: not running_now[0] and leader.held == [], "the job to stop with the database gone")
+        await asyncio.to_thread(own_postgres.start)
+        await _until(lambda: running_now[0] and leader.held == ["sweep"], "the job to run again", limit_s=30)
+    finally:
+        await leader.stop()
+    assert not running_now[0]
