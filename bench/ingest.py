@@ -132,7 +132,7 @@ async def timed_copy(dsn: str, roles: RoleNames, rows: list[TelemetryRow], chunk
         await conn.close()
 
 
-def _server(dsn: str, roles_prefix: str, port: int, log: Path) -> subprocess.Popen[bytes]:
+def _server(dsn: str, roles_prefix: str, port: int, log: Path, *, workers: int = SERVER_WORKERS) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
         "PULSE_MODE": "development",
@@ -142,7 +142,7 @@ def _server(dsn: str, roles_prefix: str, port: int, log: Path) -> subprocess.Pop
         "PULSE_INGEST_BURST": "1000000",
         "PULSE_INGEST_MAX_MESSAGES": str(BATCH),
         "PULSE_WRITER_BATCH_ROWS": str(WRITER_BATCH_ROWS),
-        "PULSE_WORKERS": str(SERVER_WORKERS),
+        "PULSE_WORKERS": str(workers),
         "PULSE_SYNC_PORT": str(free_port()),  # the gateway sync listener, unused here
         "PULSE_DATA_DIR": tempfile.mkdtemp(prefix="pulse-bench-data-"),
     }
@@ -176,7 +176,10 @@ def _wait_healthy(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
     raise RuntimeError("the server did not become healthy in 60 s")
 
 
-async def _ingest(url: str, devices: list[tuple[str, str]], start_ms: int, *, warm_up: bool) -> tuple[float, int]:
+async def _ingest(url: str | list[str], devices: list[tuple[str, str]], start_ms: int, *, warm_up: bool) -> tuple[float, int]:
+    """POST every device's envelopes with CONCURRENCY requests in flight, spread over ``url`` (one
+    server, or several replicas: request slots alternate between them); (messages/s, accepted)."""
+    urls = [url] if isinstance(url, str) else url
     per_device = MESSAGES // DEVICES
     work: list[tuple[str, bytes]] = []
     for _, token in devices:
@@ -185,23 +188,23 @@ async def _ingest(url: str, devices: list[tuple[str, str]], start_ms: int, *, wa
             work.append((token, json.dumps(envs[i : i + BATCH], separators=(",", ":")).encode()))
     accepted = 0
     limits = httpx.Limits(max_connections=CONCURRENCY, max_keepalive_connections=CONCURRENCY)
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60) as client:
-        # warm-up: one request per device (fills the token caches), not counted
-        for _, token in devices if warm_up else []:
+    async with httpx.AsyncClient(limits=limits, timeout=60) as client:
+        # warm-up: one request per device and server (fills the token caches), not counted
+        for base, (_, token) in [(u, d) for u in urls for d in devices] if warm_up else []:
             r = await client.post(
-                "/ingest/v1/telemetry",
+                base + "/ingest/v1/telemetry",
                 content=b'{"v":1,"metrics":{"w":1}}',
                 headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
             )
             r.raise_for_status()
         queue = list(reversed(work))
 
-        async def worker() -> int:
+        async def worker(slot: int) -> int:
             done = 0
             while queue:
                 token, body = queue.pop()
                 r = await client.post(
-                    "/ingest/v1/telemetry",
+                    urls[slot % len(urls)] + "/ingest/v1/telemetry",
                     content=body,
                     headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
                 )
@@ -211,7 +214,7 @@ async def _ingest(url: str, devices: list[tuple[str, str]], start_ms: int, *, wa
             return done
 
         started = time.perf_counter()
-        accepted = sum(await asyncio.gather(*(worker() for _ in range(CONCURRENCY))))
+        accepted = sum(await asyncio.gather(*(worker(slot) for slot in range(CONCURRENCY))))
         elapsed = time.perf_counter() - started
     return accepted / elapsed, accepted
 

@@ -6,7 +6,6 @@ writer and the storage maintenance task. At stop: drain the writer, close the po
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -46,6 +45,7 @@ from pulse.cloud.live import LiveHub
 from pulse.cloud.metrics import Metrics
 from pulse.cloud.notify.settings import NotifySettings, ack_links
 from pulse.cloud.notify.worker import NotifyWorkers
+from pulse.cloud.replicas import Replica
 from pulse.cloud.settings import Settings
 from pulse.cloud.subscriptions import worker as subscription_worker
 from pulse.cloud.subscriptions.store import Entitlements
@@ -69,6 +69,7 @@ class Health(BaseModel):
     status: Literal["ok", "degraded"]
     database: str = Field(description='"ok", or "unreachable: <why>"')
     writer_queue_rows: int | None = Field(default=None, description="rows waiting in the telemetry writer (when the database answers)")
+    cluster_jobs: list[str] = Field(default_factory=list, description="the once-per-cluster jobs this replica runs now")
 
 
 def create_app(
@@ -121,9 +122,12 @@ def create_app(
 
     notify_workers = NotifyWorkers(db, notify_settings, ack_links=ack_links(notify_settings, settings.jwt_secret.get_secret_value()))
 
+    entitlements = Entitlements(db, ttl_s=settings.subscription_cache_s)
+    replica = Replica(settings, db, hub, tokens, entitlements)  # the other processes sharing the database
+
     def committed(rows: Sequence[TelemetryRow]) -> None:
-        """After-commit listeners: the console's live view and the rule runner, each on its own."""
-        for listener in (hub.publish, rules.observe):
+        """After-commit listeners: the console's live view (here and on the other replicas) and the rule runner, each on its own."""
+        for listener in (hub.publish, replica.relay.publish, rules.observe):
             try:
                 listener(rows)
             except Exception:  # one listener's bug must not starve the other
@@ -139,8 +143,9 @@ def create_app(
         settings.sync, db, metrics, on_commit=committed, twin_limits=twin_limits
     )
 
-    sync.on_twin_change = hub.notify  # twin and command changes reach the console's live view
-    entitlements = Entitlements(db, ttl_s=settings.subscription_cache_s)
+    sync.on_twin_change = hub.notify  # twin and command changes reach the console's live view (every replica's)
+    ingest.shared, ingest.shared_tenant = replica.device_limits, replica.tenant_limits  # rate limits of the cluster
+    replica.wake_gateway = sync.notifier.wake  # downlink queued through another replica
     ingest.entitlements = sync.entitlements = entitlements  # SUSPENDED/EXPIRED tenants: data refused
     sync.activation_limiter = RateLimiter(rate=settings.activation_rate_per_min / 60, burst=settings.activation_burst, max_keys=100_000)
     ingest.on_twin_change = hub.notify  # ... from direct devices too
@@ -167,21 +172,24 @@ def create_app(
                 log.info("applied migrations %s", ", ".join(applied))
         await db.open()
         writer.start(db.writer_pool)
-        rules.start()
+        rules.start(sweep=False)
         if notify_settings.workers:
-            notify_workers.start()
-        task = asyncio.create_task(maintenance(), name="pulse-maintenance")
-        expiry = asyncio.create_task(
-            command_sweep(db, interval_s=settings.command_sweep_interval_s, grace_s=settings.command_expiry_grace_s),
-            name="pulse-command-expiry",
-        )
+            notify_workers.start()  # safe on every replica: they claim work with SKIP LOCKED
         now = clock or (lambda: dt.datetime.now(dt.UTC))
-        renewals = asyncio.create_task(
-            subscription_worker.run_forever(
+        # once per cluster: on the replica holding each job's lock (cluster/leader.py)
+        replica.add_job("maintenance", maintenance)
+        replica.add_job("rules-sweep", rules.sweep_forever)
+        replica.add_job(
+            "command-expiry",
+            lambda: command_sweep(db, interval_s=settings.command_sweep_interval_s, grace_s=settings.command_expiry_grace_s),
+        )
+        replica.add_job(
+            "subscriptions",
+            lambda: subscription_worker.run_forever(
                 db, interval_s=settings.subscription_interval_s, clock=now, console_url=notify_settings.console_url
             ),
-            name="pulse-subscriptions",
         )
+        replica.start()
         listener = SyncListener(create_sync_app(sync), settings.sync, sync.ca, metrics) if sync_listener else None
         try:
             if listener is not None:
@@ -191,10 +199,7 @@ def create_app(
         finally:
             if listener is not None:
                 await listener.stop()
-            for background in (task, expiry, renewals):
-                background.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await background
+            await replica.stop()
             await writer.stop()
             await rules.stop()
             await notify_workers.stop()
@@ -238,6 +243,7 @@ def create_app(
     app.state.metrics = metrics
     app.state.writer = writer
     app.state.live = hub
+    app.state.replica = replica
     app.state.rules = rules
     app.state.notify_settings = notify_settings
     app.state.notify_workers = notify_workers
@@ -255,7 +261,7 @@ def create_app(
                 await conn.fetchval("SELECT 1")
         except Exception as exc:  # noqa: BLE001 - any failure means "database unreachable"
             return JSONResponse({"status": "degraded", "database": f"unreachable: {exc}"}, status_code=503)
-        return JSONResponse({"status": "ok", "database": "ok", "writer_queue_rows": writer.queued_rows})
+        return JSONResponse({"status": "ok", "database": "ok", "writer_queue_rows": writer.queued_rows, "cluster_jobs": replica.leadership.held})
 
     @app.get("/metrics", tags=["ops"], summary="Prometheus metrics")
     async def prometheus() -> Response:

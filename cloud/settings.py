@@ -136,6 +136,13 @@ class Settings(BaseSettings):
     mail_username: str | None = None
     mail_password: SecretStr | None = None
     mail_sender: str = Field(default="pulse@localhost.localdomain", description="the From address of invitations and resets")
+    # replicas sharing one database (issue 26)
+    ingest_tenant_rate_per_s: float = Field(default=0.0, ge=0, description="per-tenant sustained rate of HTTP ingest, all devices together (0: none)")
+    ingest_tenant_burst: float = Field(default=20000.0, ge=1, description="messages a tenant's devices may send at once, together")
+    rate_limit_lease: float = Field(default=20.0, ge=0, description="tokens a replica takes ahead from a shared rate-limit bucket")
+    rate_limit_lease_s: float = Field(default=1.0, gt=0, description="how long a replica keeps leased tokens before giving back the unspent ones")
+    cluster_poll_s: float = Field(default=2.0, gt=0, description="how often a replica tries to take over once-per-cluster jobs and renews its own")
+    cluster_lease_s: float = Field(default=6.0, gt=0, le=10, description="a replica that cannot reach the database this long stops its once-per-cluster jobs")
 
     @model_validator(mode="after")
     def _enforce_non_default_secrets(self) -> Settings:

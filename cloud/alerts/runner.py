@@ -462,7 +462,8 @@ class RuleRunner:
                 )
         return offline
 
-    async def _sweeper(self) -> None:
+    async def sweep_forever(self) -> None:
+        """Catch up and sweep every ``sweep_interval_s`` until cancelled (one process of a cluster runs it)."""
         while True:
             try:
                 await self.catch_up()  # at start: whatever was committed before a crash and not evaluated
@@ -473,11 +474,12 @@ class RuleRunner:
 
     # --- lifecycle ---------------------------------------------------------------------------
 
-    def start(self) -> None:
-        self._tasks = [
-            asyncio.create_task(self._evaluator(), name="pulse-rules-evaluator"),
-            asyncio.create_task(self._sweeper(), name="pulse-rules-sweep"),
-        ]
+    def start(self, *, sweep: bool = True) -> None:
+        """Evaluate as rows commit; ``sweep``: also run ``sweep_forever`` here (false when the
+        cluster's leadership runs it on one replica)."""
+        self._tasks = [asyncio.create_task(self._evaluator(), name="pulse-rules-evaluator")]
+        if sweep:
+            self._tasks.append(asyncio.create_task(self.sweep_forever(), name="pulse-rules-sweep"))
 
     async def stop(self) -> None:
         """Stop; first evaluate what was committed and signalled (anything left waits in the outbox)."""

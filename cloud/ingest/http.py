@@ -21,6 +21,7 @@ import orjson
 from fastapi import APIRouter, Request, Response
 
 from pulse.cloud import twins
+from pulse.cloud.cluster.ratelimit import SharedRateLimiter
 from pulse.cloud.db.pool import Database
 from pulse.cloud.downlink import gateways_serving
 from pulse.cloud.errors import ConflictError, InvalidError, RateLimitedError, TooLargeError
@@ -164,6 +165,10 @@ class IngestService:
         self.metrics = metrics
         self.limits = limits
         self.limiter = RateLimiter(rate=config.rate_per_s, burst=config.burst)
+        self.shared: SharedRateLimiter | None = None
+        """The device buckets shared by every replica (set by the app); without it, ``limiter``."""
+        self.shared_tenant: SharedRateLimiter | None = None
+        """The tenants' shared buckets, when a tenant rate is configured."""
         self.db = db
         self.twin_limits = twin_limits
         self.on_twin_change: Callable[[uuid.UUID, str, str, dict[str, object]], None] | None = None
@@ -268,6 +273,32 @@ class IngestService:
         await self.writer.write(prepared.telemetry, prepared.quarantine if quarantine else [])
         return prepared
 
+    async def admit(self, identity: DeviceIdentity, count: int) -> None:
+        """Spend ``count`` messages of the device's rate and, when one is set, of its tenant's:
+        429 with Retry-After when either is spent. With ``shared`` the buckets are the cluster's
+        (every replica counts against them); otherwise this process's own."""
+        if self.shared is None:
+            decision = self.limiter.take(identity.device, count, time.monotonic())
+            allowed, retry = decision.allowed, decision.retry_after_s
+        else:
+            verdict = await self.shared.take(f"device:{identity.device}", count)
+            allowed, retry = verdict.allowed, verdict.retry_after_s
+        if not allowed:
+            raise RateLimitedError(
+                f"device {identity.device_id} is over its rate of {self.config.rate_per_s:g} messages/s; nothing was stored",
+                retry_after_s=retry,
+            )
+        if self.shared_tenant is not None:
+            verdict = await self.shared_tenant.take(f"tenant:{identity.tenant_id}", count)
+            if not verdict.allowed:
+                if self.shared is not None:
+                    self.shared.refund(f"device:{identity.device}", count)
+                raise RateLimitedError(
+                    f"the tenant is over its rate of {self.shared_tenant.rate:g} messages/s; nothing was stored",
+                    retry_after_s=verdict.retry_after_s,
+                    limit="tenant",
+                )
+
     async def handle(self, request: Request) -> Response:
         identity = await self.tokens.resolve(request.headers.get("authorization"))
         if self.entitlements is not None:
@@ -281,12 +312,7 @@ class IngestService:
             raise TooLargeError(
                 Code.INGEST_TOO_MANY_MESSAGES, f"at most {per_request} envelopes per request", count=len(messages)
             )
-        decision = self.limiter.take(identity.device, len(messages), time.monotonic())
-        if not decision.allowed:
-            raise RateLimitedError(
-                f"device {identity.device_id} is over its rate of {self.config.rate_per_s:g} messages/s; nothing was stored",
-                retry_after_s=decision.retry_after_s,
-            )
+        await self.admit(identity, len(messages))
         prepared = await self.store(identity, messages)
         accepted, rejected = len(prepared.telemetry), len(prepared.quarantine)
         self.metrics.ingest_messages.labels("accepted").inc(accepted)

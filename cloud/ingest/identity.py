@@ -83,8 +83,13 @@ class DeviceTokenCache:
             return None
         return DeviceIdentity(record.tenant_id, record.device, record.device_id, record.device_status, parsed.credential_id)
 
+    def clear(self) -> None:
+        """Forget everything (the cluster's invalidations may have been missed)."""
+        self._entries.clear()
+
     def invalidate(self, *, credential_id: uuid.UUID | None = None, device: uuid.UUID | None = None) -> None:
-        """Forget cached identities of a credential or a device (this process; others wait out the TTL)."""
+        """Forget cached identities of a credential or a device (in this process; the database tells
+        the other replicas, see ``cloud/replicas.py``)."""
         for key, (_, ident) in list(self._entries.items()):
             if ident is not None and (ident.credential_id == credential_id or ident.device == device):
                 del self._entries[key]

@@ -106,7 +106,8 @@ async def check_device_room(conn: asyncpg.Connection, tenant_id: uuid.UUID, addi
 
 class Entitlements:
     """Whether a tenant's data is accepted, cached for ``ttl_s`` (ingest asks on every request).
-    The operator API invalidates a tenant it changes; the worker's changes show within ``ttl_s``."""
+    Every change of a tenant's subscriptions, whoever makes it, invalidates it on every replica
+    when it commits (``cloud/replicas.py``); ``ttl_s`` bounds it should a notification be lost."""
 
     def __init__(self, db: Database, *, ttl_s: float, monotonic: Callable[[], float] = time.monotonic) -> None:
         self.db, self.ttl_s, self.monotonic = db, ttl_s, monotonic
@@ -114,6 +115,9 @@ class Entitlements:
 
     def invalidate(self, tenant_id: uuid.UUID) -> None:
         self._cache.pop(tenant_id, None)
+
+    def clear(self) -> None:
+        self._cache.clear()
 
     async def refusal(self, tenant_id: uuid.UUID) -> Code | None:
         now = self.monotonic()
