@@ -24,6 +24,7 @@ import hashlib
 from dataclasses import dataclass
 from typing import NamedTuple
 
+from pulse.broker.acl import may_publish
 from pulse.protocol import connectivity, envelope, topics
 from pulse.protocol.batch import Stream
 from pulse.protocol.envelope import Limits, MessageType
@@ -100,28 +101,8 @@ def _denial(identity: str | None, topic: str) -> tuple[Code, str]:
 
 
 @functools.lru_cache(maxsize=16384)
-def may_publish(identity: str | None, topic: str) -> bool:
-    """ACL for PUBLISH. ``identity`` None is an anonymous client (only when anonymous access is on):
-    it may publish any device's uplink topics. Cached: a site has a few topics per device, and the
-    answer depends on nothing but the two strings."""
-    if identity is None:
-        try:
-            return topics.parse(topic).is_uplink
-        except TopicError:
-            return False
-    return topics.device_may_publish(identity, topic)
-
-
-@functools.lru_cache(maxsize=16384)
 def _topic(topic: str) -> topics.Topic:
     return topics.parse(topic)
-
-
-def may_subscribe(identity: str | None, topic_filter: str) -> bool:
-    """ACL for SUBSCRIBE: a device only inside ``pulse/{its id}/``; anonymous (when on) anywhere under ``pulse/``."""
-    if identity is None:
-        return topic_filter == "pulse/#" or topic_filter.startswith("pulse/")
-    return topics.device_may_subscribe(identity, topic_filter)
 
 
 def classify(identity: str | None, topic: str, raw: bytes, *, now_ms: int, limits: Limits) -> Decision:
