@@ -6,7 +6,7 @@ from __future__ import annotations
 import functools
 
 from pulse.protocol import topics
-from pulse.protocol.errors import TopicError
+from pulse.protocol.errors import Code, TopicError
 
 
 @functools.lru_cache(maxsize=16384)
@@ -27,3 +27,14 @@ def may_subscribe(identity: str | None, topic_filter: str) -> bool:
     if identity is None:
         return topic_filter == "pulse/#" or topic_filter.startswith("pulse/")
     return topics.device_may_subscribe(identity, topic_filter)
+
+
+def denial(identity: str | None, topic: str) -> tuple[Code, str]:
+    """Why ``may_publish`` said no: the code and sentence a quarantine row carries."""
+    try:
+        parsed = topics.parse(topic)
+    except TopicError as exc:
+        return exc.code, exc.message
+    if identity is not None and parsed.device_id != identity:
+        return Code.TOPIC_NOT_OWN_SUBTREE, f"device {identity} may publish only under pulse/{identity}/"
+    return Code.TOPIC_DOWNLINK_ONLY, f"devices do not publish on {parsed.kind} topics"

@@ -24,20 +24,13 @@ import hashlib
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from pulse.broker.acl import may_publish
+from pulse.broker.acl import denial, may_publish
 from pulse.protocol import connectivity, envelope, topics
 from pulse.protocol.batch import Stream
 from pulse.protocol.envelope import Limits, MessageType
-from pulse.protocol.errors import Code, EnvelopeError, TopicError
-from pulse.protocol.topics import TopicKind
+from pulse.protocol.errors import Code, EnvelopeError
 
-KIND_TYPE: dict[TopicKind, MessageType] = {
-    TopicKind.TELEMETRY: MessageType.TELEMETRY,
-    TopicKind.HEARTBEAT: MessageType.HEARTBEAT,
-    TopicKind.EVENT: MessageType.EVENT,
-    TopicKind.COMMAND_ACK: MessageType.COMMAND_ACK,
-    TopicKind.TWIN_REPORTED: MessageType.TWIN_REPORTED,
-}
+KIND_TYPE = envelope.TOPIC_TYPE
 
 TYPE_STREAM: dict[MessageType, Stream] = {
     MessageType.TELEMETRY: Stream.TELEMETRY,
@@ -90,16 +83,6 @@ def fingerprint(raw: bytes) -> int:
     return int.from_bytes(hashlib.blake2b(raw, digest_size=8).digest(), "big", signed=True)
 
 
-def _denial(identity: str | None, topic: str) -> tuple[Code, str]:
-    try:
-        parsed = topics.parse(topic)
-    except TopicError as exc:
-        return exc.code, exc.message
-    if identity is not None and parsed.device_id != identity:
-        return Code.TOPIC_NOT_OWN_SUBTREE, f"device {identity} may publish only under pulse/{identity}/"
-    return Code.TOPIC_DOWNLINK_ONLY, f"devices do not publish on {parsed.kind} topics"
-
-
 @functools.lru_cache(maxsize=16384)
 def _topic(topic: str) -> topics.Topic:
     return topics.parse(topic)
@@ -107,7 +90,7 @@ def _topic(topic: str) -> topics.Topic:
 
 def classify(identity: str | None, topic: str, raw: bytes, *, now_ms: int, limits: Limits) -> Decision:
     if not may_publish(identity, topic):
-        code, message = _denial(identity, topic)
+        code, message = denial(identity, topic)
         return Quarantine(identity, topic[:512], code, message, raw, denied=True)
     parsed = _topic(topic)
     msg_type = KIND_TYPE.get(parsed.kind)
