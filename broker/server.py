@@ -204,6 +204,15 @@ _CONNECT_FIELDS = ("will_flag", "will_message", "will_topic", "will_qos", "will_
                    "remote_address", "remote_port", "ssl_object", "is_anonymous")
 
 
+async def _refuse(writer: Any) -> None:
+    """CONNACK 5 (not authorized), then close; a client that hung up first is no error."""
+    try:
+        await ConnackPacket.build(0, NOT_AUTHORIZED).to_stream(writer)
+        await writer.close()
+    except ConnectionError:
+        pass
+
+
 class DeviceBroker(Broker):
     """amqtt's Broker with ``DeviceHandler`` installed for every client session, and what the
     twin feature needs (edge/twin.py, cloud/mqtt/): ``publish`` (from the broker itself, to every
@@ -485,15 +494,13 @@ class DeviceBroker(Broker):
         if not await self._authenticate(client_session, self.listeners_config[listener_name]):
             # Refused before the session table is touched: amqtt would first take over a connected
             # session with that client id and put the refused one in its place.
-            await ConnackPacket.build(0, NOT_AUTHORIZED).to_stream(writer)
-            await writer.close()
+            await _refuse(writer)
             return
         if client_session.will_flag and not may_publish(client_session.username, client_session.will_topic or ""):
             # amqtt publishes a Will without the topic ACL: a device could put words in another's mouth
             log.info("refused connection from %s: its Will topic %r is not its to publish on", client_session.username,
                      client_session.will_topic)
-            await ConnackPacket.build(0, NOT_AUTHORIZED).to_stream(writer)
-            await writer.close()
+            await _refuse(writer)
             return
         cid = client_session.client_id
         if client_session.clean_session:
