@@ -26,6 +26,7 @@ import contextlib
 import datetime as dt
 import logging
 import time
+import uuid
 from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,7 @@ log = logging.getLogger("pulse.cloud.mqtt")
 
 SOURCE = "mqtt"
 CHANNEL = "pulse_device"
+REVOKED = "pulse_credential"
 _UNAVAILABLE = (StorageUnavailableError, OSError, TimeoutError, asyncpg.PostgresConnectionError, asyncpg.CannotConnectNowError,
                 asyncpg.InterfaceError)
 """What "the database is not there" looks like from the writer and the pools: spool, do not refuse."""
@@ -384,6 +386,35 @@ class MqttEndpoint:
         if self.broker is not None and self.broker.connected(payload):
             self._schedule_push(payload)
 
+    def _revoked(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
+        """A token rotated or revoked, or a device's status changed: forget it and end its sessions."""
+        try:
+            if payload.startswith("device:"):
+                device = uuid.UUID(payload.removeprefix("device:"))
+                self.tokens.invalidate(device=device)
+                keys = [k for k, i in self.auth.identities.items() if i.device == device]
+            else:
+                credential = uuid.UUID(payload)
+                self.tokens.invalidate(credential_id=credential)
+                keys = [k for k, i in self.auth.identities.items() if i.credential_id == credential]
+        except ValueError:
+            return
+        for key in keys:
+            task = asyncio.create_task(self.disconnect(key), name=f"mqtt-revoke-{key}")
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def disconnect(self, key: str) -> bool:
+        """End the live connection of session ``key`` (its credential changed); True when there was one."""
+        self.auth.identities.pop(key, None)
+        broker = self.broker
+        entry = broker._sessions.get(key) if broker is not None else None
+        if entry is None or entry[1] is None or entry[0].transitions.state != "connected":
+            return False
+        log.info("%s: credential changed, ending its session", key)
+        await entry[1].handle_connection_closed()
+        return True
+
     async def _listen_forever(self) -> None:
         """LISTEN pulse_device on a connection of its own; after it is lost (the database restarted),
         listen again and push to every connected device (what was notified meanwhile was missed)."""
@@ -392,6 +423,7 @@ class MqttEndpoint:
                 try:
                     self._listener = await asyncpg.connect(self.db.dsn_for(self.db.roles.app))
                     await self._listener.add_listener(CHANNEL, self._notified)
+                    await self._listener.add_listener(REVOKED, self._revoked)
                     if self.broker is not None:
                         for key in list(self.auth.identities):
                             if self.broker.connected(key):

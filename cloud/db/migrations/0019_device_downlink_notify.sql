@@ -25,3 +25,29 @@ END $$;
 
 CREATE TRIGGER commands_queued_notify AFTER INSERT OR UPDATE OF state ON commands
     FOR EACH ROW EXECUTE FUNCTION pulse_notify_command_queued();
+
+-- A device token rotated or revoked, or a device's status changed, sends NOTIFY pulse_credential
+-- ('{credential id}' or 'device:{device uuid}'): the MQTT endpoints forget the cached identity and
+-- end the device's live session at once (its reconnect is checked against the database again).
+
+CREATE FUNCTION pulse_notify_credential() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF OLD.secret_hash IS DISTINCT FROM NEW.secret_hash OR OLD.revoked_at IS DISTINCT FROM NEW.revoked_at THEN
+        PERFORM pg_notify('pulse_credential', NEW.id::text);
+    END IF;
+    RETURN NULL;
+END $$;
+
+CREATE TRIGGER device_credentials_notify AFTER UPDATE ON device_credentials
+    FOR EACH ROW EXECUTE FUNCTION pulse_notify_credential();
+
+CREATE FUNCTION pulse_notify_device_status() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF OLD.status IS DISTINCT FROM NEW.status THEN
+        PERFORM pg_notify('pulse_credential', 'device:' || NEW.id::text);
+    END IF;
+    RETURN NULL;
+END $$;
+
+CREATE TRIGGER devices_status_notify AFTER UPDATE OF status ON devices
+    FOR EACH ROW EXECUTE FUNCTION pulse_notify_device_status();

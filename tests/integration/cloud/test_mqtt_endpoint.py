@@ -248,3 +248,46 @@ async def test_app_role_sees_mqtt_rows_only_in_their_tenant(api: Cloud, endpoint
             assert n == expected
     finally:
         await conn.close()
+
+
+async def test_revoking_the_token_ends_the_live_session_and_refuses_the_reconnect(
+    api: Cloud, endpoint: MqttEndpoint, devices: Callable[..., Device]
+) -> None:
+    _, headers = await api.tenant_user()
+    dev, device_id, token = await api.device_with_token(headers)
+    d = devices(device_id, token)
+    assert await asyncio.to_thread(d.connect)
+    lost = threading.Event()
+    d.c.on_disconnect = lambda *args: lost.set()
+    cred_id = (await api.client.get(f"/api/v1/devices/{dev}/credentials", headers=headers)).json()[0]["id"]
+    assert (await api.client.delete(f"/api/v1/devices/{dev}/credentials/{cred_id}", headers=headers)).status_code == 204
+    assert await asyncio.to_thread(lost.wait, 10), "the session outlived its revoked token"
+    d.c.loop_stop()
+    again = devices(device_id, token)
+    assert not await asyncio.to_thread(again.connect)
+    assert str(again.reason) == "Not authorized"
+
+
+async def test_a_command_reaches_the_device_on_whichever_instance_holds_it(
+    api: Cloud, endpoint: MqttEndpoint, mqtt_settings: Settings, tmp_path: Path
+) -> None:
+    other_settings = mqtt_settings.model_copy(update={"data_dir": tmp_path / "second", "mqtt_tls_port": free_port()})
+    other = MqttEndpoint(other_settings)
+    await other.start()
+    try:
+        _, headers = await api.tenant_user()
+        _, device_id, token = await api.device_with_token(headers)
+        # the second instance has a data directory of its own, so a CA of its own: the device trusts that one
+        d = Device(other_settings.mqtt_tls_port, other_settings.sync.ca_dir / "ca.crt", device_id, token)
+        try:
+            assert await asyncio.to_thread(d.connect)
+            await asyncio.to_thread(d.subscribe, f"pulse/{device_id}/cmd/+")
+            r = await api.client.post(f"/api/v1/devices/{device_id}/commands", json={"name": "blink"}, headers=headers)
+            assert r.status_code == 201, r.text
+            msg = await asyncio.to_thread(d.wait_for, "/cmd/")
+            assert json.loads(msg.payload)["name"] == "blink"
+            assert other.counters["commands_sent"] == 1 and endpoint.counters["commands_sent"] == 0
+        finally:
+            await asyncio.to_thread(d.close)
+    finally:
+        await other.stop()
