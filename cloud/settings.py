@@ -143,6 +143,8 @@ class Settings(BaseSettings):
             self.proxies  # noqa: B018
         except ValueError as exc:
             raise ValueError(f"PULSE_TRUSTED_PROXIES: {exc}") from exc
+        if (self.mqtt_tls_certfile is None) != (self.mqtt_tls_keyfile is None):
+            raise ValueError("PULSE_MQTT_TLS_CERTFILE and PULSE_MQTT_TLS_KEYFILE go together: set both or neither")
         if self.mode != "development":
             if self.jwt_secret.get_secret_value() == PLACEHOLDER_SECRET or len(self.jwt_secret.get_secret_value()) < 32:
                 raise ValueError(
