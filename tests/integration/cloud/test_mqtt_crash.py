@@ -35,8 +35,8 @@ def _endpoint(settings: Settings, data: Path, port: int, log: Path) -> subproces
         "PULSE_MQTT_TLS_PORT": str(port),
         "PULSE_WRITER_FLUSH_MS": "5",
     }
-    proc = subprocess.Popen([sys.executable, "-m", "pulse.cli.main", "cloud", "mqtt"], env=env, stdout=log.open("ab"),
-                            stderr=subprocess.STDOUT)
+    with log.open("ab") as out:  # the child keeps its own copy of the descriptor
+        proc = subprocess.Popen([sys.executable, "-m", "pulse.cli.main", "cloud", "mqtt"], env=env, stdout=out, stderr=subprocess.STDOUT)
     for _ in range(600):
         if proc.poll() is not None:
             raise AssertionError(f"the endpoint exited: {log.read_text()[-2000:]}")
