@@ -88,7 +88,8 @@ class Device:
 
 @pytest.fixture
 def mqtt_settings(cloud_settings: Settings, tmp_path: Path) -> Settings:
-    return cloud_settings.model_copy(update={"data_dir": tmp_path, "mqtt_host": "127.0.0.1", "mqtt_tls_port": free_port()})
+    return cloud_settings.model_copy(update={"data_dir": tmp_path, "mqtt_host": "127.0.0.1", "mqtt_tls_port": free_port(),
+                                              "subscription_cache_s": 0.0})  # subscription changes show at once
 
 
 @pytest.fixture
@@ -291,3 +292,23 @@ async def test_a_command_reaches_the_device_on_whichever_instance_holds_it(
             await asyncio.to_thread(d.close)
     finally:
         await other.stop()
+
+
+async def test_a_device_of_a_suspended_tenant_is_refused_at_connect(
+    api: Cloud, endpoint: MqttEndpoint, devices: Callable[..., Device]
+) -> None:
+    tenant, headers = await api.tenant_user()
+    _, device_id, token = await api.device_with_token(headers)
+    before = devices(device_id, token)
+    assert await asyncio.to_thread(before.connect)  # admitted while the subscription is active
+    await asyncio.to_thread(before.close)
+    operator = await api.user("operator-admin", tenant=None)
+    base = f"/api/v1/operator/tenants/{tenant}/subscriptions"
+    main = await api.client.post(base, json={"kind": "MAIN", "device_limit": 5, "starts_at": "2026-01-01T00:00:00Z",
+                                                 "ends_at": "2100-01-01T00:00:00Z"}, headers=operator)
+    assert main.status_code == 201, main.text
+    r = await api.client.post(f"{base}/{main.json()['id']}/events", json={"event": "suspend"}, headers=operator)
+    assert r.status_code == 200 and r.json()["state"] == "SUSPENDED", r.text
+    d = devices(device_id, token)
+    assert not await asyncio.to_thread(d.connect)
+    assert str(d.reason) == "Not authorized"
