@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import ssl
 import threading
 import time
 import uuid
@@ -21,6 +22,7 @@ from conftest import Cloud, app_role_dsn
 from pulse.cloud.mqtt.endpoint import MqttEndpoint
 from pulse.cloud.settings import Settings
 from pulse.common.ports import free_port
+from pulse.firmware_sim.runner import Fleet, MqttTarget
 
 
 class Device:
@@ -312,3 +314,20 @@ async def test_a_device_of_a_suspended_tenant_is_refused_at_connect(
     d = devices(device_id, token)
     assert not await asyncio.to_thread(d.connect)
     assert str(d.reason) == "Not authorized"
+
+
+async def test_the_simulated_fleet_runs_as_direct_devices_over_mqtt(
+    api: Cloud, endpoint: MqttEndpoint, mqtt_settings: Settings
+) -> None:
+    _, headers = await api.tenant_user()
+    prefix = "sim" + uuid.uuid4().hex[:6]
+    tokens = {}
+    for i in range(2):
+        _, device_id, token = await api.device_with_token(headers, f"{prefix}-{i:04d}")
+        tokens[device_id] = token
+    tls = ssl.create_default_context(cafile=str(mqtt_settings.sync.ca_dir / "ca.crt"))
+    fleet = Fleet.generate(2, MqttTarget("127.0.0.1", mqtt_settings.mqtt_tls_port, tokens, tls), interval_s=0.2, prefix=prefix)
+    stats = await fleet.run(3.0)
+    assert stats.acknowledged >= 2 and stats.connect_errors == 0, stats.to_json()
+    stored = await rows(mqtt_settings, "SELECT DISTINCT device_id FROM telemetry WHERE device_id = ANY($1::text[])", list(tokens))
+    assert {r["device_id"] for r in stored} == set(tokens)
