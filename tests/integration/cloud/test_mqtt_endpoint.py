@@ -331,3 +331,22 @@ async def test_the_simulated_fleet_runs_as_direct_devices_over_mqtt(
     assert stats.acknowledged >= 2 and stats.connect_errors == 0, stats.to_json()
     stored = await rows(mqtt_settings, "SELECT DISTINCT device_id FROM telemetry WHERE device_id = ANY($1::text[])", list(tokens))
     assert {r["device_id"] for r in stored} == set(tokens)
+
+
+async def test_a_command_created_while_a_persistent_session_is_away_arrives_when_it_is_back(
+    api: Cloud, endpoint: MqttEndpoint, devices: Callable[..., Device]
+) -> None:
+    _, headers = await api.tenant_user()
+    _, device_id, token = await api.device_with_token(headers)
+    first = devices(device_id, token, clean_session=False)
+    assert await asyncio.to_thread(first.connect)
+    await asyncio.to_thread(first.subscribe, f"pulse/{device_id}/cmd/+")
+    await asyncio.to_thread(first.close)
+    r = await api.client.post(f"/api/v1/devices/{device_id}/commands", json={"name": "calibrate"}, headers=headers)
+    assert r.status_code == 201, r.text
+    assert r.json()["state"] == "queued"
+    again = devices(device_id, token, clean_session=False)
+    assert await asyncio.to_thread(again.connect)
+    assert again.session_present
+    msg = await asyncio.to_thread(again.wait_for, f"/cmd/{r.json()['id']}")
+    assert json.loads(msg.payload)["name"] == "calibrate"
