@@ -86,7 +86,10 @@ class TokenAuthenticator:
                 log.info("refused connection: the token is not device %r's", username)
                 return False
             if self.entitlements is not None:
-                await self.entitlements.check_data(identity.tenant_id)
+                try:
+                    await self.entitlements.check_data(identity.tenant_id)
+                except _UNAVAILABLE:  # the database is away: admit (its messages wait in the spool); checked again next time
+                    log.warning("admitted %s without checking its tenant's subscriptions: the database is unavailable", username)
         except CloudError as exc:
             log.info("refused connection from %s: %s", username, exc)
             return False
@@ -150,7 +153,13 @@ class CloudIntake:
         if session is None or session.password is None:
             raise AuthError(Code.AUTH_MISSING, "an unauthenticated session cannot publish")
         # the token again, through the cache: a revoked token stops being accepted within the cache's TTL
-        identity = await self.endpoint.tokens.resolve(f"Bearer {session.password}")
+        try:
+            identity = await self.endpoint.tokens.resolve(f"Bearer {session.password}")
+        except _UNAVAILABLE as exc:  # the database is away: the identity this connection proved at CONNECT
+            proven = self.endpoint.auth.identities.get(session.client_id or "")
+            if proven is None:
+                raise StorageUnavailableError("the device's token cannot be checked now") from exc
+            identity = proven
         work = self.endpoint.take(identity, message.topic, bytes(message.data))
         if wait:
             await work

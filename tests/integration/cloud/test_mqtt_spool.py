@@ -21,21 +21,27 @@ from pulse.cloud.settings import Settings
 from pulse.common.ports import free_port
 
 
-def _publish_all(port: int, ca: Path, device_id: str, token: str, payloads: list[bytes]) -> None:
-    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=device_id)
-    c.username_pw_set(device_id, token)
-    c.tls_set(ca_certs=str(ca))
-    c.connect("127.0.0.1", port, keepalive=30)
-    c.loop_start()
-    try:
+class _Device:
+    """One paho-mqtt connection over TLS, kept across the database's outage."""
+
+    def __init__(self, port: int, ca: Path, device_id: str, token: str) -> None:
+        self.device_id = device_id
+        self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=device_id)
+        self.c.username_pw_set(device_id, token)
+        self.c.tls_set(ca_certs=str(ca))
+        self.c.connect("127.0.0.1", port, keepalive=60)
+        self.c.loop_start()
+
+    def publish(self, payloads: list[bytes]) -> None:
         for payload in payloads:
-            info = c.publish(f"pulse/{device_id}/telemetry", payload, qos=1)
+            info = self.c.publish(f"pulse/{self.device_id}/telemetry", payload, qos=1)
             info.wait_for_publish(20)
             assert info.is_published(), "no PUBACK"
-    finally:
-        c.disconnect()
-        c.loop_stop()
-        c._reset_sockets()
+
+    def close(self) -> None:
+        self.c.disconnect()
+        self.c.loop_stop()
+        self.c._reset_sockets()
 
 
 async def _count(dsn: str, device_id: str) -> list[int]:
@@ -61,7 +67,8 @@ async def test_a_message_acknowledged_while_postgres_is_down_arrives_once_when_i
     dsn = urlunsplit(urlsplit(own_postgres.dsn)._replace(path="/spool"))
     settings = Settings(mode="development", database_url=dsn, db_role_prefix="s" + uuid.uuid4().hex[:10],
                         jwt_secret="test-secret-" + uuid.uuid4().hex, data_dir=tmp_path, mqtt_host="127.0.0.1",
-                        mqtt_tls_port=free_port(), mqtt_spool_retry_s=0.1, writer_flush_ms=5)
+                        mqtt_tls_port=free_port(), mqtt_spool_retry_s=0.1, writer_flush_ms=5,
+                        device_token_cache_s=0)  # every publish asks the database, which is away: the CONNECT's identity holds
     async with running_cloud(settings) as api:  # migrates; a tenant, a device and its token
         _, headers = await api.tenant_user()
         _, device_id, token = await api.device_with_token(headers)
@@ -69,12 +76,13 @@ async def test_a_message_acknowledged_while_postgres_is_down_arrives_once_when_i
     await endpoint.start()
     ca = settings.sync.ca_dir / "ca.crt"
     envelopes = [json.dumps({"v": 1, "ts": int(time.time() * 1000), "seq": seq, "metrics": {"n": seq}}).encode() for seq in range(6)]
+    device = await asyncio.to_thread(_Device, settings.mqtt_tls_port, ca, device_id, token)
     try:
-        await asyncio.to_thread(_publish_all, settings.mqtt_tls_port, ca, device_id, token, envelopes[:2])
+        await asyncio.to_thread(device.publish, envelopes[:2])
         assert await _count(dsn, device_id) == [0, 1]
         await asyncio.to_thread(own_postgres.stop)
         # PUBACKs while the database is away: each message is in the spool first
-        await asyncio.to_thread(_publish_all, settings.mqtt_tls_port, ca, device_id, token, envelopes[2:5])
+        await asyncio.to_thread(device.publish, envelopes[2:5])
         assert endpoint.spool.count == 3
         await asyncio.to_thread(own_postgres.start)
         for _ in range(400):  # the drain retries every 0.1 s; wait for it to empty the spool
@@ -82,8 +90,9 @@ async def test_a_message_acknowledged_while_postgres_is_down_arrives_once_when_i
                 break
             await asyncio.sleep(0.05)
         assert endpoint.spool.count == 0, "the spool did not drain"
-        await asyncio.to_thread(_publish_all, settings.mqtt_tls_port, ca, device_id, token, envelopes[5:])
+        await asyncio.to_thread(device.publish, envelopes[5:])
         assert await _count(dsn, device_id) == [0, 1, 2, 3, 4, 5]  # every one, once, in order
     finally:
+        await asyncio.to_thread(device.close)
         await endpoint.stop()
 
