@@ -7,6 +7,9 @@ alive and Will, persistent sessions with QoS 1 redelivery); what is the cloud's:
   same cached look-up as HTTP ingest (``DeviceTokenCache``); the token must be the device's, the
   device active, the tenant's subscriptions not suspended or expired. Refused: CONNACK 5. The
   session is kept under ``{tenant}/{device}`` (device ids are unique only within a tenant).
+- Connectivity: a device connecting, disconnecting cleanly or being lost (its keep-alive ran out,
+  its link dropped: the Will case) is stored as its connectivity event (``protocol/connectivity.py``,
+  as the gateway records them); the Will message itself is sent to nobody.
 - ``CloudIntake``  a PUBLISH is checked (ACL, envelope) and stored by ``IngestService.store``
   (twin reports and command answers applied, rows group-committed by the telemetry writer) before
   PUBACK; refusals are quarantined with their code (source ``mqtt``) and acknowledged. Nothing a
@@ -51,6 +54,7 @@ from pulse.cloud.mqtt.spool import Spool, Spooled
 from pulse.cloud.settings import MqttConfig, Settings
 from pulse.cloud.subscriptions.store import Entitlements
 from pulse.protocol import topics
+from pulse.protocol.connectivity import Connectivity, event_message
 from pulse.protocol.envelope import TOPIC_TYPE, MessageType
 from pulse.protocol.errors import Code
 from pulse.protocol.topics import TopicKind
@@ -107,10 +111,16 @@ class CloudBroker(DeviceBroker):
     (``deliver``). A device's session becoming ready calls ``on_session_ready`` with its key."""
 
     on_session_ready: Any = None
+    on_session_connectivity: Any = None
+    """Called with (session key, ``Connectivity`` kind, whether its Will would have been published)."""
 
     def _device_ready(self, session: Session) -> None:
         if self.on_session_ready is not None and session.client_id is not None:
             self.on_session_ready(session.client_id)
+
+    def _connectivity(self, session: Session, kind: Connectivity) -> None:
+        if self.on_session_connectivity is not None and session.client_id is not None and not self._closing:
+            self.on_session_connectivity(session.client_id, kind, kind is Connectivity.LOST and bool(session.will_flag))
 
     async def _broadcast_message(self, session: Session | None, topic: str | None, data: bytes | bytearray | None,
                                  force_qos: int | None = None) -> None:
@@ -239,6 +249,7 @@ class MqttEndpoint:
         self.sessions.open()
         broker = CloudBroker(self.broker_config(), self.intake, self.sessions)
         broker.on_session_ready = self._on_session_ready
+        broker.on_session_connectivity = self._on_connectivity
         await broker.start()
         self.broker = broker
         self._background = [
@@ -338,6 +349,18 @@ class MqttEndpoint:
         self.counters["stored"] += len(prepared.telemetry)
 
     # --- cloud -> device ----------------------------------------------------------------------
+
+    def _on_connectivity(self, key: str, kind: Connectivity, will: bool) -> None:
+        """A device connecting, disconnecting or being lost (keep-alive, a dropped link: then its Will
+        counts) is stored as its connectivity event, as the gateway records it (protocol/connectivity.py)."""
+        identity = self.auth.identities.get(key)
+        if identity is None:
+            return
+        now = dt.datetime.now(dt.UTC)
+        raw = event_message(kind, now_ms=int(now.timestamp() * 1000), will=will)
+        task = asyncio.create_task(_logged(self._store(identity, MessageType.EVENT, raw, now)), name=f"mqtt-connectivity-{key}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def _on_session_ready(self, key: str) -> None:
         self._schedule_push(key)

@@ -115,7 +115,7 @@ async def test_every_message_acknowledged_before_a_kill_9_is_stored_once(
         acked = set(stream.acked)
     conn = await asyncpg.connect(settings.database_url)
     try:
-        seqs = [r["seq"] for r in await conn.fetch("SELECT seq FROM telemetry WHERE device_id = $1", device_id)]
+        seqs = [r["seq"] for r in await conn.fetch("SELECT seq FROM telemetry WHERE device_id = $1 AND msg_type = 'telemetry'", device_id)]
     finally:
         await conn.close()
     assert len(seqs) == len(set(seqs)), "a message was stored twice"

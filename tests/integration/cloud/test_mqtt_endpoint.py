@@ -148,7 +148,7 @@ async def test_telemetry_over_tls_is_committed_before_its_puback(api: Cloud, end
     for seq in range(3):
         await asyncio.to_thread(d.publish, f"pulse/{device_id}/telemetry", envelope(device_id, seq, temp=20.5 + seq))
         # PUBACK came back: the row is in PostgreSQL now, not in a moment
-        found = await rows(mqtt_settings, "SELECT seq, source FROM telemetry WHERE device_id = $1 ORDER BY seq", device_id)
+        found = await rows(mqtt_settings, "SELECT seq, source FROM telemetry WHERE device_id = $1 AND msg_type = 'telemetry' ORDER BY seq", device_id)
         assert [(r["seq"], r["source"]) for r in found] == [(s, "mqtt") for s in range(seq + 1)]
     await asyncio.to_thread(d.publish, f"pulse/{device_id}/telemetry", b"not json")
     bad = await rows(mqtt_settings, "SELECT code, source, raw FROM quarantine WHERE device_id = $1", device_id)
@@ -247,7 +247,7 @@ async def test_app_role_sees_mqtt_rows_only_in_their_tenant(api: Cloud, endpoint
         for tenant, expected in ((tenant_a, 1), (tenant_b, 0)):
             async with conn.transaction():
                 await conn.execute("SELECT set_config('app.tenant_id', $1, true)", str(tenant))
-                n = await conn.fetchval("SELECT count(*) FROM telemetry WHERE device_id = $1", device_id)
+                n = await conn.fetchval("SELECT count(*) FROM telemetry WHERE device_id = $1 AND msg_type = 'telemetry'", device_id)
             assert n == expected
     finally:
         await conn.close()
@@ -350,3 +350,25 @@ async def test_a_command_created_while_a_persistent_session_is_away_arrives_when
     assert again.session_present
     msg = await asyncio.to_thread(again.wait_for, f"/cmd/{r.json()['id']}")
     assert json.loads(msg.payload)["name"] == "calibrate"
+
+
+async def test_connecting_and_losing_the_link_are_stored_as_connectivity_events(
+    api: Cloud, endpoint: MqttEndpoint, devices: Callable[..., Device], mqtt_settings: Settings
+) -> None:
+    _, headers = await api.tenant_user()
+    _, device_id, token = await api.device_with_token(headers)
+    d = devices(device_id, token)
+    d.c.will_set(f"pulse/{device_id}/event", b'{"v":1,"type":"event","metrics":{"gone":true}}', qos=1)
+    assert await asyncio.to_thread(d.connect)
+    await asyncio.to_thread(d.publish, f"pulse/{device_id}/telemetry", envelope(device_id, 1, temp=1))
+    d.c.loop_stop()
+    d.c._reset_sockets()  # the link drops: no DISCONNECT
+    sql = "SELECT tags->>'pulse.connectivity' AS kind, body FROM telemetry WHERE device_id = $1 AND msg_type = 'event' ORDER BY time"
+    found: list[asyncpg.Record] = []
+    for _ in range(200):  # the endpoint notices the closed socket at once; its event is committed a moment later
+        found = await rows(mqtt_settings, sql, device_id)
+        if len(found) == 2:
+            break
+        await asyncio.sleep(0.05)
+    assert [r["kind"] for r in found] == ["connected", "lost"]
+    assert json.loads(found[1]["body"]) == {"will": True}

@@ -47,7 +47,7 @@ class _Device:
 async def _count(dsn: str, device_id: str) -> list[int]:
     conn = await asyncpg.connect(dsn)
     try:
-        return [r["seq"] for r in await conn.fetch("SELECT seq FROM telemetry WHERE device_id = $1 ORDER BY seq", device_id)]
+        return [r["seq"] for r in await conn.fetch("SELECT seq FROM telemetry WHERE device_id = $1 AND msg_type = 'telemetry' ORDER BY seq", device_id)]
     finally:
         await conn.close()
 
