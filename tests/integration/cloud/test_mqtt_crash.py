@@ -51,7 +51,10 @@ def _endpoint(settings: Settings, data: Path, port: int, log: Path) -> subproces
 
 
 class Stream:
-    """A device publishing seq 0, 1, 2, ... at QoS 1; ``acked`` holds the seqs whose PUBACK came."""
+    """A device publishing seq 0, 1, 2, ... at QoS 1; ``acked_seqs()`` are those whose PUBACK came.
+
+    paho calls ``on_publish`` holding a lock of its own that ``publish`` also takes: the callback
+    only notes the message id (no lock of ours is held while publishing)."""
 
     def __init__(self, port: int, ca: Path, device_id: str, token: str) -> None:
         self.device_id = device_id
@@ -61,7 +64,7 @@ class Stream:
         self.c.max_inflight_messages_set(20)
         self.port = port
         self.by_mid: dict[int, int] = {}
-        self.acked: set[int] = set()
+        self.acked: set[int] = set()  # message ids
         self.cond = threading.Condition()
         self.connected = threading.Event()
         self.c.on_connect = lambda *args: self.connected.set()
@@ -69,7 +72,7 @@ class Stream:
 
     def _on_publish(self, c: Any, u: Any, mid: int, reason: Any, props: Any) -> None:
         with self.cond:
-            self.acked.add(self.by_mid[mid])
+            self.acked.add(mid)
             self.cond.notify_all()
 
     def start(self, count: int) -> None:
@@ -78,13 +81,16 @@ class Stream:
         assert self.connected.wait(10)
         for seq in range(count):
             payload = json.dumps({"v": 1, "ts": int(time.time() * 1000), "seq": seq, "metrics": {"n": seq}})
-            with self.cond:  # the callback may come before publish() returns
-                info = self.c.publish(f"pulse/{self.device_id}/telemetry", payload, qos=1)
-                self.by_mid[info.mid] = seq
+            info = self.c.publish(f"pulse/{self.device_id}/telemetry", payload, qos=1)
+            self.by_mid[info.mid] = seq
 
     def wait_acked(self, n: int) -> None:
         with self.cond:
             assert self.cond.wait_for(lambda: len(self.acked) >= n, 30), f"only {len(self.acked)} acknowledged"
+
+    def acked_seqs(self) -> set[int]:
+        with self.cond:
+            return {self.by_mid[mid] for mid in self.acked}
 
     def stop(self) -> None:
         self.c.loop_stop()
@@ -111,8 +117,7 @@ async def test_every_message_acknowledged_before_a_kill_9_is_stored_once(
             proc.kill()
             proc.wait()
         await asyncio.to_thread(stream.stop)
-    with stream.cond:
-        acked = set(stream.acked)
+    acked = stream.acked_seqs()
     conn = await asyncpg.connect(settings.database_url)
     try:
         seqs = [r["seq"] for r in await conn.fetch("SELECT seq FROM telemetry WHERE device_id = $1 AND msg_type = 'telemetry'", device_id)]
