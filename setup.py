@@ -14,6 +14,7 @@ ROOTS = {
     "pulse.bench": "bench",
     "pulse.cli": "cli",
     "pulse.common": "common",
+    "pulse.broker": "broker",
 }
 
 packages = []

@@ -124,6 +124,7 @@ def _measure(
             "cpu_us_per_msg": (cpu1 - cpu0) / max(1, result["acked"]) * 1e6,
             "rss_mb": rss,
             "connected": int(connected.split()[1]),
+            **{k: result[k] for k in ("p50_ms", "p99_ms") if k in result},
         }
         if status_port is not None:
             time.sleep(1.5)  # the status page samples once a second

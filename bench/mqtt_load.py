@@ -8,7 +8,8 @@ It connects every device (username = device id, password from the credentials fi
 ``device,secret`` per line; none when anonymous), prints ``connected N`` on stdout, waits for a
 line on stdin, then keeps ``--inflight`` QoS 1 PUBLISHes outstanding per device, prints
 ``measuring`` after ``--warmup`` seconds and, ``--duration`` seconds later, one JSON line: messages
-acknowledged and the seconds measured.
+acknowledged and the seconds measured, and the PUBLISH-to-PUBACK latency of the messages acknowledged
+in the window (``p50_ms``, ``p99_ms``; for a broker that acknowledges after its commit, publish to commit).
 
 Each device publishes valid envelope v1 telemetry on ``pulse/{device}/telemetry`` with a running
 ``seq``. ``--persistent`` connects them with clean session 0. The client is an ``asyncio.Protocol`` that builds packets by hand: it costs a few
@@ -71,6 +72,7 @@ class Device(asyncio.Protocol):
         self.connected: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self.buf = b""
         self.seq = 0
+        self.sent_at: dict[int, float] = {}
         self.running = False
         self.closed = False
 
@@ -97,7 +99,9 @@ class Device(asyncio.Protocol):
             % (self.seq, int(time.time() * 1000), self.seq % 40)
         )
         assert self.transport is not None
-        self.transport.write(publish_packet(self.topic, (self.seq % 65535) + 1, payload))
+        packet_id = (self.seq % 65535) + 1
+        self.sent_at[packet_id] = time.perf_counter()
+        self.transport.write(publish_packet(self.topic, packet_id, payload))
 
     def data_received(self, data: bytes) -> None:
         buf = self.buf + data
@@ -110,6 +114,9 @@ class Device(asyncio.Protocol):
                 break
             if kind == 0x40:  # PUBACK
                 self.stats.acked += 1
+                sent = self.sent_at.pop(int.from_bytes(buf[i + 2 : i + 4], "big"), None)
+                if sent is not None and self.stats.measuring:
+                    self.stats.latencies.append(time.perf_counter() - sent)
                 if self.running:
                     self.send()
             elif kind == 0x20:  # CONNACK
@@ -122,6 +129,8 @@ class Device(asyncio.Protocol):
 class Stats:
     def __init__(self) -> None:
         self.acked = 0
+        self.measuring = False
+        self.latencies: list[float] = []
 
 
 async def _run(args: argparse.Namespace) -> int:
@@ -157,11 +166,15 @@ async def _run(args: argparse.Namespace) -> int:
     await asyncio.sleep(args.warmup)
     print("measuring", flush=True)
     start_acked, t0 = stats.acked, time.perf_counter()
+    stats.measuring = True
     await asyncio.sleep(args.duration)
+    stats.measuring = False
     acked, elapsed = stats.acked - start_acked, time.perf_counter() - t0
     for d in devices:
         d.running = False
-    print(json.dumps({"acked": acked, "seconds": elapsed, "closed": sum(d.closed for d in devices)}), flush=True)
+    lat = sorted(stats.latencies)
+    pct = {f"p{q}_ms": round(lat[min(len(lat) - 1, len(lat) * q // 100)] * 1000, 2) for q in (50, 99)} if lat else {}
+    print(json.dumps({"acked": acked, "seconds": elapsed, "closed": sum(d.closed for d in devices), **pct}), flush=True)
     await asyncio.sleep(0.5)
     for d in devices:
         if d.transport is not None:

@@ -132,6 +132,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"console    : {cloud.url}/app", flush=True)
     print(f"login      : {cloud.email} / {cloud.password}", flush=True)
     print(f"users      : invite people at {cloud.url}/app/users (no mail relay here: the one-time link is shown there to pass on)", flush=True)
+    print(f"mqtt       : direct devices on 127.0.0.1:{cloud.mqtt_port} over TLS (trust {root / 'ca' / 'ca.crt'}; "
+          f"username = device id, password = its token; log {root / 'mqtt.log'})", flush=True)
     from pulse.edge.demo import CONNECTOR_IDS, connector_devices, start_gateway
     from pulse.firmware_sim.demo import device_ids, start_equipment, start_fleet
 

@@ -38,7 +38,7 @@ from pulse.cloud.bodylimit import BodyLimit
 from pulse.cloud.db.migrate import maintain_telemetry, migrate
 from pulse.cloud.db.pool import Database, PoolSizes
 from pulse.cloud.ingest import http as ingest_http
-from pulse.cloud.ingest.identity import CredentialRecord, DeviceTokenCache
+from pulse.cloud.ingest.identity import DeviceTokenCache, credential_lookup
 from pulse.cloud.ingest.ratelimit import RateLimiter
 from pulse.cloud.ingest.writer import TelemetryRow, Writer
 from pulse.cloud.live import LiveHub
@@ -108,12 +108,7 @@ def create_app(
             cache_s=settings.oidc_jwks_cache_s,
         )
 
-    async def lookup(credential_id: object) -> CredentialRecord | None:
-        async with db.identity() as conn:
-            row = await conn.fetchrow("SELECT * FROM pulse_identity_device_credential($1)", credential_id)
-        return None if row is None else CredentialRecord(**dict(row))
-
-    tokens = DeviceTokenCache(lookup, ttl_s=settings.device_token_cache_s)
+    tokens = DeviceTokenCache(credential_lookup(db), ttl_s=settings.device_token_cache_s)
     hub = LiveHub()
     rules = RuleRunner(
         db,

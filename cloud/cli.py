@@ -3,6 +3,7 @@
     pulse cloud migrate                          apply pending schema migrations
     pulse cloud serve [--host H] [--port P]      run the API and ingest server (migrates first) and the
                                                  gateway sync listener (mutual TLS, PULSE_SYNC_PORT)
+    pulse cloud mqtt                             run the MQTT endpoint for direct devices (TLS, PULSE_MQTT_*)
     pulse cloud maintain                         create telemetry partitions ahead, drop expired ones
     pulse cloud admin create-tenant SLUG NAME    bootstrap a tenant (audited)
     pulse cloud admin create-user EMAIL ...      bootstrap a user (audited)
@@ -107,6 +108,25 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_mqtt(args: argparse.Namespace) -> int:
+    import signal
+
+    from pulse.cloud.mqtt.endpoint import run
+
+    s = _settings()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await run(s, stop)
+
+    asyncio.run(main())
+    return 0
+
+
 async def _with_db(fn: Any) -> Any:
     from pulse.cloud.db.pool import Database
 
@@ -178,6 +198,11 @@ def register(sub: Any) -> None:
     c.add_argument("--workers", type=int, default=None, help="worker processes (default: PULSE_WORKERS, 1)")
     c.add_argument("--access-log", action="store_true", help="log every request")
     c.set_defaults(handler=_cmd_serve)
+
+    c = cloud.add_parser(
+        "mqtt", help="run the MQTT endpoint for direct devices (TLS on PULSE_MQTT_TLS_PORT; plain TCP only with PULSE_MQTT_PLAIN_PORT)"
+    )
+    c.set_defaults(handler=_cmd_mqtt)
 
     c = cloud.add_parser("maintain", help="telemetry storage: create partitions ahead, drop expired ones")
     c.set_defaults(handler=_cmd_maintain)

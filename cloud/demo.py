@@ -7,8 +7,10 @@ kept in the data directory (``cloud.env``, mode 0600)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
+import socket
 import subprocess
 import sys
 import time
@@ -50,14 +52,19 @@ class CloudProcess:
     password: str
     process: subprocess.Popen[bytes]
     log: Path
+    mqtt: subprocess.Popen[bytes] | None = None
+    """`pulse cloud mqtt`, the endpoint for direct devices (TLS on ``mqtt_port``; log ``mqtt.log``)."""
+    mqtt_port: int = 0
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
+        for process in (self.mqtt, self.process):
+            if process is not None and process.poll() is None:
+                process.terminate()
+                try:
+                    process.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
 
 
 def _state(root: Path) -> dict[str, str]:
@@ -135,12 +142,37 @@ def start_cloud(root: Path, database_url: str) -> CloudProcess:
                 raise RuntimeError(f"the cloud exited at start; see {log}")
             try:
                 if client.get(url + "/health").status_code == 200:
-                    return handle
+                    break
             except httpx.TransportError:
                 pass
             time.sleep(0.2)
+        else:
+            handle.stop()
+            raise RuntimeError(f"the cloud did not become healthy within 60 s; see {log}")
+    _start_mqtt(handle, env, root)
+    return handle
+
+
+def _start_mqtt(handle: CloudProcess, env: dict[str, str], root: Path) -> None:
+    """`pulse cloud mqtt` beside the cloud (after it: the cloud made the CA and migrated), on
+    loopback TLS; the server certificate is issued by the cloud CA (root/ca/ca.crt)."""
+    port = pick_port(int(os.environ.get("PULSE_MQTT_TLS_PORT", "8883")))
+    log = root / "mqtt.log"
+    handle.mqtt_port = port
+    handle.mqtt = subprocess.Popen(
+        [sys.executable, "-m", "pulse.cli.main", "cloud", "mqtt"], env={**env, "PULSE_MQTT_TLS_PORT": str(port)},
+        stdout=log.open("ab"), stderr=subprocess.STDOUT,
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if handle.mqtt.poll() is not None:
+            handle.stop()
+            raise RuntimeError(f"the MQTT endpoint exited at start; see {log}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+            return
+        time.sleep(0.2)
     handle.stop()
-    raise RuntimeError(f"the cloud did not become healthy within 60 s; see {log}")
+    raise RuntimeError(f"the MQTT endpoint did not listen within 60 s; see {log}")
 
 
 def provision_gateway(cloud: CloudProcess, name: str, device_ids: list[str]) -> str:

@@ -143,6 +143,16 @@ class Settings(BaseSettings):
     rate_limit_lease_s: float = Field(default=1.0, gt=0, description="how long a replica keeps leased tokens before giving back the unspent ones")
     cluster_poll_s: float = Field(default=2.0, gt=0, description="how often a replica tries to take over once-per-cluster jobs and renews its own")
     cluster_lease_s: float = Field(default=6.0, gt=0, le=10, description="a replica that cannot reach the database this long stops its once-per-cluster jobs")
+    # MQTT endpoint for direct devices (`pulse cloud mqtt`, docs/cloud.md)
+    mqtt_host: str | None = Field(default=None, description="listen address of the MQTT endpoint (default: PULSE_HOST)")
+    mqtt_tls_port: int = Field(default=8883, ge=0, le=65535, description="MQTT over TLS port")
+    mqtt_plain_port: int | None = Field(default=None, ge=0, le=65535, description="plain-TCP MQTT port; off unless set")
+    mqtt_tls_certfile: Path | None = Field(default=None, description="server certificate (PEM); default: issued by the cloud CA for PULSE_SYNC_NAMES")
+    mqtt_tls_keyfile: Path | None = Field(default=None, description="the certificate's private key (PEM)")
+    mqtt_max_connections: int = Field(default=10_000, ge=1, description="connections the endpoint accepts at once")
+    mqtt_session_queue_max: int = Field(default=1000, ge=1, description="QoS 1 messages kept per persistent session")
+    mqtt_session_queue_max_age_s: int = Field(default=7 * 24 * 3600, ge=60, description="queued messages older than this are dropped")
+    mqtt_spool_retry_s: float = Field(default=2.0, gt=0, description="how often the spool tries the database again")
 
     @model_validator(mode="after")
     def _enforce_non_default_secrets(self) -> Settings:
@@ -156,6 +166,8 @@ class Settings(BaseSettings):
             self.proxies  # noqa: B018
         except ValueError as exc:
             raise ValueError(f"PULSE_TRUSTED_PROXIES: {exc}") from exc
+        if (self.mqtt_tls_certfile is None) != (self.mqtt_tls_keyfile is None):
+            raise ValueError("PULSE_MQTT_TLS_CERTFILE and PULSE_MQTT_TLS_KEYFILE go together: set both or neither")
         if self.mode != "development":
             if self.jwt_secret.get_secret_value() == PLACEHOLDER_SECRET or len(self.jwt_secret.get_secret_value()) < 32:
                 raise ValueError(
@@ -180,6 +192,21 @@ class Settings(BaseSettings):
             cert_lifetime_days=self.gateway_cert_days,
             cert_overlap_s=self.gateway_cert_overlap_s,
             enrollment_token_ttl_s=self.enrollment_token_ttl_s,
+        )
+
+    @property
+    def mqtt(self) -> MqttConfig:
+        return MqttConfig(
+            host=self.mqtt_host or self.host,
+            tls_port=self.mqtt_tls_port,
+            plain_port=self.mqtt_plain_port,
+            certfile=self.mqtt_tls_certfile,
+            keyfile=self.mqtt_tls_keyfile,
+            max_connections=self.mqtt_max_connections,
+            data_dir=self.data_dir / "mqtt",
+            session_queue_max=self.mqtt_session_queue_max,
+            session_queue_max_age_s=self.mqtt_session_queue_max_age_s,
+            spool_retry_s=self.mqtt_spool_retry_s,
         )
 
     @property
@@ -240,6 +267,22 @@ class SyncConfig:
     cert_lifetime_days: int
     enrollment_token_ttl_s: int
     cert_overlap_s: int = 3600
+
+
+@dataclass(frozen=True, slots=True)
+class MqttConfig:
+    """The MQTT endpoint for direct devices (``pulse cloud mqtt``)."""
+
+    host: str
+    tls_port: int
+    plain_port: int | None
+    certfile: Path | None
+    keyfile: Path | None
+    max_connections: int
+    data_dir: Path  # persistent sessions (sessions.sqlite) and the spool (spool.sqlite)
+    session_queue_max: int = 1000
+    session_queue_max_age_s: int = 7 * 24 * 3600
+    spool_retry_s: float = 2.0
 
 
 @dataclass(frozen=True, slots=True)

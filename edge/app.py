@@ -18,6 +18,8 @@ import time
 
 from amqtt.errors import BrokerError
 
+from pulse.broker.server import DeviceBroker
+from pulse.broker.sessions import SessionStore
 from pulse.edge import broker as mqtt
 from pulse.edge import status
 from pulse.edge.auth import Authenticator
@@ -30,7 +32,6 @@ from pulse.edge.identity import IdentityFiles
 from pulse.edge.ingest import Store, connectivity_record
 from pulse.edge.link import load_enrollment
 from pulse.edge.rules import EdgeRuleRunner
-from pulse.edge.sessions import SessionStore
 from pulse.edge.twin import EdgeTwins
 from pulse.edge.uplink import LinkState, Uplink
 from pulse.protocol.connectivity import Connectivity
@@ -58,7 +59,7 @@ class Gateway:
         self.intake.on_twin_get = self.twins.twin_get
         b = settings.broker
         self.sessions = SessionStore(settings.database, queue_max=b.session_queue_max, max_age_s=b.session_queue_max_age_s)
-        self.broker: mqtt.GatewayBroker | None = None
+        self.broker: DeviceBroker | None = None
         self.connectors: ConnectorHost | None = None
         self.board: status.StatusBoard | None = None
         self._http: status.uvicorn.Server | None = None

@@ -1,62 +1,34 @@
-"""The embedded amqtt broker, with device auth, topic ACL and durable-before-PUBACK intake.
+"""The gateway's broker: the shared one (pulse.broker.server: durable-before-PUBACK intake, topic
+ACL, keep-alive and Will, persistent sessions) with the gateway's intake (the SQLite buffer) and
+listeners (plain TCP, TLS, WebSocket from ``[broker]`` settings).
 
-Where amqtt 0.12 acknowledges. For an incoming QoS 1 PUBLISH, ``ProtocolHandler.
-_handle_qos1_message_flow`` puts the message on the session's delivery queue and sends PUBACK at
-once; the broker only later takes it off that queue, fires MESSAGE_RECEIVED and checks topic
-permissions (``Broker._handle_message_delivery``). A plugin therefore runs too late to make the
-PUBACK mean "stored". So the gateway installs its own protocol handler for every client session
-(``GatewayBroker._handle_client_session`` swaps in ``GatewayHandler`` before the session starts)
-whose incoming message flows first run the ACL check, parse the envelope and wait for the
-buffer's group commit, and only then let amqtt queue the message and send PUBACK (QoS 1) or
-PUBREC (QoS 2). QoS 0 has no acknowledgement: the message is queued for the next commit and the
-device is not told anything (best effort by definition).
-
-A refused message (ACL, or not a valid envelope) is quarantined with its code, acknowledged (MQTT
-3.1.1 has no negative PUBACK; acknowledging stops the device from resending it forever) and not
-forwarded to subscribers. If the database cannot be written, nothing is acknowledged and the
-connection is closed, so the device keeps the message and sends it again after reconnecting.
-
-Topic ACL: PUBLISH is decided before PUBACK (``ingest.classify``, ``device_may_publish``);
-``GatewayBroker._topic_filtering`` answers SUBSCRIBE (``device_may_subscribe``).
-
-Connections: ``username`` is the device id and ``password`` its secret (auth.py); the MQTT client
-id must equal the device id, so one device cannot take over another's session. Clients without
+Connections: ``username`` is the device id and ``password`` its secret (auth.py). Clients without
 a username are refused unless ``broker.allow_anonymous`` is on.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from amqtt.broker import Broker
-from amqtt.contexts import Action
-from amqtt.errors import AMQTTError, MQTTError, NoDataError
-from amqtt.mqtt.connack import NOT_AUTHORIZED, ConnackPacket
-from amqtt.mqtt.constants import QOS_1
-from amqtt.mqtt.disconnect import DisconnectPacket
-from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
-from amqtt.mqtt.puback import PubackPacket
-from amqtt.mqtt.publish import PublishPacket
-from amqtt.plugins.base import BaseAuthPlugin
-from amqtt.session import INCOMING, ApplicationMessage, IncomingApplicationMessage, OutgoingApplicationMessage, Session
-from amqtt.utils import gen_client_id
+from amqtt.session import ApplicationMessage, Session
 
+from pulse.broker.acl import may_publish
+from pulse.broker.server import AUTH_PLUGIN, DeviceBroker
+from pulse.broker.sessions import SessionStore
 from pulse.edge.auth import Authenticator
 from pulse.edge.buffer import Buffer, Outcome
 from pulse.edge.config import BrokerSettings
 from pulse.edge.errors import StorageError
-from pulse.edge.ingest import Forward, Quarantine, classify, may_publish, may_subscribe
-from pulse.edge.sessions import Queued, SessionStore
-from pulse.protocol.connectivity import Connectivity
+from pulse.edge.ingest import Forward, Quarantine, classify
 from pulse.protocol.envelope import Limits
 
 log = logging.getLogger("pulse.edge.broker")
+
+
 
 
 @dataclass
@@ -134,91 +106,6 @@ class Intake:
         return False
 
 
-class GatewayHandler(BrokerProtocolHandler):
-    """amqtt's broker-side protocol handler, with the intake awaited before PUBACK/PUBREC."""
-
-    def __init__(self, plugins_manager: Any, intake: Intake) -> None:
-        super().__init__(plugins_manager)
-        self._intake = intake
-        self._suppressed: set[int] = set()
-
-    async def _handle_qos0_message_flow(self, app_message: IncomingApplicationMessage | OutgoingApplicationMessage) -> None:
-        if app_message.direction == INCOMING:
-            if not await self._intake.accept(self.session, app_message, wait=False):
-                return
-        await super()._handle_qos0_message_flow(app_message)
-
-    async def _handle_qos1_message_flow(self, app_message: IncomingApplicationMessage | OutgoingApplicationMessage) -> None:
-        if app_message.direction == INCOMING and app_message.puback_packet is None:
-            forward = await self._accept_durably(app_message)
-            if forward is None:
-                return
-            if not forward:
-                puback = PubackPacket.build(app_message.packet_id)
-                await self._send_packet(puback)
-                app_message.puback_packet = puback
-                return
-        await super()._handle_qos1_message_flow(app_message)
-
-    async def _handle_qos2_message_flow(self, app_message: IncomingApplicationMessage | OutgoingApplicationMessage) -> None:
-        if app_message.direction == INCOMING and app_message.pubrec_packet is None:
-            forward = await self._accept_durably(app_message)
-            if forward is None:
-                return
-            if not forward:
-                self._suppressed.add(id(app_message))
-        await super()._handle_qos2_message_flow(app_message)
-
-    async def _accept_durably(self, app_message: IncomingApplicationMessage | OutgoingApplicationMessage) -> bool | None:
-        """True: stored, forward it; False: acknowledge but do not forward; None: storage failed, connection closed."""
-        try:
-            return await self._intake.accept(self.session, app_message, wait=True)
-        except StorageError as exc:
-            log.error("not acknowledging a message from %s: %s", self._intake.identity(self.session), exc.message)
-            await self.handle_connection_closed()
-            return None
-
-    def handle_read_timeout(self) -> None:
-        # MQTT-3.1.2-24: nothing received for 1.5 x the keep-alive (the reader's timeout, set by
-        # GatewayBroker) closes the connection; the broker then publishes the Will (not a DISCONNECT).
-        log.info("%s: no packet within 1.5 x its keep-alive, disconnecting", self._intake.identity(self.session))
-        waiter = self._disconnect_waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    async def mqtt_deliver_next_message(self) -> ApplicationMessage | None:
-        while True:
-            message = await super().mqtt_deliver_next_message()
-            if message is None or id(message) not in self._suppressed:
-                return message
-            self._suppressed.discard(id(message))
-
-
-class GatewayAuthPlugin(BaseAuthPlugin):
-    """CONNECT: username = device id, password = its secret, client id = device id."""
-
-    @dataclass
-    class Config:
-        authenticator: Any = None
-
-    async def authenticate(self, *, session: Session) -> bool | None:
-        auth: Authenticator = self.config.authenticator
-        username, password = session.username, session.password
-        if username is not None and session.client_id != username:
-            log.info("refused connection: client id %r is not the device id %r", session.client_id, username)
-            return False
-        try:
-            ok = await auth.check(username, password)
-        except StorageError as exc:
-            log.error("refused connection from %s: cannot read credentials: %s", username, exc.message)
-            return False
-        if ok and username is None:
-            session.is_anonymous = True
-        if not ok:
-            log.info("refused connection from %s (client id %r)", username or "an anonymous client", session.client_id)
-        return ok
-
-
 def broker_config(settings: BrokerSettings, authenticator: Authenticator) -> dict[str, Any]:
     """The amqtt configuration: our listeners, our auth and topic plugins, nothing else."""
     listeners: dict[str, Any] = {
@@ -244,361 +131,15 @@ def broker_config(settings: BrokerSettings, authenticator: Authenticator) -> dic
         }
     return {
         "listeners": listeners,
-        "plugins": {
-            f"{__name__}.GatewayAuthPlugin": {"authenticator": authenticator},
-        },
+        "plugins": {AUTH_PLUGIN: {"authenticator": authenticator}},
     }
 
 
-class SessionState:
-    """A small stand-in for the ``transitions.Machine`` amqtt gives every Session (new -> connected
-    <-> disconnected). The Machine costs about 16 KB per session, a sixth of the whole memory
-    budget at 1,000 devices; this does the same three transitions with the same callbacks."""
-
-    __slots__ = ("_session", "state")
-
-    def __init__(self, session: Session, state: str) -> None:
-        self._session = session
-        self.state = state
-
-    def connect(self) -> None:
-        if self.state == "connected":
-            raise ValueError("session is already connected")
-        self.state = "connected"
-        self._session._on_enter_connected()
-
-    def disconnect(self) -> None:
-        self.state = "disconnected"
-        self._session._on_enter_disconnected()
-
-    def is_connected(self) -> bool:
-        return self.state == "connected"
-
-    def is_disconnected(self) -> bool:
-        return self.state == "disconnected"
-
-    def is_new(self) -> bool:
-        return self.state == "new"
-
-
-_AUTHENTICATED = "pulse.authenticated"
-_CONNECT_FIELDS = ("will_flag", "will_message", "will_topic", "will_qos", "will_retain", "keep_alive", "username", "password",
-                   "remote_address", "remote_port", "ssl_object", "is_anonymous")
-
-
-class GatewayBroker(Broker):
-    """amqtt's Broker with ``GatewayHandler`` installed for every client session, and what the
-    twin feature needs (edge/twin.py): ``publish`` (from the gateway itself, optionally retained),
-    ``subscribed`` (is a device connected with a subscription matching a topic), and
-    ``on_device_ready`` (called with the device id when a device's session starts, and after it
-    subscribes, so commands waiting for it go out).
-
-    Persistent sessions (clean session 0) live in ``store`` (edge/sessions.py) as well as in
-    amqtt's memory: restored at start (so CONNACK says session present after a restart), their
-    subscriptions saved on every change, and every QoS 1 message for them queued in SQLite first
-    and sent from there by one task per connected session (``_pump``), one message in flight at a
-    time, deleted on PUBACK. A message sent and not acknowledged before the connection ends is sent
-    again with DUP and the same packet id when the session resumes. ``on_connectivity`` is called
-    with (device id, ``Connectivity`` kind, whether a Will was published) as devices come and go
-    (not while the gateway itself stops)."""
-
-    def __init__(self, config: dict[str, Any], intake: Intake, store: SessionStore | None = None) -> None:
-        super().__init__(config)
-        self.intake = intake
-        self.store = store
-        self.on_device_ready: Callable[[str], None] | None = None
-        self.on_connectivity: Callable[[str, Connectivity, bool], None] | None = None
-        self._closing = False
-        self._wake: dict[str, asyncio.Event] = {}
-        self._pumps: dict[str, asyncio.Task[None]] = {}
-
-    async def start(self) -> None:
-        await super().start()
-        if self.store is not None:
-            self._restore(self.store)
-
-    async def shutdown(self) -> None:
-        self._closing = True  # the devices did not leave: the gateway is stopping
-        await super().shutdown()
-
-    def _restore(self, store: SessionStore) -> None:
-        for stored in store.load():
-            session = Session()
-            session.client_id = stored.client_id
-            session.username = stored.username
-            session.clean_session = False
-            session.transitions = SessionState(session, "disconnected")  # type: ignore[assignment]
-            for topic_filter, qos in stored.subscriptions:
-                self._subscriptions.setdefault(topic_filter, []).append((session, qos))
-            self._sessions[stored.client_id] = (session, None)  # type: ignore[assignment]
-        log.info("restored %d persistent session(s)", len(self._sessions))
-
-    def session_subscriptions(self, client_id: str) -> list[tuple[str, int]]:
-        return [(f, qos) for f, subs in self._subscriptions.items() for s, qos in subs if s.client_id == client_id]
-
-    async def publish(self, topic: str, payload: bytes, *, retain: bool, expires_ms: int | None = None) -> None:
-        """Publish as the gateway (QoS 1). ``retain``: also keep it for later subscribers; an empty
-        retained payload clears the topic's retained message. ``expires_ms``: a persistent session's
-        queue drops it unsent from then on (a command's deadline)."""
-        if retain:
-            await self.retain_message(None, topic, payload, QOS_1)
-        await self._broadcast_queue.put({"session": None, "topic": topic, "data": payload, "qos": QOS_1, "expires_ms": expires_ms})
-
-    def subscribed(self, device_id: str, topic: str) -> bool:
-        """A connected session of the device subscribes to ``topic``, or a persistent one (connected
-        or not) does: its queue then holds what is published until it is back."""
-        for topic_filter, subscriptions in self._subscriptions.items():
-            if not bool(self._matches(topic, topic_filter)):
-                continue
-            for session, _ in subscriptions:
-                if session.username != device_id:
-                    continue
-                if session.transitions.state == "connected" or (self.store is not None and not session.clean_session):
-                    return True
-        return False
-
-    def _device_ready(self, session: Session) -> None:
-        if self.on_device_ready is not None and session.username is not None:
-            try:
-                self.on_device_ready(session.username)
-            except Exception:  # a listener never breaks a session
-                log.exception("device-ready listener failed for %s", session.username)
-
-    def _connectivity(self, session: Session, kind: Connectivity) -> None:
-        if self.on_connectivity is not None and session.username is not None and not self._closing:
-            try:
-                self.on_connectivity(session.username, kind, kind is Connectivity.LOST and bool(session.will_flag))
-            except Exception:  # a listener never breaks a session
-                log.exception("connectivity listener failed for %s", session.username)
-
-    async def _client_message_loop(self, client_session: Session, handler: Any) -> None:
-        cid = client_session.client_id
-        persistent = self.store is not None and cid is not None and not client_session.clean_session
-        if self.store is not None and cid is not None:
-            try:
-                if persistent:
-                    self.store.save(cid, client_session.username, self.session_subscriptions(cid))
-                else:
-                    self.store.delete(cid)  # a clean session ends a stored one (only once authenticated)
-            except Exception:
-                log.exception("session store failed for %s", cid)
-        self._connectivity(client_session, Connectivity.CONNECTED)
-        pump: asyncio.Task[None] | None = None
-        if persistent and cid is not None:
-            await self._stop_pump(cid)  # a connection this one took over
-            pump = self._pumps[cid] = asyncio.create_task(self._pump(client_session, handler), name=f"session-{cid}")
-        self._device_ready(client_session)  # connected, and a resumed session has its subscriptions
-        try:
-            await super()._client_message_loop(client_session, handler)
-        finally:
-            if pump is not None and cid is not None and self._pumps.get(cid) is pump:  # not a newer connection's
-                await self._stop_pump(cid)
-            elif pump is not None:
-                pump.cancel()
-                await asyncio.gather(pump, return_exceptions=True)
-
-    async def _handle_disconnect(self, client_session: Session, handler: Any, disconnect_waiter: Any) -> None:
-        result = disconnect_waiter.result()
-        clean = result is not None and isinstance(result, DisconnectPacket)
-        await super()._handle_disconnect(client_session, handler, disconnect_waiter)
-        self._connectivity(client_session, Connectivity.DISCONNECTED if clean else Connectivity.LOST)
-
-    async def _stop_pump(self, client_id: str) -> None:
-        task = self._pumps.pop(client_id, None)
-        if task is not None and task is not asyncio.current_task():
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-
-    async def _pump(self, session: Session, handler: Any) -> None:
-        """Send the session's queued messages in order, one in flight, each deleted on its PUBACK."""
-        store, cid = self.store, session.client_id
-        assert store is not None and cid is not None
-        wake = self._wake.setdefault(cid, asyncio.Event())
-        try:
-            while True:
-                wake.clear()
-                batch = store.pending(cid)
-                if not batch:
-                    await wake.wait()
-                    continue
-                for queued in batch:
-                    if not await self._send_queued(session, handler, queued):
-                        return
-        except asyncio.CancelledError:
-            pass
-        except Exception:
-            log.exception("session %s: delivery stopped", cid)
-
-    async def _send_queued(self, session: Session, handler: Any, queued: Queued) -> bool:
-        """False when the connection ended before the PUBACK (the message stays queued)."""
-        store = self.store
-        assert store is not None
-        dup = queued.packet_id is not None
-        packet_id = queued.packet_id if queued.packet_id is not None else session.next_packet_id
-        if dup:
-            store.counters.redelivered += 1
-        else:
-            store.sent(queued.id, packet_id)  # before it goes out: after a crash it is sent again, with DUP
-        waiter: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        handler._puback_waiters[packet_id] = waiter
-        try:
-            await handler._send_packet(PublishPacket.build(queued.topic, queued.payload, packet_id, dup, queued.qos, False))
-            await waiter
-        except asyncio.CancelledError:
-            if asyncio.current_task() is not None and asyncio.current_task().cancelling():  # type: ignore[union-attr]
-                raise
-            return False  # the handler stopped (connection closed): its waiters were cancelled
-        finally:
-            handler._puback_waiters.pop(packet_id, None)
-        store.acked(queued.id)
-        return True
-
-    async def _run_broadcast(self, running_tasks: deque[asyncio.Task[Any]]) -> None:
-        """amqtt's fan-out of one message, with QoS 1+ for persistent sessions queued in the store
-        (connected or not) and the delivered QoS never above the subscription's."""
-        broadcast = await self._broadcast_queue.get()
-        topic, data = broadcast["topic"], broadcast["data"]
-        if topic is None or data is None:
-            return
-        for topic_filter, subscriptions in list(self._subscriptions.items()):
-            if not self._matches(topic, topic_filter):
-                continue
-            for target, sub_qos in list(subscriptions):
-                qos = min(broadcast.get("qos", sub_qos), sub_qos)
-                if self.store is not None and not target.clean_session and qos >= QOS_1 and target.client_id:
-                    try:
-                        self.store.enqueue(target.client_id, topic, bytes(data), QOS_1, expires_ms=broadcast.get("expires_ms"))
-                    except Exception:
-                        log.exception("session %s: could not queue a message on %s", target.client_id, topic)
-                        continue
-                    wake = self._wake.get(target.client_id)
-                    if wake is not None:
-                        wake.set()
-                    continue
-                if target.transitions.state != "connected":
-                    continue
-                handler = self._get_handler(target)
-                if handler:
-                    running_tasks.append(asyncio.ensure_future(handler.mqtt_publish(topic, data, qos, retain=False)))
-
-    async def _publish_retained_messages_for_subscription(self, subscription: tuple[str, int], session: Session) -> None:
-        # amqtt calls this at every CONNECT for every filter anyone subscribes to, so a device would
-        # get the retained messages of other devices' topics (their twin deltas). Only a filter the
-        # session itself holds sends it retained messages.
-        holders = self._subscriptions.get(subscription[0], ())
-        if any(s.client_id == session.client_id for s, _ in holders):
-            await super()._publish_retained_messages_for_subscription(subscription, session)
-
-    async def add_subscription(self, subscription: tuple[str, int], session: Session) -> int:
-        # QoS 2 is not offered to subscribers: a QoS 2 request is granted QoS 1 (MQTT-3.9.3: the
-        # server may grant less), so every message a device receives is at most once-or-more QoS 1,
-        # the level persistent sessions queue.
-        topic_filter, qos = subscription
-        return await super().add_subscription((topic_filter, min(qos, QOS_1)), session)
-
-    async def _handle_subscription(self, client_session: Session, handler: Any, subscribe_waiter: Any) -> None:
-        await super()._handle_subscription(client_session, handler, subscribe_waiter)
-        self._save_subscriptions(client_session)
-        self._device_ready(client_session)
-
-    async def _handle_unsubscription(self, client_session: Session, handler: Any, unsubscribe_waiter: Any) -> None:
-        await super()._handle_unsubscription(client_session, handler, unsubscribe_waiter)
-        self._save_subscriptions(client_session)
-
-    def _save_subscriptions(self, session: Session) -> None:
-        if self.store is None or session.clean_session or session.client_id is None:
-            return
-        try:
-            self.store.save(session.client_id, session.username, self.session_subscriptions(session.client_id))
-        except Exception:
-            log.exception("session store failed for %s", session.client_id)
-
-    async def _initialize_client_session(self, reader: Any, writer: Any, remote_address: str, remote_port: int) -> tuple[Any, Session]:
-        """Read the CONNECT into a new session and change nothing else yet. amqtt would, before any
-        credential is checked, end the stored session of that client id (clean session 1) or write
-        the CONNECT's username, password and Will into it (clean session 0); the gateway does
-        either only once the client is authenticated (``_handle_client_session``)."""
-        try:
-            handler, incoming = await BrokerProtocolHandler.init_from_connect(reader, writer, self.plugins_manager)
-        except MQTTError:
-            await writer.close()  # a refused CONNECT (e.g. MQTT 5: CONNACK 0x01 was sent)
-            raise
-        except NoDataError as exc:
-            raise AMQTTError(exc) from exc
-        if incoming.clean_session and not incoming.client_id:
-            incoming.client_id = gen_client_id()
-        incoming.parent = 0
-        return handler, incoming
-
-    async def _authenticate(self, session: Session, listener: Any) -> bool:
-        if session.attributes.get(_AUTHENTICATED):
-            return True  # checked already by _handle_client_session, for the same credentials
-        return await super()._authenticate(session, listener)
-
-    async def _handle_client_session(self, reader: Any, writer: Any, client_session: Session, handler: Any, *args: Any) -> None:
-        server, listener_name = args
-        if not await self._authenticate(client_session, self.listeners_config[listener_name]):
-            # Refused before the session table is touched: amqtt would first take over a connected
-            # session with that client id and put the refused one in its place.
-            await ConnackPacket.build(0, NOT_AUTHORIZED).to_stream(writer)
-            await writer.close()
-            return
-        if client_session.will_flag and not may_publish(client_session.username, client_session.will_topic or ""):
-            # amqtt publishes a Will without the topic ACL: a device could put words in another's mouth
-            log.info("refused connection from %s: its Will topic %r is not its to publish on", client_session.username,
-                     client_session.will_topic)
-            await ConnackPacket.build(0, NOT_AUTHORIZED).to_stream(writer)
-            await writer.close()
-            return
-        cid = client_session.client_id
-        if client_session.clean_session:
-            await self._delete_session(cid)  # type: ignore[arg-type]
-        elif cid in self._sessions:
-            existing, _ = self._sessions[cid]
-            for name in _CONNECT_FIELDS:  # the new connection's credentials, Will and keep-alive
-                setattr(existing, name, getattr(client_session, name))
-            client_session, existing.parent = existing, 1
-        client_session.attributes[_AUTHENTICATED] = True
-        # amqtt built a plain BrokerProtocolHandler from the CONNECT packet; it holds no state yet.
-        if not isinstance(client_session.transitions, SessionState):
-            client_session.transitions = SessionState(client_session, client_session.transitions.state)
-        # The reader waits this long for the next packet before GatewayHandler.handle_read_timeout
-        # closes the connection (MQTT-3.1.2-24: one and a half times the keep-alive).
-        client_session.keep_alive = client_session.keep_alive * 1.5  # type: ignore[assignment]
-        try:
-            await super()._handle_client_session(
-                reader, writer, client_session, GatewayHandler(self.plugins_manager, self.intake), server, listener_name
-            )
-        finally:
-            client_session.attributes.pop(_AUTHENTICATED, None)  # the next CONNECT is checked again
-
-    async def _topic_filtering(self, session: Session, topic: str, action: Action) -> bool:
-        # The topic ACL, answered here rather than by a topic plugin: amqtt runs plugins as one task
-        # each per call. PUBLISH was already decided by GatewayHandler before PUBACK: a refused
-        # message never reaches the delivery queue, so everything asked about here is allowed.
-        if action == Action.SUBSCRIBE:
-            return may_subscribe(session.username if session is not None else None, topic)
-        return True
-
-    async def disconnect_device(self, device_id: str) -> int:
-        """End the open sessions of ``device_id`` (its credential was revoked); how many were ended.
-        The device is told nothing (no MQTT 3.1.1 packet says why); its reconnect is refused."""
-        ended = 0
-        for session, handler in list(self.sessions.values()):
-            if session.username == device_id and session.transitions.state == "connected" and handler is not None:
-                await handler.handle_connection_closed()
-                ended += 1
-        return ended
-
-    def connected_devices(self) -> int:
-        return sum(1 for session, _ in self.sessions.values() if session.transitions.state == "connected")
-
-
-async def start(settings: BrokerSettings, intake: Intake, authenticator: Authenticator, store: SessionStore | None = None) -> GatewayBroker:
-    broker = GatewayBroker(broker_config(settings, authenticator), intake, store)
+async def start(settings: BrokerSettings, intake: Intake, authenticator: Authenticator, store: SessionStore | None = None) -> DeviceBroker:
+    broker = DeviceBroker(broker_config(settings, authenticator), intake, store)
     await broker.start()
     return broker
 
 
-async def stop(broker: GatewayBroker) -> None:
+async def stop(broker: DeviceBroker) -> None:
     await broker.shutdown()

@@ -24,19 +24,13 @@ import hashlib
 from dataclasses import dataclass
 from typing import NamedTuple
 
+from pulse.broker.acl import denial, may_publish
 from pulse.protocol import connectivity, envelope, topics
 from pulse.protocol.batch import Stream
 from pulse.protocol.envelope import Limits, MessageType
-from pulse.protocol.errors import Code, EnvelopeError, TopicError
-from pulse.protocol.topics import TopicKind
+from pulse.protocol.errors import Code, EnvelopeError
 
-KIND_TYPE: dict[TopicKind, MessageType] = {
-    TopicKind.TELEMETRY: MessageType.TELEMETRY,
-    TopicKind.HEARTBEAT: MessageType.HEARTBEAT,
-    TopicKind.EVENT: MessageType.EVENT,
-    TopicKind.COMMAND_ACK: MessageType.COMMAND_ACK,
-    TopicKind.TWIN_REPORTED: MessageType.TWIN_REPORTED,
-}
+KIND_TYPE = envelope.TOPIC_TYPE
 
 TYPE_STREAM: dict[MessageType, Stream] = {
     MessageType.TELEMETRY: Stream.TELEMETRY,
@@ -89,44 +83,14 @@ def fingerprint(raw: bytes) -> int:
     return int.from_bytes(hashlib.blake2b(raw, digest_size=8).digest(), "big", signed=True)
 
 
-def _denial(identity: str | None, topic: str) -> tuple[Code, str]:
-    try:
-        parsed = topics.parse(topic)
-    except TopicError as exc:
-        return exc.code, exc.message
-    if identity is not None and parsed.device_id != identity:
-        return Code.TOPIC_NOT_OWN_SUBTREE, f"device {identity} may publish only under pulse/{identity}/"
-    return Code.TOPIC_DOWNLINK_ONLY, f"devices do not publish on {parsed.kind} topics"
-
-
-@functools.lru_cache(maxsize=16384)
-def may_publish(identity: str | None, topic: str) -> bool:
-    """ACL for PUBLISH. ``identity`` None is an anonymous client (only when anonymous access is on):
-    it may publish any device's uplink topics. Cached: a site has a few topics per device, and the
-    answer depends on nothing but the two strings."""
-    if identity is None:
-        try:
-            return topics.parse(topic).is_uplink
-        except TopicError:
-            return False
-    return topics.device_may_publish(identity, topic)
-
-
 @functools.lru_cache(maxsize=16384)
 def _topic(topic: str) -> topics.Topic:
     return topics.parse(topic)
 
 
-def may_subscribe(identity: str | None, topic_filter: str) -> bool:
-    """ACL for SUBSCRIBE: a device only inside ``pulse/{its id}/``; anonymous (when on) anywhere under ``pulse/``."""
-    if identity is None:
-        return topic_filter == "pulse/#" or topic_filter.startswith("pulse/")
-    return topics.device_may_subscribe(identity, topic_filter)
-
-
 def classify(identity: str | None, topic: str, raw: bytes, *, now_ms: int, limits: Limits) -> Decision:
     if not may_publish(identity, topic):
-        code, message = _denial(identity, topic)
+        code, message = denial(identity, topic)
         return Quarantine(identity, topic[:512], code, message, raw, denied=True)
     parsed = _topic(topic)
     msg_type = KIND_TYPE.get(parsed.kind)

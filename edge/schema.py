@@ -22,10 +22,12 @@ One file, WAL mode. Tables:
 - ``commands``    commands received from the cloud, with their state and the last state recorded on
                   the TWIN buffer stream for the cloud (``synced``)
 - ``mqtt_sessions``, ``mqtt_queue``  persistent MQTT sessions and their queued QoS 1 messages
-                  (edge/sessions.py)
+                  (their DDL is ``pulse.broker.sessions.SCHEMA``, shared with the cloud's MQTT endpoint)
 """
 
 from __future__ import annotations
+
+from pulse.broker.sessions import SCHEMA as SESSION_SCHEMA
 
 SCHEMA_VERSION = 1
 
@@ -119,24 +121,7 @@ CREATE TABLE IF NOT EXISTS commands (
     synced      TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS commands_device ON commands (device_id, state);
-CREATE TABLE IF NOT EXISTS mqtt_sessions (
-    client_id      TEXT PRIMARY KEY,
-    username       TEXT,
-    subscriptions  TEXT NOT NULL,
-    updated_ms     INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS mqtt_queue (
-    id         INTEGER PRIMARY KEY AUTOINCREMENT,
-    client_id  TEXT NOT NULL,
-    topic      TEXT NOT NULL,
-    payload    BLOB NOT NULL,
-    qos        INTEGER NOT NULL,
-    queued_ms  INTEGER NOT NULL,
-    expires_ms INTEGER,
-    packet_id  INTEGER
-);
-CREATE INDEX IF NOT EXISTS mqtt_queue_client ON mqtt_queue (client_id, id);
-"""
+""" + SESSION_SCHEMA
 
 PRAGMAS = ("PRAGMA journal_mode=WAL", "PRAGMA busy_timeout=10000", "PRAGMA foreign_keys=ON")
 

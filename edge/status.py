@@ -30,14 +30,15 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
+from pulse.broker.server import DeviceBroker
+from pulse.broker.sessions import SessionStore
 from pulse.common.version import __version__
-from pulse.edge.broker import GatewayBroker, Intake
+from pulse.edge.broker import Intake
 from pulse.edge.buffer import Buffer
 from pulse.edge.config import Settings
 from pulse.edge.connectors import page as connectors_page
 from pulse.edge.pacing import link_line
 from pulse.edge.rules import EdgeRuleRunner
-from pulse.edge.sessions import SessionStore
 from pulse.edge.twin import EdgeTwins
 
 RATE_WINDOW_S = 10
@@ -49,7 +50,7 @@ class StatusBoard:
     def __init__(
         self,
         settings: Settings,
-        broker: GatewayBroker,
+        broker: DeviceBroker,
         intake: Intake,
         buffer: Buffer,
         rules: EdgeRuleRunner | None = None,

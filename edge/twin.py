@@ -61,7 +61,7 @@ _T = TypeVar("_T")
 
 
 class Publisher(Protocol):
-    """What the twin needs from the broker (edge/broker.py GatewayBroker)."""
+    """What the twin needs from the broker (pulse.broker.server.DeviceBroker)."""
 
     async def publish(self, topic: str, payload: bytes, *, retain: bool, expires_ms: int | None = None) -> None: ...
 

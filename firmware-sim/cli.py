@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import signal
+import ssl
 import sys
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,8 @@ async def _run(args: argparse.Namespace) -> int:
         target = HttpTarget(args.http, tokens)
     else:
         host, _, port = args.mqtt.rpartition(":")
-        target = MqttTarget(host or "127.0.0.1", int(port), _secrets(args.credentials))
+        tls = ssl.create_default_context(cafile=args.tls_ca) if args.tls_ca else None
+        target = MqttTarget(host or "127.0.0.1", int(port), _secrets(args.credentials), tls)
     fleet = Fleet.generate(args.devices, target, interval_s=args.interval, speed=args.speed, prefix=args.prefix)
     for spec in args.fault:
         device, fault = Fault.parse(spec)
@@ -141,7 +143,9 @@ def register(sub: Any) -> None:
     where = r.add_mutually_exclusive_group(required=True)
     where.add_argument("--mqtt", metavar="HOST:PORT", help="a gateway's MQTT listener")
     where.add_argument("--http", metavar="URL", help="the cloud's base URL (direct devices, HTTP ingest)")
-    r.add_argument("--credentials", metavar="FILE", help="JSON: device id -> MQTT secret (with --mqtt)")
+    r.add_argument("--credentials", metavar="FILE", help="JSON: device id -> MQTT secret (with --mqtt; device tokens for pulse cloud mqtt)")
+    r.add_argument("--tls-ca", metavar="FILE", default=None,
+                   help="with --mqtt: connect over TLS trusting this CA, e.g. the cloud's ca.crt for direct devices on pulse cloud mqtt")
     r.add_argument("--tokens", metavar="FILE", help="JSON: device id -> device token (with --http)")
     r.add_argument("--devices", type=int, default=25)
     r.add_argument("--prefix", default="dev", help="device ids are PREFIX-0000, PREFIX-0001, ...")

@@ -32,7 +32,7 @@ from enum import StrEnum
 from typing import TypeAlias, cast
 
 from pulse.protocol.errors import Code, EnvelopeError
-from pulse.protocol.topics import valid_device_id
+from pulse.protocol.topics import TopicKind, valid_device_id
 
 VERSION = 1
 
@@ -53,6 +53,17 @@ class MessageType(StrEnum):
     HEARTBEAT = "heartbeat"
     TWIN_REPORTED = "twin_reported"
     COMMAND_ACK = "command_ack"
+
+
+TOPIC_TYPE: dict[TopicKind, MessageType] = {
+    TopicKind.TELEMETRY: MessageType.TELEMETRY,
+    TopicKind.HEARTBEAT: MessageType.HEARTBEAT,
+    TopicKind.EVENT: MessageType.EVENT,
+    TopicKind.COMMAND_ACK: MessageType.COMMAND_ACK,
+    TopicKind.TWIN_REPORTED: MessageType.TWIN_REPORTED,
+}
+"""The message type an envelope published on each uplink topic kind must have (every broker: the
+gateway's and the cloud's). ``twin/get`` is a request, not an envelope: it has no entry."""
 
 
 @dataclass(frozen=True, slots=True)

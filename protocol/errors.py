@@ -334,6 +334,10 @@ class Code(StrEnum):
     STORAGE_TIMESCALEDB_UNAVAILABLE = "storage.timescaledb_unavailable"
     """PULSE_STORAGE_ENGINE=timescaledb, but the server has not installed or not preloaded TimescaleDB."""
 
+    # mqtt: the MQTT broker shared by the gateway and the cloud's endpoint for direct devices (issue 23)
+    MQTT_SESSION_STORE_FAILED = "mqtt.session_store_failed"
+    """The file holding persistent MQTT sessions (subscriptions, queued QoS 1 messages) could not be read or written."""
+
 
 class PulseError(Exception):
     """Root of every Pulse error that carries a stable code and a sentence a person can act on."""

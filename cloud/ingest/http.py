@@ -112,6 +112,7 @@ def prepare(
     now_ms: int,
     received_at: datetime,
     limits: Limits = DEFAULT_LIMITS,
+    source: str = SOURCE,
 ) -> Prepared:
     """Decide every message's fate (pure): telemetry rows, quarantine rows, per-message results."""
     out = Prepared()
@@ -125,7 +126,7 @@ def prepare(
             else:
                 env = parse(msg.raw, now_ms=now_ms, device_id=device_id, expected_type=msg.implied, limits=limits)
         except EnvelopeError as exc:
-            out.quarantine.append(QuarantineRow(tenant, device_id, None, SOURCE, str(exc.code), exc.message, msg.raw, received_at))
+            out.quarantine.append(QuarantineRow(tenant, device_id, None, source, str(exc.code), exc.message, msg.raw, received_at))
             out.results.append({"index": index, "status": "rejected", "code": str(exc.code), "message": exc.message})
             continue
         out.telemetry.append(
@@ -139,7 +140,7 @@ def prepare(
                 _dumps(env.body) if env.body is not None else None,
                 env.seq,
                 None,
-                SOURCE,
+                source,
                 received_at,
             )
         )
@@ -177,7 +178,7 @@ class IngestService:
         self.entitlements: Entitlements | None = None
         """A tenant whose subscriptions are SUSPENDED or EXPIRED gets 403 with that code; nothing stored."""
 
-    async def _apply_device_state(self, identity: DeviceIdentity, messages: list[Message], prepared: Prepared) -> None:
+    async def _apply_device_state(self, identity: DeviceIdentity, messages: list[Message], prepared: Prepared, source: str) -> None:
         """A direct device's ``twin_reported`` messages update its twin and its ``command_ack``
         messages answer its commands, in order, before the rows are written (so the answer says
         so). One the twin or command rules refuse is rejected and quarantined with its code
@@ -212,7 +213,7 @@ class IngestService:
                     identity.tenant_id,
                     identity.device_id,
                     None,
-                    SOURCE,
+                    source,
                     str(exc.code),
                     exc.message,
                     messages[index].raw,
@@ -263,13 +264,24 @@ class IngestService:
 
         return await read_limited(request, limit, refuse)
 
-    async def store(self, identity: DeviceIdentity, messages: list[Message], *, quarantine: bool = True) -> Prepared:
+    async def store(
+        self,
+        identity: DeviceIdentity,
+        messages: list[Message],
+        *,
+        quarantine: bool = True,
+        source: str = SOURCE,
+        received_at: datetime | None = None,
+    ) -> Prepared:
         """Check, apply (twin, commands) and write messages as ``identity`` sent them now; the
         refused ones are quarantined unless ``quarantine`` is false (a re-submission of a message
-        already in quarantine: it stays there, the caller reports the refusal)."""
-        prepared = prepare(identity, messages, now_ms=int(time.time() * 1000), received_at=datetime.now(UTC), limits=self.limits)
+        already in quarantine: it stays there, the caller reports the refusal). ``source``: the
+        rows' source column (``http``, ``mqtt``); ``received_at``: when they arrived (default now;
+        the MQTT spool passes the time a spooled message was acknowledged)."""
+        received = received_at or datetime.now(UTC)
+        prepared = prepare(identity, messages, now_ms=int(time.time() * 1000), received_at=received, limits=self.limits, source=source)
         if self.db is not None and any(row.msg_type in _DEVICE_STATE_TYPES for row in prepared.telemetry):
-            await self._apply_device_state(identity, messages, prepared)
+            await self._apply_device_state(identity, messages, prepared, source)
         await self.writer.write(prepared.telemetry, prepared.quarantine if quarantine else [])
         return prepared
 

@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from pulse.cloud.auth.credentials import parse_device_token, secrets_equal, sha256_hex
+from pulse.cloud.db.pool import Database
 from pulse.cloud.errors import AuthError, ForbiddenError
 from pulse.protocol.errors import Code
 
@@ -36,6 +37,17 @@ class CredentialRecord:
 
 
 Lookup = Callable[[uuid.UUID], Awaitable[CredentialRecord | None]]
+
+
+def credential_lookup(db: Database) -> Lookup:
+    """The look-up every device-token cache uses (HTTP ingest, the MQTT endpoint): one credential by id."""
+
+    async def lookup(credential_id: uuid.UUID) -> CredentialRecord | None:
+        async with db.identity() as conn:
+            row = await conn.fetchrow("SELECT * FROM pulse_identity_device_credential($1)", credential_id)
+        return None if row is None else CredentialRecord(**dict(row))
+
+    return lookup
 
 
 class DeviceTokenCache:

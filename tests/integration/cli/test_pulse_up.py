@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -20,7 +21,8 @@ pytestmark = pytest.mark.integration
 def _start(data: Path, *extra: str) -> subprocess.Popen[str]:
     env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
     # free ports: 8080 and the others may be taken on this machine
-    env.update(PULSE_PORT="0", PULSE_DEMO_MQTT_PORT="0", PULSE_DEMO_STATUS_PORT="0", PULSE_PG_PORT="0", PULSE_DEMO_INBOX_PORT="0", PULSE_DEMO_SIM_PORT="0")
+    env.update(PULSE_PORT="0", PULSE_DEMO_MQTT_PORT="0", PULSE_DEMO_STATUS_PORT="0", PULSE_PG_PORT="0", PULSE_DEMO_INBOX_PORT="0", PULSE_DEMO_SIM_PORT="0",
+               PULSE_MQTT_TLS_PORT="0")
     return subprocess.Popen(
         [sys.executable, "-m", "pulse.cli.main", "up", "--data-dir", str(data), "--devices", "5", "--interval", "0.5", *extra],
         stdout=subprocess.PIPE,
@@ -53,6 +55,9 @@ def test_pulse_up_runs_the_whole_stack_and_stops_on_ctrl_c(tmp_path: Path) -> No
         try:
             cloud = _read_until(proc, r"cloud\s+: (http://\S+)", lines).group(1)
             email, password = _read_until(proc, r"login\s+: (\S+) / (\S+)", lines).groups()
+            mqtt_port = int(_read_until(proc, r"mqtt\s+: direct devices on 127.0.0.1:(\d+) over TLS", lines).group(1))
+            with socket.create_connection(("127.0.0.1", mqtt_port), timeout=5):
+                pass  # `pulse cloud mqtt` runs beside the cloud
             inbox = _read_until(proc, r"webhook inbox (http://\S+)/", lines).group(1)
             status = _read_until(proc, r"status page (http://\S+)", lines).group(1)
             _read_until(proc, r"Pulse is up", lines)

@@ -24,11 +24,15 @@ def _compose() -> dict[str, object]:
     return doc
 
 
-def test_compose_runs_timescaledb_the_cloud_and_caddy_with_health_checks_and_volumes() -> None:
+def test_compose_runs_timescaledb_the_cloud_the_mqtt_endpoint_and_caddy_with_health_checks_and_volumes() -> None:
     doc = _compose()
     services = doc["services"]
-    assert isinstance(services, dict) and set(services) == {"db", "cloud", "caddy", "keycloak"}
+    assert isinstance(services, dict) and set(services) == {"db", "cloud", "mqtt", "caddy", "keycloak"}
     assert services["keycloak"]["profiles"] == ["keycloak"]  # optional: only with --profile keycloak
+    assert services["mqtt"]["command"] == ["pulse", "cloud", "mqtt"]
+    assert services["mqtt"]["depends_on"]["cloud"]["condition"] == "service_healthy"  # migrated first
+    assert services["mqtt"]["image"] == services["cloud"]["image"]
+    assert "PULSE_MQTT_PLAIN_PORT" not in services["mqtt"]["environment"]  # TLS only
     assert str(services["db"]["image"]).startswith("timescale/timescaledb")
     declared = set(doc["volumes"])
     for name, svc in services.items():

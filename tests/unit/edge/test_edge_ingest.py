@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from pulse.edge.ingest import Forward, Quarantine, Store, classify, fingerprint, may_publish, may_subscribe
+from pulse.broker.acl import may_publish, may_subscribe
+from pulse.edge.ingest import Forward, Quarantine, Store, classify, fingerprint
 from pulse.protocol.batch import Stream
 from pulse.protocol.envelope import Limits
 

@@ -1,4 +1,4 @@
-"""The persistent-session store (edge/sessions.py) on a real SQLite file, with the clock passed in."""
+"""The persistent-session store (pulse.broker.sessions, the gateway's and the cloud's) on a real SQLite file, with the clock passed in."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pulse.edge.sessions import SessionStore
+from pulse.broker.sessions import SessionStore
 
 
 class Clock:

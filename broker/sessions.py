@@ -1,6 +1,7 @@
-"""Persistent MQTT sessions (clean session 0) in the gateway's SQLite file, so they survive restarts.
+"""Persistent MQTT sessions (clean session 0) in a SQLite file, so they survive restarts.
 
-Two tables beside the buffer (edge/schema.py):
+Shared by the gateway's broker (the tables live in the gateway's file, beside the buffer) and the
+cloud's MQTT endpoint (a file in its data directory). Two tables (``SCHEMA``):
 
 - ``mqtt_sessions``  one row per persistent session: client id, username, its subscriptions
                      (``[[filter, qos], ...]`` as JSON);
@@ -11,7 +12,8 @@ Two tables beside the buffer (edge/schema.py):
                      acknowledged before the connection ended is sent again, with DUP set and the
                      same packet id, when the session resumes (also after a gateway restart).
 
-Bounds (``broker.session_queue_max`` per session, ``broker.session_queue_max_age_s``): when a
+Bounds (``queue_max`` per session, ``max_age_s``; the gateway's ``broker.session_queue_max`` and
+``broker.session_queue_max_age_s``): when a
 session's queue is full the oldest message is dropped; a message older than the age limit is
 dropped instead of being delivered. Both are counted (``dropped_full``, ``dropped_age``) and shown
 on the status page ("sessions") and in /metrics.
@@ -34,24 +36,46 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ParamSpec, TypeVar
 
-from pulse.edge.errors import StorageError
-from pulse.edge.schema import PRAGMAS, SCHEMA
+from pulse.broker.errors import SessionStoreError
 
-log = logging.getLogger("pulse.edge.sessions")
+log = logging.getLogger("pulse.broker.sessions")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS mqtt_sessions (
+    client_id      TEXT PRIMARY KEY,
+    username       TEXT,
+    subscriptions  TEXT NOT NULL,
+    updated_ms     INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS mqtt_queue (
+    id         INTEGER PRIMARY KEY AUTOINCREMENT,
+    client_id  TEXT NOT NULL,
+    topic      TEXT NOT NULL,
+    payload    BLOB NOT NULL,
+    qos        INTEGER NOT NULL,
+    queued_ms  INTEGER NOT NULL,
+    expires_ms INTEGER,
+    packet_id  INTEGER
+);
+CREATE INDEX IF NOT EXISTS mqtt_queue_client ON mqtt_queue (client_id, id);
+"""
+"""The two tables; the gateway's schema (edge/schema.py) includes them in its own file."""
+
+PRAGMAS = ("PRAGMA journal_mode=WAL", "PRAGMA busy_timeout=10000")
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
 
 
 def _storage(fn: Callable[_P, _R]) -> Callable[_P, _R]:
-    """sqlite3 errors leave this module as StorageError (gateway.storage_failed)."""
+    """sqlite3 errors leave this module as SessionStoreError (mqtt.session_store_failed)."""
 
     @functools.wraps(fn)
     def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
         try:
             return fn(*args, **kwargs)
         except sqlite3.Error as exc:
-            raise StorageError(f"the session store failed: {exc}", operation=fn.__name__) from exc
+            raise SessionStoreError(f"the session store failed: {exc}", operation=fn.__name__) from exc
 
     return wrapper
 
@@ -102,7 +126,7 @@ class SessionStore:
             db.execute("PRAGMA synchronous=NORMAL")
             db.executescript(SCHEMA)
         except sqlite3.Error as exc:
-            raise StorageError(f"cannot open the session store: {exc}", path=str(self.path)) from exc
+            raise SessionStoreError(f"cannot open the session store: {exc}", path=str(self.path)) from exc
         self._db = db
 
     def close(self) -> None:
@@ -113,7 +137,7 @@ class SessionStore:
     @property
     def db(self) -> sqlite3.Connection:
         if self._db is None:
-            raise StorageError("the session store is closed", path=str(self.path))
+            raise SessionStoreError("the session store is closed", path=str(self.path))
         return self._db
 
     def _now_ms(self) -> int:
