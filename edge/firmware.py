@@ -46,6 +46,8 @@ from pulse.protocol.firmware import Manifest
 log = logging.getLogger("pulse.edge.firmware")
 
 KEY_FILE = "url.key"
+MAX_MISMATCHES = 3
+"""Downloads in a row that fail the hash check before the gateway gives up (a wrong manifest)."""
 
 
 @dataclass
@@ -107,10 +109,15 @@ class FirmwareCache:
             final = self.path(m.artifact)
             if final.exists():
                 return final
-            delay = self.retry_s
+            delay, mismatches = self.retry_s, 0
             while True:
                 try:
                     return await self._fetch(m)
+                except FirmwareError as exc:
+                    mismatches += 1
+                    if mismatches >= MAX_MISMATCHES:
+                        raise
+                    log.error("firmware %s: %s; fetching it again from the start", m.artifact, exc.message)
                 except (SyncError, OSError, TimeoutError) as exc:
                     log.warning("firmware %s: download interrupted (%s); resuming in %.1fs", m.artifact, exc, delay)
                     if self.connection is not None:
@@ -218,7 +225,10 @@ class FirmwareService:
                 return JSONResponse({"code": str(Code.FIRMWARE_URL_EXPIRED),
                                      "message": "this download URL is wrong or has expired; the gateway sends a new one with the command"},
                                     status_code=403)
-            path = await self.cache.ensure(m)
+            try:
+                path = await self.cache.ensure(m)
+            except FirmwareError as exc:
+                return JSONResponse(exc.as_dict(), status_code=502)
             self.cache.counts.served += 1
             self.cache.counts.served_bytes += m.size
             return FileResponse(path, media_type="application/octet-stream", headers={"X-Pulse-Sha256": m.sha256})

@@ -317,3 +317,45 @@ async def test_every_job_and_firmware_endpoint_answers_404_to_another_tenant(jc:
         r = await gw.get(f"/sync/v1/firmware/{art['id']}")
         assert (r.status_code, r.json()["code"]) == (404, "api.not_found")
     assert (await jc.job(ha, job["id"]))["state"] == "running"
+
+
+async def test_a_gateway_cache_fetches_once_for_many_devices_refetches_a_bad_file_and_refuses_bad_urls(jc: JobCloud, serve: Any) -> None:
+    """edge/firmware.py against the real sync listener: concurrent device downloads cause one fetch;
+    a partial file that is not the artifact is thrown away and fetched again; a URL for another
+    device, a forged one or an expired one gets 403 firmware.url_expired."""
+    import asyncio
+
+    from pulse.edge.firmware import FirmwareCache, FirmwareService, LocalUrls
+    from pulse.edge.link import Connection, Enrollment
+    from pulse.protocol.firmware import manifest_from_params
+
+    h = await jc.tenant()
+    data = bytes(range(256)) * 300
+    art = (await _upload(jc, h, data)).json()
+    files = await _gateway(jc, h)
+    enrollment = Enrollment("http://pulse.test", jc.sync_url, "t", "g", "gw", 0)
+    connection = Connection(enrollment, files, timeout_s=10)
+    now = [1_000_000]
+    cache = FirmwareCache(jc.tmp / "gw-cache", connection, retry_s=0.05)
+    service = FirmwareService(cache, LocalUrls(b"k" * 32, "http://unused", 60, clock=lambda: now[0]))
+    manifest = manifest_from_params({**art, "artifact": art["id"]})
+    (jc.tmp / "gw-cache" / f"{art['id']}.part").write_bytes(b"\xff" * len(data))  # a full-length file that is not it
+    try:
+        async with serve(service.app()) as local, httpx.AsyncClient(base_url=local, timeout=30) as c:
+            cache.manifests[manifest.artifact] = manifest
+            urls = [service.urls.url(f"dev-{i}", manifest.artifact).removeprefix("http://unused") for i in range(5)]
+            got = await asyncio.gather(*(c.get(u) for u in urls))
+            assert [r.status_code for r in got] == [200] * 5 and all(r.content == data for r in got)
+            assert (cache.counts.fetches, cache.counts.uplink_bytes, cache.counts.served) == (1, len(data), 5)
+            other = urls[0].replace("device=dev-0", "device=dev-9")
+            forged = urls[0][:-4] + "0000"
+            for bad in (other, forged):
+                r = await c.get(bad)
+                assert (r.status_code, r.json()["code"]) == (403, "firmware.url_expired")
+            now[0] += 60_000
+            r = await c.get(urls[1])
+            assert (r.status_code, r.json()["code"]) == (403, "firmware.url_expired")
+            assert service.snapshot()["cached"] == [art["id"]]
+    finally:
+        await cache.stop()
+        await connection.drop()
