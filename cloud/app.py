@@ -136,6 +136,7 @@ def create_app(
     ingest = ingest_http.IngestService(
         config=settings.ingest, tokens=tokens, writer=writer, metrics=metrics, db=db, twin_limits=twin_limits
     )
+    ingest.firmware_files = jobs_api.files_of(settings)
     sync = SyncService(  # gateway data reaches the live view and the rules
         settings.sync, db, metrics, on_commit=committed, twin_limits=twin_limits
     )

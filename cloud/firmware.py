@@ -7,8 +7,10 @@ counted per artifact (``bytes_served``): what crossed the uplink."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
+import logging
 import os
 import uuid
 from collections.abc import AsyncIterator
@@ -17,12 +19,16 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+from starlette.responses import JSONResponse, Response, StreamingResponse
 
+from pulse.cloud.db.pool import Database
+from pulse.cloud.errors import NotFoundError
 from pulse.protocol import firmware
 from pulse.protocol.errors import Code, FirmwareError
 from pulse.protocol.firmware import Manifest
 
 CHUNK = 64 * 1024
+log = logging.getLogger("pulse.cloud.firmware")
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,3 +149,49 @@ async def served(conn: asyncpg.Connection, tenant: uuid.UUID, artifact: str, nby
         "UPDATE firmware_artifacts SET bytes_served = bytes_served + $3, downloads = downloads + $4 WHERE tenant_id = $1 AND id = $2",
         tenant, uuid.UUID(artifact), nbytes, 1 if complete else 0,
     )
+
+
+_recording: set[asyncio.Task[None]] = set()
+
+
+async def download(files: FirmwareFiles | None, db: Database, tenant: uuid.UUID, artifact: str, range_header: str | None) -> Response:
+    """The (ranged) download of one of ``tenant``'s artifacts, for a gateway (sync listener) or a
+    direct device (ingest): 200, or 206 with ``Content-Range``; 416 ``firmware.bad_range``; 404 for
+    an artifact the tenant does not have. The bytes written are counted on the artifact
+    (``bytes_served``, and ``downloads`` when the last byte went) once the response ends."""
+    async with db.tenant(tenant) as conn:
+        art = await get(conn, tenant, artifact)
+    if art is None or files is None:
+        raise NotFoundError("firmware artifact", artifact=artifact)
+    size = art.manifest.size
+    try:
+        span = firmware.parse_range(range_header, size)
+    except FirmwareError as exc:
+        return JSONResponse(exc.as_dict(), status_code=416, headers={"Content-Range": f"bytes */{size}"})
+    start, end = span if span is not None else (0, size - 1)
+    chunks = files.read(tenant, artifact, start, end) if size else None
+
+    async def record(sent: int) -> None:
+        try:
+            async with db.tenant(tenant) as conn:
+                await served(conn, tenant, artifact, sent, complete=start + sent >= size)
+        except Exception:  # counting must never break a download
+            log.exception("could not count %d firmware bytes of %s", sent, artifact)
+
+    async def body() -> AsyncIterator[bytes]:
+        sent = 0
+        try:
+            if chunks is not None:
+                async for chunk in chunks:
+                    sent += len(chunk)
+                    yield chunk
+        finally:
+            task = asyncio.get_running_loop().create_task(record(sent))
+            _recording.add(task)
+            task.add_done_callback(_recording.discard)
+
+    headers = {"Accept-Ranges": "bytes", "Content-Length": str(end - start + 1 if size else 0),
+               "ETag": f'"{art.manifest.sha256}"', "X-Pulse-Sha256": art.manifest.sha256}
+    if span is not None:
+        headers["Content-Range"] = f"bytes {start}-{end}/{size}"
+    return StreamingResponse(body(), status_code=206 if span is not None else 200, headers=headers, media_type="application/octet-stream")

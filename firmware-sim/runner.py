@@ -108,12 +108,13 @@ async def _report(dev: Device, link: Link, reported: dict[str, object]) -> None:
     await link.send(env.to_json(), TopicKind.TWIN_REPORTED)
 
 
-async def _download(dev: Device, url: str, size: int) -> bytes:
-    """The firmware from the gateway's local URL; a broken download (``fw_interrupt``) is retried once."""
+async def _download(dev: Device, url: str, size: int, headers: dict[str, str]) -> bytes:
+    """The firmware from the gateway's local URL (or the cloud's, for a direct device); a broken
+    download (``fw_interrupt``) is retried once."""
     async with httpx.AsyncClient(timeout=120) as client:
         for attempt in range(2):
             data = bytearray()
-            async with client.stream("GET", url) as resp:
+            async with client.stream("GET", url, headers=headers) as resp:
                 if resp.status_code != 200:
                     body = await resp.aread()
                     raise ValueError(f"download refused: HTTP {resp.status_code} {body[:200]!r}")
@@ -137,8 +138,11 @@ async def _update_firmware(dev: Device, link: Link, params: dict[str, object]) -
     url = params.get("url")
     if not isinstance(url, str):
         return "failed", {}, "no download URL: the gateway's firmware download is off"
+    headers: dict[str, str] = {}
+    if isinstance(link, _HttpLink):  # a direct device: the cloud's download, with its token
+        url, headers = link.url.rstrip("/") + url, {"Authorization": f"Bearer {link.token}"}
     try:
-        data = await _download(dev, url, m.size)
+        data = await _download(dev, url, m.size, headers)
     except (httpx.HTTPError, ValueError) as exc:
         return "failed", {}, f"download failed: {exc}"[:400]
     if dev.take_fault(FaultKind.FW_NEVER_BACK):

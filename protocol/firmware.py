@@ -32,6 +32,8 @@ from pulse.protocol.errors import Code, FirmwareError
 COMMAND_NAME = "firmware.update"
 SYNC_PATH = "/sync/v1/firmware/{artifact}"
 """The gateway's ranged download of an artifact (mutual TLS, its tenant's artifacts only)."""
+DIRECT_PATH = "/ingest/v1/firmware/{artifact}"
+"""A direct device's download (its device token; Range supported); its command's ``url`` is this path."""
 LOCAL_PATH = "/firmware/{artifact}"
 """The gateway's local download for its devices: ``?device=&expires=&token=``."""
 

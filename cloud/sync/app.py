@@ -13,21 +13,19 @@ import os
 import socket
 import ssl
 import time
-import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated
 
 import uvicorn
 from fastapi import Depends, FastAPI, Query, Request, Response
-from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field
 from uvicorn.config import SSL_PROTOCOL_VERSION, create_ssl_context
 
 from pulse.cloud import firmware
 from pulse.cloud.bodylimit import PUBLIC_BODY_LIMIT, BodyLimit
 from pulse.cloud.ca import CertificateAuthority, write_private
-from pulse.cloud.errors import BadRequestError, NotFoundError
+from pulse.cloud.errors import BadRequestError
 from pulse.cloud.firmware import FirmwareFiles
 from pulse.cloud.metrics import Metrics
 from pulse.cloud.settings import SyncConfig
@@ -35,9 +33,8 @@ from pulse.cloud.sync.service import PROXY_CERT_HEADER, GatewayCaller, SyncServi
 from pulse.cloud.tls import RateLimitedLog, TlsAcceptingH11Protocol, accepting_protocol
 from pulse.cloud.web import install_error_handlers, read_limited
 from pulse.protocol.activation import CLAIM_PATH
-from pulse.protocol.errors import Code, FirmwareError
+from pulse.protocol.errors import Code
 from pulse.protocol.firmware import SYNC_PATH as FIRMWARE_SYNC_PATH
-from pulse.protocol.firmware import parse_range
 from pulse.protocol.sync import (
     AFTER_HEADER,
     BATCHES_PATH,
@@ -96,7 +93,6 @@ def create_sync_app(service: SyncService, firmware_files: FirmwareFiles | None =
     """``firmware_files``: where artifacts are, for ``GET /sync/v1/firmware/{artifact}`` (none: 404)."""
     app = FastAPI(title="Pulse gateway sync", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.sync = service
-    recording: set[asyncio.Task[None]] = set()
     install_error_handlers(app)
     # JSON bodies are small; batches have their own limit (read_limited)
     app.add_middleware(BodyLimit, limits=dict.fromkeys((RENEW_PATH, REKEY_PATH, REPORT_PATH, DOWNLINK_ACK_PATH, CLAIM_PATH), PUBLIC_BODY_LIMIT))
@@ -148,43 +144,7 @@ def create_sync_app(service: SyncService, firmware_files: FirmwareFiles | None =
     async def firmware_download(artifact_id: str, request: Request, caller: Gateway, svc: Service) -> Response:
         """The gateway's (ranged, resumable) download of one of its tenant's artifacts; the bytes
         sent are counted on the artifact (``bytes_served``): what crossed the uplink."""
-        async with svc.db.tenant(caller.tenant_id) as conn:
-            art = await firmware.get(conn, caller.tenant_id, artifact_id)
-        if art is None or firmware_files is None:
-            raise NotFoundError("firmware artifact", artifact=artifact_id)
-        size = art.manifest.size
-        try:
-            span = parse_range(request.headers.get("range"), size)
-        except FirmwareError as exc:
-            return JSONResponse(exc.as_dict(), status_code=416, headers={"Content-Range": f"bytes */{size}"})
-        start, end = span if span is not None else (0, size - 1)
-        chunks = firmware_files.read(caller.tenant_id, artifact_id, start, end) if size else None
-
-        async def body() -> AsyncIterator[bytes]:
-            sent = 0
-            try:
-                if chunks is not None:
-                    async for chunk in chunks:
-                        sent += len(chunk)
-                        yield chunk
-            finally:
-                task = asyncio.get_running_loop().create_task(record(caller.tenant_id, artifact_id, sent, start + sent >= size))
-                recording.add(task)
-                task.add_done_callback(recording.discard)
-
-        async def record(tenant: uuid.UUID, artifact: str, sent: int, complete: bool) -> None:
-            try:
-                async with svc.db.tenant(tenant) as conn:
-                    await firmware.served(conn, tenant, artifact, sent, complete=complete)
-            except Exception:  # counting must never break a download
-                log.exception("could not count %d firmware bytes of %s", sent, artifact)
-
-        headers = {"Accept-Ranges": "bytes", "Content-Length": str(end - start + 1 if size else 0),
-                   "ETag": f'"{art.manifest.sha256}"', "X-Pulse-Sha256": art.manifest.sha256}
-        if span is not None:
-            headers["Content-Range"] = f"bytes {start}-{end}/{size}"
-        return StreamingResponse(body(), status_code=206 if span is not None else 200, headers=headers,
-                                 media_type="application/octet-stream")
+        return await firmware.download(firmware_files, svc.db, caller.tenant_id, artifact_id, request.headers.get("range"))
 
     return app
 

@@ -359,3 +359,34 @@ async def test_a_gateway_cache_fetches_once_for_many_devices_refetches_a_bad_fil
     finally:
         await cache.stop()
         await connection.drop()
+
+
+async def test_a_direct_device_downloads_its_firmware_from_the_cloud_with_its_token(jc: JobCloud) -> None:
+    h, hb = await jc.tenant(), await jc.tenant()
+    dev = (await jc.devices(h, 1))[0]
+    other = (await jc.devices(hb, 1))[0]
+    data = b"direct firmware" * 1000
+    art = (await _upload(jc, h, data)).json()
+    r = await jc.client.post("/api/v1/jobs", json={"target": {"devices": [dev]}, "action": {"kind": "firmware", "artifact": art["id"]}},
+                             headers=h)
+    assert r.status_code == 201, r.text
+    await jc.tick()
+    auth = {"Authorization": f"Bearer {jc.tokens[dev]}"}
+    waiting = (await jc.client.get("/ingest/v1/commands", headers=auth)).json()
+    assert [c["name"] for c in waiting] == ["firmware.update"]
+    params = waiting[0]["params"]
+    assert (params["url"], params["sha256"], params["size"]) == (f"/ingest/v1/firmware/{art['id']}", art["sha256"], len(data))
+    got = await jc.client.get(params["url"], headers=auth)
+    assert got.status_code == 200 and got.content == data
+    part = await jc.client.get(params["url"], headers={**auth, "Range": "bytes=10-19"})
+    assert (part.status_code, part.content) == (206, data[10:20])
+    assert (await jc.client.get(params["url"])).status_code == 401
+    r = await jc.client.get(params["url"], headers={"Authorization": f"Bearer {jc.tokens[other]}"})
+    assert (r.status_code, r.json()["code"]) == (404, "api.not_found")
+    await jc.say(dev, {"type": "twin_reported", "body": {"firmware": {"version": "2.0.0"}}},
+                 {"type": "command_ack", "body": {"id": waiting[0]["id"], "status": "succeeded"}})
+    await jc.tick(1)
+    job = await jc.job(h, (await jc.client.get("/api/v1/jobs", headers=h)).json()["items"][0]["id"])
+    assert job["state"] == "completed" and job["progress"]["succeeded"] == 1
+    r = await jc.client.post("/api/v1/jobs/preview", json={"target": {"firmware": "2.0.0"}}, headers=h)
+    assert r.json()["devices"] == [dev]
