@@ -31,6 +31,10 @@ from pulse.protocol.twin import TwinLimits, TwinUpdate
 
 log = logging.getLogger("pulse.cloud.jobs")
 
+STARTS_PER_ROUND = 500
+"""Devices started in one transaction: a large stage starts in several commits, each visible at once,
+and no transaction holds thousands of twins locked."""
+
 Wake = Callable[[Iterable[uuid.UUID]], None]
 
 
@@ -211,11 +215,20 @@ async def _start(
     return gateways, {"command_id": cmd.id}
 
 
-async def tick(conn: asyncpg.Connection, tenant: uuid.UUID, job_id: uuid.UUID, *, now_ms: int, limits: TwinLimits) -> list[uuid.UUID]:
-    """One round of one job in the caller's tenant transaction; returns the gateways to wake."""
+@dataclass(frozen=True, slots=True)
+class Round:
+    wake: list[uuid.UUID]
+    """Gateways to wake (after the commit)."""
+    more: bool
+    """The step wanted to start more devices than one round starts: run another round now."""
+
+
+async def tick(conn: asyncpg.Connection, tenant: uuid.UUID, job_id: uuid.UUID, *, now_ms: int, limits: TwinLimits) -> Round:
+    """One round of one job in the caller's tenant transaction (at most ``STARTS_PER_ROUND``
+    devices started; the others stay queued for the next round)."""
     job = await load(conn, tenant, str(job_id), lock=True)
     if job is None or job.run.state in jobs.FINISHED:
-        return []
+        return Round([], more=False)
     rows = await device_rows(conn, tenant, job.id)
     moved = await _refresh(conn, tenant, job, rows)
     runs = [_run(r) for r in rows]
@@ -231,7 +244,7 @@ async def tick(conn: asyncpg.Connection, tenant: uuid.UUID, job_id: uuid.UUID, *
         )
     by_device = {r["device_id"]: r for r in rows}
     wake: list[uuid.UUID] = []
-    for device_id in result.start:
+    for device_id in result.start[:STARTS_PER_ROUND]:
         try:
             async with conn.transaction():
                 gateways, columns = await _start(conn, tenant, job, by_device[device_id], now_ms, limits)
@@ -250,7 +263,7 @@ async def tick(conn: asyncpg.Connection, tenant: uuid.UUID, job_id: uuid.UUID, *
         )
     if result.job != job.run:
         await _save_run(conn, tenant, job, result.job, now_ms)
-    return wake
+    return Round(wake, more=len(result.start) > STARTS_PER_ROUND)
 
 
 async def _save_run(conn: asyncpg.Connection, tenant: uuid.UUID, job: StoredJob, run: JobRun, now_ms: int) -> None:
@@ -332,8 +345,9 @@ def job_out(job: StoredJob, rows: Sequence[asyncpg.Record] | None = None, counts
     return out
 
 
-async def run_once(db: Database, *, now_ms: int, limits: TwinLimits, wake: Wake | None = None) -> int:
-    """One round over every tenant's open jobs; returns how many jobs were ticked."""
+async def run_once(db: Database, *, clock: Callable[[], int], limits: TwinLimits, wake: Wake | None = None) -> int:
+    """One pass over every tenant's open jobs (a job with more devices to start than one round
+    starts gets rounds until it has none, each its own transaction at ``clock()``); returns the rounds."""
     async with db.identity() as conn:
         tenants = [r[0] for r in await conn.fetch("SELECT pulse_job_tenants()")]
     count = 0
@@ -341,18 +355,21 @@ async def run_once(db: Database, *, now_ms: int, limits: TwinLimits, wake: Wake 
         async with db.tenant(tenant) as conn:
             ids = [r["id"] for r in await conn.fetch("SELECT id FROM jobs WHERE tenant_id = $1 AND state IN ('running', 'paused')", tenant)]
         for job_id in ids:
-            async with db.tenant(tenant) as conn:
-                gateways = await tick(conn, tenant, job_id, now_ms=now_ms, limits=limits)
-            if wake is not None and gateways:
-                wake(gateways)
-            count += 1
+            more = True
+            while more:
+                async with db.tenant(tenant) as conn:
+                    done = await tick(conn, tenant, job_id, now_ms=clock(), limits=limits)
+                if wake is not None and done.wake:
+                    wake(done.wake)
+                more = done.more
+                count += 1
     return count
 
 
 async def run_forever(db: Database, *, interval_s: float, clock: Callable[[], int], limits: TwinLimits, wake: Wake | None = None) -> None:
     while True:
         try:
-            await run_once(db, now_ms=clock(), limits=limits, wake=wake)
+            await run_once(db, clock=clock, limits=limits, wake=wake)
         except Exception:  # keep running jobs; the next round may succeed
             log.exception("job runner round failed; retrying in %ss", interval_s)
         await asyncio.sleep(interval_s)

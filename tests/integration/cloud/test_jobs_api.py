@@ -82,7 +82,7 @@ class JobCloud:
 
     async def tick(self, advance_s: float = 0) -> None:
         self.clock.ms += int(advance_s * 1000)
-        await jobs.run_once(self.app.state.pulse.db, now_ms=self.clock.ms, limits=TwinLimits())
+        await jobs.run_once(self.app.state.pulse.db, clock=lambda: self.clock.ms, limits=TwinLimits())
 
     async def job(self, h: dict[str, str], job_id: str) -> dict[str, Any]:
         r = await self.client.get(f"/api/v1/jobs/{job_id}", headers=h)
@@ -390,3 +390,15 @@ async def test_a_direct_device_downloads_its_firmware_from_the_cloud_with_its_to
     assert job["state"] == "completed" and job["progress"]["succeeded"] == 1
     r = await jc.client.post("/api/v1/jobs/preview", json={"target": {"firmware": "2.0.0"}}, headers=h)
     assert r.json()["devices"] == [dev]
+
+
+async def test_a_large_stage_starts_in_rounds_of_bounded_transactions_within_one_pass(jc: JobCloud, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(jobs, "STARTS_PER_ROUND", 2)
+    h = await jc.tenant()
+    devs = await jc.devices(h, 5)
+    job = (await jc.client.post("/api/v1/jobs", json={"target": {"devices": devs}, "action": {"kind": "command", "name": "ping"}},
+                                headers=h)).json()
+    rounds = await jobs.run_once(jc.app.state.pulse.db, clock=lambda: jc.clock.ms, limits=TwinLimits())
+    assert rounds >= 3
+    assert set(_outcomes(await jc.job(h, job["id"])).values()) == {"in_progress"}
+    assert len(await jc.sql("SELECT id FROM commands WHERE device_id = ANY($1::text[])", devs)) == 5
