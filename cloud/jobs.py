@@ -223,14 +223,17 @@ class Round:
     """The step wanted to start more devices than one round starts: run another round now."""
 
 
-async def tick(conn: asyncpg.Connection, tenant: uuid.UUID, job_id: uuid.UUID, *, now_ms: int, limits: TwinLimits) -> Round:
+async def tick(
+    conn: asyncpg.Connection, tenant: uuid.UUID, job_id: uuid.UUID, *, now_ms: int, limits: TwinLimits, refresh: bool = True
+) -> Round:
     """One round of one job in the caller's tenant transaction (at most ``STARTS_PER_ROUND``
-    devices started; the others stay queued for the next round)."""
+    devices started; the others stay queued for the next round). ``refresh=False``: do not read
+    the started devices' outcomes again (a further round of the same pass, moments after the first)."""
     job = await load(conn, tenant, str(job_id), lock=True)
     if job is None or job.run.state in jobs.FINISHED:
         return Round([], more=False)
     rows = await device_rows(conn, tenant, job.id)
-    moved = await _refresh(conn, tenant, job, rows)
+    moved = await _refresh(conn, tenant, job, rows) if refresh else {}
     runs = [_run(r) for r in rows]
     runs = [DeviceRun(d.device_id, d.stage, moved[d.device_id][0], d.started_ms, moved[d.device_id][1]) if d.device_id in moved else d
             for d in runs]
@@ -355,10 +358,11 @@ async def run_once(db: Database, *, clock: Callable[[], int], limits: TwinLimits
         async with db.tenant(tenant) as conn:
             ids = [r["id"] for r in await conn.fetch("SELECT id FROM jobs WHERE tenant_id = $1 AND state IN ('running', 'paused')", tenant)]
         for job_id in ids:
-            more = True
+            more, first = True, True
             while more:
                 async with db.tenant(tenant) as conn:
-                    done = await tick(conn, tenant, job_id, now_ms=clock(), limits=limits)
+                    done = await tick(conn, tenant, job_id, now_ms=clock(), limits=limits, refresh=first)
+                first = False
                 if wake is not None and done.wake:
                     wake(done.wake)
                 more = done.more
