@@ -14,6 +14,7 @@ import contextlib
 import gc
 import logging
 import signal
+import socket
 import time
 
 from amqtt.errors import BrokerError
@@ -68,6 +69,8 @@ class Gateway:
         self._sync_tasks: list[asyncio.Task[None]] = []
         self.firmware: firmware.FirmwareService | None = None
         self._firmware_http: status.uvicorn.Server | None = None
+        self._firmware_task: asyncio.Task[None] | None = None
+        self._firmware_sock: socket.socket | None = None
         self._link_state = LinkState.NOT_ENROLLED
 
     def _committed(self, stores: list[Store]) -> None:
@@ -180,8 +183,9 @@ class Gateway:
         except OSError as exc:
             raise ConfigError(f"the firmware download cannot listen on {s.firmware.host}:{s.firmware.port}: {exc}",
                               port=s.firmware.port) from exc
+        self._firmware_sock = sock
         self._firmware_http = firmware.server(self.firmware, s.firmware.host, s.firmware.port)
-        self._sync_tasks.append(asyncio.create_task(self._firmware_http.serve(sockets=[sock]), name="firmware-http"))
+        self._firmware_task = asyncio.create_task(self._firmware_http.serve(sockets=[sock]), name="firmware-http")
         log.info("firmware downloads for devices on %s", s.firmware.base_url)
 
     def link_status(self) -> dict[str, object]:
@@ -212,6 +216,12 @@ class Gateway:
         self._tasks.clear()
         if self._firmware_http is not None:
             self._firmware_http.should_exit = True
+            if self._firmware_task is not None:
+                await asyncio.gather(self._firmware_task, return_exceptions=True)
+            self._firmware_http = self._firmware_task = None
+        if self._firmware_sock is not None:
+            self._firmware_sock.close()
+            self._firmware_sock = None
         if self.firmware is not None:
             await self.firmware.cache.stop()
             if self.firmware.cache.connection is not None:

@@ -127,8 +127,9 @@ class FirmwareSettings:
 
     host: str = "0.0.0.0"
     """Address the local download listens on (the site network)."""
-    port: int = 8478
-    """0 disables it: firmware commands then reach devices without a ``url``."""
+    port: int = 0
+    """0 (the default) disables it: firmware commands then reach devices without a ``url`` and they
+    refuse the update; 8478 is the customary port."""
     public_host: str = ""
     """The host devices use in the URL (default: ``host``, or 127.0.0.1 when ``host`` is 0.0.0.0)."""
     url_ttl_s: float = 3600.0
