@@ -26,6 +26,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "link": ("pulse.bench.link", "uplink through a userspace link shaper (lte-m, nb-iot, capped, wide, flapping, idle): utilisation, stalls, recovery, bytes/day; --full"),
     "scale": ("pulse.bench.scale", "HTTP ingest with 1 and 2 `pulse cloud serve` replicas on one database, each against raw COPY: two_process_ratio, CPU per 100k messages"),
     "mqtt": ("pulse.bench.mqtt", "direct devices over `pulse cloud mqtt` (QoS 1, PUBACK after commit) against HTTP ingest of the same messages and a bare amqtt broker: msgs/s, ratio, p99 publish-to-commit"),
+    "jobs": ("pulse.bench.jobs", "desired-state job to --devices (10,000) devices, direct and behind gateways, p50/p99 per device against one PATCH per device; firmware uplink bytes per device with and without the gateway cache"),
     "notify": ("pulse.bench.notify", "threshold crossing -> webhook at a loopback receiver (p50/p99, deliveries/s) against bare POSTs to it"),
 }
 

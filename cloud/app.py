@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
 
+from pulse.cloud import jobs
 from pulse.cloud.alerts.runner import RuleRunner, RunnerConfig
 from pulse.cloud.api import acks as acks_api
 from pulse.cloud.api import activation as activation_api
@@ -24,6 +25,7 @@ from pulse.cloud.api import alerts as alerts_api
 from pulse.cloud.api import audit as audit_api
 from pulse.cloud.api import auth as auth_api
 from pulse.cloud.api import devices, fleet, gateways, live, operator, sites, telemetry
+from pulse.cloud.api import jobs as jobs_api
 from pulse.cloud.api import notify as notify_api
 from pulse.cloud.api import quarantine as quarantine_api
 from pulse.cloud.api import subscriptions as subscriptions_api
@@ -52,6 +54,7 @@ from pulse.cloud.subscriptions.store import Entitlements
 from pulse.cloud.sync.app import SyncListener, create_sync_app
 from pulse.cloud.sync.service import SyncService
 from pulse.cloud.twins import sweep_forever as command_sweep
+from pulse.cloud.twins import to_ms
 from pulse.cloud.web import install_error_handlers
 from pulse.protocol.activation import ACTIVATE_PATH
 from pulse.protocol.sync import ENROLL_PATH
@@ -134,6 +137,7 @@ def create_app(
     ingest = ingest_http.IngestService(
         config=settings.ingest, tokens=tokens, writer=writer, metrics=metrics, db=db, twin_limits=twin_limits
     )
+    ingest.firmware_files = jobs_api.files_of(settings)
     sync = SyncService(  # gateway data reaches the live view and the rules
         settings.sync, db, metrics, on_commit=committed, twin_limits=twin_limits
     )
@@ -184,8 +188,13 @@ def create_app(
                 db, interval_s=settings.subscription_interval_s, clock=now, console_url=notify_settings.console_url
             ),
         )
+        replica.add_job(
+            "jobs",
+            lambda: jobs.run_forever(db, interval_s=settings.job_interval_s, clock=lambda: to_ms(now()), limits=twin_limits,
+                                     wake=sync.notifier.wake),
+        )
         replica.start()
-        listener = SyncListener(create_sync_app(sync), settings.sync, sync.ca, metrics) if sync_listener else None
+        listener = SyncListener(create_sync_app(sync, jobs_api.files_of(settings)), settings.sync, sync.ca, metrics) if sync_listener else None
         try:
             if listener is not None:
                 await listener.start()
@@ -287,6 +296,8 @@ def create_app(
     app.include_router(acks_api.hooks_router)
     app.include_router(audit_api.router)
     app.include_router(twin_api.router)
+    app.include_router(jobs_api.router)
+    app.include_router(jobs_api.firmware_router)
     app.include_router(notify_api.router)
     app.include_router(notify_api.escalation_router)
     app.include_router(notify_api.oncall_router)

@@ -94,6 +94,11 @@ class Settings(BaseSettings):
         default=3600, ge=0, description="how long past its deadline a command a gateway holds may still be reported on"
     )
 
+    # jobs and firmware
+    job_interval_s: float = Field(default=5.0, gt=0, description="how often the job runner moves running jobs on")
+    firmware_dir: Path | None = Field(default=None, description="where firmware artifacts are stored (default: <data_dir>/firmware)")
+    firmware_max_bytes: int = Field(default=256 * 1024 * 1024, ge=1, description="largest firmware artifact accepted (bytes)")
+
     # server
     host: str = "127.0.0.1"
     trusted_proxies: str = Field(

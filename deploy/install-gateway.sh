@@ -61,6 +61,11 @@ port = 1883
 [status]
 host = "0.0.0.0"   # the installer's laptop on the site network can open http://<gateway>:8081/
 port = 8081
+
+[firmware]
+# uncomment so devices take firmware updates from this gateway (fetched once over the uplink):
+# port = 8478
+# public_host = "192.0.2.10"   # this gateway's address on the site network
 TOML
   chown root:pulse /etc/pulse/gateway.toml
   chmod 0640 /etc/pulse/gateway.toml

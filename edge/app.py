@@ -14,6 +14,7 @@ import contextlib
 import gc
 import logging
 import signal
+import socket
 import time
 
 from amqtt.errors import BrokerError
@@ -21,7 +22,7 @@ from amqtt.errors import BrokerError
 from pulse.broker.server import DeviceBroker
 from pulse.broker.sessions import SessionStore
 from pulse.edge import broker as mqtt
-from pulse.edge import status
+from pulse.edge import firmware, status
 from pulse.edge.auth import Authenticator
 from pulse.edge.buffer import Buffer
 from pulse.edge.config import Settings
@@ -30,7 +31,7 @@ from pulse.edge.downlink import Downlink
 from pulse.edge.errors import ConfigError, StorageError, SyncError
 from pulse.edge.identity import IdentityFiles
 from pulse.edge.ingest import Store, connectivity_record
-from pulse.edge.link import load_enrollment
+from pulse.edge.link import Connection, load_enrollment
 from pulse.edge.rules import EdgeRuleRunner
 from pulse.edge.twin import EdgeTwins
 from pulse.edge.uplink import LinkState, Uplink
@@ -67,6 +68,10 @@ class Gateway:
         self.uplink: Uplink | None = None
         self.downlink: Downlink | None = None
         self._sync_tasks: list[asyncio.Task[None]] = []
+        self.firmware: firmware.FirmwareService | None = None
+        self._firmware_http: status.uvicorn.Server | None = None
+        self._firmware_task: asyncio.Task[None] | None = None
+        self._firmware_sock: socket.socket | None = None
         self._link_state = LinkState.NOT_ENROLLED
 
     def _committed(self, stores: list[Store]) -> None:
@@ -163,13 +168,33 @@ class Gateway:
             asyncio.create_task(self.uplink.run(), name="uplink"),
             asyncio.create_task(self.downlink.run(), name="downlink"),
         ]
+        if s.firmware.port:
+            self._start_firmware(Connection(enrollment, files, timeout_s=s.sync.request_timeout_s))
         log.info("syncing with %s as gateway %s (tenant %s)", enrollment.sync_url, enrollment.gateway_id, enrollment.tenant_id)
+
+    def _start_firmware(self, connection: Connection) -> None:
+        """The firmware cache and its local download (edge/firmware.py): one fetch per artifact for the site."""
+        s = self.settings
+        cache = firmware.FirmwareCache(s.gateway.data_dir / "firmware", connection)
+        urls = firmware.LocalUrls(firmware.load_key(s.state_dir / firmware.KEY_FILE), s.firmware.base_url, s.firmware.url_ttl_s)
+        self.firmware = firmware.FirmwareService(cache, urls)
+        self.twins.prepare_command = self.firmware.prepare
+        try:
+            sock = status.listen(s.firmware.host, s.firmware.port)
+        except OSError as exc:
+            raise ConfigError(f"the firmware download cannot listen on {s.firmware.host}:{s.firmware.port}: {exc}",
+                              port=s.firmware.port) from exc
+        self._firmware_sock = sock
+        self._firmware_http = firmware.server(self.firmware, s.firmware.host, s.firmware.port)
+        self._firmware_task = asyncio.create_task(self._firmware_http.serve(sockets=[sock]), name="firmware-http")
+        log.info("firmware downloads for devices on %s", s.firmware.base_url)
 
     def link_status(self) -> dict[str, object]:
         """The uplink and downlink as the status page shows them."""
         if self.uplink is None or self.downlink is None:
             return {"state": self._link_state.value, "certificate_expires": None, "downlink": None}
-        return {**self.uplink.snapshot(), "downlink": self.downlink.snapshot()}
+        return {**self.uplink.snapshot(), "downlink": self.downlink.snapshot(),
+                "firmware": None if self.firmware is None else self.firmware.snapshot()}
 
     async def stop(self) -> None:
         """Stop every part, each one even when another failed to stop (a part left running, such as
@@ -190,6 +215,18 @@ class Gateway:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
+        if self._firmware_http is not None:
+            self._firmware_http.should_exit = True
+            if self._firmware_task is not None:
+                await asyncio.gather(self._firmware_task, return_exceptions=True)
+            self._firmware_http = self._firmware_task = None
+        if self._firmware_sock is not None:
+            self._firmware_sock.close()
+            self._firmware_sock = None
+        if self.firmware is not None:
+            await self.firmware.cache.stop()
+            if self.firmware.cache.connection is not None:
+                await self.firmware.cache.connection.drop()
         for task in self._sync_tasks:
             task.cancel()
         await asyncio.gather(*self._sync_tasks, return_exceptions=True)

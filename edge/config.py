@@ -122,6 +122,26 @@ class StatusSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class FirmwareSettings:
+    """The local firmware download for the site's devices (docs/gateway.md "Firmware")."""
+
+    host: str = "0.0.0.0"
+    """Address the local download listens on (the site network)."""
+    port: int = 0
+    """0 (the default) disables it: firmware commands then reach devices without a ``url`` and they
+    refuse the update; 8478 is the customary port."""
+    public_host: str = ""
+    """The host devices use in the URL (default: ``host``, or 127.0.0.1 when ``host`` is 0.0.0.0)."""
+    url_ttl_s: float = 3600.0
+    """How long a device's download URL is good after the command was published."""
+
+    @property
+    def base_url(self) -> str:
+        host = self.public_host or (self.host if self.host not in ("0.0.0.0", "::", "") else "127.0.0.1")
+        return f"http://{host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
 class SyncSettings:
     """The link to the cloud. It runs once the gateway is enrolled (``pulse gateway enroll``)."""
 
@@ -180,6 +200,7 @@ class Settings:
     buffer: BufferSettings = field(default_factory=BufferSettings)
     status: StatusSettings = field(default_factory=StatusSettings)
     sync: SyncSettings = field(default_factory=SyncSettings)
+    firmware: FirmwareSettings = field(default_factory=FirmwareSettings)
     connectors: tuple[Device, ...] = ()
     """Polled devices (``[[connectors.devices]]``), validated by ``pulse.protocol.connectors``."""
 
@@ -204,6 +225,7 @@ SECTIONS: dict[str, type] = {
     "buffer": BufferSettings,
     "status": StatusSettings,
     "sync": SyncSettings,
+    "firmware": FirmwareSettings,
 }
 
 

@@ -28,6 +28,7 @@ from pulse.edge.errors import SyncError
 from pulse.edge.identity import IdentityFiles
 from pulse.protocol import sync
 from pulse.protocol.errors import Code
+from pulse.protocol.firmware import SYNC_PATH as FIRMWARE_SYNC_PATH
 from pulse.protocol.topics import valid_device_id
 
 STATE_FILE = "enrollment.json"
@@ -295,6 +296,20 @@ class SyncClient:
             return doc["certificate"].encode(), doc["ca"].encode()
         except (ValueError, KeyError, AttributeError) as exc:
             raise SyncError(Code.GATEWAY_CLOUD_ERROR, f"the cloud's renewal answer is unreadable: {exc}", status=200) from exc
+
+    async def firmware(self, artifact: str, start: int, *, chunk_timeout_s: float) -> AsyncIterator[bytes]:
+        """The bytes of an artifact from ``start`` (a ``Range`` request when above 0), as they arrive."""
+        path = FIRMWARE_SYNC_PATH.format(artifact=artifact)
+        headers = {"Range": f"bytes={start}-"} if start else {}
+        try:
+            async with self._http.stream("GET", path, headers=headers, timeout=httpx.Timeout(chunk_timeout_s)) as resp:
+                if resp.status_code not in (200, 206) or (start and resp.status_code != 206):
+                    await resp.aread()
+                    raise response_error(resp, "firmware download")
+                async for chunk in resp.aiter_bytes():
+                    yield chunk
+        except httpx.HTTPError as exc:
+            raise transport_error(exc, self.base + path) from exc
 
     async def report(self, doc: dict[str, object]) -> None:
         resp = await self._request("POST", sync.REPORT_PATH, json=doc)

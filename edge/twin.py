@@ -78,6 +78,8 @@ class EdgeTwins:
         self._lock = asyncio.Lock()
         self._sync_lock = asyncio.Lock()  # one writer of command_state records at a time: none twice
         self._queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        self.prepare_command: Callable[[Command], Command] | None = None
+        """Rewrites a command as it is published (firmware: the gateway's local URL, edge/firmware.py)."""
         self._task: asyncio.Task[None] | None = None
         self.publisher: Publisher | None = None
         self.counters = {"reported": 0, "desired": 0, "commands_sent": 0, "commands_expired": 0, "answers": 0, "refused": 0}
@@ -314,7 +316,8 @@ class EdgeTwins:
                 if after.state is CommandState.SENT:
                     if self.publisher is None or not self.publisher.subscribed(device_id, topic):
                         continue  # not there yet: at its next connect or subscribe
-                    await self.publisher.publish(topic, commands.command_message(cmd), retain=False, expires_ms=cmd.expires_at_ms)
+                    out = self.prepare_command(cmd) if self.prepare_command is not None else cmd
+                    await self.publisher.publish(topic, commands.command_message(out), retain=False, expires_ms=cmd.expires_at_ms)
                     sent += 1
                     self.counters["commands_sent"] += 1
                 else:

@@ -38,6 +38,9 @@ async def _run(args: argparse.Namespace) -> int:
         tls = ssl.create_default_context(cafile=args.tls_ca) if args.tls_ca else None
         target = MqttTarget(host or "127.0.0.1", int(port), _secrets(args.credentials), tls)
     fleet = Fleet.generate(args.devices, target, interval_s=args.interval, speed=args.speed, prefix=args.prefix)
+    key = Path(args.firmware_key).read_bytes() if args.firmware_key else None  # noqa: ASYNC240 - once, at start
+    for dev in fleet.devices.values():
+        dev.firmware_version, dev.firmware_key = args.firmware_version, key
     for spec in args.fault:
         device, fault = Fault.parse(spec)
         fleet.inject(device, fault)
@@ -70,7 +73,10 @@ async def _run(args: argparse.Namespace) -> int:
     if control is not None:
         control.should_exit = True
         await serving
-    print(json.dumps(runner.result().to_json()))
+    versions: dict[str, int] = {}
+    for dev in fleet.devices.values():
+        versions[dev.firmware_version] = versions.get(dev.firmware_version, 0) + 1
+    print(json.dumps({**runner.result().to_json(), "firmware": versions}))
     return 0
 
 
@@ -158,8 +164,12 @@ def register(sub: Any) -> None:
         action="append",
         default=[],
         metavar="DEVICE:KIND[:k=v,...]",
-        help="inject a fault: silent, spike, stuck, flapping, clock_skew, malformed (e.g. dev-0003:spike:factor=5)",
+        help="inject a fault: silent, spike, stuck, flapping, clock_skew, malformed, fw_corrupt, fw_interrupt, fw_install_fail,"
+        " fw_never_back (e.g. dev-0003:spike:factor=5)",
     )
+    r.add_argument("--firmware-version", default="1.0.0", help="the firmware version the devices start with")
+    r.add_argument("--firmware-key", metavar="PEM", default=None,
+                   help="the tenant's firmware public key: devices then install only firmware signed with it")
     r.add_argument(
         "--control",
         metavar="HOST:PORT",

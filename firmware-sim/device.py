@@ -10,17 +10,24 @@ Faults (inject with ``Device.inject``; several can be active at once):
 | flapping    | ``metric`` alternates just above and just below ``threshold``                      |
 | clock_skew  | its timestamps are off by ``offset_s`` seconds                                     |
 | malformed   | sends garbage instead of an envelope (``count`` messages, default 1)              |
+| fw_corrupt  | the next firmware download arrives with a flipped byte: the hash check refuses it  |
+| fw_interrupt| the next firmware download breaks half-way; the device downloads it again          |
+| fw_install_fail | the next firmware install fails (the device says why, keeps its version)      |
+| fw_never_back | the device starts installing and never comes back (no answer: the job times it out) |
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from dataclasses import dataclass, field
 from enum import StrEnum
 
 from pulse.firmware_sim.profiles import SimDevice
+from pulse.protocol import firmware
 from pulse.protocol.envelope import Envelope, MessageType
+from pulse.protocol.errors import FirmwareError
 
 
 class FaultKind(StrEnum):
@@ -30,6 +37,10 @@ class FaultKind(StrEnum):
     FLAPPING = "flapping"
     CLOCK_SKEW = "clock_skew"
     MALFORMED = "malformed"
+    FW_CORRUPT = "fw_corrupt"
+    FW_INTERRUPT = "fw_interrupt"
+    FW_INSTALL_FAIL = "fw_install_fail"
+    FW_NEVER_BACK = "fw_never_back"
 
 
 @dataclass
@@ -77,6 +88,10 @@ class Device:
     flap_high: bool = False
     sent: int = 0
     rejected_garbage: int = 0
+    firmware_version: str = "1.0.0"
+    firmware_key: bytes | None = None
+    """The tenant's firmware public key (PEM): when set, the device installs only signed firmware."""
+    installs: int = 0
 
     @property
     def device_id(self) -> str:
@@ -171,8 +186,32 @@ class Device:
             return "succeeded", {"rebooted": True}
         return "failed", {"error": f"unknown command {name!r}"}
 
+    def take_fault(self, kind: FaultKind) -> bool:
+        """True (once) when ``kind`` is injected; a one-shot firmware fault clears as it fires."""
+        return self.faults.pop(kind, None) is not None
+
+    def install_firmware(self, m: firmware.Manifest, data: bytes) -> tuple[str, str | None]:
+        """Check and "install" downloaded firmware: ("succeeded", None) with the new version in
+        ``firmware_version``, or ("failed", reason). Hash, size and signature (with ``firmware_key``)
+        are checked before anything is installed."""
+        if self.take_fault(FaultKind.FW_CORRUPT) and data:
+            data = bytes([data[0] ^ 0xFF]) + data[1:]
+        if m.model not in (self.sim.profile.name, "any"):
+            return "failed", f"firmware is for model {m.model!r}, this device is {self.sim.profile.name!r}"
+        try:
+            key = None if self.firmware_key is None else firmware.public_key_from_pem(self.firmware_key)
+            firmware.check(m, hashlib.sha256(data).hexdigest(), len(data), key)
+        except FirmwareError as exc:
+            return "failed", f"{exc.code}: {exc.message}"
+        if self.take_fault(FaultKind.FW_INSTALL_FAIL):
+            return "failed", "install failed: flash write error at block 7; still running " + self.firmware_version
+        self.firmware_version = m.version
+        self.installs += 1
+        return "succeeded", None
+
     def to_json(self) -> dict[str, object]:
         return {
+            "firmware": self.firmware_version,
             "device_id": self.device_id,
             "profile": self.sim.profile.name,
             "interval_s": self.interval_s,

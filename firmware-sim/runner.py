@@ -20,8 +20,9 @@ import httpx
 
 from pulse.firmware_sim.device import Device, Fault, FaultKind
 from pulse.firmware_sim.profiles import make_fleet
-from pulse.protocol import topics
+from pulse.protocol import firmware, topics
 from pulse.protocol.envelope import Envelope, MessageType
+from pulse.protocol.errors import FirmwareError
 from pulse.protocol.sync import Backoff
 from pulse.protocol.topics import TopicKind
 
@@ -107,11 +108,67 @@ async def _report(dev: Device, link: Link, reported: dict[str, object]) -> None:
     await link.send(env.to_json(), TopicKind.TWIN_REPORTED)
 
 
+async def _download(dev: Device, url: str, size: int, headers: dict[str, str]) -> bytes:
+    """The firmware from the gateway's local URL (or the cloud's, for a direct device); a broken
+    download (``fw_interrupt``) is retried once."""
+    async with httpx.AsyncClient(timeout=120) as client:
+        for attempt in range(2):
+            data = bytearray()
+            async with client.stream("GET", url, headers=headers) as resp:
+                if resp.status_code != 200:
+                    body = await resp.aread()
+                    raise ValueError(f"download refused: HTTP {resp.status_code} {body[:200]!r}")
+                async for chunk in resp.aiter_bytes():
+                    data += chunk
+                    if attempt == 0 and len(data) * 2 >= size and dev.take_fault(FaultKind.FW_INTERRUPT):
+                        log.info("%s: firmware download interrupted at %d of %d bytes; again", dev.device_id, len(data), size)
+                        break
+                else:
+                    return bytes(data)
+        raise ValueError("download interrupted twice")
+
+
+async def _update_firmware(dev: Device, link: Link, params: dict[str, object]) -> tuple[str, dict[str, object], str | None] | None:
+    """A ``firmware.update`` command: download from the gateway, check, "install", report the new
+    version on the twin. None: the device never comes back (``fw_never_back``)."""
+    try:
+        m = firmware.manifest_from_params(params)
+    except FirmwareError as exc:
+        return "failed", {}, f"{exc.code}: {exc.message}"
+    url = params.get("url")
+    if not isinstance(url, str):
+        return "failed", {}, "no download URL: the gateway's firmware download is off"
+    headers: dict[str, str] = {}
+    if isinstance(link, _HttpLink):  # a direct device: the cloud's download, with its token
+        url, headers = link.url.rstrip("/") + url, {"Authorization": f"Bearer {link.token}"}
+    try:
+        data = await _download(dev, url, m.size, headers)
+    except (httpx.HTTPError, ValueError) as exc:
+        return "failed", {}, f"download failed: {exc}"[:400]
+    if dev.take_fault(FaultKind.FW_NEVER_BACK):
+        dev.inject(Fault(FaultKind.SILENT), 0.0)
+        log.info("%s: installing %s ... and never coming back", dev.device_id, m.version)
+        return None
+    status, reason = dev.install_firmware(m, data)
+    if status == "succeeded":
+        await _report(dev, link, {"firmware": {"version": dev.firmware_version}})
+    return status, {"version": dev.firmware_version}, reason
+
+
 async def _answer(dev: Device, link: Link, command_id: str, doc: dict[str, object]) -> None:
     """Run a command (its message: ``{"name", "params", ...}``) and send the device's answer."""
     params = doc.get("params") if isinstance(doc.get("params"), dict) else {}
-    status, result = dev.handle_command(str(doc.get("name", "")), params)  # type: ignore[arg-type]
-    body = {"id": command_id, "status": status, "result": result}
+    error = None
+    if doc.get("name") == firmware.COMMAND_NAME:
+        done = await _update_firmware(dev, link, params)  # type: ignore[arg-type]
+        if done is None:
+            return
+        status, result, error = done
+    else:
+        status, result = dev.handle_command(str(doc.get("name", "")), params)  # type: ignore[arg-type]
+    body: dict[str, object] = {"id": command_id, "status": status, "result": result}
+    if error is not None:
+        body["error"] = error
     env = Envelope(dev.device_id, int(time.time() * 1000), MessageType.COMMAND_ACK, body=body)  # type: ignore[arg-type]
     await link.send(env.to_json(), TopicKind.COMMAND_ACK, command_id)
 

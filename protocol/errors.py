@@ -14,7 +14,9 @@ Exception tree (everything the protocol package raises)::
     ├── CommandError                   a command that cannot be made, or a transition it cannot take
     ├── RuleError                      a rule definition or persisted rule state that cannot be used
     ├── ConnectorError                 a polled device's definition, value or write that cannot be used
-    └── SubscriptionError              a subscription change, or a device over the subscriptions' limit
+    ├── SubscriptionError              a subscription change, or a device over the subscriptions' limit
+    ├── JobError                       a job definition or a job move that cannot be accepted
+    └── FirmwareError                  a firmware manifest, download range or artifact check that fails
 
 Other packages derive their own trees from ``PulseError`` and reuse ``Code`` for what reaches users.
 """
@@ -330,6 +332,30 @@ class Code(StrEnum):
     ONCALL_UNKNOWN_USER = "oncall.unknown_user"
     """An on-call member names a user who is not a user of the tenant, or is disabled."""
 
+    # jobs: one action over many devices, in stages (issue 22)
+    JOB_INVALID = "job.invalid"
+    """A job's target, action or rollout is not accepted; the message names the field."""
+    JOB_ILLEGAL_STATE = "job.illegal_state"
+    """The job cannot do that in its state (a finished job cannot be cancelled; only desired-state jobs roll back)."""
+    JOB_NO_DEVICES = "job.no_devices"
+    """The job's target query matched no device of the tenant when it started."""
+
+    # firmware: artifacts, their download by gateways and devices, and their check on the device (issue 22)
+    FIRMWARE_INVALID = "firmware.invalid"
+    """An artifact's version, model, SHA-256, size or signature is malformed; the message names the field."""
+    FIRMWARE_HASH_MISMATCH = "firmware.hash_mismatch"
+    """The bytes do not have the SHA-256 the manifest names (upload, gateway cache or device): refused."""
+    FIRMWARE_BAD_SIGNATURE = "firmware.bad_signature"
+    """The manifest's signature does not verify with the tenant's firmware key: the device refuses it."""
+    FIRMWARE_TOO_LARGE = "firmware.too_large"
+    """The artifact is larger than the cloud's ``firmware_max_bytes``."""
+    FIRMWARE_BAD_RANGE = "firmware.bad_range"
+    """A ``Range`` header that is not one ``bytes=start-[end]`` inside the artifact (HTTP 416)."""
+    FIRMWARE_DUPLICATE = "firmware.duplicate"
+    """The tenant already has an artifact with this model and version (HTTP 409)."""
+    FIRMWARE_URL_EXPIRED = "firmware.url_expired"
+    """A gateway's local download URL whose token is wrong or past its expiry (HTTP 403)."""
+
     # storage: the cloud's database (refusals at migration, before anything is changed)
     STORAGE_TIMESCALEDB_UNAVAILABLE = "storage.timescaledb_unavailable"
     """PULSE_STORAGE_ENGINE=timescaledb, but the server has not installed or not preloaded TimescaleDB."""
@@ -392,3 +418,11 @@ class ConnectorError(ProtocolError):
 
 class SubscriptionError(ProtocolError):
     """A subscription change the lifecycle refuses, or devices over the subscriptions' device limit."""
+
+
+class JobError(ProtocolError):
+    """A job's target, action or rollout refused at the boundary, or a move its state does not allow."""
+
+
+class FirmwareError(ProtocolError):
+    """A firmware manifest that is malformed, a range outside the artifact, or bytes that fail the check."""

@@ -20,11 +20,12 @@ from typing import NamedTuple
 import orjson
 from fastapi import APIRouter, Request, Response
 
-from pulse.cloud import twins
+from pulse.cloud import firmware, twins
 from pulse.cloud.cluster.ratelimit import SharedRateLimiter
 from pulse.cloud.db.pool import Database
 from pulse.cloud.downlink import gateways_serving
 from pulse.cloud.errors import ConflictError, InvalidError, RateLimitedError, TooLargeError
+from pulse.cloud.firmware import FirmwareFiles
 from pulse.cloud.ingest.identity import DeviceIdentity, DeviceTokenCache
 from pulse.cloud.ingest.models import DeviceCommand, DeviceTwin, IngestResult
 from pulse.cloud.ingest.ratelimit import RateLimiter
@@ -37,6 +38,8 @@ from pulse.protocol import commands
 from pulse.protocol.commands import CommandEvent, CommandState
 from pulse.protocol.envelope import DEFAULT_LIMITS, Limits, MessageType, parse, parse_document
 from pulse.protocol.errors import Code, EnvelopeError
+from pulse.protocol.firmware import COMMAND_NAME as FIRMWARE_COMMAND
+from pulse.protocol.firmware import DIRECT_PATH as DIRECT_FIRMWARE_PATH
 from pulse.protocol.twin import DEFAULT_LIMITS as DEFAULT_TWIN_LIMITS
 from pulse.protocol.twin import TwinLimits, document_message
 
@@ -172,6 +175,8 @@ class IngestService:
         """The tenants' shared buckets, when a tenant rate is configured."""
         self.db = db
         self.twin_limits = twin_limits
+        self.firmware_files: FirmwareFiles | None = None
+        """Where firmware artifacts are, for direct devices' downloads (``GET /ingest/v1/firmware/{id}``)."""
         self.on_twin_change: Callable[[uuid.UUID, str, str, dict[str, object]], None] | None = None
         """Told (tenant, device, "twin", {"version"}) after a direct device's report changed its twin
         and was committed: the console's live view, as for gateway-synced reports."""
@@ -410,5 +415,29 @@ async def device_commands(request: Request) -> Response:
     identity = await service.tokens.resolve(request.headers.get("authorization"))
     if service.db is None:
         raise InvalidError(Code.API_INVALID, "this server does not serve commands")
-    messages = await service.commands_for(identity)
+    messages = [_with_download_url(m) for m in await service.commands_for(identity)]
     return Response(b"[" + b",".join(messages) + b"]", media_type="application/json")
+
+
+def _with_download_url(message: bytes) -> bytes:
+    """A direct device's ``firmware.update`` gets ``url``: the cloud's download for it (relative to
+    the cloud's base URL; the device sends its token)."""
+    doc = orjson.loads(message)
+    params = doc.get("params") if isinstance(doc, dict) else None
+    if doc.get("name") != FIRMWARE_COMMAND or not isinstance(params, dict) or not isinstance(params.get("artifact"), str):
+        return message
+    params["url"] = DIRECT_FIRMWARE_PATH.format(artifact=params["artifact"])
+    return orjson.dumps(doc)
+
+
+@router.get(
+    "/ingest/v1/firmware/{artifact}",
+    summary="A direct device downloads a firmware artifact of its tenant (Range supported)",
+    description="Authorization: Bearer <device token>. 206 with Content-Range for a Range request; 416 firmware.bad_range.",
+)
+async def device_firmware(artifact: str, request: Request) -> Response:
+    service: IngestService = request.app.state.pulse.ingest
+    identity = await service.tokens.resolve(request.headers.get("authorization"))
+    if service.db is None:
+        raise InvalidError(Code.API_INVALID, "this server does not serve firmware")
+    return await firmware.download(service.firmware_files, service.db, identity.tenant_id, artifact, request.headers.get("range"))

@@ -22,9 +22,11 @@ from fastapi import Depends, FastAPI, Query, Request, Response
 from pydantic import BaseModel, Field
 from uvicorn.config import SSL_PROTOCOL_VERSION, create_ssl_context
 
+from pulse.cloud import firmware
 from pulse.cloud.bodylimit import PUBLIC_BODY_LIMIT, BodyLimit
 from pulse.cloud.ca import CertificateAuthority, write_private
 from pulse.cloud.errors import BadRequestError
+from pulse.cloud.firmware import FirmwareFiles
 from pulse.cloud.metrics import Metrics
 from pulse.cloud.settings import SyncConfig
 from pulse.cloud.sync.service import PROXY_CERT_HEADER, GatewayCaller, SyncService
@@ -32,6 +34,7 @@ from pulse.cloud.tls import RateLimitedLog, TlsAcceptingH11Protocol, accepting_p
 from pulse.cloud.web import install_error_handlers, read_limited
 from pulse.protocol.activation import CLAIM_PATH
 from pulse.protocol.errors import Code
+from pulse.protocol.firmware import SYNC_PATH as FIRMWARE_SYNC_PATH
 from pulse.protocol.sync import (
     AFTER_HEADER,
     BATCHES_PATH,
@@ -96,7 +99,8 @@ def _too_large(limit: int) -> Callable[[int | None], BadRequestError]:
     return lambda size: BadRequestError(Code.BATCH_TOO_LARGE, f"batches are at most {limit} bytes; send smaller batches")
 
 
-def create_sync_app(service: SyncService) -> FastAPI:
+def create_sync_app(service: SyncService, firmware_files: FirmwareFiles | None = None) -> FastAPI:
+    """``firmware_files``: where artifacts are, for ``GET /sync/v1/firmware/{artifact}`` (none: 404)."""
     app = FastAPI(title="Pulse gateway sync", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.sync = service
     install_error_handlers(app)
@@ -146,6 +150,12 @@ def create_sync_app(service: SyncService) -> FastAPI:
     @app.post(CLAIM_PATH, status_code=201)
     async def claim(body: ClaimRequest, caller: Gateway, svc: Service) -> dict[str, object]:
         return await svc.claim(caller, body.code, body.device_id, body.name)
+
+    @app.get(FIRMWARE_SYNC_PATH.replace("{artifact}", "{artifact_id}"))
+    async def firmware_download(artifact_id: str, request: Request, caller: Gateway, svc: Service) -> Response:
+        """The gateway's (ranged, resumable) download of one of its tenant's artifacts; the bytes
+        sent are counted on the artifact (``bytes_served``): what crossed the uplink."""
+        return await firmware.download(firmware_files, svc.db, caller.tenant_id, artifact_id, request.headers.get("range"))
 
     return app
 

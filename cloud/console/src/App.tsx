@@ -32,6 +32,7 @@ import { NotificationsPage } from "./features/notify/Notifications";
 import { EscalationPage } from "./features/notify/Escalation";
 import { OncallPage } from "./features/notify/Oncall";
 import { NotFound } from "./components/NotFound";
+import { JobPage, JobsPage } from "./features/jobs/Jobs";
 
 
 function page(path: string, access: Access): ReactNode {
@@ -49,6 +50,9 @@ function page(path: string, access: Access): ReactNode {
     if (alert) return <AlertPage id={alert.id} />;
     if (match("/rules", path)) return <RulesPage />;
     if (match("/gateways", path)) return <GatewaysPage />;
+    if (match("/jobs", path)) return <JobsPage />;
+    const job = match("/jobs/:id", path);
+    if (job) return <JobPage id={job.id} />;
     if (match("/notifications", path)) return <NotificationsPage />;
     if (match("/escalation", path)) return <EscalationPage />;
     if (match("/oncall", path)) return <OncallPage />;
@@ -92,6 +96,7 @@ export function App() {
           ["/alerts", "Alerts"],
           ["/rules", "Rules"],
           ["/gateways", "Gateways"],
+          ["/jobs", "Jobs"],
           ["/sites", "Sites"],
           ["/notifications", "Notifications"],
           ["/escalation", "Escalation"],
