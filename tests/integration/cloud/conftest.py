@@ -6,22 +6,15 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from dataclasses import dataclass
+from contextlib import AbstractAsyncContextManager
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
-import httpx
 import pytest
+from cloud_harness import Cloud, app_role_dsn, running_cloud
 from cloud_roles import drop_roles
-from fastapi import FastAPI
 
-from pulse.cloud.app import create_app
-from pulse.cloud.auth.accounts import create_tenant, create_user
-from pulse.cloud.db.pool import role_dsn
 from pulse.cloud.settings import RoleNames, Settings
-
-PASSWORD = "correct horse battery staple"
 
 
 @pytest.fixture
@@ -44,50 +37,6 @@ def fresh_database(pg_admin_dsn: str) -> Iterator[tuple[str, str]]:
     finally:
         asyncio.run(drop_roles(dsn, pg_admin_dsn, RoleNames.from_prefix(prefix)))
         asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-
-
-def app_role_dsn(settings: Settings) -> str:
-    return role_dsn(settings.database_url, settings.roles.app, None)
-
-
-@dataclass
-class Cloud:
-    app: FastAPI
-    client: httpx.AsyncClient
-    settings: Settings
-
-    async def tenant_user(self, role: str = "tenant-admin", slug: str | None = None) -> tuple[uuid.UUID, dict[str, str]]:
-        """A new tenant and a logged-in user in it: (tenant id, auth headers)."""
-        slug = slug or "t-" + uuid.uuid4().hex[:10]
-        db = self.app.state.pulse.db
-        tenant_id = await create_tenant(db, slug=slug, name=slug, actor="test")
-        return tenant_id, await self.user(role, tenant=slug)
-
-    async def user(self, role: str, tenant: str | None) -> dict[str, str]:
-        email = f"{uuid.uuid4().hex[:10]}@example.com"
-        await create_user(self.app.state.pulse.db, email=email, password=PASSWORD, roles=[role], tenant=tenant, actor="test")
-        r = await self.client.post("/auth/login", json={"email": email, "password": PASSWORD})
-        assert r.status_code == 200, r.text
-        return {"Authorization": f"Bearer {r.json()['access_token']}"}
-
-    async def device_with_token(self, headers: dict[str, str], device_id: str | None = None) -> tuple[str, str, str]:
-        """(device uuid, device_id, device token)"""
-        device_id = device_id or "dev-" + uuid.uuid4().hex[:8]
-        r = await self.client.post("/api/v1/devices", json={"device_id": device_id}, headers=headers)
-        assert r.status_code == 201, r.text
-        dev = r.json()["id"]
-        r = await self.client.post(f"/api/v1/devices/{dev}/credentials", headers=headers)
-        assert r.status_code == 201, r.text
-        return dev, device_id, r.json()["token"]
-
-
-@asynccontextmanager
-async def running_cloud(settings: Settings, *, sync_listener: bool = False) -> AsyncIterator[Cloud]:
-    app = create_app(settings, sync_listener=sync_listener)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://pulse.test") as client:
-            yield Cloud(app=app, client=client, settings=settings)
 
 
 @pytest.fixture

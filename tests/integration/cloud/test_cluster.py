@@ -16,7 +16,7 @@ from typing import Any
 
 import asyncpg
 import pytest
-from conftest import Cloud, app_role_dsn
+from cloud_harness import Cloud, app_role_dsn
 
 from pulse.cloud.cluster.bus import MAX_PAYLOAD, Bus, cancel
 from pulse.cloud.cluster.leader import Leadership

@@ -17,7 +17,7 @@ from typing import Any
 import asyncpg
 import paho.mqtt.client as mqtt
 import pytest
-from conftest import Cloud, app_role_dsn
+from cloud_harness import Cloud, app_role_dsn
 
 from pulse.cloud.mqtt.endpoint import MqttEndpoint
 from pulse.cloud.settings import Settings

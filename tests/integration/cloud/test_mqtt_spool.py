@@ -13,7 +13,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import paho.mqtt.client as mqtt
-from conftest import running_cloud
+from cloud_harness import running_cloud
 
 from pulse.cloud.db.embedded import EmbeddedPostgres
 from pulse.cloud.mqtt.endpoint import MqttEndpoint
