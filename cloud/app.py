@@ -137,10 +137,10 @@ def create_app(
         settings.sync, db, metrics, on_commit=committed, twin_limits=twin_limits
     )
 
-    sync.on_twin_change = hub.notify  # twin and command changes reach the console's live view
+    sync.receiver.on_twin_change = hub.notify  # twin and command changes reach the console's live view
     entitlements = Entitlements(db, ttl_s=settings.subscription_cache_s)
-    ingest.entitlements = sync.entitlements = entitlements  # SUSPENDED/EXPIRED tenants: data refused
-    sync.activation_limiter = RateLimiter(rate=settings.activation_rate_per_min / 60, burst=settings.activation_burst, max_keys=100_000)
+    ingest.entitlements = sync.receiver.entitlements = entitlements  # SUSPENDED/EXPIRED tenants: data refused
+    sync.claims.limiter = RateLimiter(rate=settings.activation_rate_per_min / 60, burst=settings.activation_burst, max_keys=100_000)
     ingest.on_twin_change = hub.notify  # ... from direct devices too
 
     async def maintenance() -> None:
