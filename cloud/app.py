@@ -36,10 +36,11 @@ from pulse.cloud.auth.tokens import Authenticator, OidcVerifier, SessionTokens
 from pulse.cloud.bodylimit import BodyLimit
 from pulse.cloud.db.migrate import maintain_telemetry, migrate
 from pulse.cloud.db.pool import Database, PoolSizes
+from pulse.cloud.db.rows import TelemetryRow
 from pulse.cloud.ingest import http as ingest_http
 from pulse.cloud.ingest.identity import CredentialRecord, DeviceTokenCache
 from pulse.cloud.ingest.ratelimit import RateLimiter
-from pulse.cloud.ingest.writer import TelemetryRow, Writer
+from pulse.cloud.ingest.writer import Writer
 from pulse.cloud.live import LiveHub
 from pulse.cloud.metrics import Metrics
 from pulse.cloud.notify.settings import NotifySettings, ack_links
@@ -48,6 +49,7 @@ from pulse.cloud.settings import Settings
 from pulse.cloud.subscriptions import worker as subscription_worker
 from pulse.cloud.subscriptions.store import Entitlements
 from pulse.cloud.sync.app import SyncListener, create_sync_app
+from pulse.cloud.sync.receive import Receiver
 from pulse.cloud.sync.service import SyncService
 from pulse.cloud.twins import sweep_forever as command_sweep
 from pulse.cloud.web import install_error_handlers
@@ -133,9 +135,8 @@ def create_app(
     ingest = ingest_http.IngestService(
         config=settings.ingest, tokens=tokens, writer=writer, metrics=metrics, db=db, twin_limits=twin_limits
     )
-    sync = SyncService(  # gateway data reaches the live view and the rules
-        settings.sync, db, metrics, on_commit=committed, twin_limits=twin_limits
-    )
+    # gateway data reaches the live view and the rules
+    sync = SyncService(settings.sync, db, Receiver(db, metrics, on_commit=committed, twin_limits=twin_limits))
 
     sync.receiver.on_twin_change = hub.notify  # twin and command changes reach the console's live view
     entitlements = Entitlements(db, ttl_s=settings.subscription_cache_s)
