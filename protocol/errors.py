@@ -282,6 +282,13 @@ class Code(StrEnum):
     """The device answered with an error: a Modbus exception response or an SNMP error status."""
     CONNECTOR_WRITE_NOT_CONFIRMED = "connector.write_not_confirmed"
     """A write was accepted but reading the point back gave another value."""
+    CONNECTOR_DEFINED_LOCALLY = "connector.defined_locally"
+    """A device pushed from the cloud has the id of one defined in the gateway's own gateway.toml; the
+    gateway keeps its file's definition (reported back in the gateway's connector status)."""
+    CONNECTOR_DEVICE_ELSEWHERE = "connector.device_elsewhere"
+    """The device id belongs to a device of this tenant served by another gateway (HTTP 409)."""
+    CONNECTOR_VERSION_CONFLICT = "connector.version_conflict"
+    """The connector set was changed since the version the change was based on (HTTP 409, with current_version)."""
 
     # subscription: what a tenant bought (kinds, lifecycle, device limits) and field activation codes (issue 20)
     SUBSCRIPTION_INVALID = "subscription.invalid"

@@ -1,5 +1,6 @@
 """A gateway's periodic report (``POST /sync/v1/report``): what it dropped, its backlog per stream,
-its oldest unsynced record and its version, shown on the gateway's page and in fleet health."""
+its oldest unsynced record and its version, shown on the gateway's page and in fleet health; and
+what it did with the connector set pushed to it (``cloud/connectors.py``)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import datetime as dt
 import json
 from collections.abc import Mapping
 
+from pulse.cloud.connectors import record_report
 from pulse.cloud.db.pool import Database
 from pulse.cloud.sync.identity import GatewayCaller
 
@@ -18,7 +20,8 @@ class Reports:
         self.db = db
 
     async def store(
-        self, caller: GatewayCaller, *, dropped: Mapping[str, int], backlog: Mapping[str, int], oldest_unsynced_ms: int | None, version: str | None
+        self, caller: GatewayCaller, *, dropped: Mapping[str, int], backlog: Mapping[str, int], oldest_unsynced_ms: int | None, version: str | None,
+        connectors: Mapping[str, object] | None = None,
     ) -> None:
         oldest = None if oldest_unsynced_ms is None else _EPOCH + dt.timedelta(milliseconds=oldest_unsynced_ms)
         async with self.db.tenant(caller.tenant_id) as conn:
@@ -31,3 +34,5 @@ class Reports:
                 oldest,
                 version,
             )
+            if connectors is not None:
+                await record_report(conn, caller.gateway_id, connectors)
