@@ -39,7 +39,8 @@ from pulse.cloud.auth.credentials import new_device_token
 from pulse.cloud.db.embedded import EmbeddedPostgres
 from pulse.cloud.db.migrate import migrate
 from pulse.cloud.db.pool import role_dsn
-from pulse.cloud.ingest.writer import TelemetryRow, write_rows
+from pulse.cloud.db.rows import TelemetryRow
+from pulse.cloud.ingest.writer import write_rows
 from pulse.cloud.settings import RoleNames
 from pulse.common.ports import free_port
 

@@ -65,8 +65,9 @@ import orjson
 from pulse.bench.ingest import _create_db, _wait_healthy, stop_server
 from pulse.bench.shaper import LinkProfile, Outages, Shaper
 from pulse.bench.sync_cloud_part import count_synced, provision, serve_environment
-from pulse.cloud.db.embedded import EmbeddedPostgres, free_port
+from pulse.cloud.db.embedded import EmbeddedPostgres
 from pulse.cloud.settings import RoleNames
+from pulse.common.ports import free_port
 from pulse.edge.buffer import Buffer
 from pulse.edge.config import LINK_PROFILES, Settings, load
 from pulse.edge.downlink import Downlink

@@ -38,9 +38,10 @@ import orjson
 from pulse.bench.codec import fleet_sample
 from pulse.bench.ingest import _create_db, _wait_healthy, stop_server, timed_copy
 from pulse.bench.sync_cloud_part import count_synced, provision, serve_environment
-from pulse.cloud.db.embedded import EmbeddedPostgres, free_port
-from pulse.cloud.ingest.writer import TelemetryRow
+from pulse.cloud.db.embedded import EmbeddedPostgres
+from pulse.cloud.db.rows import TelemetryRow
 from pulse.cloud.settings import RoleNames
+from pulse.common.ports import free_port
 from pulse.edge.buffer import Buffer
 from pulse.edge.config import Settings, load
 from pulse.edge.enroll import enroll

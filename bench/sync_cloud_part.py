@@ -22,7 +22,7 @@ import asyncpg
 from pulse.cloud.auth.credentials import sha256_hex
 from pulse.cloud.db.migrate import migrate
 from pulse.cloud.settings import RoleNames
-from pulse.cloud.sync.service import new_enrollment_token
+from pulse.cloud.sync.identity import new_enrollment_token
 
 
 @dataclass(frozen=True, slots=True)

@@ -39,10 +39,11 @@ from pulse.cloud.auth.tokens import Authenticator, OidcVerifier, SessionTokens
 from pulse.cloud.bodylimit import BodyLimit
 from pulse.cloud.db.migrate import maintain_telemetry, migrate
 from pulse.cloud.db.pool import Database, PoolSizes
+from pulse.cloud.db.rows import TelemetryRow
 from pulse.cloud.ingest import http as ingest_http
 from pulse.cloud.ingest.identity import DeviceTokenCache, credential_lookup
 from pulse.cloud.ingest.ratelimit import RateLimiter
-from pulse.cloud.ingest.writer import TelemetryRow, Writer
+from pulse.cloud.ingest.writer import Writer
 from pulse.cloud.live import LiveHub
 from pulse.cloud.metrics import Metrics
 from pulse.cloud.notify.settings import NotifySettings, ack_links
@@ -52,6 +53,7 @@ from pulse.cloud.settings import Settings
 from pulse.cloud.subscriptions import worker as subscription_worker
 from pulse.cloud.subscriptions.store import Entitlements
 from pulse.cloud.sync.app import SyncListener, create_sync_app
+from pulse.cloud.sync.receive import Receiver
 from pulse.cloud.sync.service import SyncService
 from pulse.cloud.twins import sweep_forever as command_sweep
 from pulse.cloud.twins import to_ms
@@ -138,15 +140,14 @@ def create_app(
         config=settings.ingest, tokens=tokens, writer=writer, metrics=metrics, db=db, twin_limits=twin_limits
     )
     ingest.firmware_files = jobs_api.files_of(settings)
-    sync = SyncService(  # gateway data reaches the live view and the rules
-        settings.sync, db, metrics, on_commit=committed, twin_limits=twin_limits
-    )
+    # gateway data reaches the live view and the rules
+    sync = SyncService(settings.sync, db, Receiver(db, metrics, on_commit=committed, twin_limits=twin_limits))
 
-    sync.on_twin_change = hub.notify  # twin and command changes reach the console's live view (every replica's)
+    sync.receiver.on_twin_change = hub.notify  # twin and command changes reach the console's live view (every replica's)
     ingest.shared, ingest.shared_tenant = replica.device_limits, replica.tenant_limits  # rate limits of the cluster
     replica.wake_gateway = sync.notifier.wake  # downlink queued through another replica
-    ingest.entitlements = sync.entitlements = entitlements  # SUSPENDED/EXPIRED tenants: data refused
-    sync.activation_limiter = RateLimiter(rate=settings.activation_rate_per_min / 60, burst=settings.activation_burst, max_keys=100_000)
+    ingest.entitlements = sync.receiver.entitlements = entitlements  # SUSPENDED/EXPIRED tenants: data refused
+    sync.claims.limiter = RateLimiter(rate=settings.activation_rate_per_min / 60, burst=settings.activation_burst, max_keys=100_000)
     ingest.on_twin_change = hub.notify  # ... from direct devices too
 
     async def maintenance() -> None:

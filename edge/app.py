@@ -23,7 +23,7 @@ from pulse.broker.server import DeviceBroker
 from pulse.broker.sessions import SessionStore
 from pulse.edge import broker as mqtt
 from pulse.edge import firmware, status
-from pulse.edge.auth import Authenticator
+from pulse.edge.auth import Authenticator, DeviceSecrets
 from pulse.edge.buffer import Buffer
 from pulse.edge.config import Settings
 from pulse.edge.connectors.host import ConnectorHost
@@ -53,6 +53,7 @@ class Gateway:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.buffer = Buffer(settings.database, settings.buffer)
+        self.secrets = DeviceSecrets(settings.database)
         self.rules = EdgeRuleRunner(settings.database, self.buffer)
         self.twins = EdgeTwins(settings.database, self.buffer)
         self.buffer.on_commit = self._committed
@@ -87,7 +88,8 @@ class Gateway:
         await self.buffer.open()
         try:
             await self.rules.start()
-            authenticator = Authenticator(self.buffer.secret_hash, allow_anonymous=s.broker.allow_anonymous)
+            await self.secrets.open()
+            authenticator = Authenticator(self.secrets, allow_anonymous=s.broker.allow_anonymous)
             try:
                 self.sessions.open()
                 self.broker = await mqtt.start(s.broker, self.intake, authenticator, self.sessions)
@@ -200,7 +202,7 @@ class Gateway:
         """Stop every part, each one even when another failed to stop (a part left running, such as
         the buffer's aiosqlite thread, keeps the whole process alive); then raise the first failure."""
         failures: list[Exception] = []
-        for step in (self._stop_tasks, self._stop_connectors, self.twins.stop, self._stop_broker, self.rules.stop, self.buffer.close):
+        for step in (self._stop_tasks, self._stop_connectors, self.twins.stop, self._stop_broker, self.secrets.close, self.rules.stop, self.buffer.close):
             try:
                 await step()
             except Exception as exc:  # noqa: BLE001 - raised below, once the other parts are stopped

@@ -14,7 +14,8 @@ both verify forever and the parameters can be raised later):
   in a worker thread so the broker keeps serving.
 
 ``DeviceRegistry`` is the synchronous store the CLI uses; ``Authenticator`` is what the broker
-asks at CONNECT time (it reads the same table, so devices added while the gateway runs work at once).
+asks at CONNECT time, through ``DeviceSecrets`` (it reads the same table, so devices added while the
+gateway runs work at once).
 """
 
 from __future__ import annotations
@@ -30,8 +31,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from pulse.edge.errors import DeviceError
+from pulse.edge.errors import DeviceError, StorageError
 from pulse.edge.schema import PRAGMAS, SCHEMA
+from pulse.edge.sqlite import SqliteThread
 from pulse.protocol.errors import Code
 from pulse.protocol.topics import check_device_id
 
@@ -169,6 +171,38 @@ class DeviceRegistry:
 
 LookupFn = Callable[[str], Awaitable[str | None]]
 """device id -> stored secret hash, or None for an unknown device."""
+
+
+class DeviceSecrets:
+    """The stored secret hashes, read at CONNECT (a ``LookupFn``): a read connection to the gateway
+    file on its own thread, so a CONNECT never waits behind the buffer's writes and the buffer
+    knows nothing of credentials. Open it after the buffer made the schema."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._db = SqliteThread("device-secrets")
+
+    async def open(self) -> None:
+        await self._db.open(self._connect)
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self._path, timeout=10, isolation_level=None, check_same_thread=True)
+        conn.execute("PRAGMA query_only = ON")
+        return conn
+
+    async def __call__(self, device_id: str) -> str | None:
+        try:
+            row = await self._db.run(self._get, device_id)
+        except sqlite3.Error as exc:
+            raise StorageError(f"could not read the gateway database: {exc}", path=str(self._path)) from exc
+        return None if row is None else str(row[0])
+
+    def _get(self, device_id: str) -> tuple[object, ...] | None:
+        row: tuple[object, ...] | None = self._db.conn.execute("SELECT secret_hash FROM devices WHERE device_id = ?", (device_id,)).fetchone()
+        return row
+
+    async def close(self) -> None:
+        await self._db.close()
 
 
 class Authenticator:

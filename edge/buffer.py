@@ -1,8 +1,8 @@
 """The store-and-forward buffer: one SQLite file (WAL), group commit, sequence numbers per stream.
 
 Writing. Everything that changes the file goes through one writer (a task on the event loop that
-hands each batch to one thread owning a stdlib ``sqlite3`` connection: one thread hop per
-transaction; reads use ``aiosqlite`` on a second connection): ``submit(item)`` queues a
+hands each batch to a ``SqliteThread``, edge/sqlite.py: one thread owning a stdlib ``sqlite3``
+connection, one thread hop per transaction; reads use ``aiosqlite`` on a second connection): ``submit(item)`` queues a
 ``Store`` (a record for a stream), a ``Quarantine`` (a refused message with its code and raw
 bytes) or an ``Ack`` and returns a future. The writer gathers whatever is queued (waiting at most
 ``flush_interval_ms`` for more, at most ``max_batch`` items) into one transaction and resolves the
@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import concurrent.futures
 import json
 import logging
 import sqlite3
@@ -49,7 +48,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import TypeVar
 
 import aiosqlite
 import orjson
@@ -58,6 +56,7 @@ from pulse.edge.config import BufferSettings
 from pulse.edge.errors import StorageError
 from pulse.edge.ingest import Quarantine, Store
 from pulse.edge.schema import PRAGMAS, SCHEMA, synchronous_pragma
+from pulse.edge.sqlite import SqliteThread
 from pulse.protocol.batch import Record, Stream
 
 log = logging.getLogger("pulse.edge.buffer")
@@ -155,7 +154,6 @@ class _Counters:
 
 Item = Store | Quarantine | Ack | Poison
 _Pending = tuple[Item, "asyncio.Future[Outcome] | None"]
-_T = TypeVar("_T")
 
 
 @dataclass
@@ -177,6 +175,18 @@ class _Result:
     reasons: list[dict[str, object]] = field(default_factory=list)
 
 
+@dataclass
+class _Plan:
+    """One batch's items sorted before its transaction: rows to insert, acks and poisoned ranges to apply."""
+
+    records: list[tuple[object, ...]] = field(default_factory=list)
+    quarantine: list[tuple[object, ...]] = field(default_factory=list)
+    acks: list[Ack] = field(default_factory=list)
+    poison: list[Poison] = field(default_factory=list)
+    added: dict[Stream, int] = field(default_factory=lambda: dict.fromkeys(Stream, 0))
+    added_bytes: dict[Stream, int] = field(default_factory=lambda: dict.fromkeys(Stream, 0))
+
+
 def record_from_row(seq: int, device_id: str, ts_ms: int, type_: str, device_seq: int | None, raw: bytes) -> Record:
     try:
         doc = orjson.loads(raw)  # the uplink reads every buffered record through here: 4x json's speed
@@ -189,8 +199,7 @@ class Buffer:
     def __init__(self, path: Path, settings: BufferSettings) -> None:
         self.path = path
         self.settings = settings
-        self._w: sqlite3.Connection | None = None
-        self._thread: concurrent.futures.ThreadPoolExecutor | None = None
+        self._db = SqliteThread("buffer-writer")
         self._r: aiosqlite.Connection | None = None
         self._pending: list[_Pending] = []
         self._wake = asyncio.Event()
@@ -204,15 +213,11 @@ class Buffer:
         """Sees each commit's newly stored records, after their acknowledgements are released (the rule runner)."""
 
     # ---- lifecycle -------------------------------------------------------------------------
-    async def _in_writer(self, fn: Callable[..., _T], *args: object) -> _T:
-        assert self._thread is not None
-        return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
-
     async def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._thread = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="buffer-writer")
         try:
-            await self._in_writer(self._open_writer)
+            await self._db.open(self._connect_writer)
+            await self._db.run(self._load)
             self._r = await self._reader()
         except BaseException as exc:
             # whatever stopped the opening (an SQLite error, a cancellation): no thread outlives it
@@ -248,15 +253,25 @@ class Buffer:
         if not task.cancelled() and task.exception() is not None:
             log.critical("the buffer writer stopped: %r; nothing more will be acknowledged", task.exception())
 
-    def _open_writer(self) -> None:
-        """In the writer thread: connect, create the schema, load what the process keeps in memory."""
-        w = self._w = sqlite3.connect(self.path, isolation_level=None, check_same_thread=True)
-        for pragma in (*PRAGMAS, synchronous_pragma(self.settings.synchronous), "PRAGMA cache_size=-1024"):
-            w.execute(pragma)
-        w.executescript(SCHEMA)
-        if self.settings.max_file_mb > 0:
-            page_size = w.execute("PRAGMA page_size").fetchone()[0]
-            w.execute(f"PRAGMA max_page_count = {max(16, int(self.settings.max_file_mb * 1024 * 1024 / page_size))}")
+    def _connect_writer(self) -> sqlite3.Connection:
+        """In the writer thread: connect and create the schema."""
+        w = sqlite3.connect(self.path, isolation_level=None, check_same_thread=True)
+        try:
+            for pragma in (*PRAGMAS, synchronous_pragma(self.settings.synchronous), "PRAGMA cache_size=-1024"):
+                w.execute(pragma)
+            w.executescript(SCHEMA)
+            if self.settings.max_file_mb > 0:
+                page_size = w.execute("PRAGMA page_size").fetchone()[0]
+                w.execute(f"PRAGMA max_page_count = {max(16, int(self.settings.max_file_mb * 1024 * 1024 / page_size))}")
+        except BaseException:
+            w.close()
+            raise
+        return w
+
+    def _load(self) -> None:
+        """In the writer thread: what the process keeps in memory (sequence numbers, depths, dedupe
+        rings, quarantine count and last reasons, counters), read from the file."""
+        w = self._db.conn
         for s in Stream:
             w.execute("INSERT OR IGNORE INTO streams (stream, next_seq, acked_seq) VALUES (?, 1, 0)", (int(s),))
         for stream, next_seq, acked, dc, db in w.execute(
@@ -301,18 +316,7 @@ class Buffer:
                 await self._r.close()
         finally:
             self._r = None
-            await self._shutdown_thread()
-
-    async def _shutdown_thread(self) -> None:
-        if self._thread is None:
-            return
-        try:
-            if self._w is not None:
-                await self._in_writer(self._w.close)
-        finally:
-            self._w = None
-            self._thread.shutdown(wait=True)
-            self._thread = None
+            await self._db.close()
 
     def _ring(self, device_id: str) -> array[int]:
         ring = self._rings.get(device_id)
@@ -371,7 +375,7 @@ class Buffer:
             batch = self._pending[: self.settings.max_batch]
             del self._pending[: self.settings.max_batch]
             try:
-                result = await self._in_writer(self._commit, [item for item, _ in batch])
+                result = await self._db.run(self._commit, [item for item, _ in batch])
             except sqlite3.Error as exc:
                 error = StorageError(f"could not write the gateway database: {exc}", path=str(self.path))
                 log.error("%s; %d messages not stored (none acknowledged)", error.message, len(batch))
@@ -397,19 +401,12 @@ class Buffer:
         """In the writer thread: one transaction for the whole batch. Reads the in-memory state, changes
         only the file; the caller applies the returned deltas after COMMIT (so a failed transaction
         leaves memory as it was). One thread hop per batch: with aiosqlite each statement was a hop
-        and each hop waited for a turn of a busy event loop (~100 ms per commit at 400 messages)."""
-        w = self._w
-        assert w is not None
-        try:
-            return self._transaction(w, items)
-        except BaseException:
-            if w.in_transaction:
-                w.execute("ROLLBACK")
-            raise
+        and each hop waited for a turn of a busy event loop (~100 ms per commit at 400 messages).
 
-    def _transaction(self, w: sqlite3.Connection, items: list[Item]) -> _Result:
+        The steps, in this order: sort the items and drop duplicates (in memory), then in the
+        transaction: quarantine poisoned records, apply acks, make room under the quota, insert the
+        records, save the dedupe slots, the streams' numbers, the quarantine and the counters."""
         now_ms = int(time.time() * 1000)
-        window = self.settings.dedupe_window
         r = _Result(
             outcomes=[],
             next_seq={s: st.next_seq for s, st in self._streams.items()},
@@ -417,59 +414,87 @@ class Buffer:
             depth={s: st.depth for s, st in self._streams.items()},
             size={s: st.bytes for s, st in self._streams.items()},
         )
-        records: list[tuple[object, ...]] = []
-        quarantine: list[tuple[object, ...]] = []
-        acks: list[Ack] = []
-        poison: list[Poison] = []
-        added = dict.fromkeys(Stream, 0)
-        added_bytes = dict.fromkeys(Stream, 0)
+        plan = self._plan(items, r, now_ms)
+        with self._db.transaction() as w:
+            self._quarantine_poison(w, plan, r, now_ms)
+            self._apply_acks(w, plan.acks, r)
+            # Make room before inserting (so a file at its ceiling frees pages first), and again after
+            # in case this batch's own telemetry is what has to go.
+            self._enforce_quota(w, sum(plan.added_bytes.values()), r)
+            self._insert_records(w, plan, r)
+            self._enforce_quota(w, 0, r)
+            self._save_dedupe(w, r)
+            self._save_streams(w, plan, r)
+            self._save_quarantine(w, plan, r)
+            self._save_counters(w, r)
+        return r
+
+    def _plan(self, items: list[Item], r: _Result, now_ms: int) -> _Plan:
+        """In memory, before the transaction: each item's outcome, the new records numbered per
+        stream (duplicates left out), the quarantine rows, the acks and poisoned ranges."""
+        plan = _Plan()
         for item in items:
             if isinstance(item, Store):
-                if item.fp is not None and item.device_seq is not None:
-                    slot = item.device_seq % window
-                    key = (item.device_id, slot)
-                    seen = r.dedupe.get(key)
-                    if seen is None:
-                        ring = self._rings.get(item.device_id)
-                        seen = ring[slot] if ring is not None else None
-                    if seen == item.fp:
-                        r.duplicates += 1
-                        r.outcomes.append(Outcome.DUPLICATE)
-                        continue
-                    r.dedupe[key] = item.fp
+                if self._is_duplicate(item, r):
+                    r.duplicates += 1
+                    r.outcomes.append(Outcome.DUPLICATE)
+                    continue
                 seq = r.next_seq[item.stream]
                 r.next_seq[item.stream] = seq + 1
                 size = len(item.raw) + ROW_OVERHEAD
-                added[item.stream] += 1
-                added_bytes[item.stream] += size
-                records.append(
+                plan.added[item.stream] += 1
+                plan.added_bytes[item.stream] += size
+                plan.records.append(
                     (int(item.stream), seq, item.device_id, item.ts_ms, item.type, item.device_seq, now_ms, size, item.raw)
                 )
                 r.outcomes.append(Outcome.STORED)
             elif isinstance(item, Quarantine):
                 r.denied += item.denied
-                quarantine.append((now_ms, item.device_id, item.topic, str(item.code), item.message, item.raw))
+                plan.quarantine.append((now_ms, item.device_id, item.topic, str(item.code), item.message, item.raw))
                 r.reasons.append(
                     {"received_ms": now_ms, "device_id": item.device_id, "code": str(item.code), "message": item.message}
                 )
                 r.outcomes.append(Outcome.QUARANTINED)
             elif isinstance(item, Poison):
-                poison.append(item)
-                acks.append(Ack(item.stream, item.seq))
+                plan.poison.append(item)
+                plan.acks.append(Ack(item.stream, item.seq))
                 r.outcomes.append(Outcome.QUARANTINED)
             else:
-                acks.append(item)
+                plan.acks.append(item)
                 r.outcomes.append(Outcome.ACKED)
+        return plan
 
-        w.execute("BEGIN IMMEDIATE")
-        for p in poison:
+    def _is_duplicate(self, item: Store, r: _Result) -> bool:
+        """Same device, same seq, same bytes as a message already stored (or earlier in this batch).
+        A message that is not one takes its dedupe slot (``r.dedupe``, saved with the records)."""
+        if item.fp is None or item.device_seq is None:
+            return False
+        slot = item.device_seq % self.settings.dedupe_window
+        key = (item.device_id, slot)
+        seen = r.dedupe.get(key)
+        if seen is None:
+            ring = self._rings.get(item.device_id)
+            seen = ring[slot] if ring is not None else None
+        if seen == item.fp:
+            return True
+        r.dedupe[key] = item.fp
+        return False
+
+    @staticmethod
+    def _quarantine_poison(w: sqlite3.Connection, plan: _Plan, r: _Result, now_ms: int) -> None:
+        """Records the cloud refused for good move to the quarantine (their ack follows)."""
+        for p in plan.poison:
             rows = w.execute(
                 "SELECT device_id, raw FROM records WHERE stream = ? AND seq > ? AND seq <= ?", (int(p.stream), r.acked[p.stream], p.seq)
             ).fetchall()
             topic = f"(sync {p.stream.name.lower()})"
             for device_id, raw in rows:
-                quarantine.append((now_ms, device_id, topic, p.code, p.message, raw))
+                plan.quarantine.append((now_ms, device_id, topic, p.code, p.message, raw))
                 r.reasons.append({"received_ms": now_ms, "device_id": device_id, "code": p.code, "message": p.message})
+
+    @staticmethod
+    def _apply_acks(w: sqlite3.Connection, acks: list[Ack], r: _Result) -> None:
+        """Delete what the cloud has committed and move each stream's cursor."""
         for ack in acks:
             if ack.seq <= r.acked[ack.stream]:
                 continue
@@ -480,40 +505,52 @@ class Buffer:
             r.depth[ack.stream] -= n
             r.size[ack.stream] -= b
             r.acked[ack.stream] = ack.seq
-        # Make room before inserting (so a file at its ceiling frees pages first), and again after
-        # in case this batch's own telemetry is what has to go.
-        self._enforce_quota(w, sum(added_bytes.values()), r)
-        if records:
+
+    @staticmethod
+    def _insert_records(w: sqlite3.Connection, plan: _Plan, r: _Result) -> None:
+        if plan.records:
             w.executemany(
                 "INSERT INTO records (stream, seq, device_id, ts_ms, type, device_seq, received_ms, size, raw)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                records,
+                plan.records,
             )
         for s in Stream:
-            r.depth[s] += added[s]
-            r.size[s] += added_bytes[s]
-        self._enforce_quota(w, 0, r)
+            r.depth[s] += plan.added[s]
+            r.size[s] += plan.added_bytes[s]
+
+    @staticmethod
+    def _save_dedupe(w: sqlite3.Connection, r: _Result) -> None:
         if r.dedupe:
             w.executemany(
                 "INSERT INTO dedupe (device_id, slot, fp) VALUES (?, ?, ?) ON CONFLICT (device_id, slot) DO UPDATE SET fp = excluded.fp",
                 [(d, s, fp) for (d, s), fp in r.dedupe.items()],
             )
-        changed = [s for s in Stream if added[s] or r.dropped[s] or r.acked[s] != self._streams[s].acked_seq]
+
+    def _save_streams(self, w: sqlite3.Connection, plan: _Plan, r: _Result) -> None:
+        """Each changed stream's next and acked sequence numbers and what the quota dropped."""
+        changed = [s for s in Stream if plan.added[s] or r.dropped[s] or r.acked[s] != self._streams[s].acked_seq]
         if changed:
             w.executemany(
                 "UPDATE streams SET next_seq = ?, acked_seq = ?, dropped_count = dropped_count + ?,"
                 " dropped_bytes = dropped_bytes + ? WHERE stream = ?",
                 [(r.next_seq[s], r.acked[s], r.dropped[s], r.dropped_bytes[s], int(s)) for s in changed],
             )
-        if quarantine:
-            w.executemany(
-                "INSERT INTO quarantine (received_ms, device_id, topic, code, message, raw) VALUES (?, ?, ?, ?, ?, ?)", quarantine
-            )
-            r.quarantined = len(quarantine)
-            excess = self._quarantine_count + len(quarantine) - self.settings.quarantine_max_rows
-            if excess > 0:
-                w.execute("DELETE FROM quarantine WHERE id IN (SELECT id FROM quarantine ORDER BY id LIMIT ?)", (excess,))
-                r.removed = excess
+
+    def _save_quarantine(self, w: sqlite3.Connection, plan: _Plan, r: _Result) -> None:
+        """The quarantine rows, then the oldest ones past ``quarantine_max_rows`` go."""
+        if not plan.quarantine:
+            return
+        w.executemany(
+            "INSERT INTO quarantine (received_ms, device_id, topic, code, message, raw) VALUES (?, ?, ?, ?, ?, ?)", plan.quarantine
+        )
+        r.quarantined = len(plan.quarantine)
+        excess = self._quarantine_count + len(plan.quarantine) - self.settings.quarantine_max_rows
+        if excess > 0:
+            w.execute("DELETE FROM quarantine WHERE id IN (SELECT id FROM quarantine ORDER BY id LIMIT ?)", (excess,))
+            r.removed = excess
+
+    @staticmethod
+    def _save_counters(w: sqlite3.Connection, r: _Result) -> None:
         counters = [
             (name, n)
             for name, n in (("duplicates", r.duplicates), ("acl_denied", r.denied), ("quarantine_removed", r.removed))
@@ -524,8 +561,6 @@ class Buffer:
                 "INSERT INTO counters (name, value) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
                 counters,
             )
-        w.execute("COMMIT")
-        return r
 
     def _apply(self, r: _Result) -> None:
         """On the event loop, after COMMIT: what the process remembers follows the file."""
@@ -601,11 +636,6 @@ class Buffer:
             "SELECT id, received_ms, device_id, topic, code, message, raw FROM quarantine ORDER BY id DESC LIMIT ?", (limit,)
         )
         return [QuarantineRow(*row) for row in rows]
-
-    async def secret_hash(self, device_id: str) -> str | None:
-        """The stored credential hash of a device (the broker's authenticator asks at CONNECT)."""
-        rows = await self._fetch("SELECT secret_hash FROM devices WHERE device_id = ?", (device_id,))
-        return str(rows[0][0]) if rows else None
 
     async def stats(self) -> BufferStats:
         out = []

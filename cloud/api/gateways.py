@@ -19,7 +19,7 @@ from pulse.cloud.api.sites import site_exists
 from pulse.cloud.auth.credentials import sha256_hex
 from pulse.cloud.db.pool import audit
 from pulse.cloud.errors import ConflictError, InvalidError, NotFoundError, RateLimitedError
-from pulse.cloud.sync.service import new_enrollment_token
+from pulse.cloud.sync.identity import new_enrollment_token
 from pulse.protocol.errors import Code
 from pulse.protocol.sync import ENROLL_PATH
 
@@ -290,5 +290,5 @@ async def enroll(body: EnrollRequest, request: Request, parts: Parts) -> EnrollR
                 retry_after_s=decision.retry_after_s,
                 code=Code.ENROLL_RATE_LIMITED,
             )
-    return EnrollResponse(**await parts.sync.enroll(body.token, body.csr))  # type: ignore[arg-type]
+    return EnrollResponse(**await parts.sync.identity.enroll(body.token, body.csr))  # type: ignore[arg-type]
 

@@ -23,13 +23,14 @@ from fastapi import APIRouter, Request, Response
 from pulse.cloud import firmware, twins
 from pulse.cloud.cluster.ratelimit import SharedRateLimiter
 from pulse.cloud.db.pool import Database
+from pulse.cloud.db.rows import QuarantineRow, TelemetryRow
 from pulse.cloud.downlink import gateways_serving
 from pulse.cloud.errors import ConflictError, InvalidError, RateLimitedError, TooLargeError
 from pulse.cloud.firmware import FirmwareFiles
 from pulse.cloud.ingest.identity import DeviceIdentity, DeviceTokenCache
 from pulse.cloud.ingest.models import DeviceCommand, DeviceTwin, IngestResult
 from pulse.cloud.ingest.ratelimit import RateLimiter
-from pulse.cloud.ingest.writer import QuarantineRow, TelemetryRow, Writer
+from pulse.cloud.ingest.writer import Writer
 from pulse.cloud.metrics import Metrics
 from pulse.cloud.settings import IngestConfig
 from pulse.cloud.subscriptions.store import Entitlements

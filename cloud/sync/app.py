@@ -1,5 +1,6 @@
 """The gateway sync listener: a small ASGI app served over mutual TLS (``SyncListener``), next to
-the public API, by ``pulse cloud serve``. Routes are thin; ``SyncService`` does the work.
+the public API, by ``pulse cloud serve``. Routes are thin; ``SyncService``'s parts do the work
+(identity, receive, downlink, claim, reports: see cloud/sync/service.py).
 
 Every request is identified from the verified client certificate (or, only from a configured
 trusted proxy, from the ``X-Pulse-Client-Cert`` header) and checked against the database."""
@@ -29,7 +30,8 @@ from pulse.cloud.errors import BadRequestError
 from pulse.cloud.firmware import FirmwareFiles
 from pulse.cloud.metrics import Metrics
 from pulse.cloud.settings import SyncConfig
-from pulse.cloud.sync.service import PROXY_CERT_HEADER, GatewayCaller, SyncService
+from pulse.cloud.sync.identity import PROXY_CERT_HEADER, GatewayCaller
+from pulse.cloud.sync.service import SyncService
 from pulse.cloud.tls import RateLimitedLog, TlsAcceptingH11Protocol, accepting_protocol
 from pulse.cloud.web import install_error_handlers, read_limited
 from pulse.protocol.activation import CLAIM_PATH
@@ -56,8 +58,8 @@ def _service(request: Request) -> SyncService:
 async def gateway(request: Request) -> GatewayCaller:
     svc = _service(request)
     client = request.client.host if request.client else None
-    cert = svc.certificate_of(request.scope, client, request.headers.get(PROXY_CERT_HEADER))
-    return await svc.identify(cert)
+    cert = svc.identity.certificate_of(request.scope, client, request.headers.get(PROXY_CERT_HEADER))
+    return await svc.identity.identify(cert)
 
 
 Gateway = Annotated[GatewayCaller, Depends(gateway)]
@@ -112,8 +114,9 @@ def create_sync_app(service: SyncService, firmware_files: FirmwareFiles | None =
         raw_after = request.headers.get(AFTER_HEADER)
         if raw_after is not None and not (raw_after.isascii() and raw_after.isdigit() and len(raw_after) <= 19):
             raise BadRequestError(Code.BATCH_MALFORMED, f"{AFTER_HEADER} must be a sequence number (digits)")
-        data = await read_limited(request, svc.max_request_bytes, _too_large(svc.max_request_bytes))
-        ack = await svc.receive(caller, data, None if raw_after is None else int(raw_after))
+        limit = svc.receiver.max_request_bytes
+        data = await read_limited(request, limit, _too_large(limit))
+        ack = await svc.receiver.receive(caller, data, None if raw_after is None else int(raw_after))
         return ack.to_json()
 
     @app.get(DOWNLINK_PATH)
@@ -123,25 +126,25 @@ def create_sync_app(service: SyncService, firmware_files: FirmwareFiles | None =
         after: Annotated[int, Query(ge=0)] = 0,
         wait: Annotated[float, Query(ge=0, le=MAX_DOWNLINK_WAIT_S)] = 0,
     ) -> dict[str, object]:
-        items, nxt = await svc.downlink(caller, after, wait)
+        items, nxt = await svc.downlink.items(caller, after, wait)
         return {"items": [i.to_json() for i in items], "next": nxt}
 
     @app.post(DOWNLINK_ACK_PATH, status_code=204)
     async def downlink_ack(body: DownlinkAck, caller: Gateway, svc: Service) -> Response:
-        await svc.ack_downlink(caller, body.seq)
+        await svc.downlink.ack(caller, body.seq)
         return Response(status_code=204)
 
     @app.post(RENEW_PATH)
     async def renew(body: RenewRequest, caller: Gateway, svc: Service) -> dict[str, object]:
-        return await svc.renew(caller, body.csr)
+        return await svc.identity.renew(caller, body.csr)
 
     @app.post(REKEY_PATH)
     async def rekey(body: RenewRequest, caller: Gateway, svc: Service) -> dict[str, object]:
-        return await svc.rekey(caller, body.csr)
+        return await svc.identity.rekey(caller, body.csr)
 
     @app.post(REPORT_PATH, status_code=204)
     async def report(body: Report, caller: Gateway, svc: Service) -> Response:
-        await svc.report(
+        await svc.reports.store(
             caller, dropped=body.dropped, backlog=body.backlog, oldest_unsynced_ms=body.oldest_unsynced_ms, version=body.version,
             connectors=None if body.connectors is None else body.connectors.model_dump(),
         )
@@ -149,7 +152,7 @@ def create_sync_app(service: SyncService, firmware_files: FirmwareFiles | None =
 
     @app.post(CLAIM_PATH, status_code=201)
     async def claim(body: ClaimRequest, caller: Gateway, svc: Service) -> dict[str, object]:
-        return await svc.claim(caller, body.code, body.device_id, body.name)
+        return await svc.claims.claim(caller, body.code, body.device_id, body.name)
 
     @app.get(FIRMWARE_SYNC_PATH.replace("{artifact}", "{artifact_id}"))
     async def firmware_download(artifact_id: str, request: Request, caller: Gateway, svc: Service) -> Response:
@@ -238,7 +241,7 @@ class SyncListener:
             # and puts the verified client certificate in the scope
             http=self._protocol,
             # no request header may change the peer address: the trusted-proxy check
-            # (SyncService.certificate_of) must see the socket's own peer, or anyone on a host
+            # (Identity.certificate_of) must see the socket's own peer, or anyone on a host
             # uvicorn trusts by default (loopback) could claim to be the proxy and name any gateway
             proxy_headers=False,
             forwarded_allow_ips="",

@@ -39,7 +39,7 @@ async def test_quarantine_lists_filters_pages_shows_raw_safely_and_resubmits_thr
     binary = b"\xff\xfe\x00<b>not json</b>"
     r = await cloud.client.post("/ingest/v1/telemetry", content=binary, headers=dev | {"content-type": "application/json"})
     assert r.status_code == 422, r.text
-    # what gateway sync quarantines for a device the tenant has not registered (sync/service.py)
+    # what gateway sync quarantines for a device the tenant has not registered (sync/receive.py)
     now_ms = int(time.time() * 1000)
     rec = Record(seq=7, device_id="meter-2", ts_ms=now_ms, type="telemetry", metrics={"kwh": 42.5}, device_seq=3)
     raw = json.dumps({"stream": "telemetry", **rec._asdict()}).encode()

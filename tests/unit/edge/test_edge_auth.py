@@ -1,10 +1,13 @@
-"""Secret hashing: generated secrets (sha256) and chosen ones (scrypt) verify; nothing else does."""
+"""Secret hashing: generated secrets (sha256) and chosen ones (scrypt) verify; nothing else does.
+The lookup the broker asks at CONNECT reads what the registry stored."""
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 
-from pulse.edge.auth import hash_secret, new_secret, verify_secret
+from pulse.edge.auth import Authenticator, DeviceRegistry, DeviceSecrets, hash_secret, new_secret, verify_secret
 
 pytestmark = pytest.mark.unit
 
@@ -32,3 +35,25 @@ def test_malformed_stored_hash_never_verifies(stored):
 def test_generated_secrets_are_long_and_distinct():
     a, b = new_secret(), new_secret()
     assert a != b and len(a) >= 43
+
+
+async def test_device_secrets_answer_the_stored_hash_and_leave_no_thread(tmp_path):
+    """What the broker asks at CONNECT: the hash the registry stored, None for an unknown device,
+    and a device added while the lookup is open is found at once (same file, no cache)."""
+    path = tmp_path / "gateway.db"
+    registry = DeviceRegistry(path)
+    secrets = DeviceSecrets(path)
+    await secrets.open()
+    try:
+        secret = registry.add("dev-1")
+        stored = await secrets("dev-1")
+        assert stored is not None and verify_secret(secret, stored)
+        assert await secrets("dev-2") is None
+        registry.add("dev-2", note="added while running")
+        assert await secrets("dev-2") is not None
+        assert await Authenticator(secrets, allow_anonymous=False).check("dev-1", secret)
+        assert not await Authenticator(secrets, allow_anonymous=False).check("dev-1", secret + "x")
+    finally:
+        await secrets.close()
+        registry.close()
+    assert not [t for t in threading.enumerate() if t.name.startswith("device-secrets")]

@@ -1,0 +1,403 @@
+"""Receiving a gateway's batches: the sync listener's ``POST /sync/v1/batches``.
+
+Delivery contract for a batch (docs/protocol.md section 6): the header is read first; a replay (at
+or below the stream's high-water mark) is acked without being decompressed. Otherwise the batch is
+decoded and, in ONE writer transaction, the mark row is locked (FOR UPDATE, so two copies of a batch
+racing each other cannot both write), ``admit`` picks the records above it, and the records are
+stored by stream: telemetry and events as rows COPYed by ``ingest.writer.write_rows``, alerts merged
+into the tenant's alerts (``alerts.merge_edge_alerts``), twin reports and command answers applied by
+``twins.apply_device_messages`` (the rule HTTP ingest uses too). Then the new mark is stored. Only
+after the commit does the gateway get its ``BatchAck``, and only then are the listeners (live view,
+rules, device states) told.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import logging
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import asyncpg
+import orjson
+
+from pulse.cloud import twins
+from pulse.cloud.alerts import connectivity, merge_edge_alerts
+from pulse.cloud.db.pool import Database
+from pulse.cloud.db.rows import QuarantineRow, TelemetryRow
+from pulse.cloud.errors import BadRequestError, ConflictError, ForbiddenError, StorageUnavailableError
+from pulse.cloud.ingest.writer import write_rows
+from pulse.cloud.metrics import Metrics
+from pulse.cloud.subscriptions.store import Entitlements
+from pulse.cloud.sync.identity import GatewayCaller
+from pulse.protocol import batch as codec
+from pulse.protocol.batch import DEFAULT_BATCH_LIMITS, BatchLimits, Header, Record, Stream
+from pulse.protocol.envelope import MessageType
+from pulse.protocol.errors import BatchError, Code
+from pulse.protocol.sync import (
+    TWIN_RECORD_TYPES,
+    BatchAck,
+    ClockCheck,
+    Verdict,
+    admit,
+    check_clock,
+    classify,
+    corrected_ts,
+    in_order,
+)
+from pulse.protocol.twin import DEFAULT_LIMITS as DEFAULT_TWIN_LIMITS
+from pulse.protocol.twin import TwinLimits
+
+log = logging.getLogger(__name__)
+
+IN_ORDER_WAIT_S = 5.0
+"""How long a batch sent behind another (``X-Pulse-After``) waits for that one to be stored before ``409 sync.out_of_order``."""
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_EXACT_FLOAT_MS = 2**33 * 1000
+_DECODE_INLINE_BYTES = 64 * 1024  # bigger batches are decoded in a thread, off the event loop
+_DISABLED = frozenset({"disabled", "decommissioned"})
+_STORAGE_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError)
+
+TwinChange = tuple[str, str, dict[str, object]]
+"""(device id, "twin" | "command", detail) of a committed batch, for the live view."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Device:
+    site_id: uuid.UUID | None
+    status: str
+
+
+@dataclass(slots=True)
+class _Stored:
+    """What one admitted batch wrote, for the ack, the metrics and the after-commit listeners."""
+
+    verdict: Verdict
+    ack_seq: int
+    rows: list[TelemetryRow]
+    quarantined: list[QuarantineRow]
+    applied: int
+    changes: list[TwinChange]
+
+
+class Receiver:
+    """Stores gateways' batches exactly once, in order per stream."""
+
+    def __init__(
+        self,
+        db: Database,
+        metrics: Metrics,
+        *,
+        limits: BatchLimits = DEFAULT_BATCH_LIMITS,
+        on_commit: Callable[[Sequence[TelemetryRow]], None] | None = None,
+        twin_limits: TwinLimits = DEFAULT_TWIN_LIMITS,
+    ) -> None:
+        self.db = db
+        self.metrics = metrics
+        self.limits = limits
+        self.twin_limits = twin_limits
+        self._on_commit = on_commit
+        self.entitlements: Entitlements | None = None
+        """A tenant whose subscriptions are SUSPENDED or EXPIRED: its gateways' batches are refused
+        (403, that code) before anything is written; the gateway keeps them and sends them later."""
+        self.on_twin_change: Callable[[uuid.UUID, str, str, dict[str, object]], None] | None = None
+        """After a batch commits: (tenant, device id, "twin" | "command", detail), for the live view."""
+
+    @property
+    def max_request_bytes(self) -> int:
+        return codec.HEADER_SIZE + 128 * 4 + self.limits.max_payload_bytes
+
+    async def receive(self, caller: GatewayCaller, data: bytes, after: int | None = None) -> BatchAck:
+        """Store a batch. ``after``: the last sequence of an earlier batch of the stream that the
+        gateway still has in flight (``X-Pulse-After``); this one is stored only after that one."""
+        try:
+            header = codec.read_header(data, self.limits)
+        except BatchError as exc:
+            raise BadRequestError(exc.code, exc.message, **exc.context) from exc
+        if header.gateway_id != caller.wire_id:
+            raise ForbiddenError(
+                Code.SYNC_GATEWAY_MISMATCH, "the batch names another gateway than the client certificate", batch_gateway=header.gateway_id
+            )
+        if self.entitlements is not None:
+            await self.entitlements.check_data(caller.tenant_id)
+        clock = check_clock(header.gateway_time_ms, int(time.time() * 1000))
+        self.metrics.sync_bytes.inc(len(data))
+        mark = await self._mark_once_in_order(caller, header.stream, after)
+        if classify(header, mark) is Verdict.REPLAY:
+            return await self._replayed(caller, header.stream, header.last_seq, len(data), clock)
+        records = await self._decode(data)
+        devices = await self._devices(caller, {r.device_id for r in records})
+        try:
+            stored = await self._store(caller, header, records, after, devices, clock, len(data))
+        except _STORAGE_ERRORS as exc:
+            log.warning("sync batch from gateway %s not stored: %s", caller.gateway_id, exc)
+            raise StorageUnavailableError(
+                "storage is unavailable; nothing from this batch was stored; send it again later", retry_after_s=1
+            ) from exc
+        await self._committed(caller, header.stream, stored)
+        self.metrics.sync_batches.labels(stored.verdict.value).inc()
+        self.metrics.sync_records.labels("written").inc(len(stored.rows))
+        self.metrics.sync_records.labels("quarantined").inc(len(stored.quarantined))
+        written = len(stored.rows) + stored.applied
+        return BatchAck(header.stream, stored.ack_seq, stored.verdict, written, len(stored.quarantined), clock.offset_ms, clock.corrected)
+
+    async def _mark_once_in_order(self, caller: GatewayCaller, stream: Stream, after: int | None) -> int:
+        """The stream's high-water mark, read again (up to IN_ORDER_WAIT_S) while the batch this one
+        was sent behind is on its way or committing on another connection."""
+        deadline = time.monotonic() + IN_ORDER_WAIT_S
+        while True:
+            async with self.db.tenant(caller.tenant_id) as conn:
+                mark = await conn.fetchval(
+                    "SELECT high_water FROM gateway_sync_marks WHERE gateway_id = $1 AND stream = $2", caller.gateway_id, int(stream)
+                )
+            if in_order(after, mark or 0) or time.monotonic() >= deadline:
+                return int(mark or 0)
+            await asyncio.sleep(0.02)
+
+    async def _decode(self, data: bytes) -> Sequence[Record]:
+        try:
+            if len(data) > _DECODE_INLINE_BYTES:
+                decoded = await asyncio.to_thread(codec.decode, data, self.limits)
+            else:
+                decoded = codec.decode(data, self.limits)
+        except BatchError as exc:
+            raise BadRequestError(exc.code, exc.message, **exc.context) from exc
+        return decoded.records
+
+    async def _store(
+        self,
+        caller: GatewayCaller,
+        header: Header,
+        records: Sequence[Record],
+        after: int | None,
+        devices: Mapping[str, _Device],
+        clock: ClockCheck,
+        size: int,
+    ) -> _Stored:
+        """The one writer transaction: lock the mark, admit, store the new records by stream, move the mark."""
+        received = dt.datetime.now(dt.UTC)
+        async with self.db.writer_transaction() as conn:
+            await conn.execute(
+                "INSERT INTO gateway_sync_marks (tenant_id, gateway_id, stream) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+                caller.tenant_id,
+                caller.gateway_id,
+                int(header.stream),
+            )
+            high_water = await conn.fetchval(
+                "SELECT high_water FROM gateway_sync_marks WHERE gateway_id = $1 AND stream = $2 FOR UPDATE",
+                caller.gateway_id,
+                int(header.stream),
+            )
+            if not in_order(after, high_water):
+                raise ConflictError(
+                    Code.SYNC_OUT_OF_ORDER,
+                    f"the batch ending at {after} was not stored before this one; nothing was stored; send this batch after it",
+                    after=after,
+                )
+            admission = admit(header, records, high_water)
+            stored = _Stored(admission.verdict, admission.ack_seq, [], [], 0, [])
+            if admission.verdict is not Verdict.REPLAY:
+                new = admission.new_records
+                if header.stream is Stream.ALERTS:
+                    # alerts raised at the gateway merge into the tenant's alerts by fingerprint,
+                    # in this transaction, so a replayed batch is never merged twice
+                    stored.quarantined = await self._merge_alerts(conn, caller, new, received)
+                elif header.stream is Stream.TWIN:
+                    # reported state and command answers apply in order, in this transaction,
+                    # so a replayed batch is never applied twice
+                    stored.applied, stored.quarantined = await self._apply_twin(
+                        conn, caller, new, devices, clock, received, stored.changes
+                    )
+                else:
+                    stored.rows, stored.quarantined = self._rows(caller, header.stream, new, devices, clock, received)
+                await write_rows(conn, stored.rows, stored.quarantined)
+                await conn.execute(
+                    "UPDATE gateway_sync_marks SET high_water = $3, updated_at = now() WHERE gateway_id = $1 AND stream = $2",
+                    caller.gateway_id,
+                    int(header.stream),
+                    admission.new_high_water,
+                )
+            await self._touch(conn, caller, size, clock)
+        return stored
+
+    async def _committed(self, caller: GatewayCaller, stream: Stream, stored: _Stored) -> None:
+        """After the commit: the live view hears twin changes, device states follow connectivity
+        events, and the rows reach the after-commit listeners. None of them fails the batch."""
+        if self.on_twin_change is not None:
+            for device_id, kind, detail in stored.changes:
+                try:
+                    self.on_twin_change(caller.tenant_id, device_id, kind, detail)
+                except Exception:  # a listener never fails a committed batch
+                    log.exception("twin change listener failed; the batch is stored")
+        rows = stored.rows
+        if stream is Stream.EVENTS and connectivity.changes(rows):
+            # connect / disconnect / Will events set the devices' states (cloud/alerts/connectivity.py)
+            try:
+                async with self.db.tenant(caller.tenant_id) as conn:
+                    await connectivity.apply(conn, rows)
+            except Exception:  # the events are stored; the next event or heartbeat sweep sets the state
+                log.exception("connectivity events of gateway %s did not update device states", caller.gateway_id)
+        if rows and self._on_commit is not None:
+            try:
+                self._on_commit(rows)
+            except Exception:  # a listener never fails a committed batch
+                log.exception("on_commit listener failed; the rows are stored")
+
+    @staticmethod
+    async def _merge_alerts(
+        conn: asyncpg.Connection, caller: GatewayCaller, records: Sequence[Record], received: dt.datetime
+    ) -> list[QuarantineRow]:
+        await conn.execute("SELECT set_config('app.tenant_id', $1, true)", str(caller.tenant_id))
+        gateway_name = await conn.fetchval(
+            "SELECT name FROM gateways WHERE tenant_id = $1 AND id = $2", caller.tenant_id, caller.gateway_id
+        )
+        report = await merge_edge_alerts(
+            conn, caller.tenant_id, records, gateway_id=caller.gateway_id, gateway_name=gateway_name or "gateway"
+        )
+        by_seq = {r.seq: r for r in records}
+        quarantined: list[QuarantineRow] = []
+        for bad in report.rejected:
+            rec = by_seq.get(bad.get("seq"))  # type: ignore[arg-type]
+            if rec is None:
+                continue
+            raw = json.dumps({"stream": "alerts", **rec._asdict()}, default=str).encode()
+            quarantined.append(
+                QuarantineRow(
+                    caller.tenant_id, rec.device_id, caller.gateway_id, "gateway", str(bad.get("code")), str(bad.get("message")), raw, received
+                )
+            )
+        return quarantined
+
+    async def _apply_twin(
+        self,
+        conn: asyncpg.Connection,
+        caller: GatewayCaller,
+        records: Sequence[Record],
+        devices: Mapping[str, _Device],
+        clock: ClockCheck,
+        received: dt.datetime,
+        changes: list[TwinChange],
+    ) -> tuple[int, list[QuarantineRow]]:
+        """Stream.TWIN records in order through ``twins.apply_device_messages``, the rule HTTP ingest
+        uses too. A record refused (here: an unknown or disabled device, a type that does not travel
+        on this stream; there: the twin or command rules) is quarantined with its code; it still
+        counts as delivered."""
+        quarantined: list[QuarantineRow] = []
+        tenant = caller.tenant_id
+
+        def refuse(rec: Record, code: Code | str, reason: str) -> None:
+            raw = json.dumps({"stream": "twin", **rec._asdict()}, default=str).encode()
+            quarantined.append(
+                QuarantineRow(tenant, rec.device_id, caller.gateway_id, "gateway", str(code), reason, raw, received)
+            )
+
+        said: list[Record] = []
+        for rec in records:
+            device = devices.get(rec.device_id)
+            if device is None or (caller.site_id is not None and device.site_id != caller.site_id):
+                refuse(rec, Code.SYNC_UNKNOWN_DEVICE, f"device {rec.device_id} is not registered at this gateway's site")
+            elif rec.type not in TWIN_RECORD_TYPES:
+                refuse(rec, Code.BATCH_MALFORMED, f"record type {rec.type!r} does not travel on the twin stream")
+            elif rec.type == MessageType.TWIN_REPORTED.value and device.status in _DISABLED:
+                refuse(rec, Code.AUTH_DEVICE_DISABLED, f"device {rec.device_id} is {device.status}")
+            else:
+                said.append(rec)
+        result = await twins.apply_device_messages(
+            conn,
+            tenant,
+            [twins.DeviceMessage(rec.device_id, rec.type, rec.body, corrected_ts(rec.ts_ms, clock)) for rec in said],
+            actor=f"gateway:{caller.gateway_id}",
+            limits=self.twin_limits,
+        )
+        for index, exc in result.refused.items():
+            refuse(said[index], exc.code, exc.message)
+        changes.extend(result.changes)
+        return len(said) - len(result.refused), quarantined
+
+    async def _replayed(self, caller: GatewayCaller, stream: Stream, last_seq: int, size: int, clock: ClockCheck) -> BatchAck:
+        try:
+            async with self.db.writer_transaction() as conn:
+                await self._touch(conn, caller, size, clock)
+        except _STORAGE_ERRORS as exc:
+            log.warning("could not count a replayed batch of gateway %s: %s", caller.gateway_id, exc)
+        self.metrics.sync_batches.labels(Verdict.REPLAY.value).inc()
+        return BatchAck(stream, last_seq, Verdict.REPLAY, 0, 0, clock.offset_ms, clock.corrected)
+
+    @staticmethod
+    async def _touch(conn: asyncpg.Connection, caller: GatewayCaller, size: int, clock: ClockCheck) -> None:
+        await conn.execute(
+            "UPDATE gateways SET last_seen_at = now(), last_batch_at = now(), batches_received = batches_received + 1,"
+            " bytes_received = bytes_received + $2, clock_offset_ms = $3,"
+            " clock_corrected_at = CASE WHEN $4 THEN now() ELSE clock_corrected_at END WHERE id = $1",
+            caller.gateway_id,
+            size,
+            clock.offset_ms,
+            clock.corrected,
+        )
+
+    async def _devices(self, caller: GatewayCaller, device_ids: set[str]) -> dict[str, _Device]:
+        """The batch's devices as registered in the gateway's tenant (RLS: other tenants' devices do not exist)."""
+        async with self.db.tenant(caller.tenant_id) as conn:
+            rows = await conn.fetch("SELECT device_id, site_id, status FROM devices WHERE device_id = ANY($1::text[])", list(device_ids))
+        return {r["device_id"]: _Device(r["site_id"], r["status"]) for r in rows}
+
+    def _rows(
+        self,
+        caller: GatewayCaller,
+        stream: Stream,
+        records: Sequence[Record],
+        devices: Mapping[str, _Device],
+        clock: ClockCheck,
+        received: dt.datetime,
+    ) -> tuple[list[TelemetryRow], list[QuarantineRow]]:
+        rows: list[TelemetryRow] = []
+        quarantined: list[QuarantineRow] = []
+
+        def refuse(rec: Record, code: Code, reason: str) -> None:
+            raw = json.dumps({"stream": stream.name.lower(), **rec._asdict()}, default=str).encode()
+            quarantined.append(QuarantineRow(caller.tenant_id, rec.device_id, caller.gateway_id, "gateway", str(code), reason, raw, received))
+
+        tenant, gateway, site = caller.tenant_id, caller.gateway_id, caller.site_id
+        shift = clock.offset_ms if clock.corrected else 0
+        dumps = orjson.dumps
+        from_ts = dt.datetime.fromtimestamp
+        append = rows.append
+        for rec in records:
+            device = devices.get(rec.device_id)
+            if device is None:
+                refuse(rec, Code.SYNC_UNKNOWN_DEVICE, f"device {rec.device_id} is not registered in this gateway's tenant")
+                continue
+            if site is not None and device.site_id != site:
+                refuse(rec, Code.SYNC_UNKNOWN_DEVICE, f"device {rec.device_id} is not at this gateway's site")
+                continue
+            if device.status in _DISABLED:
+                refuse(rec, Code.AUTH_DEVICE_DISABLED, f"device {rec.device_id} is {device.status}")
+                continue
+            ms = rec.ts_ms + shift  # corrected_ts(), inlined: this loop runs for every point
+            try:
+                # fromtimestamp is 3x faster and exact to the millisecond below 2**33 s (year 2242)
+                at = from_ts(ms / 1000, dt.UTC) if 0 <= ms < _EXACT_FLOAT_MS else _EPOCH + dt.timedelta(milliseconds=ms)
+            except (OverflowError, ValueError, OSError):
+                refuse(rec, Code.ENVELOPE_BAD_TIMESTAMP, "the timestamp is outside the range the cloud stores")
+                continue
+            tags, body = rec.tags, rec.body
+            append(
+                TelemetryRow(
+                    at,
+                    tenant,
+                    rec.device_id,
+                    rec.type,
+                    dumps(rec.metrics).decode(),
+                    None if tags is None else dumps(tags).decode(),
+                    None if body is None else dumps(body).decode(),
+                    rec.device_seq,
+                    gateway,
+                    "gateway",
+                    received,
+                )
+            )
+        return rows, quarantined
