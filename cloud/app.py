@@ -9,6 +9,8 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
+import os
+import socket
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Literal
@@ -34,16 +36,18 @@ from pulse.cloud.api.deps import Components
 from pulse.cloud.auth.accounts import Accounts
 from pulse.cloud.auth.tokens import Authenticator, OidcVerifier, SessionTokens
 from pulse.cloud.bodylimit import BodyLimit
-from pulse.cloud.db.migrate import maintain_telemetry, migrate
+from pulse.cloud.db.migrate import maintain_system_metrics, maintain_telemetry, migrate
 from pulse.cloud.db.pool import Database, PoolSizes
 from pulse.cloud.ingest import http as ingest_http
 from pulse.cloud.ingest.identity import CredentialRecord, DeviceTokenCache
 from pulse.cloud.ingest.ratelimit import RateLimiter
 from pulse.cloud.ingest.writer import TelemetryRow, Writer
 from pulse.cloud.live import LiveHub
-from pulse.cloud.metrics import Metrics
+from pulse.cloud.metrics import HttpMetrics, Metrics, api_areas
 from pulse.cloud.notify.settings import NotifySettings, ack_links
 from pulse.cloud.notify.worker import NotifyWorkers
+from pulse.cloud.platform.health import HealthThresholds
+from pulse.cloud.platform.sampler import Sampler
 from pulse.cloud.settings import Settings
 from pulse.cloud.subscriptions import worker as subscription_worker
 from pulse.cloud.subscriptions.store import Entitlements
@@ -143,6 +147,26 @@ def create_app(
     sync.activation_limiter = RateLimiter(rate=settings.activation_rate_per_min / 60, burst=settings.activation_burst, max_keys=100_000)
     ingest.on_twin_change = hub.notify  # ... from direct devices too
 
+    now = clock or (lambda: dt.datetime.now(dt.UTC))
+    sampler = Sampler(
+        db,
+        metrics,
+        writer_depth=lambda: writer.queued_rows,
+        clock=now,
+        interval_s=settings.platform_sample_interval_s,
+        offline_after_s=settings.gateway_offline_after_s,
+        source=f"{socket.gethostname()}:{os.getpid()}",
+        rules=rules,
+        thresholds=HealthThresholds(
+            evaluation_lag_s=settings.health_evaluation_lag_s,
+            dead_letter_window_s=settings.health_dead_letter_window_s,
+            writer_queue_rows=settings.health_writer_queue_rows,
+            gateway_backlog_age_s=settings.health_gateway_backlog_age_s,
+        )
+        if settings.health_alerts
+        else None,
+    )
+
     async def maintenance() -> None:
         while True:
             try:
@@ -151,8 +175,13 @@ def create_app(
                     ahead_days=settings.telemetry_partitions_ahead_days,
                     retention_days=settings.telemetry_retention_days,
                 )
+                actions += await maintain_system_metrics(
+                    settings.database_url,
+                    ahead_days=settings.telemetry_partitions_ahead_days,
+                    retention_days=settings.system_metrics_retention_days,
+                )
                 for action, target in actions:
-                    log.info("telemetry storage: %s %s", action, target)
+                    log.info("storage: %s %s", action, target)
             except Exception:  # keep maintaining; the next round may succeed
                 log.exception("telemetry maintenance failed; retrying in %ss", settings.maintenance_interval_s)
             await asyncio.sleep(settings.maintenance_interval_s)
@@ -173,7 +202,8 @@ def create_app(
             command_sweep(db, interval_s=settings.command_sweep_interval_s, grace_s=settings.command_expiry_grace_s),
             name="pulse-command-expiry",
         )
-        now = clock or (lambda: dt.datetime.now(dt.UTC))
+        if settings.platform_sample_interval_s > 0:
+            sampler.start()
         renewals = asyncio.create_task(
             subscription_worker.run_forever(
                 db, interval_s=settings.subscription_interval_s, clock=now, console_url=notify_settings.console_url
@@ -193,6 +223,7 @@ def create_app(
                 background.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await background
+            await sampler.stop()
             await writer.stop()
             await rules.stop()
             await notify_workers.stop()
@@ -226,12 +257,15 @@ def create_app(
     app.state.rules = rules
     app.state.notify_settings = notify_settings
     app.state.notify_workers = notify_workers
+    app.state.sampler = sampler
 
     install_error_handlers(app)
     # unauthenticated endpoints whose JSON bodies FastAPI would otherwise read whole (ingest has its own limit)
     app.add_middleware(
         BodyLimit, limits=dict.fromkeys((ENROLL_PATH, ACTIVATE_PATH, "/auth/login", "/auth/refresh"), settings.public_max_body_bytes)
     )
+    # outermost: every HTTP request is counted, by route group, with its latency
+    app.add_middleware(HttpMetrics, metrics=metrics, areas=lambda: api_areas(app.openapi().get("paths", {})))
 
     @app.get("/health", tags=["ops"], summary="Liveness and database reachability", responses={200: {"model": Health}, 503: {"model": Health}})
     async def health() -> JSONResponse:

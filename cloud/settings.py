@@ -89,6 +89,21 @@ class Settings(BaseSettings):
         default=3600, ge=0, description="how long past its deadline a command a gateway holds may still be reported on"
     )
 
+    # the platform watching itself (system_metrics, /metrics, platform health rules)
+    platform_sample_interval_s: float = Field(
+        default=5.0, ge=0, description="how often the cloud samples its own figures into system_metrics (0: never)"
+    )
+    system_metrics_retention_days: int = Field(default=30, ge=1, description="how long platform samples are kept")
+    health_alerts: bool = Field(default=True, description="evaluate the platform health rules on every sample")
+    health_evaluation_lag_s: float = Field(default=60.0, gt=0, description="rules evaluation lag that opens platform.evaluation_lag")
+    health_dead_letter_window_s: float = Field(
+        default=900.0, gt=0, description="new dead letters within this window keep platform.dead_letters open"
+    )
+    health_writer_queue_rows: int = Field(default=50_000, ge=1, description="writer queue depth that opens platform.writer_queue")
+    health_gateway_backlog_age_s: float = Field(
+        default=900.0, gt=0, description="age of a gateway's oldest unsynced record that opens platform.gateway_backlog"
+    )
+
     # server
     host: str = "127.0.0.1"
     trusted_proxies: str = Field(
