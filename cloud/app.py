@@ -26,7 +26,7 @@ from pulse.cloud.api import activation as activation_api
 from pulse.cloud.api import alerts as alerts_api
 from pulse.cloud.api import audit as audit_api
 from pulse.cloud.api import auth as auth_api
-from pulse.cloud.api import devices, fleet, gateways, live, operator, sites, telemetry
+from pulse.cloud.api import devices, fleet, gateways, live, operator, sites, system, telemetry
 from pulse.cloud.api import notify as notify_api
 from pulse.cloud.api import quarantine as quarantine_api
 from pulse.cloud.api import subscriptions as subscriptions_api
@@ -167,7 +167,10 @@ def create_app(
         else None,
     )
 
+    maintained: dict[str, object] = {"running": False}
+
     async def maintenance() -> None:
+        maintained["running"] = True
         while True:
             try:
                 actions = await maintain_telemetry(
@@ -182,6 +185,8 @@ def create_app(
                 )
                 for action, target in actions:
                     log.info("storage: %s %s", action, target)
+                maintained["last_run_at"] = now()
+                maintained["detail"] = f"every {settings.maintenance_interval_s} s; last run: {len(actions)} action(s)"
             except Exception:  # keep maintaining; the next round may succeed
                 log.exception("telemetry maintenance failed; retrying in %ss", settings.maintenance_interval_s)
             await asyncio.sleep(settings.maintenance_interval_s)
@@ -258,6 +263,7 @@ def create_app(
     app.state.notify_settings = notify_settings
     app.state.notify_workers = notify_workers
     app.state.sampler = sampler
+    app.state.maintenance = maintained
 
     install_error_handlers(app)
     # unauthenticated endpoints whose JSON bodies FastAPI would otherwise read whole (ingest has its own limit)
@@ -290,6 +296,7 @@ def create_app(
     app.include_router(quarantine_api.router)
     app.include_router(gateways.router)
     app.include_router(gateways.enroll_router)
+    app.include_router(system.router)  # before operator.router: /operator/alerts/heatmap, /operator/health/sparklines
     app.include_router(operator.router)
     app.include_router(fleet.router)
     app.include_router(telemetry.router)

@@ -211,6 +211,7 @@ class RuleRunner:
         self._tasks: list[asyncio.Task[None]] = []
         self.evaluated_rows = 0
         self.failed_rows = 0
+        self.last_sweep_ms: int | None = None  # when the last sweep finished (the runner's clock), for the system page
 
     # --- event-driven ------------------------------------------------------------------------
 
@@ -493,11 +494,16 @@ class RuleRunner:
             try:
                 await self.catch_up()  # at start: whatever was committed before a crash and not evaluated
                 await self.sweep_once()
+                self.last_sweep_ms = self._clock()
             except Exception:
                 log.exception("the rule sweep failed; retrying in %ss", self._config.sweep_interval_s)
             await asyncio.sleep(self._config.sweep_interval_s)
 
     # --- lifecycle ---------------------------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        return bool(self._tasks)
 
     def start(self) -> None:
         self._tasks = [

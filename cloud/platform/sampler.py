@@ -58,6 +58,7 @@ class Sampler:
         self._before: tuple[float, figures.Reading] | None = None
         self._task: asyncio.Task[None] | None = None
         self.last_points: list[Point] = []
+        self.last_sample_at: dt.datetime | None = None
 
     async def install_rules(self) -> None:
         """Write the platform health rules (thresholds from settings) as the platform tenant's rules."""
@@ -86,7 +87,12 @@ class Sampler:
         self._metrics.samples.labels("ok").inc()
         self._metrics.sample_seconds.observe(time.perf_counter() - started)
         self.last_points = points
+        self.last_sample_at = self._clock()
         return points
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
 
     async def _sample(self) -> list[Point]:
         now, mono = self._clock(), self._monotonic()
@@ -105,6 +111,10 @@ class Sampler:
             rows = await conn.fetch("SELECT name, labels, value FROM pulse_platform_sample($1, $2)", now, self._offline_after_s)
             sampled = [Point(r["name"], float(r["value"]), json.loads(r["labels"])) for r in rows]
             points += sampled
+            dead = next((p.value for p in sampled if p.name == "notify_dead_letters"), None)
+            growth = None if dead is None else self._dead.growth(mono, dead)
+            if growth is not None:
+                points.append(Point("dead_letters_growth", growth))
             await conn.execute(
                 "INSERT INTO system_metrics (time, name, labels, value, source)"
                 " SELECT $1, n, l::jsonb, v, $5 FROM unnest($2::text[], $3::text[], $4::float8[]) AS u(n, l, v)",
@@ -116,8 +126,6 @@ class Sampler:
             )
         self._metrics.set_sampled((p.name, p.labels, p.value) for p in sampled)
         if self._rules is not None and self._thresholds is not None:
-            dead = next((p.value for p in sampled if p.name == "notify_dead_letters"), None)
-            growth = None if dead is None else self._dead.growth(mono, dead)
             devices = readings(points, growth)
             at_ms = int(now.timestamp() * 1000)
             await self._rules.evaluate_readings(PLATFORM_TENANT, [Reading(d, m) for d, m in sorted(devices.items())], at_ms)

@@ -194,3 +194,97 @@ async def test_dead_letters_growing_open_a_platform_alert_that_notifies_operator
     async with cloud.app.state.pulse.db.tenant(PLATFORM_TENANT) as conn:
         states = await conn.fetch("SELECT state FROM alerts WHERE rule_id = 'platform.dead_letters'")
     assert [s["state"] for s in states] == ["closed"]
+
+
+# --- the operator API over it -------------------------------------------------------------------
+
+OPERATOR_PATHS = (
+    "/api/v1/operator/system/metrics?name=ingest_rows_per_second",
+    "/api/v1/operator/system/topology",
+    "/api/v1/operator/system",
+    "/api/v1/operator/alerts/heatmap",
+    "/api/v1/operator/health/sparklines",
+    "/api/v1/operator/audit",
+)
+
+
+async def test_tenant_accounts_get_403_and_operators_only_see_the_audit_log_as_admins(cloud: Cloud) -> None:
+    _, admin = await cloud.tenant_user("tenant-admin")
+    _, customer = await cloud.tenant_user("customer")
+    ops = await cloud.user("operator", tenant=None)
+    ops_admin = await cloud.user("operator-admin", tenant=None)
+    for path in OPERATOR_PATHS:
+        for headers in (admin, customer):
+            r = await cloud.client.get(path, headers=headers)
+            assert r.status_code == 403 and r.json()["code"] == "auth.forbidden", (path, r.text)
+        assert (await cloud.client.get(path)).status_code == 401
+        r = await cloud.client.get(path, headers=ops_admin)
+        assert r.status_code == 200, (path, r.text)
+        r = await cloud.client.get(path, headers=ops)
+        assert r.status_code == (403 if path.endswith("/audit") else 200), (path, r.text)
+
+
+async def test_series_topology_heatmap_and_sparklines_answer_from_the_stored_samples(start_cloud: Any, cloud_settings: Any) -> None:
+    ticks = Ticks()
+    ticks.at = dt.datetime(2026, 7, 1, 12, 0, tzinfo=dt.UTC)
+    settings = cloud_settings.model_copy(update={"health_writer_queue_rows": 10})
+    async with start_cloud(settings) as cloud:
+        cloud.app.state.pulse.clock = lambda: ticks.at
+        tenant_id, headers = await cloud.tenant_user()
+        other_id, _ = await cloud.tenant_user()
+        ops = await cloud.user("operator-admin", tenant=None)
+        gw_age = dt.timedelta(minutes=40)
+        await add_gateway(cloud, tenant_id, "east", backlog={"telemetry": 5}, oldest=ticks.at - gw_age)
+        sampler = sampler_of(cloud, ticks)
+        for _ in range(3):
+            await sampler.sample_once()
+            ticks.advance(60)
+        r = await cloud.client.get(
+            "/api/v1/operator/system/metrics", params={"name": ["writer_queue_rows", "gateway_backlog_age_seconds"], "range": "1h"}, headers=ops
+        )
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["bucket_s"] == 60
+        series = {(s["name"], s["labels"].get("name", "")): s["points"] for s in body["series"]}
+        assert len(series[("writer_queue_rows", "")]) == 3
+        ages = [v for _, v in series[("gateway_backlog_age_seconds", "east")]]
+        assert ages == sorted(ages) and ages[0] == pytest.approx(gw_age.total_seconds())
+        # the strip: the gateway stage is critical by its backlog age, named with the figure
+        r = await cloud.client.get("/api/v1/operator/system/topology", headers=ops)
+        stages = {s["id"]: s for s in r.json()["stages"]}
+        assert [s["id"] for s in r.json()["stages"]] == ["gateways", "ingest", "writer", "rules", "notify"]
+        assert stages["gateways"]["status"] == "critical" and "oldest backlog" in stages["gateways"]["figure"]
+        assert stages["rules"]["status"] == "ok"
+        # alerts of two tenants, at known hours: the heatmap counts both, the sparklines keep them apart
+        for tid, hours in ((tenant_id, [9, 9, 11]), (other_id, [11])):
+            async with cloud.app.state.pulse.db.tenant(tid) as conn:
+                for i, h in enumerate(hours):
+                    await conn.execute(
+                        "INSERT INTO alerts (tenant_id, device_id, rule_id, severity, explanation, opened_at)"
+                        " VALUES ($1, $2, 'hot', 'major', '{}'::jsonb, $3)",
+                        tid,
+                        f"d{i}",
+                        dt.datetime(2026, 7, 1, h, 5, tzinfo=dt.UTC),
+                    )
+        r = await cloud.client.get("/api/v1/operator/alerts/heatmap", params={"days": 2}, headers=ops)
+        heat = {(c["day"], c["hour"]): c["alerts"] for c in r.json()["cells"]}
+        assert r.json()["days"] == ["2026-06-30", "2026-07-01"]
+        assert heat[("2026-07-01", 9)] == 2 and heat[("2026-07-01", 11)] == 2
+        r = await cloud.client.get("/api/v1/operator/health/sparklines", params={"hours": 6}, headers=ops)
+        lines = {t["tenant_id"]: t for t in r.json()["tenants"]}
+        assert sum(lines[str(tenant_id)]["alerts"]) == 3 and sum(lines[str(other_id)]["alerts"]) == 1
+        assert len(lines[str(tenant_id)]["alerts"]) == 6
+        # capacity: the storage engine and its partitions, the workers
+        r = await cloud.client.get("/api/v1/operator/system", headers=ops)
+        assert r.status_code == 200, r.text
+        system = r.json()
+        assert system["database_bytes"] > 0 and system["storage_engine"] in ("native", "timescaledb")
+        assert {w["name"] for w in system["workers"]} >= {"platform sampler", "storage maintenance", "rules sweep"}
+        # every one of those reads is in the operator audit log, newest first, with actor and action
+        r = await cloud.client.get("/api/v1/operator/audit", params={"action": "system."}, headers=ops)
+        actions = [e["action"] for e in r.json()["items"]]
+        assert actions[:2] == ["system.read", "system.topology"] and "system.metrics" in actions
+        r = await cloud.client.get("/api/v1/operator/audit", params={"limit": 2}, headers=ops)
+        assert len(r.json()["items"]) == 2 and r.json()["next_cursor"]
+        r2 = await cloud.client.get("/api/v1/operator/audit", params={"limit": 2, "cursor": r.json()["next_cursor"]}, headers=ops)
+        assert not {e["id"] for e in r.json()["items"]} & {e["id"] for e in r2.json()["items"]}
