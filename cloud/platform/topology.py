@@ -21,6 +21,10 @@ class Stage:
     figure: str  # the figure that drives the colour, as a person reads it
 
 
+def _rate(value: float) -> str:
+    return f"{value:.2f}" if value < 10 else f"{value:.0f}"
+
+
 def _level(value: float, limit: float) -> Status:
     return "critical" if value > limit else "warn" if value > limit / 2 else "ok"
 
@@ -44,7 +48,7 @@ def stages(latest: Mapping[str, float], backlog_ages: Mapping[str, float], t: He
         "ingest",
         "Ingest",
         "warn" if errors > 0 else "ok",
-        f"{latest.get('ingest_rows_per_second', 0.0):.1f} rows/s" + (f", {errors:.2f} errors/s" if errors else ""),
+        _rate(latest.get("ingest_rows_per_second", 0.0)) + " rows/s" + (f", {errors:.2f} errors/s" if errors else ""),
     )
     queue = latest.get("writer_queue_rows", 0.0)
     p95 = latest.get("ingest_latency_p95_seconds")

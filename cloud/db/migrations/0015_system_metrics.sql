@@ -121,7 +121,7 @@ AS $$
            (SELECT count(*) FROM notify_attempts WHERE outcome <> 'delivered' AND at > $1 - interval '5 minutes')::double precision
     UNION ALL
     SELECT 'evaluation_lag_seconds', '{}'::jsonb,
-           coalesce(extract(epoch FROM $1 - (SELECT min(created_at) FROM rule_outbox)), 0)::double precision
+           greatest(0, coalesce(extract(epoch FROM $1 - (SELECT min(created_at) FROM rule_outbox)), 0))::double precision
     UNION ALL
     SELECT 'gateways_connected', '{}'::jsonb,
            (SELECT count(*) FROM gateways WHERE status = 'active' AND last_seen_at > $1 - make_interval(secs => $2))::double precision

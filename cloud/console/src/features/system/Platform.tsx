@@ -26,7 +26,14 @@ function areaOption(spec: ChartSpec, data: SystemMetrics | undefined, text: stri
     tooltip: { trigger: "axis" },
     legend: ls.length > 1 ? { top: 0, textStyle: { color: text } } : undefined,
     grid: { left: 48, right: 12, top: ls.length > 1 ? 28 : 12, bottom: 28 },
-    xAxis: { type: "time", axisLabel: { color: text }, axisLine: { lineStyle: { color: grid } } },
+    xAxis: {
+      type: "time",
+      min: data ? Date.parse(data.start) : undefined,
+      max: data ? Date.parse(data.end) : undefined,
+      splitNumber: 4,
+      axisLabel: { color: text, hideOverlap: true },
+      axisLine: { lineStyle: { color: grid } },
+    },
     yAxis: { type: "value", name: spec.unit, nameTextStyle: { color: text }, axisLabel: { color: text }, splitLine: { lineStyle: { color: grid } } },
     series: ls.map((l) => ({
       name: l.name,
