@@ -55,6 +55,7 @@ from pulse.cloud.sync.app import SyncListener, create_sync_app
 from pulse.cloud.sync.service import SyncService
 from pulse.cloud.twins import sweep_forever as command_sweep
 from pulse.cloud.web import install_error_handlers
+from pulse.common import logs
 from pulse.protocol.activation import ACTIVATE_PATH
 from pulse.protocol.sync import ENROLL_PATH
 from pulse.protocol.twin import TwinLimits
@@ -64,6 +65,7 @@ log = logging.getLogger("pulse.cloud")
 
 def app_from_environment() -> FastAPI:
     """The app with settings from the environment: the factory uvicorn's worker processes import."""
+    logs.configure(logging.INFO)  # a worker process starts with no logging of its own
     return create_app(Settings(), sync_listener=True)
 
 

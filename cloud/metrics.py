@@ -12,7 +12,9 @@ set of labels whatever paths clients try."""
 
 from __future__ import annotations
 
+import re
 import time
+import uuid
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -20,6 +22,7 @@ import asyncpg
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from pulse.cloud.ingest.writer import FlushReport
+from pulse.common import logs
 
 
 class Metrics:
@@ -169,9 +172,23 @@ def api_areas(paths: Iterable[str]) -> frozenset[str]:
     return frozenset(p.split("/")[3] for p in paths if p.startswith("/api/v1/") and len(p.split("/")) > 3)
 
 
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+
+
+def request_id_of(scope: Any) -> str:
+    """The client's ``X-Request-ID`` when it is a sane token, else a new one (logged and answered)."""
+    for name, value in scope.get("headers", ()):
+        if name == b"x-request-id":
+            text = value.decode("latin-1")
+            if _REQUEST_ID.fullmatch(text):
+                return text
+    return uuid.uuid4().hex
+
+
 class HttpMetrics:
     """ASGI middleware: per route group, requests by status class and latency (HTTP only; the
-    live WebSocket is not a request with a latency). ``areas`` is read once, at the first request,
+    live WebSocket is not a request with a latency); and each request's id (``X-Request-ID``, in
+    its log records and its answer). ``areas`` is read once, at the first request,
     from the app's routes."""
 
     def __init__(self, app: Any, *, metrics: Metrics, areas: Callable[[], frozenset[str]]) -> None:
@@ -189,15 +206,18 @@ class HttpMetrics:
         group = route_group(scope.get("path", ""), self._areas)
         status = 500
         started = time.perf_counter()
+        request_id = request_id_of(scope)
 
         async def sending(message: Any) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = int(message["status"])
+                message = {**message, "headers": [*message.get("headers", []), (b"x-request-id", request_id.encode())]}
             await send(message)
 
         try:
-            await self.app(scope, receive, sending)
+            with logs.bound(request_id=request_id):
+                await self.app(scope, receive, sending)
         finally:
             self._metrics.http_seconds.labels(group).observe(time.perf_counter() - started)
             self._metrics.http_requests.labels(group, f"{status // 100}xx").inc()

@@ -18,6 +18,7 @@ import time
 
 from amqtt.errors import BrokerError
 
+from pulse.common import logs
 from pulse.edge import broker as mqtt
 from pulse.edge import status
 from pulse.edge.auth import Authenticator
@@ -41,7 +42,7 @@ log = logging.getLogger("pulse.edge")
 
 
 def configure_logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure(level)  # JSON lines, or text on a terminal (common/logs.py)
     for noisy in ("amqtt", "transitions", "uvicorn", "aiosqlite", "pymodbus", "pysnmp"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 

@@ -20,6 +20,7 @@ from pulse.cloud.ingest.ratelimit import RateLimiter
 from pulse.cloud.settings import Settings
 from pulse.cloud.subscriptions.store import Entitlements
 from pulse.cloud.sync.service import SyncService
+from pulse.common import logs
 from pulse.protocol.errors import Code
 
 
@@ -51,7 +52,10 @@ def components(request: Request) -> Components:
 
 
 async def principal(request: Request) -> Principal:
-    return await components(request).auth.authenticate(request.headers.get("authorization"))
+    p = await components(request).auth.authenticate(request.headers.get("authorization"))
+    if p.tenant_id is not None:
+        logs.bind(tenant=p.tenant_id)  # what this request logs names its tenant
+    return p
 
 
 @dataclass(frozen=True, slots=True)

@@ -164,7 +164,7 @@ class Partition(BaseModel):
     range_start: dt.datetime | None
     range_end: dt.datetime | None
     bytes: int
-    rows_estimate: int = Field(description="the planner's estimate (pg_class.reltuples), not a count")
+    rows_estimate: int = Field(description="the planner's estimate (pg_class.reltuples), or a count where it has none yet")
 
 
 class Worker(BaseModel):
@@ -191,7 +191,7 @@ class SystemOverview(BaseModel):
 
 
 _PARTITIONS_SQL = """
-SELECT c.relname AS name, pg_total_relation_size(c.oid) AS bytes, greatest(c.reltuples, 0)::bigint AS rows_estimate,
+SELECT c.relname AS name, pg_total_relation_size(c.oid) AS bytes, c.reltuples::bigint AS rows_estimate,
        pg_get_expr(c.relpartbound, c.oid) AS bound
 FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
 WHERE i.inhparent = $1::regclass ORDER BY c.relname
@@ -209,15 +209,24 @@ async def _partitions(conn: asyncpg.Connection, table: str) -> list[Partition]:
                 lo = dt.datetime.fromisoformat(bound.split("FROM ('")[1].split("'")[0])
                 hi = dt.datetime.fromisoformat(bound.split("TO ('")[1].split("'")[0])
             out.append(Partition(name=r["name"], range_start=lo, range_end=hi, bytes=r["bytes"], rows_estimate=r["rows_estimate"]))
-        return out
+        return [await _counted(conn, p, p.name) for p in out]
     rows = await conn.fetch(
         "SELECT chunk_schema || '.' || chunk_name AS name, range_start, range_end,"
         " pg_total_relation_size(format('%I.%I', chunk_schema, chunk_name)::regclass) AS bytes,"
-        " (SELECT greatest(reltuples, 0)::bigint FROM pg_class WHERE oid = format('%I.%I', chunk_schema, chunk_name)::regclass) AS rows_estimate"
+        " (SELECT reltuples::bigint FROM pg_class WHERE oid = format('%I.%I', chunk_schema, chunk_name)::regclass) AS rows_estimate"
         " FROM timescaledb_information.chunks WHERE hypertable_name = $1 ORDER BY range_start",
         table,
     )
-    return [Partition(**dict(r)) for r in rows]
+    return [await _counted(conn, Partition(**dict(r)), r["name"]) for r in rows]
+
+
+async def _counted(conn: asyncpg.Connection, p: Partition, relation: str) -> Partition:
+    """The planner's estimate, or a count where it has none yet (-1: never analysed, so small or new)."""
+    if p.rows_estimate >= 0:
+        return p
+    schema, _, table = relation.rpartition(".")
+    name = f'"{schema}"."{table}"' if schema else f'"{table}"'
+    return p.model_copy(update={"rows_estimate": int(await conn.fetchval(f"SELECT count(*) FROM {name}"))})
 
 
 @router.get("/system", response_model=SystemOverview, summary="Capacity and background workers (audited)")
@@ -235,12 +244,13 @@ async def system(p: Operator, parts: Parts, request: Request) -> SystemOverview:
         else:
             telemetry_bytes = int(await conn.fetchval("SELECT coalesce(hypertable_size('public.telemetry'), 0)"))
         oldest = None
-        for x in parts_:
-            if x.range_start is not None and x.rows_estimate > 0:
+        for x in sorted((x for x in parts_ if x.range_start is not None), key=lambda x: x.range_start or dt.datetime.min):
+            if x.rows_estimate > 0:
                 oldest = x.range_start
                 break
-        if oldest is None and any(x.range_start is None and x.rows_estimate > 0 for x in parts_):  # the default partition
-            oldest = await conn.fetchval("SELECT min(time) FROM telemetry_default")
+        if sizes["kind"] == "p":  # rows older than every partition wait in the default one
+            early = await conn.fetchval("SELECT min(time) FROM telemetry_default")
+            oldest = early if oldest is None or (early is not None and early < oldest) else oldest
     per_day: dict[dt.date, int] = {}
     for x in parts_:
         if x.range_start is not None:

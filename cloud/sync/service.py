@@ -56,6 +56,7 @@ from pulse.cloud.settings import SyncConfig
 from pulse.cloud.subscriptions import activation
 from pulse.cloud.subscriptions.store import Entitlements
 from pulse.cloud.tls import Scope, peer_certificate
+from pulse.common import logs
 from pulse.protocol import batch as codec
 from pulse.protocol.batch import DEFAULT_BATCH_LIMITS, BatchLimits, Record, Stream
 from pulse.protocol.envelope import MessageType
@@ -201,6 +202,7 @@ class SyncService:
             raise AuthError(Code.IDENTITY_REVOKED, "this gateway or its certificate was revoked; enroll again with a new token")
         if row["superseded"]:
             raise AuthError(Code.IDENTITY_SUPERSEDED, "a renewal replaced this certificate; use the newest one (or enroll again)")
+        logs.bind(tenant=tenant, gateway=gateway)  # what this request logs names them
         return GatewayCaller(tenant, gateway, row["site_id"], ident.serial, key_fingerprint(cert.public_key()))
 
     # --- enrollment and renewal -------------------------------------------------------------

@@ -131,7 +131,10 @@ async def test_metrics_exposition_parses_with_prometheus_names_and_types(cloud: 
     ticks = Ticks()
     tenant_id, headers = await cloud.tenant_user()
     await add_gateway(cloud, tenant_id, "south", backlog={"telemetry": 7}, oldest=T0 - dt.timedelta(seconds=30))
-    assert (await cloud.client.get("/api/v1/devices", headers=headers)).status_code == 200
+    r = await cloud.client.get("/api/v1/devices", headers={**headers, "X-Request-ID": "probe-1"})
+    assert r.status_code == 200 and r.headers["x-request-id"] == "probe-1"  # the id its log records carry
+    r = await cloud.client.get("/api/v1/devices", headers={**headers, "X-Request-ID": "no spaces or\ttabs"})
+    assert r.headers["x-request-id"] != "no spaces or\ttabs" and len(r.headers["x-request-id"]) == 32  # replaced by a new one
     assert (await cloud.client.get("/api/v1/nowhere-" + uuid.uuid4().hex, headers=headers)).status_code == 404
     await sampler_of(cloud, ticks).sample_once()
     r = await cloud.client.get("/metrics")
