@@ -209,7 +209,7 @@ async def _partitions(conn: asyncpg.Connection, table: str) -> list[Partition]:
                 lo = dt.datetime.fromisoformat(bound.split("FROM ('")[1].split("'")[0])
                 hi = dt.datetime.fromisoformat(bound.split("TO ('")[1].split("'")[0])
             out.append(Partition(name=r["name"], range_start=lo, range_end=hi, bytes=r["bytes"], rows_estimate=r["rows_estimate"]))
-        return [await _counted(conn, p, p.name) for p in out]
+        return [await _counted(conn, table, p, out) for p in out]
     rows = await conn.fetch(
         "SELECT chunk_schema || '.' || chunk_name AS name, range_start, range_end,"
         " pg_total_relation_size(format('%I.%I', chunk_schema, chunk_name)::regclass) AS bytes,"
@@ -217,16 +217,27 @@ async def _partitions(conn: asyncpg.Connection, table: str) -> list[Partition]:
         " FROM timescaledb_information.chunks WHERE hypertable_name = $1 ORDER BY range_start",
         table,
     )
-    return [await _counted(conn, Partition(**dict(r)), r["name"]) for r in rows]
+    chunks = [Partition(**dict(r)) for r in rows]
+    return [await _counted(conn, table, p, chunks) for p in chunks]
 
 
-async def _counted(conn: asyncpg.Connection, p: Partition, relation: str) -> Partition:
-    """The planner's estimate, or a count where it has none yet (-1: never analysed, so small or new)."""
+async def _counted(conn: asyncpg.Connection, table: str, p: Partition, every: list[Partition]) -> Partition:
+    """The planner's estimate, or a count where it has none yet (-1: never analysed, so small or
+    new). Counted through the parent table by time range (the operator role has no grant on the
+    partitions or chunks themselves); the default partition is what lies outside every range."""
     if p.rows_estimate >= 0:
         return p
-    schema, _, table = relation.rpartition(".")
-    name = f'"{schema}"."{table}"' if schema else f'"{table}"'
-    return p.model_copy(update={"rows_estimate": int(await conn.fetchval(f"SELECT count(*) FROM {name}"))})
+    if p.range_start is not None:
+        n = await conn.fetchval(f"SELECT count(*) FROM {table} WHERE time >= $1 AND time < $2", p.range_start, p.range_end)
+    else:
+        ranged = [x for x in every if x.range_start is not None]
+        lo = min((x.range_start for x in ranged if x.range_start), default=None)
+        hi = max((x.range_end for x in ranged if x.range_end), default=None)
+        if lo is None or hi is None:
+            n = await conn.fetchval(f"SELECT count(*) FROM {table}")
+        else:
+            n = await conn.fetchval(f"SELECT count(*) FROM {table} WHERE time < $1 OR time >= $2", lo, hi)
+    return p.model_copy(update={"rows_estimate": int(n)})
 
 
 @router.get("/system", response_model=SystemOverview, summary="Capacity and background workers (audited)")
@@ -248,8 +259,9 @@ async def system(p: Operator, parts: Parts, request: Request) -> SystemOverview:
             if x.rows_estimate > 0:
                 oldest = x.range_start
                 break
-        if sizes["kind"] == "p":  # rows older than every partition wait in the default one
-            early = await conn.fetchval("SELECT min(time) FROM telemetry_default")
+        ranged = [x.range_start for x in parts_ if x.range_start is not None]
+        if sizes["kind"] == "p" and ranged:  # rows older than every partition wait in the default one
+            early = await conn.fetchval("SELECT min(time) FROM telemetry WHERE time < $1", min(ranged))
             oldest = early if oldest is None or (early is not None and early < oldest) else oldest
     per_day: dict[dt.date, int] = {}
     for x in parts_:
