@@ -179,7 +179,7 @@ def request_id_of(scope: Any) -> str:
     """The client's ``X-Request-ID`` when it is a sane token, else a new one (logged and answered)."""
     for name, value in scope.get("headers", ()):
         if name == b"x-request-id":
-            text = value.decode("latin-1")
+            text = str(value.decode("latin-1"))
             if _REQUEST_ID.fullmatch(text):
                 return text
     return uuid.uuid4().hex
