@@ -202,7 +202,10 @@ class HttpMetrics:
             await self.app(scope, receive, send)
             return
         if self._areas is None:
-            self._areas = self._areas_of()
+            try:
+                self._areas = self._areas_of()
+            except Exception:  # noqa: BLE001 - counting must never cost a request its answer
+                self._areas = frozenset()
         group = route_group(scope.get("path", ""), self._areas)
         status = 500
         started = time.perf_counter()
