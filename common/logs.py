@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from typing import IO
 
 FIELDS = ("request_id", "tenant", "gateway", "device")
+_HANDLER = "pulse"
 _context: dict[str, contextvars.ContextVar[str | None]] = {f: contextvars.ContextVar(f"pulse_log_{f}", default=None) for f in FIELDS}
 
 
@@ -78,14 +79,16 @@ class TextFormatter(logging.Formatter):
 
 def configure(level: str | int = "INFO", *, stream: IO[str] | None = None, fmt: str = "auto") -> logging.Handler:
     """Log to ``stream`` (stderr) at ``level``: ``fmt`` "json", "text", or "auto" (text on a
-    terminal, JSON otherwise). Replaces the root logger's handlers; returns the new one."""
+    terminal, JSON otherwise). Replaces the handler an earlier call installed (others, such as a
+    test runner's, stay); returns the new one."""
     out = stream if stream is not None else sys.stderr
     if fmt == "auto":
         fmt = "text" if getattr(out, "isatty", lambda: False)() else "json"
     handler = logging.StreamHandler(out)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    handler.set_name(_HANDLER)
     root = logging.getLogger()
-    for old in list(root.handlers):
+    for old in [h for h in root.handlers if h.get_name() == _HANDLER]:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper() if isinstance(level, str) else level)
