@@ -45,6 +45,8 @@ class Components:
     """Whether a tenant's data is accepted (its subscriptions); operator changes invalidate it."""
     activation_limiter: RateLimiter | None = None
     """Activation attempts per source address (PULSE_ACTIVATION_RATE_PER_MIN, PULSE_ACTIVATION_BURST)."""
+    forgot_limiter: RateLimiter | None = None
+    """Forgotten-password requests per source address (PULSE_FORGOT_RATE_PER_MIN, PULSE_FORGOT_BURST)."""
 
 
 def components(request: Request) -> Components:
@@ -53,6 +55,8 @@ def components(request: Request) -> Components:
 
 async def principal(request: Request) -> Principal:
     p = await components(request).auth.authenticate(request.headers.get("authorization"))
+    if p.via == "local":  # a disabled, removed or signed-out account's tokens stop at once
+        await request.app.state.accounts.check_session(p)
     if p.tenant_id is not None:
         logs.bind(tenant=p.tenant_id)  # what this request logs names its tenant
     return p
