@@ -8,6 +8,14 @@
   Counted from the first request to the last answer; every accepted message is then counted in
   the database.
 - ``ratio`` = ingest / raw.
+- ``sampling``: what the platform sampler (``pulse.cloud.platform``) costs. ``ingest_msgs_per_s``
+  above is a server sampling every PULSE_PLATFORM_SAMPLE_INTERVAL_S (default 5 s, as in
+  production); a second server with sampling off runs the same rounds, alternated, and
+  ``with_over_without`` is the ratio of the two best runs. That difference drowns in run-to-run
+  noise, so the cost is also measured directly: 40 samples against this database with 25 and
+  with 1,000 devices (device states, 1 gateway per 25 devices with a backlog, open alerts), each
+  sample's wall time (client and database together, one round trip after the other, so an upper
+  bound of the CPU it takes) over the 5 s interval = ``core_pct`` of one core.
 
 Three rounds (``PULSE_BENCH_ROUNDS``) alternate the two, and the best run of each side counts:
 other work on the machine can only slow a run down. Every run is listed. Knobs for exploring:
@@ -133,7 +141,9 @@ async def timed_copy(dsn: str, roles: RoleNames, rows: list[TelemetryRow], chunk
         await conn.close()
 
 
-def _server(dsn: str, roles_prefix: str, port: int, log: Path, *, workers: int = SERVER_WORKERS) -> subprocess.Popen[bytes]:
+def _server(
+    dsn: str, roles_prefix: str, port: int, log: Path, *, workers: int = SERVER_WORKERS, sample_interval_s: float = 5.0
+) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
         "PULSE_MODE": "development",
@@ -146,6 +156,7 @@ def _server(dsn: str, roles_prefix: str, port: int, log: Path, *, workers: int =
         "PULSE_WORKERS": str(workers),
         "PULSE_SYNC_PORT": str(free_port()),  # the gateway sync listener, unused here
         "PULSE_DATA_DIR": tempfile.mkdtemp(prefix="pulse-bench-data-"),
+        "PULSE_PLATFORM_SAMPLE_INTERVAL_S": str(sample_interval_s),
     }
     return subprocess.Popen(
         [sys.executable, "-m", "pulse.cli.main", "cloud", "serve", "--host", "127.0.0.1", "--port", str(port)],
@@ -237,25 +248,35 @@ def _bench(dsn: str, embedded: bool) -> dict[str, object]:
     roles = RoleNames.from_prefix(prefix)
     tenant, devices = asyncio.run(_setup(dsn, roles))
     start_ms = int(time.time() * 1000) - 6 * 3_600_000
-    port = free_port()
+    port, quiet_port = free_port(), free_port()
     log = Path(tempfile.mkstemp(prefix="pulse-bench-server-", suffix=".log")[1])
+    quiet_log = Path(tempfile.mkstemp(prefix="pulse-bench-server-", suffix=".log")[1])
     proc = _server(dsn, prefix, port, log)
+    quiet = _server(dsn, prefix, quiet_port, quiet_log, sample_interval_s=0)
     raws: list[float] = []
     ingests: list[float] = []
+    unsampled: list[float] = []
     accepted = 0
     try:
-        url = f"http://127.0.0.1:{port}"
+        url, quiet_url = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{quiet_port}"
         _wait_healthy(url, proc, log)
+        _wait_healthy(quiet_url, quiet, quiet_log)
         for r in range(ROUNDS):
             raws.append(asyncio.run(_raw_copy(dsn, roles, tenant, devices, start_ms + r * 60_000)))
             rate, n = asyncio.run(_ingest(url, devices, start_ms + r * 60_000, warm_up=r == 0))
             ingests.append(rate)
             accepted += n
+            rate, n = asyncio.run(_ingest(quiet_url, devices, start_ms + r * 60_000 + 30_000, warm_up=r == 0))
+            unsampled.append(rate)
+            accepted += n
     finally:
         stop_server(proc)
+        stop_server(quiet)
         log.unlink(missing_ok=True)
-    stored = asyncio.run(_count(dsn, tenant, "http")) - len(devices)  # minus the warm-up messages
+        quiet_log.unlink(missing_ok=True)
+    stored = asyncio.run(_count(dsn, tenant, "http")) - 2 * len(devices)  # minus the warm-up messages
     raw, ingest = max(raws), max(ingests)
+    cost = asyncio.run(_sampler_cost(dsn, roles))
     return {
         "messages_per_round": MESSAGES,
         "rounds": ROUNDS,
@@ -272,7 +293,69 @@ def _bench(dsn: str, embedded: bool) -> dict[str, object]:
         "raw_copy_msgs_per_s": round(raw),
         "ingest_msgs_per_s": round(ingest),
         "ratio": round(ingest / raw, 3),
+        "sampling": {
+            "interval_s": SAMPLE_INTERVAL_S,
+            "ingest_without_sampling_runs": [round(x) for x in unsampled],
+            "ingest_without_sampling_msgs_per_s": round(max(unsampled)),
+            "with_over_without": round(ingest / max(unsampled), 3),
+            "per_sample": cost,
+        },
     }
+
+
+SAMPLE_INTERVAL_S = 5.0
+SAMPLES = 40
+
+
+async def _sampler_cost(dsn: str, roles: RoleNames) -> dict[str, dict[str, float]]:
+    """The direct cost of one platform sample with 25 and with 1,000 devices in the database."""
+    from pulse.cloud.db.pool import Database, PoolSizes
+    from pulse.cloud.metrics import Metrics
+    from pulse.cloud.platform.sampler import Sampler
+
+    out: dict[str, dict[str, float]] = {}
+    conn = await asyncpg.connect(dsn)
+    db = Database(dsn, roles, sizes=PoolSizes(app=2, operator=1, writer=1))
+    await db.open()
+    try:
+        tenant = await conn.fetchval("INSERT INTO tenants (slug, name) VALUES ($1, 'bench-sampling') RETURNING id", "bench-s-" + uuid.uuid4().hex[:8])
+        sampler = Sampler(db, Metrics(), writer_depth=lambda: 0, clock=lambda: datetime.now(UTC), interval_s=SAMPLE_INTERVAL_S)
+        have = 0
+        for devices in (25, 1000):
+            async with conn.transaction():
+                await conn.execute("SELECT set_config('app.tenant_id', $1, true)", str(tenant))
+                await conn.executemany(
+                    "INSERT INTO device_states (tenant_id, device_id, status) VALUES ($1, $2, $3)",
+                    [(tenant, f"sim-{d:04d}", ("online", "online", "stale", "offline")[d % 4]) for d in range(have, devices)],
+                )
+                await conn.executemany(
+                    "INSERT INTO gateways (tenant_id, name, status, last_seen_at, backlog, oldest_unsynced_at)"
+                    " VALUES ($1, $2, 'active', now(), '{\"telemetry\": 100}'::jsonb, now() - interval '1 minute')",
+                    [(tenant, f"gw-{g:03d}") for g in range(have // 25, devices // 25)],
+                )
+                await conn.executemany(
+                    "INSERT INTO alerts (tenant_id, device_id, rule_id, severity, explanation) VALUES ($1, $2, 'hot', 'major', '{}'::jsonb)",
+                    [(tenant, f"sim-{d:04d}") for d in range(have, devices, 10)],
+                )
+            have = devices
+            await sampler.sample_once()  # warm: statements prepared, pools filled
+            walls: list[float] = []
+            cpus: list[float] = []
+            for _ in range(SAMPLES):
+                w0, c0 = time.perf_counter(), time.process_time()
+                await sampler.sample_once()
+                walls.append(time.perf_counter() - w0)
+                cpus.append(time.process_time() - c0)
+            wall = sorted(walls)[len(walls) // 2]
+            out[f"devices_{devices}"] = {
+                "median_wall_ms": round(wall * 1000, 3),
+                "median_client_cpu_ms": round(sorted(cpus)[len(cpus) // 2] * 1000, 3),
+                "core_pct": round(100 * wall / SAMPLE_INTERVAL_S, 3),
+            }
+    finally:
+        await db.close()
+        await conn.close()
+    return out
 
 
 def run() -> dict[str, object]:

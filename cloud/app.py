@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import os
+import socket
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Literal
@@ -24,7 +26,7 @@ from pulse.cloud.api import activation as activation_api
 from pulse.cloud.api import alerts as alerts_api
 from pulse.cloud.api import audit as audit_api
 from pulse.cloud.api import auth as auth_api
-from pulse.cloud.api import devices, fleet, gateways, live, operator, sites, telemetry
+from pulse.cloud.api import devices, fleet, gateways, live, operator, sites, system, telemetry
 from pulse.cloud.api import jobs as jobs_api
 from pulse.cloud.api import notify as notify_api
 from pulse.cloud.api import quarantine as quarantine_api
@@ -37,7 +39,7 @@ from pulse.cloud.auth.accounts import Accounts
 from pulse.cloud.auth.oidc_login import OidcClient, OidcLogin
 from pulse.cloud.auth.tokens import Authenticator, OidcVerifier, SessionTokens
 from pulse.cloud.bodylimit import BodyLimit
-from pulse.cloud.db.migrate import maintain_telemetry, migrate
+from pulse.cloud.db.migrate import maintain_system_metrics, maintain_telemetry, migrate
 from pulse.cloud.db.pool import Database, PoolSizes
 from pulse.cloud.db.rows import TelemetryRow
 from pulse.cloud.ingest import http as ingest_http
@@ -45,9 +47,11 @@ from pulse.cloud.ingest.identity import DeviceTokenCache, credential_lookup
 from pulse.cloud.ingest.ratelimit import RateLimiter
 from pulse.cloud.ingest.writer import Writer
 from pulse.cloud.live import LiveHub
-from pulse.cloud.metrics import Metrics
+from pulse.cloud.metrics import HttpMetrics, Metrics, api_areas
 from pulse.cloud.notify.settings import NotifySettings, ack_links
 from pulse.cloud.notify.worker import NotifyWorkers
+from pulse.cloud.platform.health import HealthThresholds
+from pulse.cloud.platform.sampler import Sampler
 from pulse.cloud.replicas import Replica
 from pulse.cloud.settings import Settings
 from pulse.cloud.subscriptions import worker as subscription_worker
@@ -58,6 +62,7 @@ from pulse.cloud.sync.service import SyncService
 from pulse.cloud.twins import sweep_forever as command_sweep
 from pulse.cloud.twins import to_ms
 from pulse.cloud.web import install_error_handlers
+from pulse.common import logs
 from pulse.protocol.activation import ACTIVATE_PATH
 from pulse.protocol.sync import ENROLL_PATH
 from pulse.protocol.twin import TwinLimits
@@ -67,6 +72,7 @@ log = logging.getLogger("pulse.cloud")
 
 def app_from_environment() -> FastAPI:
     """The app with settings from the environment: the factory uvicorn's worker processes import."""
+    logs.configure(logging.INFO)  # a worker process starts with no logging of its own
     return create_app(Settings(), sync_listener=True)
 
 
@@ -150,7 +156,30 @@ def create_app(
     sync.claims.limiter = RateLimiter(rate=settings.activation_rate_per_min / 60, burst=settings.activation_burst, max_keys=100_000)
     ingest.on_twin_change = hub.notify  # ... from direct devices too
 
+    now = clock or (lambda: dt.datetime.now(dt.UTC))
+    sampler = Sampler(
+        db,
+        metrics,
+        writer_depth=lambda: writer.queued_rows,
+        clock=now,
+        interval_s=settings.platform_sample_interval_s,
+        offline_after_s=settings.gateway_offline_after_s,
+        source=f"{socket.gethostname()}:{os.getpid()}",
+        rules=rules,
+        thresholds=HealthThresholds(
+            evaluation_lag_s=settings.health_evaluation_lag_s,
+            dead_letter_window_s=settings.health_dead_letter_window_s,
+            writer_queue_rows=settings.health_writer_queue_rows,
+            gateway_backlog_age_s=settings.health_gateway_backlog_age_s,
+        )
+        if settings.health_alerts
+        else None,
+    )
+
+    maintained: dict[str, object] = {"running": False}
+
     async def maintenance() -> None:
+        maintained["running"] = True
         while True:
             try:
                 actions = await maintain_telemetry(
@@ -158,8 +187,15 @@ def create_app(
                     ahead_days=settings.telemetry_partitions_ahead_days,
                     retention_days=settings.telemetry_retention_days,
                 )
+                actions += await maintain_system_metrics(
+                    settings.database_url,
+                    ahead_days=settings.telemetry_partitions_ahead_days,
+                    retention_days=settings.system_metrics_retention_days,
+                )
                 for action, target in actions:
-                    log.info("telemetry storage: %s %s", action, target)
+                    log.info("storage: %s %s", action, target)
+                maintained["last_run_at"] = now()
+                maintained["detail"] = f"every {settings.maintenance_interval_s} s; last run: {len(actions)} action(s)"
             except Exception:  # keep maintaining; the next round may succeed
                 log.exception("telemetry maintenance failed; retrying in %ss", settings.maintenance_interval_s)
             await asyncio.sleep(settings.maintenance_interval_s)
@@ -175,6 +211,8 @@ def create_app(
         rules.start(sweep=False)
         if notify_settings.workers:
             notify_workers.start()  # safe on every replica: they claim work with SKIP LOCKED
+        if settings.platform_sample_interval_s > 0:
+            sampler.start()  # every replica samples its own figures
         now = clock or (lambda: dt.datetime.now(dt.UTC))
         # once per cluster: on the replica holding each job's lock (cluster/leader.py)
         replica.add_job("maintenance", maintenance)
@@ -205,6 +243,7 @@ def create_app(
             if listener is not None:
                 await listener.stop()
             await replica.stop()
+            await sampler.stop()
             await writer.stop()
             await rules.stop()
             await notify_workers.stop()
@@ -252,12 +291,16 @@ def create_app(
     app.state.rules = rules
     app.state.notify_settings = notify_settings
     app.state.notify_workers = notify_workers
+    app.state.sampler = sampler
+    app.state.maintenance = maintained
 
     install_error_handlers(app)
     # unauthenticated endpoints whose JSON bodies FastAPI would otherwise read whole (ingest has its own limit)
     app.add_middleware(
         BodyLimit, limits=dict.fromkeys((ENROLL_PATH, ACTIVATE_PATH, "/auth/login", "/auth/refresh", "/auth/links/inspect", "/auth/links/accept", "/auth/forgot"), settings.public_max_body_bytes)
     )
+    # outermost: every HTTP request is counted, by route group, with its latency
+    app.add_middleware(HttpMetrics, metrics=metrics, areas=lambda: api_areas(app.openapi().get("paths", {})))
 
     @app.get("/health", tags=["ops"], summary="Liveness and database reachability", responses={200: {"model": Health}, 503: {"model": Health}})
     async def health() -> JSONResponse:
@@ -282,6 +325,7 @@ def create_app(
     app.include_router(quarantine_api.router)
     app.include_router(gateways.router)
     app.include_router(gateways.enroll_router)
+    app.include_router(system.router)  # before operator.router: /operator/alerts/heatmap, /operator/health/sparklines
     app.include_router(operator.router)
     app.include_router(users_api.router)
     app.include_router(users_api.operator_router)

@@ -22,6 +22,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from pulse.common import logs
+
 
 def _settings() -> Any:
     from pulse.cloud.settings import Settings
@@ -82,7 +84,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from pulse.cloud.web import proxy_options
 
     s = _settings()  # refuse a bad configuration before starting anything
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure(logging.INFO)  # JSON lines, or text on a terminal (docs/operations.md, "Logs")
     # the gateway CA is made here once, before worker processes start (they would race to make it)
     CertificateAuthority.load_or_create(s.sync.ca_dir)
     workers = args.workers or s.workers
@@ -92,6 +94,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         "log_level": "info",
         "access_log": args.access_log,
         "timeout_graceful_shutdown": 10,
+        "log_config": None,  # uvicorn's records go through Pulse's format (common/logs.py)
         "ws": "websockets-sansio",  # the console's live socket (/api/v1/live)
         # asyncio's own loop, not uvloop: the sync listener runs each TLS handshake itself with
         # loop.start_tls (cloud/tls.py, so refused handshakes are seen), and under uvloop a

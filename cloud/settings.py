@@ -98,6 +98,20 @@ class Settings(BaseSettings):
     job_interval_s: float = Field(default=5.0, gt=0, description="how often the job runner moves running jobs on")
     firmware_dir: Path | None = Field(default=None, description="where firmware artifacts are stored (default: <data_dir>/firmware)")
     firmware_max_bytes: int = Field(default=256 * 1024 * 1024, ge=1, description="largest firmware artifact accepted (bytes)")
+    # the platform watching itself (system_metrics, /metrics, platform health rules)
+    platform_sample_interval_s: float = Field(
+        default=5.0, ge=0, description="how often the cloud samples its own figures into system_metrics (0: never)"
+    )
+    system_metrics_retention_days: int = Field(default=30, ge=1, description="how long platform samples are kept")
+    health_alerts: bool = Field(default=True, description="evaluate the platform health rules on every sample")
+    health_evaluation_lag_s: float = Field(default=60.0, gt=0, description="rules evaluation lag that opens platform.evaluation_lag")
+    health_dead_letter_window_s: float = Field(
+        default=900.0, gt=0, description="new dead letters within this window keep platform.dead_letters open"
+    )
+    health_writer_queue_rows: int = Field(default=50_000, ge=1, description="writer queue depth that opens platform.writer_queue")
+    health_gateway_backlog_age_s: float = Field(
+        default=900.0, gt=0, description="age of a gateway's oldest unsynced record that opens platform.gateway_backlog"
+    )
 
     # server
     host: str = "127.0.0.1"

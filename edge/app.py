@@ -21,6 +21,7 @@ from amqtt.errors import BrokerError
 
 from pulse.broker.server import DeviceBroker
 from pulse.broker.sessions import SessionStore
+from pulse.common import logs
 from pulse.edge import broker as mqtt
 from pulse.edge import firmware, status
 from pulse.edge.auth import Authenticator, DeviceSecrets
@@ -42,7 +43,7 @@ log = logging.getLogger("pulse.edge")
 
 
 def configure_logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure(level)  # JSON lines, or text on a terminal (common/logs.py)
     for noisy in ("amqtt", "transitions", "uvicorn", "aiosqlite", "pymodbus", "pysnmp"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 

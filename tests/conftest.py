@@ -134,6 +134,7 @@ def cloud_settings(database_url: str, pg_admin_dsn: str) -> Iterator[Settings]:
         jwt_secret="test-secret-" + uuid.uuid4().hex,
         maintenance_interval_s=3600,
         writer_flush_ms=5,
+        platform_sample_interval_s=0,  # tests that sample call Sampler.sample_once on their own clock
     )
     asyncio.run(migrate(database_url, settings.roles))
     yield settings

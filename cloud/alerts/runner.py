@@ -49,6 +49,7 @@ from pulse.protocol.rules import (
     Rule,
     RuleState,
     Severity,
+    Threshold,
     UpdateDeviceState,
     applies_to,
     evaluate,
@@ -210,6 +211,7 @@ class RuleRunner:
         self._tasks: list[asyncio.Task[None]] = []
         self.evaluated_rows = 0
         self.failed_rows = 0
+        self.last_sweep_ms: int | None = None  # when the last sweep finished (the runner's clock), for the system page
 
     # --- event-driven ------------------------------------------------------------------------
 
@@ -257,6 +259,31 @@ class RuleRunner:
                 if evaluated is None:
                     return done
                 done += evaluated
+
+    async def evaluate_readings(self, tenant_id: uuid.UUID, readings: Sequence[Reading], now: int) -> None:
+        """Evaluate the tenant's threshold rules on readings in hand (no outbox, no device registry,
+        no built-in heartbeat), in one transaction: the platform health rules' way in. A rule is
+        evaluated only for readings that carry its metric."""
+        async with self._db.tenant(tenant_id) as conn:
+            rules = {r.id: r for r in await load_rules(conn, tenant_id) if isinstance(r.condition, Threshold)}
+            pairs = {
+                (r.id, x.device_id)
+                for x in readings
+                for r in rules.values()
+                if isinstance(r.condition, Threshold) and r.condition.metric in x.metrics and applies_to(r, Device(x.device_id))
+            }
+            states = await _lock_states(conn, pairs, rules, now)
+            changed: dict[tuple[str, str], RuleState] = {}
+            for reading in readings:
+                for rule_id, rule in rules.items():
+                    key = (rule_id, reading.device_id)
+                    if key not in states:
+                        continue
+                    state, actions = evaluate(rule, states[key], reading, now)
+                    if state != states[key]:
+                        states[key] = changed[key] = state
+                    await perform(conn, actions)
+            await _save_states(conn, changed)
 
     async def _drain_once(self, tenant_id: uuid.UUID, limit: int) -> int | None:
         async with self._db.tenant(tenant_id) as conn:
@@ -468,11 +495,16 @@ class RuleRunner:
             try:
                 await self.catch_up()  # at start: whatever was committed before a crash and not evaluated
                 await self.sweep_once()
+                self.last_sweep_ms = self._clock()
             except Exception:
                 log.exception("the rule sweep failed; retrying in %ss", self._config.sweep_interval_s)
             await asyncio.sleep(self._config.sweep_interval_s)
 
     # --- lifecycle ---------------------------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        return bool(self._tasks)
 
     def start(self, *, sweep: bool = True) -> None:
         """Evaluate as rows commit; ``sweep``: also run ``sweep_forever`` here (false when the

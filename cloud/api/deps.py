@@ -20,6 +20,7 @@ from pulse.cloud.ingest.ratelimit import RateLimiter
 from pulse.cloud.settings import Settings
 from pulse.cloud.subscriptions.store import Entitlements
 from pulse.cloud.sync.service import SyncService
+from pulse.common import logs
 from pulse.protocol.errors import Code
 
 
@@ -56,6 +57,8 @@ async def principal(request: Request) -> Principal:
     p = await components(request).auth.authenticate(request.headers.get("authorization"))
     if p.via == "local":  # a disabled, removed or signed-out account's tokens stop at once
         await request.app.state.accounts.check_session(p)
+    if p.tenant_id is not None:
+        logs.bind(tenant=p.tenant_id)  # what this request logs names its tenant
     return p
 
 

@@ -178,3 +178,13 @@ async def maintain_telemetry(dsn: str, *, ahead_days: int, retention_days: int) 
     finally:
         await conn.close()
     return [(r["action"], r["target"]) for r in rows]
+
+
+async def maintain_system_metrics(dsn: str, *, ahead_days: int, retention_days: int) -> list[tuple[str, str]]:
+    """The same for ``system_metrics`` (migration 0015): partitions ahead and expired, or TimescaleDB's retention."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        rows = await conn.fetch("SELECT action, target FROM pulse_system_metrics_maintain($1, $2)", ahead_days, retention_days)
+    finally:
+        await conn.close()
+    return [(r["action"], r["target"]) for r in rows]

@@ -92,6 +92,8 @@ class FlushReport:
     requests: int
     seconds: float
     ok: bool
+    waited_s: float = 0.0
+    """the longest time a request of the batch waited, from being queued to the end of the flush"""
 
 
 class Writer:
@@ -261,5 +263,11 @@ class Writer:
     def _report(self, batch: list[_Pending], started: float, *, ok: bool) -> None:
         if self._on_flush is not None:
             self._on_flush(
-                FlushReport(rows=sum(i.rows for i in batch), requests=len(batch), seconds=time.perf_counter() - started, ok=ok)
+                FlushReport(
+                    rows=sum(i.rows for i in batch),
+                    requests=len(batch),
+                    seconds=time.perf_counter() - started,
+                    ok=ok,
+                    waited_s=time.monotonic() - min(i.enqueued for i in batch) if batch else 0.0,
+                )
             )

@@ -83,6 +83,10 @@ class NotifyWorkers:
         if self._ctx is None:
             self._ctx = await self._stack.enter_async_context(send_context(self.settings, ack_links=self.ack_links))
 
+    @property
+    def running(self) -> bool:
+        return self._task is not None
+
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name="pulse-notify")
 

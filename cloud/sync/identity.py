@@ -29,6 +29,7 @@ from pulse.cloud.downlink import push_rules
 from pulse.cloud.errors import AuthError, ConflictError, InvalidError
 from pulse.cloud.settings import SyncConfig
 from pulse.cloud.tls import Scope, peer_certificate
+from pulse.common import logs
 from pulse.protocol.errors import Code
 
 PROXY_CERT_HEADER = "x-pulse-client-cert"
@@ -116,6 +117,7 @@ class Identity:
             raise AuthError(Code.IDENTITY_REVOKED, "this gateway or its certificate was revoked; enroll again with a new token")
         if row["superseded"]:
             raise AuthError(Code.IDENTITY_SUPERSEDED, "a renewal replaced this certificate; use the newest one (or enroll again)")
+        logs.bind(tenant=tenant, gateway=gateway)  # what this request logs names them
         return GatewayCaller(tenant, gateway, row["site_id"], ident.serial, key_fingerprint(cert.public_key()))
 
     def _sign(self, csr_pem: str, tenant: uuid.UUID, gateway: uuid.UUID) -> x509.Certificate:

@@ -28,6 +28,8 @@ import { NocPage } from "./features/operator/Noc";
 import { HealthPage } from "./features/operator/Health";
 import { OperatorDevicesPage } from "./features/operator/Devices";
 import { OperatorAlertsPage } from "./features/operator/Alerts";
+import { SystemPage } from "./features/system/System";
+import { OperatorAuditPage } from "./features/system/OperatorAudit";
 import { NotificationsPage } from "./features/notify/Notifications";
 import { EscalationPage } from "./features/notify/Escalation";
 import { OncallPage } from "./features/notify/Oncall";
@@ -70,6 +72,8 @@ function page(path: string, access: Access): ReactNode {
     if (match("/operator/health", path)) return <HealthPage />;
     if (match("/operator/devices", path)) return <OperatorDevicesPage />;
     if (match("/operator/alerts", path)) return <OperatorAlertsPage />;
+    if (match("/operator/system", path)) return <SystemPage />;
+    if (access.me.roles.includes("operator-admin") && match("/operator/audit", path)) return <OperatorAuditPage />;
   }
   return <NotFound />;
 }
@@ -114,6 +118,8 @@ export function App() {
           ["/operator/tenants", "Tenants"],
           ["/operator/devices", "All devices"],
           ["/operator/alerts", "All alerts"],
+          ["/operator/system", "System"],
+          ...(roles.includes("operator-admin") ? [["/operator/audit", "Operator audit"]] : []),
         ] as [string, string][])
       : []),
   ];

@@ -116,7 +116,7 @@ async def test_operator_sees_live_telemetry_and_other_tenants_get_404(cloud: Clo
     assert seen["rotated_token"] not in (token, seen["issued_token"])
     assert seen["credential_states"] == ["valid", "revoked"]
     # role-aware navigation: an operator gets the operator pages, not a tenant's
-    assert seen["operator_nav"] == ["NOC", "Tenant health", "Tenants", "All devices", "All alerts"]
+    assert seen["operator_nav"] == ["NOC", "Tenant health", "Tenants", "All devices", "All alerts", "System"]
     assert "Acme Water" in seen["operator_tenant_row"] and str(FLEET + 1) in seen["operator_tenant_row"]
     # another tenant's user: the 404 page, and no chart of A's device
     assert "No such device in your tenant" in seen["b_not_found_text"]

@@ -162,7 +162,7 @@ async def test_alerting_twin_and_operator_pages_work_end_to_end(cloud_settings: 
     assert seen["timeline"]["bars"] > 0 and seen["timeline"]["gaps"] == 0 and "On call now: ana" in seen["oncall_now"]
     assert "oncall.member_unreachable" in seen["unreachable_error"] and "reached by ops-hook (webhook)" in seen["oncall_now"]
     # operator
-    assert seen["operator_nav"] == ["NOC", "Tenant health", "Tenants", "All devices", "All alerts"]
+    assert seen["operator_nav"] == ["NOC", "Tenant health", "Tenants", "All devices", "All alerts", "System"]
     assert seen["live_event_status"] == 200 and device_id in seen["feed_row"] and seen["ops_no_reload"] is True
     assert seen["tv"] == {"theme": "dark", "nav": "none"}
     assert seen["health_row"][0].startswith(slug) and seen["health_row"][1] == "2" and seen["health_row"][4] == "1"  # the device and ups-7, registered by the connector set

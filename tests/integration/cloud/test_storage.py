@@ -35,9 +35,16 @@ async def test_migrations_are_recorded_and_idempotent(cloud_settings: Settings) 
         assert await conn.fetchval("SELECT count(*) FROM pg_extension WHERE extname = 'timescaledb'") == (1 if preloaded else 0)
         forced = await conn.fetch(
             "SELECT relname FROM pg_class WHERE relkind IN ('r', 'p') AND relnamespace = 'public'::regnamespace"
-            " AND NOT (relrowsecurity AND relforcerowsecurity) AND relname NOT LIKE 'telemetry_%' ORDER BY relname"
+            " AND NOT (relrowsecurity AND relforcerowsecurity) AND relname NOT LIKE 'telemetry_%'"
+            " AND relname !~ '^system_metrics' ORDER BY relname"
         )
-        # every tenant table is under forced RLS; the hypertable cannot be (the app role reads it through a view)
+        # every tenant table is under forced RLS; the hypertable cannot be (the app role reads it through a view).
+        # system_metrics (0015) holds no tenant's rows: the platform's own figures; the app role has no grant on it
+        app_grants = await conn.fetchval(
+            "SELECT count(*) FROM information_schema.role_table_grants WHERE table_name LIKE 'system_metrics%' AND grantee = $1",
+            cloud_settings.roles.app,
+        )
+        assert app_grants == 0
         assert [r["relname"] for r in forced] == (["schema_migrations", "telemetry"] if preloaded else ["schema_migrations"])
     finally:
         await conn.close()

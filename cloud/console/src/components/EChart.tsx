@@ -2,13 +2,13 @@
 // container's data-probe attribute so that tests and support staff can read what the chart shows.
 import { type MutableRefObject, type RefObject, useEffect, useRef } from "react";
 import * as echarts from "echarts/core";
-import { BarChart, CustomChart, GaugeChart, LineChart, ScatterChart } from "echarts/charts";
-import { GridComponent, LegendComponent, MarkAreaComponent, MarkLineComponent, MarkPointComponent, TooltipComponent } from "echarts/components";
+import { BarChart, CustomChart, GaugeChart, HeatmapChart, LineChart, ScatterChart } from "echarts/charts";
+import { GridComponent, LegendComponent, MarkAreaComponent, MarkLineComponent, MarkPointComponent, TooltipComponent, VisualMapComponent } from "echarts/components";
 import { CanvasRenderer } from "echarts/renderers";
 
 echarts.use([
-  LineChart, GaugeChart, CustomChart, BarChart, ScatterChart,
-  GridComponent, TooltipComponent, LegendComponent, MarkLineComponent, MarkPointComponent, MarkAreaComponent,
+  LineChart, GaugeChart, CustomChart, BarChart, ScatterChart, HeatmapChart,
+  GridComponent, TooltipComponent, LegendComponent, MarkLineComponent, MarkPointComponent, MarkAreaComponent, VisualMapComponent,
   CanvasRenderer,
 ]);
 

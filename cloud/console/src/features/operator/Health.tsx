@@ -3,6 +3,8 @@ import { useQuery } from "@tanstack/react-query";
 import { api } from "../../api";
 import { navigate } from "../../router";
 import type { TenantHealth } from "../../types";
+import { Spark } from "../system/Platform";
+import type { Sparklines } from "../system/model";
 import { ago, Empty, ErrorBox, Loading } from "../../components/ui";
 
 function cell(bad: boolean, warn: boolean): string {
@@ -11,6 +13,12 @@ function cell(bad: boolean, warn: boolean): string {
 
 export function HealthPage() {
   const q = useQuery({ queryKey: ["tenant-health"], queryFn: () => api<TenantHealth[]>("/api/v1/operator/health"), refetchInterval: 30_000 });
+  const sparks = useQuery({
+    queryKey: ["tenant-sparklines"],
+    queryFn: () => api<Sparklines>("/api/v1/operator/health/sparklines", { query: { hours: 24 } }),
+    refetchInterval: 60_000,
+  });
+  const lines = new Map((sparks.data?.tenants ?? []).map((t) => [t.tenant_id, t]));
   return (
     <>
       <h1>Tenant health</h1>
@@ -24,7 +32,7 @@ export function HealthPage() {
       ) : (
         <table className="table matrix" data-testid="health-matrix">
           <thead>
-            <tr><th>Tenant</th><th className="num">Devices</th><th className="num">Online</th><th className="num">Offline</th><th className="num">Open alerts</th><th className="num">Critical</th><th className="num">Gateways offline</th><th>Last reading</th></tr>
+            <tr><th>Tenant</th><th className="num">Devices</th><th className="num">Online</th><th className="num">Offline</th><th className="num">Open alerts</th><th className="num">Critical</th><th className="num">Gateways offline</th><th>Last reading</th><th>Readings, 24 h</th><th>Alerts, 24 h</th></tr>
           </thead>
           <tbody>
             {q.data.map((t) => {
@@ -39,6 +47,8 @@ export function HealthPage() {
                   <td className={`num ${cell(t.critical_alerts > 0, false)}`}>{t.critical_alerts}</td>
                   <td className={`num ${cell(t.gateways_offline > 0, false)}`}>{t.gateways_offline}/{t.gateways}</td>
                   <td className={t.devices > 0 ? cell(false, silent) : ""}>{ago(t.last_ingest_at)}</td>
+                  <td data-testid={`spark-readings-${t.slug}`}>{lines.has(t.id) && <Spark values={lines.get(t.id)!.readings} label={`readings per hour of ${t.slug}`} />}</td>
+                  <td data-testid={`spark-alerts-${t.slug}`}>{lines.has(t.id) && <Spark values={lines.get(t.id)!.alerts} label={`alerts per hour of ${t.slug}`} bad />}</td>
                 </tr>
               );
             })}

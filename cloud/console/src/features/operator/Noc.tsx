@@ -1,5 +1,6 @@
-// The NOC view (operators): gauges, the live event feed, TV mode. Every request is audited.
-import { useEffect, useMemo, useState } from "react";
+// The NOC view (operators): gauges, the pipeline strip, charts of the last hour or day from the
+// platform samples, the alert heatmap, the live event feed (with pause), TV mode. Every request is audited.
+import { useEffect, useMemo, useRef, useState } from "react";
 import { useQuery } from "@tanstack/react-query";
 import { api } from "../../api";
 import { useAccess } from "../../lib/access";
@@ -8,6 +9,15 @@ import { niceMax, poolPct, pushEvents } from "../../noc";
 import { SEVERITIES, type FeedEvent, type Noc, type TenantHealth } from "../../types";
 import { EChart, cssVar } from "../../components/EChart";
 import { Empty, ErrorBox, Loading } from "../../components/ui";
+import { AlertHeatmap, PlatformCharts, RangePicker, TopologyStrip, type ChartSpec } from "../system/Platform";
+import type { Range } from "../system/model";
+
+const NOC_CHARTS: ChartSpec[] = [
+  { title: "Messages per second", name: "ingest_rows_per_second", unit: "rows/s", testId: "chart-messages" },
+  { title: "Alert rate (opened per minute)", name: "alerts_opened", unit: "/min", testId: "chart-alert-rate" },
+  { title: "Device states", name: "devices", label: "state", stacked: true, unit: "devices", testId: "chart-device-states" },
+  { title: "Delivery queue", name: "notify_queue_depth", unit: "jobs", testId: "chart-delivery-queue" },
+];
 
 function gauge(name: string, value: number | null, max: number, unit: string, color: string, text: string) {
   return {
@@ -40,12 +50,18 @@ export function NocPage() {
   const slug = useMemo(() => new Map((health.data ?? []).map((t) => [t.id, t.slug])), [health.data]);
   const [events, setEvents] = useState<FeedEvent[]>([]);
   const [received, setReceived] = useState(0);
+  const [paused, setPaused] = useState(false);
+  const [held, setHeld] = useState(0); // events received while paused (the list stays as it was)
+  const pausedRef = useRef(false);
+  pausedRef.current = paused;
+  const [range, setRange] = useState<Range>("1h");
   const liveState = useLiveState();
   useEffect(
     () =>
       live.feed((evs) => {
-        setEvents((list) => pushEvents(list, evs));
         setReceived((n) => n + evs.length);
+        if (pausedRef.current) setHeld((n) => n + evs.length);
+        else setEvents((list) => pushEvents(list, evs));
       }),
     [],
   );
@@ -123,10 +139,33 @@ export function NocPage() {
           </div>
         </>
       )}
+      <TopologyStrip />
+      <div className="page-head">
+        <h2>Trends</h2>
+        <span className="spacer" />
+        <RangePicker range={range} onChange={setRange} />
+      </div>
+      <PlatformCharts specs={NOC_CHARTS} range={range} />
+      <section className="card">
+        <h2>Alerts by day and hour (UTC, last 7 days)</h2>
+        <AlertHeatmap days={7} />
+      </section>
       <section className="card">
         <div className="page-head">
           <h2>Live events</h2>
-          <span className="muted small" data-testid="feed-count">{received} received</span>
+          <span className="muted small" data-testid="feed-count">{received} received{paused ? `, ${held} held while paused` : ""}</span>
+          <span className="spacer" />
+          <button
+            className="btn small"
+            aria-pressed={paused}
+            data-testid="feed-pause"
+            onClick={() => {
+              setPaused((p) => !p);
+              setHeld(0);
+            }}
+          >
+            {paused ? "Resume" : "Pause"}
+          </button>
         </div>
         {events.length === 0 ? (
           <Empty title="Waiting for events.">Each stored batch of readings shows here as it arrives, from every tenant.</Empty>
