@@ -31,6 +31,7 @@ from pulse.cloud.api import subscriptions as subscriptions_api
 from pulse.cloud.api import twin as twin_api
 from pulse.cloud.api.console import mount_console
 from pulse.cloud.api.deps import Components
+from pulse.cloud.archive.archiver import archiver_for
 from pulse.cloud.auth.accounts import Accounts
 from pulse.cloud.auth.tokens import Authenticator, OidcVerifier, SessionTokens
 from pulse.cloud.bodylimit import BodyLimit
@@ -143,8 +144,16 @@ def create_app(
     sync.activation_limiter = RateLimiter(rate=settings.activation_rate_per_min / 60, burst=settings.activation_burst, max_keys=100_000)
     ingest.on_twin_change = hub.notify  # ... from direct devices too
 
+    archiver = archiver_for(db, settings)
+    now = clock or (lambda: dt.datetime.now(dt.UTC))
+
     async def maintenance() -> None:
         while True:
+            if settings.archive_enabled:  # what retention is about to drop goes to the archive first
+                try:
+                    await archiver.run_once(now())
+                except Exception:  # retention still runs: a day older than it is lost only if the archive fails for days
+                    log.exception("telemetry archive pass failed; retrying in %ss", settings.maintenance_interval_s)
             try:
                 actions = await maintain_telemetry(
                     settings.database_url,
@@ -173,7 +182,6 @@ def create_app(
             command_sweep(db, interval_s=settings.command_sweep_interval_s, grace_s=settings.command_expiry_grace_s),
             name="pulse-command-expiry",
         )
-        now = clock or (lambda: dt.datetime.now(dt.UTC))
         renewals = asyncio.create_task(
             subscription_worker.run_forever(
                 db, interval_s=settings.subscription_interval_s, clock=now, console_url=notify_settings.console_url
@@ -214,6 +222,7 @@ def create_app(
         enroll_limiter=RateLimiter(rate=settings.enroll_rate_per_min / 60, burst=settings.enroll_burst, max_keys=100_000),
         entitlements=entitlements,
         activation_limiter=RateLimiter(rate=settings.activation_rate_per_min / 60, burst=settings.activation_burst, max_keys=100_000),
+        archive=archiver.store,
     )
     if monotonic is not None:
         app.state.pulse.monotonic = monotonic
