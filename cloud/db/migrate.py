@@ -14,7 +14,6 @@ the log, an impossible explicit request raises ``StorageEngineError`` before any
 from __future__ import annotations
 
 import datetime as dt
-
 import hashlib
 import logging
 import re

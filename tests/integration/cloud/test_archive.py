@@ -122,7 +122,7 @@ async def test_a_day_is_archived_before_retention_drops_it_and_then_answers_from
 async def test_days_not_yet_archived_are_answered_by_postgresql_in_the_same_series(cloud, tmp_path: Path) -> None:
     a, _ = await cloud.tenant_user()
     dsn = cloud.settings.database_url
-    await put_rows(dsn, [(at("2026-05-0%d" % d, 12), a, "m", {"v": float(d)}, d) for d in range(1, 6)])
+    await put_rows(dsn, [(at(f"2026-05-0{d}", 12), a, "m", {"v": float(d)}, d) for d in range(1, 6)])
     arch = archiver(cloud, tmp_path)
     await arch.run_once(at("2026-05-03", 12))  # archives 05-01 and 05-02 (05-03 is not over)
     got = await history(cloud.app.state.pulse.db, arch.store, a, "m", "v", at("2026-05-01"), at("2026-05-06"), "day")
