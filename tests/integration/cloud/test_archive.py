@@ -128,3 +128,48 @@ async def test_days_not_yet_archived_are_answered_by_postgresql_in_the_same_seri
     got = await history(cloud.app.state.pulse.db, arch.store, a, "m", "v", at("2026-05-01"), at("2026-05-06"), "day")
     assert [(p.start.day, p.avg) for p in got.buckets] == [(d, float(d)) for d in range(1, 6)]
     assert got.archive_days == 2 and got.database_from == at("2026-05-03")
+
+
+async def test_the_chart_history_endpoint_reads_gold_rollups_for_its_own_tenant_only(cloud_settings, start_cloud, tmp_path: Path) -> None:
+    async with start_cloud(cloud_settings.model_copy(update={"archive_dir": tmp_path / "archive"})) as cloud:
+        await _history_endpoint(cloud, tmp_path)
+
+
+async def _history_endpoint(cloud, tmp_path: Path) -> None:
+    a, headers_a = await cloud.tenant_user()
+    b, headers_b = await cloud.tenant_user()
+    dev_a, _, _ = await cloud.device_with_token(headers_a, "boiler")
+    dev_b, _, _ = await cloud.device_with_token(headers_b, "boiler")
+    dsn = cloud.settings.database_url
+    days = [dt.date(2025, 7, 1) + dt.timedelta(days=i) for i in range(0, 360, 7)]
+    await put_rows(dsn, [(at(d.isoformat(), 12), a, "boiler", {"bar": 1.0 + i}, i) for i, d in enumerate(days)])
+    await put_rows(dsn, [(at(d.isoformat(), 12), b, "boiler", {"bar": -1.0}, i) for i, d in enumerate(days)])
+    # a year of days: archived on a clock that walks along (retention 90 days), then dropped from PostgreSQL
+    arch = Archiver(cloud.app.state.pulse.db, cloud.app.state.pulse.archive, work_dir=tmp_path / "work",
+                    lag=dt.timedelta(hours=6), retention_days=90)
+    for month in range(13):
+        await arch.run_once(at("2025-08-01") + dt.timedelta(days=30 * month))
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute("DELETE FROM telemetry WHERE tenant_id = ANY($1::uuid[])", [a, b])
+    finally:
+        await conn.close()
+
+    year = {"metric": "bar", "from": "2025-07-01T00:00:00Z", "to": "2026-07-01T00:00:00Z"}
+    r = await cloud.client.get(f"/api/v1/devices/{dev_a}/telemetry/history", params=year, headers=headers_a)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["grain"] == "day" and body["bucket_s"] == 86400 and body["archive_days"] == len(days)
+    assert [p[1] for p in body["points"]] == [1.0 + i for i in range(len(days))]
+    r = await cloud.client.get(f"/api/v1/devices/{dev_b}/telemetry/history", params=year, headers=headers_b)
+    assert {p[1] for p in r.json()["points"]} == {-1.0}
+    # another tenant's device is not there, whatever the range
+    r = await cloud.client.get(f"/api/v1/devices/{dev_a}/telemetry/history", params=year, headers=headers_b)
+    assert r.status_code == 404 and r.json()["code"] == "api.not_found"
+    week = {"metric": "bar", "from": "2025-07-01T00:00:00Z", "to": "2025-07-08T00:00:00Z"}
+    r = await cloud.client.get(f"/api/v1/devices/{dev_a}/telemetry/history", params=week, headers=headers_a)
+    assert r.json()["grain"] == "hour" and [p[1:] for p in r.json()["points"]] == [[1.0, 1.0, 1.0, 1]]
+    # coded refusals for bad ranges and grains
+    for params in ({**year, "grain": "hour"}, {**year, "grain": "minute"}, {**week, "from": "2025-07-09T00:00:00Z"}, {"metric": "bar"}):
+        r = await cloud.client.get(f"/api/v1/devices/{dev_a}/telemetry/history", params=params, headers=headers_a)
+        assert r.status_code == 422 and r.json()["code"] == "api.invalid", (params, r.text)
