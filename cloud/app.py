@@ -27,6 +27,7 @@ from pulse.cloud.api import auth as auth_api
 from pulse.cloud.api import devices, fleet, gateways, live, operator, sites, telemetry
 from pulse.cloud.api import notify as notify_api
 from pulse.cloud.api import quarantine as quarantine_api
+from pulse.cloud.api import reports as reports_api
 from pulse.cloud.api import subscriptions as subscriptions_api
 from pulse.cloud.api import twin as twin_api
 from pulse.cloud.api.console import mount_console
@@ -45,6 +46,7 @@ from pulse.cloud.live import LiveHub
 from pulse.cloud.metrics import Metrics
 from pulse.cloud.notify.settings import NotifySettings, ack_links
 from pulse.cloud.notify.worker import NotifyWorkers
+from pulse.cloud.reports import worker as report_worker
 from pulse.cloud.settings import Settings
 from pulse.cloud.subscriptions import worker as subscription_worker
 from pulse.cloud.subscriptions.store import Entitlements
@@ -182,6 +184,14 @@ def create_app(
             command_sweep(db, interval_s=settings.command_sweep_interval_s, grace_s=settings.command_expiry_grace_s),
             name="pulse-command-expiry",
         )
+        daily_reports = (
+            asyncio.create_task(
+                report_worker.run_forever(db, interval_s=settings.report_interval_s, clock=now, console_url=notify_settings.console_url),
+                name="pulse-daily-reports",
+            )
+            if settings.reports_enabled
+            else None
+        )
         renewals = asyncio.create_task(
             subscription_worker.run_forever(
                 db, interval_s=settings.subscription_interval_s, clock=now, console_url=notify_settings.console_url
@@ -197,7 +207,9 @@ def create_app(
         finally:
             if listener is not None:
                 await listener.stop()
-            for background in (task, expiry, renewals):
+            for background in (task, expiry, renewals, daily_reports):
+                if background is None:
+                    continue
                 background.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await background
@@ -279,5 +291,7 @@ def create_app(
     app.include_router(notify_api.router)
     app.include_router(notify_api.escalation_router)
     app.include_router(notify_api.oncall_router)
+    app.include_router(reports_api.router)
+    app.include_router(reports_api.exports_router)
     mount_console(app, settings.console_dir)
     return app
