@@ -172,6 +172,40 @@ FROM alerts WHERE tenant_id = $1 AND opened_at >= $2 AND opened_at < $3 ORDER BY
 """
 
 
+class ExportedDevice(BaseModel):
+    """One row of the devices export (CSV columns in this order; `tags` space-separated in CSV)."""
+
+    id: uuid.UUID
+    device_id: str
+    name: str
+    status: str
+    connectivity: str | None = Field(description="online, stale, offline or unreachable; null if never seen")
+    site_id: uuid.UUID | None
+    gateway_id: uuid.UUID | None
+    tags: list[str]
+    created_at: dt.datetime
+    updated_at: dt.datetime
+    decommissioned_at: dt.datetime | None
+
+
+class ExportedAlert(BaseModel):
+    """One row of the alerts export (CSV columns in this order)."""
+
+    id: int
+    device_id: str
+    rule_id: str
+    kind: str
+    severity: str
+    state: str
+    occurrences: int
+    opened_at: dt.datetime
+    acknowledged_at: dt.datetime | None
+    acknowledged_by: str | None
+    closed_at: dt.datetime | None
+    closed_by: str | None
+    source: str
+
+
 def _cell(v: object) -> object:
     if isinstance(v, dt.datetime):
         return v.isoformat()
@@ -251,7 +285,8 @@ async def _export(parts: Any, caller: TenantCaller, what: str, fmt: str, sql: st
 
 @exports_router.get(
     "/devices", summary="Every device of the tenant with its connectivity, streamed", response_class=StreamingResponse,
-    responses={200: {"content": {"text/csv": {}, "application/json": {}, "application/x-ndjson": {}}}},
+    description="`format=csv` (default), `json` (an array) or `jsonl` (one object a line).",
+    responses={200: {"model": list[ExportedDevice], "content": {"text/csv": {}, "application/x-ndjson": {}}}},
 )
 async def export_devices(
     caller: Reader, parts: Parts, format: Annotated[str, Query(max_length=40)] = "csv"
@@ -262,7 +297,8 @@ async def export_devices(
 
 @exports_router.get(
     "/alerts", summary="The tenant's alerts opened in a period, streamed", response_class=StreamingResponse,
-    responses={200: {"content": {"text/csv": {}, "application/json": {}, "application/x-ndjson": {}}}},
+    description="`format=csv` (default), `json` (an array) or `jsonl` (one object a line); at most 366 days.",
+    responses={200: {"model": list[ExportedAlert], "content": {"text/csv": {}, "application/x-ndjson": {}}}},
 )
 async def export_alerts(
     caller: Reader,
