@@ -24,6 +24,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "edge": ("pulse.bench.edge", "gateway intake (auth, parse, durable buffer) against a plain amqtt broker: msgs/s, ratio, RSS"),
     "connectors": ("pulse.bench.connectors", "polling 1,000 Modbus registers and 200 SNMP OIDs on simulated devices: points/s, CPU, RSS, jitter p99 against a one-request-per-point poller"),
     "link": ("pulse.bench.link", "uplink through a userspace link shaper (lte-m, nb-iot, capped, wide, flapping, idle): utilisation, stalls, recovery, bytes/day; --full"),
+    "reports": ("pulse.bench.reports", "SLA report of 1,000 devices x 30 days against its bare SQL, archive export of --points (default 10M) to Parquet against a raw COPY (points/s, peak RSS), archive size per point against PostgreSQL's"),
     "notify": ("pulse.bench.notify", "threshold crossing -> webhook at a loopback receiver (p50/p99, deliveries/s) against bare POSTs to it"),
 }
 
