@@ -105,6 +105,8 @@ async def _seed_telemetry(conn: asyncpg.Connection, tenant: uuid.UUID, points: i
     per_day = rows // EXPORT_DAYS
     start = dt.datetime(EXPORT_DAY0.year, EXPORT_DAY0.month, EXPORT_DAY0.day, tzinfo=dt.UTC)
     step_ms = 86_400_000 / per_day
+    # daily partitions for the days, as serve's maintenance makes them (rows in their own day's partition)
+    await conn.execute("SELECT pulse_telemetry_maintain($1, 3650, $2)", EXPORT_DAYS + 1, start)
     await conn.execute(
         """INSERT INTO telemetry (time, tenant_id, device_id, msg_type, metrics, seq, source, received_at)
            SELECT $1::timestamptz + make_interval(days => day, secs => (i * $4 / 1000.0)), $2, 'dev-' || lpad((i % 200)::text, 3, '0'),
@@ -126,7 +128,7 @@ def _export(dsn: str, root: Path) -> tuple[float, float]:
         "PULSE_DB_ROLE_PREFIX": PREFIX,
         "PULSE_DATA_DIR": str(root / "data"),
         "PULSE_ARCHIVE_DIR": str(root / "archive"),
-        "PULSE_TELEMETRY_RETENTION_DAYS": "36500",
+        "PULSE_TELEMETRY_RETENTION_DAYS": str(EXPORT_DAYS + 2),
     }
     log = (root / "archive.log").open("wb")
     t0 = time.perf_counter()
