@@ -61,25 +61,25 @@ class Archiver:
 
     async def due_days(self, tenant: uuid.UUID, now: dt.datetime) -> list[dt.date]:
         """Complete days (ended at least ``lag`` before ``now``) still within retention, holding
-        telemetry of the tenant, and not yet archived; oldest first. One query: a day without rows
-        costs an index probe, and a day that gets late rows after it was found empty is found then."""
+        telemetry of the tenant, and not yet archived; oldest first. One probe a day, each with the
+        day's bounds as parameters, so that PostgreSQL (partitions) and TimescaleDB (chunks) look
+        into that day's storage only; a day that gets late rows after it was found empty is found then."""
         last_due = (now - self.lag).date() - dt.timedelta(days=1)
         oldest_kept = now.date() - dt.timedelta(days=self.retention_days)
         if last_due < oldest_kept:
             return []
+        due = []
         async with self.db.tenant(tenant) as conn:
-            rows = await conn.fetch(
-                """SELECT d::date AS day FROM generate_series($2::date, $3::date, interval '1 day') AS d
-                   WHERE NOT EXISTS (SELECT 1 FROM archive_days a WHERE a.tenant_id = $1 AND a.day = d::date)
-                     AND EXISTS (SELECT 1 FROM telemetry t WHERE t.tenant_id = $1
-                                 AND t.time >= (d::date)::timestamp AT TIME ZONE 'UTC'
-                                 AND t.time < (d::date + 1)::timestamp AT TIME ZONE 'UTC')
-                   ORDER BY 1""",
-                tenant,
-                oldest_kept,
-                last_due,
-            )
-        return [r["day"] for r in rows]
+            done = {r[0] for r in await conn.fetch("SELECT day FROM archive_days WHERE tenant_id = $1 AND day >= $2", tenant, oldest_kept)}
+            day = oldest_kept
+            while day <= last_due:
+                if day not in done and await conn.fetchval(
+                    "SELECT EXISTS (SELECT 1 FROM telemetry WHERE tenant_id = $1 AND time >= $2 AND time < $3)",
+                    tenant, *layout.day_bounds(day),
+                ):
+                    due.append(day)
+                day += dt.timedelta(days=1)
+        return due
 
     async def run_once(self, now: dt.datetime) -> ArchivePass:
         done = ArchivePass()
