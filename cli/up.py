@@ -131,6 +131,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"cloud      : {cloud.url}  (API docs {cloud.url}/docs, log {cloud.log})", flush=True)
     print(f"console    : {cloud.url}/app", flush=True)
     print(f"login      : {cloud.email} / {cloud.password}", flush=True)
+    print(f"users      : invite people at {cloud.url}/app/users (no mail relay here: the one-time link is shown there to pass on)", flush=True)
     from pulse.edge.demo import CONNECTOR_IDS, connector_devices, start_gateway
     from pulse.firmware_sim.demo import device_ids, start_equipment, start_fleet
 

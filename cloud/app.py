@@ -30,10 +30,12 @@ from pulse.cloud.api import quarantine as quarantine_api
 from pulse.cloud.api import reports as reports_api
 from pulse.cloud.api import subscriptions as subscriptions_api
 from pulse.cloud.api import twin as twin_api
+from pulse.cloud.api import users as users_api
 from pulse.cloud.api.console import mount_console
 from pulse.cloud.api.deps import Components
 from pulse.cloud.archive.archiver import archiver_for
 from pulse.cloud.auth.accounts import Accounts
+from pulse.cloud.auth.oidc_login import OidcClient, OidcLogin
 from pulse.cloud.auth.tokens import Authenticator, OidcVerifier, SessionTokens
 from pulse.cloud.bodylimit import BodyLimit
 from pulse.cloud.db.migrate import maintain_telemetry, migrate
@@ -235,12 +237,25 @@ def create_app(
         entitlements=entitlements,
         activation_limiter=RateLimiter(rate=settings.activation_rate_per_min / 60, burst=settings.activation_burst, max_keys=100_000),
         archive=archiver.store,
+        forgot_limiter=RateLimiter(rate=settings.forgot_rate_per_min / 60, burst=settings.forgot_burst, max_keys=100_000),
     )
     if monotonic is not None:
         app.state.pulse.monotonic = monotonic
     if clock is not None:
         app.state.pulse.clock = clock
     app.state.accounts = Accounts(db, sessions, refresh_ttl_s=settings.refresh_token_ttl_s)
+    if settings.oidc_issuer and settings.oidc_client_id:  # console sign-in through the identity provider
+        app.state.oidc_login = OidcLogin(
+            OidcClient(
+                issuer=settings.oidc_issuer,
+                client_id=settings.oidc_client_id,
+                client_secret=settings.oidc_client_secret.get_secret_value() if settings.oidc_client_secret else None,
+                scopes=settings.oidc_scopes,
+                tenant_claim=settings.oidc_tenant_claim,
+                roles_claim=settings.oidc_roles_claim,
+            ),
+            cookie_secret=settings.jwt_secret.get_secret_value() + ":oidc-login",
+        )
     app.state.metrics = metrics
     app.state.writer = writer
     app.state.live = hub
@@ -251,7 +266,7 @@ def create_app(
     install_error_handlers(app)
     # unauthenticated endpoints whose JSON bodies FastAPI would otherwise read whole (ingest has its own limit)
     app.add_middleware(
-        BodyLimit, limits=dict.fromkeys((ENROLL_PATH, ACTIVATE_PATH, "/auth/login", "/auth/refresh"), settings.public_max_body_bytes)
+        BodyLimit, limits=dict.fromkeys((ENROLL_PATH, ACTIVATE_PATH, "/auth/login", "/auth/refresh", "/auth/links/inspect", "/auth/links/accept", "/auth/forgot"), settings.public_max_body_bytes)
     )
 
     @app.get("/health", tags=["ops"], summary="Liveness and database reachability", responses={200: {"model": Health}, 503: {"model": Health}})
@@ -278,6 +293,10 @@ def create_app(
     app.include_router(gateways.router)
     app.include_router(gateways.enroll_router)
     app.include_router(operator.router)
+    app.include_router(users_api.router)
+    app.include_router(users_api.operator_router)
+    app.include_router(users_api.links_router)
+    app.include_router(users_api.forgot_router)
     app.include_router(fleet.router)
     app.include_router(telemetry.router)
     app.include_router(live.router)

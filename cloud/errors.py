@@ -9,6 +9,7 @@
         ├── NotFoundError               404: no such object in your tenant
         ├── InvalidError                422: request fails validation
         ├── ConflictError               409: duplicate or conflicting data
+        ├── GoneError                   410: a one-time link that was used, expired or never existed
         ├── TooLargeError               413: body over the limit
         ├── RateLimitedError            429: slow down, Retry-After
         └── OverloadedError             503: writer full or storage unavailable, Retry-After
@@ -58,6 +59,10 @@ class InvalidError(CloudError):
 
 class ConflictError(CloudError):
     status = 409
+
+
+class GoneError(CloudError):
+    status = 410
 
 
 class TooLargeError(CloudError):

@@ -53,6 +53,11 @@ class Settings(BaseSettings):
     oidc_tenant_claim: str = "pulse_tenant"
     oidc_roles_claim: str = "pulse_roles"
     oidc_jwks_cache_s: int = Field(default=300, ge=1)
+    oidc_client_id: str | None = Field(default=None, description="console sign-in through the issuer (authorization code + PKCE)")
+    oidc_client_secret: SecretStr | None = None
+    oidc_scopes: str = "openid email profile"
+    oidc_login_label: str = "Sign in with single sign-on"
+    oidc_redirect_url: str | None = Field(default=None, description="<public address>/auth/oidc/callback (default: from the request)")
 
     # request bodies of endpoints anyone can reach (enrollment, login, refresh), enforced while reading
     public_max_body_bytes: int = Field(default=64 * 1024, ge=4096, le=16 * 1024 * 1024)
@@ -134,6 +139,17 @@ class Settings(BaseSettings):
     archive_s3_secret_key: SecretStr | None = Field(default=None, description="S3 secret access key")
     reports_enabled: bool = Field(default=True, description="make each tenant's daily SLA report and send it to its notification channels")
     report_interval_s: float = Field(default=300.0, gt=0, description="how often the report worker looks for a day without its report")
+    # user administration: one-time links and the mail that carries them (issue 20)
+    invite_ttl_s: int = Field(default=7 * 24 * 3600, ge=600, le=90 * 24 * 3600, description="how long an invitation link works")
+    reset_ttl_s: int = Field(default=24 * 3600, ge=600, le=30 * 24 * 3600, description="how long a password-reset link works")
+    forgot_rate_per_min: float = Field(default=5.0, gt=0, description="forgotten-password requests per minute per source address")
+    forgot_burst: int = Field(default=5, ge=1, description="forgotten-password requests a source address may make at once")
+    mail_host: str | None = Field(default=None, description="SMTP server for invitations and resets (unset: links are only shown in the console)")
+    mail_port: int = Field(default=587, ge=1, le=65535)
+    mail_security: Literal["starttls", "tls", "none"] = "starttls"
+    mail_username: str | None = None
+    mail_password: SecretStr | None = None
+    mail_sender: str = Field(default="pulse@localhost.localdomain", description="the From address of invitations and resets")
 
     @model_validator(mode="after")
     def _enforce_non_default_secrets(self) -> Settings:

@@ -23,8 +23,7 @@ from pulse.edge import status
 from pulse.edge.auth import Authenticator
 from pulse.edge.buffer import Buffer
 from pulse.edge.config import Settings
-from pulse.edge.connectors.actions import ConnectorPublisher
-from pulse.edge.connectors.poller import BufferSink, Poller
+from pulse.edge.connectors.host import ConnectorHost
 from pulse.edge.downlink import Downlink
 from pulse.edge.errors import ConfigError, StorageError, SyncError
 from pulse.edge.identity import IdentityFiles
@@ -60,8 +59,7 @@ class Gateway:
         b = settings.broker
         self.sessions = SessionStore(settings.database, queue_max=b.session_queue_max, max_age_s=b.session_queue_max_age_s)
         self.broker: mqtt.GatewayBroker | None = None
-        self.connectors: Poller | None = None
-        self._connector_publisher: ConnectorPublisher | None = None
+        self.connectors: ConnectorHost | None = None
         self.board: status.StatusBoard | None = None
         self._http: status.uvicorn.Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -89,22 +87,18 @@ class Gateway:
                 self.broker = await mqtt.start(s.broker, self.intake, authenticator, self.sessions)
             except BrokerError as exc:
                 raise ConfigError(f"the broker cannot listen: {exc}", port=s.broker.port) from exc
-            if s.connectors:  # polled devices: readings, twin reports and command answers go through the intake
-                sink = BufferSink(self.buffer, self.intake.limits)
-                self.connectors = Poller(s.connectors, sink)
-                self._connector_publisher = ConnectorPublisher(self.broker, self.connectors, sink)
-            await self.twins.start(self._connector_publisher or self.broker)
+            # polled devices (gateway.toml's and the cloud's): readings, twin reports and command
+            # answers go through the intake; the publisher answers for them in front of the broker
+            self.connectors = ConnectorHost(s.connectors, s.database, self.buffer, self.intake.limits, self.broker,
+                                            on_ready=self.twins.device_ready)
+            await self.twins.start(self.connectors.publisher)
             self.broker.on_device_ready = self.twins.device_ready
             if s.broker.connectivity_events:
                 self.broker.on_connectivity = self._connectivity
-            if self.connectors is not None:
-                self.connectors.start()
-                for device_id in self.connectors.devices:  # a polled device is always "there": commands held for it go out now
-                    self.twins.device_ready(device_id)
+            await self.connectors.start()
             self._start_sync()
             self.board = status.StatusBoard(s, self.broker, self.intake, self.buffer, self.rules, link=self.link_status, twins=self.twins,
-                                            sessions=self.sessions,
-                                            connectors=self.connectors.snapshot if self.connectors is not None else None)
+                                            sessions=self.sessions, connectors=self.connectors.snapshot)
             await self.board.sample()
             self._tasks.append(asyncio.create_task(self.board.run(), name="status-sampler"))
             if s.status.port:
@@ -151,7 +145,9 @@ class Gateway:
             return
         assert self.broker is not None
         files = IdentityFiles(s.state_dir)
-        self.uplink = Uplink(s.sync, self.buffer, enrollment, files)
+        connectors = self.connectors
+        self.uplink = Uplink(s.sync, self.buffer, enrollment, files,
+                             report_extra=None if connectors is None else lambda: {"connectors": connectors.report()})
         self.downlink = Downlink(
             s.sync,
             s.database,
@@ -160,6 +156,7 @@ class Gateway:
             disconnect=self.broker.disconnect_device,
             apply_rules=self.rules.set_rules,
             apply_twin=self.twins.apply_downlink,
+            apply_connectors=self.connectors.apply if self.connectors is not None else None,
         )
         self._sync_tasks = [
             asyncio.create_task(self.uplink.run(), name="uplink"),
@@ -198,8 +195,6 @@ class Gateway:
         self._sync_tasks.clear()
 
     async def _stop_connectors(self) -> None:
-        if self._connector_publisher is not None:
-            await self._connector_publisher.stop()
         if self.connectors is not None:
             await self.connectors.stop()
 

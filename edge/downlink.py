@@ -17,9 +17,9 @@ What is applied:
   ``devices`` table; it replaces whatever secret the device had on this gateway (one credential
   per device at a time: the newest wins). ``revoke`` removes it when it is still the stored one, and
   ends the device's open MQTT sessions.
-- ``twin_desired``, ``command``, ``rules``: kept in the ``downlink`` table (status ``pending``) for
-  the parts of the gateway that act on them (rules: edge/rules.py; twin and commands: edge/twin.py),
-  which mark each with what they did.
+- ``twin_desired``, ``command``, ``rules``, ``connectors``: kept in the ``downlink`` table (status
+  ``pending``) for the parts of the gateway that act on them (rules: edge/rules.py; twin and
+  commands: edge/twin.py; polled devices: edge/connectors/host.py), which mark each with what they did.
 - An item that cannot be read is kept with status ``refused: <reason>`` and does not block the rest.
 """
 
@@ -51,6 +51,7 @@ MIN_EMPTY_POLL_S = 1.0
 Disconnect = Callable[[str], Awaitable[int]]
 ApplyRules = Callable[..., Awaitable[object]]  # EdgeRuleRunner.set_rules(docs, set_version=)
 ApplyTwin = Callable[[], Awaitable[object]]  # EdgeTwins.apply_downlink(): acts on pending twin/command items
+ApplyConnectors = Callable[[object], Awaitable[str]]  # ConnectorHost.apply(payload) -> the item's status
 """device id -> number of MQTT sessions ended."""
 
 
@@ -109,17 +110,19 @@ def apply_items(conn: sqlite3.Connection, raw_items: list[Any], next_seq: int, n
     return new_cursor, revoked
 
 
-def _pending_rules(conn: sqlite3.Connection) -> tuple[int, dict[str, Any]] | None:
-    row = conn.execute("SELECT seq, payload FROM downlink WHERE kind = 'rules' AND status = 'pending' ORDER BY seq DESC LIMIT 1").fetchone()
+def _pending(conn: sqlite3.Connection, kind: DownlinkKind) -> tuple[int, dict[str, Any]] | None:
+    """The newest pending item of a kind whose items each replace the whole previous one (rules, connectors)."""
+    row = conn.execute("SELECT seq, payload FROM downlink WHERE kind = ? AND status = 'pending' ORDER BY seq DESC LIMIT 1",
+                       (kind.value,)).fetchone()
     if row is None:
         return None
     payload = json.loads(row[1])
     return int(row[0]), payload if isinstance(payload, dict) else {}
 
 
-def _mark_rules(conn: sqlite3.Connection, seq: int, status: str) -> None:
+def _mark(conn: sqlite3.Connection, kind: DownlinkKind, seq: int, status: str) -> None:
     with conn:
-        conn.execute("UPDATE downlink SET status = 'superseded' WHERE kind = 'rules' AND status = 'pending' AND seq < ?", (seq,))
+        conn.execute("UPDATE downlink SET status = 'superseded' WHERE kind = ? AND status = 'pending' AND seq < ?", (kind.value, seq))
         conn.execute("UPDATE downlink SET status = ? WHERE seq = ?", (status, seq))
 
 
@@ -141,8 +144,9 @@ def _apply_credential(conn: sqlite3.Connection, change: CredentialChange, now_ms
 class Downlink:
     def __init__(self, settings: SyncSettings, database: Path, enrollment: Enrollment, files: IdentityFiles,
                  disconnect: Disconnect | None = None, apply_rules: ApplyRules | None = None,
-                 apply_twin: ApplyTwin | None = None) -> None:
+                 apply_twin: ApplyTwin | None = None, apply_connectors: ApplyConnectors | None = None) -> None:
         self.apply_rules = apply_rules
+        self.apply_connectors = apply_connectors
         self.apply_twin = apply_twin
         self.settings = settings
         self.database = database
@@ -184,6 +188,7 @@ class Downlink:
         self.cursor = await self._db(read_cursor)
         poll_timeout = s.downlink_wait_s + s.request_timeout_s
         await self._apply_pending_rules()  # one received before a crash, not yet in use
+        await self._apply_pending_connectors()
         await self._apply_pending_twin()
         async with self._conn.session() as client:
             if self.cursor:
@@ -207,6 +212,7 @@ class Downlink:
                         if ended:
                             log.info("downlink: credential of %s revoked; %d session(s) ended", device_id, ended)
                 await self._apply_pending_rules()
+                await self._apply_pending_connectors()
                 await self._apply_pending_twin()
                 await bounded(client.ack_downlink(cursor), s.request_timeout_s * 2, "acking the downlink")
 
@@ -222,7 +228,7 @@ class Downlink:
         it pending, and the next session applies it."""
         if self.apply_rules is None:
             return
-        newest = await self._db(_pending_rules)
+        newest = await self._db(_pending, DownlinkKind.RULES)
         if newest is None:
             return
         seq, payload = newest
@@ -238,7 +244,18 @@ class Downlink:
             except RuleError as exc:
                 status = f"refused: {exc.code}: {exc.message}"
                 log.error("downlink: rule set version %s refused: %s", version, exc)
-        await self._db(_mark_rules, seq, status)
+        await self._db(_mark, DownlinkKind.RULES, seq, status)
+
+    async def _apply_pending_connectors(self) -> None:
+        """Put the newest received connector set in use (stored first, applied after, as rule sets)."""
+        if self.apply_connectors is None:
+            return
+        newest = await self._db(_pending, DownlinkKind.CONNECTORS)
+        if newest is None:
+            return
+        seq, payload = newest
+        status = await self.apply_connectors(payload)
+        await self._db(_mark, DownlinkKind.CONNECTORS, seq, status)
 
     def _succeeded(self) -> None:
         self.status.state = LinkState.CONNECTED

@@ -40,7 +40,7 @@ import datetime as dt
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import asdict, dataclass
 from enum import StrEnum
 from typing import Any, TypeVar
@@ -207,8 +207,10 @@ async def _pause(delay: float, probe: Callable[[], Awaitable[bool]] | None, inte
 
 class Uplink:
     def __init__(self, settings: SyncSettings, buffer: Buffer, enrollment: Enrollment, files: IdentityFiles, *,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, report_extra: Callable[[], Mapping[str, object]] | None = None) -> None:
         self.settings = settings
+        self.report_extra = report_extra
+        """More for the periodic report (the connector set's status)."""
         self.clock = clock
         self.stalled = False
         self.stalls = 0
@@ -586,6 +588,8 @@ class Uplink:
             "oldest_unsynced_ms": oldest,
             "version": __version__,
         }
+        if self.report_extra is not None:
+            doc.update(self.report_extra())
         started = self.clock()
         self.health.started(started, self.estimate.rtt_s or self.settings.request_timeout_s)
         try:

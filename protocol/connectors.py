@@ -463,6 +463,12 @@ def parse_devices(docs: object) -> tuple[Device, ...]:
     if not isinstance(docs, list):
         raise _fail(Code.CONNECTOR_BAD_DEVICE, "connector devices are a list of tables ([[connectors.devices]])")
     devices = tuple(parse_device(d) for d in docs)
+    check_set(devices)
+    return devices
+
+
+def check_set(devices: Sequence[Device]) -> None:
+    """What must hold across the devices one gateway polls: unique ids, one setting per serial line."""
     seen: set[str] = set()
     lines: dict[str, tuple[int, str, int]] = {}
     for d in devices:
@@ -474,7 +480,56 @@ def parse_devices(docs: object) -> tuple[Device, ...]:
             if lines.setdefault(d.serial_port, serial) != serial:
                 raise _fail(Code.CONNECTOR_BAD_DEVICE, f"device {d.id}: the devices on {d.serial_port} must share baudrate, parity and stopbits",
                             device_id=d.id, field="baudrate")
-    return devices
+
+
+# ---------------------------------------------------------------------------------------------
+# Sets pushed from the cloud
+
+MAX_PUSHED_DEVICES = 500
+"""Devices in one pushed connector set at most (a gateway polls hundreds, not thousands)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectorSet:
+    """The polled devices the cloud manages for one gateway, versioned like a rule set: each set
+    replaces the previous one whole; a gateway takes only a version newer than the one it uses."""
+
+    version: int
+    devices: tuple[Device, ...]
+    docs: tuple[Mapping[str, object], ...]
+    """The definitions as written (what the gateway stores and the cloud shows back)."""
+
+    def to_payload(self) -> dict[str, object]:
+        return {"version": self.version, "devices": [dict(d) for d in self.docs]}
+
+
+def parse_set(payload: object) -> ConnectorSet:
+    """A ``connectors`` downlink payload ``{"version": int >= 1, "devices": [definition, ...]}``,
+    validated as gateway.toml's ``[[connectors.devices]]`` are. Raises ``ConnectorError``."""
+    if not isinstance(payload, Mapping):
+        raise _fail(Code.CONNECTOR_BAD_DEVICE, "a connector set is an object {version, devices}")
+    version = payload.get("version")
+    if type(version) is not int or version < 1:
+        raise _fail(Code.CONNECTOR_BAD_DEVICE, "a connector set's version is an integer >= 1", field="version")
+    docs = payload.get("devices")
+    if isinstance(docs, list) and len(docs) > MAX_PUSHED_DEVICES:
+        raise _fail(Code.CONNECTOR_BAD_DEVICE, f"a connector set holds at most {MAX_PUSHED_DEVICES} devices", field="devices")
+    devices = parse_devices(docs)
+    assert isinstance(docs, list)  # parse_devices refused anything else
+    return ConnectorSet(version, devices, tuple(dict(d) for d in docs if isinstance(d, Mapping)))
+
+
+def combine(local: Sequence[Device], pushed: Sequence[Device]) -> tuple[tuple[Device, ...], tuple[str, ...]]:
+    """The devices a gateway polls: its own gateway.toml's, then the cloud's. A pushed device with
+    the id of a local one is left out (the file on site wins: an installer's definition is never
+    replaced from afar); its id is returned with the others left out. Raises ``ConnectorError``
+    when the two together break a set rule (one serial line with two settings)."""
+    ids = {d.id for d in local}
+    taken = tuple(d for d in pushed if d.id not in ids)
+    conflicts = tuple(d.id for d in pushed if d.id in ids)
+    combined = (*local, *taken)
+    check_set(combined)
+    return combined, conflicts
 
 
 # ---------------------------------------------------------------------------------------------

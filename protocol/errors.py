@@ -183,6 +183,10 @@ class Code(StrEnum):
     """The refresh token is unknown, expired, or was already used (reuse revokes its whole family)."""
     AUTH_DEVICE_DISABLED = "auth.device_disabled"
     """The device credential is valid but the device is disabled or decommissioned."""
+    AUTH_SESSION_REVOKED = "auth.session_revoked"
+    """The access token was valid, but its account has since been disabled, removed or signed out everywhere."""
+    AUTH_OIDC_FAILED = "auth.oidc_failed"
+    """Console sign-in through the identity provider failed (its answer, the ID token, or the claims); the message says which."""
 
     # api: the cloud's customer and operator APIs
     API_NOT_FOUND = "api.not_found"
@@ -288,6 +292,13 @@ class Code(StrEnum):
     """The device answered with an error: a Modbus exception response or an SNMP error status."""
     CONNECTOR_WRITE_NOT_CONFIRMED = "connector.write_not_confirmed"
     """A write was accepted but reading the point back gave another value."""
+    CONNECTOR_DEFINED_LOCALLY = "connector.defined_locally"
+    """A device pushed from the cloud has the id of one defined in the gateway's own gateway.toml; the
+    gateway keeps its file's definition (reported back in the gateway's connector status)."""
+    CONNECTOR_DEVICE_ELSEWHERE = "connector.device_elsewhere"
+    """The device id belongs to a device of this tenant served by another gateway (HTTP 409)."""
+    CONNECTOR_VERSION_CONFLICT = "connector.version_conflict"
+    """The connector set was changed since the version the change was based on (HTTP 409, with current_version)."""
 
     # subscription: what a tenant bought (kinds, lifecycle, device limits) and field activation codes (issue 20)
     SUBSCRIPTION_INVALID = "subscription.invalid"
@@ -304,6 +315,16 @@ class Code(StrEnum):
     """The activation code is unknown, used already, or expired (the three are never told apart)."""
     ACTIVATION_RATE_LIMITED = "activation.rate_limited"
     """Too many activation attempts from this address or gateway; retry after the Retry-After seconds (HTTP 429)."""
+
+    # users: tenant user administration (issue 20)
+    USERS_LINK_INVALID = "users.link_invalid"
+    """The invitation or password-reset link is unknown, used already, expired, or its account is disabled (HTTP 410)."""
+    USERS_LAST_ADMIN = "users.last_admin"
+    """The change would leave the tenant without an enabled tenant admin; nothing was changed."""
+    USERS_RATE_LIMITED = "users.rate_limited"
+    """Too many forgotten-password requests from this address; retry after the Retry-After seconds (HTTP 429)."""
+    USERS_SELF = "users.self"
+    """Nobody disables, removes or demotes their own account (ask another admin); nothing was changed."""
 
     # quarantine: re-submitting a quarantined message through ingest (issue 18, part B)
     QUARANTINE_NO_DEVICE = "quarantine.no_device"

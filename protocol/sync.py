@@ -147,6 +147,7 @@ class DownlinkKind(StrEnum):
     TWIN_DESIRED = "twin_desired"  # a device's twin changed on the cloud side (issue: twin)
     COMMAND = "command"  # a command for a device (issue: twin and commands)
     RULES = "rules"  # the tenant's rule set, versioned (issue: rules)
+    CONNECTORS = "connectors"  # the polled devices (Modbus, SNMP) the cloud manages for this gateway, versioned
 
 
 @dataclass(frozen=True, slots=True)

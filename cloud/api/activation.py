@@ -15,7 +15,7 @@ from pulse.cloud.api import paging
 from pulse.cloud.api.deps import Parts, Writer
 from pulse.cloud.api.devices import _check_device_id, _check_tags
 from pulse.cloud.api.sites import site_exists
-from pulse.cloud.errors import RateLimitedError
+from pulse.cloud.errors import NotFoundError, RateLimitedError
 from pulse.cloud.subscriptions import activation as codes
 from pulse.protocol.activation import ACTIVATE_PATH
 from pulse.protocol.errors import Code
@@ -50,6 +50,7 @@ class CodeOut(BaseModel):
     profile: str | None
     expires_at: dt.datetime
     used_at: dt.datetime | None
+    revoked_at: dt.datetime | None
     device: uuid.UUID | None
     created_by: str
     created_at: dt.datetime
@@ -107,6 +108,28 @@ async def list_codes(
             *w.args,
         )
     return paging.page(rows, limit, lambda r: CodeOut(**dict(r)), lambda r: (r["created_at"], str(r["id"])))
+
+
+class Revoked(BaseModel):
+    revoked: int = Field(description="codes revoked now (used, expired or already revoked ones are left as they are)")
+
+
+@router.delete("/api/v1/activation-codes/{code_id}", response_model=Revoked, summary="Revoke one unused activation code (tenant admins)")
+async def revoke_code(code_id: uuid.UUID, caller: Writer, parts: Parts) -> Revoked:
+    async with parts.db.tenant(caller.tenant_id) as conn:
+        if not await conn.fetchval("SELECT true FROM activation_codes WHERE id = $1", code_id):
+            raise NotFoundError("activation code")
+        n = await codes.revoke(conn, caller.tenant_id, parts.clock(), actor=caller.actor, code_id=code_id)
+    return Revoked(revoked=n)
+
+
+@router.delete("/api/v1/activation-codes/batches/{batch}", response_model=Revoked, summary="Revoke a batch's unused activation codes (tenant admins)")
+async def revoke_batch(batch: uuid.UUID, caller: Writer, parts: Parts) -> Revoked:
+    async with parts.db.tenant(caller.tenant_id) as conn:
+        if not await conn.fetchval("SELECT true FROM activation_codes WHERE batch = $1 LIMIT 1", batch):
+            raise NotFoundError("activation code batch")
+        n = await codes.revoke(conn, caller.tenant_id, parts.clock(), actor=caller.actor, batch=batch)
+    return Revoked(revoked=n)
 
 
 @router.post(

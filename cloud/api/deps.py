@@ -47,6 +47,8 @@ class Components:
     """Activation attempts per source address (PULSE_ACTIVATION_RATE_PER_MIN, PULSE_ACTIVATION_BURST)."""
     archive: ArchiveStore | None = None
     """The telemetry archive's storage (local directory or S3), read for long chart ranges and exports."""
+    forgot_limiter: RateLimiter | None = None
+    """Forgotten-password requests per source address (PULSE_FORGOT_RATE_PER_MIN, PULSE_FORGOT_BURST)."""
 
 
 def components(request: Request) -> Components:
@@ -54,7 +56,10 @@ def components(request: Request) -> Components:
 
 
 async def principal(request: Request) -> Principal:
-    return await components(request).auth.authenticate(request.headers.get("authorization"))
+    p = await components(request).auth.authenticate(request.headers.get("authorization"))
+    if p.via == "local":  # a disabled, removed or signed-out account's tokens stop at once
+        await request.app.state.accounts.check_session(p)
+    return p
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,11 +7,13 @@ from __future__ import annotations
 import json
 import uuid
 from datetime import datetime
+from typing import Any
 
 import asyncpg
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 
+from pulse.cloud import connectors
 from pulse.cloud.api.deps import Parts, Reader, TenantCaller, Writer
 from pulse.cloud.api.sites import site_exists
 from pulse.cloud.auth.credentials import sha256_hex
@@ -210,6 +212,64 @@ async def revoke_gateway(gateway: uuid.UUID, caller: Writer, parts: Parts) -> Ga
             detail={"gateway": str(gateway), "certificates_revoked": revoked},
         )
         return await _get(conn, gateway)
+
+
+class ConnectorSetIn(BaseModel):
+    devices: list[dict[str, Any]] = Field(
+        max_length=500, description="device definitions, as gateway.toml's [[connectors.devices]] tables (docs/protocol.md, Connectors)"
+    )
+    expected_version: int | None = Field(default=None, ge=0, description="refuse (409 connector.version_conflict) unless the set is at this version")
+
+
+class ConnectorGatewayState(BaseModel):
+    version: int | None = Field(description="the version the gateway holds (its last report)")
+    status: str | None = Field(description="applied, applied with devices kept from gateway.toml, or refused: code: reason")
+    polled: list[str] = Field(description="every device the gateway polls, gateway.toml's included")
+    defined_locally: list[str] = Field(description="pushed devices left out because gateway.toml defines the same id")
+    reported_at: datetime | None
+
+
+class ConnectorSetOut(BaseModel):
+    version: int = Field(description="0: nothing was ever pushed")
+    devices: list[dict[str, Any]]
+    updated_by: str | None
+    updated_at: datetime | None
+    gateway: ConnectorGatewayState
+
+
+def _connector_out(row: asyncpg.Record | None) -> ConnectorSetOut:
+    if row is None:
+        return ConnectorSetOut(version=0, devices=[], updated_by=None, updated_at=None,
+                               gateway=ConnectorGatewayState(version=None, status=None, polled=[], defined_locally=[], reported_at=None))
+    return ConnectorSetOut(
+        version=row["version"], devices=json.loads(row["devices"]), updated_by=row["updated_by"], updated_at=row["updated_at"],
+        gateway=ConnectorGatewayState(version=row["applied_version"], status=row["applied_status"], polled=list(row["polled"]),
+                                      defined_locally=list(row["defined_locally"]), reported_at=row["reported_at"]),
+    )
+
+
+@router.get("/{gateway}/connectors", response_model=ConnectorSetOut,
+            summary="The polled devices (Modbus, SNMP) the cloud manages for this gateway, and what the gateway reported about them")
+async def get_connectors(gateway: uuid.UUID, caller: Reader, parts: Parts) -> ConnectorSetOut:
+    async with parts.db.tenant(caller.tenant_id) as conn:
+        await _get(conn, gateway)
+        return _connector_out(await connectors.load(conn, gateway))
+
+
+@router.put("/{gateway}/connectors", response_model=ConnectorSetOut,
+            summary="Replace the gateway's polled devices; the set reaches it over the downlink (registers new devices; audited)")
+async def put_connectors(gateway: uuid.UUID, body: ConnectorSetIn, caller: Writer, parts: Parts) -> ConnectorSetOut:
+    async with parts.db.tenant(caller.tenant_id) as conn:
+        current = await _get(conn, gateway)
+        if current.status == "revoked":
+            raise ConflictError(Code.API_CONFLICT, "this gateway is revoked")
+        new = await connectors.push(conn, caller.tenant_id, gateway, current.site_id, body.devices,
+                                    expected_version=body.expected_version, actor=caller.actor)
+        await audit(conn, actor=caller.actor, action="gateway.connectors", target=current.name, tenant_id=caller.tenant_id,
+                    detail={"gateway": str(gateway), "version": new.version, "devices": [d.id for d in new.devices]})
+        row = await connectors.load(conn, gateway)
+    parts.sync.notifier.wake([gateway])
+    return _connector_out(row)
 
 
 @enroll_router.post(

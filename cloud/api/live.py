@@ -46,6 +46,8 @@ from pulse.protocol.errors import Code
 router = APIRouter(tags=["live"])
 
 AUTH_TIMEOUT_S = 10.0
+SESSION_RECHECK_S = 30.0
+"""How often an open socket checks that its account is still enabled and its session not revoked."""
 MAX_FRAME_CHARS = 4096
 
 
@@ -91,6 +93,8 @@ async def _authenticate(ws: WebSocket, parts: Components) -> tuple[TenantCaller 
         return None
     try:
         principal = await parts.auth.authenticate(f"Bearer {token}")
+        if principal.via == "local":  # a disabled, removed or signed-out account does not connect
+            await ws.app.state.accounts.check_session(principal)
         if principal.tenant_id is None:
             return await operator(principal), _expires_at(token)
         return await tenant_reader(principal), _expires_at(token)
@@ -159,12 +163,26 @@ async def live(ws: WebSocket) -> None:
     try:
         while True:
             try:
-                # the socket lives as long as its token: then 4401, and the client comes back with a fresh one
-                frame = await asyncio.wait_for(_frame(ws), max(0.0, expires_at - time.time()) if expires_at < math.inf else None)
+                # the socket lives as long as its token: then 4401, and the client comes back with a fresh one;
+                # meanwhile it checks every SESSION_RECHECK_S that the account was not disabled or signed out
+                left = max(0.0, expires_at - time.time()) if expires_at < math.inf else math.inf
+                frame = await asyncio.wait_for(_frame(ws), min(left, SESSION_RECHECK_S))
             except TimeoutError:
+                reason = None
+                if expires_at - time.time() <= 0:
+                    reason = "the access token expired; reconnect with a fresh one"
+                else:
+                    principal = caller.principal if isinstance(caller, TenantCaller) else caller
+                    if principal.via == "local":
+                        try:
+                            await ws.app.state.accounts.check_session(principal)
+                        except AuthError as exc:
+                            reason = exc.message[:120]
+                if reason is None:
+                    continue
                 await stop()
                 await stop_feed()
-                await ws.close(4401, "the access token expired; reconnect with a fresh one")
+                await ws.close(4401, reason)
                 return
             except _BadFrame as exc:
                 await ws.send_json({"type": "error", "code": str(Code.API_INVALID), "message": str(exc)})

@@ -31,6 +31,8 @@ class Principal:
     tenant_id: uuid.UUID | None
     roles: frozenset[str]
     via: Literal["local", "oidc"]
+    epoch: int = 0
+    """A local token's session epoch (``sev``): it works while the account's epoch is the same."""
 
     @property
     def actor(self) -> str:
@@ -45,7 +47,9 @@ class SessionTokens:
         self._issuer = issuer
         self.ttl_s = ttl_s
 
-    def issue(self, *, user_id: uuid.UUID, tenant_id: uuid.UUID | None, roles: list[str], now: float | None = None) -> str:
+    def issue(
+        self, *, user_id: uuid.UUID, tenant_id: uuid.UUID | None, roles: list[str], now: float | None = None, epoch: int = 0
+    ) -> str:
         now = time.time() if now is None else now
         claims = {
             "iss": self._issuer,
@@ -53,6 +57,7 @@ class SessionTokens:
             "tid": str(tenant_id) if tenant_id else None,
             "roles": roles,
             "typ": "access",
+            "sev": epoch,
             "iat": int(now),
             "exp": int(now) + self.ttl_s,
         }
@@ -75,6 +80,7 @@ class SessionTokens:
             tenant_id=_tenant(claims.get("tid")),
             roles=_roles(claims.get("roles")),
             via="local",
+            epoch=claims["sev"] if isinstance(claims.get("sev"), int) else 0,
         )
 
 

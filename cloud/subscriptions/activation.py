@@ -64,6 +64,22 @@ async def make_batch(
     return batch, codes
 
 
+async def revoke(
+    conn: asyncpg.Connection, tenant_id: uuid.UUID, now: dt.datetime, *, actor: str, code_id: uuid.UUID | None = None,
+    batch: uuid.UUID | None = None,
+) -> int:
+    """Unused, unexpired codes stop working at ``now`` (the claim checks the expiry). Audited."""
+    rows = await conn.fetch(
+        "UPDATE activation_codes SET revoked_at = $2, expires_at = $2"
+        " WHERE tenant_id = $1 AND used_at IS NULL AND revoked_at IS NULL AND expires_at > $2"
+        " AND ($3::uuid IS NULL OR id = $3) AND ($4::uuid IS NULL OR batch = $4) RETURNING id",
+        tenant_id, now, code_id, batch,
+    )
+    await audit(conn, actor=actor, action="activation.revoke", target=str(code_id or batch), tenant_id=tenant_id,
+                detail={"count": len(rows), "code": code_id, "batch": batch})
+    return len(rows)
+
+
 async def claim(
     db: Database, typed: str, device_id: str, name: str, now: dt.datetime, *, gateway: uuid.UUID | None = None,
     gateway_tenant: uuid.UUID | None = None, gateway_site: uuid.UUID | None = None, actor: str,

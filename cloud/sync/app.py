@@ -75,11 +75,21 @@ class ClaimRequest(BaseModel):
     name: str = Field(default="", max_length=200)
 
 
+class ConnectorReport(BaseModel):
+    """What the gateway did with the connector set pushed to it (edge/connectors/host.py)."""
+
+    version: int | None = Field(default=None, ge=1)
+    status: str = Field(max_length=1000)
+    polled: list[Annotated[str, Field(max_length=128)]] = Field(default_factory=list, max_length=2000)
+    defined_locally: list[Annotated[str, Field(max_length=128)]] = Field(default_factory=list, max_length=2000)
+
+
 class Report(BaseModel):
     dropped: dict[str, Annotated[int, Field(ge=0)]] = Field(default_factory=dict, max_length=16)
     backlog: dict[str, Annotated[int, Field(ge=0)]] = Field(default_factory=dict, max_length=16)
     oldest_unsynced_ms: int | None = Field(default=None, ge=0, le=2**53)
     version: str | None = Field(default=None, max_length=64)
+    connectors: ConnectorReport | None = None
 
 
 def _too_large(limit: int) -> Callable[[int | None], BadRequestError]:
@@ -128,7 +138,8 @@ def create_sync_app(service: SyncService) -> FastAPI:
     @app.post(REPORT_PATH, status_code=204)
     async def report(body: Report, caller: Gateway, svc: Service) -> Response:
         await svc.report(
-            caller, dropped=body.dropped, backlog=body.backlog, oldest_unsynced_ms=body.oldest_unsynced_ms, version=body.version
+            caller, dropped=body.dropped, backlog=body.backlog, oldest_unsynced_ms=body.oldest_unsynced_ms, version=body.version,
+            connectors=None if body.connectors is None else body.connectors.model_dump(),
         )
         return Response(status_code=204)
 

@@ -38,6 +38,7 @@ from pulse.cloud import twins
 from pulse.cloud.alerts import connectivity, merge_edge_alerts
 from pulse.cloud.auth.credentials import sha256_hex
 from pulse.cloud.ca import CertificateAuthority, IdentityError
+from pulse.cloud.connectors import record_report
 from pulse.cloud.db.pool import Database, audit
 from pulse.cloud.downlink import POLL_S, Notifier, pending, push_rules
 from pulse.cloud.errors import (
@@ -632,7 +633,8 @@ class SyncService:
         return {"id": str(done.id), "device_id": done.device_id, "token": done.token}
 
     async def report(
-        self, caller: GatewayCaller, *, dropped: Mapping[str, int], backlog: Mapping[str, int], oldest_unsynced_ms: int | None, version: str | None
+        self, caller: GatewayCaller, *, dropped: Mapping[str, int], backlog: Mapping[str, int], oldest_unsynced_ms: int | None, version: str | None,
+        connectors: Mapping[str, object] | None = None,
     ) -> None:
         oldest = None if oldest_unsynced_ms is None else _EPOCH + dt.timedelta(milliseconds=oldest_unsynced_ms)
         async with self.db.tenant(caller.tenant_id) as conn:
@@ -645,3 +647,5 @@ class SyncService:
                 oldest,
                 version,
             )
+            if connectors is not None:
+                await record_report(conn, caller.gateway_id, connectors)

@@ -155,7 +155,7 @@ class Poller:
         wall_ms: Callable[[], int] = lambda: int(time.time() * 1000),
         planner: Planner | None = None,
     ) -> None:
-        self.devices = {d.id: d for d in devices}
+        self.devices: dict[str, Device] = {d.id: d for d in devices}
         self.sink = sink
         self.clock = clock
         self.wall_ms = wall_ms
@@ -176,10 +176,12 @@ class Poller:
         }
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
+        self.started = False
 
     # -- lifecycle --------------------------------------------------------------------------
 
     def start(self) -> None:
+        self.started = True
         for device_id in self.devices:
             self._tasks.append(asyncio.create_task(self._run(device_id), name=f"connector:{device_id}"))
 

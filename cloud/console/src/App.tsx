@@ -1,7 +1,7 @@
 // The signed-in shell: navigation that follows the account's roles, and the page for the URL.
 import type { ReactNode } from "react";
 import { useQuery } from "@tanstack/react-query";
-import { api, logout } from "./api";
+import { api, logout, logoutEverywhere } from "./api";
 import { match, useLocation } from "./router";
 import { useTheme } from "./theme";
 import type { Me } from "./types";
@@ -12,7 +12,11 @@ import { OverviewPage } from "./features/overview/Overview";
 import { DevicesPage } from "./features/devices/Devices";
 import { DevicePage } from "./features/devices/Device";
 import { SitesPage } from "./features/sites/Sites";
-import { TenantsPage } from "./features/tenants/Tenants";
+import { TenantUsersPage, TenantsPage } from "./features/tenants/Tenants";
+import { UsersPage } from "./features/users/Users";
+import { WizardPage } from "./features/provision/Wizard";
+import { ImportPage } from "./features/provision/Import";
+import { ActivationPage } from "./features/provision/Activation";
 import { AlertPage, AlertsPage } from "./features/alerts/Alerts";
 import { RulesPage } from "./features/rules/Rules";
 import { GatewaysPage } from "./features/gateways/Gateways";
@@ -35,6 +39,9 @@ function page(path: string, access: Access): ReactNode {
   if (access.tenant) {
     if (match("/", path)) return <OverviewPage />;
     if (match("/devices", path)) return <DevicesPage />;
+    if (access.canWrite && match("/devices/new", path)) return <WizardPage />;
+    if (access.canWrite && match("/devices/import", path)) return <ImportPage />;
+    if (access.canWrite && match("/activation-codes", path)) return <ActivationPage />;
     const d = match("/devices/:id", path);
     if (d) return <DevicePage id={d.id} />;
     if (match("/sites", path)) return <SitesPage />;
@@ -51,10 +58,13 @@ function page(path: string, access: Access): ReactNode {
     if (match("/maintenance", path)) return <MaintenancePage />;
     if (match("/reports", path)) return <ReportsPage />;
     if (access.canWrite && match("/audit", path)) return <AuditPage />;
+    if (access.canWrite && match("/users", path)) return <UsersPage />;
   }
   if (access.operator) {
     if (match("/", path) || match("/operator/noc", path)) return <NocPage />;
     if (match("/operator/tenants", path)) return <TenantsPage />;
+    const tu = match("/operator/tenants/:id/users", path);
+    if (tu) return <TenantUsersPage id={tu.id} />;
     if (match("/operator/health", path)) return <HealthPage />;
     if (match("/operator/devices", path)) return <OperatorDevicesPage />;
     if (match("/operator/alerts", path)) return <OperatorAlertsPage />;
@@ -92,7 +102,7 @@ export function App() {
           ["/maintenance", "Maintenance"],
           ["/quarantine", "Quarantine"],
           ["/reports", "Reports"],
-          ...(access.canWrite ? [["/audit", "Audit log"]] : []),
+          ...(access.canWrite ? [["/activation-codes", "Activation codes"], ["/users", "Users"], ["/audit", "Audit log"]] : []),
         ] as [string, string][])
       : []),
     ...(access.operator
@@ -132,6 +142,11 @@ export function App() {
             <button className="btn small" onClick={logout}>
               Log out
             </button>
+            {me.data.via === "local" && (
+              <button className="btn small" onClick={() => logoutEverywhere()} title="End every session of this account, in every browser">
+                Log out everywhere
+              </button>
+            )}
           </header>
           <main className="content">{page(path, access)}</main>
         </div>

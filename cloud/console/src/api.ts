@@ -71,11 +71,33 @@ export async function login(email: string, password: string): Promise<void> {
   });
   if (!r.ok) throw await errorOf(r);
   const t = (await r.json()) as Tokens;
+  session.set(null); // whoever was signed in here before: nothing of theirs stays in the cache
   session.set({ access: t.access_token, refresh: t.refresh_token });
 }
 
 export function logout(): void {
   session.set(null);
+}
+
+/** Ends every session of the account (every browser, every refresh token), then this one. */
+export async function logoutEverywhere(): Promise<void> {
+  if (current) await fetch("/auth/logout-all", { method: "POST", headers: { Authorization: `Bearer ${current.access}` } }).catch(() => undefined);
+  session.set(null);
+}
+
+/** What a one-time link (invitation or reset) is for; throws users.link_invalid when it is spent. */
+export async function inspectLink(token: string): Promise<{ kind: string; email: string }> {
+  const r = await fetch("/auth/links/inspect", { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ token }) });
+  if (!r.ok) throw await errorOf(r);
+  return (await r.json()) as { kind: string; email: string };
+}
+
+export async function acceptLink(token: string, password: string): Promise<void> {
+  const r = await fetch("/auth/links/accept", { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ token, password }) });
+  if (!r.ok) throw await errorOf(r);
+  const t = (await r.json()) as Tokens;
+  session.set(null); // whoever was signed in here before: nothing of theirs stays in the cache
+  session.set({ access: t.access_token, refresh: t.refresh_token });
 }
 
 let refreshing: Promise<boolean> | null = null;

@@ -292,3 +292,11 @@ export type Quarantined = {
   resubmitted_at: string | null;
   resubmitted_by: string | null;
 };
+
+export type ConnectorSet = {
+  version: number;
+  devices: Record<string, unknown>[];
+  updated_by: string | null;
+  updated_at: string | null;
+  gateway: { version: number | null; status: string | null; polled: string[]; defined_locally: string[]; reported_at: string | null };
+};

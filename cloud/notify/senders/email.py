@@ -12,6 +12,8 @@ from __future__ import annotations
 import contextlib
 import html
 import re
+import ssl
+from collections.abc import Callable
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 from typing import Literal
@@ -113,10 +115,28 @@ async def send(config: Config, n: Notification, ctx: SendContext) -> Outcome:
         tls_context=ctx.tls_context,
         timeout=ctx.timeout_s,
     )
+    return await _transmit(smtp, config, message, on_connect_failure=sock.close)
+
+
+async def submit(config: Config, message: EmailMessage, *, timeout_s: float, tls_context: ssl.SSLContext | None = None) -> Outcome:
+    """Mail from Pulse itself (invitations, password resets) through the operator's own relay
+    (PULSE_MAIL_*): the relay is configuration, not tenant input, so it needs no SSRF guard."""
+    smtp = aiosmtplib.SMTP(
+        hostname=config.host.strip("[]"),
+        port=config.port,
+        use_tls=config.security == "tls",
+        start_tls=config.security == "starttls",
+        tls_context=tls_context,
+        timeout=timeout_s,
+    )
+    return await _transmit(smtp, config, message, on_connect_failure=lambda: None)
+
+
+async def _transmit(smtp: aiosmtplib.SMTP, config: Config, message: EmailMessage, *, on_connect_failure: Callable[[], None]) -> Outcome:
     try:
         await smtp.connect()  # greeting, EHLO and STARTTLS; a failure here leaves nothing open but the socket
     except (aiosmtplib.SMTPException, OSError) as exc:
-        sock.close()
+        on_connect_failure()
         return _failure(exc, config)
     try:
         if config.username is not None and config.password is not None:

@@ -157,6 +157,23 @@ try {
   seen.subscription_row = await page.getByTestId("subscriptions-table").locator("tbody tr").first().textContent();
   await shot(page, "29b-subscription");
 
+  // --- a gateway's polled devices, pushed from the cloud: a refused set shows its code ----------
+  await nav(page, "Gateways");
+  await page.getByTestId("gateways-table").getByRole("button", { name: "Polled devices" }).first().click();
+  const panel = page.getByTestId("connectors-panel");
+  await panel.waitFor();
+  const editor = panel.getByLabel("Connector devices (JSON)");
+  await editor.fill('[{"id": "ups-7", "kind": "snmp", "host": "10.0.0.7", "profile": "ups-mib", "colour": "red"}]');
+  await panel.getByRole("button", { name: "Push to the gateway" }).click();
+  await panel.getByRole("alert").waitFor();
+  seen.connectors_error = await panel.getByRole("alert").textContent();
+  await editor.fill('[{"id": "ups-7", "kind": "snmp", "host": "10.0.0.7", "profile": "ups-mib", "interval_s": 30}]');
+  await panel.getByRole("button", { name: "Push to the gateway" }).click();
+  await panel.getByText("Set version 1").waitFor();
+  seen.connectors_text = await panel.textContent();
+  await shot(page, "29c-gateway-connectors");
+  step("connector set pushed to a gateway");
+
   // --- notifications: a channel with "send test"; an on-call schedule's 14-day timeline ------------
   await nav(page, "Notifications");
   const ch = page.getByRole("form", { name: "New channel" });

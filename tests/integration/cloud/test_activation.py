@@ -152,3 +152,33 @@ async def test_activation_codes_keep_tenants_apart(cloud: Cloud) -> None:
 async def _slug(cloud: Cloud, tenant: uuid.UUID) -> str:
     async with cloud.app.state.pulse.db.tenant(tenant) as conn:
         return str(await conn.fetchval("SELECT slug FROM tenants WHERE id = $1", tenant))
+
+
+async def test_a_revoked_code_or_batch_is_refused_like_an_unknown_one_and_only_in_its_tenant(act_cloud: Cloud) -> None:
+    cloud = act_cloud
+    _, admin = await cloud.tenant_user()
+    _, other = await cloud.tenant_user()
+    made = await _batch(cloud, admin, count=3)
+    listed = (await cloud.client.get("/api/v1/activation-codes", params={"batch": made["batch"]}, headers=admin)).json()["items"]
+    first = listed[0]["id"]
+    # another tenant can neither see nor revoke them
+    assert (await cloud.client.delete(f"/api/v1/activation-codes/{first}", headers=other)).status_code == 404
+    r = await cloud.client.delete(f"/api/v1/activation-codes/batches/{made['batch']}", headers=other)
+    assert r.status_code == 404 and r.json()["code"] == "api.not_found"
+
+    # one code used, one revoked alone, the last with its batch
+    assert (await _activate(cloud, made["codes"][0], "kept-1")).status_code == 201
+    by_hash = {c["id"]: c for c in (await cloud.client.get("/api/v1/activation-codes", headers=admin)).json()["items"]}
+    unused = [i for i, c in by_hash.items() if c["used_at"] is None]
+    r = await cloud.client.delete(f"/api/v1/activation-codes/{unused[0]}", headers=admin)
+    assert r.status_code == 200 and r.json() == {"revoked": 1}
+    assert (await cloud.client.delete(f"/api/v1/activation-codes/{unused[0]}", headers=admin)).json() == {"revoked": 0}
+    r = await cloud.client.delete(f"/api/v1/activation-codes/batches/{made['batch']}", headers=admin)
+    assert r.json() == {"revoked": 1}  # the used and the revoked one are left as they are
+    for code in made["codes"][1:]:
+        r = await _activate(cloud, code, "after-revoke")
+        assert r.status_code == 404 and r.json()["code"] == "activation.code_invalid"
+    after = (await cloud.client.get("/api/v1/activation-codes", headers=admin)).json()["items"]
+    assert sorted(c["revoked_at"] is not None for c in after) == [False, True, True]
+    audit = (await cloud.client.get("/api/v1/audit", params={"action": "activation.revoke"}, headers=admin)).json()["items"]
+    assert len(audit) == 3

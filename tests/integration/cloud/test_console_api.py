@@ -216,12 +216,32 @@ async def test_live_socket_closes_without_a_valid_token(cloud_settings: Settings
         assert closed.value.rcvd is not None and closed.value.rcvd.code == code
 
 
+async def test_live_socket_of_a_disabled_account_closes(cloud: Cloud, serve: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pulse.cloud.api import live as live_api
+
+    monkeypatch.setattr(live_api, "SESSION_RECHECK_S", 0.2)
+    _, admin = await cloud.tenant_user()
+    invited = await cloud.client.post("/api/v1/users/invitations", json={"email": f"w-{uuid.uuid4().hex[:6]}@example.com"}, headers=admin)
+    token = invited.json()["link"].split("#", 1)[1]
+    pair = (await cloud.client.post("/auth/links/accept", json={"token": token, "password": "a-long-enough-password"})).json()
+    async with serve(cloud.app, lifespan=False) as base, connect(ws_url(base)) as ws:
+        await ws.send(json.dumps({"type": "auth", "token": pair["access_token"]}))
+        assert (await frame(ws))["type"] == "ready"
+        r = await cloud.client.patch(f"/api/v1/users/{invited.json()['user']['id']}", json={"disabled": True}, headers=admin)
+        assert r.status_code == 200
+        with pytest.raises(ConnectionClosed) as closed:
+            await frame(ws)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 4401
+        assert "disabled" in closed.value.rcvd.reason
+
+
 async def test_live_socket_closes_when_its_token_expires(cloud: Cloud, serve: Any) -> None:
-    tenant_id, _ = await cloud.tenant_user()
+    tenant_id, headers = await cloud.tenant_user("customer")
+    user_id = uuid.UUID((await cloud.client.get("/api/v1/me", headers=headers)).json()["subject"])
     s = cloud.settings
     tokens = SessionTokens(s.jwt_secret.get_secret_value(), issuer=s.jwt_issuer, ttl_s=s.access_token_ttl_s)
     # a token issued so long ago that it has two seconds left
-    token = tokens.issue(user_id=uuid.uuid4(), tenant_id=tenant_id, roles=["customer"], now=time.time() - s.access_token_ttl_s + 2)
+    token = tokens.issue(user_id=user_id, tenant_id=tenant_id, roles=["customer"], now=time.time() - s.access_token_ttl_s + 2)
     async with serve(cloud.app, lifespan=False) as base, connect(ws_url(base)) as ws:
         await ws.send(json.dumps({"type": "auth", "token": token}))
         assert (await frame(ws))["type"] == "ready"

@@ -154,6 +154,8 @@ async def test_alerting_twin_and_operator_pages_work_end_to_end(cloud_settings: 
     # gateways, audit, notifications
     assert len(seen["enrollment_token"]) > 20 and "gw-north" in seen["gateway_row"] and "pending" in seen["gateway_row"]
     assert {"gateway.create", "twin.update", "command.create"} <= set(seen["audit_actions"])
+    assert "connector.unknown_field" in seen["connectors_error"] and "colour" in seen["connectors_error"]
+    assert "Set version 1" in seen["connectors_text"] and "not reported since" in seen["connectors_text"]
     assert seen["subscription_limit"] == "1 of 50 devices used." and "MAIN" in seen["subscription_row"] and "ACTIVE" in seen["subscription_row"]
     assert "ops-hook" in seen["delivery_row"] and "test" in seen["delivery_row"] and "delivered" in seen["delivery_row"]
     assert len(receiver.bodies) == 1 and receiver.bodies[0]["schema"] == "pulse.notification.v1"  # the real test request
@@ -163,7 +165,7 @@ async def test_alerting_twin_and_operator_pages_work_end_to_end(cloud_settings: 
     assert seen["operator_nav"] == ["NOC", "Tenant health", "Tenants", "All devices", "All alerts"]
     assert seen["live_event_status"] == 200 and device_id in seen["feed_row"] and seen["ops_no_reload"] is True
     assert seen["tv"] == {"theme": "dark", "nav": "none"}
-    assert seen["health_row"][0].startswith(slug) and seen["health_row"][1] == "1" and seen["health_row"][4] == "1"
+    assert seen["health_row"][0].startswith(slug) and seen["health_row"][1] == "2" and seen["health_row"][4] == "1"  # the device and ups-7, registered by the connector set
     assert slug in seen["op_alert_row"] and "hot-boiler" in seen["op_alert_row"]
     for name in ("21-rule-preview", "22-alerts-open", "24-twin-delta", "25-twin-conflict", "32-noc", "33-noc-tv", "31-oncall"):
         assert (ARTIFACTS / f"{name}.png").stat().st_size > 10_000, name

@@ -902,3 +902,83 @@ async def test_pulse_gateway_device_claim_claims_a_device_served_by_that_gateway
     assert rc == 2 and "activation.code_invalid" in err
     rc, _, err = await claim(foreign, "field-9")
     assert rc == 2 and "activation.code_invalid" in err
+
+
+# --- connector sets pushed to a gateway (issue 24) -----------------------------------------------
+
+UPS = {"id": "ups-9", "kind": "snmp", "host": "10.0.0.7", "profile": "ups-mib"}
+METER = {"id": "meter-9", "kind": "modbus", "host": "10.0.0.8", "profile": "power-meter", "interval_s": 5}
+
+
+async def test_a_connector_set_registers_its_devices_reaches_the_gateway_and_shows_its_report(sync: SyncCloud) -> None:
+    _, h = await sync.cloud.tenant_user()
+    c = sync.cloud.client
+    site = (await c.post("/api/v1/sites", json={"name": "plant"}, headers=h)).json()["id"]
+    gw, files = await sync.gateway(h, site=site)
+    assert (await c.get(f"/api/v1/gateways/{gw}/connectors", headers=h)).json()["version"] == 0
+    await _device(sync, h, "meter-9")  # registered already, with no gateway: taken over by this one
+
+    r = await c.put(f"/api/v1/gateways/{gw}/connectors", json={"devices": [UPS, METER], "expected_version": 0}, headers=h)
+    assert r.status_code == 200, r.text
+    assert r.json()["version"] == 1 and r.json()["devices"] == [UPS, METER] and r.json()["gateway"]["status"] is None
+    devices = {d["device_id"]: d for d in (await c.get("/api/v1/devices", headers=h)).json()["items"]}
+    assert devices["ups-9"]["gateway_id"] == gw and devices["ups-9"]["site_id"] == site and devices["ups-9"]["status"] == "active"
+    assert devices["meter-9"]["gateway_id"] == gw
+    async with sync.client(files) as g:
+        items = (await g.get("/sync/v1/downlink")).json()["items"]
+        [item] = [i for i in items if i["kind"] == "connectors"]
+        assert item["payload"] == {"version": 1, "devices": [UPS, METER]}
+        report = {"connectors": {"version": 1, "status": "applied; connector.defined_locally: meter-9", "polled": ["meter-9", "ups-9"],
+                                 "defined_locally": ["meter-9"]}}
+        assert (await g.post("/sync/v1/report", json=report)).status_code == 204
+    state = (await c.get(f"/api/v1/gateways/{gw}/connectors", headers=h)).json()["gateway"]
+    assert state["version"] == 1 and state["defined_locally"] == ["meter-9"] and state["reported_at"] is not None
+    audit = (await c.get("/api/v1/audit", headers=h)).json()
+    assert any(e["action"] == "gateway.connectors" for e in audit["items"])
+
+    # a change based on an old version is refused with the current one, and changes nothing
+    r = await c.put(f"/api/v1/gateways/{gw}/connectors", json={"devices": [], "expected_version": 0}, headers=h)
+    assert r.status_code == 409 and r.json()["code"] == "connector.version_conflict" and r.json()["current_version"] == 1
+    assert (await c.get(f"/api/v1/gateways/{gw}/connectors", headers=h)).json()["version"] == 1
+
+
+@pytest.mark.parametrize(
+    ("devices", "code"),
+    [
+        ([{**UPS, "colour": "red"}], "connector.unknown_field"),
+        ([UPS, UPS], "connector.duplicate"),
+        ([{**UPS, "profile": "toaster"}], "connector.unknown_profile"),
+        ([{"id": "x", "kind": "bacnet"}], "connector.bad_device"),
+    ],
+)
+async def test_a_connector_set_the_gateway_would_refuse_is_refused_with_its_code_and_nothing_is_stored(
+    sync: SyncCloud, devices: list[dict[str, object]], code: str
+) -> None:
+    _, h = await sync.cloud.tenant_user()
+    gw, _ = await sync.gateway(h)
+    r = await sync.cloud.client.put(f"/api/v1/gateways/{gw}/connectors", json={"devices": devices}, headers=h)
+    assert r.status_code == 422 and r.json()["code"] == code, r.text
+    assert (await sync.cloud.client.get(f"/api/v1/gateways/{gw}/connectors", headers=h)).json()["version"] == 0
+    assert (await sync.cloud.client.get("/api/v1/devices", headers=h)).json()["items"] == []
+
+
+async def test_a_connector_device_served_by_another_gateway_is_refused_and_tenants_never_see_each_others_sets(sync: SyncCloud) -> None:
+    slug = "t-" + uuid.uuid4().hex[:10]
+    _, ha = await sync.cloud.tenant_user(slug=slug)
+    _, hb = await sync.cloud.tenant_user()
+    c = sync.cloud.client
+    gw1, _ = await sync.gateway(ha)
+    gw2, _ = await sync.gateway(ha)
+    assert (await c.put(f"/api/v1/gateways/{gw1}/connectors", json={"devices": [UPS]}, headers=ha)).status_code == 200
+    r = await c.put(f"/api/v1/gateways/{gw2}/connectors", json={"devices": [UPS]}, headers=ha)
+    assert r.status_code == 409 and r.json()["code"] == "connector.device_elsewhere" and r.json()["device_ids"] == "ups-9"
+    # another tenant: 404 for reading and writing; its own ups-9 is its own device
+    assert (await c.get(f"/api/v1/gateways/{gw1}/connectors", headers=hb)).status_code == 404
+    assert (await c.put(f"/api/v1/gateways/{gw1}/connectors", json={"devices": []}, headers=hb)).status_code == 404
+    gw_b, _ = await sync.gateway(hb)
+    assert (await c.put(f"/api/v1/gateways/{gw_b}/connectors", json={"devices": [UPS]}, headers=hb)).status_code == 200
+    assert (await c.get(f"/api/v1/gateways/{gw1}/connectors", headers=ha)).json()["version"] == 1
+    # a customer reads the set but does not change it
+    hc = await sync.cloud.user("customer", tenant=slug)
+    assert (await c.get(f"/api/v1/gateways/{gw1}/connectors", headers=hc)).status_code == 200
+    assert (await c.put(f"/api/v1/gateways/{gw1}/connectors", json={"devices": []}, headers=hc)).status_code == 403

@@ -27,7 +27,8 @@ def _compose() -> dict[str, object]:
 def test_compose_runs_timescaledb_the_cloud_and_caddy_with_health_checks_and_volumes() -> None:
     doc = _compose()
     services = doc["services"]
-    assert isinstance(services, dict) and set(services) == {"db", "cloud", "caddy"}
+    assert isinstance(services, dict) and set(services) == {"db", "cloud", "caddy", "keycloak"}
+    assert services["keycloak"]["profiles"] == ["keycloak"]  # optional: only with --profile keycloak
     assert str(services["db"]["image"]).startswith("timescale/timescaledb")
     declared = set(doc["volumes"])
     for name, svc in services.items():
@@ -50,6 +51,19 @@ def test_compose_sets_only_real_settings_and_env_example_documents_every_setting
     assert missing == [], f"document these in deploy/.env.example: {missing}"
     for required in ("PULSE_JWT_SECRET=", "PULSE_DB_ROLE_PASSWORD=", "POSTGRES_PASSWORD=", "PULSE_DOMAIN="):
         assert f"\n{required}" in example, required
+
+
+def test_keycloak_realm_gives_the_console_client_and_the_claims_pulse_reads() -> None:
+    import json
+
+    realm = json.loads((DEPLOY / "keycloak" / "pulse-realm.json").read_text())
+    client = next(c for c in realm["clients"] if c["clientId"] == "pulse-console")
+    assert client["standardFlowEnabled"] and client["attributes"]["pkce.code.challenge.method"] == "S256"
+    assert any(uri.endswith("/auth/oidc/callback") for uri in client["redirectUris"])
+    claims = {m["config"].get("claim.name") for m in client["protocolMappers"]}
+    defaults = Settings(mode="development")
+    assert {defaults.oidc_tenant_claim, defaults.oidc_roles_claim} <= claims
+    assert {r["name"] for r in realm["roles"]["realm"]} == {"customer", "tenant-admin", "operator", "operator-admin"}
 
 
 def test_gateway_systemd_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:

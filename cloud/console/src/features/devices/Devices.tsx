@@ -74,9 +74,13 @@ export function DevicesPage() {
       <div className="page-head">
         <h1>Devices</h1>
         {canWrite && (
-          <button className="btn primary" onClick={() => setCreating((c) => !c)}>
-            {creating ? "Close" : "New device"}
-          </button>
+          <span className="row">
+            <Link to="/devices/new" className="btn">Provision…</Link>
+            <Link to="/devices/import" className="btn">Import CSV</Link>
+            <button className="btn primary" onClick={() => setCreating((c) => !c)}>
+              {creating ? "Close" : "New device"}
+            </button>
+          </span>
         )}
       </div>
       {creating && <NewDevice sites={sites.data ?? []} onDone={() => setCreating(false)} />}
@@ -126,7 +130,7 @@ export function DevicesPage() {
         filtered ? (
           <Empty title="No devices match these filters." />
         ) : (
-          <Empty title="No devices yet.">{canWrite ? "Create one with “New device”, or import a CSV through the API." : "A tenant admin can register devices."}</Empty>
+          <Empty title="No devices yet.">{canWrite ? "Create one with “New device” or “Provision…”, or import a CSV." : "A tenant admin can register devices."}</Empty>
         )
       ) : (
         <>

@@ -7,6 +7,7 @@ import { useAccess } from "../../lib/access";
 import type { EnrollmentToken, Gateway } from "../../types";
 import { ago, bytes, Empty, ErrorBox, Loading, SecretOnce, StatusBadge, Time, until } from "../../components/ui";
 import { useSites } from "../sites/useSites";
+import { ConnectorsPanel } from "./Connectors";
 
 const WEEK = 7 * 86_400_000;
 
@@ -22,6 +23,7 @@ export function GatewaysPage() {
   const siteName = new Map((sites.data ?? []).map((s) => [s.id, s.name]));
   const [token, setToken] = useState<{ name: string; token: EnrollmentToken } | null>(null);
   const [form, setForm] = useState({ name: "", site_id: "" });
+  const [polled, setPolled] = useState<Gateway | null>(null);
   const done = () => client.invalidateQueries({ queryKey: ["gateways"] });
   const create = useMutation({
     mutationFn: () => api<{ gateway: Gateway; enrollment: EnrollmentToken }>("/api/v1/gateways", { method: "POST", body: { name: form.name.trim(), site_id: form.site_id || null } }),
@@ -77,7 +79,7 @@ export function GatewaysPage() {
           <thead>
             <tr>
               <th>Gateway</th><th>Site</th><th>Status</th><th>Last seen</th><th>Last sync</th><th className="num">Backlog</th><th>Oldest unsynced</th>
-              <th className="num">Bytes sent</th><th>Certificate</th><th>Agent</th>{canWrite && <th />}
+              <th className="num">Bytes sent</th><th>Certificate</th><th>Agent</th><th />
             </tr>
           </thead>
           <tbody>
@@ -96,22 +98,22 @@ export function GatewaysPage() {
                   <td className="num">{bytes(g.bytes_received)}</td>
                   <td className={certSoon ? "warn" : ""} title={g.certificate_expires_at ?? ""}>{g.certificate_expires_at ? `expires ${until(g.certificate_expires_at)}` : <span className="muted">none</span>}</td>
                   <td>{g.agent_version ?? <span className="muted">—</span>}</td>
-                  {canWrite && (
-                    <td className="actions">
-                      {g.status !== "revoked" && (
+                  <td className="actions">
+                    <button className="btn small" onClick={() => setPolled(g)}>Polled devices</button>
+                    {canWrite && g.status !== "revoked" && (
                         <>
                           <button className="btn small" onClick={() => newToken.mutate(g)}>New token</button>
                           <button className="btn small danger" onClick={() => confirm(`Revoke ${g.name}? Its certificate stops working at its next request.`) && revoke.mutate(g)}>Revoke</button>
                         </>
-                      )}
-                    </td>
-                  )}
+                    )}
+                  </td>
                 </tr>
               );
             })}
           </tbody>
         </table>
       )}
+      {polled && <ConnectorsPanel key={polled.id} gateway={polled} onClose={() => setPolled(null)} />}
     </>
   );
 }
