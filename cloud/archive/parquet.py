@@ -32,10 +32,13 @@ CSV_COLUMNS = {
 }
 
 
-def connect(memory_limit: str = "256MB", temp_dir: Path | None = None) -> duckdb.DuckDBPyConnection:
+def connect(memory_limit: str = "128MB", temp_dir: Path | None = None) -> duckdb.DuckDBPyConnection:
+    """DuckDB with a memory ceiling (it spills sorts and aggregates to ``temp_dir`` past it), so a
+    large day costs disk, not the process's memory."""
     con = duckdb.connect(":memory:")
     con.execute("SET TimeZone = 'UTC'")
     con.execute(f"SET memory_limit = '{memory_limit}'")
+    con.execute("SET preserve_insertion_order = false")  # every COPY says its own ORDER BY
     if temp_dir is not None:
         con.execute(f"SET temp_directory = '{_lit(str(temp_dir))}'")
     return con
