@@ -27,6 +27,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "scale": ("pulse.bench.scale", "HTTP ingest with 1 and 2 `pulse cloud serve` replicas on one database, each against raw COPY: two_process_ratio, CPU per 100k messages"),
     "mqtt": ("pulse.bench.mqtt", "direct devices over `pulse cloud mqtt` (QoS 1, PUBACK after commit) against HTTP ingest of the same messages and a bare amqtt broker: msgs/s, ratio, p99 publish-to-commit"),
     "jobs": ("pulse.bench.jobs", "desired-state job to --devices (10,000) devices, direct and behind gateways, p50/p99 per device against one PATCH per device; firmware uplink bytes per device with and without the gateway cache"),
+    "reports": ("pulse.bench.reports", "SLA report of 1,000 devices x 30 days against its bare SQL, archive export of --points (default 10M) to Parquet against a raw COPY (points/s, peak RSS), archive size per point against PostgreSQL's"),
     "notify": ("pulse.bench.notify", "threshold crossing -> webhook at a loopback receiver (p50/p99, deliveries/s) against bare POSTs to it"),
 }
 

@@ -30,11 +30,13 @@ from pulse.cloud.api import devices, fleet, gateways, live, operator, sites, sys
 from pulse.cloud.api import jobs as jobs_api
 from pulse.cloud.api import notify as notify_api
 from pulse.cloud.api import quarantine as quarantine_api
+from pulse.cloud.api import reports as reports_api
 from pulse.cloud.api import subscriptions as subscriptions_api
 from pulse.cloud.api import twin as twin_api
 from pulse.cloud.api import users as users_api
 from pulse.cloud.api.console import mount_console
 from pulse.cloud.api.deps import Components
+from pulse.cloud.archive.archiver import archiver_for
 from pulse.cloud.auth.accounts import Accounts
 from pulse.cloud.auth.oidc_login import OidcClient, OidcLogin
 from pulse.cloud.auth.tokens import Authenticator, OidcVerifier, SessionTokens
@@ -53,6 +55,7 @@ from pulse.cloud.notify.worker import NotifyWorkers
 from pulse.cloud.platform.health import HealthThresholds
 from pulse.cloud.platform.sampler import Sampler
 from pulse.cloud.replicas import Replica
+from pulse.cloud.reports import worker as report_worker
 from pulse.cloud.settings import Settings
 from pulse.cloud.subscriptions import worker as subscription_worker
 from pulse.cloud.subscriptions.store import Entitlements
@@ -156,6 +159,7 @@ def create_app(
     sync.claims.limiter = RateLimiter(rate=settings.activation_rate_per_min / 60, burst=settings.activation_burst, max_keys=100_000)
     ingest.on_twin_change = hub.notify  # ... from direct devices too
 
+    archiver = archiver_for(db, settings)
     now = clock or (lambda: dt.datetime.now(dt.UTC))
     sampler = Sampler(
         db,
@@ -181,6 +185,11 @@ def create_app(
     async def maintenance() -> None:
         maintained["running"] = True
         while True:
+            if settings.archive_enabled:  # what retention is about to drop goes to the archive first
+                try:
+                    await archiver.run_once(now())
+                except Exception:  # retention still runs: a day older than it is lost only if the archive fails for days
+                    log.exception("telemetry archive pass failed; retrying in %ss", settings.maintenance_interval_s)
             try:
                 actions = await maintain_telemetry(
                     settings.database_url,
@@ -221,6 +230,11 @@ def create_app(
             "command-expiry",
             lambda: command_sweep(db, interval_s=settings.command_sweep_interval_s, grace_s=settings.command_expiry_grace_s),
         )
+        if settings.reports_enabled:
+            replica.add_job(
+                "daily-reports",
+                lambda: report_worker.run_forever(db, interval_s=settings.report_interval_s, clock=now, console_url=notify_settings.console_url),
+            )
         replica.add_job(
             "subscriptions",
             lambda: subscription_worker.run_forever(
@@ -265,6 +279,7 @@ def create_app(
         enroll_limiter=RateLimiter(rate=settings.enroll_rate_per_min / 60, burst=settings.enroll_burst, max_keys=100_000),
         entitlements=entitlements,
         activation_limiter=RateLimiter(rate=settings.activation_rate_per_min / 60, burst=settings.activation_burst, max_keys=100_000),
+        archive=archiver.store,
         forgot_limiter=RateLimiter(rate=settings.forgot_rate_per_min / 60, burst=settings.forgot_burst, max_keys=100_000),
     )
     if monotonic is not None:
@@ -346,5 +361,7 @@ def create_app(
     app.include_router(notify_api.router)
     app.include_router(notify_api.escalation_router)
     app.include_router(notify_api.oncall_router)
+    app.include_router(reports_api.router)
+    app.include_router(reports_api.exports_router)
     mount_console(app, settings.console_dir)
     return app

@@ -4,7 +4,9 @@
     pulse cloud serve [--host H] [--port P]      run the API and ingest server (migrates first) and the
                                                  gateway sync listener (mutual TLS, PULSE_SYNC_PORT)
     pulse cloud mqtt                             run the MQTT endpoint for direct devices (TLS, PULSE_MQTT_*)
-    pulse cloud maintain                         create telemetry partitions ahead, drop expired ones
+    pulse cloud maintain                         archive due days, then create telemetry partitions ahead
+                                                 and drop expired ones
+    pulse cloud archive [--at TIME]              archive every complete day of telemetry not yet archived
     pulse cloud admin create-tenant SLUG NAME    bootstrap a tenant (audited)
     pulse cloud admin create-user EMAIL ...      bootstrap a user (audited)
 
@@ -60,10 +62,37 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _archive_pass(s: Any, at: Any) -> Any:
+    from pulse.cloud.archive.archiver import archiver_for
+
+    async def run(db: Any) -> Any:
+        return await archiver_for(db, s).run_once(at)
+
+    return asyncio.run(_with_db(run))
+
+
+def _cmd_archive(args: argparse.Namespace) -> int:
+    import datetime as dt
+
+    s = _settings()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    at = dt.datetime.fromisoformat(args.at) if args.at else dt.datetime.now(dt.UTC)
+    if at.tzinfo is None:
+        at = at.replace(tzinfo=dt.UTC)
+    done = _archive_pass(s, at)
+    print(f"archived {done.days} days, {done.rows} rows, {done.bytes} bytes")
+    return 0
+
+
 def _cmd_maintain(args: argparse.Namespace) -> int:
+    import datetime as dt
+
     from pulse.cloud.db.migrate import maintain_telemetry
 
     s = _settings()
+    if s.archive_enabled:  # what retention is about to drop goes to the archive first
+        done = _archive_pass(s, dt.datetime.now(dt.UTC))
+        print(f"archived {done.days} days, {done.rows} rows")
     actions = asyncio.run(
         maintain_telemetry(
             s.database_url, ahead_days=s.telemetry_partitions_ahead_days, retention_days=s.telemetry_retention_days
@@ -207,8 +236,12 @@ def register(sub: Any) -> None:
     )
     c.set_defaults(handler=_cmd_mqtt)
 
-    c = cloud.add_parser("maintain", help="telemetry storage: create partitions ahead, drop expired ones")
+    c = cloud.add_parser("maintain", help="telemetry storage: archive due days, create partitions ahead, drop expired ones")
     c.set_defaults(handler=_cmd_maintain)
+
+    c = cloud.add_parser("archive", help="archive every complete day of telemetry not yet archived (Parquet, PULSE_ARCHIVE_*)")
+    c.add_argument("--at", default=None, help="the time to take as now (ISO 8601; default: the clock)")
+    c.set_defaults(handler=_cmd_archive)
 
     a = cloud.add_parser("admin", help="bootstrap tenants and users (every use is audited)")
     a.set_defaults(handler=lambda args: (a.print_help(), 0)[1])

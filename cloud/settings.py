@@ -144,6 +144,20 @@ class Settings(BaseSettings):
     activation_rate_per_min: float = Field(default=10.0, gt=0, description="activation attempts per minute per source address or gateway")
     activation_burst: int = Field(default=10, ge=1, description="activation attempts a source address or gateway may make at once")
 
+    # telemetry archive, reports and exports (issue 21)
+    archive_enabled: bool = Field(default=True, description="archive complete days of telemetry to Parquet before retention drops them")
+    archive_dir: Path | None = Field(default=None, description="local archive directory (default: <data_dir>/archive)")
+    archive_lag_hours: int = Field(
+        default=6, ge=0, le=24 * 30, description="how long after a UTC day ends it is archived (late rows from offline gateways land first)"
+    )
+    archive_s3_bucket: str | None = Field(default=None, description="archive to this S3 bucket instead of the local directory")
+    archive_s3_endpoint: str | None = Field(default=None, description="S3-compatible endpoint URL (default: AWS)")
+    archive_s3_prefix: str = Field(default="", description="key prefix inside the bucket")
+    archive_s3_region: str = Field(default="us-east-1", description="the bucket's region")
+    archive_s3_access_key: str | None = Field(default=None, description="S3 access key id (default: boto3's own credential chain)")
+    archive_s3_secret_key: SecretStr | None = Field(default=None, description="S3 secret access key")
+    reports_enabled: bool = Field(default=True, description="make each tenant's daily SLA report and send it to its notification channels")
+    report_interval_s: float = Field(default=300.0, gt=0, description="how often the report worker looks for a day without its report")
     # user administration: one-time links and the mail that carries them (issue 20)
     invite_ttl_s: int = Field(default=7 * 24 * 3600, ge=600, le=90 * 24 * 3600, description="how long an invitation link works")
     reset_ttl_s: int = Field(default=24 * 3600, ge=600, le=30 * 24 * 3600, description="how long a password-reset link works")
@@ -235,6 +249,22 @@ class Settings(BaseSettings):
         return networks(self.trusted_proxies)
 
     @property
+    def archive(self) -> ArchiveConfig:
+        return ArchiveConfig(
+            directory=self.archive_dir or self.data_dir / "archive",
+            work_dir=self.data_dir / "archive-work",
+            cache_dir=self.data_dir / "archive-cache",
+            lag_hours=self.archive_lag_hours,
+            retention_days=self.telemetry_retention_days,
+            s3_bucket=self.archive_s3_bucket,
+            s3_endpoint=self.archive_s3_endpoint,
+            s3_prefix=self.archive_s3_prefix,
+            s3_region=self.archive_s3_region,
+            s3_access_key=self.archive_s3_access_key,
+            s3_secret_key=self.archive_s3_secret_key.get_secret_value() if self.archive_s3_secret_key else None,
+        )
+
+    @property
     def roles(self) -> RoleNames:
         return RoleNames.from_prefix(self.db_role_prefix)
 
@@ -320,3 +350,20 @@ class IngestConfig:
     burst: float = 1000.0
     token_cache_s: float = 30.0
     retry_after_s: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class ArchiveConfig:
+    """Where the telemetry archive goes (built from Settings.archive)."""
+
+    directory: Path
+    work_dir: Path
+    cache_dir: Path
+    lag_hours: int = 6
+    retention_days: int = 90
+    s3_bucket: str | None = None
+    s3_endpoint: str | None = None
+    s3_prefix: str = ""
+    s3_region: str = "us-east-1"
+    s3_access_key: str | None = None
+    s3_secret_key: str | None = None

@@ -202,6 +202,12 @@ class Code(StrEnum):
     API_INTERNAL = "api.internal"
     """An unexpected server error; the server log has details."""
 
+    # report: SLA reports and exports (cloud)
+    REPORT_BAD_RANGE = "report.bad_range"
+    """The period is reversed, empty, has no time zone, has not started, or is longer than a report covers."""
+    REPORT_BAD_FORMAT = "report.bad_format"
+    """The report or export format is not one the endpoint writes (the message lists those it does)."""
+
     # ingest: HTTP ingest for direct devices (cloud)
     INGEST_TOO_LARGE = "ingest.too_large"
     """The request body exceeds the configured limit (HTTP 413)."""

@@ -133,6 +133,8 @@ def cloud_settings(database_url: str, pg_admin_dsn: str) -> Iterator[Settings]:
         db_role_prefix="t" + uuid.uuid4().hex[:12],
         jwt_secret="test-secret-" + uuid.uuid4().hex,
         maintenance_interval_s=3600,
+        archive_enabled=False,  # the archive and the daily reports run on a passed-in clock in their own tests
+        reports_enabled=False,
         writer_flush_ms=5,
         platform_sample_interval_s=0,  # tests that sample call Sampler.sample_once on their own clock
     )

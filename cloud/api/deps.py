@@ -11,6 +11,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from pulse.cloud.archive.store import ArchiveStore
 from pulse.cloud.auth.tokens import OPERATOR, OPERATOR_ADMIN, TENANT_READ, TENANT_WRITE, Authenticator, Principal
 from pulse.cloud.db.pool import Database
 from pulse.cloud.errors import ForbiddenError
@@ -45,6 +46,8 @@ class Components:
     """Whether a tenant's data is accepted (its subscriptions); operator changes invalidate it."""
     activation_limiter: RateLimiter | None = None
     """Activation attempts per source address (PULSE_ACTIVATION_RATE_PER_MIN, PULSE_ACTIVATION_BURST)."""
+    archive: ArchiveStore | None = None
+    """The telemetry archive's storage (local directory or S3), read for long chart ranges and exports."""
     forgot_limiter: RateLimiter | None = None
     """Forgotten-password requests per source address (PULSE_FORGOT_RATE_PER_MIN, PULSE_FORGOT_BURST)."""
 

@@ -8,13 +8,15 @@ import json
 import math
 import uuid
 from datetime import UTC, datetime, timedelta
-from typing import Annotated
+from typing import Annotated, Literal
 
 import asyncpg
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
 
 from pulse.cloud.api.deps import Parts, Reader
+from pulse.cloud.archive import query as archive_query
+from pulse.cloud.archive.store import open_store
 from pulse.cloud.errors import InvalidError, NotFoundError
 from pulse.protocol.errors import Code
 
@@ -118,6 +120,54 @@ async def series(
         rows = await conn.fetch(_SERIES_SQL, caller.tenant_id, device_id, metric, start, end, float(width))
     points = [(int(r["bucket"].timestamp() * 1000), r["mean"], r["lo"], r["hi"], r["n"]) for r in rows]
     return Series(device=device, device_id=device_id, metric=metric, start=start, end=end, bucket_s=width, points=points)
+
+
+class History(Series):
+    grain: Literal["hour", "day"]
+    archive_days: int = Field(description="days of the range answered from the telemetry archive's gold rollups")
+    database_from: datetime | None = Field(description="where PostgreSQL took over from the archive (null: the archive answered all of it)")
+
+
+@router.get(
+    "/{device}/telemetry/history",
+    response_model=History,
+    response_model_by_alias=True,
+    summary="One metric of a device over a long range, from hourly or daily rollups",
+    description=(
+        "For the long ranges of the device chart (7 d, 30 d, a year): days in the telemetry archive are answered "
+        "from its gold rollups (DuckDB over Parquet), the days after them from PostgreSQL, in one series. "
+        "`grain` is `hour` or `day` (default: hour up to 31 days, else day); `from` is rounded down to the grain. "
+        f"At most {MAX_POINTS} buckets; points are [bucket start (Unix ms), mean, min, max, number of readings]."
+    ),
+)
+async def history(
+    device: uuid.UUID,
+    caller: Reader,
+    parts: Parts,
+    metric: Annotated[str, Query(min_length=1, max_length=128, description="metric name, as devices send it")],
+    start: Annotated[datetime, Query(alias="from")],
+    end: Annotated[datetime | None, Query(alias="to")] = None,
+    grain: Annotated[Literal["hour", "day"] | None, Query(description="rollup: hour or day")] = None,
+) -> History:
+    end = _aware(end) if end is not None else parts.clock()
+    start = _aware(start)
+    if start >= end:
+        raise InvalidError(Code.API_INVALID, "`from` must be before `to`")
+    span = (end - start).total_seconds()
+    grain = grain or ("hour" if span <= 31 * 86400 else "day")
+    width = archive_query.GRAIN_S[grain]
+    start = datetime.fromtimestamp(start.timestamp() // width * width, UTC)
+    if span / width > MAX_POINTS:
+        raise InvalidError(Code.API_INVALID, f"{math.ceil(span / width)} {grain}s asked for; at most {MAX_POINTS}: use grain=day or narrow the range")
+    async with parts.db.tenant(caller.tenant_id) as conn:
+        device_id = await _device_id(conn, device)
+    store = parts.archive if parts.archive is not None else open_store(parts.settings.archive)
+    got = await archive_query.history(parts.db, store, caller.tenant_id, device_id, metric, start, end, grain)
+    points = [(int(b.start.timestamp() * 1000), b.avg, b.min, b.max, b.count) for b in got.buckets]
+    return History(
+        device=device, device_id=device_id, metric=metric, start=start, end=end, bucket_s=width, points=points,
+        grain=grain, archive_days=got.archive_days, database_from=got.database_from,
+    )
 
 
 @router.get("/{device}/telemetry/latest", response_model=Latest, summary="A device's newest value of each metric")

@@ -13,6 +13,7 @@ the log, an impossible explicit request raises ``StorageEngineError`` before any
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import logging
 import re
@@ -170,11 +171,19 @@ async def _check_engine(conn: asyncpg.Connection, requested: Requested) -> None:
         )
 
 
-async def maintain_telemetry(dsn: str, *, ahead_days: int, retention_days: int) -> list[tuple[str, str]]:
-    """Create telemetry partitions ahead, drop expired ones (or set TimescaleDB's retention)."""
+async def maintain_telemetry(
+    dsn: str, *, ahead_days: int, retention_days: int, at: dt.datetime | None = None
+) -> list[tuple[str, str]]:
+    """Create telemetry partitions ahead, drop expired ones (or set TimescaleDB's retention).
+    ``at``: the time to take as now (default: the database's clock)."""
     conn = await asyncpg.connect(dsn)
     try:
-        rows = await conn.fetch("SELECT action, target FROM pulse_telemetry_maintain($1, $2)", ahead_days, retention_days)
+        if at is None:
+            rows = await conn.fetch("SELECT action, target FROM pulse_telemetry_maintain($1, $2)", ahead_days, retention_days)
+        else:
+            rows = await conn.fetch(
+                "SELECT action, target FROM pulse_telemetry_maintain($1, $2, $3)", ahead_days, retention_days, at
+            )
     finally:
         await conn.close()
     return [(r["action"], r["target"]) for r in rows]

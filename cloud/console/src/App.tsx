@@ -21,6 +21,7 @@ import { AlertPage, AlertsPage } from "./features/alerts/Alerts";
 import { RulesPage } from "./features/rules/Rules";
 import { GatewaysPage } from "./features/gateways/Gateways";
 import { AuditPage } from "./features/audit/Audit";
+import { ReportsPage } from "./features/reports/Reports";
 import { SubscriptionPage } from "./features/subscription/Subscription";
 import { QuarantinePage } from "./features/quarantine/Quarantine";
 import { MaintenancePage } from "./features/maintenance/Maintenance";
@@ -61,6 +62,7 @@ function page(path: string, access: Access): ReactNode {
     if (match("/subscription", path)) return <SubscriptionPage />;
     if (match("/quarantine", path)) return <QuarantinePage />;
     if (match("/maintenance", path)) return <MaintenancePage />;
+    if (match("/reports", path)) return <ReportsPage />;
     if (access.canWrite && match("/audit", path)) return <AuditPage />;
     if (access.canWrite && match("/users", path)) return <UsersPage />;
   }
@@ -108,6 +110,7 @@ export function App() {
           ["/subscription", "Subscription"],
           ["/maintenance", "Maintenance"],
           ["/quarantine", "Quarantine"],
+          ["/reports", "Reports"],
           ...(access.canWrite ? [["/activation-codes", "Activation codes"], ["/users", "Users"], ["/audit", "Audit log"]] : []),
         ] as [string, string][])
       : []),

@@ -1,8 +1,15 @@
 // Pure chart logic: time ranges, and folding live readings into server-side buckets.
 import type { Point } from "./types";
 
-export const RANGES = { "15m": 15 * 60_000, "1h": 3_600_000, "6h": 6 * 3_600_000, "24h": 24 * 3_600_000, "7d": 7 * 24 * 3_600_000 } as const;
+const DAY = 24 * 3_600_000;
+export const RANGES = {
+  "15m": 15 * 60_000, "1h": 3_600_000, "6h": 6 * 3_600_000, "24h": DAY, "7d": 7 * DAY, "30d": 30 * DAY, "1y": 365 * DAY,
+} as const;
 export type RangeKey = keyof typeof RANGES;
+
+/** Ranges the chart draws from hourly or daily rollups (the telemetry archive's gold layer, and
+ *  PostgreSQL for the days not archived yet): the API's /telemetry/history. */
+export const ROLLUP: Partial<Record<RangeKey, "hour" | "day">> = { "7d": "hour", "30d": "hour", "1y": "day" };
 
 export function rangeWindow(range: RangeKey, now: number): { from: string; to: string } {
   // `to` is a little in the future so that readings stamped by a device with a fast clock still show

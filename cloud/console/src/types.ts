@@ -47,7 +47,11 @@ export type IssuedCredential = { id: string; device_id: string; token: string };
 
 /** [bucket start ms, mean, min, max, count] */
 export type Point = [number, number, number, number, number];
-export type Series = { device: string; device_id: string; metric: string; from: string; to: string; bucket_s: number; points: Point[] };
+export type Series = {
+  device: string; device_id: string; metric: string; from: string; to: string; bucket_s: number; points: Point[];
+  /** /telemetry/history only: days answered from the archive's gold rollups */
+  archive_days?: number;
+};
 export type Latest = { device: string; device_id: string; last_seen: string | null; metrics: { name: string; value: number | boolean; time: string }[] };
 
 export type FleetSummary = {

@@ -7,7 +7,7 @@ import { Link } from "../../components/Link";
 import { useAccess } from "../../lib/access";
 import { live, useLiveState } from "../../live";
 import { navigate, useLocation } from "../../router";
-import { foldReading, numeric, RANGES, rangeWindow, type RangeKey } from "../../series";
+import { foldReading, numeric, RANGES, rangeWindow, ROLLUP, type RangeKey } from "../../series";
 import type { Alert, Credential, Device, IssuedCredential, Latest, Point, Series, Uptime } from "../../types";
 import { StateBadge, STATE_LABEL } from "./Devices";
 import { Chart } from "../../components/Chart";
@@ -165,7 +165,13 @@ function Telemetry({ device, metrics }: { device: Device; metrics: string[] }) {
 
   const series = useQuery({
     queryKey: ["series", device.id, metric, range],
-    queryFn: () => api<Series>(`/api/v1/devices/${device.id}/telemetry`, { query: { metric, ...rangeWindow(range, Date.now()) } }),
+    queryFn: () => {
+      const grain = ROLLUP[range];
+      const span = rangeWindow(range, Date.now());
+      return grain
+        ? api<Series>(`/api/v1/devices/${device.id}/telemetry/history`, { query: { metric, grain, ...span } })
+        : api<Series>(`/api/v1/devices/${device.id}/telemetry`, { query: { metric, ...span } });
+    },
     enabled: metric !== "",
   });
   const [points, setPoints] = useState<Point[]>([]);
@@ -224,7 +230,12 @@ function Telemetry({ device, metrics }: { device: Device; metrics: string[] }) {
         <span className={`live live-${liveState}`} data-testid="live-state" title="Live updates over WebSocket">
           {liveState === "live" ? "● live" : liveState}
         </span>
-        {series.data && <span className="muted small">bucket {series.data.bucket_s}s · {liveCount} live</span>}
+        {series.data && (
+          <span className="muted small">
+            {ROLLUP[range] ? `${ROLLUP[range] === "day" ? "daily" : "hourly"} rollups` : `bucket ${series.data.bucket_s}s`}
+            {series.data.archive_days ? ` · ${series.data.archive_days} days from the archive` : ""} · {liveCount} live
+          </span>
+        )}
       </div>
       {!metric ? (
         <Empty title="No telemetry yet.">The chart appears when the device sends its first reading.</Empty>
