@@ -28,6 +28,13 @@ from pulse.cloud.db.embedded import EmbeddedPostgres
 from pulse.cloud.db.migrate import migrate
 from pulse.cloud.settings import Settings
 
+# Every `pulse cloud serve` a test starts inherits this environment: its daily SLA reports and the
+# telemetry archive would run on the wall clock and send real notifications to the test's receivers
+# (a report queued at start-up took a scripted answer meant for an alert). Their own tests turn them
+# on with a passed-in clock.
+os.environ["PULSE_REPORTS_ENABLED"] = "false"
+os.environ["PULSE_ARCHIVE_ENABLED"] = "false"
+
 # Nothing a test starts may outlive it, and the test process always ends (tests/leakcheck.py).
 pytest_plugins = ("leakcheck", "pytester")
 

@@ -9,7 +9,7 @@ import uuid
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from pulse.cloud import firmware, jobs, twins
 from pulse.cloud.api.deps import Parts, Reader, Writer
@@ -22,6 +22,72 @@ from pulse.protocol.errors import Code, FirmwareError, JobError
 
 router = APIRouter(prefix="/api/v1/jobs", tags=["jobs"])
 firmware_router = APIRouter(prefix="/api/v1/firmware", tags=["firmware"])
+
+
+class JobPreview(BaseModel):
+    count: int = Field(description="devices the target query matches now")
+    devices: list[str] = Field(description="their ids, the first 1,000")
+
+
+class JobDevice(BaseModel):
+    device: str
+    stage: int
+    outcome: str = Field(description="queued, in_progress, succeeded, failed, timed_out, skipped or cancelled")
+    reason: str | None = Field(description="the device's reason when it failed, or why it was skipped")
+    command: str | None = Field(description="the command sent to it (command and firmware jobs)")
+    started: str | None
+    finished: str | None
+
+
+class StageProgress(BaseModel):
+    model_config = ConfigDict(extra="allow")  # plus the counts by outcome
+
+    stage: int
+    devices: int
+
+
+class JobOut(BaseModel):
+    """A job (docs/cloud.md "Jobs"); ``stage_progress`` and ``devices`` only for one job."""
+
+    id: str
+    name: str
+    state: str
+    reason: str | None
+    target: dict[str, Any]
+    action: dict[str, Any]
+    rollout: dict[str, Any]
+    stage: int
+    stages: int
+    started: str | None
+    finished: str | None
+    created_by: str
+    rollback_of: str | None
+    progress: dict[str, int] = Field(description="devices by outcome")
+    stage_progress: list[StageProgress] | None = None
+    devices: list[JobDevice] | None = None
+
+
+class JobList(BaseModel):
+    items: list[JobOut]
+
+
+class ArtifactOut(BaseModel):
+    id: str
+    version: str
+    model: str
+    sha256: str
+    size: int
+    signed: bool
+    signature: str | None
+    filename: str
+    created_by: str
+    created_at: str
+    bytes_served: int = Field(description="bytes the cloud wrote to gateways and direct devices, including what a cut link lost")
+    downloads: int = Field(description="downloads that reached the last byte")
+
+
+class ArtifactList(BaseModel):
+    items: list[ArtifactOut]
 
 
 def _now_ms(parts: Parts) -> int:
@@ -43,7 +109,7 @@ def _illegal(exc: JobError) -> Exception:
     return ConflictError(exc.code, exc.message) if exc.code is Code.JOB_ILLEGAL_STATE else exc
 
 
-@router.post("/preview", summary="The devices a target query matches now (what a job would start with)")
+@router.post("/preview", response_model=JobPreview, summary="The devices a target query matches now (what a job would start with)")
 async def preview(body: PreviewIn, caller: Reader, parts: Parts) -> dict[str, Any]:
     target = job_model.target_from_obj(body.target)
     async with parts.db.tenant(caller.tenant_id) as conn:
@@ -51,7 +117,7 @@ async def preview(body: PreviewIn, caller: Reader, parts: Parts) -> dict[str, An
     return {"count": len(devices), "devices": devices[:1000]}
 
 
-@router.post("", status_code=201, summary="Start a job: resolve the target now, then roll the action out in stages")
+@router.post("", status_code=201, response_model=JobOut, response_model_exclude_unset=True, summary="Start a job: resolve the target now, then roll the action out in stages")
 async def create_job(body: JobIn, caller: Writer, parts: Parts) -> dict[str, Any]:
     target = job_model.target_from_obj(body.target)
     action = job_model.action_from_obj(body.action)
@@ -65,7 +131,7 @@ async def create_job(body: JobIn, caller: Writer, parts: Parts) -> dict[str, Any
     return jobs.job_out(job, rows)
 
 
-@router.get("", summary="The tenant's jobs, newest first, with progress counts")
+@router.get("", response_model=JobList, response_model_exclude_unset=True, summary="The tenant's jobs, newest first, with progress counts")
 async def list_jobs(caller: Reader, parts: Parts, limit: Annotated[int, Query(ge=1, le=200)] = 50) -> dict[str, Any]:
     async with parts.db.tenant(caller.tenant_id) as conn:
         rows = await conn.fetch("SELECT * FROM jobs WHERE tenant_id = $1 ORDER BY started_at DESC, id LIMIT $2", caller.tenant_id, limit)
@@ -82,7 +148,7 @@ async def list_jobs(caller: Reader, parts: Parts, limit: Annotated[int, Query(ge
     return {"items": items}
 
 
-@router.get("/{job_id}", summary="One job: state, stages, per-device outcomes and reasons")
+@router.get("/{job_id}", response_model=JobOut, response_model_exclude_unset=True, summary="One job: state, stages, per-device outcomes and reasons")
 async def get_job(job_id: str, caller: Reader, parts: Parts) -> dict[str, Any]:
     async with parts.db.tenant(caller.tenant_id) as conn:
         job = await jobs.load(conn, caller.tenant_id, job_id)
@@ -92,7 +158,7 @@ async def get_job(job_id: str, caller: Reader, parts: Parts) -> dict[str, Any]:
     return jobs.job_out(job, rows)
 
 
-@router.post("/{job_id}/cancel", summary="Stop a job: devices not yet started are cancelled; 409 job.illegal_state when it is finished")
+@router.post("/{job_id}/cancel", response_model=JobOut, response_model_exclude_unset=True, summary="Stop a job: devices not yet started are cancelled; 409 job.illegal_state when it is finished")
 async def cancel_job(job_id: str, caller: Writer, parts: Parts) -> dict[str, Any]:
     async with parts.db.tenant(caller.tenant_id) as conn:
         try:
@@ -105,7 +171,7 @@ async def cancel_job(job_id: str, caller: Writer, parts: Parts) -> dict[str, Any
     return jobs.job_out(job, rows)
 
 
-@router.post("/{job_id}/rollback", status_code=201, summary="A new job that writes back what a desired-state job replaced, per device")
+@router.post("/{job_id}/rollback", status_code=201, response_model=JobOut, response_model_exclude_unset=True, summary="A new job that writes back what a desired-state job replaced, per device")
 async def rollback_job(job_id: str, caller: Writer, parts: Parts) -> dict[str, Any]:
     async with parts.db.tenant(caller.tenant_id) as conn:
         try:
@@ -134,6 +200,7 @@ def files(parts: Parts) -> firmware.FirmwareFiles:
 @firmware_router.post(
     "",
     status_code=201,
+    response_model=ArtifactOut,
     summary="Upload an artifact: the body is the file (application/octet-stream); version, model, sha256 (and signature) in the query",
 )
 async def upload(
@@ -178,14 +245,14 @@ async def upload(
     return art.to_json()
 
 
-@firmware_router.get("", summary="The tenant's firmware library, newest first")
+@firmware_router.get("", response_model=ArtifactList, summary="The tenant's firmware library, newest first")
 async def list_firmware(caller: Reader, parts: Parts, model: str | None = None) -> dict[str, Any]:
     async with parts.db.tenant(caller.tenant_id) as conn:
         arts = await firmware.listing(conn, caller.tenant_id, model)
     return {"items": [a.to_json() for a in arts]}
 
 
-@firmware_router.get("/{artifact}", summary="One artifact: manifest, bytes served over uplinks, completed downloads")
+@firmware_router.get("/{artifact}", response_model=ArtifactOut, summary="One artifact: manifest, bytes served over uplinks, completed downloads")
 async def get_firmware(artifact: str, caller: Reader, parts: Parts) -> dict[str, Any]:
     async with parts.db.tenant(caller.tenant_id) as conn:
         art = await firmware.get(conn, caller.tenant_id, artifact)

@@ -435,6 +435,9 @@ def _with_download_url(message: bytes) -> bytes:
     "/ingest/v1/firmware/{artifact}",
     summary="A direct device downloads a firmware artifact of its tenant (Range supported)",
     description="Authorization: Bearer <device token>. 206 with Content-Range for a Range request; 416 firmware.bad_range.",
+    response_class=Response,
+    responses={200: {"content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+                     "description": "the artifact's bytes"}},
 )
 async def device_firmware(artifact: str, request: Request) -> Response:
     service: IngestService = request.app.state.pulse.ingest
