@@ -30,6 +30,27 @@ def archiver(cloud, root: Path, retention_days: int = 90) -> Archiver:
     )
 
 
+async def apply_retention(dsn: str, *, retention_days: int, at: dt.datetime) -> list[str]:
+    """Retention as it happens on this database's engine at the clock ``at``; what it dropped.
+    Native partitioning: Pulse's maintenance drops expired partitions. TimescaleDB: the maintenance
+    sets a retention policy, and TimescaleDB's job drops the expired chunks on its own schedule and
+    clock; here the same drop_chunks call the policy makes, at the test's clock instead of now()."""
+    actions = await maintain_telemetry(dsn, ahead_days=1, retention_days=retention_days, at=at)
+    conn = await asyncpg.connect(dsn)
+    try:
+        if await conn.fetchval("SELECT relkind = 'p' FROM pg_class WHERE oid = 'public.telemetry'::regclass"):
+            return [target for action, target in actions if action in ("dropped", "expired")]
+        policy = await conn.fetchval(
+            "SELECT config->>'drop_after' FROM timescaledb_information.jobs"
+            " WHERE proc_name = 'policy_retention' AND hypertable_name = 'telemetry'"
+        )
+        assert policy == f"{retention_days} days", "the maintenance did not set TimescaleDB's retention policy"
+        rows = await conn.fetch("SELECT drop_chunks('telemetry', older_than => $1::timestamptz) AS chunk", at - dt.timedelta(days=retention_days))
+        return [r["chunk"] for r in rows]
+    finally:
+        await conn.close()
+
+
 async def two_tenants(cloud) -> tuple[uuid.UUID, uuid.UUID]:
     a, _ = await cloud.tenant_user()
     b, _ = await cloud.tenant_user()
@@ -100,7 +121,7 @@ async def test_a_day_is_archived_before_retention_drops_it_and_then_answers_from
     clock = at("2026-04-04", 9)
     arch = archiver(cloud, tmp_path, retention_days=90)
     assert (a, old) in (await arch.run_once(clock)).archived
-    dropped = await maintain_telemetry(dsn, ahead_days=1, retention_days=90, at=clock + dt.timedelta(days=2))
+    dropped = await apply_retention(dsn, retention_days=90, at=clock + dt.timedelta(days=2))
     assert dropped, "retention dropped nothing: the test proves nothing"
     conn = await asyncpg.connect(dsn)
     try:
