@@ -31,7 +31,7 @@ from pulse.common.ports import free_port
 pytestmark = pytest.mark.integration
 
 PASSWORD = "correct horse battery staple"
-JOBS = {"maintenance", "rules-sweep", "command-expiry", "subscriptions", "rate-buckets"}
+JOBS = {"maintenance", "rules-sweep", "command-expiry", "daily-reports", "subscriptions", "jobs", "rate-buckets"}
 
 
 @dataclass
