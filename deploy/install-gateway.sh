@@ -49,6 +49,8 @@ install -d -m 0755 /opt/pulse
 
 if [ ! -f /etc/pulse/gateway.toml ]; then
   log "writing /etc/pulse/gateway.toml"
+  site_ip="$(hostname -I 2>/dev/null | awk '{print $1}')"
+  site_ip="${site_ip:-127.0.0.1}"
   cat > /etc/pulse/gateway.toml <<TOML
 # Pulse gateway configuration; every option: docs/configuration.md ("Gateway").
 [gateway]
@@ -63,9 +65,9 @@ host = "0.0.0.0"   # the installer's laptop on the site network can open http://
 port = 8081
 
 [firmware]
-# uncomment so devices take firmware updates from this gateway (fetched once over the uplink):
-# port = 8478
-# public_host = "192.0.2.10"   # this gateway's address on the site network
+# devices take firmware updates from this gateway (fetched once over the uplink); port = 0 turns it off
+port = 8478
+public_host = "$site_ip"   # this gateway's address on the site network, as devices reach it
 TOML
   chown root:pulse /etc/pulse/gateway.toml
   chmod 0640 /etc/pulse/gateway.toml

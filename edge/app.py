@@ -34,6 +34,7 @@ from pulse.edge.identity import IdentityFiles
 from pulse.edge.ingest import Store, connectivity_record
 from pulse.edge.link import Connection, load_enrollment
 from pulse.edge.rules import EdgeRuleRunner
+from pulse.edge.throttle import TokenBucket
 from pulse.edge.twin import EdgeTwins
 from pulse.edge.uplink import LinkState, Uplink
 from pulse.protocol.connectivity import Connectivity
@@ -172,13 +173,13 @@ class Gateway:
             asyncio.create_task(self.downlink.run(), name="downlink"),
         ]
         if s.firmware.port:
-            self._start_firmware(Connection(enrollment, files, timeout_s=s.sync.request_timeout_s))
+            self._start_firmware(Connection(enrollment, files, timeout_s=s.sync.request_timeout_s), self.uplink.bucket)
         log.info("syncing with %s as gateway %s (tenant %s)", enrollment.sync_url, enrollment.gateway_id, enrollment.tenant_id)
 
-    def _start_firmware(self, connection: Connection) -> None:
+    def _start_firmware(self, connection: Connection, bucket: TokenBucket | None = None) -> None:
         """The firmware cache and its local download (edge/firmware.py): one fetch per artifact for the site."""
         s = self.settings
-        cache = firmware.FirmwareCache(s.gateway.data_dir / "firmware", connection)
+        cache = firmware.FirmwareCache(s.gateway.data_dir / "firmware", connection, bucket=bucket)
         urls = firmware.LocalUrls(firmware.load_key(s.state_dir / firmware.KEY_FILE), s.firmware.base_url, s.firmware.url_ttl_s)
         self.firmware = firmware.FirmwareService(cache, urls)
         self.twins.prepare_command = self.firmware.prepare

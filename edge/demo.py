@@ -58,14 +58,16 @@ def connector_devices(*, modbus_port: int, snmp_port: int) -> str:
     )
 
 
-def write_config(directory: Path, *, gateway_id: str, mqtt_port: int, status_port: int, connectors: str = "") -> Path:
+def write_config(directory: Path, *, gateway_id: str, mqtt_port: int, status_port: int, connectors: str = "",
+                 firmware_port: int = 0) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     config = directory / "gateway.toml"
     config.write_text(
         "# Written by `pulse up` for the demo gateway; see docs/gateway.md for every option.\n"
         f'[gateway]\nid = "{gateway_id}"\ndata_dir = "{directory}"\n\n'
         f'[broker]\nhost = "127.0.0.1"\nport = {mqtt_port}\n\n'
-        f'[status]\nhost = "127.0.0.1"\nport = {status_port}\n' + connectors
+        f'[status]\nhost = "127.0.0.1"\nport = {status_port}\n\n'
+        f'[firmware]\nhost = "127.0.0.1"\nport = {firmware_port}\n' + connectors
     )
     return config
 
@@ -128,7 +130,9 @@ def start_gateway(
     directory = root / "gateway"
     mqtt_port = pick_port(int(os.environ.get("PULSE_DEMO_MQTT_PORT", "1883")))
     status_port = pick_port(int(os.environ.get("PULSE_DEMO_STATUS_PORT", "8081")))
-    config = write_config(directory, gateway_id=gateway_id, mqtt_port=mqtt_port, status_port=status_port, connectors=connectors)
+    firmware_port = pick_port(int(os.environ.get("PULSE_DEMO_FIRMWARE_PORT", "8478")))
+    config = write_config(directory, gateway_id=gateway_id, mqtt_port=mqtt_port, status_port=status_port, connectors=connectors,
+                          firmware_port=firmware_port)
     credentials = root / "fleet-credentials.json"
     ensure_devices(config, device_ids, credentials)
     if enroll_token is not None and not enrolled(config):

@@ -38,6 +38,7 @@ from starlette.routing import Route
 
 from pulse.edge.errors import SyncError
 from pulse.edge.link import Connection
+from pulse.edge.throttle import TokenBucket
 from pulse.protocol import firmware
 from pulse.protocol.commands import Command
 from pulse.protocol.errors import Code, FirmwareError
@@ -69,8 +70,13 @@ class FirmwareCache:
     """Artifacts on disk, fetched once each over ``connection`` (``None``: not enrolled, nothing to fetch)."""
 
     def __init__(self, root: Path, connection: Connection | None, *, retry_s: float = 1.0, retry_cap_s: float = 30.0,
-                 chunk_timeout_s: float = 60.0) -> None:
+                 chunk_timeout_s: float = 60.0, bucket: TokenBucket | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.root = root
+        self.bucket = bucket
+        """The uplink's bandwidth cap (``sync.bandwidth_bytes_per_s``), shared: firmware bytes count
+        against the same budget as the data, and the fetch reads no faster than the cap allows."""
+        self.clock = clock
         self.connection = connection
         self.retry_s = retry_s
         self.retry_cap_s = retry_cap_s
@@ -141,6 +147,8 @@ class FirmwareCache:
                 async for chunk in client.firmware(m.artifact, have, chunk_timeout_s=self.chunk_timeout_s):
                     out.write(chunk)
                     self.counts.uplink_bytes += len(chunk)
+                    if self.bucket is not None and (wait := self.bucket.reserve(len(chunk), self.clock())) > 0:
+                        await asyncio.sleep(wait)  # reading no faster than the cap slows the sender (TCP flow control)
         digest = hashlib.sha256()
         with part.open("rb") as f:
             for block in iter(lambda: f.read(1 << 16), b""):

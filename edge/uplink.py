@@ -239,6 +239,8 @@ class Uplink:
         self._attempts = [0]
         self._limit: dict[Stream, int] = {}
         self._bucket = TokenBucket(float(settings.bandwidth_bytes_per_s))
+        self.bucket = self._bucket
+        """The bandwidth cap's bucket; the firmware fetch (edge/firmware.py) takes from it too."""
         self._next_report = 0.0
         self._next_renewal = 0.0
         self.handshakes = ByteWindow()

@@ -13,6 +13,7 @@ answers 404."""
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import datetime as dt
 import io
@@ -42,6 +43,9 @@ exports_router = APIRouter(prefix="/api/v1/exports", tags=["reports"])
 
 SLA_FORMATS = ("json", "csv", "html")
 EXPORT_FORMATS = ("csv", "json", "jsonl")
+TELEMETRY_FORMATS = (*EXPORT_FORMATS, "parquet")
+MAX_EXPORT_DEVICES = 1000
+MAX_EXPORT_METRICS = 100
 CHUNK_ROWS = 500
 
 
@@ -225,10 +229,12 @@ def _json_value(v: object) -> object:
 
 
 async def _stream(
-    db: Database, caller: TenantCaller, run: uuid.UUID, fmt: str, sql: str, args: tuple[object, ...], clock: Callable[[], dt.datetime]
+    db: Database, caller: TenantCaller, run: uuid.UUID, fmt: str, sql: str, args: tuple[object, ...], clock: Callable[[], dt.datetime],
+    json_columns: frozenset[str] = frozenset(),
 ) -> AsyncIterator[bytes]:
     """Rows of ``sql`` in ``fmt``, CHUNK_ROWS at a time from a server-side cursor; the run is
-    finished with the row count, or marked failed if the stream breaks off."""
+    finished with the row count, or marked failed if the stream breaks off. ``json_columns`` hold
+    JSON text (jsonb) that JSON formats carry as it is."""
     count = 0
     try:
         async with db.tenant(caller.tenant_id) as conn:
@@ -243,7 +249,7 @@ async def _stream(
                         buf.append(_csv_line(header))
                     buf.append(_csv_line([_cell(v) for v in r.values()]))
                 else:
-                    item = orjson.dumps({k: _json_value(v) for k, v in r.items()})
+                    item = orjson.dumps({k: orjson.Fragment(v) if k in json_columns else _json_value(v) for k, v in r.items()})
                     buf.append((b"," if fmt == "json" and count else b"") + item + (b"\n" if fmt == "jsonl" else b""))
                 count += 1
                 if len(buf) >= CHUNK_ROWS:
@@ -270,14 +276,17 @@ def _csv_line(values: list[object]) -> bytes:
     return out.getvalue().encode()
 
 
-_MEDIA = {"csv": "text/csv", "json": "application/json", "jsonl": "application/x-ndjson"}
+_MEDIA = {"csv": "text/csv", "json": "application/json", "jsonl": "application/x-ndjson", "parquet": "application/vnd.apache.parquet"}
 
 
-async def _export(parts: Any, caller: TenantCaller, what: str, fmt: str, sql: str, args: tuple[object, ...], params: dict[str, object]) -> StreamingResponse:
+async def _export(
+    parts: Any, caller: TenantCaller, what: str, fmt: str, sql: str, args: tuple[object, ...], params: dict[str, object],
+    json_columns: frozenset[str] = frozenset(),
+) -> StreamingResponse:
     async with parts.db.tenant(caller.tenant_id) as conn:
         run = await runs.start(conn, caller.tenant_id, kind="export", params={"what": what, "format": fmt, **params}, actor=caller.actor, now=parts.clock())
     return StreamingResponse(
-        _stream(parts.db, caller, run, fmt, sql, args, parts.clock),
+        _stream(parts.db, caller, run, fmt, sql, args, parts.clock, json_columns),
         media_type=_MEDIA[fmt],
         headers={"Content-Disposition": f'attachment; filename="{what}.{fmt}"', "X-Report-Run": str(run)},
     )
@@ -310,3 +319,107 @@ async def export_alerts(
     fmt = _format(format, EXPORT_FORMATS)
     _period(start, end, parts.clock())
     return await _export(parts, caller, "alerts", fmt, _ALERTS_SQL, (caller.tenant_id, start, end), {"from": start, "to": end})
+
+
+# Telemetry, one row per reading and metric (the long form: devices report different metrics).
+# ``value`` is the JSON value as sent (a number, true/false, or a string); CSV writes it as text.
+_TELEMETRY_SQL = """
+SELECT t.time, t.device_id, m.key AS metric, {value} AS value
+FROM telemetry t CROSS JOIN LATERAL jsonb_each(t.metrics) m
+WHERE t.tenant_id = $1 AND t.msg_type = 'telemetry' AND t.time >= $2 AND t.time < $3
+  AND ($4::text[] IS NULL OR t.device_id = ANY($4::text[])) AND ($5::text[] IS NULL OR m.key = ANY($5::text[]))
+ORDER BY t.time, t.device_id, m.key
+"""
+# For Parquet: typed columns, through a CSV file on disk and DuckDB (constant memory, as the archive).
+_TELEMETRY_PARQUET_SQL = """
+SELECT (extract(epoch FROM t.time) * 1000000)::bigint, t.device_id, m.key, jsonb_typeof(m.value), m.value #>> '{}'
+FROM telemetry t CROSS JOIN LATERAL jsonb_each(t.metrics) m
+WHERE t.tenant_id = $1 AND t.msg_type = 'telemetry' AND t.time >= $2 AND t.time < $3
+  AND ($4::text[] IS NULL OR t.device_id = ANY($4::text[])) AND ($5::text[] IS NULL OR m.key = ANY($5::text[]))
+ORDER BY t.time, t.device_id, m.key
+"""
+
+
+class ExportedReading(BaseModel):
+    """One row of the telemetry export: a metric of one reading (CSV columns in this order). In
+    Parquet: ``time`` (timestamp, UTC), ``device_id``, ``metric``, ``value`` (double, for numbers),
+    ``flag`` (boolean, for true/false) and ``text`` (for strings)."""
+
+    time: dt.datetime
+    device_id: str
+    metric: str
+    value: float | bool | str
+
+
+def _names(values: list[str] | None, most: int, what: str) -> list[str] | None:
+    if not values:
+        return None
+    if len(values) > most:
+        raise InvalidError(Code.API_INVALID, f"at most {most} {what} in one export", field=what)
+    return values
+
+
+async def _parquet(parts: Any, caller: TenantCaller, run: uuid.UUID, args: tuple[object, ...]) -> AsyncIterator[bytes]:
+    """COPY the rows to a CSV file, let DuckDB type them into Parquet, stream the file; both files
+    are removed whatever happens. Memory stays flat: the rows live on disk, DuckDB under its limit."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from pulse.cloud.archive import parquet as archive_parquet
+
+    work = Path(tempfile.mkdtemp(prefix="pulse-export-"))
+    rows = 0
+    try:
+        csv_path, out = work / "rows.csv", work / "telemetry.parquet"
+        async with parts.db.tenant(caller.tenant_id) as conn:
+            await conn.copy_from_query(_TELEMETRY_PARQUET_SQL, *args, output=str(csv_path), format="csv")
+        rows = await asyncio.to_thread(archive_parquet.readings_to_parquet, csv_path, out, work)
+        with out.open("rb") as f:
+            while chunk := await asyncio.to_thread(f.read, 1 << 20):
+                yield chunk
+    except BaseException as exc:
+        try:
+            async with parts.db.tenant(caller.tenant_id) as conn:
+                await runs.finish(conn, run, now=parts.clock(), result={"rows": rows}, error=f"stopped: {type(exc).__name__}")
+        except Exception:
+            log.exception("export %s: could not record its failure", run)
+        raise
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    async with parts.db.tenant(caller.tenant_id) as conn:
+        await runs.finish(conn, run, now=parts.clock(), result={"rows": rows})
+
+
+@exports_router.get(
+    "/telemetry", summary="The tenant's readings in a period, one row per metric, streamed", response_class=StreamingResponse,
+    description="`format=csv` (default), `json` (an array), `jsonl` (one object a line) or `parquet`; `device` and `metric`"
+    " (repeatable) narrow it; at most 366 days. Covers what PostgreSQL holds (`PULSE_TELEMETRY_RETENTION_DAYS`); older days"
+    " are in the archive's Parquet files (docs/reports.md).",
+    responses={200: {"model": list[ExportedReading], "content": {"text/csv": {}, "application/x-ndjson": {}, "application/vnd.apache.parquet": {}}}},
+)
+async def export_telemetry(
+    caller: Reader,
+    parts: Parts,
+    start: Annotated[dt.datetime, Query(alias="from")],
+    end: Annotated[dt.datetime, Query(alias="to")],
+    device: Annotated[list[str] | None, Query(max_length=MAX_EXPORT_DEVICES + 1)] = None,
+    metric: Annotated[list[str] | None, Query(max_length=MAX_EXPORT_METRICS + 1)] = None,
+    format: Annotated[str, Query(max_length=40)] = "csv",
+) -> StreamingResponse:
+    fmt = _format(format, TELEMETRY_FORMATS)
+    _period(start, end, parts.clock())
+    devices, metrics = _names(device, MAX_EXPORT_DEVICES, "device"), _names(metric, MAX_EXPORT_METRICS, "metric")
+    args = (caller.tenant_id, start, end, devices, metrics)
+    params: dict[str, object] = {"from": start, "to": end, "devices": devices, "metrics": metrics}
+    if fmt != "parquet":
+        sql = _TELEMETRY_SQL.format(value="m.value #>> '{}'" if fmt == "csv" else "m.value::text")
+        return await _export(parts, caller, "telemetry", fmt, sql, args, params, frozenset() if fmt == "csv" else frozenset({"value"}))
+    async with parts.db.tenant(caller.tenant_id) as conn:
+        run = await runs.start(conn, caller.tenant_id, kind="export", params={"what": "telemetry", "format": fmt, **params},
+                               actor=caller.actor, now=parts.clock())
+    return StreamingResponse(
+        _parquet(parts, caller, run, args),
+        media_type=_MEDIA[fmt],
+        headers={"Content-Disposition": 'attachment; filename="telemetry.parquet"', "X-Report-Run": str(run)},
+    )

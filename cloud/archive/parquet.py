@@ -141,3 +141,24 @@ def read_rollups(
     finally:
         con.close()
     return [Bucket(start=r[0], avg=r[1], min=r[2], max=r[3], count=r[4], last=r[5]) for r in rows]
+
+
+def readings_to_parquet(csv_path: Path, out: Path, temp_dir: Path) -> int:
+    """The telemetry export's rows (time in µs, device, metric, JSON type, value as text; CSV from
+    PostgreSQL's COPY, in order) as one Parquet file with typed columns; returns the row count."""
+    con = connect(temp_dir=temp_dir)
+    try:
+        if csv_path.stat().st_size == 0:
+            con.execute("CREATE TABLE r (time TIMESTAMPTZ, device_id VARCHAR, metric VARCHAR, value DOUBLE, flag BOOLEAN, text VARCHAR)")
+            _copy(con, "SELECT * FROM r", out)
+            return 0
+        source = (f"read_csv('{_lit(str(csv_path))}', header = false, auto_detect = false,"
+                  " columns = {'time_us': 'BIGINT', 'device_id': 'VARCHAR', 'metric': 'VARCHAR', 'kind': 'VARCHAR', 'raw': 'VARCHAR'})")
+        query = (f"SELECT make_timestamp(time_us) AT TIME ZONE 'UTC' AS time, device_id, metric,"
+                 f" CASE WHEN kind = 'number' THEN TRY_CAST(raw AS DOUBLE) END AS value,"
+                 f" CASE WHEN kind = 'boolean' THEN raw = 'true' END AS flag,"
+                 f" CASE WHEN kind = 'string' THEN raw END AS text FROM {source}")
+        _copy(con, query, out)
+        return _count(con, source)
+    finally:
+        con.close()

@@ -361,6 +361,38 @@ async def test_a_gateway_cache_fetches_once_for_many_devices_refetches_a_bad_fil
         await connection.drop()
 
 
+async def test_the_gateways_firmware_fetch_takes_its_bytes_from_the_uplinks_bandwidth_cap(jc: JobCloud) -> None:
+    """On a metered link the firmware and the data share one budget: every byte fetched is taken
+    from the uplink's bucket (here on a clock that stands still, so the debt is exactly the artifact
+    less the bucket's credit), and the uplink's next batch waits for it."""
+    from pulse.edge.firmware import FirmwareCache
+    from pulse.edge.link import Connection, Enrollment
+    from pulse.edge.throttle import TokenBucket
+    from pulse.protocol.firmware import manifest_from_params
+
+    h = await jc.tenant()
+    data = bytes(range(256)) * 380  # under this test cloud's 100,000-byte artifact limit
+    r = await _upload(jc, h, data)
+    assert r.status_code == 201, r.text
+    art = r.json()
+    files = await _gateway(jc, h)
+    connection = Connection(Enrollment("http://pulse.test", jc.sync_url, "t", "g", "gw", 0), files, timeout_s=10)
+    rate, burst = 1_000_000.0, 1000.0  # bytes/s and the bucket's credit: the waits of this test add up to about 0.1 s
+    bucket = TokenBucket(rate, burst)
+    cache = FirmwareCache(jc.tmp / "capped-cache", connection, bucket=bucket, clock=lambda: 100.0)
+    try:
+        await cache.ensure(manifest_from_params({**art, "artifact": art["id"]}))
+    finally:
+        await cache.stop()
+        await connection.drop()
+    assert cache.counts.uplink_bytes == len(data)
+    # every byte was taken from the bucket: the debt is the artifact less the first send's credit
+    # (a first send goes at once, up to one chunk of at most 64 KiB)
+    debt = -(bucket.tokens or 0.0)
+    assert len(data) - 65536 <= debt <= len(data) - burst
+    assert bucket.reserve(1000, 100.0) == pytest.approx((debt + 1000) / rate)  # the uplink's next batch waits for it
+
+
 async def test_a_direct_device_downloads_its_firmware_from_the_cloud_with_its_token(jc: JobCloud) -> None:
     h, hb = await jc.tenant(), await jc.tenant()
     dev = (await jc.devices(h, 1))[0]

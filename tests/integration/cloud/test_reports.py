@@ -192,3 +192,64 @@ async def test_the_daily_report_is_made_once_per_tenant_and_day_and_queued_to_it
     # the next day brings the next report
     following = dict(await report_worker.run_once(db, now + dt.timedelta(days=1)))
     assert following.keys() == made.keys() and following[a] != made[a]
+
+
+async def test_the_telemetry_export_gives_one_row_per_metric_in_four_formats_and_only_the_tenants_own(cloud, tmp_path) -> None:
+    import duckdb
+
+    cloud.app.state.pulse.clock = lambda: dt.datetime(2026, 3, 5, tzinfo=dt.UTC)
+    a, headers_a = await cloud.tenant_user()
+    b, headers_b = await cloud.tenant_user()
+    conn = await asyncpg.connect(cloud.settings.database_url)
+    try:
+        rows = [(h(i / 60), a, f"m-{i % 3}", json.dumps({"temp": 20 + i / 10, "door": i % 2 == 0, "mode": "eco"})) for i in range(300)]
+        rows += [(h(1), b, "m-0", json.dumps({"temp": 99.0}))]  # the other tenant's, same device id
+        rows += [(h(-2), a, "m-0", json.dumps({"temp": -1.0}))]  # before the period
+        await conn.executemany(
+            "INSERT INTO telemetry (time, tenant_id, device_id, msg_type, metrics, source, received_at)"
+            " VALUES ($1, $2, $3, 'telemetry', $4::jsonb, 'http', now())",
+            rows,
+        )
+    finally:
+        await conn.close()
+    base = "/api/v1/exports/telemetry"
+
+    r = await cloud.client.get(base, params=DAY, headers=headers_a)
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/csv")
+    got = list(csv.DictReader(io.StringIO(r.text)))
+    assert len(got) == 900 and list(got[0]) == ["time", "device_id", "metric", "value"]
+    assert [(x["device_id"], x["metric"], x["value"]) for x in got[:3]] == [("m-0", "door", "true"), ("m-0", "mode", "eco"), ("m-0", "temp", "20.0")]
+
+    r = await cloud.client.get(base, params={**DAY, "format": "json", "device": ["m-1", "m-2"], "metric": "temp"}, headers=headers_a)
+    values = r.json()
+    assert len(values) == 200 and {x["device_id"] for x in values} == {"m-1", "m-2"} and {x["metric"] for x in values} == {"temp"}
+    assert values[0]["value"] == pytest.approx(20.1)  # typed: a number, not text
+    r = await cloud.client.get(base, params={**DAY, "format": "jsonl", "metric": "door"}, headers=headers_a)
+    assert [json.loads(x)["value"] for x in r.text.splitlines()[:2]] == [True, False]
+
+    r = await cloud.client.get(base, params={**DAY, "format": "parquet"}, headers=headers_a)
+    assert r.status_code == 200 and r.content[:4] == b"PAR1"
+    path = tmp_path / "t.parquet"
+    path.write_bytes(r.content)
+    con = duckdb.connect()
+    try:
+        typed = con.execute(f"SELECT metric, count(*), count(value), count(flag), count(text), max(value) FROM '{path}' GROUP BY metric ORDER BY metric").fetchall()
+        first = con.execute(f"SELECT time, device_id FROM '{path}' LIMIT 1").fetchone()
+    finally:
+        con.close()
+    assert typed == [("door", 300, 0, 300, 0, None), ("mode", 300, 0, 0, 300, None), ("temp", 300, 300, 0, 0, pytest.approx(49.9))]
+    assert first is not None and first[0] == T0 and first[1] == "m-0"
+    run = r.headers["x-report-run"]
+    assert (await cloud.client.get(f"/api/v1/reports/runs/{run}", headers=headers_a)).json()["result"] == {"rows": 900}
+
+    # the other tenant gets its one reading, never this tenant's (same device id)
+    r = await cloud.client.get(base, params={**DAY, "format": "json"}, headers=headers_b)
+    assert [(x["device_id"], x["value"]) for x in r.json()] == [("m-0", 99.0)]
+    # coded refusals
+    for params, code in (
+        ({**DAY, "format": "xlsx"}, "report.bad_format"),
+        ({"from": "2026-03-02T00:00:00Z", "to": "2026-03-01T00:00:00Z"}, "report.bad_range"),
+        ({**DAY, "device": [f"d{i}" for i in range(1001)]}, "api.invalid"),
+    ):
+        r = await cloud.client.get(base, params=params, headers=headers_a)
+        assert r.status_code == 422 and r.json()["code"] == code, r.text

@@ -155,12 +155,14 @@ function Exports({ range }: { range: { from: string; to: string } }) {
     ["devices-jsonl", `/api/v1/exports/devices${queryString({ format: "jsonl" })}`, "devices.jsonl"],
     ["alerts-csv", `/api/v1/exports/alerts${queryString({ ...range, format: "csv" })}`, "alerts.csv"],
     ["alerts-jsonl", `/api/v1/exports/alerts${queryString({ ...range, format: "jsonl" })}`, "alerts.jsonl"],
+    ["telemetry-csv", `/api/v1/exports/telemetry${queryString({ ...range, format: "csv" })}`, "telemetry.csv"],
+    ["telemetry-parquet", `/api/v1/exports/telemetry${queryString({ ...range, format: "parquet" })}`, "telemetry.parquet"],
     ["sla-csv", `/api/v1/reports/sla${queryString({ ...range, format: "csv" })}`, "sla.csv"],
   ];
   return (
     <section className="card">
       <h2>Exports</h2>
-      <p className="muted small">Alerts and the SLA file cover the period above; devices are the whole fleet. Large exports stream: the count shows what has arrived.</p>
+      <p className="muted small">Alerts, telemetry (one row per reading and metric) and the SLA file cover the period above; devices are the whole fleet. Large exports stream: the count shows what has arrived.</p>
       {error && <p className="error" role="alert">{error}</p>}
       <div className="buttons">
         {rows.map(([key, path, filename]) => (
