@@ -210,11 +210,20 @@ async def _partitions(conn: asyncpg.Connection, table: str) -> list[Partition]:
                 hi = dt.datetime.fromisoformat(bound.split("TO ('")[1].split("'")[0])
             out.append(Partition(name=r["name"], range_start=lo, range_end=hi, bytes=r["bytes"], rows_estimate=r["rows_estimate"]))
         return [await _counted(conn, table, p, out) for p in out]
+    # A compressed chunk's rows and bytes live in its compressed chunk (the chunk itself is left
+    # empty, reltuples 0 once analysed): take them from TimescaleDB's record of the compression.
     rows = await conn.fetch(
-        "SELECT chunk_schema || '.' || chunk_name AS name, range_start, range_end,"
-        " pg_total_relation_size(format('%I.%I', chunk_schema, chunk_name)::regclass) AS bytes,"
-        " (SELECT reltuples::bigint FROM pg_class WHERE oid = format('%I.%I', chunk_schema, chunk_name)::regclass) AS rows_estimate"
-        " FROM timescaledb_information.chunks WHERE hypertable_name = $1 ORDER BY range_start",
+        "SELECT c.chunk_schema || '.' || c.chunk_name AS name, c.range_start, c.range_end,"
+        " pg_total_relation_size(format('%I.%I', c.chunk_schema, c.chunk_name)::regclass)"
+        "  + coalesce(s.compressed_heap_size + s.compressed_toast_size + s.compressed_index_size, 0) AS bytes,"
+        " CASE WHEN c.is_compressed THEN coalesce(s.numrows_pre_compression, 0) + greatest(t.reltuples, 0)"
+        "  ELSE t.reltuples END AS rows_estimate"
+        " FROM timescaledb_information.chunks c"
+        " CROSS JOIN LATERAL (SELECT reltuples::bigint FROM pg_class"
+        "  WHERE oid = format('%I.%I', c.chunk_schema, c.chunk_name)::regclass) t"
+        " LEFT JOIN _timescaledb_catalog.chunk k ON k.schema_name = c.chunk_schema AND k.table_name = c.chunk_name"
+        " LEFT JOIN _timescaledb_catalog.compression_chunk_size s ON s.chunk_id = k.id"
+        " WHERE c.hypertable_name = $1 ORDER BY c.range_start",
         table,
     )
     chunks = [Partition(**dict(r)) for r in rows]

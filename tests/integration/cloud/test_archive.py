@@ -30,6 +30,27 @@ def archiver(cloud, root: Path, retention_days: int = 90) -> Archiver:
     )
 
 
+async def apply_retention(dsn: str, *, retention_days: int, at: dt.datetime) -> list[str]:
+    """Retention as it happens on this database's engine at the clock ``at``; what it dropped.
+    Native partitioning: Pulse's maintenance drops expired partitions. TimescaleDB: the maintenance
+    sets a retention policy, and TimescaleDB's job drops the expired chunks on its own schedule and
+    clock; here the same drop_chunks call the policy makes, at the test's clock instead of now()."""
+    actions = await maintain_telemetry(dsn, ahead_days=1, retention_days=retention_days, at=at)
+    conn = await asyncpg.connect(dsn)
+    try:
+        if await conn.fetchval("SELECT relkind = 'p' FROM pg_class WHERE oid = 'public.telemetry'::regclass"):
+            return [target for action, target in actions if action in ("dropped", "expired")]
+        policy = await conn.fetchval(
+            "SELECT config->>'drop_after' FROM timescaledb_information.jobs"
+            " WHERE proc_name = 'policy_retention' AND hypertable_name = 'telemetry'"
+        )
+        assert policy == f"{retention_days} days", "the maintenance did not set TimescaleDB's retention policy"
+        rows = await conn.fetch("SELECT drop_chunks('telemetry', older_than => $1::timestamptz) AS chunk", at - dt.timedelta(days=retention_days))
+        return [r["chunk"] for r in rows]
+    finally:
+        await conn.close()
+
+
 async def two_tenants(cloud) -> tuple[uuid.UUID, uuid.UUID]:
     a, _ = await cloud.tenant_user()
     b, _ = await cloud.tenant_user()
@@ -100,7 +121,7 @@ async def test_a_day_is_archived_before_retention_drops_it_and_then_answers_from
     clock = at("2026-04-04", 9)
     arch = archiver(cloud, tmp_path, retention_days=90)
     assert (a, old) in (await arch.run_once(clock)).archived
-    dropped = await maintain_telemetry(dsn, ahead_days=1, retention_days=90, at=clock + dt.timedelta(days=2))
+    dropped = await apply_retention(dsn, retention_days=90, at=clock + dt.timedelta(days=2))
     assert dropped, "retention dropped nothing: the test proves nothing"
     conn = await asyncpg.connect(dsn)
     try:
@@ -173,3 +194,37 @@ async def _history_endpoint(cloud, tmp_path: Path) -> None:
     for params in ({**year, "grain": "hour"}, {**year, "grain": "minute"}, {**week, "from": "2025-07-09T00:00:00Z"}, {"metric": "bar"}):
         r = await cloud.client.get(f"/api/v1/devices/{dev_a}/telemetry/history", params=params, headers=headers_a)
         assert r.status_code == 422 and r.json()["code"] == "api.invalid", (params, r.text)
+
+
+async def test_on_timescaledb_a_day_in_a_compressed_chunk_is_archived_and_answered(cloud, tmp_path: Path) -> None:
+    """A database that had telemetry before the archive existed (or whose archive was off for a
+    while) has its older days in compressed chunks on TimescaleDB; the first pass reads them as any."""
+    a, b = await two_tenants(cloud)
+    dsn = cloud.settings.database_url
+    day = dt.date(2026, 2, 1)
+    await put_rows(dsn, [(at(day.isoformat(), h), a, "boiler", {"bar": float(h)}, h) for h in range(0, 24, 2)])
+    await put_rows(dsn, [(at(day.isoformat(), 5), b, "boiler", {"bar": 99.0}, 1)])
+    conn = await asyncpg.connect(dsn)
+    try:
+        if await conn.fetchval("SELECT relkind = 'p' FROM pg_class WHERE oid = 'public.telemetry'::regclass"):
+            pytest.skip("telemetry is natively partitioned here: compression is TimescaleDB's (PULSE_TEST_DATABASE_URL)")
+        compressed = await conn.fetch(
+            "SELECT compress_chunk(c, if_not_compressed => true) FROM show_chunks('telemetry', older_than => $1::timestamptz,"
+            " newer_than => $2::timestamptz) c", at("2026-02-02"), at("2026-01-31"),
+        )
+        assert compressed, "no chunk holds the day: the test proves nothing"
+        assert await conn.fetchval(
+            "SELECT bool_and(is_compressed) FROM timescaledb_information.chunks WHERE hypertable_name = 'telemetry'"
+            " AND range_start <= $1 AND range_end > $1", at(day.isoformat(), 12),
+        )
+    finally:
+        await conn.close()
+
+    arch = archiver(cloud, tmp_path)
+    done = await arch.run_once(at("2026-02-02", 12))
+
+    assert (a, day) in done.archived and (b, day) in done.archived
+    root = tmp_path / "archive"
+    assert read(root / layout.key(a, "bronze", day), "SELECT count(*), min(tenant_id), max(tenant_id) FROM f") == [(12, a, a)]
+    got = await history(cloud.app.state.pulse.db, arch.store, a, "boiler", "bar", at("2026-02-01"), at("2026-02-02"), "day")
+    assert [(p.avg, p.count) for p in got.buckets] == [(11.0, 12)] and got.archive_days == 1

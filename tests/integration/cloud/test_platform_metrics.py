@@ -291,3 +291,41 @@ async def test_series_topology_heatmap_and_sparklines_answer_from_the_stored_sam
         assert len(r.json()["items"]) == 2 and r.json()["next_cursor"]
         r2 = await cloud.client.get("/api/v1/operator/audit", params={"limit": 2, "cursor": r.json()["next_cursor"]}, headers=ops)
         assert not {e["id"] for e in r.json()["items"]} & {e["id"] for e in r2.json()["items"]}
+
+
+async def test_on_timescaledb_compressed_chunks_count_on_the_system_page(cloud: Cloud) -> None:
+    """A compressed chunk is left empty (its rows live in the compressed chunk): the system page
+    must still show its rows and bytes, and the oldest data from it. TimescaleDB mode only
+    (PULSE_TEST_DATABASE_URL), skipped with the reason on native partitioning."""
+    import asyncpg
+
+    tenant_id, _ = await cloud.tenant_user()
+    old, recent = dt.datetime(2026, 2, 3, tzinfo=dt.UTC), dt.datetime(2026, 2, 20, tzinfo=dt.UTC)
+    conn = await asyncpg.connect(cloud.settings.database_url)
+    try:
+        if await conn.fetchval("SELECT relkind = 'p' FROM pg_class WHERE oid = 'public.telemetry'::regclass"):
+            pytest.skip("telemetry is natively partitioned here: compression is TimescaleDB's (PULSE_TEST_DATABASE_URL)")
+        await conn.executemany(
+            "INSERT INTO telemetry (time, tenant_id, device_id, msg_type, metrics, source, received_at)"
+            " VALUES ($1, $2, 'd', 'telemetry', $3::jsonb, 'test', $1)",
+            [(day + dt.timedelta(minutes=i), tenant_id, json.dumps({"v": i})) for day in (old, recent) for i in range(500)],
+        )
+        compressed = await conn.fetch(
+            "SELECT compress_chunk(c) FROM show_chunks('telemetry', older_than => $1::timestamptz, newer_than => $2::timestamptz) c",
+            old + dt.timedelta(days=1), old,
+        )
+        assert len(compressed) == 1
+        await conn.execute("ANALYZE telemetry")  # the emptied chunk now says 0 rows
+    finally:
+        await conn.close()
+
+    ops = await cloud.user("operator", tenant=None)
+    r = await cloud.client.get("/api/v1/operator/system", headers=ops)
+    assert r.status_code == 200, r.text
+    system = r.json()
+    assert system["storage_engine"] == "timescaledb"
+    by_start = {dt.datetime.fromisoformat(p["range_start"]): p for p in system["partitions"]}
+    assert by_start[old]["rows_estimate"] == 500 and by_start[recent]["rows_estimate"] == 500
+    assert by_start[old]["bytes"] > 0
+    assert dict((dt.date.fromisoformat(d), n) for d, n in system["telemetry_rows_per_day"])[old.date()] == 500
+    assert dt.datetime.fromisoformat(system["oldest_data"]) <= old

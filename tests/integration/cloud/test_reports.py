@@ -253,3 +253,46 @@ async def test_the_telemetry_export_gives_one_row_per_metric_in_four_formats_and
     ):
         r = await cloud.client.get(base, params=params, headers=headers_a)
         assert r.status_code == 422 and r.json()["code"] == code, r.text
+
+
+
+async def test_on_timescaledb_the_telemetry_export_reads_compressed_chunks_and_only_the_tenants_own(cloud) -> None:
+    """Older days sit in compressed chunks on TimescaleDB (after 7 days): exporting them gives the
+    same rows as before compression. Runs where the suite's server has TimescaleDB
+    (PULSE_TEST_DATABASE_URL), skipped with the reason on native partitioning."""
+    a, headers_a = await cloud.tenant_user()
+    b, headers_b = await cloud.tenant_user()
+    day = dt.datetime(2026, 2, 10, tzinfo=dt.UTC)
+    conn = await asyncpg.connect(cloud.settings.database_url)
+    try:
+        if await conn.fetchval("SELECT relkind = 'p' FROM pg_class WHERE oid = 'public.telemetry'::regclass"):
+            pytest.skip("telemetry is natively partitioned here: compression is TimescaleDB's (PULSE_TEST_DATABASE_URL)")
+        rows = [(day + dt.timedelta(hours=i), a, f"m-{i % 2}", json.dumps({"temp": float(i), "door": i % 2 == 0})) for i in range(24)]
+        rows += [(day + dt.timedelta(hours=3), b, "m-0", json.dumps({"temp": 99.0}))]
+        await conn.executemany(
+            "INSERT INTO telemetry (time, tenant_id, device_id, msg_type, metrics, source, received_at)"
+            " VALUES ($1, $2, $3, 'telemetry', $4::jsonb, 'http', now())",
+            rows,
+        )
+        compressed = await conn.fetch(
+            "SELECT compress_chunk(c, if_not_compressed => true) FROM show_chunks('telemetry', older_than => $1::timestamptz,"
+            " newer_than => $2::timestamptz) c", day + dt.timedelta(days=1), day - dt.timedelta(days=1),
+        )
+        assert compressed, "no chunk holds the day: the test proves nothing"
+        assert await conn.fetchval(
+            "SELECT bool_and(is_compressed) FROM timescaledb_information.chunks WHERE hypertable_name = 'telemetry'"
+            " AND range_start <= $1 AND range_end > $1", day + dt.timedelta(hours=12),
+        )
+    finally:
+        await conn.close()
+    params = {"from": "2026-02-10T00:00:00Z", "to": "2026-02-11T00:00:00Z"}
+
+    r = await cloud.client.get("/api/v1/exports/telemetry", params={**params, "format": "json"}, headers=headers_a)
+    assert r.status_code == 200, r.text
+    got = r.json()
+    assert len(got) == 48 and {x["device_id"] for x in got} == {"m-0", "m-1"}
+    assert sorted(x["value"] for x in got if x["metric"] == "temp") == [float(i) for i in range(24)]
+    r = await cloud.client.get("/api/v1/exports/telemetry", params={**params, "format": "parquet"}, headers=headers_a)
+    assert r.status_code == 200 and r.content[:4] == b"PAR1" and r.headers["x-report-run"]
+    r = await cloud.client.get("/api/v1/exports/telemetry", params={**params, "format": "json"}, headers=headers_b)
+    assert [(x["device_id"], x["metric"], x["value"]) for x in r.json()] == [("m-0", "temp", 99.0)]

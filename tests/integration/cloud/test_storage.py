@@ -210,3 +210,49 @@ async def test_a_database_migrated_by_the_released_0004_upgrades_to_the_view(fre
                 assert await app.fetchval("SELECT count(DISTINCT tenant_id) FROM telemetry") == 1
     finally:
         await app.close()
+
+
+async def test_system_metrics_follow_the_telemetry_engine_and_their_maintenance_keeps_retention(cloud_settings: Settings) -> None:
+    """0015: system_metrics is stored like telemetry (native partitions, or a hypertable on a
+    TimescaleDB server via PULSE_TEST_DATABASE_URL); pulse_system_metrics_maintain makes partitions
+    ahead and drops expired ones, or keeps TimescaleDB's retention policy at the configured days."""
+    owner = await asyncpg.connect(cloud_settings.database_url)
+    writer = await asyncpg.connect(role_dsn(cloud_settings.database_url, cloud_settings.roles.writer, None))
+    day0 = datetime(2031, 5, 10, 12, tzinfo=UTC)
+
+    async def maintain(at: datetime, retention: int, ahead: int = 1) -> list[tuple[str, str]]:
+        rows = await owner.fetch("SELECT action, target FROM pulse_system_metrics_maintain($1, $2, $3)", ahead, retention, at)
+        return [(r["action"], r["target"]) for r in rows]
+
+    try:
+        kinds = await owner.fetchrow(
+            "SELECT (SELECT relkind::text FROM pg_class WHERE oid = 'public.telemetry'::regclass) AS telemetry,"
+            " (SELECT relkind::text FROM pg_class WHERE oid = 'public.system_metrics'::regclass) AS system_metrics"
+        )
+        assert kinds["system_metrics"] == kinds["telemetry"]
+        native = kinds["telemetry"] == "p"
+        if native:
+            created = [t for a, t in await maintain(day0, 30) if a == "created"]
+            assert created == ["system_metrics_p20310509", "system_metrics_p20310510", "system_metrics_p20310511"]
+        else:
+            assert await maintain(day0, 30) == [("retention", "system_metrics 30 days")]
+        assert await maintain(day0, 30) == []  # idempotent
+
+        await writer.execute("INSERT INTO system_metrics (time, name, value, source) VALUES ($1, 'writer_queue_rows', 3, 'test')", day0)
+        where = await owner.fetchval("SELECT tableoid::regclass::text FROM system_metrics WHERE time = $1", day0)
+        assert where == "system_metrics_p20310510" if native else where.startswith("_timescaledb_internal._hyper_")
+
+        if native:  # 31 days on, the first days are past retention: their partitions are dropped
+            dropped = [t for a, t in await maintain(day0 + timedelta(days=31), 30) if a == "dropped"]
+            assert {"system_metrics_p20310509", "system_metrics_p20310510"} <= set(dropped)
+            assert await owner.fetchval("SELECT count(*) FROM system_metrics WHERE time = $1", day0) == 0
+        else:  # a changed retention replaces the policy
+            assert await maintain(day0, 14) == [("retention", "system_metrics 14 days")]
+            drop_after = await owner.fetchval(
+                "SELECT config->>'drop_after' FROM timescaledb_information.jobs"
+                " WHERE proc_name = 'policy_retention' AND hypertable_name = 'system_metrics'"
+            )
+            assert drop_after == "14 days"
+    finally:
+        await writer.close()
+        await owner.close()
