@@ -87,17 +87,22 @@ def _cmd_archive(args: argparse.Namespace) -> int:
 def _cmd_maintain(args: argparse.Namespace) -> int:
     import datetime as dt
 
-    from pulse.cloud.db.migrate import maintain_telemetry
+    from pulse.cloud.db.migrate import maintain_system_metrics, maintain_telemetry
 
     s = _settings()
     if s.archive_enabled:  # what retention is about to drop goes to the archive first
         done = _archive_pass(s, dt.datetime.now(dt.UTC))
         print(f"archived {done.days} days, {done.rows} rows")
-    actions = asyncio.run(
-        maintain_telemetry(
+
+    async def both() -> list[tuple[str, str]]:  # the same storage work as serve's hourly maintenance
+        actions = await maintain_telemetry(
             s.database_url, ahead_days=s.telemetry_partitions_ahead_days, retention_days=s.telemetry_retention_days
         )
-    )
+        return actions + await maintain_system_metrics(
+            s.database_url, ahead_days=s.telemetry_partitions_ahead_days, retention_days=s.system_metrics_retention_days
+        )
+
+    actions = asyncio.run(both())
     for action, target in actions:
         print(f"{action}: {target}")
     if not actions:
