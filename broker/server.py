@@ -640,7 +640,7 @@ class DeviceBroker(Broker):
         the CONNECT's username, password and Will into it (clean session 0); the gateway does
         either only once the client is authenticated (``_handle_client_session``)."""
         try:
-            handler, incoming = await BrokerProtocolHandler.init_from_connect(reader, writer, self.plugins_manager)
+            _, incoming = await BrokerProtocolHandler.init_from_connect(reader, writer, self.plugins_manager)
         except MQTTError:
             await writer.close()  # a refused CONNECT (e.g. MQTT 5: CONNACK 0x01 was sent)
             raise
@@ -649,7 +649,10 @@ class DeviceBroker(Broker):
         if incoming.clean_session and not incoming.client_id:
             incoming.client_id = gen_client_id()
         incoming.parent = 0
-        return handler, incoming
+        # No handler: _handle_client_session makes a DeviceHandler. amqtt's caller keeps what is
+        # returned here for the whole connection, and the handler amqtt made for the CONNECT (two
+        # queues, two events, a lock: ~5 KB) would live that long for nothing.
+        return None, incoming
 
     async def _authenticate(self, session: Session, listener: Any) -> bool:
         if session.attributes.get(_AUTHENTICATED):
