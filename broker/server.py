@@ -235,11 +235,27 @@ class DeviceHandler(BrokerProtocolHandler):
                 return
             if forward:
                 await self._forward(app_message)  # before the PUBACK, as amqtt queues it before
-            puback = PubackPacket.build(app_message.packet_id)
-            await self._send_packet(puback)
-            app_message.puback_packet = puback
+            app_message.puback_packet = await self._send_puback(app_message.packet_id)
             return
         await super()._handle_qos1_message_flow(app_message)
+
+    async def _send_puback(self, packet_id: int) -> Any:
+        """PUBACK as its four bytes (MQTT-3.4), under the write lock, drained, with amqtt's handling
+        of a closed connection; a packet object and the PACKET_SENT event only when a plugin listens
+        for that event (none of ours does). Returns what ``puback_packet`` is set to."""
+        if MQTTEvents.PACKET_SENT in getattr(self.plugins_manager, "_event_plugin_callbacks", (MQTTEvents.PACKET_SENT,)):
+            puback = PubackPacket.build(packet_id)
+            await self._send_packet(puback)
+            return puback
+        writer = self.writer
+        if writer is not None:
+            try:
+                async with self._write_lock:
+                    writer.write(b"\x40\x02" + packet_id.to_bytes(2, "big"))
+                    await writer.drain()
+            except (ConnectionResetError, BrokenPipeError):
+                await self.handle_connection_closed()
+        return True
 
     async def _forward(self, app_message: ApplicationMessage) -> None:
         assert self._deliver is not None and self.session is not None
