@@ -244,6 +244,19 @@ class DeviceHandler(BrokerProtocolHandler):
             idle = 0.0  # as amqtt: the next check is a whole period later
         self._watchdog = asyncio.get_running_loop().call_later(timeout - idle, self._check_keep_alive, timeout)
 
+    async def handle_publish(self, publish_packet: PublishPacket) -> None:
+        """amqtt's ``handle_publish`` without its debug line, whose f-string (with the session
+        queue's size) was built for every message whether or not debug logging is on."""
+        header = publish_packet.variable_header
+        if publish_packet.topic_name is None or publish_packet.data is None:
+            return
+        message = IncomingApplicationMessage(
+            header.packet_id if header else None, publish_packet.topic_name, publish_packet.qos, publish_packet.data,
+            publish_packet.retain_flag,
+        )
+        message.publish_packet = publish_packet
+        await self._handle_message_flow(message)
+
     async def _handle_qos0_message_flow(self, app_message: IncomingApplicationMessage | OutgoingApplicationMessage) -> None:
         if app_message.direction == INCOMING:
             if not await self._intake.accept(self.session, app_message, wait=False):
