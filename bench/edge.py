@@ -14,6 +14,11 @@ Two runs with the same publishers (bench/mqtt_load.py in its own process: N devi
 devices connected at the end of the run (``bare_rss_mb`` the same for plain amqtt). Messages per
 second count PUBACKs the publishers received during the measured window (after a warm-up).
 
+``--subscribe``: every device also subscribes (QoS 1) to its ``twin/desired`` and ``cmd/+``, as a
+device that takes commands does, on both brokers; each message is then matched against 2 x devices
+filters (amqtt tries every filter for every message; the gateway remembers which filters match a
+topic).
+
 ``sessions_persistent`` is how many persistent sessions (clean session 0) the gateway holds at the
 end of a run (its status page; ``--persistent`` makes every device connect with one), and
 ``redelivered`` how many queued messages it sent again with DUP over all runs (the publishers
@@ -105,6 +110,8 @@ def _measure(
             cmd += ["--credentials", str(credentials)]
         if args.persistent:
             cmd += ["--persistent"]
+        if args.subscribe:
+            cmd += ["--subscribe"]
         load = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         assert load.stdin is not None and load.stdout is not None
         connected = load.stdout.readline().strip()
@@ -152,6 +159,9 @@ def run(argv: list[str] | None = None) -> dict[str, object]:
     p.add_argument("--inflight", type=int, default=2, help="QoS 1 messages outstanding per device")
     p.add_argument("--persistent", action="store_true",
                    help="devices connect with clean session 0 (persistent sessions, stored by the gateway) on both brokers")
+    p.add_argument("--subscribe", action="store_true",
+                   help="every device also subscribes to its twin/desired and cmd/+ (QoS 1), as devices that take commands do: "
+                   "each message is then matched against 2 x devices filters")
     args = p.parse_args(argv or [])
 
     bare_runs: list[dict[str, float]] = []
@@ -194,6 +204,7 @@ def run(argv: list[str] | None = None) -> dict[str, object]:
         "bare_rss_mb": max(r["rss_mb"] for r in bare_runs),
         "devices": int(min(r["connected"] for r in gw_runs)),
         "persistent": args.persistent,
+        "subscribed": args.subscribe,
         "sessions_persistent": int(max(r["sessions_persistent"] for r in gw_runs)),
         "redelivered": int(sum(r["redelivered"] for r in gw_runs)),
         "inflight_per_device": args.inflight,

@@ -12,7 +12,8 @@ acknowledged and the seconds measured, and the PUBLISH-to-PUBACK latency of the 
 in the window (``p50_ms``, ``p99_ms``; for a broker that acknowledges after its commit, publish to commit).
 
 Each device publishes valid envelope v1 telemetry on ``pulse/{device}/telemetry`` with a running
-``seq``. ``--persistent`` connects them with clean session 0. The client is an ``asyncio.Protocol`` that builds packets by hand: it costs a few
+``seq``. ``--persistent`` connects them with clean session 0; ``--subscribe`` makes each device
+subscribe (QoS 1) to its ``twin/desired`` and ``cmd/+``, as a device that takes commands does. The client is an ``asyncio.Protocol`` that builds packets by hand: it costs a few
 microseconds per message, so on a 2-core machine the broker, not the generator, is what is
 measured. It is a benchmark tool, not a device SDK (devices use any MQTT library).
 """
@@ -55,14 +56,22 @@ def connect_packet(client_id: str, username: str | None, password: str | None, k
     return b"\x10" + _remaining_length(len(body)) + body
 
 
+def subscribe_packet(packet_id: int, filters: list[str], qos: int = 1) -> bytes:
+    body = packet_id.to_bytes(2, "big") + b"".join(_str(f) + bytes([qos]) for f in filters)
+    return b"\x82" + _remaining_length(len(body)) + body
+
+
 def publish_packet(topic: bytes, packet_id: int, payload: bytes) -> bytes:
     body = len(topic).to_bytes(2, "big") + topic + packet_id.to_bytes(2, "big") + payload
     return b"\x32" + _remaining_length(len(body)) + body  # PUBLISH, QoS 1
 
 
 class Device(asyncio.Protocol):
-    def __init__(self, device_id: str, password: str | None, inflight: int, stats: Stats, *, clean: bool = True) -> None:
+    def __init__(
+        self, device_id: str, password: str | None, inflight: int, stats: Stats, *, clean: bool = True, subscribe: bool = False
+    ) -> None:
         self.clean = clean
+        self.subscribe = subscribe
         self.device_id = device_id
         self.password = password
         self.inflight = inflight
@@ -81,6 +90,8 @@ class Device(asyncio.Protocol):
         self.transport = transport
         user = self.device_id if self.password is not None else None
         transport.write(connect_packet(self.device_id, user, self.password, clean=self.clean))
+        if self.subscribe:  # SUBACK is read and ignored by data_received
+            transport.write(subscribe_packet(1, [f"pulse/{self.device_id}/twin/desired", f"pulse/{self.device_id}/cmd/+"]))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -151,7 +162,9 @@ async def _run(args: argparse.Namespace) -> int:
     async def open_one(device_id: str, secret: str | None) -> None:
         async with sem:
             _, proto = await loop.create_connection(
-                lambda: Device(device_id, secret, args.inflight, stats, clean=not args.persistent), args.host, args.port
+                lambda: Device(device_id, secret, args.inflight, stats, clean=not args.persistent, subscribe=args.subscribe),
+                args.host,
+                args.port,
             )
             code = await asyncio.wait_for(proto.connected, 30)
             if code != 0:
@@ -192,6 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=float, default=1.0)
     p.add_argument("--credentials", default=None, help="file of device,secret lines; none: anonymous")
     p.add_argument("--persistent", action="store_true", help="connect with clean session 0 (persistent sessions)")
+    p.add_argument("--subscribe", action="store_true", help="each device subscribes to its twin/desired and cmd/+ (QoS 1)")
     return asyncio.run(_run(p.parse_args(argv)))
 
 

@@ -12,8 +12,11 @@ from pulse.common.version import __version__
 
 Handler = Callable[[argparse.Namespace], int]
 
-# Each tier adds its own command group: a module with `register(subparsers)`.
-COMMAND_MODULES = ["pulse.edge.cli", "pulse.cloud.cli", "pulse.firmware_sim.cli"]
+# Each tier adds its own command group: a module with `register(subparsers)`, by command name.
+# A run of one command imports only its own module: `pulse gateway run` would otherwise load the
+# cloud's and the simulator's libraries (pydantic, httpx, aiomqtt, cryptography: ~25 MB of a
+# long-running gateway's memory) just to build this parser.
+COMMAND_MODULES = {"gateway": "pulse.edge.cli", "cloud": "pulse.cloud.cli", "sim": "pulse.firmware_sim.cli"}
 
 # name -> (module with `run() -> dict`, one-line description)
 BENCHMARKS: dict[str, tuple[str, str]] = {
@@ -51,7 +54,8 @@ def _cmd_up(args: argparse.Namespace) -> int:
     return run(args)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser; with ``command`` (one of ``COMMAND_MODULES``) only that tier's group is added."""
     parser = argparse.ArgumentParser(
         prog="pulse",
         description="Pulse: IoT fleet operations. An edge gateway that never loses data, and a cloud to run the fleet.",
@@ -80,14 +84,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("options", nargs=argparse.REMAINDER, help="options for that benchmark (e.g. edge --devices 200)")
     p.set_defaults(handler=_cmd_bench)
 
-    for module in COMMAND_MODULES:
+    modules = [COMMAND_MODULES[command]] if command in COMMAND_MODULES else COMMAND_MODULES.values()
+    for module in modules:
         importlib.import_module(module).register(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args_in = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(args_in[0] if args_in else None)
+    args = parser.parse_args(args_in)
     handler: Handler | None = getattr(args, "handler", None)
     if handler is None:
         parser.print_help()

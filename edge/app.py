@@ -16,6 +16,7 @@ import logging
 import signal
 import socket
 import time
+from typing import TYPE_CHECKING
 
 from amqtt.errors import BrokerError
 
@@ -23,22 +24,29 @@ from pulse.broker.server import DeviceBroker
 from pulse.broker.sessions import SessionStore
 from pulse.common import logs
 from pulse.edge import broker as mqtt
-from pulse.edge import firmware, status
+from pulse.edge import status
 from pulse.edge.auth import Authenticator, DeviceSecrets
 from pulse.edge.buffer import Buffer
 from pulse.edge.config import Settings
 from pulse.edge.connectors.host import ConnectorHost
-from pulse.edge.downlink import Downlink
+from pulse.edge.enrollment import load_enrollment
 from pulse.edge.errors import ConfigError, StorageError, SyncError
 from pulse.edge.identity import IdentityFiles
 from pulse.edge.ingest import Store, connectivity_record
-from pulse.edge.link import Connection, load_enrollment
+from pulse.edge.pacing import LinkState
 from pulse.edge.rules import EdgeRuleRunner
 from pulse.edge.throttle import TokenBucket
 from pulse.edge.twin import EdgeTwins
-from pulse.edge.uplink import LinkState, Uplink
 from pulse.protocol.connectivity import Connectivity
 from pulse.protocol.envelope import Limits
+
+if TYPE_CHECKING:
+    # The link to the cloud (httpx, cryptography: ~17 MB) is imported only once the gateway is
+    # enrolled and syncs (_start_sync); an unenrolled gateway, or one with sync off, never loads it.
+    from pulse.edge import firmware
+    from pulse.edge.downlink import Downlink
+    from pulse.edge.link import Connection
+    from pulse.edge.uplink import Uplink
 
 log = logging.getLogger("pulse.edge")
 
@@ -154,6 +162,10 @@ class Gateway:
             log.info("enrolled as %s, but sync.enabled is false: everything stays in the buffer", enrollment.gateway_id)
             return
         assert self.broker is not None
+        from pulse.edge.downlink import Downlink
+        from pulse.edge.link import Connection
+        from pulse.edge.uplink import Uplink
+
         files = IdentityFiles(s.state_dir)
         connectors = self.connectors
         self.uplink = Uplink(s.sync, self.buffer, enrollment, files,
@@ -178,6 +190,8 @@ class Gateway:
 
     def _start_firmware(self, connection: Connection, bucket: TokenBucket | None = None) -> None:
         """The firmware cache and its local download (edge/firmware.py): one fetch per artifact for the site."""
+        from pulse.edge import firmware
+
         s = self.settings
         cache = firmware.FirmwareCache(s.gateway.data_dir / "firmware", connection, bucket=bucket)
         urls = firmware.LocalUrls(firmware.load_key(s.state_dir / firmware.KEY_FILE), s.firmware.base_url, s.firmware.url_ttl_s)

@@ -1,6 +1,9 @@
 """The gateway's own identity: its key pair (made here, never sent anywhere), its CSR, and the
 certificate the cloud signed. Files live in the gateway's state directory: ``gateway.key`` (0600),
-``gateway.crt``, ``ca.crt`` (the cloud CA, to verify the cloud's listener)."""
+``gateway.crt``, ``ca.crt`` (the cloud CA, to verify the cloud's listener).
+
+``cryptography`` is imported by the functions that make or read keys and certificates, not with
+the module: a gateway that is not enrolled never loads it (~9 MB of memory)."""
 
 from __future__ import annotations
 
@@ -8,11 +11,10 @@ import datetime as dt
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+if TYPE_CHECKING:
+    from cryptography import x509
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +39,11 @@ class IdentityFiles:
 
 def make_key_and_csr(files: IdentityFiles, gateway_id: str) -> bytes:
     """Make (or reuse) the gateway's private key and return a CSR for it (PEM)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
     files.directory.mkdir(parents=True, exist_ok=True)
     if files.key.exists():
         key = serialization.load_pem_private_key(files.key.read_bytes(), password=None)
@@ -56,6 +63,8 @@ def make_key_and_csr(files: IdentityFiles, gateway_id: str) -> bytes:
 
 
 def store_certificate(files: IdentityFiles, cert_pem: bytes, ca_pem: bytes) -> x509.Certificate:
+    from cryptography import x509
+
     cert = x509.load_pem_x509_certificate(cert_pem)
     tmp = files.cert.with_suffix(".tmp")
     tmp.write_bytes(cert_pem)

@@ -11,61 +11,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-import os
 import socket
 import ssl
 import urllib.parse
 from collections.abc import AsyncIterator, Callable, Iterable
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import httpcore
 import httpx
 
+from pulse.edge.enrollment import STATE_FILE as STATE_FILE
+from pulse.edge.enrollment import Enrollment as Enrollment
+from pulse.edge.enrollment import load_enrollment as load_enrollment
+from pulse.edge.enrollment import save_enrollment as save_enrollment
 from pulse.edge.errors import SyncError
 from pulse.edge.identity import IdentityFiles
 from pulse.protocol import sync
 from pulse.protocol.errors import Code
 from pulse.protocol.firmware import SYNC_PATH as FIRMWARE_SYNC_PATH
-from pulse.protocol.topics import valid_device_id
-
-STATE_FILE = "enrollment.json"
-
-
-@dataclass(frozen=True, slots=True)
-class Enrollment:
-    """What the cloud told the gateway when it enrolled (kept next to the certificate)."""
-
-    cloud_url: str
-    sync_url: str
-    tenant_id: str
-    gateway_id: str
-    gateway_name: str
-    enrolled_ms: int
-
-
-def load_enrollment(state_dir: Path) -> Enrollment | None:
-    """The stored enrollment, or None when the gateway has not enrolled (or its files are incomplete)."""
-    path = state_dir / STATE_FILE
-    if not path.exists() or not IdentityFiles(state_dir).enrolled():
-        return None
-    try:
-        doc = json.loads(path.read_text())
-        enrollment = Enrollment(**{k: doc[k] for k in Enrollment.__dataclass_fields__})
-        if not valid_device_id(enrollment.gateway_id) or not enrollment.sync_url.startswith("https://"):
-            raise ValueError("gateway_id or sync_url is not valid")
-        return enrollment
-    except (ValueError, KeyError, TypeError) as exc:
-        raise SyncError(Code.GATEWAY_NOT_ENROLLED, f"{path} is damaged ({exc}); enroll again", path=str(path)) from exc
-
-
-def save_enrollment(state_dir: Path, enrollment: Enrollment) -> None:
-    path = state_dir / STATE_FILE
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(asdict(enrollment), indent=2) + "\n")
-    os.replace(tmp, path)
 
 
 def client_context(files: IdentityFiles) -> ssl.SSLContext:

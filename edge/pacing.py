@@ -128,6 +128,19 @@ def fit_records(records: int, nbytes: int, cap: int) -> int | None:
     return max(1, min(records - 1, int(records * cap / nbytes * 0.95)))
 
 
+class LinkState(StrEnum):
+    """The uplink's state as the status page shows it (edge/uplink.py); here so that the gateway
+    can name it without loading the uplink."""
+
+    NOT_ENROLLED = "not enrolled"
+    DISABLED = "disabled"
+    CONNECTING = "connecting"
+    CONNECTED = "connected"
+    BACKING_OFF = "backing off"
+    STALLED = "stalled"
+    """The link is up but the backlog has not moved for ``sync.stall_after_s``: the watchdog restarted the uplink."""
+
+
 class Health(StrEnum):
     CONNECTED = "connected"
     DEGRADED = "degraded"

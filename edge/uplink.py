@@ -43,7 +43,6 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import asdict, dataclass
-from enum import StrEnum
 from typing import Any, TypeVar
 
 from cryptography import x509
@@ -55,6 +54,7 @@ from pulse.edge.errors import GatewayError, SyncError
 from pulse.edge.identity import IdentityFiles, make_key_and_csr, renewal_due, store_certificate
 from pulse.edge.link import Connection, Enrollment, SyncClient, WireCounts, reachable
 from pulse.edge.pacing import BatchSizer, ByteWindow, Health, LinkEstimate, LinkHealth, Reachability, fit_records
+from pulse.edge.pacing import LinkState as LinkState
 from pulse.edge.throttle import TokenBucket
 from pulse.protocol import sync
 from pulse.protocol.batch import Record, Stream, encode
@@ -88,16 +88,6 @@ class _Prepared:
     data: bytes | None
     error: BatchError | None
     at: float
-
-
-class LinkState(StrEnum):
-    NOT_ENROLLED = "not enrolled"
-    DISABLED = "disabled"
-    CONNECTING = "connecting"
-    CONNECTED = "connected"
-    BACKING_OFF = "backing off"
-    STALLED = "stalled"
-    """The link is up but the backlog has not moved for ``sync.stall_after_s``: the watchdog restarted the uplink."""
 
 
 @dataclass

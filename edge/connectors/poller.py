@@ -22,10 +22,9 @@ import math
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pulse.edge.buffer import Buffer
-from pulse.edge.connectors import modbus, snmp
 from pulse.edge.ingest import Quarantine, classify
 from pulse.protocol import topics
 from pulse.protocol.connectors import (
@@ -53,6 +52,11 @@ from pulse.protocol.connectors import (
 from pulse.protocol.envelope import Envelope, Limits, MessageType
 from pulse.protocol.errors import Code, ConnectorError
 from pulse.protocol.topics import TopicKind
+
+if TYPE_CHECKING:  # imported where a device of that kind is polled: pymodbus and pysnmp cost ~14 MB
+    from pysnmp.hlapi.v3arch.asyncio import SnmpEngine
+
+    from pulse.edge.connectors import modbus, snmp
 
 log = logging.getLogger("pulse.edge.connectors")
 
@@ -165,12 +169,19 @@ class Poller:
         self._lines: dict[str, modbus.Line] = {}
         for d in devices:
             if isinstance(d, ModbusDevice):
+                from pulse.edge.connectors import modbus  # only a gateway with Modbus devices loads pymodbus
+
                 shared = [x for x in devices if x.line == d.line]
                 size = min(x.max_in_flight for x in shared)
                 self._lines.setdefault(d.line, modbus.Line(d, size, max(x.polling.timeout_s for x in shared)))
         snmp_devices = [d for d in devices if isinstance(d, SnmpDevice)]
-        self._engine = snmp.new_engine() if snmp_devices else None
-        self._agents = {d.id: snmp.Agent(self._engine, d) for d in snmp_devices if self._engine is not None}
+        self._engine: SnmpEngine | None = None
+        self._agents: dict[str, snmp.Agent] = {}
+        if snmp_devices:
+            from pulse.edge.connectors import snmp  # only a gateway with SNMP devices loads pysnmp
+
+            self._engine = snmp.new_engine()
+            self._agents = {d.id: snmp.Agent(self._engine, d) for d in snmp_devices}
         self._host_slots = {
             d.line: asyncio.Semaphore(min(x.max_in_flight for x in snmp_devices if x.line == d.line)) for d in snmp_devices
         }
@@ -284,6 +295,8 @@ class Poller:
         return await self._read_snmp(device, device.points)
 
     async def _read_modbus(self, device: ModbusDevice, reads: Sequence[Read]) -> tuple[dict[str, MetricValue], dict[str, ConnectorError]]:
+        from pulse.edge.connectors import modbus  # loaded by __init__ already
+
         line = self._lines[device.line]
         metrics: dict[str, MetricValue] = {}
         errors: dict[str, ConnectorError] = {}
@@ -350,6 +363,8 @@ class Poller:
         raw = unscaled(value, point)
         if isinstance(device, ModbusDevice):
             assert isinstance(point, RegisterPoint)
+            from pulse.edge.connectors import modbus  # loaded by __init__ already
+
             line = self._lines[device.line]
             await modbus.write(line, device, point, raw)
             one = Read(point.table, point.address, point.width, (point,))
