@@ -14,6 +14,15 @@ archive's size, each against PostgreSQL in the same run.
   ``export_ratio`` = export / COPY throughput. Goal: RSS flat, under 300 MB.
 - ``archive_bytes_per_point`` (all four layers), ``bronze_bytes_per_point`` against
   ``postgres_bytes_per_point`` (the telemetry table's rows and indexes on disk); ``size_ratio``.
+- ``chart_7d_s``, ``chart_30d_s``, ``chart_1y_s``: the device chart's long ranges (``GET
+  /api/v1/devices/{id}/telemetry/history``, grain as the API picks it: hour up to 31 days, else day)
+  for one device with a year of readings (one a minute, 525,600 rows; its tenant has 19 more devices
+  at one every 10 minutes), every day of the year archived: what the route calls
+  (``archive.query.history``: the tenant's archived days, gold rollups read by DuckDB from the local
+  archive directory, PostgreSQL for the part after them). Baseline ``chart_*_baseline_s``: the same
+  buckets computed from the raw rows in PostgreSQL (the query ``history`` uses for days not yet
+  archived, in the tenant's transaction). ``chart_*_ratio`` = gold / raw (best of 3 each, after one
+  warm-up). Goal (issue 21): a year under a second.
 
 PostgreSQL is embedded (fsync on) unless DATABASE_URL names one.
 """
@@ -35,6 +44,9 @@ from pathlib import Path
 import asyncpg
 
 from pulse.bench.ingest import _create_db
+from pulse.cloud.archive import query as archive_query
+from pulse.cloud.archive.archiver import Archiver
+from pulse.cloud.archive.store import LocalStore
 from pulse.cloud.db.embedded import EmbeddedPostgres
 from pulse.cloud.db.migrate import migrate
 from pulse.cloud.db.pool import Database
@@ -47,6 +59,11 @@ PERIOD_END = dt.datetime(2026, 2, 1, tzinfo=dt.UTC)
 EXPORT_DAY0 = dt.date(2026, 1, 1)
 EXPORT_DAYS = 10
 PREFIX = "bench"
+CHART_END = dt.datetime(2025, 12, 31, tzinfo=dt.UTC)  # a year of history before the export's days
+CHART_DAYS = 365
+CHART_DEVICE = "chart-000"
+CHART_OTHERS = 19
+CHART_RANGES: tuple[tuple[str, int], ...] = (("7d", 7), ("30d", 30), ("1y", 365))
 
 
 async def _seed_sla(conn: asyncpg.Connection, tenant: uuid.UUID) -> None:
@@ -168,6 +185,60 @@ async def _pg_bytes(dsn: str) -> int:
         await conn.close()
 
 
+async def _chart(dsn: str, roles: RoleNames, root: Path, days: int = CHART_DAYS) -> dict[str, object]:
+    start = CHART_END - dt.timedelta(days=days)
+    conn = await asyncpg.connect(dsn)
+    try:
+        tenant = await conn.fetchval("INSERT INTO tenants (slug, name) VALUES ($1, 'chart') RETURNING id", "chart-" + uuid.uuid4().hex[:8])
+        await conn.execute("SELECT pulse_telemetry_maintain($1, 3650, $2)", days + 1, start)
+        for device, step_s in [(CHART_DEVICE, 60), *((f"chart-{i:03d}", 600) for i in range(1, CHART_OTHERS + 1))]:
+            await conn.execute(
+                """INSERT INTO telemetry (time, tenant_id, device_id, msg_type, metrics, seq, source, received_at)
+                   SELECT t, $1, $2, 'telemetry', jsonb_build_object('temp', 20 + (i % 97) / 10.0), i, 'bench', t
+                   FROM (SELECT $3::timestamptz + make_interval(secs => i * $4) AS t, i
+                         FROM generate_series(0, $5 - 1) i) g""",
+                tenant, device, start, float(step_s), days * 86400 // step_s,
+            )
+        await conn.execute("VACUUM ANALYZE telemetry")
+    finally:
+        await conn.close()
+    db = Database(dsn, roles)
+    await db.open()
+    try:
+        store = LocalStore(root / "chart-archive")
+        archiver = Archiver(db, store, work_dir=root / "chart-work", lag=dt.timedelta(0), retention_days=3650)
+        t0 = time.perf_counter()
+        for day in range(days):
+            await archiver.archive_day(tenant, start.date() + dt.timedelta(days=day), CHART_END)
+        figures: dict[str, object] = {"chart_rows": days * 1440, "chart_archive_s": round(time.perf_counter() - t0, 1)}
+        for label, span in ((label, span) for label, span in CHART_RANGES if span <= days):
+            lo = CHART_END - dt.timedelta(days=span)
+            grain: archive_query.Grain = "hour" if span <= 31 else "day"
+            ours, base = [], []
+            for attempt in range(4):  # the first is a warm-up (DuckDB's and PostgreSQL's caches)
+                t0 = time.perf_counter()
+                got = await archive_query.history(db, store, tenant, CHART_DEVICE, "temp", lo, CHART_END, grain)
+                t1 = time.perf_counter()
+                async with db.tenant(tenant) as conn:
+                    raw = await conn.fetch(archive_query._PG_SQL, tenant, CHART_DEVICE, "temp", lo, CHART_END,
+                                           float(archive_query.GRAIN_S[grain]))
+                t2 = time.perf_counter()
+                if attempt:
+                    ours.append(t1 - t0)
+                    base.append(t2 - t1)
+            if got.database_from is not None or [(b.start, b.count) for b in got.buckets] != [(r["bucket"], r["n"]) for r in raw]:
+                raise RuntimeError(f"chart {label}: the gold rollups and the raw rows disagree")
+            figures |= {
+                f"chart_{label}_buckets": len(got.buckets),
+                f"chart_{label}_s": round(min(ours), 4),
+                f"chart_{label}_baseline_s": round(min(base), 4),
+                f"chart_{label}_ratio": round(min(ours) / min(base), 3),
+            }
+        return figures
+    finally:
+        await db.close()
+
+
 def _bench(dsn: str, points: int, root: Path) -> dict[str, object]:
     roles = RoleNames.from_prefix(PREFIX)
     asyncio.run(migrate(dsn, roles))
@@ -205,6 +276,7 @@ def _bench(dsn: str, points: int, root: Path) -> dict[str, object]:
         "postgres_bytes_per_point": round(pg_bytes / real_points, 2),
         "size_ratio": round(archive_bytes / pg_bytes, 3) if pg_bytes else None,
     }
+    figures |= asyncio.run(_chart(dsn, roles, root))
     return figures
 
 
@@ -228,7 +300,7 @@ def run(argv: list[str] | None = None) -> dict[str, object]:
                 figures["database"] = "embedded (fsync on)"
             finally:
                 server.stop()
-        figures["goal"] = "sla_report_s < 2; export_peak_rss_mb flat, < 300"
+        figures["goal"] = "sla_report_s < 2; export_peak_rss_mb flat, < 300; chart_1y_s < 1"
     finally:
         shutil.rmtree(root, ignore_errors=True)
     return figures

@@ -12,8 +12,9 @@
         ├── GoneError                   410: a one-time link that was used, expired or never existed
         ├── TooLargeError               413: body over the limit
         ├── RateLimitedError            429: slow down, Retry-After
-        └── OverloadedError             503: writer full or storage unavailable, Retry-After
-            └── StorageUnavailableError the database refused or dropped the write
+        ├── OverloadedError             503: writer full or storage unavailable, Retry-After
+        │   └── StorageUnavailableError the database refused or dropped the write
+        └── UnavailableError            503: a store behind the request failed (its own code), Retry-After
 
 Database driver errors are translated at the adapter (db/, ingest/writer.py) with ``raise … from``.
 """
@@ -81,6 +82,13 @@ class OverloadedError(CloudError):
 
     def __init__(self, message: str, *, retry_after_s: int, **context: object) -> None:
         super().__init__(Code.INGEST_OVERLOADED, message, headers={"Retry-After": str(retry_after_s)}, **context)
+
+
+class UnavailableError(CloudError):
+    status = 503
+
+    def __init__(self, code: Code, message: str, *, retry_after_s: int = 30, **context: object) -> None:
+        super().__init__(code, message, headers={"Retry-After": str(retry_after_s)}, **context)
 
 
 class StorageUnavailableError(OverloadedError):

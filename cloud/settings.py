@@ -98,6 +98,12 @@ class Settings(BaseSettings):
     job_interval_s: float = Field(default=5.0, gt=0, description="how often the job runner moves running jobs on")
     firmware_dir: Path | None = Field(default=None, description="where firmware artifacts are stored (default: <data_dir>/firmware)")
     firmware_max_bytes: int = Field(default=256 * 1024 * 1024, ge=1, description="largest firmware artifact accepted (bytes)")
+    firmware_s3_bucket: str | None = Field(default=None, description="keep firmware artifacts in this S3 bucket instead of firmware_dir")
+    firmware_s3_endpoint: str | None = Field(default=None, description="S3-compatible endpoint URL (default: AWS)")
+    firmware_s3_prefix: str = Field(default="", description="key prefix inside the bucket")
+    firmware_s3_region: str = Field(default="us-east-1", description="the bucket's region")
+    firmware_s3_access_key: str | None = Field(default=None, description="S3 access key id (default: boto3's own credential chain)")
+    firmware_s3_secret_key: SecretStr | None = Field(default=None, description="S3 secret access key")
     # the platform watching itself (system_metrics, /metrics, platform health rules)
     platform_sample_interval_s: float = Field(
         default=5.0, ge=0, description="how often the cloud samples its own figures into system_metrics (0: never)"
@@ -265,6 +271,20 @@ class Settings(BaseSettings):
         )
 
     @property
+    def firmware_s3(self) -> S3Config | None:
+        """Where firmware artifacts go when a bucket is set (PULSE_FIRMWARE_S3_*); None: firmware_dir."""
+        if not self.firmware_s3_bucket:
+            return None
+        return S3Config(
+            endpoint_url=self.firmware_s3_endpoint,
+            bucket=self.firmware_s3_bucket,
+            prefix=self.firmware_s3_prefix,
+            region=self.firmware_s3_region,
+            access_key=self.firmware_s3_access_key,
+            secret_key=self.firmware_s3_secret_key.get_secret_value() if self.firmware_s3_secret_key else None,
+        )
+
+    @property
     def roles(self) -> RoleNames:
         return RoleNames.from_prefix(self.db_role_prefix)
 
@@ -350,6 +370,18 @@ class IngestConfig:
     burst: float = 1000.0
     token_cache_s: float = 30.0
     retry_after_s: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class S3Config:
+    """An S3-compatible bucket (the archive's, the firmware artifacts'): ``pulse.cloud.s3``."""
+
+    endpoint_url: str | None
+    bucket: str
+    prefix: str = ""
+    region: str = "us-east-1"
+    access_key: str | None = None
+    secret_key: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -361,6 +361,8 @@ class Code(StrEnum):
     """The tenant already has an artifact with this model and version (HTTP 409)."""
     FIRMWARE_URL_EXPIRED = "firmware.url_expired"
     """A gateway's local download URL whose token is wrong or past its expiry (HTTP 403)."""
+    FIRMWARE_STORAGE_UNAVAILABLE = "firmware.storage_unavailable"
+    """The artifacts' storage (the S3 bucket) refused or failed to keep an upload (HTTP 503, Retry-After)."""
 
     # storage: the cloud's database (refusals at migration, before anything is changed)
     STORAGE_TIMESCALEDB_UNAVAILABLE = "storage.timescaledb_unavailable"

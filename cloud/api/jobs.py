@@ -5,6 +5,7 @@ rolling back a job and uploading firmware are in the tenant's audit log."""
 
 from __future__ import annotations
 
+import logging
 import uuid
 from typing import Annotated, Any
 
@@ -14,13 +15,14 @@ from pydantic import BaseModel, ConfigDict, Field
 from pulse.cloud import firmware, jobs, twins
 from pulse.cloud.api.deps import Parts, Reader, Writer
 from pulse.cloud.db.pool import audit
-from pulse.cloud.errors import ConflictError, NotFoundError, TooLargeError
+from pulse.cloud.errors import ConflictError, NotFoundError, TooLargeError, UnavailableError
 from pulse.cloud.settings import Settings
 from pulse.protocol import firmware as fw
 from pulse.protocol import jobs as job_model
 from pulse.protocol.errors import Code, FirmwareError, JobError
 
 router = APIRouter(prefix="/api/v1/jobs", tags=["jobs"])
+log = logging.getLogger("pulse.cloud.api.jobs")
 firmware_router = APIRouter(prefix="/api/v1/firmware", tags=["firmware"])
 
 
@@ -189,11 +191,11 @@ async def rollback_job(job_id: str, caller: Writer, parts: Parts) -> dict[str, A
 # --- firmware ------------------------------------------------------------------------------------
 
 
-def files_of(s: Settings) -> firmware.FirmwareFiles:
-    return firmware.FirmwareFiles(s.firmware_dir or s.data_dir / "firmware", s.firmware_max_bytes)
+def files_of(s: Settings) -> firmware.FirmwareStore:
+    return firmware.store_for(s)
 
 
-def files(parts: Parts) -> firmware.FirmwareFiles:
+def files(parts: Parts) -> firmware.FirmwareStore:
     return files_of(parts.settings)
 
 
@@ -226,6 +228,9 @@ async def upload(
         if exc.code is Code.FIRMWARE_TOO_LARGE:
             raise TooLargeError(exc.code, exc.message, limit=store.max_bytes) from exc
         raise
+    except firmware.FirmwareStorageError as exc:
+        log.error("firmware upload not stored: %s", exc)
+        raise UnavailableError(Code.FIRMWARE_STORAGE_UNAVAILABLE, "the firmware storage could not keep the artifact; try again later") from exc
     manifest = fw.Manifest(str(artifact), version, model, expected, size, signature)
     if signature is not None:
         fw.manifest_from_params(manifest.to_params())  # a malformed signature is refused with the rest
@@ -235,12 +240,12 @@ async def upload(
             await audit(conn, actor=caller.actor, action="firmware.upload", target=str(artifact), tenant_id=caller.tenant_id,
                         detail={"version": version, "model": model, "sha256": expected, "size": size, "signed": signature is not None})
     except FirmwareError as exc:
-        store.remove(caller.tenant_id, artifact)
+        await store.remove(caller.tenant_id, artifact)
         if exc.code is Code.FIRMWARE_DUPLICATE:
             raise ConflictError(exc.code, exc.message) from exc
         raise
     except BaseException:
-        store.remove(caller.tenant_id, artifact)
+        await store.remove(caller.tenant_id, artifact)
         raise
     return art.to_json()
 

@@ -13,11 +13,11 @@ import asyncio
 import os
 import shutil
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from pulse.cloud.settings import ArchiveConfig
+from pulse.cloud import s3
+from pulse.cloud.settings import ArchiveConfig, S3Config
 
 
 class ArchiveStorageError(Exception):
@@ -77,37 +77,17 @@ class LocalStore:
         return path if path.is_file() else None
 
 
-@dataclass(frozen=True, slots=True)
-class S3Config:
-    endpoint_url: str | None
-    bucket: str
-    prefix: str = ""
-    region: str = "us-east-1"
-    access_key: str | None = None
-    secret_key: str | None = None
-
-
 class S3Store:
     def __init__(self, config: S3Config, cache_dir: Path) -> None:
-        import boto3  # only where S3 is configured
-
         self.config = config
         self.cache_dir = cache_dir
-        self._client = boto3.client(
-            "s3",
-            endpoint_url=config.endpoint_url,
-            region_name=config.region,
-            aws_access_key_id=config.access_key,
-            aws_secret_access_key=config.secret_key,
-        )
+        self._client = s3.client(config)  # boto3 only where S3 is configured
 
     def describe(self) -> str:
-        where = self.config.endpoint_url or "AWS"
-        return f"bucket {self.config.bucket} at {where}"
+        return s3.describe(self.config)
 
     def _object(self, key: str) -> str:
-        prefix = self.config.prefix.strip("/")
-        return f"{prefix}/{_safe_key(key)}" if prefix else _safe_key(key)
+        return s3.object_key(self.config, _safe_key(key))
 
     async def put(self, key: str, source: Path) -> None:
         try:
@@ -119,8 +99,6 @@ class S3Store:
         return await asyncio.to_thread(self._fetch, key)
 
     def _fetch(self, key: str) -> Path | None:
-        from botocore.exceptions import ClientError
-
         target = self.cache_dir / _safe_key(key)
         if target.is_file():
             return target
@@ -129,11 +107,9 @@ class S3Store:
         try:
             self._client.download_file(self.config.bucket, self._object(key), str(tmp))
             os.replace(tmp, target)
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+        except Exception as exc:  # botocore's errors, whichever
+            if s3.missing(exc):
                 return None
-            raise ArchiveStorageError(f"download of {key} from {self.describe()} failed: {exc}") from exc
-        except Exception as exc:
             raise ArchiveStorageError(f"download of {key} from {self.describe()} failed: {exc}") from exc
         finally:
             tmp.unlink(missing_ok=True)

@@ -26,7 +26,7 @@ from pulse.cloud.db.pool import Database
 from pulse.cloud.db.rows import QuarantineRow, TelemetryRow
 from pulse.cloud.downlink import gateways_serving
 from pulse.cloud.errors import ConflictError, InvalidError, RateLimitedError, TooLargeError
-from pulse.cloud.firmware import FirmwareFiles
+from pulse.cloud.firmware import FirmwareStore
 from pulse.cloud.ingest.identity import DeviceIdentity, DeviceTokenCache
 from pulse.cloud.ingest.models import DeviceCommand, DeviceTwin, IngestResult
 from pulse.cloud.ingest.ratelimit import RateLimiter
@@ -176,7 +176,7 @@ class IngestService:
         """The tenants' shared buckets, when a tenant rate is configured."""
         self.db = db
         self.twin_limits = twin_limits
-        self.firmware_files: FirmwareFiles | None = None
+        self.firmware_files: FirmwareStore | None = None
         """Where firmware artifacts are, for direct devices' downloads (``GET /ingest/v1/firmware/{id}``)."""
         self.on_twin_change: Callable[[uuid.UUID, str, str, dict[str, object]], None] | None = None
         """Told (tenant, device, "twin", {"version"}) after a direct device's report changed its twin
@@ -444,4 +444,5 @@ async def device_firmware(artifact: str, request: Request) -> Response:
     identity = await service.tokens.resolve(request.headers.get("authorization"))
     if service.db is None:
         raise InvalidError(Code.API_INVALID, "this server does not serve firmware")
-    return await firmware.download(service.firmware_files, service.db, identity.tenant_id, artifact, request.headers.get("range"))
+    return await firmware.download(service.firmware_files, service.db, identity.tenant_id, artifact, request.headers.get("range"),
+                                   requester=f"device:{identity.device_id}")

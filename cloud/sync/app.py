@@ -27,7 +27,7 @@ from pulse.cloud import firmware
 from pulse.cloud.bodylimit import PUBLIC_BODY_LIMIT, BodyLimit
 from pulse.cloud.ca import CertificateAuthority, write_private
 from pulse.cloud.errors import BadRequestError
-from pulse.cloud.firmware import FirmwareFiles
+from pulse.cloud.firmware import FirmwareStore
 from pulse.cloud.metrics import Metrics
 from pulse.cloud.settings import SyncConfig
 from pulse.cloud.sync.identity import PROXY_CERT_HEADER, GatewayCaller
@@ -101,7 +101,7 @@ def _too_large(limit: int) -> Callable[[int | None], BadRequestError]:
     return lambda size: BadRequestError(Code.BATCH_TOO_LARGE, f"batches are at most {limit} bytes; send smaller batches")
 
 
-def create_sync_app(service: SyncService, firmware_files: FirmwareFiles | None = None) -> FastAPI:
+def create_sync_app(service: SyncService, firmware_files: FirmwareStore | None = None) -> FastAPI:
     """``firmware_files``: where artifacts are, for ``GET /sync/v1/firmware/{artifact}`` (none: 404)."""
     app = FastAPI(title="Pulse gateway sync", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.sync = service
@@ -158,7 +158,8 @@ def create_sync_app(service: SyncService, firmware_files: FirmwareFiles | None =
     async def firmware_download(artifact_id: str, request: Request, caller: Gateway, svc: Service) -> Response:
         """The gateway's (ranged, resumable) download of one of its tenant's artifacts; the bytes
         sent are counted on the artifact (``bytes_served``): what crossed the uplink."""
-        return await firmware.download(firmware_files, svc.db, caller.tenant_id, artifact_id, request.headers.get("range"))
+        return await firmware.download(firmware_files, svc.db, caller.tenant_id, artifact_id, request.headers.get("range"),
+                                       requester=f"gateway:{caller.gateway_id}")
 
     return app
 

@@ -4,11 +4,6 @@ uploads (PULSE_ARCHIVE_S3_*), and the archive is read back from the bucket for l
 from __future__ import annotations
 
 import datetime as dt
-import socket
-import subprocess
-import sys
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import boto3
@@ -20,36 +15,10 @@ from pulse.cloud.archive import layout
 from pulse.cloud.archive.archiver import archiver_for
 from pulse.cloud.archive.query import history
 from pulse.cloud.archive.store import S3Store
-from pulse.common.ports import free_port
 
 pytestmark = pytest.mark.integration
 
 KEYS = {"aws_access_key_id": "pulse-test", "aws_secret_access_key": "pulse-test-secret"}
-
-
-@pytest.fixture
-def s3_endpoint(tmp_path: Path) -> Iterator[str]:
-    """moto's S3-compatible server, in its own process on a loopback port; a bucket made in it."""
-    port = free_port()
-    log = (tmp_path / "moto.log").open("wb")
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, (tmp_path / "moto.log").read_text()
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "moto's server did not start"
-                time.sleep(0.1)
-        url = f"http://127.0.0.1:{port}"
-        boto3.client("s3", endpoint_url=url, region_name="us-east-1", **KEYS).create_bucket(Bucket="pulse-archive")
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(30)
-        log.close()
 
 
 async def test_the_archive_goes_to_an_s3_bucket_per_tenant_prefix_and_reads_back_from_it(cloud, s3_endpoint: str, tmp_path: Path) -> None:

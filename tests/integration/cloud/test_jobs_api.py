@@ -5,6 +5,8 @@ the cloud, and the tenant boundary on every endpoint."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime as dt
 import hashlib
 import json
@@ -17,8 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import boto3
 import httpx
 import pytest
+from conftest import S3_KEYS
 
 from pulse.cloud import jobs
 from pulse.cloud.app import create_app
@@ -97,17 +101,32 @@ class JobCloud:
             await conn.close()
 
 
-@pytest.fixture
-async def jc(cloud_settings: Settings, tmp_path: Path) -> AsyncIterator[JobCloud]:
+@contextlib.asynccontextmanager
+async def _job_cloud(cloud_settings: Settings, tmp_path: Path, **overrides: Any) -> AsyncIterator[JobCloud]:
     settings = Settings(**{**cloud_settings.model_dump(), "jwt_secret": cloud_settings.jwt_secret.get_secret_value(),
                            "data_dir": tmp_path / "data", "sync_port": 0, "sync_host": "127.0.0.1",
-                           "job_interval_s": 3600, "command_sweep_interval_s": 3600, "firmware_max_bytes": 100_000})
+                           "job_interval_s": 3600, "command_sweep_interval_s": 3600, "firmware_max_bytes": 100_000, **overrides})
     clock = Clock()
     app = create_app(settings, sync_listener=True, clock=clock)
     async with app.router.lifespan_context(app):
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://pulse.test") as client:
             port = app.state.sync_listener.port
             yield JobCloud(app, client, settings, clock, tmp_path, f"https://127.0.0.1:{port}")
+
+
+@pytest.fixture
+async def jc(cloud_settings: Settings, tmp_path: Path) -> AsyncIterator[JobCloud]:
+    async with _job_cloud(cloud_settings, tmp_path) as c:
+        yield c
+
+
+@pytest.fixture
+async def jc_s3(cloud_settings: Settings, tmp_path: Path, s3_endpoint: str) -> AsyncIterator[JobCloud]:
+    """The cloud with its firmware artifacts in moto's S3 bucket ``pulse-firmware`` (PULSE_FIRMWARE_S3_*)."""
+    async with _job_cloud(cloud_settings, tmp_path, firmware_s3_bucket="pulse-firmware", firmware_s3_endpoint=s3_endpoint,
+                          firmware_s3_prefix="fw", firmware_s3_access_key=S3_KEYS["aws_access_key_id"],
+                          firmware_s3_secret_key=S3_KEYS["aws_secret_access_key"]) as c:
+        yield c
 
 
 def _outcomes(job: dict[str, Any]) -> dict[str, str]:
@@ -272,16 +291,21 @@ def _mtls(jc: JobCloud, files: IdentityFiles) -> httpx.AsyncClient:
     return httpx.AsyncClient(verify=ctx, base_url=jc.sync_url, timeout=30)
 
 
+async def _two_ranges(gw: httpx.AsyncClient, artifact: str, data: bytes) -> None:
+    """The gateway downloads ``data`` as bytes 0-9999, then the rest."""
+    first = await gw.get(f"/sync/v1/firmware/{artifact}", headers={"Range": "bytes=0-9999"})
+    assert (first.status_code, first.headers["content-range"], len(first.content)) == (206, f"bytes 0-9999/{len(data)}", 10_000)
+    rest = await gw.get(f"/sync/v1/firmware/{artifact}", headers={"Range": "bytes=10000-"})
+    assert rest.status_code == 206 and first.content + rest.content == data
+
+
 async def test_a_gateway_downloads_an_artifact_in_ranges_and_the_cloud_counts_the_bytes(jc: JobCloud) -> None:
     h = await jc.tenant()
     data = bytes(range(256)) * 100
     art = (await _upload(jc, h, data)).json()
     files = await _gateway(jc, h)
     async with _mtls(jc, files) as gw:
-        first = await gw.get(f"/sync/v1/firmware/{art['id']}", headers={"Range": "bytes=0-9999"})
-        assert (first.status_code, first.headers["content-range"], len(first.content)) == (206, f"bytes 0-9999/{len(data)}", 10_000)
-        rest = await gw.get(f"/sync/v1/firmware/{art['id']}", headers={"Range": "bytes=10000-"})
-        assert rest.status_code == 206 and first.content + rest.content == data
+        await _two_ranges(gw, art["id"], data)
         bad = await gw.get(f"/sync/v1/firmware/{art['id']}", headers={"Range": f"bytes={len(data)}-"})
         assert (bad.status_code, bad.json()["code"]) == (416, "firmware.bad_range")
         whole = await gw.get(f"/sync/v1/firmware/{art['id']}")
@@ -290,8 +314,60 @@ async def test_a_gateway_downloads_an_artifact_in_ranges_and_the_cloud_counts_th
         got = (await jc.client.get(f"/api/v1/firmware/{art['id']}", headers=h)).json()
         if got["bytes_served"] == 2 * len(data):
             break
-        await __import__("asyncio").sleep(0.05)
+        await asyncio.sleep(0.05)
     assert (got["bytes_served"], got["downloads"]) == (2 * len(data), 2)
+
+
+async def _served(jc: JobCloud, h: dict[str, str], artifact: str, downloads: int) -> dict[str, Any]:
+    """The artifact once ``downloads`` downloads are counted (the cloud counts each when its response ends)."""
+    for _ in range(100):
+        got: dict[str, Any] = (await jc.client.get(f"/api/v1/firmware/{artifact}", headers=h)).json()
+        if got["downloads"] >= downloads:
+            return got
+        await asyncio.sleep(0.05)
+    return got
+
+
+async def test_a_download_cut_mid_way_and_resumed_counts_only_the_bytes_that_arrived(jc: JobCloud) -> None:
+    h = await jc.tenant()
+    data = hashlib.sha256(b"fw").digest() * 3000  # 96,000 bytes: the server writes it all before the cut is seen
+    art = (await _upload(jc, h, data)).json()
+    files = await _gateway(jc, h)
+    got = b""
+    async with _mtls(jc, files) as gw:
+        for _ in range(2):  # cut twice: the gateway keeps what arrived and resumes from there
+            async with gw.stream("GET", f"/sync/v1/firmware/{art['id']}", headers={"Range": f"bytes={len(got)}-"} if got else {}) as r:
+                async for chunk in r.aiter_raw():
+                    got += chunk
+                    break
+        rest = await gw.get(f"/sync/v1/firmware/{art['id']}", headers={"Range": f"bytes={len(got)}-"})
+        assert rest.status_code == 206 and got + rest.content == data
+    served = await _served(jc, h, art["id"], 1)
+    assert (served["bytes_served"], served["downloads"]) == (len(data), 1)
+    # a new download from the start (no Range) crosses the uplink again and is counted again
+    async with _mtls(jc, files) as gw:
+        assert (await gw.get(f"/sync/v1/firmware/{art['id']}")).content == data
+    served = await _served(jc, h, art["id"], 2)
+    assert (served["bytes_served"], served["downloads"]) == (2 * len(data), 2)
+
+
+async def test_firmware_in_an_s3_bucket_is_uploaded_there_and_downloaded_in_ranges_from_it(jc_s3: JobCloud, s3_endpoint: str) -> None:
+    jc = jc_s3
+    h = await jc.tenant()
+    data = bytes(range(256)) * 300
+    art = (await _upload(jc, h, data)).json()
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1", **S3_KEYS)
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket="pulse-firmware")["Contents"]]
+    tenant = (await jc.sql("SELECT tenant_id FROM firmware_artifacts WHERE id = $1", uuid.UUID(art["id"])))[0]["tenant_id"]
+    assert keys == [f"fw/{tenant}/{art['id']}"]
+    assert not [p for p in (jc.tmp / "data").rglob(art["id"]) if p.is_file()]  # nothing kept on the cloud's disk
+    assert (await _upload(jc, h, data, version="2.0.1", sha="0" * 64)).status_code == 422  # wrong hash: nothing stored
+    assert len(s3.list_objects_v2(Bucket="pulse-firmware")["Contents"]) == 1
+    files = await _gateway(jc, h)
+    async with _mtls(jc, files) as gw:
+        await _two_ranges(gw, art["id"], data)
+    served = await _served(jc, h, art["id"], 1)
+    assert (served["bytes_served"], served["downloads"]) == (len(data), 1)
 
 
 async def test_every_job_and_firmware_endpoint_answers_404_to_another_tenant(jc: JobCloud) -> None:
