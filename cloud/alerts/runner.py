@@ -382,7 +382,7 @@ class RuleRunner:
         ``limit`` entries were there), or None for an empty outbox. The entries are deleted as they
         are taken (locked the same way), so the deletion commits with what their evaluation wrote,
         or, on any failure, neither does."""
-        async with self._db.tenant(tenant_id) as conn:
+        async with self._db.tenant_now(tenant_id) as conn:
             entries = await conn.fetch(
                 "DELETE FROM rule_outbox WHERE id IN (SELECT id FROM rule_outbox ORDER BY id LIMIT $1 FOR UPDATE) "
                 "RETURNING id, device_ids, metrics, received_ms",
