@@ -54,6 +54,9 @@ class TelemetryRow(NamedTuple):
         return values if values is not None else json.loads(self.metrics)
 
 
+_dumps = orjson.dumps
+
+
 def json_text(value: object) -> str:
     """Compact JSON text (orjson; the standard library for what orjson refuses, e.g. integers over 64 bits)."""
     try:
@@ -77,14 +80,22 @@ def telemetry_row(
 ) -> TelemetryRow:
     """The one way a message becomes a row: its JSON columns encoded once (``tags`` or ``body`` None
     is NULL), its parsed ``metrics`` kept beside them for the listeners."""
+    try:  # orjson inline: this runs for every stored message
+        text = _dumps(metrics).decode()
+        tags_text = None if tags is None else _dumps(tags).decode()
+        body_text = None if body is None else _dumps(body).decode()
+    except TypeError:
+        text = json_text(metrics)
+        tags_text = None if tags is None else json_text(tags)
+        body_text = None if body is None else json_text(body)
     return TelemetryRow(
         time,
         tenant_id,
         device_id,
         msg_type,
-        json_text(metrics),
-        None if tags is None else json_text(tags),
-        None if body is None else json_text(body),
+        text,
+        tags_text,
+        body_text,
         seq,
         gateway_id,
         source,
