@@ -47,7 +47,7 @@ from pulse.cloud.auth.credentials import new_device_token
 from pulse.cloud.db.embedded import EmbeddedPostgres
 from pulse.cloud.db.migrate import migrate
 from pulse.cloud.db.pool import role_dsn
-from pulse.cloud.db.rows import TelemetryRow
+from pulse.cloud.db.rows import TelemetryRow, telemetry_row
 from pulse.cloud.ingest.writer import write_rows
 from pulse.cloud.settings import RoleNames
 from pulse.common.ports import free_port
@@ -110,21 +110,9 @@ async def _raw_copy(dsn: str, roles: RoleNames, tenant: uuid.UUID, devices: list
     rows: list[TelemetryRow] = []
     for device_id, _ in devices:
         for env in _envelopes(0, start_ms, per_device):
-            rows.append(
-                TelemetryRow(
-                    datetime.fromtimestamp(int(env["ts"]) / 1000, UTC),  # type: ignore[call-overload]
-                    tenant,
-                    device_id,
-                    "telemetry",
-                    json.dumps(env["metrics"], separators=(",", ":")),
-                    None,
-                    None,
-                    env["seq"],
-                    None,
-                    "bench-raw",
-                    now,
-                )
-            )
+            metrics: dict[str, float | bool] = env["metrics"]  # type: ignore[assignment]
+            at = datetime.fromtimestamp(int(env["ts"]) / 1000, UTC)  # type: ignore[call-overload]
+            rows.append(telemetry_row(at, tenant, device_id, "telemetry", metrics, None, None, env["seq"], None, "bench-raw", now))
     return len(rows) / await timed_copy(dsn, roles, rows, WRITER_BATCH_ROWS)
 
 

@@ -39,7 +39,7 @@ from pulse.bench.codec import fleet_sample
 from pulse.bench.ingest import _create_db, _wait_healthy, stop_server, timed_copy
 from pulse.bench.sync_cloud_part import count_synced, provision, serve_environment
 from pulse.cloud.db.embedded import EmbeddedPostgres
-from pulse.cloud.db.rows import TelemetryRow
+from pulse.cloud.db.rows import TelemetryRow, telemetry_row
 from pulse.cloud.settings import RoleNames
 from pulse.common.ports import free_port
 from pulse.edge.buffer import Buffer
@@ -117,8 +117,8 @@ async def _drain(settings: Settings) -> tuple[float, int, int]:
 async def _raw_copy(dsn: str, roles: RoleNames, tenant: uuid.UUID, records: list[Record], chunk: int) -> float:
     now = datetime.now(UTC)
     rows: list[TelemetryRow] = [
-        TelemetryRow(datetime.fromtimestamp(r.ts_ms / 1000, UTC), tenant, r.device_id, "telemetry", orjson.dumps(r.metrics).decode(),
-         None, None, r.device_seq, None, "bench-raw", now)
+        telemetry_row(datetime.fromtimestamp(r.ts_ms / 1000, UTC), tenant, r.device_id, "telemetry", r.metrics,
+                      None, None, r.device_seq, None, "bench-raw", now)
         for r in records
     ]
     return await timed_copy(dsn, roles, rows, chunk)

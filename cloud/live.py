@@ -216,39 +216,35 @@ class LiveHub:
             subs = self._subs.get((row.tenant_id, row.device_id))
             if not subs:
                 continue
-            point = LivePoint(time_ms=int(row.time.timestamp() * 1000), metrics=json.loads(row.metrics), msg_type=row.msg_type)
+            point = LivePoint(time_ms=int(row.time.timestamp() * 1000), metrics=row.metric_values(), msg_type=row.msg_type)
             for sub in subs:
                 sub._offer(point)
 
     def _publish_feed(self, rows: Sequence[TelemetryRow]) -> None:
-        for (tenant_id, _), event in feed_events(rows).items():
+        for (tenant_id, _), (t, readings, row) in feed_events(rows).items():
             wire: dict[str, object] | None = None
             for feed in self._feeds:
                 if feed.tenant_id is None or feed.tenant_id == tenant_id:
-                    wire = wire or {**event, "metrics": json.loads(str(event["metrics"]))}
+                    wire = wire or {"t": t, "tenant_id": str(tenant_id), "device_id": row.device_id, "readings": readings,
+                                    "metrics": row.metric_values()}
                     feed._offer(wire)
 
 
-def feed_events(rows: Iterable[TelemetryRow]) -> dict[Key, dict[str, object]]:
-    """One feed event per device of a batch (its newest metrics, as JSON text, and how many rows)."""
-    per_device: dict[Key, dict[str, object]] = {}
+FeedEvent = tuple[int, int, TelemetryRow]
+"""(time in ms of the device's newest row in a batch, how many rows the batch has of it, that row)."""
+
+
+def feed_events(rows: Iterable[TelemetryRow]) -> dict[Key, FeedEvent]:
+    """One feed event per device of a batch: its newest row (whose metrics the feed shows) and how many rows."""
+    per_device: dict[Key, FeedEvent] = {}
     for row in rows:
-        time, tenant_id, device_id, metrics = row.time, row.tenant_id, row.device_id, row.metrics
-        key = (tenant_id, device_id)
-        event = per_device.get(key)
-        t = int(time.timestamp() * 1000)
-        if event is None:
-            per_device[key] = {
-                "t": t,
-                "tenant_id": str(tenant_id),
-                "device_id": str(device_id),
-                "readings": 1,
-                "metrics": metrics,
-            }
+        key = (row.tenant_id, row.device_id)
+        t = int(row.time.timestamp() * 1000)
+        seen = per_device.get(key)
+        if seen is None:
+            per_device[key] = (t, 1, row)
         else:
-            event["readings"] = int(event["readings"]) + 1  # type: ignore[call-overload]
-            if t >= int(event["t"]):  # type: ignore[call-overload]
-                event["t"], event["metrics"] = t, metrics
+            per_device[key] = (t, seen[1] + 1, row) if t >= seen[0] else (seen[0], seen[1] + 1, seen[2])
     return per_device
 
 
@@ -292,9 +288,9 @@ class LiveRelay:
         if not wanted:
             return
         if wanted.all_feeds or wanted.feed_tenants:
-            for (tenant_id, device_id), event in feed_events(rows).items():
+            for (tenant_id, device_id), (t, readings, row) in feed_events(rows).items():
                 if wanted.wants_feed(tenant_id):
-                    self._post_rows("f", tenant_id, device_id, [(int(str(event["t"])), str(event["readings"]), str(event["metrics"]))])
+                    self._post_rows("f", tenant_id, device_id, [(t, str(readings), row.metrics)])
         if wanted.devices or wanted.device_tenants:
             per_device: dict[Key, list[tuple[int, str, str]]] = {}
             for row in rows:

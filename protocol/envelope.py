@@ -205,6 +205,17 @@ def _bad_type(raw_type: object) -> MessageType:
     raise EnvelopeError(Code.ENVELOPE_BAD_TYPE, "type is one of: " + ", ".join(MessageType), type=repr(raw_type)[:32])
 
 
+_GOOD_NAMES: dict[int, set[str]] = {}
+"""Per ``max_name_len``, metric and tag names already found valid: a fleet sends the same few names
+in every message, so each is checked once (up to ``_GOOD_NAMES_MAX`` names; later ones every time)."""
+_GOOD_NAMES_MAX = 4096
+
+
+def _good_names(limits: Limits) -> set[str]:
+    known = _GOOD_NAMES.get(limits.max_name_len)
+    return known if known is not None else _GOOD_NAMES.setdefault(limits.max_name_len, set())
+
+
 def _check_name(name: object, what: str, device: str, limits: Limits, code: Code) -> str:
     if not isinstance(name, str) or len(name) > limits.max_name_len or not _NAME_RE.fullmatch(name):
         raise EnvelopeError(
@@ -226,8 +237,12 @@ def _metrics(raw: object, device: str, limits: Limits) -> dict[str, MetricValue]
             Code.ENVELOPE_TOO_MANY_METRICS, f"at most {limits.max_metrics} metrics per message", device_id=device, count=len(raw)
         )
     bound = limits.max_abs_value
+    good = _good_names(limits)
     for name, value in raw.items():
-        _check_name(name, "metric", device, limits, Code.ENVELOPE_BAD_METRIC)
+        if name not in good:
+            _check_name(name, "metric", device, limits, Code.ENVELOPE_BAD_METRIC)
+            if len(good) < _GOOD_NAMES_MAX:
+                good.add(name)
         kind = type(value)
         if kind is bool:
             continue

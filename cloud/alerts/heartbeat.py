@@ -46,32 +46,50 @@ _VALID_INTERVAL = (1.0, 604_800.0)
 
 
 async def load_settings(conn: asyncpg.Connection) -> HeartbeatSettings:
-    row = await conn.fetchrow(
-        "SELECT alerts_enabled, interval_s, stale_after, offline_after, severity, version FROM heartbeat_settings"
-    )
+    row = await conn.fetchrow(f"SELECT {SETTINGS_COLUMNS} FROM heartbeat_settings")
+    return settings_of(row)
+
+
+def settings_of(row: asyncpg.Record | None) -> HeartbeatSettings:
+    """The tenant's settings from its ``heartbeat_settings`` row (``SETTINGS_COLUMNS``); no row: ``DEFAULTS``."""
     return DEFAULTS if row is None else HeartbeatSettings(**dict(row))
+
+
+SETTINGS_COLUMNS = "alerts_enabled, interval_s, stale_after, offline_after, severity, version"
+
+INTERVAL_SQL = (
+    "COALESCE(t.document->'state'->'reported'->'interval_s', t.document->'state'->'desired'->'interval_s', d.attributes->'interval_s')"
+)
+"""A device's own expected interval as jsonb (``devices d`` joined with ``twins t``), or NULL."""
+
+TWIN_JOIN = "LEFT JOIN twins t ON t.tenant_id = d.tenant_id AND t.device_id = d.device_id"
 
 
 async def device_intervals(conn: asyncpg.Connection, device_ids: Sequence[str] | None = None) -> dict[str, float]:
     """Devices with their own expected interval (twin reported, twin desired, registry attribute);
     ``device_ids``: only those (what a batch of messages needs), else every device (the sweep)."""
     rows = await conn.fetch(
-        "SELECT d.device_id, COALESCE(t.document->'state'->'reported'->'interval_s', "
-        "t.document->'state'->'desired'->'interval_s', d.attributes->'interval_s') AS v "
-        "FROM devices d LEFT JOIN twins t ON t.tenant_id = d.tenant_id AND t.device_id = d.device_id "
+        f"SELECT d.device_id, {INTERVAL_SQL} AS v FROM devices d {TWIN_JOIN} "
         "WHERE (d.attributes ? 'interval_s' OR t.document->'state'->'reported' ? 'interval_s' "
         "OR t.document->'state'->'desired' ? 'interval_s') AND ($1::text[] IS NULL OR d.device_id = ANY($1::text[]))",
         None if device_ids is None else list(device_ids),
     )
     out: dict[str, float] = {}
     for r in rows:
-        try:
-            value = float(r["v"])  # jsonb number arrives as its JSON text
-        except (TypeError, ValueError):
-            continue
-        if _VALID_INTERVAL[0] <= value <= _VALID_INTERVAL[1]:
+        value = interval_of(r["v"])
+        if value is not None:
             out[r["device_id"]] = value
     return out
+
+
+def interval_of(v: str | float | None) -> float | None:
+    """A device's own interval: its jsonb as JSON text (a number converts, a string or bool does not)
+    or as a number, if in the valid range; else None."""
+    try:
+        value = float(v)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return value if _VALID_INTERVAL[0] <= value <= _VALID_INTERVAL[1] else None
 
 
 def builtin_rule(tenant_id: uuid.UUID, settings: HeartbeatSettings, intervals: dict[str, float]) -> Rule:

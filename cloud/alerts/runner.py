@@ -37,7 +37,16 @@ from datetime import datetime
 
 import asyncpg
 
-from pulse.cloud.alerts.heartbeat import load_builtin
+from pulse.cloud.alerts.heartbeat import (
+    DEFAULTS,
+    INTERVAL_SQL,
+    SETTINGS_COLUMNS,
+    TWIN_JOIN,
+    HeartbeatSettings,
+    builtin_rule,
+    interval_of,
+    load_builtin,
+)
 from pulse.cloud.alerts.store import apply_record, set_device_status
 from pulse.cloud.db.pool import Database
 from pulse.cloud.db.rows import TelemetryRow
@@ -62,8 +71,10 @@ log = logging.getLogger("pulse.cloud.alerts")
 OUTBOX_ENTRIES_PER_TRANSACTION = 50
 TRANSIENT = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
 
-# What evaluation needs of a stored row: (device id, metrics JSON, received_at in Unix ms)
-Item = tuple[str, str, int]
+# What evaluation needs of a stored row: (device id, metrics, received_at in Unix ms). The metrics
+# are the row's parsed ``values`` for rows in hand, or the JSON text an outbox entry stored (parsed
+# only when a rule of the tenant's own watches the device).
+Item = tuple[str, Mapping[str, float | bool] | str, int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,23 +95,31 @@ def _ms(at: datetime) -> int:
 
 def device_of(row: asyncpg.Record | Mapping[str, object]) -> Device:
     """A registry row as the rule model sees it: tags ``name=value`` (or bare ``name``), site id as text."""
-    tags: dict[str, str] = {}
-    for tag in row["tags"] or ():  # type: ignore[union-attr]
+    return _device(row["device_id"], row["tags"], row["site_id"])  # type: ignore[arg-type]
+
+
+def _device(device_id: object, tags: Iterable[object] | None, site: object) -> Device:
+    named: dict[str, str] = {}
+    for tag in tags or ():
         name, _, value = str(tag).partition("=")
-        tags[name] = value
-    site = row["site_id"]
-    return Device(str(row["device_id"]), tags, None if site is None else str(site))
+        named[name] = value
+    return Device(str(device_id), named, None if site is None else str(site))
+
+
+def _parse_rules(rows: Iterable[tuple[str, object]], tenant_id: uuid.UUID) -> list[Rule]:
+    rules = []
+    for rule_id, definition in rows:
+        try:
+            rules.append(parse_rule(definition, tenant=str(tenant_id)))
+        except RuleError as exc:  # only if a stored definition was changed behind the API's back
+            log.error("rule %s of tenant %s is not valid and is skipped: %s", rule_id, tenant_id, exc)
+    return rules
 
 
 async def load_rules(conn: asyncpg.Connection, tenant_id: uuid.UUID) -> list[Rule]:
     """The tenant's enabled rules (stored definitions were validated on the way in)."""
-    rules = []
-    for row in await conn.fetch("SELECT id, definition FROM rules WHERE enabled ORDER BY id"):
-        try:
-            rules.append(parse_rule(json.loads(row["definition"]), tenant=str(tenant_id)))
-        except RuleError as exc:  # only if a stored definition was changed behind the API's back
-            log.error("rule %s of tenant %s is not valid and is skipped: %s", row["id"], tenant_id, exc)
-    return rules
+    rows = await conn.fetch("SELECT id, definition FROM rules WHERE enabled ORDER BY id")
+    return _parse_rules(((r["id"], json.loads(r["definition"])) for r in rows), tenant_id)
 
 
 async def load_all(
@@ -114,6 +133,49 @@ async def load_all(
     return [*await load_rules(conn, tenant_id), builtin], muted
 
 
+@dataclass(frozen=True, slots=True)
+class Loaded:
+    """What evaluating messages of some devices needs, read in one round trip (``load_for``)."""
+
+    rules: list[Rule]
+    """The tenant's enabled rules, then its NO_HEARTBEAT with the devices' own intervals (as ``load_all``)."""
+    muted: frozenset[str]
+    devices: dict[str, Device]
+    """The devices as registered (one not in the registry: a bare ``Device``)."""
+
+
+_LOAD_SQL = f"""SELECT
+  (SELECT coalesce(json_agg(json_build_array(id, definition) ORDER BY id), '[]') FROM rules WHERE enabled)::text,
+  (SELECT row_to_json(h) FROM (SELECT {SETTINGS_COLUMNS} FROM heartbeat_settings LIMIT 1) h)::text,
+  (SELECT coalesce(json_agg(json_build_array(d.device_id, d.tags, d.site_id, {INTERVAL_SQL})), '[]')
+     FROM devices d {TWIN_JOIN} WHERE d.device_id = ANY($1::text[]))::text"""
+
+
+async def load_for(conn: asyncpg.Connection, tenant_id: uuid.UUID, device_ids: Sequence[str]) -> Loaded:
+    """``load_all`` and the registry entries of ``device_ids``, in one statement (the drain runs it
+    for every wake-up: each round trip counts in the alert's latency)."""
+    rules_json, settings_json, devices_json = await conn.fetchrow(_LOAD_SQL, list(device_ids))
+    rules = _parse_rules(json.loads(rules_json), tenant_id)
+    if settings_json is None:
+        settings = DEFAULTS
+    else:
+        s = json.loads(settings_json)
+        settings = HeartbeatSettings(
+            bool(s["alerts_enabled"]), float(s["interval_s"]), float(s["stale_after"]), float(s["offline_after"]),
+            str(s["severity"]), int(s["version"]),
+        )
+    devices: dict[str, Device] = {}
+    intervals: dict[str, float] = {}
+    for device_id, tags, site, own in json.loads(devices_json):
+        devices[device_id] = _device(device_id, tags, site)
+        # the interval arrives parsed: only a JSON number counts (as in device_intervals)
+        value = interval_of(own) if isinstance(own, int | float) and not isinstance(own, bool) else None
+        if value is not None:
+            intervals[device_id] = value
+    muted = frozenset() if settings.alerts_enabled else frozenset({NO_HEARTBEAT})
+    return Loaded([*rules, builtin_rule(tenant_id, settings, intervals)], muted, {d: devices.get(d, Device(d)) for d in device_ids})
+
+
 async def _lock_states(
     conn: asyncpg.Connection, pairs: set[tuple[str, str]], rules: dict[str, Rule], now: int
 ) -> dict[tuple[str, str], RuleState]:
@@ -123,20 +185,29 @@ async def _lock_states(
     ordered = sorted(pairs)  # one order for every evaluator: concurrent inserts and locks cannot deadlock
     rule_ids, device_ids = [p[0] for p in ordered], [p[1] for p in ordered]
     fresh = [json.dumps(new_state(rules[r], d, now).to_dict()) for r, d in ordered]
-    await conn.execute(
-        "INSERT INTO rule_state (tenant_id, rule_id, device_id, state) "
-        "SELECT pulse_current_tenant(), r, d, s::jsonb FROM unnest($1::text[], $2::text[], $3::text[]) AS u(r, d, s) "
-        "ON CONFLICT DO NOTHING",
+    # one round trip: insert the missing states and lock the existing ones. ``kept`` reads the
+    # statement's snapshot, so a state another evaluator inserted and committed meanwhile is in
+    # neither part; those few are read (and locked) by a second statement, as before.
+    rows = await conn.fetch(
+        "WITH u AS (SELECT * FROM unnest($1::text[], $2::text[], $3::text[]) AS u(r, d, s)), "
+        "made AS (INSERT INTO rule_state (tenant_id, rule_id, device_id, state) "
+        "  SELECT pulse_current_tenant(), r, d, s::jsonb FROM u ON CONFLICT DO NOTHING RETURNING rule_id, device_id, state), "
+        "kept AS (SELECT rule_id, device_id, state FROM rule_state WHERE (rule_id, device_id) IN (SELECT r, d FROM u) "
+        "  ORDER BY rule_id, device_id FOR UPDATE) "
+        "SELECT * FROM made UNION ALL SELECT * FROM kept",
         rule_ids,
         device_ids,
         fresh,
     )
-    rows = await conn.fetch(
-        "SELECT rule_id, device_id, state FROM rule_state WHERE (rule_id, device_id) IN "
-        "(SELECT * FROM unnest($1::text[], $2::text[])) ORDER BY rule_id, device_id FOR UPDATE",
-        rule_ids,
-        device_ids,
-    )
+    missing = pairs - {(r["rule_id"], r["device_id"]) for r in rows}
+    if missing:
+        late = sorted(missing)
+        rows = [*rows, *await conn.fetch(
+            "SELECT rule_id, device_id, state FROM rule_state WHERE (rule_id, device_id) IN "
+            "(SELECT * FROM unnest($1::text[], $2::text[])) ORDER BY rule_id, device_id FOR UPDATE",
+            [p[0] for p in late],
+            [p[1] for p in late],
+        )]
     states = {}
     for row in rows:
         key = (row["rule_id"], row["device_id"])
@@ -148,15 +219,38 @@ async def _lock_states(
     return states
 
 
+_SAVE_STATES = (
+    "UPDATE rule_state s SET state = u.st::jsonb, updated_at = now() "
+    "FROM unnest($1::text[], $2::text[], $3::text[]) AS u(r, d, st) WHERE s.rule_id = u.r AND s.device_id = u.d"
+)
+
+
+def _first_heard_sql(devices: str, times: str) -> str:
+    """``_first_heard``'s statement, its two arrays at the placeholders ``devices`` and ``times``."""
+    return (
+        "INSERT INTO device_states (tenant_id, device_id, status, reason, changed_at) "
+        "SELECT pulse_current_tenant(), d, 'online', jsonb_build_object('text', d || ' is online: first heard from', 'at_ms', t), "
+        f"to_timestamp(t / 1000.0) FROM unnest({devices}::text[], {times}::bigint[]) AS u(d, t) ON CONFLICT DO NOTHING"
+    )
+
+
+def _state_args(states: Mapping[tuple[str, str], RuleState]) -> list[list[str]]:
+    return [[k[0] for k in states], [k[1] for k in states], [json.dumps(s.to_dict()) for s in states.values()]]
+
+
 async def _save_states(conn: asyncpg.Connection, states: Mapping[tuple[str, str], RuleState]) -> None:
     if states:
-        await conn.execute(
-            "UPDATE rule_state s SET state = u.st::jsonb, updated_at = now() "
-            "FROM unnest($1::text[], $2::text[], $3::text[]) AS u(r, d, st) WHERE s.rule_id = u.r AND s.device_id = u.d",
-            [k[0] for k in states],
-            [k[1] for k in states],
-            [json.dumps(s.to_dict()) for s in states.values()],
-        )
+        await conn.execute(_SAVE_STATES, *_state_args(states))
+
+
+async def _finish(conn: asyncpg.Connection, states: Mapping[tuple[str, str], RuleState], first: Mapping[str, int]) -> None:
+    """``_save_states`` and ``_first_heard`` in one round trip when both have work."""
+    if states and first:
+        sql = f"WITH saved AS ({_SAVE_STATES} RETURNING 1) {_first_heard_sql('$4', '$5')}"
+        await conn.execute(sql, *_state_args(states), list(first), list(first.values()))
+    else:
+        await _save_states(conn, states)
+        await _first_heard(conn, first)
 
 
 async def perform(
@@ -182,13 +276,7 @@ async def _first_heard(conn: asyncpg.Connection, first: Mapping[str, int]) -> No
     (NO_HEARTBEAT's state starts ONLINE, so evaluating it changes nothing the first time). Devices
     with a state keep theirs."""
     if first:
-        await conn.execute(
-            "INSERT INTO device_states (tenant_id, device_id, status, reason, changed_at) "
-            "SELECT pulse_current_tenant(), d, 'online', jsonb_build_object('text', d || ' is online: first heard from', 'at_ms', t), "
-            "to_timestamp(t / 1000.0) FROM unnest($1::text[], $2::bigint[]) AS u(d, t) ON CONFLICT DO NOTHING",
-            list(first),
-            list(first.values()),
-        )
+        await conn.execute(_first_heard_sql("$1", "$2"), list(first), list(first.values()))
 
 
 def _covered(rules: Mapping[str, Rule], pairs: Iterable[tuple[str, str]]) -> set[str]:
@@ -197,7 +285,7 @@ def _covered(rules: Mapping[str, Rule], pairs: Iterable[tuple[str, str]]) -> set
 
 
 def _items(rows: Iterable[TelemetryRow]) -> list[Item]:
-    return [(row.device_id, row.metrics, _ms(row.received_at)) for row in rows]
+    return [(row.device_id, row.metric_values(), _ms(row.received_at)) for row in rows]
 
 
 class RuleRunner:
@@ -258,7 +346,11 @@ class RuleRunner:
                     continue
                 if evaluated is None:
                     return done
-                done += evaluated
+                done += evaluated[0]
+                if not evaluated[1]:
+                    # fewer entries than asked for: the outbox was empty behind them. An entry that
+                    # commits later marks the tenant again (``observe``), or the sweep finds it.
+                    return done
 
     async def evaluate_readings(self, tenant_id: uuid.UUID, readings: Sequence[Reading], now: int) -> None:
         """Evaluate the tenant's threshold rules on readings in hand (no outbox, no device registry,
@@ -285,20 +377,24 @@ class RuleRunner:
                     await perform(conn, actions)
             await _save_states(conn, changed)
 
-    async def _drain_once(self, tenant_id: uuid.UUID, limit: int) -> int | None:
-        async with self._db.tenant(tenant_id) as conn:
+    async def _drain_once(self, tenant_id: uuid.UUID, limit: int) -> tuple[int, bool] | None:
+        """Evaluate the oldest ``limit`` entries in one transaction: (rows evaluated, whether
+        ``limit`` entries were there), or None for an empty outbox. The entries are deleted as they
+        are taken (locked the same way), so the deletion commits with what their evaluation wrote,
+        or, on any failure, neither does."""
+        async with self._db.tenant_now(tenant_id) as conn:
             entries = await conn.fetch(
-                "SELECT id, device_ids, metrics, received_ms FROM rule_outbox ORDER BY id LIMIT $1 FOR UPDATE", limit
+                "DELETE FROM rule_outbox WHERE id IN (SELECT id FROM rule_outbox ORDER BY id LIMIT $1 FOR UPDATE) "
+                "RETURNING id, device_ids, metrics, received_ms",
+                limit,
             )
             if not entries:
                 return None
+            entries = sorted(entries, key=lambda e: e["id"])  # RETURNING promises no order
             items = [item for e in entries for item in zip(e["device_ids"], e["metrics"], e["received_ms"], strict=True)]
-            # never empty: NO_HEARTBEAT watches every device
-            rules, muted = await load_all(conn, tenant_id, sorted({item[0] for item in items}))
-            await self._evaluate(conn, tenant_id, items, (rules, muted))
-            await conn.execute("DELETE FROM rule_outbox WHERE id = ANY($1::bigint[])", [e["id"] for e in entries])
+            await self._evaluate(conn, tenant_id, items)
         self.evaluated_rows += len(items)
-        return len(items)
+        return len(items), len(entries) == limit
 
     async def _discard_first(self, tenant_id: uuid.UUID, exc: Exception) -> None:
         async with self._db.tenant(tenant_id) as conn:
@@ -332,19 +428,12 @@ class RuleRunner:
         conn: asyncpg.Connection,
         tenant_id: uuid.UUID,
         items: Sequence[Item],
-        loaded: tuple[list[Rule], frozenset[str]] | None = None,
     ) -> None:
-        """Evaluate ``items`` of one tenant inside the caller's ``db.tenant()`` transaction (``loaded``: ``load_all``, if read already)."""
-        listed, muted = loaded if loaded is not None else await load_all(conn, tenant_id, sorted({item[0] for item in items}))
-        rules = {r.id: r for r in listed}
-        if not rules or not items:
+        """Evaluate ``items`` of one tenant inside the caller's ``db.tenant()`` transaction."""
+        if not items:
             return
-        device_ids = sorted({item[0] for item in items})
-        registry = {
-            r["device_id"]: device_of(r)
-            for r in await conn.fetch("SELECT device_id, tags, site_id FROM devices WHERE device_id = ANY($1)", device_ids)
-        }
-        devices = {d: registry.get(d, Device(d)) for d in device_ids}
+        loaded = await load_for(conn, tenant_id, sorted({item[0] for item in items}))
+        rules, muted, devices = {r.id: r for r in loaded.rules}, loaded.muted, loaded.devices  # never empty: NO_HEARTBEAT
         scoped = {d: [r for r in rules.values() if applies_to(r, dev)] for d, dev in devices.items()}
         pairs = {(r.id, d) for d, rs in scoped.items() for r in rs}
         now0 = min(item[2] for item in items)
@@ -362,7 +451,7 @@ class RuleRunner:
             mine = own[device_id]
             if not mine:
                 continue  # only the built-in watches it: the metrics need not be read
-            reading = Reading(device_id, json.loads(metrics))
+            reading = Reading(device_id, json.loads(metrics) if isinstance(metrics, str) else metrics)
             for rule in mine:
                 key = (rule.id, device_id)
                 state, actions = evaluate(rule, states[key], reading, now)
@@ -379,8 +468,7 @@ class RuleRunner:
                 if state != states[key]:
                     states[key] = changed[key] = state
                 await perform(conn, actions, muted, covered)
-        await _save_states(conn, changed)
-        await _first_heard(conn, {d: first for d, (first, _) in span.items() if d not in covered})
+        await _finish(conn, changed, {d: first for d, (first, _) in span.items() if d not in covered})
 
     async def _evaluator(self) -> None:
         while True:

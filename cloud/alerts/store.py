@@ -37,36 +37,56 @@ class Outcome:
     notify: bool  # a notification is due (not silenced, not suppressed, a real change)
 
 
-_OPEN_SQL = """
-INSERT INTO alerts (tenant_id, device_id, rule_id, rule_version, kind, severity, flapping, explanation,
-                    source, gateway_id, site_id, opened_at, updated_at)
-VALUES (pulse_current_tenant(), $1, $2, $3, $4, $5, $6, $7::jsonb, $8, $9, $10, to_timestamp($11 / 1000.0), now())
-ON CONFLICT (tenant_id, device_id, rule_id) WHERE state <> 'closed' DO UPDATE
-SET occurrences = alerts.occurrences + 1,
-    severity = EXCLUDED.severity,
-    rule_version = EXCLUDED.rule_version,
-    flapping = alerts.flapping OR EXCLUDED.flapping,
-    condition_cleared = false,
-    updated_at = now()
-RETURNING id, (xmax = 0) AS inserted, (silenced_until IS NOT NULL AND silenced_until > now()) AS silenced
-"""
-
-
-async def in_maintenance(conn: asyncpg.Connection, device_id: str, at_ms: int) -> bool:
-    """True when a maintenance window covers the device (by id, or by its site) at ``at_ms``."""
-    return bool(
-        await conn.fetchval(
-            """SELECT EXISTS (
+_MAINTENANCE = """EXISTS (
                  SELECT 1 FROM maintenance_windows w
                  WHERE w.tenant_id = pulse_current_tenant()
                    AND to_timestamp($2 / 1000.0) >= w.starts_at AND to_timestamp($2 / 1000.0) < w.ends_at
                    AND (w.device_id = $1
                         OR w.site_id = (SELECT site_id FROM devices WHERE tenant_id = w.tenant_id AND device_id = $1)
-                        OR w.site_id = (SELECT site_id FROM gateways WHERE tenant_id = w.tenant_id AND 'gateway:' || name = $1)))""",
-            device_id,
-            at_ms,
-        )
-    )
+                        OR w.site_id = (SELECT site_id FROM gateways WHERE tenant_id = w.tenant_id AND 'gateway:' || name = $1)))"""
+
+# One round trip for an open: the maintenance check, the upsert and its event. Under a maintenance
+# window nothing is written and no row comes back; otherwise the alert's id and what happened.
+_OPEN_SQL = f"""
+WITH opened AS (
+    INSERT INTO alerts (tenant_id, device_id, rule_id, rule_version, kind, severity, flapping, explanation,
+                        source, gateway_id, site_id, opened_at, updated_at)
+    SELECT pulse_current_tenant(), $1, $3, $4, $5, $6, $7, $8::jsonb, $9, $10, $11, to_timestamp($2 / 1000.0), now()
+    WHERE NOT {_MAINTENANCE}
+    ON CONFLICT (tenant_id, device_id, rule_id) WHERE state <> 'closed' DO UPDATE
+    SET occurrences = alerts.occurrences + 1,
+        severity = EXCLUDED.severity,
+        rule_version = EXCLUDED.rule_version,
+        flapping = alerts.flapping OR EXCLUDED.flapping,
+        condition_cleared = false,
+        updated_at = now()
+    RETURNING id, (xmax = 0) AS inserted, (silenced_until IS NOT NULL AND silenced_until > now()) AS silenced
+), event AS (
+    INSERT INTO alert_events (tenant_id, alert_id, kind, actor, notify, detail)
+    SELECT pulse_current_tenant(), id, CASE WHEN NOT inserted THEN 'merged' WHEN $7 THEN 'flapping_started' ELSE 'opened' END,
+           $12, inserted AND NOT silenced, $13::jsonb
+    FROM opened
+)
+SELECT id, inserted, silenced FROM opened
+"""
+
+# A close and its event, in one round trip; no row when no alert of the fingerprint is open.
+_CLOSE_SQL = """
+WITH closed AS (
+    UPDATE alerts SET state = 'closed', closed_at = to_timestamp($3 / 1000.0), closed_by = $4, updated_at = now()
+    WHERE tenant_id = pulse_current_tenant() AND device_id = $1 AND rule_id = $2 AND state <> 'closed'
+    RETURNING id, (silenced_until IS NOT NULL AND silenced_until > now()) AS silenced
+), event AS (
+    INSERT INTO alert_events (tenant_id, alert_id, kind, actor, notify, detail)
+    SELECT pulse_current_tenant(), id, 'closed', $4, NOT silenced, $5::jsonb FROM closed
+)
+SELECT id, silenced FROM closed
+"""
+
+
+async def in_maintenance(conn: asyncpg.Connection, device_id: str, at_ms: int) -> bool:
+    """True when a maintenance window covers the device (by id, or by its site) at ``at_ms``."""
+    return bool(await conn.fetchval(f"SELECT {_MAINTENANCE}", device_id, at_ms))
 
 
 async def _event(
@@ -96,12 +116,11 @@ async def apply_record(
     """Perform one alert action for the fingerprint (current tenant, rec.device_id, rec.rule_id)."""
     detail = {"explanation": rec.explanation}
     if rec.action in ("open", "flapping_started"):
-        if await in_maintenance(conn, rec.device_id, rec.at_ms):
-            return Outcome(None, "suppressed", False)
         flapping = rec.action == "flapping_started"
         row = await conn.fetchrow(
             _OPEN_SQL,
             rec.device_id,
+            rec.at_ms,
             rec.rule_id,
             rec.rule_version,
             kind,
@@ -111,27 +130,18 @@ async def apply_record(
             source,
             gateway_id,
             site_id,
-            rec.at_ms,
+            actor,
+            json.dumps(detail),
         )
-        assert row is not None
+        if row is None:  # a maintenance window covers the device
+            return Outcome(None, "suppressed", False)
         inserted = bool(row["inserted"])
         event = ("flapping_started" if flapping else "opened") if inserted else "merged"
-        notify = inserted and not row["silenced"]
-        await _event(conn, row["id"], event, actor, notify=notify, detail=detail)
-        return Outcome(row["id"], event, notify)
+        return Outcome(row["id"], event, inserted and not row["silenced"])
     if rec.action == "close":
-        row = await conn.fetchrow(
-            "UPDATE alerts SET state = 'closed', closed_at = to_timestamp($3 / 1000.0), closed_by = $4, updated_at = now() "
-            "WHERE tenant_id = pulse_current_tenant() AND device_id = $1 AND rule_id = $2 AND state <> 'closed' "
-            "RETURNING id, (silenced_until IS NOT NULL AND silenced_until > now()) AS silenced",
-            rec.device_id,
-            rec.rule_id,
-            rec.at_ms,
-            actor,
-        )
+        row = await conn.fetchrow(_CLOSE_SQL, rec.device_id, rec.rule_id, rec.at_ms, actor, json.dumps(detail))
         if row is None:
             return Outcome(None, "no_open_alert", False)
-        await _event(conn, row["id"], "closed", actor, notify=not row["silenced"], detail=detail)
         return Outcome(row["id"], "closed", not row["silenced"])
     column = "condition_cleared = true" if rec.action == "condition_cleared" else "flapping = false"
     alert_id = await conn.fetchval(

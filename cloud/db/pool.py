@@ -105,6 +105,23 @@ class Database:
                 yield conn
 
     @asynccontextmanager
+    async def tenant_now(self, tenant_id: uuid.UUID) -> AsyncIterator[asyncpg.Connection]:
+        """``tenant()`` with BEGIN and the tenant's setting sent as one script: one round trip less,
+        for callers whose latency is the point (the rules runner's drain: breach -> committed alert).
+        The tenant id is a ``UUID`` (its text form is safe to write into the script)."""
+        tenant = uuid.UUID(str(tenant_id))
+        with refusals():
+            async with self.app_pool.acquire() as conn:
+                await conn.execute(f"BEGIN; SELECT set_config('app.tenant_id', '{tenant}', true)")
+                try:
+                    yield conn
+                except BaseException:
+                    if not conn.is_closed():
+                        await conn.execute("ROLLBACK")
+                    raise
+                await conn.execute("COMMIT")
+
+    @asynccontextmanager
     async def writer_transaction(self) -> AsyncIterator[asyncpg.Connection]:
         """A transaction on the writer role, for ``ingest.writer.write_rows`` together with other
         writes that must commit with the rows (gateway sync: the gateway's high-water mark)."""

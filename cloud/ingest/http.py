@@ -23,7 +23,7 @@ from fastapi import APIRouter, Request, Response
 from pulse.cloud import firmware, twins
 from pulse.cloud.cluster.ratelimit import SharedRateLimiter
 from pulse.cloud.db.pool import Database
-from pulse.cloud.db.rows import QuarantineRow, TelemetryRow
+from pulse.cloud.db.rows import QuarantineRow, TelemetryRow, telemetry_row
 from pulse.cloud.downlink import gateways_serving
 from pulse.cloud.errors import ConflictError, InvalidError, RateLimitedError, TooLargeError
 from pulse.cloud.firmware import FirmwareStore
@@ -48,14 +48,6 @@ log = logging.getLogger("pulse.cloud.ingest")
 _DEVICE_STATE_TYPES = frozenset({MessageType.TWIN_REPORTED.value, MessageType.COMMAND_ACK.value})
 
 SOURCE = "http"
-
-
-def _dumps(value: object) -> str:
-    """Compact JSON text (orjson; the standard library for what orjson refuses, e.g. integers over 64 bits)."""
-    try:
-        return orjson.dumps(value).decode()
-    except TypeError:
-        return json.dumps(value, separators=(",", ":"))
 
 
 def _stdlib_dumps(value: object) -> bytes:
@@ -134,14 +126,14 @@ def prepare(
             out.results.append({"index": index, "status": "rejected", "code": str(exc.code), "message": exc.message})
             continue
         out.telemetry.append(
-            TelemetryRow(
+            telemetry_row(
                 datetime.fromtimestamp(env.ts_ms / 1000, UTC),
                 tenant,
                 device_id,
                 env.type.value,
-                _dumps(env.metrics),
-                _dumps(env.tags) if env.tags else None,
-                _dumps(env.body) if env.body is not None else None,
+                env.metrics,
+                env.tags or None,
+                env.body,
                 env.seq,
                 None,
                 source,

@@ -23,12 +23,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import asyncpg
-import orjson
 
 from pulse.cloud import twins
 from pulse.cloud.alerts import connectivity, merge_edge_alerts
 from pulse.cloud.db.pool import Database
-from pulse.cloud.db.rows import QuarantineRow, TelemetryRow
+from pulse.cloud.db.rows import QuarantineRow, TelemetryRow, telemetry_row
 from pulse.cloud.errors import BadRequestError, ConflictError, ForbiddenError, StorageUnavailableError
 from pulse.cloud.ingest.writer import write_rows
 from pulse.cloud.metrics import Metrics
@@ -363,7 +362,6 @@ class Receiver:
 
         tenant, gateway, site = caller.tenant_id, caller.gateway_id, caller.site_id
         shift = clock.offset_ms if clock.corrected else 0
-        dumps = orjson.dumps
         from_ts = dt.datetime.fromtimestamp
         append = rows.append
         for rec in records:
@@ -384,20 +382,5 @@ class Receiver:
             except (OverflowError, ValueError, OSError):
                 refuse(rec, Code.ENVELOPE_BAD_TIMESTAMP, "the timestamp is outside the range the cloud stores")
                 continue
-            tags, body = rec.tags, rec.body
-            append(
-                TelemetryRow(
-                    at,
-                    tenant,
-                    rec.device_id,
-                    rec.type,
-                    dumps(rec.metrics).decode(),
-                    None if tags is None else dumps(tags).decode(),
-                    None if body is None else dumps(body).decode(),
-                    rec.device_seq,
-                    gateway,
-                    "gateway",
-                    received,
-                )
-            )
+            append(telemetry_row(at, tenant, rec.device_id, rec.type, rec.metrics, rec.tags, rec.body, rec.device_seq, gateway, "gateway", received))
         return rows, quarantined

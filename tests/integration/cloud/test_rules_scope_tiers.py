@@ -110,3 +110,40 @@ async def test_a_tag_scoped_and_a_site_scoped_rule_open_the_same_alerts_at_the_g
     async with db.tenant(tenant) as conn:
         newest = [i for i in await pending(conn, gw, 0) if i.kind is DownlinkKind.RULES][-1].payload
     assert newest["devices"]["n-warm"] == {"tags": {"zone": "cold"}, "site": north}  # type: ignore[index]
+
+
+async def test_the_drains_one_statement_reads_what_the_separate_readers_read(cloud: Cloud) -> None:
+    """``load_for`` (rules, heartbeat settings, the devices' own intervals and their registry
+    entries in one round trip) answers what ``load_all`` and the registry query answer."""
+    from pulse.cloud.alerts.runner import device_of, load_all, load_for
+    from pulse.protocol.rules import Device
+
+    tenant, h = await cloud.tenant_user()
+    site = (await cloud.client.post("/api/v1/sites", json={"name": "plant"}, headers=h)).json()["id"]
+    r = await cloud.client.post("/api/v1/rules", json={"id": "hot", "severity": "major", "metric": "temp_c", "operator": "GT", "threshold": 30}, headers=h)
+    assert r.status_code == 201, r.text
+    db = cloud.app.state.pulse.db
+    async with db.tenant(tenant) as conn:
+        for device_id, attributes, tags in (
+            ("own", {"interval_s": 30}, ["zone=cold", "spare"]),  # its own interval
+            ("text", {"interval_s": "30"}, []),  # a string is not an interval
+            ("far", {"interval_s": 10**9}, []),  # out of range
+            ("plain", {}, []),
+        ):
+            await conn.execute(
+                "INSERT INTO devices (tenant_id, device_id, status, attributes, tags, site_id) VALUES ($1, $2, 'active', $3::jsonb, $4, $5)",
+                tenant, device_id, json.dumps(attributes), tags, uuid.UUID(site),
+            )
+        await conn.execute(
+            "INSERT INTO heartbeat_settings (tenant_id, alerts_enabled, interval_s, updated_by) VALUES ($1, false, 120, 'test') "
+            "ON CONFLICT (tenant_id) DO UPDATE SET alerts_enabled = false, interval_s = 120",
+            tenant,
+        )
+        asked = ["far", "ghost", "own", "plain", "text"]  # "ghost" is not registered
+        loaded = await load_for(conn, tenant, asked)
+        rules, muted = await load_all(conn, tenant, asked)
+        registry = {r["device_id"]: device_of(r) for r in await conn.fetch("SELECT device_id, tags, site_id FROM devices WHERE device_id = ANY($1)", asked)}
+    assert loaded.rules == rules and loaded.muted == muted == frozenset({"NO_HEARTBEAT"})
+    assert loaded.devices == {d: registry.get(d, Device(d)) for d in asked}
+    assert loaded.devices["own"].tags == {"zone": "cold", "spare": ""} and loaded.devices["own"].site == site
+    assert rules[-1].condition.intervals == {"own": 30.0}  # type: ignore[union-attr]

@@ -233,3 +233,26 @@ async def test_operator_bypass_is_audited(cloud: Cloud, cloud_settings: Settings
     finally:
         await conn.close()
     assert rows and rows[0]["bypass"] and rows[0]["actor"].startswith("local:")
+
+
+async def test_a_tenant_transaction_opened_in_one_trip_sees_only_its_tenant_and_rolls_back_on_error(cloud: Cloud) -> None:
+    """``Database.tenant_now`` (the rules runner's drain) is ``tenant()`` in one round trip less."""
+    a, ha = await cloud.tenant_user()
+    b, hb = await cloud.tenant_user()
+    for h, name in ((ha, "a-site"), (hb, "b-site")):
+        assert (await cloud.client.post("/api/v1/sites", json={"name": name}, headers=h)).status_code == 201
+    db = cloud.app.state.pulse.db
+    async with db.tenant_now(a) as conn:
+        assert [r["name"] for r in await conn.fetch("SELECT name FROM sites")] == ["a-site"]
+        await conn.execute("INSERT INTO sites (tenant_id, name) VALUES ($1, 'kept')", a)
+
+    class Boom(Exception):
+        pass
+
+    with pytest.raises(Boom):
+        async with db.tenant_now(a) as conn:
+            await conn.execute("INSERT INTO sites (tenant_id, name) VALUES ($1, 'rolled-back')", a)
+            raise Boom
+    async with db.tenant(a) as conn:
+        assert sorted(r["name"] for r in await conn.fetch("SELECT name FROM sites")) == ["a-site", "kept"]
+        assert not conn.is_closed()

@@ -13,7 +13,7 @@ import asyncpg
 import pytest
 
 from pulse.cloud.db.pool import role_dsn
-from pulse.cloud.db.rows import TelemetryRow
+from pulse.cloud.db.rows import TelemetryRow, telemetry_row
 from pulse.cloud.errors import CloudError
 from pulse.cloud.ingest.writer import Writer
 from pulse.cloud.settings import Settings, WriterConfig
@@ -110,5 +110,33 @@ async def test_group_commit_writes_a_lone_request_at_once_and_gathers_while_busy
         assert await count(cloud_settings, tenant) == 8
     finally:
         await blocker.close()
+        await writer.stop()
+        await pool.close()
+
+
+async def test_rows_from_the_one_constructor_are_stored_with_their_json_and_keep_the_parsed_metrics(cloud_settings: Settings) -> None:
+    pool = await asyncpg.create_pool(
+        role_dsn(cloud_settings.database_url, cloud_settings.roles.writer, None), min_size=1, max_size=1
+    )
+    committed: list[TelemetryRow] = []
+    writer = Writer(WriterConfig(batch_rows=1000, flush_s=0.2, queue_rows=10_000, connections=1), on_commit=committed.extend)
+    writer.start(pool)
+    tenant = uuid.uuid4()
+    now = datetime.now(UTC)
+    metrics = {"temp_c": 21.5, "on": True, "count": 2**70}  # an integer orjson refuses: the standard library encodes it
+    made = telemetry_row(now, tenant, "dev-1", "telemetry", metrics, {"zone": "north"}, None, 7, None, "test", now)
+    try:
+        await asyncio.wait_for(writer.write([made]), 30)
+        assert committed == [made] and committed[0].values is metrics and committed[0].metric_values() == metrics
+        conn = await asyncpg.connect(cloud_settings.database_url)
+        try:
+            async with conn.transaction():
+                await conn.execute("SELECT set_config('app.tenant_id', $1, true)", str(tenant))
+                stored = await conn.fetchrow("SELECT metrics, tags, body, seq FROM telemetry WHERE tenant_id = $1", tenant)
+        finally:
+            await conn.close()
+        assert json.loads(stored["metrics"]) == metrics and json.loads(stored["tags"]) == {"zone": "north"}
+        assert stored["body"] is None and stored["seq"] == 7
+    finally:
         await writer.stop()
         await pool.close()

@@ -50,3 +50,20 @@ def test_unsubscribed_keys_are_forgotten_and_publish_without_subscribers_decodes
     hub.unsubscribe(sub)  # twice is harmless
     assert hub.subscribers == 0
     hub.publish([TelemetryRow(T, A, "d", "telemetry", "not json", None, None, None, None, "http", T)])  # not decoded: nobody listens
+
+
+async def test_subscribers_and_feeds_get_the_rows_parsed_metrics_without_parsing_the_text() -> None:
+    hub = LiveHub()
+    sub = hub.subscribe(A, "d")
+    feed = hub.subscribe_feed(A)
+    values = {"temp": 5.0}
+    # the JSON text is what the table stores; a listener reads the mapping the row carries
+    earlier = TelemetryRow(T, A, "d", "telemetry", "not read", None, None, None, None, "http", T, {"temp": 4.0})
+    newest = TelemetryRow(T.replace(second=1), A, "d", "telemetry", "not read either", None, None, None, None, "http", T, values)
+    hub.publish([earlier, newest])
+    points, _ = await sub.next_batch()
+    assert [p.metrics for p in points] == [{"temp": 4.0}, values]
+    events, _ = await feed.next_batch()
+    assert events == [
+        {"t": int(newest.time.timestamp() * 1000), "tenant_id": str(A), "device_id": "d", "readings": 2, "metrics": values}
+    ]
