@@ -477,7 +477,9 @@ def _body_v2(parts: _Parts) -> bytes:
     head_tables, seq_deltas, rec_group, rec_type, rec_tags, dev_ts, dev_dseq, scaled, bodies = parts
     # the four per-record columns first, each on its own; then every other column, grouped by code
     columns: list[tuple[int, Sequence[int] | Sequence[float]]] = []
-    for col in (seq_deltas[1:], rec_group, rec_type, rec_tags):
+    types_, tag_sets = cast(list[str], head_tables[2]), cast(list[object], head_tables[4])
+    # a type or tag column whose table has one entry says nothing: it is sent empty
+    for col in (seq_deltas[1:], rec_group, rec_type if len(types_) > 1 else [], rec_tags if len(tag_sets) > 1 else []):
         columns.append((_code(col), col))
     first_ts: list[int] = []
     cadences: list[int] = []
@@ -699,22 +701,28 @@ def _groups(groups_raw: object, devices: list[str], names: list[str], series_key
     out = _Groups([], [], [], [], {}, uses)
     expected = out.expected
     n_devices, n_names = len(devices), len(names)
+    seen: dict[tuple[object, ...], tuple[list[int], list[int], tuple[str, ...]]] = {}
     for g, entry in enumerate(groups_raw):
         if not isinstance(entry, list) or len(entry) != 2:
             raise _malformed("group entry")
         dev, layout = entry
         if type(dev) is not int or not 0 <= dev < n_devices:
             raise _malformed("group device")
-        layout = _ints(layout, "group layout")
-        name_idx = layout[0::2]
-        if len(layout) % 2 or (name_idx and (min(name_idx) < 0 or max(name_idx) >= n_names)) or len(set(name_idx)) != len(name_idx):
+        if type(layout) is not list:
             raise _malformed("group layout")
-        keys = list(zip(repeat(dev), name_idx, layout[1::2]))
+        shape = seen.get(tuple(layout))  # devices of one profile share a layout: checked once
+        if shape is None:
+            layout = _ints(layout, "group layout")
+            name_idx = layout[0::2]
+            if len(layout) % 2 or (name_idx and (min(name_idx) < 0 or max(name_idx) >= n_names)) or len(set(name_idx)) != len(name_idx):
+                raise _malformed("group layout")
+            shape = seen[tuple(layout)] = (name_idx, layout[1::2], tuple(map(names.__getitem__, name_idx)))
+        keys = list(zip(repeat(dev), shape[0], shape[1]))
         if not all(map(series_keys.__contains__, keys)):
             raise _malformed("group refers to a missing series")
         out.dev_idx.append(dev)
         out.dev.append(devices[dev])
-        out.names.append(tuple(map(names.__getitem__, name_idx)))
+        out.names.append(shape[2])
         out.keys.append(keys)
         count = uses.get(g, 0)
         for k in keys:
@@ -950,8 +958,8 @@ def _decode_v2(raw: bytes, header: Header) -> list[Record]:
     n = header.record_count
     seq_deltas = cols.record_column(0, n - 1, "sequence gaps")
     rec_group = cols.record_column(1, n, "record groups")
-    rec_type = cols.record_column(2, n, "record types")
-    rec_tags = cols.record_column(3, n, "record tags")
+    rec_type = cols.record_column(2, n, "record types") if len(types) > 1 else [0] * n
+    rec_tags = cols.record_column(3, n, "record tags") if len(tag_table) > 1 else [0] * n
     if 0 in seq_deltas:
         raise _malformed("sequence numbers must increase")
     seqs = list(accumulate(seq_deltas, initial=header.first_seq))
@@ -960,7 +968,7 @@ def _decode_v2(raw: bytes, header: Header) -> list[Record]:
     if seqs[-1] != header.last_seq:
         raise BatchError(Code.BATCH_BAD_SEQUENCE, "records' sequence numbers do not end at the header's last")
     for col, size, what in ((rec_group, len(groups_raw), "group"), (rec_type, len(types), "type"), (rec_tags, len(tag_table), "tags")):
-        if max(col) >= size:
+        if size == 0 or (size > 1 and max(col) >= size):  # a table of one entry sends no column: all 0
             raise _malformed(f"{what} index out of range")
 
     # the series' keys, in order of first appearance in the groups' layouts
@@ -1018,8 +1026,14 @@ def _decode_v2(raw: bytes, header: Header) -> list[Record]:
             raise _malformed("timestamps out of range")
         stamps_of[dev] = stamps
         if type(dseq) is int:
-            present = list(accumulate(next(columns), initial=dseq))
-            if min(present) < 0 or max(present) > MAX_SEQ:
+            gaps = next(columns)
+            if gaps.count(1) == len(gaps):  # the usual case: the device counted one by one
+                present = list(range(dseq, dseq + len(gaps) + 1))
+                low, high = dseq, present[-1]
+            else:
+                present = list(accumulate(gaps, initial=dseq))
+                low, high = min(present), max(present)
+            if low < 0 or high > MAX_SEQ:
                 raise _malformed("device sequence numbers out of range")
             dseqs_of[dev] = cast(list[int | None], present)
         else:
