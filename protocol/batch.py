@@ -708,11 +708,9 @@ def _groups(groups_raw: object, devices: list[str], names: list[str], series_key
         dev, layout = entry
         if type(dev) is not int or not 0 <= dev < n_devices:
             raise _malformed("group device")
-        if type(layout) is not list:
-            raise _malformed("group layout")
+        layout = _ints(layout, "group layout")
         shape = seen.get(tuple(layout))  # devices of one profile share a layout: checked once
         if shape is None:
-            layout = _ints(layout, "group layout")
             name_idx = layout[0::2]
             if len(layout) % 2 or (name_idx and (min(name_idx) < 0 or max(name_idx) >= n_names)) or len(set(name_idx)) != len(name_idx):
                 raise _malformed("group layout")
@@ -967,12 +965,18 @@ def _decode_v2(raw: bytes, header: Header) -> list[Record]:
         raise _malformed("groups")
     if seqs[-1] != header.last_seq:
         raise BatchError(Code.BATCH_BAD_SEQUENCE, "records' sequence numbers do not end at the header's last")
+    # a type or tag table of one entry sends no column (every record uses entry 0)
     for col, size, what in ((rec_group, len(groups_raw), "group"), (rec_type, len(types), "type"), (rec_tags, len(tag_table), "tags")):
-        if size == 0 or (size > 1 and max(col) >= size):  # a table of one entry sends no column: all 0
+        if size == 0 or ((size > 1 or col is rec_group) and max(col) >= size):
             raise _malformed(f"{what} index out of range")
 
     # the series' keys, in order of first appearance in the groups' layouts
-    layouts = [e[1] if isinstance(e, list) and len(e) == 2 and isinstance(e[1], list) else [] for e in groups_raw]
+    # (a malformed group gets no keys here; ``_groups`` then refuses it with its reason)
+    layouts = [
+        e[1] if isinstance(e, list) and len(e) == 2 and type(e[0]) is int and isinstance(e[1], list) and set(map(type, e[1])) <= {int}
+        else []
+        for e in groups_raw
+    ]
     keys = list(dict.fromkeys(
         (e[0], lay[j], lay[j + 1]) for e, lay in zip(groups_raw, layouts, strict=True) for j in range(0, len(lay) - 1, 2)
     ))
