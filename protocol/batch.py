@@ -50,11 +50,11 @@ import sys
 import zlib
 from array import array
 from collections import Counter
-from collections.abc import Container, Iterator, Sequence
+from collections.abc import Callable, Container, Iterator, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 from itertools import accumulate, chain, repeat
-from operator import add, sub, truediv
+from operator import add, itemgetter, sub, truediv
 from typing import Any, NamedTuple, cast
 
 import msgpack
@@ -776,17 +776,24 @@ def _assemble(
     ts_iters = [iter(stamps.get(d, ())) for d in range(max(rec_dev) + 1)]
     dseq_iters = [iter(dseqs.get(d, ())) for d in range(len(ts_iters))]
     tags_out = [t or None for t in tag_table]
+    # itemgetter(*indices)(table) picks every record's entry in one C call (given 2 or more indices)
+    by_dev, by_group = (itemgetter(*rec_dev), itemgetter(*rec_group)) if n > 1 else (_single(rec_dev[0]), _single(rec_group[0]))
     columns = zip(  # noqa: B905 (the lengths were checked)
         seqs,
-        map(groups.dev.__getitem__, rec_group) if len(groups.dev) > 1 else repeat(groups.dev[0], n),
-        map(next, map(ts_iters.__getitem__, rec_dev)),
+        by_group(groups.dev) if len(groups.dev) > 1 else repeat(groups.dev[0], n),
+        map(next, by_dev(ts_iters)),
         map(types.__getitem__, rec_type) if len(types) > 1 else repeat(types[0], n),
-        map(next, map(group_metrics.__getitem__, rec_group)),
-        map(next, map(dseq_iters.__getitem__, rec_dev)),
+        map(next, by_group(group_metrics)),
+        map(next, by_dev(dseq_iters)),
         map(tags_out.__getitem__, rec_tags) if len(tags_out) > 1 else repeat(tags_out[0], n),
         repeat(None, n) if body_col is None else body_col,
     )
     return list(map(tuple.__new__, repeat(Record), columns))
+
+
+def _single(i: int) -> Callable[[Sequence[Any]], tuple[Any, ...]]:
+    """What ``itemgetter(i, j, ...)`` does, for a single index (itemgetter(i) alone gives no tuple)."""
+    return lambda table: (table[i],)
 
 
 def _devices(groups: _Groups, rec_group: list[int]) -> tuple[list[int], list[int], Counter[int]]:
@@ -930,11 +937,11 @@ class _Columns:
         out: list[list[Any]] = [[] for _ in counts]
         for code in sorted(set(codes)):
             which = [i for i, c in enumerate(codes) if c == code]
-            values = self._region(code, sum(counts[i] for i in which), "columns")
-            pos = 0
-            for i in which:
-                out[i] = values[pos : pos + counts[i]]
-                pos += counts[i]
+            sizes = list(map(counts.__getitem__, which))
+            values = self._region(code, sum(sizes), "columns")
+            ends = list(accumulate(sizes))
+            # cut the region into its columns and put each in its logical place, all in C
+            any(map(out.__setitem__, which, map(values.__getitem__, map(slice, chain((0,), ends), ends))))
         if self.pos != len(self.blob):
             raise _malformed("bytes left over after the columns")
         return out
