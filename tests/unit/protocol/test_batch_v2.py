@@ -269,3 +269,23 @@ def test_version_2_decode_only_ever_decodes_or_refuses_with_a_code(peak_memory: 
     assert all(refused > 100 for _, refused in tally.values()), tally
     assert tally["columns"][0] + tally["directory"][0] > 100, tally
     assert peak_memory.growth() < MEMORY_BOUND
+
+
+def test_the_version_2_example_in_the_docs_holds() -> None:
+    """docs/protocol.md, "Body, version 2", Example: the sizes and the column bytes it shows."""
+    t0 = 1_764_061_200_000
+    records = [
+        Record(101, "boiler-7", t0, "telemetry", {"temp_c": 21.5, "on": True}, 17),
+        Record(102, "pump-2", t0 + 4_000, "telemetry", {"rpm": 1450, "temp_c": 40.25}, None, {"zone": "north"}),
+        Record(103, "boiler-7", t0 + 10_020, "telemetry", {"temp_c": 21.6, "on": True}, 18),
+    ]
+    data = encode(records, gateway_id="gw-site-3", stream=Stream.TELEMETRY, gateway_time_ms=t0 + 15_000, compression=Compression.NONE, version=2)
+    body = data[HEADER_SIZE + len("gw-site-3") :]
+    (n,) = struct.unpack_from(">I", body)
+    assert (len(data), len(body), n) == (198, 141, 124)
+    assert msgpack.unpackb(body[4 : 4 + n], raw=False) == [
+        ["boiler-7", "pump-2"], ["temp_c", "on", "rpm"], ["telemetry"], [[0, [0, 2, 1, 0]], [1, [2, 1, 0, 2]]],
+        [{}, {"zone": "north"}], [], [t0, 4000], [10020, 0], [17, [None]], [1, 0, 0, 2], [215, None, 1450, 4025], b"\x11" * 11,
+    ]
+    assert body[4 + n :].hex(" ") == "01 01 00 01 00 00 01 00 00 01 01 01 01"
+    assert decode(data).records == records
