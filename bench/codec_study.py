@@ -71,11 +71,15 @@ def _varint(values: Sequence[int]) -> bytes:
     return bytes(out)
 
 
+def _xors(floats: Sequence[float]) -> list[int]:
+    """Each double's bits XOR the previous one's (what Gorilla and Chimp encode)."""
+    bits = [_bits64(f) for f in floats]
+    return [a ^ b for a, b in zip(bits[1:], bits, strict=False)]
+
+
 def _gorilla_bits(floats: Sequence[float]) -> int:
-    bits, prev, window = 64, _bits64(floats[0]), None
-    for f in floats[1:]:
-        cur = _bits64(f)
-        x, prev = cur ^ prev, cur
+    bits, window = 64, None
+    for x in _xors(floats):
         if x == 0:
             bits += 1
             continue
@@ -89,17 +93,14 @@ def _gorilla_bits(floats: Sequence[float]) -> int:
 
 
 def _chimp_bits(floats: Sequence[float]) -> int:
-    bits, prev, last_lead = 64, _bits64(floats[0]), None
-    for f in floats[1:]:
-        cur = _bits64(f)
-        x, prev = cur ^ prev, cur
+    bits, last_lead = 64, None
+    for x in _xors(floats):
         if x == 0:
             bits, last_lead = bits + 2, None
-            continue
-        lead, trail = _CHIMP_LEAD[64 - x.bit_length()], (x & -x).bit_length() - 1
-        if trail > 6:
+        elif (trail := (x & -x).bit_length() - 1) > 6:
+            lead = _CHIMP_LEAD[64 - x.bit_length()]
             bits, last_lead = bits + 2 + 3 + 6 + 64 - lead - trail, None
-        elif lead == last_lead:
+        elif (lead := _CHIMP_LEAD[64 - x.bit_length()]) == last_lead:
             bits += 2 + 64 - lead
         else:
             bits, last_lead = bits + 2 + 3 + 64 - lead, lead
