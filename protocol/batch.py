@@ -937,11 +937,11 @@ class _Columns:
         out: list[list[Any]] = [[] for _ in counts]
         for code in sorted(set(codes)):
             which = [i for i, c in enumerate(codes) if c == code]
-            sizes = list(map(counts.__getitem__, which))
-            values = self._region(code, sum(sizes), "columns")
-            ends = list(accumulate(sizes))
-            # cut the region into its columns and put each in its logical place, all in C
-            any(map(out.__setitem__, which, map(values.__getitem__, map(slice, chain((0,), ends), ends))))
+            values = self._region(code, sum(map(counts.__getitem__, which)), "columns")
+            pos = 0
+            for i in which:  # cut the region into its columns, each to its logical place
+                out[i] = values[pos : pos + counts[i]]
+                pos += counts[i]
         if self.pos != len(self.blob):
             raise _malformed("bytes left over after the columns")
         return out
