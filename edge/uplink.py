@@ -57,7 +57,7 @@ from pulse.edge.pacing import BatchSizer, ByteWindow, Health, LinkEstimate, Link
 from pulse.edge.pacing import LinkState as LinkState
 from pulse.edge.throttle import TokenBucket
 from pulse.protocol import sync
-from pulse.protocol.batch import Record, Stream, encode
+from pulse.protocol.batch import VERSION_1, Record, Stream, encode
 from pulse.protocol.errors import BatchError, Code, PulseError
 
 log = logging.getLogger("pulse.edge.uplink")
@@ -88,6 +88,7 @@ class _Prepared:
     data: bytes | None
     error: BatchError | None
     at: float
+    version: int = VERSION_1
 
 
 @dataclass
@@ -225,6 +226,8 @@ class Uplink:
         """Batches sent and not yet acked (at most ``sync.window``)."""
         self.clock_offset_ms = 0
         self.clock_corrected = False
+        self.batch_version = VERSION_1
+        """The batch format sent: version 1 until the cloud's acks announce a newer one both read."""
         self.certificate_expires: dt.datetime | None = None
         self._attempts = [0]
         self._limit: dict[Stream, int] = {}
@@ -416,10 +419,12 @@ class Uplink:
         records = await bounded(self.buffer.read(stream, after_seq, limit), self.settings.request_timeout_s, "reading the buffer")
         if not records:
             return None
+        version = self.batch_version
         try:
             while True:
                 data = await asyncio.to_thread(
-                    encode, records, gateway_id=self.enrollment.gateway_id, stream=stream, gateway_time_ms=int(time.time() * 1000)
+                    encode, records, gateway_id=self.enrollment.gateway_id, stream=stream, gateway_time_ms=int(time.time() * 1000),
+                    version=version,
                 )
                 sizer.encoded(len(records), len(data))
                 keep = fit_records(len(records), len(data), budget)
@@ -427,8 +432,8 @@ class Uplink:
                     break
                 records = records[:keep]  # more than its time on the wire: fewer records, encoded again
         except BatchError as exc:
-            return _Prepared(stream, after_seq, records, None, exc, time.monotonic())
-        return _Prepared(stream, after_seq, records, data, None, time.monotonic())
+            return _Prepared(stream, after_seq, records, None, exc, time.monotonic(), version)
+        return _Prepared(stream, after_seq, records, data, None, time.monotonic(), version)
 
     def _drop_prepared(self) -> None:
         if self._prepared is not None:
@@ -444,7 +449,7 @@ class Uplink:
             except (TimeoutError, PulseError, OSError) as exc:
                 log.debug("uplink: the batch prepared ahead failed (%s); reading again", exc)
                 ready = None
-            if ready is not None and ready.stream is stream and ready.after_seq == after_seq:
+            if ready is not None and ready.stream is stream and ready.after_seq == after_seq and ready.version == self.batch_version:
                 if time.monotonic() - ready.at <= PREPARED_MAX_AGE_S:
                     return ready
         return await self._prepare(stream, after_seq)
@@ -542,6 +547,13 @@ class Uplink:
             if exc.status == 409 and exc.code is Code.SYNC_OUT_OF_ORDER:
                 self.health.succeeded(self.clock())  # the cloud answered; the batch ahead of it failed
                 return False
+            if exc.status == 400 and exc.code is Code.BATCH_VERSION_UNSUPPORTED and head.batch.version != VERSION_1:
+                # the cloud no longer reads this format (rolled back to an older version): the
+                # records are fine, so they go again in version 1, which every cloud reads
+                self.health.succeeded(self.clock())
+                log.warning("uplink: the cloud refused batch format %d; sending version 1", head.batch.version)
+                self.batch_version = VERSION_1
+                return False
             if exc.status == 413 or (exc.status == 400 and str(exc.code).startswith("batch.")):
                 self.health.succeeded(self.clock())  # the cloud answered
                 await self._refused(stream, records, str(exc.code), exc.message)
@@ -560,6 +572,7 @@ class Uplink:
         self._sizer(stream).after_ack()
         self._succeeded()
         self.clock_offset_ms, self.clock_corrected = ack.clock_offset_ms, ack.clock_corrected
+        self.batch_version = sync.choose_batch_version(ack.batch_versions)
         if ack.verdict is sync.Verdict.REPLAY:
             self.replays += 1
         # counted as the cloud's ack arrives: the buffer's backlog drops inside ``Buffer.ack``, and

@@ -4,7 +4,7 @@ A batch is a 48-byte fixed header, the gateway id, and a payload (big-endian int
 
     offset size  field
     0      4     magic b"PSYN"
-    4      1     format version (1)
+    4      1     format version (1 or 2: the body's layout; the header is the same in both)
     5      1     compression: 0 none, 1 zstd
     6      1     stream (Stream)
     7      1     gateway id length L (1-128)
@@ -27,20 +27,35 @@ names and kinds it carries); timestamps are delta-of-delta per device; device se
 are deltas per device; metric values live in one column per (device, metric), as deltas of
 decimal-scaled integers when the floats are short decimals (21.37 -> 2137 at scale 2), so a
 slowly changing or repeated reading costs about one byte before zstd.
+
+Version 2 keeps the header and the dictionaries and changes how the numbers travel: a small msgpack
+*directory* (dictionaries, groups, per-series first values and scales, and the list of numeric
+columns) followed by the numeric columns as fixed-width little-endian integers (1, 2, 4 or 8 bytes,
+the narrowest that holds the column) stored byte-plane by byte-plane ("shuffled"), so zstd sees
+long runs of equal high bytes. A series' first value lives in the directory, so one large starting
+value does not widen its column; timestamps travel as the difference between each interval and
+the device's usual interval (its median), which costs less than delta-of-delta when the jitter is
+independent from one reading to the next. Decoding is ``array.frombytes`` + ``accumulate`` per column
+and C-level ``map`` to assemble the records. See docs/protocol.md, "Body, version 2".
+
+Which version a gateway sends is its choice among those the cloud announces (``VERSIONS``,
+carried in every batch ack); a cloud decodes every version in ``VERSIONS``.
 """
 
 from __future__ import annotations
 
 import math
 import struct
+import sys
 import zlib
+from array import array
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Container, Iterator, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 from itertools import accumulate, chain, repeat
-from operator import sub, truediv
-from typing import NamedTuple, cast
+from operator import add, itemgetter, sub, truediv
+from typing import Any, NamedTuple, cast
 
 import msgpack
 import zstandard
@@ -50,7 +65,12 @@ from pulse.protocol.errors import BatchError, Code
 from pulse.protocol.topics import valid_device_id
 
 MAGIC = b"PSYN"
-FORMAT_VERSION = 1
+VERSION_1 = 1
+"""msgpack columns (every Pulse cloud reads it; a gateway sends it until the cloud announces more)."""
+VERSION_2 = 2
+"""A msgpack directory + fixed-width, byte-shuffled numeric columns (smaller and faster to decode)."""
+VERSIONS = (VERSION_1, VERSION_2)
+"""The batch format versions this codec reads and writes."""
 HEADER = struct.Struct(">4sBBBBQQQIIII")
 HEADER_SIZE = HEADER.size  # 48
 _CRC_SPAN = 44
@@ -63,6 +83,32 @@ _RAW_FLOAT = -1
 _JSON_SCALARS = (str, int, float, bool, type(None))
 MAX_TS_MS = MAX_INT  # record timestamps: 0 to 2**53 ms, so every delta-of-delta fits msgpack's integers
 _MAX_BODY_DEPTH = 16
+_MAX_SCALED_V2 = MAX_INT  # version 2: scaled decimals within ±2**53, so their deltas fit 64-bit columns
+_U32 = struct.Struct(">I")
+
+
+def _typecode(size: int, candidates: str) -> str:
+    """The ``array`` type code of this platform with exactly ``size`` bytes."""
+    return next(tc for tc in candidates if array(tc).itemsize == size)
+
+
+# version 2 numeric columns: wire code -> array type code. 1, 2, 4, 8: signed integers of that
+# many bytes; 17, 18, 20, 24 (16 + bytes): unsigned integers; 40: IEEE 754 doubles (8 bytes)
+_UNSIGNED = 16
+_COL_F64 = 40
+_COLUMN_TYPES = {
+    1: "b",
+    2: _typecode(2, "hil"),
+    4: _typecode(4, "hilq"),
+    8: _typecode(8, "lq"),
+    17: "B",
+    18: _typecode(2, "HIL"),
+    20: _typecode(4, "HILQ"),
+    24: _typecode(8, "LQ"),
+    _COL_F64: "d",
+}
+_WIDTHS = (1, 2, 4, 8)
+_BIG_ENDIAN = sys.byteorder == "big"
 
 
 class Compression(IntEnum):
@@ -115,6 +161,7 @@ class Header:
     body_len: int
     payload_len: int
     compression: Compression
+    version: int = VERSION_1
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,8 +183,12 @@ def read_header(data: bytes, limits: BatchLimits = DEFAULT_BATCH_LIMITS) -> Head
     )
     if magic != MAGIC:
         raise BatchError(Code.BATCH_BAD_MAGIC, "not a Pulse sync batch")
-    if version != FORMAT_VERSION:
-        raise BatchError(Code.BATCH_VERSION_UNSUPPORTED, f"this receiver understands batch format {FORMAT_VERSION}", version=version)
+    if version not in VERSIONS:
+        raise BatchError(
+            Code.BATCH_VERSION_UNSUPPORTED,
+            f"this receiver understands batch formats {', '.join(map(str, VERSIONS))}",
+            version=version,
+        )
     if payload_len > limits.max_payload_bytes or body_len > limits.max_body_bytes:
         raise BatchError(
             Code.BATCH_TOO_LARGE,
@@ -167,20 +218,20 @@ def read_header(data: bytes, limits: BatchLimits = DEFAULT_BATCH_LIMITS) -> Head
             last=last,
             count=count,
         )
-    return Header(gateway_id, stream_kind, first, last, gw_time, count, body_len, payload_len, compression_kind)
+    return Header(gateway_id, stream_kind, first, last, gw_time, count, body_len, payload_len, compression_kind, version)
 
 
 # ---------------------------------------------------------------------------------------------
 # encode
 
 
-def _float_scale(values: Sequence[float]) -> int:
+def _float_scale(values: Sequence[float], max_scaled: int = _MAX_SCALED) -> int:
     """The smallest decimal scale that reproduces every value exactly, or -1 (keep raw floats)."""
     for scale in range(_MAX_SCALE + 1):
         p = 10**scale
         for v in values:
             scaled = v * p
-            if not -_MAX_SCALED <= scaled <= _MAX_SCALED:  # also keeps round() away from infinity
+            if not -max_scaled <= scaled <= max_scaled:  # also keeps round() away from infinity
                 break
             r = round(scaled)
             if r / p != v or (v == 0 and math.copysign(1.0, v) < 0):
@@ -246,8 +297,14 @@ def encode(
     gateway_time_ms: int,
     compression: Compression = Compression.ZSTD,
     level: int = 9,
+    version: int = VERSION_1,
 ) -> bytes:
-    """Encode records (in increasing ``seq`` order) into one batch."""
+    """Encode records (in increasing ``seq`` order) into one batch of format ``version``.
+
+    Version 1 is the default because every cloud reads it; a gateway sends a later version once
+    the cloud has announced it (``sync.BatchAck.batch_versions``)."""
+    if version not in VERSIONS:
+        raise BatchError(Code.BATCH_UNENCODABLE, f"batch format versions are {', '.join(map(str, VERSIONS))}", version=version)
     if not records:
         raise BatchError(Code.BATCH_UNENCODABLE, "a batch holds at least one record")
     if type(gateway_id) is not str or not valid_device_id(gateway_id):
@@ -255,7 +312,7 @@ def encode(
     devices: dict[str, int] = {}
     names: dict[str, int] = {}
     types: dict[str, int] = {}
-    groups: dict[tuple[int, tuple[int, ...]], int] = {}
+    groups: dict[tuple[int, tuple[int, ...]], int] = {}  # (device, (name, kind, name, kind, ...)) -> index
     tag_table: dict[tuple[tuple[str, str], ...], int] = {}
     series: dict[tuple[int, int, int], list[MetricValue]] = {}
     dev_ts: dict[int, list[int]] = {}
@@ -317,56 +374,36 @@ def encode(
         if present and (min(cast(list[int], present)) < 0 or max(cast(list[int], present)) > MAX_SEQ):
             _check_records(records)
 
-    series_out = []
+    # each series as integers where it can be (bools 0/1, ints, decimals scaled), else raw floats
+    scaled: list[tuple[int, int, int, int, list[int] | list[float]]] = []  # (device, name, kind, scale, values)
+    max_scaled = _MAX_SCALED if version == VERSION_1 else _MAX_SCALED_V2
     for (dev, n, k), values in series.items():
         if k == _KIND_FLOAT:
             if not all(map(math.isfinite, cast(list[float], values))):
                 raise _unencodable("metric values are finite: NaN and infinities cannot be sent", metric=list(names)[n])
-            scale = _float_scale(cast(list[float], values))
+            scale = _float_scale(cast(list[float], values), max_scaled)
             if scale == _RAW_FLOAT:
-                series_out.append([dev, n, k, scale, values])
+                scaled.append((dev, n, k, scale, cast(list[float], values)))
                 continue
             p = 10**scale
-            series_out.append([dev, n, k, scale, _deltas([round(v * p) for v in values])])
+            scaled.append((dev, n, k, scale, [round(v * p) for v in values]))
         elif k == _KIND_INT:
             if min(cast(list[int], values)) < -MAX_INT or max(cast(list[int], values)) > MAX_INT:
                 raise _unencodable("integer metric values are within ±2**53", metric=list(names)[n])
-            series_out.append([dev, n, k, 0, _deltas(cast(list[int], values))])
+            scaled.append((dev, n, k, 0, cast(list[int], values)))
         else:
-            series_out.append([dev, n, k, 0, [int(v) for v in values]])
+            scaled.append((dev, n, k, 0, [int(v) for v in values]))
 
-    ts_out = []
-    dseq_out = []
-    for dev, stamps in dev_ts.items():
-        deltas = _deltas(stamps)
-        ts_out.append(_deltas(deltas))  # delta-of-delta: a steady cadence becomes zeros
-        prev: int | None = 0
-        col: list[int | None] = []
-        for s in dev_dseq[dev]:
-            if s is None:
-                col.append(None)
-            else:
-                col.append(s - (prev or 0))
-                prev = s
-        dseq_out.append(col)
-
-    body = [
+    head_tables: list[object] = [
         list(devices),
         list(names),
         list(types),
         [[dev, list(layout)] for (dev, layout) in groups],
         [dict(t) for t in tag_table],
-        seq_deltas,
-        rec_group,
-        rec_type,
-        rec_tags,
-        ts_out,
-        dseq_out,
-        series_out,
-        bodies,
     ]
+    parts = _Parts(head_tables, seq_deltas, rec_group, rec_type, rec_tags, dev_ts, dev_dseq, scaled, bodies)
     try:
-        raw = msgpack.packb(body, use_bin_type=True)
+        raw = _body_v1(parts) if version == VERSION_1 else _body_v2(parts)
     except (TypeError, ValueError, OverflowError) as exc:
         raise BatchError(Code.BATCH_UNENCODABLE, f"record content cannot be encoded: {exc}") from exc
     payload = zstandard.ZstdCompressor(level=level).compress(raw) if compression is Compression.ZSTD else raw
@@ -374,7 +411,7 @@ def encode(
     try:
         head = HEADER.pack(
             MAGIC,
-            FORMAT_VERSION,
+            version,
             Compression(compression),
             Stream(stream),
             len(gw),
@@ -390,6 +427,125 @@ def encode(
         raise _unencodable(f"header field out of range: {exc}") from exc
     crc = zlib.crc32(gw + payload, zlib.crc32(head[:_CRC_SPAN]))
     return head[:_CRC_SPAN] + struct.pack(">I", crc) + gw + payload
+
+
+class _Parts(NamedTuple):
+    """What the encoder gathered from the records, before a version lays it out."""
+
+    head_tables: list[object]  # devices, names, types, groups, tag sets
+    seq_deltas: list[int]
+    rec_group: list[int]
+    rec_type: list[int]
+    rec_tags: list[int]
+    dev_ts: dict[int, list[int]]
+    dev_dseq: dict[int, list[int | None]]
+    scaled: list[tuple[int, int, int, int, list[int] | list[float]]]  # (device, name, kind, scale, values)
+    bodies: list[list[object]]
+
+
+def _body_v1(parts: _Parts) -> bytes:
+    """Version 1: one msgpack array of 13 columns."""
+    head_tables, seq_deltas, rec_group, rec_type, rec_tags, dev_ts, dev_dseq, scaled, bodies = parts
+    series_out = [
+        [dev, n, k, scale, values if scale == _RAW_FLOAT or k == _KIND_BOOL else _deltas(cast(list[int], values))]
+        for dev, n, k, scale, values in scaled
+    ]
+    ts_out = []
+    dseq_out = []
+    for dev, stamps in dev_ts.items():
+        ts_out.append(_deltas(_deltas(stamps)))  # delta-of-delta: a steady cadence becomes zeros
+        dseq_out.append(_dseq_deltas(dev_dseq[dev]))
+    body = [*head_tables, seq_deltas, rec_group, rec_type, rec_tags, ts_out, dseq_out, series_out, bodies]
+    return cast(bytes, msgpack.packb(body, use_bin_type=True))
+
+
+def _dseq_deltas(dseqs: list[int | None]) -> list[int | None]:
+    """Device sequence numbers as deltas from the previous present one; None stays None."""
+    prev = 0
+    col: list[int | None] = []
+    for s in dseqs:
+        if s is None:
+            col.append(None)
+        else:
+            col.append(s - prev)
+            prev = s
+    return col
+
+
+def _body_v2(parts: _Parts) -> bytes:
+    """Version 2: a u32 length, the msgpack directory, then the numeric columns (see the module doc)."""
+    head_tables, seq_deltas, rec_group, rec_type, rec_tags, dev_ts, dev_dseq, scaled, bodies = parts
+    # the four per-record columns first, each on its own; then every other column, grouped by code
+    columns: list[tuple[int, Sequence[int] | Sequence[float]]] = []
+    types_, tag_sets = cast(list[str], head_tables[2]), cast(list[object], head_tables[4])
+    # a type or tag column whose table has one entry says nothing: it is sent empty
+    for col in (seq_deltas[1:], rec_group, rec_type if len(types_) > 1 else [], rec_tags if len(tag_sets) > 1 else []):
+        columns.append((_code(col), col))
+    first_ts: list[int] = []
+    cadences: list[int] = []
+    dev_dseqs: list[object] = []
+    prev_first = 0
+    for dev, stamps in dev_ts.items():
+        intervals = _deltas(stamps)[1:]
+        cadence = sorted(intervals)[len(intervals) // 2] if intervals else 0
+        residuals = [d - cadence for d in intervals]
+        columns.append((_code(residuals), residuals))
+        first_ts.append(stamps[0] - prev_first)
+        prev_first = stamps[0]
+        cadences.append(cadence)
+        dseqs = dev_dseq[dev]
+        if None in dseqs:
+            dev_dseqs.append(_dseq_deltas(dseqs))
+        else:
+            present = cast(list[int], dseqs)
+            gaps = _deltas(present)[1:]
+            columns.append((_code(gaps), gaps))
+            dev_dseqs.append(present[0])
+    # series in the order their keys first appear in the groups' layouts, which is the order the
+    # encoder met them in: the decoder derives the keys, so only scales and first values travel
+    by_key = {(dev, n, k): (scale, values) for dev, n, k, scale, values in scaled}
+    layouts = cast(list[list[Any]], head_tables[3])
+    order = dict.fromkeys((dev, layout[j], layout[j + 1]) for dev, layout in layouts for j in range(0, len(layout), 2))
+    scales: list[int] = []
+    firsts: list[int | None] = []
+    for key in order:
+        scale, values = by_key[key]
+        scales.append(scale)
+        if scale == _RAW_FLOAT:
+            columns.append((_COL_F64, values))
+            firsts.append(None)
+        elif key[2] == _KIND_BOOL:
+            columns.append((_code(cast(list[int], values)), values))
+            firsts.append(None)
+        else:
+            ints = cast(list[int], values)
+            steps = _deltas(ints)[1:]
+            columns.append((_code(steps), steps))
+            firsts.append(ints[0])
+    codes = bytes(code for code, _ in columns)
+    blob = [_pack(code, col) for code, col in columns[:4]]
+    for code in sorted(set(codes[4:])):
+        blob.append(_pack(code, [v for c, col in columns[4:] if c == code for v in col]))
+    directory = msgpack.packb([*head_tables, bodies, first_ts, cadences, dev_dseqs, scales, firsts, codes], use_bin_type=True)
+    return b"".join([_U32.pack(len(directory)), directory, *blob])
+
+
+def _code(values: Sequence[int]) -> int:
+    """The narrowest column code that holds every value: unsigned when none is negative."""
+    lo, hi = (min(values), max(values)) if values else (0, 0)
+    if lo >= 0:
+        return _UNSIGNED + next((w for w in _WIDTHS if hi < 1 << (8 * w)), 8)
+    return next((w for w in _WIDTHS if -(1 << (8 * w - 1)) <= lo and hi < 1 << (8 * w - 1)), 8)
+
+
+def _pack(code: int, values: Sequence[int] | Sequence[float]) -> bytes:
+    """Values as little-endian fixed-width numbers, byte-shuffled: byte 0 of every value, then byte 1..."""
+    col = array(_COLUMN_TYPES[code], values)  # OverflowError for what the code cannot hold
+    if _BIG_ENDIAN:
+        col.byteswap()
+    raw = col.tobytes()
+    w = col.itemsize
+    return raw if w == 1 else b"".join([raw[k::w] for k in range(w)])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -490,16 +646,172 @@ def decode(data: bytes, limits: BatchLimits = DEFAULT_BATCH_LIMITS) -> Batch:
 def _decode_body(data: bytes, header: Header) -> list[Record]:
     payload = data[HEADER_SIZE + len(header.gateway_id.encode()) :]
     raw = _decompress(payload, header)
+    if header.version == VERSION_2:
+        return _decode_v2(raw, header)
+    return _decode_v1(raw, header)
+
+
+def _unpack(raw: bytes | memoryview) -> object:
     try:
-        body = msgpack.unpackb(raw, raw=False, use_list=True, strict_map_key=True)
+        return msgpack.unpackb(raw, raw=False, use_list=True, strict_map_key=True)
     except (ValueError, msgpack.UnpackException, TypeError) as exc:
         raise _malformed(f"msgpack: {str(exc)[:80]}") from exc
-    if not isinstance(body, list) or len(body) != 13:
-        raise _malformed("expected 13 columns")
-    (devices, names, types, groups_raw, tag_table, seq_deltas, rec_group, rec_type, rec_tags, ts_cols, dseq_cols, series_raw, bodies) = body
+
+
+def _check_tables(devices: object, names: object, types: object, tag_table: object) -> tuple[list[str], list[str], list[str], list[dict[str, str]]]:
+    """The dictionaries, the same in every version."""
     devices = _strs(devices, "devices")
     names = _strs(names, "names")
     types = _strs(types, "types")
+    if not all(valid_device_id(d) for d in devices) or len(set(devices)) != len(devices):
+        raise _malformed("device ids")
+    if len(set(names)) != len(names):
+        raise _malformed("metric names repeat in the dictionary")
+    if not isinstance(tag_table, list) or not all(
+        type(t) is dict and set(map(type, t)) <= {str} and set(map(type, t.values())) <= {str} for t in tag_table
+    ):
+        raise _malformed("tags table")
+    return devices, names, types, tag_table
+
+
+def _check_records_columns(seqs: list[int], header: Header, rec_group: list[int], rec_type: list[int], rec_tags: list[int],
+                           groups: int, types: int, tag_sets: int) -> None:
+    if seqs[-1] != header.last_seq:
+        raise BatchError(Code.BATCH_BAD_SEQUENCE, "records' sequence numbers do not end at the header's last")
+    _in_range(rec_type, types, "type")
+    _in_range(rec_tags, tag_sets, "tags")
+    _in_range(rec_group, groups, "group")
+
+
+class _Groups(NamedTuple):
+    dev_idx: list[int]  # per group: index into devices
+    dev: list[str]  # per group: the device id
+    names: list[tuple[str, ...]]  # per group: its metric names, in order
+    keys: list[list[tuple[int, int, int]]]  # per group: the (device, name, kind) series it draws from
+    expected: dict[tuple[int, int, int], int]  # per series: how many values the records use
+    uses: Counter[int]  # per group: how many records use it
+
+
+def _groups(groups_raw: object, devices: list[str], names: list[str], series_keys: Container[tuple[int, int, int]],
+            rec_group: list[int]) -> _Groups:
+    """Groups: which device, which metric names in which order, drawn from which series."""
+    if not isinstance(groups_raw, list):
+        raise _malformed("groups")
+    uses = Counter(rec_group)
+    out = _Groups([], [], [], [], {}, uses)
+    expected = out.expected
+    n_devices, n_names = len(devices), len(names)
+    seen: dict[tuple[object, ...], tuple[list[int], list[int], tuple[str, ...]]] = {}
+    for g, entry in enumerate(groups_raw):
+        if not isinstance(entry, list) or len(entry) != 2:
+            raise _malformed("group entry")
+        dev, layout = entry
+        if type(dev) is not int or not 0 <= dev < n_devices:
+            raise _malformed("group device")
+        layout = _ints(layout, "group layout")
+        shape = seen.get(tuple(layout))  # devices of one profile share a layout: checked once
+        if shape is None:
+            name_idx = layout[0::2]
+            if len(layout) % 2 or (name_idx and (min(name_idx) < 0 or max(name_idx) >= n_names)) or len(set(name_idx)) != len(name_idx):
+                raise _malformed("group layout")
+            shape = seen[tuple(layout)] = (name_idx, layout[1::2], tuple(map(names.__getitem__, name_idx)))
+        keys = list(zip(repeat(dev), shape[0], shape[1]))
+        if not all(map(series_keys.__contains__, keys)):
+            raise _malformed("group refers to a missing series")
+        out.dev_idx.append(dev)
+        out.dev.append(devices[dev])
+        out.names.append(shape[2])
+        out.keys.append(keys)
+        count = uses.get(g, 0)
+        for k in keys:
+            expected[k] = expected.get(k, 0) + count
+    return out
+
+
+def _bodies(bodies: object, n: int) -> list[JsonObject | None]:
+    if not isinstance(bodies, list):
+        raise _malformed("bodies")
+    body_col: list[JsonObject | None] = [None] * n
+    for item in bodies:
+        if not isinstance(item, list) or len(item) != 2 or type(item[0]) is not int or not 0 <= item[0] < n:
+            raise _malformed("body entry")
+        if body_col[item[0]] is not None:
+            raise _malformed("two bodies for one record")
+        if not isinstance(item[1], dict):
+            raise _malformed("body is an object")
+        _check_json(item[1])
+        body_col[item[0]] = item[1]
+    return body_col
+
+
+def _assemble(
+    seqs: list[int],
+    rec_group: list[int],
+    rec_dev: list[int],
+    rec_type: list[int],
+    rec_tags: list[int],
+    groups: _Groups,
+    series: dict[tuple[int, int, int], list[MetricValue]],
+    stamps: dict[int, list[int]],
+    dseqs: dict[int, list[int | None]],
+    types: list[str],
+    tag_table: list[dict[str, str]],
+    body_col: list[JsonObject | None] | None,
+) -> list[Record]:
+    """The records, built column by column in C: every length was checked by the caller.
+
+    One lazy stream of metric dicts per group: for each of the group's series, a stream of
+    (name, value) pairs; zip takes one pair from each and dict() makes the record's metrics (series
+    a device shares between groups stay in record order, as their iterators are shared). Each
+    per-record column is a ``map`` over the record's group or device index, and ``next`` on the
+    matching stream."""
+    iters = {k: iter(v) for k, v in series.items()}
+    group_metrics: list[Iterator[dict[str, MetricValue]]] = [
+        map(dict, zip(*[zip(repeat(name), iters[k], strict=False) for name, k in zip(names_g, keys, strict=True)], strict=False))
+        if keys
+        else iter(dict, None)
+        for names_g, keys in zip(groups.names, groups.keys, strict=True)
+    ]
+    n = len(seqs)
+    ts_iters = [iter(stamps.get(d, ())) for d in range(max(rec_dev) + 1)]
+    dseq_iters = [iter(dseqs.get(d, ())) for d in range(len(ts_iters))]
+    tags_out = [t or None for t in tag_table]
+    # itemgetter(*indices)(table) picks every record's entry in one C call (given 2 or more indices)
+    by_dev, by_group = (itemgetter(*rec_dev), itemgetter(*rec_group)) if n > 1 else (_single(rec_dev[0]), _single(rec_group[0]))
+    columns = zip(  # noqa: B905 (the lengths were checked)
+        seqs,
+        by_group(groups.dev) if len(groups.dev) > 1 else repeat(groups.dev[0], n),
+        map(next, by_dev(ts_iters)),
+        map(types.__getitem__, rec_type) if len(types) > 1 else repeat(types[0], n),
+        map(next, by_group(group_metrics)),
+        map(next, by_dev(dseq_iters)),
+        map(tags_out.__getitem__, rec_tags) if len(tags_out) > 1 else repeat(tags_out[0], n),
+        repeat(None, n) if body_col is None else body_col,
+    )
+    return list(map(tuple.__new__, repeat(Record), columns))
+
+
+def _single(i: int) -> Callable[[Sequence[Any]], tuple[Any, ...]]:
+    """What ``itemgetter(i, j, ...)`` does, for a single index (itemgetter(i) alone gives no tuple)."""
+    return lambda table: (table[i],)
+
+
+def _devices(groups: _Groups, rec_group: list[int]) -> tuple[list[int], list[int], Counter[int]]:
+    """Per record its device index; the devices in order of first appearance; records per device."""
+    rec_dev = list(map(groups.dev_idx.__getitem__, rec_group))
+    order = list(dict.fromkeys(map(groups.dev_idx.__getitem__, dict.fromkeys(rec_group))))
+    counts: Counter[int] = Counter()
+    for g, c in groups.uses.items():
+        counts[groups.dev_idx[g]] += c
+    return rec_dev, order, counts
+
+
+def _decode_v1(raw: bytes, header: Header) -> list[Record]:
+    body = _unpack(raw)
+    if not isinstance(body, list) or len(body) != 13:
+        raise _malformed("expected 13 columns")
+    (devices, names, types, groups_raw, tag_table, seq_deltas, rec_group, rec_type, rec_tags, ts_cols, dseq_cols, series_raw, bodies) = body
+    devices, names, types, tag_table = _check_tables(devices, names, types, tag_table)
     n = header.record_count
     seq_deltas = _ints(seq_deltas, "sequence deltas")
     rec_group = _ints(rec_group, "record groups")
@@ -510,21 +822,9 @@ def _decode_body(data: bytes, header: Header) -> list[Record]:
     if seq_deltas[0] != 0 or (n > 1 and min(seq_deltas[1:]) < 1):
         raise _malformed("sequence numbers must increase")
     seqs = list(accumulate(seq_deltas, initial=header.first_seq))[1:]
-    if seqs[-1] != header.last_seq:
-        raise BatchError(Code.BATCH_BAD_SEQUENCE, "records' sequence numbers do not end at the header's last")
-    if not all(valid_device_id(d) for d in devices) or len(set(devices)) != len(devices):
-        raise _malformed("device ids")
-    if len(set(names)) != len(names):
-        raise _malformed("metric names repeat in the dictionary")
-    if not isinstance(tag_table, list) or not all(
-        type(t) is dict and set(map(type, t)) <= {str} and set(map(type, t.values())) <= {str} for t in tag_table
-    ):
-        raise _malformed("tags table")
-    _in_range(rec_type, len(types), "type")
-    _in_range(rec_tags, len(tag_table), "tags")
     if not isinstance(groups_raw, list):
         raise _malformed("groups")
-    _in_range(rec_group, len(groups_raw), "group")
+    _check_records_columns(seqs, header, rec_group, rec_type, rec_tags, len(groups_raw), len(types), len(tag_table))
 
     # series: (device, name, kind) -> decoded values
     if not isinstance(series_raw, list):
@@ -564,44 +864,18 @@ def _decode_body(data: bytes, header: Header) -> list[Record]:
             raise _malformed("series kind")
         series[(dev, name, kind)] = decoded
 
-    # groups: which device, which metric names in which order, drawn from which series
-    uses = Counter(rec_group)
-    expected: Counter[tuple[int, int, int]] = Counter()
-    group_dev: list[str] = []
-    group_names: list[tuple[str, ...]] = []
-    group_keys: list[list[tuple[int, int, int]]] = []
-    for entry in groups_raw:
-        if not isinstance(entry, list) or len(entry) != 2:
-            raise _malformed("group entry")
-        dev, layout = entry
-        if type(dev) is not int or not 0 <= dev < len(devices):
-            raise _malformed("group device")
-        layout = _ints(layout, "group layout")
-        if len(layout) % 2:
-            raise _malformed("group layout")
-        keys = [(dev, layout[j], layout[j + 1]) for j in range(0, len(layout), 2)]
-        if any(k not in series for k in keys) or len({k[1] for k in keys}) != len(keys):
-            raise _malformed("group refers to a missing series")
-        group_dev.append(devices[dev])
-        group_names.append(tuple(names[k[1]] for k in keys))
-        group_keys.append(keys)
-        count = uses.get(len(group_keys) - 1, 0)
-        for k in keys:
-            expected[k] += count
-    if any(expected[k] != len(v) for k, v in series.items()):
+    groups = _groups(groups_raw, devices, names, series, rec_group)
+    if any(groups.expected.get(k, 0) != len(v) for k, v in series.items()):
         raise _malformed("series lengths do not match the records that use them")
 
     # per-device columns: timestamps (delta-of-delta) and device sequence numbers (deltas)
-    group_dev_idx = [e[0] for e in groups_raw]
-    rec_dev = [group_dev_idx[g] for g in rec_group]
-    dev_counts = Counter(rec_dev)
+    rec_dev, order, dev_counts = _devices(groups, rec_group)  # devices in order of first appearance, as the encoder wrote them
     if not isinstance(ts_cols, list) or not isinstance(dseq_cols, list):
         raise _malformed("per-device columns")
-    order = list(dict.fromkeys(rec_dev))  # devices in order of first appearance, as the encoder wrote them
     if len(ts_cols) != len(order) or len(dseq_cols) != len(order):
         raise _malformed("per-device columns")
-    ts_iters: dict[int, Iterator[int]] = {}
-    dseq_iters: dict[int, Iterator[int | None]] = {}
+    stamps_of: dict[int, list[int]] = {}
+    dseqs_of: dict[int, list[int | None]] = {}
     for dev, ts_col, dseq_col in zip(order, ts_cols, dseq_cols, strict=True):
         ts_col = _ints(ts_col, "timestamps")
         if len(ts_col) != dev_counts[dev] or not isinstance(dseq_col, list) or len(dseq_col) != dev_counts[dev]:
@@ -609,53 +883,191 @@ def _decode_body(data: bytes, header: Header) -> list[Record]:
         stamps = list(accumulate(accumulate(ts_col)))
         if min(stamps) < 0 or max(stamps) > MAX_TS_MS:
             raise _malformed("timestamps out of range")
-        ts_iters[dev] = iter(stamps)
-        dseq = _device_seqs(dseq_col)
-        dseq_iters[dev] = iter(dseq)
+        stamps_of[dev] = stamps
+        dseqs_of[dev] = _device_seqs(dseq_col)
 
-    if not isinstance(bodies, list):
-        raise _malformed("bodies")
-    body_of: dict[int, JsonObject] = {}
-    for item in bodies:
-        if not isinstance(item, list) or len(item) != 2 or type(item[0]) is not int or not 0 <= item[0] < n:
-            raise _malformed("body entry")
-        if item[0] in body_of:
-            raise _malformed("two bodies for one record")
-        if not isinstance(item[1], dict):
-            raise _malformed("body is an object")
-        _check_json(item[1])
-        body_of[item[0]] = item[1]
+    body_col = _bodies(bodies, n) if bodies != [] else None
+    return _assemble(seqs, rec_group, rec_dev, rec_type, rec_tags, groups, series, stamps_of, dseqs_of, types, tag_table, body_col)
 
-    # One lazy stream of metric dicts per group, built in C: zip pulls the next value from each of
-    # the group's series (series a device shares between groups stay in record order, as the
-    # iterators are shared), and dict(zip(names, values)) makes the record's metrics.
-    iters = {k: iter(v) for k, v in series.items()}
-    group_metrics = [
-        map(dict, map(zip, repeat(names_g), zip(*(iters[k] for k in keys), strict=False)) if keys else repeat(()))
-        for names_g, keys in zip(group_names, group_keys, strict=True)
+
+class _Columns:
+    """Version 2's numeric columns: the four per-record columns, then the others grouped by code.
+    Every region is checked to lie within the body before anything is copied out of it."""
+
+    def __init__(self, codes: object, blob: memoryview) -> None:
+        if type(codes) is not bytes or len(codes) < 4 or not set(codes) <= _COLUMN_TYPES.keys():
+            raise _malformed("column codes")
+        self.codes = codes
+        self.blob = blob
+        self.pos = 0
+
+    def _region(self, code: int, count: int, what: str) -> list[Any]:
+        col = array(_COLUMN_TYPES[code])
+        w = col.itemsize
+        start, end = self.pos, self.pos + w * count
+        if end > len(self.blob):
+            raise _malformed(f"{what} run past the body")
+        if w == 1:
+            col.frombytes(self.blob[start:end])
+        else:
+            buf = bytearray(w * count)
+            for k in range(w):  # un-shuffle: plane k holds byte k of every value
+                buf[k::w] = self.blob[start + k * count : start + (k + 1) * count]
+            col.frombytes(buf)
+            if _BIG_ENDIAN:
+                col.byteswap()
+        self.pos = end
+        return col.tolist()
+
+    def record_column(self, i: int, count: int, what: str) -> list[int]:
+        """One of the four per-record columns; they hold no negative number (the encoder writes them unsigned)."""
+        code = self.codes[i]
+        if code == _COL_F64:
+            raise _malformed(f"{what} column kind")
+        col = self._region(code, count, what)
+        if code < _UNSIGNED and col and min(col) < 0:
+            raise _malformed(f"{what}: negative")
+        return col
+
+    def others(self, counts: list[int], floats: list[bool]) -> list[list[Any]]:
+        """The other columns, in their logical order, given how many values each holds."""
+        codes = self.codes[4:]
+        if len(codes) != len(counts) or any((c == _COL_F64) != f for c, f in zip(codes, floats, strict=True)):
+            raise _malformed("column codes do not match the directory")
+        out: list[list[Any]] = [[] for _ in counts]
+        for code in sorted(set(codes)):
+            which = [i for i, c in enumerate(codes) if c == code]
+            values = self._region(code, sum(map(counts.__getitem__, which)), "columns")
+            pos = 0
+            for i in which:  # cut the region into its columns, each to its logical place
+                out[i] = values[pos : pos + counts[i]]
+                pos += counts[i]
+        if self.pos != len(self.blob):
+            raise _malformed("bytes left over after the columns")
+        return out
+
+
+def _decode_v2(raw: bytes, header: Header) -> list[Record]:
+    if len(raw) < _U32.size:
+        raise _malformed("no directory")
+    (dir_len,) = _U32.unpack_from(raw)
+    if _U32.size + dir_len > len(raw):
+        raise _malformed("the directory runs past the body")
+    view = memoryview(raw)
+    directory = _unpack(view[_U32.size : _U32.size + dir_len])
+    if not isinstance(directory, list) or len(directory) != 12:
+        raise _malformed("expected a directory of 12 entries")
+    (devices, names, types, groups_raw, tag_table, bodies, first_ts, cadences, dev_dseqs, scales, firsts, codes) = directory
+    devices, names, types, tag_table = _check_tables(devices, names, types, tag_table)
+    cols = _Columns(codes, view[_U32.size + dir_len :])
+    n = header.record_count
+    seq_deltas = cols.record_column(0, n - 1, "sequence gaps")
+    rec_group = cols.record_column(1, n, "record groups")
+    rec_type = cols.record_column(2, n, "record types") if len(types) > 1 else [0] * n
+    rec_tags = cols.record_column(3, n, "record tags") if len(tag_table) > 1 else [0] * n
+    if 0 in seq_deltas:
+        raise _malformed("sequence numbers must increase")
+    seqs = list(accumulate(seq_deltas, initial=header.first_seq))
+    if not isinstance(groups_raw, list):
+        raise _malformed("groups")
+    if seqs[-1] != header.last_seq:
+        raise BatchError(Code.BATCH_BAD_SEQUENCE, "records' sequence numbers do not end at the header's last")
+    # a type or tag table of one entry sends no column (every record uses entry 0)
+    for col, size, what in ((rec_group, len(groups_raw), "group"), (rec_type, len(types), "type"), (rec_tags, len(tag_table), "tags")):
+        if size == 0 or ((size > 1 or col is rec_group) and max(col) >= size):
+            raise _malformed(f"{what} index out of range")
+
+    # the series' keys, in order of first appearance in the groups' layouts
+    # (a malformed group gets no keys here; ``_groups`` then refuses it with its reason)
+    layouts = [
+        e[1] if isinstance(e, list) and len(e) == 2 and type(e[0]) is int and isinstance(e[1], list) and set(map(type, e[1])) <= {int}
+        else []
+        for e in groups_raw
     ]
-    metrics_next = [m.__next__ for m in group_metrics]
-    tags_out = [t or None for t in tag_table]
-    body_col: list[JsonObject | None] = [None] * n
-    for i, b in body_of.items():
-        body_col[i] = b
-    ts_next = [ts_iters[d].__next__ if d in ts_iters else None for d in range(len(devices))]
-    dseq_next = [dseq_iters[d].__next__ if d in dseq_iters else None for d in range(len(devices))]
-    new = tuple.__new__
-    # Lengths were all checked above, so the zips below cannot run short.
-    return [
-        new(
-            Record,
-            (
-                seq,
-                group_dev[g],
-                ts_next[d](),
-                types[t],
-                metrics_next[g](),
-                dseq_next[d](),
-                tags_out[tg],
-                b,
-            ),
-        )
-        for seq, g, d, t, tg, b in zip(seqs, rec_group, rec_dev, rec_type, rec_tags, body_col)  # noqa: B905
-    ]
+    keys = list(dict.fromkeys(
+        (e[0], lay[j], lay[j + 1]) for e, lay in zip(groups_raw, layouts, strict=True) for j in range(0, len(lay) - 1, 2)
+    ))
+    groups = _groups(groups_raw, devices, names, set(keys), rec_group)
+    rec_dev, order, dev_counts = _devices(groups, rec_group)  # devices in order of first appearance
+    first_ts = _ints(first_ts, "first timestamps")
+    cadences = _ints(cadences, "cadences")
+    if not isinstance(dev_dseqs, list) or not len(first_ts) == len(cadences) == len(dev_dseqs) == len(order):
+        raise _malformed("per-device entries")
+    if not isinstance(scales, list) or not isinstance(firsts, list) or not len(scales) == len(firsts) == len(keys):
+        raise _malformed("series")
+
+    # what each column holds: per device, its timestamps and (when all present) its device sequence
+    # numbers; then per series its values
+    counts: list[int] = []
+    floats: list[bool] = []
+    for dev, dseq in zip(order, dev_dseqs, strict=True):
+        counts.append(dev_counts[dev] - 1)
+        if type(dseq) is int:
+            counts.append(dev_counts[dev] - 1)
+        elif not isinstance(dseq, list) or len(dseq) != dev_counts[dev]:
+            raise _malformed("device sequence numbers")
+    floats = [False] * len(counts)
+    shapes: list[int] = []
+    for key, scale, first in zip(keys, scales, firsts, strict=True):
+        count, kind = groups.expected.get(key, 0), key[2]
+        if count == 0:
+            raise _malformed("a series no record uses")
+        if kind == _KIND_FLOAT and scale == _RAW_FLOAT and first is None:
+            shape = _RAW_FLOAT
+        elif kind == _KIND_FLOAT and type(scale) is int and 0 <= scale <= _MAX_SCALE and type(first) is int:
+            shape = _KIND_FLOAT
+        elif kind == _KIND_INT and scale == 0 and type(first) is int:
+            shape = _KIND_INT
+        elif kind == _KIND_BOOL and scale == 0 and first is None:
+            shape = _KIND_BOOL
+        else:
+            raise _malformed("series kind")
+        shapes.append(shape)
+        counts.append(count if first is None else count - 1)
+        floats.append(shape == _RAW_FLOAT)
+    columns = iter(cols.others(counts, floats))
+
+    # per-device: timestamps as (interval - cadence) from the first; device sequence numbers as
+    # deltas from the first (or version 1's list when some are absent)
+    stamps_of: dict[int, list[int]] = {}
+    dseqs_of: dict[int, list[int | None]] = {}
+    for dev, first, cadence, dseq in zip(order, accumulate(first_ts), cadences, dev_dseqs, strict=True):
+        stamps = list(accumulate(map(add, next(columns), repeat(cadence)), initial=first))
+        if min(stamps) < 0 or max(stamps) > MAX_TS_MS:
+            raise _malformed("timestamps out of range")
+        stamps_of[dev] = stamps
+        if type(dseq) is int:
+            gaps = next(columns)
+            if gaps.count(1) == len(gaps):  # the usual case: the device counted one by one
+                present = list(range(dseq, dseq + len(gaps) + 1))
+                low, high = dseq, present[-1]
+            else:
+                present = list(accumulate(gaps, initial=dseq))
+                low, high = min(present), max(present)
+            if low < 0 or high > MAX_SEQ:
+                raise _malformed("device sequence numbers out of range")
+            dseqs_of[dev] = cast(list[int | None], present)
+        else:
+            dseqs_of[dev] = _device_seqs(dseq)
+
+    series: dict[tuple[int, int, int], list[MetricValue]] = {}
+    for key, shape, scale, first in zip(keys, shapes, scales, firsts, strict=True):
+        col = next(columns)
+        if shape == _RAW_FLOAT:
+            if not all(map(math.isfinite, col)):
+                raise _malformed("raw float series")
+            series[key] = col
+        elif shape == _KIND_FLOAT:
+            series[key] = list(map(truediv, accumulate(col, initial=first), repeat(10**scale)))
+        elif shape == _KIND_INT:
+            values = list(accumulate(col, initial=first))
+            if min(values) < -MAX_INT or max(values) > MAX_INT:
+                raise _malformed("integer metric values are within ±2**53")
+            series[key] = values
+        else:
+            if not set(col) <= {0, 1}:
+                raise _malformed("bool series")
+            series[key] = list(map(bool, col))
+
+    body_col = _bodies(bodies, n) if bodies != [] else None
+    return _assemble(seqs, rec_group, rec_dev, rec_type, rec_tags, groups, series, stamps_of, dseqs_of, types, tag_table, body_col)

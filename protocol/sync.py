@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from pulse.protocol import commands, twin
-from pulse.protocol.batch import Header, Record, Stream
+from pulse.protocol.batch import VERSION_1, VERSIONS, Header, Record, Stream
 from pulse.protocol.commands import Command, CommandEvent, CommandState
 from pulse.protocol.envelope import MessageType
 from pulse.protocol.errors import CommandError, TwinError
@@ -152,7 +152,11 @@ class DownlinkKind(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class BatchAck:
-    """The cloud's answer to one batch: everything up to ``ack_seq`` of ``stream`` is stored."""
+    """The cloud's answer to one batch: everything up to ``ack_seq`` of ``stream`` is stored.
+
+    ``batch_versions``: the batch formats the cloud reads. A gateway sends the newest format it
+    shares with the cloud (``choose_batch_version``); an ack without the field comes from a cloud
+    that reads only version 1."""
 
     stream: Stream
     ack_seq: int
@@ -161,6 +165,7 @@ class BatchAck:
     quarantined: int
     clock_offset_ms: int
     clock_corrected: bool
+    batch_versions: tuple[int, ...] = VERSIONS
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -171,12 +176,16 @@ class BatchAck:
             "quarantined": self.quarantined,
             "clock_offset_ms": self.clock_offset_ms,
             "clock_corrected": self.clock_corrected,
+            "batch_versions": list(self.batch_versions),
         }
 
     @classmethod
     def from_json(cls, doc: object) -> BatchAck:
         if not isinstance(doc, dict):
             raise ValueError("a batch ack is a JSON object")
+        versions = doc.get("batch_versions", [VERSION_1])
+        if not isinstance(versions, list):
+            raise ValueError("a batch ack's batch_versions is a list of integers")
         try:
             return cls(
                 Stream(int(doc["stream"])),
@@ -186,9 +195,16 @@ class BatchAck:
                 _nonneg(doc.get("quarantined", 0)),
                 int(doc.get("clock_offset_ms", 0)),
                 bool(doc.get("clock_corrected", False)),
+                tuple(v for v in versions if type(v) is int),  # versions this gateway never heard of are kept, not used
             )
         except (KeyError, TypeError) as exc:
             raise ValueError(f"a batch ack lacks or mistypes {exc}") from exc
+
+
+def choose_batch_version(offered: Sequence[int]) -> int:
+    """The batch format a gateway sends: the newest both sides read (version 1 when none is shared,
+    as every cloud reads it)."""
+    return max(set(offered) & set(VERSIONS), default=VERSION_1)
 
 
 @dataclass(frozen=True, slots=True)

@@ -107,10 +107,12 @@ async def sync(cloud_settings: Settings, tmp_path: Path, start_cloud: Any) -> As
 NOW_MS = int(time.time() * 1000)
 
 
-def _batch(gateway: str, seqs: list[int], device: str = "dev-1", *, stream: Stream = Stream.TELEMETRY, clock_ms: int | None = None) -> bytes:
+def _batch(gateway: str, seqs: list[int], device: str = "dev-1", *, stream: Stream = Stream.TELEMETRY, clock_ms: int | None = None,
+           version: int = batch.VERSION_1) -> bytes:
     kind = {Stream.TELEMETRY: "telemetry", Stream.EVENTS: "event", Stream.ALERTS: "alert", Stream.TWIN: "twin_reported"}[stream]
     records = [Record(s, device, NOW_MS + s, kind, {"t": float(s)}, s) for s in seqs]
-    return batch.encode(records, gateway_id=gateway, stream=stream, gateway_time_ms=int(time.time() * 1000) if clock_ms is None else clock_ms)
+    return batch.encode(records, gateway_id=gateway, stream=stream, gateway_time_ms=int(time.time() * 1000) if clock_ms is None else clock_ms,
+                        version=version)
 
 
 async def _device(sc: SyncCloud, headers: dict[str, str], device_id: str, **extra: object) -> str:
@@ -219,6 +221,29 @@ async def test_connectivity_events_set_the_device_state_at_once_in_their_order(s
     rows = await sync.rows("SELECT device_id, tags->>'pulse.connectivity' AS kind FROM telemetry WHERE tenant_id = $1 ORDER BY time", tenant)
     assert [(r["device_id"], r["kind"]) for r in rows] == [
         ("dev-1", "connected"), ("dev-2", "connected"), ("dev-1", "lost"), ("dev-2", "disconnected"), ("dev-1", "connected")]
+
+
+async def test_the_cloud_reads_both_batch_formats_and_announces_them(sync: SyncCloud) -> None:
+    """An old gateway sends version 1 (and never reads the ack's ``batch_versions``); a new one
+    switches to version 2 once an ack announces it. The cloud stores both the same way."""
+    tenant, h = await sync.cloud.tenant_user()
+    await _device(sync, h, "dev-1")
+    gw, files = await sync.gateway(h)
+    r = await sync.send(files, _batch(gw, [1, 2, 3], version=1))
+    assert r.status_code == 200, r.text
+    ack = BatchAck.from_json(r.json())
+    assert (ack.verdict, ack.written) == (Verdict.WRITE, 3)
+    assert ack.batch_versions == batch.VERSIONS == (1, 2)
+    r = await sync.send(files, _batch(gw, [4, 5, 6], version=2))
+    assert r.status_code == 200, r.text
+    assert (r.json()["verdict"], r.json()["written"], r.json()["ack_seq"]) == ("write", 3, 6)
+    # a replay is decided from the header, whatever the format: v2 of what v1 carried writes nothing
+    r = await sync.send(files, _batch(gw, [1, 2, 3], version=2))
+    assert (r.json()["verdict"], r.json()["written"]) == ("replay", 0)
+    rows = await sync.rows("SELECT seq, metrics FROM telemetry WHERE tenant_id = $1 ORDER BY seq", tenant)
+    assert [r["seq"] for r in rows] == [1, 2, 3, 4, 5, 6]
+    metrics = [r["metrics"] if isinstance(r["metrics"], dict) else json.loads(r["metrics"]) for r in rows]
+    assert metrics == [{"t": float(s)} for s in range(1, 7)]
 
 
 async def test_overlapping_batch_writes_only_records_above_the_mark(sync: SyncCloud) -> None:

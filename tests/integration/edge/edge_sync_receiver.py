@@ -32,7 +32,7 @@ from pulse.cloud.ca import CertificateAuthority
 from pulse.cloud.db.embedded import free_port
 from pulse.cloud.tls import PeerCertH11Protocol, peer_certificate, server_context
 from pulse.protocol import sync
-from pulse.protocol.batch import Record, Stream, decode
+from pulse.protocol.batch import VERSION_1, VERSIONS, Record, Stream, decode
 from pulse.protocol.errors import BatchError
 
 TENANT, GATEWAY = "tenant-a", "gw-1"
@@ -93,6 +93,10 @@ class Receiver:
     batches_after: int = 0
     """Batches sent behind another still in flight (with ``X-Pulse-After``)."""
     out_of_order: int = 0
+    batch_versions: tuple[int, ...] = VERSIONS
+    """The batch formats this receiver reads and announces in its acks (``(1,)``: a cloud older than version 2)."""
+    versions_seen: list[int] = field(default_factory=list)
+    """The format of each batch that reached the receiver."""
     downlink_items: list[dict[str, Any]] = field(default_factory=list)
     downlink_polls: list[int] = field(default_factory=list)
     downlink_acks: list[int] = field(default_factory=list)
@@ -259,6 +263,9 @@ class Receiver:
         except BatchError as exc:
             return 400, exc.as_dict(), {}
         h = batch.header
+        self.versions_seen.append(h.version)
+        if h.version not in self.batch_versions:
+            return 400, {"code": "batch.version_unsupported", "message": f"this receiver reads formats {self.batch_versions}"}, {}
         if h.gateway_id != gateway_id:
             return 403, {"code": "sync.gateway_mismatch", "message": "another gateway"}, {}
         if any("poison" in r.metrics for r in batch.records):
@@ -273,8 +280,11 @@ class Receiver:
         self.high_water[h.stream] = adm.new_high_water
         self.batch_streams.append(h.stream)
         self.verdicts.append(adm.verdict)
-        ack = sync.BatchAck(h.stream, adm.ack_seq, adm.verdict, len(adm.new_records), 0, 0, False)
-        return 200, ack.to_json(), {}
+        ack = sync.BatchAck(h.stream, adm.ack_seq, adm.verdict, len(adm.new_records), 0, 0, False, self.batch_versions)
+        doc = ack.to_json()
+        if self.batch_versions == (VERSION_1,):
+            del doc["batch_versions"]  # what a cloud from before version 2 answers
+        return 200, doc, {}
 
     async def _downlink(self, scope: Any) -> tuple[int, Any, dict[str, str]]:
         q = dict(p.split("=", 1) for p in scope["query_string"].decode().split("&") if p)

@@ -213,6 +213,47 @@ async def test_a_record_the_cloud_can_never_accept_is_quarantined_and_the_rest_d
     assert gw.uplink is not None and gw.uplink.records_quarantined == 1
 
 
+@pytest.mark.parametrize(
+    ("reads", "expected"),
+    [((1,), {1}), ((1, 2), {1, 2})],
+    ids=["a cloud older than format 2", "a cloud that reads format 2"],
+)
+async def test_the_gateway_sends_the_newest_batch_format_the_cloud_announces(sync_settings, receiver, run_gateway, reads, expected):
+    secret = DeviceRegistry(sync_settings.database).add("dev-1")
+    receiver.batch_versions = reads
+    await enrolled(sync_settings, receiver)
+    gw = await run_gateway()
+    messages = [("telemetry", {"v": 1, "seq": i, "metrics": {"t": round(20 + i * 0.1, 1), "on": i % 2 == 0}}) for i in range(1, 201)]
+    await asyncio.to_thread(publish_all, sync_settings.broker.port, "dev-1", secret, messages)
+    await wait_for(lambda: gw.buffer.backlog()[Stream.TELEMETRY] == 0, "the stream drained")
+    delivered_exactly_once(receiver)
+    assert sorted(r.device_seq for _, r in receiver.rows) == list(range(1, 201))
+    assert set(receiver.versions_seen) == expected
+    assert receiver.versions_seen[0] == 1  # before any ack, only version 1: every cloud reads it
+    assert [r.metrics for _, r in sorted(receiver.rows, key=lambda sr: sr[1].seq)] == [doc["metrics"] for _, doc in messages]
+
+
+async def test_a_cloud_rolled_back_to_format_1_gets_version_1_again_and_nothing_is_quarantined(sync_settings, receiver, run_gateway):
+    secret = DeviceRegistry(sync_settings.database).add("dev-1")
+    await enrolled(sync_settings, receiver)
+    gw = await run_gateway()
+    for start in (1, 51):  # the first batches go before any ack; those after it in format 2
+        first = [("telemetry", {"v": 1, "seq": i, "metrics": {"t": i}}) for i in range(start, start + 50)]
+        await asyncio.to_thread(publish_all, sync_settings.broker.port, "dev-1", secret, first)
+        await wait_for(lambda: gw.buffer.backlog()[Stream.TELEMETRY] == 0, "the stream drained")
+    assert receiver.versions_seen[-1] == 2
+    receiver.batch_versions = (1,)  # the cloud is rolled back: it refuses format 2 from now on
+    seen = len(receiver.versions_seen)
+    more = [("telemetry", {"v": 1, "seq": i, "metrics": {"t": i}}) for i in range(101, 201)]
+    await asyncio.to_thread(publish_all, sync_settings.broker.port, "dev-1", secret, more)
+    await wait_for(lambda: gw.buffer.backlog()[Stream.TELEMETRY] == 0, "the stream drained in format 1")
+    delivered_exactly_once(receiver)
+    assert sorted(r.device_seq for _, r in receiver.rows) == list(range(1, 201))
+    assert await gw.buffer.quarantined() == []
+    assert gw.uplink is not None and gw.uplink.records_quarantined == 0 and gw.uplink.batch_version == 1
+    assert receiver.versions_seen[seen] == 2 and receiver.versions_seen[-1] == 1  # refused once, then sent again in format 1
+
+
 async def test_certificate_is_renewed_at_two_thirds_of_its_life_with_the_same_key(sync_settings, receiver, run_gateway):
     receiver.cert_backdate = dt.timedelta(days=21)  # 21 of 30 days gone: past two thirds
     await enrolled(sync_settings, receiver)

@@ -64,7 +64,7 @@ def assemble(payload: bytes, *, gateway: bytes = GW.encode(), fix: bool = True, 
     """A batch around any payload: lengths from the payload unless given."""
     values: dict[str, object] = {
         "magic": batch.MAGIC,
-        "version": batch.FORMAT_VERSION,
+        "version": batch.VERSION_1,
         "compression": Compression.NONE,
         "stream": Stream.TELEMETRY,
         "gw_len": len(gateway),
@@ -140,7 +140,7 @@ HEADER_CASES: list[tuple[str, bytes, Code]] = [
     ("one byte short of a header", VALID[:47], Code.BATCH_TOO_SHORT),
     ("bad magic", with_header(VALID, magic=b"PSYX"), Code.BATCH_BAD_MAGIC),
     ("JSON instead of a batch", b'{"records": []}' + b" " * 40, Code.BATCH_BAD_MAGIC),
-    ("format version 2", with_header(VALID, version=2), Code.BATCH_VERSION_UNSUPPORTED),
+    ("format version 3", with_header(VALID, version=3), Code.BATCH_VERSION_UNSUPPORTED),
     ("format version 0", with_header(VALID, version=0), Code.BATCH_VERSION_UNSUPPORTED),
     ("payload larger than allowed", with_header(VALID, payload_len=2 * 1024 * 1024 + 1), Code.BATCH_TOO_LARGE),
     ("body larger than allowed", with_header(VALID, body_len=8 * 1024 * 1024 + 1), Code.BATCH_TOO_LARGE),

@@ -298,7 +298,7 @@ def frame(payload: bytes, compression: Compression, body_len: int, *, gateway: b
     values.update(fields)
     head = HEADER.pack(
         batch.MAGIC,
-        batch.FORMAT_VERSION,
+        batch.VERSION_1,
         compression,
         values["stream"],
         len(gateway),

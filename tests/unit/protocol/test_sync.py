@@ -77,6 +77,27 @@ def test_batch_ack_and_downlink_items_round_trip() -> None:
     assert sync.DownlinkItem.from_json(item.to_json()) == item
 
 
+def test_a_batch_ack_announces_the_batch_formats_the_cloud_reads() -> None:
+    ack = sync.BatchAck(Stream.TELEMETRY, 9, sync.Verdict.WRITE, 9, 0, 0, False)
+    assert ack.to_json()["batch_versions"] == [1, 2]
+    # an older cloud's ack has no such field: it reads version 1 only
+    old = {"stream": 1, "ack_seq": 9, "verdict": "write", "written": 9, "quarantined": 0, "clock_offset_ms": 0, "clock_corrected": False}
+    assert sync.BatchAck.from_json(old).batch_versions == (1,)
+    # a newer cloud may read formats this gateway does not know: they are kept, never chosen
+    newer = sync.BatchAck.from_json({**old, "batch_versions": [1, 2, 3, "4"]})
+    assert newer.batch_versions == (1, 2, 3)
+    with pytest.raises(ValueError):
+        sync.BatchAck.from_json({**old, "batch_versions": 2})
+
+
+@pytest.mark.parametrize(
+    ("offered", "chosen"),
+    [((1,), 1), ((1, 2), 2), ((2,), 2), ((1, 2, 3), 2), ((3, 4), 1), ((), 1)],
+)
+def test_a_gateway_sends_the_newest_batch_format_both_sides_read(offered: tuple[int, ...], chosen: int) -> None:
+    assert sync.choose_batch_version(offered) == chosen
+
+
 @pytest.mark.parametrize(
     "doc",
     [None, [], {"stream": 9, "ack_seq": 1, "verdict": "write"}, {"stream": 1, "ack_seq": -1, "verdict": "write"}, {"stream": 1}],
