@@ -300,6 +300,7 @@ class Settings(BaseSettings):
             max_bytes=self.stream_max_bytes,
             publish_timeout_s=self.stream_publish_timeout_s,
             batch_messages=self.stream_batch_messages,
+            batch_rows=self.writer_batch_rows,
             ack_wait_s=self.stream_ack_wait_s,
             retry_after_s=self.retry_after_s,
         )
@@ -381,6 +382,7 @@ class StreamConfig:
     max_bytes: int = -1
     publish_timeout_s: float = 2.0
     batch_messages: int = 256
+    batch_rows: int = 5000  # rows per writer transaction (PULSE_WRITER_BATCH_ROWS)
     ack_wait_s: float = 60.0
     retry_after_s: int = 1
     fetch_wait_s: float = 1.0  # how long a partition writer's fetch waits for messages before asking again

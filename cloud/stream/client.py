@@ -97,6 +97,11 @@ class StreamClient:
     async def _reconnected(self) -> None:
         log.info("reconnected to the ingest stream")
 
+    @property
+    def max_payload(self) -> int:
+        """The largest message the server takes (its ``max_payload``, 1 MiB by default)."""
+        return self._nc.max_payload if self._nc is not None else 1024 * 1024
+
     def jetstream(self) -> JetStreamContext:
         """JetStream on the current connection; ``StreamDown`` when there is none."""
         if self._nc is None or not self._nc.is_connected:

@@ -164,7 +164,20 @@ class PartitionWriters:
         return decoded, last
 
     async def _store(self, subject: str, msgs: list[Msg]) -> None:
+        """Store fetched messages in order, in transactions of about ``batch_rows`` rows each."""
         decoded, last = self._decode(subject, msgs)
+        group: list[_Decoded] = []
+        rows = done = 0
+        for d in decoded:
+            group.append(d)
+            rows += len(d.telemetry) + len(d.quarantine)
+            if rows >= self.config.batch_rows:
+                await self._store_group(subject, group, d.seq)
+                group, rows, done = [], 0, d.seq
+        if group or last > done:
+            await self._store_group(subject, group, last)
+
+    async def _store_group(self, subject: str, decoded: list[_Decoded], last: int) -> None:
         try:
             stored = await self._commit(subject, decoded, last)
         except _REFUSED as exc:

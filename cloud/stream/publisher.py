@@ -70,9 +70,13 @@ class StreamPublisher:
             except NATS_ERRORS as exc:
                 raise self._refuse(f"is unavailable ({type(exc).__name__})") from exc
 
+            limit = self.client.max_payload - 4096  # headroom for the message's headers
+
             async def publish(partition: int, t: list[TelemetryRow], q: list[QuarantineRow]) -> None:
                 subject = partition_subject(self.config.subject, partition)
-                await js.publish(subject, codec.encode(t, q), timeout=self.config.publish_timeout_s, stream=self.config.name)
+                # one message, or (over the server's max_payload) several, published one after the other: in order
+                for body in _bodies(t, q, limit):
+                    await js.publish(subject, body, timeout=self.config.publish_timeout_s, stream=self.config.name)
 
             try:
                 if len(parts) == 1:
@@ -86,3 +90,17 @@ class StreamPublisher:
             self.published += len(parts)
         finally:
             self._inflight_rows -= rows
+
+
+def _bodies(telemetry: list[TelemetryRow], quarantine: list[QuarantineRow], limit: int) -> list[bytes]:
+    """The rows as one message body, or halves of them (recursively) while a body is over ``limit``."""
+    body = codec.encode(telemetry, quarantine)
+    rows = len(telemetry) + len(quarantine)
+    if len(body) <= limit or rows <= 1:
+        return [body]  # a single row over the limit: JetStream refuses it (503); ingest limits keep that from happening
+    if telemetry and quarantine:
+        return _bodies(telemetry, [], limit) + _bodies([], quarantine, limit)
+    half = (len(telemetry) or len(quarantine)) // 2
+    if telemetry:
+        return _bodies(telemetry[:half], [], limit) + _bodies(telemetry[half:], [], limit)
+    return _bodies([], quarantine[:half], limit) + _bodies([], quarantine[half:], limit)
