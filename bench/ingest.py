@@ -142,7 +142,8 @@ async def timed_copy(dsn: str, roles: RoleNames, rows: list[TelemetryRow], chunk
 
 
 def _server(
-    dsn: str, roles_prefix: str, port: int, log: Path, *, workers: int = SERVER_WORKERS, sample_interval_s: float = 5.0
+    dsn: str, roles_prefix: str, port: int, log: Path, *, workers: int = SERVER_WORKERS, sample_interval_s: float = 5.0,
+    extra: dict[str, str] | None = None,
 ) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
@@ -157,6 +158,7 @@ def _server(
         "PULSE_SYNC_PORT": str(free_port()),  # the gateway sync listener, unused here
         "PULSE_DATA_DIR": tempfile.mkdtemp(prefix="pulse-bench-data-"),
         "PULSE_PLATFORM_SAMPLE_INTERVAL_S": str(sample_interval_s),
+        **(extra or {}),
     }
     return subprocess.Popen(
         [sys.executable, "-m", "pulse.cli.main", "cloud", "serve", "--host", "127.0.0.1", "--port", str(port)],
