@@ -32,6 +32,7 @@ import os
 import shutil
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 import asyncpg
@@ -144,7 +145,7 @@ def _bench(dsn: str, postmaster: int | None) -> dict[str, object]:
     }
 
 
-async def _stored_after(dsn: str, tenant: object, target: int, started: float) -> float:
+async def _stored_after(dsn: str, tenant: uuid.UUID, target: int, started: float) -> float:
     """Seconds from ``started`` until the tenant has ``target`` http rows (the stream drained)."""
     conn = await asyncpg.connect(dsn)
     try:
@@ -168,7 +169,7 @@ def _held(url: str) -> int:
 
 
 def _stream_side(
-    dsn: str, prefix: str, roles: RoleNames, tenant: object, devices: list[tuple[str, str]], start_ms: int, postmaster: int | None,
+    dsn: str, prefix: str, roles: RoleNames, tenant: uuid.UUID, devices: list[tuple[str, str]], start_ms: int, postmaster: int | None,
     raws: list[float],
 ) -> dict[str, object]:
     """The one- and two-process runs again, with the stream between ingest and the writers."""
@@ -197,7 +198,7 @@ def _stream_side(
                 if count == 2:
                     held = [_held(u) for u in urls]
                 for r in range(ROUNDS):
-                    before_rows = asyncio.run(base._count(dsn, tenant, "http"))  # type: ignore[arg-type]
+                    before_rows = asyncio.run(base._count(dsn, tenant, "http"))
                     before = (sum(_cpu_s(p.pid) for p in procs), _tree_cpu_s(postmaster) if postmaster else 0.0, time.process_time(),
                               _cpu_s(nats.pid) if nats.pid else 0.0)
                     started = time.perf_counter()
@@ -209,7 +210,7 @@ def _stream_side(
                     slot += 1
                     runs[name].append(n / elapsed)
                     runs[f"{name}_acked"].append(acked_rate)
-                    cpu[name].append(tuple((a - b) / n * 100_000 for a, b in zip(after, before, strict=True)))  # type: ignore[arg-type]
+                    cpu[name].append(tuple((a - b) / n * 100_000 for a, b in zip(after, before, strict=True)))
             finally:
                 for proc in procs:
                     base.stop_server(proc)

@@ -113,6 +113,10 @@ class StreamClient:
         while not self.connected:
             await asyncio.sleep(0.2)
 
+    def forget_stream(self) -> None:
+        """Check (and create) the stream again before the next use: after a failure, it may have been deleted."""
+        self._stream_checked = False
+
     async def ensure_stream(self) -> None:
         """Create the stream when it does not exist yet (any process may; the first one does)."""
         if self._stream_checked:

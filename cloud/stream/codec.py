@@ -49,7 +49,8 @@ def encode(telemetry: Sequence[TelemetryRow], quarantine: Sequence[QuarantineRow
          _us(r.received_at)]
         for r in quarantine
     ]
-    return msgpack.packb([STREAM_FORMAT, t, q], use_bin_type=True)
+    body: bytes = msgpack.packb([STREAM_FORMAT, t, q], use_bin_type=True)
+    return body
 
 
 def decode(body: bytes) -> tuple[list[TelemetryRow], list[QuarantineRow]]:

@@ -103,6 +103,7 @@ class PartitionWriters:
                 try:
                     await self._consume(partition)
                 except (*NATS_ERRORS, StreamDown, *_DB_ERRORS) as exc:
+                    self.client.forget_stream()
                     log.warning("stream partition %s: %s: %s; starting over from its mark", partition, type(exc).__name__, exc)
                 except Exception:  # a bug: log it, start over, never lose the partition
                     log.exception("stream partition %s writer failed; starting over from its mark", partition)

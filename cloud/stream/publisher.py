@@ -86,6 +86,7 @@ class StreamPublisher:
                     await asyncio.gather(*(publish(p, t, q) for p, (t, q) in parts.items()))
             except NATS_ERRORS as exc:
                 log.warning("ingest stream publish failed: %s: %s", type(exc).__name__, exc)
+                self.client.forget_stream()
                 raise self._refuse(f"did not acknowledge ({type(exc).__name__})") from exc
             self.published += len(parts)
         finally:
