@@ -33,6 +33,7 @@ import shutil
 import tempfile
 import time
 import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import asyncpg
@@ -145,14 +146,20 @@ def _bench(dsn: str, postmaster: int | None) -> dict[str, object]:
     }
 
 
-async def _stored_after(dsn: str, tenant: uuid.UUID, target: int, started: float) -> float:
-    """Seconds from ``started`` until the tenant has ``target`` http rows (the stream drained)."""
+async def _stored_after(dsn: str, tenant: uuid.UUID, devices: list[str], first_ms: int, target: int, started: float) -> float:
+    """Seconds from ``started`` until the run's ``target`` rows (times from ``first_ms`` on, within a
+    minute: ``base._ingest``'s envelopes) are in PostgreSQL: the stream drained."""
+    lo = datetime.fromtimestamp(first_ms / 1000, UTC)
+    hi = lo + timedelta(minutes=1)
     conn = await asyncpg.connect(dsn)
     try:
         while True:
             async with conn.transaction():
                 await conn.execute("SELECT set_config('app.tenant_id', $1, true)", str(tenant))
-                n = int(await conn.fetchval("SELECT count(*) FROM telemetry WHERE tenant_id = $1 AND source = 'http'", tenant))
+                n = int(await conn.fetchval(
+                    "SELECT count(*) FROM telemetry WHERE tenant_id = $1 AND device_id = ANY($2) AND time >= $3 AND time < $4",
+                    tenant, devices, lo, hi,
+                ))
             if n >= target:
                 return time.perf_counter() - started
             if time.perf_counter() - started > 600:
@@ -198,13 +205,12 @@ def _stream_side(
                 if count == 2:
                     held = [_held(u) for u in urls]
                 for r in range(ROUNDS):
-                    before_rows = asyncio.run(base._count(dsn, tenant, "http"))
                     before = (sum(_cpu_s(p.pid) for p in procs), _tree_cpu_s(postmaster) if postmaster else 0.0, time.process_time(),
                               _cpu_s(nats.pid) if nats.pid else 0.0)
                     started = time.perf_counter()
-                    acked_rate, n = asyncio.run(base._ingest(urls, devices, start_ms + slot * 60_000, warm_up=r == 0))
-                    warm = len(urls) * len(devices) if r == 0 else 0
-                    elapsed = asyncio.run(_stored_after(dsn, tenant, before_rows + n + warm, started))
+                    run_ms = start_ms + slot * 60_000
+                    acked_rate, n = asyncio.run(base._ingest(urls, devices, run_ms, warm_up=r == 0))
+                    elapsed = asyncio.run(_stored_after(dsn, tenant, [d for d, _ in devices], run_ms + 3_600_000, n, started))
                     after = (sum(_cpu_s(p.pid) for p in procs), _tree_cpu_s(postmaster) if postmaster else 0.0, time.process_time(),
                              _cpu_s(nats.pid) if nats.pid else 0.0)
                     slot += 1
