@@ -316,6 +316,11 @@ def create_app(
     app.state.metrics = metrics
     app.state.writer = writer
     app.state.stream = partition_writers
+    if stream_client is not None and partition_writers is not None:
+        client, stats = stream_client, partition_writers.stats
+        metrics.watch_stream(lambda: {"connected": float(client.connected), "partitions": len(stats.partitions),
+                                      "stored_messages": stats.stored_messages, "skipped_messages": stats.skipped_messages,
+                                      "takeovers": stats.takeovers})
     app.state.live = hub
     app.state.replica = replica
     app.state.rules = rules

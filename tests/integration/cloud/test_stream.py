@@ -81,6 +81,8 @@ async def test_readings_go_through_the_stream_to_postgresql_the_live_view_and_th
     stats = cloud.app.state.stream.stats
     assert stats.stored_messages == 2 and stats.skipped_messages == 0
     assert len(stats.partitions) == cloud.settings.stream_partitions  # one process: it writes every partition
+    prometheus = (await cloud.client.get("/metrics")).text
+    assert "pulse_stream_stored_messages 2.0" in prometheus and "pulse_stream_connected 1.0" in prometheus
     health = (await cloud.client.get("/health")).json()
     assert health["stream"] == "connected"
     assert {f"stream-{p}" for p in range(cloud.settings.stream_partitions)} <= set(health["cluster_jobs"])
