@@ -58,6 +58,8 @@ MESSAGES = 200_000
 CONCURRENCY = int(os.environ.get("PULSE_BENCH_CONCURRENCY", "16"))
 SERVER_WORKERS = int(os.environ.get("PULSE_BENCH_WORKERS", "2"))  # one per core
 ROUNDS = int(os.environ.get("PULSE_BENCH_ROUNDS", "3"))
+REFUSED = {"rate_limited": 0}
+"""429s the runs met and resent (a run that met one is slower than it could be)"""
 WRITER_BATCH_ROWS = int(os.environ.get("PULSE_BENCH_WRITER_BATCH_ROWS", "5000"))
 
 
@@ -217,11 +219,16 @@ async def _ingest(url: str | list[str], devices: list[tuple[str, str]], start_ms
             done = 0
             while queue:
                 token, body = queue.pop()
-                r = await client.post(
-                    urls[slot % len(urls)] + "/ingest/v1/telemetry",
-                    content=body,
-                    headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
-                )
+                while True:
+                    r = await client.post(
+                        urls[slot % len(urls)] + "/ingest/v1/telemetry",
+                        content=body,
+                        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+                    )
+                    if r.status_code != 429:
+                        break
+                    REFUSED["rate_limited"] += 1  # the shared bucket said no: resend after Retry-After, as a device does
+                    await asyncio.sleep(float(r.headers.get("Retry-After", "1")))
                 if r.status_code != 200:
                     raise RuntimeError(f"ingest answered {r.status_code}: {r.text[:300]}")
                 done += int(r.json()["accepted"])

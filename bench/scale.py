@@ -231,6 +231,7 @@ def _stream_side(
         "partitions": STREAM_PARTITIONS,
         "nats": "embedded nats-server (file store)" if not os.environ.get("PULSE_BENCH_NATS_URL") else "PULSE_BENCH_NATS_URL",
         "partitions_held": held,
+        "rate_limited_resends": base.REFUSED["rate_limited"],
         "one_process_runs": [round(x) for x in runs["one"]],
         "two_process_runs": [round(x) for x in runs["two"]],
         "one_process_msgs_per_s": round(one),
