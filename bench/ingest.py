@@ -58,6 +58,8 @@ MESSAGES = 200_000
 CONCURRENCY = int(os.environ.get("PULSE_BENCH_CONCURRENCY", "16"))
 SERVER_WORKERS = int(os.environ.get("PULSE_BENCH_WORKERS", "2"))  # one per core
 ROUNDS = int(os.environ.get("PULSE_BENCH_ROUNDS", "3"))
+REFUSED = {"rate_limited": 0}
+"""429s the runs met and resent (a run that met one is slower than it could be)"""
 WRITER_BATCH_ROWS = int(os.environ.get("PULSE_BENCH_WRITER_BATCH_ROWS", "5000"))
 
 
@@ -130,7 +132,8 @@ async def timed_copy(dsn: str, roles: RoleNames, rows: list[TelemetryRow], chunk
 
 
 def _server(
-    dsn: str, roles_prefix: str, port: int, log: Path, *, workers: int = SERVER_WORKERS, sample_interval_s: float = 5.0
+    dsn: str, roles_prefix: str, port: int, log: Path, *, workers: int = SERVER_WORKERS, sample_interval_s: float = 5.0,
+    extra: dict[str, str] | None = None,
 ) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
@@ -145,6 +148,7 @@ def _server(
         "PULSE_SYNC_PORT": str(free_port()),  # the gateway sync listener, unused here
         "PULSE_DATA_DIR": tempfile.mkdtemp(prefix="pulse-bench-data-"),
         "PULSE_PLATFORM_SAMPLE_INTERVAL_S": str(sample_interval_s),
+        **(extra or {}),
     }
     return subprocess.Popen(
         [sys.executable, "-m", "pulse.cli.main", "cloud", "serve", "--host", "127.0.0.1", "--port", str(port)],
@@ -203,11 +207,16 @@ async def _ingest(url: str | list[str], devices: list[tuple[str, str]], start_ms
             done = 0
             while queue:
                 token, body = queue.pop()
-                r = await client.post(
-                    urls[slot % len(urls)] + "/ingest/v1/telemetry",
-                    content=body,
-                    headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
-                )
+                while True:
+                    r = await client.post(
+                        urls[slot % len(urls)] + "/ingest/v1/telemetry",
+                        content=body,
+                        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+                    )
+                    if r.status_code != 429:
+                        break
+                    REFUSED["rate_limited"] += 1  # the shared bucket said no: resend after Retry-After, as a device does
+                    await asyncio.sleep(float(r.headers.get("Retry-After", "1")))
                 if r.status_code != 200:
                     raise RuntimeError(f"ingest answered {r.status_code}: {r.text[:300]}")
                 done += int(r.json()["accepted"])

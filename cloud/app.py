@@ -57,6 +57,9 @@ from pulse.cloud.platform.sampler import Sampler
 from pulse.cloud.replicas import Replica
 from pulse.cloud.reports import worker as report_worker
 from pulse.cloud.settings import Settings
+from pulse.cloud.stream.client import StreamClient
+from pulse.cloud.stream.consumer import PartitionWriters
+from pulse.cloud.stream.publisher import StreamPublisher
 from pulse.cloud.subscriptions import worker as subscription_worker
 from pulse.cloud.subscriptions.store import Entitlements
 from pulse.cloud.sync.app import SyncListener, create_sync_app
@@ -84,6 +87,7 @@ class Health(BaseModel):
     database: str = Field(description='"ok", or "unreachable: <why>"')
     writer_queue_rows: int | None = Field(default=None, description="rows waiting in the telemetry writer (when the database answers)")
     cluster_jobs: list[str] = Field(default_factory=list, description="the once-per-cluster jobs this replica runs now")
+    stream: Literal["connected", "unreachable"] | None = Field(default=None, description="with PULSE_STREAM_URL: this replica's connection to the ingest stream")
 
 
 def create_app(
@@ -143,10 +147,14 @@ def create_app(
                 log.exception("after-commit listener %s failed; the rows are stored", listener)
 
     writer = Writer(settings.writer, retry_after_s=settings.retry_after_s, on_flush=metrics.on_flush, on_commit=committed)
+    # PULSE_STREAM_URL: ingest publishes to JetStream instead, and partition writers (cluster jobs) store from it
+    stream_client = StreamClient(settings.stream, name=f"pulse-cloud {socket.gethostname()}:{os.getpid()}") if settings.stream else None
+    publisher = StreamPublisher(stream_client, settings.stream) if stream_client and settings.stream else None
+    partition_writers = PartitionWriters(stream_client, settings.stream, db, on_commit=committed) if stream_client and settings.stream else None
     metrics.watch_queue(lambda: writer.queued_rows)
     twin_limits = TwinLimits(max_state_bytes=settings.twin_max_state_bytes)
     ingest = ingest_http.IngestService(
-        config=settings.ingest, tokens=tokens, writer=writer, metrics=metrics, db=db, twin_limits=twin_limits
+        config=settings.ingest, tokens=tokens, writer=publisher or writer, metrics=metrics, db=db, twin_limits=twin_limits
     )
     ingest.firmware_files = jobs_api.files_of(settings)
     # gateway data reaches the live view and the rules
@@ -246,6 +254,10 @@ def create_app(
             lambda: jobs.run_forever(db, interval_s=settings.job_interval_s, clock=lambda: to_ms(now()), limits=twin_limits,
                                      wake=sync.notifier.wake),
         )
+        if stream_client is not None and partition_writers is not None:
+            stream_client.start()
+            for name, job in partition_writers.jobs().items():
+                replica.add_job(name, job, group="stream")
         replica.start()
         listener = SyncListener(create_sync_app(sync, jobs_api.files_of(settings)), settings.sync, sync.ca, metrics) if sync_listener else None
         try:
@@ -257,6 +269,8 @@ def create_app(
             if listener is not None:
                 await listener.stop()
             await replica.stop()
+            if stream_client is not None:
+                await stream_client.stop()
             await sampler.stop()
             await writer.stop()
             await rules.stop()
@@ -301,6 +315,12 @@ def create_app(
         )
     app.state.metrics = metrics
     app.state.writer = writer
+    app.state.stream = partition_writers
+    if stream_client is not None and partition_writers is not None:
+        client, stats = stream_client, partition_writers.stats
+        metrics.watch_stream(lambda: {"connected": float(client.connected), "partitions": len(stats.partitions),
+                                      "stored_messages": stats.stored_messages, "skipped_messages": stats.skipped_messages,
+                                      "takeovers": stats.takeovers})
     app.state.live = hub
     app.state.replica = replica
     app.state.rules = rules
@@ -324,7 +344,10 @@ def create_app(
                 await conn.fetchval("SELECT 1")
         except Exception as exc:  # noqa: BLE001 - any failure means "database unreachable"
             return JSONResponse({"status": "degraded", "database": f"unreachable: {exc}"}, status_code=503)
-        return JSONResponse({"status": "ok", "database": "ok", "writer_queue_rows": writer.queued_rows, "cluster_jobs": replica.leadership.held})
+        body: dict[str, object] = {"status": "ok", "database": "ok", "writer_queue_rows": writer.queued_rows, "cluster_jobs": replica.leadership.held}
+        if stream_client is not None:
+            body["stream"] = "connected" if stream_client.connected else "unreachable"
+        return JSONResponse(body)
 
     @app.get("/metrics", tags=["ops"], summary="Prometheus metrics")
     async def prometheus() -> Response:

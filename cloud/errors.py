@@ -13,7 +13,8 @@
         ├── TooLargeError               413: body over the limit
         ├── RateLimitedError            429: slow down, Retry-After
         ├── OverloadedError             503: writer full or storage unavailable, Retry-After
-        │   └── StorageUnavailableError the database refused or dropped the write
+        │   ├── StorageUnavailableError the database refused or dropped the write
+        │   └── StreamUnavailableError  the ingest stream did not acknowledge the publish
         └── UnavailableError            503: a store behind the request failed (its own code), Retry-After
 
 Database driver errors are translated at the adapter (db/, ingest/writer.py) with ``raise … from``.
@@ -80,8 +81,8 @@ class RateLimitedError(CloudError):
 class OverloadedError(CloudError):
     status = 503
 
-    def __init__(self, message: str, *, retry_after_s: int, **context: object) -> None:
-        super().__init__(Code.INGEST_OVERLOADED, message, headers={"Retry-After": str(retry_after_s)}, **context)
+    def __init__(self, message: str, *, retry_after_s: int, code: Code = Code.INGEST_OVERLOADED, **context: object) -> None:
+        super().__init__(code, message, headers={"Retry-After": str(retry_after_s)}, **context)
 
 
 class UnavailableError(CloudError):
@@ -93,3 +94,10 @@ class UnavailableError(CloudError):
 
 class StorageUnavailableError(OverloadedError):
     """The database refused or dropped a write; nothing from the batch was committed."""
+
+
+class StreamUnavailableError(OverloadedError):
+    """The ingest stream did not acknowledge a publish (down, unreachable, full, too slow): nothing was accepted."""
+
+    def __init__(self, message: str, *, retry_after_s: int, **context: object) -> None:
+        super().__init__(message, retry_after_s=retry_after_s, code=Code.INGEST_STREAM_UNAVAILABLE, **context)

@@ -16,6 +16,7 @@ import re
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
+from functools import partial
 from typing import Any
 
 import asyncpg
@@ -112,6 +113,17 @@ class Metrics:
 
     def watch_queue(self, depth: Callable[[], int]) -> None:
         self.queue_rows.set_function(lambda: float(depth()))
+
+    def watch_stream(self, figures: Callable[[], dict[str, float]]) -> None:
+        """With the ingest stream: this replica's connection, partitions held and what its writers stored."""
+        for key, help_text in (
+            ("connected", "1 while this replica is connected to the ingest stream"),
+            ("partitions", "Ingest stream partitions whose writer runs on this replica"),
+            ("stored_messages", "Stream messages this replica's partition writers stored (since start)"),
+            ("skipped_messages", "Redelivered stream messages skipped as already stored (since start)"),
+            ("takeovers", "Times this replica's writers (re)started a partition from its mark (since start)"),
+        ):
+            Gauge(f"pulse_stream_{key}", help_text, registry=self.registry).set_function(partial(_figure, figures, key))
 
     def sample_pools(self, pools: dict[str, asyncpg.Pool]) -> None:
         for name, pool in pools.items():
@@ -224,3 +236,7 @@ class HttpMetrics:
         finally:
             self._metrics.http_seconds.labels(group).observe(time.perf_counter() - started)
             self._metrics.http_requests.labels(group, f"{status // 100}xx").inc()
+
+
+def _figure(figures: Callable[[], dict[str, float]], key: str) -> float:
+    return float(figures()[key])

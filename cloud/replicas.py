@@ -81,8 +81,8 @@ class Replica:
         self.leadership.add("rate-buckets", self._forget_buckets)
         self._tasks: list[asyncio.Task[None]] = []
 
-    def add_job(self, name: str, job: Job) -> None:
-        self.leadership.add(name, job)
+    def add_job(self, name: str, job: Job, *, group: str | None = None) -> None:
+        self.leadership.add(name, job, group=group)
 
     async def fetch_metrics(self, tenant_id: uuid.UUID, device_id: str, t_ms: int) -> dict[str, float | bool] | None:
         at = dt.datetime.fromtimestamp(t_ms / 1000, dt.UTC)

@@ -182,6 +182,16 @@ class Settings(BaseSettings):
     rate_limit_lease_s: float = Field(default=1.0, gt=0, description="how long a replica keeps leased tokens before giving back the unspent ones")
     cluster_poll_s: float = Field(default=2.0, gt=0, description="how often a replica tries to take over once-per-cluster jobs and renews its own")
     cluster_lease_s: float = Field(default=6.0, gt=0, le=10, description="a replica that cannot reach the database this long stops its once-per-cluster jobs")
+    # the optional NATS JetStream between ingest and the telemetry writers (issue 26, cloud/stream/)
+    stream_url: str | None = Field(default=None, description="nats://host:4222 (comma-separated for a cluster): ingest publishes to JetStream and partition writers store from it; unset: ingest writes to PostgreSQL itself")
+    stream_name: str = Field(default="PULSE_INGEST", pattern=r"^[A-Za-z0-9_-]{1,64}$", description="the JetStream stream (subjects <stream_subject>.<partition>)")
+    stream_subject: str = Field(default="pulse.ingest", pattern=r"^[a-z0-9_-]+(\.[a-z0-9_-]+)*$", description="subject prefix of the partitions")
+    stream_partitions: int = Field(default=8, ge=1, le=1024, description="partitions (hash of tenant and device); change only with the stream drained")
+    stream_replicas: int = Field(default=1, ge=1, le=5, description="JetStream replicas of the stream (a NATS cluster of at least that many servers)")
+    stream_max_bytes: int = Field(default=-1, ge=-1, description="the stream's size limit in bytes (-1: the server's); publishes are refused when full")
+    stream_publish_timeout_s: float = Field(default=2.0, gt=0, description="how long ingest waits for JetStream to acknowledge before answering 503")
+    stream_batch_messages: int = Field(default=256, ge=1, description="stream messages a partition writer stores per transaction")
+    stream_ack_wait_s: float = Field(default=60.0, gt=0, description="JetStream redelivers what a writer took but did not acknowledge after this long")
     # MQTT endpoint for direct devices (`pulse cloud mqtt`, docs/cloud.md)
     mqtt_host: str | None = Field(default=None, description="listen address of the MQTT endpoint (default: PULSE_HOST)")
     mqtt_tls_port: int = Field(default=8883, ge=0, le=65535, description="MQTT over TLS port")
@@ -298,6 +308,24 @@ class Settings(BaseSettings):
         )
 
     @property
+    def stream(self) -> StreamConfig | None:
+        if not self.stream_url:
+            return None
+        return StreamConfig(
+            servers=tuple(u.strip() for u in self.stream_url.split(",") if u.strip()),
+            name=self.stream_name,
+            subject=self.stream_subject,
+            partitions=self.stream_partitions,
+            replicas=self.stream_replicas,
+            max_bytes=self.stream_max_bytes,
+            publish_timeout_s=self.stream_publish_timeout_s,
+            batch_messages=self.stream_batch_messages,
+            batch_rows=self.writer_batch_rows,
+            ack_wait_s=self.stream_ack_wait_s,
+            retry_after_s=self.retry_after_s,
+        )
+
+    @property
     def ingest(self) -> IngestConfig:
         return IngestConfig(
             max_body_bytes=self.ingest_max_body_bytes,
@@ -360,6 +388,24 @@ class WriterConfig:
     flush_s: float = 0.05
     queue_rows: int = 100_000
     connections: int = 2
+
+
+@dataclass(frozen=True, slots=True)
+class StreamConfig:
+    """The optional JetStream between ingest and the writers (built from Settings.stream)."""
+
+    servers: tuple[str, ...]
+    name: str = "PULSE_INGEST"
+    subject: str = "pulse.ingest"
+    partitions: int = 8
+    replicas: int = 1
+    max_bytes: int = -1
+    publish_timeout_s: float = 2.0
+    batch_messages: int = 256
+    batch_rows: int = 5000  # rows per writer transaction (PULSE_WRITER_BATCH_ROWS)
+    ack_wait_s: float = 60.0
+    retry_after_s: int = 1
+    fetch_wait_s: float = 1.0  # how long a partition writer's fetch waits for messages before asking again
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,7 +2,7 @@
 # Installs everything Pulse needs on a Debian/Ubuntu machine, idempotently:
 #   - system packages when missing: Python 3.11+ with venv, PostgreSQL server binaries, Node.js and
 #     npm (to build the web console), Chromium (the console's browser tests), Mosquitto (the
-#     reference broker of the MQTT conformance tests)
+#     reference broker of the MQTT conformance tests), nats-server (the optional stream's tests)
 #   - a virtual environment in .venv/ at the repository root with Pulse (editable) and its test tools
 #   - the web console built into cloud/console/dist (npm ci + vite build), served by the cloud at /app
 # Safe to re-run: each step checks first and does nothing when already done.
@@ -83,6 +83,11 @@ fi
 # Mosquitto: the reference broker the MQTT conformance tests compare the gateway's broker with
 if [ ! -x /usr/sbin/mosquitto ]; then
   apt_install mosquitto
+fi
+# nats-server: the optional JetStream between ingest and the telemetry writers (PULSE_STREAM_URL);
+# its tests start their own server from this binary (Debian bookworm ships 2.9.x, JetStream included)
+if ! command -v nats-server >/dev/null 2>&1 && [ ! -x /usr/sbin/nats-server ]; then
+  apt_install nats-server
 fi
 # socat: the Modbus RTU tests join the gateway and a simulated meter through a pseudo-terminal pair
 if ! command -v socat >/dev/null 2>&1; then

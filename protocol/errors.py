@@ -219,6 +219,8 @@ class Code(StrEnum):
     """The device sent faster than its rate limit; retry after the Retry-After seconds (HTTP 429)."""
     INGEST_OVERLOADED = "ingest.overloaded"
     """The writer queue is full or storage is unavailable; nothing was stored; retry later (HTTP 503)."""
+    INGEST_STREAM_UNAVAILABLE = "ingest.stream_unavailable"
+    """The ingest stream (NATS JetStream) did not acknowledge in time or cannot be reached; nothing was accepted; retry later (HTTP 503)."""
 
     # gateway: the edge agent's own refusals (configuration, devices, local storage)
     GATEWAY_CONFIG_INVALID = "gateway.config_invalid"

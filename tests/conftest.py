@@ -22,6 +22,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import pytest
 from cloud_roles import drop_roles
+from natsserver import NatsServer, start_nats
 from timescale import PRELOAD, timescaledb_bindir
 
 from pulse.cloud.db.embedded import EmbeddedPostgres
@@ -163,3 +164,13 @@ def own_postgres() -> Iterator[EmbeddedPostgres]:
     finally:
         server.stop()
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def nats_server() -> Iterator[NatsServer]:
+    """A real NATS server with JetStream for this test (tests/natsserver.py)."""
+    server = start_nats()
+    try:
+        yield server
+    finally:
+        server.close()

@@ -42,12 +42,19 @@ class Leadership:
         self.poll_s = poll_s
         self.lease_s = lease_s
         self._jobs: dict[str, Job] = {}
+        self._groups: dict[str, str] = {}
         self._running: dict[str, asyncio.Task[None]] = {}
         self._task: asyncio.Task[None] | None = None
 
-    def add(self, name: str, job: Job) -> None:
-        """Run ``job()`` (a coroutine that loops until cancelled) on one process of the cluster."""
+    def add(self, name: str, job: Job, *, group: str | None = None) -> None:
+        """Run ``job()`` (a coroutine that loops until cancelled) on one process of the cluster.
+
+        Jobs of one ``group`` (the ingest stream's partitions) are taken at most one per round by
+        each process, so that replicas starting together share them rather than the first one
+        taking them all."""
         self._jobs[name] = job
+        if group is not None:
+            self._groups[name] = group
 
     @property
     def held(self) -> list[str]:
@@ -95,9 +102,15 @@ class Leadership:
                 await conn.execute("SELECT pg_advisory_unlock(hashtextextended('pulse.job:' || $1, 0))", name)
                 if not task.cancelled() and task.exception() is not None:
                     log.error("cluster job %s ended with an error", name, exc_info=task.exception())
-        for name in self._jobs.keys() - self._running.keys():
+        taken: set[str] = set()
+        for name in sorted(self._jobs.keys() - self._running.keys()):
+            group = self._groups.get(name)
+            if group is not None and group in taken:
+                continue
             if await conn.fetchval("SELECT pg_try_advisory_lock(hashtextextended('pulse.job:' || $1, 0))", name):
                 log.info("cluster job %s runs on %s", name, self.node)
                 self._running[name] = asyncio.create_task(self._jobs[name](), name=f"pulse-job-{name}")
                 await conn.execute("SELECT pulse_cluster_lease_take($1, $2)", name, self.node)
+                if group is not None:
+                    taken.add(group)
         await conn.execute("SELECT pulse_cluster_lease_renew($1::text[], $2)", self.held, self.node)

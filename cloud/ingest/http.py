@@ -30,7 +30,7 @@ from pulse.cloud.firmware import FirmwareStore
 from pulse.cloud.ingest.identity import DeviceIdentity, DeviceTokenCache
 from pulse.cloud.ingest.models import DeviceCommand, DeviceTwin, IngestResult
 from pulse.cloud.ingest.ratelimit import RateLimiter
-from pulse.cloud.ingest.writer import Writer
+from pulse.cloud.ingest.writer import RowWriter
 from pulse.cloud.metrics import Metrics
 from pulse.cloud.settings import IngestConfig
 from pulse.cloud.subscriptions.store import Entitlements
@@ -150,7 +150,7 @@ class IngestService:
         *,
         config: IngestConfig,
         tokens: DeviceTokenCache,
-        writer: Writer,
+        writer: RowWriter,
         metrics: Metrics,
         limits: Limits = DEFAULT_LIMITS,
         db: Database | None = None,

@@ -30,6 +30,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Protocol
 
 import asyncpg
 
@@ -40,6 +41,16 @@ from pulse.protocol.errors import Code
 
 log = logging.getLogger(__name__)
 
+
+class RowWriter(Protocol):
+    """What ingest writes through: this module's ``Writer`` (to PostgreSQL) or, with
+    PULSE_STREAM_URL, ``stream.publisher.StreamPublisher`` (to JetStream). ``write`` returns once
+    the rows are durable there, or raises a ``CloudError`` (503 with Retry-After when overloaded)."""
+
+    @property
+    def queued_rows(self) -> int: ...
+
+    async def write(self, telemetry: Sequence[TelemetryRow], quarantine: Sequence[QuarantineRow] = ()) -> None: ...
 
 
 async def write_rows(

@@ -15,6 +15,8 @@ alive and Will, persistent sessions with QoS 1 redelivery); what is the cloud's:
   PUBACK; refusals are quarantined with their code (source ``mqtt``) and acknowledged. Nothing a
   device publishes is forwarded to other clients. While PostgreSQL is unavailable messages are
   committed to the local spool (spool.py) and acknowledged; it drains when the database is back.
+  With PULSE_STREAM_URL the rows go to the ingest stream instead (cloud/stream/): PUBACK once
+  JetStream has them, the local spool while it cannot take them; `serve`'s partition writers store them.
 - Downlink: a command becoming queued or a twin's desired state changing sends NOTIFY
   ``pulse_device`` (migration 0019); the endpoint holding the device's session publishes the
   commands on ``pulse/{device}/cmd/{id}`` and the delta on ``pulse/{device}/twin/desired`` at once,
@@ -45,13 +47,15 @@ from pulse.cloud import twins
 from pulse.cloud.ca import CertificateAuthority, write_private
 from pulse.cloud.db.pool import Database, PoolSizes
 from pulse.cloud.db.rows import QuarantineRow
-from pulse.cloud.errors import AuthError, CloudError, ConflictError, StorageUnavailableError
+from pulse.cloud.errors import AuthError, CloudError, ConflictError, StorageUnavailableError, StreamUnavailableError
 from pulse.cloud.ingest.http import IngestService, Message
 from pulse.cloud.ingest.identity import DeviceIdentity, DeviceTokenCache, credential_lookup
-from pulse.cloud.ingest.writer import Writer
+from pulse.cloud.ingest.writer import RowWriter, Writer
 from pulse.cloud.metrics import Metrics
 from pulse.cloud.mqtt.spool import Spool, Spooled
 from pulse.cloud.settings import MqttConfig, Settings
+from pulse.cloud.stream.client import StreamClient
+from pulse.cloud.stream.publisher import StreamPublisher
 from pulse.cloud.subscriptions.store import Entitlements
 from pulse.protocol import topics
 from pulse.protocol.connectivity import Connectivity, event_message
@@ -65,9 +69,9 @@ log = logging.getLogger("pulse.cloud.mqtt")
 SOURCE = "mqtt"
 CHANNEL = "pulse_device"
 REVOKED = "pulse_credential"
-_UNAVAILABLE = (StorageUnavailableError, OSError, TimeoutError, asyncpg.PostgresConnectionError, asyncpg.CannotConnectNowError,
+_UNAVAILABLE = (StorageUnavailableError, StreamUnavailableError, OSError, TimeoutError, asyncpg.PostgresConnectionError, asyncpg.CannotConnectNowError,
                 asyncpg.InterfaceError)
-"""What "the database is not there" looks like from the writer and the pools: spool, do not refuse."""
+"""What "the database (or the ingest stream) is not there" looks like from the writer and the pools: spool, do not refuse."""
 
 
 def session_key(tenant_id: object, device_id: str) -> str:
@@ -199,7 +203,10 @@ class MqttEndpoint:
         self.metrics = metrics or Metrics()
         self.tokens = DeviceTokenCache(credential_lookup(self.db), ttl_s=settings.device_token_cache_s)
         self.writer = Writer(settings.writer, retry_after_s=settings.retry_after_s, on_flush=self.metrics.on_flush)
-        self.ingest = IngestService(config=settings.ingest, tokens=self.tokens, writer=self.writer, metrics=self.metrics, db=self.db,
+        # with PULSE_STREAM_URL, messages go to JetStream (PUBACK once it has them); serve's partition writers store them
+        self.stream = StreamClient(settings.stream, name="pulse-cloud-mqtt") if settings.stream else None
+        self.sink: RowWriter = StreamPublisher(self.stream, settings.stream) if self.stream and settings.stream else self.writer
+        self.ingest = IngestService(config=settings.ingest, tokens=self.tokens, writer=self.sink, metrics=self.metrics, db=self.db,
                                     twin_limits=TwinLimits(max_state_bytes=settings.twin_max_state_bytes))
         self.entitlements = Entitlements(self.db, ttl_s=settings.subscription_cache_s)
         self.ingest.entitlements = self.entitlements
@@ -245,6 +252,8 @@ class MqttEndpoint:
     async def start(self) -> None:
         await self.db.open()
         self.writer.start(self.db.writer_pool)
+        if self.stream is not None:
+            self.stream.start()
         self.spool.open()
         self.sessions.open()
         broker = CloudBroker(self.broker_config(), self.intake, self.sessions)
@@ -271,6 +280,8 @@ class MqttEndpoint:
         await asyncio.gather(*self._tasks, *self.intake._tasks, return_exceptions=True)
         await self._unlisten()
         await self.writer.stop()
+        if self.stream is not None:
+            await self.stream.stop()
         await self.db.close()
         self.spool.close()
         self.sessions.close()
@@ -294,7 +305,7 @@ class MqttEndpoint:
 
     async def _write_quarantine(self, row: QuarantineRow) -> None:
         try:
-            await self.writer.write([], [row])
+            await self.sink.write([], [row])
         except _UNAVAILABLE as exc:  # not acknowledged: the device sends it again after reconnecting
             raise StorageUnavailableError(f"the quarantine row could not be written: {exc}") from exc
         self.counters["quarantined"] += 1

@@ -276,3 +276,27 @@ async def test_a_holder_that_loses_the_database_stops_its_job_and_takes_it_again
     finally:
         await leader.stop()
     assert not running_now[0]
+
+
+async def test_jobs_of_a_group_are_taken_one_per_round_so_replicas_starting_together_share_them(cloud_settings: Settings) -> None:
+    dsn = app_role_dsn(cloud_settings)
+    tag = uuid.uuid4().hex[:8]
+
+    async def idle() -> None:
+        await asyncio.Event().wait()
+
+    leader = Leadership(dsn, node="a")
+    grouped = [f"test-{tag}-part-{p}" for p in range(3)]
+    for name in grouped:
+        leader.add(name, idle, group="parts")
+    leader.add(f"test-{tag}-alone", idle)
+    conn = await asyncpg.connect(dsn)
+    try:
+        await leader._round(conn)  # one round: the ungrouped job and one of the group
+        assert sorted(leader.held) == sorted([f"test-{tag}-alone", grouped[0]])
+        await leader._round(conn)
+        await leader._round(conn)
+        assert sorted(leader.held) == sorted([f"test-{tag}-alone", *grouped])
+    finally:
+        await leader.stop()
+        await conn.close()  # the session ends: its advisory locks go with it

@@ -18,6 +18,7 @@ import asyncpg
 import paho.mqtt.client as mqtt
 import pytest
 from cloud_harness import Cloud, app_role_dsn
+from natsserver import NatsServer, stream_names
 
 from pulse.cloud.mqtt.endpoint import MqttEndpoint
 from pulse.cloud.settings import Settings
@@ -372,3 +373,34 @@ async def test_connecting_and_losing_the_link_are_stored_as_connectivity_events(
         await asyncio.sleep(0.05)
     assert [r["kind"] for r in found] == ["connected", "lost"]
     assert json.loads(found[1]["body"]) == {"will": True}
+
+
+async def test_with_the_stream_a_puback_means_jetstream_has_it_and_the_writers_store_it_once(
+    mqtt_settings: Settings, nats_server: NatsServer, start_cloud: Callable[..., Any], devices: Callable[..., Device]
+) -> None:
+    settings = mqtt_settings.model_copy(
+        update={"stream_url": nats_server.url, "stream_partitions": 2, "cluster_poll_s": 0.1, "stream_publish_timeout_s": 1.0, **stream_names()}
+    )
+    async with start_cloud(settings) as api:  # the partition writers run in `serve`
+        ep = MqttEndpoint(settings)
+        await ep.start()
+        try:
+            _, headers = await api.tenant_user()
+            _, device_id, token = await api.device_with_token(headers)
+            d = devices(device_id, token)
+            assert await asyncio.to_thread(d.connect)
+            for seq in range(5):
+                await asyncio.to_thread(d.publish, f"pulse/{device_id}/telemetry", envelope(device_id, seq, temp=20.0 + seq))
+            assert ep.sink.published >= 5  # type: ignore[attr-defined]  # each PUBACK after JetStream's acknowledgement (+ the connect event)
+            deadline = time.monotonic() + 30
+            query = "SELECT seq, source FROM telemetry WHERE device_id = $1 AND msg_type = 'telemetry' ORDER BY seq"
+            while len(found := await rows(settings, query, device_id)) < 5:
+                assert time.monotonic() < deadline, "the partition writers did not store the MQTT messages"
+                await asyncio.sleep(0.05)
+            assert [(r["seq"], r["source"]) for r in found] == [(s, "mqtt") for s in range(5)]
+            if nats_server.own:  # the stream goes away: PUBACK from the spool, nothing lost
+                nats_server.stop()
+                await asyncio.to_thread(d.publish, f"pulse/{device_id}/telemetry", envelope(device_id, 5, temp=1.0))
+                assert ep.counters["spooled"] == 1 and ep.spool.count == 1
+        finally:
+            await ep.stop()

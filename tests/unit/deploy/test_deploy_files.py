@@ -29,7 +29,8 @@ def test_compose_runs_timescaledb_the_cloud_the_mqtt_endpoint_and_caddy_with_hea
     services = doc["services"]
     assert isinstance(services, dict)
     assert {n for n, svc in services.items() if not svc.get("profiles")} == {"db", "cloud", "mqtt", "caddy"}
-    assert {n for n, svc in services.items() if svc.get("profiles")} == {"keycloak", "prometheus", "grafana"}
+    assert {n for n, svc in services.items() if svc.get("profiles")} == {"keycloak", "prometheus", "grafana", "nats"}
+    assert services["nats"]["profiles"] == ["stream"] and "--jetstream" in services["nats"]["command"]
     assert services["keycloak"]["profiles"] == ["keycloak"]  # optional: only with --profile keycloak
     assert services["mqtt"]["command"] == ["pulse", "cloud", "mqtt"]
     assert services["mqtt"]["depends_on"]["cloud"]["condition"] == "service_healthy"  # migrated first
