@@ -86,9 +86,34 @@ async def send(row: asyncpg.Record, ctx: SendContext, timeout_s: float) -> Outco
         return Retry(Code.NOTIFY_UNREACHABLE, f"unexpected error while sending: {type(exc).__name__}: {exc}"[:500])
 
 
-async def record(conn: asyncpg.Connection, token: uuid.UUID, row: asyncpg.Record, result: Settled, duration_ms: int) -> None:
-    """Store the attempt's result (tenant transaction) unless the claim was taken over meanwhile."""
-    if not await store.settle(conn, row["id"], token, status=result.status, next_at=result.next_at, code=result.code, error=result.error):
-        log.warning("notify: delivery %s was taken over while sending (stale claim); its outcome %s is not recorded", row["id"], result.outcome)
-        return
-    await store.add_attempt(conn, row["id"], row["attempts"], result.outcome, result.status_code, result.code, result.error, duration_ms)
+@dataclass(frozen=True)
+class Attempted:
+    """One finished attempt waiting to be recorded: the claim it was made under and what it settled to."""
+
+    token: uuid.UUID
+    row: asyncpg.Record
+    result: Settled
+    duration_ms: int
+
+
+async def record(conn: asyncpg.Connection, attempts: list[Attempted]) -> int:
+    """Store the attempts' results and their attempt rows in one statement (tenant transaction), each only
+    if its claim is still its own; returns how many were recorded."""
+    if not attempts:
+        return 0
+    mine = await store.settle_many(
+        conn,
+        [
+            store.Settlement(
+                a.row["id"], a.token, a.result.status, a.result.next_at, a.result.code, a.result.error,
+                a.row["attempts"], a.result.outcome, a.result.status_code, a.duration_ms,
+            )
+            for a in attempts
+        ],
+    )
+    for a in attempts:
+        if a.row["id"] not in mine:
+            log.warning(
+                "notify: delivery %s was taken over while sending (stale claim); its outcome %s is not recorded", a.row["id"], a.result.outcome
+            )
+    return len(mine)
