@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import json
 import logging
 import re
@@ -25,7 +26,7 @@ import asyncpg
 from pulse.cloud.notify import senders, store
 from pulse.cloud.notify.errors import NotifyError
 from pulse.cloud.notify.model import Delivered, Failed, Notification, Outcome, Retry
-from pulse.cloud.notify.senders.base import SendContext
+from pulse.cloud.notify.senders.base import ChannelConfig, SendContext
 from pulse.protocol.errors import Code
 
 log = logging.getLogger("pulse.cloud.notify")
@@ -69,12 +70,19 @@ def settle(kind: str, attempt: int, budget: int, outcome: Outcome, now: dt.datet
     return Settled(status, next_at, code, error, name, status_code)
 
 
+@functools.lru_cache(maxsize=256)
+def _config(kind: str, raw: str) -> ChannelConfig:
+    """A channel's stored config, validated once per (kind, text) rather than once per send: the
+    configs are frozen, so sends of one channel share one. A bad config raises (not cached)."""
+    return senders.validate(kind, json.loads(raw))
+
+
 async def send(row: asyncpg.Record, ctx: SendContext, timeout_s: float) -> Outcome:
     """One attempt of a claimed delivery (``store.claim_due`` row); never raises but for cancellation."""
     if not row["enabled"]:
         return Failed(Code.NOTIFY_BAD_CONFIG, "the channel is disabled")
     try:
-        config = senders.validate(row["kind"], json.loads(row["config"]))
+        config = _config(row["kind"], row["config"])
         n = Notification.model_validate_json(row["notification"])
         return await asyncio.wait_for(senders.send(row["kind"], config, n, ctx), timeout=timeout_s)
     except NotifyError as exc:
