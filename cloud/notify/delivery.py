@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import json
 import logging
 import re
@@ -25,7 +26,7 @@ import asyncpg
 from pulse.cloud.notify import senders, store
 from pulse.cloud.notify.errors import NotifyError
 from pulse.cloud.notify.model import Delivered, Failed, Notification, Outcome, Retry
-from pulse.cloud.notify.senders.base import SendContext
+from pulse.cloud.notify.senders.base import ChannelConfig, SendContext
 from pulse.protocol.errors import Code
 
 log = logging.getLogger("pulse.cloud.notify")
@@ -69,12 +70,19 @@ def settle(kind: str, attempt: int, budget: int, outcome: Outcome, now: dt.datet
     return Settled(status, next_at, code, error, name, status_code)
 
 
+@functools.lru_cache(maxsize=256)
+def _config(kind: str, raw: str) -> ChannelConfig:
+    """A channel's stored config, validated once per (kind, text) rather than once per send: the
+    configs are frozen, so sends of one channel share one. A bad config raises (not cached)."""
+    return senders.validate(kind, json.loads(raw))
+
+
 async def send(row: asyncpg.Record, ctx: SendContext, timeout_s: float) -> Outcome:
     """One attempt of a claimed delivery (``store.claim_due`` row); never raises but for cancellation."""
     if not row["enabled"]:
         return Failed(Code.NOTIFY_BAD_CONFIG, "the channel is disabled")
     try:
-        config = senders.validate(row["kind"], json.loads(row["config"]))
+        config = _config(row["kind"], row["config"])
         n = Notification.model_validate_json(row["notification"])
         return await asyncio.wait_for(senders.send(row["kind"], config, n, ctx), timeout=timeout_s)
     except NotifyError as exc:
@@ -86,9 +94,34 @@ async def send(row: asyncpg.Record, ctx: SendContext, timeout_s: float) -> Outco
         return Retry(Code.NOTIFY_UNREACHABLE, f"unexpected error while sending: {type(exc).__name__}: {exc}"[:500])
 
 
-async def record(conn: asyncpg.Connection, token: uuid.UUID, row: asyncpg.Record, result: Settled, duration_ms: int) -> None:
-    """Store the attempt's result (tenant transaction) unless the claim was taken over meanwhile."""
-    if not await store.settle(conn, row["id"], token, status=result.status, next_at=result.next_at, code=result.code, error=result.error):
-        log.warning("notify: delivery %s was taken over while sending (stale claim); its outcome %s is not recorded", row["id"], result.outcome)
-        return
-    await store.add_attempt(conn, row["id"], row["attempts"], result.outcome, result.status_code, result.code, result.error, duration_ms)
+@dataclass(frozen=True)
+class Attempted:
+    """One finished attempt waiting to be recorded: the claim it was made under and what it settled to."""
+
+    token: uuid.UUID
+    row: asyncpg.Record
+    result: Settled
+    duration_ms: int
+
+
+async def record(conn: asyncpg.Connection, attempts: list[Attempted]) -> int:
+    """Store the attempts' results and their attempt rows in one statement (tenant transaction), each only
+    if its claim is still its own; returns how many were recorded."""
+    if not attempts:
+        return 0
+    mine = await store.settle_many(
+        conn,
+        [
+            store.Settlement(
+                a.row["id"], a.token, a.result.status, a.result.next_at, a.result.code, a.result.error,
+                a.row["attempts"], a.result.outcome, a.result.status_code, a.duration_ms,
+            )
+            for a in attempts
+        ],
+    )
+    for a in attempts:
+        if a.row["id"] not in mine:
+            log.warning(
+                "notify: delivery %s was taken over while sending (stale claim); its outcome %s is not recorded", a.row["id"], a.result.outcome
+            )
+    return len(mine)

@@ -19,7 +19,7 @@ import asyncpg
 
 from pulse.cloud.notify import store
 from pulse.cloud.notify.model import Notification, fingerprint
-from pulse.cloud.notify.routing import Route, route, throttled
+from pulse.cloud.notify.routing import Routing, route, throttled
 
 EVENTS = {"opened": "opened", "flapping_started": "opened", "acknowledged": "acknowledged", "closed": "closed"}
 """alert_events kinds that are notified, and the notification event each one is."""
@@ -33,59 +33,69 @@ class Fanned:
 
 
 async def fan_out(conn: asyncpg.Connection, tenant: uuid.UUID, now: dt.datetime, *, console_url: str, budget: int) -> Fanned:
-    """One batch of the tenant's outbox (in the caller's tenant transaction)."""
+    """One batch of the tenant's outbox (in the caller's tenant transaction).
+
+    The batch is read with a fixed number of queries (alerts, their sites, rules and devices, the
+    channels) and its deliveries are queued in one statement, in event order: what one event at a
+    time would queue, without a round trip per event."""
     rows = await store.take_outbox(conn, BATCH)
     if not rows:
         return Fanned()
-    routes = await store.enabled_routes(conn)
-    slug = await store.tenant_slug(conn, tenant)
-    queued = 0
-    for row in rows:
-        event = EVENTS.get(row["kind"])
-        if event is not None:
-            queued += await _route_event(conn, row, event, routes, slug, now, console_url=console_url, budget=budget)
+    events = [(row, EVENTS[row["kind"]]) for row in rows if row["kind"] in EVENTS]
+    queued = await _route_events(conn, events, tenant, now, console_url=console_url, budget=budget) if events else 0
     await store.drop_outbox(conn, [r["event_id"] for r in rows])
     return Fanned(events=len(rows), queued=queued)
 
 
-async def _route_event(
+async def _route_events(
     conn: asyncpg.Connection,
-    event_row: asyncpg.Record,
-    event: str,
-    routes: list[Route],
-    slug: str,
+    events: list[tuple[asyncpg.Record, str]],
+    tenant: uuid.UUID,
     now: dt.datetime,
     *,
     console_url: str,
     budget: int,
 ) -> int:
-    alert = await store.load_alert(conn, event_row["alert_id"])
-    if alert is None:
-        return 0
-    n = notification(alert, event, event_row["at"], slug, await store.alert_site_name(conn, alert), console_url)
-    dedup = f"event:{event_row['event_id']}"
-    queued = 0
-    if event == "opened":
-        routing = route(routes, await store.alert_facts(conn, alert))
-        channels = await store.enabled_channels(conn, list(routing.channels))
-        for channel_id, kind in channels.items():
-            if await _throttled(conn, channel_id, alert, routing.channels[str(channel_id)], now):
-                continue
-            if await store.enqueue(
-                conn, channel_id=channel_id, kind=kind, event="opened", dedup=dedup, notification=n, alert_id=alert["id"], budget=budget
-            ):
-                queued += 1
-        if routing.escalation_policy and alert["state"] == "open":
-            await store.start_escalation(conn, alert["id"], uuid.UUID(routing.escalation_policy), now)
-        return queued
-    # acknowledged / closed: whoever heard about the alert hears this too; escalation stops.
-    await store.stop_escalation(conn, alert["id"], event, only_running=True)
-    for h in await store.channels_that_heard(conn, alert["id"]):
-        if await store.enqueue(
-            conn, channel_id=h["channel_id"], kind=h["kind"], event=event, dedup=dedup, notification=n, alert_id=alert["id"], budget=budget
-        ):
-            queued += 1
-    return queued
+    routes = await store.enabled_routes(conn)
+    slug = await store.tenant_slug(conn, tenant)
+    alerts = await store.load_alerts(conn, sorted({row["alert_id"] for row, _ in events}))
+    places = await store.alert_places(conn, list(alerts.values()))
+    opened = {row["alert_id"] for row, event in events if event == "opened" and row["alert_id"] in alerts}
+    routings: dict[int, Routing] = {a: route(routes, places[a][1]) for a in sorted(opened)}
+    channels = await store.enabled_channels(conn, list(dict.fromkeys(c for r in routings.values() for c in r.channels)))
+    heard = await store.channels_that_heard_many(conn, sorted({row["alert_id"] for row, event in events if event != "opened"} & alerts.keys()))
+    told: dict[int, dict[uuid.UUID, str]] = {}
+    """Channels told in this batch that an alert opened (not in ``heard``: queued at the end)."""
+    items: list[store.Queued] = []
+    starts: dict[int, uuid.UUID] = {}
+    stops: dict[int, str] = {}
+    for row, event in events:
+        alert = alerts.get(row["alert_id"])
+        if alert is None:
+            continue
+        alert_id = alert["id"]
+        n = notification(alert, event, row["at"], slug, places[alert_id][0], console_url).model_dump_json()
+        dedup = f"event:{row['event_id']}"
+        if event == "opened":
+            routing = routings[alert_id]
+            for channel, throttle_s in routing.channels.items():
+                channel_id = uuid.UUID(channel)
+                kind = channels.get(channel_id)
+                if kind is None or await _throttled(conn, channel_id, alert, throttle_s, now):
+                    continue
+                items.append(store.Queued(channel_id, kind, "opened", dedup, n, alert_id=alert_id, budget=budget))
+                told.setdefault(alert_id, {})[channel_id] = kind
+            if routing.escalation_policy and alert["state"] == "open":
+                starts.setdefault(alert_id, uuid.UUID(routing.escalation_policy))
+            continue
+        # acknowledged / closed: whoever heard about the alert hears this too; escalation stops.
+        stops.setdefault(alert_id, event)
+        listeners = {h["channel_id"]: h["kind"] for h in heard.get(alert_id, ())} | told.get(alert_id, {})
+        for channel_id, kind in listeners.items():
+            items.append(store.Queued(channel_id, kind, event, dedup, n, alert_id=alert_id, budget=budget))
+    await store.start_escalations(conn, starts, now)
+    await store.stop_running_escalations(conn, stops)
+    return await store.enqueue_many(conn, items)
 
 
 async def _throttled(conn: asyncpg.Connection, channel_id: uuid.UUID, alert: asyncpg.Record, throttle_s: int, now: dt.datetime) -> bool:

@@ -11,6 +11,7 @@ import datetime as dt
 import json
 import uuid
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -274,6 +275,47 @@ async def enqueue(
     return value
 
 
+@dataclass(frozen=True)
+class Queued:
+    """One delivery for ``enqueue_many`` (what ``enqueue`` takes, as data)."""
+
+    channel_id: uuid.UUID
+    kind: str
+    event: str
+    dedup: str
+    notification: str
+    """``Notification.model_dump_json()``: built once per event, shared by its channels."""
+    alert_id: int | None = None
+    level: int | None = None
+    budget: int = MAX_ATTEMPTS
+
+
+async def enqueue_many(conn: asyncpg.Connection, items: Sequence[Queued]) -> int:
+    """Queue deliveries in one statement, in the given order; returns how many were new (the rest were
+    already queued: same channel and dedup). ``created_at`` increases strictly along ``items`` (one
+    microsecond apart at least), so ``claim_due`` sends one alert's deliveries to one channel in this order."""
+    if not items:
+        return 0
+    rows = await conn.fetch(
+        "INSERT INTO notify_deliveries (tenant_id, alert_id, channel_id, kind, event, dedup, notification, next_attempt_at, "
+        "escalation_level, budget, created_at) "
+        "SELECT pulse_current_tenant(), u.alert_id, u.channel_id, u.kind, u.event, u.dedup, u.notification::jsonb, clock_timestamp(), "
+        "u.level, u.budget, clock_timestamp() + u.ord * interval '1 microsecond' "
+        "FROM unnest($1::bigint[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int[], $8::int[]) "
+        "WITH ORDINALITY AS u(alert_id, channel_id, kind, event, dedup, notification, level, budget, ord) ORDER BY u.ord "
+        "ON CONFLICT (channel_id, dedup) DO NOTHING RETURNING id",
+        [q.alert_id for q in items],
+        [q.channel_id for q in items],
+        [q.kind for q in items],
+        [q.event for q in items],
+        [q.dedup for q in items],
+        [q.notification for q in items],
+        [q.level for q in items],
+        [q.budget for q in items],
+    )
+    return len(rows)
+
+
 DELIVERY_COLS = (
     "d.id, d.alert_id, d.channel_id, c.name AS channel_name, d.kind, d.event, d.status, d.attempts, d.next_attempt_at, "
     "d.last_error, d.last_code, d.created_at, d.delivered_at, d.escalation_level"
@@ -337,6 +379,31 @@ async def busy_tenants(conn: asyncpg.Connection, claim_timeout_s: float, due_at:
     ]
 
 
+@dataclass(frozen=True)
+class TenantWork:
+    """Which notify work one tenant has (``notify_work``)."""
+
+    tenant: uuid.UUID
+    outbox: bool
+    """Alert events to fan out."""
+    due: bool
+    """Deliveries due now."""
+    stale: bool
+    """Claims older than the claim timeout."""
+    escalations: bool
+    """Escalations due now."""
+
+
+async def notify_work(conn: asyncpg.Connection, claim_timeout_s: float, due_at: dt.datetime) -> list[TenantWork]:
+    """The tenants with notify work and which (identity connection: a SECURITY DEFINER function)."""
+    return [
+        TenantWork(r[0], r[1], r[2], r[3], r[4])
+        for r in await conn.fetch(
+            "SELECT * FROM pulse_notify_work(clock_timestamp() - make_interval(secs => $1), $2)", claim_timeout_s, due_at
+        )
+    ]
+
+
 async def tenant_slug(conn: asyncpg.Connection, tenant: uuid.UUID) -> str:
     return await conn.fetchval("SELECT slug FROM tenants WHERE id = pulse_current_tenant()") or str(tenant)
 
@@ -394,14 +461,82 @@ async def alert_facts(conn: asyncpg.Connection, alert: asyncpg.Record) -> AlertF
     if rule_kind:
         types.add(rule_kind)
     device = await conn.fetchrow("SELECT tags, site_id FROM devices WHERE device_id = $1", alert["device_id"])
-    tags: dict[str, str] = {}
-    for tag in (device["tags"] if device else None) or ():
-        name, _, value = str(tag).partition("=")
-        tags[name] = value
+    tags = _tags(device)
     site = alert["site_id"] or (device["site_id"] if device else None)
     if site is None and str(alert["device_id"]).startswith("gateway:"):
         site = await conn.fetchval("SELECT site_id FROM gateways WHERE name = $1", str(alert["device_id"]).removeprefix("gateway:"))
     return AlertFacts(severity=alert["severity"], types=frozenset(types), site=None if site is None else str(site), device_tags=tags)
+
+
+async def load_alerts(conn: asyncpg.Connection, alert_ids: Sequence[int]) -> dict[int, asyncpg.Record]:
+    """``load_alert`` for many: id -> row (missing ids are absent)."""
+    return {r["id"]: r for r in await conn.fetch("SELECT * FROM alerts WHERE id = ANY($1::bigint[])", list(alert_ids))}
+
+
+async def alert_places(conn: asyncpg.Connection, alerts: Sequence[asyncpg.Record]) -> dict[int, tuple[str | None, AlertFacts]]:
+    """Alert id -> (``alert_site_name``, ``alert_facts``) for many alerts, in four queries at most (fan-out
+    batches): the same answers as the one-alert functions."""
+    rule_ids = sorted({a["rule_id"] for a in alerts})
+    device_ids = sorted({a["device_id"] for a in alerts})
+    kinds = {r["id"]: r["kind"] for r in await conn.fetch("SELECT id, kind FROM rules WHERE id = ANY($1::text[])", rule_ids)}
+    devices = {
+        r["device_id"]: r for r in await conn.fetch("SELECT device_id, tags, site_id FROM devices WHERE device_id = ANY($1::text[])", device_ids)
+    }
+    gateway_names = sorted(
+        {
+            str(a["device_id"]).removeprefix("gateway:")
+            for a in alerts
+            if a["site_id"] is None
+            and (devices.get(a["device_id"]) is None or devices[a["device_id"]]["site_id"] is None)
+            and str(a["device_id"]).startswith("gateway:")
+        }
+    )
+    gateway_sites: dict[str, uuid.UUID | None] = {}
+    if gateway_names:
+        gateway_sites = {r["name"]: r["site_id"] for r in await conn.fetch("SELECT name, site_id FROM gateways WHERE name = ANY($1::text[])", gateway_names)}
+    site_ids = {a["site_id"] for a in alerts} | {d["site_id"] for d in devices.values()}
+    site_ids.discard(None)
+    names: dict[uuid.UUID, str] = {}
+    if site_ids:
+        names = {r["id"]: r["name"] for r in await conn.fetch("SELECT id, name FROM sites WHERE id = ANY($1::uuid[])", list(site_ids))}
+    out: dict[int, tuple[str | None, AlertFacts]] = {}
+    for alert in alerts:
+        device = devices.get(alert["device_id"])
+        device_site = device["site_id"] if device else None
+        site_name = names.get(alert["site_id"]) if alert["site_id"] is not None else (names.get(device_site) if device_site else None)
+        types = {alert["kind"], alert["rule_id"]}
+        if kinds.get(alert["rule_id"]):
+            types.add(kinds[alert["rule_id"]])
+        site = alert["site_id"] or device_site
+        if site is None and str(alert["device_id"]).startswith("gateway:"):
+            site = gateway_sites.get(str(alert["device_id"]).removeprefix("gateway:"))
+        facts = AlertFacts(
+            severity=alert["severity"], types=frozenset(types), site=None if site is None else str(site), device_tags=_tags(device)
+        )
+        out[alert["id"]] = (site_name, facts)
+    return out
+
+
+def _tags(device: asyncpg.Record | None) -> dict[str, str]:
+    tags: dict[str, str] = {}
+    for tag in (device["tags"] if device else None) or ():
+        name, _, value = str(tag).partition("=")
+        tags[name] = value
+    return tags
+
+
+async def channels_that_heard_many(conn: asyncpg.Connection, alert_ids: Sequence[int]) -> dict[int, list[asyncpg.Record]]:
+    """``channels_that_heard`` for many alerts: alert id -> its channels (``channel_id, kind``)."""
+    out: dict[int, list[asyncpg.Record]] = {}
+    if not alert_ids:
+        return out
+    for r in await conn.fetch(
+        "SELECT DISTINCT d.alert_id, d.channel_id, c.kind FROM notify_deliveries d JOIN notify_channels c ON c.id = d.channel_id "
+        "WHERE d.alert_id = ANY($1::bigint[]) AND d.event IN ('opened', 'escalated') AND c.enabled ORDER BY d.alert_id, d.channel_id",
+        list(alert_ids),
+    ):
+        out.setdefault(r["alert_id"], []).append(r)
+    return out
 
 
 async def enabled_channels(conn: asyncpg.Connection, ids: list[str]) -> dict[uuid.UUID, str]:
@@ -462,6 +597,30 @@ async def stop_escalation(conn: asyncpg.Connection, alert_id: int, reason: str, 
         alert_id,
         reason,
     )
+
+
+async def start_escalations(conn: asyncpg.Connection, starts: Mapping[int, uuid.UUID], now: dt.datetime) -> None:
+    """``start_escalation`` for many alerts (alert id -> policy id) in one statement."""
+    if starts:
+        await conn.execute(
+            "INSERT INTO alert_escalations (alert_id, tenant_id, policy_id, next_at) "
+            "SELECT u.alert_id, pulse_current_tenant(), u.policy_id, $3 FROM unnest($1::bigint[], $2::uuid[]) AS u(alert_id, policy_id) "
+            "ORDER BY u.alert_id ON CONFLICT (alert_id) DO NOTHING",
+            list(starts),
+            list(starts.values()),
+            now,
+        )
+
+
+async def stop_running_escalations(conn: asyncpg.Connection, stops: Mapping[int, str]) -> None:
+    """``stop_escalation(..., only_running=True)`` for many alerts (alert id -> reason) in one statement."""
+    if stops:
+        await conn.execute(
+            "UPDATE alert_escalations e SET stopped = true, stop_reason = u.reason, next_at = NULL "
+            "FROM unnest($1::bigint[], $2::text[]) AS u(alert_id, reason) WHERE e.alert_id = u.alert_id AND NOT e.stopped",
+            list(stops),
+            list(stops.values()),
+        )
 
 
 async def due_escalations(conn: asyncpg.Connection, now: dt.datetime, limit: int) -> list[asyncpg.Record]:
@@ -530,29 +689,48 @@ async def claim_due(conn: asyncpg.Connection, token: uuid.UUID, limit: int) -> l
     return rows
 
 
-async def settle(
-    conn: asyncpg.Connection,
-    delivery_id: uuid.UUID,
-    token: uuid.UUID,
-    *,
-    status: str,
-    next_at: dt.datetime | None,
-    code: Code | None,
-    error: str | None,
-) -> bool:
-    """Record a send's outcome if the claim ``token`` is still the delivery's; False when it was taken over."""
-    mine = await conn.fetchval(
-        "UPDATE notify_deliveries SET status = $3, next_attempt_at = $4, last_code = COALESCE($5, last_code), "
-        "last_error = COALESCE($6, last_error), delivered_at = CASE WHEN $3 = 'delivered' THEN clock_timestamp() END, "
-        "claim_token = NULL WHERE id = $1 AND claim_token = $2 RETURNING id",
-        delivery_id,
-        token,
-        status,
-        next_at,
-        None if code is None else str(code),
-        error,
+@dataclass(frozen=True)
+class Settlement:
+    """What ``settle_many`` records for one attempt of one claimed delivery."""
+
+    delivery_id: uuid.UUID
+    token: uuid.UUID
+    status: str
+    next_at: dt.datetime | None
+    code: Code | None
+    error: str | None
+    n: int
+    """The attempt's number (the delivery's ``attempts`` after the claim)."""
+    outcome: str
+    status_code: int | None
+    duration_ms: int | None
+
+
+async def settle_many(conn: asyncpg.Connection, outcomes: Sequence[Settlement]) -> set[uuid.UUID]:
+    """Record the outcomes of sends and add their attempt rows, in one statement: each only where its claim
+    ``token`` is still the delivery's. Returns the ids recorded (the others were taken over meanwhile)."""
+    rows = await conn.fetch(
+        "WITH u AS (SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::timestamptz[], $5::text[], $6::text[], $7::int[], "
+        "  $8::text[], $9::int[], $10::int[]) WITH ORDINALITY AS u(id, token, status, next_at, code, error, n, outcome, status_code, "
+        "  duration_ms, ord)), "
+        "s AS (UPDATE notify_deliveries d SET status = u.status, next_attempt_at = u.next_at, last_code = COALESCE(u.code, d.last_code), "
+        "  last_error = COALESCE(u.error, d.last_error), delivered_at = CASE WHEN u.status = 'delivered' THEN clock_timestamp() END, "
+        "  claim_token = NULL FROM u WHERE d.id = u.id AND d.claim_token = u.token RETURNING d.id) "
+        "INSERT INTO notify_attempts (tenant_id, delivery_id, n, outcome, status_code, code, error, duration_ms) "
+        "SELECT pulse_current_tenant(), u.id, u.n, u.outcome, u.status_code, u.code, u.error, u.duration_ms FROM u JOIN s ON s.id = u.id "
+        "ORDER BY u.ord RETURNING delivery_id",
+        [o.delivery_id for o in outcomes],
+        [o.token for o in outcomes],
+        [o.status for o in outcomes],
+        [o.next_at for o in outcomes],
+        [None if o.code is None else str(o.code) for o in outcomes],
+        [o.error for o in outcomes],
+        [o.n for o in outcomes],
+        [o.outcome for o in outcomes],
+        [o.status_code for o in outcomes],
+        [o.duration_ms for o in outcomes],
     )
-    return mine is not None
+    return {r["delivery_id"] for r in rows}
 
 
 async def add_attempt(

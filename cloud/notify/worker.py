@@ -7,14 +7,19 @@ store.py:
 - **fan-out** (fanout.py): outbox events become queued deliveries, routed and throttled; opened
   alerts start their route's escalation, acknowledgements and closes stop it.
 - **delivery** (delivery.py): claims are committed before sending (record-before-send); one attempt;
-  the outcome recorded if the claim is still its own; retries with backoff, dead letters.
+  the outcome recorded if the claim is still its own; retries with backoff, dead letters. Finished
+  attempts are recorded in batches: whatever finished while the last batch was being written goes in
+  one transaction, which also claims the next due deliveries of that tenant for the freed places (so a
+  busy queue is worked without a full pass per delivery). An outcome not yet recorded when the process
+  dies leaves its claim ``sending``: stale-claim recovery treats it as a crash mid-send.
 - **stale claims** (recovery.py): deliveries left ``sending`` by a process that stopped mid-send are
   sent again only where the channel is idempotent (``Channel.idempotent``), else dead-lettered.
 - **escalation** (escalator.py): due escalations advance level by level (escalation.py decides).
 
 Every step takes ``now`` so tests drive the escalation on a simulated clock (``run_once(now)``);
 in production the loop passes the real time and wakes on ``LISTEN pulse_notify`` or every
-``poll_interval_s``.
+``poll_interval_s``. A pass asks the database which tenants have which work
+(``pulse_notify_work``) and runs only those steps.
 """
 
 from __future__ import annotations
@@ -72,6 +77,15 @@ class NotifyWorkers:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._sends: set[asyncio.Task[None]] = set()
+        self._in_flight = 0
+        """Claimed deliveries whose attempt has not finished (the places ``concurrency`` bounds)."""
+        self._attempted: list[tuple[uuid.UUID, delivery.Attempted]] = []
+        """Finished attempts (tenant, attempt) not yet recorded."""
+        self._attempts_ready = asyncio.Event()
+        self._recorder: asyncio.Task[None] | None = None
+        self._db_lock = asyncio.Lock()
+        """Held while claiming or recording: the free places are counted once, an outcome recorded once."""
+        self._stopping = False
         self._stack = contextlib.AsyncExitStack()
         self._ctx: SendContext | None = None
         self._listener: asyncpg.Connection | None = None
@@ -88,7 +102,9 @@ class NotifyWorkers:
         return self._task is not None
 
     def start(self) -> None:
+        self._stopping = False
         self._task = asyncio.create_task(self._loop(), name="pulse-notify")
+        self._recorder = asyncio.create_task(self._record_loop(), name="pulse-notify-record")
 
     def wake(self) -> None:
         self._wake.set()
@@ -96,8 +112,10 @@ class NotifyWorkers:
     async def stop(self, grace_s: float | None = None) -> None:
         """Stop taking work; let sends in flight finish for ``grace_s`` (default: the send timeout), then cancel them.
 
-        A send cancelled here stays ``sending`` and is treated as a stale claim by whoever runs next.
+        A send cancelled here stays ``sending`` and is treated as a stale claim by whoever runs next;
+        the outcomes of the sends that finished are recorded before this returns.
         """
+        self._stopping = True
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -108,6 +126,13 @@ class NotifyWorkers:
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
+        async with self._db_lock:  # the recorder is not inside a transaction while this is held
+            if self._recorder is not None:
+                self._recorder.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._recorder
+                self._recorder = None
+            await self._record(claim=False)
         await self._unlisten()
         await self._stack.aclose()
         self._ctx = None
@@ -152,57 +177,114 @@ class NotifyWorkers:
         due_at = max(now, _utcnow())
         done = Pass()
         async with self.db.identity() as conn:
-            tenants = await store.busy_tenants(conn, self.settings.claim_timeout_s, due_at)
+            work = await store.notify_work(conn, self.settings.claim_timeout_s, due_at)
         url, budget = self.settings.console_url, self.settings.max_attempts
-        for tenant in tenants:
-            async with self.db.tenant(tenant) as conn:
-                fanned = await fan_out(conn, tenant, now, console_url=url, budget=budget)
-            done.fanned_out += fanned.events
-            done.queued += fanned.queued
-            async with self.db.tenant(tenant) as conn:
-                done.recovered += await recover(conn, self.settings.claim_timeout_s)
-            async with self.db.tenant(tenant) as conn:
-                done.escalated += await escalate(conn, tenant, now, console_url=url, budget=budget)
-            await self._claim_and_send(tenant, done)
+        for w in work:
+            tenant, due = w.tenant, w.due
+            if w.outbox:
+                async with self.db.tenant(tenant) as conn:
+                    fanned = await fan_out(conn, tenant, now, console_url=url, budget=budget)
+                done.fanned_out += fanned.events
+                done.queued += fanned.queued
+                due = due or fanned.queued > 0
+            if w.stale:
+                async with self.db.tenant(tenant) as conn:
+                    recovered = await recover(conn, self.settings.claim_timeout_s)
+                done.recovered += recovered
+                due = due or recovered > 0
+            if w.escalations:
+                async with self.db.tenant(tenant) as conn:
+                    escalated = await escalate(conn, tenant, now, console_url=url, budget=budget)
+                done.escalated += escalated
+                due = due or escalated > 0
+            if due:
+                await self._claim_and_send(tenant, done)
         if wait_sends:
             await self.drain()
         return done
 
     async def drain(self) -> None:
-        """Wait for the sends in flight (tests)."""
+        """Wait for the sends in flight and record their outcomes (tests)."""
         while self._sends:
             await asyncio.gather(*list(self._sends), return_exceptions=True)
+        async with self._db_lock:
+            await self._record(claim=False)
 
     # --- delivery ------------------------------------------------------------------------------
 
     async def _claim_and_send(self, tenant: uuid.UUID, done: Pass) -> None:
-        room = self.settings.concurrency - len(self._sends)
-        if room <= 0:
-            return
-        token = uuid.uuid4()
-        async with self.db.tenant(tenant) as conn:
-            claimed = await store.claim_due(conn, token, room)
+        async with self._db_lock:
+            room = self.settings.concurrency - self._in_flight
+            if room <= 0 or self._stopping:
+                return
+            token = uuid.uuid4()
+            async with self.db.tenant(tenant) as conn:
+                claimed = await store.claim_due(conn, token, room)
+            self._start_sends(tenant, token, claimed)
+        done.claimed += len(claimed)
+
+    def _start_sends(self, tenant: uuid.UUID, token: uuid.UUID, claimed: list[asyncpg.Record]) -> None:
         # The claims are committed: a crash from here on leaves them 'sending' (see recovery.py).
+        self._in_flight += len(claimed)
         for row in claimed:
             task = asyncio.create_task(self._send(tenant, token, row), name=f"pulse-notify-send-{row['id']}")
             self._sends.add(task)
             task.add_done_callback(self._sent)
-        done.claimed += len(claimed)
 
     def _sent(self, task: asyncio.Task[None]) -> None:
         self._sends.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("notify: a send task failed", exc_info=task.exception())
-        self._wake.set()
 
     async def _send(self, tenant: uuid.UUID, token: uuid.UUID, row: asyncpg.Record) -> None:
         assert self._ctx is not None
-        started = time.perf_counter()
-        outcome = await delivery.send(row, self._ctx, self.settings.claim_timeout_s / 2)
-        duration_ms = int((time.perf_counter() - started) * 1000)
-        result = delivery.settle(row["kind"], row["attempts"], row["budget"], outcome, _utcnow(), self.settings.backoff_s)
-        async with self.db.tenant(tenant) as conn:
-            await delivery.record(conn, token, row, result, duration_ms)
+        try:
+            started = time.perf_counter()
+            outcome = await delivery.send(row, self._ctx, self.settings.claim_timeout_s / 2)
+            duration_ms = int((time.perf_counter() - started) * 1000)
+            result = delivery.settle(row["kind"], row["attempts"], row["budget"], outcome, _utcnow(), self.settings.backoff_s)
+            self._attempted.append((tenant, delivery.Attempted(token, row, result, duration_ms)))
+        finally:
+            self._in_flight -= 1
+        if self._recorder is None:  # driven by run_once alone (tests): record now, as the recorder would
+            async with self._db_lock:
+                await self._record(claim=False)
+        else:
+            self._attempts_ready.set()
+
+    async def _record_loop(self) -> None:
+        """Record finished attempts in batches and claim the next due deliveries for the freed places."""
+        while True:
+            await self._attempts_ready.wait()
+            self._attempts_ready.clear()
+            async with self._db_lock:
+                drained = await self._record(claim=not self._stopping)
+            if drained:
+                self._wake.set()  # the tenant has no more due work that fits: a pass looks at the others
+
+    async def _record(self, *, claim: bool) -> bool:
+        """Record every finished attempt, one transaction per tenant, claiming that tenant's next due
+        deliveries for the free places when ``claim``. Hold ``_db_lock``. True when a claim took fewer
+        than the free places (that tenant's due queue is drained)."""
+        attempted, self._attempted = self._attempted, []
+        by_tenant: dict[uuid.UUID, list[delivery.Attempted]] = {}
+        for tenant, a in attempted:
+            by_tenant.setdefault(tenant, []).append(a)
+        drained = False
+        for tenant, attempts in by_tenant.items():
+            room = self.settings.concurrency - self._in_flight if claim else 0
+            token = uuid.uuid4()
+            try:
+                async with self.db.tenant(tenant) as conn:
+                    await delivery.record(conn, attempts)
+                    claimed = await store.claim_due(conn, token, room) if room > 0 else []
+            except Exception:  # these claims stay 'sending': stale-claim recovery settles them as after a crash
+                log.exception("notify workers: recording %d outcomes of tenant %s failed", len(attempts), tenant)
+                drained = True
+                continue
+            self._start_sends(tenant, token, claimed)
+            drained = drained or len(claimed) < room
+        return drained
 
 
 __all__ = ["MAX_BACKOFF_S", "NotifyWorkers", "Pass", "backoff"]

@@ -176,6 +176,28 @@ async def test_jobs_survive_a_restart_and_a_crash_mid_send_does_not_page_twice(c
     assert len([r for r in receiver.requests if r.path == "/hook"]) == 1
 
 
+async def test_events_fanned_out_in_one_batch_go_out_in_order_and_once(cloud_settings: Settings, receiver: Receiver) -> None:
+    """Opened, acknowledged and closed while no worker runs: one fan-out batch queues all three in one
+    statement, and the channel still hears them one at a time, in order (a resolve never overtakes its trigger)."""
+    receiver.answer("/v2/enqueue", ACCEPTED, ACCEPTED, ACCEPTED)
+    async with notify_cloud(cloud_settings, fast_notify(workers=False)) as c:
+        _, h, _ = await setup_tenant(c, {"kind": "pagerduty", "config": {"routing_key": PD_KEY, "events_url": receiver.url("/v2/enqueue")}})
+        alert_id = await open_alert(c, h)
+        assert (await c.client.post(f"/api/v1/alerts/{alert_id}/ack", headers=h)).status_code == 200
+        assert (await c.client.post(f"/api/v1/alerts/{alert_id}/close", headers=h)).status_code == 200
+        workers = NotifyWorkers(c.db, fast_notify())
+        try:
+            first = await workers.run_once(wait_sends=True)
+            assert (first.queued, first.claimed) == (3, 1)  # the later two wait for the one before them
+            for _ in range(6):
+                await workers.run_once(wait_sends=True)
+        finally:
+            await workers.stop()
+        detail = (await c.client.get(f"/api/v1/alerts/{alert_id}", headers=h)).json()
+    assert [e["event_action"] for e in pd_events(receiver)] == ["trigger", "acknowledge", "resolve"]
+    assert [(n["event"], n["status"]) for n in detail["notifications"]] == [("opened", "delivered"), ("acknowledged", "delivered"), ("closed", "delivered")]
+
+
 async def test_two_worker_sets_fan_out_each_event_once(ncloud: NotifyCloud, cloud_settings: Settings, receiver: Receiver) -> None:
     _, h, _ = await setup_tenant(ncloud, {"kind": "webhook", "config": {"url": receiver.url("/hook")}})
     other = NotifyWorkers(ncloud.db, fast_notify())
