@@ -31,9 +31,6 @@ from pulse.protocol.errors import Code
 
 REDACTED = "***"
 MAX_ATTEMPTS = 5
-SECRET_URL_KINDS = frozenset({"slack", "teams"})
-"""Kinds whose webhook URL is itself the credential (whoever has a Slack or Teams webhook URL can post
-to the channel): the API shows only its scheme and host."""
 
 
 def _redacted_url(url: object) -> str:
@@ -58,7 +55,7 @@ def redact(kind: str, config: Mapping[str, Any]) -> dict[str, Any]:
             out[name] = REDACTED
     if kind == "webhook" and isinstance(out.get("headers"), dict):
         out["headers"] = {k: REDACTED for k in out["headers"]}
-    if kind in SECRET_URL_KINDS and out.get("url"):
+    if kind in senders.SECRET_URL_KINDS and out.get("url"):
         out["url"] = _redacted_url(out["url"])
     return out
 
@@ -72,7 +69,7 @@ def merge_secrets(kind: str, incoming: Mapping[str, Any], stored: Mapping[str, A
     if kind == "webhook" and isinstance(out.get("headers"), dict):
         old = stored.get("headers") or {}
         out["headers"] = {k: (old.get(k, v) if v == REDACTED else v) for k, v in out["headers"].items()}
-    if kind in SECRET_URL_KINDS and stored.get("url") and out.get("url") == _redacted_url(stored["url"]):
+    if kind in senders.SECRET_URL_KINDS and stored.get("url") and out.get("url") == _redacted_url(stored["url"]):
         out["url"] = stored["url"]
     return out
 
@@ -82,7 +79,7 @@ def validate_config(kind: str, raw: Mapping[str, Any]) -> dict[str, Any]:
     for name in secret_fields(kind):
         if raw.get(name) == REDACTED:
             raise ConfigError(Code.NOTIFY_BAD_CONFIG, f"{kind} channel: {name}: give the secret itself, not {REDACTED}", kind=kind, fields=name)
-    if kind in SECRET_URL_KINDS and str(raw.get("url", "")).endswith("/" + REDACTED):
+    if kind in senders.SECRET_URL_KINDS and str(raw.get("url", "")).endswith("/" + REDACTED):
         raise ConfigError(Code.NOTIFY_BAD_CONFIG, f"{kind} channel: url: give the whole webhook URL, not the redacted one", kind=kind, fields="url")
     senders.validate(kind, raw)
     return dict(raw)

@@ -1,6 +1,6 @@
 """Channel senders, one module each, registered in ``CHANNELS`` (kind -> Channel): the one table of
 channel kinds. Everything else that names kinds derives from it: ``KINDS``, ``IDEMPOTENT_KINDS``,
-``HTTP_KINDS``, the API's ``ChannelKind`` enum and the console's generated ``kinds.ts``
+``HTTP_KINDS``, ``SECRET_URL_KINDS``, the API's ``ChannelKind`` enum and the console's generated ``kinds.ts``
 (``render_console_kinds``; a unit test keeps the file equal to it).
 
 Every module has the same shape (see ``base.py``): ``Config``, a pure ``build``, and ``send`` that
@@ -29,6 +29,8 @@ IDEMPOTENT_KINDS = frozenset(k for k, c in CHANNELS.items() if c.idempotent)
 """Channels whose receiver folds repeats: a send whose outcome is unknown is sent again."""
 HTTP_KINDS = frozenset(k for k, c in CHANNELS.items() if c.http)
 """Channels whose receiver answers over HTTP (an attempt records the status code)."""
+SECRET_URL_KINDS = frozenset(k for k, c in CHANNELS.items() if c.secret_url)
+"""Channels whose webhook URL is itself the credential: the API shows only its scheme and host."""
 
 
 def render_console_kinds() -> str:
@@ -73,4 +75,4 @@ async def send(kind: str, config: ChannelConfig, notification: Notification, ctx
     return await target.send(config, notification, ctx)
 
 
-__all__ = ["CHANNELS", "HTTP_KINDS", "IDEMPOTENT_KINDS", "KINDS", "SendContext", "channel", "render_console_kinds", "send", "validate"]
+__all__ = ["CHANNELS", "HTTP_KINDS", "IDEMPOTENT_KINDS", "KINDS", "SECRET_URL_KINDS", "SendContext", "channel", "render_console_kinds", "send", "validate"]

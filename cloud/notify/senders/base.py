@@ -59,6 +59,9 @@ class Channel(Generic[C]):
     """The receiver folds repeats (PagerDuty's dedup_key): a send whose outcome is unknown is sent again."""
     http: bool = False
     """The receiver answers over HTTP: an attempt records the status code it answered."""
+    secret_url: bool = False
+    """The config's ``url`` is itself the credential (whoever has a Slack or Teams webhook URL can post
+    to the channel): the API shows only its scheme and host."""
 
 
 def _http_url(value: str) -> str:

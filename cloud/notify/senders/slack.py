@@ -70,4 +70,4 @@ async def send(config: Config, n: Notification, ctx: SendContext) -> Outcome:
     return await deliver(ctx, build(config, n), interpret)
 
 
-CHANNEL = Channel("slack", Config, send, http=True)
+CHANNEL = Channel("slack", Config, send, http=True, secret_url=True)

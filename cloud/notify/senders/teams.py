@@ -93,4 +93,4 @@ async def send(config: Config, n: Notification, ctx: SendContext) -> Outcome:
     return await deliver(ctx, build(config, n), interpret if config.format == "adaptive" else interpret_connector)
 
 
-CHANNEL = Channel("teams", Config, send, http=True)
+CHANNEL = Channel("teams", Config, send, http=True, secret_url=True)

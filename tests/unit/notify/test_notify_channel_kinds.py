@@ -38,3 +38,15 @@ def test_a_stale_claim_is_sent_again_only_where_the_channel_folds_repeats(kind: 
 def test_pagerduty_is_the_one_idempotent_channel_and_http_kinds_are_the_http_senders() -> None:
     assert senders.IDEMPOTENT_KINDS == {"pagerduty"}
     assert senders.HTTP_KINDS == {"slack", "pagerduty", "teams", "webhook"}
+
+
+@pytest.mark.parametrize("kind", list(senders.CHANNELS))
+def test_the_api_hides_a_webhook_url_exactly_where_the_channel_says_the_url_is_the_credential(kind: str) -> None:
+    from pulse.cloud.notify.store import redact
+
+    channel = senders.CHANNELS[kind]
+    if channel.secret_url:
+        assert "url" in channel.config.model_fields
+    shown = redact(kind, {"url": "https://hooks.example.test/services/T000/B000/secret-token"})
+    assert (shown["url"] == "https://hooks.example.test/***") is channel.secret_url
+    assert senders.SECRET_URL_KINDS == {"slack", "teams"}
