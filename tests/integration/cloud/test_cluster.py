@@ -374,3 +374,48 @@ async def test_a_process_joining_later_takes_its_fair_share_and_no_job_ever_runs
         await conn_b.close()
     assert overlaps == []
     assert running == {}
+
+
+async def test_a_released_job_that_does_not_stop_is_cancelled_before_it_is_unlocked(cloud_settings: Settings) -> None:
+    dsn = app_role_dsn(cloud_settings)
+    tag = uuid.uuid4().hex[:8]
+    group, names = f"stuck-{tag}", [f"test-{tag}-stuck-{p}" for p in range(2)]
+    running: set[str] = set()
+    overlaps: list[str] = []
+
+    def stubborn(name: str) -> Callable[[asyncio.Event], Awaitable[None]]:
+        async def run(release: asyncio.Event) -> None:  # ignores its release (a writer stuck in a statement)
+            if name in running:
+                overlaps.append(name)
+            running.add(name)
+            try:
+                await asyncio.Event().wait()
+            finally:
+                running.discard(name)
+
+        return run
+
+    a, b = Leadership(dsn, node="a", release_s=0.2), Leadership(dsn, node="b", release_s=0.2)
+    for name in names:
+        a.share(group, name, stubborn(name))
+        b.share(group, name, stubborn(name))
+    conn_a, conn_b = await asyncpg.connect(dsn), await asyncpg.connect(dsn)
+    try:
+        await a._join(conn_a)
+        for _ in range(2):
+            await a._round(conn_a)
+        assert a.held == names
+        await b._join(conn_b)
+        await a._round(conn_a)  # asks one job to stop; it does not
+        await b._round(conn_b)
+        assert b.held == [] and len(running) == 2  # still locked by a while it runs there
+        await asyncio.sleep(0.3)
+        await a._round(conn_a)  # past release_s: cancelled, then unlocked
+        await b._round(conn_b)
+        assert len(a.held) == 1 and len(b.held) == 1 and a.released == 1
+    finally:
+        await a.stop()
+        await b.stop()
+        await conn_a.close()
+        await conn_b.close()
+    assert overlaps == []
