@@ -109,15 +109,17 @@ class PartitionWriters:
             while not release.is_set():
                 try:
                     await self._consume(partition, release)
-                    self.stats.releases += 1
-                    log.info("stream partition %s released at a clean point", partition)
-                    return
                 except (*NATS_ERRORS, StreamDown, *_DB_ERRORS) as exc:
                     self.client.forget_stream()
                     log.warning("stream partition %s: %s: %s; starting over from its mark", partition, type(exc).__name__, exc)
                 except Exception:  # a bug: log it, start over, never lose the partition
                     log.exception("stream partition %s writer failed; starting over from its mark", partition)
+                else:
+                    break  # released
                 await asyncio.sleep(self.retry_s)
+            # released: the batch in hand is stored and acknowledged (or, after an error, none is in hand)
+            self.stats.releases += 1
+            log.info("stream partition %s released at a clean point", partition)
         finally:
             self.stats.partitions.discard(partition)
 

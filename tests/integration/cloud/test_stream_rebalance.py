@@ -70,6 +70,7 @@ async def test_a_replica_started_later_takes_its_share_of_the_partitions_and_not
         "PULSE_STREAM_SUBJECT": names["stream_subject"],
         "PULSE_STREAM_PARTITIONS": str(PARTITIONS),
         "PULSE_STREAM_BATCH_MESSAGES": "16",
+        "PULSE_CLUSTER_LEASE_S": "6",  # a replica slow to answer on a busy machine must not drop its partitions meanwhile
     }
     every = {f"stream-{p}" for p in range(PARTITIONS)}
     a = start(cloud_settings, tmp_path, "a", **env)
@@ -111,7 +112,9 @@ async def test_a_replica_started_later_takes_its_share_of_the_partitions_and_not
                     return len(held_a) == len(held_b) == PARTITIONS // 2 and held_a | held_b == every
 
                 await until(shared, "A and B to hold half of the partitions each, without a restart")
-                assert await _figure(client, a, "releases") == PARTITIONS // 2  # handed over cleanly, not cancelled
+                # handed over cleanly (stopped at a clean point, not cancelled)
+                assert await _figure(client, a, "releases") >= PARTITIONS // 2, a.tail()
+                assert "did not stop within" not in a.log.read_text(errors="replace"), a.tail()
                 assert await _figure(client, a, "replicas") == 2 and await _figure(client, b, "replicas") == 2
                 mid = await stored()
                 await until(lambda: _at_least(stored, mid + 200), "both to store under load after the handover")
@@ -127,8 +130,8 @@ async def test_a_replica_started_later_takes_its_share_of_the_partitions_and_not
             await asyncio.sleep(0.5)  # anything more would be a duplicate: give it the chance to show
             rows = await counter.fetch("SELECT device_id, seq FROM telemetry WHERE tenant_id = $1", tenant)
             pairs = [(r["device_id"], r["seq"]) for r in rows]
-            assert len(pairs) == len(set(pairs)), "a reading was stored twice"
-            assert set(pairs) == acked, f"lost {len(acked - set(pairs))}, unacknowledged extra {len(set(pairs) - acked)}"
+            assert len(pairs) == len(set(pairs)), f"a reading was stored twice\nA: {a.tail()}\nB: {b.tail()}"
+            assert set(pairs) == acked, f"lost {len(acked - set(pairs))}, unacknowledged extra {len(set(pairs) - acked)}\nA: {a.tail()}"
             assert len(acked) > 400
 
             stop(b)  # SIGTERM: B hands its partitions over at a clean point; A takes them all again
