@@ -256,8 +256,7 @@ def create_app(
         )
         if stream_client is not None and partition_writers is not None:
             stream_client.start()
-            for name, job in partition_writers.jobs().items():
-                replica.add_job(name, job, group="stream")
+            replica.share_jobs("stream", partition_writers.jobs())
         replica.start()
         listener = SyncListener(create_sync_app(sync, jobs_api.files_of(settings)), settings.sync, sync.ca, metrics) if sync_listener else None
         try:
@@ -320,7 +319,8 @@ def create_app(
         client, stats = stream_client, partition_writers.stats
         metrics.watch_stream(lambda: {"connected": float(client.connected), "partitions": len(stats.partitions),
                                       "stored_messages": stats.stored_messages, "skipped_messages": stats.skipped_messages,
-                                      "takeovers": stats.takeovers})
+                                      "takeovers": stats.takeovers, "releases": stats.releases,
+                                      "replicas": replica.leadership.members.get("stream", 0)})
     app.state.live = hub
     app.state.replica = replica
     app.state.rules = rules

@@ -122,6 +122,8 @@ class Metrics:
             ("stored_messages", "Stream messages this replica's partition writers stored (since start)"),
             ("skipped_messages", "Redelivered stream messages skipped as already stored (since start)"),
             ("takeovers", "Times this replica's writers (re)started a partition from its mark (since start)"),
+            ("releases", "Partitions this replica handed over at a clean point, to share them out or stopping (since start)"),
+            ("replicas", "Replicas alive sharing the stream's partitions, as this replica last counted them"),
         ):
             Gauge(f"pulse_stream_{key}", help_text, registry=self.registry).set_function(partial(_figure, figures, key))
 

@@ -8,7 +8,8 @@
   a gateway, so the replica holding that gateway's long-poll answers at once. When the listener may have missed notifications
   (reconnection), every cache is flushed.
 - Rate limits: the device and tenant buckets of HTTP ingest are shared (``cluster/ratelimit.py``).
-- Once-per-cluster jobs run under ``Leadership`` (``cluster/leader.py``).
+- Once-per-cluster jobs run under ``Leadership`` (``cluster/leader.py``); the ingest stream's
+  partition writers are shared out between the replicas alive (``share_jobs``).
 """
 
 from __future__ import annotations
@@ -18,11 +19,11 @@ import datetime as dt
 import json
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from pulse.cloud.cluster.bus import Bus, cancel
-from pulse.cloud.cluster.leader import Job, Leadership
+from pulse.cloud.cluster.leader import Job, Leadership, SharedJob
 from pulse.cloud.cluster.ratelimit import SharedRateLimiter, database_bucket
 from pulse.cloud.db.pool import Database
 from pulse.cloud.ingest.identity import DeviceTokenCache
@@ -81,8 +82,13 @@ class Replica:
         self.leadership.add("rate-buckets", self._forget_buckets)
         self._tasks: list[asyncio.Task[None]] = []
 
-    def add_job(self, name: str, job: Job, *, group: str | None = None) -> None:
-        self.leadership.add(name, job, group=group)
+    def add_job(self, name: str, job: Job) -> None:
+        self.leadership.add(name, job)
+
+    def share_jobs(self, group: str, jobs: Mapping[str, SharedJob]) -> None:
+        """Jobs the replicas divide fairly between them (the ingest stream's partition writers)."""
+        for name, job in jobs.items():
+            self.leadership.share(group, name, job)
 
     async def fetch_metrics(self, tenant_id: uuid.UUID, device_id: str, t_ms: int) -> dict[str, float | bool] | None:
         at = dt.datetime.fromtimestamp(t_ms / 1000, dt.UTC)

@@ -6,7 +6,8 @@ while sharing nothing but PostgreSQL:
   something so they flush what they cache.
 - ``leader.py``: background jobs that must run once per cluster (sweeps, maintenance, the
   subscriptions worker) run on the replica holding a PostgreSQL advisory lock; another replica
-  takes over when the holder dies.
+  takes over when the holder dies. Shared groups of jobs (the ingest stream's partition writers)
+  are divided fairly between the replicas alive, handed over at a clean point.
 - ``ratelimit.py``: per-device and per-tenant token buckets kept in PostgreSQL, spent locally in
   small leases so ingest does not ask the database for every message.
 """

@@ -113,6 +113,11 @@ class StreamClient:
         while not self.connected:
             await asyncio.sleep(0.2)
 
+    async def flush(self) -> None:
+        """Send what the connection still buffers (acknowledgements) and wait for the server's answer."""
+        if self._nc is not None and self._nc.is_connected:
+            await self._nc.flush(timeout=max(1, int(self.config.publish_timeout_s)))
+
     def forget_stream(self) -> None:
         """Check (and create) the stream again before the next use: after a failure, it may have been deleted."""
         self._stream_checked = False

@@ -1,8 +1,11 @@
 """The writers' side of the stream: one durable pull consumer per partition, one writer at a time.
 
-Each partition is a once-per-cluster job (``stream-<partition>``, ``cluster/leader.py``): the
-replica holding its advisory lock runs its writer; when that replica dies, PostgreSQL frees the
-lock and another replica takes the partition over within a poll.
+Each partition is a once-per-cluster job (``stream-<partition>``, ``cluster/leader.py``), shared
+out between the replicas alive: the replica holding its advisory lock runs its writer; when that
+replica dies, PostgreSQL frees the lock and another replica takes the partition over within a
+poll. A replica holding more than its fair share (a replica started since) is asked to release a
+partition: the writer finishes the batch in hand (stored, committed, acknowledged), stops its
+consumer and returns; only then is the lock freed for another replica to take the partition over.
 
 Taking a partition over, the writer replaces the partition's durable consumer (same name, deliver
 all): on the work-queue stream that redelivers, in stream order, every message nobody acknowledged,
@@ -37,7 +40,7 @@ import nats.js.errors
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from pulse.cloud.cluster.leader import Job
+from pulse.cloud.cluster.leader import SharedJob
 from pulse.cloud.db.pool import Database
 from pulse.cloud.db.rows import QuarantineRow, TelemetryRow
 from pulse.cloud.ingest.writer import write_rows
@@ -67,6 +70,8 @@ class WriterStats:
     """redelivered messages at or below the mark: already stored"""
     unreadable_messages: int = 0
     takeovers: int = 0
+    releases: int = 0
+    """partitions this process handed over cleanly (to share them out, or stopping)"""
     partitions: set[int] = field(default_factory=set)
     """partitions whose writer runs in this process now"""
 
@@ -88,30 +93,39 @@ class PartitionWriters:
         self.retry_s = retry_s
         self.stats = WriterStats()
 
-    def jobs(self) -> dict[str, Job]:
+    def jobs(self) -> dict[str, SharedJob]:
         """The cluster jobs: ``stream-<p>`` -> its partition's writer."""
         return {f"stream-{p}": self._job(p) for p in range(self.config.partitions)}
 
-    def _job(self, partition: int) -> Job:
-        return lambda: self.run(partition)
+    def _job(self, partition: int) -> SharedJob:
+        return lambda release: self.run(partition, release)
 
-    async def run(self, partition: int) -> None:
-        """The partition's writer, until cancelled (the cluster lease lost, the process stopping)."""
+    async def run(self, partition: int, release: asyncio.Event | None = None) -> None:
+        """The partition's writer, until cancelled (the cluster lease lost) or, soon after
+        ``release`` is set, at a clean point: no batch in hand."""
+        release = release or asyncio.Event()
         self.stats.partitions.add(partition)
         try:
-            while True:
+            while not release.is_set():
                 try:
-                    await self._consume(partition)
+                    await self._consume(partition, release)
                 except (*NATS_ERRORS, StreamDown, *_DB_ERRORS) as exc:
                     self.client.forget_stream()
                     log.warning("stream partition %s: %s: %s; starting over from its mark", partition, type(exc).__name__, exc)
                 except Exception:  # a bug: log it, start over, never lose the partition
                     log.exception("stream partition %s writer failed; starting over from its mark", partition)
+                else:
+                    break  # released
                 await asyncio.sleep(self.retry_s)
+            # released: the batch in hand is stored and acknowledged (or, after an error, none is in hand)
+            self.stats.releases += 1
+            log.info("stream partition %s released at a clean point", partition)
         finally:
             self.stats.partitions.discard(partition)
 
-    async def _consume(self, partition: int) -> None:
+    async def _consume(self, partition: int, release: asyncio.Event) -> None:
+        """Take the partition over, then store batch after batch; returns once ``release`` is set
+        and the batch in hand is stored and acknowledged."""
         cfg = self.config
         await self.client.wait_connected()
         await self.client.ensure_stream()
@@ -135,7 +149,7 @@ class PartitionWriters:
         self.stats.takeovers += 1
         sub = await js.pull_subscribe_bind(name, stream=cfg.name)
         try:
-            while True:
+            while not release.is_set():
                 try:
                     msgs = await sub.fetch(cfg.batch_messages, timeout=cfg.fetch_wait_s)
                 except nats.errors.TimeoutError:
@@ -145,6 +159,7 @@ class PartitionWriters:
                 await self._store(subject, msgs)
                 for msg in msgs:
                     await msg.ack()
+            await self.client.flush()  # the acknowledgements reach the server before the next holder takes over
         finally:
             with contextlib.suppress(*NATS_ERRORS):
                 await sub.unsubscribe()

@@ -285,18 +285,137 @@ async def test_jobs_of_a_group_are_taken_one_per_round_so_replicas_starting_toge
     async def idle() -> None:
         await asyncio.Event().wait()
 
+    async def shared_idle(release: asyncio.Event) -> None:
+        await release.wait()
+
     leader = Leadership(dsn, node="a")
     grouped = [f"test-{tag}-part-{p}" for p in range(3)]
     for name in grouped:
-        leader.add(name, idle, group="parts")
+        leader.share(f"parts-{tag}", name, shared_idle)
     leader.add(f"test-{tag}-alone", idle)
     conn = await asyncpg.connect(dsn)
     try:
+        await leader._join(conn)
         await leader._round(conn)  # one round: the ungrouped job and one of the group
         assert sorted(leader.held) == sorted([f"test-{tag}-alone", grouped[0]])
         await leader._round(conn)
         await leader._round(conn)
         assert sorted(leader.held) == sorted([f"test-{tag}-alone", *grouped])
+        assert leader.members == {f"parts-{tag}": 1}
     finally:
         await leader.stop()
         await conn.close()  # the session ends: its advisory locks go with it
+
+
+async def test_a_process_joining_later_takes_its_fair_share_and_no_job_ever_runs_twice(cloud_settings: Settings) -> None:
+    """a holds the four jobs of a shared group; b joins: a releases two (each at a clean point,
+    unlocked only once it returned), b takes them; when b leaves, a takes them back."""
+    dsn = app_role_dsn(cloud_settings)
+    tag = uuid.uuid4().hex[:8]
+    group, names = f"parts-{tag}", [f"test-{tag}-part-{p}" for p in range(4)]
+    running: dict[str, str] = {}  # job -> the process running it now
+    overlaps: list[str] = []
+    clean_stops: list[tuple[str, str]] = []
+
+    def job(node: str) -> Callable[[asyncio.Event], Awaitable[None]]:
+        def for_name(name: str) -> Callable[[asyncio.Event], Awaitable[None]]:
+            async def run(release: asyncio.Event) -> None:
+                if name in running:
+                    overlaps.append(f"{name} on {running[name]} and {node}")
+                running[name] = node
+                try:
+                    await release.wait()
+                    await asyncio.sleep(0.05)  # finishing the batch in hand
+                    clean_stops.append((node, name))
+                finally:
+                    running.pop(name, None)
+
+            return run
+
+        return for_name  # type: ignore[return-value]
+
+    a, b = Leadership(dsn, node="a"), Leadership(dsn, node="b")
+    for name in names:
+        a.share(group, name, job("a")(name))  # type: ignore[operator]
+        b.share(group, name, job("b")(name))  # type: ignore[operator]
+    conn_a, conn_b = await asyncpg.connect(dsn), await asyncpg.connect(dsn)
+
+    async def rounds(*leaders: tuple[Leadership, asyncpg.Connection], until: Callable[[], bool]) -> None:
+        for _ in range(40):
+            for leader, conn in leaders:
+                await leader._round(conn)
+            if until():
+                return
+            await asyncio.sleep(0.03)
+        raise AssertionError(f"did not settle: a {a.held}, b {b.held}")
+
+    try:
+        await a._join(conn_a)
+        await rounds((a, conn_a), until=lambda: len(a.held) == 4)
+        await b._join(conn_b)  # b is alive in the group from now on
+        await rounds((b, conn_b), (a, conn_a), until=lambda: len(a.held) == 2 and len(b.held) == 2)
+        for _ in range(3):  # and it stays so
+            await a._round(conn_a)
+            await b._round(conn_b)
+        assert len(a.held) == 2 and len(b.held) == 2 and set(a.held) | set(b.held) == set(names)
+        assert a.members == b.members == {group: 2}
+        assert a.released == 2 and sorted(n for node, n in clean_stops if node == "a") == sorted(b.held)
+        assert {running[n] for n in a.held} == {"a"} and {running[n] for n in b.held} == {"b"}
+        b_held = b.held
+        await b.stop()  # stopping releases at a clean point too
+        await conn_b.close()
+        assert sorted(n for node, n in clean_stops if node == "b") == sorted(b_held)
+        await rounds((a, conn_a), until=lambda: len(a.held) == 4)
+        assert a.members == {group: 1}
+    finally:
+        await a.stop()
+        await b.stop()
+        await conn_a.close()
+        await conn_b.close()
+    assert overlaps == []
+    assert running == {}
+
+
+async def test_a_released_job_that_does_not_stop_is_cancelled_before_it_is_unlocked(cloud_settings: Settings) -> None:
+    dsn = app_role_dsn(cloud_settings)
+    tag = uuid.uuid4().hex[:8]
+    group, names = f"stuck-{tag}", [f"test-{tag}-stuck-{p}" for p in range(2)]
+    running: set[str] = set()
+    overlaps: list[str] = []
+
+    def stubborn(name: str) -> Callable[[asyncio.Event], Awaitable[None]]:
+        async def run(release: asyncio.Event) -> None:  # ignores its release (a writer stuck in a statement)
+            if name in running:
+                overlaps.append(name)
+            running.add(name)
+            try:
+                await asyncio.Event().wait()
+            finally:
+                running.discard(name)
+
+        return run
+
+    a, b = Leadership(dsn, node="a", release_s=0.2), Leadership(dsn, node="b", release_s=0.2)
+    for name in names:
+        a.share(group, name, stubborn(name))
+        b.share(group, name, stubborn(name))
+    conn_a, conn_b = await asyncpg.connect(dsn), await asyncpg.connect(dsn)
+    try:
+        await a._join(conn_a)
+        for _ in range(2):
+            await a._round(conn_a)
+        assert a.held == names
+        await b._join(conn_b)
+        await a._round(conn_a)  # asks one job to stop; it does not
+        await b._round(conn_b)
+        assert b.held == [] and len(running) == 2  # still locked by a while it runs there
+        await asyncio.sleep(0.3)
+        await a._round(conn_a)  # past release_s: cancelled, then unlocked
+        await b._round(conn_b)
+        assert len(a.held) == 1 and len(b.held) == 1 and a.released == 1
+    finally:
+        await a.stop()
+        await b.stop()
+        await conn_a.close()
+        await conn_b.close()
+    assert overlaps == []

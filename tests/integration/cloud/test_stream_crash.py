@@ -2,8 +2,8 @@
 acknowledged is lost, nothing is stored twice.
 
 Two real `pulse cloud serve` processes with PULSE_STREAM_URL on one database and one real
-nats-server: A starts first and takes every partition's writer; B ingests (it holds no partition
-while A lives). Devices POST to B, each resending a request B did not answer 200 (as the ingest
+nats-server: A starts first and takes every partition's writer; B starts and ingests (A hands it
+half of the partitions, cluster/leader.py). Devices POST to B, each resending a request B did not answer 200 (as the ingest
 contract says), until enough is stored; then A is SIGKILLed mid-stream (its open transaction, if
 any, rolls back; what it fetched is unacknowledged), B takes the partitions over, the load goes on a
 while, stops, and PostgreSQL must hold exactly the (device, seq) pairs B acknowledged, each once."""
