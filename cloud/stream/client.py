@@ -13,7 +13,6 @@ than JetStream dropping stored messages).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
 import nats
@@ -32,6 +31,10 @@ log = logging.getLogger("pulse.cloud.stream")
 
 NATS_ERRORS: tuple[type[BaseException], ...] = (nats.errors.Error, nats.js.errors.Error, OSError, TimeoutError, asyncio.TimeoutError)
 """What the nats-py client raises when the server is away, slow or refuses: translated at this package's edge."""
+
+
+CLOSE_TIMEOUT_S = 5.0
+"""How long stopping waits for the NATS connection to close before it leaves it behind."""
 
 
 class StreamDown(Exception):
@@ -59,8 +62,15 @@ class StreamClient:
             await cancel(self._task)
             self._task = None
         if self._nc is not None:
-            with contextlib.suppress(*NATS_ERRORS):
-                await self._nc.close()
+            # Bounded: nats-py's close() flushes what it buffered while reconnecting and waits for the
+            # transport to close, which can wait forever when the server went away (a stopped
+            # `pulse cloud mqtt` hung on it in a test; nats-io/nats.py#671 is the same wait).
+            try:
+                await asyncio.wait_for(self._nc.close(), timeout=CLOSE_TIMEOUT_S)
+            except TimeoutError:
+                log.warning("the connection to the ingest stream did not close within %.0f s; left behind", CLOSE_TIMEOUT_S)
+            except NATS_ERRORS:
+                pass
             self._nc = None
         self._ready.clear()
 
