@@ -18,7 +18,6 @@ process. So:
 from __future__ import annotations
 
 import faulthandler
-import gc
 import os
 import signal
 import sys
@@ -134,10 +133,6 @@ def _nothing_outlives_the_test() -> Iterator[None]:
     threads_before = {t.ident for t in threading.enumerate() if t.ident is not None}
     children_before = {c.pid for c in children()}
     yield
-    # Collect this test's garbage now: a socket or stream it left unclosed warns (ResourceWarning,
-    # an error under filterwarnings) in this test's teardown, not in whichever later test the
-    # collector happened to run during.
-    gc.collect()
     threads, procs = leftovers(threads_before, children_before)
     if procs:
         kill(procs)
@@ -147,13 +142,6 @@ def _nothing_outlives_the_test() -> Iterator[None]:
 
 
 # ---- end of session ----------------------------------------------------------------------------
-
-
-def pytest_collection_finish(session: pytest.Session) -> None:
-    # What the imports and the collection made lives for the whole run: out of the collector's
-    # sight, so that the collection after every test looks only at what tests made.
-    gc.collect()
-    gc.freeze()
 
 
 def pytest_configure(config: pytest.Config) -> None:
