@@ -20,7 +20,7 @@ case "${1:-}" in
     .venv/bin/lint-imports
     # The whole suite ends within CI's 30 minutes whatever a test does: at the limit SIGUSR1
     # makes pytest dump every thread's stack (tests/leakcheck.py) and end; KILL a minute later.
-    limit="${PULSE_TEST_TIME_LIMIT:-25m}"
+    limit="${PULSE_TEST_TIME_LIMIT:-27m}"
     echo "==> tests (time limit $limit)"
     status=0
     timeout --signal=USR1 --kill-after=60s "$limit" .venv/bin/pytest "$@" || status=$?
