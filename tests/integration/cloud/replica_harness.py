@@ -113,3 +113,17 @@ async def tenant_admin(
     finally:
         await db.close()
     return tenant, await login(client, url, email)
+
+
+async def tenant_devices(
+    settings: Settings, client: httpx.AsyncClient, url: str, *, prefix: str, count: int
+) -> tuple[uuid.UUID, list[tuple[str, str]]]:
+    """A new tenant with ``count`` devices (``<prefix>-<i>``) and a token each, made through ``url``'s API."""
+    tenant, admin = await tenant_admin(settings, client, url)
+    out = []
+    for i in range(count):
+        r = await client.post(url + "/api/v1/devices", json={"device_id": f"{prefix}-{i}"}, headers=admin)
+        assert r.status_code == 201, r.text
+        r = await client.post(url + f"/api/v1/devices/{r.json()['id']}/credentials", headers=admin)
+        out.append((f"{prefix}-{i}", r.json()["token"]))
+    return tenant, out

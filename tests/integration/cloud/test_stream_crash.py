@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ import asyncpg
 import httpx
 import pytest
 from natsserver import NatsServer, stream_names
-from replica_harness import Replica, health, start, stop, tenant_admin, until
+from replica_harness import Replica, health, start, stop, tenant_devices, until
 
 from pulse.cloud.settings import Settings
 
@@ -31,16 +30,6 @@ PARTITIONS = 4
 DEVICES = 8
 PER_REQUEST = 20
 
-
-async def _devices(settings: Settings, client: httpx.AsyncClient, url: str) -> tuple[uuid.UUID, list[tuple[str, str]]]:
-    tenant, admin = await tenant_admin(settings, client, url)
-    out = []
-    for i in range(DEVICES):
-        r = await client.post(url + "/api/v1/devices", json={"device_id": f"crash-{i}"}, headers=admin)
-        assert r.status_code == 201, r.text
-        r = await client.post(url + f"/api/v1/devices/{r.json()['id']}/credentials", headers=admin)
-        out.append((f"crash-{i}", r.json()["token"]))
-    return tenant, out
 
 
 async def test_kill_9_of_the_partition_writer_under_load_loses_and_duplicates_nothing(
@@ -70,7 +59,7 @@ async def test_kill_9_of_the_partition_writer_under_load_loses_and_duplicates_no
             await until(a_writes_all, "A to take every partition")
             b = start(cloud_settings, tmp_path, "b", **env)
             await until(lambda: health(client, b), "B to answer")  # type: ignore[arg-type]
-            tenant, devices = await _devices(cloud_settings, client, b.url)
+            tenant, devices = await tenant_devices(cloud_settings, client, b.url, prefix="crash", count=DEVICES)
 
             acked: set[tuple[str, int]] = set()
             refused = 0

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,7 @@ import asyncpg
 import httpx
 import pytest
 from natsserver import NatsServer, stream_names
-from replica_harness import Replica, health, start, stop, tenant_admin, until
+from replica_harness import Replica, health, start, stop, tenant_devices, until
 
 from pulse.cloud.settings import Settings
 
@@ -33,16 +32,6 @@ PARTITIONS = 4
 DEVICES = 8
 PER_REQUEST = 20
 
-
-async def _devices(settings: Settings, client: httpx.AsyncClient, url: str) -> tuple[uuid.UUID, list[tuple[str, str]]]:
-    tenant, admin = await tenant_admin(settings, client, url)
-    out = []
-    for i in range(DEVICES):
-        r = await client.post(url + "/api/v1/devices", json={"device_id": f"share-{i}"}, headers=admin)
-        assert r.status_code == 201, r.text
-        r = await client.post(url + f"/api/v1/devices/{r.json()['id']}/credentials", headers=admin)
-        out.append((f"share-{i}", r.json()["token"]))
-    return tenant, out
 
 
 async def _partitions(client: httpx.AsyncClient, replica: Replica) -> set[str]:
@@ -79,7 +68,7 @@ async def test_a_replica_started_later_takes_its_share_of_the_partitions_and_not
     try:
         async with httpx.AsyncClient(timeout=30) as client:
             await until(lambda: _holds(client, a, every), "A to take every partition")
-            tenant, devices = await _devices(cloud_settings, client, a.url)
+            tenant, devices = await tenant_devices(cloud_settings, client, a.url, prefix="share", count=DEVICES)
 
             acked: set[tuple[str, int]] = set()
             enough = asyncio.Event()
