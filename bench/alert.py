@@ -38,6 +38,7 @@ import paho.mqtt.client as mqtt
 from pulse.bench.ingest import _create_db, _server, _setup, _wait_healthy, stop_server
 from pulse.cloud.db.embedded import EmbeddedPostgres
 from pulse.cloud.settings import RoleNames
+from pulse.common import aio
 from pulse.common.ports import free_port
 from pulse.protocol.rules import parse_rule, rule_to_dict
 
@@ -210,7 +211,7 @@ async def _edge(root: Path) -> dict[str, float]:
                 seen.clear()
                 started, _ = await asyncio.to_thread(publish, value, 2 * SAMPLES + 2 * i + (action == "close"))
                 while action not in seen:
-                    await asyncio.wait_for(event.wait(), 10)
+                    await aio.wait_for(event.wait(), 10)
                     event.clear()
                 if action == "open":
                     latencies.append((seen["open"] - started) * 1000)

@@ -34,6 +34,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pulse.common import aio
 from pulse.common.ports import free_port
 
 THINGSBOARD_POINTS_PER_S = 200.0
@@ -142,7 +143,7 @@ async def _bench(args: argparse.Namespace) -> dict[str, Any]:
                     stdout=asyncio.subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"},
                 )
                 try:
-                    out, _ = await asyncio.wait_for(proc.communicate(), args.warmup + args.seconds + 120)
+                    out, _ = await aio.wait_for(proc.communicate(), args.warmup + args.seconds + 120)
                 except TimeoutError:
                     proc.kill()
                     await proc.wait()

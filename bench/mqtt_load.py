@@ -27,6 +27,8 @@ import sys
 import time
 from pathlib import Path
 
+from pulse.common import aio
+
 
 def _remaining_length(n: int) -> bytes:
     out = bytearray()
@@ -166,7 +168,7 @@ async def _run(args: argparse.Namespace) -> int:
                 args.host,
                 args.port,
             )
-            code = await asyncio.wait_for(proto.connected, 30)
+            code = await aio.wait_for(proto.connected, 30)
             if code != 0:
                 raise SystemExit(f"{device_id}: CONNACK return code {code}")
             devices.append(proto)

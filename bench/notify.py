@@ -44,6 +44,7 @@ from pulse.cloud.db.embedded import EmbeddedPostgres
 from pulse.cloud.notify import store
 from pulse.cloud.notify.settings import NotifySettings
 from pulse.cloud.settings import RoleNames
+from pulse.common import aio
 from pulse.common.ports import free_port
 from pulse.protocol.alerts import AlertRecord
 from pulse.protocol.rules import Severity, parse_rule, rule_to_dict
@@ -99,7 +100,7 @@ class Inbox:
                 raise RuntimeError("the webhook did not arrive in 30 s")
             self.changed.clear()
             try:
-                await asyncio.wait_for(self.changed.wait(), timeout=0.5)
+                await aio.wait_for(self.changed.wait(), timeout=0.5)
             except TimeoutError:
                 pass
 

@@ -31,6 +31,8 @@ import struct
 import time
 from dataclasses import dataclass, field
 
+from pulse.common import aio
+
 SEGMENT = 1400
 
 
@@ -140,7 +142,7 @@ class Shaper:
         await asyncio.gather(*self._tasks, *([self._watch] if self._watch else []), return_exceptions=True)
         if self._server is not None:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._server.wait_closed(), 2)
+                await aio.wait_for(self._server.wait_closed(), 2)
 
     def cut(self) -> int:
         """Reset every open connection now (both ends); the number reset."""

@@ -15,6 +15,7 @@ from collections.abc import Iterable, Mapping
 
 import asyncpg
 
+from pulse.common import aio
 from pulse.protocol.rules import Device
 from pulse.protocol.sync import CredentialChange, DownlinkItem, DownlinkKind, rule_devices_to_payload
 
@@ -37,7 +38,7 @@ class Notifier:
         """Return when woken for ``gateway`` or after ``timeout_s``, whichever is first."""
         event = self._events.setdefault(gateway, asyncio.Event())
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(event.wait(), timeout_s)
+            await aio.wait_for(event.wait(), timeout_s)
 
 
 async def enqueue(

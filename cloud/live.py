@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 
 from pulse.cloud.cluster.bus import Bus, fits
 from pulse.cloud.db.rows import TelemetryRow
+from pulse.common import aio
 
 log = logging.getLogger("pulse.cloud.live")
 
@@ -339,7 +340,7 @@ class LiveRelay:
         """Announce this process's interest when it changes and every ``announce_s``; forget silent processes."""
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._announce.wait(), self.announce_s)
+                await aio.wait_for(self._announce.wait(), self.announce_s)
             self._announce.clear()
             self.bus.post(CHANNEL, self._interest_message())
             now = self._monotonic()

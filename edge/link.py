@@ -21,6 +21,7 @@ from typing import Any
 import httpcore
 import httpx
 
+from pulse.common import aio
 from pulse.edge.enrollment import STATE_FILE as STATE_FILE
 from pulse.edge.enrollment import Enrollment as Enrollment
 from pulse.edge.enrollment import load_enrollment as load_enrollment
@@ -319,4 +320,4 @@ class Connection:
         client, self._client = self._client, None
         if client is not None:
             with contextlib.suppress(Exception, asyncio.CancelledError):
-                await asyncio.shield(asyncio.wait_for(client.aclose(), 5))
+                await asyncio.shield(aio.wait_for(client.aclose(), 5))

@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import uvicorn
 
+from pulse.common import aio
 from pulse.firmware_sim.device import Fault, FaultKind
 from pulse.firmware_sim.runner import Fleet, HttpTarget, MqttTarget
 
@@ -132,7 +133,7 @@ async def _equipment(args: argparse.Namespace) -> int:
                 if sim is not None:
                     sim.tick(t)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), 1.0)
+                await aio.wait_for(stop.wait(), 1.0)
             if args.duration is not None and loop.time() - t0 >= args.duration:
                 break
     finally:

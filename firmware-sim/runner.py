@@ -18,6 +18,7 @@ from typing import Protocol
 import aiomqtt
 import httpx
 
+from pulse.common import aio
 from pulse.firmware_sim.device import Device, Fault, FaultKind
 from pulse.firmware_sim.profiles import make_fleet
 from pulse.protocol import firmware, topics
@@ -215,7 +216,7 @@ class Fleet:
         tasks = [asyncio.create_task(self._device_loop(dev, i)) for i, dev in enumerate(self.devices.values())]
         try:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), duration_s)
+                await aio.wait_for(self._stop.wait(), duration_s)
         finally:
             self._stop.set()
             for t in tasks:
@@ -307,7 +308,7 @@ class Fleet:
                         if isinstance(link, _HttpLink):
                             await self._poll_http(dev, link)
                         with contextlib.suppress(TimeoutError):
-                            await asyncio.wait_for(self._stop.wait(), dev.interval_s / self.speed)
+                            await aio.wait_for(self._stop.wait(), dev.interval_s / self.speed)
             except (aiomqtt.MqttError, OSError, httpx.HTTPError) as exc:
                 self.stats.connected.discard(dev.device_id)
                 self.stats.connect_errors += 1
@@ -316,5 +317,5 @@ class Fleet:
                 delay = self.backoff.delay(attempt, self.rng.random())
                 attempt += 1
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stop.wait(), delay)
+                    await aio.wait_for(self._stop.wait(), delay)
         self.stats.connected.discard(dev.device_id)

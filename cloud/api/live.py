@@ -41,6 +41,7 @@ from pulse.cloud.api.deps import Components, TenantCaller, operator, tenant_read
 from pulse.cloud.auth.tokens import Principal
 from pulse.cloud.errors import AuthError, ForbiddenError
 from pulse.cloud.live import FeedSubscription, LiveHub, Subscription
+from pulse.common import aio
 from pulse.protocol.errors import Code
 
 router = APIRouter(tags=["live"])
@@ -80,7 +81,7 @@ def _expires_at(token: str) -> float:
 async def _authenticate(ws: WebSocket, parts: Components) -> tuple[TenantCaller | Principal, float] | None:
     """A tenant caller, or an operator's principal (no tenant), and when the token expires."""
     try:
-        first = await asyncio.wait_for(_frame(ws), AUTH_TIMEOUT_S)
+        first = await aio.wait_for(_frame(ws), AUTH_TIMEOUT_S)
     except TimeoutError:
         await ws.close(4401, "send {type: auth, token} first")
         return None
@@ -166,7 +167,7 @@ async def live(ws: WebSocket) -> None:
                 # the socket lives as long as its token: then 4401, and the client comes back with a fresh one;
                 # meanwhile it checks every SESSION_RECHECK_S that the account was not disabled or signed out
                 left = max(0.0, expires_at - time.time()) if expires_at < math.inf else math.inf
-                frame = await asyncio.wait_for(_frame(ws), min(left, SESSION_RECHECK_S))
+                frame = await aio.wait_for(_frame(ws), min(left, SESSION_RECHECK_S))
             except TimeoutError:
                 reason = None
                 if expires_at - time.time() <= 0:

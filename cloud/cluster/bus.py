@@ -35,6 +35,8 @@ from typing import Any
 
 import asyncpg
 
+from pulse.common import aio
+
 log = logging.getLogger("pulse.cloud.cluster")
 
 MAX_PAYLOAD = 7900
@@ -154,7 +156,7 @@ class Bus:
         self._tasks = []
 
     async def wait_connected(self, timeout_s: float = 30.0) -> None:
-        await asyncio.wait_for(self.connected.wait(), timeout_s)
+        await aio.wait_for(self.connected.wait(), timeout_s)
 
     # --- the listening connection ------------------------------------------------------------
 
@@ -196,9 +198,9 @@ class Bus:
                 self._reset()  # whatever was sent while nobody listened is lost: start from the database
                 while not lost.is_set():
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(lost.wait(), self.ping_s)
+                        await aio.wait_for(lost.wait(), self.ping_s)
                     if not lost.is_set():
-                        await asyncio.wait_for(conn.fetchval("SELECT 1"), self.ping_s * 2)
+                        await aio.wait_for(conn.fetchval("SELECT 1"), self.ping_s * 2)
                 raise ConnectionError("the listening connection ended")
             except asyncio.CancelledError:
                 raise
@@ -212,7 +214,7 @@ class Bus:
             finally:
                 if conn is not None:
                     with contextlib.suppress(Exception):
-                        await asyncio.wait_for(conn.close(), 2)
+                        await aio.wait_for(conn.close(), 2)
             await asyncio.sleep(self.reconnect_s)
 
     # --- the sending connection ----------------------------------------------------------------
@@ -250,4 +252,4 @@ class Bus:
         finally:
             if conn is not None:
                 with contextlib.suppress(Exception):
-                    await asyncio.wait_for(conn.close(), 2)
+                    await aio.wait_for(conn.close(), 2)

@@ -42,6 +42,7 @@ from typing import Any
 import asyncpg
 
 from pulse.cloud.cluster.bus import CONNECT_SETTINGS, cancel, node_name
+from pulse.common import aio
 
 log = logging.getLogger("pulse.cloud.cluster")
 
@@ -144,7 +145,7 @@ class Leadership:
                     conn = await asyncpg.connect(self.dsn, server_settings=CONNECT_SETTINGS, timeout=10)
                     await self._join(conn)
                     while True:
-                        await asyncio.wait_for(self._round(conn), self.lease_s)
+                        await aio.wait_for(self._round(conn), self.lease_s)
                         await asyncio.sleep(self.poll_s)
                 except _TRANSIENT as exc:
                     if self._running:

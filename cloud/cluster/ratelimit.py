@@ -29,6 +29,7 @@ import asyncpg
 
 from pulse.cloud.db.pool import Database
 from pulse.cloud.errors import StorageUnavailableError
+from pulse.common import aio
 
 log = logging.getLogger("pulse.cloud.cluster")
 
@@ -142,4 +143,4 @@ class SharedRateLimiter:
                     log.warning("could not give back leased rate-limit tokens: %s", exc)
         finally:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.give_back(everything=True), 2)
+                await aio.wait_for(self.give_back(everything=True), 2)

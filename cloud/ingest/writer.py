@@ -37,6 +37,7 @@ import asyncpg
 from pulse.cloud.db.rows import QUARANTINE_COLUMNS, TELEMETRY_COLUMNS, QuarantineRow, TelemetryRow
 from pulse.cloud.errors import CloudError, InvalidError, OverloadedError, StorageUnavailableError
 from pulse.cloud.settings import WriterConfig
+from pulse.common import aio
 from pulse.protocol.errors import Code
 
 log = logging.getLogger(__name__)
@@ -189,7 +190,7 @@ class Writer:
                     if remaining <= 0:
                         break
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._cond.wait(), remaining)
+                        await aio.wait_for(self._cond.wait(), remaining)
                 if self._queue:
                     break
                 # another flusher took what was queued while this one gathered: wait again rather

@@ -57,6 +57,7 @@ from pulse.cloud.settings import MqttConfig, Settings
 from pulse.cloud.stream.client import StreamClient
 from pulse.cloud.stream.publisher import StreamPublisher
 from pulse.cloud.subscriptions.store import Entitlements
+from pulse.common import aio
 from pulse.protocol import topics
 from pulse.protocol.connectivity import Connectivity, event_message
 from pulse.protocol.envelope import TOPIC_TYPE, MessageType
@@ -328,7 +329,7 @@ class MqttEndpoint:
     async def _drain_forever(self) -> None:
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._drain_wake.wait(), timeout=self.config.spool_retry_s)
+                await aio.wait_for(self._drain_wake.wait(), timeout=self.config.spool_retry_s)
             self._drain_wake.clear()
             if self.spool.count:
                 await self.drain()

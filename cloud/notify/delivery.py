@@ -12,7 +12,6 @@ never overtakes its trigger): ``claim_due`` skips a delivery while an older one 
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import functools
 import json
@@ -27,6 +26,7 @@ from pulse.cloud.notify import senders, store
 from pulse.cloud.notify.errors import NotifyError
 from pulse.cloud.notify.model import Delivered, Failed, Notification, Outcome, Retry
 from pulse.cloud.notify.senders.base import ChannelConfig, SendContext
+from pulse.common import aio
 from pulse.protocol.errors import Code
 
 log = logging.getLogger("pulse.cloud.notify")
@@ -84,7 +84,7 @@ async def send(row: asyncpg.Record, ctx: SendContext, timeout_s: float) -> Outco
     try:
         config = _config(row["kind"], row["config"])
         n = Notification.model_validate_json(row["notification"])
-        return await asyncio.wait_for(senders.send(row["kind"], config, n, ctx), timeout=timeout_s)
+        return await aio.wait_for(senders.send(row["kind"], config, n, ctx), timeout=timeout_s)
     except NotifyError as exc:
         return Failed(exc.code, exc.message)
     except TimeoutError:

@@ -44,6 +44,7 @@ from pulse.cloud.notify.inbound import AckLinks
 from pulse.cloud.notify.recovery import recover
 from pulse.cloud.notify.senders.base import SendContext
 from pulse.cloud.notify.settings import NotifySettings, send_context
+from pulse.common import aio
 
 log = logging.getLogger("pulse.cloud.notify")
 
@@ -166,7 +167,7 @@ class NotifyWorkers:
             if did:
                 continue
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=self.settings.poll_interval_s)
+                await aio.wait_for(self._wake.wait(), timeout=self.settings.poll_interval_s)
 
     # --- one pass ------------------------------------------------------------------------------
 

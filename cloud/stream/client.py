@@ -25,6 +25,7 @@ from nats.js.api import StreamConfig as JsStreamConfig
 
 from pulse.cloud.cluster.bus import cancel
 from pulse.cloud.settings import StreamConfig
+from pulse.common import aio
 from pulse.protocol.stream import subjects_wildcard
 
 log = logging.getLogger("pulse.cloud.stream")
@@ -66,7 +67,7 @@ class StreamClient:
             # transport to close, which can wait forever when the server went away (a stopped
             # `pulse cloud mqtt` hung on it in a test; nats-io/nats.py#671 is the same wait).
             try:
-                await asyncio.wait_for(self._nc.close(), timeout=CLOSE_TIMEOUT_S)
+                await aio.wait_for(self._nc.close(), timeout=CLOSE_TIMEOUT_S)
             except TimeoutError:
                 log.warning("the connection to the ingest stream did not close within %.0f s; left behind", CLOSE_TIMEOUT_S)
             except NATS_ERRORS:
