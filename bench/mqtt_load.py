@@ -5,7 +5,8 @@ Runs as its own process so that the broker under test has the event loop to itse
     python -m pulse.bench.mqtt_load --port 1883 --devices 1000 --duration 10 [--credentials FILE]
 
 It connects every device (username = device id, password from the credentials file, one
-``device,secret`` per line; none when anonymous), prints ``connected N`` on stdout, waits for a
+``device,secret`` per line; none when anonymous), prints ``connected N R`` on stdout (N devices
+connected, and subscribed with ``--subscribe``; R filters the broker refused), waits for a
 line on stdin, then keeps ``--inflight`` QoS 1 PUBLISHes outstanding per device, prints
 ``measuring`` after ``--warmup`` seconds and, ``--duration`` seconds later, one JSON line: messages
 acknowledged and the seconds measured, and the PUBLISH-to-PUBACK latency of the messages acknowledged
@@ -13,7 +14,8 @@ in the window (``p50_ms``, ``p99_ms``; for a broker that acknowledges after its 
 
 Each device publishes valid envelope v1 telemetry on ``pulse/{device}/telemetry`` with a running
 ``seq``. ``--persistent`` connects them with clean session 0; ``--subscribe`` makes each device
-subscribe (QoS 1) to its ``twin/desired`` and ``cmd/+``, as a device that takes commands does. The client is an ``asyncio.Protocol`` that builds packets by hand: it costs a few
+subscribe (QoS 1) to its ``twin/desired`` and ``cmd/+``, as a device that takes commands does, and
+counts as connected once the SUBACK is in. The client is an ``asyncio.Protocol`` that builds packets by hand: it costs a few
 microseconds per message, so on a 2-core machine the broker, not the generator, is what is
 measured. It is a benchmark tool, not a device SDK (devices use any MQTT library).
 """
@@ -92,7 +94,7 @@ class Device(asyncio.Protocol):
         self.transport = transport
         user = self.device_id if self.password is not None else None
         transport.write(connect_packet(self.device_id, user, self.password, clean=self.clean))
-        if self.subscribe:  # SUBACK is read and ignored by data_received
+        if self.subscribe:  # ``connected`` then resolves on the SUBACK (data_received)
             transport.write(subscribe_packet(1, [f"pulse/{self.device_id}/twin/desired", f"pulse/{self.device_id}/cmd/+"]))
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -133,8 +135,12 @@ class Device(asyncio.Protocol):
                 if self.running:
                     self.send()
             elif kind == 0x20:  # CONNACK
-                if not self.connected.done():
+                if not self.connected.done() and (buf[i + 3] != 0 or not self.subscribe):
                     self.connected.set_result(buf[i + 3])
+            elif kind == 0x90:  # SUBACK: one return code per filter, 0x80 = refused
+                self.stats.suback_refused += buf[i + 4 : i + 2 + length].count(0x80)
+                if not self.connected.done():
+                    self.connected.set_result(0)
             i += 2 + length
         self.buf = buf[i:]
 
@@ -142,6 +148,7 @@ class Device(asyncio.Protocol):
 class Stats:
     def __init__(self) -> None:
         self.acked = 0
+        self.suback_refused = 0
         self.measuring = False
         self.latencies: list[float] = []
 
@@ -174,7 +181,7 @@ async def _run(args: argparse.Namespace) -> int:
             devices.append(proto)
 
     await asyncio.gather(*(open_one(d, s) for d, s in creds))
-    print(f"connected {len(devices)}", flush=True)
+    print(f"connected {len(devices)} {stats.suback_refused}", flush=True)
     await loop.run_in_executor(None, sys.stdin.readline)
     for d in devices:
         d.start()
