@@ -49,7 +49,7 @@ from pulse.cloud.ingest.identity import DeviceTokenCache, credential_lookup
 from pulse.cloud.ingest.ratelimit import RateLimiter
 from pulse.cloud.ingest.writer import Writer
 from pulse.cloud.live import LiveHub
-from pulse.cloud.metrics import HttpMetrics, Metrics, api_areas
+from pulse.cloud.metrics import HttpMetrics, Metrics, api_areas, route_paths
 from pulse.cloud.notify.settings import NotifySettings, ack_links
 from pulse.cloud.notify.worker import NotifyWorkers
 from pulse.cloud.platform.health import HealthThresholds
@@ -335,7 +335,9 @@ def create_app(
         BodyLimit, limits=dict.fromkeys((ENROLL_PATH, ACTIVATE_PATH, "/auth/login", "/auth/refresh", "/auth/links/inspect", "/auth/links/accept", "/auth/forgot"), settings.public_max_body_bytes)
     )
     # outermost: every HTTP request is counted, by route group, with its latency
-    app.add_middleware(HttpMetrics, metrics=metrics, areas=lambda: api_areas(app.openapi().get("paths", {})))
+    # the areas from the routers' own paths: the OpenAPI document would do, but building it costs
+    # about 0.6 s of CPU at the first request of every process (and of every app in the tests)
+    app.add_middleware(HttpMetrics, metrics=metrics, areas=lambda: api_areas(route_paths(routers)))
 
     @app.get("/health", tags=["ops"], summary="Liveness and database reachability", responses={200: {"model": Health}, 503: {"model": Health}})
     async def health() -> JSONResponse:
@@ -354,37 +356,42 @@ def create_app(
         metrics.sample_pools(db.pools())
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    app.include_router(ingest_http.router)
-    app.include_router(auth_api.router)
-    app.include_router(sites.router)
-    app.include_router(subscriptions_api.router)
-    app.include_router(activation_api.router)
-    app.include_router(devices.router)
-    app.include_router(quarantine_api.router)
-    app.include_router(gateways.router)
-    app.include_router(gateways.enroll_router)
-    app.include_router(system.router)  # before operator.router: /operator/alerts/heatmap, /operator/health/sparklines
-    app.include_router(operator.router)
-    app.include_router(users_api.router)
-    app.include_router(users_api.operator_router)
-    app.include_router(users_api.links_router)
-    app.include_router(users_api.forgot_router)
-    app.include_router(fleet.router)
-    app.include_router(telemetry.router)
-    app.include_router(live.router)
-    app.include_router(alerts_api.rules_router)
-    app.include_router(alerts_api.alerts_router)
-    app.include_router(alerts_api.states_router)
-    app.include_router(acks_api.permissions_router)
-    app.include_router(acks_api.hooks_router)
-    app.include_router(audit_api.router)
-    app.include_router(twin_api.router)
-    app.include_router(jobs_api.router)
-    app.include_router(jobs_api.firmware_router)
-    app.include_router(notify_api.router)
-    app.include_router(notify_api.escalation_router)
-    app.include_router(notify_api.oncall_router)
-    app.include_router(reports_api.router)
-    app.include_router(reports_api.exports_router)
+    routers = (
+        ingest_http.router,
+        auth_api.router,
+        sites.router,
+        subscriptions_api.router,
+        activation_api.router,
+        devices.router,
+        quarantine_api.router,
+        gateways.router,
+        gateways.enroll_router,
+        system.router,  # before operator.router: /operator/alerts/heatmap, /operator/health/sparklines
+        operator.router,
+        users_api.router,
+        users_api.operator_router,
+        users_api.links_router,
+        users_api.forgot_router,
+        fleet.router,
+        telemetry.router,
+        live.router,
+        alerts_api.rules_router,
+        alerts_api.alerts_router,
+        alerts_api.states_router,
+        acks_api.permissions_router,
+        acks_api.hooks_router,
+        audit_api.router,
+        twin_api.router,
+        jobs_api.router,
+        jobs_api.firmware_router,
+        notify_api.router,
+        notify_api.escalation_router,
+        notify_api.oncall_router,
+        reports_api.router,
+        reports_api.exports_router,
+    )
+    for router in routers:
+        app.include_router(router)
+    app.state.api_routers = routers
     mount_console(app, settings.console_dir)
     return app

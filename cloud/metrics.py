@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from functools import partial
 from typing import Any
 
@@ -184,6 +184,18 @@ def route_group(path: str, api_areas: frozenset[str]) -> str:
 def api_areas(paths: Iterable[str]) -> frozenset[str]:
     """The areas (``/api/v1/<area>``) of the app's route paths."""
     return frozenset(p.split("/")[3] for p in paths if p.startswith("/api/v1/") and len(p.split("/")) > 3)
+
+
+def route_paths(routers: Iterable[Any]) -> Iterator[str]:
+    """The paths of the routes of ``routers`` (FastAPI routers), and of routers they include."""
+    for router in routers:
+        for route in router.routes:
+            path = getattr(route, "path", None)
+            if isinstance(path, str):
+                yield path
+            included = getattr(route, "original_router", None)  # a router included in this one
+            if included is not None:
+                yield from route_paths([included])
 
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
