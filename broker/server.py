@@ -500,6 +500,18 @@ class DeviceBroker(Broker):
         self._closing = True  # the devices did not leave: the gateway is stopping
         await super().shutdown()
 
+    async def _client_connected(self, listener_name: str, reader: Any, writer: Any) -> None:
+        """amqtt's connection handling, and the connection always closed at its end. amqtt leaves
+        it open on some paths (a CONNECT never read, a task cancelled while the broker stops, or
+        its ``close`` interrupted in ``drain`` after marking itself closed), and the socket then
+        lingers until the garbage collector finds it."""
+        try:
+            await super()._client_connected(listener_name, reader, writer)
+        finally:
+            inner = getattr(writer, "_writer", None)  # amqtt's StreamWriterAdapter over asyncio's StreamWriter
+            if isinstance(inner, asyncio.StreamWriter) and not inner.is_closing():
+                inner.close()
+
     def _restore(self, store: SessionStore) -> None:
         for stored in store.load():
             session = Session()

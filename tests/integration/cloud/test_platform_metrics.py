@@ -153,10 +153,11 @@ async def test_metrics_exposition_parses_with_prometheus_names_and_types(cloud: 
 
 
 async def test_dead_letters_growing_open_a_platform_alert_that_notifies_operators(cloud: Cloud) -> None:
-    """The notification workers are not running (the test app starts none); deliveries of a
-    tenant die; the next samples see dead letters grow and the platform rule opens one alert,
-    queued for the platform tenant's routes like any tenant's alert; it closes once the window
-    passes without new dead letters."""
+    """The notification workers are stopped (so the outbox row the alert queues stays there to be
+    seen); deliveries of a tenant die; the next samples see dead letters grow and the platform rule
+    opens one alert, queued for the platform tenant's routes like any tenant's alert; it closes once
+    the window passes without new dead letters."""
+    await cloud.app.state.notify_workers.stop()  # the app starts them; their fan-out would take the outbox row
     ticks = Ticks()
     tenant_id, _ = await cloud.tenant_user()
     sampler = sampler_of(cloud, ticks, HealthThresholds(dead_letter_window_s=600))
