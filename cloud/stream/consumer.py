@@ -262,7 +262,7 @@ class PartitionWriters:
             mark = await conn.fetchval("SELECT last_seq FROM stream_marks WHERE stream = $1 AND subject = $2 FOR UPDATE", stream, subject)
             fresh = [d for d in decoded if d.seq > mark]
             self.stats.skipped_messages += len(decoded) - len(fresh)
-            fresh = await self._above_gateway_marks(conn, int(subject.rpartition(".")[2]), fresh)
+            fresh, skipped = await self._above_gateway_marks(conn, int(subject.rpartition(".")[2]), fresh)
             if fresh:
                 await write_rows(
                     conn, [r for d in fresh for r in d.telemetry], [q for d in fresh for q in (*d.quarantine, *(d.refused or ()))]
@@ -272,14 +272,17 @@ class PartitionWriters:
                     "UPDATE stream_marks SET last_seq = $3, updated_at = now() WHERE stream = $1 AND subject = $2", stream, subject, last
                 )
         self.stats.stored_messages += len(fresh)
+        self.stats.skipped_gateway_records += skipped
         return fresh
 
-    async def _above_gateway_marks(self, conn: asyncpg.Connection, partition: int, decoded: list[_Decoded]) -> list[_Decoded]:
+    @staticmethod
+    async def _above_gateway_marks(conn: asyncpg.Connection, partition: int, decoded: list[_Decoded]) -> tuple[list[_Decoded], int]:
         """In the caller's transaction: the gateway messages' records above their (gateway, sync
-        stream, partition) marks (module docstring), the marks locked and moved to the last of them."""
+        stream, partition) marks (module docstring), the marks locked and moved to the last of them;
+        and how many records were skipped."""
         keys = sorted({(d.provenance.gateway_id, d.provenance.sync_stream) for d in decoded if d.provenance is not None})
         if not keys:
-            return decoded
+            return decoded, 0
         marks: dict[tuple[uuid.UUID, int], int] = {}
         for gateway_id, sync_stream in keys:
             await conn.execute(
@@ -291,6 +294,7 @@ class PartitionWriters:
                 gateway_id, sync_stream, partition,
             )
         moved = dict(marks)
+        skipped = 0
         out: list[_Decoded] = []
         for d in decoded:
             p = d.provenance
@@ -303,7 +307,7 @@ class PartitionWriters:
                 if seq > moved[key]:
                     keep.append(i)
                     moved[key] = seq
-            self.stats.skipped_gateway_records += len(p.seqs) - len(keep)
+            skipped += len(p.seqs) - len(keep)
             if len(keep) < len(p.seqs):
                 kept = codec.Provenance(p.gateway_id, p.sync_stream, tuple(p.seqs[i] for i in keep))
                 if d.refused is not None:
@@ -317,7 +321,7 @@ class PartitionWriters:
                 "UPDATE stream_gateway_marks SET last_seq = $4, updated_at = now() WHERE gateway_id = $1 AND sync_stream = $2 AND partition = $3",
                 changed,
             )
-        return out
+        return out, skipped
 
     async def _connectivity(self, stored: list[_Decoded]) -> None:
         """Device states from the connectivity events of the gateway EVENTS rows just committed, per
