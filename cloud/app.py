@@ -160,6 +160,7 @@ def create_app(
     # gateway data reaches the live view and the rules
     sync = SyncService(settings.sync, db, Receiver(db, metrics, on_commit=committed, twin_limits=twin_limits))
 
+    sync.receiver.stream = publisher  # PULSE_STREAM_URL: gateways' telemetry and events through the stream too
     sync.receiver.on_twin_change = hub.notify  # twin and command changes reach the console's live view (every replica's)
     ingest.shared, ingest.shared_tenant = replica.device_limits, replica.tenant_limits  # rate limits of the cluster
     replica.wake_gateway = sync.notifier.wake  # downlink queued through another replica

@@ -97,7 +97,8 @@ class StorageUnavailableError(OverloadedError):
 
 
 class StreamUnavailableError(OverloadedError):
-    """The ingest stream did not acknowledge a publish (down, unreachable, full, too slow): nothing was accepted."""
+    """The ingest stream did not acknowledge a publish (down, unreachable, full, too slow): nothing was accepted
+    (``ingest.stream_unavailable``; for a gateway's batch ``sync.stream_unavailable``)."""
 
-    def __init__(self, message: str, *, retry_after_s: int, **context: object) -> None:
-        super().__init__(message, retry_after_s=retry_after_s, code=Code.INGEST_STREAM_UNAVAILABLE, **context)
+    def __init__(self, message: str, *, retry_after_s: int, code: Code = Code.INGEST_STREAM_UNAVAILABLE, **context: object) -> None:
+        super().__init__(message, retry_after_s=retry_after_s, code=code, **context)

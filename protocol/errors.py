@@ -86,6 +86,9 @@ class Code(StrEnum):
     """A synced record names a device that is not registered to this gateway's tenant (quarantined)."""
     SYNC_OUT_OF_ORDER = "sync.out_of_order"
     """A batch sent after another still in flight arrived before that one was stored: send it again after it."""
+    SYNC_STREAM_UNAVAILABLE = "sync.stream_unavailable"
+    """(With the ingest stream) JetStream did not acknowledge a batch's records in time or cannot be reached;
+    nothing was acknowledged, the gateway's mark did not move; resend after Retry-After (HTTP 503)."""
 
     # twin: device twin documents and updates
     TWIN_VERSION_CONFLICT = "twin.version_conflict"

@@ -14,7 +14,13 @@ import uuid
 import zlib
 
 STREAM_FORMAT = 1
-"""Version of the stream message body (cloud/stream/codec.py); a writer refuses other versions."""
+"""Version of the stream message body of ingest's rows (cloud/stream/codec.py)."""
+
+STREAM_FORMAT_GATEWAY = 2
+"""Version of a stream message body that also carries gateway provenance: the gateway, its sync
+stream and each row's record sequence (gateway sync through the stream). A writer reads both
+versions and refuses others; ingest's messages stay at ``STREAM_FORMAT``, so a writer of the
+previous release keeps reading them during a rolling upgrade."""
 
 
 def partition_of(tenant_id: uuid.UUID, device_id: str, partitions: int) -> int:

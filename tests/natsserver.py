@@ -30,6 +30,11 @@ class NatsServer:
         if self.server is not None:
             self.server.stop()
 
+    def restart(self) -> None:
+        """Start a stopped server again, same port and store: its clients reconnect, its streams are back."""
+        assert self.server is not None, "PULSE_TEST_NATS_URL's server is not ours to restart"
+        self.server.start(port=int(self.url.rsplit(":", 1)[1]))
+
     def close(self) -> None:
         if self.server is not None:
             self.server.stop()

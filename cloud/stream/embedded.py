@@ -32,14 +32,15 @@ class EmbeddedNats:
         self.proc: subprocess.Popen[bytes] | None = None
         self.url = ""
 
-    def start(self, *, timeout_s: float = 20) -> str:
-        """Start the server; its URL (``nats://127.0.0.1:<port>``)."""
+    def start(self, *, timeout_s: float = 20, port: int | None = None) -> str:
+        """Start the server (on ``port``, or a free one); its URL (``nats://127.0.0.1:<port>``).
+        Started again on its former port with the same store, it is the same server to its clients."""
         binary = find_nats_server()
         if binary is None:
             raise EmbeddedNatsError("nats-server is not installed: run deploy/install.sh (Debian package nats-server)")
         self.store.mkdir(parents=True, exist_ok=True)
-        port = free_port()
-        with (self.store / "server.log").open("wb") as log:
+        port = port or free_port()
+        with (self.store / "server.log").open("ab") as log:
             self.proc = subprocess.Popen(
                 [binary, "-js", "-a", "127.0.0.1", "-p", str(port), "-sd", str(self.store), "--server_name", f"pulse-{port}"],
                 stdout=subprocess.DEVNULL,

@@ -13,9 +13,11 @@ does today when a database commit's answer is lost.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+import uuid
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from pulse.cloud.db.rows import QuarantineRow, TelemetryRow
 from pulse.cloud.errors import StreamUnavailableError
@@ -59,35 +61,66 @@ class StreamPublisher:
             parts[partition_of(row.tenant_id, row.device_id, n)][0].append(row)
         for q in quarantine:
             parts[partition_of(q.tenant_id, q.device_id or "", n)][1].append(q)
-        rows = len(telemetry) + len(quarantine)
+        bodies = {p: functools.partial(_bodies, t, q) for p, (t, q) in parts.items()}
+        await self._publish(bodies, len(telemetry) + len(quarantine), self._refuse)
+
+    async def write_gateway(
+        self,
+        telemetry: Sequence[TelemetryRow],
+        seqs: Sequence[int],
+        *,
+        gateway_id: uuid.UUID,
+        sync_stream: int,
+        refuse: Callable[[str], StreamUnavailableError],
+    ) -> None:
+        """A gateway batch's admitted rows (``seqs``: each row's record sequence, ascending), with
+        their provenance (stream message format 2), as ``write`` does: one message per partition
+        (or several, published one after the other), returning once JetStream acknowledged all;
+        otherwise ``refuse(why)`` is raised. Some of the messages may have reached the stream
+        then; the partition writer skips them when the gateway sends the records again."""
+        if not telemetry:
+            return
+        n = self.config.partitions
+        parts: dict[int, tuple[list[TelemetryRow], list[int]]] = defaultdict(lambda: ([], []))
+        for row, seq in zip(telemetry, seqs, strict=True):
+            part = parts[partition_of(row.tenant_id, row.device_id, n)]
+            part[0].append(row)
+            part[1].append(seq)
+        bodies = {p: functools.partial(_gateway_bodies, t, s, gateway_id, sync_stream) for p, (t, s) in parts.items()}
+        await self._publish(bodies, len(telemetry), refuse)
+
+    async def _publish(
+        self, parts: Mapping[int, Callable[[int], list[bytes]]], rows: int, refuse: Callable[[str], StreamUnavailableError]
+    ) -> None:
+        """Publish each partition's bodies to its subject, in order within a partition."""
         self._inflight_rows += rows
         try:
             try:
                 js = self.client.jetstream()
                 await self.client.ensure_stream()
             except StreamDown as exc:
-                raise self._refuse("cannot be reached") from exc
+                raise refuse("cannot be reached") from exc
             except NATS_ERRORS as exc:
-                raise self._refuse(f"is unavailable ({type(exc).__name__})") from exc
+                raise refuse(f"is unavailable ({type(exc).__name__})") from exc
 
             limit = self.client.max_payload - 4096  # headroom for the message's headers
 
-            async def publish(partition: int, t: list[TelemetryRow], q: list[QuarantineRow]) -> None:
+            async def publish(partition: int, bodies: Callable[[int], list[bytes]]) -> None:
                 subject = partition_subject(self.config.subject, partition)
                 # one message, or (over the server's max_payload) several, published one after the other: in order
-                for body in _bodies(t, q, limit):
+                for body in bodies(limit):
                     await js.publish(subject, body, timeout=self.config.publish_timeout_s, stream=self.config.name)
 
             try:
                 if len(parts) == 1:
-                    [(partition, (t, q))] = parts.items()
-                    await publish(partition, t, q)
+                    [(partition, bodies)] = parts.items()
+                    await publish(partition, bodies)
                 else:
-                    await asyncio.gather(*(publish(p, t, q) for p, (t, q) in parts.items()))
+                    await asyncio.gather(*(publish(p, b) for p, b in parts.items()))
             except NATS_ERRORS as exc:
                 log.warning("ingest stream publish failed: %s: %s", type(exc).__name__, exc)
                 self.client.forget_stream()
-                raise self._refuse(f"did not acknowledge ({type(exc).__name__})") from exc
+                raise refuse(f"did not acknowledge ({type(exc).__name__})") from exc
             self.published += len(parts)
         finally:
             self._inflight_rows -= rows
@@ -105,3 +138,13 @@ def _bodies(telemetry: list[TelemetryRow], quarantine: list[QuarantineRow], limi
     if telemetry:
         return _bodies(telemetry[:half], [], limit) + _bodies(telemetry[half:], [], limit)
     return _bodies([], quarantine[:half], limit) + _bodies([], quarantine[half:], limit)
+
+
+def _gateway_bodies(telemetry: list[TelemetryRow], seqs: list[int], gateway_id: uuid.UUID, sync_stream: int, limit: int) -> list[bytes]:
+    """A gateway's rows with their provenance as one body, or halves of them (recursively, in order) while over ``limit``."""
+    body = codec.encode(telemetry, (), codec.Provenance(gateway_id, sync_stream, tuple(seqs)))
+    if len(body) <= limit or len(telemetry) <= 1:
+        return [body]
+    half = len(telemetry) // 2
+    return (_gateway_bodies(telemetry[:half], seqs[:half], gateway_id, sync_stream, limit)
+            + _gateway_bodies(telemetry[half:], seqs[half:], gateway_id, sync_stream, limit))

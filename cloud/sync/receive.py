@@ -9,6 +9,17 @@ into the tenant's alerts (``alerts.merge_edge_alerts``), twin reports and comman
 ``twins.apply_device_messages`` (the rule HTTP ingest uses too). Then the new mark is stored. Only
 after the commit does the gateway get its ``BatchAck``, and only then are the listeners (live view,
 rules, device states) told.
+
+With the ingest stream (``PULSE_STREAM_URL``, ``Receiver.stream``), telemetry and events take the
+same steps up to admission, then, still in that transaction with the mark locked, the admitted
+rows are published to JetStream with their provenance (gateway, sync stream, record sequence:
+``StreamPublisher.write_gateway``), and the mark moves and commits only once JetStream acknowledged
+every publish. The partition writers store them (``stream/consumer.py``, which also skips records
+of a resent batch that reached the stream before, and applies connectivity events and tells the
+listeners after its commit). Quarantined records are written here, in the mark's transaction, as
+without the stream. When JetStream cannot take the rows: 503 ``sync.stream_unavailable``, nothing
+committed, the mark unmoved; the gateway sends the records again. Alerts and twin updates are
+written here as without the stream.
 """
 
 from __future__ import annotations
@@ -28,9 +39,10 @@ from pulse.cloud import twins
 from pulse.cloud.alerts import connectivity, merge_edge_alerts
 from pulse.cloud.db.pool import Database
 from pulse.cloud.db.rows import QuarantineRow, TelemetryRow, telemetry_row
-from pulse.cloud.errors import BadRequestError, ConflictError, ForbiddenError, StorageUnavailableError
+from pulse.cloud.errors import BadRequestError, ConflictError, ForbiddenError, StorageUnavailableError, StreamUnavailableError
 from pulse.cloud.ingest.writer import write_rows
 from pulse.cloud.metrics import Metrics
+from pulse.cloud.stream.publisher import StreamPublisher
 from pulse.cloud.subscriptions.store import Entitlements
 from pulse.cloud.sync.identity import GatewayCaller
 from pulse.protocol import batch as codec
@@ -81,6 +93,8 @@ class _Stored:
     quarantined: list[QuarantineRow]
     applied: int
     changes: list[TwinChange]
+    published: int = 0
+    """rows handed to the ingest stream (its partition writers store them)"""
 
 
 class Receiver:
@@ -105,6 +119,8 @@ class Receiver:
         (403, that code) before anything is written; the gateway keeps them and sends them later."""
         self.on_twin_change: Callable[[uuid.UUID, str, str, dict[str, object]], None] | None = None
         """After a batch commits: (tenant, device id, "twin" | "command", detail), for the live view."""
+        self.stream: StreamPublisher | None = None
+        """PULSE_STREAM_URL: telemetry and events go through the ingest stream (module docstring)."""
 
     @property
     def max_request_bytes(self) -> int:
@@ -139,9 +155,9 @@ class Receiver:
             ) from exc
         await self._committed(caller, header.stream, stored)
         self.metrics.sync_batches.labels(stored.verdict.value).inc()
-        self.metrics.sync_records.labels("written").inc(len(stored.rows))
+        self.metrics.sync_records.labels("written").inc(len(stored.rows) + stored.published)
         self.metrics.sync_records.labels("quarantined").inc(len(stored.quarantined))
-        written = len(stored.rows) + stored.applied
+        written = len(stored.rows) + stored.applied + stored.published
         return BatchAck(header.stream, stored.ack_seq, stored.verdict, written, len(stored.quarantined), clock.offset_ms, clock.corrected)
 
     async def _mark_once_in_order(self, caller: GatewayCaller, stream: Stream, after: int | None) -> int:
@@ -212,7 +228,14 @@ class Receiver:
                         conn, caller, new, devices, clock, received, stored.changes
                     )
                 else:
-                    stored.rows, stored.quarantined = self._rows(caller, header.stream, new, devices, clock, received)
+                    stored.rows, stored.quarantined, seqs = self._rows(caller, header.stream, new, devices, clock, received)
+                    if self.stream is not None:
+                        # through the ingest stream, acknowledged by JetStream before the mark moves
+                        # (module docstring); a failure rolls this transaction back, mark unmoved
+                        await self.stream.write_gateway(
+                            stored.rows, seqs, gateway_id=caller.gateway_id, sync_stream=int(header.stream), refuse=self._stream_refused
+                        )
+                        stored.published, stored.rows = len(stored.rows), []
                 await write_rows(conn, stored.rows, stored.quarantined)
                 await conn.execute(
                     "UPDATE gateway_sync_marks SET high_water = $3, updated_at = now() WHERE gateway_id = $1 AND stream = $2",
@@ -222,6 +245,14 @@ class Receiver:
                 )
             await self._touch(conn, caller, size, clock)
         return stored
+
+    def _stream_refused(self, why: str) -> StreamUnavailableError:
+        retry_after_s = self.stream.config.retry_after_s if self.stream is not None else 1
+        return StreamUnavailableError(
+            f"the ingest stream {why}; nothing from this batch was acknowledged; send it again after the Retry-After seconds",
+            retry_after_s=retry_after_s,
+            code=Code.SYNC_STREAM_UNAVAILABLE,
+        )
 
     async def _committed(self, caller: GatewayCaller, stream: Stream, stored: _Stored) -> None:
         """After the commit: the live view hears twin changes, device states follow connectivity
@@ -352,8 +383,10 @@ class Receiver:
         devices: Mapping[str, _Device],
         clock: ClockCheck,
         received: dt.datetime,
-    ) -> tuple[list[TelemetryRow], list[QuarantineRow]]:
+    ) -> tuple[list[TelemetryRow], list[QuarantineRow], list[int]]:
+        """The records' rows (and their record sequences, in the same order), and those quarantined."""
         rows: list[TelemetryRow] = []
+        seqs: list[int] = []
         quarantined: list[QuarantineRow] = []
 
         def refuse(rec: Record, code: Code, reason: str) -> None:
@@ -363,7 +396,7 @@ class Receiver:
         tenant, gateway, site = caller.tenant_id, caller.gateway_id, caller.site_id
         shift = clock.offset_ms if clock.corrected else 0
         from_ts = dt.datetime.fromtimestamp
-        append = rows.append
+        append, append_seq = rows.append, seqs.append
         for rec in records:
             device = devices.get(rec.device_id)
             if device is None:
@@ -383,4 +416,5 @@ class Receiver:
                 refuse(rec, Code.ENVELOPE_BAD_TIMESTAMP, "the timestamp is outside the range the cloud stores")
                 continue
             append(telemetry_row(at, tenant, rec.device_id, rec.type, rec.metrics, rec.tags, rec.body, rec.device_seq, gateway, "gateway", received))
-        return rows, quarantined
+            append_seq(rec.seq)
+        return rows, quarantined, seqs

@@ -8,6 +8,7 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 from fastapi import FastAPI
@@ -16,6 +17,7 @@ from pulse.cloud.app import create_app
 from pulse.cloud.auth.accounts import create_tenant, create_user
 from pulse.cloud.db.pool import role_dsn
 from pulse.cloud.settings import Settings
+from pulse.edge.identity import IdentityFiles, make_key_and_csr, store_certificate
 
 PASSWORD = "correct horse battery staple"
 
@@ -62,3 +64,16 @@ async def running_cloud(settings: Settings, *, sync_listener: bool = False) -> A
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://pulse.test") as client:
             yield Cloud(app=app, client=client, settings=settings)
+
+
+async def enrolled_gateway(client: httpx.AsyncClient, headers: dict[str, str], directory: Path, url: str = "") -> tuple[str, IdentityFiles]:
+    """A gateway created through the API (``client``, at ``url``) and enrolled as `pulse gateway enroll` does:
+    (gateway id, its identity files)."""
+    name = "gw-" + uuid.uuid4().hex[:8]
+    r = await client.post(url + "/api/v1/gateways", json={"name": name}, headers=headers)
+    assert r.status_code == 201, r.text
+    files = IdentityFiles(directory / name)
+    r = await client.post(url + "/enroll/v1", json={"token": r.json()["enrollment"]["token"], "csr": make_key_and_csr(files, name).decode()})
+    assert r.status_code == 201, r.text
+    store_certificate(files, r.json()["certificate"].encode(), r.json()["ca"].encode())
+    return r.json()["gateway_id"], files

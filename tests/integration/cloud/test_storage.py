@@ -36,14 +36,15 @@ async def test_migrations_are_recorded_and_idempotent(cloud_settings: Settings) 
         forced = await conn.fetch(
             "SELECT relname FROM pg_class WHERE relkind IN ('r', 'p') AND relnamespace = 'public'::regnamespace"
             " AND NOT (relrowsecurity AND relforcerowsecurity) AND relname NOT LIKE 'telemetry_%'"
-            " AND relname !~ '^system_metrics' AND relname <> 'stream_marks' ORDER BY relname"
+            " AND relname !~ '^system_metrics' AND relname NOT IN ('stream_marks', 'stream_gateway_marks') ORDER BY relname"
         )
         # every tenant table is under forced RLS; the hypertable cannot be (the app role reads it through a view).
         # system_metrics (0015) holds no tenant's rows: the platform's own figures; stream_marks (0023) holds one
-        # row per stream partition, no tenant's rows either. The app role has no grant on either.
+        # row per stream partition, no tenant's rows either; nor stream_gateway_marks (0027): one row per gateway, sync
+        # stream and partition, written by the partition writers. The app role has no grant on any of them.
         app_grants = await conn.fetchval(
             "SELECT count(*) FROM information_schema.role_table_grants"
-            " WHERE (table_name LIKE 'system_metrics%' OR table_name = 'stream_marks') AND grantee = $1",
+            " WHERE (table_name LIKE 'system_metrics%' OR table_name IN ('stream_marks', 'stream_gateway_marks')) AND grantee = $1",
             cloud_settings.roles.app,
         )
         assert app_grants == 0

@@ -8,7 +8,8 @@ admitted with ``protocol.sync.admit`` against an in-memory high-water mark per s
 does; downlink items are served by long-poll.
 
 Faults the tests switch on: ``abort_after_commit`` (the connection is cut after the batch was
-committed, before the ack reaches the gateway), ``busy`` (503 with Retry-After), a record with the
+committed, before the ack reaches the gateway), ``busy`` (503 with Retry-After, by turns
+``ingest.overloaded`` and ``sync.stream_unavailable`` as the cloud answers them), a record with the
 metric ``poison`` (400 batch.malformed), and ``stop()``/``start()`` of the sync listener. A batch sent behind another still in flight
 (``X-Pulse-After``) is stored only after that one, as the cloud does.
 """
@@ -257,7 +258,8 @@ class Receiver:
         if self.busy > 0:
             self.busy -= 1
             self.busy_answers += 1
-            return 503, {"code": "ingest.overloaded", "message": "busy"}, {"Retry-After": "0.2"}
+            code = ("ingest.overloaded", "sync.stream_unavailable")[self.busy_answers % 2]
+            return 503, {"code": code, "message": "busy"}, {"Retry-After": "0.2"}
         try:
             batch = decode(body)
         except BatchError as exc:
