@@ -20,6 +20,7 @@ from pathlib import Path
 import httpx
 
 from pulse.cloud.errors import ConflictError
+from pulse.common.logs import log_tail
 from pulse.common.ports import pick_port
 
 DEMO_TENANT = "demo"
@@ -139,7 +140,7 @@ def start_cloud(root: Path, database_url: str) -> CloudProcess:
     with httpx.Client() as client:
         while time.monotonic() < deadline:
             if proc.poll() is not None:
-                raise RuntimeError(f"the cloud exited at start; see {log}")
+                raise RuntimeError(f"the cloud exited at start: {log_tail(log) or '(nothing in its log)'} (log {log})")
             try:
                 if client.get(url + "/health").status_code == 200:
                     break
@@ -167,7 +168,7 @@ def _start_mqtt(handle: CloudProcess, env: dict[str, str], root: Path) -> None:
     while time.monotonic() < deadline:
         if handle.mqtt.poll() is not None:
             handle.stop()
-            raise RuntimeError(f"the MQTT endpoint exited at start; see {log}")
+            raise RuntimeError(f"the MQTT endpoint exited at start: {log_tail(log) or '(nothing in its log)'} (log {log})")
         with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
             return
         time.sleep(0.2)

@@ -17,6 +17,7 @@ import logging
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import IO
 
 FIELDS = ("request_id", "tenant", "gateway", "device")
@@ -93,3 +94,15 @@ def configure(level: str | int = "INFO", *, stream: IO[str] | None = None, fmt: 
     root.addHandler(handler)
     root.setLevel(level.upper() if isinstance(level, str) else level)
     return handler
+
+
+def log_tail(log: Path, start_at: int = 0, lines: int = 3) -> str:
+    """The last ``lines`` lines a process wrote to ``log`` after byte ``start_at``, on one line."""
+    try:
+        with log.open("rb") as f:
+            f.seek(start_at)
+            text = f.read().decode(errors="replace")
+    except OSError:
+        return ""
+    said = [line.strip() for line in text.splitlines() if line.strip()]
+    return " | ".join(said[-lines:])

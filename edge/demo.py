@@ -15,6 +15,7 @@ from pathlib import Path
 
 import httpx
 
+from pulse.common.logs import log_tail
 from pulse.common.ports import pick_port
 
 
@@ -128,28 +129,37 @@ def start_gateway(
     """``enroll_token``: when the gateway is not enrolled yet, gives (cloud URL, one-time token).
     ``connectors``: ``[[connectors.devices]]`` tables for the gateway.toml (``connector_devices``)."""
     directory = root / "gateway"
-    mqtt_port = pick_port(int(os.environ.get("PULSE_DEMO_MQTT_PORT", "1883")))
-    status_port = pick_port(int(os.environ.get("PULSE_DEMO_STATUS_PORT", "8081")))
-    firmware_port = pick_port(int(os.environ.get("PULSE_DEMO_FIRMWARE_PORT", "8478")))
-    config = write_config(directory, gateway_id=gateway_id, mqtt_port=mqtt_port, status_port=status_port, connectors=connectors,
-                          firmware_port=firmware_port)
     credentials = root / "fleet-credentials.json"
-    ensure_devices(config, device_ids, credentials)
-    if enroll_token is not None and not enrolled(config):
-        enroll(config, *enroll_token())
     log = root / "gateway.log"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pulse.cli.main", "gateway", "run", "--config", str(config)],
-        stdout=log.open("ab"),
-        stderr=subprocess.STDOUT,
-    )
-    handle = GatewayProcess(config, mqtt_port, f"http://127.0.0.1:{status_port}", credentials, proc, log)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the gateway exited at start; see {log}")
-        if handle.status() is not None:
-            return handle
-        time.sleep(0.2)
-    handle.stop()
-    raise RuntimeError(f"the gateway did not answer on {handle.status_url} within 60 s; see {log}")
+    for attempt in range(2):
+        # a port found free can be taken by another program before the gateway binds it: once, on
+        # new ports (a port in use is the gateway's own clear error in its log, "cannot listen on")
+        mqtt_port = pick_port(int(os.environ.get("PULSE_DEMO_MQTT_PORT", "1883")) if attempt == 0 else 0)
+        status_port = pick_port(int(os.environ.get("PULSE_DEMO_STATUS_PORT", "8081")) if attempt == 0 else 0)
+        firmware_port = pick_port(int(os.environ.get("PULSE_DEMO_FIRMWARE_PORT", "8478")) if attempt == 0 else 0)
+        config = write_config(directory, gateway_id=gateway_id, mqtt_port=mqtt_port, status_port=status_port, connectors=connectors,
+                              firmware_port=firmware_port)
+        ensure_devices(config, device_ids, credentials)
+        if enroll_token is not None and not enrolled(config):
+            enroll(config, *enroll_token())
+        start_at = log.stat().st_size if log.exists() else 0
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pulse.cli.main", "gateway", "run", "--config", str(config)],
+            stdout=log.open("ab"),
+            stderr=subprocess.STDOUT,
+        )
+        handle = GatewayProcess(config, mqtt_port, f"http://127.0.0.1:{status_port}", credentials, proc, log)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                said = log_tail(log, start_at)
+                if attempt == 0 and ("cannot listen on" in said or "already in use" in said.lower()):
+                    break
+                raise RuntimeError(f"the gateway exited at start: {said or '(nothing in its log)'} (log {log})")
+            if handle.status() is not None:
+                return handle
+            time.sleep(0.2)
+        else:
+            handle.stop()
+            raise RuntimeError(f"the gateway did not answer on {handle.status_url} within 60 s; see {log}")
+    raise AssertionError("unreachable: the second start returns or raises")

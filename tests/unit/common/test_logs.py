@@ -7,6 +7,7 @@ import io
 import json
 import logging
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -61,3 +62,15 @@ def test_a_terminal_gets_plain_text_with_the_fields_appended(restore_root: None)
     assert " WARNING pulse.edge: link down [gateway=gw-1]" in line
     with pytest.raises(json.JSONDecodeError):
         json.loads(line)
+
+
+def test_log_tail_gives_the_last_lines_written_after_an_offset_on_one_line(tmp_path: Path) -> None:
+    log = tmp_path / "gateway.log"
+    log.write_text("an earlier run failed\n")
+    start = log.stat().st_size
+    with log.open("a") as f:
+        f.write("starting\nopening the buffer\n\nERROR the status page cannot listen on 127.0.0.1:8081: in use\n")
+    assert logs.log_tail(log, start) == "starting | opening the buffer | ERROR the status page cannot listen on 127.0.0.1:8081: in use"
+    assert logs.log_tail(log, start, lines=1).startswith("ERROR")
+    assert logs.log_tail(log).startswith("starting")
+    assert logs.log_tail(tmp_path / "missing.log") == ""
