@@ -251,7 +251,10 @@ async def test_a_cloud_rolled_back_to_format_1_gets_version_1_again_and_nothing_
     assert sorted(r.device_seq for _, r in receiver.rows) == list(range(1, 201))
     assert await gw.buffer.quarantined() == []
     assert gw.uplink is not None and gw.uplink.records_quarantined == 0 and gw.uplink.batch_version == 1
-    assert receiver.versions_seen[seen] == 2 and receiver.versions_seen[-1] == 1  # refused once, then sent again in format 1
+    after = receiver.versions_seen[seen:]
+    # refused in format 2, then sent again in format 1 (a format-2 batch already in flight when the
+    # first refusal came back is refused too, and may reach the receiver after a format-1 one)
+    assert after[0] == 2 and 1 in after and set(after) == {1, 2}
 
 
 async def test_certificate_is_renewed_at_two_thirds_of_its_life_with_the_same_key(sync_settings, receiver, run_gateway):
