@@ -29,11 +29,13 @@ while [ $# -gt 0 ]; do
 done
 if [ "$(id -u)" -ne 0 ]; then echo "run as root (sudo)" >&2; exit 1; fi
 log() { printf '==> %s\n' "$*"; }
+# shellcheck source=deploy/apt.sh
+. deploy/apt.sh
 
 if ! python3 -c 'import sys, venv, ensurepip; assert sys.version_info >= (3, 11)' 2>/dev/null; then
   log "installing Python 3 with venv"
-  DEBIAN_FRONTEND=noninteractive apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3 python3-venv >/dev/null
+  apt_locked_retry update -qq
+  apt_locked_retry install -y -qq --no-install-recommends python3 python3-venv
 fi
 if ! id pulse >/dev/null 2>&1; then
   log "creating system account pulse"

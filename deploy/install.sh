@@ -10,6 +10,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 log() { printf '==> %s\n' "$*"; }
+# shellcheck source=deploy/apt.sh
+. deploy/apt.sh
 
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then
@@ -25,12 +27,13 @@ apt_install() {
   fi
   if [ -z "$apt_updated" ]; then
     log "apt-get update"
-    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    apt_locked_retry update -qq
     apt_updated=1
   fi
   log "apt-get install $*"
-  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+  apt_locked_retry install -y -qq --no-install-recommends "$@"
 }
+
 
 # --- Python 3.11+ with venv -----------------------------------------------------------------
 PYTHON="${PYTHON:-python3}"
