@@ -1,5 +1,6 @@
 """Real `pulse cloud serve` processes on a test module's database, for the replica and stream tests:
-start one (``start``), ask its /health (``health``), wait for a condition (``until``), stop it
+start one (``start``, with ``stream_env`` for the stream tests), ask its /health (``health``,
+``holds``), wait for a condition (``until``), stop it
 (``stop``: SIGTERM, then SIGKILL). A module of its own, so tests import it by a name no other
 folder's conftest.py shares."""
 
@@ -70,6 +71,25 @@ async def health(client: httpx.AsyncClient, replica: Replica) -> dict[str, Any] 
     except httpx.HTTPError:
         return None
     return r.json() if r.status_code == 200 else None  # type: ignore[no-any-return]
+
+
+def stream_env(nats_url: str, names: dict[str, str], partitions: int, **extra: str) -> dict[str, str]:
+    """The settings of replicas sharing one ingest stream: the stream, its partitions, no platform
+    sampling (its queries would only add noise to a crash test), and ``extra``."""
+    return {
+        "PULSE_PLATFORM_SAMPLE_INTERVAL_S": "0",
+        "PULSE_STREAM_URL": nats_url,
+        "PULSE_STREAM_NAME": names["stream_name"],
+        "PULSE_STREAM_SUBJECT": names["stream_subject"],
+        "PULSE_STREAM_PARTITIONS": str(partitions),
+        **extra,
+    }
+
+
+async def holds(client: httpx.AsyncClient, replica: Replica, partitions: set[str]) -> bool:
+    """True when ``replica`` answers /health and runs the writer of every partition in ``partitions``."""
+    h = await health(client, replica)
+    return h is not None and partitions <= set(h["cluster_jobs"])
 
 
 async def until(check: Any, what: str, limit_s: float = 60) -> Any:

@@ -20,7 +20,7 @@ import asyncpg
 import httpx
 import pytest
 from natsserver import NatsServer, stream_names
-from replica_harness import Replica, health, start, stop, tenant_devices, until
+from replica_harness import Replica, health, holds, start, stop, stream_env, tenant_devices, until
 
 from pulse.cloud.settings import Settings
 
@@ -31,32 +31,25 @@ DEVICES = 8
 PER_REQUEST = 20
 
 
-
 async def test_kill_9_of_the_partition_writer_under_load_loses_and_duplicates_nothing(
     cloud_settings: Settings, nats_server: NatsServer, tmp_path: Path
 ) -> None:
     names = stream_names()
-    env = {
-        "PULSE_INGEST_RATE_PER_S": "100000",
-        "PULSE_INGEST_BURST": "100000",
-        "PULSE_PLATFORM_SAMPLE_INTERVAL_S": "0",
-        "PULSE_STREAM_URL": nats_server.url,
-        "PULSE_STREAM_NAME": names["stream_name"],
-        "PULSE_STREAM_SUBJECT": names["stream_subject"],
-        "PULSE_STREAM_PARTITIONS": str(PARTITIONS),
-        "PULSE_STREAM_BATCH_MESSAGES": "16",
-    }
+    env = stream_env(
+        nats_server.url,
+        names,
+        PARTITIONS,
+        PULSE_INGEST_RATE_PER_S="100000",
+        PULSE_INGEST_BURST="100000",
+        PULSE_STREAM_BATCH_MESSAGES="16",
+    )
     partitions = {f"stream-{p}" for p in range(PARTITIONS)}
     a = start(cloud_settings, tmp_path, "a", **env)
     b: Replica | None = None
     counter = await asyncpg.connect(cloud_settings.database_url)
     try:
         async with httpx.AsyncClient(timeout=30) as client:
-            async def a_writes_all() -> bool:
-                h = await health(client, a)
-                return h is not None and partitions <= set(h["cluster_jobs"])
-
-            await until(a_writes_all, "A to take every partition")
+            await until(lambda: holds(client, a, partitions), "A to take every partition")
             b = start(cloud_settings, tmp_path, "b", **env)
             await until(lambda: health(client, b), "B to answer")  # type: ignore[arg-type]
             tenant, devices = await tenant_devices(cloud_settings, client, b.url, prefix="crash", count=DEVICES)
@@ -72,7 +65,9 @@ async def test_kill_9_of_the_partition_writer_under_load_loses_and_duplicates_no
                     now = int(time.time() * 1000)
                     body = [{"v": 1, "ts": now - 5000 + i, "seq": seq + i, "metrics": {"n": seq + i}} for i in range(PER_REQUEST)]
                     while True:  # resend until acknowledged, as a device does
-                        r = await client.post(b.url + "/ingest/v1/telemetry", json=body, headers={"Authorization": f"Bearer {token}"})
+                        r = await client.post(
+                            b.url + "/ingest/v1/telemetry", json=body, headers={"Authorization": f"Bearer {token}"}
+                        )
                         if r.status_code == 200:
                             break
                         assert r.status_code == 503, r.text
@@ -91,11 +86,7 @@ async def test_kill_9_of_the_partition_writer_under_load_loses_and_duplicates_no
                 a.proc.wait(10)
                 before_takeover = await stored()
 
-                async def b_writes_all() -> bool:
-                    h = await health(client, b)
-                    return h is not None and partitions <= set(h["cluster_jobs"])
-
-                await until(b_writes_all, "B to take the partitions over")
+                await until(lambda: holds(client, b, partitions), "B to take the partitions over")
                 await until(lambda: _at_least(stored, before_takeover + 200), "B to store under load")
             finally:
                 enough.set()

@@ -22,7 +22,7 @@ import asyncpg
 import httpx
 import pytest
 from natsserver import NatsServer, stream_names
-from replica_harness import Replica, health, start, stop, tenant_devices, until
+from replica_harness import Replica, health, holds, start, stop, stream_env, tenant_devices, until
 
 from pulse.cloud.settings import Settings
 
@@ -31,7 +31,6 @@ pytestmark = pytest.mark.integration
 PARTITIONS = 4
 DEVICES = 8
 PER_REQUEST = 20
-
 
 
 async def _partitions(client: httpx.AsyncClient, replica: Replica) -> set[str]:
@@ -50,24 +49,22 @@ async def test_a_replica_started_later_takes_its_share_of_the_partitions_and_not
     cloud_settings: Settings, nats_server: NatsServer, tmp_path: Path
 ) -> None:
     names = stream_names()
-    env = {
-        "PULSE_INGEST_RATE_PER_S": "100000",
-        "PULSE_INGEST_BURST": "100000",
-        "PULSE_PLATFORM_SAMPLE_INTERVAL_S": "0",
-        "PULSE_STREAM_URL": nats_server.url,
-        "PULSE_STREAM_NAME": names["stream_name"],
-        "PULSE_STREAM_SUBJECT": names["stream_subject"],
-        "PULSE_STREAM_PARTITIONS": str(PARTITIONS),
-        "PULSE_STREAM_BATCH_MESSAGES": "16",
-        "PULSE_CLUSTER_LEASE_S": "6",  # a replica slow to answer on a busy machine must not drop its partitions meanwhile
-    }
+    env = stream_env(
+        nats_server.url,
+        names,
+        PARTITIONS,
+        PULSE_INGEST_RATE_PER_S="100000",
+        PULSE_INGEST_BURST="100000",
+        PULSE_STREAM_BATCH_MESSAGES="16",
+        PULSE_CLUSTER_LEASE_S="6",  # a replica slow to answer on a busy machine must not drop its partitions meanwhile
+    )
     every = {f"stream-{p}" for p in range(PARTITIONS)}
     a = start(cloud_settings, tmp_path, "a", **env)
     b: Replica | None = None
     counter = await asyncpg.connect(cloud_settings.database_url)
     try:
         async with httpx.AsyncClient(timeout=30) as client:
-            await until(lambda: _holds(client, a, every), "A to take every partition")
+            await until(lambda: holds(client, a, every), "A to take every partition")
             tenant, devices = await tenant_devices(cloud_settings, client, a.url, prefix="share", count=DEVICES)
 
             acked: set[tuple[str, int]] = set()
@@ -79,7 +76,9 @@ async def test_a_replica_started_later_takes_its_share_of_the_partitions_and_not
                     now = int(time.time() * 1000)
                     body = [{"v": 1, "ts": now - 5000 + i, "seq": seq + i, "metrics": {"n": seq + i}} for i in range(PER_REQUEST)]
                     while True:  # resend until acknowledged, as a device does
-                        r = await client.post(a.url + "/ingest/v1/telemetry", json=body, headers={"Authorization": f"Bearer {token}"})
+                        r = await client.post(
+                            a.url + "/ingest/v1/telemetry", json=body, headers={"Authorization": f"Bearer {token}"}
+                        )
                         if r.status_code == 200:
                             break
                         assert r.status_code == 503, r.text
@@ -120,21 +119,19 @@ async def test_a_replica_started_later_takes_its_share_of_the_partitions_and_not
             rows = await counter.fetch("SELECT device_id, seq FROM telemetry WHERE tenant_id = $1", tenant)
             pairs = [(r["device_id"], r["seq"]) for r in rows]
             assert len(pairs) == len(set(pairs)), f"a reading was stored twice\nA: {a.tail()}\nB: {b.tail()}"
-            assert set(pairs) == acked, f"lost {len(acked - set(pairs))}, unacknowledged extra {len(set(pairs) - acked)}\nA: {a.tail()}"
+            assert set(pairs) == acked, (
+                f"lost {len(acked - set(pairs))}, unacknowledged extra {len(set(pairs) - acked)}\nA: {a.tail()}"
+            )
             assert len(acked) > 400
 
             stop(b)  # SIGTERM: B hands its partitions over at a clean point; A takes them all again
             assert "released at a clean point" in b.log.read_text(errors="replace")
-            await until(lambda: _holds(client, a, every), "A to take every partition again")
+            await until(lambda: holds(client, a, every), "A to take every partition again")
     finally:
         await counter.close()
         if b is not None:
             stop(b)
         stop(a)
-
-
-async def _holds(client: httpx.AsyncClient, replica: Replica, partitions: set[str]) -> bool:
-    return partitions <= await _partitions(client, replica)
 
 
 async def _at_least(count: Any, n: int) -> bool:

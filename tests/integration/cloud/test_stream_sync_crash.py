@@ -30,7 +30,7 @@ import httpx
 import pytest
 from cloud_harness import enrolled_gateway
 from natsserver import NatsServer, stream_names
-from replica_harness import Replica, health, start, stop, tenant_admin, until
+from replica_harness import Replica, health, holds, start, stop, stream_env, tenant_admin, until
 
 from pulse.cloud.settings import Settings
 from pulse.common.ports import free_port
@@ -51,14 +51,7 @@ async def test_kill_9_of_a_writer_under_gateway_sync_load_loses_and_duplicates_n
     cloud_settings: Settings, nats_server: NatsServer, tmp_path: Path
 ) -> None:
     names = stream_names()
-    env = {
-        "PULSE_PLATFORM_SAMPLE_INTERVAL_S": "0",
-        "PULSE_STREAM_URL": nats_server.url,
-        "PULSE_STREAM_NAME": names["stream_name"],
-        "PULSE_STREAM_SUBJECT": names["stream_subject"],
-        "PULSE_STREAM_PARTITIONS": str(PARTITIONS),
-        "PULSE_STREAM_BATCH_MESSAGES": "4",
-    }
+    env = stream_env(nats_server.url, names, PARTITIONS, PULSE_STREAM_BATCH_MESSAGES="4")
     partitions = {f"stream-{p}" for p in range(PARTITIONS)}
     a_sync, b_sync = free_port(), free_port()
     a = start(cloud_settings, tmp_path, "a", PULSE_SYNC_PORT=str(a_sync), **env)
@@ -66,11 +59,9 @@ async def test_kill_9_of_a_writer_under_gateway_sync_load_loses_and_duplicates_n
     counter = await asyncpg.connect(cloud_settings.database_url)
     try:
         async with httpx.AsyncClient(timeout=30) as client:
-            async def a_writes_all() -> bool:
-                h = await health(client, a)
-                return h is not None and partitions <= set(h["cluster_jobs"])
-
-            await until(a_writes_all, "A to take every partition", limit_s=180)  # a process start on a busy machine
+            await until(
+                lambda: holds(client, a, partitions), "A to take every partition", limit_s=180
+            )  # a process start on a busy machine
             b = start(cloud_settings, tmp_path, "b", PULSE_SYNC_PORT=str(b_sync), **env)
             await until(lambda: health(client, b), "B to answer", limit_s=180)
             tenant, admin = await tenant_admin(cloud_settings, client, b.url)
@@ -102,11 +93,17 @@ async def test_kill_9_of_a_writer_under_gateway_sync_load_loses_and_duplicates_n
                         turn += 1
                         seqs = range(position + 1, position + 1 + size)
                         now = int(time.time() * 1000)
-                        records = [Record(s, devices[s % DEVICES], now - 5000 + s % 1000, "telemetry", {"rec": float(s)}, s) for s in seqs]
+                        records = [
+                            Record(s, devices[s % DEVICES], now - 5000 + s % 1000, "telemetry", {"rec": float(s)}, s)
+                            for s in seqs
+                        ]
                         data = batch.encode(records, gateway_id=gw, stream=Stream.TELEMETRY, gateway_time_ms=now)
                         try:
-                            r = await c.post(f"https://127.0.0.1:{port}/sync/v1/batches", content=data,
-                                             headers={"Content-Type": BATCH_CONTENT_TYPE})
+                            r = await c.post(
+                                f"https://127.0.0.1:{port}/sync/v1/batches",
+                                content=data,
+                                headers={"Content-Type": BATCH_CONTENT_TYPE},
+                            )
                         except httpx.HTTPError:
                             r = None
                         if r is None or r.status_code != 200:
@@ -138,11 +135,7 @@ async def test_kill_9_of_a_writer_under_gateway_sync_load_loses_and_duplicates_n
                         os.kill(paused, signal.SIGCONT)
                 before_takeover = await stored()
 
-                async def b_writes_all() -> bool:
-                    h = await health(client, b)
-                    return h is not None and partitions <= set(h["cluster_jobs"])
-
-                await until(b_writes_all, "B to take the partitions over")
+                await until(lambda: holds(client, b, partitions), "B to take the partitions over")
                 await until(lambda: _at_least(stored, before_takeover + 300), "B to store under load")
             finally:
                 enough.set()
@@ -178,4 +171,3 @@ def _metrics(value: Any) -> dict[str, Any]:
 
 async def _at_least(count: Any, n: int) -> bool:
     return bool(await count() >= n)
-
