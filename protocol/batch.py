@@ -1004,10 +1004,10 @@ def _decode_v2(raw: bytes, header: Header) -> list[Record]:
         seqs = list(range(header.first_seq, header.first_seq + n))
     else:
         seqs = list(accumulate(seq_gaps, initial=header.first_seq))
-    if seqs[-1] != header.last_seq:
-        raise BatchError(Code.BATCH_BAD_SEQUENCE, "records' sequence numbers do not end at the header's last")
     if not isinstance(groups_raw, list):
         raise _malformed("groups")
+    if seqs[-1] != header.last_seq:
+        raise BatchError(Code.BATCH_BAD_SEQUENCE, "records' sequence numbers do not end at the header's last")
     for col, size, what in ((rec_group, len(groups_raw), "group"), (rec_type, len(types), "type"), (rec_tags, len(tag_table), "tags")):
         if size == 0 or (col is not None and max(col) >= size):
             raise _malformed(f"{what} index out of range")
