@@ -44,6 +44,7 @@ carried in every batch ack); a cloud decodes every version in ``VERSIONS``.
 
 from __future__ import annotations
 
+import gc
 import math
 import struct
 import sys
@@ -53,7 +54,7 @@ from collections import Counter
 from collections.abc import Callable, Container, Iterator, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
-from itertools import accumulate, chain, repeat
+from itertools import accumulate, chain, compress, repeat
 from operator import add, itemgetter, sub, truediv
 from typing import Any, NamedTuple, cast
 
@@ -85,6 +86,8 @@ MAX_TS_MS = MAX_INT  # record timestamps: 0 to 2**53 ms, so every delta-of-delta
 _MAX_BODY_DEPTH = 16
 _MAX_SCALED_V2 = MAX_INT  # version 2: scaled decimals within ±2**53, so their deltas fit 64-bit columns
 _U32 = struct.Struct(">I")
+_POW10 = tuple(10**scale for scale in range(_MAX_SCALE + 1))
+_BOOLS = (False, True)
 
 
 def _typecode(size: int, candidates: str) -> str:
@@ -96,6 +99,7 @@ def _typecode(size: int, candidates: str) -> str:
 # many bytes; 17, 18, 20, 24 (16 + bytes): unsigned integers; 40: IEEE 754 doubles (8 bytes)
 _UNSIGNED = 16
 _COL_F64 = 40
+_U8 = _UNSIGNED + 1
 _COLUMN_TYPES = {
     1: "b",
     2: _typecode(2, "hil"),
@@ -635,12 +639,25 @@ def _device_seqs(col: list[object]) -> list[int | None]:
 def decode(data: bytes, limits: BatchLimits = DEFAULT_BATCH_LIMITS) -> Batch:
     """Decode a batch. Raises ``BatchError`` (never anything else) for every refusal."""
     header = read_header(data, limits)
+    # The cyclic garbage collector is paused while the body is decoded. A batch makes two objects per
+    # record the collector counts (a Record, which as a tuple subclass it tracks for good, and its
+    # metrics dict), so it would run a collection every ~350 records, each one walking the decoder's
+    # per-record columns again, and a full collection every other bench pass: ~15% of decode time
+    # in ``pulse bench codec``. Pausing only defers: the decoder makes no reference cycles of its own
+    # (reference counting frees what it drops), and whatever else became garbage meanwhile is found
+    # by the next collection. Paused only when it is on: a process that turned it off keeps it off.
+    paused = gc.isenabled()
+    if paused:
+        gc.disable()
     try:
         return Batch(header, _decode_body(data, header))
     except BatchError:
         raise
     except Exception as exc:  # the decoder promises: only the taxonomy's error escapes
         raise _malformed(f"{type(exc).__name__}") from exc
+    finally:
+        if paused:
+            gc.enable()
 
 
 def _decode_body(data: bytes, header: Header) -> list[Record]:
@@ -746,19 +763,25 @@ def _bodies(bodies: object, n: int) -> list[JsonObject | None]:
 
 def _assemble(
     seqs: list[int],
-    rec_group: list[int],
-    rec_dev: list[int],
-    rec_type: list[int],
-    rec_tags: list[int],
-    groups: _Groups,
+    rec_group: Sequence[int],
+    rec_dev: Sequence[int],
+    rec_type: Sequence[int] | None,
+    rec_tags: Sequence[int] | None,
+    group_dev: Sequence[str],
+    group_names: Sequence[tuple[str, ...]],
+    group_keys: Sequence[Sequence[tuple[int, int, int]]],
     series: dict[tuple[int, int, int], list[MetricValue]],
-    stamps: dict[int, list[int]],
-    dseqs: dict[int, list[int | None]],
+    stamps: Sequence[list[int]],
+    dseqs: Sequence[list[int | None]],
     types: list[str],
     tag_table: list[dict[str, str]],
     body_col: list[JsonObject | None] | None,
 ) -> list[Record]:
     """The records, built column by column in C: every length was checked by the caller.
+
+    Per group: its device id, metric names and the (device, name, kind) series it draws from; per
+    device (by index): its timestamps and device sequence numbers, in record order. ``rec_type`` and
+    ``rec_tags`` are None when their table has one entry (every record uses it).
 
     One lazy stream of metric dicts per group: for each of the group's series, a stream of
     (name, value) pairs; zip takes one pair from each and dict() makes the record's metrics (series
@@ -770,22 +793,20 @@ def _assemble(
         map(dict, zip(*[zip(repeat(name), iters[k], strict=False) for name, k in zip(names_g, keys, strict=True)], strict=False))
         if keys
         else iter(dict, None)
-        for names_g, keys in zip(groups.names, groups.keys, strict=True)
+        for names_g, keys in zip(group_names, group_keys, strict=True)
     ]
     n = len(seqs)
-    ts_iters = [iter(stamps.get(d, ())) for d in range(max(rec_dev) + 1)]
-    dseq_iters = [iter(dseqs.get(d, ())) for d in range(len(ts_iters))]
     tags_out = [t or None for t in tag_table]
     # itemgetter(*indices)(table) picks every record's entry in one C call (given 2 or more indices)
     by_dev, by_group = (itemgetter(*rec_dev), itemgetter(*rec_group)) if n > 1 else (_single(rec_dev[0]), _single(rec_group[0]))
     columns = zip(  # noqa: B905 (the lengths were checked)
         seqs,
-        by_group(groups.dev) if len(groups.dev) > 1 else repeat(groups.dev[0], n),
-        map(next, by_dev(ts_iters)),
-        map(types.__getitem__, rec_type) if len(types) > 1 else repeat(types[0], n),
+        by_group(group_dev) if len(group_dev) > 1 else repeat(group_dev[0], n),
+        map(next, by_dev(list(map(iter, stamps)))),
+        repeat(types[0], n) if rec_type is None else map(types.__getitem__, rec_type),
         map(next, by_group(group_metrics)),
-        map(next, by_dev(dseq_iters)),
-        map(tags_out.__getitem__, rec_tags) if len(tags_out) > 1 else repeat(tags_out[0], n),
+        map(next, by_dev(list(map(iter, dseqs)))),
+        repeat(tags_out[0], n) if rec_tags is None else map(tags_out.__getitem__, rec_tags),
         repeat(None, n) if body_col is None else body_col,
     )
     return list(map(tuple.__new__, repeat(Record), columns))
@@ -887,7 +908,12 @@ def _decode_v1(raw: bytes, header: Header) -> list[Record]:
         dseqs_of[dev] = _device_seqs(dseq_col)
 
     body_col = _bodies(bodies, n) if bodies != [] else None
-    return _assemble(seqs, rec_group, rec_dev, rec_type, rec_tags, groups, series, stamps_of, dseqs_of, types, tag_table, body_col)
+    return _assemble(
+        seqs, rec_group, rec_dev, rec_type if len(types) > 1 else None, rec_tags if len(tag_table) > 1 else None,
+        groups.dev, groups.names, groups.keys, series,
+        [stamps_of.get(d, []) for d in range(len(devices))], [dseqs_of.get(d, []) for d in range(len(devices))],
+        types, tag_table, body_col,
+    )
 
 
 class _Columns:
@@ -919,11 +945,17 @@ class _Columns:
         self.pos = end
         return col.tolist()
 
-    def record_column(self, i: int, count: int, what: str) -> list[int]:
+    def record_column(self, i: int, count: int, what: str) -> Sequence[int]:
         """One of the four per-record columns; they hold no negative number (the encoder writes them unsigned)."""
         code = self.codes[i]
         if code == _COL_F64:
             raise _malformed(f"{what} column kind")
+        if code == _U8:  # the usual case: the bytes themselves (bytes.count, translate and find run in C)
+            start, end = self.pos, self.pos + count
+            if end > len(self.blob):
+                raise _malformed(f"{what} run past the body")
+            self.pos = end
+            return bytes(self.blob[start:end])
         col = self._region(code, count, what)
         if code < _UNSIGNED and col and min(col) < 0:
             raise _malformed(f"{what}: negative")
@@ -961,34 +993,56 @@ def _decode_v2(raw: bytes, header: Header) -> list[Record]:
     devices, names, types, tag_table = _check_tables(devices, names, types, tag_table)
     cols = _Columns(codes, view[_U32.size + dir_len :])
     n = header.record_count
-    seq_deltas = cols.record_column(0, n - 1, "sequence gaps")
+    # a type or tag table of one entry sends no column (every record uses entry 0): None here
+    seq_gaps = cols.record_column(0, n - 1, "sequence gaps")
     rec_group = cols.record_column(1, n, "record groups")
-    rec_type = cols.record_column(2, n, "record types") if len(types) > 1 else [0] * n
-    rec_tags = cols.record_column(3, n, "record tags") if len(tag_table) > 1 else [0] * n
-    if 0 in seq_deltas:
+    rec_type = cols.record_column(2, n, "record types") if len(types) > 1 else None
+    rec_tags = cols.record_column(3, n, "record tags") if len(tag_table) > 1 else None
+    if 0 in seq_gaps:
         raise _malformed("sequence numbers must increase")
-    seqs = list(accumulate(seq_deltas, initial=header.first_seq))
+    if seq_gaps.count(1) == len(seq_gaps):  # the usual case: no gap in the gateway's numbering
+        seqs = list(range(header.first_seq, header.first_seq + n))
+    else:
+        seqs = list(accumulate(seq_gaps, initial=header.first_seq))
     if not isinstance(groups_raw, list):
         raise _malformed("groups")
     if seqs[-1] != header.last_seq:
         raise BatchError(Code.BATCH_BAD_SEQUENCE, "records' sequence numbers do not end at the header's last")
-    # a type or tag table of one entry sends no column (every record uses entry 0)
     for col, size, what in ((rec_group, len(groups_raw), "group"), (rec_type, len(types), "type"), (rec_tags, len(tag_table), "tags")):
-        if size == 0 or ((size > 1 or col is rec_group) and max(col) >= size):
+        if size == 0 or (col is not None and max(col) >= size):
             raise _malformed(f"{what} index out of range")
 
-    # the series' keys, in order of first appearance in the groups' layouts
-    # (a malformed group gets no keys here; ``_groups`` then refuses it with its reason)
-    layouts = [
-        e[1] if isinstance(e, list) and len(e) == 2 and type(e[0]) is int and isinstance(e[1], list) and set(map(type, e[1])) <= {int}
-        else []
-        for e in groups_raw
-    ]
-    keys = list(dict.fromkeys(
-        (e[0], lay[j], lay[j + 1]) for e, lay in zip(groups_raw, layouts, strict=True) for j in range(0, len(lay) - 1, 2)
-    ))
-    groups = _groups(groups_raw, devices, names, set(keys), rec_group)
-    rec_dev, order, dev_counts = _devices(groups, rec_group)  # devices in order of first appearance
+    group_dev, group_names, group_keys = _groups_v2(groups_raw, len(devices), names)
+    group_ids = list(map(devices.__getitem__, group_dev))
+    # the series, in order of first appearance in the groups' layouts, and how many values each holds
+    flat = list(chain.from_iterable(group_keys))
+    keys = list(dict.fromkeys(flat))
+    if type(rec_group) is bytes and len(groups_raw) <= 256:
+        uses = list(map(rec_group.count, range(len(groups_raw))))  # bytes.count: a C scan per group
+    else:
+        counter = Counter(rec_group)
+        uses = list(map(counter.__getitem__, range(len(groups_raw))))
+    if len(keys) == len(flat):  # the usual case: no two groups share a series
+        key_counts = list(chain.from_iterable(map(repeat, uses, map(len, group_keys))))
+    else:
+        expected = dict.fromkeys(keys, 0)
+        for keys_g, used in zip(group_keys, uses, strict=True):
+            for k in keys_g:
+                expected[k] += used
+        key_counts = list(map(expected.__getitem__, keys))
+
+    # per record its device; per device its record count; the devices in order of first appearance
+    n_devices = len(devices)
+    if type(rec_group) is bytes and n_devices <= 256:
+        dev_of = rec_group.translate(bytes(group_dev[:256]).ljust(256, b"\0"))
+        dev_counts = list(map(dev_of.count, range(n_devices)))
+        order = sorted(compress(range(n_devices), dev_counts), key=dev_of.find)
+        rec_dev: Sequence[int] = dev_of
+    else:
+        rec_dev = list(map(group_dev.__getitem__, rec_group))
+        dev_counter = Counter(rec_dev)
+        dev_counts = list(map(dev_counter.__getitem__, range(n_devices)))
+        order = list(dict.fromkeys(rec_dev))
     first_ts = _ints(first_ts, "first timestamps")
     cadences = _ints(cadences, "cadences")
     if not isinstance(dev_dseqs, list) or not len(first_ts) == len(cadences) == len(dev_dseqs) == len(order):
@@ -999,7 +1053,6 @@ def _decode_v2(raw: bytes, header: Header) -> list[Record]:
     # what each column holds: per device, its timestamps and (when all present) its device sequence
     # numbers; then per series its values
     counts: list[int] = []
-    floats: list[bool] = []
     for dev, dseq in zip(order, dev_dseqs, strict=True):
         counts.append(dev_counts[dev] - 1)
         if type(dseq) is int:
@@ -1008,14 +1061,14 @@ def _decode_v2(raw: bytes, header: Header) -> list[Record]:
             raise _malformed("device sequence numbers")
     floats = [False] * len(counts)
     shapes: list[int] = []
-    for key, scale, first in zip(keys, scales, firsts, strict=True):
-        count, kind = groups.expected.get(key, 0), key[2]
+    for key, count, scale, first in zip(keys, key_counts, scales, firsts, strict=True):
+        kind = key[2]
         if count == 0:
             raise _malformed("a series no record uses")
-        if kind == _KIND_FLOAT and scale == _RAW_FLOAT and first is None:
-            shape = _RAW_FLOAT
-        elif kind == _KIND_FLOAT and type(scale) is int and 0 <= scale <= _MAX_SCALE and type(first) is int:
+        if kind == _KIND_FLOAT and type(scale) is int and 0 <= scale <= _MAX_SCALE and type(first) is int:
             shape = _KIND_FLOAT
+        elif kind == _KIND_FLOAT and scale == _RAW_FLOAT and first is None:
+            shape = _RAW_FLOAT
         elif kind == _KIND_INT and scale == 0 and type(first) is int:
             shape = _KIND_INT
         elif kind == _KIND_BOOL and scale == 0 and first is None:
@@ -1027,10 +1080,10 @@ def _decode_v2(raw: bytes, header: Header) -> list[Record]:
         floats.append(shape == _RAW_FLOAT)
     columns = iter(cols.others(counts, floats))
 
-    # per-device: timestamps as (interval - cadence) from the first; device sequence numbers as
+    # per device: timestamps as (interval - cadence) from the first; device sequence numbers as
     # deltas from the first (or version 1's list when some are absent)
-    stamps_of: dict[int, list[int]] = {}
-    dseqs_of: dict[int, list[int | None]] = {}
+    stamps_of: list[list[int]] = [[]] * n_devices
+    dseqs_of: list[list[int | None]] = [[]] * n_devices
     for dev, first, cadence, dseq in zip(order, accumulate(first_ts), cadences, dev_dseqs, strict=True):
         stamps = list(accumulate(map(add, next(columns), repeat(cadence)), initial=first))
         if min(stamps) < 0 or max(stamps) > MAX_TS_MS:
@@ -1053,21 +1106,53 @@ def _decode_v2(raw: bytes, header: Header) -> list[Record]:
     series: dict[tuple[int, int, int], list[MetricValue]] = {}
     for key, shape, scale, first in zip(keys, shapes, scales, firsts, strict=True):
         col = next(columns)
-        if shape == _RAW_FLOAT:
+        if shape == _KIND_FLOAT:
+            if col.count(0) == len(col):  # a value that did not change: one float object, shared
+                series[key] = [first / _POW10[scale]] * (len(col) + 1)
+            else:
+                series[key] = list(map(truediv, accumulate(col, initial=first), repeat(_POW10[scale])))
+        elif shape == _RAW_FLOAT:
             if not all(map(math.isfinite, col)):
                 raise _malformed("raw float series")
             series[key] = col
-        elif shape == _KIND_FLOAT:
-            series[key] = list(map(truediv, accumulate(col, initial=first), repeat(10**scale)))
         elif shape == _KIND_INT:
             values = list(accumulate(col, initial=first))
             if min(values) < -MAX_INT or max(values) > MAX_INT:
                 raise _malformed("integer metric values are within ±2**53")
             series[key] = values
         else:
-            if not set(col) <= {0, 1}:
+            if col.count(0) + col.count(1) != len(col):
                 raise _malformed("bool series")
-            series[key] = list(map(bool, col))
+            series[key] = list(map(_BOOLS.__getitem__, col))
 
     body_col = _bodies(bodies, n) if bodies != [] else None
-    return _assemble(seqs, rec_group, rec_dev, rec_type, rec_tags, groups, series, stamps_of, dseqs_of, types, tag_table, body_col)
+    return _assemble(
+        seqs, rec_group, rec_dev, rec_type, rec_tags, group_ids, group_names, group_keys, series, stamps_of, dseqs_of, types, tag_table, body_col
+    )
+
+
+def _groups_v2(groups_raw: list[object], n_devices: int, names: list[str]) -> tuple[list[int], list[tuple[str, ...]], list[list[tuple[int, int, int]]]]:
+    """Version 2's groups: per group its device index, its metric names and the (device, name, kind)
+    series it draws from (version 2 sends no series keys: the groups' layouts are the keys)."""
+    group_dev: list[int] = []
+    group_names: list[tuple[str, ...]] = []
+    group_keys: list[list[tuple[int, int, int]]] = []
+    n_names = len(names)
+    seen: dict[tuple[int, ...], tuple[list[int], list[int], tuple[str, ...]]] = {}  # devices of one profile share a layout
+    for entry in groups_raw:
+        if not isinstance(entry, list) or len(entry) != 2:
+            raise _malformed("group entry")
+        dev, layout = entry
+        if type(dev) is not int or not 0 <= dev < n_devices:
+            raise _malformed("group device")
+        layout = _ints(layout, "group layout")
+        shape = seen.get(tuple(layout))
+        if shape is None:
+            name_idx = layout[0::2]
+            if len(layout) % 2 or (name_idx and (min(name_idx) < 0 or max(name_idx) >= n_names)) or len(set(name_idx)) != len(name_idx):
+                raise _malformed("group layout")
+            shape = seen[tuple(layout)] = (name_idx, layout[1::2], tuple(map(names.__getitem__, name_idx)))
+        group_dev.append(dev)
+        group_names.append(shape[2])
+        group_keys.append(list(zip(repeat(dev), shape[0], shape[1])))
+    return group_dev, group_names, group_keys
