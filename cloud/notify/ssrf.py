@@ -16,15 +16,19 @@ HTTP: ``guarded_client`` makes the one shared ``httpx.AsyncClient`` whose connec
 ``_GuardedBackend``: it resolves and checks on every new connection (every attempt, every redirect
 hop) and connects to the checked address, while TLS keeps the URL's host name for SNI and
 certificate checks (httpcore passes it to ``start_tls``) and the Host header stays the URL's. The
-client ignores proxy environment variables: a proxy would make the check apply to the proxy.
+client ignores proxy environment variables: a proxy would make the check apply to the proxy, and
+keeps no cookies (receivers of different tenants may share a host).
 """
 
 from __future__ import annotations
 
 import asyncio
+import http.cookiejar
 import ipaddress
+import select
 import socket
 import ssl
+import urllib.request
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -211,8 +215,8 @@ class _GuardedBackend(httpcore.AsyncNetworkBackend):
         last: Exception | None = None
         for ip in await self._guard.resolve(host, port):
             try:
-                return await self._inner.connect_tcp(
-                    str(ip), port, timeout=timeout, local_address=local_address, socket_options=socket_options
+                return _Stream(
+                    await self._inner.connect_tcp(str(ip), port, timeout=timeout, local_address=local_address, socket_options=socket_options)
                 )
             except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
                 last = exc
@@ -226,6 +230,58 @@ class _GuardedBackend(httpcore.AsyncNetworkBackend):
 
     async def sleep(self, seconds: float) -> None:
         await self._inner.sleep(seconds)
+
+
+class _Stream(httpcore.AsyncNetworkStream):
+    """AnyIO's stream as httpcore uses it, but answering "is_readable" from the socket looked up once.
+
+    Before every request httpcore asks each pooled connection whether its idle socket became readable
+    (the server closed it); AnyIO rebuilds its table of socket attributes for every such question,
+    which cost about a sixth of a webhook send. The socket is the same for the connection's life (TLS
+    included: it wraps this socket), so the answer is the same check on the same descriptor."""
+
+    def __init__(self, inner: httpcore.AsyncNetworkStream) -> None:
+        self._inner = inner
+        self._socket = inner.get_extra_info("socket")
+
+    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:  # noqa: ASYNC109 (httpcore's interface)
+        return await self._inner.read(max_bytes, timeout)
+
+    async def write(self, buffer: bytes, timeout: float | None = None) -> None:  # noqa: ASYNC109
+        await self._inner.write(buffer, timeout)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+    async def start_tls(
+        self, ssl_context: ssl.SSLContext, server_hostname: str | None = None, timeout: float | None = None  # noqa: ASYNC109
+    ) -> httpcore.AsyncNetworkStream:
+        return _Stream(await self._inner.start_tls(ssl_context, server_hostname, timeout))
+
+    def get_extra_info(self, info: str) -> object:
+        if info == "is_readable":
+            return _readable(self._socket)
+        if info == "socket":
+            return self._socket
+        return self._inner.get_extra_info(info)
+
+
+def _readable(sock: socket.socket | None) -> bool:
+    """httpcore's test: data (or EOF) waiting on an idle socket means the server is closing it; no socket is "closed"."""
+    fd = -1 if sock is None else sock.fileno()
+    if fd < 0:
+        return True
+    poll = select.poll()
+    poll.register(fd, select.POLLIN)
+    return bool(poll.poll(0))
+
+
+class _NoCookies(http.cookiejar.CookieJar):
+    """The shared client keeps no cookies: receivers of different tenants can share a host (hooks.slack.com),
+    and one tenant's receiver must not set what another tenant's request carries."""
+
+    def extract_cookies(self, response: object, request: urllib.request.Request) -> None:  # type: ignore[override]
+        return None
 
 
 class GuardedTransport(httpx.AsyncHTTPTransport):
@@ -253,4 +309,5 @@ def guarded_client(guard: AddressGuard, *, timeout_s: float = 10.0, verify: ssl.
         follow_redirects=False,
         trust_env=False,
         headers={"User-Agent": "Pulse-Notify/1"},
+        cookies=_NoCookies(),
     )
