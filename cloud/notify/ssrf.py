@@ -216,7 +216,9 @@ class _GuardedBackend(httpcore.AsyncNetworkBackend):
         for ip in await self._guard.resolve(host, port):
             try:
                 return _Stream(
-                    await self._inner.connect_tcp(str(ip), port, timeout=timeout, local_address=local_address, socket_options=socket_options)
+                    await self._inner.connect_tcp(
+                        str(ip), port, timeout=timeout, local_address=local_address, socket_options=socket_options
+                    )
                 )
             except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
                 last = exc
@@ -271,7 +273,10 @@ class _Stream(httpcore.AsyncNetworkStream):
         await self._inner.aclose()
 
     async def start_tls(
-        self, ssl_context: ssl.SSLContext, server_hostname: str | None = None, timeout: float | None = None  # noqa: ASYNC109
+        self,
+        ssl_context: ssl.SSLContext,
+        server_hostname: str | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109
     ) -> httpcore.AsyncNetworkStream:
         await self._flush()
         return _Stream(await self._inner.start_tls(ssl_context, server_hostname, timeout))
@@ -301,7 +306,7 @@ class _NoCookies(http.cookiejar.CookieJar):
     """The shared client keeps no cookies: receivers of different tenants can share a host (hooks.slack.com),
     and one tenant's receiver must not set what another tenant's request carries."""
 
-    def extract_cookies(self, response: object, request: urllib.request.Request) -> None:  # type: ignore[override]
+    def extract_cookies(self, response: object, request: urllib.request.Request) -> None:
         return None
 
 

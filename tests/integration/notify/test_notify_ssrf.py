@@ -165,7 +165,9 @@ async def test_a_receiver_that_never_answers_is_retried_as_a_timeout(make_notifi
     assert isinstance(outcome, Retry) and outcome.code is Code.NOTIFY_TIMEOUT
 
 
-async def test_a_receivers_cookie_is_not_sent_with_later_requests(receiver: Receiver, ctx: SendContext, make_notification: Make) -> None:
+async def test_a_receivers_cookie_is_not_sent_with_later_requests(
+    receiver: Receiver, ctx: SendContext, make_notification: Make
+) -> None:
     # receivers of different tenants can share a host: what one sets must not reach the next request
     receiver.answer("/hook", (200, {"set-cookie": "session=tenant-a; Path=/"}, b"ok"))
     config = senders.validate("webhook", {"url": receiver.url("/hook")})
