@@ -93,6 +93,9 @@ def configure(level: str | int = "INFO", *, stream: IO[str] | None = None, fmt: 
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper() if isinstance(level, str) else level)
+    # httpx logs every request at INFO with its full URL: for Slack and Teams channels the URL is the
+    # credential, and notification attempts are recorded with their outcome anyway (notify_attempts).
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     return handler
 
 

@@ -674,11 +674,11 @@ async def claim_due(conn: asyncpg.Connection, token: uuid.UUID, limit: int) -> l
     returns them with their channel's config and whether it is enabled."""
     rows: list[asyncpg.Record] = await conn.fetch(
         "UPDATE notify_deliveries d SET status = 'sending', claim_token = $1, claimed_at = clock_timestamp(), attempts = d.attempts + 1 "
-        "FROM notify_channels c WHERE c.id = d.channel_id AND d.id IN ("
+        "FROM notify_channels c WHERE c.id = d.channel_id AND d.id = ANY(ARRAY("
         "  SELECT q.id FROM notify_deliveries q WHERE q.status = 'pending' AND q.next_attempt_at <= clock_timestamp() "
         "  AND NOT EXISTS (SELECT 1 FROM notify_deliveries p WHERE p.alert_id = q.alert_id AND p.channel_id = q.channel_id "
         "                  AND p.status IN ('pending', 'sending') AND p.created_at < q.created_at) "
-        "  ORDER BY q.next_attempt_at LIMIT $2 FOR UPDATE SKIP LOCKED) "
+        "  ORDER BY q.next_attempt_at LIMIT $2 FOR UPDATE SKIP LOCKED)) "
         "RETURNING d.id, d.kind, d.notification, d.attempts, d.budget, c.config, c.enabled",
         token,
         limit,
@@ -712,7 +712,7 @@ async def settle_many(conn: asyncpg.Connection, outcomes: Sequence[Settlement]) 
         "  duration_ms, ord)), "
         "s AS (UPDATE notify_deliveries d SET status = u.status, next_attempt_at = u.next_at, last_code = COALESCE(u.code, d.last_code), "
         "  last_error = COALESCE(u.error, d.last_error), delivered_at = CASE WHEN u.status = 'delivered' THEN clock_timestamp() END, "
-        "  claim_token = NULL FROM u WHERE d.id = u.id AND d.claim_token = u.token RETURNING d.id) "
+        "  claim_token = NULL FROM u WHERE d.id = ANY($1::uuid[]) AND d.id = u.id AND d.claim_token = u.token RETURNING d.id) "
         "INSERT INTO notify_attempts (tenant_id, delivery_id, n, outcome, status_code, code, error, duration_ms) "
         "SELECT pulse_current_tenant(), u.id, u.n, u.outcome, u.status_code, u.code, u.error, u.duration_ms FROM u JOIN s ON s.id = u.id "
         "ORDER BY u.ord RETURNING delivery_id",

@@ -219,7 +219,7 @@ class NotifyWorkers:
             if room <= 0 or self._stopping:
                 return
             token = uuid.uuid4()
-            async with self.db.tenant(tenant) as conn:
+            async with self.db.tenant_now(tenant) as conn:
                 claimed = await store.claim_due(conn, token, room)
             self._start_sends(tenant, token, claimed)
         done.claimed += len(claimed)
@@ -276,7 +276,7 @@ class NotifyWorkers:
             room = self.settings.concurrency - self._in_flight if claim else 0
             token = uuid.uuid4()
             try:
-                async with self.db.tenant(tenant) as conn:
+                async with self.db.tenant_now(tenant) as conn:
                     await delivery.record(conn, attempts)
                     claimed = await store.claim_due(conn, token, room) if room > 0 else []
             except Exception:  # these claims stay 'sending': stale-claim recovery settles them as after a crash

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 from collections.abc import Callable
 from typing import Any
@@ -162,3 +163,48 @@ async def test_a_receiver_that_never_answers_is_retried_as_a_timeout(make_notifi
         server.close()
         await server.wait_closed()
     assert isinstance(outcome, Retry) and outcome.code is Code.NOTIFY_TIMEOUT
+
+
+async def test_a_receivers_cookie_is_not_sent_with_later_requests(
+    receiver: Receiver, ctx: SendContext, make_notification: Make
+) -> None:
+    # receivers of different tenants can share a host: what one sets must not reach the next request
+    receiver.answer("/hook", (200, {"set-cookie": "session=tenant-a; Path=/"}, b"ok"))
+    config = senders.validate("webhook", {"url": receiver.url("/hook")})
+    for _ in range(2):
+        assert isinstance(await senders.send("webhook", config, make_notification(), ctx), Delivered)
+    assert [r.headers.get("cookie") for r in receiver.requests] == [None, None]
+
+
+async def test_a_kept_alive_connection_the_receiver_closed_is_not_reused(make_notification: Make) -> None:
+    """Each connection answers one request whole and is then closed by the receiver while idle: the next
+    send sees it closed and connects again (through the guard), and every request arrives whole."""
+    bodies: list[bytes] = []
+    closed = asyncio.Event()
+
+    async def once(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:"))
+        bodies.append(await reader.readexactly(length))
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")  # keep-alive, as HTTP/1.1 is by default
+        await writer.drain()
+        writer.close()
+        await writer.wait_closed()
+        closed.set()
+
+    server = await asyncio.start_server(once, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    guard = AddressGuard(SsrfPolicy.allowing(["127.0.0.0/8"]))
+    config = senders.validate("webhook", {"url": f"http://127.0.0.1:{port}/hook"})
+    try:
+        async with guarded_client(guard) as http:
+            ctx = SendContext(http=http, guard=guard)
+            for n in range(3):
+                closed.clear()
+                notification = make_notification(alert_id=f"al-{n}")
+                assert isinstance(await senders.send("webhook", config, notification, ctx), Delivered)
+                await closed.wait()
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert [json.loads(b)["alert_id"] for b in bodies] == ["al-0", "al-1", "al-2"]
