@@ -76,6 +76,9 @@ IN_ORDER_WAIT_S = 5.0
 """How long a batch sent behind another (``X-Pulse-After``) waits for that one to be stored before ``409 sync.out_of_order``."""
 IN_ORDER_POLL_S = 0.02
 """How often such a batch reads the mark again (the batch ahead of it may be stored by another process)."""
+DECODED_AHEAD_MAX = 8
+"""At most this many batches wait decoded (records and rows in memory) for the batch ahead of them;
+beyond it a batch waits as it arrived (its bytes) and is decoded once its turn has come."""
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _EXACT_FLOAT_MS = 2**33 * 1000
 _DECODE_INLINE_BYTES = 64 * 1024  # bigger batches are decoded in a thread, off the event loop
@@ -167,6 +170,8 @@ class Receiver:
         """Set when a batch of (gateway, stream) commits here: the batches sent behind it go on."""
         self._known: dict[tuple[uuid.UUID, Stream], int] = {}
         """The last mark this process committed per (gateway, stream)."""
+        self._decoded_ahead = 0
+        """Batches decoded and waiting for the batch ahead of them (at most DECODED_AHEAD_MAX)."""
 
     @property
     def max_request_bytes(self) -> int:
@@ -191,15 +196,24 @@ class Receiver:
         mark = await self._mark(caller, header.stream)
         if classify(header, mark) is Verdict.REPLAY:  # the mark only rises: a replay now stays one
             return await self._replayed(caller, header.stream, header.last_seq, len(data), clock)
-        # decoded and made into rows while the batch ahead of it (if any) is still being stored
-        records = await self._decode(data)
-        devices = await self._devices(caller, {r.device_id for r in records})
-        prepared = None
-        if header.stream in (Stream.TELEMETRY, Stream.EVENTS):
-            prepared = self._rows(caller, header.stream, records, devices, clock, dt.datetime.now(dt.UTC))
-        if not in_order(after, mark):
-            # the transaction checks the order again and admits against the mark it locks
+        # decoded and made into rows while the batch ahead of it (if any) is still being stored; the
+        # transaction checks the order again and admits against the mark it locks
+        ahead = not in_order(after, mark)
+        if ahead and self._decoded_ahead >= DECODED_AHEAD_MAX:
             await self._wait_in_order(caller, header.stream, after, mark)
+            ahead = False
+        held = 1 if ahead else 0  # counted against DECODED_AHEAD_MAX while it waits decoded
+        self._decoded_ahead += held
+        try:
+            records = await self._decode(data)
+            devices = await self._devices(caller, {r.device_id for r in records})
+            prepared = None
+            if header.stream in (Stream.TELEMETRY, Stream.EVENTS):
+                prepared = self._rows(caller, header.stream, records, devices, clock, dt.datetime.now(dt.UTC))
+            if ahead:
+                await self._wait_in_order(caller, header.stream, after, mark)
+        finally:
+            self._decoded_ahead -= held
         try:
             stored = await self._store(caller, header, records, after, devices, clock, len(data), prepared)
         except _STORAGE_ERRORS as exc:

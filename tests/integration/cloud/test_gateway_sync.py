@@ -28,6 +28,7 @@ from forged import off_curve_csr
 
 from pulse.cloud.ca import CertificateAuthority
 from pulse.cloud.settings import Settings
+from pulse.cloud.sync import receive
 from pulse.edge.identity import IdentityFiles, make_key_and_csr, store_certificate
 from pulse.edge.link import Enrollment, save_enrollment
 from pulse.protocol import batch, connectivity
@@ -774,9 +775,14 @@ async def test_a_batch_sent_behind_another_is_stored_only_after_it_and_never_mak
     assert [r["seq"] for r in rows] == [1, 2, 3, 4, 5, 6]
 
 
-async def test_a_batch_made_ready_behind_another_keeps_only_its_records_above_the_mark_that_one_left(sync: SyncCloud) -> None:
+@pytest.mark.parametrize("decoded_ahead_max", [receive.DECODED_AHEAD_MAX, 0])
+async def test_a_batch_made_ready_behind_another_keeps_only_its_records_above_the_mark_that_one_left(
+    sync: SyncCloud, decoded_ahead_max: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A batch sent behind another is decoded and made into rows (and quarantine rows) while it
-    waits; when the batch ahead covers some of its records, only those above the mark are stored."""
+    waits (or, past DECODED_AHEAD_MAX such batches, once its turn has come); when the batch ahead
+    covers some of its records, only those above the mark are stored."""
+    monkeypatch.setattr(receive, "DECODED_AHEAD_MAX", decoded_ahead_max)
     tenant, h = await sync.cloud.tenant_user()
     await _device(sync, h, "dev-1")
     gw, files = await sync.gateway(h)
