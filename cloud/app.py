@@ -68,7 +68,7 @@ from pulse.cloud.sync.service import SyncService
 from pulse.cloud.twins import sweep_forever as command_sweep
 from pulse.cloud.twins import to_ms
 from pulse.cloud.web import install_error_handlers
-from pulse.common import logs
+from pulse.common import heap, logs
 from pulse.protocol.activation import ACTIVATE_PATH
 from pulse.protocol.sync import ENROLL_PATH
 from pulse.protocol.twin import TwinLimits
@@ -79,7 +79,9 @@ log = logging.getLogger("pulse.cloud")
 def app_from_environment() -> FastAPI:
     """The app with settings from the environment: the factory uvicorn's worker processes import."""
     logs.configure(logging.INFO)  # a worker process starts with no logging of its own
-    return create_app(Settings(), sync_listener=True)
+    app = create_app(Settings(), sync_listener=True)
+    heap.settle()  # a worker process's start-up heap out of the collector's way (common/heap.py)
+    return app
 
 
 class Health(BaseModel):

@@ -24,7 +24,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from pulse.common import logs
+from pulse.common import heap, logs
 
 
 def _settings() -> Any:
@@ -138,7 +138,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         **proxy_options(s.proxies),  # X-Forwarded-For only from PULSE_TRUSTED_PROXIES (none by default)
     }
     if workers == 1:
-        uvicorn.run(create_app(s, sync_listener=True), **common)
+        app = create_app(s, sync_listener=True)
+        heap.settle()  # the start-up heap out of the collector's way (common/heap.py)
+        uvicorn.run(app, **common)
     else:
         # each worker process builds its own app (pools, writer, caches) from the same environment
         uvicorn.run("pulse.cloud.app:app_from_environment", factory=True, workers=workers, **common)

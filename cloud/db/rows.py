@@ -55,6 +55,7 @@ class TelemetryRow(NamedTuple):
 
 
 _dumps = orjson.dumps
+_new = tuple.__new__
 
 
 def json_text(value: object) -> str:
@@ -88,19 +89,10 @@ def telemetry_row(
         text = json_text(metrics)
         tags_text = None if tags is None else json_text(tags)
         body_text = None if body is None else json_text(body)
-    return TelemetryRow(
-        time,
-        tenant_id,
-        device_id,
-        msg_type,
-        text,
-        tags_text,
-        body_text,
-        seq,
-        gateway_id,
-        source,
-        received_at,
-        metrics,
+    # tuple.__new__ straight: the NamedTuple's own __new__ is a Python function in front of it
+    return _new(
+        TelemetryRow,
+        (time, tenant_id, device_id, msg_type, text, tags_text, body_text, seq, gateway_id, source, received_at, metrics),
     )
 
 

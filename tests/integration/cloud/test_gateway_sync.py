@@ -28,6 +28,7 @@ from forged import off_curve_csr
 
 from pulse.cloud.ca import CertificateAuthority
 from pulse.cloud.settings import Settings
+from pulse.cloud.sync import receive
 from pulse.edge.identity import IdentityFiles, make_key_and_csr, store_certificate
 from pulse.edge.link import Enrollment, save_enrollment
 from pulse.protocol import batch, connectivity
@@ -772,6 +773,32 @@ async def test_a_batch_sent_behind_another_is_stored_only_after_it_and_never_mak
     assert r.status_code == 400 and r.json()["code"] == "batch.malformed", r.text
     rows = await sync.rows("SELECT seq FROM telemetry WHERE tenant_id = $1 ORDER BY seq", tenant)
     assert [r["seq"] for r in rows] == [1, 2, 3, 4, 5, 6]
+
+
+@pytest.mark.parametrize("decoded_ahead_max", [receive.DECODED_AHEAD_MAX, 0])
+async def test_a_batch_made_ready_behind_another_keeps_only_its_records_above_the_mark_that_one_left(
+    sync: SyncCloud, decoded_ahead_max: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch sent behind another is decoded and made into rows (and quarantine rows) while it
+    waits (or, past DECODED_AHEAD_MAX such batches, once its turn has come); when the batch ahead
+    covers some of its records, only those above the mark are stored."""
+    monkeypatch.setattr(receive, "DECODED_AHEAD_MAX", decoded_ahead_max)
+    tenant, h = await sync.cloud.tenant_user()
+    await _device(sync, h, "dev-1")
+    gw, files = await sync.gateway(h)
+    records = [Record(s, d, NOW_MS + s, "telemetry", {"t": float(s)}, s) for s, d in ((3, "ghost"), (4, "dev-1"), (5, "ghost"), (6, "dev-1"))]
+    later = asyncio.create_task(
+        sync.send(files, batch.encode(records, gateway_id=gw, stream=Stream.TELEMETRY, gateway_time_ms=int(time.time() * 1000)), after="3")
+    )
+    await asyncio.sleep(0.3)  # the later batch is at the cloud first (no timing asserted: either order must work)
+    first = await sync.send(files, _batch(gw, [1, 2, 3]))
+    second = await later
+    assert (first.status_code, second.status_code) == (200, 200), (first.text, second.text)
+    assert (second.json()["verdict"], second.json()["written"], second.json()["quarantined"], second.json()["ack_seq"]) == ("partial", 2, 1, 6)
+    rows = await sync.rows("SELECT seq FROM telemetry WHERE tenant_id = $1 ORDER BY seq", tenant)
+    assert [r["seq"] for r in rows] == [1, 2, 3, 4, 6]
+    q = await sync.rows("SELECT device_id, raw FROM quarantine WHERE tenant_id = $1", tenant)
+    assert [(x["device_id"], json.loads(x["raw"])["seq"]) for x in q] == [("ghost", 5)]
 
 
 async def test_cuts_with_a_full_window_in_flight_lose_nothing_and_duplicate_nothing(sync: SyncCloud) -> None:
