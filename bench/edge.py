@@ -61,7 +61,7 @@ async def main():
     broker = Broker({"listeners": {"default": {"type": "tcp", "bind": f"127.0.0.1:{sys.argv[1]}", "max_connections": 0}},
                      "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}}})
     await broker.start()
-    if sys.argv[2] == "tuned":  # the same collector settings as the gateway (pulse.edge.app._tune_gc)
+    if sys.argv[2] == "tuned":  # the same collector settings as the gateway (pulse.edge.app.run: pulse.common.heap.settle)
         gc.collect()
         gc.freeze()
         gc.set_threshold(10_000, 20, 20)

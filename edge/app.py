@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import signal
 import socket
@@ -22,7 +21,7 @@ from amqtt.errors import BrokerError
 
 from pulse.broker.server import DeviceBroker
 from pulse.broker.sessions import SessionStore
-from pulse.common import logs
+from pulse.common import heap, logs
 from pulse.edge import broker as mqtt
 from pulse.edge import status
 from pulse.edge.auth import Authenticator, DeviceSecrets
@@ -261,17 +260,6 @@ class Gateway:
         self.sessions.close()
 
 
-def _tune_gc() -> None:
-    """Collect garbage less often. Every message allocates a few dozen short-lived objects (tasks,
-    futures, packets); with CPython's default (a young-generation pass every 700 allocations, and
-    full passes over every session's objects) the collector took ~15 % of the event loop's time at
-    a few thousand messages per second. What exists after start-up is frozen (never scanned again)
-    and the young generation is collected every 10,000 allocations instead."""
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(10_000, 20, 20)
-
-
 async def run(settings: Settings) -> None:
     """``pulse gateway run``: start, serve until SIGINT/SIGTERM, stop."""
     stop = asyncio.Event()
@@ -281,7 +269,10 @@ async def run(settings: Settings) -> None:
             loop.add_signal_handler(sig, stop.set)
     gateway = Gateway(settings)
     await gateway.start()
-    _tune_gc()
+    # Every message allocates a few dozen short-lived objects (tasks, futures, packets): with
+    # CPython's default collector settings the collector took ~15 % of the event loop's time at a
+    # few thousand messages per second (common/heap.py)
+    heap.settle(gen1_threshold=20, gen2_threshold=20)
     try:
         await stop.wait()
         log.info("stopping")
