@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import gc
 import logging
 import os
 import socket
@@ -79,7 +80,23 @@ log = logging.getLogger("pulse.cloud")
 def app_from_environment() -> FastAPI:
     """The app with settings from the environment: the factory uvicorn's worker processes import."""
     logs.configure(logging.INFO)  # a worker process starts with no logging of its own
-    return create_app(Settings(), sync_listener=True)
+    app = create_app(Settings(), sync_listener=True)
+    tune_gc()
+    return app
+
+
+def tune_gc() -> None:
+    """Collect garbage less often, in a serving process (``pulse cloud serve``; the gateway does the
+    same in ``pulse gateway run``). Ingest allocates a few container objects per message (the
+    decoded element, its row, its result) that live until the request's rows are committed, so with
+    CPython's defaults (a young-generation pass every 700 allocations, and full passes over every
+    object the process holds, the app's modules included, whenever the survivors reach a quarter of
+    them) the collector took about 40 % of HTTP ingest's per-message work (3 of 7 us measured on a
+    1,000-message body). What exists after start-up is frozen (never scanned again) and the young
+    generation is collected every 10,000 allocations instead."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(10_000, 20, 20)
 
 
 class Health(BaseModel):

@@ -113,7 +113,7 @@ def _cmd_maintain(args: argparse.Namespace) -> int:
 def _cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from pulse.cloud.app import create_app
+    from pulse.cloud.app import create_app, tune_gc
     from pulse.cloud.ca import CertificateAuthority
     from pulse.cloud.web import proxy_options
 
@@ -138,7 +138,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         **proxy_options(s.proxies),  # X-Forwarded-For only from PULSE_TRUSTED_PROXIES (none by default)
     }
     if workers == 1:
-        uvicorn.run(create_app(s, sync_listener=True), **common)
+        app = create_app(s, sync_listener=True)
+        tune_gc()
+        uvicorn.run(app, **common)
     else:
         # each worker process builds its own app (pools, writer, caches) from the same environment
         uvicorn.run("pulse.cloud.app:app_from_environment", factory=True, workers=workers, **common)
