@@ -46,6 +46,7 @@ from pulse.protocol.twin import TwinLimits, document_message
 
 log = logging.getLogger("pulse.cloud.ingest")
 _DEVICE_STATE_TYPES = frozenset({MessageType.TWIN_REPORTED.value, MessageType.COMMAND_ACK.value})
+_TYPE_TEXT = {t: t.value for t in MessageType}  # enum's .value costs ~0.1 us on Python 3.11, per message
 
 SOURCE = "http"
 
@@ -62,13 +63,25 @@ def _dumps_bytes(value: object) -> bytes:
 
 
 class Message(NamedTuple):
-    """One message of a request body: its bytes (kept for quarantine), and its decoded form when the
-    body was a JSON array (so it is not decoded twice)."""
+    """One message of a request body: its bytes as received (kept for quarantine), or, for an element
+    of a JSON array, its decoded form (so it is not decoded twice) and the encoder that makes its
+    bytes when they are needed: to measure a message that might be over the size limit, and to
+    quarantine a refused one (``encoded``). Most elements are accepted and never encoded again."""
 
-    raw: bytes
+    raw: bytes | None
     implied: MessageType | None  # what the endpoint implies when the message names no type
     doc: object = None
-    decoded: bool = False
+    encode: Callable[[object], bytes] | None = None
+
+    def encoded(self) -> bytes:
+        """The message's bytes: as received, or the array element's compact JSON (made now)."""
+        if self.raw is not None:
+            return self.raw
+        assert self.encode is not None
+        return self.encode(self.doc)
+
+    def encoded_size(self) -> int:
+        return len(self.encoded())
 
 
 def split_body(body: bytes) -> list[Message]:
@@ -86,7 +99,12 @@ def split_body(body: bytes) -> list[Message]:
             return [Message(body, None)]
         dumps = _stdlib_dumps  # keeps NaN as NaN in the quarantined bytes
     if isinstance(doc, list):
-        return [Message(dumps(item), _implied(item), item, True) for item in doc]
+        # per element: _implied inline, and the tuple made directly (Message's own __new__ is a
+        # Python function: twice the cost, for every element of every request)
+        telemetry, new = MessageType.TELEMETRY, tuple.__new__
+        return [
+            new(Message, (None, telemetry if type(item) is dict and "type" not in item else None, item, dumps)) for item in doc
+        ]
     return [Message(body, _implied(doc))]
 
 
@@ -112,25 +130,29 @@ def prepare(
 ) -> Prepared:
     """Decide every message's fate (pure): telemetry rows, quarantine rows, per-message results."""
     out = Prepared()
+    telemetry, quarantine, results = out.telemetry, out.quarantine, out.results
     tenant, device_id = identity.tenant_id, identity.device_id
+    fromtimestamp = datetime.fromtimestamp
     for index, msg in enumerate(messages):
         try:
-            if msg.decoded:
+            if msg.raw is None:
                 env = parse_document(
-                    msg.doc, size=len(msg.raw), now_ms=now_ms, device_id=device_id, expected_type=msg.implied, limits=limits
+                    msg.doc, size=msg.encoded_size, now_ms=now_ms, device_id=device_id, expected_type=msg.implied, limits=limits
                 )
             else:
                 env = parse(msg.raw, now_ms=now_ms, device_id=device_id, expected_type=msg.implied, limits=limits)
         except EnvelopeError as exc:
-            out.quarantine.append(QuarantineRow(tenant, device_id, None, source, str(exc.code), exc.message, msg.raw, received_at))
-            out.results.append({"index": index, "status": "rejected", "code": str(exc.code), "message": exc.message})
+            quarantine.append(
+                QuarantineRow(tenant, device_id, None, source, str(exc.code), exc.message, msg.encoded(), received_at)
+            )
+            results.append({"index": index, "status": "rejected", "code": str(exc.code), "message": exc.message})
             continue
-        out.telemetry.append(
+        telemetry.append(
             telemetry_row(
-                datetime.fromtimestamp(env.ts_ms / 1000, UTC),
+                fromtimestamp(env.ts_ms / 1000, UTC),
                 tenant,
-                device_id,
-                env.type.value,
+                device_id,  # env.device_id: validation made sure
+                _TYPE_TEXT[env.type],
                 env.metrics,
                 env.tags or None,
                 env.body,
@@ -140,7 +162,7 @@ def prepare(
                 received_at,
             )
         )
-        out.results.append({"index": index, "status": "accepted"})
+        results.append({"index": index, "status": "accepted"})
     return out
 
 
@@ -214,7 +236,7 @@ class IngestService:
                     source,
                     str(exc.code),
                     exc.message,
-                    messages[index].raw,
+                    messages[index].encoded(),
                     row.received_at,
                 )
             )

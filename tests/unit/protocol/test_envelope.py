@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable
 
+import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pulse.protocol.envelope import DEFAULT_LIMITS, MAX_SEQ, Envelope, Limits, MessageType, parse
+from pulse.protocol.envelope import DEFAULT_LIMITS, MAX_SEQ, Envelope, Limits, MessageType, parse, parse_document
 from pulse.protocol.errors import Code, EnvelopeError, ProtocolError
 
 pytestmark = pytest.mark.unit
@@ -386,3 +388,98 @@ def test_to_json_then_parse_gives_back_the_same_envelope(env: Envelope, same_val
     assert back == env
     assert same_value(dict(back.metrics), dict(env.metrics))
     assert same_value(back.body, env.body)
+
+
+# ------------------------------------------------------------------------------------------------
+# parse_document: a decoded message (an element of an array) is measured only when it might be over
+# the limit; the outcome is the same as measuring every one
+
+
+def _stdlib(doc: object) -> bytes:
+    """HTTP ingest's encoder for what only the standard library reads (ASCII escapes: the longest)."""
+    return json.dumps(doc, separators=(",", ":")).encode()
+
+
+ENCODERS = [pytest.param(orjson.dumps, id="orjson"), pytest.param(_stdlib, id="stdlib")]
+
+
+def _largest(limits: Limits, tag_char: str | None) -> dict[str, object]:
+    """An accepted message with only the fields whose size validation bounds, each at its largest
+    (tags with ``tag_char`` repeated, or none)."""
+    doc: dict[str, object] = {
+        "v": 1,
+        "device": "d" * 128,
+        "ts": NOW + limits.max_future_ms,
+        "seq": MAX_SEQ,
+        "type": "telemetry",
+        "metrics": {f"m{i:0{limits.max_name_len - 1}d}": -1.2345678901234567e-308 for i in range(limits.max_metrics)},
+    }
+    if tag_char is not None:
+        doc["tags"] = {f"t{i:0{limits.max_name_len - 1}d}": tag_char * limits.max_tag_value_len for i in range(limits.max_tags)}
+    return doc
+
+
+@pytest.mark.parametrize("encode", ENCODERS)
+@pytest.mark.parametrize("tag_char", [None, "\x01", "\U0001f600"], ids=["no tags", "control character tags", "astral plane tags"])
+def test_a_decoded_message_at_the_largest_bounded_size_is_refused_one_byte_over_the_limit(
+    encode: Callable[[object], bytes], tag_char: str | None
+) -> None:
+    """Would fail if the bound that lets a message skip its measurement were below the largest size
+    validation lets through: at a limit one byte under its size, such a message would be accepted."""
+    doc = _largest(DEFAULT_LIMITS, tag_char)
+    size = len(encode(doc))
+    for max_bytes in (size, size - 1):
+        limits = dataclasses.replace(DEFAULT_LIMITS, max_bytes=max_bytes)
+        try:
+            env = parse_document(doc, size=lambda: len(encode(doc)), now_ms=NOW, device_id="d" * 128, limits=limits)
+        except EnvelopeError as exc:
+            assert (max_bytes, exc.code) == (size - 1, Code.ENVELOPE_TOO_LARGE)
+        else:
+            assert (max_bytes, env.seq) == (size, MAX_SEQ)
+
+
+def test_a_decoded_message_is_measured_only_when_it_might_be_over_the_limit() -> None:
+    measured: list[bytes] = []
+
+    def outcome(doc: object, limits: Limits = DEFAULT_LIMITS) -> str:
+        def size() -> int:
+            measured.append(orjson.dumps(doc))
+            return len(measured[-1])
+
+        measured.clear()
+        try:
+            parse_document(doc, size=size, now_ms=NOW, device_id=DEVICE, expected_type=MessageType.TELEMETRY, limits=limits)
+        except EnvelopeError as exc:
+            return f"{exc.code} measured {len(measured)}"
+        return f"accepted measured {len(measured)}"
+
+    plain = {"v": 1, "ts": NOW, "seq": 7, "metrics": {"t": 21.5, "on": True}, "tags": {"zone": "north"}}
+    assert outcome(plain) == "accepted measured 0"
+    assert outcome({**plain, "body": {"k": 1}}) == "accepted measured 1"  # a body's size is not bounded
+    assert outcome({**plain, "note": "x"}) == "accepted measured 1"  # nor an unknown field's
+    assert outcome({**plain, "v": 2}) == "envelope.version_unsupported measured 1"  # a refusal yields to too_large
+    assert outcome(plain, Limits(max_bytes=2000)) == "accepted measured 1"  # the bound (64 metrics) is over 2000
+    assert outcome([plain]) == "envelope.not_object measured 1"
+    many = {"v": 1, "metrics": {f"m{i}": 1e15 for i in range(1000)}}  # 9 bytes each in JSON, 26 encoded
+    assert outcome(many) == "envelope.too_large measured 1"
+    assert outcome({"v": 1, "metrics": dict(list(many["metrics"].items())[:100])}) == "envelope.too_many_metrics measured 1"  # type: ignore[attr-defined]
+
+
+@settings(max_examples=200, deadline=None)
+@given(env=envelopes(), slack=st.integers(-40, 40), encode=st.sampled_from([orjson.dumps, _stdlib]))
+def test_measuring_on_demand_decides_like_measuring_every_message(
+    env: Envelope, slack: int, encode: Callable[[object], bytes]
+) -> None:
+    doc = json.loads(env.to_json())
+    if not doc.get("body"):
+        doc.pop("body", None)
+    size = len(encode(doc))
+    limits = dataclasses.replace(DEFAULT_LIMITS, max_bytes=max(1, size + slack), max_metrics=8, max_name_len=21)
+
+    def decide(measure: int | Callable[[], int]) -> object:
+        try:
+            return parse_document(doc, size=measure, now_ms=NOW, device_id=env.device_id, expected_type=env.type, limits=limits)
+        except EnvelopeError as exc:
+            return exc.code
+
+    assert decide(lambda: len(encode(doc))) == decide(size)
