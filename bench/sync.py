@@ -17,12 +17,17 @@ generated fleet, 3-6 metrics each, shifted to end now), not over MQTT.
 - ``ratio`` = drain / raw. ``wire_bytes_per_point``: batch bytes the uplink sent / points (TLS
   and HTTP framing not included). ``lost`` / ``duplicated``: from counting the gateway's rows and
   distinct (device, device seq) pairs in the cloud against the records buffered.
+
+Both timed parts run in this process with the garbage-collector settings of `pulse gateway run`
+(``pulse.common.heap.settle``: what exists before them frozen, collections less often), as the
+gateway side would run in its own process.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import os
 import shutil
 import subprocess
@@ -41,6 +46,7 @@ from pulse.bench.sync_cloud_part import count_synced, provision, serve_environme
 from pulse.cloud.db.embedded import EmbeddedPostgres
 from pulse.cloud.db.rows import TelemetryRow, telemetry_row
 from pulse.cloud.settings import RoleNames
+from pulse.common import heap
 from pulse.common.ports import free_port
 from pulse.edge.buffer import Buffer
 from pulse.edge.config import Settings, load
@@ -144,9 +150,17 @@ def _bench(dsn: str, points: int, root: Path, database: str) -> dict[str, object
         settings = load(config, {})
         enroll(settings, api, p.enrollment_token, insecure=True)  # the bench cloud is on loopback http
         asyncio.run(_fill(settings, records))
-        drain_s, wire_bytes, batches = asyncio.run(_drain(settings))
-        rows, distinct = asyncio.run(count_synced(dsn, p.tenant_id))
-        raw_s = asyncio.run(_raw_copy(dsn, roles, p.tenant_id, records, settings.sync.records_per_batch))
+        # both timed parts run with the collector settings `pulse gateway run` uses (and with this
+        # bench's own records frozen, which a gateway does not hold in memory at all)
+        thresholds = gc.get_threshold()
+        heap.settle(gen1_threshold=20, gen2_threshold=20)
+        try:
+            drain_s, wire_bytes, batches = asyncio.run(_drain(settings))
+            rows, distinct = asyncio.run(count_synced(dsn, p.tenant_id))
+            raw_s = asyncio.run(_raw_copy(dsn, roles, p.tenant_id, records, settings.sync.records_per_batch))
+        finally:
+            gc.unfreeze()
+            gc.set_threshold(*thresholds)
     finally:
         stop_server(proc)
     drain_rate, raw_rate = total_points / drain_s, total_points / raw_s
