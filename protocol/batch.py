@@ -700,6 +700,16 @@ def _check_records_columns(seqs: list[int], header: Header, rec_group: list[int]
     _in_range(rec_group, groups, "group")
 
 
+def _group_entry(entry: object, n_devices: int) -> tuple[int, list[int]]:
+    """One entry of the groups column, both versions: ``[device index, layout]``, checked."""
+    if not isinstance(entry, list) or len(entry) != 2:
+        raise _malformed("group entry")
+    dev, layout = entry
+    if type(dev) is not int or not 0 <= dev < n_devices:
+        raise _malformed("group device")
+    return dev, _ints(layout, "group layout")
+
+
 class _Groups(NamedTuple):
     dev_idx: list[int]  # per group: index into devices
     dev: list[str]  # per group: the device id
@@ -720,12 +730,7 @@ def _groups(groups_raw: object, devices: list[str], names: list[str], series_key
     n_devices, n_names = len(devices), len(names)
     seen: dict[tuple[object, ...], tuple[list[int], list[int], tuple[str, ...]]] = {}
     for g, entry in enumerate(groups_raw):
-        if not isinstance(entry, list) or len(entry) != 2:
-            raise _malformed("group entry")
-        dev, layout = entry
-        if type(dev) is not int or not 0 <= dev < n_devices:
-            raise _malformed("group device")
-        layout = _ints(layout, "group layout")
+        dev, layout = _group_entry(entry, n_devices)
         shape = seen.get(tuple(layout))  # devices of one profile share a layout: checked once
         if shape is None:
             name_idx = layout[0::2]
@@ -1140,12 +1145,7 @@ def _groups_v2(groups_raw: list[object], n_devices: int, names: list[str]) -> tu
     n_names = len(names)
     seen: dict[tuple[int, ...], tuple[list[int], list[int], tuple[str, ...]]] = {}  # devices of one profile share a layout
     for entry in groups_raw:
-        if not isinstance(entry, list) or len(entry) != 2:
-            raise _malformed("group entry")
-        dev, layout = entry
-        if type(dev) is not int or not 0 <= dev < n_devices:
-            raise _malformed("group device")
-        layout = _ints(layout, "group layout")
+        dev, layout = _group_entry(entry, n_devices)
         shape = seen.get(tuple(layout))
         if shape is None:
             name_idx = layout[0::2]
