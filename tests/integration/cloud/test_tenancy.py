@@ -3,6 +3,7 @@ nothing, and a direct SQL session as the app role sees and changes only its own 
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -256,3 +257,34 @@ async def test_a_tenant_transaction_opened_in_one_trip_sees_only_its_tenant_and_
     async with db.tenant(a) as conn:
         assert sorted(r["name"] for r in await conn.fetch("SELECT name FROM sites")) == ["a-site", "kept"]
         assert not conn.is_closed()
+
+
+async def test_a_connection_back_from_a_one_trip_transaction_carries_no_session_state(cloud: Cloud) -> None:
+    """``tenant_now`` sends the pool's session reset with its COMMIT (the pool then skips its own):
+    whatever the transaction set for the session (a tenant, a LISTEN, a setting) is gone from
+    every connection the pool hands out next, after a commit and after a rollback alike."""
+    a, _ = await cloud.tenant_user()
+    db = cloud.app.state.pulse.db
+    pool = db.app_pool
+    session = "SELECT set_config('app.tenant_id', '{a}', false), set_config('application_name', 'leaked', false); LISTEN leaked"
+
+    class Boom(Exception):
+        pass
+
+    for fail in (False, True):
+        with contextlib.suppress(Boom):
+            async with db.tenant_now(a) as conn:
+                await conn.execute(session.format(a=a))
+                if fail:
+                    raise Boom
+        held = [await pool.acquire() for _ in range(pool.get_max_size())]  # every connection the pool has
+        try:
+            for conn in held:
+                assert await conn.fetchval("SELECT current_setting('app.tenant_id', true)") in (None, "")
+                assert await conn.fetchval("SELECT current_setting('application_name')") != "leaked"
+                assert await conn.fetchval("SELECT count(*) FROM pg_listening_channels()") == 0
+                async with conn.transaction():  # and row-level security sees no tenant
+                    assert await conn.fetchval("SELECT count(*) FROM sites") == 0
+        finally:
+            for conn in held:
+                await pool.release(conn)
