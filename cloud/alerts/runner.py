@@ -47,7 +47,7 @@ from pulse.cloud.alerts.heartbeat import (
     interval_of,
     load_builtin,
 )
-from pulse.cloud.alerts.store import apply_record, set_device_status
+from pulse.cloud.alerts.store import FUSABLE, Also, apply_record, set_device_status
 from pulse.cloud.db.pool import Database
 from pulse.cloud.db.rows import TelemetryRow
 from pulse.protocol.alerts import GATEWAY_OFFLINE, NO_HEARTBEAT, AlertRecord
@@ -155,14 +155,25 @@ async def load_for(conn: asyncpg.Connection, tenant_id: uuid.UUID, device_ids: S
     """``load_all`` and the registry entries of ``device_ids``, in one statement (the drain runs it
     for every wake-up: each round trip counts in the alert's latency)."""
     rules_json, settings_json, devices_json = await conn.fetchrow(_LOAD_SQL, list(device_ids))
+    return _loaded(tenant_id, device_ids, rules_json, settings_json, devices_json)
+
+
+def _loaded(
+    tenant_id: uuid.UUID, device_ids: Iterable[str], rules_json: str, settings_json: str | None, devices_json: str
+) -> Loaded:
+    """``Loaded`` from the three JSON texts ``_LOAD_SQL`` selects."""
     rules = _parse_rules(json.loads(rules_json), tenant_id)
     if settings_json is None:
         settings = DEFAULTS
     else:
         s = json.loads(settings_json)
         settings = HeartbeatSettings(
-            bool(s["alerts_enabled"]), float(s["interval_s"]), float(s["stale_after"]), float(s["offline_after"]),
-            str(s["severity"]), int(s["version"]),
+            bool(s["alerts_enabled"]),
+            float(s["interval_s"]),
+            float(s["stale_after"]),
+            float(s["offline_after"]),
+            str(s["severity"]),
+            int(s["version"]),
         )
     devices: dict[str, Device] = {}
     intervals: dict[str, float] = {}
@@ -173,7 +184,42 @@ async def load_for(conn: asyncpg.Connection, tenant_id: uuid.UUID, device_ids: S
         if value is not None:
             intervals[device_id] = value
     muted = frozenset() if settings.alerts_enabled else frozenset({NO_HEARTBEAT})
-    return Loaded([*rules, builtin_rule(tenant_id, settings, intervals)], muted, {d: devices.get(d, Device(d)) for d in device_ids})
+    return Loaded(
+        [*rules, builtin_rule(tenant_id, settings, intervals)], muted, {d: devices.get(d, Device(d)) for d in device_ids}
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Taken:
+    """What the drain's one statement (``_TAKE_SQL``) read besides the entries."""
+
+    loaded: Loaded
+    states: list[tuple[str, str, str]]
+    """(rule id, device id, state JSON): the existing states of the entries' devices under the
+    tenant's enabled rules and NO_HEARTBEAT, locked (FOR UPDATE, in key order)."""
+
+
+# The drain's first statement: take (delete) the oldest entries, and read what evaluating them
+# needs (``_LOAD_SQL``'s three parts and the existing rule states, locked), one round trip. Those
+# are read once (a CTE that locks is evaluated once) and returned on the first entry's row.
+_TAKE_SQL = f"""WITH taken AS (
+  DELETE FROM rule_outbox WHERE id IN (SELECT id FROM rule_outbox ORDER BY id LIMIT $1 FOR UPDATE)
+  RETURNING id, device_ids, metrics, received_ms
+), devs AS (SELECT DISTINCT unnest(device_ids) AS device_id FROM taken),
+loaded AS (SELECT
+  (SELECT coalesce(array_agg(device_id ORDER BY device_id), '{{}}') FROM devs) AS devices,
+  (SELECT coalesce(json_agg(json_build_array(id, definition) ORDER BY id), '[]') FROM rules WHERE enabled)::text AS rules,
+  (SELECT row_to_json(h) FROM (SELECT {SETTINGS_COLUMNS} FROM heartbeat_settings LIMIT 1) h)::text AS settings,
+  (SELECT coalesce(json_agg(json_build_array(d.device_id, d.tags, d.site_id, {INTERVAL_SQL})), '[]')
+     FROM devices d {TWIN_JOIN} WHERE d.device_id IN (SELECT device_id FROM devs))::text AS registry,
+  (SELECT coalesce(json_agg(json_build_array(s.rule_id, s.device_id, s.state::text)), '[]') FROM (
+     SELECT rule_id, device_id, state FROM rule_state
+     WHERE device_id IN (SELECT device_id FROM devs) AND (rule_id = $2 OR rule_id IN (SELECT id FROM rules WHERE enabled))
+     ORDER BY rule_id, device_id FOR UPDATE) s)::text AS states
+)
+SELECT t.id, t.device_ids, t.metrics, t.received_ms, l.devices, l.rules, l.settings, l.registry, l.states
+FROM taken t LEFT JOIN loaded l ON t.id = (SELECT min(id) FROM taken)
+ORDER BY t.id"""
 
 
 async def _lock_states(
@@ -202,17 +248,25 @@ async def _lock_states(
     missing = pairs - {(r["rule_id"], r["device_id"]) for r in rows}
     if missing:
         late = sorted(missing)
-        rows = [*rows, *await conn.fetch(
-            "SELECT rule_id, device_id, state FROM rule_state WHERE (rule_id, device_id) IN "
-            "(SELECT * FROM unnest($1::text[], $2::text[])) ORDER BY rule_id, device_id FOR UPDATE",
-            [p[0] for p in late],
-            [p[1] for p in late],
-        )]
+        rows = [
+            *rows,
+            *await conn.fetch(
+                "SELECT rule_id, device_id, state FROM rule_state WHERE (rule_id, device_id) IN "
+                "(SELECT * FROM unnest($1::text[], $2::text[])) ORDER BY rule_id, device_id FOR UPDATE",
+                [p[0] for p in late],
+                [p[1] for p in late],
+            ),
+        ]
+    return _states_of(((r["rule_id"], r["device_id"], r["state"]) for r in rows), rules, now)
+
+
+def _states_of(rows: Iterable[tuple[str, str, str]], rules: Mapping[str, Rule], now: int) -> dict[tuple[str, str], RuleState]:
+    """(rule id, device id, state JSON) rows as states; an unreadable one starts again (logged)."""
     states = {}
-    for row in rows:
-        key = (row["rule_id"], row["device_id"])
+    for rule_id, device_id, state in rows:
+        key = (rule_id, device_id)
         try:
-            states[key] = RuleState.from_dict(json.loads(row["state"]))
+            states[key] = RuleState.from_dict(json.loads(state))
         except RuleError as exc:
             log.error("rule state %s is unreadable (%s); starting it again", key, exc)
             states[key] = new_state(rules[key[0]], key[1], now)
@@ -253,22 +307,80 @@ async def _finish(conn: asyncpg.Connection, states: Mapping[tuple[str, str], Rul
         await _first_heard(conn, first)
 
 
+def _finish_entries(states: Mapping[tuple[str, str], RuleState], first: Mapping[str, int]) -> Also:
+    """``_finish`` as ``WITH`` entries, for ``apply_record(also=...)``: the states saved and the
+    devices first heard from, in the alert action's own statement."""
+
+    def also(n: int) -> tuple[list[str], list[object]]:
+        entries: list[str] = []
+        args: list[object] = []
+        if states:
+            entries.append(
+                "saved AS (UPDATE rule_state s SET state = u.st::jsonb, updated_at = now() "
+                f"FROM unnest(${n}::text[], ${n + 1}::text[], ${n + 2}::text[]) AS u(r, d, st) "
+                "WHERE s.rule_id = u.r AND s.device_id = u.d)"
+            )
+            args += _state_args(states)
+            n += 3
+        if first:
+            entries.append(f"heard AS ({_first_heard_sql(f'${n}', f'${n + 1}')})")
+            args += [list(first), list(first.values())]
+        return entries, args
+
+    return also
+
+
+def _doings(actions: Iterable[object], muted: frozenset[str], covered: Iterable[str]) -> list[UpdateDeviceState | AlertRecord]:
+    """The actions to perform, in order: opening alerts of ``muted`` rules is skipped (closing still
+    happens), and so are NO_HEARTBEAT's state changes for ``covered`` devices (a heartbeat rule of
+    the tenant's own watches them: its state is the device's state, as before the built-in existed)."""
+    out: list[UpdateDeviceState | AlertRecord] = []
+    for action in actions:
+        if isinstance(action, UpdateDeviceState):
+            if not (action.explanation.rule_id == NO_HEARTBEAT and action.device in covered):
+                out.append(action)
+        else:
+            record = AlertRecord.of(action)
+            if not (record.rule_id in muted and record.action != "close"):
+                out.append(record)
+    return out
+
+
+async def _do(conn: asyncpg.Connection, doing: UpdateDeviceState | AlertRecord, also: Also | None = None) -> None:
+    if isinstance(doing, UpdateDeviceState):
+        await set_device_status(conn, doing.device, doing.status, doing.explanation.to_dict(), doing.explanation.at_ms)
+    else:
+        await apply_record(conn, doing, also=also)
+
+
 async def perform(
     conn: asyncpg.Connection, actions: Sequence[object], muted: frozenset[str] = frozenset(), covered: Iterable[str] = ()
 ) -> None:
-    """Apply rule actions; opening alerts of ``muted`` rules is skipped (closing still happens), and
-    so are NO_HEARTBEAT's state changes for ``covered`` devices (a heartbeat rule of the tenant's
-    own watches them: its state is the device's state, as before the built-in existed)."""
-    for action in actions:
-        if isinstance(action, UpdateDeviceState):
-            if action.explanation.rule_id == NO_HEARTBEAT and action.device in covered:
-                continue
-            await set_device_status(conn, action.device, action.status, action.explanation.to_dict(), action.explanation.at_ms)
-        else:
-            record = AlertRecord.of(action)
-            if record.rule_id in muted and record.action != "close":
-                continue
-            await apply_record(conn, record)
+    """Apply rule actions (``_doings`` says which)."""
+    for doing in _doings(actions, muted, covered):
+        await _do(conn, doing)
+
+
+async def _perform_and_finish(
+    conn: asyncpg.Connection,
+    actions: Sequence[object],
+    muted: frozenset[str],
+    covered: Iterable[str],
+    states: Mapping[tuple[str, str], RuleState],
+    first: Mapping[str, int],
+) -> None:
+    """``perform`` then ``_finish``; when the last action is an alert's open or close, the states
+    and first-heard devices go in its statement (one round trip less on the way to the alert)."""
+    doings = _doings(actions, muted, covered)
+    last = doings[-1] if doings else None
+    if isinstance(last, AlertRecord) and last.action in FUSABLE and (states or first):
+        for doing in doings[:-1]:
+            await _do(conn, doing)
+        await _do(conn, last, _finish_entries(states, first))
+        return
+    for doing in doings:
+        await _do(conn, doing)
+    await _finish(conn, states, first)
 
 
 async def _first_heard(conn: asyncpg.Connection, first: Mapping[str, int]) -> None:
@@ -382,17 +494,14 @@ class RuleRunner:
         ``limit`` entries were there), or None for an empty outbox. The entries are deleted as they
         are taken (locked the same way), so the deletion commits with what their evaluation wrote,
         or, on any failure, neither does."""
-        async with self._db.tenant_now(tenant_id) as conn:
-            entries = await conn.fetch(
-                "DELETE FROM rule_outbox WHERE id IN (SELECT id FROM rule_outbox ORDER BY id LIMIT $1 FOR UPDATE) "
-                "RETURNING id, device_ids, metrics, received_ms",
-                limit,
-            )
+        async with self._db.tenant_now(tenant_id, derived=True) as conn:
+            entries = await conn.fetch(_TAKE_SQL, limit, NO_HEARTBEAT)
             if not entries:
                 return None
-            entries = sorted(entries, key=lambda e: e["id"])  # RETURNING promises no order
             items = [item for e in entries for item in zip(e["device_ids"], e["metrics"], e["received_ms"], strict=True)]
-            await self._evaluate(conn, tenant_id, items)
+            head = entries[0]
+            loaded = _loaded(tenant_id, head["devices"], head["rules"], head["settings"], head["registry"])
+            await self._evaluate(conn, tenant_id, items, Taken(loaded, json.loads(head["states"])))
         self.evaluated_rows += len(items)
         return len(items), len(entries) == limit
 
@@ -428,16 +537,28 @@ class RuleRunner:
         conn: asyncpg.Connection,
         tenant_id: uuid.UUID,
         items: Sequence[Item],
+        taken: Taken | None = None,
     ) -> None:
-        """Evaluate ``items`` of one tenant inside the caller's ``db.tenant()`` transaction."""
+        """Evaluate ``items`` of one tenant inside the caller's ``db.tenant()`` transaction
+        (``taken``: what ``_TAKE_SQL`` read and locked with them; None: read and lock it here)."""
         if not items:
             return
-        loaded = await load_for(conn, tenant_id, sorted({item[0] for item in items}))
+        if taken is None:
+            loaded = await load_for(conn, tenant_id, sorted({item[0] for item in items}))
+        else:
+            loaded = taken.loaded
         rules, muted, devices = {r.id: r for r in loaded.rules}, loaded.muted, loaded.devices  # never empty: NO_HEARTBEAT
         scoped = {d: [r for r in rules.values() if applies_to(r, dev)] for d, dev in devices.items()}
         pairs = {(r.id, d) for d, rs in scoped.items() for r in rs}
         now0 = min(item[2] for item in items)
-        states = await _lock_states(conn, pairs, rules, now0)
+        if taken is None:
+            states = await _lock_states(conn, pairs, rules, now0)
+        else:  # the existing states came locked with the entries; those not made yet are made now
+            locked = _states_of((r for r in taken.states if (r[0], r[1]) in pairs), rules, now0)
+            states = {k: locked[k] for k in pairs if k in locked}
+            if missing := pairs - states.keys():
+                states |= await _lock_states(conn, missing, rules, now0)
+        actions: list[object] = []
         changed: dict[tuple[str, str], RuleState] = {}
         covered = _covered(rules, pairs)
         builtin = rules.get(NO_HEARTBEAT)
@@ -454,21 +575,23 @@ class RuleRunner:
             reading = Reading(device_id, json.loads(metrics) if isinstance(metrics, str) else metrics)
             for rule in mine:
                 key = (rule.id, device_id)
-                state, actions = evaluate(rule, states[key], reading, now)
+                state, done = evaluate(rule, states[key], reading, now)
                 if state != states[key]:
                     states[key] = changed[key] = state
-                await perform(conn, actions, muted, covered)
+                actions += done  # performed in order at the end: evaluation reads only the states in hand
         # a heartbeat depends only on when a device was heard: its first message in the items (the
         # moment it came back) and its last (its last seen) say all the others would
         for device_id, (first, last) in span.items():
             assert builtin is not None
             key = (NO_HEARTBEAT, device_id)
             for now in (first,) if first == last else (first, last):
-                state, actions = evaluate(builtin, states[key], Reading(device_id, {}), now)
+                state, done = evaluate(builtin, states[key], Reading(device_id, {}), now)
                 if state != states[key]:
                     states[key] = changed[key] = state
-                await perform(conn, actions, muted, covered)
-        await _finish(conn, changed, {d: first for d, (first, _) in span.items() if d not in covered})
+                actions += done
+        await _perform_and_finish(
+            conn, actions, muted, covered, changed, {d: first for d, (first, _) in span.items() if d not in covered}
+        )
 
     async def _evaluator(self) -> None:
         while True:
@@ -479,7 +602,9 @@ class RuleRunner:
                 try:
                     await self.drain(tenant_id)
                 except Exception:  # keep evaluating what comes next; the entries stay for the next sweep
-                    log.exception("rule evaluation failed for tenant %s (rows stored; evaluated again at the next sweep)", tenant_id)
+                    log.exception(
+                        "rule evaluation failed for tenant %s (rows stored; evaluated again at the next sweep)", tenant_id
+                    )
 
     # --- the sweep ---------------------------------------------------------------------------
 
@@ -506,7 +631,9 @@ class RuleRunner:
             # exists) -- so devices registered ahead of installation do not all alert as offline
             heard = {
                 (r["rule_id"], r["device_id"])
-                for r in await conn.fetch("SELECT rule_id, device_id FROM rule_state WHERE rule_id = ANY($1)", [r.id for r in heartbeat])
+                for r in await conn.fetch(
+                    "SELECT rule_id, device_id FROM rule_state WHERE rule_id = ANY($1)", [r.id for r in heartbeat]
+                )
             }
             # NO_HEARTBEAT watches only devices heard from (a device never seen has no state, no alert)
             pairs = {

@@ -12,6 +12,7 @@ import datetime as dt
 import json
 from typing import Any
 
+import asyncpg
 import pytest
 from notify_cloud import ACCEPTED, PD_KEY, NotifyCloud, device, fast_notify, notify_cloud, open_alert, reading, setup_tenant, soon
 from notify_receivers import Receiver
@@ -53,6 +54,61 @@ async def test_threshold_to_pagerduty_trigger_then_ack_and_resolve_with_one_dedu
     assert [(a["n"], a["outcome"], a["status_code"]) for a in one["attempt_log"]] == [(1, "delivered", 202)]
     await asyncio.sleep(0.3)  # nothing else arrives
     assert len(pd_events(receiver)) == 3
+
+
+_COMMIT_MODES = """
+CREATE TABLE commit_modes (tbl text, op text, xid bigint, mode text);
+CREATE FUNCTION commit_mode_log() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER AS $$
+BEGIN
+    INSERT INTO commit_modes VALUES (TG_TABLE_NAME, TG_OP, txid_current(), current_setting('synchronous_commit'));
+    RETURN NULL;
+END $$;
+CREATE TRIGGER commit_mode_log AFTER INSERT ON alerts FOR EACH ROW EXECUTE FUNCTION commit_mode_log();
+CREATE TRIGGER commit_mode_log AFTER INSERT OR UPDATE ON notify_deliveries FOR EACH ROW EXECUTE FUNCTION commit_mode_log();
+"""
+
+
+async def test_an_alert_is_on_disk_before_a_notification_for_it_is_claimed(receiver: Receiver, cloud_settings: Settings) -> None:
+    """The rules runner commits what it derives from outbox entries without waiting for the disk
+    (``synchronous_commit = off``: a crash re-evaluates the entries). That is safe for
+    notifications only because fan-out and claims are other transactions, committed synchronously:
+    PostgreSQL flushes WAL in order, so their commit puts the alert on disk before anything is sent.
+    Here every transaction that wrote the alert or its delivery says how it commits (a trigger).
+    (The test server does not wait for its disk at all; the app role's sessions are set to, as on
+    a production server, before the cloud connects.)"""
+    owner = await asyncpg.connect(cloud_settings.database_url)
+    app_role = cloud_settings.roles.app
+    await owner.execute(_COMMIT_MODES + f'ALTER ROLE "{app_role}" SET synchronous_commit = on;')
+    try:
+        async with notify_cloud(cloud_settings, fast_notify()) as ncloud:
+            receiver.answer("/v2/enqueue", ACCEPTED)
+            channel = {"kind": "pagerduty", "config": {"routing_key": PD_KEY, "events_url": receiver.url("/v2/enqueue")}}
+            _, h, _ = await setup_tenant(ncloud, channel)
+            await open_alert(ncloud, h)
+            await ncloud.wait_for(lambda: soon(len(pd_events(receiver)) == 1), what="the trigger")
+
+            async def recorded() -> Any:
+                rows = await owner.fetch("SELECT tbl, op, xid, mode FROM commit_modes")
+                seen = {(r["tbl"], r["op"]) for r in rows}
+                return (
+                    rows
+                    if seen >= {("alerts", "INSERT"), ("notify_deliveries", "INSERT"), ("notify_deliveries", "UPDATE")}
+                    else None
+                )
+
+            rows = await ncloud.wait_for(recorded, what="the alert, its delivery queued, claimed and settled")
+        alerts = [r for r in rows if r["tbl"] == "alerts"]
+        deliveries = [r for r in rows if r["tbl"] == "notify_deliveries"]
+        assert [r["mode"] for r in alerts] == ["off"], "the alert is derived: its transaction does not wait for the disk"
+        assert {r["mode"] for r in deliveries} == {"on"}, "queueing, claiming and settling a delivery wait for the disk"
+        assert not {r["xid"] for r in deliveries} & {r["xid"] for r in alerts}, "fan-out is a transaction of its own"
+    finally:
+        await owner.execute(
+            f'ALTER ROLE "{app_role}" RESET synchronous_commit; '
+            "DROP TRIGGER commit_mode_log ON alerts; DROP TRIGGER commit_mode_log ON notify_deliveries; "
+            "DROP FUNCTION commit_mode_log(); DROP TABLE commit_modes"
+        )
+        await owner.close()
 
 
 async def test_receiver_down_retries_then_dead_letter_then_manual_retry_delivers(ncloud: NotifyCloud, receiver: Receiver) -> None:
