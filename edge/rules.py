@@ -37,7 +37,7 @@ from typing import TypeVar
 from pulse.edge.buffer import Buffer
 from pulse.edge.errors import StorageError
 from pulse.edge.ingest import Store
-from pulse.edge.schema import PRAGMAS, SCHEMA
+from pulse.edge.schema import PRAGMAS, SCHEMA, synchronous_pragma
 from pulse.edge.sqlite import SqliteThread
 from pulse.protocol.alerts import RECORD_TYPE, AlertRecord
 from pulse.protocol.batch import Stream
@@ -66,7 +66,12 @@ EDGE_TENANT = "gateway"
 
 def _connect(path: Path) -> sqlite3.Connection:
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)  # the runner uses one thread
-    for pragma in PRAGMAS:
+    # The runner's commits (local alerts, rule-state checkpoints) do not wait for the disk: each
+    # alert's ALERTS record follows at once through the buffer, whose commit syncs the WAL file and
+    # with it everything written before (SQLite replays WAL in order). A power cut between the two
+    # loses both, as one a moment earlier would have lost the evaluation; the reading that caused
+    # it is in the buffer already, and the cloud evaluates it when it arrives.
+    for pragma in (*PRAGMAS, synchronous_pragma("normal")):
         conn.execute(pragma)
     conn.executescript(SCHEMA)
     return conn
