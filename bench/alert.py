@@ -106,6 +106,14 @@ async def _cloud_samples(url: str, dsn: str, tenant: uuid.UUID, devices: list[tu
                         await aio.wait_for(heard.wait(), 0.005)
                 raise RuntimeError(f"no {state} alert for {device_id} after 30 s")
 
+            async def settled() -> None:
+                """Until the last sample's work is done (its evaluation, and the notification fan-out of
+                its alert events): each sample starts on a quiet cloud, one breach at a time, in both
+                kinds of block alike. Otherwise the previous alert's fan-out was still running when the
+                next breach was POSTed (2.5 ms more for that POST's own commit at the median)."""
+                while await observer.fetchval("SELECT EXISTS (SELECT FROM rule_outbox) OR EXISTS (SELECT FROM notify_outbox)"):
+                    await asyncio.sleep(0.001)
+
             async def enable(on: bool) -> None:
                 await observer.execute("UPDATE rules SET enabled = $3 WHERE tenant_id = $1 AND id = $2", tenant, RULE["id"], on)
 
@@ -123,11 +131,13 @@ async def _cloud_samples(url: str, dsn: str, tenant: uuid.UUID, devices: list[tu
                 n = min(BLOCK, SAMPLES - block)
                 await enable(False)
                 for i in range(block, block + n):  # no rules: POST -> 200 means the row is committed
+                    await settled()
                     started = await post(devices[i % len(devices)], 20, 3 * i)
                     baseline.append((time.perf_counter() - started) * 1000)
                 await enable(True)
                 for i in range(block, block + n):
                     device = devices[i % len(devices)]
+                    await settled()
                     started = await post(device, 35, 3 * i + 1)
                     latencies.append((await wait(device[0], "open") - started) * 1000)
                     await post(device, 20, 3 * i + 2)
