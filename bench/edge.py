@@ -131,33 +131,14 @@ def _measure(
         if args.subscribe:
             cmd += ["--subscribe"]
         load = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        assert load.stdin is not None and load.stdout is not None
-        connected = load.stdout.readline().strip()
-        if not connected.startswith("connected"):
-            raise RuntimeError(f"publishers did not connect: {connected!r}")
-        settled_s = _settle(server.pid)
-        load.stdin.write("go\n")
-        load.stdin.flush()
-        if load.stdout.readline().strip() != "measuring":
-            raise RuntimeError("publishers stopped before measuring")
-        cpu0 = _cpu_s(server.pid)
-        result = json.loads(load.stdout.readline())
-        cpu1 = _cpu_s(server.pid)
-        rss = _rss_mb(server.pid)
-        load.wait(30)
-        measured: dict[str, float] = {
-            "msgs_per_s": result["acked"] / result["seconds"],
-            "cpu_us_per_msg": (cpu1 - cpu0) / max(1, result["acked"]) * 1e6,
-            "rss_mb": rss,
-            "connected": int(connected.split()[1]),
-            "suback_refused": int(connected.split()[2]),
-            "settled_s": settled_s,
-            **{k: result[k] for k in ("p50_ms", "p99_ms") if k in result},
-        }
-        if status_port is not None:
-            time.sleep(1.5)  # the status page samples once a second
-            measured.update(_sessions(status_port))
-        return measured
+        try:
+            return _run_load(server, load, status_port)
+        finally:
+            if load.poll() is None:
+                load.kill()
+            load.wait()
+            load.stdin.close()  # type: ignore[union-attr]
+            load.stdout.close()  # type: ignore[union-attr]
     finally:
         server.terminate()
         try:
@@ -165,6 +146,37 @@ def _measure(
         except subprocess.TimeoutExpired:
             server.kill()
             server.wait()
+
+
+def _run_load(server: subprocess.Popen[bytes], load: subprocess.Popen[str], status_port: int | None) -> dict[str, float]:
+    """Start the measured run of ``load`` (connected, then "go") against ``server``: its figures."""
+    assert load.stdin is not None and load.stdout is not None
+    connected = load.stdout.readline().strip()
+    if not connected.startswith("connected"):
+        raise RuntimeError(f"publishers did not connect: {connected!r}")
+    settled_s = _settle(server.pid)
+    load.stdin.write("go\n")
+    load.stdin.flush()
+    if load.stdout.readline().strip() != "measuring":
+        raise RuntimeError("publishers stopped before measuring")
+    cpu0 = _cpu_s(server.pid)
+    result = json.loads(load.stdout.readline())
+    cpu1 = _cpu_s(server.pid)
+    rss = _rss_mb(server.pid)
+    load.wait(30)
+    measured: dict[str, float] = {
+        "msgs_per_s": result["acked"] / result["seconds"],
+        "cpu_us_per_msg": (cpu1 - cpu0) / max(1, result["acked"]) * 1e6,
+        "rss_mb": rss,
+        "connected": int(connected.split()[1]),
+        "suback_refused": int(connected.split()[2]),
+        "settled_s": settled_s,
+        **{k: result[k] for k in ("p50_ms", "p99_ms") if k in result},
+    }
+    if status_port is not None:
+        time.sleep(1.5)  # the status page samples once a second
+        measured.update(_sessions(status_port))
+    return measured
 
 
 def run(argv: list[str] | None = None) -> dict[str, object]:

@@ -150,12 +150,13 @@ def _server(
         "PULSE_PLATFORM_SAMPLE_INTERVAL_S": str(sample_interval_s),
         **(extra or {}),
     }
-    return subprocess.Popen(
-        [sys.executable, "-m", "pulse.cli.main", "cloud", "serve", "--host", "127.0.0.1", "--port", str(port)],
-        env=env,
-        stdout=log.open("wb"),
-        stderr=subprocess.STDOUT,
-    )
+    with log.open("wb") as out:  # the child keeps its own descriptor
+        return subprocess.Popen(
+            [sys.executable, "-m", "pulse.cli.main", "cloud", "serve", "--host", "127.0.0.1", "--port", str(port)],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
 
 
 def stop_server(proc: subprocess.Popen[bytes]) -> None:

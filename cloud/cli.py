@@ -153,13 +153,14 @@ def _cmd_mqtt(args: argparse.Namespace) -> int:
     from pulse.cloud.mqtt.endpoint import run
 
     s = _settings()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure(logging.INFO)  # JSON lines, or text on a terminal, as `pulse cloud serve` (docs/operations.md, "Logs")
 
     async def main() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        heap.settle()  # the start-up heap out of the collector's way, as serve does (common/heap.py)
         await run(s, stop)
 
     asyncio.run(main())
