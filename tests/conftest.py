@@ -35,6 +35,10 @@ from pulse.cloud.settings import Settings
 # on with a passed-in clock.
 os.environ["PULSE_REPORTS_ENABLED"] = "false"
 os.environ["PULSE_ARCHIVE_ENABLED"] = "false"
+# Ports handed out (common/ports.py) are reserved machine-wide until the process that took them
+# ends: a gateway a test stops and starts again on its ports found one taken, in that moment, by a
+# test run beside it in another clone (CI with both cores busy).
+os.environ.setdefault("PULSE_PORT_RESERVATIONS", os.path.join(tempfile.gettempdir(), "pulse-test-ports"))
 
 # Nothing a test starts may outlive it, and the test process always ends (tests/leakcheck.py).
 pytest_plugins = ("leakcheck", "pytester")
